@@ -1,0 +1,199 @@
+//! Settings every Baton service shares (the `nats`, `http`, `telemetry`, `jetstream`, `runner`
+//! and `shutdown` sections of its `--config` file). Each service adds its own sections beside
+//! these. Loading, environment overrides and validation live in `baton-kit`; the JSON Schema is
+//! generated into `schemas/json/config/service-common.json`.
+//!
+//! Durations are written the human way: `30s`, `5m`, `2h`, `365days`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The sections every service's config file has. Every field has a default, so an empty file
+/// is a valid config for a local run against `nats://127.0.0.1:4222`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommonSettings {
+    /// How to reach NATS.
+    pub nats: NatsSettings,
+    /// The health, readiness and metrics endpoint (and, for the listener and chatops, their
+    /// public endpoint).
+    pub http: HttpSettings,
+    /// Logs and traces.
+    pub telemetry: TelemetrySettings,
+    /// The JetStream topology every service provisions (idempotently) at start.
+    pub jetstream: JetStreamSettings,
+    /// How the stage runner consumes events.
+    pub runner: RunnerSettings,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownSettings,
+}
+
+/// Connection to NATS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSettings {
+    /// Server URL(s), comma-separated (`nats://host:4222,nats://other:4222`). Env: `BATON_NATS_URL`.
+    pub url: String,
+    /// A NATS `.creds` file (JWT + nkey seed) when the server requires authentication. Each
+    /// service gets credentials that let it publish only its own event types.
+    pub credentials_file: Option<PathBuf>,
+    /// How long to wait for the first connection before giving up at start-up.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            credentials_file: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The HTTP port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address to listen on for `/healthz`, `/readyz` and `/metrics`. Port 0 picks a free port.
+    #[schemars(with = "String")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs and traces. The log filter comes from `RUST_LOG` (default `info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// OTLP/gRPC endpoint traces are exported to (e.g. `http://otel-collector:4317`). Unset:
+    /// no export, but trace context is still carried from event to event.
+    pub otlp_endpoint: Option<String>,
+    /// Log line format.
+    pub log_format: LogFormat,
+}
+
+/// The JetStream streams, buckets and object store Baton uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct JetStreamSettings {
+    /// Name of the stream that holds every event: the audit log.
+    pub events_stream: String,
+    /// How long events are kept. The events stream *is* the release history, so the default
+    /// is long (ten years); `0s` keeps them forever.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub events_max_age: Duration,
+    /// Window in which a second event with the same id is dropped by JetStream. A git host
+    /// redelivering a webhook within this window never starts a second pipeline.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub duplicate_window: Duration,
+    /// Name of the stream that keeps poison messages with the reason they were rejected.
+    pub deadletter_stream: String,
+    /// How long dead letters are kept.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub deadletter_max_age: Duration,
+    /// Stream and bucket replicas: 1 for a single server, 3 for a JetStream cluster.
+    pub replicas: usize,
+    /// Object store bucket for build and test logs.
+    pub logs_bucket: String,
+}
+
+impl Default for JetStreamSettings {
+    fn default() -> Self {
+        Self {
+            events_stream: "BATON_EVENTS".to_owned(),
+            events_max_age: Duration::from_secs(10 * 365 * 24 * 3600),
+            duplicate_window: Duration::from_secs(24 * 3600),
+            deadletter_stream: "BATON_DEADLETTER".to_owned(),
+            deadletter_max_age: Duration::from_secs(365 * 24 * 3600),
+            replicas: 1,
+            logs_bucket: "baton-logs".to_owned(),
+        }
+    }
+}
+
+/// How a service's stage runner consumes its events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunnerSettings {
+    /// Events handled at once by one replica.
+    pub concurrency: usize,
+    /// Attempts before an event that keeps failing is dead-lettered.
+    pub max_deliver: u32,
+    /// How long the server waits for an ack (or a heartbeat) before redelivering.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub ack_wait: Duration,
+    /// Delay before the first retry of a transiently failed event; doubles each attempt.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub backoff_initial: Duration,
+    /// Upper bound of the retry delay.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub backoff_max: Duration,
+    /// Longest one handler may run on one event before it is cancelled and the event is
+    /// dead-lettered with the reason.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub handler_deadline: Duration,
+    /// How long a handled event id is remembered, so a redelivery is not handled twice.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub remember_handled: Duration,
+}
+
+impl Default for RunnerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 32,
+            max_deliver: 5,
+            ack_wait: Duration::from_secs(30),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            handler_deadline: Duration::from_secs(600),
+            remember_handled: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Graceful shutdown on SIGTERM/SIGINT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// How long in-flight work may take to finish before it is handed back (nak) and the NATS
+    /// connection is drained. Keep it below the pod's `terminationGracePeriodSeconds`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub grace_period: Duration,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self { grace_period: Duration::from_secs(20) }
+    }
+}
