@@ -1,1 +1,25 @@
-pub fn x(){}
+//! `baton-kit` is the runtime every Baton service shares, so none of them re-implements it:
+//!
+//! - [`codec`]: CloudEvents over NATS in binary mode (structured mode accepted on input);
+//! - [`fabric`]: connecting to NATS and provisioning the JetStream topology (events stream,
+//!   dead-letter stream, KV buckets, log object store), and publishing with `Nats-Msg-Id`;
+//! - [`events`]: turning a CDEvent into a published, validated, traced CloudEvent;
+//! - [`runner`]: the stage runner — durable pull consumer, validation, idempotency, retries
+//!   with backoff, dead letters, heartbeats, deadlines and graceful drain;
+//! - [`telemetry`], [`metrics`], [`health`]: logs, traces, `/healthz`, `/readyz`, `/metrics`;
+//! - [`settings`], [`shutdown`], [`tls`]: typed config with exit code 64, SIGTERM/SIGINT, and
+//!   the one rustls crypto provider.
+
+pub mod codec;
+pub mod events;
+pub mod fabric;
+pub mod health;
+pub mod metrics;
+pub mod runner;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tls;
+
+pub use events::Outgoing;
+pub use runner::{Handler, HandlerError, Incoming, Stage, StageRunner};

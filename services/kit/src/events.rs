@@ -1,0 +1,87 @@
+//! From CDEvents to CloudEvents and onto the stream: the one way Baton publishes an event.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream;
+use baton_schemas::{CdEvent, EventType, SchemaError, subjects, validate_event};
+use cloudevents::event::ExtensionValue;
+use cloudevents::{Event, EventBuilder, EventBuilderV10};
+
+use crate::codec::JSON;
+use crate::fabric::{self, FabricError, Published};
+use crate::telemetry;
+
+/// An event a service wants on the stream: the CDEvent, the application it belongs to (which
+/// picks the subject), and any extra CloudEvents extensions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The application (e.g. `acme/shop`); sanitized into the subject's `<app>` token.
+    pub app: String,
+    /// The CDEvent, which becomes the CloudEvent `data`.
+    pub event: CdEvent,
+    /// Extra CloudEvents extension attributes (lower-case alphanumeric names).
+    pub extensions: BTreeMap<String, String>,
+}
+
+impl Outgoing {
+    /// An outgoing event with no extra extensions.
+    pub fn new(app: impl Into<String>, event: CdEvent) -> Self {
+        Self { app: app.into(), event, extensions: BTreeMap::new() }
+    }
+}
+
+/// Why an event could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The event's type is not in Baton's catalog.
+    #[error("refusing to publish `{0}`: not a type of Baton's event catalog")]
+    UnknownType(String),
+    /// The event does not satisfy its schema: a bug in the producer, never retried.
+    #[error("refusing to publish an invalid event: {0}")]
+    Invalid(#[from] SchemaError),
+    /// JetStream did not acknowledge it: retry with the same id.
+    #[error(transparent)]
+    Fabric(#[from] FabricError),
+}
+
+impl PublishError {
+    /// Whether retrying the same publish may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Fabric(_))
+    }
+}
+
+/// The CloudEvent that carries a CDEvent: same id, source, type and time; the subject id as
+/// CloudEvent `subject`; the CDEvent JSON as `data`.
+pub fn to_cloudevent(event: &CdEvent) -> Event {
+    let data = serde_json::to_value(event).expect("a CDEvent always serializes");
+    EventBuilderV10::new()
+        .id(event.context.id.clone())
+        .source(event.context.source.clone())
+        .ty(event.context.ty.clone())
+        .time(event.context.timestamp)
+        .subject(event.subject.id.clone())
+        .data(JSON, data)
+        .build()
+        .expect("id, source and type are always set")
+}
+
+/// Validates and publishes an event on `baton.events.<app>.<subject>.<predicate>` in binary
+/// mode, carrying the current trace context, and waits for the JetStream ack.
+///
+/// # Errors
+/// [`PublishError::Invalid`] for an event that breaks its schema (a bug: do not retry),
+/// [`PublishError::Fabric`] when JetStream did not acknowledge (retry: the id makes it safe).
+pub async fn publish(js: &jetstream::Context, outgoing: &Outgoing) -> Result<(EventType, Published), PublishError> {
+    let ty: EventType =
+        outgoing.event.context.ty.parse().map_err(|_| PublishError::UnknownType(outgoing.event.context.ty.clone()))?;
+    validate_event(ty, &serde_json::to_value(&outgoing.event).expect("a CDEvent always serializes"))?;
+    let mut cloudevent = to_cloudevent(&outgoing.event);
+    telemetry::inject_trace_context(&mut cloudevent);
+    for (name, value) in &outgoing.extensions {
+        cloudevent.set_extension(name, ExtensionValue::String(value.clone()));
+    }
+    let subject = subjects::event_subject(&outgoing.app, ty);
+    let published = fabric::publish_event(js, &subject, &cloudevent).await?;
+    Ok((ty, published))
+}

@@ -1,0 +1,291 @@
+//! The NATS fabric: connecting, provisioning the JetStream topology, and publishing events.
+//!
+//! Provisioning is idempotent and never destroys data: streams and buckets are created when
+//! missing and updated in place when their settings changed. Publishing always waits for the
+//! JetStream ack and sets `Nats-Msg-Id` to the CloudEvent id, so a retried publish is stored once.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, object_store, stream};
+use async_nats::{Client, HeaderMap};
+use baton_schemas::config::{JetStreamSettings, NatsSettings};
+use baton_schemas::subjects;
+use bytes::Bytes;
+use cloudevents::{AttributesReader, Event};
+
+use crate::codec;
+
+/// KV bucket of handled event ids (per stage), so a redelivered event is not handled twice.
+pub const HANDLED_BUCKET: &str = "baton-handled";
+/// KV bucket of small mutable state: current release per app/environment, last polled sha, …
+pub const STATE_BUCKET: &str = "baton-state";
+/// KV bucket of leases (one promotion per environment at a time), taken with compare-and-set.
+pub const LOCKS_BUCKET: &str = "baton-locks";
+
+/// What can go wrong talking to NATS. `is_transient` separates "try again" from "give up".
+#[derive(Debug, thiserror::Error)]
+pub enum FabricError {
+    /// NATS could not be reached at start-up.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        /// The configured URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// A stream, bucket or object store could not be created or updated.
+    #[error("cannot provision JetStream {what}: {source}")]
+    Provision {
+        /// Which piece, e.g. `stream BATON_EVENTS`.
+        what: String,
+        /// Why.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// JetStream did not acknowledge a publish (NATS down, timeout, no stream).
+    #[error("JetStream did not acknowledge the event published on {subject}: {source}")]
+    Publish {
+        /// The subject.
+        subject: String,
+        /// Why.
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+impl FabricError {
+    /// Whether trying again later may succeed. Every fabric error is: NATS comes back.
+    pub fn is_transient(&self) -> bool {
+        true
+    }
+
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect",
+            Self::Provision { .. } => "provision",
+            Self::Publish { .. } => "publish",
+        }
+    }
+}
+
+/// Connects to NATS, retrying until `connect_timeout`, with the service's name on the connection.
+///
+/// # Errors
+/// When no server answered within the timeout, or the credentials file cannot be read.
+pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Client, FabricError> {
+    let deadline = tokio::time::Instant::now() + settings.connect_timeout;
+    loop {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(service)
+            .connection_timeout(Duration::from_secs(2).min(settings.connect_timeout))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS, reconnecting"),
+                    other => tracing::debug!(event = %other, "NATS connection event"),
+                }
+            });
+        if let Some(path) = &settings.credentials_file {
+            options = options.credentials_file(path).await.map_err(|e| FabricError::Connect {
+                url: settings.url.clone(),
+                source: format!("credentials file {}: {e}", path.display()).into(),
+            })?;
+        }
+        match options.connect(settings.url.as_str()).await {
+            Ok(client) => return Ok(client),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, url = %settings.url, "NATS not reachable yet, retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(FabricError::Connect { url: settings.url.clone(), source: e.into() }),
+        }
+    }
+}
+
+/// Handles to the provisioned JetStream topology.
+#[derive(Clone)]
+pub struct Topology {
+    /// The JetStream context everything is reached through.
+    pub jetstream: jetstream::Context,
+    /// The events stream (the audit log).
+    pub events: stream::Stream,
+    /// The dead-letter stream.
+    pub deadletter: stream::Stream,
+    /// Handled event ids per stage.
+    pub handled: kv::Store,
+    /// Current releases, last polled shas, and other small state.
+    pub state: kv::Store,
+    /// Leases (locks) taken with compare-and-set.
+    pub locks: kv::Store,
+    /// Build and test logs.
+    pub logs: object_store::ObjectStore,
+    /// The settings the topology was provisioned from.
+    pub settings: JetStreamSettings,
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topology")
+            .field("events", &self.settings.events_stream)
+            .field("deadletter", &self.settings.deadletter_stream)
+            .field("logs", &self.settings.logs_bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stream configuration of the events stream.
+pub fn events_stream_config(s: &JetStreamSettings) -> stream::Config {
+    stream::Config {
+        name: s.events_stream.clone(),
+        description: Some("Baton events: the audit log of every release".into()),
+        subjects: vec![subjects::ALL_EVENTS.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: s.events_max_age,
+        duplicate_window: s.duplicate_window,
+        num_replicas: s.replicas,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// Stream configuration of the dead-letter stream.
+pub fn deadletter_stream_config(s: &JetStreamSettings) -> stream::Config {
+    stream::Config {
+        name: s.deadletter_stream.clone(),
+        description: Some("Baton dead letters: messages a stage could not handle, with the reason".into()),
+        subjects: vec![subjects::ALL_DEADLETTERS.into()],
+        storage: stream::StorageType::File,
+        max_age: s.deadletter_max_age,
+        duplicate_window: s.duplicate_window.min(s.deadletter_max_age.max(Duration::from_secs(1))),
+        num_replicas: s.replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates or updates the whole topology. Safe to call from every replica at every start.
+///
+/// # Errors
+/// When JetStream refuses a configuration (e.g. more replicas than servers) or is unreachable.
+pub async fn provision(
+    client: &Client,
+    settings: &JetStreamSettings,
+    remember_handled: Duration,
+) -> Result<Topology, FabricError> {
+    let js = jetstream::new(client.clone());
+    let events = ensure_stream(&js, events_stream_config(settings)).await?;
+    let deadletter = ensure_stream(&js, deadletter_stream_config(settings)).await?;
+    let handled = ensure_kv(&js, kv::Config {
+        bucket: HANDLED_BUCKET.into(),
+        description: "Event ids each stage has handled (idempotency)".into(),
+        history: 1,
+        max_age: remember_handled,
+        storage: stream::StorageType::File,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    })
+    .await?;
+    let state = ensure_kv(&js, kv::Config {
+        bucket: STATE_BUCKET.into(),
+        description: "Baton state: current releases, last polled shas".into(),
+        history: 16,
+        storage: stream::StorageType::File,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    })
+    .await?;
+    let locks = ensure_kv(&js, kv::Config {
+        bucket: LOCKS_BUCKET.into(),
+        description: "Baton leases, taken with compare-and-set".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    })
+    .await?;
+    let logs = match js.get_object_store(&settings.logs_bucket).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: settings.logs_bucket.clone(),
+                description: Some("Baton build and test logs".into()),
+                storage: stream::StorageType::File,
+                num_replicas: settings.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| FabricError::Provision { what: format!("object store {}", settings.logs_bucket), source: e.into() })?,
+    };
+    Ok(Topology { jetstream: js, events, deadletter, handled, state, locks, logs, settings: settings.clone() })
+}
+
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, FabricError> {
+    let name = config.name.clone();
+    let err = |e: async_nats::Error| FabricError::Provision { what: format!("stream {name}"), source: e };
+    match js.get_stream(&name).await {
+        Ok(mut existing) => {
+            let current = existing.info().await.map_err(|e| err(e.into()))?.config.clone();
+            if differs(&current, &config) {
+                tracing::info!(stream = %name, "updating stream configuration");
+                js.update_stream(&config).await.map_err(|e| err(e.into()))?;
+            }
+            js.get_stream(&name).await.map_err(|e| err(e.into()))
+        }
+        Err(_) => js.create_stream(config.clone()).await.map_err(|e| err(e.into())),
+    }
+}
+
+/// Only the settings Baton owns are compared, so fields the server fills in never trigger
+/// a needless update.
+fn differs(current: &stream::Config, wanted: &stream::Config) -> bool {
+    current.subjects != wanted.subjects
+        || current.max_age != wanted.max_age
+        || current.duplicate_window != wanted.duplicate_window
+        || current.num_replicas != wanted.num_replicas
+        || current.description != wanted.description
+}
+
+async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, FabricError> {
+    let bucket = config.bucket.clone();
+    js.create_or_update_key_value(config)
+        .await
+        .map_err(|e| FabricError::Provision { what: format!("key-value bucket {bucket}"), source: e.into() })
+}
+
+/// The outcome of a publish JetStream acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Sequence of the event in the stream.
+    pub sequence: u64,
+    /// True when JetStream recognised the id and dropped this copy.
+    pub duplicate: bool,
+}
+
+/// Publishes a CloudEvent in binary mode on `subject` and waits for the JetStream ack.
+///
+/// # Errors
+/// When JetStream does not acknowledge (the caller retries; the id makes the retry safe).
+pub async fn publish_event(js: &jetstream::Context, subject: &str, event: &Event) -> Result<Published, FabricError> {
+    let (headers, payload) = codec::encode_binary(event);
+    publish_raw(js, subject, headers, payload, &codec::percent_encode(event.id())).await
+}
+
+/// Publishes raw headers and payload with a message id, waiting for the JetStream ack.
+///
+/// # Errors
+/// When JetStream does not acknowledge.
+pub async fn publish_raw(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: HeaderMap,
+    payload: Bytes,
+    message_id: &str,
+) -> Result<Published, FabricError> {
+    let err = |e: async_nats::Error| FabricError::Publish { subject: subject.to_owned(), source: e };
+    let message = jetstream::message::PublishMessage::build().headers(headers).payload(payload).message_id(message_id);
+    let ack = js.send_publish(subject.to_owned(), message).await.map_err(|e| err(e.into()))?;
+    let ack = ack.await.map_err(|e| err(e.into()))?;
+    Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate })
+}

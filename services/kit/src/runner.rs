@@ -1,0 +1,604 @@
+//! The stage runner: how every Baton service consumes events.
+//!
+//! A service declares which event types it handles and a [`Handler`]. The runner owns a durable
+//! pull consumer shared by all replicas of the service (scale out by adding replicas), and for
+//! each event it:
+//!
+//! 1. decodes the CloudEvent (binary or structured) and validates the CDEvent against the
+//!    schema of its type — a message that fails never reaches the handler and is dead-lettered
+//!    with the reason;
+//! 2. skips an event id the stage already handled (idempotency, remembered in JetStream KV);
+//! 3. runs the handler under a deadline, sending in-progress heartbeats so JetStream does not
+//!    redeliver a long step;
+//! 4. publishes the handler's output events and waits for their JetStream acks, and only then
+//!    acks the input;
+//! 5. on a transient error naks with exponential backoff; on a permanent error, an exceeded
+//!    deadline or too many deliveries, publishes the handler's "failed" outcome events,
+//!    dead-letters the message (original headers and payload, plus the reason) and terminates it.
+//!
+//! On shutdown it stops pulling, lets in-flight handlers finish within the grace period and
+//! naks what is left, so another replica picks it up at once.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{self, pull};
+use async_nats::jetstream::message::{AckKind, Message};
+use baton_schemas::config::RunnerSettings;
+use baton_schemas::{CdEvent, EventType, subjects, validate_event};
+use cloudevents::event::Data;
+use cloudevents::{AttributesReader, Event};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::codec;
+use crate::events::{self, Outgoing};
+use crate::fabric::{self, FabricError, Topology};
+use crate::metrics::{Metrics, StageLabels};
+use crate::telemetry;
+
+/// Header on a dead letter: why the stage gave up.
+pub const DEADLETTER_REASON: &str = "Baton-Deadletter-Reason";
+/// Header on a dead letter: the stage that gave up.
+pub const DEADLETTER_STAGE: &str = "Baton-Deadletter-Stage";
+/// Header on a dead letter: the subject the message was published on.
+pub const DEADLETTER_SUBJECT: &str = "Baton-Original-Subject";
+/// Header on a dead letter: its sequence in the events stream.
+pub const DEADLETTER_SEQUENCE: &str = "Baton-Original-Sequence";
+/// Header on a dead letter: how many times it was delivered.
+pub const DEADLETTER_DELIVERIES: &str = "Baton-Deliveries";
+
+/// What a stage is: its name (the durable consumer every replica shares), the event types it
+/// handles, and the CloudEvents `source` of the events it emits.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// Durable consumer name, e.g. `builder`.
+    pub name: String,
+    /// Event types this stage consumes.
+    pub handles: Vec<EventType>,
+    /// CloudEvents/CDEvents `source` of the events it emits, e.g. `/baton/builder`.
+    pub source: String,
+}
+
+impl Stage {
+    /// A stage named `name`, emitting as `/baton/<name>`.
+    pub fn new(name: impl Into<String>, handles: impl IntoIterator<Item = EventType>) -> Self {
+        let name = name.into();
+        Self { source: format!("/baton/{name}"), name, handles: handles.into_iter().collect() }
+    }
+}
+
+/// An event delivered to a handler: decoded, validated, and with its delivery facts.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// Catalog type of the event.
+    pub event_type: EventType,
+    /// The CloudEvent as received (attributes, extensions, data).
+    pub cloudevent: Event,
+    /// The CDEvent from the CloudEvent's data.
+    pub cdevent: CdEvent,
+    /// The subject it was published on.
+    pub subject: String,
+    /// The application token of the subject (`baton.events.<app>.…`).
+    pub app: String,
+    /// How many times it has been delivered (1 on the first attempt).
+    pub delivered: u64,
+    /// Its sequence in the events stream.
+    pub stream_sequence: u64,
+    /// The `source` of the stage handling it, for the events the handler emits.
+    pub stage_source: String,
+}
+
+impl Incoming {
+    /// The event id.
+    pub fn id(&self) -> &str {
+        &self.cdevent.context.id
+    }
+
+    /// The release id (`chainId`) the event belongs to.
+    pub fn chain_id(&self) -> Option<&str> {
+        self.cdevent.context.chain_id.as_deref()
+    }
+
+    /// A deterministic id for an event this handler emits in response: the same input and
+    /// label always give the same id, so a redelivered input re-emits an event JetStream drops
+    /// as a duplicate.
+    pub fn derive_id(&self, label: &str) -> String {
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("baton:{}:{label}", self.id()).as_bytes()).to_string()
+    }
+
+    /// A follow-up CDEvent: derived id, this stage as source, the same `chainId`, and a link
+    /// to this event as its cause.
+    ///
+    /// # Errors
+    /// Fails only if `content` cannot be represented as JSON.
+    pub fn follow_up(
+        &self,
+        ty: EventType,
+        label: &str,
+        subject_id: impl Into<String>,
+        content: impl serde::Serialize,
+    ) -> Result<CdEvent, serde_json::Error> {
+        let mut event =
+            CdEvent::new(ty, self.derive_id(label), self.stage_source.clone(), subject_id, content)?.caused_by(self.id());
+        if let Some(chain) = self.chain_id() {
+            event = event.with_chain_id(chain);
+        }
+        Ok(event)
+    }
+}
+
+/// How a handler failed: the heart of reliability is telling these apart.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying later (a registry timeout, NATS briefly away): nak with backoff.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Retrying cannot help (a malformed pipeline file, a missing commit): dead-letter it.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl HandlerError {
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Transient(_) => "transient",
+            Self::Permanent(_) => "permanent",
+        }
+    }
+}
+
+/// What a stage does with an event.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one event and returns the events to emit. Called again for a redelivered event
+    /// whose first attempt did not finish, so side effects must be idempotent; output events
+    /// should use [`Incoming::derive_id`] (or [`Incoming::follow_up`]) so re-emitting them is
+    /// harmless.
+    fn handle(&self, event: Arc<Incoming>) -> impl Future<Output = Result<Vec<Outgoing>, HandlerError>> + Send;
+
+    /// Events to emit when the runner gives up on an event (permanent error, deadline, too
+    /// many deliveries), e.g. a `build.finished` with a failure outcome. Default: none.
+    fn on_give_up(&self, _event: &Incoming, _reason: &str) -> Vec<Outgoing> {
+        Vec::new()
+    }
+}
+
+/// The runner could not start or keep consuming.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The durable consumer could not be created or updated.
+    #[error("cannot create the durable consumer `{stage}`: {source}")]
+    Consumer {
+        /// The stage.
+        stage: String,
+        /// Why.
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// Delay before redelivery attempt `delivered + 1`: `initial * 2^(delivered-1)`, capped.
+pub fn backoff(settings: &RunnerSettings, delivered: u64) -> Duration {
+    let exponent = u32::try_from(delivered.saturating_sub(1).min(30)).unwrap_or(30);
+    settings.backoff_initial.saturating_mul(2u32.saturating_pow(exponent)).min(settings.backoff_max)
+}
+
+/// Runs one stage: consumes its events and drives its handler until `shutdown` resolves.
+#[derive(Debug)]
+pub struct StageRunner<H> {
+    inner: Arc<Inner<H>>,
+}
+
+#[derive(Debug)]
+struct Inner<H> {
+    stage: Stage,
+    handler: H,
+    topology: Topology,
+    settings: RunnerSettings,
+    metrics: Metrics,
+    grace: Duration,
+}
+
+impl<H: Handler> StageRunner<H> {
+    /// A runner for `stage` on a provisioned topology.
+    pub fn new(stage: Stage, handler: H, topology: Topology, settings: RunnerSettings, metrics: Metrics) -> Self {
+        Self { inner: Arc::new(Inner { stage, handler, topology, settings, metrics, grace: Duration::from_secs(20) }) }
+    }
+
+    /// How long in-flight handlers may finish after shutdown before they are naked.
+    #[must_use]
+    pub fn with_grace_period(self, grace: Duration) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| unreachable!("a fresh runner is not shared"));
+        Self { inner: Arc::new(Inner { grace, ..inner }) }
+    }
+
+    /// Creates (or updates) the durable consumer. Called by [`StageRunner::run`]; call it
+    /// earlier to be sure the consumer exists before events are published.
+    ///
+    /// # Errors
+    /// When JetStream refuses the consumer.
+    pub async fn ensure_consumer(&self) -> Result<consumer::Consumer<pull::Config>, RunnerError> {
+        let inner = &self.inner;
+        let config = pull::Config {
+            durable_name: Some(inner.stage.name.clone()),
+            description: Some(format!("Baton stage {}", inner.stage.name)),
+            filter_subjects: inner.stage.handles.iter().map(|t| subjects::event_filter(*t)).collect(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: inner.settings.ack_wait,
+            // The runner counts deliveries itself so it can dead-letter before giving up.
+            max_deliver: -1,
+            deliver_policy: consumer::DeliverPolicy::New,
+            max_ack_pending: i64::try_from(inner.settings.concurrency.saturating_mul(4).max(64)).unwrap_or(i64::MAX),
+            ..Default::default()
+        };
+        inner
+            .topology
+            .events
+            .create_consumer(config)
+            .await
+            .map_err(|e| RunnerError::Consumer { stage: inner.stage.name.clone(), source: e.into() })
+    }
+
+    /// Consumes until `shutdown` resolves, then drains in-flight work within the grace period.
+    ///
+    /// # Errors
+    /// When the consumer cannot be created.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunnerError> {
+        let consumer = self.ensure_consumer().await?;
+        let inner = Arc::clone(&self.inner);
+        let permits = Arc::new(Semaphore::new(inner.settings.concurrency.max(1)));
+        let hard_stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        tracing::info!(stage = %inner.stage.name, "stage runner started");
+        'outer: loop {
+            let batch = inner.settings.concurrency.clamp(1, 256);
+            let messages = tokio::select! {
+                () = &mut shutdown => break 'outer,
+                m = consumer.stream().max_messages_per_batch(batch).heartbeat(Duration::from_secs(5)).expires(Duration::from_secs(30)).messages() => m,
+            };
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot pull messages, retrying");
+                    tokio::select! {
+                        () = &mut shutdown => break 'outer,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => continue 'outer,
+                    }
+                }
+            };
+            loop {
+                let permit = tokio::select! {
+                    () = &mut shutdown => break 'outer,
+                    p = Arc::clone(&permits).acquire_owned() => p.expect("the semaphore is never closed"),
+                };
+                let next = tokio::select! {
+                    () = &mut shutdown => break 'outer,
+                    m = messages.next() => m,
+                };
+                match next {
+                    Some(Ok(message)) => {
+                        let inner = Arc::clone(&inner);
+                        let hard_stop = hard_stop.clone();
+                        tasks.spawn(async move {
+                            process(&inner, message, &hard_stop).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(e)) => {
+                        // Missed heartbeats or a reconnect: the pull stream recovers by itself.
+                        tracing::debug!(error = %e, "pull stream hiccup");
+                    }
+                    None => continue 'outer,
+                }
+                while tasks.try_join_next().is_some() {}
+            }
+        }
+        tracing::info!(stage = %inner.stage.name, in_flight = tasks.len(), "stopping: no new events pulled");
+        if tokio::time::timeout(inner.grace, drain(&mut tasks)).await.is_err() {
+            tracing::warn!(stage = %inner.stage.name, "grace period over: handing unfinished events back");
+            hard_stop.cancel();
+            drain(&mut tasks).await;
+        }
+        Ok(())
+    }
+}
+
+async fn drain(tasks: &mut JoinSet<()>) {
+    while tasks.join_next().await.is_some() {}
+}
+
+/// What happened to one delivery, for metrics and logs.
+enum Outcome {
+    Handled,
+    Duplicate,
+    Retried,
+    GaveUp(&'static str),
+    HandedBack,
+}
+
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Handled => "handled",
+            Self::Duplicate => "duplicate",
+            Self::Retried => "retried",
+            Self::GaveUp(label) => label,
+            Self::HandedBack => "handed_back",
+        }
+    }
+}
+
+async fn process<H: Handler>(inner: &Inner<H>, message: Message, hard_stop: &CancellationToken) {
+    let (stream_sequence, delivered) = match message.info() {
+        Ok(info) => (info.stream_sequence, u64::try_from(info.delivered).unwrap_or(1)),
+        Err(_) => (0, 1),
+    };
+    let incoming = match decode_incoming(inner, &message, stream_sequence, delivered) {
+        Ok(incoming) => Arc::new(incoming),
+        Err(reason) => {
+            tracing::warn!(stage = %inner.stage.name, subject = %message.subject, %reason, "rejecting an invalid event");
+            let outcome = dead_letter(inner, &message, None, &reason, delivered, "invalid").await;
+            inner.metrics.count(&inner.stage.name, "invalid", outcome.label());
+            return;
+        }
+    };
+    let type_label = incoming.event_type.as_str();
+    let span = tracing::info_span!(
+        "handle",
+        stage = %inner.stage.name,
+        event.id = %incoming.id(),
+        event.r#type = %type_label,
+        chain.id = incoming.chain_id().unwrap_or(""),
+        delivered,
+    );
+    if let Err(e) = span.set_parent(telemetry::extract_trace_context(&incoming.cloudevent)) {
+        tracing::debug!(error = %e, "cannot continue the sender's trace");
+    }
+    let started = Instant::now();
+    let outcome = handle_one(inner, &message, Arc::clone(&incoming), delivered, hard_stop).instrument(span).await;
+    inner
+        .metrics
+        .handler_seconds
+        .get_or_create(&StageLabels { stage: inner.stage.name.clone(), event_type: type_label.to_owned() })
+        .observe(started.elapsed().as_secs_f64());
+    inner.metrics.count(&inner.stage.name, type_label, outcome.label());
+}
+
+fn decode_incoming<H>(inner: &Inner<H>, message: &Message, stream_sequence: u64, delivered: u64) -> Result<Incoming, String> {
+    let cloudevent = codec::decode(message.headers.as_ref(), &message.payload).map_err(|e| e.to_string())?;
+    let event_type: EventType = cloudevent.ty().parse().map_err(|e: baton_schemas::catalog::UnknownEventType| e.to_string())?;
+    if !inner.stage.handles.contains(&event_type) {
+        return Err(format!("stage `{}` does not handle `{event_type}`", inner.stage.name));
+    }
+    let data = match cloudevent.data() {
+        Some(Data::Json(v)) => v,
+        Some(_) => return Err("event data is not JSON: Baton events carry their CDEvent as application/json".into()),
+        None => return Err("event has no data: Baton events carry their CDEvent as data".into()),
+    };
+    validate_event(event_type, data).map_err(|e| e.to_string())?;
+    let cdevent: CdEvent = serde_json::from_value(data.clone()).map_err(|e| format!("event data is not a CDEvent: {e}"))?;
+    if cdevent.context.id != cloudevent.id() {
+        return Err(format!(
+            "CloudEvent id `{}` differs from the CDEvent context id `{}`",
+            cloudevent.id(),
+            cdevent.context.id
+        ));
+    }
+    let subject = message.subject.to_string();
+    let app = subjects::app_of(&subject).unwrap_or("_").to_owned();
+    Ok(Incoming {
+        event_type,
+        cloudevent,
+        cdevent,
+        subject,
+        app,
+        delivered,
+        stream_sequence,
+        stage_source: inner.stage.source.clone(),
+    })
+}
+
+fn handled_key(stage: &str, event_id: &str) -> String {
+    let digest = Sha256::digest(event_id.as_bytes());
+    format!("{}.{}", subjects::sanitize_token(stage), hex::encode(&digest[..20]))
+}
+
+async fn handle_one<H: Handler>(
+    inner: &Inner<H>,
+    message: &Message,
+    incoming: Arc<Incoming>,
+    delivered: u64,
+    hard_stop: &CancellationToken,
+) -> Outcome {
+    let settings = &inner.settings;
+    if delivered > u64::from(settings.max_deliver) {
+        let reason = format!(
+            "gave up after {} deliveries: earlier attempts never finished (the handler crashed or lost its ack)",
+            delivered - 1
+        );
+        return give_up(inner, message, &incoming, &reason, "dead_lettered").await;
+    }
+    let key = handled_key(&inner.stage.name, incoming.id());
+    match inner.topology.handled.get(&key).await {
+        Ok(Some(_)) => {
+            tracing::debug!("already handled, acknowledging the redelivery");
+            return ack(message, AckKind::Ack, Outcome::Duplicate).await;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the handled-events bucket, retrying later");
+            return ack(message, AckKind::Nak(Some(backoff(settings, delivered))), Outcome::Retried).await;
+        }
+    }
+
+    let handler = inner.handler.handle(Arc::clone(&incoming));
+    let deadline = tokio::time::sleep(settings.handler_deadline);
+    let mut heartbeat = tokio::time::interval(settings.ack_wait / 3);
+    heartbeat.tick().await;
+    tokio::pin!(handler, deadline);
+    let result = loop {
+        tokio::select! {
+            r = &mut handler => break Some(r),
+            () = &mut deadline => break None,
+            () = hard_stop.cancelled() => {
+                tracing::info!("shutting down: handing the event back");
+                return ack(message, AckKind::Nak(None), Outcome::HandedBack).await;
+            }
+            _ = heartbeat.tick() => {
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "heartbeat not sent");
+                }
+            }
+        }
+    };
+
+    match result {
+        Some(Ok(outputs)) => {
+            if let Err(e) = publish_all(inner, &outputs).await {
+                return publish_failed(inner, message, &incoming, e, delivered).await;
+            }
+            if let Err(e) = inner.topology.handled.put(&key, bytes::Bytes::from_static(b"1")).await {
+                // Outputs are published and deduplicated by id, so acking is still safe.
+                tracing::warn!(error = %e, "cannot remember the handled event id");
+            }
+            ack(message, AckKind::Ack, Outcome::Handled).await
+        }
+        Some(Err(HandlerError::Transient(reason))) if delivered >= u64::from(settings.max_deliver) => {
+            let reason = format!("still failing after {delivered} attempts: {reason}");
+            give_up(inner, message, &incoming, &reason, "dead_lettered").await
+        }
+        Some(Err(HandlerError::Transient(reason))) => {
+            let delay = backoff(settings, delivered);
+            tracing::warn!(%reason, retry_in = ?delay, "transient failure, retrying");
+            ack(message, AckKind::Nak(Some(delay)), Outcome::Retried).await
+        }
+        Some(Err(HandlerError::Permanent(reason))) => give_up(inner, message, &incoming, &reason, "dead_lettered").await,
+        None => {
+            let reason = format!(
+                "handler exceeded its deadline of {} and was cancelled",
+                humantime::format_duration(settings.handler_deadline)
+            );
+            tracing::error!(%reason);
+            give_up(inner, message, &incoming, &reason, "deadline_exceeded").await
+        }
+    }
+}
+
+async fn publish_all<H>(inner: &Inner<H>, outputs: &[Outgoing]) -> Result<(), events::PublishError> {
+    for out in outputs {
+        let (ty, published) = events::publish(&inner.topology.jetstream, out).await?;
+        if published.duplicate {
+            tracing::debug!(event.id = %out.event.context.id, "output already on the stream (deduplicated)");
+        }
+        inner.metrics.published.get_or_create(&crate::metrics::PublishLabels { event_type: ty.as_str().to_owned() }).inc();
+    }
+    Ok(())
+}
+
+async fn publish_failed<H: Handler>(
+    inner: &Inner<H>,
+    message: &Message,
+    incoming: &Incoming,
+    error: events::PublishError,
+    delivered: u64,
+) -> Outcome {
+    if error.is_transient() {
+        tracing::warn!(%error, "output events not acknowledged, retrying");
+        ack(message, AckKind::Nak(Some(backoff(&inner.settings, delivered))), Outcome::Retried).await
+    } else {
+        let reason = format!("the handler produced an event Baton cannot publish: {error}");
+        give_up(inner, message, incoming, &reason, "dead_lettered").await
+    }
+}
+
+async fn give_up<H: Handler>(
+    inner: &Inner<H>,
+    message: &Message,
+    incoming: &Incoming,
+    reason: &str,
+    label: &'static str,
+) -> Outcome {
+    tracing::error!(%reason, "giving up on the event");
+    let failure_events = inner.handler.on_give_up(incoming, reason);
+    if let Err(e) = publish_all(inner, &failure_events).await {
+        tracing::warn!(error = %e, "failure outcome not published, retrying later");
+        return ack(message, AckKind::Nak(Some(backoff(&inner.settings, incoming.delivered))), Outcome::Retried).await;
+    }
+    dead_letter(inner, message, Some(incoming), reason, incoming.delivered, label).await
+}
+
+/// Publishes the original message (headers and payload) to the stage's dead-letter subject with
+/// the reason, then terminates it. If the dead-letter publish fails the message is naked, so it
+/// is never lost.
+async fn dead_letter<H>(
+    inner: &Inner<H>,
+    message: &Message,
+    incoming: Option<&Incoming>,
+    reason: &str,
+    delivered: u64,
+    label: &'static str,
+) -> Outcome {
+    let mut headers = message.headers.clone().unwrap_or_else(HeaderMap::new);
+    headers.insert(DEADLETTER_REASON, header_safe(reason).as_str());
+    headers.insert(DEADLETTER_STAGE, inner.stage.name.as_str());
+    headers.insert(DEADLETTER_SUBJECT, message.subject.as_str());
+    let sequence = incoming.map_or_else(|| message.info().map(|i| i.stream_sequence).unwrap_or(0), |i| i.stream_sequence);
+    headers.insert(DEADLETTER_SEQUENCE, sequence.to_string().as_str());
+    headers.insert(DEADLETTER_DELIVERIES, delivered.to_string().as_str());
+    let id = format!("{}-{}", subjects::sanitize_token(&inner.stage.name), sequence);
+    let subject = subjects::deadletter_subject(&inner.stage.name);
+    match fabric::publish_raw(&inner.topology.jetstream, &subject, headers, message.payload.clone(), &id).await {
+        Ok(_) => ack(message, AckKind::Term, Outcome::GaveUp(label)).await,
+        Err(e @ FabricError::Publish { .. }) | Err(e @ FabricError::Connect { .. }) | Err(e @ FabricError::Provision { .. }) => {
+            tracing::error!(error = %e, "cannot dead-letter the event, handing it back");
+            ack(message, AckKind::Nak(Some(backoff(&inner.settings, delivered))), Outcome::Retried).await
+        }
+    }
+}
+
+/// Header values are single lines of printable text.
+fn header_safe(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+async fn ack(message: &Message, kind: AckKind, outcome: Outcome) -> Outcome {
+    if let Err(e) = message.ack_with(kind).await {
+        // The server redelivers after ack_wait; idempotency makes that harmless.
+        tracing::warn!(error = %e, "acknowledgement not sent");
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let s = RunnerSettings {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            ..RunnerSettings::default()
+        };
+        let delays: Vec<_> = (1..=6).map(|n| backoff(&s, n).as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(backoff(&s, 0).as_millis(), 100);
+        assert_eq!(backoff(&s, u64::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn handled_keys_are_valid_kv_keys() {
+        let k = handled_key("my stage", "id with spaces/and:colons");
+        assert!(k.starts_with("my_stage."));
+        assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_'));
+    }
+}
