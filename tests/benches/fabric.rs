@@ -1,1 +1,127 @@
-fn main(){}
+//! `just bench fabric`: one-hop latency and sustained throughput through a stage runner on a
+//! real nats-server with file storage.
+//!
+//! A hop is: a producer publishes a `change.merged` (waiting for the JetStream ack), the
+//! stage runner pulls it, validates it against its schema, checks idempotency, runs the
+//! handler, publishes the handler's `build.queued` (waiting for its ack), records the event as
+//! handled and acks the input. Latency is measured from the producer's publish call to the
+//! moment the output event reaches a subscriber — the whole hop as the next stage sees it.
+//! Throughput is measured with many events in flight, from the first publish to the last output.
+
+#![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use baton_kit::{Handler, HandlerError, Incoming, Outgoing, Stage, StageRunner, events, fabric};
+use baton_schemas::config::{JetStreamSettings, RunnerSettings};
+use baton_schemas::{CdEvent, EventType, subjects};
+use futures::StreamExt;
+use serde_json::json;
+
+struct Forward;
+
+impl Handler for Forward {
+    async fn handle(&self, incoming: Arc<Incoming>) -> Result<Vec<Outgoing>, HandlerError> {
+        let e = incoming
+            .follow_up(EventType::BuildQueued, "queued", "build-1", json!({}))
+            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        Ok(vec![Outgoing::new(incoming.app.clone(), e)])
+    }
+}
+
+fn input(n: usize) -> Outgoing {
+    let e = CdEvent::new(
+        EventType::ChangeMerged,
+        format!("bench-{n}"),
+        "/baton/listener",
+        "0a1b2c3d4e5f",
+        json!({"repository": {"id": "acme/shop", "source": "https://github.com/acme/shop"}}),
+    )
+    .expect("static content serializes")
+    .with_chain_id(format!("release-{n}"));
+    Outgoing::new("acme/shop", e)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+fn main() -> Result<()> {
+    let latency_samples: usize = std::env::var("BENCH_LATENCY_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
+    let throughput_events: usize = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let server = baton_tests::NatsServer::start()?;
+    runtime.block_on(async move {
+        let client = async_nats::connect(server.url()).await?;
+        let topology = fabric::provision(&client, &JetStreamSettings::default(), Duration::from_secs(3600)).await?;
+        let settings = RunnerSettings { concurrency: 256, ..RunnerSettings::default() };
+        let runner_client = async_nats::connect(server.url()).await?;
+        let runner_topology = fabric::provision(&runner_client, &JetStreamSettings::default(), Duration::from_secs(3600)).await?;
+        let runner = StageRunner::new(
+            Stage::new("builder", [EventType::ChangeMerged]),
+            Forward,
+            runner_topology,
+            settings,
+            baton_kit::metrics::Metrics::new(),
+        );
+        runner.ensure_consumer().await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(runner.run(async move { token.cancelled().await }));
+        let mut outputs = client.subscribe(subjects::event_filter(EventType::BuildQueued)).await?;
+        let js = topology.jetstream.clone();
+
+        // Warm-up.
+        for n in 0..200 {
+            events::publish(&js, &input(n)).await?;
+            outputs.next().await.context("output stream ended")?;
+        }
+
+        // Latency: one event in flight at a time.
+        let mut samples = Vec::with_capacity(latency_samples);
+        for n in 0..latency_samples {
+            let event = input(1_000_000 + n);
+            let t0 = Instant::now();
+            events::publish(&js, &event).await?;
+            outputs.next().await.context("output stream ended")?;
+            samples.push(t0.elapsed());
+        }
+        samples.sort();
+
+        // Throughput: many in flight.
+        let started = Instant::now();
+        let producer = {
+            let js = js.clone();
+            tokio::spawn(async move {
+                let mut in_flight = futures::stream::iter(0..throughput_events)
+                    .map(|n| {
+                        let js = js.clone();
+                        async move { events::publish(&js, &input(2_000_000 + n)).await }
+                    })
+                    .buffer_unordered(512);
+                while let Some(r) = in_flight.next().await {
+                    r?;
+                }
+                anyhow::Ok(())
+            })
+        };
+        for _ in 0..throughput_events {
+            tokio::time::timeout(Duration::from_secs(60), outputs.next()).await?.context("output stream ended")?;
+        }
+        let elapsed = started.elapsed();
+        producer.await??;
+        stop.cancel();
+        task.await??;
+
+        println!("fabric benchmark (nats-server {}, file storage, stage runner concurrency 256)", baton_tests::PINNED_NATS_SERVER_VERSION);
+        println!("one hop latency over {latency_samples} sequential events:");
+        println!("  p50 {:>8.3} ms", percentile(&samples, 0.50).as_secs_f64() * 1e3);
+        println!("  p90 {:>8.3} ms", percentile(&samples, 0.90).as_secs_f64() * 1e3);
+        println!("  p99 {:>8.3} ms", percentile(&samples, 0.99).as_secs_f64() * 1e3);
+        println!("sustained throughput: {throughput_events} events in {:.2} s = {:.0} events/s", elapsed.as_secs_f64(), throughput_events as f64 / elapsed.as_secs_f64());
+        anyhow::Ok(())
+    })
+}

@@ -181,10 +181,14 @@ impl NatsServer {
     /// during start-up (a port taken in the race between probing and binding) it is retried on
     /// fresh ports a few times.
     pub fn start() -> Result<Self, HarnessError> {
-        let binary = locate_nats_server(
+        Self::start_binary(locate_nats_server(
             std::env::var_os(NATS_SERVER_BIN_ENV),
             std::env::var_os("PATH"),
-        )?;
+        )?)
+    }
+
+    /// [`start`](Self::start) with a given executable.
+    fn start_binary(binary: PathBuf) -> Result<Self, HarnessError> {
         let temp_dir = tempfile::Builder::new()
             .prefix("baton-nats-")
             .tempdir()
@@ -338,7 +342,8 @@ impl NatsServer {
         if self.is_running() {
             return Err(HarnessError::AlreadyRunning { port: self.port });
         }
-        self.child = None;
+        // Reap whatever is left of a process that exited on its own.
+        self.kill()?;
         let deadline = Instant::now() + REBIND_WINDOW;
         loop {
             match self.launch() {
@@ -810,6 +815,57 @@ mod tests {
 
         let found = locate_nats_server(Some(binary.clone().into()), Some(OsString::new()))?;
         assert_eq!(found, binary);
+        Ok(())
+    }
+
+    #[test]
+    fn start_again_waits_for_a_briefly_taken_port() -> anyhow::Result<()> {
+        let mut server = NatsServer::start()?;
+        server.kill()?;
+        let squatter = TcpListener::bind((Ipv4Addr::LOCALHOST, server.port()))?;
+        let release = thread::spawn(move || {
+            thread::sleep(Duration::from_secs(1));
+            drop(squatter);
+        });
+
+        server.start_again()?;
+
+        release.join().expect("release thread");
+        assert!(read_greeting(server.port())?.starts_with("INFO "));
+        Ok(())
+    }
+
+    #[test]
+    fn a_server_that_dies_at_start_up_is_reported_with_its_output() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let binary = dir.path().join("nats-server");
+        fs::write(
+            &binary,
+            "#!/bin/sh\necho 'boom: cannot start' >&2\nexit 3\n",
+        )?;
+        fs::set_permissions(&binary, fs::Permissions::from_mode(0o755))?;
+
+        // A fresh executable can be briefly "text file busy" while another test thread forks.
+        let mut outcome = NatsServer::start_binary(binary.clone());
+        for _ in 0..10 {
+            match &outcome {
+                Err(HarnessError::Spawn { source, .. }) if source.raw_os_error() == Some(26) => {
+                    thread::sleep(Duration::from_millis(50));
+                    outcome = NatsServer::start_binary(binary.clone());
+                }
+                _ => break,
+            }
+        }
+        let error = outcome.expect_err("the fake server exits");
+
+        let HarnessError::Exited { log_tail, .. } = &error else {
+            anyhow::bail!("expected Exited, got {error:?}");
+        };
+        assert_eq!(
+            log_tail, "boom: cannot start",
+            "only the last attempt's output"
+        );
+        assert!(error.to_string().contains("exit status: 3"), "{error}");
         Ok(())
     }
 

