@@ -32,6 +32,9 @@ pub fn generated_files() -> Vec<GeneratedFile> {
         let content = extension_content_schema(ty);
         files.push(file(&format!("events/{}", ty.schema_file()), &extension_event_schema(ty, content)));
     }
+    let mut push = schema_value::<crate::payloads::PushData>();
+    push.insert("$id".into(), json!(format!("{SCHEMA_BASE}/payloads/push.json")));
+    files.push(file("payloads/push.json", &Value::Object(push)));
     let mut settings = schema_value::<CommonSettings>();
     settings.insert("$id".into(), json!(format!("{SCHEMA_BASE}/config/service-common.json")));
     files.push(file("config/service-common.json", &Value::Object(settings)));

@@ -13,6 +13,7 @@ pub mod cdevent;
 pub mod config;
 pub mod extensions;
 pub mod generate;
+pub mod payloads;
 pub mod subjects;
 pub mod validate;
 
