@@ -38,6 +38,13 @@ pub fn generated_files() -> Vec<GeneratedFile> {
     let mut settings = schema_value::<CommonSettings>();
     settings.insert("$id".into(), json!(format!("{SCHEMA_BASE}/config/service-common.json")));
     files.push(file("config/service-common.json", &Value::Object(settings)));
+    let mut listener = schema_value::<crate::config::listener::ListenerSettings>();
+    listener.insert("$id".into(), json!(format!("{SCHEMA_BASE}/config/listener.json")));
+    listener.insert(
+        "description".into(),
+        json!("The listener's own sections; the file also holds the common sections of service-common.json."),
+    );
+    files.push(file("config/listener.json", &Value::Object(listener)));
     files
 }
 

@@ -54,7 +54,10 @@ impl PublishError {
 /// The CloudEvent that carries a CDEvent: same id, source, type and time; the subject id as
 /// CloudEvent `subject`; the CDEvent JSON as `data`.
 pub fn to_cloudevent(event: &CdEvent) -> Event {
-    let data = serde_json::to_value(event).expect("a CDEvent always serializes");
+    cloudevent_with_data(event, serde_json::to_value(event).expect("a CDEvent always serializes"))
+}
+
+fn cloudevent_with_data(event: &CdEvent, data: serde_json::Value) -> Event {
     EventBuilderV10::new()
         .id(event.context.id.clone())
         .source(event.context.source.clone())
@@ -75,8 +78,9 @@ pub fn to_cloudevent(event: &CdEvent) -> Event {
 pub async fn publish(js: &jetstream::Context, outgoing: &Outgoing) -> Result<(EventType, Published), PublishError> {
     let ty: EventType =
         outgoing.event.context.ty.parse().map_err(|_| PublishError::UnknownType(outgoing.event.context.ty.clone()))?;
-    validate_event(ty, &serde_json::to_value(&outgoing.event).expect("a CDEvent always serializes"))?;
-    let mut cloudevent = to_cloudevent(&outgoing.event);
+    let data = serde_json::to_value(&outgoing.event).expect("a CDEvent always serializes");
+    validate_event(ty, &data)?;
+    let mut cloudevent = cloudevent_with_data(&outgoing.event, data);
     telemetry::inject_trace_context(&mut cloudevent);
     for (name, value) in &outgoing.extensions {
         cloudevent.set_extension(name, ExtensionValue::String(value.clone()));

@@ -16,6 +16,8 @@ pub mod fabric;
 pub mod health;
 pub mod metrics;
 pub mod runner;
+pub mod secret;
+pub mod service;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

@@ -7,11 +7,12 @@
 //! 1. decodes the CloudEvent (binary or structured) and validates the CDEvent against the
 //!    schema of its type — a message that fails never reaches the handler and is dead-lettered
 //!    with the reason;
-//! 2. skips an event id the stage already handled (idempotency, remembered in JetStream KV);
+//! 2. on a redelivery, skips an event id the stage already handled (idempotency: remembered in
+//!    JetStream KV whenever an ack could not be confirmed);
 //! 3. runs the handler under a deadline, sending in-progress heartbeats so JetStream does not
 //!    redeliver a long step;
 //! 4. publishes the handler's output events and waits for their JetStream acks, and only then
-//!    acks the input;
+//!    acks the input (and waits for the server to confirm the ack);
 //! 5. on a transient error naks with exponential backoff; on a permanent error, an exceeded
 //!    deadline or too many deliveries, publishes the handler's "failed" outcome events,
 //!    dead-letters the message (original headers and payload, plus the reason) and terminates it.
@@ -310,6 +311,11 @@ impl<H: Handler> StageRunner<H> {
             hard_stop.cancel();
             drain(&mut tasks).await;
         }
+        // Acks and naks are queued on the connection; make sure they reach the server before
+        // the caller drops or drains it, so handed-back events are redelivered at once.
+        if let Err(e) = inner.topology.jetstream.client().flush().await {
+            tracing::warn!(error = %e, "cannot flush the last acks");
+        }
         Ok(())
     }
 }
@@ -387,7 +393,7 @@ fn decode_incoming<H>(inner: &Inner<H>, message: &Message, stream_sequence: u64,
         None => return Err("event has no data: Baton events carry their CDEvent as data".into()),
     };
     validate_event(event_type, data).map_err(|e| e.to_string())?;
-    let cdevent: CdEvent = serde_json::from_value(data.clone()).map_err(|e| format!("event data is not a CDEvent: {e}"))?;
+    let cdevent = <CdEvent as serde::Deserialize>::deserialize(data).map_err(|e| format!("event data is not a CDEvent: {e}"))?;
     if cdevent.context.id != cloudevent.id() {
         return Err(format!(
             "CloudEvent id `{}` differs from the CDEvent context id `{}`",
@@ -430,22 +436,27 @@ async fn handle_one<H: Handler>(
         return give_up(inner, message, &incoming, &reason, "dead_lettered").await;
     }
     let key = handled_key(&inner.stage.name, incoming.id());
-    match inner.topology.handled.get(&key).await {
-        Ok(Some(_)) => {
-            tracing::debug!("already handled, acknowledging the redelivery");
-            return ack(message, AckKind::Ack, Outcome::Duplicate).await;
-        }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the handled-events bucket, retrying later");
-            return ack(message, AckKind::Nak(Some(backoff(settings, delivered))), Outcome::Retried).await;
+    // A first delivery cannot have been handled by this stage; only a redelivery is looked up.
+    if delivered > 1 {
+        match inner.topology.handled.get(&key).await {
+            Ok(Some(_)) => {
+                tracing::debug!("already handled, acknowledging the redelivery");
+                return ack(message, AckKind::Ack, Outcome::Duplicate).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the handled-events bucket, retrying later");
+                return ack(message, AckKind::Nak(Some(backoff(settings, delivered))), Outcome::Retried).await;
+            }
         }
     }
 
     let handler = inner.handler.handle(Arc::clone(&incoming));
     let deadline = tokio::time::sleep(settings.handler_deadline);
-    let mut heartbeat = tokio::time::interval(settings.ack_wait / 3);
-    heartbeat.tick().await;
+    // The first heartbeat is due a third of ack_wait from now. (Awaiting an interval's
+    // immediate first tick would cost a whole timer-wheel millisecond per event.)
+    let period = settings.ack_wait / 3;
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tokio::pin!(handler, deadline);
     let result = loop {
         tokio::select! {
@@ -468,11 +479,16 @@ async fn handle_one<H: Handler>(
             if let Err(e) = publish_all(inner, &outputs).await {
                 return publish_failed(inner, message, &incoming, e, delivered).await;
             }
-            if let Err(e) = inner.topology.handled.put(&key, bytes::Bytes::from_static(b"1")).await {
-                // Outputs are published and deduplicated by id, so acking is still safe.
-                tracing::warn!(error = %e, "cannot remember the handled event id");
+            // The ack is confirmed by the server. Only when that confirmation is lost can the
+            // event come back, so only then is its id remembered, for the redelivery to skip.
+            if let Err(e) = message.double_ack().await {
+                tracing::warn!(error = %e, "ack not confirmed; remembering the event as handled");
+                if let Err(e) = inner.topology.handled.put(&key, bytes::Bytes::from_static(b"1")).await {
+                    // Outputs are deduplicated by id, so a second run is still harmless.
+                    tracing::warn!(error = %e, "cannot remember the handled event id");
+                }
             }
-            ack(message, AckKind::Ack, Outcome::Handled).await
+            Outcome::Handled
         }
         Some(Err(HandlerError::Transient(reason))) if delivered >= u64::from(settings.max_deliver) => {
             let reason = format!("still failing after {delivered} attempts: {reason}");
@@ -553,7 +569,7 @@ async fn dead_letter<H>(
     headers.insert(DEADLETTER_REASON, header_safe(reason).as_str());
     headers.insert(DEADLETTER_STAGE, inner.stage.name.as_str());
     headers.insert(DEADLETTER_SUBJECT, message.subject.as_str());
-    let sequence = incoming.map_or_else(|| message.info().map(|i| i.stream_sequence).unwrap_or(0), |i| i.stream_sequence);
+    let sequence = incoming.map_or_else(|| message.info().map(|i| i.stream_sequence).unwrap_or_default(), |i| i.stream_sequence);
     headers.insert(DEADLETTER_SEQUENCE, sequence.to_string().as_str());
     headers.insert(DEADLETTER_DELIVERIES, delivered.to_string().as_str());
     let id = format!("{}-{}", subjects::sanitize_token(&inner.stage.name), sequence);

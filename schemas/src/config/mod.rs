@@ -5,6 +5,8 @@
 //!
 //! Durations are written the human way: `30s`, `5m`, `2h`, `365days`.
 
+pub mod listener;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

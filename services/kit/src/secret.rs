@@ -1,0 +1,85 @@
+//! Secrets (webhook secrets, signing keys, tokens): read from an environment variable or a
+//! file, and impossible to print by accident — `Debug` and `Display` show `[redacted]`.
+
+use std::fmt;
+use std::path::Path;
+
+/// A secret value. Compare it with constant-time functions (e.g. HMAC verification), never `==`.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// Wraps secret bytes.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+
+    /// The secret's bytes, for HMAC keys and constant-time comparison.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Reads a secret from the environment variable `name` through `env` (so tests pass a map).
+    ///
+    /// # Errors
+    /// When the variable is unset or empty; the message names the variable, never a value.
+    pub fn from_env(name: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
+        match env(name) {
+            Some(v) if !v.is_empty() => Ok(Self::new(v.into_bytes())),
+            Some(_) => Err(format!("environment variable {name} is empty")),
+            None => Err(format!("environment variable {name} is not set")),
+        }
+    }
+
+    /// Reads a secret from a file; one trailing newline is ignored.
+    ///
+    /// # Errors
+    /// When the file cannot be read or is empty.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if bytes.ends_with(b"\n") {
+            bytes.pop();
+            if bytes.ends_with(b"\r") {
+                bytes.pop();
+            }
+        }
+        if bytes.is_empty() {
+            return Err(format!("{} is empty", path.display()));
+        }
+        Ok(Self(bytes))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_prints() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?} {s}").contains("hunter2"));
+        assert_eq!(s.expose(), b"hunter2");
+    }
+
+    #[test]
+    fn env_and_file() {
+        let env = |k: &str| (k == "SET").then(|| "v".to_owned());
+        assert_eq!(Secret::from_env("SET", &env).unwrap().expose(), b"v");
+        assert!(Secret::from_env("UNSET", &env).unwrap_err().contains("UNSET is not set"));
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "token\n").unwrap();
+        assert_eq!(Secret::from_file(f.path()).unwrap().expose(), b"token");
+    }
+}
