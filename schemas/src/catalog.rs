@@ -158,7 +158,11 @@ mod tests {
         for t in EventType::ALL {
             let s = t.as_str();
             let parts: Vec<&str> = s.split('.').collect();
-            assert_eq!(parts.len(), 7, "{s}: dev.<cdevents|cdeventsx>.<subject>.<predicate>.<major>.<minor>.<patch>");
+            assert_eq!(
+                parts.len(),
+                7,
+                "{s}: dev.<cdevents|cdeventsx>.<subject>.<predicate>.<major>.<minor>.<patch>"
+            );
             assert_eq!(parts[0], "dev");
             match t.vocabulary() {
                 Vocabulary::BatonExtension => {
@@ -173,7 +177,9 @@ mod tests {
 
     #[test]
     fn unknown_types_are_named_in_the_error() {
-        let err = "dev.cdevents.pipelinerun.queued.0.2.0".parse::<EventType>().unwrap_err();
+        let err = "dev.cdevents.pipelinerun.queued.0.2.0"
+            .parse::<EventType>()
+            .unwrap_err();
         assert!(err.to_string().contains("pipelinerun.queued"));
     }
 }

@@ -111,7 +111,9 @@ impl EmbeddedLink {
     pub fn caused_by(cause: impl Into<String>) -> Self {
         Self {
             link_type: LinkType::Path,
-            from: Some(LinkRef { context_id: cause.into() }),
+            from: Some(LinkRef {
+                context_id: cause.into(),
+            }),
             target: None,
             link_kind: None,
         }
@@ -144,7 +146,11 @@ impl CdEvent {
                 chain_id: None,
                 links: None,
             },
-            subject: Subject { id: subject_id.into(), source: None, content: serde_json::to_value(content)? },
+            subject: Subject {
+                id: subject_id.into(),
+                source: None,
+                content: serde_json::to_value(content)?,
+            },
             custom_data: None,
             custom_data_content_type: None,
         })
@@ -160,7 +166,10 @@ impl CdEvent {
     /// Adds a `PATH` link to the event that caused this one.
     #[must_use]
     pub fn caused_by(mut self, cause_id: impl Into<String>) -> Self {
-        self.context.links.get_or_insert_with(Vec::new).push(EmbeddedLink::caused_by(cause_id));
+        self.context
+            .links
+            .get_or_insert_with(Vec::new)
+            .push(EmbeddedLink::caused_by(cause_id));
         self
     }
 

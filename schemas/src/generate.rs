@@ -28,9 +28,16 @@ pub struct GeneratedFile {
 /// Every file of `schemas/json/`.
 pub fn generated_files() -> Vec<GeneratedFile> {
     let mut files = Vec::new();
-    for ty in EventType::ALL.iter().copied().filter(|t| t.vocabulary() == Vocabulary::BatonExtension) {
+    for ty in EventType::ALL
+        .iter()
+        .copied()
+        .filter(|t| t.vocabulary() == Vocabulary::BatonExtension)
+    {
         let content = extension_content_schema(ty);
-        files.push(file(&format!("events/{}", ty.schema_file()), &extension_event_schema(ty, content)));
+        files.push(file(
+            &format!("events/{}", ty.schema_file()),
+            &extension_event_schema(ty, content),
+        ));
     }
     let mut push = schema_value::<crate::payloads::PushData>();
     push.insert("$id".into(), json!(format!("{SCHEMA_BASE}/payloads/push.json")));
@@ -51,7 +58,10 @@ pub fn generated_files() -> Vec<GeneratedFile> {
 fn file(path: &str, value: &Value) -> GeneratedFile {
     let mut contents = serde_json::to_string_pretty(value).expect("a JSON value always serializes");
     contents.push('\n');
-    GeneratedFile { path: path.to_owned(), contents }
+    GeneratedFile {
+        path: path.to_owned(),
+        contents,
+    }
 }
 
 fn schema_value<T: JsonSchema>() -> Map<String, Value> {

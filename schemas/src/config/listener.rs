@@ -34,7 +34,8 @@ pub enum WebhookProvider {
     Github,
     /// GitLab (`X-Gitlab-Token`).
     Gitlab,
-    /// Gitea or Forgejo (`X-Gitea-Signature` / `X-Forgejo-Signature`).
+    /// Gitea or Forgejo (`X-Gitea-Signature` / `X-Forgejo-Signature`); `forgejo` is accepted too.
+    #[serde(alias = "forgejo")]
     Gitea,
     /// Bitbucket Cloud (`X-Hub-Signature`).
     Bitbucket,

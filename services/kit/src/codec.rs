@@ -34,7 +34,9 @@ pub enum CodecError {
         problem: String,
     },
     /// A required attribute is missing.
-    #[error("not a CloudEvent: the `{0}` attribute is missing (binary mode needs `ce-specversion`, `ce-id`, `ce-source` and `ce-type` headers; structured mode needs Content-Type {STRUCTURED_JSON})")]
+    #[error(
+        "not a CloudEvent: the `{0}` attribute is missing (binary mode needs `ce-specversion`, `ce-id`, `ce-source` and `ce-type` headers; structured mode needs Content-Type {STRUCTURED_JSON})"
+    )]
     MissingAttribute(&'static str),
     /// The spec version is not 1.0.
     #[error("unsupported CloudEvents spec version `{0}`: Baton speaks CloudEvents 1.0 (`ce-specversion: 1.0`)")]
@@ -58,17 +60,40 @@ pub enum CodecError {
 }
 
 /// Percent-encodes a header value as the CloudEvents NATS binding demands.
-pub fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
+pub fn percent_encode(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.bytes().all(needs_no_encoding) {
+        return value.into();
+    }
+    let mut out = String::with_capacity(value.len() + 16);
     for &b in value.as_bytes() {
-        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%' {
+        if needs_no_encoding(b) {
             out.push(char::from(b));
         } else {
             // Upper-case hex, as the binding recommends.
             let _ = write!(out, "%{b:02X}");
         }
     }
-    out
+    out.into()
+}
+
+/// The header of a context attribute, without allocating for the common ones.
+fn header_name(attribute: &str) -> Option<&'static str> {
+    Some(match attribute {
+        "id" => "ce-id",
+        "source" => "ce-source",
+        "type" => "ce-type",
+        "subject" => "ce-subject",
+        "time" => "ce-time",
+        "dataschema" => "ce-dataschema",
+        "traceparent" => "ce-traceparent",
+        "tracestate" => "ce-tracestate",
+        _ => return None,
+    })
+}
+
+/// Printable US-ASCII except space, `"` and `%` travels as is.
+fn needs_no_encoding(b: u8) -> bool {
+    (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%'
 }
 
 /// Decodes a header value: first a double-quoted string is unescaped (RFC 7230 §3.2.6), then
@@ -83,8 +108,12 @@ pub fn percent_decode(value: &str) -> Result<String, String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or_else(|| format!("`%` at byte {i} is not followed by two hex digits"))?;
-            let hex = std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .ok_or_else(|| format!("`%` at byte {i} is not followed by two hex digits"))?;
+            let hex = std::str::from_utf8(hex)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             let Some(byte) = hex else {
                 return Err(format!("`%` at byte {i} is not followed by two hex digits"));
             };
@@ -121,14 +150,19 @@ fn unquote(value: &str) -> Result<std::borrow::Cow<'_, str>, String> {
 }
 
 /// Encodes an event in binary content mode: `ce-*` headers plus the data as payload.
-/// `Nats-Msg-Id` is set to the event id so JetStream drops a duplicate publish.
+/// (Publishing adds `Nats-Msg-Id` = the event id, so JetStream drops a duplicate publish.)
 pub fn encode_binary(event: &Event) -> (HeaderMap, Bytes) {
     let mut headers = HeaderMap::new();
     for (name, value) in event.iter() {
         if name == "datacontenttype" || name == "specversion" {
             continue;
         }
-        headers.insert(format!("{CE_PREFIX}{name}").as_str(), percent_encode(&value.to_string()).as_str());
+        let value = value.to_string();
+        let value = percent_encode(&value);
+        match header_name(name) {
+            Some(header) => headers.insert(header, value.as_ref()),
+            None => headers.insert(format!("{CE_PREFIX}{name}").as_str(), value.as_ref()),
+        }
     }
     headers.insert("ce-specversion", "1.0");
     let (content_type, payload) = match event.data() {
@@ -147,10 +181,52 @@ pub fn encode_binary(event: &Event) -> (HeaderMap, Bytes) {
         ),
     };
     if let Some(ct) = content_type {
-        headers.insert("ce-datacontenttype", percent_encode(&ct).as_str());
+        headers.insert("ce-datacontenttype", percent_encode(&ct).as_ref());
     }
-    headers.insert("Nats-Msg-Id", percent_encode(event.id()).as_str());
     (headers, payload)
+}
+
+/// The context attributes of a binary-mode message, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct Attributes<'a> {
+    /// `id`.
+    pub id: &'a str,
+    /// `source`.
+    pub source: &'a str,
+    /// `type`.
+    pub ty: &'a str,
+    /// `subject`, if any.
+    pub subject: Option<&'a str>,
+    /// `time` (RFC 3339), if any.
+    pub time: Option<&'a str>,
+    /// `datacontenttype` of the payload.
+    pub datacontenttype: &'a str,
+}
+
+/// The `ce-*` headers of a binary-mode message with these attributes.
+pub fn binary_headers(a: &Attributes<'_>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("ce-specversion", "1.0");
+    headers.insert("ce-id", percent_encode(a.id).as_ref());
+    headers.insert("ce-source", percent_encode(a.source).as_ref());
+    headers.insert("ce-type", percent_encode(a.ty).as_ref());
+    if let Some(subject) = a.subject {
+        headers.insert("ce-subject", percent_encode(subject).as_ref());
+    }
+    if let Some(time) = a.time {
+        headers.insert("ce-time", percent_encode(time).as_ref());
+    }
+    headers.insert("ce-datacontenttype", percent_encode(a.datacontenttype).as_ref());
+    headers
+}
+
+/// Adds the extension attribute `name` (already checked with [`is_valid_extension_name`]).
+pub fn insert_extension(headers: &mut HeaderMap, name: &str, value: &str) {
+    let value = percent_encode(value);
+    match header_name(name) {
+        Some(header) => headers.insert(header, value.as_ref()),
+        None => headers.insert(format!("{CE_PREFIX}{name}").as_str(), value.as_ref()),
+    }
 }
 
 /// Decodes a NATS message into a CloudEvent: binary mode when `ce-specversion` is present,
@@ -188,12 +264,18 @@ fn decode_binary(headers: &HeaderMap, payload: &[u8]) -> Result<Event, CodecErro
     let (mut id, mut source, mut ty, mut content_type, mut dataschema) = (None, None, None, None, None);
     for (name, values) in headers.iter() {
         let lower = AsRef::<str>::as_ref(name).to_ascii_lowercase();
-        let Some(attribute) = lower.strip_prefix(CE_PREFIX) else { continue };
+        let Some(attribute) = lower.strip_prefix(CE_PREFIX) else {
+            continue;
+        };
         let raw = values.first().map(|v| v.as_str()).unwrap_or_default();
-        let value = percent_decode(raw)
-            .map_err(|problem| CodecError::MalformedHeader { header: name.to_string(), problem })?;
+        let value = percent_decode(raw).map_err(|problem| CodecError::MalformedHeader {
+            header: name.to_string(),
+            problem,
+        })?;
         match attribute {
-            "specversion" if value != "1.0" => return Err(CodecError::UnsupportedSpecVersion(value)),
+            "specversion" if value != "1.0" => {
+                return Err(CodecError::UnsupportedSpecVersion(value));
+            }
             "specversion" => {}
             "id" => id = Some(value),
             "source" => source = Some(value),
@@ -212,14 +294,20 @@ fn decode_binary(headers: &HeaderMap, payload: &[u8]) -> Result<Event, CodecErro
             other => {
                 return Err(CodecError::MalformedHeader {
                     header: name.to_string(),
-                    problem: format!("`{other}` is not a valid CloudEvents attribute name (lower-case letters and digits only)"),
+                    problem: format!(
+                        "`{other}` is not a valid CloudEvents attribute name (lower-case letters and digits only)"
+                    ),
                 });
             }
         }
     }
     let id = id.filter(|s| !s.is_empty()).ok_or(CodecError::MissingAttribute("id"))?;
-    let source = source.filter(|s| !s.is_empty()).ok_or(CodecError::MissingAttribute("source"))?;
-    let ty = ty.filter(|s| !s.is_empty()).ok_or(CodecError::MissingAttribute("type"))?;
+    let source = source
+        .filter(|s| !s.is_empty())
+        .ok_or(CodecError::MissingAttribute("source"))?;
+    let ty = ty
+        .filter(|s| !s.is_empty())
+        .ok_or(CodecError::MissingAttribute("type"))?;
     builder = builder.id(id).source(source).ty(ty);
     if !payload.is_empty() || content_type.is_some() {
         let ct = content_type.unwrap_or_else(|| JSON.to_owned());
@@ -236,7 +324,10 @@ fn decode_binary(headers: &HeaderMap, payload: &[u8]) -> Result<Event, CodecErro
             None => builder.data(ct, data),
         };
     }
-    builder.build().map_err(|e| CodecError::InvalidAttribute { attribute: "event".into(), problem: e.to_string() })
+    builder.build().map_err(|e| CodecError::InvalidAttribute {
+        attribute: "event".into(),
+        problem: e.to_string(),
+    })
 }
 
 fn decode_structured(payload: &[u8]) -> Result<Event, CodecError> {
@@ -256,7 +347,9 @@ fn decode_structured(payload: &[u8]) -> Result<Event, CodecError> {
     }
     match value.get("specversion").and_then(|v| v.as_str()) {
         Some("1.0") => {}
-        other => return Err(CodecError::UnsupportedSpecVersion(other.unwrap_or("").to_owned())),
+        other => {
+            return Err(CodecError::UnsupportedSpecVersion(other.unwrap_or("").to_owned()));
+        }
     }
     serde_json::from_value(value).map_err(|e| CodecError::InvalidPayload {
         content_type: STRUCTURED_JSON.into(),
@@ -270,7 +363,7 @@ fn is_json(content_type: &str) -> bool {
 }
 
 /// CloudEvents extension names are lower-case ASCII letters and digits.
-fn is_valid_extension_name(name: &str) -> bool {
+pub fn is_valid_extension_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
@@ -319,7 +412,10 @@ mod tests {
         let (headers, payload) = encode_binary(&event);
         for (name, values) in headers.iter() {
             for v in values {
-                assert!(v.as_str().bytes().all(|b| (0x21..=0x7e).contains(&b)), "{name}: {v:?} is not printable ASCII");
+                assert!(
+                    v.as_str().bytes().all(|b| (0x21..=0x7e).contains(&b)),
+                    "{name}: {v:?} is not printable ASCII"
+                );
             }
         }
         assert_eq!(find_header(&headers, "ce-datacontenttype"), Some("application/json"));
@@ -329,7 +425,10 @@ mod tests {
         assert_eq!(back.ty(), event.ty());
         assert_eq!(back.subject(), event.subject());
         assert_eq!(back.time(), event.time());
-        assert_eq!(extension_str(&back, "traceparent"), extension_str(&event, "traceparent"));
+        assert_eq!(
+            extension_str(&back, "traceparent"),
+            extension_str(&event, "traceparent")
+        );
         assert_eq!(extension_str(&back, "tracestate"), Some("vendor=a b,\"x\"=%"));
         assert_eq!(back.data(), event.data());
     }
@@ -349,7 +448,12 @@ mod tests {
     #[test]
     fn malformed_headers_are_rejected_with_the_header_name() {
         let (headers, payload) = encode_binary(&sample());
-        for (bad, expect) in [("abc%2", "two hex digits"), ("abc%zz", "two hex digits"), ("%C0%A0", "UTF-8"), ("\"open", "closing quote")] {
+        for (bad, expect) in [
+            ("abc%2", "two hex digits"),
+            ("abc%zz", "two hex digits"),
+            ("%C0%A0", "UTF-8"),
+            ("\"open", "closing quote"),
+        ] {
             let mut h = headers.clone();
             h.insert("ce-subject", bad);
             let err = decode(Some(&h), &payload).unwrap_err();
@@ -361,10 +465,18 @@ mod tests {
         assert!(decode(Some(&h), &payload).unwrap_err().to_string().contains("RFC 3339"));
         let mut h = headers.clone();
         h.insert("ce-specversion", "0.3");
-        assert!(matches!(decode(Some(&h), &payload), Err(CodecError::UnsupportedSpecVersion(_))));
+        assert!(matches!(
+            decode(Some(&h), &payload),
+            Err(CodecError::UnsupportedSpecVersion(_))
+        ));
         let mut h = headers.clone();
         h.insert("ce-Bad_Name", "x");
-        assert!(decode(Some(&h), &payload).unwrap_err().to_string().contains("ce-Bad_Name"));
+        assert!(
+            decode(Some(&h), &payload)
+                .unwrap_err()
+                .to_string()
+                .contains("ce-Bad_Name")
+        );
     }
 
     #[test]
@@ -376,7 +488,15 @@ mod tests {
         assert_eq!(decode(Some(&h), b"{}").unwrap_err(), CodecError::MissingAttribute("id"));
         h.insert("ce-id", "1");
         h.insert("ce-datacontenttype", "application/json");
-        assert!(decode(Some(&h), b"{not json").unwrap_err().to_string().contains("payload is not valid application/json"));
-        assert_eq!(decode(None, b"plain text").unwrap_err(), CodecError::MissingAttribute("specversion"));
+        assert!(
+            decode(Some(&h), b"{not json")
+                .unwrap_err()
+                .to_string()
+                .contains("payload is not valid application/json")
+        );
+        assert_eq!(
+            decode(None, b"plain text").unwrap_err(),
+            CodecError::MissingAttribute("specversion")
+        );
     }
 }

@@ -4,10 +4,9 @@ use std::collections::BTreeMap;
 
 use async_nats::jetstream;
 use baton_schemas::{CdEvent, EventType, SchemaError, subjects, validate_event};
-use cloudevents::event::ExtensionValue;
 use cloudevents::{Event, EventBuilder, EventBuilderV10};
 
-use crate::codec::JSON;
+use crate::codec::{self, JSON};
 use crate::fabric::{self, FabricError, Published};
 use crate::telemetry;
 
@@ -26,7 +25,11 @@ pub struct Outgoing {
 impl Outgoing {
     /// An outgoing event with no extra extensions.
     pub fn new(app: impl Into<String>, event: CdEvent) -> Self {
-        Self { app: app.into(), event, extensions: BTreeMap::new() }
+        Self {
+            app: app.into(),
+            event,
+            extensions: BTreeMap::new(),
+        }
     }
 }
 
@@ -36,6 +39,11 @@ pub enum PublishError {
     /// The event's type is not in Baton's catalog.
     #[error("refusing to publish `{0}`: not a type of Baton's event catalog")]
     UnknownType(String),
+    /// An extension name is not lower-case letters and digits.
+    #[error(
+        "refusing to publish: `{0}` is not a valid CloudEvents extension name (lower-case letters and digits only)"
+    )]
+    InvalidExtension(String),
     /// The event does not satisfy its schema: a bug in the producer, never retried.
     #[error("refusing to publish an invalid event: {0}")]
     Invalid(#[from] SchemaError),
@@ -54,10 +62,7 @@ impl PublishError {
 /// The CloudEvent that carries a CDEvent: same id, source, type and time; the subject id as
 /// CloudEvent `subject`; the CDEvent JSON as `data`.
 pub fn to_cloudevent(event: &CdEvent) -> Event {
-    cloudevent_with_data(event, serde_json::to_value(event).expect("a CDEvent always serializes"))
-}
-
-fn cloudevent_with_data(event: &CdEvent, data: serde_json::Value) -> Event {
+    let data = serde_json::to_value(event).expect("a CDEvent always serializes");
     EventBuilderV10::new()
         .id(event.context.id.clone())
         .source(event.context.source.clone())
@@ -76,16 +81,41 @@ fn cloudevent_with_data(event: &CdEvent, data: serde_json::Value) -> Event {
 /// [`PublishError::Invalid`] for an event that breaks its schema (a bug: do not retry),
 /// [`PublishError::Fabric`] when JetStream did not acknowledge (retry: the id makes it safe).
 pub async fn publish(js: &jetstream::Context, outgoing: &Outgoing) -> Result<(EventType, Published), PublishError> {
-    let ty: EventType =
-        outgoing.event.context.ty.parse().map_err(|_| PublishError::UnknownType(outgoing.event.context.ty.clone()))?;
-    let data = serde_json::to_value(&outgoing.event).expect("a CDEvent always serializes");
+    let event = &outgoing.event;
+    let ty: EventType = event
+        .context
+        .ty
+        .parse()
+        .map_err(|_| PublishError::UnknownType(event.context.ty.clone()))?;
+    let data = serde_json::to_value(event).expect("a CDEvent always serializes");
     validate_event(ty, &data)?;
-    let mut cloudevent = cloudevent_with_data(&outgoing.event, data);
-    telemetry::inject_trace_context(&mut cloudevent);
-    for (name, value) in &outgoing.extensions {
-        cloudevent.set_extension(name, ExtensionValue::String(value.clone()));
+    if let Some(name) = outgoing.extensions.keys().find(|n| !codec::is_valid_extension_name(n)) {
+        return Err(PublishError::InvalidExtension(name.clone()));
+    }
+    let payload = bytes::Bytes::from(serde_json::to_vec(&data).expect("a JSON value always serializes"));
+    // The binary-mode headers are written straight from the CDEvent (the same attributes
+    // `to_cloudevent` would carry), which keeps the hot path free of intermediate copies.
+    let time = event.context.timestamp.to_rfc3339();
+    let mut headers = codec::binary_headers(&codec::Attributes {
+        id: &event.context.id,
+        source: &event.context.source,
+        ty: &event.context.ty,
+        subject: Some(&event.subject.id),
+        time: Some(&time),
+        datacontenttype: JSON,
+    });
+    let trace = telemetry::current_trace_headers();
+    for (name, value) in trace.iter().map(|(n, v)| (n, v)).chain(&outgoing.extensions) {
+        codec::insert_extension(&mut headers, name, value);
     }
     let subject = subjects::event_subject(&outgoing.app, ty);
-    let published = fabric::publish_event(js, &subject, &cloudevent).await?;
+    let published = fabric::publish_raw(
+        js,
+        &subject,
+        headers,
+        payload,
+        &codec::percent_encode(&event.context.id),
+    )
+    .await?;
     Ok((ty, published))
 }

@@ -83,7 +83,9 @@ pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Client, F
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS, reconnecting"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("disconnected from NATS, reconnecting")
+                    }
                     other => tracing::debug!(event = %other, "NATS connection event"),
                 }
             });
@@ -99,7 +101,12 @@ pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Client, F
                 tracing::warn!(error = %e, url = %settings.url, "NATS not reachable yet, retrying");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Err(e) => return Err(FabricError::Connect { url: settings.url.clone(), source: e.into() }),
+            Err(e) => {
+                return Err(FabricError::Connect {
+                    url: settings.url.clone(),
+                    source: e.into(),
+                });
+            }
         }
     }
 }
@@ -177,33 +184,42 @@ pub async fn provision(
     let js = jetstream::new(client.clone());
     let events = ensure_stream(&js, events_stream_config(settings)).await?;
     let deadletter = ensure_stream(&js, deadletter_stream_config(settings)).await?;
-    let handled = ensure_kv(&js, kv::Config {
-        bucket: HANDLED_BUCKET.into(),
-        description: "Event ids each stage has handled (idempotency)".into(),
-        history: 1,
-        max_age: remember_handled,
-        storage: stream::StorageType::File,
-        num_replicas: settings.replicas,
-        ..Default::default()
-    })
+    let handled = ensure_kv(
+        &js,
+        kv::Config {
+            bucket: HANDLED_BUCKET.into(),
+            description: "Event ids each stage has handled (idempotency)".into(),
+            history: 1,
+            max_age: remember_handled,
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        },
+    )
     .await?;
-    let state = ensure_kv(&js, kv::Config {
-        bucket: STATE_BUCKET.into(),
-        description: "Baton state: current releases, last polled shas".into(),
-        history: 16,
-        storage: stream::StorageType::File,
-        num_replicas: settings.replicas,
-        ..Default::default()
-    })
+    let state = ensure_kv(
+        &js,
+        kv::Config {
+            bucket: STATE_BUCKET.into(),
+            description: "Baton state: current releases, last polled shas".into(),
+            history: 16,
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        },
+    )
     .await?;
-    let locks = ensure_kv(&js, kv::Config {
-        bucket: LOCKS_BUCKET.into(),
-        description: "Baton leases, taken with compare-and-set".into(),
-        history: 1,
-        storage: stream::StorageType::File,
-        num_replicas: settings.replicas,
-        ..Default::default()
-    })
+    let locks = ensure_kv(
+        &js,
+        kv::Config {
+            bucket: LOCKS_BUCKET.into(),
+            description: "Baton leases, taken with compare-and-set".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        },
+    )
     .await?;
     let logs = match js.get_object_store(&settings.logs_bucket).await {
         Ok(store) => store,
@@ -216,14 +232,29 @@ pub async fn provision(
                 ..Default::default()
             })
             .await
-            .map_err(|e| FabricError::Provision { what: format!("object store {}", settings.logs_bucket), source: e.into() })?,
+            .map_err(|e| FabricError::Provision {
+                what: format!("object store {}", settings.logs_bucket),
+                source: e.into(),
+            })?,
     };
-    Ok(Topology { jetstream: js, events, deadletter, handled, state, locks, logs, settings: settings.clone() })
+    Ok(Topology {
+        jetstream: js,
+        events,
+        deadletter,
+        handled,
+        state,
+        locks,
+        logs,
+        settings: settings.clone(),
+    })
 }
 
 async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, FabricError> {
     let name = config.name.clone();
-    let err = |e: async_nats::Error| FabricError::Provision { what: format!("stream {name}"), source: e };
+    let err = |e: async_nats::Error| FabricError::Provision {
+        what: format!("stream {name}"),
+        source: e,
+    };
     match js.get_stream(&name).await {
         Ok(mut existing) => {
             let current = existing.info().await.map_err(|e| err(e.into()))?.config.clone();
@@ -251,7 +282,10 @@ async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::St
     let bucket = config.bucket.clone();
     js.create_or_update_key_value(config)
         .await
-        .map_err(|e| FabricError::Provision { what: format!("key-value bucket {bucket}"), source: e.into() })
+        .map_err(|e| FabricError::Provision {
+            what: format!("key-value bucket {bucket}"),
+            source: e.into(),
+        })
 }
 
 /// The outcome of a publish JetStream acknowledged.
@@ -283,9 +317,21 @@ pub async fn publish_raw(
     payload: Bytes,
     message_id: &str,
 ) -> Result<Published, FabricError> {
-    let err = |e: async_nats::Error| FabricError::Publish { subject: subject.to_owned(), source: e };
-    let message = jetstream::message::PublishMessage::build().headers(headers).payload(payload).message_id(message_id);
-    let ack = js.send_publish(subject.to_owned(), message).await.map_err(|e| err(e.into()))?;
+    let err = |e: async_nats::Error| FabricError::Publish {
+        subject: subject.to_owned(),
+        source: e,
+    };
+    let message = jetstream::message::PublishMessage::build()
+        .headers(headers)
+        .payload(payload)
+        .message_id(message_id);
+    let ack = js
+        .send_publish(subject.to_owned(), message)
+        .await
+        .map_err(|e| err(e.into()))?;
     let ack = ack.await.map_err(|e| err(e.into()))?;
-    Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate })
+    Ok(Published {
+        sequence: ack.sequence,
+        duplicate: ack.duplicate,
+    })
 }

@@ -36,18 +36,30 @@ pub fn router(state: HealthState) -> Router {
 
 async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
     if state.client.connection_state() != async_nats::connection::State::Connected {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: NATS is not connected\n".to_owned());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: NATS is not connected\n".to_owned(),
+        );
     }
     let js = jetstream::new(state.client.clone());
     match tokio::time::timeout(Duration::from_secs(2), js.get_stream(&state.events_stream)).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready\n".to_owned()),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: stream {} unreachable: {e}\n", state.events_stream)),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: stream {} did not answer within 2s\n", state.events_stream)),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: stream {} unreachable: {e}\n", state.events_stream),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: stream {} did not answer within 2s\n", state.events_stream),
+        ),
     }
 }
 
 async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.encode(),
+    )
 }
 
 /// Binds `addr` and serves `router` until `shutdown` resolves. Returns the bound address

@@ -1,6 +1,7 @@
 //! Prometheus metrics every service exposes on `/metrics`: events handled, failed and
 //! dead-lettered by stage and type, handler latency, and events published.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -65,14 +66,27 @@ impl Metrics {
         });
         registry.register("handler_seconds", "Handler latency in seconds", handler_seconds.clone());
         let published = Family::<PublishLabels, Counter>::default();
-        registry.register("published", "Events published and acknowledged by JetStream", published.clone());
-        Self { registry: Arc::new(Mutex::new(registry)), events, handler_seconds, published }
+        registry.register(
+            "published",
+            "Events published and acknowledged by JetStream",
+            published.clone(),
+        );
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            events,
+            handler_seconds,
+            published,
+        }
     }
 
     /// Counts one event of `stage`/`event_type` with `outcome`.
     pub fn count(&self, stage: &str, event_type: &str, outcome: &str) {
         self.events
-            .get_or_create(&EventLabels { stage: stage.into(), event_type: event_type.into(), outcome: outcome.into() })
+            .get_or_create(&EventLabels {
+                stage: stage.into(),
+                event_type: event_type.into(),
+                outcome: outcome.into(),
+            })
             .inc();
     }
 
@@ -88,5 +102,80 @@ impl Metrics {
         let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String never fails");
         out
+    }
+}
+
+/// The metrics of one stage, with the handles of each label set looked up once: the event
+/// path then only bumps atomics instead of building label strings per event.
+#[derive(Debug)]
+pub struct StageMetrics {
+    metrics: Metrics,
+    stage: String,
+    events: Mutex<HashMap<(&'static str, &'static str), Counter>>,
+    latency: Mutex<HashMap<&'static str, Histogram>>,
+    published: Mutex<HashMap<&'static str, Counter>>,
+}
+
+impl StageMetrics {
+    /// The metrics of `stage` in `metrics`.
+    pub fn new(metrics: Metrics, stage: &str) -> Self {
+        Self {
+            metrics,
+            stage: stage.to_owned(),
+            events: Mutex::default(),
+            latency: Mutex::default(),
+            published: Mutex::default(),
+        }
+    }
+
+    /// Counts one event of `event_type` finished with `outcome`.
+    pub fn count(&self, event_type: &'static str, outcome: &'static str) {
+        let mut cache = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .entry((event_type, outcome))
+            .or_insert_with(|| {
+                self.metrics
+                    .events
+                    .get_or_create(&EventLabels {
+                        stage: self.stage.clone(),
+                        event_type: event_type.to_owned(),
+                        outcome: outcome.to_owned(),
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
+    /// Records how long a handler took on an event of `event_type`.
+    pub fn observe(&self, event_type: &'static str, seconds: f64) {
+        let mut cache = self.latency.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .entry(event_type)
+            .or_insert_with(|| {
+                self.metrics
+                    .handler_seconds
+                    .get_or_create(&StageLabels {
+                        stage: self.stage.clone(),
+                        event_type: event_type.to_owned(),
+                    })
+                    .clone()
+            })
+            .observe(seconds);
+    }
+
+    /// Counts one published event of `event_type`.
+    pub fn published(&self, event_type: &'static str) {
+        let mut cache = self.published.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .entry(event_type)
+            .or_insert_with(|| {
+                self.metrics
+                    .published
+                    .get_or_create(&PublishLabels {
+                        event_type: event_type.to_owned(),
+                    })
+                    .clone()
+            })
+            .inc();
     }
 }

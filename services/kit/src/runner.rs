@@ -24,7 +24,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{self, pull};
 use async_nats::jetstream::message::{AckKind, Message};
 use baton_schemas::config::RunnerSettings;
@@ -42,7 +41,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::codec;
 use crate::events::{self, Outgoing};
 use crate::fabric::{self, FabricError, Topology};
-use crate::metrics::{Metrics, StageLabels};
+use crate::metrics::{Metrics, StageMetrics};
 use crate::telemetry;
 
 /// Header on a dead letter: why the stage gave up.
@@ -72,7 +71,11 @@ impl Stage {
     /// A stage named `name`, emitting as `/baton/<name>`.
     pub fn new(name: impl Into<String>, handles: impl IntoIterator<Item = EventType>) -> Self {
         let name = name.into();
-        Self { source: format!("/baton/{name}"), name, handles: handles.into_iter().collect() }
+        Self {
+            source: format!("/baton/{name}"),
+            name,
+            handles: handles.into_iter().collect(),
+        }
     }
 }
 
@@ -112,7 +115,11 @@ impl Incoming {
     /// label always give the same id, so a redelivered input re-emits an event JetStream drops
     /// as a duplicate.
     pub fn derive_id(&self, label: &str) -> String {
-        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("baton:{}:{label}", self.id()).as_bytes()).to_string()
+        uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            format!("baton:{}:{label}", self.id()).as_bytes(),
+        )
+        .to_string()
     }
 
     /// A follow-up CDEvent: derived id, this stage as source, the same `chainId`, and a link
@@ -127,8 +134,14 @@ impl Incoming {
         subject_id: impl Into<String>,
         content: impl serde::Serialize,
     ) -> Result<CdEvent, serde_json::Error> {
-        let mut event =
-            CdEvent::new(ty, self.derive_id(label), self.stage_source.clone(), subject_id, content)?.caused_by(self.id());
+        let mut event = CdEvent::new(
+            ty,
+            self.derive_id(label),
+            self.stage_source.clone(),
+            subject_id,
+            content,
+        )?
+        .caused_by(self.id());
         if let Some(chain) = self.chain_id() {
             event = event.with_chain_id(chain);
         }
@@ -189,7 +202,10 @@ pub enum RunnerError {
 /// Delay before redelivery attempt `delivered + 1`: `initial * 2^(delivered-1)`, capped.
 pub fn backoff(settings: &RunnerSettings, delivered: u64) -> Duration {
     let exponent = u32::try_from(delivered.saturating_sub(1).min(30)).unwrap_or(30);
-    settings.backoff_initial.saturating_mul(2u32.saturating_pow(exponent)).min(settings.backoff_max)
+    settings
+        .backoff_initial
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(settings.backoff_max)
 }
 
 /// Runs one stage: consumes its events and drives its handler until `shutdown` resolves.
@@ -204,21 +220,33 @@ struct Inner<H> {
     handler: H,
     topology: Topology,
     settings: RunnerSettings,
-    metrics: Metrics,
+    metrics: StageMetrics,
     grace: Duration,
 }
 
 impl<H: Handler> StageRunner<H> {
     /// A runner for `stage` on a provisioned topology.
     pub fn new(stage: Stage, handler: H, topology: Topology, settings: RunnerSettings, metrics: Metrics) -> Self {
-        Self { inner: Arc::new(Inner { stage, handler, topology, settings, metrics, grace: Duration::from_secs(20) }) }
+        let metrics = StageMetrics::new(metrics, &stage.name);
+        Self {
+            inner: Arc::new(Inner {
+                stage,
+                handler,
+                topology,
+                settings,
+                metrics,
+                grace: Duration::from_secs(20),
+            }),
+        }
     }
 
     /// How long in-flight handlers may finish after shutdown before they are naked.
     #[must_use]
     pub fn with_grace_period(self, grace: Duration) -> Self {
         let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| unreachable!("a fresh runner is not shared"));
-        Self { inner: Arc::new(Inner { grace, ..inner }) }
+        Self {
+            inner: Arc::new(Inner { grace, ..inner }),
+        }
     }
 
     /// Creates (or updates) the durable consumer. Called by [`StageRunner::run`]; call it
@@ -247,7 +275,10 @@ impl<H: Handler> StageRunner<H> {
             .events
             .create_consumer(config)
             .await
-            .map_err(|e| RunnerError::Consumer { stage: inner.stage.name.clone(), source: e.into() })
+            .map_err(|e| RunnerError::Consumer {
+                stage: inner.stage.name.clone(),
+                source: e.into(),
+            })
     }
 
     /// Consumes until `shutdown` resolves, then drains in-flight work within the grace period.
@@ -355,7 +386,7 @@ async fn process<H: Handler>(inner: &Inner<H>, message: Message, hard_stop: &Can
         Err(reason) => {
             tracing::warn!(stage = %inner.stage.name, subject = %message.subject, %reason, "rejecting an invalid event");
             let outcome = dead_letter(inner, &message, None, &reason, delivered, "invalid").await;
-            inner.metrics.count(&inner.stage.name, "invalid", outcome.label());
+            inner.metrics.count("invalid", outcome.label());
             return;
         }
     };
@@ -372,28 +403,37 @@ async fn process<H: Handler>(inner: &Inner<H>, message: Message, hard_stop: &Can
         tracing::debug!(error = %e, "cannot continue the sender's trace");
     }
     let started = Instant::now();
-    let outcome = handle_one(inner, &message, Arc::clone(&incoming), delivered, hard_stop).instrument(span).await;
-    inner
-        .metrics
-        .handler_seconds
-        .get_or_create(&StageLabels { stage: inner.stage.name.clone(), event_type: type_label.to_owned() })
-        .observe(started.elapsed().as_secs_f64());
-    inner.metrics.count(&inner.stage.name, type_label, outcome.label());
+    let outcome = handle_one(inner, &message, Arc::clone(&incoming), delivered, hard_stop)
+        .instrument(span)
+        .await;
+    inner.metrics.observe(type_label, started.elapsed().as_secs_f64());
+    inner.metrics.count(type_label, outcome.label());
 }
 
-fn decode_incoming<H>(inner: &Inner<H>, message: &Message, stream_sequence: u64, delivered: u64) -> Result<Incoming, String> {
+fn decode_incoming<H>(
+    inner: &Inner<H>,
+    message: &Message,
+    stream_sequence: u64,
+    delivered: u64,
+) -> Result<Incoming, String> {
     let cloudevent = codec::decode(message.headers.as_ref(), &message.payload).map_err(|e| e.to_string())?;
-    let event_type: EventType = cloudevent.ty().parse().map_err(|e: baton_schemas::catalog::UnknownEventType| e.to_string())?;
+    let event_type: EventType = cloudevent
+        .ty()
+        .parse()
+        .map_err(|e: baton_schemas::catalog::UnknownEventType| e.to_string())?;
     if !inner.stage.handles.contains(&event_type) {
         return Err(format!("stage `{}` does not handle `{event_type}`", inner.stage.name));
     }
     let data = match cloudevent.data() {
         Some(Data::Json(v)) => v,
-        Some(_) => return Err("event data is not JSON: Baton events carry their CDEvent as application/json".into()),
+        Some(_) => {
+            return Err("event data is not JSON: Baton events carry their CDEvent as application/json".into());
+        }
         None => return Err("event has no data: Baton events carry their CDEvent as data".into()),
     };
     validate_event(event_type, data).map_err(|e| e.to_string())?;
-    let cdevent = <CdEvent as serde::Deserialize>::deserialize(data).map_err(|e| format!("event data is not a CDEvent: {e}"))?;
+    let cdevent =
+        <CdEvent as serde::Deserialize>::deserialize(data).map_err(|e| format!("event data is not a CDEvent: {e}"))?;
     if cdevent.context.id != cloudevent.id() {
         return Err(format!(
             "CloudEvent id `{}` differs from the CDEvent context id `{}`",
@@ -446,7 +486,12 @@ async fn handle_one<H: Handler>(
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the handled-events bucket, retrying later");
-                return ack(message, AckKind::Nak(Some(backoff(settings, delivered))), Outcome::Retried).await;
+                return ack(
+                    message,
+                    AckKind::Nak(Some(backoff(settings, delivered))),
+                    Outcome::Retried,
+                )
+                .await;
             }
         }
     }
@@ -499,7 +544,9 @@ async fn handle_one<H: Handler>(
             tracing::warn!(%reason, retry_in = ?delay, "transient failure, retrying");
             ack(message, AckKind::Nak(Some(delay)), Outcome::Retried).await
         }
-        Some(Err(HandlerError::Permanent(reason))) => give_up(inner, message, &incoming, &reason, "dead_lettered").await,
+        Some(Err(HandlerError::Permanent(reason))) => {
+            give_up(inner, message, &incoming, &reason, "dead_lettered").await
+        }
         None => {
             let reason = format!(
                 "handler exceeded its deadline of {} and was cancelled",
@@ -517,7 +564,7 @@ async fn publish_all<H>(inner: &Inner<H>, outputs: &[Outgoing]) -> Result<(), ev
         if published.duplicate {
             tracing::debug!(event.id = %out.event.context.id, "output already on the stream (deduplicated)");
         }
-        inner.metrics.published.get_or_create(&crate::metrics::PublishLabels { event_type: ty.as_str().to_owned() }).inc();
+        inner.metrics.published(ty.as_str());
     }
     Ok(())
 }
@@ -531,7 +578,12 @@ async fn publish_failed<H: Handler>(
 ) -> Outcome {
     if error.is_transient() {
         tracing::warn!(%error, "output events not acknowledged, retrying");
-        ack(message, AckKind::Nak(Some(backoff(&inner.settings, delivered))), Outcome::Retried).await
+        ack(
+            message,
+            AckKind::Nak(Some(backoff(&inner.settings, delivered))),
+            Outcome::Retried,
+        )
+        .await
     } else {
         let reason = format!("the handler produced an event Baton cannot publish: {error}");
         give_up(inner, message, incoming, &reason, "dead_lettered").await
@@ -549,7 +601,12 @@ async fn give_up<H: Handler>(
     let failure_events = inner.handler.on_give_up(incoming, reason);
     if let Err(e) = publish_all(inner, &failure_events).await {
         tracing::warn!(error = %e, "failure outcome not published, retrying later");
-        return ack(message, AckKind::Nak(Some(backoff(&inner.settings, incoming.delivered))), Outcome::Retried).await;
+        return ack(
+            message,
+            AckKind::Nak(Some(backoff(&inner.settings, incoming.delivered))),
+            Outcome::Retried,
+        )
+        .await;
     }
     dead_letter(inner, message, Some(incoming), reason, incoming.delivered, label).await
 }
@@ -565,20 +622,38 @@ async fn dead_letter<H>(
     delivered: u64,
     label: &'static str,
 ) -> Outcome {
-    let mut headers = message.headers.clone().unwrap_or_else(HeaderMap::new);
+    let mut headers = message.headers.clone().unwrap_or_default();
     headers.insert(DEADLETTER_REASON, header_safe(reason).as_str());
     headers.insert(DEADLETTER_STAGE, inner.stage.name.as_str());
     headers.insert(DEADLETTER_SUBJECT, message.subject.as_str());
-    let sequence = incoming.map_or_else(|| message.info().map(|i| i.stream_sequence).unwrap_or_default(), |i| i.stream_sequence);
+    let sequence = incoming.map_or_else(
+        || message.info().map(|i| i.stream_sequence).unwrap_or_default(),
+        |i| i.stream_sequence,
+    );
     headers.insert(DEADLETTER_SEQUENCE, sequence.to_string().as_str());
     headers.insert(DEADLETTER_DELIVERIES, delivered.to_string().as_str());
     let id = format!("{}-{}", subjects::sanitize_token(&inner.stage.name), sequence);
     let subject = subjects::deadletter_subject(&inner.stage.name);
-    match fabric::publish_raw(&inner.topology.jetstream, &subject, headers, message.payload.clone(), &id).await {
+    match fabric::publish_raw(
+        &inner.topology.jetstream,
+        &subject,
+        headers,
+        message.payload.clone(),
+        &id,
+    )
+    .await
+    {
         Ok(_) => ack(message, AckKind::Term, Outcome::GaveUp(label)).await,
-        Err(e @ FabricError::Publish { .. }) | Err(e @ FabricError::Connect { .. }) | Err(e @ FabricError::Provision { .. }) => {
+        Err(e @ FabricError::Publish { .. })
+        | Err(e @ FabricError::Connect { .. })
+        | Err(e @ FabricError::Provision { .. }) => {
             tracing::error!(error = %e, "cannot dead-letter the event, handing it back");
-            ack(message, AckKind::Nak(Some(backoff(&inner.settings, delivered))), Outcome::Retried).await
+            ack(
+                message,
+                AckKind::Nak(Some(backoff(&inner.settings, delivered))),
+                Outcome::Retried,
+            )
+            .await
         }
     }
 }

@@ -77,7 +77,11 @@ mod tests {
     fn env_and_file() {
         let env = |k: &str| (k == "SET").then(|| "v".to_owned());
         assert_eq!(Secret::from_env("SET", &env).unwrap().expose(), b"v");
-        assert!(Secret::from_env("UNSET", &env).unwrap_err().contains("UNSET is not set"));
+        assert!(
+            Secret::from_env("UNSET", &env)
+                .unwrap_err()
+                .contains("UNSET is not set")
+        );
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), "token\n").unwrap();
         assert_eq!(Secret::from_file(f.path()).unwrap().expose(), b"token");

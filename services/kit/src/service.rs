@@ -30,7 +30,12 @@ impl Runtime {
         let client = fabric::connect(&settings.nats, service).await?;
         let topology = fabric::provision(&client, &settings.jetstream, settings.runner.remember_handled).await?;
         tracing::info!(nats = %settings.nats.url, stream = %settings.jetstream.events_stream, "connected and provisioned");
-        Ok(Self { service: service.to_owned(), client, topology, metrics: Metrics::new() })
+        Ok(Self {
+            service: service.to_owned(),
+            client,
+            topology,
+            metrics: Metrics::new(),
+        })
     }
 
     /// What the operations endpoint needs.

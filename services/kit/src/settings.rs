@@ -60,7 +60,10 @@ impl ConfigError {
 
     /// An error about one field.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Invalid { field: field.into(), message: message.into() }
+        Self::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -98,7 +101,9 @@ where
         None => Map::new(),
     };
     let mut defaults = as_object(serde_json::to_value(CommonSettings::default()).expect("defaults serialize"));
-    defaults.extend(as_object(serde_json::to_value(T::default()).expect("defaults serialize")));
+    defaults.extend(as_object(
+        serde_json::to_value(T::default()).expect("defaults serialize"),
+    ));
 
     let mut warnings = Vec::new();
     let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("BATON_")).collect();
@@ -112,8 +117,9 @@ where
                     Some(Value::String(_)) => Value::String(raw),
                     _ => yaml_serde::from_str::<Value>(&raw).unwrap_or(Value::String(raw)),
                 };
-                set_path(&mut tree, &path, value)
-                    .map_err(|field| ConfigError::invalid(field, format!("{name} overrides a field that is not a section")))?;
+                set_path(&mut tree, &path, value).map_err(|field| {
+                    ConfigError::invalid(field, format!("{name} overrides a field that is not a section"))
+                })?;
             }
             None => warnings.push(format!("environment variable {name} names no config field; ignored")),
         }
@@ -130,7 +136,11 @@ where
     let common: CommonSettings = deserialize(Value::Object(common_tree))?;
     validate_common(&common)?;
     let service: T = deserialize(Value::Object(service_tree))?;
-    Ok(Settings { common, service, warnings })
+    Ok(Settings {
+        common,
+        service,
+        warnings,
+    })
 }
 
 /// Loads settings for `main`: on error prints it (naming the field) and exits with code 64.
@@ -151,23 +161,34 @@ where
 }
 
 fn read_file(path: &Path) -> Result<Map<String, Value>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     if text.trim().is_empty() {
         return Ok(Map::new());
     }
-    let value: Value =
-        yaml_serde::from_str(&text).map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?;
+    let value: Value = yaml_serde::from_str(&text).map_err(|e| ConfigError::Syntax {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
     match value {
         Value::Object(map) => Ok(map),
         Value::Null => Ok(Map::new()),
-        other => Err(ConfigError::invalid("(top level)", format!("must be a mapping of sections, found {}", kind(&other)))),
+        other => Err(ConfigError::invalid(
+            "(top level)",
+            format!("must be a mapping of sections, found {}", kind(&other)),
+        )),
     }
 }
 
 fn deserialize<T: DeserializeOwned>(value: Value) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
-        ConfigError::invalid(if field == "." { "(top level)".to_owned() } else { field }, e.into_inner().to_string())
+        ConfigError::invalid(
+            if field == "." { "(top level)".to_owned() } else { field },
+            e.into_inner().to_string(),
+        )
     })
 }
 
@@ -193,19 +214,34 @@ pub fn validate_common(s: &CommonSettings) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid("runner.max_deliver", "must be at least 1"));
     }
     if s.runner.ack_wait.as_millis() < 300 {
-        return Err(ConfigError::invalid("runner.ack_wait", "must be at least 300ms (heartbeats are sent every third of it)"));
+        return Err(ConfigError::invalid(
+            "runner.ack_wait",
+            "must be at least 300ms (heartbeats are sent every third of it)",
+        ));
     }
     if s.runner.backoff_max < s.runner.backoff_initial {
-        return Err(ConfigError::invalid("runner.backoff_max", "must not be shorter than runner.backoff_initial"));
+        return Err(ConfigError::invalid(
+            "runner.backoff_max",
+            "must not be shorter than runner.backoff_initial",
+        ));
     }
     if !(1..=5).contains(&s.jetstream.replicas) {
-        return Err(ConfigError::invalid("jetstream.replicas", "must be between 1 and 5 (use 3 for a JetStream cluster)"));
+        return Err(ConfigError::invalid(
+            "jetstream.replicas",
+            "must be between 1 and 5 (use 3 for a JetStream cluster)",
+        ));
     }
     if s.jetstream.duplicate_window.is_zero() {
-        return Err(ConfigError::invalid("jetstream.duplicate_window", "must be longer than 0s, or redelivered webhooks start second pipelines"));
+        return Err(ConfigError::invalid(
+            "jetstream.duplicate_window",
+            "must be longer than 0s, or redelivered webhooks start second pipelines",
+        ));
     }
     if !s.jetstream.events_max_age.is_zero() && s.jetstream.duplicate_window > s.jetstream.events_max_age {
-        return Err(ConfigError::invalid("jetstream.duplicate_window", "must not be longer than jetstream.events_max_age"));
+        return Err(ConfigError::invalid(
+            "jetstream.duplicate_window",
+            "must not be longer than jetstream.events_max_age",
+        ));
     }
     for (field, name) in [
         ("jetstream.events_stream", &s.jetstream.events_stream),
@@ -213,11 +249,17 @@ pub fn validate_common(s: &CommonSettings) -> Result<(), ConfigError> {
         ("jetstream.logs_bucket", &s.jetstream.logs_bucket),
     ] {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(ConfigError::invalid(field, format!("`{name}` must be letters, digits, `-` and `_` only")));
+            return Err(ConfigError::invalid(
+                field,
+                format!("`{name}` must be letters, digits, `-` and `_` only"),
+            ));
         }
     }
     if s.jetstream.events_stream == s.jetstream.deadletter_stream {
-        return Err(ConfigError::invalid("jetstream.deadletter_stream", "must differ from jetstream.events_stream"));
+        return Err(ConfigError::invalid(
+            "jetstream.deadletter_stream",
+            "must differ from jetstream.events_stream",
+        ));
     }
     Ok(())
 }
@@ -322,7 +364,12 @@ mod tests {
         let f = file("nats:\n  url: nats://file:4222\nrunner:\n  concurrency: 4\n  ack_wait: 10s\nrepositories: [a]\n");
         let s: Settings<Service> = load(
             Some(f.path()),
-            env(&[("BATON_NATS_URL", "nats://env:4222"), ("BATON_RUNNER__CONCURRENCY", "8"), ("BATON_POLL_INTERVAL_SECS", "5"), ("PATH", "/bin")]),
+            env(&[
+                ("BATON_NATS_URL", "nats://env:4222"),
+                ("BATON_RUNNER__CONCURRENCY", "8"),
+                ("BATON_POLL_INTERVAL_SECS", "5"),
+                ("PATH", "/bin"),
+            ]),
         )
         .unwrap();
         assert_eq!(s.common.nats.url, "nats://env:4222");

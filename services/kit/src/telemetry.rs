@@ -53,7 +53,9 @@ impl Drop for TelemetryGuard {
 /// # Errors
 /// When the OTLP exporter cannot be built.
 pub fn tracer_provider(service: &str, settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service.to_owned()).build();
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service.to_owned())
+        .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if let Some(endpoint) = &settings.otlp_endpoint {
         use opentelemetry_otlp::WithExportConfig;
@@ -61,7 +63,10 @@ pub fn tracer_provider(service: &str, settings: &TelemetrySettings) -> Result<Sd
             .with_tonic()
             .with_endpoint(endpoint.clone())
             .build()
-            .map_err(|source| TelemetryError::Exporter { endpoint: endpoint.clone(), source })?;
+            .map_err(|source| TelemetryError::Exporter {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
         builder = builder.with_batch_exporter(exporter);
     }
     Ok(builder.build())
@@ -80,7 +85,10 @@ pub fn init(service: &str, settings: &TelemetrySettings) -> Result<TelemetryGuar
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match settings.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
     tracing_subscriber::registry()
         .with(filter)
@@ -94,18 +102,28 @@ pub fn init(service: &str, settings: &TelemetrySettings) -> Result<TelemetryGuar
 /// Writes the current span's trace context into the event's `traceparent`/`tracestate`
 /// extensions. Without a valid span context the event keeps whatever it had.
 pub fn inject_trace_context(event: &mut Event) {
+    for (key, value) in current_trace_headers() {
+        event.set_extension(&key, ExtensionValue::String(value));
+    }
+}
+
+/// The current span's trace context as `traceparent`/`tracestate` pairs (empty without one).
+pub fn current_trace_headers() -> Vec<(String, String)> {
     let cx = tracing::Span::current().context();
     if !cx.span().span_context().is_valid() {
-        return;
+        return Vec::new();
     }
     let mut carrier: HashMap<String, String> = HashMap::new();
     TraceContextPropagator::new().inject_context(&cx, &mut carrier);
-    for key in ["traceparent", "tracestate"] {
-        match carrier.remove(key) {
-            Some(value) if !value.is_empty() => event.set_extension(key, ExtensionValue::String(value)),
-            _ => {}
-        }
-    }
+    ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|key| {
+            carrier
+                .remove(key)
+                .filter(|v| !v.is_empty())
+                .map(|v| (key.to_owned(), v))
+        })
+        .collect()
 }
 
 /// Reads the trace context an event carries (its `traceparent`/`tracestate` extensions).
@@ -121,5 +139,10 @@ pub fn extract_trace_context(event: &Event) -> opentelemetry::Context {
 
 /// The trace id of the current span, as 32 hex digits (all zeros when there is none).
 pub fn current_trace_id() -> String {
-    tracing::Span::current().context().span().span_context().trace_id().to_string()
+    tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .trace_id()
+        .to_string()
 }
