@@ -122,7 +122,10 @@ pub fn validate_event(ty: EventType, data: &Value) -> Result<(), SchemaError> {
         })
         .collect();
     if problems.is_empty() && declared != Some(ty.as_str()) {
-        problems.push(format!("/context/type: `{}` does not match the CloudEvent type", declared.unwrap_or("")));
+        problems.push(format!(
+            "/context/type: `{}` does not match the CloudEvent type",
+            declared.unwrap_or("")
+        ));
     }
     if problems.is_empty() {
         Ok(())

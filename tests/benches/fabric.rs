@@ -59,7 +59,9 @@ const ROUNDS: usize = 5;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     // Nearest rank: the smallest sample with at least `p` of the samples at or below it.
-    let rank = (1..=sorted.len()).find(|&r| r as f64 >= p * sorted.len() as f64).unwrap_or(sorted.len());
+    let rank = (1..=sorted.len())
+        .find(|&r| r as f64 >= p * sorted.len() as f64)
+        .unwrap_or(sorted.len());
     sorted[rank - 1]
 }
 

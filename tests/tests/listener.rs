@@ -463,6 +463,29 @@ async fn bad_requests_are_refused_with_a_clear_reason_and_no_event() -> Result<(
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(app.pushes().await?.is_empty(), "no request above produced an event");
+
+    // Operators see it all on /metrics.
+    let metrics = app
+        .http
+        .get(format!("http://{}/metrics", app.addr))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for line in [
+        "baton_webhook_requests_total{provider=\"github\",outcome=\"unauthorized\"} 2",
+        "baton_webhook_requests_total{provider=\"gitlab\",outcome=\"unauthorized\"} 1",
+        "baton_webhook_requests_total{provider=\"github\",outcome=\"not_found\"} 1",
+        "baton_webhook_requests_total{provider=\"unknown\",outcome=\"not_found\"} 1",
+        "baton_webhook_requests_total{provider=\"github\",outcome=\"ignored\"} 3",
+        "baton_webhook_requests_total{provider=\"github\",outcome=\"too_large\"} 1",
+        "baton_webhook_requests_total{provider=\"github\",outcome=\"unsupported_media_type\"} 1",
+        "baton_webhook_requests_total{provider=\"github\",outcome=\"bad_request\"} 1",
+        "baton_webhook_requests_total{provider=\"github\",outcome=\"ping\"} 1",
+        "baton_webhook_rejected_signatures_total{provider=\"github\",outcome=\"rejected\"} 2",
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
+    }
     app.stop().await
 }
 
