@@ -591,6 +591,35 @@ async fn a_handler_past_its_deadline_is_cancelled_and_reported() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_handler_from_being_redelivered() -> Result<()> {
+    let f = Fabric::start().await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    let handler = TestHandler::new(move |incoming| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            // Three times the ack wait: without in-progress heartbeats JetStream would
+            // redeliver the event to another handler twice meanwhile.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok(vec![build_queued(&incoming)])
+        }
+    });
+    let r = spawn_runner(
+        f.replica().await?,
+        Stage::new("builder", [EventType::ChangeMerged]),
+        handler,
+        fast_settings(),
+    )
+    .await?;
+    events::publish(&f.topology.jetstream, &change_merged("long-1")).await?;
+    wait_for_count(&f.topology.events, &subjects::event_filter(EventType::BuildQueued), 1).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "handled once, never redelivered");
+    r.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_nats_during_a_stream_of_events_loses_none() -> Result<()> {
     let mut f = Fabric::start().await?;
     let handler = TestHandler::new(|incoming| async move { Ok(vec![build_queued(&incoming)]) });

@@ -117,13 +117,13 @@ impl TestApp {
         })
     }
 
-    async fn post(&self, provider: &str, headers: &[(&str, String)], body: &[u8]) -> Result<(u16, Value)> {
+    async fn post(&self, provider: &str, headers: &[(String, String)], body: &[u8]) -> Result<(u16, Value)> {
         let mut request = self
             .http
             .post(format!("http://{}/webhooks/{provider}", self.addr))
             .body(body.to_vec());
         for (name, value) in headers {
-            request = request.header(*name, value);
+            request = request.header(name, value);
         }
         let response = request.send().await?;
         let status = response.status().as_u16();
@@ -186,19 +186,13 @@ fn hmac_hex(body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-fn json_headers(extra: &[(&str, &str)]) -> Vec<(&'static str, String)> {
-    let mut h = vec![("Content-Type", "application/json".to_owned())];
-    for (k, v) in extra {
-        h.push((leak(k), (*v).to_owned()));
-    }
+fn json_headers(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut h = vec![("Content-Type".to_owned(), "application/json".to_owned())];
+    h.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     h
 }
 
-fn leak(s: &str) -> &'static str {
-    Box::leak(s.to_owned().into_boxed_str())
-}
-
-fn github_headers(body: &[u8], event: &str, delivery: &str) -> Vec<(&'static str, String)> {
+fn github_headers(body: &[u8], event: &str, delivery: &str) -> Vec<(String, String)> {
     json_headers(&[
         ("X-GitHub-Event", event),
         ("X-GitHub-Delivery", delivery),
@@ -383,7 +377,7 @@ async fn bad_requests_are_refused_with_a_clear_reason_and_no_event() -> Result<(
     assert_eq!(status, 401);
     assert!(error(&answer).contains("X-Hub-Signature-256"), "{answer}");
     let mut wrong = unsigned.clone();
-    wrong.push(("X-Hub-Signature-256", format!("sha256={}", "0".repeat(64))));
+    wrong.push(("X-Hub-Signature-256".into(), format!("sha256={}", "0".repeat(64))));
     let (status, answer) = app.post("github", &wrong, body).await?;
     assert_eq!(status, 401);
     assert!(error(&answer).contains("X-Hub-Signature-256"), "{answer}");
@@ -447,7 +441,7 @@ async fn bad_requests_are_refused_with_a_clear_reason_and_no_event() -> Result<(
     let (status, answer) = app.post("github", &github_headers(junk, "push", "j-1"), junk).await?;
     assert_eq!(status, 400, "{answer}");
     let mut text = github_headers(body, "push", "t-1");
-    text[0] = ("Content-Type", "text/plain".into());
+    text[0] = ("Content-Type".into(), "text/plain".into());
     let (status, answer) = app.post("github", &text, body).await?;
     assert_eq!(status, 415);
     assert!(error(&answer).contains("application/json"), "{answer}");
@@ -584,7 +578,7 @@ async fn random_requests_never_cause_a_5xx() -> Result<()> {
                     1 => "push".to_owned(),
                     _ => format!("sha256={}", hmac_hex(&body)),
                 };
-                headers.push((name, value));
+                headers.push((name.to_owned(), value));
             }
         }
         let (status, answer) = app.post(provider, &headers, &body).await?;

@@ -146,3 +146,24 @@ pub fn current_trace_id() -> String {
         .trace_id()
         .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_otlp_endpoint_sets_up_export() {
+        let settings = TelemetrySettings {
+            otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+            ..Default::default()
+        };
+        let provider = tracer_provider("baton-test", &settings).unwrap();
+        provider.shutdown().unwrap();
+    }
+
+    #[test]
+    fn without_a_span_nothing_is_injected() {
+        assert!(current_trace_headers().is_empty());
+        assert_eq!(current_trace_id(), "00000000000000000000000000000000");
+    }
+}
