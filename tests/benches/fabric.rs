@@ -57,14 +57,6 @@ fn input(n: usize) -> Outgoing {
 /// Throughput rounds; the median is reported.
 const ROUNDS: usize = 5;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    // Nearest rank: the smallest sample with at least `p` of the samples at or below it.
-    let rank = (1..=sorted.len())
-        .find(|&r| r as f64 >= p * sorted.len() as f64)
-        .unwrap_or(sorted.len());
-    sorted[rank - 1]
-}
-
 fn main() -> Result<()> {
     let latency_samples: usize = std::env::var("BENCH_LATENCY_SAMPLES")
         .ok()
@@ -190,9 +182,9 @@ fn main() -> Result<()> {
         ] {
             println!(
                 "  {what:<32} {:>7.3} ms {:>7.3} ms {:>7.3} ms",
-                percentile(v, 0.50).as_secs_f64() * 1e3,
-                percentile(v, 0.90).as_secs_f64() * 1e3,
-                percentile(v, 0.99).as_secs_f64() * 1e3
+                baton_tests::percentile(v, 0.50).as_secs_f64() * 1e3,
+                baton_tests::percentile(v, 0.90).as_secs_f64() * 1e3,
+                baton_tests::percentile(v, 0.99).as_secs_f64() * 1e3
             );
         }
         let rounds: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();

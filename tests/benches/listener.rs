@@ -5,7 +5,7 @@
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 use baton_kit::settings::Settings;
@@ -25,13 +25,6 @@ fn signature(body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = (1..=sorted.len())
-        .find(|&r| r as f64 >= p * sorted.len() as f64)
-        .unwrap_or(sorted.len());
-    sorted[rank - 1]
 }
 
 fn main() -> Result<()> {
@@ -102,8 +95,8 @@ fn main() -> Result<()> {
         println!(
             "  {:.0} webhooks/s; request -> 202 (JetStream acked) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             total as f64 / elapsed.as_secs_f64(),
-            percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+            baton_tests::percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+            baton_tests::percentile(&latencies, 0.99).as_secs_f64() * 1e3,
             latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
         );
         anyhow::Ok(())

@@ -610,6 +610,17 @@ fn kill_and_reap(mut child: Child) -> Result<(), HarnessError> {
         .map_err(|source| HarnessError::Stop { pid, source })
 }
 
+/// The `p`-th percentile (0.0–1.0, nearest rank) of `sorted`, for benchmarks' latency reports.
+///
+/// # Panics
+/// When `sorted` is empty.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
+    let rank = (1..=sorted.len())
+        .find(|&r| r as f64 >= p * sorted.len() as f64)
+        .unwrap_or(sorted.len());
+    sorted[rank - 1]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -122,8 +122,18 @@ async fn spawn_runner<H: Handler>(
     handler: H,
     settings: RunnerSettings,
 ) -> Result<Running> {
-    let runner = StageRunner::new(stage, handler, topology, settings, baton_kit::metrics::Metrics::new())
-        .with_grace_period(Duration::from_secs(2));
+    spawn_runner_with_metrics(topology, stage, handler, settings, baton_kit::metrics::Metrics::new()).await
+}
+
+async fn spawn_runner_with_metrics<H: Handler>(
+    topology: Topology,
+    stage: Stage,
+    handler: H,
+    settings: RunnerSettings,
+    metrics: baton_kit::metrics::Metrics,
+) -> Result<Running> {
+    let runner =
+        StageRunner::new(stage, handler, topology, settings, metrics).with_grace_period(Duration::from_secs(2));
     runner.ensure_consumer().await?;
     let stop = CancellationToken::new();
     let token = stop.clone();
@@ -769,7 +779,14 @@ async fn health_readiness_and_metrics() -> Result<()> {
     });
     let (addr, _task) = baton_kit::health::serve("127.0.0.1:0".parse()?, router, std::future::pending()).await?;
     let handler = TestHandler::new(|_| async { Ok(vec![]) });
-    let r = spawn_runner_with_metrics(f.replica().await?, handler, metrics.clone()).await?;
+    let r = spawn_runner_with_metrics(
+        f.replica().await?,
+        Stage::new("builder", [EventType::ChangeMerged]),
+        handler,
+        fast_settings(),
+        metrics.clone(),
+    )
+    .await?;
     events::publish(&f.topology.jetstream, &change_merged("m-1")).await?;
 
     let get = |path: &'static str| http_get(addr, path);
@@ -801,26 +818,6 @@ async fn health_readiness_and_metrics() -> Result<()> {
     tokio::task::block_in_place(|| f.server.start_again())?;
     r.shutdown().await?;
     Ok(())
-}
-
-async fn spawn_runner_with_metrics(
-    topology: Topology,
-    handler: TestHandler,
-    metrics: baton_kit::metrics::Metrics,
-) -> Result<Running> {
-    let runner = StageRunner::new(
-        Stage::new("builder", [EventType::ChangeMerged]),
-        handler,
-        topology,
-        fast_settings(),
-        metrics,
-    )
-    .with_grace_period(Duration::from_secs(2));
-    runner.ensure_consumer().await?;
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    let task = tokio::spawn(runner.run(async move { token.cancelled().await }));
-    Ok(Running { stop, task })
 }
 
 /// A minimal HTTP/1.1 GET over a TCP socket: status and body.

@@ -9,11 +9,14 @@
 //!     branches: [main, "release/*"]
 //! ```
 
+use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// The listener's sections of its config file.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -25,35 +28,90 @@ pub struct ListenerSettings {
     pub webhook: WebhookSettings,
 }
 
-/// The git host that sends a repository's webhooks, i.e. the `<provider>` of
-/// `POST /webhooks/<provider>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// A git host whose webhooks the listener understands; the last segment of
+/// `/webhooks/<provider>` and the `provider` of a repository in the listener's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[schemars(transform = accept_forgejo_alias)]
 pub enum WebhookProvider {
-    /// GitHub (`X-Hub-Signature-256`).
+    /// GitHub and GitHub Enterprise Server.
     Github,
-    /// GitLab (`X-Gitlab-Token`).
+    /// GitLab, SaaS or self-managed.
     Gitlab,
-    /// Gitea or Forgejo (`X-Gitea-Signature` / `X-Forgejo-Signature`); `forgejo` is accepted too.
+    /// Gitea, and Forgejo (its fork, which sends the same payloads); `forgejo` is accepted as
+    /// an alias.
     #[serde(alias = "forgejo")]
     Gitea,
-    /// Bitbucket Cloud (`X-Hub-Signature`).
+    /// Bitbucket Cloud.
     Bitbucket,
-    /// Anything else that signs its body with HMAC-SHA256 (`webhook.generic_signature_header`).
+    /// Anything else that can send Baton's own, GitHub-like payload (see
+    /// `services/listener/src/providers/generic.rs`), e.g. a CI job or a script in a git hook.
     Generic,
 }
 
 impl WebhookProvider {
-    /// The provider's name in the webhook URL.
+    /// Every provider, in the order error messages list them.
+    pub const ALL: [WebhookProvider; 5] = [
+        WebhookProvider::Github,
+        WebhookProvider::Gitlab,
+        WebhookProvider::Gitea,
+        WebhookProvider::Bitbucket,
+        WebhookProvider::Generic,
+    ];
+
+    /// The lowercase name used in URLs, config files and events.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Self::Github => "github",
-            Self::Gitlab => "gitlab",
-            Self::Gitea => "gitea",
-            Self::Bitbucket => "bitbucket",
-            Self::Generic => "generic",
+            WebhookProvider::Github => "github",
+            WebhookProvider::Gitlab => "gitlab",
+            WebhookProvider::Gitea => "gitea",
+            WebhookProvider::Bitbucket => "bitbucket",
+            WebhookProvider::Generic => "generic",
         }
     }
+}
+
+/// Lets the config's JSON Schema accept `forgejo`, which serde reads as [`WebhookProvider::Gitea`]
+/// but schemars does not know about.
+fn accept_forgejo_alias(schema: &mut schemars::Schema) {
+    let Some(variants) = schema.get_mut("oneOf").and_then(Value::as_array_mut) else {
+        return;
+    };
+    let gitea = Value::from(WebhookProvider::Gitea.as_str());
+    for variant in variants.iter_mut().filter_map(Value::as_object_mut) {
+        if variant.get("const") == Some(&gitea) {
+            variant.remove("const");
+            variant.insert("enum".to_owned(), serde_json::json!(["gitea", "forgejo"]));
+        }
+    }
+}
+
+impl fmt::Display for WebhookProvider {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+impl FromStr for WebhookProvider {
+    type Err = UnknownProviderError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        if name == "forgejo" {
+            return Ok(WebhookProvider::Gitea);
+        }
+        WebhookProvider::ALL
+            .into_iter()
+            .find(|provider| provider.as_str() == name)
+            .ok_or_else(|| UnknownProviderError { found: name.to_owned() })
+    }
+}
+
+/// A provider name that is not one of [`WebhookProvider::ALL`] (nor `forgejo`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown git provider `{found}`: use one of github, gitlab, gitea (or forgejo), bitbucket, generic")]
+pub struct UnknownProviderError {
+    /// The name that was given.
+    pub found: String,
 }
 
 /// One repository Baton delivers.
@@ -140,5 +198,43 @@ impl Default for WebhookSettings {
             publish_timeout: Duration::from_secs(5),
             poll_cache_dir: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_schema_accepts_forgejo() {
+        let schema = serde_json::to_value(schemars::schema_for!(WebhookProvider)).unwrap();
+        let accepted: Vec<&Value> = schema["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|variant| {
+                let values = variant["enum"].as_array().map(|values| values.iter().collect());
+                values.unwrap_or_else(|| vec![&variant["const"]])
+            })
+            .collect();
+        assert_eq!(
+            accepted,
+            ["github", "gitlab", "gitea", "forgejo", "bitbucket", "generic"]
+        );
+    }
+
+    #[test]
+    fn names_parse_and_print() {
+        for p in WebhookProvider::ALL {
+            assert_eq!(p.as_str().parse::<WebhookProvider>().unwrap(), p);
+        }
+        assert_eq!("forgejo".parse::<WebhookProvider>().unwrap(), WebhookProvider::Gitea);
+        assert!(
+            "svn"
+                .parse::<WebhookProvider>()
+                .unwrap_err()
+                .to_string()
+                .contains("github")
+        );
     }
 }

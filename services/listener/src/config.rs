@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use baton_kit::secret::Secret;
 use baton_kit::settings::ConfigError;
-use baton_schemas::config::listener::{ListenerSettings, PollConfig, WebhookProvider};
+use baton_schemas::config::listener::{ListenerSettings, PollConfig};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::providers::Provider;
@@ -62,16 +62,6 @@ impl Repositories {
     /// Every repository.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Repository>> {
         self.0.iter()
-    }
-}
-
-fn provider_of(p: WebhookProvider) -> Provider {
-    match p {
-        WebhookProvider::Github => Provider::Github,
-        WebhookProvider::Gitlab => Provider::Gitlab,
-        WebhookProvider::Gitea => Provider::Gitea,
-        WebhookProvider::Bitbucket => Provider::Bitbucket,
-        WebhookProvider::Generic => Provider::Generic,
     }
 }
 
@@ -162,7 +152,7 @@ pub fn resolve(settings: &ListenerSettings, env: &dyn Fn(&str) -> Option<String>
         };
         out.push(Repository {
             name: r.name.clone(),
-            provider: r.provider.map(provider_of),
+            provider: r.provider,
             secret,
             insecure: r.insecure,
             branch_patterns: r.branches.clone(),

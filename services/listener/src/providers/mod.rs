@@ -37,13 +37,10 @@
 //! ```
 
 use std::fmt;
-use std::str::FromStr;
 
 use baton_schemas::payloads::{CommitInfo, Person, RepositoryInfo};
 use http::HeaderMap;
 use http::header::CONTENT_TYPE;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 mod bitbucket;
@@ -62,91 +59,7 @@ pub use fields::ZERO_SHA;
 /// names another one.
 pub const DEFAULT_GENERIC_SIGNATURE_HEADER: &str = "X-Baton-Signature";
 
-/// A git host whose webhooks the listener understands; the last segment of
-/// `/webhooks/<provider>` and the `provider` of a repository in the listener's config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-#[schemars(transform = accept_forgejo_alias)]
-pub enum Provider {
-    /// GitHub and GitHub Enterprise Server.
-    Github,
-    /// GitLab, SaaS or self-managed.
-    Gitlab,
-    /// Gitea, and Forgejo (its fork, which sends the same payloads); `forgejo` is accepted as
-    /// an alias.
-    #[serde(alias = "forgejo")]
-    Gitea,
-    /// Bitbucket Cloud.
-    Bitbucket,
-    /// Anything else that can send Baton's own, GitHub-like payload (see
-    /// `providers/generic.rs`), e.g. a CI job or a script in a git hook.
-    Generic,
-}
-
-impl Provider {
-    /// Every provider, in the order error messages list them.
-    pub const ALL: [Provider; 5] = [
-        Provider::Github,
-        Provider::Gitlab,
-        Provider::Gitea,
-        Provider::Bitbucket,
-        Provider::Generic,
-    ];
-
-    /// The lowercase name used in URLs, config files and events.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Provider::Github => "github",
-            Provider::Gitlab => "gitlab",
-            Provider::Gitea => "gitea",
-            Provider::Bitbucket => "bitbucket",
-            Provider::Generic => "generic",
-        }
-    }
-}
-
-/// Lets the config's JSON Schema accept `forgejo`, which serde reads as [`Provider::Gitea`]
-/// but schemars does not know about.
-fn accept_forgejo_alias(schema: &mut schemars::Schema) {
-    let Some(variants) = schema.get_mut("oneOf").and_then(Value::as_array_mut) else {
-        return;
-    };
-    let gitea = Value::from(Provider::Gitea.as_str());
-    for variant in variants.iter_mut().filter_map(Value::as_object_mut) {
-        if variant.get("const") == Some(&gitea) {
-            variant.remove("const");
-            variant.insert("enum".to_owned(), serde_json::json!(["gitea", "forgejo"]));
-        }
-    }
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Provider {
-    type Err = UnknownProviderError;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        if name == "forgejo" {
-            return Ok(Provider::Gitea);
-        }
-        Provider::ALL
-            .into_iter()
-            .find(|provider| provider.as_str() == name)
-            .ok_or_else(|| UnknownProviderError { found: name.to_owned() })
-    }
-}
-
-/// A provider name that is not one of [`Provider::ALL`] (nor `forgejo`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown git provider `{found}`: use one of github, gitlab, gitea (or forgejo), bitbucket, generic")]
-pub struct UnknownProviderError {
-    /// The name that was given.
-    pub found: String,
-}
+pub use baton_schemas::config::listener::{UnknownProviderError, WebhookProvider as Provider};
 
 /// Why a request body could not be read as a webhook payload.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

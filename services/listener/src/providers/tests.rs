@@ -396,21 +396,3 @@ fn arbitrary_input_never_panics() {
         "the loop should reach the parsers, reached them {interpreted} times"
     );
 }
-
-#[test]
-fn the_config_schema_accepts_forgejo() {
-    let schema = serde_json::to_value(schemars::schema_for!(Provider)).unwrap();
-    let accepted: Vec<&Value> = schema["oneOf"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|variant| {
-            let values = variant["enum"].as_array().map(|values| values.iter().collect());
-            values.unwrap_or_else(|| vec![&variant["const"]])
-        })
-        .collect();
-    assert_eq!(
-        accepted,
-        ["github", "gitlab", "gitea", "forgejo", "bitbucket", "generic"]
-    );
-}
