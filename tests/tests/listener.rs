@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 const GITHUB_PUSH: &str = include_str!("../../services/listener/src/providers/fixtures/github-push.json");
 const GITHUB_PING: &str = include_str!("../../services/listener/src/providers/fixtures/github-ping.json");
+const GITHUB_TAG: &str = include_str!("../../services/listener/src/providers/fixtures/github-tag-push.json");
 const GITHUB_DELETE: &str = include_str!("../../services/listener/src/providers/fixtures/github-delete.json");
 const GITLAB_PUSH: &str = include_str!("../../services/listener/src/providers/fixtures/gitlab-push.json");
 const GITEA_PUSH: &str = include_str!("../../services/listener/src/providers/fixtures/gitea-push.json");
@@ -310,11 +311,26 @@ async fn gitlab_gitea_bitbucket_and_generic_pushes_are_recorded() -> Result<()> 
         fixture["project"]["git_http_url"].as_str().unwrap()
     );
     assert_eq!(data(gitlab).commits.len(), fixture["commits"].as_array().unwrap().len());
+    assert_eq!(data(gitlab).git_ref, fixture["ref"].as_str().unwrap());
+    assert!(
+        data(gitlab).head_commit.author.name.is_some(),
+        "the head commit's author is carried"
+    );
+    assert!(gitlab.context.chain_id.is_some());
 
     let gitea = &by_provider("gitea")[0];
     let fixture: Value = serde_json::from_str(GITEA_PUSH)?;
     assert_eq!(gitea.subject.id, fixture["after"].as_str().unwrap());
     assert_eq!(data(gitea).repository.full_name, "gitea/webhooks");
+    assert_eq!(data(gitea).git_ref, fixture["ref"].as_str().unwrap());
+    assert_eq!(
+        data(gitea).repository.clone_url,
+        fixture["repository"]["clone_url"].as_str().unwrap()
+    );
+    assert!(
+        data(gitea).head_commit.author.name.is_some(),
+        "the head commit's author is carried"
+    );
 
     let bitbucket = by_provider("bitbucket");
     assert_eq!(bitbucket.len(), bitbucket_changes);
@@ -436,6 +452,18 @@ async fn bad_requests_are_refused_with_a_clear_reason_and_no_event() -> Result<(
         "{answer}"
     );
 
+    // A tag while the repository's tags do not trigger.
+    let tag = GITHUB_TAG.as_bytes();
+    let (status, answer) = app.post("github", &github_headers(tag, "push", "tag-1"), tag).await?;
+    assert_eq!(status, 202);
+    assert!(
+        answer["ignored"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tags do not start releases"),
+        "{answer}"
+    );
+
     // Malformed JSON, wrong content type, too large.
     let junk = b"{\"ref\": ";
     let (status, answer) = app.post("github", &github_headers(junk, "push", "j-1"), junk).await?;
@@ -471,7 +499,7 @@ async fn bad_requests_are_refused_with_a_clear_reason_and_no_event() -> Result<(
         "baton_webhook_requests_total{provider=\"gitlab\",outcome=\"unauthorized\"} 1",
         "baton_webhook_requests_total{provider=\"github\",outcome=\"not_found\"} 1",
         "baton_webhook_requests_total{provider=\"unknown\",outcome=\"not_found\"} 1",
-        "baton_webhook_requests_total{provider=\"github\",outcome=\"ignored\"} 3",
+        "baton_webhook_requests_total{provider=\"github\",outcome=\"ignored\"} 4",
         "baton_webhook_requests_total{provider=\"github\",outcome=\"too_large\"} 1",
         "baton_webhook_requests_total{provider=\"github\",outcome=\"unsupported_media_type\"} 1",
         "baton_webhook_requests_total{provider=\"github\",outcome=\"bad_request\"} 1",
