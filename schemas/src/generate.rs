@@ -42,6 +42,10 @@ pub fn generated_files() -> Vec<GeneratedFile> {
     let mut push = schema_value::<crate::payloads::PushData>();
     push.insert("$id".into(), json!(format!("{SCHEMA_BASE}/payloads/push.json")));
     files.push(file("payloads/push.json", &Value::Object(push)));
+    let mut pipeline = schema_value::<crate::pipeline::Pipeline>();
+    pipeline.insert("$id".into(), json!(format!("{SCHEMA_BASE}/pipeline.json")));
+    pipeline.insert("description".into(), json!("The pipeline file `.baton.yaml` at the root of an application's repository."));
+    files.push(file("pipeline.json", &Value::Object(pipeline)));
     let mut settings = schema_value::<CommonSettings>();
     settings.insert("$id".into(), json!(format!("{SCHEMA_BASE}/config/service-common.json")));
     files.push(file("config/service-common.json", &Value::Object(settings)));

@@ -14,6 +14,7 @@ pub mod config;
 pub mod extensions;
 pub mod generate;
 pub mod payloads;
+pub mod pipeline;
 pub mod subjects;
 pub mod validate;
 
