@@ -22,6 +22,8 @@
 //! # }
 //! ```
 
+pub mod registry;
+
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Read, Write};

@@ -20,6 +20,7 @@ pub mod secret;
 pub mod service;
 pub mod settings;
 pub mod shutdown;
+pub mod steps;
 pub mod telemetry;
 pub mod tls;
 

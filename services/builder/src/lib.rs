@@ -1,0 +1,2 @@
+//! `baton-builder`: commit → daemonless OCI image in a registry.
+pub mod image;

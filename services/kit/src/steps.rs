@@ -1,0 +1,1 @@
+//! Step executor (being written).

@@ -1,0 +1,1 @@
+//! Registry harness (being written).
