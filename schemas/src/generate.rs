@@ -42,6 +42,9 @@ pub fn generated_files() -> Vec<GeneratedFile> {
     let mut push = schema_value::<crate::payloads::PushData>();
     push.insert("$id".into(), json!(format!("{SCHEMA_BASE}/payloads/push.json")));
     files.push(file("payloads/push.json", &Value::Object(push)));
+    let mut build = schema_value::<crate::payloads::BuildData>();
+    build.insert("$id".into(), json!(format!("{SCHEMA_BASE}/payloads/build.json")));
+    files.push(file("payloads/build.json", &Value::Object(build)));
     let mut pipeline = schema_value::<crate::pipeline::Pipeline>();
     pipeline.insert("$id".into(), json!(format!("{SCHEMA_BASE}/pipeline.json")));
     pipeline.insert("description".into(), json!("The pipeline file `.baton.yaml` at the root of an application's repository."));
@@ -56,6 +59,13 @@ pub fn generated_files() -> Vec<GeneratedFile> {
         json!("The listener's own sections; the file also holds the common sections of service-common.json."),
     );
     files.push(file("config/listener.json", &Value::Object(listener)));
+    let mut builder = schema_value::<crate::config::builder::BuilderSettings>();
+    builder.insert("$id".into(), json!(format!("{SCHEMA_BASE}/config/builder.json")));
+    builder.insert(
+        "description".into(),
+        json!("The builder's own sections; the file also holds the common sections of service-common.json."),
+    );
+    files.push(file("config/builder.json", &Value::Object(builder)));
     files
 }
 

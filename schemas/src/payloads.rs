@@ -87,3 +87,103 @@ pub struct Person {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
 }
+
+/// `customData` of the builder's events (`build.queued/started/finished`,
+/// `artifact.packaged/published`): which commit of which application, and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BuildData {
+    /// The application (repository name as the git host names it).
+    pub app: String,
+    /// The commit built (full sha).
+    pub commit: String,
+    /// The ref that was pushed, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    /// URL the source was fetched from.
+    pub repository: String,
+    /// The build's run id: logs live under `baton.logs.<run>.<step>` and `<run>/<step>.log`.
+    pub run: String,
+    /// How it ended (on `build.finished` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// Why it failed, in words a developer can act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Each step that ran, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepReport>,
+    /// The image, once assembled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageInfo>,
+}
+
+/// How a build or test run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Everything passed.
+    Success,
+    /// The user's steps or files failed (a non-zero exit, a failing test, a missing file).
+    Failure,
+    /// Baton could not run it (an unreachable repository, a registry refusing the push).
+    Error,
+    /// Cancelled (superseded, or Baton shutting down for good).
+    Cancel,
+}
+
+/// One step of a build or test run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StepReport {
+    /// The step's name from `.baton.yaml`.
+    pub name: String,
+    /// `succeeded`, `failed`, `timed_out` or `error`.
+    pub status: String,
+    /// Exit code, when the process exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Wall-clock time in milliseconds.
+    pub duration_ms: u64,
+    /// Where the whole log is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogLocation>,
+    /// The last lines of output (masked, truncated): the whole log is in the object store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tail: Vec<String>,
+}
+
+/// Where a step's full log is kept in the JetStream object store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogLocation {
+    /// Object store bucket, e.g. `baton-logs`.
+    pub bucket: String,
+    /// Object name, `<run>/<step>.log`.
+    pub object: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Number of lines.
+    pub lines: u64,
+}
+
+/// An image in a registry, pinned by digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageInfo {
+    /// `host[:port]` of the registry.
+    pub registry: String,
+    /// Repository in the registry, e.g. `baton/acme_shop`.
+    pub repository: String,
+    /// The tag: the commit sha.
+    pub tag: String,
+    /// The manifest digest, `sha256:<hex>`: the image's identity.
+    pub digest: String,
+    /// `<registry>/<repository>@<digest>`, what everything downstream pulls.
+    pub reference: String,
+    /// The package URL of the image, the CDEvents artifact id.
+    pub purl: String,
+    /// Bytes uploaded for this image (0 when the registry had every blob).
+    pub uploaded_bytes: u64,
+}

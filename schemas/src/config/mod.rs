@@ -5,6 +5,7 @@
 //!
 //! Durations are written the human way: `30s`, `5m`, `2h`, `365days`.
 
+pub mod builder;
 pub mod listener;
 
 use std::net::SocketAddr;

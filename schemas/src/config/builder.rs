@@ -1,0 +1,112 @@
+//! The builder's own config sections: where images go, where sources are cached, and the
+//! credentials for private repositories. Schema: `schemas/json/config/builder.json`.
+//!
+//! ```yaml
+//! registry:
+//!   address: registry.example.com     # host[:port] images are pushed to
+//!   repository_prefix: baton          # images are <address>/<prefix>/<app>
+//! source:
+//!   cache_dir: /var/cache/baton-builder
+//!   credentials:
+//!     - url_prefix: https://github.com/acme/
+//!       username: x-access-token
+//!       token_env: GITHUB_TOKEN
+//! ```
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The builder's sections of its config file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuilderSettings {
+    /// The registry images are pushed to.
+    pub registry: RegistrySettings,
+    /// Source checkouts.
+    pub source: SourceSettings,
+    /// Resource limits of every build step.
+    pub limits: StepLimits,
+}
+
+/// The registry images are pushed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// `host[:port]` of the registry.
+    pub address: String,
+    /// Images are pushed as `<address>/<repository_prefix>/<app>` (prefix may be empty).
+    pub repository_prefix: String,
+    /// Talk plain HTTP to this registry (a local or in-cluster registry without TLS).
+    pub insecure: bool,
+    /// Registry user, when it requires authentication.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Environment variable holding the registry password or token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:5000".to_owned(),
+            repository_prefix: "baton".to_owned(),
+            insecure: false,
+            username: None,
+            password_env: None,
+        }
+    }
+}
+
+/// Source checkouts.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceSettings {
+    /// Where per-repository mirrors are cached (later builds fetch only new objects) and
+    /// workspaces are created. Default: a directory under the system's temporary directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+    /// Credentials for private repositories, chosen by the longest matching URL prefix.
+    pub credentials: Vec<GitCredential>,
+}
+
+/// How to authenticate to repositories whose URL starts with `url_prefix`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GitCredential {
+    /// Repository URLs this applies to, e.g. `https://github.com/acme/`.
+    pub url_prefix: String,
+    /// User name for HTTPS (e.g. `x-access-token` for a GitHub token, `oauth2` for GitLab), or
+    /// the SSH user (default `git`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Environment variable holding an HTTPS token or password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// File holding an HTTPS token or password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Private key file for `ssh://` and `git@host:` URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_key_file: Option<PathBuf>,
+}
+
+/// Resource limits applied to every build and test step (rlimits).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct StepLimits {
+    /// CPU seconds one step may use.
+    pub cpu_seconds: u64,
+    /// Address space one step may map, in bytes.
+    pub memory_bytes: u64,
+    /// Open files one step may hold.
+    pub open_files: u64,
+}
+
+impl Default for StepLimits {
+    fn default() -> Self {
+        Self { cpu_seconds: 3600, memory_bytes: 8 * 1024 * 1024 * 1024, open_files: 4096 }
+    }
+}
