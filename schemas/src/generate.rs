@@ -47,7 +47,10 @@ pub fn generated_files() -> Vec<GeneratedFile> {
     files.push(file("payloads/build.json", &Value::Object(build)));
     let mut pipeline = schema_value::<crate::pipeline::Pipeline>();
     pipeline.insert("$id".into(), json!(format!("{SCHEMA_BASE}/pipeline.json")));
-    pipeline.insert("description".into(), json!("The pipeline file `.baton.yaml` at the root of an application's repository."));
+    pipeline.insert(
+        "description".into(),
+        json!("The pipeline file `.baton.yaml` at the root of an application's repository."),
+    );
     files.push(file("pipeline.json", &Value::Object(pipeline)));
     let mut settings = schema_value::<CommonSettings>();
     settings.insert("$id".into(), json!(format!("{SCHEMA_BASE}/config/service-common.json")));

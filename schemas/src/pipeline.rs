@@ -183,16 +183,29 @@ impl Pipeline {
     /// # Errors
     /// Names the field and line of the first problem.
     pub fn parse(text: &str) -> Result<Self, PipelineError> {
-        let error = |location: String, message: String| PipelineError { file: PIPELINE_FILE.to_owned(), location, message };
+        let error = |location: String, message: String| PipelineError {
+            file: PIPELINE_FILE.to_owned(),
+            location,
+            message,
+        };
         let deserializer = yaml_serde::Deserializer::from_str(text);
         let pipeline: Pipeline = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
-            let line = inner.location().map(|l| format!("line {} column {}, ", l.line(), l.column())).unwrap_or_default();
-            let field = if field == "." { String::new() } else { format!("field `{field}`: ") };
+            let line = inner
+                .location()
+                .map(|l| format!("line {} column {}, ", l.line(), l.column()))
+                .unwrap_or_default();
+            let field = if field == "." {
+                String::new()
+            } else {
+                format!("field `{field}`: ")
+            };
             error(format!("{line}{field}"), strip_location(&inner.to_string()))
         })?;
-        pipeline.check().map_err(|(field, message)| error(format!("field `{field}`: "), message))?;
+        pipeline
+            .check()
+            .map_err(|(field, message)| error(format!("field `{field}`: "), message))?;
         Ok(pipeline)
     }
 
@@ -202,15 +215,24 @@ impl Pipeline {
         if let Some(image) = &self.image {
             for (i, add) in image.add.iter().enumerate() {
                 if !add.to.starts_with('/') {
-                    return Err((format!("image.add[{i}].to"), format!("`{}` must be an absolute path in the image", add.to)));
+                    return Err((
+                        format!("image.add[{i}].to"),
+                        format!("`{}` must be an absolute path in the image", add.to),
+                    ));
                 }
                 if add.from.is_empty() {
-                    return Err((format!("image.add[{i}].from"), "must name a file or directory of the workspace".into()));
+                    return Err((
+                        format!("image.add[{i}].from"),
+                        "must name a file or directory of the workspace".into(),
+                    ));
                 }
                 if let Some(mode) = &add.mode
                     && u32::from_str_radix(mode.trim_start_matches("0o"), 8).map_or(true, |m| m > 0o7777)
                 {
-                    return Err((format!("image.add[{i}].mode"), format!("`{mode}` is not an octal mode like \"0755\"")));
+                    return Err((
+                        format!("image.add[{i}].mode"),
+                        format!("`{mode}` is not an octal mode like \"0755\""),
+                    ));
                 }
             }
             if image.base.trim().is_empty() {
@@ -228,7 +250,10 @@ fn check_steps<'a>(section: &str, steps: impl Iterator<Item = &'a Step>) -> Resu
             return Err((format!("{section}[{i}].name"), "every step needs a name".into()));
         }
         if !names.insert(step.name.as_str()) {
-            return Err((format!("{section}[{i}].name"), format!("`{}` is used by two steps", step.name)));
+            return Err((
+                format!("{section}[{i}].name"),
+                format!("`{}` is used by two steps", step.name),
+            ));
         }
         if step.run.trim().is_empty() {
             return Err((format!("{section}[{i}].run"), "must be a command".into()));
@@ -275,16 +300,27 @@ mod tests {
     fn errors_name_field_and_line() {
         let err = Pipeline::parse("build:\n  steps:\n    - name: a\n      run: make\n      timout: 5m\n").unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("line 5") && text.contains("build.steps[0]") && text.contains("timout"), "{text}");
+        assert!(
+            text.contains("line 5") && text.contains("build.steps[0]") && text.contains("timout"),
+            "{text}"
+        );
         let err = Pipeline::parse("build:\n  steps: nope\n").unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("build.steps"), "{err}");
-        let err = Pipeline::parse("image:\n  add:\n    - from: a\n      to: relative\n").unwrap_err().to_string();
+        let err = Pipeline::parse("image:\n  add:\n    - from: a\n      to: relative\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("image.add[0].to"), "{err}");
-        let err = Pipeline::parse("build:\n  steps:\n    - {name: a, run: x}\n    - {name: a, run: y}\n").unwrap_err().to_string();
+        let err = Pipeline::parse("build:\n  steps:\n    - {name: a, run: x}\n    - {name: a, run: y}\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("build.steps[1].name"), "{err}");
-        let err = Pipeline::parse("image:\n  add:\n    - {from: a, to: /a, mode: '999'}\n").unwrap_err().to_string();
+        let err = Pipeline::parse("image:\n  add:\n    - {from: a, to: /a, mode: '999'}\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("image.add[0].mode"), "{err}");
-        let err = Pipeline::parse("test:\n  steps:\n    - {name: a, run: x, junitt: y}\n").unwrap_err().to_string();
+        let err = Pipeline::parse("test:\n  steps:\n    - {name: a, run: x, junitt: y}\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("test.steps[0]") && err.contains("junitt"), "{err}");
     }
 }

@@ -107,6 +107,10 @@ pub struct StepLimits {
 
 impl Default for StepLimits {
     fn default() -> Self {
-        Self { cpu_seconds: 3600, memory_bytes: 8 * 1024 * 1024 * 1024, open_files: 4096 }
+        Self {
+            cpu_seconds: 3600,
+            memory_bytes: 8 * 1024 * 1024 * 1024,
+            open_files: 4096,
+        }
     }
 }

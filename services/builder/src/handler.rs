@@ -1,0 +1,197 @@
+//! The builder's stage: for each `change.merged`, fetch the exact commit, run the build steps
+//! of its `.baton.yaml`, assemble the image and push it, emitting `build.queued`,
+//! `build.started`, then `artifact.packaged`, `artifact.published` and `build.finished`.
+//!
+//! A build that fails because of the commit (an invalid pipeline file, a failing step, a
+//! missing file, a base image that does not exist) is *handled*: it ends with `build.finished`
+//! and outcome `failure` and the reason, and nothing further happens for that commit. A failure
+//! of the machinery (an unreachable repository, a registry that is down) is *transient*: the
+//! event is retried with backoff, and only when retries are exhausted does the build end with
+//! outcome `error`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use baton_kit::steps::{StepRequest, StepRunner};
+use baton_kit::{Handler, HandlerError, Incoming, Outgoing, events as kit_events};
+use baton_schemas::payloads::{BuildData, ImageInfo, Outcome, PushData};
+use baton_schemas::pipeline::{PIPELINE_FILE, Pipeline};
+
+use crate::events;
+use crate::image::{self, Registry};
+use crate::source::Sources;
+
+/// The builder's handler.
+#[derive(Debug)]
+pub struct Builder {
+    /// Mirrors and workspaces.
+    pub sources: Sources,
+    /// Runs the build steps and keeps their logs.
+    pub steps: StepRunner,
+    /// Where images go.
+    pub registry: Registry,
+    /// Repository prefix in the registry.
+    pub repository_prefix: String,
+    /// For publishing `build.queued`/`build.started` as they happen.
+    pub jetstream: jetstream::Context,
+}
+
+/// How one build attempt ended, before it becomes events.
+enum Attempt {
+    /// The commit built (and, with an image section, its image is in the registry).
+    Built { image: Option<ImageInfo> },
+    /// The commit cannot be built: the reason, for `build.finished`.
+    Failed(String),
+}
+
+impl Builder {
+    fn data(incoming: &Incoming, push: &PushData) -> BuildData {
+        BuildData {
+            app: push.app.clone(),
+            commit: push.after.clone(),
+            git_ref: Some(push.git_ref.clone()),
+            repository: push.repository.clone_url.clone(),
+            run: events::build_id(incoming),
+            outcome: None,
+            reason: None,
+            steps: Vec::new(),
+            image: None,
+        }
+    }
+
+    async fn announce(&self, event: Outgoing) -> Result<(), HandlerError> {
+        kit_events::publish(&self.jetstream, &event)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                if e.is_transient() {
+                    HandlerError::Transient(e.to_string())
+                } else {
+                    HandlerError::Permanent(e.to_string())
+                }
+            })
+    }
+
+    async fn attempt(&self, incoming: &Incoming, data: &mut BuildData) -> Result<Attempt, HandlerError> {
+        let workspace = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(ensure_dir(self.sources.workspaces())?)
+            .map_err(|e| HandlerError::Transient(format!("cannot create a workspace: {e}")))?;
+        let (sources, url, commit, dir) = (
+            self.sources.clone(),
+            data.repository.clone(),
+            data.commit.clone(),
+            workspace.path().to_owned(),
+        );
+        let checked_out = tokio::task::spawn_blocking(move || sources.checkout(&url, &commit, &dir))
+            .await
+            .map_err(|e| HandlerError::Transient(format!("checkout task failed: {e}")))?;
+        match checked_out {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => return Err(HandlerError::Transient(e.to_string())),
+            Err(e) => return Ok(Attempt::Failed(e.to_string())),
+        }
+        let pipeline = match std::fs::read_to_string(workspace.path().join(PIPELINE_FILE)) {
+            Ok(text) => match Pipeline::parse(&text) {
+                Ok(p) => p,
+                Err(e) => return Ok(Attempt::Failed(e.to_string())),
+            },
+            Err(_) => {
+                return Ok(Attempt::Failed(format!(
+                    "{PIPELINE_FILE} is missing at the root of commit {}: add one (see docs/pipeline.md)",
+                    data.commit
+                )));
+            }
+        };
+        self.announce(events::started(incoming, data)).await?;
+        let no_extra_env = BTreeMap::new();
+        for step in &pipeline.build.steps {
+            let outcome = self
+                .steps
+                .run(StepRequest {
+                    run_id: &data.run,
+                    step,
+                    workspace: workspace.path(),
+                    extra_env: &no_extra_env,
+                    secrets: &[],
+                })
+                .await;
+            data.steps.push(outcome.report(&step.name));
+            if !outcome.status.succeeded() {
+                return Ok(Attempt::Failed(format!(
+                    "build step `{}` {}",
+                    step.name, outcome.status
+                )));
+            }
+        }
+        let Some(spec) = &pipeline.image else {
+            return Ok(Attempt::Built { image: None });
+        };
+        let repository = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| crate::config::repository_for(&self.repository_prefix, &data.app));
+        let job = image::ImageJob {
+            spec,
+            workspace: workspace.path(),
+            commit: &data.commit,
+            source_url: &data.repository,
+            registry: &self.registry,
+            repository: &repository,
+        };
+        match image::build_and_push(&job).await {
+            Ok(pushed) => Ok(Attempt::Built { image: Some(pushed) }),
+            Err(e) if e.is_transient() => Err(HandlerError::Transient(e.to_string())),
+            Err(e) => Ok(Attempt::Failed(e.to_string())),
+        }
+    }
+}
+
+fn ensure_dir(dir: PathBuf) -> Result<PathBuf, HandlerError> {
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| HandlerError::Transient(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+impl Handler for Builder {
+    async fn handle(&self, incoming: Arc<Incoming>) -> Result<Vec<Outgoing>, HandlerError> {
+        let push: PushData = incoming
+            .cdevent
+            .custom_data_as()
+            .map_err(|e| HandlerError::Permanent(format!("change.merged without push data in customData: {e}")))?;
+        let mut data = Self::data(&incoming, &push);
+        self.announce(events::queued(&incoming, &data)).await?;
+        let attempt = self.attempt(&incoming, &mut data).await?;
+        let mut outputs = Vec::new();
+        match attempt {
+            Attempt::Built { image } => {
+                if let Some(image) = &image {
+                    data.image = Some(image.clone());
+                    outputs.push(events::packaged(&incoming, &data, image, &data.repository));
+                    outputs.push(events::published(&incoming, &data, image));
+                }
+                data.outcome = Some(Outcome::Success);
+                tracing::info!(app = %data.app, commit = %data.commit, image = ?data.image.as_ref().map(|i| &i.reference), "build succeeded");
+            }
+            Attempt::Failed(reason) => {
+                tracing::info!(app = %data.app, commit = %data.commit, %reason, "build failed");
+                data.outcome = Some(Outcome::Failure);
+                data.reason = Some(reason);
+            }
+        }
+        outputs.push(events::finished(&incoming, &data));
+        Ok(outputs)
+    }
+
+    fn on_give_up(&self, incoming: &Incoming, reason: &str) -> Vec<Outgoing> {
+        let Ok(push) = incoming.cdevent.custom_data_as::<PushData>() else {
+            return Vec::new();
+        };
+        let mut data = Self::data(incoming, &push);
+        data.outcome = Some(Outcome::Error);
+        data.reason = Some(format!("the build could not run: {reason}"));
+        vec![events::finished(incoming, &data)]
+    }
+}

@@ -1,0 +1,216 @@
+//! Source: a cached bare mirror per repository (later builds fetch only new objects) and a
+//! fresh workspace with the exact commit checked out. Credentials for private repositories
+//! come from config and never reach a log.
+//!
+//! Failures are classified: an unreachable remote is transient (the event is retried with
+//! backoff), a commit the remote does not have is permanent (the build fails with the reason).
+
+use std::path::{Path, PathBuf};
+
+use baton_kit::secret::Secret;
+use sha2::{Digest, Sha256};
+
+/// Credentials for one URL prefix, resolved from config.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// Repository URLs this applies to.
+    pub url_prefix: String,
+    /// HTTPS user or SSH user.
+    pub username: Option<String>,
+    /// HTTPS token or password.
+    pub token: Option<Secret>,
+    /// SSH private key file.
+    pub ssh_key_file: Option<PathBuf>,
+}
+
+/// Why the source could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The remote could not be reached or refused us: worth retrying.
+    #[error("cannot fetch {url}: {message}")]
+    Unreachable {
+        /// The repository URL.
+        url: String,
+        /// libgit2's message.
+        message: String,
+    },
+    /// The remote does not have the commit (e.g. it was force-pushed away): retrying cannot help.
+    #[error("commit {commit} is not in {url} (was it force-pushed away?)")]
+    MissingCommit {
+        /// The repository URL.
+        url: String,
+        /// The commit.
+        commit: String,
+    },
+    /// The local cache or workspace failed.
+    #[error("cannot prepare the workspace: {0}")]
+    Local(String),
+}
+
+impl SourceError {
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, Self::MissingCommit { .. })
+    }
+}
+
+/// Mirrors and checkouts under one cache directory.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    cache: PathBuf,
+    credentials: Vec<Credential>,
+}
+
+impl Sources {
+    /// Sources cached under `cache` (mirrors in `mirrors/`, workspaces in `workspaces/`).
+    pub fn new(cache: PathBuf, credentials: Vec<Credential>) -> Self {
+        Self { cache, credentials }
+    }
+
+    /// The directory workspaces are created in.
+    pub fn workspaces(&self) -> PathBuf {
+        self.cache.join("workspaces")
+    }
+
+    /// Fetches `url` into its mirror and checks out `commit` into the fresh directory
+    /// `workspace`. Blocking: call it from `spawn_blocking`.
+    ///
+    /// # Errors
+    /// [`SourceError`], classified transient or permanent.
+    pub fn checkout(&self, url: &str, commit: &str, workspace: &Path) -> Result<(), SourceError> {
+        let local = |e: git2::Error| SourceError::Local(e.message().to_owned());
+        let oid = git2::Oid::from_str(commit).map_err(|_| SourceError::MissingCommit {
+            url: url.to_owned(),
+            commit: commit.to_owned(),
+        })?;
+        let mirror = self.mirror(url)?;
+        if mirror.find_commit(oid).is_err() {
+            self.fetch(&mirror, url)?;
+        }
+        let commit_obj = mirror.find_commit(oid).map_err(|_| SourceError::MissingCommit {
+            url: url.to_owned(),
+            commit: commit.to_owned(),
+        })?;
+        std::fs::create_dir_all(workspace).map_err(|e| SourceError::Local(format!("{}: {e}", workspace.display())))?;
+        let tree = commit_obj.tree().map_err(local)?;
+        let mut checkout = git2::build::CheckoutBuilder::new();
+        checkout.target_dir(workspace).force().recreate_missing(true);
+        mirror
+            .checkout_tree(tree.as_object(), Some(&mut checkout))
+            .map_err(local)?;
+        Ok(())
+    }
+
+    fn mirror(&self, url: &str) -> Result<git2::Repository, SourceError> {
+        let name = hex::encode(&Sha256::digest(url.as_bytes())[..12]);
+        let path = self.cache.join("mirrors").join(format!("{name}.git"));
+        match git2::Repository::open_bare(&path) {
+            Ok(repo) => Ok(repo),
+            Err(_) => git2::Repository::init_bare(&path).map_err(|e| SourceError::Local(e.message().to_owned())),
+        }
+    }
+
+    fn fetch(&self, mirror: &git2::Repository, url: &str) -> Result<(), SourceError> {
+        let mut remote = mirror.remote_anonymous(url).map_err(|e| SourceError::Unreachable {
+            url: url.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        let mut callbacks = git2::RemoteCallbacks::new();
+        let credential = self.credential_for(url).cloned();
+        callbacks.credentials(move |_url, username_from_url, allowed| {
+            let Some(c) = &credential else {
+                return Err(git2::Error::from_str(
+                    "the repository asks for credentials and none are configured for it",
+                ));
+            };
+            let user = c.username.as_deref().or(username_from_url).unwrap_or("git");
+            if allowed.contains(git2::CredentialType::SSH_KEY)
+                && let Some(key) = &c.ssh_key_file
+            {
+                return git2::Cred::ssh_key(user, None, key, None);
+            }
+            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
+                && let Some(token) = &c.token
+            {
+                let token =
+                    std::str::from_utf8(token.expose()).map_err(|_| git2::Error::from_str("the token is not UTF-8"))?;
+                return git2::Cred::userpass_plaintext(user, token);
+            }
+            Err(git2::Error::from_str(
+                "no configured credential fits what the repository asks for",
+            ))
+        });
+        let mut options = git2::FetchOptions::new();
+        options.remote_callbacks(callbacks);
+        remote
+            .fetch(
+                &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                Some(&mut options),
+                None,
+            )
+            .map_err(|e| SourceError::Unreachable {
+                url: url.to_owned(),
+                message: e.message().to_owned(),
+            })
+    }
+
+    fn credential_for(&self, url: &str) -> Option<&Credential> {
+        self.credentials
+            .iter()
+            .filter(|c| url.starts_with(&c.url_prefix))
+            .max_by_key(|c| c.url_prefix.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "A")
+            .env("GIT_AUTHOR_EMAIL", "a@example.com")
+            .env("GIT_COMMITTER_NAME", "A")
+            .env("GIT_COMMITTER_EMAIL", "a@example.com")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    #[test]
+    fn checks_out_the_exact_commit_and_fetches_only_when_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        std::fs::write(work.join("a.txt"), "one").unwrap();
+        git(&work, &["add", "."]);
+        git(&work, &["commit", "-qm", "one"]);
+        let first = git(&work, &["rev-parse", "HEAD"]);
+        std::fs::write(work.join("a.txt"), "two").unwrap();
+        git(&work, &["commit", "-qam", "two"]);
+        let url = format!("file://{}", work.display());
+
+        let sources = Sources::new(dir.path().join("cache"), vec![]);
+        let ws = dir.path().join("ws1");
+        sources.checkout(&url, &first, &ws).unwrap();
+        assert_eq!(std::fs::read_to_string(ws.join("a.txt")).unwrap(), "one");
+        assert!(!ws.join(".git").exists(), "a workspace is a plain tree");
+
+        let missing = "0123456789012345678901234567890123456789";
+        let err = sources.checkout(&url, missing, &dir.path().join("ws2")).unwrap_err();
+        assert!(!err.is_transient(), "{err}");
+        let err = sources
+            .checkout("file:///nonexistent/repo", &first, &dir.path().join("ws3"))
+            .unwrap_err();
+        assert!(err.is_transient(), "{err}");
+    }
+}

@@ -1,0 +1,233 @@
+//! The release story end to end, growing one stage at a time: a signed push webhook reaches the
+//! listener, the builder fetches that exact commit, runs its build steps, assembles the image
+//! and pushes it to a real registry; the release carries one `chainId` from the push to the
+//! published artifact. (Next: the tester, the promoter, the deployer.)
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use async_nats::jetstream::consumer::{self, pull};
+use baton_kit::codec;
+use baton_kit::settings::Settings;
+use baton_schemas::config::CommonSettings;
+use baton_schemas::payloads::BuildData;
+use baton_schemas::{CdEvent, EventType, subjects};
+use baton_tests::NatsServer;
+use baton_tests::registry::RegistryServer;
+use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "pipeline-secret";
+
+pub(crate) fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Ada")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+        .env("GIT_COMMITTER_NAME", "Ada")
+        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// Every event of `ty` on the stream, decoded.
+async fn events_of(js: &async_nats::jetstream::Context, ty: EventType) -> Result<Vec<CdEvent>> {
+    let stream = js.get_stream("BATON_EVENTS").await?;
+    let mut c = stream
+        .create_consumer(pull::Config {
+            filter_subject: subjects::event_filter(ty),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let pending = c.info().await?.num_pending;
+    let mut out = Vec::new();
+    if pending == 0 {
+        return Ok(out);
+    }
+    let mut batch = c.fetch().max_messages(usize::try_from(pending)?).messages().await?;
+    while let Some(m) = batch.next().await {
+        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ce = codec::decode(m.headers.as_ref(), &m.payload)?;
+        let Some(cloudevents::Data::Json(data)) = ce.data() else {
+            anyhow::bail!("event without JSON data")
+        };
+        baton_schemas::validate_event(ty, data)?;
+        out.push(serde_json::from_value(data.clone())?);
+    }
+    Ok(out)
+}
+
+async fn wait_for(js: &async_nats::jetstream::Context, ty: EventType, n: usize) -> Result<Vec<CdEvent>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = events_of(js, ty).await?;
+        if found.len() >= n {
+            return Ok(found);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {n} {ty} events arrived",
+            found.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_push_becomes_an_image_in_the_registry() -> Result<()> {
+    baton_kit::tls::install_crypto_provider();
+    let nats = NatsServer::start()?;
+    let registry = RegistryServer::start()?;
+    let dir = tempfile::tempdir()?;
+
+    // The application's repository: a build step produces the file the image ships.
+    let repo = dir.path().join("shop");
+    std::fs::create_dir(&repo)?;
+    git(&repo, &["init", "-q", "-b", "main"])?;
+    std::fs::write(
+        repo.join(".baton.yaml"),
+        "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && printf 'hello from %s\\n' \"$GREETING\" > out/hello.txt\n      env: {GREETING: baton}\nimage:\n  base: scratch\n  add:\n    - {from: out/hello.txt, to: /srv/hello.txt, mode: '0644'}\n  entrypoint: [/srv/hello]\n  labels: {team: shop}\n",
+    )?;
+    git(&repo, &["add", "."])?;
+    git(&repo, &["commit", "-qm", "first"])?;
+    let sha = git(&repo, &["rev-parse", "HEAD"])?;
+    let clone_url = format!("file://{}", repo.display());
+
+    // The listener and the builder, each as its own application.
+    let common = |nats_url: String| -> Result<CommonSettings> {
+        let mut c = CommonSettings::default();
+        c.nats.url = nats_url;
+        c.http.listen = "127.0.0.1:0".parse()?;
+        Ok(c)
+    };
+    let env = |name: &str| (name == "SHOP_SECRET").then(|| SECRET.to_owned());
+    let listener = baton_listener::Application::build(
+        Settings {
+            common: common(nats.url())?,
+            service: yaml_serde::from_str(
+                "repositories:\n  - name: acme/shop\n    provider: generic\n    secret_env: SHOP_SECRET\n    branches: [main]\n",
+            )?,
+            warnings: vec![],
+        },
+        &env,
+    )
+    .await?;
+    let builder = baton_builder::Application::build(
+        Settings {
+            common: common(nats.url())?,
+            service: yaml_serde::from_str(&format!(
+                "registry:\n  address: {}\n  insecure: true\n  repository_prefix: baton\n",
+                registry.address()
+            ))?,
+            warnings: vec![],
+        },
+        &env,
+    )
+    .await?;
+    let webhook = format!("http://{}/webhooks/generic", listener.local_addr());
+    let stop = CancellationToken::new();
+    let listener_task = tokio::spawn(listener.run_until_stopped(stop.clone()));
+    let builder_task = tokio::spawn(builder.run_until_stopped(stop.clone()));
+
+    // The push.
+    let body = json!({
+        "ref": "refs/heads/main",
+        "before": "0000000000000000000000000000000000000000",
+        "after": sha,
+        "repository": {"full_name": "acme/shop", "clone_url": clone_url},
+        "head_commit": {"id": sha, "message": "first", "author": {"name": "Ada"}}
+    })
+    .to_string();
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes())?;
+    mac.update(body.as_bytes());
+    let response = reqwest::Client::new()
+        .post(&webhook)
+        .header("Content-Type", "application/json")
+        .header("X-Baton-Delivery", "push-1")
+        .header(
+            "X-Baton-Signature",
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+        )
+        .body(body)
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 202);
+    let answer: Value = response.json().await?;
+    let release = answer["accepted"][0]["release"]
+        .as_str()
+        .context("a release id")?
+        .to_owned();
+
+    // The image reaches the registry, and the whole story is one release.
+    let client = async_nats::connect(nats.url()).await?;
+    let js = async_nats::jetstream::new(client);
+    let published = wait_for(&js, EventType::ArtifactPublished, 1).await?;
+    let finished = wait_for(&js, EventType::BuildFinished, 1).await?;
+    for ty in [
+        EventType::BuildQueued,
+        EventType::BuildStarted,
+        EventType::ArtifactPackaged,
+    ] {
+        assert_eq!(wait_for(&js, ty, 1).await?.len(), 1, "{ty}");
+    }
+    for event in published.iter().chain(&finished) {
+        assert_eq!(
+            event.context.chain_id.as_deref(),
+            Some(release.as_str()),
+            "one release from push to image"
+        );
+    }
+    let build: BuildData = finished[0].custom_data_as()?;
+    assert_eq!(
+        build.outcome,
+        Some(baton_schemas::payloads::Outcome::Success),
+        "{build:?}"
+    );
+    assert_eq!(build.commit, sha);
+    assert_eq!(build.steps[0].name, "compile");
+    let image = build.image.context("the build names its image")?;
+    assert_eq!(published[0].subject.id, image.purl);
+    assert!(image.purl.starts_with("pkg:oci/shop@sha256:"), "{}", image.purl);
+    assert!(image.purl.ends_with(&format!("&tag={sha}")), "{}", image.purl);
+    assert_eq!(finished[0].subject.content["artifactId"], image.purl.as_str());
+
+    // An independent client sees what the pipeline file asked for.
+    let config = registry.skopeo_inspect(&image.reference, false)?;
+    let labels = &config["config"]["Labels"];
+    assert_eq!(labels["org.opencontainers.image.revision"], sha.as_str());
+    assert_eq!(labels["org.opencontainers.image.source"], clone_url.as_str());
+    assert_eq!(labels["team"], "shop");
+    assert_eq!(config["config"]["Entrypoint"], json!(["/srv/hello"]));
+    let manifest = registry.skopeo_inspect(&image.reference, true)?;
+    assert_eq!(manifest["layers"].as_array().map(Vec::len), Some(1), "{manifest}");
+    let by_tag = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{}/{}:{sha}", registry.address(), image.repository),
+        ])
+        .output()?;
+    let by_tag: Value = serde_json::from_slice(&by_tag.stdout)?;
+    assert_eq!(
+        by_tag["Digest"],
+        image.digest.as_str(),
+        "tag = commit, identity = digest"
+    );
+
+    stop.cancel();
+    listener_task.await??;
+    builder_task.await??;
+    Ok(())
+}
