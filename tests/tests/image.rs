@@ -399,6 +399,56 @@ async fn a_busybox_base_is_reused_by_digest() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_base_in_another_registry_is_copied() -> Result<()> {
+    let fixture = Fixture::start()?;
+    let elsewhere = RegistryServer::start()?;
+    elsewhere.push_busybox_base("library/busybox", "1.36")?;
+    let base = format!("{}/library/busybox:1.36", elsewhere.address());
+    let base_manifest = elsewhere.skopeo_inspect(&base, true)?;
+    let workspace = fixture.workspace("ws", SHOP_FILES)?;
+
+    // Without being told, the builder speaks HTTPS to the base's registry, which fails.
+    let error = match fixture
+        .push(&workspace, &shop_spec(&base), FIRST_COMMIT, "acme/shop")
+        .await
+    {
+        Ok(pushed) => bail!("pulled over plain HTTP without being allowed to: {}", pushed.reference),
+        Err(error) => error,
+    };
+    assert!(matches!(error, ImageError::BaseUnavailable { .. }), "{error:?}");
+
+    let registry =
+        Registry::new(fixture.server.address(), true, None, None).with_insecure_registries(&[elsewhere.address()]);
+    let job = ImageJob {
+        spec: &shop_spec(&base),
+        workspace: &workspace,
+        commit: FIRST_COMMIT,
+        source_url: SOURCE_URL,
+        registry: &registry,
+        repository: "acme/shop",
+    };
+    let pushed = image::assemble_and_push(&job).await?;
+
+    assert_eq!((pushed.mounted_blobs, pushed.skipped_blobs), (0, 0));
+    let manifest = fixture.manifest(&format!("acme/shop@{}", pushed.digest))?;
+    assert_eq!(
+        manifest["layers"][0], base_manifest["layers"][0],
+        "the base layer, by the same digest"
+    );
+    assert_eq!(
+        pushed.uploaded_bytes,
+        expected_upload(&manifest, 0)?,
+        "the base layer was copied"
+    );
+    assert_eq!(
+        fixture.server.blob_count(),
+        4,
+        "base layer, app layer, config, manifest"
+    );
+    Ok(())
+}
+
 /// Asserts `result` is a permanent error whose message contains every one of `needles`.
 fn assert_permanent(result: Result<PushedImage, ImageError>, needles: &[&str]) -> ImageError {
     let error = match result {

@@ -1510,15 +1510,25 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
     }
 
-    /// `(path, entry type, mode, mtime, uid, gid, uname, content or link target)` of each entry.
-    fn entries(layer: &Layer) -> Vec<(String, tar::EntryType, u32, u64, u64, u64, String, String)> {
-        let mut diff = Sha256::new();
+    /// One entry of a layer, read back with the `tar` crate.
+    #[derive(Debug)]
+    struct Entry {
+        path: String,
+        kind: tar::EntryType,
+        mode: u32,
+        /// `(mtime, uid, gid, user name)`: what must never vary.
+        fixed: (u64, u64, u64, String),
+        /// File content or symlink target.
+        content: String,
+    }
+
+    /// The layer's entries, after checking its `diff_id` is the uncompressed tar's digest.
+    fn entries(layer: &Layer) -> Vec<Entry> {
         let mut raw = Vec::new();
         flate2::read::GzDecoder::new(&layer.blob[..])
             .read_to_end(&mut raw)
             .unwrap();
-        diff.update(&raw);
-        assert_eq!(layer.diff_id, format!("sha256:{}", hex::encode(diff.finalize())));
+        assert_eq!(layer.diff_id, sha256_digest(&raw));
         let mut archive = tar::Archive::new(&raw[..]);
         archive
             .entries()
@@ -1531,16 +1541,18 @@ mod tests {
                 if let Some(link) = entry.link_name().unwrap() {
                     content = link.display().to_string();
                 }
-                (
-                    entry.path().unwrap().display().to_string(),
-                    header.entry_type(),
-                    header.mode().unwrap(),
-                    header.mtime().unwrap(),
-                    header.uid().unwrap(),
-                    header.gid().unwrap(),
-                    header.username().unwrap().unwrap_or_default().to_owned(),
+                Entry {
+                    path: entry.path().unwrap().display().to_string(),
+                    kind: header.entry_type(),
+                    mode: header.mode().unwrap(),
+                    fixed: (
+                        header.mtime().unwrap(),
+                        header.uid().unwrap(),
+                        header.gid().unwrap(),
+                        header.username().unwrap().unwrap_or_default().to_owned(),
+                    ),
                     content,
-                )
+                }
             })
             .collect()
     }
@@ -1568,7 +1580,7 @@ mod tests {
         let layer = build_layer(dir.path(), &sample_add()).unwrap();
 
         let entries = entries(&layer);
-        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        let names: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             names,
             [
@@ -1584,20 +1596,26 @@ mod tests {
             ]
         );
         assert_eq!(layer.paths, names);
-        for (path, _, _, mtime, uid, gid, uname, _) in &entries {
-            assert_eq!((*mtime, *uid, *gid, uname.as_str()), (0, 0, 0, ""), "{path}");
+        for entry in &entries {
+            assert_eq!(entry.fixed, (0, 0, 0, String::new()), "{entry:?}");
         }
-        let by_name = |name: &str| entries.iter().find(|e| e.0 == name).unwrap();
-        assert_eq!(by_name("app/").2, 0o755);
+        let by_name = |name: &str| entries.iter().find(|e| e.path == name).unwrap();
         assert_eq!(
-            (by_name("app/bin/shop").1, by_name("app/bin/shop").2),
-            (tar::EntryType::Regular, 0o755)
+            (by_name("app/").kind, by_name("app/").mode),
+            (tar::EntryType::Directory, 0o755)
         );
-        assert_eq!(by_name("app/bin/shop").7, "#!binary");
-        assert_eq!(by_name("app/static/index.html").2, 0o644);
-        assert_eq!(by_name("app/static/home.html").1, tar::EntryType::Symlink);
-        assert_eq!(by_name("app/static/home.html").7, "index.html");
-        assert_eq!(by_name("app/static/css/up.html").7, "../index.html");
+        let shop = by_name("app/bin/shop");
+        assert_eq!(
+            (shop.kind, shop.mode, shop.content.as_str()),
+            (tar::EntryType::Regular, 0o755, "#!binary")
+        );
+        assert_eq!(by_name("app/static/index.html").mode, 0o644);
+        let home = by_name("app/static/home.html");
+        assert_eq!(
+            (home.kind, home.content.as_str()),
+            (tar::EntryType::Symlink, "index.html")
+        );
+        assert_eq!(by_name("app/static/css/up.html").content, "../index.html");
         assert!(layer.blob.starts_with(&[0x1f, 0x8b]), "gzip");
     }
 
@@ -1643,7 +1661,7 @@ mod tests {
         )
         .unwrap();
         let entries = entries(&layer);
-        let mode = |name: &str| entries.iter().find(|e| e.0 == name).unwrap().2;
+        let mode = |name: &str| entries.iter().find(|e| e.path == name).unwrap().mode;
         assert_eq!(
             mode("usr/local/bin/run.sh"),
             0o750,

@@ -1,0 +1,432 @@
+//! The builder against real servers: a real git repository, nats-server and CNCF Distribution.
+//! Every way a build can go wrong ends in a clear `build.finished` (or a retry when the
+//! machinery is at fault), and the builder keeps serving other builds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use async_nats::jetstream::consumer::{self, pull};
+use baton_kit::settings::Settings;
+use baton_kit::{Outgoing, codec, events};
+use baton_schemas::config::CommonSettings;
+use baton_schemas::payloads::{BuildData, CommitInfo, Outcome, Person, PushData, RepositoryInfo};
+use baton_schemas::{CdEvent, EventType, subjects};
+use baton_tests::NatsServer;
+use baton_tests::registry::RegistryServer;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Ada")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+        .env("GIT_COMMITTER_NAME", "Ada")
+        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// An application repository whose commits the tests build.
+struct AppRepo {
+    dir: PathBuf,
+}
+
+impl AppRepo {
+    fn new(root: &Path) -> Result<Self> {
+        let dir = root.join("app");
+        std::fs::create_dir(&dir)?;
+        git(&dir, &["init", "-q", "-b", "main"])?;
+        Ok(Self { dir })
+    }
+
+    /// Commits `files` (path, content) and returns the sha.
+    fn commit(&self, files: &[(&str, &str)]) -> Result<String> {
+        for (path, content) in files {
+            let p = self.dir.join(path);
+            std::fs::create_dir_all(p.parent().context("a parent")?)?;
+            std::fs::write(p, content)?;
+        }
+        git(&self.dir, &["add", "-A"])?;
+        git(&self.dir, &["commit", "-qm", "change", "--allow-empty"])?;
+        git(&self.dir, &["rev-parse", "HEAD"])
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.dir.display())
+    }
+}
+
+struct TestBuilder {
+    nats: NatsServer,
+    registry: RegistryServer,
+    js: async_nats::jetstream::Context,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), baton_builder::StartError>>>,
+}
+
+impl TestBuilder {
+    async fn start() -> Result<Self> {
+        baton_kit::tls::install_crypto_provider();
+        let nats = NatsServer::start()?;
+        let registry = RegistryServer::start()?;
+        let mut common = CommonSettings::default();
+        common.nats.url = nats.url();
+        common.http.listen = "127.0.0.1:0".parse()?;
+        common.runner.max_deliver = 3;
+        common.runner.backoff_initial = Duration::from_millis(100);
+        common.runner.ack_wait = Duration::from_secs(5);
+        let service = yaml_serde::from_str(&format!(
+            "registry:\n  address: {}\n  insecure: true\n",
+            registry.address()
+        ))?;
+        let app = baton_builder::Application::build(
+            Settings {
+                common,
+                service,
+                warnings: vec![],
+            },
+            &|_| None,
+        )
+        .await?;
+        let stop = CancellationToken::new();
+        let task = Some(tokio::spawn(app.run_until_stopped(stop.clone())));
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+        Ok(Self {
+            nats,
+            registry,
+            js,
+            stop,
+            task,
+        })
+    }
+
+    /// Publishes the `change.merged` of a push of `sha` from `url`; returns its release id.
+    async fn push(&self, url: &str, sha: &str, delivery: &str) -> Result<String> {
+        let person = Person {
+            name: Some("Ada".into()),
+            ..Person::default()
+        };
+        let commit = CommitInfo {
+            id: sha.into(),
+            message: "change".into(),
+            timestamp: None,
+            author: person.clone(),
+            url: None,
+        };
+        let data = PushData {
+            app: "acme/shop".into(),
+            provider: "generic".into(),
+            delivery_id: delivery.into(),
+            git_ref: "refs/heads/main".into(),
+            branch: Some("main".into()),
+            tag: None,
+            before: "0".repeat(40),
+            after: sha.into(),
+            repository: RepositoryInfo {
+                name: "shop".into(),
+                full_name: "acme/shop".into(),
+                clone_url: url.into(),
+                html_url: None,
+            },
+            head_commit: commit.clone(),
+            commits: vec![commit],
+            pusher: Some(person),
+        };
+        let release = format!("release-{delivery}");
+        let event = CdEvent::new(
+            EventType::ChangeMerged,
+            format!("generic:{delivery}:refs/heads/main"),
+            "/baton/listener",
+            sha,
+            serde_json::json!({"repository": {"id": "acme/shop", "source": url}}),
+        )?
+        .with_chain_id(&release)
+        .with_custom_data(data)?;
+        events::publish(&self.js, &Outgoing::new("acme/shop", event)).await?;
+        Ok(release)
+    }
+
+    async fn all(&self, ty: EventType) -> Result<Vec<CdEvent>> {
+        let stream = self.js.get_stream("BATON_EVENTS").await?;
+        let mut c = stream
+            .create_consumer(pull::Config {
+                filter_subject: subjects::event_filter(ty),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await?;
+        let pending = c.info().await?.num_pending;
+        let mut out = Vec::new();
+        if pending == 0 {
+            return Ok(out);
+        }
+        let mut batch = c.fetch().max_messages(usize::try_from(pending)?).messages().await?;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let ce = codec::decode(m.headers.as_ref(), &m.payload)?;
+            let Some(cloudevents::Data::Json(data)) = ce.data() else {
+                anyhow::bail!("no data")
+            };
+            out.push(serde_json::from_value(data.clone())?);
+        }
+        Ok(out)
+    }
+
+    /// The `build.finished` of `release`.
+    async fn finished(&self, release: &str) -> Result<BuildData> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(e) = self
+                .all(EventType::BuildFinished)
+                .await?
+                .into_iter()
+                .find(|e| e.context.chain_id.as_deref() == Some(release))
+            {
+                return Ok(e.custom_data_as()?);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no build.finished for {release}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn published_for(&self, release: &str) -> Result<usize> {
+        Ok(self
+            .all(EventType::ArtifactPublished)
+            .await?
+            .iter()
+            .filter(|e| e.context.chain_id.as_deref() == Some(release))
+            .count())
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task).await???;
+        }
+        Ok(())
+    }
+}
+
+const GOOD: &str = "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && cp src/* out/\nimage:\n  base: scratch\n  add:\n    - {from: out, to: /srv}\n  entrypoint: [/srv/app]\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_commit_gives_the_same_digest_and_a_change_uploads_only_its_layer() -> Result<()> {
+    let b = TestBuilder::start().await?;
+    let dir = tempfile::tempdir()?;
+    let repo = AppRepo::new(dir.path())?;
+    let first = repo.commit(&[
+        (".baton.yaml", GOOD),
+        ("src/app", "v1"),
+        ("src/static.txt", &"x".repeat(100_000)),
+    ])?;
+
+    let one = b.finished(&b.push(&repo.url(), &first, "a").await?).await?;
+    let image_one = one.image.clone().with_context(|| format!("{one:?}"))?;
+    assert!(image_one.uploaded_bytes > 0);
+    let blobs_after_first = b.registry.blob_count();
+
+    // The same commit again (another delivery): same digest, nothing uploaded.
+    let again = b.finished(&b.push(&repo.url(), &first, "b").await?).await?;
+    let image_again = again.image.context("image")?;
+    assert_eq!(image_again.digest, image_one.digest, "reproducible");
+    assert_eq!(image_again.uploaded_bytes, 0, "the registry had every blob");
+    assert_eq!(b.registry.blob_count(), blobs_after_first);
+
+    // One file changes: the one new layer, its config and its manifest are new; nothing else.
+    let second = repo.commit(&[("src/app", "v2")])?;
+    let two = b.finished(&b.push(&repo.url(), &second, "c").await?).await?;
+    let image_two = two.image.context("image")?;
+    assert_ne!(image_two.digest, image_one.digest);
+    assert!(image_two.uploaded_bytes > 0 && image_two.uploaded_bytes < image_one.uploaded_bytes + 4096);
+    assert_eq!(
+        b.registry.blob_count(),
+        blobs_after_first + 3,
+        "layer + config + manifest"
+    );
+    b.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busybox_base_is_reused_by_digest() -> Result<()> {
+    let b = TestBuilder::start().await?;
+    let base = b.registry.push_busybox_base("base/busybox", "1")?;
+    let dir = tempfile::tempdir()?;
+    let repo = AppRepo::new(dir.path())?;
+    let pipeline = format!(
+        "build:\n  steps:\n    - {{name: make, run: 'echo hi > hello'}}\nimage:\n  base: {}/base/busybox:1\n  add:\n    - {{from: hello, to: /hello}}\n  cmd: [/bin/sh]\n",
+        b.registry.address()
+    );
+    let sha = repo.commit(&[(".baton.yaml", &pipeline)])?;
+    let build = b.finished(&b.push(&repo.url(), &sha, "a").await?).await?;
+    let image = build.image.clone().with_context(|| format!("{build:?}"))?;
+    let manifest = b.registry.skopeo_inspect(&image.reference, true)?;
+    let base_manifest = b
+        .registry
+        .skopeo_inspect(&format!("{}/base/busybox@{base}", b.registry.address()), true)?;
+    let layers = manifest["layers"].as_array().context("layers")?;
+    assert_eq!(layers.len(), 2);
+    assert_eq!(
+        layers[0]["digest"], base_manifest["layers"][0]["digest"],
+        "the base layer is referenced by digest"
+    );
+    b.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_build_fails_with_a_clear_reason_and_the_builder_keeps_going() -> Result<()> {
+    let b = TestBuilder::start().await?;
+    let dir = tempfile::tempdir()?;
+    let repo = AppRepo::new(dir.path())?;
+    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+        (
+            "missing pipeline",
+            vec![("README", "no pipeline".into())],
+            ".baton.yaml is missing",
+        ),
+        (
+            "invalid pipeline",
+            vec![(
+                ".baton.yaml",
+                "build:\n  steps:\n    - name: a\n      rn: make\n".into(),
+            )],
+            "line 4",
+        ),
+        (
+            "failing step",
+            vec![(
+                ".baton.yaml",
+                "build:\n  steps:\n    - {name: compile, run: 'echo broken >&2; exit 3'}\n".into(),
+            )],
+            "build step `compile`",
+        ),
+        (
+            "hanging step",
+            vec![(
+                ".baton.yaml",
+                "build:\n  steps:\n    - {name: hang, run: 'sleep 600', timeout: 1s}\n".into(),
+            )],
+            "build step `hang`",
+        ),
+        (
+            "missing file",
+            vec![(
+                ".baton.yaml",
+                "image:\n  base: scratch\n  add:\n    - {from: nothing/here, to: /x}\n".into(),
+            )],
+            "nothing/here",
+        ),
+        (
+            "path traversal",
+            vec![(
+                ".baton.yaml",
+                "image:\n  base: scratch\n  add:\n    - {from: ../../etc/passwd, to: /x}\n".into(),
+            )],
+            "../../etc/passwd",
+        ),
+        (
+            "missing base",
+            vec![(
+                ".baton.yaml",
+                format!("image:\n  base: {}/no/such-base:1\n  add: []\n", b.registry.address()),
+            )],
+            "no/such-base",
+        ),
+    ];
+    let mut releases = Vec::new();
+    for (name, files, _) in &cases {
+        let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+        let sha = repo.commit(&files)?;
+        // Each case stands alone: remove what the previous one added.
+        releases.push(b.push(&repo.url(), &sha, name).await?);
+        git(&repo.dir, &["rm", "-rq", "--ignore-unmatch", "."])?;
+    }
+    for ((name, _, expected), release) in cases.iter().zip(&releases) {
+        let build = b.finished(release).await?;
+        assert_eq!(build.outcome, Some(Outcome::Failure), "{name}: {build:?}");
+        let reason = build.reason.clone().unwrap_or_default();
+        assert!(
+            reason.contains(expected),
+            "{name}: `{reason}` should mention `{expected}`"
+        );
+        assert_eq!(
+            b.published_for(release).await?,
+            0,
+            "{name}: nothing further happens for that commit"
+        );
+    }
+    let hang = b.finished(&releases[3]).await?;
+    assert_eq!(hang.steps[0].status, "timed_out");
+    let failing = b.finished(&releases[2]).await?;
+    assert_eq!(failing.steps[0].exit_code, Some(3));
+    assert!(
+        failing.steps[0].tail.iter().any(|l| l.contains("broken")),
+        "{:?}",
+        failing.steps[0].tail
+    );
+    assert!(failing.steps[0].log.is_some(), "the whole log is kept");
+
+    // The builder still builds good commits.
+    let good = repo.commit(&[(".baton.yaml", GOOD), ("src/app", "ok")])?;
+    let build = b.finished(&b.push(&repo.url(), &good, "good").await?).await?;
+    assert_eq!(build.outcome, Some(Outcome::Success), "{build:?}");
+    b.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_commit_fails_but_an_unreachable_repository_is_retried() -> Result<()> {
+    let b = TestBuilder::start().await?;
+    let dir = tempfile::tempdir()?;
+    let repo = AppRepo::new(dir.path())?;
+    repo.commit(&[(".baton.yaml", GOOD), ("src/app", "v1")])?;
+
+    // The commit is not in the repository: permanent, the build fails at once.
+    let missing = b.push(&repo.url(), &"1".repeat(40), "missing").await?;
+    let build = b.finished(&missing).await?;
+    assert_eq!(build.outcome, Some(Outcome::Failure));
+    assert!(build.reason.unwrap_or_default().contains("is not in"));
+
+    // The repository cannot be reached: transient, retried, and after max deliveries the build
+    // ends as an error (and the push is dead-lettered with the reason).
+    let started = Instant::now();
+    let unreachable = b.push("file:///nonexistent/repo.git", &"2".repeat(40), "gone").await?;
+    let build = b.finished(&unreachable).await?;
+    assert_eq!(build.outcome, Some(Outcome::Error), "{build:?}");
+    assert!(
+        build
+            .reason
+            .unwrap_or_default()
+            .contains("still failing after 3 attempts")
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "it was retried with backoff"
+    );
+    b.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_is_down_is_retried_then_reported() -> Result<()> {
+    let mut b = TestBuilder::start().await?;
+    let dir = tempfile::tempdir()?;
+    let repo = AppRepo::new(dir.path())?;
+    let sha = repo.commit(&[(".baton.yaml", GOOD), ("src/app", "v1")])?;
+    b.registry.kill()?;
+    let release = b.push(&repo.url(), &sha, "down").await?;
+    let build = b.finished(&release).await?;
+    assert_eq!(build.outcome, Some(Outcome::Error), "{build:?}");
+    assert!(
+        build.reason.unwrap_or_default().contains(&b.registry.address()),
+        "the reason names the registry"
+    );
+    let _ = &b.nats;
+    b.stop().await
+}
