@@ -35,6 +35,7 @@
 //! registry, the blob is *copied*: downloaded from the base's registry and uploaded, counted in
 //! [`PushedImage::uploaded_bytes`]. Docker-format base layers are listed with their OCI media
 //! type (the bytes are the same gzipped tar); foreign layers (with `urls`) are referenced only.
+//! The new layer, and a base layer being copied, are held in memory while they are uploaded.
 //!
 //! Plain HTTP is used only for the target registry when it is marked insecure and for the
 //! registries the caller lists as insecure; everything else is HTTPS on the process's rustls
@@ -1005,9 +1006,8 @@ fn manifest_json(config: &Descriptor, layers: &[Descriptor], base: Option<&BaseI
 /// - `created`: [`CREATED`].
 ///
 /// # Errors
-/// [`ImageError::InvalidSpec`] for an exposed port that is not `<port>[/<protocol>]`, and
-/// [`ImageError::UnsupportedBase`]-free: a base config of the wrong shape is replaced field by
-/// field.
+/// [`ImageError::InvalidSpec`] for an exposed port that is not `<port>[/<protocol>]`. Fields of
+/// the base config that have the wrong JSON type are replaced, not refused.
 pub fn image_config(
     base: Option<&Value>,
     spec: &ImageSpec,
