@@ -216,7 +216,7 @@ impl TestBuilder {
     }
 }
 
-const GOOD: &str = "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && cp src/* out/\nimage:\n  base: scratch\n  add:\n    - {from: out, to: /srv}\n  entrypoint: [/srv/app]\n";
+const GOOD: &str = "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && cp src/* out/\nimage:\n  base: scratch\n  add:\n    - {from: out/static.txt, to: /srv/static.txt}\n    - {from: out/app, to: /srv/app, mode: '0755'}\n  entrypoint: [/srv/app]\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_commit_gives_the_same_digest_and_a_change_uploads_only_its_layer() -> Result<()> {
@@ -286,7 +286,9 @@ async fn every_bad_build_fails_with_a_clear_reason_and_the_builder_keeps_going()
     let b = TestBuilder::start().await?;
     let dir = tempfile::tempdir()?;
     let repo = AppRepo::new(dir.path())?;
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    // (case, files of its commit, what its failure reason must mention)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
             "missing pipeline",
             vec![("README", "no pipeline".into())],
@@ -375,7 +377,7 @@ async fn every_bad_build_fails_with_a_clear_reason_and_the_builder_keeps_going()
     assert!(failing.steps[0].log.is_some(), "the whole log is kept");
 
     // The builder still builds good commits.
-    let good = repo.commit(&[(".baton.yaml", GOOD), ("src/app", "ok")])?;
+    let good = repo.commit(&[(".baton.yaml", GOOD), ("src/app", "ok"), ("src/static.txt", "static")])?;
     let build = b.finished(&b.push(&repo.url(), &good, "good").await?).await?;
     assert_eq!(build.outcome, Some(Outcome::Success), "{build:?}");
     b.stop().await
@@ -386,7 +388,7 @@ async fn a_missing_commit_fails_but_an_unreachable_repository_is_retried() -> Re
     let b = TestBuilder::start().await?;
     let dir = tempfile::tempdir()?;
     let repo = AppRepo::new(dir.path())?;
-    repo.commit(&[(".baton.yaml", GOOD), ("src/app", "v1")])?;
+    repo.commit(&[(".baton.yaml", GOOD), ("src/app", "v1"), ("src/static.txt", "static")])?;
 
     // The commit is not in the repository: permanent, the build fails at once.
     let missing = b.push(&repo.url(), &"1".repeat(40), "missing").await?;
@@ -418,7 +420,7 @@ async fn a_registry_that_is_down_is_retried_then_reported() -> Result<()> {
     let mut b = TestBuilder::start().await?;
     let dir = tempfile::tempdir()?;
     let repo = AppRepo::new(dir.path())?;
-    let sha = repo.commit(&[(".baton.yaml", GOOD), ("src/app", "v1")])?;
+    let sha = repo.commit(&[(".baton.yaml", GOOD), ("src/app", "v1"), ("src/static.txt", "static")])?;
     b.registry.kill()?;
     let release = b.push(&repo.url(), &sha, "down").await?;
     let build = b.finished(&release).await?;

@@ -196,11 +196,11 @@ async fn scratch_image_is_pushed_and_read_back_by_another_client() -> Result<()>
     assert_eq!(manifest["config"]["mediaType"], image::CONFIG_MEDIA_TYPE);
     assert_eq!(manifest["config"]["digest"], pushed.config_digest.as_str());
     let layers = manifest["layers"].as_array().context("layers")?;
-    assert_eq!(layers.len(), 1);
+    assert_eq!(layers.len(), 2, "one layer per `add` entry");
     assert_eq!(layers[0]["mediaType"], image::LAYER_MEDIA_TYPE);
     assert_eq!(layers[0]["digest"], pushed.layers[0].digest.as_str());
     assert_eq!(pushed.uploaded_bytes, expected_upload(&manifest, 0)?);
-    assert_eq!(fixture.server.blob_count(), 3, "layer, config, manifest");
+    assert_eq!(fixture.server.blob_count(), 4, "two layers, config, manifest");
 
     let config = fixture.config(&format!("acme/shop:{FIRST_COMMIT}"))?;
     assert_eq!(
@@ -218,25 +218,31 @@ async fn scratch_image_is_pushed_and_read_back_by_another_client() -> Result<()>
     assert_eq!(labels[REVISION_LABEL], FIRST_COMMIT);
     assert_eq!(labels[SOURCE_LABEL], SOURCE_URL);
     assert_eq!(labels["org.opencontainers.image.title"], "shop");
-    assert_eq!(config["rootfs"]["diff_ids"].as_array().map(Vec::len), Some(1));
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().map(Vec::len), Some(2));
 
-    let listing = list_layer(&fixture.server, "acme/shop", &pushed.layers[0].digest).await?;
-    let names: Vec<&str> = listing
-        .lines()
-        .filter_map(|line| line.split_whitespace().last())
-        .collect();
+    // One layer per `add` entry, each with its parent directories.
+    let binary = list_layer(&fixture.server, "acme/shop", &pushed.layers[0].digest).await?;
+    let names = |listing: &str| -> Vec<String> {
+        listing
+            .lines()
+            .filter_map(|line| line.split_whitespace().last())
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(names(&binary), ["app/", "app/shop"], "{binary}");
+    let statics = list_layer(&fixture.server, "acme/shop", &pushed.layers[1].digest).await?;
     assert_eq!(
-        names,
+        names(&statics),
         [
             "app/",
-            "app/shop",
             "app/static/",
             "app/static/css/",
             "app/static/css/site.css",
             "app/static/index.html"
         ],
-        "{listing}"
+        "{statics}"
     );
+    let listing = format!("{binary}{statics}");
     for line in listing.lines() {
         assert!(
             line.contains(" 0/0 ") && line.contains("1970-01-01 00:00"),
@@ -281,7 +287,7 @@ async fn same_inputs_give_the_same_digest_and_the_second_push_uploads_nothing() 
     assert_eq!(second.layers, first.layers);
     assert_eq!(second.config_digest, first.config_digest);
     assert_eq!(second.uploaded_bytes, 0, "every blob and the tag were already there");
-    assert_eq!(second.skipped_blobs, 2, "layer and config");
+    assert_eq!(second.skipped_blobs, 3, "two layers and config");
     assert_eq!(fixture.server.blob_count(), blobs);
     Ok(())
 }
@@ -302,16 +308,20 @@ async fn a_new_commit_uploads_only_the_new_layer_config_and_manifest() -> Result
 
     assert_ne!(second.digest, first.digest);
     assert_eq!(second.layers[0], first.layers[0], "same base layer");
-    assert_ne!(second.layers[1].digest, first.layers[1].digest, "new app layer");
+    assert_eq!(second.layers[1], first.layers[1], "same layer for the unchanged binary");
+    assert_ne!(
+        second.layers[2].digest, first.layers[2].digest,
+        "new layer for the changed static files"
+    );
     assert_eq!(
         (second.skipped_blobs, second.mounted_blobs),
-        (1, 0),
-        "the base layer was skipped"
+        (2, 0),
+        "the base layer and the binary's layer were skipped"
     );
     let manifest = fixture.manifest(&format!("acme/shop:{SECOND_COMMIT}"))?;
     assert_eq!(
         second.uploaded_bytes,
-        expected_upload(&manifest, 1)?,
+        expected_upload(&manifest, 2)?,
         "new layer + config + manifest"
     );
     assert!(second.uploaded_bytes < first.layers[0].size, "far less than the base");
@@ -341,7 +351,7 @@ async fn a_busybox_base_is_reused_by_digest() -> Result<()> {
         .push(&workspace, &shop_spec(&base_name), FIRST_COMMIT, "acme/shop")
         .await?;
 
-    assert_eq!(pushed.layers.len(), 2);
+    assert_eq!(pushed.layers.len(), 3, "the base layer, then one per `add` entry");
     assert_eq!(
         pushed.layers[0].digest,
         base_layer["digest"].as_str().context("digest")?
@@ -357,7 +367,7 @@ async fn a_busybox_base_is_reused_by_digest() -> Result<()> {
         expected_upload(&manifest, 1)?,
         "no base bytes uploaded"
     );
-    assert_eq!(fixture.server.blob_count(), blobs + 3, "the base layer is stored once");
+    assert_eq!(fixture.server.blob_count(), blobs + 4, "the base layer is stored once");
     assert_eq!(manifest["layers"][0], *base_layer);
     assert_eq!(manifest["layers"][1]["digest"], pushed.layers[1].digest.as_str());
     assert_eq!(
@@ -371,7 +381,7 @@ async fn a_busybox_base_is_reused_by_digest() -> Result<()> {
 
     let config = fixture.config(&format!("acme/shop@{}", pushed.digest))?;
     assert_eq!(config["rootfs"]["diff_ids"][0], base_config["rootfs"]["diff_ids"][0]);
-    assert_eq!(config["rootfs"]["diff_ids"].as_array().map(Vec::len), Some(2));
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().map(Vec::len), Some(3));
     assert_eq!(
         config["config"]["Env"],
         json!([base_config["config"]["Env"][0], "RUST_LOG=info"])
@@ -384,8 +394,8 @@ async fn a_busybox_base_is_reused_by_digest() -> Result<()> {
     );
     assert_eq!(
         config["history"].as_array().map(Vec::len),
-        Some(2),
-        "the base's entry and ours"
+        Some(3),
+        "the base's entry and one per `add` entry"
     );
 
     // Pushed into the base's own repository, the base layer is simply there (blobs are
@@ -443,8 +453,8 @@ async fn a_base_in_another_registry_is_copied() -> Result<()> {
     );
     assert_eq!(
         fixture.server.blob_count(),
-        4,
-        "base layer, app layer, config, manifest"
+        5,
+        "base layer, two app layers, config, manifest"
     );
     Ok(())
 }

@@ -514,14 +514,24 @@ pub async fn assemble_and_push(job: &ImageJob<'_>) -> Result<PushedImage, ImageE
     let target = registry.target_reference(job.repository, job.commit)?;
     check_spec(spec)?;
 
+    // One layer per `add` entry, like one `COPY` line each: a commit that changes one entry's
+    // files uploads only that entry's layer. (No entries: one empty layer.)
     let workspace = job.workspace.to_owned();
     let add = spec.add.clone();
-    let layer = tokio::task::spawn_blocking(move || build_layer(&workspace, &add))
-        .await
-        .map_err(|join| ImageError::Workspace {
-            path: job.workspace.to_owned(),
-            source: io::Error::other(join),
-        })??;
+    let new_layers = tokio::task::spawn_blocking(move || {
+        if add.is_empty() {
+            return build_layer(&workspace, &[]).map(|layer| vec![layer]);
+        }
+        add.iter()
+            .map(|entry| build_layer(&workspace, std::slice::from_ref(entry)))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|join| ImageError::Workspace {
+        path: job.workspace.to_owned(),
+        source: io::Error::other(join),
+    })??;
+    let diff_ids: Vec<String> = new_layers.iter().map(|layer| layer.diff_id.clone()).collect();
 
     let base = if is_scratch(&spec.base) {
         None
@@ -533,7 +543,7 @@ pub async fn assemble_and_push(job: &ImageJob<'_>) -> Result<PushedImage, ImageE
         spec,
         job.commit,
         job.source_url,
-        &layer.diff_id,
+        &diff_ids,
     )?;
     let config = Bytes::from(serde_json::to_vec(&config).expect("a JSON value serializes"));
     let config_descriptor = Descriptor {
@@ -543,7 +553,7 @@ pub async fn assemble_and_push(job: &ImageJob<'_>) -> Result<PushedImage, ImageE
         urls: Vec::new(),
     };
     let mut layers = base.as_ref().map(|b| b.layers.clone()).unwrap_or_default();
-    layers.push(layer.descriptor());
+    layers.extend(new_layers.iter().map(Layer::descriptor));
     let manifest = Bytes::from(manifest_json(&config_descriptor, &layers, base.as_ref()));
     let digest = sha256_digest(&manifest);
 
@@ -559,14 +569,16 @@ pub async fn assemble_and_push(job: &ImageJob<'_>) -> Result<PushedImage, ImageE
                 .await?;
         }
     }
-    registry
-        .ensure_blob(
-            &target,
-            &layer.descriptor(),
-            BlobSource::Data(layer.blob.clone()),
-            &mut stats,
-        )
-        .await?;
+    for layer in &new_layers {
+        registry
+            .ensure_blob(
+                &target,
+                &layer.descriptor(),
+                BlobSource::Data(layer.blob.clone()),
+                &mut stats,
+            )
+            .await?;
+    }
     registry
         .ensure_blob(&target, &config_descriptor, BlobSource::Data(config), &mut stats)
         .await?;
@@ -1001,7 +1013,7 @@ fn manifest_json(config: &Descriptor, layers: &[Descriptor], base: Option<&BaseI
 ///   base's `Cmd` (as Docker does: the base's arguments were meant for the base's entrypoint);
 /// - `WorkingDir`, `User`: the spec's when given; `ExposedPorts` and `Labels`: merged, the spec
 ///   winning, then Baton's revision and source labels;
-/// - `rootfs.diff_ids`: the base's plus `layer_diff_id`; `history`: the base's plus one entry,
+/// - `rootfs.diff_ids`: the base's plus `layer_diff_ids`; `history`: the base's plus one entry per new layer,
 ///   dropped when the base's history does not match its layers;
 /// - `created`: [`CREATED`].
 ///
@@ -1013,7 +1025,7 @@ pub fn image_config(
     spec: &ImageSpec,
     commit: &str,
     source_url: &str,
-    layer_diff_id: &str,
+    layer_diff_ids: &[String],
 ) -> Result<Value, ImageError> {
     let mut image = match base {
         Some(Value::Object(config)) => config.clone(),
@@ -1080,7 +1092,7 @@ pub fn image_config(
         .cloned()
         .unwrap_or_default();
     let base_layers = diff_ids.len();
-    diff_ids.push(json!(layer_diff_id));
+    diff_ids.extend(layer_diff_ids.iter().map(|id| json!(id)));
     rootfs.insert("diff_ids".into(), Value::Array(diff_ids));
 
     let mut history: Vec<Value> = image
@@ -1093,12 +1105,16 @@ pub fn image_config(
         .filter(|entry| !entry.get("empty_layer").and_then(Value::as_bool).unwrap_or(false))
         .count();
     if base_layer_entries == base_layers {
+        // One history entry per new layer: one per `add` entry (or one empty layer).
         let added: Vec<String> = spec.add.iter().map(|add| format!("{} {}", add.from, add.to)).collect();
-        history.push(json!({
-            "created": CREATED,
-            "created_by": format!("baton: add {}", added.join(", ")),
-            "comment": format!("built from {source_url} at {commit}"),
-        }));
+        for n in 0..layer_diff_ids.len() {
+            let what = added.get(n).map_or_else(|| "nothing".to_owned(), Clone::clone);
+            history.push(json!({
+                "created": CREATED,
+                "created_by": format!("baton: add {what}"),
+                "comment": format!("built from {source_url} at {commit}"),
+            }));
+        }
         image.insert("history".into(), Value::Array(history));
     } else {
         // Runtimes pair history entries with layers; a mismatched list is worse than none.
@@ -1755,7 +1771,14 @@ mod tests {
 
     #[test]
     fn config_from_scratch_has_the_spec_and_provenance() {
-        let config = image_config(None, &spec(), "abc123", "https://git.example.com/shop.git", "sha256:11").unwrap();
+        let config = image_config(
+            None,
+            &spec(),
+            "abc123",
+            "https://git.example.com/shop.git",
+            &["sha256:11".to_owned()],
+        )
+        .unwrap();
         assert_eq!(config["created"], CREATED);
         assert_eq!(
             (config["os"].as_str(), config["architecture"].as_str()),
@@ -1790,7 +1813,14 @@ mod tests {
             "rootfs": {"type": "layers", "diff_ids": ["sha256:b1"]},
             "history": [{"created_by": "ADD rootfs"}, {"created_by": "CMD", "empty_layer": true}]
         });
-        let config = image_config(Some(&base), &spec(), "abc123", "https://x/y.git", "sha256:11").unwrap();
+        let config = image_config(
+            Some(&base),
+            &spec(),
+            "abc123",
+            "https://x/y.git",
+            &["sha256:11".to_owned()],
+        )
+        .unwrap();
         assert_eq!(config["config"]["Env"], json!(["PATH=/app/bin", "LANG=C", "MODE=prod"]));
         assert_eq!(
             config["config"].get("Cmd"),
@@ -1809,12 +1839,12 @@ mod tests {
 
         let mut no_entrypoint = spec();
         no_entrypoint.entrypoint.clear();
-        let config = image_config(Some(&base), &no_entrypoint, "c", "s", "sha256:11").unwrap();
+        let config = image_config(Some(&base), &no_entrypoint, "c", "s", &["sha256:11".to_owned()]).unwrap();
         assert_eq!(config["config"]["Cmd"], json!(["/bin/sh"]));
 
         let mut broken_history = base.clone();
         broken_history["history"] = json!([]);
-        let config = image_config(Some(&broken_history), &spec(), "c", "s", "sha256:11").unwrap();
+        let config = image_config(Some(&broken_history), &spec(), "c", "s", &["sha256:11".to_owned()]).unwrap();
         assert_eq!(
             config.get("history"),
             None,

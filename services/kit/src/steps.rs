@@ -129,7 +129,7 @@ impl fmt::Debug for StepRunner {
 /// process cannot raise its hard limits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResourceLimits {
-    /// CPU seconds one process may use (`ulimit -t`); then it gets `SIGXCPU`, then `SIGKILL`.
+    /// CPU seconds one process may use (`ulimit -t`, soft and hard): past them it is killed.
     pub cpu_seconds: u64,
     /// Address space one process may map, in bytes (`ulimit -v`); allocations beyond it fail.
     pub memory_bytes: u64,
@@ -219,7 +219,8 @@ pub enum StepStatus {
     Failed {
         /// The exit code, when it exited.
         exit_code: Option<i32>,
-        /// The signal that killed it, when it was killed (e.g. 24, `SIGXCPU`, over its CPU limit).
+        /// The signal that killed it, when it was killed: e.g. 9 (`SIGKILL`) past its CPU limit,
+        /// or 11 (`SIGSEGV`) for a shell that ran out of address space.
         signal: Option<i32>,
     },
     /// It ran longer than its `timeout`; its whole process group was killed.
@@ -553,7 +554,7 @@ impl StepRunner {
             Ok(child) => child,
             Err(e) => return StepStatus::Error(StepError::Spawn { reason: e.to_string() }),
         };
-        let group = ProcessGroup::of(child.id());
+        let mut group = ProcessGroup::of(child.id());
         tracing::debug!(pid = ?child.id(), workdir = %workdir.display(), "step started");
 
         let deadline = tokio::time::Instant::now() + request.step.timeout;
@@ -631,9 +632,9 @@ async fn pump_output(mut reader: pipe::Receiver, sink: &mut LogSink, stop: Cance
     }
 }
 
-/// The step's process group, killed (`SIGKILL`) when the step ends, times out, or its future is
-/// dropped. The group id is the step's pid; the kernel does not hand it to a new process while
-/// any member of the group lives.
+/// The step's process group, killed (`SIGKILL`) once: when the step ends, times out, or its
+/// future is dropped. The group id is the step's pid, which the kernel does not hand to a new
+/// process while any member of the group lives; once the group is empty the kill finds nothing.
 struct ProcessGroup(Option<Pid>);
 
 impl ProcessGroup {
@@ -641,8 +642,8 @@ impl ProcessGroup {
         Self(pid.and_then(|pid| i32::try_from(pid).ok()).map(Pid::from_raw))
     }
 
-    fn kill(&self) {
-        if let Some(group) = self.0 {
+    fn kill(&mut self) {
+        if let Some(group) = self.0.take() {
             match killpg(group, Signal::SIGKILL) {
                 Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
                 Err(e) => tracing::warn!(error = %e, %group, "cannot kill the step's process group"),

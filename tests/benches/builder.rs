@@ -1,0 +1,176 @@
+//! `just bench builder`: time from a commit's `change.merged` to its `artifact.published`,
+//! excluding the user's build commands (the pipeline has none), for a 20 MB artifact on a small
+//! busybox base: cold (empty mirror cache, nothing in the registry) and warm (the same commit
+//! again: cached mirror, every blob already in the registry; then a commit changing one small file).
+
+#![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use baton_kit::settings::Settings;
+use baton_kit::{Outgoing, codec, events};
+use baton_schemas::config::CommonSettings;
+use baton_schemas::payloads::{BuildData, CommitInfo, Person, PushData, RepositoryInfo};
+use baton_schemas::{CdEvent, EventType, subjects};
+use futures::StreamExt;
+
+/// The allocator Baton's service binaries use.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ARTIFACT_BYTES: usize = 20 * 1024 * 1024;
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
+        .env("GIT_COMMITTER_NAME", "Bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+fn push_event(url: &str, sha: &str, delivery: &str) -> Result<Outgoing> {
+    let commit = CommitInfo {
+        id: sha.into(),
+        message: "bench".into(),
+        timestamp: None,
+        author: Person::default(),
+        url: None,
+    };
+    let data = PushData {
+        app: "bench/app".into(),
+        provider: "generic".into(),
+        delivery_id: delivery.into(),
+        git_ref: "refs/heads/main".into(),
+        branch: Some("main".into()),
+        tag: None,
+        before: "0".repeat(40),
+        after: sha.into(),
+        repository: RepositoryInfo {
+            name: "app".into(),
+            full_name: "bench/app".into(),
+            clone_url: url.into(),
+            html_url: None,
+        },
+        head_commit: commit.clone(),
+        commits: vec![commit],
+        pusher: None,
+    };
+    let event = CdEvent::new(
+        EventType::ChangeMerged,
+        format!("bench:{delivery}"),
+        "/baton/listener",
+        sha,
+        serde_json::json!({"repository": {"id": "bench/app", "source": url}}),
+    )?
+    .with_chain_id(format!("release-{delivery}"))
+    .with_custom_data(data)?;
+    Ok(Outgoing::new("bench/app", event))
+}
+
+fn main() -> Result<()> {
+    baton_kit::tls::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let nats = baton_tests::NatsServer::start()?;
+    let registry = baton_tests::registry::RegistryServer::start()?;
+    registry.push_busybox_base("base/busybox", "1")?;
+    let dir = tempfile::tempdir()?;
+    let repo = dir.path().join("app");
+    std::fs::create_dir(&repo)?;
+    git(&repo, &["init", "-q", "-b", "main"])?;
+    // 20 MB that does not compress, like a real binary.
+    let mut artifact = vec![0u8; ARTIFACT_BYTES];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for b in &mut artifact {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x.to_le_bytes()[0];
+    }
+    std::fs::write(repo.join("app.bin"), &artifact)?;
+    std::fs::write(
+        repo.join(".baton.yaml"),
+        format!(
+            "image:\n  base: {}/base/busybox:1\n  add:\n    - {{from: app.bin, to: /app/app.bin}}\n    - {{from: version.txt, to: /app/version.txt}}\n  cmd: [/app/app.bin]\n",
+            registry.address()
+        ),
+    )?;
+    std::fs::write(repo.join("version.txt"), "1")?;
+    git(&repo, &["add", "."])?;
+    git(&repo, &["commit", "-qm", "one"])?;
+    let first = git(&repo, &["rev-parse", "HEAD"])?;
+    std::fs::write(repo.join("version.txt"), "2")?;
+    git(&repo, &["commit", "-qam", "two"])?;
+    let second = git(&repo, &["rev-parse", "HEAD"])?;
+    let url = format!("file://{}", repo.display());
+
+    runtime.block_on(async move {
+        let mut common = CommonSettings::default();
+        common.nats.url = nats.url();
+        common.http.listen = "127.0.0.1:0".parse()?;
+        let service = yaml_serde::from_str(&format!(
+            "registry:\n  address: {}\n  insecure: true\n",
+            registry.address()
+        ))?;
+        let app = baton_builder::Application::build(
+            Settings {
+                common,
+                service,
+                warnings: vec![],
+            },
+            &|_| None,
+        )
+        .await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+        let client = async_nats::connect(nats.url()).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let mut published = client
+            .subscribe(subjects::event_filter(EventType::ArtifactPublished))
+            .await?;
+
+        let mut results = Vec::new();
+        for (label, sha, delivery) in [
+            ("cold", &first, "cold"),
+            ("warm, same commit", &first, "warm"),
+            ("warm, one small file changed", &second, "changed"),
+        ] {
+            let started = Instant::now();
+            events::publish(&js, &push_event(&url, sha, delivery)?).await?;
+            let message = tokio::time::timeout(Duration::from_secs(120), published.next())
+                .await?
+                .context("no artifact.published")?;
+            let elapsed = started.elapsed();
+            let event = codec::decode(message.headers.as_ref(), &message.payload)?;
+            let Some(cloudevents::Data::Json(data)) = event.data() else {
+                anyhow::bail!("no data")
+            };
+            let build: BuildData = serde_json::from_value(data["customData"].clone())?;
+            let image = build.image.context("image")?;
+            results.push((label, elapsed, image.uploaded_bytes, image.digest));
+        }
+        stop.cancel();
+        task.await??;
+        println!("builder benchmark: 20 MB incompressible artifact on a busybox base, no build commands");
+        for (label, elapsed, uploaded, digest) in &results {
+            println!(
+                "  {label:<30} {:>8.0} ms  uploaded {:>10} bytes  {}",
+                elapsed.as_secs_f64() * 1e3,
+                uploaded,
+                &digest[..19]
+            );
+        }
+        anyhow::Ok(())
+    })
+}
