@@ -45,6 +45,9 @@ pub fn generated_files() -> Vec<GeneratedFile> {
     let mut build = schema_value::<crate::payloads::BuildData>();
     build.insert("$id".into(), json!(format!("{SCHEMA_BASE}/payloads/build.json")));
     files.push(file("payloads/build.json", &Value::Object(build)));
+    let mut test = schema_value::<crate::payloads::TestData>();
+    test.insert("$id".into(), json!(format!("{SCHEMA_BASE}/payloads/test.json")));
+    files.push(file("payloads/test.json", &Value::Object(test)));
     let mut pipeline = schema_value::<crate::pipeline::Pipeline>();
     pipeline.insert("$id".into(), json!(format!("{SCHEMA_BASE}/pipeline.json")));
     pipeline.insert(
@@ -69,6 +72,13 @@ pub fn generated_files() -> Vec<GeneratedFile> {
         json!("The builder's own sections; the file also holds the common sections of service-common.json."),
     );
     files.push(file("config/builder.json", &Value::Object(builder)));
+    let mut tester = schema_value::<crate::config::tester::TesterSettings>();
+    tester.insert("$id".into(), json!(format!("{SCHEMA_BASE}/config/tester.json")));
+    tester.insert(
+        "description".into(),
+        json!("The tester's own sections; the file also holds the common sections of service-common.json."),
+    );
+    files.push(file("config/tester.json", &Value::Object(tester)));
     files
 }
 

@@ -133,6 +133,14 @@ pub enum Outcome {
     Cancel,
 }
 
+impl Outcome {
+    /// Whether a run with this outcome lets the release go on: only a success does. A failed,
+    /// errored or cancelled build or test run stops the release; the promoter never promotes it.
+    pub const fn lets_the_release_continue(self) -> bool {
+        matches!(self, Self::Success)
+    }
+}
+
 /// One step of a build or test run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -186,4 +194,100 @@ pub struct ImageInfo {
     pub purl: String,
     /// Bytes uploaded for this image (0 when the registry had every blob).
     pub uploaded_bytes: u64,
+}
+
+/// `customData` of the tester's events (`testsuiterun.started/finished`): which image of which
+/// commit was tested, how, and the verdict with its counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TestData {
+    /// The application.
+    pub app: String,
+    /// The commit tested.
+    pub commit: String,
+    /// URL the source was fetched from.
+    pub repository: String,
+    /// The image tested, by digest (`BATON_IMAGE` in the steps' environment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageInfo>,
+    /// The test run's id: logs live under `baton.logs.<run>.<step>` and `<run>/<step>.log`.
+    pub run: String,
+    /// How it ended (on `testsuiterun.finished` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// Why it did not succeed, or a note such as "no tests declared".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Whether the commit declares no test steps at all (it passes, and the promoter can be
+    /// configured to refuse such releases).
+    #[serde(default)]
+    pub no_tests_declared: bool,
+    /// Test case counts from the JUnit reports.
+    #[serde(default)]
+    pub counts: TestCounts,
+    /// The failed test cases (the first ones; the reports in the log store have them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_cases: Vec<FailedTestCase>,
+    /// Each step that ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepReport>,
+}
+
+/// Test case counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TestCounts {
+    /// Test suites in the reports.
+    pub suites: u64,
+    /// Test cases.
+    pub tests: u64,
+    /// Cases that failed an assertion.
+    pub failures: u64,
+    /// Cases that errored.
+    pub errors: u64,
+    /// Cases skipped.
+    pub skipped: u64,
+    /// Failed cases not listed in `failedCases`.
+    pub failed_cases_omitted: u64,
+}
+
+/// One failed test case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailedTestCase {
+    /// The case's name.
+    pub name: String,
+    /// Its class or module, when the report names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// `failure` (an assertion) or `error` (an unexpected exception).
+    pub kind: String,
+    /// The failure message, truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The failure's text and the case's output, truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Its duration in milliseconds, when reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_success_lets_a_release_continue() {
+        assert!(Outcome::Success.lets_the_release_continue());
+        for stop in [Outcome::Failure, Outcome::Error, Outcome::Cancel] {
+            assert!(!stop.lets_the_release_continue(), "{stop:?}");
+        }
+        // The wire words are the CDEvents `outcome` enum of testsuiterun.finished.
+        let words: Vec<String> = [Outcome::Success, Outcome::Failure, Outcome::Error, Outcome::Cancel]
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap().as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(words, ["success", "failure", "error", "cancel"]);
+    }
 }

@@ -1,7 +1,8 @@
 //! The release story end to end, growing one stage at a time: a signed push webhook reaches the
 //! listener, the builder fetches that exact commit, runs its build steps, assembles the image
-//! and pushes it to a real registry; the release carries one `chainId` from the push to the
-//! published artifact. (Next: the tester, the promoter, the deployer.)
+//! and pushes it to a real registry, and the tester runs the commit's tests against that image;
+//! the release carries one `chainId` from the push to the test verdict. (Next: the promoter,
+//! the deployer.)
 
 use std::path::Path;
 use std::process::Command;
@@ -98,7 +99,7 @@ async fn a_signed_push_becomes_an_image_in_the_registry() -> Result<()> {
     git(&repo, &["init", "-q", "-b", "main"])?;
     std::fs::write(
         repo.join(".baton.yaml"),
-        "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && printf 'hello from %s\\n' \"$GREETING\" > out/hello.txt\n      env: {GREETING: baton}\nimage:\n  base: scratch\n  add:\n    - {from: out/hello.txt, to: /srv/hello.txt, mode: '0644'}\n  entrypoint: [/srv/hello]\n  labels: {team: shop}\n",
+        "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && printf 'hello from %s\\n' \"$GREETING\" > out/hello.txt\n      env: {GREETING: baton}\nimage:\n  base: scratch\n  add:\n    - {from: out/hello.txt, to: /srv/hello.txt, mode: '0644'}\n  entrypoint: [/srv/hello]\n  labels: {team: shop}\ntest:\n  steps:\n    - name: smoke\n      run: test -n \"$BATON_IMAGE\" && test -n \"$BATON_COMMIT\"\n",
     )?;
     git(&repo, &["add", "."])?;
     git(&repo, &["commit", "-qm", "first"])?;
@@ -140,6 +141,16 @@ async fn a_signed_push_becomes_an_image_in_the_registry() -> Result<()> {
     let stop = CancellationToken::new();
     let listener_task = tokio::spawn(listener.run_until_stopped(stop.clone()));
     let builder_task = tokio::spawn(builder.run_until_stopped(stop.clone()));
+    let tester = baton_tester::Application::build(
+        Settings {
+            common: common(nats.url())?,
+            service: Default::default(),
+            warnings: vec![],
+        },
+        &env,
+    )
+    .await?;
+    let tester_task = tokio::spawn(tester.run_until_stopped(stop.clone()));
 
     // The push.
     let body = json!({
@@ -226,8 +237,33 @@ async fn a_signed_push_becomes_an_image_in_the_registry() -> Result<()> {
         "tag = commit, identity = digest"
     );
 
+    // The tester ran the commit's tests against that image, in the same release.
+    let verdict = wait_for(&js, EventType::TestSuiteRunFinished, 1).await?;
+    assert_eq!(verdict[0].context.chain_id.as_deref(), Some(release.as_str()));
+    assert_eq!(
+        verdict[0].subject.content["outcome"], "success",
+        "{:?}",
+        verdict[0].custom_data
+    );
+    let tests: baton_schemas::payloads::TestData = verdict[0].custom_data_as()?;
+    assert_eq!(
+        tests.image.map(|i| i.digest),
+        Some(image.digest.clone()),
+        "the image that was built is the one tested"
+    );
+    assert_eq!(
+        verdict[0]
+            .context
+            .links
+            .as_ref()
+            .and_then(|l| l[0].from.as_ref())
+            .map(|f| f.context_id.clone()),
+        Some(published[0].context.id.clone())
+    );
+
     stop.cancel();
     listener_task.await??;
     builder_task.await??;
+    tester_task.await??;
     Ok(())
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config;
 use crate::handler::Builder;
 use crate::image::Registry;
-use crate::source::Sources;
+use baton_kit::source::Sources;
 
 /// The service name: NATS connection name, OTel `service.name`, durable consumer.
 pub const SERVICE: &str = "baton-builder";

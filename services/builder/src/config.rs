@@ -5,7 +5,7 @@ use baton_kit::secret::Secret;
 use baton_kit::settings::ConfigError;
 use baton_schemas::config::builder::BuilderSettings;
 
-use crate::source::Credential;
+use baton_kit::source::Credential;
 
 /// Resolves the git credentials, reading secrets through `env`.
 ///
@@ -15,58 +15,14 @@ pub fn credentials(
     settings: &BuilderSettings,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<Credential>, ConfigError> {
-    let mut out = Vec::new();
-    for (i, c) in settings.source.credentials.iter().enumerate() {
-        let field = |name: &str| format!("source.credentials[{i}].{name}");
-        if c.url_prefix.is_empty() {
-            return Err(ConfigError::invalid(
-                field("url_prefix"),
-                "must be the start of repository URLs, e.g. https://github.com/acme/",
-            ));
-        }
-        let token = match (&c.token_env, &c.token_file) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::invalid(
-                    field("token_file"),
-                    "set either token_env or token_file, not both",
-                ));
-            }
-            (Some(var), None) => {
-                Some(Secret::from_env(var, env).map_err(|m| ConfigError::invalid(field("token_env"), m))?)
-            }
-            (None, Some(path)) => {
-                Some(Secret::from_file(path).map_err(|m| ConfigError::invalid(field("token_file"), m))?)
-            }
-            (None, None) => None,
-        };
-        if let Some(key) = &c.ssh_key_file
-            && !key.is_file()
-        {
-            return Err(ConfigError::invalid(
-                field("ssh_key_file"),
-                format!("{} is not a readable file", key.display()),
-            ));
-        }
-        if token.is_none() && c.ssh_key_file.is_none() {
-            return Err(ConfigError::invalid(
-                field("token_env"),
-                "a credential needs a token (token_env/token_file) or an ssh_key_file",
-            ));
-        }
-        out.push(Credential {
-            url_prefix: c.url_prefix.clone(),
-            username: c.username.clone(),
-            token,
-            ssh_key_file: c.ssh_key_file.clone(),
-        });
-    }
+    let credentials = baton_kit::source::resolve_credentials(&settings.source.credentials, env)?;
     if settings.registry.address.trim().is_empty() {
         return Err(ConfigError::invalid(
             "registry.address",
             "must be host[:port] of the registry images are pushed to",
         ));
     }
-    Ok(out)
+    Ok(credentials)
 }
 
 /// The registry password, if one is configured.

@@ -21,7 +21,7 @@ use baton_schemas::pipeline::{PIPELINE_FILE, Pipeline};
 
 use crate::events;
 use crate::image::{self, Registry};
-use crate::source::Sources;
+use baton_kit::source::Sources;
 
 /// The builder's handler.
 #[derive(Debug)]

@@ -11,6 +11,5 @@ pub mod config;
 pub mod events;
 pub mod handler;
 pub mod image;
-pub mod source;
 
 pub use app::{Application, SERVICE, StartError};

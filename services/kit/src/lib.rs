@@ -7,6 +7,8 @@
 //! - [`runner`]: the stage runner — durable pull consumer, validation, idempotency, retries
 //!   with backoff, dead letters, heartbeats, deadlines and graceful drain;
 //! - [`telemetry`], [`metrics`], [`health`]: logs, traces, `/healthz`, `/readyz`, `/metrics`;
+//! - [`steps`], [`source`]: the step executor and the cached git mirrors the builder and the
+//!   tester share;
 //! - [`settings`], [`shutdown`], [`tls`]: typed config with exit code 64, SIGTERM/SIGINT, and
 //!   the one rustls crypto provider.
 
@@ -20,6 +22,7 @@ pub mod secret;
 pub mod service;
 pub mod settings;
 pub mod shutdown;
+pub mod source;
 pub mod steps;
 pub mod telemetry;
 pub mod tls;

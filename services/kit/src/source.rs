@@ -1,4 +1,5 @@
-//! Source: a cached bare mirror per repository (later builds fetch only new objects) and a
+//! Source: the builder's and the tester's view of an application repository. A cached bare
+//! mirror per repository (later builds fetch only new objects) and a
 //! fresh workspace with the exact commit checked out. Credentials for private repositories
 //! come from config and never reach a log.
 //!
@@ -7,7 +8,10 @@
 
 use std::path::{Path, PathBuf};
 
-use baton_kit::secret::Secret;
+use baton_schemas::config::builder::GitCredential;
+
+use crate::secret::Secret;
+use crate::settings::ConfigError;
 use sha2::{Digest, Sha256};
 
 /// Credentials for one URL prefix, resolved from config.
@@ -21,6 +25,62 @@ pub struct Credential {
     pub token: Option<Secret>,
     /// SSH private key file.
     pub ssh_key_file: Option<PathBuf>,
+}
+
+/// Resolves configured git credentials, reading their secrets through `env`.
+///
+/// # Errors
+/// The first invalid field, named like `source.credentials[0].token_env`.
+pub fn resolve_credentials(
+    configured: &[GitCredential],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Credential>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, c) in configured.iter().enumerate() {
+        let field = |name: &str| format!("source.credentials[{i}].{name}");
+        if c.url_prefix.is_empty() {
+            return Err(ConfigError::invalid(
+                field("url_prefix"),
+                "must be the start of repository URLs, e.g. https://github.com/acme/",
+            ));
+        }
+        let token = match (&c.token_env, &c.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    field("token_file"),
+                    "set either token_env or token_file, not both",
+                ));
+            }
+            (Some(var), None) => {
+                Some(Secret::from_env(var, env).map_err(|m| ConfigError::invalid(field("token_env"), m))?)
+            }
+            (None, Some(path)) => {
+                Some(Secret::from_file(path).map_err(|m| ConfigError::invalid(field("token_file"), m))?)
+            }
+            (None, None) => None,
+        };
+        if let Some(key) = &c.ssh_key_file
+            && !key.is_file()
+        {
+            return Err(ConfigError::invalid(
+                field("ssh_key_file"),
+                format!("{} is not a readable file", key.display()),
+            ));
+        }
+        if token.is_none() && c.ssh_key_file.is_none() {
+            return Err(ConfigError::invalid(
+                field("token_env"),
+                "a credential needs a token (token_env/token_file) or an ssh_key_file",
+            ));
+        }
+        out.push(Credential {
+            url_prefix: c.url_prefix.clone(),
+            username: c.username.clone(),
+            token,
+            ssh_key_file: c.ssh_key_file.clone(),
+        });
+    }
+    Ok(out)
 }
 
 /// Why the source could not be prepared.

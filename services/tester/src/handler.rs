@@ -1,0 +1,386 @@
+//! The tester's stage: for each `artifact.published`, check out the same commit (from the
+//! shared cached mirror), run the test steps of its `.baton.yaml` with the kit's step executor
+//! — `BATON_IMAGE`, `BATON_COMMIT` and `BATON_RELEASE` in their environment — read the JUnit
+//! reports they declare, and emit `testsuiterun.started` and `testsuiterun.finished` with the
+//! outcome (`success`, `failure`, `error`, `cancel`), the counts and the failed cases.
+//!
+//! Steps run in the order written; consecutive steps marked `independent: true` run together.
+//! The suite's `timeout` bounds the whole run: steps still running then are killed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use baton_kit::source::Sources;
+use baton_kit::steps::{StepOutcome, StepRequest, StepRunner};
+use baton_kit::{Handler, HandlerError, Incoming, Outgoing, events as kit_events};
+use baton_schemas::EventType;
+use baton_schemas::payloads::{BuildData, FailedTestCase, Outcome, TestCounts, TestData};
+use baton_schemas::pipeline::{PIPELINE_FILE, Pipeline, TestStep};
+use serde_json::json;
+
+use crate::junit::{self, FailureKind, JunitLimits};
+
+/// Default bound of a whole suite when `.baton.yaml` sets none.
+pub const DEFAULT_SUITE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Failed cases carried in the event (the reports themselves stay in the workspace logs).
+const MAX_FAILED_CASES: usize = 50;
+
+/// The tester's handler.
+#[derive(Debug)]
+pub struct Tester {
+    /// Mirrors and workspaces (shared with the builder's cache layout).
+    pub sources: Sources,
+    /// Runs the test steps and keeps their logs.
+    pub steps: StepRunner,
+    /// For publishing `testsuiterun.started` as it happens.
+    pub jetstream: jetstream::Context,
+    /// Bounds on JUnit reports.
+    pub junit: JunitLimits,
+}
+
+/// The `environment` of the test run in CDEvents terms: where the tests ran.
+fn environment() -> serde_json::Value {
+    json!({"id": "baton-tester", "source": "/baton/tester"})
+}
+
+fn suite_id(data: &TestData) -> String {
+    format!("{}@{}", data.app, data.commit)
+}
+
+/// The verdict of one run, before it becomes an event.
+struct Verdict {
+    outcome: Outcome,
+    reason: Option<String>,
+}
+
+impl Verdict {
+    fn success() -> Self {
+        Self {
+            outcome: Outcome::Success,
+            reason: None,
+        }
+    }
+    fn failure(reason: String) -> Self {
+        Self {
+            outcome: Outcome::Failure,
+            reason: Some(reason),
+        }
+    }
+    fn error(reason: String) -> Self {
+        Self {
+            outcome: Outcome::Error,
+            reason: Some(reason),
+        }
+    }
+}
+
+impl Tester {
+    fn data(incoming: &Incoming, build: &BuildData) -> TestData {
+        TestData {
+            app: build.app.clone(),
+            commit: build.commit.clone(),
+            repository: build.repository.clone(),
+            image: build.image.clone(),
+            run: format!("test-{}", incoming.derive_id("test")),
+            outcome: None,
+            reason: None,
+            no_tests_declared: false,
+            counts: TestCounts::default(),
+            failed_cases: Vec::new(),
+            steps: Vec::new(),
+        }
+    }
+
+    fn event(incoming: &Incoming, ty: EventType, label: &str, data: &TestData, content: serde_json::Value) -> Outgoing {
+        let e = incoming
+            .follow_up(ty, label, suite_id(data), content)
+            .and_then(|e| e.with_custom_data(data))
+            .expect("tester events serialize");
+        Outgoing::new(incoming.app.clone(), e)
+    }
+
+    fn started(incoming: &Incoming, data: &TestData) -> Outgoing {
+        let content = json!({
+            "environment": environment(),
+            "testSuite": {"id": suite_id(data), "name": data.app},
+            "trigger": {"type": "event"},
+        });
+        Self::event(
+            incoming,
+            EventType::TestSuiteRunStarted,
+            "testsuiterun.started",
+            data,
+            content,
+        )
+    }
+
+    fn finished(incoming: &Incoming, data: &TestData) -> Outgoing {
+        let mut content = json!({
+            "environment": environment(),
+            "testSuite": {"id": suite_id(data), "name": data.app},
+            "outcome": data.outcome.unwrap_or(Outcome::Error),
+        });
+        if let Some(reason) = &data.reason {
+            content["reason"] = json!(reason);
+        }
+        Self::event(
+            incoming,
+            EventType::TestSuiteRunFinished,
+            "testsuiterun.finished",
+            data,
+            content,
+        )
+    }
+
+    async fn run(&self, incoming: &Incoming, data: &mut TestData) -> Result<Verdict, HandlerError> {
+        let workspaces = self.sources.workspaces();
+        std::fs::create_dir_all(&workspaces)
+            .map_err(|e| HandlerError::Transient(format!("cannot create {}: {e}", workspaces.display())))?;
+        let workspace = tempfile::Builder::new()
+            .prefix("test-")
+            .tempdir_in(&workspaces)
+            .map_err(|e| HandlerError::Transient(format!("cannot create a workspace: {e}")))?;
+        let (sources, url, commit, dir) = (
+            self.sources.clone(),
+            data.repository.clone(),
+            data.commit.clone(),
+            workspace.path().to_owned(),
+        );
+        match tokio::task::spawn_blocking(move || sources.checkout(&url, &commit, &dir))
+            .await
+            .map_err(|e| HandlerError::Transient(format!("checkout task failed: {e}")))?
+        {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => return Err(HandlerError::Transient(e.to_string())),
+            Err(e) => return Ok(Verdict::error(e.to_string())),
+        }
+        let pipeline = match std::fs::read_to_string(workspace.path().join(PIPELINE_FILE)) {
+            Ok(text) => match Pipeline::parse(&text) {
+                Ok(p) => p,
+                Err(e) => return Ok(Verdict::error(e.to_string())),
+            },
+            Err(_) => {
+                return Ok(Verdict::error(format!(
+                    "{PIPELINE_FILE} is missing at the root of commit {}",
+                    data.commit
+                )));
+            }
+        };
+        if pipeline.test.steps.is_empty() {
+            data.no_tests_declared = true;
+            return Ok(Verdict {
+                outcome: Outcome::Success,
+                reason: Some("no tests declared".into()),
+            });
+        }
+        let mut env = BTreeMap::new();
+        if let Some(image) = &data.image {
+            env.insert("BATON_IMAGE".to_owned(), image.reference.clone());
+        }
+        env.insert("BATON_COMMIT".to_owned(), data.commit.clone());
+        env.insert(
+            "BATON_RELEASE".to_owned(),
+            incoming.chain_id().unwrap_or_default().to_owned(),
+        );
+        let suite_timeout = pipeline.test.timeout.unwrap_or(DEFAULT_SUITE_TIMEOUT);
+        let run = data.run.clone();
+        let suite = self.run_steps(&pipeline.test.steps, workspace.path(), &env, &run, data);
+        match tokio::time::timeout(suite_timeout, suite).await {
+            Ok(verdict) => Ok(verdict),
+            Err(_) => Ok(Verdict::failure(format!(
+                "the test suite exceeded its timeout of {}s; the steps still running were killed",
+                suite_timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// Runs the steps group by group (consecutive independent steps together) and reads their
+    /// JUnit reports. Stops at the first group with a failing step.
+    async fn run_steps(
+        &self,
+        steps: &[TestStep],
+        workspace: &Path,
+        env: &BTreeMap<String, String>,
+        run: &str,
+        data: &mut TestData,
+    ) -> Verdict {
+        let mut verdict = Verdict::success();
+        for group in groups(steps) {
+            let outcomes: Vec<StepOutcome> = futures::future::join_all(group.iter().map(|t| {
+                self.steps.run(StepRequest {
+                    run_id: run,
+                    step: &t.step,
+                    workspace,
+                    extra_env: env,
+                    secrets: &[],
+                })
+            }))
+            .await;
+            for (test, outcome) in group.iter().zip(&outcomes) {
+                data.steps.push(outcome.report(&test.step.name));
+                if let Some(report) = &test.junit {
+                    match self.read_junit(workspace, report).await {
+                        Ok(summary) => {
+                            add_counts(data, &summary);
+                            if !summary.passed() && verdict.outcome == Outcome::Success {
+                                verdict = Verdict::failure(format!(
+                                    "step `{}`: {} of {} tests failed, {} errored",
+                                    test.step.name, summary.failures, summary.tests, summary.errors
+                                ));
+                            }
+                        }
+                        Err(e) if verdict.outcome != Outcome::Error => {
+                            verdict = Verdict::error(format!("step `{}`: its JUnit report {e}", test.step.name));
+                        }
+                        Err(_) => {}
+                    }
+                }
+                if !outcome.status.succeeded() && verdict.outcome == Outcome::Success {
+                    verdict = Verdict::failure(format!("test step `{}` {}", test.step.name, outcome.status));
+                }
+            }
+            if verdict.outcome != Outcome::Success {
+                break;
+            }
+        }
+        verdict
+    }
+
+    async fn read_junit(&self, workspace: &Path, report: &str) -> Result<junit::JunitSummary, String> {
+        let path = inside(workspace, report)?;
+        let limits = self.junit.clone();
+        tokio::task::spawn_blocking(move || junit::read_report(&path, &limits))
+            .await
+            .map_err(|e| format!("could not be read: {e}"))?
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The report's path, refused when it would leave the workspace.
+fn inside(workspace: &Path, report: &str) -> Result<PathBuf, String> {
+    let relative = Path::new(report);
+    if relative.is_absolute()
+        || relative
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!("`{report}` must be a path inside the repository"));
+    }
+    Ok(workspace.join(relative))
+}
+
+fn groups(steps: &[TestStep]) -> Vec<&[TestStep]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < steps.len() {
+        let mut end = start + 1;
+        if steps[start].independent {
+            while end < steps.len() && steps[end].independent {
+                end += 1;
+            }
+        }
+        out.push(&steps[start..end]);
+        start = end;
+    }
+    out
+}
+
+fn add_counts(data: &mut TestData, summary: &junit::JunitSummary) {
+    let c = &mut data.counts;
+    c.suites += summary.suites;
+    c.tests += summary.tests;
+    c.failures += summary.failures;
+    c.errors += summary.errors;
+    c.skipped += summary.skipped;
+    c.failed_cases_omitted += summary.failed_cases_omitted;
+    for case in &summary.failed_cases {
+        if data.failed_cases.len() >= MAX_FAILED_CASES {
+            data.counts.failed_cases_omitted += 1;
+            continue;
+        }
+        data.failed_cases.push(FailedTestCase {
+            name: case.name.clone(),
+            class: case.class.clone(),
+            kind: match case.kind {
+                FailureKind::Failure => "failure".into(),
+                FailureKind::Error => "error".into(),
+            },
+            message: case.message.clone(),
+            output: case.output.clone(),
+            duration_ms: case.duration.and_then(|d| u64::try_from(d.as_millis()).ok()),
+        });
+    }
+}
+
+impl Handler for Tester {
+    async fn handle(&self, incoming: Arc<Incoming>) -> Result<Vec<Outgoing>, HandlerError> {
+        let build: BuildData = incoming.cdevent.custom_data_as().map_err(|e| {
+            HandlerError::Permanent(format!("artifact.published without build data in customData: {e}"))
+        })?;
+        let mut data = Self::data(&incoming, &build);
+        kit_events::publish(&self.jetstream, &Self::started(&incoming, &data))
+            .await
+            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+        let verdict = self.run(&incoming, &mut data).await?;
+        data.outcome = Some(verdict.outcome);
+        data.reason = verdict.reason;
+        tracing::info!(app = %data.app, commit = %data.commit, outcome = ?data.outcome, reason = ?data.reason, "tests finished");
+        Ok(vec![Self::finished(&incoming, &data)])
+    }
+
+    fn on_give_up(&self, incoming: &Incoming, reason: &str) -> Vec<Outgoing> {
+        let Ok(build) = incoming.cdevent.custom_data_as::<BuildData>() else {
+            return Vec::new();
+        };
+        let mut data = Self::data(incoming, &build);
+        data.outcome = Some(Outcome::Error);
+        data.reason = Some(format!("the tests could not run: {reason}"));
+        vec![Self::finished(incoming, &data)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_schemas::pipeline::Step;
+
+    fn step(name: &str, independent: bool) -> TestStep {
+        TestStep {
+            step: Step {
+                name: name.into(),
+                run: "true".into(),
+                env: BTreeMap::new(),
+                timeout: Duration::from_secs(1),
+                workdir: None,
+            },
+            junit: None,
+            independent,
+        }
+    }
+
+    #[test]
+    fn consecutive_independent_steps_run_together() {
+        let steps = vec![
+            step("a", false),
+            step("b", true),
+            step("c", true),
+            step("d", false),
+            step("e", true),
+        ];
+        let names: Vec<Vec<&str>> = groups(&steps)
+            .iter()
+            .map(|g| g.iter().map(|t| t.step.name.as_str()).collect())
+            .collect();
+        assert_eq!(names, vec![vec!["a"], vec!["b", "c"], vec!["d"], vec!["e"]]);
+    }
+
+    #[test]
+    fn reports_stay_inside_the_workspace() {
+        assert!(inside(Path::new("/ws"), "target/junit.xml").is_ok());
+        assert!(inside(Path::new("/ws"), "../junit.xml").is_err());
+        assert!(inside(Path::new("/ws"), "/etc/junit.xml").is_err());
+    }
+}

@@ -1,0 +1,315 @@
+//! The tester against a real nats-server and a real git repository: steps that pass, fail,
+//! fail through their JUnit report, hang, or write a broken report each give the right outcome
+//! and counts on the stream.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use async_nats::jetstream::consumer::{self, pull};
+use baton_kit::settings::Settings;
+use baton_kit::{Outgoing, codec, events};
+use baton_schemas::config::CommonSettings;
+use baton_schemas::payloads::{BuildData, ImageInfo, Outcome, TestData};
+use baton_schemas::{CdEvent, EventType, subjects};
+use baton_tests::NatsServer;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Ada")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+        .env("GIT_COMMITTER_NAME", "Ada")
+        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+struct TestTester {
+    _nats: NatsServer,
+    js: async_nats::jetstream::Context,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), baton_tester::StartError>>,
+    repo: tempfile::TempDir,
+}
+
+impl TestTester {
+    async fn start() -> Result<Self> {
+        let nats = NatsServer::start()?;
+        let mut common = CommonSettings::default();
+        common.nats.url = nats.url();
+        common.http.listen = "127.0.0.1:0".parse()?;
+        let app = baton_tester::Application::build(
+            Settings {
+                common,
+                service: Default::default(),
+                warnings: vec![],
+            },
+            &|_| None,
+        )
+        .await?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+        let repo = tempfile::tempdir()?;
+        git(repo.path(), &["init", "-q", "-b", "main"])?;
+        Ok(Self {
+            _nats: nats,
+            js,
+            stop,
+            task,
+            repo,
+        })
+    }
+
+    /// Commits a `.baton.yaml` (and more files) and publishes its `artifact.published`;
+    /// returns the release id and the commit.
+    async fn publish(&self, case: &str, files: &[(&str, &str)]) -> Result<(String, String)> {
+        for (path, content) in files {
+            std::fs::write(self.repo.path().join(path), content)?;
+        }
+        git(self.repo.path(), &["add", "-A"])?;
+        git(self.repo.path(), &["commit", "-qm", case, "--allow-empty"])?;
+        let sha = git(self.repo.path(), &["rev-parse", "HEAD"])?;
+        let image = ImageInfo {
+            registry: "127.0.0.1:5000".into(),
+            repository: "baton/acme/shop".into(),
+            tag: sha.clone(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            reference: format!("127.0.0.1:5000/baton/acme/shop@sha256:{}", "a".repeat(64)),
+            purl: format!(
+                "pkg:oci/shop@sha256:{}?repository_url=127.0.0.1:5000/baton/acme/shop&tag={sha}",
+                "a".repeat(64)
+            ),
+            uploaded_bytes: 0,
+        };
+        let data = BuildData {
+            app: "acme/shop".into(),
+            commit: sha.clone(),
+            git_ref: Some("refs/heads/main".into()),
+            repository: format!("file://{}", self.repo.path().display()),
+            run: format!("build-{case}"),
+            outcome: Some(Outcome::Success),
+            reason: None,
+            steps: vec![],
+            image: Some(image.clone()),
+        };
+        let release = format!("release-{case}");
+        let event = CdEvent::new(
+            EventType::ArtifactPublished,
+            format!("published-{case}"),
+            "/baton/builder",
+            image.purl,
+            serde_json::json!({}),
+        )?
+        .with_chain_id(&release)
+        .with_custom_data(data)?;
+        events::publish(&self.js, &Outgoing::new("acme/shop", event)).await?;
+        Ok((release, sha))
+    }
+
+    async fn finished(&self, release: &str) -> Result<(CdEvent, TestData)> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let stream = self.js.get_stream("BATON_EVENTS").await?;
+            let mut c = stream
+                .create_consumer(pull::Config {
+                    filter_subject: subjects::event_filter(EventType::TestSuiteRunFinished),
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await?;
+            let pending = c.info().await?.num_pending;
+            if pending > 0 {
+                let mut batch = c.fetch().max_messages(usize::try_from(pending)?).messages().await?;
+                while let Some(m) = batch.next().await {
+                    let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let ce = codec::decode(m.headers.as_ref(), &m.payload)?;
+                    let Some(cloudevents::Data::Json(data)) = ce.data() else {
+                        anyhow::bail!("no data")
+                    };
+                    baton_schemas::validate_event(EventType::TestSuiteRunFinished, data)?;
+                    let event: CdEvent = serde_json::from_value(data.clone())?;
+                    if event.context.chain_id.as_deref() == Some(release) {
+                        let test = event.custom_data_as()?;
+                        return Ok((event, test));
+                    }
+                }
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no testsuiterun.finished for {release}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(self) -> Result<()> {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task).await???;
+        Ok(())
+    }
+}
+
+const FAILING_REPORT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<testsuites>
+  <testsuite name="cart" tests="3" failures="1">
+    <testcase classname="cart.Totals" name="adds_items" time="0.01"/>
+    <testcase classname="cart.Totals" name="applies_discount" time="0.02">
+      <failure message="expected 90, got 100" type="AssertionError">assert total == 90</failure>
+    </testcase>
+    <testcase classname="cart.Totals" name="rounds" time="0.01"><skipped/></testcase>
+  </testsuite>
+</testsuites>
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_run_gives_the_right_outcome_and_counts() -> Result<()> {
+    let t = TestTester::start().await?;
+
+    // Passing steps see the image, the commit and the release.
+    let (pass, sha) = t
+        .publish(
+            "pass",
+            &[(".baton.yaml", "test:\n  steps:\n    - name: env\n      run: test -n \"$BATON_IMAGE\" && test \"$BATON_RELEASE\" = release-pass && echo \"$BATON_COMMIT\" > seen\n    - name: check\n      run: test \"$(cat seen)\" = \"$BATON_COMMIT\"\n")],
+        )
+        .await?;
+    let (event, data) = t.finished(&pass).await?;
+    assert_eq!(data.outcome, Some(Outcome::Success), "{data:?}");
+    assert_eq!(event.subject.content["outcome"], "success");
+    assert_eq!(event.subject.content["environment"]["id"], "baton-tester");
+    assert_eq!(data.commit, sha);
+    assert_eq!(data.steps.len(), 2);
+    assert_eq!(
+        event
+            .context
+            .links
+            .as_ref()
+            .and_then(|l| l[0].from.as_ref())
+            .map(|f| f.context_id.as_str()),
+        Some("published-pass"),
+        "linked to the artifact.published that caused it"
+    );
+
+    // A step that exits non-zero.
+    let (fail, _) = t
+        .publish(
+            "fail",
+            &[(
+                ".baton.yaml",
+                "test:\n  steps:\n    - {name: unit, run: 'echo 1 failed; exit 1'}\n",
+            )],
+        )
+        .await?;
+    let (event, data) = t.finished(&fail).await?;
+    assert_eq!(data.outcome, Some(Outcome::Failure));
+    assert_eq!(event.subject.content["outcome"], "failure");
+    assert!(data.reason.unwrap_or_default().contains("test step `unit`"));
+
+    // Exit 0, but the JUnit report has a failure.
+    let (junit, _) = t
+        .publish(
+            "junit",
+            &[
+                (
+                    ".baton.yaml",
+                    "test:\n  steps:\n    - {name: unit, run: 'cp report.src junit.xml', junit: junit.xml}\n",
+                ),
+                ("report.src", FAILING_REPORT),
+            ],
+        )
+        .await?;
+    let (_, data) = t.finished(&junit).await?;
+    assert_eq!(data.outcome, Some(Outcome::Failure), "{data:?}");
+    assert_eq!(
+        (
+            data.counts.tests,
+            data.counts.failures,
+            data.counts.errors,
+            data.counts.skipped
+        ),
+        (3, 1, 0, 1)
+    );
+    assert_eq!(data.failed_cases[0].name, "applies_discount");
+    assert_eq!(data.failed_cases[0].class.as_deref(), Some("cart.Totals"));
+    assert_eq!(data.failed_cases[0].message.as_deref(), Some("expected 90, got 100"));
+
+    // A step that hangs is killed at its timeout.
+    let (hang, _) = t
+        .publish(
+            "hang",
+            &[(
+                ".baton.yaml",
+                "test:\n  steps:\n    - {name: hang, run: 'sleep 600', timeout: 1s}\n",
+            )],
+        )
+        .await?;
+    let (_, data) = t.finished(&hang).await?;
+    assert_eq!(data.outcome, Some(Outcome::Failure));
+    assert_eq!(data.steps[0].status, "timed_out");
+
+    // A broken report, and a missing one: the run errors with the reason.
+    let (broken, _) = t
+        .publish("broken", &[(".baton.yaml", "test:\n  steps:\n    - {name: unit, run: 'echo \"<testsuite><testcase\" > junit.xml', junit: junit.xml}\n")])
+        .await?;
+    let (event, data) = t.finished(&broken).await?;
+    assert_eq!(data.outcome, Some(Outcome::Error), "{data:?}");
+    assert_eq!(event.subject.content["outcome"], "error");
+    assert!(data.reason.unwrap_or_default().contains("JUnit report"));
+    let (missing, _) = t
+        .publish(
+            "missing",
+            &[(
+                ".baton.yaml",
+                "test:\n  steps:\n    - {name: unit, run: 'true', junit: nowhere.xml}\n",
+            )],
+        )
+        .await?;
+    let (_, data) = t.finished(&missing).await?;
+    assert_eq!(data.outcome, Some(Outcome::Error), "{data:?}");
+
+    // No test steps: passes, explicitly.
+    let (none, _) = t.publish("none", &[(".baton.yaml", "build:\n  steps: []\n")]).await?;
+    let (_, data) = t.finished(&none).await?;
+    assert_eq!(data.outcome, Some(Outcome::Success));
+    assert!(data.no_tests_declared);
+    assert_eq!(data.reason.as_deref(), Some("no tests declared"));
+
+    // Independent steps run together: each waits for the other's marker (sequentially, the
+    // first would wait in vain and fail).
+    let wait_for = |mine: &str, theirs: &str| {
+        format!("touch {mine}; for i in $(seq 100); do [ -f {theirs} ] && exit 0; sleep 0.05; done; exit 1")
+    };
+    let parallel = format!(
+        "test:\n  steps:\n    - {{name: a, run: '{}', independent: true}}\n    - {{name: b, run: '{}', independent: true}}\n",
+        wait_for("a.ready", "b.ready"),
+        wait_for("b.ready", "a.ready")
+    );
+    let (together, _) = t.publish("parallel", &[(".baton.yaml", &parallel)]).await?;
+    let (_, data) = t.finished(&together).await?;
+    assert_eq!(data.outcome, Some(Outcome::Success), "{data:?}");
+
+    // A suite that runs past its own timeout.
+    let (slow, _) = t
+        .publish(
+            "suite-timeout",
+            &[(
+                ".baton.yaml",
+                "test:\n  timeout: 1s\n  steps:\n    - {name: slow, run: 'sleep 30', timeout: 60s}\n",
+            )],
+        )
+        .await?;
+    let (_, data) = t.finished(&slow).await?;
+    assert_eq!(data.outcome, Some(Outcome::Failure));
+    assert!(
+        data.reason.unwrap_or_default().contains("exceeded its timeout"),
+        "the suite's timeout bounds the run"
+    );
+    t.stop().await
+}
