@@ -10,7 +10,7 @@ use baton_kit::runner::RunnerError;
 use baton_kit::service::Runtime;
 use baton_kit::settings::{ConfigError, Settings};
 use baton_kit::steps::StepRunner;
-use baton_kit::{Stage, StageRunner, health};
+use baton_kit::{Stage, StageRunner};
 use baton_schemas::EventType;
 use baton_schemas::config::builder::BuilderSettings;
 use tokio_util::sync::CancellationToken;
@@ -124,16 +124,10 @@ impl Application {
     /// # Errors
     /// When the operations endpoint or the runner fails.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
-        tracing::info!(addr = %self.addr, "builder ready");
-        let stop = shutdown.clone();
-        let server = axum::serve(self.listener, health::router(self.runtime.health_state()))
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        let server = tokio::spawn(async move { server.await });
-        let stop = shutdown.clone();
-        self.runner.run(async move { stop.cancelled().await }).await?;
-        let served = server.await.map_err(|e| StartError::Io(e.to_string()))?;
-        self.runtime.drain().await;
-        tracing::info!("builder stopped");
-        served.map_err(|e| StartError::Io(e.to_string()))
+        tracing::info!(addr = %self.addr, "{SERVICE} ready");
+        self.runtime
+            .serve_stage(self.listener, self.runner, shutdown)
+            .await
+            .map_err(|e| StartError::Io(e.to_string()))
     }
 }

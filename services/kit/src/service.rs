@@ -3,10 +3,13 @@
 
 use async_nats::Client;
 use baton_schemas::config::CommonSettings;
+use tokio_util::sync::CancellationToken;
 
 use crate::fabric::{self, FabricError, Topology};
-use crate::health::HealthState;
+use crate::health::{self, HealthState};
 use crate::metrics::Metrics;
+use crate::runner::{Handler, RunnerError, StageRunner};
+use crate::settings::EXIT_INVALID_CONFIG;
 
 /// A started service's connection to the fabric.
 #[derive(Debug, Clone)]
@@ -53,4 +56,57 @@ impl Runtime {
             tracing::warn!(error = %e, "draining the NATS connection failed");
         }
     }
+}
+
+/// Why a stage service stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StageServiceError {
+    /// The stage runner could not consume.
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+    /// The operations endpoint failed.
+    #[error("the operations endpoint failed: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+impl Runtime {
+    /// Runs a stage service until `shutdown` is cancelled: the operations endpoint on
+    /// `listener` and the stage `runner`, which finishes or hands back in-flight events within
+    /// its grace period; then drains the NATS connection.
+    ///
+    /// # Errors
+    /// When the runner cannot consume or the endpoint fails.
+    pub async fn serve_stage<H: Handler>(
+        self,
+        listener: tokio::net::TcpListener,
+        runner: StageRunner<H>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StageServiceError> {
+        let stop = shutdown.clone();
+        let server = axum::serve(listener, health::router(self.health_state()))
+            .with_graceful_shutdown(async move { stop.cancelled().await });
+        let server = tokio::spawn(async move { server.await });
+        let stop = shutdown.clone();
+        let consumed = runner.run(async move { stop.cancelled().await }).await;
+        shutdown.cancel();
+        let served = server.await.map_err(std::io::Error::other);
+        self.drain().await;
+        tracing::info!(service = %self.service, "stopped");
+        consumed?;
+        served??;
+        Ok(())
+    }
+}
+
+/// For `main`: reports a configuration error the operator must fix and exits with code 64.
+pub fn exit_invalid_config(service: &str, error: &dyn std::fmt::Display) -> ! {
+    tracing::error!("{error}");
+    #[allow(
+        clippy::print_stderr,
+        reason = "the operator must see why the service refuses to start"
+    )]
+    {
+        eprintln!("{service}: {error}");
+    }
+    std::process::exit(EXIT_INVALID_CONFIG)
 }

@@ -1,6 +1,6 @@
 //! `baton-tester --config FILE`: see the crate documentation.
 
-use baton_kit::settings::{EXIT_INVALID_CONFIG, ServiceArgs, load_or_exit};
+use baton_kit::settings::{ServiceArgs, load_or_exit};
 use baton_kit::{shutdown, telemetry, tls};
 use baton_schemas::config::tester::TesterSettings;
 use baton_tester::{Application, SERVICE, StartError};
@@ -22,17 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let env = |name: &str| std::env::var(name).ok();
     let app = match Application::build(settings, &env).await {
         Ok(app) => app,
-        Err(StartError::Config(e)) => {
-            tracing::error!("{e}");
-            #[allow(
-                clippy::print_stderr,
-                reason = "the operator must see why the service refuses to start"
-            )]
-            {
-                eprintln!("{SERVICE}: {e}");
-            }
-            std::process::exit(EXIT_INVALID_CONFIG);
-        }
+        Err(StartError::Config(e)) => baton_kit::service::exit_invalid_config(SERVICE, &e),
         Err(e) => return Err(e.into()),
     };
     app.run_until_stopped(shutdown::on_signal()).await?;
