@@ -55,7 +55,7 @@ fn input(n: usize) -> Outgoing {
 }
 
 /// Throughput rounds; the median is reported.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 
 fn main() -> Result<()> {
     let latency_samples: usize = std::env::var("BENCH_LATENCY_SAMPLES")

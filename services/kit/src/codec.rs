@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 
 use async_nats::HeaderMap;
+use async_nats::header::HeaderName;
 use bytes::Bytes;
 use cloudevents::event::{Data, ExtensionValue};
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
@@ -205,18 +206,26 @@ pub struct Attributes<'a> {
 
 /// The `ce-*` headers of a binary-mode message with these attributes.
 pub fn binary_headers(a: &Attributes<'_>) -> HeaderMap {
+    // Static header names skip the per-insert validation and allocation of `&str` names.
+    const SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+    const ID: HeaderName = HeaderName::from_static("ce-id");
+    const SOURCE: HeaderName = HeaderName::from_static("ce-source");
+    const TYPE: HeaderName = HeaderName::from_static("ce-type");
+    const SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
+    const TIME: HeaderName = HeaderName::from_static("ce-time");
+    const DATACONTENTTYPE: HeaderName = HeaderName::from_static("ce-datacontenttype");
     let mut headers = HeaderMap::new();
-    headers.insert("ce-specversion", "1.0");
-    headers.insert("ce-id", percent_encode(a.id).as_ref());
-    headers.insert("ce-source", percent_encode(a.source).as_ref());
-    headers.insert("ce-type", percent_encode(a.ty).as_ref());
+    headers.insert(SPECVERSION, "1.0");
+    headers.insert(ID, percent_encode(a.id).as_ref());
+    headers.insert(SOURCE, percent_encode(a.source).as_ref());
+    headers.insert(TYPE, percent_encode(a.ty).as_ref());
     if let Some(subject) = a.subject {
-        headers.insert("ce-subject", percent_encode(subject).as_ref());
+        headers.insert(SUBJECT, percent_encode(subject).as_ref());
     }
     if let Some(time) = a.time {
-        headers.insert("ce-time", percent_encode(time).as_ref());
+        headers.insert(TIME, percent_encode(time).as_ref());
     }
-    headers.insert("ce-datacontenttype", percent_encode(a.datacontenttype).as_ref());
+    headers.insert(DATACONTENTTYPE, percent_encode(a.datacontenttype).as_ref());
     headers
 }
 

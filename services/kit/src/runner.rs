@@ -399,7 +399,11 @@ async fn process<H: Handler>(inner: &Inner<H>, message: Message, hard_stop: &Can
         chain.id = incoming.chain_id().unwrap_or(""),
         delivered,
     );
-    if let Err(e) = span.set_parent(telemetry::extract_trace_context(&incoming.cloudevent)) {
+    // Continue the sender's trace when it sent one (and someone records spans).
+    if !span.is_disabled()
+        && codec::extension_str(&incoming.cloudevent, "traceparent").is_some()
+        && let Err(e) = span.set_parent(telemetry::extract_trace_context(&incoming.cloudevent))
+    {
         tracing::debug!(error = %e, "cannot continue the sender's trace");
     }
     let started = Instant::now();
