@@ -612,6 +612,27 @@ fn kill_and_reap(mut child: Child) -> Result<(), HarnessError> {
         .map_err(|source| HarnessError::Stop { pid, source })
 }
 
+/// Runs the `git` CLI (an independent client) in `dir` with a fixed author and committer, and
+/// returns its trimmed stdout; a failure carries git's stderr.
+///
+/// # Errors
+/// When git cannot be run or exits non-zero.
+pub fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Ada")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+        .env("GIT_COMMITTER_NAME", "Ada")
+        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// The `p`-th percentile (0.0–1.0, nearest rank) of `sorted`, for benchmarks' latency reports.
 ///
 /// # Panics

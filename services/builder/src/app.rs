@@ -66,17 +66,8 @@ impl Application {
         let credentials = config::credentials(&settings.service, env)?;
         let password = config::registry_password(&settings.service, env)?;
         let runtime = Runtime::start(SERVICE, &settings.common).await?;
-        let (cache_dir, cache) = match &settings.service.source.cache_dir {
-            Some(dir) => (dir.clone(), None),
-            None => {
-                let dir = tempfile::Builder::new()
-                    .prefix("baton-builder-")
-                    .tempdir()
-                    .map_err(|e| StartError::Io(format!("cannot create a cache directory: {e}")))?;
-                (dir.path().to_owned(), Some(dir))
-            }
-        };
-        std::fs::create_dir_all(&cache_dir).map_err(|e| StartError::Io(format!("{}: {e}", cache_dir.display())))?;
+        let (cache_dir, cache) = baton_kit::service::cache_dir(settings.service.source.cache_dir.as_deref(), SERVICE)
+            .map_err(|e| StartError::Io(format!("cannot create the cache directory: {e}")))?;
         let registry = Registry::new(
             &settings.service.registry.address,
             settings.service.registry.insecure,

@@ -110,3 +110,24 @@ pub fn exit_invalid_config(service: &str, error: &dyn std::fmt::Display) -> ! {
     }
     std::process::exit(EXIT_INVALID_CONFIG)
 }
+
+/// The directory a service caches into: `configured` (created if missing), or else a fresh
+/// temporary directory named after `service`, returned too so it is removed when dropped.
+///
+/// # Errors
+/// When the directory cannot be created.
+pub fn cache_dir(
+    configured: Option<&std::path::Path>,
+    service: &str,
+) -> std::io::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
+    match configured {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            Ok((dir.to_owned(), None))
+        }
+        None => {
+            let dir = tempfile::Builder::new().prefix(&format!("{service}-")).tempdir()?;
+            Ok((dir.path().to_owned(), Some(dir)))
+        }
+    }
+}

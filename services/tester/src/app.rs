@@ -63,17 +63,8 @@ impl Application {
     ) -> Result<Self, StartError> {
         let credentials = baton_kit::source::resolve_credentials(&settings.service.source.credentials, env)?;
         let runtime = Runtime::start(SERVICE, &settings.common).await?;
-        let (cache_dir, cache) = match &settings.service.source.cache_dir {
-            Some(dir) => (dir.clone(), None),
-            None => {
-                let dir = tempfile::Builder::new()
-                    .prefix("baton-tester-")
-                    .tempdir()
-                    .map_err(|e| StartError::Io(format!("cannot create a cache directory: {e}")))?;
-                (dir.path().to_owned(), Some(dir))
-            }
-        };
-        std::fs::create_dir_all(&cache_dir).map_err(|e| StartError::Io(format!("{}: {e}", cache_dir.display())))?;
+        let (cache_dir, cache) = baton_kit::service::cache_dir(settings.service.source.cache_dir.as_deref(), SERVICE)
+            .map_err(|e| StartError::Io(format!("cannot create the cache directory: {e}")))?;
         let tester = Tester {
             sources: Sources::new(PathBuf::from(&cache_dir), credentials),
             steps: StepRunner::new(&runtime.topology).with_limits((&settings.service.limits).into()),
