@@ -124,6 +124,17 @@ catalog! {
     ReleaseCreated => (BatonExtension, "dev.cdeventsx", "baton-release", "created", "0.1.0", "baton-release-created.json", "promoter"),
     /// A rollout failed its health checks (CDEvents' `service.*` events carry no outcome).
     DeploymentFailed => (BatonExtension, "dev.cdeventsx", "baton-deployment", "failed", "0.1.0", "baton-deployment-failed.json", "deployer"),
+    /// A release was marked bad (by an operator, or after its rollout failed): it is never
+    /// promoted again.
+    ReleaseQuarantined => (BatonExtension, "dev.cdeventsx", "baton-release", "quarantined", "0.1.0", "baton-release-quarantined.json", "promoter"),
+    /// A promotion is waiting or refused (pinned, frozen, soaking, quarantined, untested), with
+    /// the reason and, when it will happen by itself, when.
+    PromotionHeld => (BatonExtension, "dev.cdeventsx", "baton-promotion", "held", "0.1.0", "baton-promotion-held.json", "promoter"),
+    /// An operator command was refused (not allowed, duplicate, unknown release, closed
+    /// request), recorded with the actor and the reason.
+    CommandRejected => (BatonExtension, "dev.cdeventsx", "baton-command", "rejected", "0.1.0", "baton-command-rejected.json", "promoter"),
+    /// The config repo's `environments.yaml` is invalid; the promoter keeps the last valid one.
+    PolicyRejected => (BatonExtension, "dev.cdeventsx", "baton-policy", "rejected", "0.1.0", "baton-policy-rejected.json", "promoter"),
 }
 
 impl fmt::Display for EventType {

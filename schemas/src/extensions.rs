@@ -33,3 +33,61 @@ pub struct DeploymentFailedContent {
     /// Why the rollout was judged unhealthy, in words an operator can act on.
     pub reason: String,
 }
+
+/// Content of `dev.cdeventsx.baton-release.quarantined.0.1.0`: a release is marked bad and never
+/// promoted again. The subject id is the release id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReleaseQuarantinedContent {
+    /// The application.
+    pub app: String,
+    /// Who marked it (`baton-promoter` after a failed rollout).
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Content of `dev.cdeventsx.baton-promotion.held.0.1.0`: a release does not enter an
+/// environment now. The subject id is the release id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PromotionHeldContent {
+    /// The application.
+    pub app: String,
+    /// The environment it would enter.
+    pub environment: String,
+    /// Why it is held, in words an operator can act on.
+    pub reason: String,
+    /// When the promoter will try again by itself (end of a soak or freeze), if it will.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+}
+
+/// Content of `dev.cdeventsx.baton-command.rejected.0.1.0`: an operator command was refused.
+/// The subject id is the command's request id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommandRejectedContent {
+    /// The verb, e.g. `approve`.
+    pub verb: String,
+    /// Who sent it.
+    pub actor: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// Content of `dev.cdeventsx.baton-policy.rejected.0.1.0`: `environments.yaml` in the config
+/// repo is invalid. The subject id is the config-repo commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyRejectedContent {
+    /// The file, `environments.yaml`.
+    pub file: String,
+    /// The field at fault, empty when the whole file is.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+    /// The commit of the last valid policy, which stays in force, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_in_force: Option<String>,
+}

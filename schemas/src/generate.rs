@@ -9,7 +9,10 @@ use serde_json::{Map, Value, json};
 
 use crate::catalog::{EventType, Vocabulary};
 use crate::config::CommonSettings;
-use crate::extensions::{DeploymentFailedContent, ReleaseCreatedContent};
+use crate::extensions::{
+    CommandRejectedContent, DeploymentFailedContent, PolicyRejectedContent, PromotionHeldContent,
+    ReleaseCreatedContent, ReleaseQuarantinedContent,
+};
 
 /// Base URI of the schemas Baton publishes.
 pub const SCHEMA_BASE: &str = "https://baton.dev/schemas";
@@ -39,15 +42,16 @@ pub fn generated_files() -> Vec<GeneratedFile> {
             &extension_event_schema(ty, content),
         ));
     }
-    let mut push = schema_value::<crate::payloads::PushData>();
-    push.insert("$id".into(), json!(format!("{SCHEMA_BASE}/payloads/push.json")));
-    files.push(file("payloads/push.json", &Value::Object(push)));
-    let mut build = schema_value::<crate::payloads::BuildData>();
-    build.insert("$id".into(), json!(format!("{SCHEMA_BASE}/payloads/build.json")));
-    files.push(file("payloads/build.json", &Value::Object(build)));
-    let mut test = schema_value::<crate::payloads::TestData>();
-    test.insert("$id".into(), json!(format!("{SCHEMA_BASE}/payloads/test.json")));
-    files.push(file("payloads/test.json", &Value::Object(test)));
+    files.push(payload::<crate::payloads::PushData>("push"));
+    files.push(payload::<crate::payloads::BuildData>("build"));
+    files.push(payload::<crate::payloads::TestData>("test"));
+    files.push(payload::<crate::release::ReleaseData>("release"));
+    files.push(payload::<crate::release::PromotionData>("promotion"));
+    files.push(payload::<crate::release::ApprovalData>("approval"));
+    files.push(payload::<crate::release::DeploymentData>("deployment"));
+    files.push(payload::<crate::release::ReleaseFile>("release-file"));
+    files.push(payload::<crate::commands::CommandRequest>("command-request"));
+    files.push(payload::<crate::commands::CommandReply>("command-reply"));
     let mut pipeline = schema_value::<crate::pipeline::Pipeline>();
     pipeline.insert("$id".into(), json!(format!("{SCHEMA_BASE}/pipeline.json")));
     pipeline.insert(
@@ -55,31 +59,41 @@ pub fn generated_files() -> Vec<GeneratedFile> {
         json!("The pipeline file `.baton.yaml` at the root of an application's repository."),
     );
     files.push(file("pipeline.json", &Value::Object(pipeline)));
+    let mut environments = schema_value::<crate::environments::EnvironmentsFile>();
+    environments.insert("$id".into(), json!(format!("{SCHEMA_BASE}/environments.json")));
+    environments.insert(
+        "description".into(),
+        json!("`environments.yaml` at the root of the config repo: ordered environments and their promotion policy."),
+    );
+    files.push(file("environments.json", &Value::Object(environments)));
     let mut settings = schema_value::<CommonSettings>();
     settings.insert("$id".into(), json!(format!("{SCHEMA_BASE}/config/service-common.json")));
     files.push(file("config/service-common.json", &Value::Object(settings)));
-    let mut listener = schema_value::<crate::config::listener::ListenerSettings>();
-    listener.insert("$id".into(), json!(format!("{SCHEMA_BASE}/config/listener.json")));
-    listener.insert(
-        "description".into(),
-        json!("The listener's own sections; the file also holds the common sections of service-common.json."),
-    );
-    files.push(file("config/listener.json", &Value::Object(listener)));
-    let mut builder = schema_value::<crate::config::builder::BuilderSettings>();
-    builder.insert("$id".into(), json!(format!("{SCHEMA_BASE}/config/builder.json")));
-    builder.insert(
-        "description".into(),
-        json!("The builder's own sections; the file also holds the common sections of service-common.json."),
-    );
-    files.push(file("config/builder.json", &Value::Object(builder)));
-    let mut tester = schema_value::<crate::config::tester::TesterSettings>();
-    tester.insert("$id".into(), json!(format!("{SCHEMA_BASE}/config/tester.json")));
-    tester.insert(
-        "description".into(),
-        json!("The tester's own sections; the file also holds the common sections of service-common.json."),
-    );
-    files.push(file("config/tester.json", &Value::Object(tester)));
+    files.push(service_config::<crate::config::listener::ListenerSettings>("listener"));
+    files.push(service_config::<crate::config::builder::BuilderSettings>("builder"));
+    files.push(service_config::<crate::config::tester::TesterSettings>("tester"));
+    files.push(service_config::<crate::config::promoter::PromoterSettings>("promoter"));
     files
+}
+
+/// `payloads/<name>.json`: a `customData` (or command) payload.
+fn payload<T: JsonSchema>(name: &str) -> GeneratedFile {
+    let mut schema = schema_value::<T>();
+    schema.insert("$id".into(), json!(format!("{SCHEMA_BASE}/payloads/{name}.json")));
+    file(&format!("payloads/{name}.json"), &Value::Object(schema))
+}
+
+/// `config/<service>.json`: a service's own config sections.
+fn service_config<T: JsonSchema>(service: &str) -> GeneratedFile {
+    let mut schema = schema_value::<T>();
+    schema.insert("$id".into(), json!(format!("{SCHEMA_BASE}/config/{service}.json")));
+    schema.insert(
+        "description".into(),
+        json!(format!(
+            "The {service}'s own sections; the file also holds the common sections of service-common.json."
+        )),
+    );
+    file(&format!("config/{service}.json"), &Value::Object(schema))
 }
 
 fn file(path: &str, value: &Value) -> GeneratedFile {
@@ -102,6 +116,10 @@ fn extension_content_schema(ty: EventType) -> Map<String, Value> {
     match ty {
         EventType::ReleaseCreated => schema_value::<ReleaseCreatedContent>(),
         EventType::DeploymentFailed => schema_value::<DeploymentFailedContent>(),
+        EventType::ReleaseQuarantined => schema_value::<ReleaseQuarantinedContent>(),
+        EventType::PromotionHeld => schema_value::<PromotionHeldContent>(),
+        EventType::CommandRejected => schema_value::<CommandRejectedContent>(),
+        EventType::PolicyRejected => schema_value::<PolicyRejectedContent>(),
         other => unreachable!("{other} is not a Baton extension event"),
     }
 }

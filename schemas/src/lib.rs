@@ -10,12 +10,16 @@
 
 pub mod catalog;
 pub mod cdevent;
+pub mod commands;
 pub mod config;
+pub mod environments;
 pub mod extensions;
 pub mod generate;
 pub mod payloads;
 pub mod pipeline;
+pub mod release;
 pub mod subjects;
+pub mod userfile;
 pub mod validate;
 
 pub use catalog::{EventType, Vocabulary};

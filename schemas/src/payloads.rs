@@ -117,6 +117,9 @@ pub struct BuildData {
     /// The image, once assembled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageInfo>,
+    /// Who pushed the commit (from the push), carried on so approvers see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_by: Option<Person>,
 }
 
 /// How a build or test run ended.
@@ -231,6 +234,9 @@ pub struct TestData {
     /// Each step that ran.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepReport>,
+    /// Who pushed the commit (from the build), carried on so approvers see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_by: Option<Person>,
 }
 
 /// Test case counts.

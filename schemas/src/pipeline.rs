@@ -166,16 +166,7 @@ pub struct AddEntry {
 }
 
 /// A pipeline file that cannot be used, with the field and line at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {location}{message}")]
-pub struct PipelineError {
-    /// The file, e.g. `.baton.yaml`.
-    pub file: String,
-    /// `line L column C, field `a.b`: ` when known.
-    pub location: String,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
+pub type PipelineError = crate::userfile::FileError;
 
 impl Pipeline {
     /// Parses and checks a pipeline file.
@@ -183,29 +174,10 @@ impl Pipeline {
     /// # Errors
     /// Names the field and line of the first problem.
     pub fn parse(text: &str) -> Result<Self, PipelineError> {
-        let error = |location: String, message: String| PipelineError {
-            file: PIPELINE_FILE.to_owned(),
-            location,
-            message,
-        };
-        let deserializer = yaml_serde::Deserializer::from_str(text);
-        let pipeline: Pipeline = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let field = e.path().to_string();
-            let inner = e.into_inner();
-            let line = inner
-                .location()
-                .map(|l| format!("line {} column {}, ", l.line(), l.column()))
-                .unwrap_or_default();
-            let field = if field == "." {
-                String::new()
-            } else {
-                format!("field `{field}`: ")
-            };
-            error(format!("{line}{field}"), strip_location(&inner.to_string()))
-        })?;
+        let pipeline: Pipeline = crate::userfile::from_yaml(PIPELINE_FILE, text)?;
         pipeline
             .check()
-            .map_err(|(field, message)| error(format!("field `{field}`: "), message))?;
+            .map_err(|(field, message)| PipelineError::in_field(PIPELINE_FILE, field, message))?;
         Ok(pipeline)
     }
 
@@ -266,13 +238,6 @@ fn check_steps<'a>(section: &str, steps: impl Iterator<Item = &'a Step>) -> Resu
 }
 
 /// yaml_serde appends " at line L column C" to messages; the location is reported separately.
-fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

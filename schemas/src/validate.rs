@@ -47,6 +47,22 @@ const EXTENSIONS: &[(&str, &str)] = &[
         "baton-deployment-failed.json",
         include_str!("../json/events/baton-deployment-failed.json"),
     ),
+    (
+        "baton-release-quarantined.json",
+        include_str!("../json/events/baton-release-quarantined.json"),
+    ),
+    (
+        "baton-promotion-held.json",
+        include_str!("../json/events/baton-promotion-held.json"),
+    ),
+    (
+        "baton-command-rejected.json",
+        include_str!("../json/events/baton-command-rejected.json"),
+    ),
+    (
+        "baton-policy-rejected.json",
+        include_str!("../json/events/baton-policy-rejected.json"),
+    ),
 ];
 
 /// The schema text of an event type.

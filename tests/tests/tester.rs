@@ -88,6 +88,7 @@ impl TestTester {
             reason: None,
             steps: vec![],
             image: Some(image.clone()),
+            pushed_by: None,
         };
         let release = format!("release-{case}");
         let event = CdEvent::new(

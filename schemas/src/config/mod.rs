@@ -7,6 +7,7 @@
 
 pub mod builder;
 pub mod listener;
+pub mod promoter;
 pub mod tester;
 
 use std::net::SocketAddr;

@@ -58,6 +58,7 @@ impl Builder {
             reason: None,
             steps: Vec::new(),
             image: None,
+            pushed_by: push.pusher.clone(),
         }
     }
 

@@ -91,6 +91,7 @@ impl Tester {
             counts: TestCounts::default(),
             failed_cases: Vec::new(),
             steps: Vec::new(),
+            pushed_by: build.pushed_by.clone(),
         }
     }
 

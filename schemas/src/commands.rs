@@ -1,0 +1,149 @@
+//! Operator commands: NATS request/reply on `baton.cmd.<service>.<verb>` (see
+//! [`crate::subjects::command_subject`]). The CLI and the chat-ops bot send a
+//! [`CommandRequest`] as JSON and get a [`CommandReply`]; the outcome is also recorded as an
+//! event with the actor, so the event log says who did what.
+//!
+//! | verb | needs | does |
+//! | --- | --- | --- |
+//! | `approve` | `release` (+ `environment` when several requests are open) | records an approval; the quorum promotes |
+//! | `decline` | `release` (+ `environment`) | closes the request as rejected; the release stops there |
+//! | `promote` | `release`, `environment` | promotes under the environment's policy (`break_glass` asks to override a freeze) |
+//! | `rollback` | `app`, `environment` (+ `release`, default: the previous one) | restores an earlier release's manifests and pins |
+//! | `pin` / `unpin` | `app`, `environment` | automatic promotion leaves a pinned environment alone |
+//! | `mark-bad` | `release` | quarantines the release: never promoted again |
+
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The service that answers the release commands.
+pub const PROMOTER: &str = "promoter";
+
+/// The promoter's command verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verb {
+    /// Approve a pending promotion.
+    Approve,
+    /// Decline a pending promotion.
+    Decline,
+    /// Promote a release into an environment.
+    Promote,
+    /// Roll an environment back to an earlier release.
+    Rollback,
+    /// Pin an environment: automatic promotion leaves it alone.
+    Pin,
+    /// Lift a pin.
+    Unpin,
+    /// Quarantine a release.
+    MarkBad,
+}
+
+impl Verb {
+    /// Every verb.
+    pub const ALL: &'static [Verb] = &[
+        Self::Approve,
+        Self::Decline,
+        Self::Promote,
+        Self::Rollback,
+        Self::Pin,
+        Self::Unpin,
+        Self::MarkBad,
+    ];
+
+    /// The verb as it appears in the subject, e.g. `mark-bad`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Decline => "decline",
+            Self::Promote => "promote",
+            Self::Rollback => "rollback",
+            Self::Pin => "pin",
+            Self::Unpin => "unpin",
+            Self::MarkBad => "mark-bad",
+        }
+    }
+}
+
+impl fmt::Display for Verb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Verb {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
+            format!("unknown command `{s}`; the promoter knows {}", known.join(", "))
+        })
+    }
+}
+
+/// A command to the promoter.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommandRequest {
+    /// Who is asking: a Baton identity (the chat-ops bot maps chat users to identities).
+    pub actor: String,
+    /// The application (`rollback`, `pin`, `unpin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The release id (`approve`, `decline`, `promote`, `mark-bad`; optional for `rollback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// The environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// Why (recorded with the decision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `promote` during a freeze window: ask for a break-glass approval instead of refusing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
+    /// An id for this request: a retried request with the same id is not done twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// The promoter's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommandReply {
+    /// Whether the command was accepted.
+    pub ok: bool,
+    /// What happened, or why not and what to do instead.
+    pub message: String,
+    /// The config-repo commit the command made, if it made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_commit: Option<String>,
+    /// The approval request the command opened or acted on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+    /// The release the command acted on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+}
+
+impl CommandReply {
+    /// An accepted command.
+    pub fn ok(message: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            message: message.into(),
+            ..Self::default()
+        }
+    }
+
+    /// A refused command.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            message: message.into(),
+            ..Self::default()
+        }
+    }
+}

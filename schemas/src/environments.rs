@@ -1,0 +1,458 @@
+//! `environments.yaml` at the root of the config repo: the ordered environments a release moves
+//! through, each with its Kubernetes namespace and its promotion policy. The promoter reads it
+//! from the config repo before every decision; an invalid file is refused (with the field at
+//! fault) and the last valid policy stays in force. Schema: `schemas/json/environments.json`.
+//!
+//! ```yaml
+//! environments:
+//!   - name: staging
+//!     namespace: shop-staging
+//!     policy: auto                 # promote every tested release at once
+//!   - name: production
+//!     namespace: shop-production
+//!     policy: manual               # wait for approvals
+//!     soak: 10m                    # healthy in staging at least this long first
+//!     approvals:
+//!       required: 2
+//!       users: [alice]
+//!       groups: [sre]
+//!       author_may_approve: false
+//!       expires_after: 24h
+//!     freeze:
+//!       - name: weekend
+//!         cron: "0 18 * * FRI"     # starts Friday 18:00 …
+//!         duration: 62h            # … and ends Monday 08:00
+//!         timezone: Europe/Berlin
+//! groups:
+//!   sre: [carol, dave]
+//! people:
+//!   alice:
+//!     emails: [alice@example.com]  # recognises alice as the author of her commits
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::userfile::{self, FileError};
+
+/// The path of the environments file inside the config repo.
+pub const ENVIRONMENTS_FILE: &str = "environments.yaml";
+
+/// The whole `environments.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentsFile {
+    /// The environments in promotion order: a release enters the first and moves to the next
+    /// once it is deployed and healthy where it is.
+    pub environments: Vec<Environment>,
+    /// Named groups of Baton identities, usable in `approvals.groups`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Baton identities and the commit e-mail addresses that are theirs, so the promoter can
+    /// tell when someone approves their own change.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub people: BTreeMap<String, PersonSpec>,
+}
+
+/// What Baton knows about a person.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PersonSpec {
+    /// E-mail addresses their commits are authored with.
+    #[serde(default)]
+    pub emails: Vec<String>,
+}
+
+/// One environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// Name, e.g. `staging`; also the folder of its manifests in the config repo. Lowercase
+    /// letters, digits and `-`.
+    pub name: String,
+    /// The Kubernetes namespace the deployer applies this environment's manifests to.
+    pub namespace: String,
+    /// `auto`: promote without asking; `manual`: wait for the approvals below.
+    pub policy: PromotionPolicy,
+    /// Who must approve a promotion into this environment (used when `policy: manual`, and for
+    /// break-glass promotions during a freeze).
+    #[serde(default)]
+    pub approvals: ApprovalPolicy,
+    /// How long a release must have been deployed and healthy in the previous environment
+    /// before it is promoted here.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Duration::is_zero")]
+    #[schemars(with = "Option<String>")]
+    pub soak: Duration,
+    /// Windows in which nothing is promoted here automatically or by approval; only a
+    /// break-glass promotion (itself approved, and recorded) goes through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<FreezeWindow>,
+    /// Whether a release whose commit declares no test steps may enter this environment.
+    #[serde(default)]
+    pub allow_untested: bool,
+}
+
+/// How releases enter an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PromotionPolicy {
+    /// Every eligible release is promoted without asking.
+    Auto,
+    /// A release waits for the required approvals.
+    Manual,
+}
+
+/// Who may approve a promotion, and how many must.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApprovalPolicy {
+    /// Distinct approvals needed.
+    pub required: u32,
+    /// Identities allowed to approve.
+    pub users: Vec<String>,
+    /// Groups (see the top-level `groups`) whose members may approve.
+    pub groups: Vec<String>,
+    /// Whether the author of the release's commit may approve it.
+    pub author_may_approve: bool,
+    /// How long a request stays open; then it expires and the release stops here.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub expires_after: Duration,
+}
+
+impl Default for ApprovalPolicy {
+    fn default() -> Self {
+        Self {
+            required: 1,
+            users: Vec::new(),
+            groups: Vec::new(),
+            author_may_approve: false,
+            expires_after: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// A recurring window in which the environment is frozen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeWindow {
+    /// A name shown when a promotion is held, e.g. `weekend`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// When the window starts: a five-field cron expression (minute hour day month weekday).
+    pub cron: String,
+    /// How long the window lasts from each start.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub duration: Duration,
+    /// The IANA time zone the cron expression is read in, e.g. `Europe/Berlin`.
+    #[serde(default = "utc")]
+    pub timezone: String,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
+}
+
+impl EnvironmentsFile {
+    /// Parses and checks `environments.yaml`.
+    ///
+    /// # Errors
+    /// Names the field (and line, for syntax and shape errors) of the first problem.
+    pub fn parse(text: &str) -> Result<Self, FileError> {
+        let file: Self = userfile::from_yaml(ENVIRONMENTS_FILE, text)?;
+        file.check()
+            .map_err(|(field, message)| FileError::in_field(ENVIRONMENTS_FILE, field, message))?;
+        Ok(file)
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        if self.environments.is_empty() {
+            return Err(("environments".into(), "list at least one environment".into()));
+        }
+        let mut names = BTreeSet::new();
+        for (i, env) in self.environments.iter().enumerate() {
+            let at = |field: &str| format!("environments[{i}].{field}");
+            if !is_dns_label(&env.name) {
+                return Err((
+                    at("name"),
+                    format!(
+                        "`{}` must be 1-63 lowercase letters, digits or `-`, starting and ending with a letter or digit",
+                        env.name
+                    ),
+                ));
+            }
+            if !names.insert(env.name.as_str()) {
+                return Err((at("name"), format!("`{}` names two environments", env.name)));
+            }
+            if !is_dns_label(&env.namespace) {
+                return Err((
+                    at("namespace"),
+                    format!("`{}` is not a valid Kubernetes namespace name", env.namespace),
+                ));
+            }
+            let approvals = &env.approvals;
+            if approvals.required == 0 {
+                return Err((at("approvals.required"), "must be at least 1".into()));
+            }
+            if env.policy == PromotionPolicy::Manual && approvals.users.is_empty() && approvals.groups.is_empty() {
+                return Err((
+                    at("approvals"),
+                    "a manual environment needs `users` or `groups` who may approve".into(),
+                ));
+            }
+            for (g, group) in approvals.groups.iter().enumerate() {
+                if !self.groups.contains_key(group) {
+                    return Err((
+                        at(&format!("approvals.groups[{g}]")),
+                        format!("group `{group}` is not defined under the top-level `groups`"),
+                    ));
+                }
+            }
+            if env.policy == PromotionPolicy::Manual {
+                let approvers = self.approvers_of(env).len();
+                if approvers < approvals.required as usize {
+                    return Err((
+                        at("approvals.required"),
+                        format!(
+                            "{} approvals are required but only {approvers} people may approve",
+                            approvals.required
+                        ),
+                    ));
+                }
+            }
+            if approvals.expires_after.is_zero() {
+                return Err((at("approvals.expires_after"), "must be longer than 0s".into()));
+            }
+            for (w, window) in env.freeze.iter().enumerate() {
+                let at = |field: &str| format!("environments[{i}].freeze[{w}].{field}");
+                if let Err(e) = croner::Cron::from_str(&window.cron) {
+                    return Err((
+                        at("cron"),
+                        format!(
+                            "`{}` is not a cron expression (minute hour day month weekday): {e}",
+                            window.cron
+                        ),
+                    ));
+                }
+                if window.timezone.parse::<chrono_tz::Tz>().is_err() {
+                    return Err((
+                        at("timezone"),
+                        format!(
+                            "`{}` is not an IANA time zone such as `UTC` or `Europe/Berlin`",
+                            window.timezone
+                        ),
+                    ));
+                }
+                if window.duration.is_zero() {
+                    return Err((at("duration"), "must be longer than 0s".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The environment named `name`.
+    pub fn get(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+
+    /// The environment after `name` in promotion order.
+    pub fn next_after(&self, name: &str) -> Option<&Environment> {
+        let i = self.environments.iter().position(|e| e.name == name)?;
+        self.environments.get(i + 1)
+    }
+
+    /// The environment before `name` in promotion order.
+    pub fn previous_before(&self, name: &str) -> Option<&Environment> {
+        let i = self.environments.iter().position(|e| e.name == name)?;
+        i.checked_sub(1).and_then(|p| self.environments.get(p))
+    }
+
+    /// Everyone who may approve promotions into `env`.
+    pub fn approvers_of<'a>(&'a self, env: &'a Environment) -> BTreeSet<&'a str> {
+        let mut approvers: BTreeSet<&str> = env.approvals.users.iter().map(String::as_str).collect();
+        for group in &env.approvals.groups {
+            if let Some(members) = self.groups.get(group) {
+                approvers.extend(members.iter().map(String::as_str));
+            }
+        }
+        approvers
+    }
+
+    /// Whether `actor` is the author of a commit authored as `email` / `name`: their identity
+    /// is the address or the name, or `people` lists the address as theirs.
+    pub fn is_author(&self, actor: &str, email: Option<&str>, name: Option<&str>) -> bool {
+        let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        if email.is_some_and(|e| same(e, actor)) || name.is_some_and(|n| same(n, actor)) {
+            return true;
+        }
+        match (self.people.get(actor), email) {
+            (Some(person), Some(email)) => person.emails.iter().any(|e| same(e, email)),
+            _ => false,
+        }
+    }
+}
+
+impl FreezeWindow {
+    /// When the window covering `now` ends, or `None` when `now` is outside every occurrence.
+    /// The file was checked at parse time; an expression that still fails to parse freezes
+    /// nothing.
+    pub fn active_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let cron = croner::Cron::from_str(&self.cron).ok()?;
+        let tz: chrono_tz::Tz = self.timezone.parse().ok()?;
+        let length = chrono::Duration::from_std(self.duration).ok()?;
+        // The first start strictly after `now - duration`: if it is not after `now`, the window
+        // that began then still covers `now` (windows are half-open, [start, start + duration)).
+        let from = (now - length).with_timezone(&tz);
+        let start = cron.find_next_occurrence(&from, false).ok()?.with_timezone(&Utc);
+        (start <= now).then_some(start + length)
+    }
+
+    /// How the window is named in messages.
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("`{}` ({})", self.cron, self.timezone))
+    }
+}
+
+/// RFC 1123 label: what Kubernetes accepts as a namespace name.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn example() -> &'static str {
+        let doc = include_str!("environments.rs");
+        let start = doc.find("//! ```yaml\n").unwrap() + "//! ```yaml\n".len();
+        let end = start + doc[start..].find("//! ```\n").unwrap();
+        Box::leak(
+            doc[start..end]
+                .lines()
+                .map(|l| l.strip_prefix("//! ").unwrap_or(l.trim_start_matches("//!")))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .into_boxed_str(),
+        )
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let file = EnvironmentsFile::parse(example()).unwrap();
+        assert_eq!(file.environments.len(), 2);
+        let prod = file.get("production").unwrap();
+        assert_eq!(prod.policy, PromotionPolicy::Manual);
+        assert_eq!(prod.soak, Duration::from_secs(600));
+        assert_eq!(prod.approvals.required, 2);
+        assert_eq!(
+            file.approvers_of(prod).into_iter().collect::<Vec<_>>(),
+            ["alice", "carol", "dave"]
+        );
+        assert_eq!(file.next_after("staging").unwrap().name, "production");
+        assert!(file.next_after("production").is_none());
+        assert_eq!(file.previous_before("production").unwrap().name, "staging");
+        assert!(file.is_author("alice", Some("Alice@Example.com"), None));
+        assert!(!file.is_author("carol", Some("alice@example.com"), Some("Alice")));
+    }
+
+    #[test]
+    fn problems_name_the_field() {
+        let cases = [
+            ("environments: []", "field `environments`", "at least one"),
+            (
+                "environments:\n  - name: Staging\n    namespace: s\n    policy: auto",
+                "environments[0].name",
+                "lowercase",
+            ),
+            (
+                "environments:\n  - name: a\n    namespace: a\n    policy: auto\n  - name: a\n    namespace: b\n    policy: auto",
+                "environments[1].name",
+                "two environments",
+            ),
+            (
+                "environments:\n  - name: a\n    namespace: a\n    policy: sometimes",
+                "environments[0].policy",
+                "unknown variant",
+            ),
+            (
+                "environments:\n  - name: a\n    namespace: a\n    policy: manual",
+                "environments[0].approvals",
+                "who may approve",
+            ),
+            (
+                "environments:\n  - name: a\n    namespace: a\n    policy: manual\n    approvals: {users: [x], required: 2}",
+                "environments[0].approvals.required",
+                "only 1 people",
+            ),
+            (
+                "environments:\n  - name: a\n    namespace: a\n    policy: manual\n    approvals: {groups: [ops]}",
+                "environments[0].approvals.groups[0]",
+                "not defined",
+            ),
+            (
+                "environments:\n  - name: a\n    namespace: a\n    policy: auto\n    freeze: [{cron: 'every friday', duration: 1h}]",
+                "environments[0].freeze[0].cron",
+                "cron expression",
+            ),
+            (
+                "environments:\n  - name: a\n    namespace: a\n    policy: auto\n    freeze: [{cron: '0 18 * * 5', duration: 1h, timezone: Mars/Olympus}]",
+                "environments[0].freeze[0].timezone",
+                "IANA",
+            ),
+            (
+                "environments:\n  - name: a\n    namespace: a\n    policy: auto\n    soak: soon",
+                "environments[0].soak",
+                "",
+            ),
+            (
+                "environments:\n  - name: a\n    namespace: a\n    policy: auto\n    colour: blue",
+                "environments[0]",
+                "unknown field `colour`",
+            ),
+        ];
+        for (text, field, words) in cases {
+            let err = EnvironmentsFile::parse(text).unwrap_err();
+            let shown = err.to_string();
+            assert!(shown.starts_with("environments.yaml: "), "{shown}");
+            assert!(
+                err.field
+                    .starts_with(field.trim_start_matches("field `").trim_end_matches('`')),
+                "{text}\n=> {shown}"
+            );
+            assert!(shown.contains(words), "{text}\n=> {shown}");
+        }
+    }
+
+    #[test]
+    fn freeze_windows_cover_their_duration_in_their_time_zone() {
+        let window = FreezeWindow {
+            name: Some("weekend".into()),
+            cron: "0 18 * * FRI".into(),
+            duration: Duration::from_secs(62 * 3600),
+            timezone: "Europe/Berlin".into(),
+        };
+        // Friday 2026-11-20 18:00 in Berlin is 17:00 UTC (CET, UTC+1).
+        let start = Utc.with_ymd_and_hms(2026, 11, 20, 17, 0, 0).unwrap();
+        assert_eq!(window.active_until(start - chrono::Duration::minutes(1)), None);
+        let end = start + chrono::Duration::hours(62);
+        assert_eq!(window.active_until(start), Some(end));
+        assert_eq!(window.active_until(start + chrono::Duration::hours(30)), Some(end));
+        assert_eq!(window.active_until(end), None);
+        assert_eq!(window.active_until(end + chrono::Duration::days(2)), None);
+    }
+}
