@@ -139,18 +139,9 @@ impl Sources {
     /// [`SourceError`], classified transient or permanent.
     pub fn checkout(&self, url: &str, commit: &str, workspace: &Path) -> Result<(), SourceError> {
         let local = |e: git2::Error| SourceError::Local(e.message().to_owned());
-        let oid = git2::Oid::from_str(commit).map_err(|_| SourceError::MissingCommit {
-            url: url.to_owned(),
-            commit: commit.to_owned(),
-        })?;
-        let mirror = self.mirror(url)?;
-        if mirror.find_commit(oid).is_err() {
-            self.fetch(&mirror, url)?;
-        }
-        let commit_obj = mirror.find_commit(oid).map_err(|_| SourceError::MissingCommit {
-            url: url.to_owned(),
-            commit: commit.to_owned(),
-        })?;
+        let mirror = self.mirror_with(url, commit)?;
+        let oid = git2::Oid::from_str(commit).map_err(local)?;
+        let commit_obj = mirror.find_commit(oid).map_err(local)?;
         std::fs::create_dir_all(workspace).map_err(|e| SourceError::Local(format!("{}: {e}", workspace.display())))?;
         let tree = commit_obj.tree().map_err(local)?;
         let mut checkout = git2::build::CheckoutBuilder::new();
@@ -170,11 +161,28 @@ impl Sources {
         }
     }
 
-    fn fetch(&self, mirror: &git2::Repository, url: &str) -> Result<(), SourceError> {
-        let mut remote = mirror.remote_anonymous(url).map_err(|e| SourceError::Unreachable {
+    /// The cached mirror of `url`, fetched first when it lacks `commit`. For reading a commit's
+    /// tree, author and history without checking it out. Blocking.
+    ///
+    /// # Errors
+    /// [`SourceError`], classified transient or permanent.
+    pub fn mirror_with(&self, url: &str, commit: &str) -> Result<git2::Repository, SourceError> {
+        let missing = || SourceError::MissingCommit {
             url: url.to_owned(),
-            message: e.message().to_owned(),
-        })?;
+            commit: commit.to_owned(),
+        };
+        let oid = git2::Oid::from_str(commit).map_err(|_| missing())?;
+        let mirror = self.mirror(url)?;
+        if mirror.find_commit(oid).is_err() {
+            self.fetch(&mirror, url)?;
+        }
+        mirror.find_commit(oid).map_err(|_| missing())?;
+        Ok(mirror)
+    }
+
+    /// Remote callbacks answering credential requests for `url` from the configured
+    /// credentials (never logged).
+    pub fn remote_callbacks(&self, url: &str) -> git2::RemoteCallbacks<'static> {
         let mut callbacks = git2::RemoteCallbacks::new();
         let credential = self.credential_for(url).cloned();
         callbacks.credentials(move |_url, username_from_url, allowed| {
@@ -200,8 +208,16 @@ impl Sources {
                 "no configured credential fits what the repository asks for",
             ))
         });
+        callbacks
+    }
+
+    fn fetch(&self, mirror: &git2::Repository, url: &str) -> Result<(), SourceError> {
+        let mut remote = mirror.remote_anonymous(url).map_err(|e| SourceError::Unreachable {
+            url: url.to_owned(),
+            message: e.message().to_owned(),
+        })?;
         let mut options = git2::FetchOptions::new();
-        options.remote_callbacks(callbacks);
+        options.remote_callbacks(self.remote_callbacks(url));
         remote
             .fetch(
                 &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],

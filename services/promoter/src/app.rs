@@ -1,0 +1,182 @@
+//! The promoter application: `build` validates config and connects; `run_until_stopped` runs
+//! the stage, the operator commands, the timers and the operations endpoint until shutdown,
+//! then drains.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use baton_kit::fabric::FabricError;
+use baton_kit::runner::RunnerError;
+use baton_kit::service::Runtime;
+use baton_kit::settings::{ConfigError, Settings};
+use baton_kit::source::Sources;
+use baton_kit::{Stage, StageRunner};
+use baton_schemas::config::promoter::PromoterSettings;
+use tokio_util::sync::CancellationToken;
+
+use crate::configrepo::ConfigRepo;
+use crate::handler::{HANDLES, PromoterStage};
+use crate::lock::Locks;
+use crate::promoter::Promoter;
+use crate::state::State;
+
+/// The service name: NATS connection name, OTel `service.name`.
+pub const SERVICE: &str = "baton-promoter";
+/// The stage (durable consumer) every promoter replica shares.
+pub const STAGE: &str = "promoter";
+
+/// Why the promoter could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Invalid configuration: `main` exits with code 64.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// NATS unreachable or the topology refused.
+    #[error(transparent)]
+    Fabric(#[from] FabricError),
+    /// The consumer could not be created.
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+    /// The HTTP address could not be bound, the cache directory created, or commands
+    /// subscribed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A built promoter, connected, not yet consuming.
+#[derive(Debug)]
+pub struct Application {
+    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    runtime: Runtime,
+    runner: StageRunner<PromoterStage>,
+    promoter: Arc<Promoter>,
+    tick: std::time::Duration,
+    // Owns the default cache so it is removed when the promoter stops.
+    _cache: Option<tempfile::TempDir>,
+}
+
+impl Application {
+    /// Validates the config, connects, provisions, creates the durable consumer and binds
+    /// `http.listen`.
+    ///
+    /// # Errors
+    /// [`StartError::Config`] before anything is bound; the others when NATS or the port fail.
+    pub async fn build(
+        settings: Settings<PromoterSettings>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, StartError> {
+        let own = &settings.service;
+        if own.config_repo.url.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "config_repo.url",
+                "the promoter needs the URL of the config repo it writes environments' desired state to",
+            )
+            .into());
+        }
+        if own.config_repo.branch.trim().is_empty() {
+            return Err(ConfigError::invalid("config_repo.branch", "name the branch, e.g. main").into());
+        }
+        if own.tick.is_zero() {
+            return Err(ConfigError::invalid("tick", "must be longer than 0s, e.g. 1s").into());
+        }
+        if own.lock_lease.is_zero() {
+            return Err(ConfigError::invalid("lock_lease", "must be longer than 0s, e.g. 30s").into());
+        }
+        let credentials = baton_kit::source::resolve_credentials(&own.source.credentials, env)?;
+        let runtime = Runtime::start(SERVICE, &settings.common).await?;
+        let (cache_dir, cache) = baton_kit::service::cache_dir(own.source.cache_dir.as_deref(), SERVICE)
+            .map_err(|e| StartError::Io(format!("cannot create the cache directory: {e}")))?;
+        let sources = Sources::new(PathBuf::from(&cache_dir), credentials);
+        // One working clone per replica process.
+        let replica = uuid::Uuid::new_v4().to_string();
+        let repo = ConfigRepo::new(
+            own.config_repo.url.clone(),
+            own.config_repo.branch.clone(),
+            PathBuf::from(&cache_dir).join(format!("config-repo-{replica}")),
+            (
+                own.config_repo.author_name.clone(),
+                own.config_repo.author_email.clone(),
+            ),
+            sources.clone(),
+        );
+        let locks = Locks::new(
+            runtime.topology.locks.clone(),
+            format!("{SERVICE}-{replica}"),
+            own.lock_lease,
+            own.lock_wait,
+        );
+        let promoter = Arc::new(Promoter::new(
+            Arc::new(repo),
+            sources,
+            State::new(runtime.topology.state.clone()),
+            locks,
+            runtime.topology.jetstream.clone(),
+            own.auto_rollback,
+        ));
+        let runner = StageRunner::new(
+            Stage::new(STAGE, HANDLES),
+            PromoterStage {
+                promoter: Arc::clone(&promoter),
+            },
+            runtime.topology.clone(),
+            settings.common.runner.clone(),
+            runtime.metrics.clone(),
+        )
+        .with_grace_period(settings.common.shutdown.grace_period);
+        runner.ensure_consumer().await?;
+        let addr = settings.common.http.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Io(format!("cannot listen on {addr}: {e}")))?;
+        let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+        Ok(Self {
+            addr,
+            listener,
+            runtime,
+            runner,
+            promoter,
+            tick: own.tick,
+            _cache: cache,
+        })
+    }
+
+    /// The bound address of the operations endpoint.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Consumes events, answers commands and runs the timers until `shutdown` is cancelled,
+    /// then drains the NATS connection.
+    ///
+    /// # Errors
+    /// When the operations endpoint, the runner or the command subscription fails.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        tracing::info!(addr = %self.addr, "{SERVICE} ready");
+        let client = self.runtime.client.clone();
+        let commands = tokio::spawn(crate::commands::serve(
+            Arc::clone(&self.promoter),
+            client,
+            shutdown.child_token(),
+        ));
+        let timers = tokio::spawn(crate::timers::run(
+            Arc::clone(&self.promoter),
+            self.tick,
+            shutdown.child_token(),
+        ));
+        let served = self
+            .runtime
+            .serve_stage(self.listener, self.runner, shutdown.clone())
+            .await
+            .map_err(|e| StartError::Io(e.to_string()));
+        shutdown.cancel();
+        let _ = timers.await;
+        match commands.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StartError::Io(format!("cannot answer commands: {e}"))),
+            Err(e) => return Err(StartError::Io(e.to_string())),
+        }
+        served
+    }
+}

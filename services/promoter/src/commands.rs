@@ -1,0 +1,687 @@
+//! Operator commands: NATS request/reply on `baton.cmd.promoter.<verb>`, answered by one
+//! replica (queue group `promoter`). Each accepted command is recorded by the events it causes
+//! (approval, promotion, pin, quarantine), each refused one as `baton-command.rejected` with the
+//! actor and the reason; either way the requester gets a [`CommandReply`].
+
+use std::sync::Arc;
+
+use baton_schemas::EventType;
+use baton_schemas::commands::{CommandReply, CommandRequest, PROMOTER, Verb};
+use baton_schemas::extensions::CommandRejectedContent;
+use baton_schemas::release::{ApprovalKind, ApprovalVote, Pin, PromotionAction, ReleaseData};
+use baton_schemas::subjects::{COMMANDS_PREFIX, command_subject};
+use chrono::Utc;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::promoter::{Advance, PromoteError, Promoter, Write, app_dir, derive_id};
+use crate::state::{self, PendingApproval, Scheduled, Trigger, Versioned};
+
+/// The queue group every promoter replica answers commands in.
+pub const QUEUE_GROUP: &str = "promoter";
+
+/// Answers commands until `shutdown`.
+///
+/// # Errors
+/// When the subscription cannot be made.
+pub async fn serve(
+    promoter: Arc<Promoter>,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut requests = client
+        .queue_subscribe(format!("{COMMANDS_PREFIX}.{PROMOTER}.*"), QUEUE_GROUP.to_owned())
+        .await?;
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            message = requests.next() => {
+                let Some(message) = message else { break };
+                let promoter = Arc::clone(&promoter);
+                let client = client.clone();
+                running.spawn(async move {
+                    let verb = message.subject.rsplit('.').next().unwrap_or_default().to_owned();
+                    let reply = execute(&promoter, &verb, &message.payload).await;
+                    if let Some(to) = message.reply {
+                        let body = serde_json::to_vec(&reply).expect("a reply serializes");
+                        if let Err(e) = client.publish(to, body.into()).await {
+                            tracing::warn!(error = %e, verb, "could not send a command reply");
+                        }
+                    }
+                });
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    }
+    let _ = requests.unsubscribe().await;
+    while running.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Carries out one command and says how it went. Refusals are recorded as events.
+pub async fn execute(promoter: &Promoter, verb: &str, body: &[u8]) -> CommandReply {
+    let verb: Verb = match verb.parse() {
+        Ok(v) => v,
+        Err(message) => return CommandReply::refused(message),
+    };
+    let request: CommandRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return CommandReply::refused(format!(
+                "the request is not a Baton command ({e}); send JSON like {{\"actor\": \"alice\", \"release\": \"…\"}} (schemas/json/payloads/command-request.json)"
+            ));
+        }
+    };
+    if request.actor.trim().is_empty() {
+        return CommandReply::refused("`actor` is required: every command is recorded with who sent it");
+    }
+    let request_id = request
+        .request_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let command = Command {
+        promoter,
+        verb,
+        request,
+        id: request_id,
+    };
+    match command.run().await {
+        Ok((reply, events)) => match promoter.publish(&events).await {
+            Ok(()) => reply,
+            Err(e) => CommandReply::refused(format!(
+                "done, but recording it failed ({e}); send the same request again"
+            )),
+        },
+        Err(Refusal::Refused { reason, app, release }) => {
+            let event = promoter.event(
+                EventType::CommandRejected,
+                derive_id(&["command.rejected", &command.id, command.verb.as_str()]),
+                app.as_deref().unwrap_or("config"),
+                &command.id,
+                serde_json::to_value(CommandRejectedContent {
+                    verb: command.verb.as_str().to_owned(),
+                    actor: command.request.actor.clone(),
+                    reason: reason.clone(),
+                })
+                .expect("serializes"),
+                release.as_deref(),
+                None,
+                Some(serde_json::to_value(&command.request).expect("serializes")),
+            );
+            if let Err(e) = promoter.publish(&[event]).await {
+                tracing::warn!(error = %e, "could not record a refused command");
+            }
+            tracing::info!(verb = %command.verb, actor = %command.request.actor, %reason, "command refused");
+            let mut reply = CommandReply::refused(reason);
+            reply.release = release;
+            reply
+        }
+        Err(Refusal::Failed(e)) => CommandReply::refused(format!("could not do it now ({e}); try again")),
+    }
+}
+
+/// Why a command did not happen.
+enum Refusal {
+    /// The command is not allowed or makes no sense: recorded.
+    Refused {
+        reason: String,
+        app: Option<String>,
+        release: Option<String>,
+    },
+    /// Something failed on our side.
+    Failed(String),
+}
+
+impl From<PromoteError> for Refusal {
+    fn from(e: PromoteError) -> Self {
+        match e {
+            PromoteError::Transient(m) => Self::Failed(m),
+            PromoteError::Permanent(m) => Self::Refused {
+                reason: m,
+                app: None,
+                release: None,
+            },
+        }
+    }
+}
+
+fn refuse(reason: impl Into<String>, release: Option<&ReleaseData>) -> Refusal {
+    Refusal::Refused {
+        reason: reason.into(),
+        app: release.map(|r| r.app.clone()),
+        release: release.map(|r| r.release.clone()),
+    }
+}
+
+struct Command<'a> {
+    promoter: &'a Promoter,
+    verb: Verb,
+    request: CommandRequest,
+    id: String,
+}
+
+type Done = (CommandReply, Vec<baton_kit::Outgoing>);
+
+impl Command<'_> {
+    async fn run(&self) -> Result<Done, Refusal> {
+        match self.verb {
+            Verb::Approve => self.vote(true).await,
+            Verb::Decline => self.vote(false).await,
+            Verb::Promote => self.promote().await,
+            Verb::Rollback => self.rollback().await,
+            Verb::Pin => self.pin(true).await,
+            Verb::Unpin => self.pin(false).await,
+            Verb::MarkBad => self.mark_bad().await,
+        }
+    }
+
+    fn required<'r>(&self, value: &'r Option<String>, field: &str) -> Result<&'r str, Refusal> {
+        value
+            .as_deref()
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| Refusal::Refused {
+                reason: format!("`{field}` is required for `{}`", self.verb),
+                app: self.request.app.clone(),
+                release: self.request.release.clone(),
+            })
+    }
+
+    async fn release(&self) -> Result<ReleaseData, Refusal> {
+        let id = self.required(&self.request.release, "release")?;
+        self.promoter
+            .state
+            .release(id)
+            .await
+            .map_err(PromoteError::from)?
+            .ok_or_else(|| Refusal::Refused {
+                reason: format!("unknown release `{id}`: `baton releases <app>` lists them"),
+                app: self.request.app.clone(),
+                release: Some(id.to_owned()),
+            })
+    }
+
+    async fn vote(&self, approve: bool) -> Result<Done, Refusal> {
+        let promoter = self.promoter;
+        let release = self.release().await?;
+        let policy = promoter.policy().await?;
+        let mut events = policy.events;
+        let policy = policy.value;
+        // Retried when another replica records a vote on the same request meanwhile.
+        for _ in 0..5 {
+            let (key, pending) = self.find_request(&policy, &release).await?;
+            if let Some(closed) = &pending.value.closed {
+                return Err(refuse(
+                    format!(
+                        "the approval request for release {} into `{}` is already closed ({}: {})",
+                        release.release, pending.value.data.environment, closed.status, closed.reason
+                    ),
+                    Some(&release),
+                ));
+            }
+            let env = promoter.environment(&policy, &pending.value.data.environment)?;
+            let actor = self.request.actor.as_str();
+            let approvers = policy.file.approvers_of(env);
+            if !approvers.contains(actor) {
+                return Err(refuse(
+                    format!(
+                        "{actor} may not approve promotions into `{}`; environments.yaml allows {}",
+                        env.name,
+                        approvers.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                    Some(&release),
+                ));
+            }
+            if !env.approvals.author_may_approve
+                && let Some(author) = &release.author
+                && policy
+                    .file
+                    .is_author(actor, author.email.as_deref(), author.name.as_deref())
+            {
+                return Err(refuse(
+                    format!(
+                        "{actor} authored commit {} and may not approve their own change into `{}` (approvals.author_may_approve is false)",
+                        release.commit, env.name
+                    ),
+                    Some(&release),
+                ));
+            }
+            if let Some(vote) = pending.value.data.votes.iter().find(|v| v.actor == actor) {
+                return Err(refuse(
+                    format!("{actor} already {} this request", vote.decision),
+                    Some(&release),
+                ));
+            }
+            let mut next = pending.value.clone();
+            next.data.votes.push(ApprovalVote {
+                actor: actor.to_owned(),
+                decision: if approve { "approved" } else { "rejected" }.to_owned(),
+                at: Utc::now(),
+                comment: self.request.reason.clone(),
+            });
+            let approvals = next.data.votes.iter().filter(|v| v.decision == "approved").count();
+            let quorum = approvals >= next.data.required as usize;
+            let status = match (approve, quorum) {
+                (false, _) => Some("rejected"),
+                (true, true) => Some("approved"),
+                (true, false) => None,
+            };
+            let reason = match status {
+                Some("rejected") => format!(
+                    "declined by {actor}{}",
+                    self.request
+                        .reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ),
+                Some(_) => format!("{approvals} of {} approvals", next.data.required),
+                None => String::new(),
+            };
+            if let Some(status) = status {
+                next.closed = Some(state::Closure {
+                    status: status.to_owned(),
+                    reason: reason.clone(),
+                    at: Utc::now(),
+                });
+            }
+            if !promoter
+                .state
+                .compare_and_set(&key, &next, Some(pending.revision))
+                .await
+                .map_err(PromoteError::from)?
+            {
+                continue;
+            }
+            let decision = if approve { "approved" } else { "rejected" };
+            events.push(promoter.approval_updated(&next, actor, decision));
+            let mut reply = CommandReply::ok(String::new());
+            reply.approval = Some(next.data.approval.clone());
+            reply.release = Some(release.release.clone());
+            match status {
+                Some("rejected") => {
+                    events.push(promoter.approval_closed(&next, "rejected", "rejected", actor, &reason));
+                    reply.message = format!("declined: release {} will not enter `{}`", release.release, env.name);
+                }
+                Some(_) => {
+                    events.push(promoter.approval_closed(&next, "approved", "approved", actor, &reason));
+                    let trigger = Trigger::Approved {
+                        approval: next.data.approval.clone(),
+                        break_glass: next.data.kind == ApprovalKind::BreakGlass,
+                    };
+                    let cause = derive_id(&["approval.closed", &next.data.approval]);
+                    let advanced = promoter
+                        .advance(&policy, &release, env, trigger, &cause, &next.promotion)
+                        .await?;
+                    events.extend(advanced.events);
+                    reply.message = describe(&advanced.value, &release, &env.name);
+                    if let Advance::Promoted(commit) = &advanced.value {
+                        reply.config_commit = Some(commit.clone());
+                    }
+                }
+                None => {
+                    reply.message = format!(
+                        "approval {approvals} of {} recorded for release {} into `{}`",
+                        next.data.required, release.release, env.name
+                    );
+                }
+            }
+            return Ok((reply, events));
+        }
+        Err(Refusal::Failed("the approval request keeps changing; try again".into()))
+    }
+
+    /// The approval request the vote is about.
+    async fn find_request(
+        &self,
+        policy: &crate::promoter::Policy,
+        release: &ReleaseData,
+    ) -> Result<(String, Versioned<PendingApproval>), Refusal> {
+        let state = &self.promoter.state;
+        let envs: Vec<&str> = match &self.request.environment {
+            Some(env) => vec![self.promoter.environment(policy, env)?.name.as_str()],
+            None => policy.file.environments.iter().map(|e| e.name.as_str()).collect(),
+        };
+        let mut matching = Vec::new();
+        let mut superseded = None;
+        for env in envs {
+            let key = state::approval_key(&release.app, env);
+            if let Some(p) = state.get::<PendingApproval>(&key).await.map_err(PromoteError::from)? {
+                if p.value.data.release.release == release.release {
+                    matching.push((key, p));
+                } else if self.request.environment.is_some() {
+                    superseded = Some(p.value.data.release.release.clone());
+                }
+            }
+        }
+        let open: Vec<usize> = (0..matching.len())
+            .filter(|&i| matching[i].1.value.closed.is_none())
+            .collect();
+        match (open.len(), matching.len()) {
+            (1, _) => Ok(matching.swap_remove(open[0])),
+            (0, 0) => Err(refuse(
+                match superseded {
+                    Some(newer) => format!(
+                        "release {} has no approval request there: the request is for release {newer} now (it superseded this one)",
+                        release.release
+                    ),
+                    None => format!("release {} has no approval request to vote on", release.release),
+                },
+                Some(release),
+            )),
+            (0, _) => Ok(matching.swap_remove(0)),
+            _ => Err(refuse(
+                format!(
+                    "release {} has open approval requests in several environments: name the `environment`",
+                    release.release
+                ),
+                Some(release),
+            )),
+        }
+    }
+
+    async fn promote(&self) -> Result<Done, Refusal> {
+        let promoter = self.promoter;
+        let release = self.release().await?;
+        let env_name = self.required(&self.request.environment, "environment")?;
+        let policy = promoter.policy().await?;
+        let mut events = policy.events;
+        let policy = policy.value;
+        let env = promoter.environment(&policy, env_name)?;
+        if let Some(bad) = promoter.state.bad(&release.release).await.map_err(PromoteError::from)? {
+            return Err(refuse(
+                format!(
+                    "release {} is quarantined ({}); it is never promoted again",
+                    release.release, bad.reason
+                ),
+                Some(&release),
+            ));
+        }
+        if let Some(previous) = policy.file.previous_before(&env.name) {
+            let there = promoter
+                .state
+                .current(&release.app, &previous.name)
+                .await
+                .map_err(PromoteError::from)?;
+            let healthy = there
+                .as_ref()
+                .is_some_and(|c| c.value.release == release.release && c.value.healthy_since.is_some());
+            if !healthy {
+                return Err(refuse(
+                    format!(
+                        "release {} is not running healthy in `{}`, the environment before `{}`: promote it there first",
+                        release.release, previous.name, env.name
+                    ),
+                    Some(&release),
+                ));
+            }
+        }
+        let frozen = env.freeze.iter().any(|w| w.active_until(Utc::now()).is_some());
+        let cause = "";
+        let advanced = if frozen && self.request.break_glass {
+            promoter
+                .request_approval(
+                    &policy,
+                    &release,
+                    env,
+                    ApprovalKind::BreakGlass,
+                    &self.request.actor,
+                    self.request.reason.clone(),
+                    &self.id,
+                )
+                .await?
+        } else {
+            let trigger = Trigger::Operator {
+                actor: self.request.actor.clone(),
+            };
+            let promotion = derive_id(&["operator-promote", &self.id, &env.name]);
+            promoter
+                .advance(&policy, &release, env, trigger, cause, &promotion)
+                .await?
+        };
+        if let Advance::Held(reason) = &advanced.value {
+            return Err(refuse(reason.clone(), Some(&release)));
+        }
+        events.extend(advanced.events);
+        let mut reply = CommandReply::ok(describe(&advanced.value, &release, &env.name));
+        reply.release = Some(release.release.clone());
+        match &advanced.value {
+            Advance::Promoted(commit) => reply.config_commit = Some(commit.clone()),
+            Advance::AwaitingApproval(id) => reply.approval = Some(id.clone()),
+            _ => {}
+        }
+        Ok((reply, events))
+    }
+
+    async fn rollback(&self) -> Result<Done, Refusal> {
+        let promoter = self.promoter;
+        let app = self.required(&self.request.app, "app")?.to_owned();
+        let env_name = self.required(&self.request.environment, "environment")?;
+        let policy = promoter.policy().await?;
+        let mut events = policy.events;
+        let policy = policy.value;
+        let env = promoter.environment(&policy, env_name)?.clone();
+        let repo = Arc::clone(&promoter.repo);
+        let dir = app_dir(&env.name, &app);
+        let history = tokio::task::spawn_blocking(move || repo.history(&dir, 200))
+            .await
+            .map_err(|e| Refusal::Failed(e.to_string()))?
+            .map_err(PromoteError::from)?;
+        let refused = |reason: String| Refusal::Refused {
+            reason,
+            app: Some(app.clone()),
+            release: self.request.release.clone(),
+        };
+        let Some((_, now)) = history.first() else {
+            return Err(refused(format!("{app} has never been promoted to `{}`", env.name)));
+        };
+        let runs = |action: PromotionAction| matches!(action, PromotionAction::Promote | PromotionAction::Rollback);
+        let mut target = None;
+        for (commit, file) in &history {
+            if !runs(file.action) || file.release.release == now.release.release && self.request.release.is_none() {
+                continue;
+            }
+            if let Some(wanted) = &self.request.release
+                && &file.release.release != wanted
+            {
+                continue;
+            }
+            let bad = promoter
+                .state
+                .bad(&file.release.release)
+                .await
+                .map_err(PromoteError::from)?;
+            if bad.is_some() {
+                if self.request.release.is_some() {
+                    return Err(refused(format!(
+                        "release {} is quarantined; roll back to another one",
+                        file.release.release
+                    )));
+                }
+                continue;
+            }
+            target = Some((commit.clone(), file.release.clone()));
+            break;
+        }
+        let Some((from_commit, release)) = target else {
+            return Err(refused(match &self.request.release {
+                Some(r) => format!(
+                    "release {r} never ran in `{}`; `baton releases {app}` lists what did",
+                    env.name
+                ),
+                None => format!("there is no earlier release of {app} in `{}` to roll back to", env.name),
+            }));
+        };
+        let reason = self
+            .request
+            .reason
+            .clone()
+            .unwrap_or_else(|| format!("rolled back by {}", self.request.actor));
+        let promotion = derive_id(&["operator-rollback", &self.id]);
+        let written = promoter
+            .rollback(
+                &policy,
+                &env,
+                &release,
+                &from_commit,
+                &self.request.actor,
+                &reason,
+                &promotion,
+                "",
+            )
+            .await?;
+        events.extend(written.events);
+        let mut reply = CommandReply::ok(format!(
+            "`{}` rolled back to release {} (image {}) and pinned; `baton unpin {app} {}` resumes automatic promotion",
+            env.name, release.release, release.image.reference, env.name
+        ));
+        reply.config_commit = Some(written.value.config_commit);
+        reply.release = Some(release.release);
+        Ok((reply, events))
+    }
+
+    async fn pin(&self, pin: bool) -> Result<Done, Refusal> {
+        let promoter = self.promoter;
+        let app = self.required(&self.request.app, "app")?;
+        let env_name = self.required(&self.request.environment, "environment")?;
+        let policy = promoter.policy().await?;
+        let mut events = policy.events;
+        let policy = policy.value;
+        let env = promoter.environment(&policy, env_name)?;
+        let current = promoter
+            .state
+            .current(app, &env.name)
+            .await
+            .map_err(PromoteError::from)?;
+        let Some(current) = current else {
+            return Err(Refusal::Refused {
+                reason: format!(
+                    "{app} has never been promoted to `{}`: there is nothing to pin",
+                    env.name
+                ),
+                app: Some(app.to_owned()),
+                release: None,
+            });
+        };
+        if current.value.pinned.is_some() == pin {
+            let word = if pin { "already pinned" } else { "not pinned" };
+            return Ok((CommandReply::ok(format!("`{}` is {word} for {app}", env.name)), events));
+        }
+        let Some(release) = promoter
+            .state
+            .release(&current.value.release)
+            .await
+            .map_err(PromoteError::from)?
+        else {
+            return Err(Refusal::Failed(format!("release {} is unknown", current.value.release)));
+        };
+        let reason = self
+            .request
+            .reason
+            .clone()
+            .unwrap_or_else(|| format!("{} by {}", if pin { "pinned" } else { "unpinned" }, self.request.actor));
+        let write = Write {
+            action: if pin {
+                PromotionAction::Pin
+            } else {
+                PromotionAction::Unpin
+            },
+            promotion: derive_id(&[if pin { "pin" } else { "unpin" }, &self.id]),
+            actor: self.request.actor.clone(),
+            reason: Some(reason.clone()),
+            pinned: pin.then(|| Pin {
+                by: self.request.actor.clone(),
+                reason,
+                at: Utc::now(),
+            }),
+            break_glass: false,
+            restore_from: None,
+            cause: String::new(),
+        };
+        let written = promoter.write(&policy, &release, env, write).await?;
+        events.extend(written.events);
+        let mut reply = CommandReply::ok(if pin {
+            format!(
+                "`{}` pinned to release {} for {app}: automatic promotion leaves it alone",
+                env.name, release.release
+            )
+        } else {
+            format!("`{}` unpinned for {app}: automatic promotion resumes", env.name)
+        });
+        reply.config_commit = Some(written.value.config_commit);
+        reply.release = Some(release.release);
+        Ok((reply, events))
+    }
+
+    async fn mark_bad(&self) -> Result<Done, Refusal> {
+        let promoter = self.promoter;
+        let release = self.release().await?;
+        let reason = self
+            .request
+            .reason
+            .clone()
+            .unwrap_or_else(|| format!("marked bad by {}", self.request.actor));
+        let mut events = vec![
+            promoter
+                .quarantine(&release, &self.request.actor, &reason, None)
+                .await?,
+        ];
+        // Whatever waits for this release stops waiting.
+        let policy = promoter.policy().await?;
+        events.extend(policy.events);
+        for env in &policy.value.file.environments {
+            let key = state::approval_key(&release.app, &env.name);
+            if let Some(p) = promoter
+                .state
+                .get::<PendingApproval>(&key)
+                .await
+                .map_err(PromoteError::from)?
+                && p.value.closed.is_none()
+                && p.value.data.release.release == release.release
+                && promoter.close_approval(&key, &p, "cancelled", &reason).await?
+            {
+                events.push(promoter.approval_closed(&p.value, "cancelled", "rejected", &self.request.actor, &reason));
+            }
+            let key = state::scheduled_key(&release.app, &env.name);
+            if let Some(s) = promoter
+                .state
+                .get::<Scheduled>(&key)
+                .await
+                .map_err(PromoteError::from)?
+                && s.value.release == release.release
+            {
+                promoter
+                    .state
+                    .delete_at(&key, s.revision)
+                    .await
+                    .map_err(PromoteError::from)?;
+            }
+        }
+        let mut reply = CommandReply::ok(format!(
+            "release {} is quarantined: it is never promoted again",
+            release.release
+        ));
+        reply.release = Some(release.release);
+        Ok((reply, events))
+    }
+}
+
+fn describe(advance: &Advance, release: &ReleaseData, env: &str) -> String {
+    match advance {
+        Advance::Promoted(commit) => format!(
+            "release {} promoted to `{env}` (config commit {commit})",
+            release.release
+        ),
+        Advance::AwaitingApproval(id) => {
+            format!("release {} waits for approval {id} to enter `{env}`", release.release)
+        }
+        Advance::Scheduled(at, why) => format!("release {} enters `{env}` at {at} ({why})", release.release),
+        Advance::Held(reason) => reason.clone(),
+        Advance::AlreadyThere => format!("release {} already runs in `{env}`", release.release),
+    }
+}
+
+/// The subject of a promoter command (for clients).
+pub fn subject(verb: Verb) -> String {
+    command_subject(PROMOTER, verb.as_str())
+}

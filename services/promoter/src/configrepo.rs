@@ -1,0 +1,630 @@
+//! The config repo: the desired state of every environment, as commits. The promoter keeps a
+//! working clone in its cache, and every change is: fetch, reset to the remote branch, write,
+//! commit, push fast-forward only; a rejected push (someone else pushed first) starts over from
+//! the new head. Each commit names its promotion in a `Baton-Promotion: <id>` trailer, so a
+//! promotion retried after a crash finds its own commit instead of committing twice.
+//!
+//! Layout: `environments.yaml` at the root, and `<environment>/<app>/` holding the app's
+//! rendered manifests plus `.baton-release.yaml` (which release they are, and the pin).
+//!
+//! Blocking (libgit2): call from `spawn_blocking`. One process serializes its own use of the
+//! working clone; replicas are kept apart by the environment locks and by fast-forward pushes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use baton_kit::source::Sources;
+use baton_schemas::release::{RELEASE_FILE, ReleaseFile};
+
+/// The trailer naming the promotion a commit made.
+pub const PROMOTION_TRAILER: &str = "Baton-Promotion";
+
+/// How far back a promotion's commit is looked for before committing it again.
+const PROMOTION_SEARCH_DEPTH: usize = 1000;
+/// How many rejected pushes in a row before giving up (the event is retried later).
+const PUSH_ATTEMPTS: usize = 10;
+
+/// A config-repo operation failed. Every kind is worth retrying later except [`Self::Invalid`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RepoError {
+    /// Fetch or push could not reach the repo.
+    #[error("the config repo {url} is unreachable: {message}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// libgit2's message.
+        message: String,
+    },
+    /// The branch does not exist yet.
+    #[error("the config repo {url} has no branch `{branch}`: push a first commit with environments.yaml to it")]
+    NoBranch {
+        /// The URL.
+        url: String,
+        /// The branch.
+        branch: String,
+    },
+    /// Others kept pushing first.
+    #[error("pushing to the config repo {url} was rejected {PUSH_ATTEMPTS} times in a row (others pushed first)")]
+    Contended {
+        /// The URL.
+        url: String,
+    },
+    /// The local working clone failed.
+    #[error("the config repo's working clone failed: {0}")]
+    Local(String),
+    /// The repo holds something Baton cannot use (an unreadable release file).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl RepoError {
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, Self::Invalid(_))
+    }
+}
+
+fn local(e: &git2::Error) -> RepoError {
+    RepoError::Local(e.message().to_owned())
+}
+
+/// A change to one environment's folder of one app.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The promotion's id (the commit's trailer).
+    pub promotion: String,
+    /// The folder, `<environment>/<app>`.
+    pub dir: String,
+    /// The manifests to write (replacing the folder's), or `None` to keep them (pin, unpin).
+    pub files: Option<Vec<(String, Vec<u8>)>>,
+    /// The new `.baton-release.yaml`.
+    pub release_file: Vec<u8>,
+    /// The commit message's first lines (the trailer is appended).
+    pub message: String,
+}
+
+/// What a change produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The commit (full sha).
+    pub commit: String,
+    /// Whether an earlier attempt had already made it.
+    pub existed: bool,
+}
+
+/// The config repo and the promoter's working clone of it.
+#[derive(Debug)]
+pub struct ConfigRepo {
+    url: String,
+    branch: String,
+    workdir: PathBuf,
+    author_name: String,
+    author_email: String,
+    sources: Sources,
+    guard: Mutex<()>,
+}
+
+impl ConfigRepo {
+    /// The repo at `url`, cloned into `workdir` on first use; `sources` supplies credentials.
+    pub fn new(
+        url: impl Into<String>,
+        branch: impl Into<String>,
+        workdir: PathBuf,
+        author: (String, String),
+        sources: Sources,
+    ) -> Self {
+        Self {
+            url: url.into(),
+            branch: branch.into(),
+            workdir,
+            author_name: author.0,
+            author_email: author.1,
+            sources,
+            guard: Mutex::new(()),
+        }
+    }
+
+    /// The repo's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Fetches and returns the remote head and the text of `path` there (if present).
+    ///
+    /// # Errors
+    /// [`RepoError`].
+    pub fn read_at_head(&self, path: &str) -> Result<(String, Option<Vec<u8>>), RepoError> {
+        let _guard = self.lock();
+        let repo = self.open()?;
+        let head = self.sync(&repo)?;
+        let commit = repo.find_commit(head).map_err(|e| local(&e))?;
+        let bytes = blob_at(&repo, &commit, path)?;
+        Ok((head.to_string(), bytes))
+    }
+
+    /// The `.baton-release.yaml` files at the remote head: `(dir, file)` for every
+    /// `<environment>/<app>/` folder.
+    ///
+    /// # Errors
+    /// [`RepoError`]; an unparsable release file is [`RepoError::Invalid`].
+    pub fn release_files_at_head(&self) -> Result<(String, Vec<(String, ReleaseFile)>), RepoError> {
+        let _guard = self.lock();
+        let repo = self.open()?;
+        let head = self.sync(&repo)?;
+        let tree = repo.find_commit(head).and_then(|c| c.tree()).map_err(|e| local(&e))?;
+        let mut found = Vec::new();
+        let mut failure = None;
+        tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+            if entry.name().ok() == Some(RELEASE_FILE) && root.matches('/').count() == 2 {
+                let dir = root.trim_end_matches('/').to_owned();
+                match entry
+                    .to_object(&repo)
+                    .ok()
+                    .and_then(|o| o.into_blob().ok())
+                    .map(|b| parse_release_file(&dir, b.content()))
+                {
+                    Some(Ok(file)) => found.push((dir, file)),
+                    Some(Err(e)) => failure = Some(e),
+                    None => failure = Some(RepoError::Invalid(format!("{dir}/{RELEASE_FILE} is not a file"))),
+                }
+            }
+            git2::TreeWalkResult::Ok
+        })
+        .map_err(|e| local(&e))?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok((head.to_string(), found)),
+        }
+    }
+
+    /// The history of `dir`'s release file, newest first: every commit that changed it, with
+    /// the file as that commit left it.
+    ///
+    /// # Errors
+    /// [`RepoError`].
+    pub fn history(&self, dir: &str, limit: usize) -> Result<Vec<(String, ReleaseFile)>, RepoError> {
+        let _guard = self.lock();
+        let repo = self.open()?;
+        let head = self.sync(&repo)?;
+        let path = format!("{dir}/{RELEASE_FILE}");
+        let mut walk = repo.revwalk().map_err(|e| local(&e))?;
+        walk.push(head).map_err(|e| local(&e))?;
+        walk.simplify_first_parent().map_err(|e| local(&e))?;
+        let mut out = Vec::new();
+        for oid in walk {
+            let oid = oid.map_err(|e| local(&e))?;
+            let commit = repo.find_commit(oid).map_err(|e| local(&e))?;
+            if !changed_dir(&commit, dir) {
+                continue;
+            }
+            if let Some(bytes) = blob_at(&repo, &commit, &path)? {
+                out.push((oid.to_string(), parse_release_file(dir, &bytes)?));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The manifest files of `dir` at `commit` (release file excluded), byte for byte.
+    ///
+    /// # Errors
+    /// [`RepoError`].
+    pub fn files_at(&self, commit: &str, dir: &str) -> Result<Vec<(String, Vec<u8>)>, RepoError> {
+        let _guard = self.lock();
+        let repo = self.open()?;
+        let oid = git2::Oid::from_str(commit).map_err(|e| local(&e))?;
+        if repo.find_commit(oid).is_err() {
+            self.sync(&repo)?;
+        }
+        let commit = repo
+            .find_commit(oid)
+            .map_err(|_| RepoError::Invalid(format!("the config repo has no commit {oid}")))?;
+        let tree = commit.tree().map_err(|e| local(&e))?;
+        let sub = tree
+            .get_path(Path::new(dir))
+            .and_then(|e| e.to_object(&repo))
+            .map_err(|_| RepoError::Invalid(format!("the config repo has no folder {dir} at {oid}")))?;
+        let sub = sub
+            .into_tree()
+            .map_err(|_| RepoError::Invalid(format!("{dir} is not a folder at {oid}")))?;
+        let mut files = Vec::new();
+        sub.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+            if entry.kind() == Some(git2::ObjectType::Blob)
+                && !(root.is_empty() && entry.name().ok() == Some(RELEASE_FILE))
+                && let Some(blob) = entry.to_object(&repo).ok().and_then(|o| o.into_blob().ok())
+            {
+                files.push((
+                    format!("{root}{}", entry.name().unwrap_or_default()),
+                    blob.content().to_vec(),
+                ));
+            }
+            git2::TreeWalkResult::Ok
+        })
+        .map_err(|e| local(&e))?;
+        Ok(files)
+    }
+
+    /// Commits `change` and pushes it fast-forward, unless a commit of the same promotion is
+    /// already on the branch.
+    ///
+    /// # Errors
+    /// [`RepoError`].
+    pub fn commit(&self, change: &Change) -> Result<Committed, RepoError> {
+        let _guard = self.lock();
+        let repo = self.open()?;
+        for attempt in 1..=PUSH_ATTEMPTS {
+            let head = self.sync(&repo)?;
+            if let Some(existing) = find_promotion(&repo, head, &change.promotion)? {
+                return Ok(Committed {
+                    commit: existing,
+                    existed: true,
+                });
+            }
+            let commit = self.write_and_commit(&repo, head, change)?;
+            match self.push(&repo, head, commit) {
+                Ok(()) => {
+                    return Ok(Committed {
+                        commit: commit.to_string(),
+                        existed: false,
+                    });
+                }
+                Err(PushError::Rejected(why)) => {
+                    tracing::info!(attempt, %why, "config repo push rejected; starting over from the new head");
+                }
+                Err(PushError::Failed(e)) => return Err(e),
+            }
+        }
+        Err(RepoError::Contended { url: self.url.clone() })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn open(&self) -> Result<git2::Repository, RepoError> {
+        if let Ok(repo) = git2::Repository::open(&self.workdir) {
+            return Ok(repo);
+        }
+        std::fs::create_dir_all(&self.workdir).map_err(|e| RepoError::Local(e.to_string()))?;
+        let repo = git2::Repository::init(&self.workdir).map_err(|e| local(&e))?;
+        repo.remote("origin", &self.url).map_err(|e| local(&e))?;
+        Ok(repo)
+    }
+
+    /// Fetches the branch and makes the working tree exactly the remote head.
+    fn sync(&self, repo: &git2::Repository) -> Result<git2::Oid, RepoError> {
+        let mut remote = repo.find_remote("origin").map_err(|e| local(&e))?;
+        let mut options = git2::FetchOptions::new();
+        options.remote_callbacks(self.sources.remote_callbacks(&self.url));
+        let tracking = format!("refs/remotes/origin/{}", self.branch);
+        remote
+            .fetch(
+                &[format!("+refs/heads/{}:{tracking}", self.branch)],
+                Some(&mut options),
+                None,
+            )
+            .map_err(|e| RepoError::Unreachable {
+                url: self.url.clone(),
+                message: e.message().to_owned(),
+            })?;
+        let head = repo.refname_to_id(&tracking).map_err(|_| RepoError::NoBranch {
+            url: self.url.clone(),
+            branch: self.branch.clone(),
+        })?;
+        let object = repo.find_object(head, None).map_err(|e| local(&e))?;
+        let local_branch = format!("refs/heads/{}", self.branch);
+        repo.reference(&local_branch, head, true, "baton: sync with the remote")
+            .map_err(|e| local(&e))?;
+        repo.set_head(&local_branch).map_err(|e| local(&e))?;
+        let mut checkout = git2::build::CheckoutBuilder::new();
+        checkout.force().remove_untracked(true);
+        repo.reset(&object, git2::ResetType::Hard, Some(&mut checkout))
+            .map_err(|e| local(&e))?;
+        Ok(head)
+    }
+
+    fn write_and_commit(
+        &self,
+        repo: &git2::Repository,
+        head: git2::Oid,
+        change: &Change,
+    ) -> Result<git2::Oid, RepoError> {
+        let io = |e: std::io::Error| RepoError::Local(format!("{}: {e}", change.dir));
+        let dir = self.workdir.join(&change.dir);
+        if let Some(files) = &change.files {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(io)?;
+            }
+            for (path, bytes) in files {
+                let target = dir.join(path);
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(io)?;
+                }
+                std::fs::write(&target, bytes).map_err(io)?;
+            }
+        }
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        std::fs::write(dir.join(RELEASE_FILE), &change.release_file).map_err(io)?;
+
+        let mut index = repo.index().map_err(|e| local(&e))?;
+        let pathspec = [change.dir.as_str()];
+        index
+            .remove_all(pathspec.iter(), None)
+            .and_then(|()| index.add_all(pathspec.iter(), git2::IndexAddOption::FORCE, None))
+            .and_then(|()| index.write())
+            .map_err(|e| local(&e))?;
+        let tree_id = index.write_tree().map_err(|e| local(&e))?;
+        let tree = repo.find_tree(tree_id).map_err(|e| local(&e))?;
+        let parent = repo.find_commit(head).map_err(|e| local(&e))?;
+        let signature = git2::Signature::now(&self.author_name, &self.author_email).map_err(|e| local(&e))?;
+        let message = format!(
+            "{}\n\n{PROMOTION_TRAILER}: {}\n",
+            change.message.trim_end(),
+            change.promotion
+        );
+        let local_branch = format!("refs/heads/{}", self.branch);
+        repo.commit(Some(&local_branch), &signature, &signature, &message, &tree, &[&parent])
+            .map_err(|e| local(&e))
+    }
+
+    /// Pushes `commit` (a child of `expected`) to the branch, fast-forward only.
+    fn push(&self, repo: &git2::Repository, expected: git2::Oid, commit: git2::Oid) -> Result<(), PushError> {
+        if let Some(path) = local_path(&self.url) {
+            return self.push_local(repo, &path, expected, commit);
+        }
+        let refspec = format!("refs/heads/{0}:refs/heads/{0}", self.branch);
+        self.push_refspec(repo, &refspec)
+    }
+
+    fn push_refspec(&self, repo: &git2::Repository, refspec: &str) -> Result<(), PushError> {
+        let mut remote = repo.find_remote("origin").map_err(|e| PushError::Failed(local(&e)))?;
+        let mut callbacks = self.sources.remote_callbacks(&self.url);
+        let rejection = std::rc::Rc::new(std::cell::RefCell::new(None::<String>));
+        let seen = std::rc::Rc::clone(&rejection);
+        callbacks.push_update_reference(move |_refname, status| {
+            if let Some(message) = status {
+                *seen.borrow_mut() = Some(message.to_owned());
+            }
+            Ok(())
+        });
+        let mut options = git2::PushOptions::new();
+        options.remote_callbacks(callbacks);
+        match remote.push(&[refspec], Some(&mut options)) {
+            Ok(()) => match rejection.borrow_mut().take() {
+                Some(why) => Err(PushError::Rejected(why)),
+                None => Ok(()),
+            },
+            Err(e) if e.code() == git2::ErrorCode::NotFastForward => Err(PushError::Rejected(e.message().to_owned())),
+            Err(e) => Err(PushError::Failed(RepoError::Unreachable {
+                url: self.url.clone(),
+                message: e.message().to_owned(),
+            })),
+        }
+    }
+
+    /// A repo on this machine: send the objects under a private ref, then move the branch with
+    /// compare-and-swap on its old value (the local transport would otherwise overwrite a
+    /// branch another process moved a moment earlier).
+    fn push_local(
+        &self,
+        repo: &git2::Repository,
+        path: &Path,
+        expected: git2::Oid,
+        commit: git2::Oid,
+    ) -> Result<(), PushError> {
+        let staging = format!("refs/baton/incoming/{commit}");
+        self.push_refspec(repo, &format!("+{commit}:{staging}"))?;
+        let remote = git2::Repository::open_bare(path).map_err(|e| {
+            PushError::Failed(RepoError::Unreachable {
+                url: self.url.clone(),
+                message: e.message().to_owned(),
+            })
+        })?;
+        let branch = format!("refs/heads/{}", self.branch);
+        let moved = remote.reference_matching(&branch, commit, true, expected, "baton: promote (fast-forward)");
+        if let Ok(mut staged) = remote.find_reference(&staging) {
+            let _ = staged.delete();
+        }
+        match moved {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == git2::ErrorCode::Modified || e.class() == git2::ErrorClass::Reference => {
+                Err(PushError::Rejected(e.message().to_owned()))
+            }
+            Err(e) => Err(PushError::Failed(local(&e))),
+        }
+    }
+}
+
+enum PushError {
+    Rejected(String),
+    Failed(RepoError),
+}
+
+impl From<RepoError> for PushError {
+    fn from(e: RepoError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// The directory of a `file://` URL or plain path.
+fn local_path(url: &str) -> Option<PathBuf> {
+    if let Some(rest) = url.strip_prefix("file://") {
+        return Some(PathBuf::from(rest));
+    }
+    (url.starts_with('/') || url.starts_with("./") || url.starts_with("../")).then(|| PathBuf::from(url))
+}
+
+fn blob_at(repo: &git2::Repository, commit: &git2::Commit<'_>, path: &str) -> Result<Option<Vec<u8>>, RepoError> {
+    let tree = commit.tree().map_err(|e| local(&e))?;
+    let Ok(entry) = tree.get_path(Path::new(path)) else {
+        return Ok(None);
+    };
+    let blob = repo.find_blob(entry.id()).map_err(|e| local(&e))?;
+    Ok(Some(blob.content().to_vec()))
+}
+
+/// Whether `commit` changed anything under `dir` compared with its first parent.
+fn changed_dir(commit: &git2::Commit<'_>, dir: &str) -> bool {
+    let id = |c: &git2::Commit<'_>| {
+        c.tree()
+            .ok()
+            .and_then(|t| t.get_path(Path::new(dir)).ok())
+            .map(|e| e.id())
+    };
+    id(commit) != commit.parent(0).ok().and_then(|p| id(&p))
+}
+
+fn commit_promotion(commit: &git2::Commit<'_>) -> Option<String> {
+    let message = commit.message().ok()?;
+    let prefix = format!("{PROMOTION_TRAILER}: ");
+    message
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|id| id.trim().to_owned())
+}
+
+/// The commit of promotion `id` among the last commits of the branch.
+fn find_promotion(repo: &git2::Repository, head: git2::Oid, id: &str) -> Result<Option<String>, RepoError> {
+    let mut walk = repo.revwalk().map_err(|e| local(&e))?;
+    walk.push(head).map_err(|e| local(&e))?;
+    for oid in walk.take(PROMOTION_SEARCH_DEPTH) {
+        let oid = oid.map_err(|e| local(&e))?;
+        let commit = repo.find_commit(oid).map_err(|e| local(&e))?;
+        if commit_promotion(&commit).as_deref() == Some(id) {
+            return Ok(Some(oid.to_string()));
+        }
+    }
+    Ok(None)
+}
+
+fn parse_release_file(dir: &str, bytes: &[u8]) -> Result<ReleaseFile, RepoError> {
+    yaml_serde::from_slice(bytes).map_err(|e| {
+        RepoError::Invalid(format!(
+            "{dir}/{RELEASE_FILE} in the config repo is not a Baton release file: {e}"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "A")
+            .env("GIT_AUTHOR_EMAIL", "a@example.com")
+            .env("GIT_COMMITTER_NAME", "A")
+            .env("GIT_COMMITTER_EMAIL", "a@example.com")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    fn bare_with_first_commit(dir: &Path) -> PathBuf {
+        let bare = dir.join("config.git");
+        let seed = dir.join("seed");
+        std::fs::create_dir_all(&seed).unwrap();
+        git(dir, &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
+        git(&seed, &["init", "-q", "-b", "main"]);
+        std::fs::write(seed.join("environments.yaml"), "environments: []\n").unwrap();
+        git(&seed, &["add", "."]);
+        git(&seed, &["commit", "-qm", "seed"]);
+        git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
+        bare
+    }
+
+    fn repo(dir: &Path, bare: &Path, name: &str) -> ConfigRepo {
+        ConfigRepo::new(
+            format!("file://{}", bare.display()),
+            "main",
+            dir.join(name),
+            ("Baton".into(), "baton@test".into()),
+            Sources::new(dir.join("cache"), vec![]),
+        )
+    }
+
+    fn change(promotion: &str, dir: &str, content: &str) -> Change {
+        Change {
+            promotion: promotion.into(),
+            dir: dir.into(),
+            files: Some(vec![("app.yaml".into(), content.as_bytes().to_vec())]),
+            release_file: b"not read by these tests\n".to_vec(),
+            message: format!("promote {promotion}"),
+        }
+    }
+
+    #[test]
+    fn commits_once_per_promotion_and_pushes_fast_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = bare_with_first_commit(dir.path());
+        let a = repo(dir.path(), &bare, "a");
+        let b = repo(dir.path(), &bare, "b");
+        let first = a.commit(&change("p1", "staging/shop", "one")).unwrap();
+        assert!(!first.existed);
+        // The same promotion again (a retry after a crash) finds its commit.
+        let again = b.commit(&change("p1", "staging/shop", "one")).unwrap();
+        assert_eq!(
+            again,
+            Committed {
+                commit: first.commit.clone(),
+                existed: true
+            }
+        );
+        // b's clone is behind nothing: it syncs before committing, so its push is a fast-forward.
+        let second = b.commit(&change("p2", "production/shop", "two")).unwrap();
+        let third = a.commit(&change("p3", "staging/shop", "three")).unwrap();
+        let log = git(&bare, &["log", "--format=%H %P", "main"]);
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 4, "{log}");
+        assert!(
+            lines[0].starts_with(&format!("{} {}", third.commit, second.commit)),
+            "{log}"
+        );
+        assert!(
+            lines[1].starts_with(&format!("{} {}", second.commit, first.commit)),
+            "{log}"
+        );
+        let (_, bytes) = a.read_at_head("staging/shop/app.yaml").unwrap();
+        assert_eq!(bytes.unwrap(), b"three");
+        assert_eq!(
+            a.files_at(&first.commit, "staging/shop").unwrap(),
+            vec![("app.yaml".to_owned(), b"one".to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_push_behind_the_remote_is_rejected_and_redone_on_the_new_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = bare_with_first_commit(dir.path());
+        let a = repo(dir.path(), &bare, "a");
+        let clone = a.open().unwrap();
+        let head = a.sync(&clone).unwrap();
+        let stale = a
+            .write_and_commit(&clone, head, &change("stale", "staging/shop", "x"))
+            .unwrap();
+        // Someone else pushes first.
+        let other = repo(dir.path(), &bare, "other");
+        let theirs = other.commit(&change("theirs", "staging/other", "y")).unwrap();
+        assert!(matches!(a.push(&clone, head, stale), Err(PushError::Rejected(_))));
+        assert_eq!(
+            git(&bare, &["rev-parse", "main"]),
+            theirs.commit,
+            "the branch was not overwritten"
+        );
+        drop(clone);
+        let mine = a.commit(&change("mine", "staging/shop", "x")).unwrap();
+        assert_eq!(git(&bare, &["rev-parse", "main^"]), theirs.commit);
+        assert_eq!(git(&bare, &["rev-parse", "main"]), mine.commit);
+    }
+}

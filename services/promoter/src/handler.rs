@@ -1,0 +1,212 @@
+//! The promoter's stage: what it does with each event it consumes.
+//!
+//! - `testsuiterun.finished` with outcome success → a release, moved toward the first
+//!   environment;
+//! - `service.deployed` / `service.upgraded` (the deployer found the rollout healthy) → the
+//!   environment is marked healthy and the next environment is evaluated;
+//!   `service.rolledback` → marked healthy, nothing moves on;
+//! - `baton-deployment.failed` → the failed release is quarantined and, with `auto_rollback`,
+//!   the environment is rolled back to its last healthy release and pinned.
+
+use std::sync::Arc;
+
+use baton_kit::{Handler, HandlerError, Incoming, Outgoing};
+use baton_schemas::EventType;
+use baton_schemas::payloads::TestData;
+use baton_schemas::release::{DeploymentData, Pin};
+use chrono::Utc;
+
+use crate::promoter::{AUTOMATION, PromoteError, Promoter, Write, derive_id};
+use crate::state::Trigger;
+
+/// The event types the promoter consumes.
+pub const HANDLES: [EventType; 5] = [
+    EventType::TestSuiteRunFinished,
+    EventType::ServiceDeployed,
+    EventType::ServiceUpgraded,
+    EventType::ServiceRolledBack,
+    EventType::DeploymentFailed,
+];
+
+/// The stage handler.
+#[derive(Debug, Clone)]
+pub struct PromoterStage {
+    /// The release manager.
+    pub promoter: Arc<Promoter>,
+}
+
+fn handler_error(e: PromoteError) -> HandlerError {
+    match e {
+        PromoteError::Transient(m) => HandlerError::Transient(m),
+        PromoteError::Permanent(m) => HandlerError::Permanent(m),
+    }
+}
+
+impl Handler for PromoterStage {
+    #[tracing::instrument(skip_all, fields(event.id = %event.id(), event.type = %event.event_type, chain.id = event.chain_id().unwrap_or("")))]
+    async fn handle(&self, event: Arc<Incoming>) -> Result<Vec<Outgoing>, HandlerError> {
+        let result = match event.event_type {
+            EventType::TestSuiteRunFinished => self.tested(&event).await,
+            EventType::ServiceDeployed | EventType::ServiceUpgraded | EventType::ServiceRolledBack => {
+                self.deployed(&event).await
+            }
+            EventType::DeploymentFailed => self.failed(&event).await,
+            other => Err(PromoteError::Permanent(format!("the promoter does not handle {other}"))),
+        };
+        result.map_err(handler_error)
+    }
+}
+
+impl PromoterStage {
+    async fn tested(&self, event: &Incoming) -> Result<Vec<Outgoing>, PromoteError> {
+        let test: TestData = event.cdevent.custom_data_as().map_err(|e| {
+            PromoteError::Permanent(format!("testsuiterun.finished without the tester's customData: {e}"))
+        })?;
+        if !test.outcome.is_some_and(|o| o.lets_the_release_continue()) {
+            tracing::info!(app = %test.app, commit = %test.commit, "tests did not pass: no release");
+            return Ok(Vec::new());
+        }
+        let chain = event.chain_id().ok_or_else(|| {
+            PromoteError::Permanent("testsuiterun.finished without a chainId (the release id)".into())
+        })?;
+        let outcome = self.promoter.create_release(event.id(), chain, &test).await?;
+        tracing::info!(app = %test.app, release = chain, outcome = ?outcome.value, "release created");
+        Ok(outcome.events)
+    }
+
+    async fn deployed(&self, event: &Incoming) -> Result<Vec<Outgoing>, PromoteError> {
+        let data: DeploymentData = event.cdevent.custom_data_as().map_err(|e| {
+            PromoteError::Permanent(format!("{} without the deployer's customData: {e}", event.event_type))
+        })?;
+        let promoter = &self.promoter;
+        if promoter
+            .mark_healthy(&data.app, &data.environment, &data.promotion)
+            .await?
+            .is_none()
+        {
+            tracing::info!(app = %data.app, environment = %data.environment, promotion = %data.promotion, "report about an older promotion: ignored");
+            return Ok(Vec::new());
+        }
+        if event.event_type == EventType::ServiceRolledBack {
+            return Ok(Vec::new());
+        }
+        let policy = promoter.policy().await?;
+        let mut events = policy.events;
+        let Some(next) = policy.value.file.next_after(&data.environment).cloned() else {
+            return Ok(events);
+        };
+        let Some(release) = promoter.state.release(&data.release).await? else {
+            return Err(PromoteError::Permanent(format!(
+                "release {} is unknown to the promoter",
+                data.release
+            )));
+        };
+        let promotion = derive_id(&["promote", event.id(), &next.name]);
+        let outcome = promoter
+            .advance(&policy.value, &release, &next, Trigger::Auto, event.id(), &promotion)
+            .await?;
+        tracing::info!(app = %data.app, release = %data.release, environment = %next.name, outcome = ?outcome.value, "next environment evaluated");
+        events.extend(outcome.events);
+        Ok(events)
+    }
+
+    async fn failed(&self, event: &Incoming) -> Result<Vec<Outgoing>, PromoteError> {
+        let data: DeploymentData = event.cdevent.custom_data_as().map_err(|e| {
+            PromoteError::Permanent(format!("deployment.failed without the deployer's customData: {e}"))
+        })?;
+        let promoter = &self.promoter;
+        let Some(current) = promoter.state.current(&data.app, &data.environment).await? else {
+            return Ok(Vec::new());
+        };
+        if current.value.promotion != data.promotion {
+            tracing::info!(app = %data.app, environment = %data.environment, "failure of an older promotion: ignored");
+            return Ok(Vec::new());
+        }
+        let Some(failed) = promoter.state.release(&data.release).await? else {
+            return Err(PromoteError::Permanent(format!(
+                "release {} is unknown to the promoter",
+                data.release
+            )));
+        };
+        let reason = data
+            .reason
+            .clone()
+            .unwrap_or_else(|| "the rollout did not become healthy".into());
+        let mut events = vec![
+            promoter
+                .quarantine(
+                    &failed,
+                    AUTOMATION,
+                    &format!("rollout in `{}` failed: {reason}", data.environment),
+                    Some(event.id()),
+                )
+                .await?,
+        ];
+        if !promoter.auto_rollback {
+            return Ok(events);
+        }
+        let policy = promoter.policy().await?;
+        events.extend(policy.events);
+        let env = promoter.environment(&policy.value, &data.environment)?.clone();
+        let promotion = derive_id(&["auto-rollback", event.id()]);
+        let target = current
+            .value
+            .last_healthy
+            .clone()
+            .filter(|h| h.release != failed.release);
+        let target_release = match &target {
+            Some(h) => promoter.state.release(&h.release).await?,
+            None => None,
+        };
+        let written = match (target, target_release) {
+            (Some(healthy), Some(release)) => {
+                let why = format!(
+                    "release {} failed its rollout in `{}` ({reason}); rolled back to {}",
+                    failed.release, env.name, release.release
+                );
+                promoter
+                    .rollback(
+                        &policy.value,
+                        &env,
+                        &release,
+                        &healthy.config_commit,
+                        AUTOMATION,
+                        &why,
+                        &promotion,
+                        event.id(),
+                    )
+                    .await?
+            }
+            _ => {
+                // Nothing healthy to go back to: pin, so automation leaves it alone.
+                let why = format!(
+                    "release {} failed its rollout in `{}` ({reason}) and no earlier release ran healthy there",
+                    failed.release, env.name
+                );
+                promoter
+                    .write(
+                        &policy.value,
+                        &failed,
+                        &env,
+                        Write {
+                            action: baton_schemas::release::PromotionAction::Pin,
+                            promotion,
+                            actor: AUTOMATION.into(),
+                            reason: Some(why.clone()),
+                            pinned: Some(Pin {
+                                by: AUTOMATION.into(),
+                                reason: why,
+                                at: Utc::now(),
+                            }),
+                            break_glass: false,
+                            restore_from: None,
+                            cause: event.id().to_owned(),
+                        },
+                    )
+                    .await?
+            }
+        };
+        events.extend(written.events);
+        Ok(events)
+    }
+}

@@ -1,0 +1,112 @@
+//! What happens by itself as time passes: promotions waiting for a soak or a freeze window to
+//! end are carried out, and approval requests past their expiry are closed. Every replica
+//! ticks; promotions are idempotent and taken under the environment's lock, and closing a
+//! request is compare-and-set, so replicas never do the same thing twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::promoter::{AUTOMATION, PromoteError, Promoter};
+use crate::state::{self, PendingApproval, Scheduled};
+
+/// Ticks every `period` until `shutdown`.
+pub async fn run(promoter: Arc<Promoter>, period: Duration, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => {
+                if let Err(e) = tick(&promoter).await {
+                    tracing::warn!(error = %e, "promoter timers: will try again at the next tick");
+                }
+            }
+        }
+    }
+}
+
+/// One pass over the scheduled promotions and the open approval requests.
+///
+/// # Errors
+/// The first failure; the rest is retried at the next tick.
+pub async fn tick(promoter: &Promoter) -> Result<(), PromoteError> {
+    let now = Utc::now();
+    let mut due = Vec::new();
+    for key in promoter.state.keys(&format!("{}.scheduled.", state::PREFIX)).await? {
+        if let Some(s) = promoter.state.get::<Scheduled>(&key).await?
+            && s.value.not_before <= now
+        {
+            due.push(s.value);
+        }
+    }
+    let mut expired = Vec::new();
+    for key in promoter.state.keys(&format!("{}.approval.", state::PREFIX)).await? {
+        if let Some(p) = promoter.state.get::<PendingApproval>(&key).await?
+            && p.value.closed.is_none()
+            && p.value.data.expires_at <= now
+        {
+            expired.push((key, p));
+        }
+    }
+    if due.is_empty() && expired.is_empty() {
+        return Ok(());
+    }
+    let policy = promoter.policy().await?;
+    promoter.publish(&policy.events).await?;
+    for (key, pending) in expired {
+        let reason = format!(
+            "nobody decided before {} ({} of {} approvals)",
+            pending.value.data.expires_at,
+            pending
+                .value
+                .data
+                .votes
+                .iter()
+                .filter(|v| v.decision == "approved")
+                .count(),
+            pending.value.data.required
+        );
+        if promoter.close_approval(&key, &pending, "expired", &reason).await? {
+            let event = promoter.approval_closed(&pending.value, "expired", "rejected", AUTOMATION, &reason);
+            promoter.publish(&[event]).await?;
+            tracing::info!(release = %pending.value.data.release.release, environment = %pending.value.data.environment, "approval request expired");
+        }
+    }
+    for scheduled in due {
+        let Some(release) = promoter.state.release(&scheduled.release).await? else {
+            continue;
+        };
+        let Some(env) = policy.value.file.get(&scheduled.environment) else {
+            continue;
+        };
+        let env = env.clone();
+        let outcome = promoter
+            .advance(
+                &policy.value,
+                &release,
+                &env,
+                scheduled.trigger.clone(),
+                &scheduled.cause,
+                &scheduled.promotion,
+            )
+            .await?;
+        promoter.publish(&outcome.events).await?;
+        tracing::info!(release = %release.release, environment = %env.name, outcome = ?outcome.value, "scheduled promotion evaluated");
+        // A promotion clears its schedule; a hold that will not pass by itself does too.
+        if matches!(
+            outcome.value,
+            crate::promoter::Advance::Held(_) | crate::promoter::Advance::AlreadyThere
+        ) {
+            let key = state::scheduled_key(&release.app, &env.name);
+            if let Some(s) = promoter.state.get::<Scheduled>(&key).await?
+                && s.value.promotion == scheduled.promotion
+            {
+                promoter.state.delete_at(&key, s.revision).await?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,939 @@
+//! The promoter against a real nats-server and real git repos (a bare config repo, an app
+//! repo): releases from successful test runs, auto and manual policies with approvals, ten
+//! racing releases with two replicas, rollback and auto-rollback byte for byte, pins and
+//! quarantine, an invalid `environments.yaml`, a lock left by a dead replica, a promotion whose
+//! commit was pushed before a crash, and recreating every environment from git history.
+//!
+//! The deployer's reports (`service.deployed`, `baton-deployment.failed`) are published here
+//! the way the deployer publishes them.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use async_nats::jetstream::consumer::{self, pull};
+use baton_kit::settings::Settings;
+use baton_kit::{Outgoing, codec, events};
+use baton_schemas::commands::{CommandReply, CommandRequest};
+use baton_schemas::config::CommonSettings;
+use baton_schemas::config::promoter::PromoterSettings;
+use baton_schemas::payloads::{ImageInfo, Outcome, TestCounts, TestData};
+use baton_schemas::release::{
+    ApprovalData, DeploymentData, PromotionAction, PromotionData, RELEASE_FILE, ReleaseData, ReleaseFile,
+};
+use baton_schemas::{CdEvent, EventType, subjects};
+use baton_tests::NatsServer;
+use futures::StreamExt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+const APP: &str = "acme/shop";
+const DIR: &str = "acme_shop";
+const REGISTRY: &str = "127.0.0.1:5000";
+const REPOSITORY: &str = "baton/acme_shop";
+
+const TWO_STAGES: &str = "\
+environments:
+  - name: staging
+    namespace: shop-staging
+    policy: auto
+  - name: production
+    namespace: shop-production
+    policy: manual
+    approvals:
+      required: 2
+      users: [alice, bob, erin]
+      expires_after: 1h
+people:
+  erin:
+    emails: [ada@example.com]
+";
+
+const DEPLOYMENT: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: shop}
+  template:
+    metadata:
+      labels: {app: shop}
+    spec:
+      containers:
+        - name: shop
+          image: 127.0.0.1:5000/baton/acme_shop:dev
+        - name: proxy
+          image: envoyproxy/envoy:v1.30
+";
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
+}
+
+struct Replica {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), baton_promoter::StartError>>,
+}
+
+/// A nats-server, a config repo, an app repo, and promoter replicas.
+struct World {
+    nats: NatsServer,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    dir: tempfile::TempDir,
+    replicas: Vec<Replica>,
+    lease: Duration,
+}
+
+impl World {
+    async fn start(environments: &str, replicas: usize) -> Result<Self> {
+        Self::start_with(environments, replicas, Duration::from_secs(30)).await
+    }
+
+    async fn start_with(environments: &str, replicas: usize, lease: Duration) -> Result<Self> {
+        let nats = NatsServer::start()?;
+        let client = async_nats::connect(nats.url()).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        // The config repo: bare, seeded with environments.yaml through the git CLI.
+        git(root, &["init", "-q", "--bare", "-b", "main", "config.git"])?;
+        git(root, &["clone", "-q", "config.git", "config-edit"])?;
+        std::fs::write(root.join("config-edit/environments.yaml"), environments)?;
+        git(&root.join("config-edit"), &["add", "."])?;
+        git(&root.join("config-edit"), &["commit", "-qm", "environments"])?;
+        git(&root.join("config-edit"), &["push", "-q", "origin", "main"])?;
+        // The app repo with its pipeline file and manifests.
+        let app = root.join("app");
+        std::fs::create_dir_all(app.join("deploy"))?;
+        git(&app, &["init", "-q", "-b", "main"])?;
+        std::fs::write(
+            app.join(".baton.yaml"),
+            "build:\n  steps: [{name: b, run: 'true'}]\nimage:\n  base: scratch\n  add: [{from: x, to: /x}]\nmanifests: deploy\n",
+        )?;
+        std::fs::write(app.join("deploy/deployment.yaml"), DEPLOYMENT)?;
+        std::fs::write(
+            app.join("deploy/configmap.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shop\ndata:\n  greeting: hello\n",
+        )?;
+        git(&app, &["add", "-A"])?;
+        git(&app, &["commit", "-qm", "first"])?;
+        let mut world = Self {
+            nats,
+            client,
+            js,
+            dir,
+            replicas: Vec::new(),
+            lease,
+        };
+        for _ in 0..replicas {
+            world.start_replica().await?;
+        }
+        Ok(world)
+    }
+
+    fn settings(&self) -> Result<Settings<PromoterSettings>> {
+        let mut common = CommonSettings::default();
+        common.nats.url = self.nats.url();
+        common.http.listen = "127.0.0.1:0".parse()?;
+        common.runner.backoff_initial = Duration::from_millis(50);
+        common.runner.backoff_max = Duration::from_millis(500);
+        let mut service = PromoterSettings::default();
+        service.config_repo.url = format!("file://{}", self.config_bare().display());
+        service.tick = Duration::from_millis(100);
+        service.lock_lease = self.lease;
+        service.lock_wait = Duration::from_secs(20);
+        Ok(Settings {
+            common,
+            service,
+            warnings: vec![],
+        })
+    }
+
+    async fn start_replica(&mut self) -> Result<()> {
+        let app = baton_promoter::Application::build(self.settings()?, &|_| None).await?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+        self.replicas.push(Replica { stop, task });
+        Ok(())
+    }
+
+    fn config_bare(&self) -> PathBuf {
+        self.dir.path().join("config.git")
+    }
+
+    fn app_repo(&self) -> PathBuf {
+        self.dir.path().join("app")
+    }
+
+    /// `git` in the bare config repo.
+    fn config(&self, args: &[&str]) -> Result<String> {
+        git(&self.config_bare(), args)
+    }
+
+    /// A file of the config repo at `rev`.
+    fn config_file(&self, rev: &str, path: &str) -> Result<String> {
+        self.config(&["show", &format!("{rev}:{path}")])
+    }
+
+    /// Replaces environments.yaml through a clone, as a person would.
+    fn push_environments(&self, text: &str) -> Result<()> {
+        let edit = self.dir.path().join("config-edit");
+        git(&edit, &["pull", "-q", "--rebase", "origin", "main"])?;
+        std::fs::write(edit.join("environments.yaml"), text)?;
+        git(&edit, &["commit", "-qam", "edit environments"])?;
+        git(&edit, &["push", "-q", "origin", "main"])?;
+        Ok(())
+    }
+
+    /// A new app commit (changing the ConfigMap's greeting) and its sha.
+    fn commit_app(&self, case: &str) -> Result<String> {
+        let app = self.app_repo();
+        std::fs::write(
+            app.join("deploy/configmap.yaml"),
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shop\ndata:\n  greeting: {case}\n"),
+        )?;
+        git(&app, &["commit", "-qam", &format!("change {case}")])?;
+        git(&app, &["rev-parse", "HEAD"])
+    }
+
+    /// Publishes the tester's `testsuiterun.finished` for a new commit; returns the release id.
+    async fn tests_passed(&self, case: &str) -> Result<String> {
+        let sha = self.commit_app(case)?;
+        self.publish_test(case, &sha, Outcome::Success, false).await
+    }
+
+    async fn publish_test(&self, case: &str, sha: &str, outcome: Outcome, untested: bool) -> Result<String> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(case.as_bytes())));
+        let image = ImageInfo {
+            registry: REGISTRY.into(),
+            repository: REPOSITORY.into(),
+            tag: sha.to_owned(),
+            digest: digest.clone(),
+            reference: format!("{REGISTRY}/{REPOSITORY}@{digest}"),
+            purl: format!(
+                "pkg:oci/acme_shop@{}?repository_url={REGISTRY}/{REPOSITORY}",
+                digest.replace(':', "%3A")
+            ),
+            uploaded_bytes: 0,
+        };
+        let release = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, case.as_bytes()).to_string();
+        let data = TestData {
+            app: APP.into(),
+            commit: sha.to_owned(),
+            repository: format!("file://{}", self.app_repo().display()),
+            image: Some(image),
+            run: format!("test-{case}"),
+            outcome: Some(outcome),
+            reason: None,
+            no_tests_declared: untested,
+            counts: TestCounts::default(),
+            failed_cases: vec![],
+            steps: vec![],
+            pushed_by: None,
+        };
+        let event = CdEvent::new(
+            EventType::TestSuiteRunFinished,
+            format!("finished-{case}"),
+            "/baton/tester",
+            format!("{APP}@{sha}"),
+            json!({"environment": {"id": "baton-tester"}, "testSuite": {"id": "s"}, "outcome": outcome}),
+        )?
+        .with_chain_id(&release)
+        .with_custom_data(data)?;
+        events::publish(&self.js, &Outgoing::new(APP, event)).await?;
+        Ok(release)
+    }
+
+    /// Every event of type `ty` on the stream so far, validated against its schema.
+    async fn events(&self, ty: EventType) -> Result<Vec<CdEvent>> {
+        let stream = self.js.get_stream("BATON_EVENTS").await?;
+        let mut c = stream
+            .create_consumer(pull::Config {
+                filter_subject: subjects::event_filter(ty),
+                deliver_policy: consumer::DeliverPolicy::All,
+                inactive_threshold: Duration::from_secs(10),
+                ..Default::default()
+            })
+            .await?;
+        let pending = c.info().await?.num_pending;
+        let mut out = Vec::new();
+        if pending > 0 {
+            let mut batch = c.fetch().max_messages(usize::try_from(pending)?).messages().await?;
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let ce = codec::decode(m.headers.as_ref(), &m.payload)?;
+                let Some(cloudevents::Data::Json(data)) = ce.data() else {
+                    anyhow::bail!("an event without JSON data")
+                };
+                baton_schemas::validate_event(ty, data)?;
+                out.push(serde_json::from_value(data.clone())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits for `count` events of type `ty` matching `pred`.
+    async fn wait_for(&self, ty: EventType, count: usize, pred: impl Fn(&CdEvent) -> bool) -> Result<Vec<CdEvent>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found: Vec<CdEvent> = self.events(ty).await?.into_iter().filter(|e| pred(e)).collect();
+            if found.len() >= count {
+                return Ok(found);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {} of {count} {ty} events arrived; dead letters: {:?}",
+                found.len(),
+                self.dead_letters().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn dead_letters(&self) -> Vec<String> {
+        let Ok(mut stream) = self.js.get_stream("BATON_DEADLETTER").await else {
+            return vec![];
+        };
+        let n = stream.info().await.map(|i| i.state.messages).unwrap_or(0);
+        let mut out = vec![];
+        for seq in 1..=n {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                out.push(format!("{:?}", m.headers.get(baton_kit::runner::DEADLETTER_REASON)));
+            }
+        }
+        out
+    }
+
+    /// The promotion of `release` into `env`.
+    async fn promotion(&self, release: &str, env: &str) -> Result<PromotionData> {
+        let found = self
+            .wait_for(EventType::EnvironmentModified, 1, |e| {
+                e.context.chain_id.as_deref() == Some(release)
+                    && e.custom_data_as::<PromotionData>().is_ok_and(|p| p.environment == env)
+            })
+            .await?;
+        Ok(found.last().context("one event")?.custom_data_as()?)
+    }
+
+    /// Reports `promotion` the way the deployer does: healthy, or failed with `reason`.
+    async fn deployer_reports(&self, promotion: &PromotionData, failure: Option<&str>) -> Result<()> {
+        let data = DeploymentData {
+            promotion: promotion.promotion.clone(),
+            action: promotion.action,
+            app: promotion.app.clone(),
+            environment: promotion.environment.clone(),
+            namespace: promotion.namespace.clone(),
+            release: promotion.release.release.clone(),
+            config_commit: promotion.config_commit.clone(),
+            image: promotion.release.image.reference.clone(),
+            reason: failure.map(str::to_owned),
+        };
+        let (ty, content) = match (failure, promotion.action) {
+            (Some(reason), _) => (
+                EventType::DeploymentFailed,
+                json!({"environment": promotion.environment, "app": promotion.app, "artifactId": promotion.release.image.purl, "reason": reason}),
+            ),
+            (None, PromotionAction::Rollback) => (
+                EventType::ServiceRolledBack,
+                json!({"environment": {"id": promotion.environment}, "artifactId": promotion.release.image.purl}),
+            ),
+            (None, _) => (
+                EventType::ServiceDeployed,
+                json!({"environment": {"id": promotion.environment}, "artifactId": promotion.release.image.purl}),
+            ),
+        };
+        let event = CdEvent::new(
+            ty,
+            format!("deployer-{}", promotion.promotion),
+            "/baton/deployer",
+            promotion.release.release.clone(),
+            content,
+        )?
+        .with_chain_id(&promotion.release.release)
+        .with_custom_data(data)?;
+        events::publish(&self.js, &Outgoing::new(APP, event)).await?;
+        Ok(())
+    }
+
+    async fn command(&self, verb: &str, request: CommandRequest) -> Result<CommandReply> {
+        let reply = self
+            .client
+            .request(
+                subjects::command_subject("promoter", verb),
+                serde_json::to_vec(&request)?.into(),
+            )
+            .await?;
+        Ok(serde_json::from_slice(&reply.payload)?)
+    }
+
+    async fn stop(self) -> Result<()> {
+        for r in self.replicas {
+            r.stop.cancel();
+            tokio::time::timeout(Duration::from_secs(30), r.task).await???;
+        }
+        Ok(())
+    }
+}
+
+fn vote(actor: &str, release: &str) -> CommandRequest {
+    CommandRequest {
+        actor: actor.into(),
+        release: Some(release.into()),
+        environment: Some("production".into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_policy_commits_manifests_pinned_by_digest_and_announces_the_promotion() -> Result<()> {
+    let world = World::start(TWO_STAGES, 1).await?;
+    let release = world.tests_passed("one").await?;
+    let created = world
+        .wait_for(EventType::ReleaseCreated, 1, |e| {
+            e.context.chain_id.as_deref() == Some(release.as_str())
+        })
+        .await?;
+    let data: ReleaseData = created[0].custom_data_as()?;
+    assert_eq!(data.release, release);
+    assert!(data.tested);
+    assert_eq!(
+        data.author.as_ref().and_then(|a| a.email.as_deref()),
+        Some("ada@example.com")
+    );
+    assert_eq!(
+        data.changelog.len(),
+        2,
+        "both commits of the app so far: {:?}",
+        data.changelog
+    );
+
+    let promotion = world.promotion(&release, "staging").await?;
+    assert_eq!(promotion.action, PromotionAction::Promote);
+    assert_eq!(promotion.namespace, "shop-staging");
+    assert_eq!(promotion.manifests_path, format!("staging/{DIR}"));
+    assert_eq!(
+        world.config(&["rev-parse", "main"])?,
+        promotion.config_commit,
+        "the event names the head commit"
+    );
+    let deployment = world.config_file("main", &format!("staging/{DIR}/deployment.yaml"))?;
+    assert!(
+        deployment.contains(&format!("image: {}", data.image.reference)),
+        "pinned by digest: {deployment}"
+    );
+    assert!(
+        deployment.contains("image: envoyproxy/envoy:v1.30"),
+        "other images untouched"
+    );
+    let file: ReleaseFile =
+        yaml_serde::from_str(&world.config_file("main", &format!("staging/{DIR}/{RELEASE_FILE}"))?)?;
+    assert_eq!(file.release.release, release);
+    let message = world.config(&["log", "-1", "--format=%B", "main"])?;
+    assert!(
+        message.contains(&release) && message.contains(&data.commit) && message.contains("baton-promoter"),
+        "{message}"
+    );
+    // Nothing reached production: it is manual and the release is not deployed yet.
+    assert!(world.events(EventType::ApprovalCreated).await?.is_empty());
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_policy_needs_two_distinct_allowed_approvers_and_records_every_refusal() -> Result<()> {
+    let world = World::start(TWO_STAGES, 1).await?;
+    let release = world.tests_passed("one").await?;
+    let staging = world.promotion(&release, "staging").await?;
+
+    // Before the deployer reports staging healthy, nobody can approve production.
+    let early = world.command("approve", vote("alice", &release)).await?;
+    assert!(!early.ok && early.message.contains("no approval request"), "{early:?}");
+
+    world.deployer_reports(&staging, None).await?;
+    let created = world.wait_for(EventType::ApprovalCreated, 1, |_| true).await?;
+    let request: ApprovalData = created[0].custom_data_as()?;
+    assert_eq!((request.environment.as_str(), request.required), ("production", 2));
+    assert_eq!(
+        request.release.image.reference, staging.release.image.reference,
+        "what is being released"
+    );
+
+    let first = world.command("approve", vote("alice", &release)).await?;
+    assert!(first.ok && first.message.contains("1 of 2"), "{first:?}");
+    assert!(first.config_commit.is_none(), "one approval is not enough");
+    let again = world.command("approve", vote("alice", &release)).await?;
+    assert!(!again.ok && again.message.contains("already approved"), "{again:?}");
+    let stranger = world.command("approve", vote("mallory", &release)).await?;
+    assert!(
+        !stranger.ok && stranger.message.contains("may not approve"),
+        "{stranger:?}"
+    );
+    let author = world.command("approve", vote("erin", &release)).await?;
+    assert!(!author.ok && author.message.contains("authored"), "{author:?}");
+    let unknown = world.command("approve", vote("bob", "no-such-release")).await?;
+    assert!(
+        !unknown.ok && unknown.message.contains("unknown release"),
+        "{unknown:?}"
+    );
+    let rejected = world.wait_for(EventType::CommandRejected, 4, |_| true).await?;
+    let actors: Vec<String> = rejected
+        .iter()
+        .map(|e| e.subject.content["actor"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for who in ["alice", "mallory", "erin", "bob"] {
+        assert!(
+            actors.iter().any(|a| a == who),
+            "{who}'s refusal is recorded: {actors:?}"
+        );
+    }
+    assert!(
+        world.events(EventType::EnvironmentModified).await?.len() == 1,
+        "still only staging"
+    );
+
+    let second = world.command("approve", vote("bob", &release)).await?;
+    assert!(second.ok, "{second:?}");
+    let production = world.promotion(&release, "production").await?;
+    assert_eq!(second.config_commit.as_deref(), Some(production.config_commit.as_str()));
+    assert_eq!(production.namespace, "shop-production");
+    let closed = world.wait_for(EventType::ApprovalClosed, 1, |_| true).await?;
+    assert_eq!(closed[0].subject.content["status"], "approved");
+    let late = world.command("approve", vote("erin", &release)).await?;
+    assert!(!late.ok && late.message.contains("already closed"), "{late:?}");
+
+    // A second release is declined: its journey ends before production.
+    let declined = world.tests_passed("two").await?;
+    let staging = world.promotion(&declined, "staging").await?;
+    world.deployer_reports(&staging, None).await?;
+    world.wait_for(EventType::ApprovalCreated, 2, |_| true).await?;
+    let no = world
+        .command(
+            "decline",
+            CommandRequest {
+                reason: Some("not during the sale".into()),
+                ..vote("alice", &declined)
+            },
+        )
+        .await?;
+    assert!(no.ok && no.message.contains("will not enter"), "{no:?}");
+    let closed = world
+        .wait_for(EventType::ApprovalClosed, 1, |e| {
+            e.context.chain_id.as_deref() == Some(declined.as_str())
+        })
+        .await?;
+    assert_eq!(closed[0].subject.content["status"], "rejected");
+    let reason = closed[0].custom_data_as::<ApprovalData>()?.reason.unwrap_or_default();
+    assert!(reason.contains("not during the sale"), "{reason}");
+    let after = world.command("approve", vote("bob", &declined)).await?;
+    assert!(!after.ok, "a declined release cannot be approved any more: {after:?}");
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_request_expires_and_a_newer_release_supersedes_a_waiting_one() -> Result<()> {
+    let world = World::start(&TWO_STAGES.replace("expires_after: 1h", "expires_after: 2s"), 1).await?;
+    let old = world.tests_passed("old").await?;
+    world
+        .deployer_reports(&world.promotion(&old, "staging").await?, None)
+        .await?;
+    world.wait_for(EventType::ApprovalCreated, 1, |_| true).await?;
+    let new = world.tests_passed("new").await?;
+    world
+        .deployer_reports(&world.promotion(&new, "staging").await?, None)
+        .await?;
+    let cancelled = world
+        .wait_for(EventType::ApprovalClosed, 1, |e| {
+            e.context.chain_id.as_deref() == Some(old.as_str())
+        })
+        .await?;
+    assert_eq!(cancelled[0].subject.content["status"], "cancelled");
+    let why = cancelled[0]
+        .custom_data_as::<ApprovalData>()?
+        .reason
+        .unwrap_or_default();
+    assert!(why.contains(&format!("superseded by release {new}")), "{why}");
+    let refused = world.command("approve", vote("alice", &old)).await?;
+    assert!(!refused.ok && refused.message.contains("superseded"), "{refused:?}");
+
+    let expired = world
+        .wait_for(EventType::ApprovalClosed, 1, |e| {
+            e.context.chain_id.as_deref() == Some(new.as_str()) && e.subject.content["status"] == "expired"
+        })
+        .await?;
+    assert!(
+        expired[0]
+            .custom_data_as::<ApprovalData>()?
+            .reason
+            .unwrap_or_default()
+            .contains("nobody decided")
+    );
+    let late = world.command("approve", vote("alice", &new)).await?;
+    assert!(!late.ok && late.message.contains("expired"), "{late:?}");
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_racing_releases_with_two_replicas_make_ten_fast_forward_commits() -> Result<()> {
+    let world = World::start(TWO_STAGES, 2).await?;
+    let mut releases = Vec::new();
+    for i in 0..10 {
+        releases.push(world.tests_passed(&format!("race-{i}")).await?);
+    }
+    let promotions = world.wait_for(EventType::EnvironmentModified, 10, |_| true).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let promotions_now = world.events(EventType::EnvironmentModified).await?;
+    assert_eq!(promotions_now.len(), 10, "no duplicated promotion event");
+    let mut promoted: Vec<String> = promotions
+        .iter()
+        .map(|e| e.context.chain_id.clone().unwrap_or_default())
+        .collect();
+    promoted.sort();
+    let mut expected = releases.clone();
+    expected.sort();
+    assert_eq!(promoted, expected, "every release promoted once");
+    // History: the seed plus one commit per release, each the only child of the one before.
+    let log = world.config(&["rev-list", "--parents", "main"])?;
+    let lines: Vec<Vec<&str>> = log.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 11, "{log}");
+    for pair in lines.windows(2) {
+        assert_eq!(pair[0].len(), 2, "no merge commits: {log}");
+        assert_eq!(
+            pair[0][1], pair[1][0],
+            "each commit's parent is the previous head: {log}"
+        );
+    }
+    let trailers = world.config(&["log", "--format=%(trailers:key=Baton-Promotion,valueonly)", "main"])?;
+    let mut ids: Vec<&str> = trailers.lines().filter(|l| !l.is_empty()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "ten distinct promotions: {trailers}");
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rollout_rolls_back_byte_for_byte_pins_and_quarantines() -> Result<()> {
+    let world = World::start(TWO_STAGES, 1).await?;
+    let good = world.tests_passed("good").await?;
+    let good_promotion = world.promotion(&good, "staging").await?;
+    world.deployer_reports(&good_promotion, None).await?;
+    world.wait_for(EventType::ApprovalCreated, 1, |_| true).await?;
+    let bad = world.tests_passed("bad").await?;
+    let bad_promotion = world.promotion(&bad, "staging").await?;
+    world
+        .deployer_reports(&bad_promotion, Some("pods crash-looping"))
+        .await?;
+
+    let rollback = world
+        .wait_for(EventType::EnvironmentModified, 1, |e| {
+            e.custom_data_as::<PromotionData>()
+                .is_ok_and(|p| p.action == PromotionAction::Rollback)
+        })
+        .await?;
+    let rollback: PromotionData = rollback[0].custom_data_as()?;
+    assert_eq!(rollback.release.release, good);
+    assert!(rollback.pinned);
+    assert!(
+        rollback
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("pods crash-looping")
+    );
+    for file in ["deployment.yaml", "configmap.yaml"] {
+        let path = format!("staging/{DIR}/{file}");
+        assert_eq!(
+            world.config_file(&rollback.config_commit, &path)?,
+            world.config_file(&good_promotion.config_commit, &path)?,
+            "{file} restored byte for byte"
+        );
+    }
+    let quarantined = world.wait_for(EventType::ReleaseQuarantined, 1, |_| true).await?;
+    assert_eq!(quarantined[0].subject.id, bad);
+
+    // The bad release is never promoted again, not even by hand.
+    let again = world
+        .command(
+            "promote",
+            CommandRequest {
+                actor: "alice".into(),
+                release: Some(bad.clone()),
+                environment: Some("staging".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(!again.ok && again.message.contains("quarantined"), "{again:?}");
+    // The environment is pinned: a new release is held, with the reason.
+    let held_release = world.tests_passed("while-pinned").await?;
+    let held = world
+        .wait_for(EventType::PromotionHeld, 1, |e| {
+            e.context.chain_id.as_deref() == Some(held_release.as_str())
+        })
+        .await?;
+    assert!(
+        held[0].subject.content["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("pinned")
+    );
+    let commits = world.config(&["rev-list", "--count", "main"])?;
+
+    // Unpin, then roll back by hand to a named release: the same bytes again.
+    let unpin = world
+        .command(
+            "unpin",
+            CommandRequest {
+                actor: "alice".into(),
+                app: Some(APP.into()),
+                environment: Some("staging".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(unpin.ok, "{unpin:?}");
+    assert_eq!(
+        world.config(&["rev-list", "--count", "main"])?.parse::<u32>()?,
+        commits.parse::<u32>()? + 1
+    );
+    let newer = world.tests_passed("newer").await?;
+    world.promotion(&newer, "staging").await?;
+    let manual = world
+        .command(
+            "rollback",
+            CommandRequest {
+                actor: "alice".into(),
+                app: Some(APP.into()),
+                environment: Some("staging".into()),
+                release: Some(good.clone()),
+                reason: Some("customers report errors".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(manual.ok, "{manual:?}");
+    let commit = manual.config_commit.clone().context("a commit")?;
+    assert_eq!(
+        world.config_file(&commit, &format!("staging/{DIR}/deployment.yaml"))?,
+        world.config_file(&good_promotion.config_commit, &format!("staging/{DIR}/deployment.yaml"))?
+    );
+    let to_bad = world
+        .command(
+            "rollback",
+            CommandRequest {
+                actor: "alice".into(),
+                app: Some(APP.into()),
+                environment: Some("staging".into()),
+                release: Some(bad.clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(!to_bad.ok && to_bad.message.contains("quarantined"), "{to_bad:?}");
+    // mark-bad by an operator.
+    let marked = world
+        .command(
+            "mark-bad",
+            CommandRequest {
+                actor: "alice".into(),
+                release: Some(newer.clone()),
+                reason: Some("leaks memory".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(marked.ok, "{marked:?}");
+    world.wait_for(EventType::ReleaseQuarantined, 2, |_| true).await?;
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untested_releases_and_freeze_windows_are_held_with_the_reason() -> Result<()> {
+    let frozen = "\
+environments:
+  - name: staging
+    namespace: shop-staging
+    policy: auto
+    freeze:
+      - name: always
+        cron: '* * * * *'
+        duration: 2m
+  - name: production
+    namespace: shop-production
+    policy: manual
+    approvals: {users: [alice]}
+";
+    let world = World::start(frozen, 1).await?;
+    let sha = world.commit_app("untested")?;
+    let untested = world.publish_test("untested", &sha, Outcome::Success, true).await?;
+    let held = world
+        .wait_for(EventType::PromotionHeld, 1, |e| {
+            e.context.chain_id.as_deref() == Some(untested.as_str())
+        })
+        .await?;
+    assert!(
+        held[0].subject.content["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("allow_untested")
+    );
+
+    let release = world.tests_passed("frozen").await?;
+    let held = world
+        .wait_for(EventType::PromotionHeld, 1, |e| {
+            e.context.chain_id.as_deref() == Some(release.as_str())
+        })
+        .await?;
+    assert!(
+        held[0].subject.content["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("freeze window always")
+    );
+    assert!(
+        held[0].subject.content["retryAt"].is_string(),
+        "it will be retried when the window ends"
+    );
+    assert!(world.events(EventType::EnvironmentModified).await?.is_empty());
+    // A failed test run makes no release at all.
+    let sha = world.commit_app("failing")?;
+    world.publish_test("failing", &sha, Outcome::Failure, false).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(world.events(EventType::ReleaseCreated).await?.len(), 2);
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_environments_file_is_refused_and_the_last_valid_policy_stays() -> Result<()> {
+    let world = World::start(TWO_STAGES, 1).await?;
+    let first = world.tests_passed("first").await?;
+    world.promotion(&first, "staging").await?;
+    world.push_environments("environments:\n  - name: staging\n    namespace: Bad_Namespace\n    policy: auto\n")?;
+    let second = world.tests_passed("second").await?;
+    let rejected = world.wait_for(EventType::PolicyRejected, 1, |_| true).await?;
+    let content = &rejected[0].subject.content;
+    assert_eq!(content["field"], "environments[0].namespace");
+    assert!(content["reason"].as_str().unwrap_or_default().contains("Bad_Namespace"));
+    assert!(content["policyInForce"].is_string());
+    // Still promoted, under the last valid policy (staging's namespace from it).
+    let promotion = world.promotion(&second, "staging").await?;
+    assert_eq!(promotion.namespace, "shop-staging");
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_left_by_a_dead_replica_and_a_commit_pushed_before_a_crash_give_one_promotion() -> Result<()> {
+    let world = World::start_with(TWO_STAGES, 1, Duration::from_secs(2)).await?;
+    // A replica died holding staging's lock; its lease runs for two more seconds.
+    let locks = world.js.get_key_value("baton-locks").await?;
+    let lease = json!({
+        "owner": "baton-promoter-dead",
+        "purpose": "promote something",
+        "expires_at": (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339(),
+    });
+    locks.put("env.staging", serde_json::to_vec(&lease)?.into()).await?;
+    let release = world.tests_passed("after-a-crash").await?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        world.events(EventType::EnvironmentModified).await?.is_empty(),
+        "nobody promotes while the dead replica's lease runs"
+    );
+    let promotion = world.promotion(&release, "staging").await?;
+    assert_eq!(
+        world.config(&["rev-list", "--count", "main"])?,
+        "2",
+        "one commit after the lease expired"
+    );
+
+    // A replica pushed the next promotion's commit and died before announcing it: the event is
+    // redelivered to another replica, which finds the commit instead of making a second one.
+    let case = "pushed-then-crashed";
+    let sha = world.commit_app(case)?;
+    let promotion_id = baton_promoter::promoter::derive_id(&["promote", &format!("finished-{case}"), "staging"]);
+    let crashed = baton_promoter::configrepo::ConfigRepo::new(
+        format!("file://{}", world.config_bare().display()),
+        "main",
+        world.dir.path().join("crashed-replica"),
+        ("Baton".into(), "baton@test".into()),
+        baton_kit::source::Sources::new(world.dir.path().join("crashed-cache"), vec![]),
+    );
+    let pushed = crashed.commit(&baton_promoter::configrepo::Change {
+        promotion: promotion_id.clone(),
+        dir: format!("staging/{DIR}"),
+        files: Some(vec![("deployment.yaml".into(), DEPLOYMENT.as_bytes().to_vec())]),
+        release_file: b"written by the replica that crashed\n".to_vec(),
+        message: "promote (then crashed)".into(),
+    })?;
+    let again = world.publish_test(case, &sha, Outcome::Success, false).await?;
+    let redone = world.promotion(&again, "staging").await?;
+    assert_eq!(redone.promotion, promotion_id);
+    assert_eq!(
+        redone.config_commit, pushed.commit,
+        "the commit pushed before the crash is the promotion"
+    );
+    assert_eq!(world.config(&["rev-list", "--count", "main"])?, "3", "no second commit");
+    assert_ne!(redone.config_commit, promotion.config_commit);
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_history_alone_recreates_every_environment() -> Result<()> {
+    let world = World::start(TWO_STAGES, 1).await?;
+    let mut last = None;
+    for case in ["h1", "h2", "h3"] {
+        let release = world.tests_passed(case).await?;
+        let staging = world.promotion(&release, "staging").await?;
+        world.deployer_reports(&staging, None).await?;
+        world
+            .wait_for(EventType::ApprovalCreated, 1, |e| {
+                e.context.chain_id.as_deref() == Some(release.as_str())
+            })
+            .await?;
+        last = Some(release);
+    }
+    let last = last.context("releases")?;
+    for who in ["alice", "bob"] {
+        assert!(world.command("approve", vote(who, &last)).await?.ok);
+    }
+    world.promotion(&last, "production").await?;
+    // Re-render every promotion in the history from its release file alone (the app repo at
+    // the recorded commit, the recorded image) and compare with what the commit holds.
+    let log = world.config(&["rev-list", "main"])?;
+    let mut checked = 0;
+    for commit in log.lines() {
+        for env in ["staging", "production"] {
+            let dir = format!("{env}/{DIR}");
+            let Ok(text) = world.config_file(commit, &format!("{dir}/{RELEASE_FILE}")) else {
+                continue;
+            };
+            let file: ReleaseFile = yaml_serde::from_str(&text)?;
+            if file.action != PromotionAction::Promote {
+                continue;
+            }
+            let app = world.app_repo();
+            let mut files = Vec::new();
+            for name in ["configmap.yaml", "deployment.yaml"] {
+                let bytes = git(&app, &["show", &format!("{}:deploy/{name}", file.release.commit)])?;
+                files.push((name.to_owned(), format!("{bytes}\n").into_bytes()));
+            }
+            let rendered = baton_promoter::render::render("deploy", &files, &file.release.image)?;
+            for r in rendered {
+                assert_eq!(
+                    world.config_file(commit, &format!("{dir}/{}", r.path))? + "\n",
+                    String::from_utf8(r.bytes)?,
+                    "{dir}/{} at {commit}",
+                    r.path
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 4,
+        "three staging and one production state checked, got {checked}"
+    );
+    world.stop().await
+}
