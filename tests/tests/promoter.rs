@@ -360,15 +360,47 @@ impl World {
         Ok(())
     }
 
+    /// Sends a command; waits for a replica to answer (one that just started may still be
+    /// rebuilding its state).
     async fn command(&self, verb: &str, request: CommandRequest) -> Result<CommandReply> {
-        let reply = self
-            .client
-            .request(
-                subjects::command_subject("promoter", verb),
-                serde_json::to_vec(&request)?.into(),
-            )
-            .await?;
-        Ok(serde_json::from_slice(&reply.payload)?)
+        let body = serde_json::to_vec(&request)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self
+                .client
+                .request(subjects::command_subject("promoter", verb), body.clone().into())
+                .await
+            {
+                Ok(reply) => return Ok(serde_json::from_slice(&reply.payload)?),
+                Err(e)
+                    if e.kind() == async_nats::client::RequestErrorKind::NoResponders && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Stops every replica (the world stays).
+    async fn stop_replicas(&mut self) -> Result<()> {
+        for r in self.replicas.drain(..) {
+            r.stop.cancel();
+            tokio::time::timeout(Duration::from_secs(30), r.task).await???;
+        }
+        Ok(())
+    }
+
+    /// Loses the promoter's whole KV state.
+    async fn lose_state(&self) -> Result<usize> {
+        let kv = self.js.get_key_value("baton-state").await?;
+        let keys: Vec<String> = futures::TryStreamExt::try_collect(kv.keys().await?).await?;
+        let mut lost = 0;
+        for key in keys.iter().filter(|k| k.starts_with("promoter.")) {
+            kv.purge(key).await?;
+            lost += 1;
+        }
+        Ok(lost)
     }
 
     async fn stop(self) -> Result<()> {
@@ -935,5 +967,43 @@ async fn git_history_alone_recreates_every_environment() -> Result<()> {
         checked >= 4,
         "three staging and one production state checked, got {checked}"
     );
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_losing_its_state_the_promoter_rebuilds_it_from_the_stream_and_the_config_repo() -> Result<()> {
+    let mut world = World::start(TWO_STAGES, 1).await?;
+    let good = world.tests_passed("kept").await?;
+    let good_staging = world.promotion(&good, "staging").await?;
+    world.deployer_reports(&good_staging, None).await?;
+    world.wait_for(EventType::ApprovalCreated, 1, |_| true).await?;
+    assert!(world.command("approve", vote("alice", &good)).await?.ok);
+    let next = world.tests_passed("in-flight").await?;
+    let next_staging = world.promotion(&next, "staging").await?;
+
+    world.stop_replicas().await?;
+    let lost = world.lose_state().await?;
+    assert!(
+        lost >= 5,
+        "releases, environments, approval and policy were in KV: {lost}"
+    );
+    world.start_replica().await?;
+
+    // The approval request and its first vote survived: one more approval reaches the quorum.
+    let again = world.command("approve", vote("alice", &good)).await?;
+    assert!(!again.ok && again.message.contains("already approved"), "{again:?}");
+    // The in-flight release fails in staging: the rollback target (the last healthy release) was
+    // rebuilt too.
+    world.deployer_reports(&next_staging, Some("image pull failed")).await?;
+    let rollback = world
+        .wait_for(EventType::EnvironmentModified, 1, |e| {
+            e.custom_data_as::<PromotionData>()
+                .is_ok_and(|p| p.action == PromotionAction::Rollback)
+        })
+        .await?;
+    assert_eq!(rollback[0].custom_data_as::<PromotionData>()?.release.release, good);
+    let quorum = world.command("approve", vote("bob", &good)).await?;
+    assert!(quorum.ok && quorum.config_commit.is_some(), "{quorum:?}");
+    world.promotion(&good, "production").await?;
     world.stop().await
 }

@@ -107,14 +107,17 @@ impl Application {
             own.lock_lease,
             own.lock_wait,
         );
-        let promoter = Arc::new(Promoter::new(
-            Arc::new(repo),
-            sources,
-            State::new(runtime.topology.state.clone()),
-            locks,
-            runtime.topology.jetstream.clone(),
-            own.auto_rollback,
-        ));
+        let promoter = Arc::new(
+            Promoter::new(
+                Arc::new(repo),
+                sources,
+                State::new(runtime.topology.state.clone()),
+                locks,
+                runtime.topology.jetstream.clone(),
+                own.auto_rollback,
+            )
+            .with_events_stream(settings.common.jetstream.events_stream.clone()),
+        );
         let runner = StageRunner::new(
             Stage::new(STAGE, HANDLES),
             PromoterStage {
@@ -153,6 +156,10 @@ impl Application {
     /// # Errors
     /// When the operations endpoint, the runner or the command subscription fails.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        // After a loss of the KV state, rebuild it before acting on anything.
+        crate::rebuild::ensure(&self.promoter)
+            .await
+            .map_err(|e| StartError::Io(format!("cannot rebuild the promoter's state: {e}")))?;
         tracing::info!(addr = %self.addr, "{SERVICE} ready");
         let client = self.runtime.client.clone();
         let commands = tokio::spawn(crate::commands::serve(

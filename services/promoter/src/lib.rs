@@ -21,6 +21,7 @@ pub mod configrepo;
 pub mod handler;
 pub mod lock;
 pub mod promoter;
+pub mod rebuild;
 pub mod render;
 pub mod state;
 pub mod timers;

@@ -112,6 +112,7 @@ pub struct Promoter {
     pub(crate) jetstream: jetstream::Context,
     pub(crate) source: String,
     pub(crate) auto_rollback: bool,
+    events_stream: String,
     policy: Mutex<Option<Policy>>,
 }
 
@@ -165,8 +166,21 @@ impl Promoter {
             jetstream,
             source: "/baton/promoter".to_owned(),
             auto_rollback,
+            events_stream: "BATON_EVENTS".to_owned(),
             policy: Mutex::new(None),
         }
+    }
+
+    /// Reads the audit log from `stream` (the events stream's configured name).
+    #[must_use]
+    pub fn with_events_stream(mut self, stream: impl Into<String>) -> Self {
+        self.events_stream = stream.into();
+        self
+    }
+
+    /// The events stream's name.
+    pub fn events_stream(&self) -> &str {
+        &self.events_stream
     }
 
     async fn blocking<T: Send + 'static>(
@@ -633,6 +647,21 @@ impl Promoter {
             return Ok(Outcome {
                 events,
                 value: Advance::AwaitingApproval(open.value.data.approval.clone()),
+            });
+        }
+        if let Some(done) = existing.as_ref()
+            && done.value.data.release.release == release.release
+            && done.value.data.kind == kind
+            && let Some(closed) = &done.value.closed
+            && closed.status != "approved"
+        {
+            let reason = format!(
+                "the approval request for release {} into `{}` was {} ({}); it is not asked again",
+                release.release, env.name, closed.status, closed.reason
+            );
+            return Ok(Outcome {
+                events,
+                value: Advance::Held(reason),
             });
         }
         let current = self.state.current(&release.app, &env.name).await?;
