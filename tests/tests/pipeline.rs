@@ -1,8 +1,9 @@
 //! The release story end to end, growing one stage at a time: a signed push webhook reaches the
 //! listener, the builder fetches that exact commit, runs its build steps, assembles the image
 //! and pushes it to a real registry, and the tester runs the commit's tests against that image;
-//! the release carries one `chainId` from the push to the test verdict. (Next: the promoter,
-//! the deployer.)
+//! the promoter turns the verdict into a release and promotes it to staging as a config-repo
+//! commit pinning the image's digest. The release carries one `chainId` from the push to the
+//! promotion. (Next: the deployer.)
 
 use std::path::Path;
 use std::process::Command;
@@ -86,10 +87,25 @@ async fn a_signed_push_becomes_an_image_in_the_registry() -> Result<()> {
     git(&repo, &["init", "-q", "-b", "main"])?;
     std::fs::write(
         repo.join(".baton.yaml"),
-        "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && printf 'hello from %s\\n' \"$GREETING\" > out/hello.txt\n      env: {GREETING: baton}\nimage:\n  base: scratch\n  add:\n    - {from: out/hello.txt, to: /srv/hello.txt, mode: '0644'}\n  entrypoint: [/srv/hello]\n  labels: {team: shop}\ntest:\n  steps:\n    - name: smoke\n      run: test -n \"$BATON_IMAGE\" && test -n \"$BATON_COMMIT\"\n",
+        "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && printf 'hello from %s\\n' \"$GREETING\" > out/hello.txt\n      env: {GREETING: baton}\nmanifests: deploy\nimage:\n  name: baton/shop\n  base: scratch\n  add:\n    - {from: out/hello.txt, to: /srv/hello.txt, mode: '0644'}\n  entrypoint: [/srv/hello]\n  labels: {team: shop}\ntest:\n  steps:\n    - name: smoke\n      run: test -n \"$BATON_IMAGE\" && test -n \"$BATON_COMMIT\"\n",
+    )?;
+    std::fs::create_dir(repo.join("deploy"))?;
+    std::fs::write(
+        repo.join("deploy/deployment.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: shop\nspec:\n  template:\n    spec:\n      containers:\n        - name: shop\n          image: baton/shop:dev\n",
     )?;
     git(&repo, &["add", "."])?;
     git(&repo, &["commit", "-qm", "first"])?;
+    // The config repo the promoter owns, with one automatic environment.
+    git(dir.path(), &["init", "-q", "--bare", "-b", "main", "config.git"])?;
+    git(dir.path(), &["clone", "-q", "config.git", "config-seed"])?;
+    std::fs::write(
+        dir.path().join("config-seed/environments.yaml"),
+        "environments:\n  - name: staging\n    namespace: shop-staging\n    policy: auto\n",
+    )?;
+    git(&dir.path().join("config-seed"), &["add", "."])?;
+    git(&dir.path().join("config-seed"), &["commit", "-qm", "environments"])?;
+    git(&dir.path().join("config-seed"), &["push", "-q", "origin", "main"])?;
     let sha = git(&repo, &["rev-parse", "HEAD"])?;
     let clone_url = format!("file://{}", repo.display());
 
@@ -138,6 +154,19 @@ async fn a_signed_push_becomes_an_image_in_the_registry() -> Result<()> {
     )
     .await?;
     let tester_task = tokio::spawn(tester.run_until_stopped(stop.clone()));
+    let promoter = baton_promoter::Application::build(
+        Settings {
+            common: common(nats.url())?,
+            service: yaml_serde::from_str(&format!(
+                "config_repo:\n  url: file://{}\n",
+                dir.path().join("config.git").display()
+            ))?,
+            warnings: vec![],
+        },
+        &env,
+    )
+    .await?;
+    let promoter_task = tokio::spawn(promoter.run_until_stopped(stop.clone()));
 
     // The push.
     let body = json!({
@@ -248,7 +277,33 @@ async fn a_signed_push_becomes_an_image_in_the_registry() -> Result<()> {
         Some(published[0].context.id.clone())
     );
 
+    // The promoter made it a release and promoted it to staging: a config-repo commit whose
+    // manifests run the tested image by digest.
+    let created = wait_for(&js, EventType::ReleaseCreated, 1).await?;
+    assert_eq!(created[0].subject.id, release, "the release id is the chainId");
+    let promoted = wait_for(&js, EventType::EnvironmentModified, 1).await?;
+    assert_eq!(promoted[0].context.chain_id.as_deref(), Some(release.as_str()));
+    assert_eq!(
+        promoted[0]
+            .context
+            .links
+            .as_ref()
+            .and_then(|l| l[0].from.as_ref())
+            .map(|f| f.context_id.clone()),
+        Some(verdict[0].context.id.clone()),
+        "the promotion follows the test verdict"
+    );
+    let promotion: baton_schemas::release::PromotionData = promoted[0].custom_data_as()?;
+    let config = dir.path().join("config.git");
+    assert_eq!(git(&config, &["rev-parse", "main"])?, promotion.config_commit);
+    let deployed = git(&config, &["show", "main:staging/acme_shop/deployment.yaml"])?;
+    assert!(
+        deployed.contains(&format!("image: {}", image.reference)),
+        "staging runs the tested digest: {deployed}"
+    );
+
     stop.cancel();
+    promoter_task.await??;
     listener_task.await??;
     builder_task.await??;
     tester_task.await??;
