@@ -1007,3 +1007,35 @@ async fn after_losing_its_state_the_promoter_rebuilds_it_from_the_stream_and_the
     world.promotion(&good, "production").await?;
     world.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_without_the_app_image_hold_the_release_with_what_to_fix() -> Result<()> {
+    let world = World::start(TWO_STAGES, 1).await?;
+    let app = world.app_repo();
+    std::fs::write(
+        app.join("deploy/deployment.yaml"),
+        DEPLOYMENT.replace("127.0.0.1:5000/baton/acme_shop:dev", "nginx:1.27"),
+    )?;
+    let release = world.tests_passed("no-app-image").await?;
+    let held = world
+        .wait_for(EventType::PromotionHeld, 1, |e| {
+            e.context.chain_id.as_deref() == Some(release.as_str())
+        })
+        .await?;
+    let reason = held[0].subject.content["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("no container") && reason.contains("image: 127.0.0.1:5000/baton/acme_shop"),
+        "{reason}"
+    );
+    assert_eq!(world.events(EventType::ReleaseCreated).await?.len(), 1);
+    assert!(world.events(EventType::EnvironmentModified).await?.is_empty());
+    assert_eq!(
+        world.config(&["rev-list", "--count", "main"])?,
+        "1",
+        "nothing committed"
+    );
+    world.stop().await
+}

@@ -561,7 +561,7 @@ impl Promoter {
             Trigger::Operator { actor } => actor.clone(),
         };
         let pinned = current.and_then(|c| c.value.pinned);
-        let outcome = self
+        let written = self
             .write(
                 policy,
                 release,
@@ -577,11 +577,20 @@ impl Promoter {
                     cause: cause.to_owned(),
                 },
             )
-            .await?;
-        Ok(Outcome {
-            value: Advance::Promoted(outcome.value.config_commit),
-            events: outcome.events,
-        })
+            .await;
+        match written {
+            Ok(outcome) => Ok(Outcome {
+                value: Advance::Promoted(outcome.value.config_commit),
+                events: outcome.events,
+            }),
+            // The release itself cannot be deployed (no pipeline file, no manifests, no image of
+            // the app in them): say so on the stream instead of retrying.
+            Err(PromoteError::Permanent(reason)) => Ok(Outcome {
+                events: vec![held(reason.clone(), None)],
+                value: Advance::Held(reason),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
