@@ -1039,3 +1039,104 @@ async fn manifests_without_the_app_image_hold_the_release_with_what_to_fix() -> 
     );
     world.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soak_delays_the_next_environment_and_the_timer_promotes_after_it() -> Result<()> {
+    let soaking = "\
+environments:
+  - name: staging
+    namespace: shop-staging
+    policy: auto
+  - name: production
+    namespace: shop-production
+    policy: auto
+    soak: 2s
+";
+    let world = World::start(soaking, 1).await?;
+    let release = world.tests_passed("soaked").await?;
+    world
+        .deployer_reports(&world.promotion(&release, "staging").await?, None)
+        .await?;
+    let held = world
+        .wait_for(EventType::PromotionHeld, 1, |e| {
+            e.context.chain_id.as_deref() == Some(release.as_str())
+        })
+        .await?;
+    assert!(
+        held[0].subject.content["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("soak in `staging`")
+    );
+    assert!(held[0].subject.content["retryAt"].is_string());
+    let production = world.promotion(&release, "production").await?;
+    let healthy_at = held[0].context.timestamp;
+    let promoted_at = world
+        .events(EventType::EnvironmentModified)
+        .await?
+        .into_iter()
+        .find(|e| {
+            e.custom_data_as::<PromotionData>()
+                .is_ok_and(|p| p.environment == "production")
+        })
+        .context("the production promotion")?
+        .context
+        .timestamp;
+    assert!(
+        promoted_at - healthy_at >= chrono::Duration::milliseconds(1500),
+        "promoted only after the soak: held at {healthy_at}, promoted at {promoted_at}"
+    );
+    assert_eq!(production.actor, "baton-promoter");
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_break_glass_promotion_during_a_freeze_needs_an_approval_and_is_recorded() -> Result<()> {
+    let frozen = "\
+environments:
+  - name: staging
+    namespace: shop-staging
+    policy: auto
+    approvals: {users: [alice, bob]}
+    freeze:
+      - name: release-week
+        cron: '* * * * *'
+        duration: 5m
+";
+    let world = World::start(frozen, 1).await?;
+    let release = world.tests_passed("urgent-fix").await?;
+    world
+        .wait_for(EventType::PromotionHeld, 1, |e| {
+            e.context.chain_id.as_deref() == Some(release.as_str())
+        })
+        .await?;
+    let promote = |break_glass: bool| CommandRequest {
+        actor: "bob".into(),
+        release: Some(release.clone()),
+        environment: Some("staging".into()),
+        reason: Some("security fix".into()),
+        break_glass,
+        ..Default::default()
+    };
+    let refused = world.command("promote", promote(false)).await?;
+    assert!(!refused.ok && refused.message.contains("break-glass"), "{refused:?}");
+    let asked = world.command("promote", promote(true)).await?;
+    assert!(asked.ok && asked.approval.is_some(), "{asked:?}");
+    let request: ApprovalData = world.wait_for(EventType::ApprovalCreated, 1, |_| true).await?[0].custom_data_as()?;
+    assert_eq!(request.kind, baton_schemas::release::ApprovalKind::BreakGlass);
+    assert_eq!(request.requested_by, "bob");
+    let approved = world
+        .command(
+            "approve",
+            CommandRequest {
+                environment: Some("staging".into()),
+                ..vote("alice", &release)
+            },
+        )
+        .await?;
+    assert!(approved.ok && approved.config_commit.is_some(), "{approved:?}");
+    let promotion = world.promotion(&release, "staging").await?;
+    assert!(promotion.break_glass, "recorded as break-glass");
+    assert!(promotion.reason.unwrap_or_default().contains("freeze"));
+    world.stop().await
+}
