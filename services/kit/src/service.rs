@@ -9,7 +9,7 @@ use crate::fabric::{self, FabricError, Topology};
 use crate::health::{self, HealthState};
 use crate::metrics::Metrics;
 use crate::runner::{Handler, RunnerError, StageRunner};
-use crate::settings::EXIT_INVALID_CONFIG;
+use crate::settings::{ConfigError, EXIT_INVALID_CONFIG};
 
 /// A started service's connection to the fabric.
 #[derive(Debug, Clone)]
@@ -56,6 +56,23 @@ impl Runtime {
             tracing::warn!(error = %e, "draining the NATS connection failed");
         }
     }
+}
+
+/// Why a stage service (builder, tester, promoter, …) could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Invalid configuration: `main` exits with code 64.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// NATS unreachable or the topology refused.
+    #[error(transparent)]
+    Fabric(#[from] FabricError),
+    /// The consumer could not be created.
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+    /// The HTTP address could not be bound, a directory created, or a subscription made.
+    #[error("{0}")]
+    Io(String),
 }
 
 /// Why a stage service stopped with an error.

@@ -6,8 +6,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use baton_kit::fabric::FabricError;
-use baton_kit::runner::RunnerError;
 use baton_kit::service::Runtime;
 use baton_kit::settings::{ConfigError, Settings};
 use baton_kit::source::Sources;
@@ -26,23 +24,7 @@ pub const SERVICE: &str = "baton-promoter";
 /// The stage (durable consumer) every promoter replica shares.
 pub const STAGE: &str = "promoter";
 
-/// Why the promoter could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Invalid configuration: `main` exits with code 64.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// NATS unreachable or the topology refused.
-    #[error(transparent)]
-    Fabric(#[from] FabricError),
-    /// The consumer could not be created.
-    #[error(transparent)]
-    Runner(#[from] RunnerError),
-    /// The HTTP address could not be bound, the cache directory created, or commands
-    /// subscribed.
-    #[error("{0}")]
-    Io(String),
-}
+pub use baton_kit::service::StartError;
 
 /// A built promoter, connected, not yet consuming.
 #[derive(Debug)]

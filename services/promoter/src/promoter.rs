@@ -446,15 +446,17 @@ impl Promoter {
                 None,
             )
         };
+        // Not promoted, and not by itself later: the reason on the stream and to the caller.
+        let stop = |reason: String| Outcome {
+            events: vec![held(reason.clone(), None)],
+            value: Advance::Held(reason),
+        };
         if let Some(bad) = self.state.bad(&release.release).await? {
             let reason = format!(
                 "release {} is quarantined ({}, by {}): it is never promoted again",
                 release.release, bad.reason, bad.actor
             );
-            return Ok(Outcome {
-                events: vec![held(reason.clone(), None)],
-                value: Advance::Held(reason),
-            });
+            return Ok(stop(reason));
         }
         if !release.tested && !env.allow_untested {
             let reason = format!(
@@ -462,10 +464,7 @@ impl Promoter {
                 short(&release.commit),
                 env.name
             );
-            return Ok(Outcome {
-                events: vec![held(reason.clone(), None)],
-                value: Advance::Held(reason),
-            });
+            return Ok(stop(reason));
         }
         let current = self.state.current(&release.app, &env.name).await?;
         if let Some(c) = &current
@@ -485,10 +484,7 @@ impl Promoter {
                 "`{}` is pinned by {} ({}); `baton unpin {} {}` lets releases in again",
                 env.name, pin.by, pin.reason, release.app, env.name
             );
-            return Ok(Outcome {
-                events: vec![held(reason.clone(), None)],
-                value: Advance::Held(reason),
-            });
+            return Ok(stop(reason));
         }
         let now = Utc::now();
         let frozen = env
@@ -534,10 +530,7 @@ impl Promoter {
                     "release {} is not running healthy in `{}`, so it cannot soak there before `{}`",
                     release.release, previous.name, env.name
                 );
-                return Ok(Outcome {
-                    events: vec![held(reason.clone(), None)],
-                    value: Advance::Held(reason),
-                });
+                return Ok(stop(reason));
             };
             let ready = since + chrono::Duration::from_std(env.soak).unwrap_or_default();
             if ready > now {
@@ -585,10 +578,7 @@ impl Promoter {
             }),
             // The release itself cannot be deployed (no pipeline file, no manifests, no image of
             // the app in them): say so on the stream instead of retrying.
-            Err(PromoteError::Permanent(reason)) => Ok(Outcome {
-                events: vec![held(reason.clone(), None)],
-                value: Advance::Held(reason),
-            }),
+            Err(PromoteError::Permanent(reason)) => Ok(stop(reason)),
             Err(e) => Err(e),
         }
     }

@@ -4,10 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use baton_kit::fabric::FabricError;
-use baton_kit::runner::RunnerError;
 use baton_kit::service::Runtime;
-use baton_kit::settings::{ConfigError, Settings};
+use baton_kit::settings::Settings;
 use baton_kit::source::Sources;
 use baton_kit::steps::StepRunner;
 use baton_kit::{Stage, StageRunner};
@@ -23,22 +21,7 @@ pub const SERVICE: &str = "baton-tester";
 /// The stage (durable consumer) every tester replica shares.
 pub const STAGE: &str = "tester";
 
-/// Why the tester could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Invalid configuration: `main` exits with code 64.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// NATS unreachable or the topology refused.
-    #[error(transparent)]
-    Fabric(#[from] FabricError),
-    /// The consumer could not be created.
-    #[error(transparent)]
-    Runner(#[from] RunnerError),
-    /// The HTTP address could not be bound, or the cache directory created.
-    #[error("{0}")]
-    Io(String),
-}
+pub use baton_kit::service::StartError;
 
 /// A built tester, connected, not yet consuming.
 #[derive(Debug)]
