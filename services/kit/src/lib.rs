@@ -7,8 +7,10 @@
 //! - [`runner`]: the stage runner — durable pull consumer, validation, idempotency, retries
 //!   with backoff, dead letters, heartbeats, deadlines and graceful drain;
 //! - [`telemetry`], [`metrics`], [`health`]: logs, traces, `/healthz`, `/readyz`, `/metrics`;
-//! - [`steps`], [`source`]: the step executor and the cached git mirrors the builder and the
-//!   tester share;
+//! - [`steps`], [`source`]: the step executor and the cached git mirrors the builder, the
+//!   tester and the promoter share;
+//! - [`lease`]: leases in JetStream KV (one promotion per environment, one rollout per
+//!   namespace);
 //! - [`settings`], [`shutdown`], [`tls`]: typed config with exit code 64, SIGTERM/SIGINT, and
 //!   the one rustls crypto provider.
 
@@ -16,6 +18,7 @@ pub mod codec;
 pub mod events;
 pub mod fabric;
 pub mod health;
+pub mod lease;
 pub mod metrics;
 pub mod runner;
 pub mod secret;

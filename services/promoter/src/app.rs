@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::configrepo::ConfigRepo;
 use crate::handler::{HANDLES, PromoterStage};
-use crate::lock::Locks;
 use crate::promoter::Promoter;
 use crate::state::State;
+use baton_kit::lease::Locks;
 
 /// The service name: NATS connection name, OTel `service.name`.
 pub const SERVICE: &str = "baton-promoter";

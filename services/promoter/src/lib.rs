@@ -19,7 +19,6 @@ pub mod app;
 pub mod commands;
 pub mod configrepo;
 pub mod handler;
-pub mod lock;
 pub mod promoter;
 pub mod rebuild;
 pub mod render;

@@ -24,12 +24,12 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::configrepo::{Change, ConfigRepo, RepoError};
-use crate::lock::{LockError, Locks};
 use crate::render;
 use crate::state::{
     self, BadRelease, Closure, Current, HealthyRelease, PendingApproval, PolicyRecord, Scheduled, State, StateError,
     Trigger,
 };
+use baton_kit::lease::{LockError, Locks};
 
 /// The actor named on automatic decisions.
 pub const AUTOMATION: &str = "baton-promoter";
@@ -786,7 +786,10 @@ impl Promoter {
     ) -> Result<Outcome<PromotionData>, PromoteError> {
         let lease = self
             .locks
-            .acquire(&env.name, &format!("{} {}", write.action.as_str(), release.release))
+            .acquire(
+                &format!("env.{}", env.name),
+                &format!("{} {}", write.action.as_str(), release.release),
+            )
             .await?;
         let result = self.write_locked(policy, release, env, write).await;
         self.locks.release(lease).await;

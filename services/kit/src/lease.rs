@@ -1,8 +1,9 @@
-//! One promotion per environment at a time, across every promoter replica: a lease in the
-//! JetStream KV bucket `baton-locks`, taken with compare-and-set. A lease names its owner and
-//! when it expires; a replica that dies holding one only delays the next promotion until the
-//! lease runs out, then another replica takes it over (again with compare-and-set, so only one
-//! does).
+//! Leases: one replica at a time works on a thing (the promoter on an environment's config,
+//! the deployer on a namespace), across every replica of every service. A lease is a key in
+//! the JetStream KV bucket `baton-locks`, taken with compare-and-set, naming its owner and when
+//! it expires; a replica that dies holding one only delays the next holder until the lease runs
+//! out, then another replica takes it over (again with compare-and-set, so only one does). A
+//! holder doing long work renews its lease.
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub struct Lease {
     key: String,
     revision: u64,
+    purpose: String,
 }
 
 /// What a lease records.
@@ -29,19 +31,22 @@ struct LeaseRecord {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LockError {
     /// Another replica held it for longer than we may wait.
-    #[error("environment `{environment}` is busy with another promotion ({holder}); retrying later")]
+    #[error("`{name}` is busy ({holder}); retrying later")]
     Busy {
-        /// The environment.
-        environment: String,
+        /// What the lease is for.
+        name: String,
         /// Who holds it and for what.
         holder: String,
     },
+    /// The lease expired and another replica took it over.
+    #[error("the lease on `{0}` was lost to another replica")]
+    Lost(String),
     /// KV unavailable.
     #[error("the lock store is unavailable: {0}")]
     Store(String),
 }
 
-/// Environment locks of one promoter replica.
+/// The leases of one replica.
 #[derive(Debug, Clone)]
 pub struct Locks {
     kv: kv::Store,
@@ -61,38 +66,36 @@ impl Locks {
         }
     }
 
-    /// Takes the lock of `environment` for `purpose`, waiting while another live replica holds
-    /// it, and taking over a lease that expired.
+    /// Takes the lease `key` (a KV key, e.g. `env.staging`) for `purpose`, waiting while
+    /// another live replica holds it, and taking over a lease that expired.
     ///
     /// # Errors
     /// [`LockError::Busy`] after `wait`; [`LockError::Store`] when KV fails.
-    pub async fn acquire(&self, environment: &str, purpose: &str) -> Result<Lease, LockError> {
-        let key = format!("env.{environment}");
+    pub async fn acquire(&self, key: &str, purpose: &str) -> Result<Lease, LockError> {
         let deadline = tokio::time::Instant::now() + self.wait;
         let mut pause = Duration::from_millis(10);
+        let held = |revision: u64| Lease {
+            key: key.to_owned(),
+            revision,
+            purpose: purpose.to_owned(),
+        };
         loop {
-            let record = LeaseRecord {
-                owner: self.owner.clone(),
-                purpose: purpose.to_owned(),
-                expires_at: Utc::now()
-                    + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::seconds(30)),
-            };
-            let value: bytes::Bytes = serde_json::to_vec(&record).expect("a lease serializes").into();
-            match self.kv.create(&key, value.clone()).await {
-                Ok(revision) => return Ok(Lease { key, revision }),
+            let value = self.record(purpose);
+            match self.kv.create(key, value.clone()).await {
+                Ok(revision) => return Ok(held(revision)),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => return Err(LockError::Store(e.to_string())),
             }
-            let holder = match self.kv.entry(&key).await {
+            let holder = match self.kv.entry(key).await {
                 Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
                     let current: Option<LeaseRecord> = serde_json::from_slice(&entry.value).ok();
                     let expired = current.as_ref().is_none_or(|c| c.expires_at <= Utc::now());
                     if expired {
-                        if let Ok(revision) = self.kv.update(&key, value, entry.revision).await {
+                        if let Ok(revision) = self.kv.update(key, value, entry.revision).await {
                             if let Some(c) = &current {
-                                tracing::warn!(environment, previous = %c.owner, "took over an expired environment lock");
+                                tracing::warn!(key, previous = %c.owner, "took over an expired lease");
                             }
-                            return Ok(Lease { key, revision });
+                            return Ok(held(revision));
                         }
                         continue;
                     }
@@ -106,12 +109,45 @@ impl Locks {
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(LockError::Busy {
-                    environment: environment.to_owned(),
+                    name: key.to_owned(),
                     holder,
                 });
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    fn record(&self, purpose: &str) -> bytes::Bytes {
+        let record = LeaseRecord {
+            owner: self.owner.clone(),
+            purpose: purpose.to_owned(),
+            expires_at: Utc::now() + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::seconds(30)),
+        };
+        serde_json::to_vec(&record).expect("a lease serializes").into()
+    }
+
+    /// How long a lease lasts unless renewed.
+    pub fn lease_time(&self) -> Duration {
+        self.lease
+    }
+
+    /// Extends `lease` by a full lease time from now (call well within it, e.g. every third).
+    ///
+    /// # Errors
+    /// [`LockError::Lost`] when another replica took it over; [`LockError::Store`].
+    pub async fn renew(&self, lease: &mut Lease) -> Result<(), LockError> {
+        match self
+            .kv
+            .update(&lease.key, self.record(&lease.purpose), lease.revision)
+            .await
+        {
+            Ok(revision) => {
+                lease.revision = revision;
+                Ok(())
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(LockError::Lost(lease.key.clone())),
+            Err(e) => Err(LockError::Store(e.to_string())),
         }
     }
 
