@@ -124,6 +124,11 @@ catalog! {
     ReleaseCreated => (BatonExtension, "dev.cdeventsx", "baton-release", "created", "0.1.0", "baton-release-created.json", "promoter"),
     /// A rollout failed its health checks (CDEvents' `service.*` events carry no outcome).
     DeploymentFailed => (BatonExtension, "dev.cdeventsx", "baton-deployment", "failed", "0.1.0", "baton-deployment-failed.json", "deployer"),
+    /// The deployer began applying a promotion (progress: the rollout is under way).
+    DeploymentStarted => (BatonExtension, "dev.cdeventsx", "baton-deployment", "started", "0.1.0", "baton-deployment-started.json", "deployer"),
+    /// A promotion was not (fully) rolled out because a newer one for the same environment
+    /// replaced it.
+    DeploymentSuperseded => (BatonExtension, "dev.cdeventsx", "baton-deployment", "superseded", "0.1.0", "baton-deployment-superseded.json", "deployer"),
     /// A release was marked bad (by an operator, or after its rollout failed): it is never
     /// promoted again.
     ReleaseQuarantined => (BatonExtension, "dev.cdeventsx", "baton-release", "quarantined", "0.1.0", "baton-release-quarantined.json", "promoter"),

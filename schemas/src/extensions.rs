@@ -19,7 +19,8 @@ pub struct ReleaseCreatedContent {
     pub artifact_id: String,
 }
 
-/// Content of `dev.cdeventsx.baton-deployment.failed.0.1.0`: a rollout did not become healthy.
+/// Content of `dev.cdeventsx.baton-deployment.failed.0.1.0` (a rollout did not become healthy)
+/// and of `dev.cdeventsx.baton-deployment.superseded.0.1.0` (a newer promotion replaced it).
 /// The subject id is the release id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -32,6 +33,19 @@ pub struct DeploymentFailedContent {
     pub artifact_id: String,
     /// Why the rollout was judged unhealthy, in words an operator can act on.
     pub reason: String,
+}
+
+/// Content of `dev.cdeventsx.baton-deployment.started.0.1.0`: the deployer is applying a
+/// promotion. The subject id is the release id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentStartedContent {
+    /// The environment.
+    pub environment: String,
+    /// The application.
+    pub app: String,
+    /// The image being rolled out, as a purl pinned by digest.
+    pub artifact_id: String,
 }
 
 /// Content of `dev.cdeventsx.baton-release.quarantined.0.1.0`: a release is marked bad and never

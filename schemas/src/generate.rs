@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use crate::catalog::{EventType, Vocabulary};
 use crate::config::CommonSettings;
 use crate::extensions::{
-    CommandRejectedContent, DeploymentFailedContent, PolicyRejectedContent, PromotionHeldContent,
+    CommandRejectedContent, DeploymentFailedContent, DeploymentStartedContent, PolicyRejectedContent, PromotionHeldContent,
     ReleaseCreatedContent, ReleaseQuarantinedContent,
 };
 
@@ -73,6 +73,7 @@ pub fn generated_files() -> Vec<GeneratedFile> {
     files.push(service_config::<crate::config::builder::BuilderSettings>("builder"));
     files.push(service_config::<crate::config::tester::TesterSettings>("tester"));
     files.push(service_config::<crate::config::promoter::PromoterSettings>("promoter"));
+    files.push(service_config::<crate::config::deployer::DeployerSettings>("deployer"));
     files
 }
 
@@ -120,6 +121,8 @@ fn extension_content_schema(ty: EventType) -> Map<String, Value> {
         EventType::PromotionHeld => schema_value::<PromotionHeldContent>(),
         EventType::CommandRejected => schema_value::<CommandRejectedContent>(),
         EventType::PolicyRejected => schema_value::<PolicyRejectedContent>(),
+        EventType::DeploymentStarted => schema_value::<DeploymentStartedContent>(),
+        EventType::DeploymentSuperseded => schema_value::<DeploymentFailedContent>(),
         other => unreachable!("{other} is not a Baton extension event"),
     }
 }

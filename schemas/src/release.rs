@@ -251,7 +251,36 @@ pub struct DeploymentData {
     pub config_commit: String,
     /// The image, by digest reference.
     pub image: String,
-    /// Why the rollout failed (on `baton-deployment.failed`).
+    /// Why the rollout failed (on `baton-deployment.failed`) or was superseded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The objects applied, as `Kind/name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied: Vec<String>,
+    /// Objects of this app in this environment that the release no longer has, deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<String>,
+    /// The pods that made the rollout fail, with their states.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing_pods: Vec<PodReport>,
+}
+
+/// A pod's state, as the deployer saw it when judging a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodReport {
+    /// The pod.
+    pub name: String,
+    /// Its phase (`Pending`, `Running`, …).
+    pub phase: String,
+    /// Whether it is Ready.
+    pub ready: bool,
+    /// The reason a container is waiting or terminated (`CrashLoopBackOff`, `ImagePullBackOff`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The message that came with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Container restarts so far.
+    pub restarts: u32,
 }

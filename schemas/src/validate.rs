@@ -63,6 +63,14 @@ const EXTENSIONS: &[(&str, &str)] = &[
         "baton-policy-rejected.json",
         include_str!("../json/events/baton-policy-rejected.json"),
     ),
+    (
+        "baton-deployment-started.json",
+        include_str!("../json/events/baton-deployment-started.json"),
+    ),
+    (
+        "baton-deployment-superseded.json",
+        include_str!("../json/events/baton-deployment-superseded.json"),
+    ),
 ];
 
 /// The schema text of an event type.

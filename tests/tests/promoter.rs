@@ -332,6 +332,9 @@ impl World {
             config_commit: promotion.config_commit.clone(),
             image: promotion.release.image.reference.clone(),
             reason: failure.map(str::to_owned),
+            applied: vec![],
+            pruned: vec![],
+            failing_pods: vec![],
         };
         let (ty, content) = match (failure, promotion.action) {
             (Some(reason), _) => (
