@@ -33,8 +33,15 @@
 //! A pod being deleted (`metadata.deletionTimestamp` set, e.g. by a ReplicaSet scaling down) is
 //! removed at once with grace period 0, as a kubelet does once the containers are stopped.
 //!
-//! Dropping the simulator stops its tasks; its nodes stay registered and turn `NotReady` after
-//! the node-lifecycle controller's grace period (40 s), as after a real node failure.
+//! Containers are restarted whatever the pod's `restartPolicy` (Deployments, StatefulSets and
+//! DaemonSets only allow `Always`), and a changed image of a running pod is not acted on
+//! (controllers replace pods rather than edit them).
+//!
+//! The simulator runs as tasks on the Tokio runtime that called [`NodeSimulator::start`]: a test
+//! that blocks that runtime's thread (a synchronous harness call, `std::thread::sleep`) pauses
+//! the kubelets meanwhile. Dropping the simulator stops its tasks; its nodes stay registered and
+//! turn `NotReady` after the node-lifecycle controller's grace period (40 s), as after a real
+//! node failure.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
