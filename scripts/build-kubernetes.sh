@@ -5,7 +5,10 @@
 # cached outside the repository (default ~/.cache/baton/k8s-1.20.2/bin); a later run whose cache
 # is complete returns at once. About 9 minutes on 2 cores the first time.
 #
-# Environment: BATON_K8S_CACHE overrides the cache directory. Needs root or sudo for apt-get.
+# Environment: BATON_K8S_CACHE overrides the cache directory; BATON_K8S_BIN_DIR names a directory
+# that already holds the three binaries (then nothing is built); ETCD_BIN an etcd to use instead of
+# Debian's. Needs root or sudo for apt-get.
+# Concurrent runs (two worktrees running `just setup`) take turns on a lock in the cache directory.
 set -euo pipefail
 
 version=1.20.2
@@ -25,8 +28,31 @@ apt_install() {
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
-if ! command -v etcd >/dev/null 2>&1 && [[ ! -x /usr/bin/etcd ]]; then
-    apt_install etcd-server
+# What the test harness runs besides the three binaries: etcd, and openssl for the cluster's
+# keys and certificates.
+runtime_missing=()
+if [[ -z "${ETCD_BIN:-}" ]] && ! command -v etcd >/dev/null 2>&1 && [[ ! -x /usr/bin/etcd ]]; then
+    runtime_missing+=(etcd-server)
+fi
+command -v openssl >/dev/null 2>&1 || runtime_missing+=(openssl)
+if (( ${#runtime_missing[@]} > 0 )); then apt_install "${runtime_missing[@]}"; fi
+
+if [[ -n "${BATON_K8S_BIN_DIR:-}" ]]; then
+    for binary in "${binaries[@]}"; do
+        if [[ ! -x "$BATON_K8S_BIN_DIR/$binary" ]]; then
+            echo "error: BATON_K8S_BIN_DIR=$BATON_K8S_BIN_DIR holds no executable $binary; unset it to build $version" >&2
+            exit 1
+        fi
+    done
+    echo "kubernetes: control plane from BATON_K8S_BIN_DIR=$BATON_K8S_BIN_DIR"
+    exit 0
+fi
+
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+if ! flock -n 9; then
+    echo "kubernetes: another build of the control plane is running; waiting for it ($cache/.lock)"
+    flock 9
 fi
 
 complete=1
@@ -101,12 +127,21 @@ mkdir -p .go/src/k8s.io
 ln -sfn "$PWD" .go/src/k8s.io/kubernetes
 echo "kubernetes: building ${binaries[*]} with $(go version) (about 9 minutes on 2 cores)"
 started=$SECONDS
+# `go build` is silent for minutes; say every 30 s that it is still working, so neither a person
+# nor a CI job that kills silent steps takes it for hung.
+(
+    exec 9>&-  # not the lock: a sleep left behind must not hold it
+    while sleep 30; do printf 'kubernetes: [%4ds] still building\n' "$((SECONDS - started))"; done
+) &
+ticker=$!
+trap 'kill "$ticker" 2>/dev/null || true' EXIT
 (
     cd .go/src/k8s.io/kubernetes
     export GOPATH="$PWD/../../.." CGO_ENABLED=0 GOFLAGS=-mod=vendor GO111MODULE=on
     make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler" 2>&1 \
         | while IFS= read -r line; do printf 'kubernetes: [%4ds] %s\n' "$((SECONDS - started))" "$line"; done
 )
+kill "$ticker" 2>/dev/null || true
 mkdir -p "$cache/bin"
 for binary in "${binaries[@]}"; do
     built="$(find _output -type f -name "$binary" -perm -u+x | head -n1)"

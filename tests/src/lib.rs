@@ -22,6 +22,7 @@
 //! # }
 //! ```
 
+pub mod kube;
 pub mod registry;
 
 use std::ffi::OsString;
