@@ -1,0 +1,147 @@
+//! The deployer application: `build` validates config, reaches Kubernetes and NATS;
+//! `run_until_stopped` runs the stage and the operations endpoint until shutdown, then drains.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use baton_kit::lease::Locks;
+use baton_kit::service::Runtime;
+use baton_kit::settings::{ConfigError, Settings};
+use baton_kit::source::Sources;
+use baton_kit::{Stage, StageRunner};
+use baton_schemas::config::deployer::DeployerSettings;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::Cluster;
+use crate::handler::{Deployer, HANDLES};
+use crate::rollout::Limits;
+
+pub use baton_kit::service::StartError;
+
+/// The service name: NATS connection name, OTel `service.name`.
+pub const SERVICE: &str = "baton-deployer";
+/// The stage (durable consumer) every deployer replica shares.
+pub const STAGE: &str = "deployer";
+
+/// A built deployer, connected, not yet consuming.
+#[derive(Debug)]
+pub struct Application {
+    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    runtime: Runtime,
+    runner: StageRunner<Deployer>,
+    // Owns the default cache so it is removed when the deployer stops.
+    _cache: Option<tempfile::TempDir>,
+}
+
+/// A kube client from the configured kubeconfig, or inferred (in-cluster, `$KUBECONFIG`).
+async fn kube_client(settings: &DeployerSettings) -> Result<kube::Client, StartError> {
+    let config = match &settings.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .map_err(|e| ConfigError::invalid("kubeconfig", format!("cannot read {}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| ConfigError::invalid("kubeconfig", format!("{} is not usable: {e}", path.display())))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            ConfigError::invalid(
+                "kubeconfig",
+                format!("no kubeconfig set and none found (in-cluster or $KUBECONFIG): {e}"),
+            )
+        })?,
+    };
+    kube::Client::try_from(config).map_err(|e| StartError::Io(format!("cannot build the Kubernetes client: {e}")))
+}
+
+impl Application {
+    /// Validates the config, builds the Kubernetes client, connects to NATS, provisions,
+    /// creates the durable consumer and binds `http.listen`.
+    ///
+    /// # Errors
+    /// [`StartError::Config`] before anything is bound; the others when NATS or the port fail.
+    pub async fn build(
+        settings: Settings<DeployerSettings>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, StartError> {
+        let own = &settings.service;
+        for (field, value) in [
+            ("rollout_timeout", own.rollout_timeout),
+            ("poll_interval", own.poll_interval),
+            ("lock_lease", own.lock_lease),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(field, "must be longer than 0s").into());
+            }
+        }
+        if own.field_manager.trim().is_empty() {
+            return Err(ConfigError::invalid("field_manager", "name the field manager, e.g. baton").into());
+        }
+        let credentials = baton_kit::source::resolve_credentials(&own.source.credentials, env)?;
+        let client = kube_client(own).await?;
+        let runtime = Runtime::start(SERVICE, &settings.common).await?;
+        let (cache_dir, cache) = baton_kit::service::cache_dir(own.source.cache_dir.as_deref(), SERVICE)
+            .map_err(|e| StartError::Io(format!("cannot create the cache directory: {e}")))?;
+        let replica = uuid::Uuid::new_v4();
+        let deployer = Deployer {
+            cluster: Arc::new(Cluster::new(client, own.field_manager.clone(), own.force_conflicts)),
+            sources: Sources::new(PathBuf::from(&cache_dir), credentials),
+            state: runtime.topology.state.clone(),
+            // A replica waits for another's rollout of the same app and namespace at most as
+            // long as a rollout may take.
+            locks: Locks::new(
+                runtime.topology.locks.clone(),
+                format!("{SERVICE}-{replica}"),
+                own.lock_lease,
+                own.rollout_timeout + own.lock_lease,
+            ),
+            jetstream: runtime.topology.jetstream.clone(),
+            limits: Limits {
+                timeout: own.rollout_timeout,
+                crashloop_restarts: own.crashloop_restarts,
+                image_pull_grace: own.image_pull_grace,
+                poll_interval: own.poll_interval,
+            },
+        };
+        let runner = StageRunner::new(
+            Stage::new(STAGE, HANDLES),
+            deployer,
+            runtime.topology.clone(),
+            settings.common.runner.clone(),
+            runtime.metrics.clone(),
+        )
+        .with_grace_period(settings.common.shutdown.grace_period);
+        runner.ensure_consumer().await?;
+        let addr = settings.common.http.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Io(format!("cannot listen on {addr}: {e}")))?;
+        let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+        Ok(Self {
+            addr,
+            listener,
+            runtime,
+            runner,
+            _cache: cache,
+        })
+    }
+
+    /// The bound address of the operations endpoint.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Consumes until `shutdown` is cancelled, then drains the NATS connection.
+    ///
+    /// # Errors
+    /// When the operations endpoint or the runner fails.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        tracing::info!(addr = %self.addr, "{SERVICE} ready");
+        self.runtime
+            .serve_stage(self.listener, self.runner, shutdown)
+            .await
+            .map_err(|e| StartError::Io(e.to_string()))
+    }
+}

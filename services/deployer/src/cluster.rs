@@ -1,0 +1,275 @@
+//! Talking to the Kubernetes API: resolving kinds, the environment's namespace, server-side
+//! apply (a dry run of every object first, so a release the apiserver rejects leaves nothing
+//! half-applied), and pruning what a release no longer contains.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::discovery::Scope;
+
+use crate::manifests::{ENVIRONMENT_LABEL, MANAGED_BY, Manifest};
+
+/// A Kubernetes operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// The apiserver is unreachable or failing (5xx, timeouts): retry later.
+    #[error("the Kubernetes API is unavailable: {0}")]
+    Unavailable(String),
+    /// The apiserver refused (4xx): the release's or the permissions' fault.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl ClusterError {
+    fn from_kube(what: &str, e: kube::Error) -> Self {
+        match e {
+            kube::Error::Api(status) if (400..500).contains(&status.code) => {
+                let hint = match status.code {
+                    403 => " (the deployer's service account is not allowed to; see deploy/ for its RBAC)",
+                    409 => {
+                        " (another field manager owns these fields; change them through Baton, or set force_conflicts)"
+                    }
+                    _ => "",
+                };
+                Self::Refused(format!(
+                    "{what}: {} {}: {}{hint}",
+                    status.code, status.reason, status.message
+                ))
+            }
+            other => Self::Unavailable(format!("{what}: {other}")),
+        }
+    }
+}
+
+/// Namespaced kinds Baton prunes besides those of the current release.
+const PRUNABLE: &[(&str, &str, &str)] = &[
+    ("", "v1", "ConfigMap"),
+    ("", "v1", "Secret"),
+    ("", "v1", "Service"),
+    ("", "v1", "ServiceAccount"),
+    ("", "v1", "PersistentVolumeClaim"),
+    ("apps", "v1", "Deployment"),
+    ("apps", "v1", "StatefulSet"),
+    ("apps", "v1", "DaemonSet"),
+    ("batch", "v1", "Job"),
+    ("batch", "v1", "CronJob"),
+    ("networking.k8s.io", "v1", "Ingress"),
+    ("networking.k8s.io", "v1", "NetworkPolicy"),
+    ("rbac.authorization.k8s.io", "v1", "Role"),
+    ("rbac.authorization.k8s.io", "v1", "RoleBinding"),
+    ("autoscaling", "v2", "HorizontalPodAutoscaler"),
+    ("policy", "v1", "PodDisruptionBudget"),
+];
+
+/// A cluster and what the deployer learned about its kinds.
+pub struct Cluster {
+    client: Client,
+    field_manager: String,
+    force: bool,
+    kinds: Mutex<HashMap<String, (ApiResource, bool)>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("field_manager", &self.field_manager)
+            .field("force", &self.force)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// The cluster behind `client`; applies as `field_manager`, forcing conflicts if `force`.
+    pub fn new(client: Client, field_manager: impl Into<String>, force: bool) -> Self {
+        Self {
+            client,
+            field_manager: field_manager.into(),
+            force,
+            kinds: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The API resource of a kind, and whether it is namespaced.
+    ///
+    /// # Errors
+    /// [`ClusterError::Refused`] for a kind the apiserver does not serve.
+    pub async fn resolve(&self, group: &str, version: &str, kind: &str) -> Result<(ApiResource, bool), ClusterError> {
+        let key = format!("{group}/{version}/{kind}");
+        if let Some(found) = self
+            .kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(found.clone());
+        }
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (resource, caps) = kube::discovery::pinned_kind(&self.client, &gvk)
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(status) if status.code == 404 => ClusterError::Refused(format!(
+                    "the cluster does not know kind `{kind}` in apiVersion `{}`",
+                    if group.is_empty() {
+                        version.to_owned()
+                    } else {
+                        format!("{group}/{version}")
+                    }
+                )),
+                kube::Error::Discovery(d) => ClusterError::Refused(format!(
+                    "the cluster does not know kind `{kind}` in apiVersion `{}`: {d}",
+                    if group.is_empty() {
+                        version.to_owned()
+                    } else {
+                        format!("{group}/{version}")
+                    }
+                )),
+                other => ClusterError::from_kube(&format!("resolving {kind}"), other),
+            })?;
+        let found = (resource, caps.scope == Scope::Namespaced);
+        self.kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, found.clone());
+        Ok(found)
+    }
+
+    /// Makes sure `namespace` exists, creating it labelled as Baton's when it does not.
+    ///
+    /// # Errors
+    /// [`ClusterError`]; a namespace the deployer may not create is refused with the hint.
+    pub async fn ensure_namespace(&self, namespace: &str, environment: &str) -> Result<(), ClusterError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        match api.get_opt(namespace).await {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => {}
+            // Allowed to work in the namespace but not to read namespaces: it exists.
+            Err(kube::Error::Api(status)) if status.code == 403 => return Ok(()),
+            Err(e) => return Err(ClusterError::from_kube(&format!("reading namespace {namespace}"), e)),
+        }
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(namespace.to_owned());
+        ns.metadata.labels = Some(BTreeMap::from([
+            (MANAGED_BY.to_owned(), "baton".to_owned()),
+            (ENVIRONMENT_LABEL.to_owned(), environment.to_owned()),
+        ]));
+        match api.create(&PostParams::default(), &ns).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 403 => Err(ClusterError::Refused(format!(
+                "namespace `{namespace}` does not exist and the deployer may not create it: create it (deploy/ lists each environment's namespace) or let the deployer create namespaces"
+            ))),
+            Err(e) => Err(ClusterError::from_kube(&format!("creating namespace {namespace}"), e)),
+        }
+    }
+
+    fn api(&self, resource: &ApiResource, namespaced: bool, namespace: &str) -> Api<DynamicObject> {
+        if namespaced {
+            Api::namespaced_with(self.client.clone(), namespace, resource)
+        } else {
+            Api::all_with(self.client.clone(), resource)
+        }
+    }
+
+    /// Server-side applies every manifest into `namespace`: first all as a dry run, then for
+    /// real. Returns the objects applied.
+    ///
+    /// # Errors
+    /// [`ClusterError`]; a rejected object is named with the apiserver's message.
+    pub async fn apply(
+        &self,
+        namespace: &str,
+        manifests: &[(Manifest, ApiResource, bool)],
+    ) -> Result<Vec<String>, ClusterError> {
+        let mut params = PatchParams::apply(&self.field_manager);
+        if self.force {
+            params = params.force();
+        }
+        for dry_run in [true, false] {
+            let params = if dry_run {
+                params.clone().dry_run()
+            } else {
+                params.clone()
+            };
+            for (manifest, resource, namespaced) in manifests {
+                let api = self.api(resource, *namespaced, namespace);
+                api.patch(&manifest.name, &params, &Patch::Apply(&manifest.object))
+                    .await
+                    .map_err(|e| {
+                        let what = format!(
+                            "{} {} ({})",
+                            if dry_run { "checking" } else { "applying" },
+                            manifest.display(),
+                            manifest.file
+                        );
+                        ClusterError::from_kube(&what, e)
+                    })?;
+            }
+        }
+        Ok(manifests.iter().map(|(m, _, _)| m.display()).collect())
+    }
+
+    /// Deletes the objects labelled as this app's in this environment that are not in `keep`
+    /// (`Kind/name`), among the kinds of `applied` and the usual namespaced kinds. Returns what
+    /// was deleted.
+    ///
+    /// # Errors
+    /// [`ClusterError`] when listing or deleting fails (a kind the deployer may not list is
+    /// skipped).
+    pub async fn prune(
+        &self,
+        namespace: &str,
+        selector: &str,
+        applied: &[(Manifest, ApiResource, bool)],
+    ) -> Result<Vec<String>, ClusterError> {
+        let keep: BTreeSet<String> = applied.iter().map(|(m, _, _)| m.display()).collect();
+        let mut kinds: BTreeMap<String, (String, String, String)> = PRUNABLE
+            .iter()
+            .map(|(g, v, k)| ((*k).to_owned(), ((*g).to_owned(), (*v).to_owned(), (*k).to_owned())))
+            .collect();
+        for (m, _, namespaced) in applied {
+            if *namespaced {
+                let (g, v) = m.group_version();
+                kinds.insert(m.kind.clone(), (g.to_owned(), v.to_owned(), m.kind.clone()));
+            }
+        }
+        let mut pruned = Vec::new();
+        for (group, version, kind) in kinds.into_values() {
+            let Ok((resource, namespaced)) = self.resolve(&group, &version, &kind).await else {
+                continue;
+            };
+            if !namespaced {
+                continue;
+            }
+            let api = self.api(&resource, true, namespace);
+            let listed = match api.list(&ListParams::default().labels(selector)).await {
+                Ok(list) => list,
+                Err(kube::Error::Api(status)) if status.code == 403 || status.code == 404 => continue,
+                Err(e) => return Err(ClusterError::from_kube(&format!("listing {kind}"), e)),
+            };
+            for object in listed {
+                let Some(name) = object.metadata.name.clone() else {
+                    continue;
+                };
+                let display = format!("{kind}/{name}");
+                if keep.contains(&display) {
+                    continue;
+                }
+                match api.delete(&name, &DeleteParams::background()).await {
+                    Ok(_) => pruned.push(display),
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(e) => return Err(ClusterError::from_kube(&format!("pruning {display}"), e)),
+                }
+            }
+        }
+        Ok(pruned)
+    }
+}

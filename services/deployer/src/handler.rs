@@ -1,0 +1,474 @@
+//! The deployer's stage: one promotion in, one verdict out.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::jetstream::{self, kv};
+use baton_kit::lease::{Lease, Locks};
+use baton_kit::source::Sources;
+use baton_kit::{Handler, HandlerError, Incoming, Outgoing};
+use baton_schemas::extensions::{DeploymentFailedContent, DeploymentStartedContent};
+use baton_schemas::release::{DeploymentData, PodReport, PromotionAction, PromotionData};
+use baton_schemas::subjects::sanitize_token;
+use baton_schemas::{CdEvent, EventType};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::manifests::{
+    self, APP_LABEL, COMMIT_ANNOTATION, ENVIRONMENT_LABEL, MANAGED_BY, Manifest, PROMOTION_ANNOTATION, RELEASE_LABEL,
+};
+use crate::rollout::{self, Interrupt, Limits, Verdict, WORKLOADS};
+
+/// The event types the deployer consumes.
+pub const HANDLES: [EventType; 1] = [EventType::EnvironmentModified];
+
+/// The newest promotion seen for an app in an environment (the later wins).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Latest {
+    sequence: u64,
+    promotion: String,
+}
+
+/// The last promotion that rolled out healthy, and how it was reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Deployed {
+    promotion: String,
+    release: String,
+    reported: String,
+}
+
+/// The deployer.
+#[derive(Debug, Clone)]
+pub struct Deployer {
+    /// The cluster.
+    pub cluster: Arc<Cluster>,
+    /// Config-repo mirrors and credentials.
+    pub sources: Sources,
+    /// `baton-state`: the newest promotion per app and environment, and the last healthy one.
+    pub state: kv::Store,
+    /// One rollout per app and namespace.
+    pub locks: Locks,
+    /// For progress events published during a rollout.
+    pub jetstream: jetstream::Context,
+    /// How rollouts are judged.
+    pub limits: Limits,
+}
+
+/// What went wrong in a deployment attempt.
+enum Failure {
+    /// The release cannot be deployed: report it failed.
+    Release(String),
+    /// Try again later.
+    Transient(String),
+}
+
+impl From<ClusterError> for Failure {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::Refused(m) => Self::Release(m),
+            ClusterError::Unavailable(m) => Self::Transient(m),
+        }
+    }
+}
+
+fn latest_key(app: &str, env: &str) -> String {
+    format!("deployer.latest.{}.{env}", sanitize_token(app))
+}
+
+fn deployed_key(app: &str, env: &str) -> String {
+    format!("deployer.deployed.{}.{env}", sanitize_token(app))
+}
+
+impl Handler for Deployer {
+    #[tracing::instrument(skip_all, fields(event.id = %event.id(), event.type = %event.event_type, chain.id = event.chain_id().unwrap_or("")))]
+    async fn handle(&self, event: Arc<Incoming>) -> Result<Vec<Outgoing>, HandlerError> {
+        let promotion: PromotionData = event.cdevent.custom_data_as().map_err(|e| {
+            HandlerError::Permanent(format!("environment.modified without the promoter's customData: {e}"))
+        })?;
+        if !promotion.action.changes_manifests() {
+            return Ok(Vec::new());
+        }
+        match self.deploy(&event, &promotion).await {
+            Ok(events) => Ok(events),
+            Err(Failure::Transient(m)) => Err(HandlerError::Transient(m)),
+            Err(Failure::Release(reason)) => Ok(vec![self.failed(&event, &promotion, &reason, Vec::new(), Vec::new())]),
+        }
+    }
+}
+
+impl Deployer {
+    async fn deploy(&self, event: &Incoming, promotion: &PromotionData) -> Result<Vec<Outgoing>, Failure> {
+        let kv_error =
+            |e: &dyn std::fmt::Display| Failure::Transient(format!("the deployer's state store failed: {e}"));
+        let key = latest_key(&promotion.app, &promotion.environment);
+        // The later promotion wins: record ours unless a later one is already known.
+        loop {
+            let entry = self.state.entry(&key).await.map_err(|e| kv_error(&e))?;
+            let current = entry
+                .as_ref()
+                .filter(|e| e.operation == kv::Operation::Put)
+                .and_then(|e| serde_json::from_slice::<Latest>(&e.value).ok());
+            match current {
+                Some(latest) if latest.sequence > event.stream_sequence => {
+                    return Ok(vec![self.superseded(event, promotion, &latest.promotion)]);
+                }
+                Some(latest) if latest.sequence == event.stream_sequence => break,
+                _ => {}
+            }
+            let ours = serde_json::to_vec(&Latest {
+                sequence: event.stream_sequence,
+                promotion: promotion.promotion.clone(),
+            })
+            .expect("serializes");
+            let written = match entry {
+                Some(e) => self.state.update(&key, ours.into(), e.revision).await.is_ok(),
+                None => self.state.create(&key, ours.into()).await.is_ok(),
+            };
+            if written {
+                break;
+            }
+        }
+        let lease_key = format!("deploy.{}.{}", promotion.namespace, sanitize_token(&promotion.app));
+        let lease = self
+            .locks
+            .acquire(&lease_key, &format!("rollout of {}", promotion.promotion))
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))?;
+        let mut guard = Guard {
+            deployer: self,
+            key,
+            sequence: event.stream_sequence,
+            lease,
+            renewed: Instant::now(),
+        };
+        let result = self.roll_out(event, promotion, &mut guard).await;
+        self.locks.release(guard.lease).await;
+        result
+    }
+
+    async fn roll_out(
+        &self,
+        event: &Incoming,
+        promotion: &PromotionData,
+        guard: &mut Guard<'_>,
+    ) -> Result<Vec<Outgoing>, Failure> {
+        let started = self.event(
+            event,
+            EventType::DeploymentStarted,
+            "deployment.started",
+            serde_json::to_value(DeploymentStartedContent {
+                environment: promotion.environment.clone(),
+                app: promotion.app.clone(),
+                artifact_id: promotion.release.image.purl.clone(),
+            })
+            .expect("serializes"),
+            self.data(promotion, None, Vec::new(), Vec::new(), Vec::new()),
+        );
+        baton_kit::events::publish(&self.jetstream, &started)
+            .await
+            .map_err(|e| Failure::Transient(format!("cannot announce the rollout: {e}")))?;
+
+        let manifests = self.manifests(promotion).await?;
+        let mut resolved = Vec::with_capacity(manifests.len());
+        let token = sanitize_token(&promotion.app);
+        let labels = BTreeMap::from([
+            (MANAGED_BY.to_owned(), "baton".to_owned()),
+            (APP_LABEL.to_owned(), token.clone()),
+            (ENVIRONMENT_LABEL.to_owned(), promotion.environment.clone()),
+            (RELEASE_LABEL.to_owned(), sanitize_label(&promotion.release.release)),
+        ]);
+        let annotations = BTreeMap::from([
+            (PROMOTION_ANNOTATION.to_owned(), promotion.promotion.clone()),
+            (COMMIT_ANNOTATION.to_owned(), promotion.config_commit.clone()),
+        ]);
+        for mut manifest in manifests {
+            manifests::check_namespace(&manifest, &promotion.namespace).map_err(|e| Failure::Release(e.to_string()))?;
+            let (group, version) = manifest.group_version();
+            let (group, version) = (group.to_owned(), version.to_owned());
+            let (resource, namespaced) = self.cluster.resolve(&group, &version, &manifest.kind).await?;
+            if !namespaced {
+                return Err(Failure::Release(format!(
+                    "{}: {} is cluster-scoped; Baton deploys only namespaced objects into the environment's namespace `{}`",
+                    manifest.file,
+                    manifest.display(),
+                    promotion.namespace
+                )));
+            }
+            manifests::stamp(&mut manifest, Some(&promotion.namespace), &labels, &annotations);
+            resolved.push((manifest, resource, namespaced));
+        }
+        self.cluster
+            .ensure_namespace(&promotion.namespace, &promotion.environment)
+            .await?;
+        let applied = self.cluster.apply(&promotion.namespace, &resolved).await?;
+        let selector = format!("{APP_LABEL}={token},{ENVIRONMENT_LABEL}={}", promotion.environment);
+        let pruned = self.cluster.prune(&promotion.namespace, &selector, &resolved).await?;
+        tracing::info!(app = %promotion.app, environment = %promotion.environment, applied = applied.len(), pruned = pruned.len(), "applied");
+        let workloads: Vec<(String, String)> = resolved
+            .iter()
+            .filter(|(m, _, _)| WORKLOADS.contains(&m.kind.as_str()))
+            .map(|(m, _, _)| (m.kind.clone(), m.name.clone()))
+            .collect();
+        let verdict = rollout::watch(
+            self.cluster.client(),
+            &promotion.namespace,
+            &workloads,
+            self.limits,
+            guard,
+        )
+        .await?;
+        Ok(match verdict {
+            Verdict::Healthy => vec![self.healthy(event, promotion, applied, pruned).await?],
+            Verdict::Failed { reason, pods } => vec![self.failed(event, promotion, &reason, pods, applied)],
+            Verdict::Superseded => {
+                let newer = self.latest(promotion).await.unwrap_or_default();
+                vec![self.superseded(event, promotion, &newer)]
+            }
+        })
+    }
+
+    async fn latest(&self, promotion: &PromotionData) -> Option<String> {
+        let bytes = self
+            .state
+            .get(latest_key(&promotion.app, &promotion.environment))
+            .await
+            .ok()??;
+        serde_json::from_slice::<Latest>(&bytes).ok().map(|l| l.promotion)
+    }
+
+    /// The folder's files at the promotion's commit, parsed.
+    async fn manifests(&self, promotion: &PromotionData) -> Result<Vec<Manifest>, Failure> {
+        let sources = self.sources.clone();
+        let (url, commit, folder) = (
+            promotion.config_repository.clone(),
+            promotion.config_commit.clone(),
+            promotion.manifests_path.clone(),
+        );
+        let files = tokio::task::spawn_blocking(move || -> Result<Vec<(String, Vec<u8>)>, Failure> {
+            let mirror = sources.mirror_with(&url, &commit).map_err(|e| {
+                if e.is_transient() {
+                    Failure::Transient(e.to_string())
+                } else {
+                    Failure::Release(e.to_string())
+                }
+            })?;
+            let oid = git2::Oid::from_str(&commit).map_err(|e| Failure::Release(e.message().to_owned()))?;
+            let tree = mirror
+                .find_commit(oid)
+                .and_then(|c| c.tree())
+                .map_err(|e| Failure::Transient(e.message().to_owned()))?;
+            let sub = tree
+                .get_path(std::path::Path::new(&folder))
+                .ok()
+                .and_then(|e| e.to_object(&mirror).ok())
+                .and_then(|o| o.into_tree().ok())
+                .ok_or_else(|| Failure::Release(format!("the config repo has no folder `{folder}` at {commit}")))?;
+            let mut files = Vec::new();
+            sub.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+                if entry.kind() == Some(git2::ObjectType::Blob)
+                    && let Some(blob) = entry.to_object(&mirror).ok().and_then(|o| o.into_blob().ok())
+                {
+                    files.push((
+                        format!("{root}{}", entry.name().unwrap_or_default()),
+                        blob.content().to_vec(),
+                    ));
+                }
+                git2::TreeWalkResult::Ok
+            })
+            .map_err(|e| Failure::Transient(e.message().to_owned()))?;
+            Ok(files)
+        })
+        .await
+        .map_err(|e| Failure::Transient(e.to_string()))??;
+        manifests::parse(&promotion.manifests_path, &files).map_err(|e| Failure::Release(e.to_string()))
+    }
+
+    fn data(
+        &self,
+        promotion: &PromotionData,
+        reason: Option<String>,
+        applied: Vec<String>,
+        pruned: Vec<String>,
+        failing_pods: Vec<PodReport>,
+    ) -> DeploymentData {
+        DeploymentData {
+            promotion: promotion.promotion.clone(),
+            action: promotion.action,
+            app: promotion.app.clone(),
+            environment: promotion.environment.clone(),
+            namespace: promotion.namespace.clone(),
+            release: promotion.release.release.clone(),
+            config_commit: promotion.config_commit.clone(),
+            image: promotion.release.image.reference.clone(),
+            reason,
+            applied,
+            pruned,
+            failing_pods,
+        }
+    }
+
+    /// An event about `data`'s promotion. Its id derives from the promotion, not from the
+    /// delivery: the same promotion delivered twice (a redelivery, a re-sent promotion) yields
+    /// the same ids, which JetStream drops as duplicates, so a success is never reported twice.
+    fn event(
+        &self,
+        incoming: &Incoming,
+        ty: EventType,
+        label: &str,
+        content: serde_json::Value,
+        data: DeploymentData,
+    ) -> Outgoing {
+        let id = uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            format!("baton:deployer:{}:{label}", data.promotion).as_bytes(),
+        )
+        .to_string();
+        let event = CdEvent::new(ty, id, incoming.stage_source.clone(), data.release.clone(), content)
+            .and_then(|e| e.with_custom_data(&data))
+            .expect("deployer events serialize")
+            .caused_by(incoming.id())
+            .with_chain_id(incoming.chain_id().unwrap_or(&data.release));
+        Outgoing::new(data.app.clone(), event)
+    }
+
+    async fn healthy(
+        &self,
+        incoming: &Incoming,
+        promotion: &PromotionData,
+        applied: Vec<String>,
+        pruned: Vec<String>,
+    ) -> Result<Outgoing, Failure> {
+        let key = deployed_key(&promotion.app, &promotion.environment);
+        let previous = self
+            .state
+            .get(&key)
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))?
+            .and_then(|b| serde_json::from_slice::<Deployed>(&b).ok());
+        // A redelivered promotion reports what its first delivery reported.
+        let reported = match &previous {
+            Some(p) if p.promotion == promotion.promotion => p.reported.clone(),
+            _ if promotion.action == PromotionAction::Rollback => "rolledback".to_owned(),
+            Some(_) => "upgraded".to_owned(),
+            None => "deployed".to_owned(),
+        };
+        let record = Deployed {
+            promotion: promotion.promotion.clone(),
+            release: promotion.release.release.clone(),
+            reported: reported.clone(),
+        };
+        self.state
+            .put(&key, serde_json::to_vec(&record).expect("serializes").into())
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))?;
+        let ty = match reported.as_str() {
+            "rolledback" => EventType::ServiceRolledBack,
+            "upgraded" => EventType::ServiceUpgraded,
+            _ => EventType::ServiceDeployed,
+        };
+        let content = json!({
+            "environment": {"id": promotion.environment, "source": format!("/namespaces/{}", promotion.namespace)},
+            "artifactId": promotion.release.image.purl,
+        });
+        tracing::info!(app = %promotion.app, environment = %promotion.environment, release = %promotion.release.release, %reported, "rollout healthy");
+        Ok(self.event(
+            incoming,
+            ty,
+            "deployment.healthy",
+            content,
+            self.data(promotion, None, applied, pruned, Vec::new()),
+        ))
+    }
+
+    fn failed(
+        &self,
+        incoming: &Incoming,
+        promotion: &PromotionData,
+        reason: &str,
+        pods: Vec<PodReport>,
+        applied: Vec<String>,
+    ) -> Outgoing {
+        tracing::warn!(app = %promotion.app, environment = %promotion.environment, release = %promotion.release.release, reason, "rollout failed");
+        let content = serde_json::to_value(DeploymentFailedContent {
+            environment: promotion.environment.clone(),
+            app: promotion.app.clone(),
+            artifact_id: promotion.release.image.purl.clone(),
+            reason: reason.to_owned(),
+        })
+        .expect("serializes");
+        self.event(
+            incoming,
+            EventType::DeploymentFailed,
+            "deployment.failed",
+            content,
+            self.data(promotion, Some(reason.to_owned()), applied, Vec::new(), pods),
+        )
+    }
+
+    fn superseded(&self, incoming: &Incoming, promotion: &PromotionData, newer: &str) -> Outgoing {
+        let reason = format!("superseded by promotion {newer} of the same environment");
+        let content = serde_json::to_value(DeploymentFailedContent {
+            environment: promotion.environment.clone(),
+            app: promotion.app.clone(),
+            artifact_id: promotion.release.image.purl.clone(),
+            reason: reason.clone(),
+        })
+        .expect("serializes");
+        self.event(
+            incoming,
+            EventType::DeploymentSuperseded,
+            "deployment.superseded",
+            content,
+            self.data(promotion, Some(reason), Vec::new(), Vec::new(), Vec::new()),
+        )
+    }
+}
+
+/// Label values: at most 63 characters of letters, digits, `-`, `_`, `.`.
+fn sanitize_label(value: &str) -> String {
+    let cleaned: String = value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(63)
+        .collect();
+    cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
+}
+
+/// During a rollout: renews the lease, and stops the watch when a later promotion arrived.
+struct Guard<'a> {
+    deployer: &'a Deployer,
+    key: String,
+    sequence: u64,
+    lease: Lease,
+    renewed: Instant,
+}
+
+impl Interrupt for Guard<'_> {
+    async fn interrupted(&mut self) -> Result<bool, ClusterError> {
+        let locks = &self.deployer.locks;
+        if self.renewed.elapsed() >= locks.lease_time() / 3 {
+            if let Err(e) = locks.renew(&mut self.lease).await {
+                // Another replica took the namespace over: let the event be retried.
+                return Err(ClusterError::Unavailable(format!("the rollout lease was lost: {e}")));
+            }
+            self.renewed = Instant::now();
+        }
+        let latest = self
+            .deployer
+            .state
+            .get(&self.key)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<Latest>(&b).ok());
+        Ok(latest.is_some_and(|l| l.sequence > self.sequence))
+    }
+}

@@ -1,0 +1,580 @@
+//! The deployer against a real Kubernetes control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler 1.20.2) with simulated nodes, a real nats-server and
+//! a real config repo: a healthy release becomes a Deployment running the pinned digest
+//! (`service.deployed`), a second one is an upgrade that prunes what it dropped, a crash-looping
+//! one fails with the pods' states, bad manifests fail without applying anything, another
+//! namespace is refused, RBAC from `deploy/` confines the deployer, a redelivered promotion is
+//! not reported twice, and the later of two promotions wins.
+//!
+//! The promotions are published here the way the promoter publishes them.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use async_nats::jetstream::consumer::{self, pull};
+use baton_kit::settings::Settings;
+use baton_kit::{Outgoing, codec, events};
+use baton_schemas::config::CommonSettings;
+use baton_schemas::config::deployer::DeployerSettings;
+use baton_schemas::payloads::ImageInfo;
+use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData, ReleaseData};
+use baton_schemas::{CdEvent, EventType, subjects};
+use baton_tests::NatsServer;
+use baton_tests::kube::KubeCluster;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+const APP: &str = "acme/shop";
+const DIR: &str = "acme_shop";
+const STAGING: &str = "shop-staging";
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
+}
+
+fn deployment(image: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+spec:
+  replicas: 2
+  progressDeadlineSeconds: 30
+  selector:
+    matchLabels: {{app: shop}}
+  template:
+    metadata:
+      labels: {{app: shop}}
+    spec:
+      containers:
+        - name: shop
+          image: {image}
+{extra}"
+    )
+}
+
+const CONFIG_MAP: &str =
+    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shop-settings\ndata:\n  greeting: hello\n";
+
+fn image(case: &str, repository: &str) -> ImageInfo {
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(case.as_bytes())));
+    ImageInfo {
+        registry: "127.0.0.1:5000".into(),
+        repository: repository.into(),
+        tag: case.into(),
+        digest: digest.clone(),
+        reference: format!("127.0.0.1:5000/{repository}@{digest}"),
+        purl: format!("pkg:oci/shop@{}", digest.replace(':', "%3A")),
+        uploaded_bytes: 0,
+    }
+}
+
+struct World {
+    nats: NatsServer,
+    cluster: KubeCluster,
+    _nodes: baton_tests::kube::NodeSimulator,
+    js: async_nats::jetstream::Context,
+    dir: tempfile::TempDir,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), baton_deployer::StartError>>>,
+    sequence: std::sync::atomic::AtomicU32,
+}
+
+impl World {
+    async fn start() -> Result<Self> {
+        let cluster = KubeCluster::start().await?;
+        let nodes = cluster.simulate_nodes(2).await?;
+        let nats = NatsServer::start()?;
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+        let dir = tempfile::tempdir()?;
+        git(dir.path(), &["init", "-q", "--bare", "-b", "main", "config.git"])?;
+        git(dir.path(), &["clone", "-q", "config.git", "config"])?;
+        std::fs::write(dir.path().join("config/environments.yaml"), "environments: []\n")?;
+        git(&dir.path().join("config"), &["add", "."])?;
+        git(&dir.path().join("config"), &["commit", "-qm", "seed"])?;
+        git(&dir.path().join("config"), &["push", "-q", "origin", "main"])?;
+        Ok(Self {
+            nats,
+            cluster,
+            _nodes: nodes,
+            js,
+            dir,
+            stop: CancellationToken::new(),
+            task: None,
+            sequence: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+
+    /// Starts the deployer with `kubeconfig` (default: the admin's).
+    async fn start_deployer(&mut self, kubeconfig: Option<PathBuf>) -> Result<()> {
+        let mut common = CommonSettings::default();
+        common.nats.url = self.nats.url();
+        common.http.listen = "127.0.0.1:0".parse()?;
+        common.runner.backoff_initial = Duration::from_millis(100);
+        let service = DeployerSettings {
+            kubeconfig: Some(kubeconfig.unwrap_or_else(|| self.cluster.kubeconfig_path().to_owned())),
+            rollout_timeout: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(200),
+            crashloop_restarts: 2,
+            image_pull_grace: Duration::from_secs(3),
+            ..Default::default()
+        };
+        let app = baton_deployer::Application::build(
+            Settings {
+                common,
+                service,
+                warnings: vec![],
+            },
+            &|_| None,
+        )
+        .await?;
+        self.task = Some(tokio::spawn(app.run_until_stopped(self.stop.clone())));
+        Ok(())
+    }
+
+    /// Commits `files` as the whole folder `<env>/acme_shop` and returns the commit.
+    fn commit(&self, env: &str, files: &[(&str, String)]) -> Result<String> {
+        let work = self.dir.path().join("config");
+        let folder = work.join(env).join(DIR);
+        if folder.exists() {
+            std::fs::remove_dir_all(&folder)?;
+        }
+        std::fs::create_dir_all(&folder)?;
+        for (name, content) in files {
+            std::fs::write(folder.join(name), content)?;
+        }
+        std::fs::write(
+            folder.join(".baton-release.yaml"),
+            "not applied: dot-files are skipped\n",
+        )?;
+        git(&work, &["add", "-A"])?;
+        git(&work, &["commit", "-qm", "promote", "--allow-empty"])?;
+        git(&work, &["push", "-q", "origin", "main"])?;
+        git(&work, &["rev-parse", "HEAD"])
+    }
+
+    /// Publishes a promotion of `image` into `env`/`namespace` at `commit`.
+    async fn promote(
+        &self,
+        env: &str,
+        namespace: &str,
+        commit: &str,
+        image: &ImageInfo,
+        action: PromotionAction,
+    ) -> Result<PromotionData> {
+        let n = self.sequence.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let release = format!("release-{}", image.tag);
+        let data = PromotionData {
+            promotion: format!("promotion-{n}-{}", image.tag),
+            action,
+            app: APP.into(),
+            environment: env.into(),
+            namespace: namespace.into(),
+            release: ReleaseData {
+                release: release.clone(),
+                app: APP.into(),
+                commit: "0".repeat(40),
+                repository: "file:///nowhere".into(),
+                image: image.clone(),
+                author: None,
+                pushed_by: None,
+                tested: true,
+                test_run: None,
+                previous_release: None,
+                changelog: vec![],
+                created_at: chrono::Utc::now(),
+            },
+            previous_release: None,
+            config_repository: format!("file://{}", self.dir.path().join("config.git").display()),
+            config_commit: commit.into(),
+            manifests_path: format!("{env}/{DIR}"),
+            actor: "baton-promoter".into(),
+            reason: None,
+            pinned: false,
+            break_glass: false,
+        };
+        self.publish(&data, &format!("modified-{n}")).await?;
+        Ok(data)
+    }
+
+    /// Publishes `data` as an `environment.modified` with id `id`; returns its stream sequence.
+    async fn publish(&self, data: &PromotionData, id: &str) -> Result<u64> {
+        let event = CdEvent::new(
+            EventType::EnvironmentModified,
+            id,
+            "/baton/promoter",
+            data.environment.clone(),
+            json!({"name": data.environment}),
+        )?
+        .with_chain_id(&data.release.release)
+        .with_custom_data(data)?;
+        let (_, published) = events::publish(&self.js, &Outgoing::new(APP, event)).await?;
+        Ok(published.sequence)
+    }
+
+    async fn events(&self, ty: EventType) -> Result<Vec<CdEvent>> {
+        let stream = self.js.get_stream("BATON_EVENTS").await?;
+        let mut c = stream
+            .create_consumer(pull::Config {
+                filter_subject: subjects::event_filter(ty),
+                deliver_policy: consumer::DeliverPolicy::All,
+                inactive_threshold: Duration::from_secs(10),
+                ..Default::default()
+            })
+            .await?;
+        let pending = c.info().await?.num_pending;
+        let mut out = Vec::new();
+        if pending > 0 {
+            let mut batch = c.fetch().max_messages(usize::try_from(pending)?).messages().await?;
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let ce = codec::decode(m.headers.as_ref(), &m.payload)?;
+                let Some(cloudevents::Data::Json(data)) = ce.data() else {
+                    anyhow::bail!("an event without JSON data")
+                };
+                baton_schemas::validate_event(ty, data)?;
+                out.push(serde_json::from_value(data.clone())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The deployer's verdict on `promotion`: healthy, failed or superseded.
+    async fn verdict(&self, promotion: &PromotionData) -> Result<(EventType, DeploymentData)> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            for ty in [
+                EventType::ServiceDeployed,
+                EventType::ServiceUpgraded,
+                EventType::ServiceRolledBack,
+                EventType::DeploymentFailed,
+                EventType::DeploymentSuperseded,
+            ] {
+                for e in self.events(ty).await? {
+                    let data: DeploymentData = e.custom_data_as()?;
+                    if data.promotion == promotion.promotion {
+                        return Ok((ty, data));
+                    }
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no verdict on {}; controller-manager log:\n{}",
+                promotion.promotion,
+                self.cluster
+                    .log_tail(baton_tests::kube::ControlPlaneComponent::ControllerManager)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task).await???;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_release_is_deployed_then_upgraded_and_pruned() -> Result<()> {
+    let mut world = World::start().await?;
+    world.start_deployer(None).await?;
+    let client = world.cluster.client()?;
+
+    let first = image("v1", "baton/acme_shop");
+    let commit = world.commit(
+        "staging",
+        &[
+            ("deployment.yaml", deployment(&first.reference, "")),
+            ("config.yaml", CONFIG_MAP.to_owned()),
+        ],
+    )?;
+    let promotion = world
+        .promote("staging", STAGING, &commit, &first, PromotionAction::Promote)
+        .await?;
+    let (ty, data) = world.verdict(&promotion).await?;
+    assert_eq!(ty, EventType::ServiceDeployed, "{data:?}");
+    assert_eq!(data.applied, ["ConfigMap/shop-settings", "Deployment/shop"]);
+    let started = world.events(EventType::DeploymentStarted).await?;
+    assert_eq!(started.len(), 1, "progress was announced");
+
+    // The pods run the digest from the event, on the simulated nodes.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), STAGING);
+    let shop = deployments.get("shop").await?;
+    let labels = shop.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("baton.dev/app").map(String::as_str), Some(DIR));
+    assert_eq!(labels.get("baton.dev/environment").map(String::as_str), Some("staging"));
+    assert_eq!(labels.get("baton.dev/release").map(String::as_str), Some("release-v1"));
+    assert_eq!(shop.status.and_then(|s| s.available_replicas), Some(2));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), STAGING);
+    let running = pods.list(&ListParams::default().labels("app=shop")).await?;
+    assert!(!running.items.is_empty());
+    for pod in &running.items {
+        let spec = pod.spec.as_ref().context("spec")?;
+        if pod.metadata.deletion_timestamp.is_none() {
+            assert_eq!(spec.containers[0].image.as_deref(), Some(first.reference.as_str()));
+        }
+    }
+    let managers = shop.metadata.managed_fields.unwrap_or_default();
+    assert!(
+        managers
+            .iter()
+            .any(|m| m.manager.as_deref() == Some("baton") && m.operation.as_deref() == Some("Apply"))
+    );
+
+    // A second release without the ConfigMap: an upgrade that prunes it.
+    let second = image("v2", "baton/acme_shop");
+    let commit = world.commit("staging", &[("deployment.yaml", deployment(&second.reference, ""))])?;
+    let promotion = world
+        .promote("staging", STAGING, &commit, &second, PromotionAction::Promote)
+        .await?;
+    let (ty, data) = world.verdict(&promotion).await?;
+    assert_eq!(ty, EventType::ServiceUpgraded, "{data:?}");
+    assert_eq!(data.pruned, ["ConfigMap/shop-settings"]);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), STAGING);
+    assert!(config_maps.get_opt("shop-settings").await?.is_none(), "pruned");
+    let shop = deployments.get("shop").await?;
+    let template = shop.spec.and_then(|s| s.template.spec).context("template")?;
+    assert_eq!(template.containers[0].image.as_deref(), Some(second.reference.as_str()));
+
+    // The same promotion delivered again applies the same state and reports nothing new.
+    let again = world.publish(&promotion, "modified-again").await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = world
+            .js
+            .get_stream("BATON_EVENTS")
+            .await?
+            .get_consumer("deployer")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let info = consumer.info().await?.clone();
+        if info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence >= again {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the deployer did not take the redelivery: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        world.events(EventType::ServiceUpgraded).await?.len(),
+        1,
+        "no second success"
+    );
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_release_fails_with_the_pods_states() -> Result<()> {
+    let mut world = World::start().await?;
+    world.start_deployer(None).await?;
+    let good = image("good", "baton/acme_shop");
+    let commit = world.commit("staging", &[("deployment.yaml", deployment(&good.reference, ""))])?;
+    let promotion = world
+        .promote("staging", STAGING, &commit, &good, PromotionAction::Promote)
+        .await?;
+    assert_eq!(world.verdict(&promotion).await?.0, EventType::ServiceDeployed);
+
+    let bad = image("bad", "baton/acme_shop-crashloop");
+    let commit = world.commit("staging", &[("deployment.yaml", deployment(&bad.reference, ""))])?;
+    let promotion = world
+        .promote("staging", STAGING, &commit, &bad, PromotionAction::Promote)
+        .await?;
+    let (ty, data) = world.verdict(&promotion).await?;
+    assert_eq!(ty, EventType::DeploymentFailed, "{data:?}");
+    let reason = data.reason.unwrap_or_default();
+    assert!(reason.contains("crash-looping"), "{reason}");
+    assert!(
+        data.failing_pods
+            .iter()
+            .any(|p| p.reason.as_deref() == Some("CrashLoopBackOff") && p.restarts >= 2),
+        "{:?}",
+        data.failing_pods
+    );
+
+    // Rolling back re-points to the good digest (the promoter's rollback commit).
+    let commit = world.commit("staging", &[("deployment.yaml", deployment(&good.reference, ""))])?;
+    let rollback = world
+        .promote("staging", STAGING, &commit, &good, PromotionAction::Rollback)
+        .await?;
+    let (ty, _) = world.verdict(&rollback).await?;
+    assert_eq!(ty, EventType::ServiceRolledBack);
+    let deployments: Api<Deployment> = Api::namespaced(world.cluster.client()?, STAGING);
+    let template = deployments
+        .get("shop")
+        .await?
+        .spec
+        .and_then(|s| s.template.spec)
+        .context("template")?;
+    assert_eq!(template.containers[0].image.as_deref(), Some(good.reference.as_str()));
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_manifests_fail_with_the_reason_and_apply_nothing() -> Result<()> {
+    let mut world = World::start().await?;
+    world.start_deployer(None).await?;
+    let client = world.cluster.client()?;
+    let img = image("x", "baton/acme_shop");
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), STAGING);
+
+    let cases: [(&str, String, &str); 4] = [
+        ("not YAML", "kind: [unclosed\n".to_owned(), "not valid YAML"),
+        (
+            "unknown kind",
+            "apiVersion: apps/v1\nkind: Deploymnt\nmetadata: {name: shop}\n".to_owned(),
+            "does not know kind `Deploymnt`",
+        ),
+        (
+            "invalid field",
+            deployment(&img.reference, "      restartPolicy: Sometimes\n"),
+            "restartPolicy",
+        ),
+        (
+            "another namespace",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: sneaky, namespace: kube-system}\n".to_owned(),
+            "targets namespace `kube-system`",
+        ),
+    ];
+    for (case, manifest, words) in cases {
+        let commit = world.commit(
+            "staging",
+            &[("config.yaml", CONFIG_MAP.to_owned()), ("z-broken.yaml", manifest)],
+        )?;
+        let promotion = world
+            .promote("staging", STAGING, &commit, &img, PromotionAction::Promote)
+            .await?;
+        let (ty, data) = world.verdict(&promotion).await?;
+        assert_eq!(ty, EventType::DeploymentFailed, "{case}: {data:?}");
+        let reason = data.reason.unwrap_or_default();
+        assert!(reason.contains(words), "{case}: {reason}");
+        assert!(
+            config_maps.get_opt("shop-settings").await?.is_none(),
+            "{case}: nothing of the release was applied"
+        );
+    }
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_from_deploy_confines_the_deployer_to_environment_namespaces() -> Result<()> {
+    let mut world = World::start().await?;
+    let admin = world.cluster.client()?;
+    for ns in ["baton", STAGING, "shop-production"] {
+        world.cluster.create_namespace(ns).await?;
+    }
+    // The manifests of deploy/rbac, applied as an operator would.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac");
+    let apply = |ns: Option<&str>, file: &str| {
+        let admin = admin.clone();
+        let text = std::fs::read_to_string(root.join(file));
+        let ns = ns.map(str::to_owned);
+        async move {
+            for document in yaml_serde::Deserializer::from_str(&text?) {
+                let object: DynamicObject = serde::Deserialize::deserialize(document)?;
+                let types = object.types.clone().context("apiVersion and kind")?;
+                let (group, version) = types
+                    .api_version
+                    .split_once('/')
+                    .unwrap_or(("", types.api_version.as_str()));
+                let gvk = kube::core::GroupVersionKind::gvk(group, version, &types.kind);
+                let (resource, caps) = kube::discovery::pinned_kind(&admin, &gvk).await?;
+                let name = object.metadata.name.clone().context("name")?;
+                let api: Api<DynamicObject> = match (&caps.scope, &ns, &object.metadata.namespace) {
+                    (kube::discovery::Scope::Cluster, _, _) => Api::all_with(admin.clone(), &resource),
+                    (_, Some(ns), _) | (_, None, Some(ns)) => Api::namespaced_with(admin.clone(), ns, &resource),
+                    _ => anyhow::bail!("{name}: no namespace"),
+                };
+                api.patch(&name, &PatchParams::apply("operator"), &Patch::Apply(&object))
+                    .await?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    apply(None, "deployer-serviceaccount.yaml").await?;
+    apply(Some(STAGING), "deployer-environment.yaml").await?;
+    let token = world.cluster.service_account_token("baton", "baton-deployer").await?;
+    let kubeconfig = world.cluster.write_kubeconfig("deployer", &token)?;
+    world.start_deployer(Some(kubeconfig)).await?;
+
+    let img = image("rbac", "baton/acme_shop");
+    let commit = world.commit("staging", &[("deployment.yaml", deployment(&img.reference, ""))])?;
+    let allowed = world
+        .promote("staging", STAGING, &commit, &img, PromotionAction::Promote)
+        .await?;
+    let (ty, data) = world.verdict(&allowed).await?;
+    assert_eq!(
+        ty,
+        EventType::ServiceDeployed,
+        "allowed in its environment namespace: {data:?}"
+    );
+
+    let commit = world.commit("production", &[("deployment.yaml", deployment(&img.reference, ""))])?;
+    let outside = world
+        .promote("production", "shop-production", &commit, &img, PromotionAction::Promote)
+        .await?;
+    let (ty, data) = world.verdict(&outside).await?;
+    assert_eq!(ty, EventType::DeploymentFailed, "{data:?}");
+    let reason = data.reason.unwrap_or_default();
+    assert!(
+        reason.contains("403") && reason.contains("RBAC"),
+        "the refusal is explained: {reason}"
+    );
+    let production: Api<Deployment> = Api::namespaced(admin.clone(), "shop-production");
+    assert!(production.get_opt("shop").await?.is_none(), "nothing written outside");
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_later_of_two_promotions_wins_and_the_earlier_is_superseded() -> Result<()> {
+    let mut world = World::start().await?;
+    world.start_deployer(None).await?;
+    // The first never becomes ready, so it is still rolling out when the second arrives.
+    let slow = image("slow", "baton/acme_shop-never-ready");
+    let commit = world.commit("staging", &[("deployment.yaml", deployment(&slow.reference, ""))])?;
+    let first = world
+        .promote("staging", STAGING, &commit, &slow, PromotionAction::Promote)
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while world.events(EventType::DeploymentStarted).await?.is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "the first rollout never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fast = image("fast", "baton/acme_shop");
+    let commit = world.commit("staging", &[("deployment.yaml", deployment(&fast.reference, ""))])?;
+    let second = world
+        .promote("staging", STAGING, &commit, &fast, PromotionAction::Promote)
+        .await?;
+    let (ty, data) = world.verdict(&first).await?;
+    assert_eq!(ty, EventType::DeploymentSuperseded, "{data:?}");
+    assert!(data.reason.unwrap_or_default().contains(&second.promotion));
+    let (ty, _) = world.verdict(&second).await?;
+    assert!(
+        matches!(ty, EventType::ServiceDeployed | EventType::ServiceUpgraded),
+        "{ty}"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(world.cluster.client()?, STAGING);
+    let template = deployments
+        .get("shop")
+        .await?
+        .spec
+        .and_then(|s| s.template.spec)
+        .context("template")?;
+    assert_eq!(
+        template.containers[0].image.as_deref(),
+        Some(fast.reference.as_str()),
+        "the later wins"
+    );
+    world.stop().await
+}
