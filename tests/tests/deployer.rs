@@ -578,3 +578,140 @@ async fn the_later_of_two_promotions_wins_and_the_earlier_is_superseded() -> Res
     );
     world.stop().await
 }
+
+/// Publishes the tester's verdict for `commit` of the app repo with `image`; returns the release.
+async fn tests_passed(world: &World, case: &str, commit: &str, image: &ImageInfo) -> Result<String> {
+    let release = format!("release-{case}");
+    let data = baton_schemas::payloads::TestData {
+        app: APP.into(),
+        commit: commit.into(),
+        repository: format!("file://{}", world.dir.path().join("app").display()),
+        image: Some(image.clone()),
+        run: format!("test-{case}"),
+        outcome: Some(baton_schemas::payloads::Outcome::Success),
+        reason: None,
+        no_tests_declared: false,
+        counts: baton_schemas::payloads::TestCounts::default(),
+        failed_cases: vec![],
+        steps: vec![],
+        pushed_by: None,
+    };
+    let event = CdEvent::new(
+        EventType::TestSuiteRunFinished,
+        format!("finished-{case}"),
+        "/baton/tester",
+        format!("{APP}@{commit}"),
+        json!({"environment": {"id": "baton-tester"}, "testSuite": {"id": "s"}, "outcome": "success"}),
+    )?
+    .with_chain_id(&release)
+    .with_custom_data(data)?;
+    events::publish(&world.js, &Outgoing::new(APP, event)).await?;
+    Ok(release)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_promoter_a_crash_looping_release_is_rolled_back_to_the_previous_digest() -> Result<()> {
+    let mut world = World::start().await?;
+    world.start_deployer(None).await?;
+    // The config repo's policy: one automatic environment.
+    let config = world.dir.path().join("config");
+    std::fs::write(
+        config.join("environments.yaml"),
+        format!("environments:\n  - name: staging\n    namespace: {STAGING}\n    policy: auto\n"),
+    )?;
+    git(&config, &["commit", "-qam", "staging"])?;
+    git(&config, &["push", "-q", "origin", "main"])?;
+    // The app: its pipeline file and manifests.
+    let app = world.dir.path().join("app");
+    std::fs::create_dir_all(app.join("deploy"))?;
+    git(&app, &["init", "-q", "-b", "main"])?;
+    std::fs::write(app.join(".baton.yaml"), "manifests: deploy\n")?;
+    std::fs::write(
+        app.join("deploy/deployment.yaml"),
+        deployment("127.0.0.1:5000/baton/acme_shop:dev", ""),
+    )?;
+    git(&app, &["add", "-A"])?;
+    git(&app, &["commit", "-qm", "good"])?;
+    let good_commit = git(&app, &["rev-parse", "HEAD"])?;
+    let mut promoter_settings = baton_schemas::config::promoter::PromoterSettings::default();
+    promoter_settings.config_repo.url = format!("file://{}", world.dir.path().join("config.git").display());
+    promoter_settings.tick = Duration::from_millis(100);
+    let mut common = CommonSettings::default();
+    common.nats.url = world.nats.url();
+    common.http.listen = "127.0.0.1:0".parse()?;
+    let promoter = baton_promoter::Application::build(
+        Settings {
+            common,
+            service: promoter_settings,
+            warnings: vec![],
+        },
+        &|_| None,
+    )
+    .await?;
+    let promoter_task = tokio::spawn(promoter.run_until_stopped(world.stop.clone()));
+
+    let good = image("good", "baton/acme_shop");
+    let good_release = tests_passed(&world, "good", &good_commit, &good).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !world
+        .events(EventType::ServiceDeployed)
+        .await?
+        .iter()
+        .any(|e| e.context.chain_id.as_deref() == Some(good_release.as_str()))
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the good release was never deployed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A commit whose pods crash-loop.
+    std::fs::write(
+        app.join("deploy/deployment.yaml"),
+        deployment("127.0.0.1:5000/baton/acme_shop:dev", "").replace(
+            "      labels: {app: shop}\n    spec:",
+            "      labels: {app: shop}\n      annotations: {baton.dev/simulate: crashloop}\n    spec:",
+        ),
+    )?;
+    git(&app, &["commit", "-qam", "bad"])?;
+    let bad_commit = git(&app, &["rev-parse", "HEAD"])?;
+    let bad = image("bad", "baton/acme_shop");
+    let bad_release = tests_passed(&world, "bad", &bad_commit, &bad).await?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let rolled_back = loop {
+        let found = world
+            .events(EventType::ServiceRolledBack)
+            .await?
+            .into_iter()
+            .find(|e| e.context.chain_id.as_deref() == Some(good_release.as_str()));
+        if let Some(event) = found {
+            break event;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no rollback after the bad release");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let failed = world.events(EventType::DeploymentFailed).await?;
+    assert!(
+        failed
+            .iter()
+            .any(|e| e.context.chain_id.as_deref() == Some(bad_release.as_str()))
+    );
+    let data: DeploymentData = rolled_back.custom_data_as()?;
+    assert_eq!(data.image, good.reference);
+    let deployments: Api<Deployment> = Api::namespaced(world.cluster.client()?, STAGING);
+    let template = deployments
+        .get("shop")
+        .await?
+        .spec
+        .and_then(|s| s.template.spec)
+        .context("template")?;
+    assert_eq!(
+        template.containers[0].image.as_deref(),
+        Some(good.reference.as_str()),
+        "the previous digest runs again"
+    );
+    let quarantined = world.events(EventType::ReleaseQuarantined).await?;
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].subject.id, bad_release);
+    world.stop.cancel();
+    promoter_task.await??;
+    world.stop().await
+}
