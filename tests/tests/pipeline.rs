@@ -2,8 +2,9 @@
 //! listener, the builder fetches that exact commit, runs its build steps, assembles the image
 //! and pushes it to a real registry, and the tester runs the commit's tests against that image;
 //! the promoter turns the verdict into a release and promotes it to staging as a config-repo
-//! commit pinning the image's digest. The release carries one `chainId` from the push to the
-//! promotion. (Next: the deployer.)
+//! commit pinning the image's digest, and the deployer rolls it out on a real Kubernetes control
+//! plane (simulated nodes) until it is healthy. The release carries one `chainId` from the push
+//! to `service.deployed`.
 
 use std::path::Path;
 use std::process::Command;
@@ -75,7 +76,7 @@ async fn wait_for(js: &async_nats::jetstream::Context, ty: EventType, n: usize) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signed_push_becomes_an_image_in_the_registry() -> Result<()> {
+async fn a_signed_push_becomes_a_healthy_deployment_in_staging() -> Result<()> {
     baton_kit::tls::install_crypto_provider();
     let nats = NatsServer::start()?;
     let registry = RegistryServer::start()?;
@@ -92,7 +93,7 @@ async fn a_signed_push_becomes_an_image_in_the_registry() -> Result<()> {
     std::fs::create_dir(repo.join("deploy"))?;
     std::fs::write(
         repo.join("deploy/deployment.yaml"),
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: shop\nspec:\n  template:\n    spec:\n      containers:\n        - name: shop\n          image: baton/shop:dev\n",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: shop\nspec:\n  selector:\n    matchLabels: {app: shop}\n  template:\n    metadata:\n      labels: {app: shop}\n    spec:\n      containers:\n        - name: shop\n          image: baton/shop:dev\n",
     )?;
     git(&repo, &["add", "."])?;
     git(&repo, &["commit", "-qm", "first"])?;
@@ -167,6 +168,21 @@ async fn a_signed_push_becomes_an_image_in_the_registry() -> Result<()> {
     )
     .await?;
     let promoter_task = tokio::spawn(promoter.run_until_stopped(stop.clone()));
+    let cluster = baton_tests::kube::KubeCluster::start().await?;
+    let _nodes = cluster.simulate_nodes(1).await?;
+    let deployer = baton_deployer::Application::build(
+        Settings {
+            common: common(nats.url())?,
+            service: yaml_serde::from_str(&format!(
+                "kubeconfig: {}\npoll_interval: 200ms\n",
+                cluster.kubeconfig_path().display()
+            ))?,
+            warnings: vec![],
+        },
+        &env,
+    )
+    .await?;
+    let deployer_task = tokio::spawn(deployer.run_until_stopped(stop.clone()));
 
     // The push.
     let body = json!({
@@ -302,7 +318,19 @@ async fn a_signed_push_becomes_an_image_in_the_registry() -> Result<()> {
         "staging runs the tested digest: {deployed}"
     );
 
+    // The deployer rolled it out: the Deployment's pods run that digest, healthy.
+    let deployed = wait_for(&js, EventType::ServiceDeployed, 1).await?;
+    assert_eq!(deployed[0].context.chain_id.as_deref(), Some(release.as_str()));
+    assert_eq!(deployed[0].subject.content["artifactId"], image.purl.as_str());
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(cluster.client()?, "shop-staging");
+    let shop = deployments.get("shop").await?;
+    let template = shop.spec.and_then(|s| s.template.spec).context("a pod template")?;
+    assert_eq!(template.containers[0].image.as_deref(), Some(image.reference.as_str()));
+    assert_eq!(shop.status.and_then(|s| s.available_replicas), Some(1));
+
     stop.cancel();
+    deployer_task.await??;
     promoter_task.await??;
     listener_task.await??;
     builder_task.await??;
