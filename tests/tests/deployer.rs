@@ -715,3 +715,66 @@ async fn with_the_promoter_a_crash_looping_release_is_rolled_back_to_the_previou
     promoter_task.await??;
     world.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_apiserver_is_retried_and_the_promotion_is_not_lost() -> Result<()> {
+    let mut world = World::start().await?;
+    // The deployer reaches the apiserver through a door that is closed at first.
+    let door = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let door_port = door.local_addr()?.port();
+    drop(door);
+    let server = world.cluster.server_url().to_owned();
+    let apiserver = server.trim_start_matches("https://").to_owned();
+    let admin = std::fs::read_to_string(world.cluster.kubeconfig_path())?;
+    let through_door = world.dir.path().join("door.kubeconfig");
+    std::fs::write(
+        &through_door,
+        admin.replace(&server, &format!("https://127.0.0.1:{door_port}")),
+    )?;
+    world.start_deployer(Some(through_door)).await?;
+
+    let img = image("patient", "baton/acme_shop");
+    let commit = world.commit("staging", &[("deployment.yaml", deployment(&img.reference, ""))])?;
+    let promotion = world
+        .promote("staging", STAGING, &commit, &img, PromotionAction::Promote)
+        .await?;
+    // Retried, with nothing reported yet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = world
+            .js
+            .get_stream("BATON_EVENTS")
+            .await?
+            .get_consumer("deployer")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let info = consumer.info().await?.clone();
+        if info.num_redelivered > 0 || info.delivered.consumer_sequence > 1 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the deployer never retried: {info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(world.events(EventType::ServiceDeployed).await?.is_empty());
+    assert!(
+        world.events(EventType::DeploymentFailed).await?.is_empty(),
+        "unreachable is not a failed release"
+    );
+
+    // The door opens: the retried promotion rolls out.
+    let door = tokio::net::TcpListener::bind(("127.0.0.1", door_port)).await?;
+    let forward = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = door.accept().await {
+            let apiserver = apiserver.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&apiserver).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let (ty, data) = world.verdict(&promotion).await?;
+    assert_eq!(ty, EventType::ServiceDeployed, "{data:?}");
+    forward.abort();
+    world.stop().await
+}
