@@ -8,7 +8,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 nats_server_version := "2.12.8"
 
 # Benchmarks `just bench` knows, space-separated.
-bench_targets := "fabric listener builder"
+bench_targets := "fabric listener builder deployer"
 
 # Python snippet printing 1 when python3 is a distribution's Python that refuses `pip install`
 # outside a venv (PEP 668), else 0.

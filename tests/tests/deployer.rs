@@ -264,13 +264,23 @@ impl World {
                     }
                 }
             }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "no verdict on {}; controller-manager log:\n{}",
-                promotion.promotion,
-                self.cluster
-                    .log_tail(baton_tests::kube::ControlPlaneComponent::ControllerManager)
-            );
+            if Instant::now() >= deadline {
+                let mut reasons = Vec::new();
+                if let Ok(mut dead) = self.js.get_stream("BATON_DEADLETTER").await {
+                    let last = dead.info().await.map(|i| i.state.last_sequence).unwrap_or(0);
+                    for seq in 1..=last {
+                        if let Ok(m) = dead.get_raw_message(seq).await {
+                            reasons.push(format!("{:?}", m.headers.get(baton_kit::runner::DEADLETTER_REASON)));
+                        }
+                    }
+                }
+                anyhow::bail!(
+                    "no verdict on {}; dead letters: {reasons:?}; controller-manager log:\n{}",
+                    promotion.promotion,
+                    self.cluster
+                        .log_tail(baton_tests::kube::ControlPlaneComponent::ControllerManager)
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -429,7 +439,7 @@ async fn bad_manifests_fail_with_the_reason_and_apply_nothing() -> Result<()> {
     let img = image("x", "baton/acme_shop");
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), STAGING);
 
-    let cases: [(&str, String, &str); 4] = [
+    let cases: [(&str, String, &str); 5] = [
         ("not YAML", "kind: [unclosed\n".to_owned(), "not valid YAML"),
         (
             "unknown kind",
@@ -440,6 +450,11 @@ async fn bad_manifests_fail_with_the_reason_and_apply_nothing() -> Result<()> {
             "invalid field",
             deployment(&img.reference, "      restartPolicy: Sometimes\n"),
             "restartPolicy",
+        ),
+        (
+            "a port the 1.20 apiserver cannot merge",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: shop}\nspec:\n  ports: [{port: 80}]\n".to_owned(),
+            "protocol: TCP",
         ),
         (
             "another namespace",

@@ -40,6 +40,14 @@ impl ClusterError {
                     status.code, status.reason, status.message
                 ))
             }
+            // Server-side apply on older apiservers answers 500 for a manifest it cannot merge
+            // (e.g. a port without `protocol`): the manifest's fault, not an outage.
+            kube::Error::Api(status) if status.message.contains("failed to create typed patch object") => {
+                Self::Refused(format!(
+                    "{what}: the apiserver cannot server-side apply it: {} (write out list keys such as `protocol: TCP` on ports)",
+                    status.message
+                ))
+            }
             other => Self::Unavailable(format!("{what}: {other}")),
         }
     }
