@@ -1,0 +1,190 @@
+//! The command line: every subcommand, flag and environment variable of `baton`.
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Baton from a terminal: the event log, release traces, where releases run, approvals and the
+/// promoter's operator commands, and build/test logs.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about, propagate_version = true)]
+pub struct Cli {
+    /// NATS server URL (JetStream enabled) Baton runs on.
+    #[arg(long, global = true, env = "BATON_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats: String,
+    /// Output: `human` (default; coloured on a terminal), `wide` (more columns), `json`, `yaml`.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned text for people.
+    Human,
+    /// Aligned text with more columns (event ids, chain ids in full).
+    Wide,
+    /// One JSON document (a JSON line per event when following).
+    Json,
+    /// YAML documents.
+    Yaml,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The event log: everything that happened, replayed from the stream, then live with --follow.
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this application (as the git host names it, e.g. acme/shop).
+        #[arg(long)]
+        app: Option<String>,
+        /// Only this type: a full type (dev.cdevents.service.deployed.0.3.0) or its
+        /// `subject.predicate` (service.deployed).
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only events newer than this, e.g. 15m, 1h, 2days.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+    },
+    /// The timeline of one release from commit to production: each stage, its duration, who
+    /// approved, and where it runs now.
+    Trace {
+        /// The release id (the chainId; `baton releases <app>` lists them).
+        release: String,
+    },
+    /// The releases of an application, newest first, and where each runs.
+    Releases {
+        /// The application, e.g. acme/shop.
+        app: String,
+    },
+    /// What runs in every environment (of one application, or all).
+    Status {
+        /// Only this application.
+        app: Option<String>,
+    },
+    /// Approve a pending promotion.
+    Approve {
+        /// The release id.
+        release: String,
+        /// The environment (needed when the release waits in several).
+        #[arg(long = "env")]
+        environment: Option<String>,
+        /// A comment recorded with the approval.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        actor: Actor,
+    },
+    /// Decline a pending promotion: the release stops there.
+    Decline {
+        /// The release id.
+        release: String,
+        /// The environment.
+        #[arg(long = "env")]
+        environment: Option<String>,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        actor: Actor,
+    },
+    /// Promote a release into an environment (its policy still applies).
+    Promote {
+        /// The release id.
+        release: String,
+        /// The environment.
+        environment: String,
+        /// During a freeze window: ask for a break-glass approval instead of being refused.
+        #[arg(long)]
+        break_glass: bool,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        actor: Actor,
+    },
+    /// Roll an environment back to the previous (or a named) release, and pin it.
+    Rollback {
+        /// The application.
+        app: String,
+        /// The environment.
+        environment: String,
+        /// The release to go back to (default: the newest earlier one not quarantined).
+        #[arg(long)]
+        release: Option<String>,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        actor: Actor,
+    },
+    /// Pin an environment: automatic promotion leaves it alone.
+    Pin {
+        /// The application.
+        app: String,
+        /// The environment.
+        environment: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        actor: Actor,
+    },
+    /// Lift a pin.
+    Unpin {
+        /// The application.
+        app: String,
+        /// The environment.
+        environment: String,
+        #[command(flatten)]
+        actor: Actor,
+    },
+    /// Quarantine a release: it is never promoted again.
+    MarkBad {
+        /// The release id.
+        release: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        actor: Actor,
+    },
+    /// The log of a build or test run (its run id is in the build/test events).
+    Logs {
+        /// The run id, e.g. build-… or test-….
+        run: String,
+        /// Only this step.
+        #[arg(long)]
+        step: Option<String>,
+        /// Follow the live log (of a running step).
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Print shell completions, e.g. `baton completions bash > /etc/bash_completion.d/baton`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Who is acting: recorded with every decision.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Actor {
+    /// Your Baton identity (default: $BATON_ACTOR, else $USER).
+    #[arg(long = "as", env = "BATON_ACTOR")]
+    pub name: Option<String>,
+}
+
+impl Actor {
+    /// The identity to record.
+    pub fn resolve(&self) -> Option<String> {
+        self.name
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|n| !n.trim().is_empty())
+    }
+}

@@ -1,0 +1,41 @@
+//! `baton` is the command line of Baton, kubectl-like: it reads the event log (replayed from
+//! the JetStream stream, then live), traces one release from commit to production, shows what
+//! runs in every environment, sends the promoter's operator commands (approve, decline,
+//! promote, rollback, pin, unpin, mark-bad) with the caller's identity, and prints build and
+//! test logs. Human output by default, coloured on a terminal; `-o json|yaml` for scripts.
+
+#![allow(clippy::print_stdout, reason = "a command line prints its results")]
+
+pub mod cli;
+pub mod log;
+pub mod render;
+pub mod run;
+
+/// Why a command failed. `main` prints it on one line and exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// NATS (or JetStream) unreachable or refusing.
+    #[error("{0}")]
+    Nats(String),
+    /// The command is wrong: what to type instead.
+    #[error("{0}")]
+    Usage(String),
+    /// Not found (release, app, run).
+    #[error("{0}")]
+    NotFound(String),
+    /// The promoter refused the command.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl CliError {
+    /// The process exit code: 2 usage, 3 not found, 4 refused, 69 (unavailable) for NATS.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Usage(_) => 2,
+            Self::NotFound(_) => 3,
+            Self::Refused(_) => 4,
+            Self::Nats(_) => 69,
+        }
+    }
+}

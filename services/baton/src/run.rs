@@ -1,0 +1,535 @@
+//! Carrying out each subcommand.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use baton_schemas::EventType;
+use baton_schemas::commands::{CommandReply, CommandRequest, PROMOTER, Verb};
+use baton_schemas::release::ReleaseData;
+use baton_schemas::subjects::{self, sanitize_token};
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+
+use crate::CliError;
+use crate::cli::{Cli, Command, Output};
+use crate::log::{self, Query, Record};
+use crate::render::{self, Style, Tone};
+
+/// The events stream Baton's services provision by default.
+const EVENTS_STREAM: &str = "BATON_EVENTS";
+/// The KV bucket of small state.
+const STATE_BUCKET: &str = "baton-state";
+/// The object store of build and test logs.
+const LOGS_BUCKET: &str = "baton-logs";
+
+/// Runs the parsed command line.
+///
+/// # Errors
+/// [`CliError`], printed by `main` on one line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let style = Style::detect(cli.output);
+    if let Command::Completions { shell } = &cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(*shell, &mut command, "baton", &mut std::io::stdout());
+        return Ok(());
+    }
+    // Flags are checked before anything is reached.
+    if let Command::Events {
+        event_type: Some(t), ..
+    } = &cli.command
+    {
+        parse_type(t)?;
+    }
+    let client = connect(&cli.nats).await?;
+    let js = jetstream::new(client.clone());
+    match cli.command {
+        Command::Events {
+            follow,
+            app,
+            event_type,
+            since,
+        } => events(&js, style, follow, app.as_deref(), event_type.as_deref(), since).await,
+        Command::Trace { release } => trace(&js, style, &release).await,
+        Command::Releases { app } => releases(&js, style, &app).await,
+        Command::Status { app } => status(&js, style, app.as_deref()).await,
+        Command::Approve {
+            release,
+            environment,
+            reason,
+            actor,
+        } => {
+            let request = request(&actor, Some(release), environment, None, reason)?;
+            command(&client, style, Verb::Approve, request).await
+        }
+        Command::Decline {
+            release,
+            environment,
+            reason,
+            actor,
+        } => {
+            let request = request(&actor, Some(release), environment, None, reason)?;
+            command(&client, style, Verb::Decline, request).await
+        }
+        Command::Promote {
+            release,
+            environment,
+            break_glass,
+            reason,
+            actor,
+        } => {
+            let mut request = request(&actor, Some(release), Some(environment), None, reason)?;
+            request.break_glass = break_glass;
+            command(&client, style, Verb::Promote, request).await
+        }
+        Command::Rollback {
+            app,
+            environment,
+            release,
+            reason,
+            actor,
+        } => {
+            let request = request(&actor, release, Some(environment), Some(app), reason)?;
+            command(&client, style, Verb::Rollback, request).await
+        }
+        Command::Pin {
+            app,
+            environment,
+            reason,
+            actor,
+        } => {
+            let request = request(&actor, None, Some(environment), Some(app), reason)?;
+            command(&client, style, Verb::Pin, request).await
+        }
+        Command::Unpin {
+            app,
+            environment,
+            actor,
+        } => {
+            let request = request(&actor, None, Some(environment), Some(app), None)?;
+            command(&client, style, Verb::Unpin, request).await
+        }
+        Command::MarkBad { release, reason, actor } => {
+            let request = request(&actor, Some(release), None, None, reason)?;
+            command(&client, style, Verb::MarkBad, request).await
+        }
+        Command::Logs { run, step, follow } => logs(&client, &js, &run, step.as_deref(), follow).await,
+        Command::Completions { .. } => Ok(()),
+    }
+}
+
+async fn connect(url: &str) -> Result<async_nats::Client, CliError> {
+    let attempt = async_nats::ConnectOptions::new()
+        .name("baton-cli")
+        .connection_timeout(Duration::from_secs(3))
+        .connect(url);
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(CliError::Nats(format!(
+            "cannot reach NATS at {url} ({e}); start Baton's NATS, or point at it with --nats URL or BATON_NATS_URL"
+        ))),
+        Err(_) => Err(CliError::Nats(format!(
+            "NATS at {url} did not answer within 5 s; check the URL (--nats or BATON_NATS_URL)"
+        ))),
+    }
+}
+
+fn request(
+    actor: &crate::cli::Actor,
+    release: Option<String>,
+    environment: Option<String>,
+    app: Option<String>,
+    reason: Option<String>,
+) -> Result<CommandRequest, CliError> {
+    let actor = actor.resolve().ok_or_else(|| {
+        CliError::Usage(
+            "who are you? every decision is recorded with an identity: pass --as NAME or set BATON_ACTOR".into(),
+        )
+    })?;
+    Ok(CommandRequest {
+        actor,
+        app,
+        release,
+        environment,
+        reason,
+        break_glass: false,
+        request_id: Some(uuid::Uuid::new_v4().to_string()),
+    })
+}
+
+async fn command(
+    client: &async_nats::Client,
+    style: Style,
+    verb: Verb,
+    request: CommandRequest,
+) -> Result<(), CliError> {
+    let body = serde_json::to_vec(&request).expect("a request serializes");
+    let subject = subjects::command_subject(PROMOTER, verb.as_str());
+    let reply = match tokio::time::timeout(Duration::from_secs(30), client.request(subject, body.into())).await {
+        Ok(Ok(message)) => message,
+        Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+            return Err(CliError::Nats(
+                "no promoter is running to answer; start baton-promoter against this NATS".into(),
+            ));
+        }
+        Ok(Err(e)) => return Err(CliError::Nats(format!("the promoter did not answer: {e}"))),
+        Err(_) => {
+            return Err(CliError::Nats(
+                "the promoter did not answer within 30 s; try again".into(),
+            ));
+        }
+    };
+    let reply: CommandReply = serde_json::from_slice(&reply.payload)
+        .map_err(|e| CliError::Nats(format!("the promoter's answer is not a command reply: {e}")))?;
+    match style.output {
+        Output::Json | Output::Yaml => println!("{}", render::document(style.output, &reply)),
+        _ => {
+            let mark = if reply.ok {
+                style.tone(Tone::Good, "ok")
+            } else {
+                style.tone(Tone::Bad, "refused")
+            };
+            println!("{mark}: {}", reply.message);
+            if let Some(commit) = &reply.config_commit {
+                println!("config commit: {commit}");
+            }
+        }
+    }
+    if reply.ok {
+        Ok(())
+    } else {
+        Err(CliError::Refused(format!("{verb}: {}", reply.message)))
+    }
+}
+
+async fn events(
+    js: &jetstream::Context,
+    style: Style,
+    follow: bool,
+    app: Option<&str>,
+    event_type: Option<&str>,
+    since: Option<Duration>,
+) -> Result<(), CliError> {
+    let ty = match event_type {
+        Some(t) => Some(parse_type(t)?),
+        None => None,
+    };
+    let since = since.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
+    let query = Query {
+        filters: vec![log::filter(app, ty)],
+        since,
+        follow,
+    };
+    let mut collected = Vec::new();
+    let print_each = follow || matches!(style.output, Output::Human | Output::Wide);
+    log::read(js, EVENTS_STREAM, &query, |record| {
+        if print_each {
+            match style.output {
+                Output::Json => println!("{}", serde_json::to_string(&record).unwrap_or_default()),
+                Output::Yaml => println!("---\n{}", render::document(Output::Yaml, &record)),
+                _ => println!("{}", render::line(&style, &record)),
+            }
+        } else {
+            collected.push(record);
+        }
+        true
+    })
+    .await?;
+    if !print_each {
+        println!("{}", render::document(style.output, &collected));
+    }
+    Ok(())
+}
+
+fn parse_type(t: &str) -> Result<EventType, CliError> {
+    if let Ok(ty) = t.parse::<EventType>() {
+        return Ok(ty);
+    }
+    EventType::ALL
+        .iter()
+        .copied()
+        .find(|ty| format!("{}.{}", ty.subject(), ty.predicate()) == t)
+        .ok_or_else(|| {
+            let known: Vec<String> = EventType::ALL
+                .iter()
+                .map(|ty| format!("{}.{}", ty.subject(), ty.predicate()))
+                .collect();
+            CliError::Usage(format!("unknown event type `{t}`; use one of {}", known.join(", ")))
+        })
+}
+
+/// Every event of `release`, in order.
+async fn chain(js: &jetstream::Context, release: &str) -> Result<Vec<Record>, CliError> {
+    let mut found = Vec::new();
+    log::read(js, EVENTS_STREAM, &Query::default(), |record| {
+        if record.chain() == Some(release) {
+            found.push(record);
+        }
+        true
+    })
+    .await?;
+    Ok(found)
+}
+
+async fn trace(js: &jetstream::Context, style: Style, release: &str) -> Result<(), CliError> {
+    let records = chain(js, release).await?;
+    let Some(first) = records.first() else {
+        return Err(CliError::NotFound(format!(
+            "no event belongs to release {release}; `baton releases <app>` lists releases"
+        )));
+    };
+    let app_token = first.app.clone();
+    let runs_in = current(js, Some(&app_token))
+        .await?
+        .into_iter()
+        .filter(|(_, _, c)| c["release"].as_str() == Some(release))
+        .map(|(_, env, _)| env)
+        .collect::<Vec<_>>();
+    if matches!(style.output, Output::Json | Output::Yaml) {
+        let doc = json!({"release": release, "events": records, "runsIn": runs_in});
+        println!("{}", render::document(style.output, &doc));
+        return Ok(());
+    }
+    let start = first.time();
+    let mut previous = start;
+    println!("release {release} of {}", first.app);
+    for record in &records {
+        let (summary, tone) = render::summary(record);
+        let at = record.time();
+        let step = (at - previous).num_milliseconds().max(0);
+        let total = (at - start).num_milliseconds().max(0);
+        println!(
+            "  +{:>9}  {:>8}  {:<24} {}",
+            millis(total),
+            format!("({})", millis(step)),
+            render::kind(record),
+            style.tone(tone, &summary)
+        );
+        previous = at;
+    }
+    let approvers: Vec<String> = records
+        .iter()
+        .filter(|r| r.event_type() == Some(EventType::ApprovalUpdated))
+        .filter(|r| r.event.subject.content["decision"] == "approved")
+        .filter_map(|r| r.event.subject.content["responder"].as_str())
+        .map(|u| u.trim_start_matches("urn:baton:user:").to_owned())
+        .collect();
+    if !approvers.is_empty() {
+        println!("approved by: {}", approvers.join(", "));
+    }
+    println!(
+        "runs now in: {}",
+        if runs_in.is_empty() {
+            "no environment".to_owned()
+        } else {
+            runs_in.join(", ")
+        }
+    );
+    Ok(())
+}
+
+fn millis(ms: i64) -> String {
+    if ms >= 60_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    } else if ms >= 1000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// `(app token, environment, record)` of the promoter's current state.
+async fn current(js: &jetstream::Context, app: Option<&str>) -> Result<Vec<(String, String, Value)>, CliError> {
+    let Ok(kv) = js.get_key_value(STATE_BUCKET).await else {
+        return Ok(Vec::new());
+    };
+    let prefix = match app {
+        Some(a) => format!("promoter.current.{}.", sanitize_token(a)),
+        None => "promoter.current.".to_owned(),
+    };
+    let keys: Vec<String> = kv
+        .keys()
+        .await
+        .map_err(|e| CliError::Nats(format!("cannot read Baton's state: {e}")))?
+        .try_collect()
+        .await
+        .map_err(|e| CliError::Nats(format!("cannot read Baton's state: {e}")))?;
+    let mut out = Vec::new();
+    for key in keys.into_iter().filter(|k| k.starts_with(&prefix)) {
+        let rest = key.trim_start_matches("promoter.current.");
+        let Some((app, env)) = rest.rsplit_once('.') else {
+            continue;
+        };
+        if let Ok(Some(bytes)) = kv.get(&key).await
+            && let Ok(value) = serde_json::from_slice::<Value>(&bytes)
+        {
+            out.push((app.to_owned(), env.to_owned(), value));
+        }
+    }
+    out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    Ok(out)
+}
+
+async fn status(js: &jetstream::Context, style: Style, app: Option<&str>) -> Result<(), CliError> {
+    let rows = current(js, app).await?;
+    if rows.is_empty() {
+        return Err(CliError::NotFound(match app {
+            Some(a) => format!(
+                "{a} has not been promoted anywhere (or is not an app Baton knows); `baton events --app {a}` shows its history"
+            ),
+            None => "nothing has been promoted yet".into(),
+        }));
+    }
+    if matches!(style.output, Output::Json | Output::Yaml) {
+        let doc: Vec<Value> = rows
+            .iter()
+            .map(|(a, e, c)| json!({"app": a, "environment": e, "state": c}))
+            .collect();
+        println!("{}", render::document(style.output, &doc));
+        return Ok(());
+    }
+    let mut table = vec![vec![
+        "APP".into(),
+        "ENVIRONMENT".into(),
+        "RELEASE".into(),
+        "HEALTHY SINCE".into(),
+        "PINNED".into(),
+    ]];
+    for (app, env, c) in rows {
+        table.push(vec![
+            app,
+            env,
+            c["release"].as_str().unwrap_or("-").to_owned(),
+            c["healthy_since"].as_str().unwrap_or("not yet").to_owned(),
+            c["pinned"]["reason"]
+                .as_str()
+                .map_or_else(|| "-".to_owned(), |r| format!("yes: {r}")),
+        ]);
+    }
+    print!("{}", render::table(&table));
+    Ok(())
+}
+
+async fn releases(js: &jetstream::Context, style: Style, app: &str) -> Result<(), CliError> {
+    let query = Query {
+        filters: vec![log::filter(Some(app), Some(EventType::ReleaseCreated))],
+        ..Query::default()
+    };
+    let mut found: Vec<ReleaseData> = Vec::new();
+    log::read(js, EVENTS_STREAM, &query, |record| {
+        if let Ok(release) = record.event.custom_data_as::<ReleaseData>() {
+            found.push(release);
+        }
+        true
+    })
+    .await?;
+    if found.is_empty() {
+        return Err(CliError::NotFound(format!(
+            "no releases of {app}; check the name as the git host writes it (e.g. acme/shop), or `baton events` for what happened"
+        )));
+    }
+    found.reverse();
+    let mut runs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (_, env, c) in current(js, Some(app)).await? {
+        if let Some(r) = c["release"].as_str() {
+            runs.entry(r.to_owned()).or_default().push(env);
+        }
+    }
+    if matches!(style.output, Output::Json | Output::Yaml) {
+        let doc: Vec<Value> = found
+            .iter()
+            .map(|r| json!({"release": r, "runsIn": runs.get(&r.release).cloned().unwrap_or_default()}))
+            .collect();
+        println!("{}", render::document(style.output, &doc));
+        return Ok(());
+    }
+    let mut table = vec![vec![
+        "RELEASE".into(),
+        "CREATED".into(),
+        "COMMIT".into(),
+        "IMAGE".into(),
+        "RUNS IN".into(),
+    ]];
+    for r in &found {
+        table.push(vec![
+            r.release.clone(),
+            r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            r.commit.get(..12).unwrap_or(&r.commit).to_owned(),
+            r.image.digest.get(..19).unwrap_or(&r.image.digest).to_owned(),
+            runs.get(&r.release).map_or_else(|| "-".into(), |e| e.join(", ")),
+        ]);
+    }
+    print!("{}", render::table(&table));
+    Ok(())
+}
+
+async fn logs(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    run: &str,
+    step: Option<&str>,
+    follow: bool,
+) -> Result<(), CliError> {
+    if follow {
+        let subject = subjects::log_subject(run, step.unwrap_or("*"));
+        let subject = if step.is_none() {
+            format!("{}.{}.*", subjects::LOGS_PREFIX, sanitize_token(run))
+        } else {
+            subject
+        };
+        let mut lines = client
+            .subscribe(subject)
+            .await
+            .map_err(|e| CliError::Nats(format!("cannot follow the log: {e}")))?;
+        while let Some(message) = lines.next().await {
+            println!("{}", String::from_utf8_lossy(&message.payload).trim_end_matches('\n'));
+        }
+        return Ok(());
+    }
+    let store = js
+        .get_object_store(LOGS_BUCKET)
+        .await
+        .map_err(|e| CliError::Nats(format!("no log store {LOGS_BUCKET} on this server: {e}")))?;
+    let mut names: Vec<String> = match step {
+        Some(step) => vec![format!("{run}/{step}.log")],
+        None => {
+            let mut list = store
+                .list()
+                .await
+                .map_err(|e| CliError::Nats(format!("cannot list logs: {e}")))?;
+            let mut names = Vec::new();
+            while let Some(info) = list.next().await {
+                let info = info.map_err(|e| CliError::Nats(format!("cannot list logs: {e}")))?;
+                if info.name.starts_with(&format!("{run}/")) {
+                    names.push(info.name);
+                }
+            }
+            names
+        }
+    };
+    names.sort();
+    if names.is_empty() {
+        return Err(CliError::NotFound(format!(
+            "no logs for run {run}; run ids are in build and test events (`baton events --type build.finished`)"
+        )));
+    }
+    for name in names {
+        let mut object = store.get(&name).await.map_err(|_| {
+            CliError::NotFound(format!(
+                "no log {name}; `baton logs {run}` lists the steps that have one"
+            ))
+        })?;
+        let mut text = String::new();
+        object
+            .read_to_string(&mut text)
+            .await
+            .map_err(|e| CliError::Nats(format!("cannot read {name}: {e}")))?;
+        if step.is_none() {
+            println!("==> {name} <==");
+        }
+        print!("{text}");
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! The `baton` binary against a real nats-server with a real promoter, config repo and app repo:
+//! a release is created and promoted to staging, and the CLI shows it in the event log, its
+//! trace, the app's releases and the status, sends an approval (refused with the reason, exit
+//! 4) and pins the environment; unreachable NATS, an unknown release and invalid flags are
+//! one-line errors with a fix and a non-zero exit.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use baton_kit::settings::Settings;
+use baton_kit::{Outgoing, events};
+use baton_schemas::config::CommonSettings;
+use baton_schemas::config::promoter::PromoterSettings;
+use baton_schemas::payloads::{ImageInfo, Outcome, TestCounts, TestData};
+use baton_schemas::{CdEvent, EventType};
+use baton_tests::NatsServer;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn baton(nats: &str, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(args)
+        .env("BATON_NATS_URL", nats)
+        .env("BATON_ACTOR", "carol")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run baton");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A promoter with a config repo (staging automatic, production by alice's approval) and an
+/// app repo whose tests passed: returns the release id once staging has it.
+async fn released(nats: &NatsServer, dir: &Path) -> Result<(String, tokio_util::sync::CancellationToken)> {
+    git(dir, &["init", "-q", "--bare", "-b", "main", "config.git"])?;
+    git(dir, &["clone", "-q", "config.git", "seed"])?;
+    std::fs::write(
+        dir.join("seed/environments.yaml"),
+        "environments:\n  - {name: staging, namespace: shop-staging, policy: auto}\n  - name: production\n    namespace: shop-production\n    policy: manual\n    approvals: {users: [alice]}\n",
+    )?;
+    git(&dir.join("seed"), &["add", "."])?;
+    git(&dir.join("seed"), &["commit", "-qm", "environments"])?;
+    git(&dir.join("seed"), &["push", "-q", "origin", "main"])?;
+    let app = dir.join("app");
+    std::fs::create_dir_all(app.join("deploy"))?;
+    git(&app, &["init", "-q", "-b", "main"])?;
+    std::fs::write(app.join(".baton.yaml"), "manifests: deploy\n")?;
+    std::fs::write(
+        app.join("deploy/pod.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: shop}\nspec:\n  containers: [{name: shop, image: 'baton/acme_shop:dev'}]\n",
+    )?;
+    git(&app, &["add", "-A"])?;
+    git(&app, &["commit", "-qm", "first"])?;
+    let sha = git(&app, &["rev-parse", "HEAD"])?;
+
+    let mut common = CommonSettings::default();
+    common.nats.url = nats.url();
+    common.http.listen = "127.0.0.1:0".parse()?;
+    let mut service = PromoterSettings::default();
+    service.config_repo.url = format!("file://{}", dir.join("config.git").display());
+    let promoter = baton_promoter::Application::build(
+        Settings {
+            common,
+            service,
+            warnings: vec![],
+        },
+        &|_| None,
+    )
+    .await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(promoter.run_until_stopped(stop.clone()));
+
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(b"cli")));
+    let image = ImageInfo {
+        registry: "127.0.0.1:5000".into(),
+        repository: "baton/acme_shop".into(),
+        tag: sha.clone(),
+        digest: digest.clone(),
+        reference: format!("127.0.0.1:5000/baton/acme_shop@{digest}"),
+        purl: format!("pkg:oci/acme_shop@{}", digest.replace(':', "%3A")),
+        uploaded_bytes: 0,
+    };
+    let release = "11111111-2222-3333-4444-555555555555".to_owned();
+    let data = TestData {
+        app: "acme/shop".into(),
+        commit: sha.clone(),
+        repository: format!("file://{}", app.display()),
+        image: Some(image),
+        run: "test-cli".into(),
+        outcome: Some(Outcome::Success),
+        reason: None,
+        no_tests_declared: false,
+        counts: TestCounts::default(),
+        failed_cases: vec![],
+        steps: vec![],
+        pushed_by: None,
+    };
+    let event = CdEvent::new(
+        EventType::TestSuiteRunFinished,
+        "finished-cli",
+        "/baton/tester",
+        format!("acme/shop@{sha}"),
+        json!({"environment": {"id": "baton-tester"}, "testSuite": {"id": "s"}, "outcome": "success"}),
+    )?
+    .with_chain_id(&release)
+    .with_custom_data(data)?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    events::publish(&js, &Outgoing::new("acme/shop", event)).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = baton(&nats.url(), &["status", "acme/shop"]);
+        if run.code == Some(0) && run.stdout.contains("staging") {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "staging never got the release: {}",
+            run.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok((release, stop))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_the_log_a_trace_releases_and_status_and_sends_commands() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let (release, stop) = released(&nats, dir.path()).await?;
+    let url = nats.url();
+
+    let events = baton(&url, &["events", "--app", "acme/shop"]);
+    assert_eq!(events.code, Some(0), "{}", events.stderr);
+    for word in [
+        "testsuiterun.finished",
+        "baton-release.created",
+        "environment.modified",
+        "promote → staging",
+    ] {
+        assert!(events.stdout.contains(word), "`{word}` in:\n{}", events.stdout);
+    }
+    let only = baton(&url, &["events", "--type", "environment.modified", "-o", "json"]);
+    let parsed: Value = serde_json::from_str(&only.stdout).context("-o json is JSON")?;
+    assert_eq!(parsed.as_array().map(Vec::len), Some(1), "{}", only.stdout);
+    let recent = baton(&url, &["events", "--since", "1h"]);
+    assert!(recent.stdout.lines().count() >= 3, "{}", recent.stdout);
+
+    let trace = baton(&url, &["trace", &release]);
+    assert_eq!(trace.code, Some(0), "{}", trace.stderr);
+    assert!(
+        trace.stdout.contains(&format!("release {release} of acme_shop")),
+        "{}",
+        trace.stdout
+    );
+    assert!(trace.stdout.contains("runs now in: staging"), "{}", trace.stdout);
+    assert!(trace.stdout.contains("+"), "durations: {}", trace.stdout);
+
+    let releases = baton(&url, &["releases", "acme/shop"]);
+    assert!(
+        releases.stdout.contains(&release) && releases.stdout.contains("staging"),
+        "{}",
+        releases.stdout
+    );
+    let status = baton(&url, &["status", "-o", "yaml"]);
+    assert!(status.stdout.contains("environment: staging"), "{}", status.stdout);
+
+    // Commands carry the actor; a refusal says why and exits 4.
+    let approve = baton(&url, &["approve", &release, "--env", "production"]);
+    assert_eq!(approve.code, Some(4), "{}{}", approve.stdout, approve.stderr);
+    assert!(approve.stdout.contains("refused"), "{}", approve.stdout);
+    let pin = baton(
+        &url,
+        &["pin", "acme/shop", "staging", "--reason", "demo day", "--as", "alice"],
+    );
+    assert_eq!(pin.code, Some(0), "{}{}", pin.stdout, pin.stderr);
+    assert!(pin.stdout.contains("pinned"), "{}", pin.stdout);
+    let rejected = baton(&url, &["events", "--type", "baton-command.rejected"]);
+    assert!(
+        rejected.stdout.contains("approve by carol refused"),
+        "{}",
+        rejected.stdout
+    );
+
+    // Errors: one line, a fix, non-zero.
+    let unknown = baton(&url, &["trace", "no-such-release"]);
+    assert_eq!(unknown.code, Some(3));
+    assert!(unknown.stderr.contains("baton releases"), "{}", unknown.stderr);
+    let flag = baton(&url, &["events", "--type", "service.exploded"]);
+    assert_eq!(flag.code, Some(2));
+    assert!(
+        flag.stderr.contains("service.deployed"),
+        "lists the known types: {}",
+        flag.stderr
+    );
+    let away = baton("nats://127.0.0.1:1", &["status"]);
+    assert_eq!(away.code, Some(69));
+    assert_eq!(away.stderr.lines().count(), 1, "{}", away.stderr);
+    assert!(away.stderr.contains("--nats"), "{}", away.stderr);
+    let bad = baton(&url, &["promote"]);
+    assert_eq!(bad.code, Some(2), "clap usage error");
+    let completions = baton(&url, &["completions", "bash"]);
+    assert!(completions.stdout.contains("baton"), "completions");
+    stop.cancel();
+    Ok(())
+}
