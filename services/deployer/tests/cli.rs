@@ -22,7 +22,10 @@ fn run(config: &str) -> (Option<i32>, String) {
 fn a_missing_kubeconfig_is_named() {
     let (code, stderr) = run("kubeconfig: /nonexistent/kubeconfig\n");
     assert_eq!(code, Some(64), "{stderr}");
-    assert!(stderr.contains("kubeconfig") && stderr.contains("/nonexistent/kubeconfig"), "{stderr}");
+    assert!(
+        stderr.contains("kubeconfig") && stderr.contains("/nonexistent/kubeconfig"),
+        "{stderr}"
+    );
 }
 
 #[test]
