@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 use crate::catalog::{EventType, Vocabulary};
 use crate::config::CommonSettings;
 use crate::extensions::{
-    CommandRejectedContent, DeploymentFailedContent, DeploymentStartedContent, PolicyRejectedContent, PromotionHeldContent,
-    ReleaseCreatedContent, ReleaseQuarantinedContent,
+    CommandRejectedContent, DeploymentFailedContent, DeploymentStartedContent, PolicyRejectedContent,
+    PromotionHeldContent, ReleaseCreatedContent, ReleaseQuarantinedContent,
 };
 
 /// Base URI of the schemas Baton publishes.
@@ -74,6 +74,7 @@ pub fn generated_files() -> Vec<GeneratedFile> {
     files.push(service_config::<crate::config::tester::TesterSettings>("tester"));
     files.push(service_config::<crate::config::promoter::PromoterSettings>("promoter"));
     files.push(service_config::<crate::config::deployer::DeployerSettings>("deployer"));
+    files.push(service_config::<crate::config::chatops::ChatopsSettings>("chatops"));
     files
 }
 

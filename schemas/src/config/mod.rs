@@ -6,6 +6,7 @@
 //! Durations are written the human way: `30s`, `5m`, `2h`, `365days`.
 
 pub mod builder;
+pub mod chatops;
 pub mod deployer;
 pub mod listener;
 pub mod promoter;

@@ -1,0 +1,297 @@
+//! Slack messages (`text` + `blocks`) for the events the bot posts: approval requests with
+//! Approve/Decline buttons, their outcome, and release news. Pure functions of the events.
+
+use baton_schemas::extensions::ReleaseQuarantinedContent;
+use baton_schemas::payloads::Person;
+use baton_schemas::release::{ApprovalData, DeploymentData};
+use baton_schemas::{CdEvent, EventType};
+use serde_json::{Value, json};
+
+/// Changelog entries shown in an approval request; the rest are counted.
+const CHANGELOG_SHOWN: usize = 5;
+
+/// Why an event cannot be turned into a message (retrying cannot help).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MessageError(String);
+
+/// The message for `event`, or `None` for an event the bot does not post.
+///
+/// # Errors
+/// When the event lacks the `customData` its emitter always puts on it.
+pub fn for_event(ty: EventType, event: &CdEvent) -> Result<Option<Value>, MessageError> {
+    let data = |what: &str| MessageError(format!("{ty} without the {what} customData"));
+    Ok(Some(match ty {
+        EventType::ApprovalCreated => {
+            approval_request(&event.custom_data_as().map_err(|_| data("approval request's"))?)
+        }
+        EventType::ApprovalClosed => {
+            let status = event.subject.content["status"].as_str().unwrap_or("closed");
+            approval_closed(&event.custom_data_as().map_err(|_| data("approval request's"))?, status)
+        }
+        EventType::ServiceDeployed
+        | EventType::ServiceUpgraded
+        | EventType::ServiceRolledBack
+        | EventType::DeploymentFailed => deployment(ty, &event.custom_data_as().map_err(|_| data("deployer's"))?),
+        EventType::ReleaseQuarantined => {
+            let content: ReleaseQuarantinedContent = serde_json::from_value(event.subject.content.clone())
+                .map_err(|_| MessageError(format!("{ty} without app, actor and reason")))?;
+            quarantined(&event.subject.id, &content)
+        }
+        _ => return Ok(None),
+    }))
+}
+
+fn person(p: Option<&Person>) -> String {
+    let Some(p) = p else { return "unknown".to_owned() };
+    match (&p.name, &p.email, &p.username) {
+        (Some(name), Some(email), _) => format!("{name} <{email}>"),
+        (Some(name), None, _) => name.clone(),
+        (None, Some(email), _) => email.clone(),
+        (None, None, Some(user)) => user.clone(),
+        (None, None, None) => "unknown".to_owned(),
+    }
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+fn section(text: String) -> Value {
+    json!({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+}
+
+/// An approval request: what is released, by whom, what runs now, the quorum and the expiry,
+/// with Approve/Decline buttons (`action_id` `approve`/`decline`, `value`
+/// `{"release": …, "environment": …}`).
+pub fn approval_request(a: &ApprovalData) -> Value {
+    let r = &a.release;
+    let kind = match a.kind {
+        baton_schemas::release::ApprovalKind::Promotion => "Approval needed",
+        baton_schemas::release::ApprovalKind::BreakGlass => "Break-glass approval needed (freeze window)",
+    };
+    let headline = format!(
+        "{kind}: release `{}` of *{}* into *{}*",
+        r.release, a.app, a.environment
+    );
+    let mut changes: Vec<String> = r
+        .changelog
+        .iter()
+        .take(CHANGELOG_SHOWN)
+        .map(|c| format!("• `{}` {} — {}", short(&c.commit), c.summary, person(Some(&c.author))))
+        .collect();
+    if r.changelog.len() > CHANGELOG_SHOWN {
+        changes.push(format!("…and {} more", r.changelog.len() - CHANGELOG_SHOWN));
+    }
+    if changes.is_empty() {
+        changes.push(format!("• `{}`", short(&r.commit)));
+    }
+    let running = match (&a.current_release, &a.current_image) {
+        (Some(release), Some(image)) => format!("release `{release}`, `{image}`"),
+        (None, Some(image)) => format!("`{image}`"),
+        (Some(release), None) => format!("release `{release}`"),
+        (None, None) => "nothing yet".to_owned(),
+    };
+    let approvers = if a.approvers.is_empty() {
+        "nobody is allowed (check environments.yaml)".to_owned()
+    } else {
+        a.approvers.join(", ")
+    };
+    let details = format!(
+        "*Commit* `{}` by {}, pushed by {}\n*Changes*\n{}\n*Image* `{}`\n*Running now* {}\n*Needs* {} approval(s) from {}\n*Expires* {}\n*Asked by* {}",
+        short(&r.commit),
+        person(r.author.as_ref()),
+        person(r.pushed_by.as_ref()),
+        changes.join("\n"),
+        r.image.reference,
+        running,
+        a.required,
+        approvers,
+        a.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        a.requested_by,
+    );
+    let value = json!({"release": r.release, "environment": a.environment}).to_string();
+    json!({
+        "text": format!("{headline} — `/baton approve {} {}`", r.release, a.environment),
+        "blocks": [
+            section(headline),
+            section(details),
+            {
+                "type": "actions",
+                "block_id": format!("baton-approval-{}", a.approval),
+                "elements": [
+                    {"type": "button", "action_id": "approve", "style": "primary",
+                     "text": {"type": "plain_text", "text": "Approve"}, "value": value},
+                    {"type": "button", "action_id": "decline", "style": "danger",
+                     "text": {"type": "plain_text", "text": "Decline"}, "value": value}
+                ]
+            }
+        ]
+    })
+}
+
+/// The outcome of an approval request.
+pub fn approval_closed(a: &ApprovalData, status: &str) -> Value {
+    let text = format!(
+        "Approval of release `{}` of *{}* into *{}*: {status}{}",
+        a.release.release,
+        a.app,
+        a.environment,
+        a.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+    );
+    json!({"text": text, "blocks": [section(text.clone())]})
+}
+
+/// Release news from the deployer: deployed, upgraded, rolled back, or failed with the reason
+/// and the failing pods.
+pub fn deployment(ty: EventType, d: &DeploymentData) -> Value {
+    let what = match ty {
+        EventType::ServiceDeployed => "runs healthy in",
+        EventType::ServiceUpgraded => "upgraded, healthy, in",
+        EventType::ServiceRolledBack => "rolled back to, healthy, in",
+        _ => "FAILED to roll out in",
+    };
+    let mut text = format!(
+        "Release `{}` of *{}* {what} *{}* (`{}`, image `{}`)",
+        d.release, d.app, d.environment, d.namespace, d.image
+    );
+    if let Some(reason) = &d.reason {
+        text.push_str(&format!("\n*Why* {reason}"));
+    }
+    for pod in &d.failing_pods {
+        text.push_str(&format!(
+            "\n• pod `{}` {}{}{}, {} restart(s)",
+            pod.name,
+            pod.phase,
+            pod.reason.as_deref().map(|r| format!(" {r}")).unwrap_or_default(),
+            pod.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default(),
+            pod.restarts
+        ));
+    }
+    json!({"text": text, "blocks": [section(text.clone())]})
+}
+
+/// A release marked bad.
+pub fn quarantined(release: &str, q: &ReleaseQuarantinedContent) -> Value {
+    let text = format!(
+        "Release `{release}` of *{}* is quarantined by {}: {} — it will never be promoted again",
+        q.app, q.actor, q.reason
+    );
+    json!({"text": text, "blocks": [section(text.clone())]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_schemas::payloads::ImageInfo;
+    use baton_schemas::release::{ApprovalKind, ChangeEntry, PodReport, PromotionAction, ReleaseData};
+
+    fn approval() -> ApprovalData {
+        let person = |n: &str| Person {
+            name: Some(n.into()),
+            email: Some(format!("{n}@example.com")),
+            username: None,
+        };
+        ApprovalData {
+            approval: "a1".into(),
+            kind: ApprovalKind::Promotion,
+            app: "acme/shop".into(),
+            environment: "production".into(),
+            release: ReleaseData {
+                release: "r1".into(),
+                app: "acme/shop".into(),
+                commit: "0123456789abcdef0123".into(),
+                repository: "file:///app".into(),
+                image: ImageInfo {
+                    registry: "reg".into(),
+                    repository: "shop".into(),
+                    tag: "t".into(),
+                    digest: "sha256:new".into(),
+                    reference: "reg/shop@sha256:new".into(),
+                    purl: "pkg:oci/shop".into(),
+                    uploaded_bytes: 0,
+                },
+                author: Some(person("ada")),
+                pushed_by: Some(person("bob")),
+                tested: true,
+                test_run: None,
+                previous_release: None,
+                changelog: (0..7)
+                    .map(|i| ChangeEntry {
+                        commit: format!("{i:040}"),
+                        summary: format!("change {i}"),
+                        author: person("ada"),
+                    })
+                    .collect(),
+                created_at: chrono::Utc::now(),
+            },
+            current_release: Some("r0".into()),
+            current_image: Some("reg/shop@sha256:old".into()),
+            required: 2,
+            approvers: vec!["alice".into(), "bob".into()],
+            votes: vec![],
+            expires_at: chrono::Utc::now(),
+            requested_by: "baton-promoter".into(),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn an_approval_request_says_what_and_has_buttons() {
+        let m = approval_request(&approval());
+        let all = m.to_string();
+        for needle in [
+            "r1",
+            "sha256:new",
+            "sha256:old",
+            "ada <ada@example.com>",
+            "pushed by bob",
+            "change 4",
+            "and 2 more",
+            "2 approval(s) from alice, bob",
+        ] {
+            assert!(all.contains(needle), "{needle}: {all}");
+        }
+        let buttons = &m["blocks"][2]["elements"];
+        assert_eq!(buttons[0]["action_id"], "approve");
+        assert_eq!(buttons[1]["action_id"], "decline");
+        let value: Value = serde_json::from_str(buttons[0]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(value, json!({"release": "r1", "environment": "production"}));
+        // The value round-trips through the button grammar.
+        assert!(crate::commands::button("approve", buttons[0]["value"].as_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_failure_names_the_reason_and_the_pods() {
+        let d = DeploymentData {
+            promotion: "p".into(),
+            action: PromotionAction::Promote,
+            app: "acme/shop".into(),
+            environment: "production".into(),
+            namespace: "shop".into(),
+            release: "r1".into(),
+            config_commit: "c".into(),
+            image: "reg/shop@sha256:new".into(),
+            reason: Some("crash loop".into()),
+            applied: vec![],
+            pruned: vec![],
+            failing_pods: vec![PodReport {
+                name: "shop-1".into(),
+                phase: "Running".into(),
+                ready: false,
+                reason: Some("CrashLoopBackOff".into()),
+                message: None,
+                restarts: 4,
+            }],
+        };
+        let text = deployment(EventType::DeploymentFailed, &d)["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(text.contains("FAILED") && text.contains("crash loop"), "{text}");
+        assert!(
+            text.contains("`shop-1` Running CrashLoopBackOff, 4 restart(s)"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,784 @@
+//! The chat-ops bot against a real nats-server, a real promoter with a real config repo, and a
+//! real local HTTP server playing Slack (its incoming webhook and `response_url`): signed slash
+//! commands and button clicks travel chat → promoter → production; every bad request (bad
+//! signature, replay, unknown user, unknown release, malformed form, random bytes) is refused
+//! without a 5xx and without recording anything; approval requests are posted with their
+//! buttons, and a chat outage delays the post while the release keeps moving.
+//!
+//! Requests are signed here with Slack's documented algorithm, computed independently of the
+//! bot (HMAC-SHA256 over `v0:<timestamp>:<body>`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use async_nats::jetstream::consumer::{self, pull};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use baton_kit::settings::Settings;
+use baton_kit::{Outgoing, codec, events};
+use baton_schemas::config::CommonSettings;
+use baton_schemas::config::chatops::ChatopsSettings;
+use baton_schemas::config::promoter::PromoterSettings;
+use baton_schemas::payloads::{ImageInfo, Outcome, TestCounts, TestData};
+use baton_schemas::release::{DeploymentData, PromotionData};
+use baton_schemas::{CdEvent, EventType, subjects};
+use baton_tests::NatsServer;
+use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+const APP: &str = "acme/shop";
+const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+const ALICE: &str = "U0ALICE";
+const BOB: &str = "U0BOB";
+
+const TWO_STAGES: &str = "\
+environments:
+  - name: staging
+    namespace: shop-staging
+    policy: auto
+  - name: production
+    namespace: shop-production
+    policy: manual
+    approvals:
+      required: 2
+      users: [alice, bob]
+      expires_after: 1h
+";
+
+const DEPLOYMENT: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+spec:
+  selector:
+    matchLabels: {app: shop}
+  template:
+    metadata:
+      labels: {app: shop}
+    spec:
+      containers:
+        - name: shop
+          image: 127.0.0.1:5000/baton/acme_shop:dev
+";
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
+}
+
+/// What the fake Slack received, and whether its incoming webhook is "down".
+#[derive(Default)]
+struct Slack {
+    down: AtomicBool,
+    refused: AtomicUsize,
+    messages: Mutex<Vec<Value>>,
+    responses: Mutex<Vec<Value>>,
+}
+
+async fn incoming_webhook(State(slack): State<Arc<Slack>>, Json(message): Json<Value>) -> StatusCode {
+    if slack.down.load(Ordering::SeqCst) {
+        slack.refused.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    slack.messages.lock().unwrap().push(message);
+    StatusCode::OK
+}
+
+async fn response_url(State(slack): State<Arc<Slack>>, Json(message): Json<Value>) -> StatusCode {
+    slack.responses.lock().unwrap().push(message);
+    StatusCode::OK
+}
+
+/// A nats-server, a config repo, an app repo, a promoter, a fake Slack and the bot.
+struct World {
+    _nats: NatsServer,
+    js: async_nats::jetstream::Context,
+    dir: tempfile::TempDir,
+    slack: Arc<Slack>,
+    slack_url: String,
+    bot: String,
+    http: reqwest::Client,
+    stops: Vec<CancellationToken>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), baton_kit::service::StartError>>>,
+}
+
+impl World {
+    async fn start(slack_down: bool) -> Result<Self> {
+        let nats = NatsServer::start()?;
+        let client = async_nats::connect(nats.url()).await?;
+        let js = async_nats::jetstream::new(client);
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        git(root, &["init", "-q", "--bare", "-b", "main", "config.git"])?;
+        git(root, &["clone", "-q", "config.git", "config-edit"])?;
+        std::fs::write(root.join("config-edit/environments.yaml"), TWO_STAGES)?;
+        git(&root.join("config-edit"), &["add", "."])?;
+        git(&root.join("config-edit"), &["commit", "-qm", "environments"])?;
+        git(&root.join("config-edit"), &["push", "-q", "origin", "main"])?;
+        let app = root.join("app");
+        std::fs::create_dir_all(app.join("deploy"))?;
+        git(&app, &["init", "-q", "-b", "main"])?;
+        std::fs::write(
+            app.join(".baton.yaml"),
+            "build:\n  steps: [{name: b, run: 'true'}]\nimage:\n  base: scratch\n  add: [{from: x, to: /x}]\nmanifests: deploy\n",
+        )?;
+        std::fs::write(app.join("deploy/deployment.yaml"), DEPLOYMENT)?;
+        git(&app, &["add", "-A"])?;
+        git(&app, &["commit", "-qm", "first"])?;
+
+        // The fake Slack.
+        let slack = Arc::new(Slack::default());
+        slack.down.store(slack_down, Ordering::SeqCst);
+        let router = axum::Router::new()
+            .route("/services/T0/B0/token", axum::routing::post(incoming_webhook))
+            .route("/commands/T0/1/response", axum::routing::post(response_url))
+            .with_state(Arc::clone(&slack));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let slack_url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, router).await });
+
+        let mut common = CommonSettings::default();
+        common.nats.url = nats.url();
+        common.http.listen = "127.0.0.1:0".parse()?;
+        common.runner.backoff_initial = Duration::from_millis(50);
+        common.runner.backoff_max = Duration::from_millis(300);
+        common.runner.max_deliver = 1000;
+
+        let mut promoter = PromoterSettings::default();
+        promoter.config_repo.url = format!("file://{}", root.join("config.git").display());
+        promoter.tick = Duration::from_millis(100);
+        let promoter = baton_promoter::Application::build(
+            Settings {
+                common: common.clone(),
+                service: promoter,
+                warnings: vec![],
+            },
+            &|_| None,
+        )
+        .await?;
+
+        let chatops = ChatopsSettings {
+            signing_secret_env: Some("SLACK_SIGNING_SECRET".into()),
+            users: BTreeMap::from([(ALICE.into(), "alice".into()), (BOB.into(), "bob".into())]),
+            contact: "#platform-team".into(),
+            incoming_webhook_url: Some(format!("{slack_url}/services/T0/B0/token")),
+            ..ChatopsSettings::default()
+        };
+        let env = |k: &str| (k == "SLACK_SIGNING_SECRET").then(|| SECRET.to_owned());
+        let bot = baton_chatops::Application::build(
+            Settings {
+                common,
+                service: chatops,
+                warnings: vec![],
+            },
+            &env,
+        )
+        .await?;
+        let bot_url = format!("http://{}", bot.local_addr());
+
+        let mut world = Self {
+            _nats: nats,
+            js,
+            dir,
+            slack,
+            slack_url,
+            bot: bot_url,
+            http: reqwest::Client::new(),
+            stops: vec![],
+            tasks: vec![],
+        };
+        let stop = CancellationToken::new();
+        world.tasks.push(tokio::spawn(promoter.run_until_stopped(stop.clone())));
+        world.stops.push(stop);
+        let stop = CancellationToken::new();
+        world.tasks.push(tokio::spawn(bot.run_until_stopped(stop.clone())));
+        world.stops.push(stop);
+        Ok(world)
+    }
+
+    fn app_repo(&self) -> PathBuf {
+        self.dir.path().join("app")
+    }
+
+    fn response_url(&self) -> String {
+        format!("{}/commands/T0/1/response", self.slack_url)
+    }
+
+    /// A new app commit and the tester's success for it; returns the release id.
+    async fn tests_passed(&self, case: &str) -> Result<String> {
+        let app = self.app_repo();
+        std::fs::write(app.join("deploy/note.txt"), case)?;
+        git(&app, &["add", "-A"])?;
+        git(&app, &["commit", "-qm", &format!("change {case}")])?;
+        let sha = git(&app, &["rev-parse", "HEAD"])?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(case.as_bytes())));
+        let image = ImageInfo {
+            registry: "127.0.0.1:5000".into(),
+            repository: "baton/acme_shop".into(),
+            tag: sha.clone(),
+            digest: digest.clone(),
+            reference: format!("127.0.0.1:5000/baton/acme_shop@{digest}"),
+            purl: format!(
+                "pkg:oci/acme_shop@{}?repository_url=127.0.0.1:5000/baton/acme_shop",
+                digest.replace(':', "%3A")
+            ),
+            uploaded_bytes: 0,
+        };
+        let release = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, case.as_bytes()).to_string();
+        let data = TestData {
+            app: APP.into(),
+            commit: sha.clone(),
+            repository: format!("file://{}", app.display()),
+            image: Some(image),
+            run: format!("test-{case}"),
+            outcome: Some(Outcome::Success),
+            reason: None,
+            no_tests_declared: false,
+            counts: TestCounts::default(),
+            failed_cases: vec![],
+            steps: vec![],
+            pushed_by: None,
+        };
+        let event = CdEvent::new(
+            EventType::TestSuiteRunFinished,
+            format!("finished-{case}"),
+            "/baton/tester",
+            format!("{APP}@{sha}"),
+            json!({"environment": {"id": "baton-tester"}, "testSuite": {"id": "s"}, "outcome": "success"}),
+        )?
+        .with_chain_id(&release)
+        .with_custom_data(data)?;
+        events::publish(&self.js, &Outgoing::new(APP, event)).await?;
+        Ok(release)
+    }
+
+    /// Every event of type `ty` so far, validated against its schema.
+    async fn events(&self, ty: EventType) -> Result<Vec<CdEvent>> {
+        let stream = self.js.get_stream("BATON_EVENTS").await?;
+        let mut c = stream
+            .create_consumer(pull::Config {
+                filter_subject: subjects::event_filter(ty),
+                deliver_policy: consumer::DeliverPolicy::All,
+                inactive_threshold: Duration::from_secs(10),
+                ..Default::default()
+            })
+            .await?;
+        let pending = c.info().await?.num_pending;
+        let mut out = Vec::new();
+        if pending > 0 {
+            let mut batch = c.fetch().max_messages(usize::try_from(pending)?).messages().await?;
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let ce = codec::decode(m.headers.as_ref(), &m.payload)?;
+                let Some(cloudevents::Data::Json(data)) = ce.data() else {
+                    anyhow::bail!("an event without JSON data")
+                };
+                baton_schemas::validate_event(ty, data)?;
+                out.push(serde_json::from_value(data.clone())?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn wait_for(&self, ty: EventType, count: usize, pred: impl Fn(&CdEvent) -> bool) -> Result<Vec<CdEvent>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found: Vec<CdEvent> = self.events(ty).await?.into_iter().filter(|e| pred(e)).collect();
+            if found.len() >= count {
+                return Ok(found);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {} of {count} {ty} events arrived",
+                found.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn promotion(&self, release: &str, env: &str) -> Result<PromotionData> {
+        let found = self
+            .wait_for(EventType::EnvironmentModified, 1, |e| {
+                e.context.chain_id.as_deref() == Some(release)
+                    && e.custom_data_as::<PromotionData>().is_ok_and(|p| p.environment == env)
+            })
+            .await?;
+        Ok(found.last().context("one event")?.custom_data_as()?)
+    }
+
+    /// The deployer's report that `promotion` runs healthy.
+    async fn deployed(&self, promotion: &PromotionData) -> Result<()> {
+        let data = DeploymentData {
+            promotion: promotion.promotion.clone(),
+            action: promotion.action,
+            app: promotion.app.clone(),
+            environment: promotion.environment.clone(),
+            namespace: promotion.namespace.clone(),
+            release: promotion.release.release.clone(),
+            config_commit: promotion.config_commit.clone(),
+            image: promotion.release.image.reference.clone(),
+            reason: None,
+            applied: vec![],
+            pruned: vec![],
+            failing_pods: vec![],
+        };
+        let event = CdEvent::new(
+            EventType::ServiceDeployed,
+            format!("deployer-{}", promotion.promotion),
+            "/baton/deployer",
+            promotion.release.release.clone(),
+            json!({"environment": {"id": promotion.environment}, "artifactId": promotion.release.image.purl}),
+        )?
+        .with_chain_id(&promotion.release.release)
+        .with_custom_data(data)?;
+        events::publish(&self.js, &Outgoing::new(APP, event)).await?;
+        Ok(())
+    }
+
+    /// A release that runs in staging and waits for production's approvals.
+    async fn release_waiting_for_approval(&self, case: &str) -> Result<String> {
+        let release = self.tests_passed(case).await?;
+        let staging = self.promotion(&release, "staging").await?;
+        self.deployed(&staging).await?;
+        self.wait_for(EventType::ApprovalCreated, 1, |e| {
+            e.context.chain_id.as_deref() == Some(release.as_str())
+        })
+        .await?;
+        Ok(release)
+    }
+
+    /// POSTs `body` to the bot with the given headers.
+    async fn post(&self, path: &str, body: Vec<u8>, headers: &[(&str, String)]) -> Result<(u16, String)> {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.bot))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        for (k, v) in headers {
+            request = request.header(*k, v);
+        }
+        let response = request.send().await?;
+        Ok((response.status().as_u16(), response.text().await?))
+    }
+
+    /// POSTs `body` signed as Slack signs, at `timestamp`.
+    async fn signed_at(&self, path: &str, body: &str, timestamp: i64) -> Result<(u16, String)> {
+        let ts = timestamp.to_string();
+        let signature = slack_signature(SECRET.as_bytes(), &ts, body.as_bytes());
+        self.post(
+            path,
+            body.as_bytes().to_vec(),
+            &[("X-Slack-Request-Timestamp", ts), ("X-Slack-Signature", signature)],
+        )
+        .await
+    }
+
+    async fn signed(&self, path: &str, body: &str) -> Result<(u16, String)> {
+        self.signed_at(path, body, chrono::Utc::now().timestamp()).await
+    }
+
+    /// A signed `/baton <text>` from `user`, answered as Slack JSON.
+    async fn slash(&self, user: &str, text: &str) -> Result<Value> {
+        let (status, body) = self
+            .signed("/slack/commands", &slash_form(user, text, &self.response_url()))
+            .await?;
+        anyhow::ensure!(status == 200, "{status}: {body}");
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    async fn approvals_updated(&self) -> Result<usize> {
+        Ok(self.events(EventType::ApprovalUpdated).await?.len())
+    }
+
+    async fn stop(self) -> Result<()> {
+        for stop in &self.stops {
+            stop.cancel();
+        }
+        for task in self.tasks {
+            tokio::time::timeout(Duration::from_secs(30), task).await???;
+        }
+        Ok(())
+    }
+}
+
+/// Slack's algorithm, written out here independently of the bot.
+fn slack_signature(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(format!("v0:{timestamp}:").as_bytes());
+    mac.update(body);
+    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b' ' => "+".to_owned(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn slash_form(user: &str, text: &str, response_url: &str) -> String {
+    form(&[
+        ("token", "deprecated-verification-token"),
+        ("team_id", "T0"),
+        ("channel_id", "C0"),
+        ("user_id", user),
+        ("user_name", &user.to_lowercase()),
+        ("command", "/baton"),
+        ("text", text),
+        ("response_url", response_url),
+        ("trigger_id", "1.2.3"),
+    ])
+}
+
+fn button_form(user: &str, action: &str, release: &str, response_url: &str) -> String {
+    let payload = json!({
+        "type": "block_actions",
+        "user": {"id": user, "username": user.to_lowercase()},
+        "response_url": response_url,
+        "actions": [{
+            "type": "button",
+            "action_id": action,
+            "value": json!({"release": release, "environment": "production"}).to_string(),
+        }],
+    });
+    form(&[("payload", &payload.to_string())])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slash_approval_and_a_button_click_promote_to_production() -> Result<()> {
+    let world = World::start(false).await?;
+    let release = world.release_waiting_for_approval("one").await?;
+
+    // `status` reads what runs where from the promoter's state.
+    let status = world.slash(ALICE, "status acme/shop").await?;
+    assert_eq!(status["response_type"], "ephemeral");
+    let text = status["text"].as_str().unwrap_or_default();
+    assert!(text.contains("`staging`") && text.contains(&release), "{status}");
+
+    // Alice approves with a slash command: recorded, announced in the channel.
+    let first = world.slash(ALICE, &format!("approve {release} production")).await?;
+    assert_eq!(first["response_type"], "in_channel", "{first}");
+    let text = first["text"].as_str().unwrap_or_default();
+    assert!(text.contains("1 of 2") && text.contains("alice"), "{first}");
+    let updated = world.wait_for(EventType::ApprovalUpdated, 1, |_| true).await?;
+    assert_eq!(
+        updated[0].subject.content["responder"], "urn:baton:user:alice",
+        "{:?}",
+        updated[0].subject
+    );
+    assert!(
+        world.events(EventType::EnvironmentModified).await?.len() == 1,
+        "one approval is not the quorum"
+    );
+
+    // Bob clicks Approve on the message: the quorum, and production is promoted.
+    let (status, body) = world
+        .signed(
+            "/slack/interactions",
+            &button_form(BOB, "approve", &release, &world.response_url()),
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let reply: Value = serde_json::from_str(&body)?;
+    assert_eq!(reply["response_type"], "in_channel", "{reply}");
+    let production = world.promotion(&release, "production").await?;
+    assert_eq!(production.namespace, "shop-production");
+    assert!(reply["text"].as_str().unwrap_or_default().contains("bob"), "{reply}");
+    let closed = world.wait_for(EventType::ApprovalClosed, 1, |_| true).await?;
+    assert_eq!(closed[0].subject.content["status"], "approved");
+    // Slack does not show a button click's HTTP answer: it was posted to response_url too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while world.slack.responses.lock().unwrap().is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "nothing was posted to response_url");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let posted = world.slack.responses.lock().unwrap()[0].clone();
+    assert_eq!(posted["text"], reply["text"]);
+    assert_eq!(posted["replace_original"], false);
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_without_a_5xx_and_record_nothing() -> Result<()> {
+    let world = World::start(false).await?;
+    let release = world.release_waiting_for_approval("one").await?;
+    let approve = slash_form(ALICE, &format!("approve {release} production"), &world.response_url());
+    let now = chrono::Utc::now().timestamp();
+
+    // Signed with another secret.
+    let ts = now.to_string();
+    let (status, body) = world
+        .post(
+            "/slack/commands",
+            approve.clone().into_bytes(),
+            &[
+                ("X-Slack-Request-Timestamp", ts.clone()),
+                (
+                    "X-Slack-Signature",
+                    slack_signature(b"not-the-secret", &ts, approve.as_bytes()),
+                ),
+            ],
+        )
+        .await?;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("X-Slack-Signature does not match"), "{body}");
+    // A good signature over another body (the text was tampered with).
+    let tampered = approve.replace("production", "staging");
+    let (status, _) = world
+        .post(
+            "/slack/commands",
+            tampered.into_bytes(),
+            &[
+                ("X-Slack-Request-Timestamp", ts.clone()),
+                (
+                    "X-Slack-Signature",
+                    slack_signature(SECRET.as_bytes(), &ts, approve.as_bytes()),
+                ),
+            ],
+        )
+        .await?;
+    assert_eq!(status, 401);
+    // A correctly signed request from six minutes ago, and one from the future: replays.
+    for skew in [-360, 360] {
+        let (status, body) = world.signed_at("/slack/commands", &approve, now + skew).await?;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("replay"), "{body}");
+    }
+    // No signature headers at all.
+    let (status, body) = world.post("/slack/commands", approve.clone().into_bytes(), &[]).await?;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("X-Slack-Request-Timestamp header is missing"), "{body}");
+    let (status, _) = world
+        .post(
+            "/slack/interactions",
+            button_form(ALICE, "approve", &release, "").into_bytes(),
+            &[],
+        )
+        .await?;
+    assert_eq!(status, 401);
+
+    // A Slack user with no Baton identity: a polite refusal that says whom to ask.
+    let stranger = world
+        .slash("U0MALLORY", &format!("approve {release} production"))
+        .await?;
+    assert_eq!(stranger["response_type"], "ephemeral");
+    let text = stranger["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("U0MALLORY") && text.contains("#platform-team"),
+        "{stranger}"
+    );
+    let (status, body) = world
+        .signed(
+            "/slack/interactions",
+            &button_form("U0MALLORY", "approve", &release, ""),
+        )
+        .await?;
+    assert_eq!(status, 200);
+    assert!(body.contains("ephemeral") && body.contains("#platform-team"), "{body}");
+
+    // An unknown release: the promoter's refusal, only to the requester.
+    let unknown = world.slash(ALICE, "approve no-such-release production").await?;
+    assert_eq!(unknown["response_type"], "ephemeral");
+    assert!(
+        unknown["text"].as_str().unwrap_or_default().contains("unknown release"),
+        "{unknown}"
+    );
+    // A grammar mistake: the usage.
+    let typo = world.slash(ALICE, "aprove it").await?;
+    assert_eq!(typo["response_type"], "ephemeral");
+    assert!(
+        typo["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/baton approve <release>"),
+        "{typo}"
+    );
+
+    // Malformed forms, correctly signed: 400 saying what is expected.
+    for (path, body, expect) in [
+        ("/slack/commands", "text=approve+x", "user_id"),
+        ("/slack/interactions", "nothing=here", "payload"),
+        ("/slack/interactions", "payload=%7Bnot+json", "not JSON"),
+        (
+            "/slack/interactions",
+            &form(&[("payload", r#"{"type":"block_actions","user":{"id":"U0ALICE"}}"#)]),
+            "actions[0]",
+        ),
+        (
+            "/slack/interactions",
+            &form(&[("payload", r#"{"type":"view_submission","user":{"id":"U0ALICE"}}"#)]),
+            "block_actions",
+        ),
+    ] {
+        let (status, text) = world.signed(path, body).await?;
+        assert_eq!(status, 400, "{path} {body}: {text}");
+        assert!(text.contains(expect), "{path} {body}: {text}");
+    }
+    let (status, text) = world.signed("/slack/commands", "user_id=%FF%FE&text=%C3").await?;
+    assert!(status == 200 || status == 400, "{status}: {text}");
+
+    // Random bodies, signed and unsigned, to both endpoints: never a 5xx.
+    let mut rng = rand::rng();
+    for i in 0..200 {
+        let len = rng.random_range(0..400);
+        let body: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        let path = if i % 2 == 0 {
+            "/slack/commands"
+        } else {
+            "/slack/interactions"
+        };
+        let (status, text) = if i % 3 == 0 {
+            world.post(path, body, &[]).await?
+        } else {
+            let ts = chrono::Utc::now().timestamp().to_string();
+            let signature = slack_signature(SECRET.as_bytes(), &ts, &body);
+            world
+                .post(
+                    path,
+                    body,
+                    &[("X-Slack-Request-Timestamp", ts), ("X-Slack-Signature", signature)],
+                )
+                .await?
+        };
+        assert!(status < 500, "{path}: {status} {text}");
+    }
+    // Random slash texts from a mapped user: answered, never a 5xx, nothing approved.
+    let words = [
+        "approve",
+        "decline",
+        "status",
+        "rollback",
+        "pin",
+        "unpin",
+        "help",
+        "-",
+        "x",
+        "production",
+        "%",
+        "*",
+        "🙂",
+    ];
+    for _ in 0..30 {
+        let n = rng.random_range(0..6);
+        let text: Vec<&str> = (0..n).map(|_| words[rng.random_range(0..words.len())]).collect();
+        let reply = world.slash(BOB, &text.join(" ")).await?;
+        assert!(reply["text"].is_string(), "{reply}");
+    }
+
+    // Nothing above was recorded as an approval (random texts name no real release).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(world.approvals_updated().await?, 0, "no vote was recorded");
+
+    // The same approval, signed properly, is recorded: the refusals above were the requests' fault.
+    let (status, body) = world.signed("/slack/commands", &approve).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("in_channel"), "{body}");
+    world.wait_for(EventType::ApprovalUpdated, 1, |_| true).await?;
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_outage_delays_the_approval_message_but_not_the_release() -> Result<()> {
+    // Slack's incoming webhook answers 500 from the start.
+    let world = World::start(true).await?;
+    let release = world.release_waiting_for_approval("one").await?;
+
+    // The bot keeps trying…
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while world.slack.refused.load(Ordering::SeqCst) < 3 {
+        anyhow::ensure!(Instant::now() < deadline, "the bot did not retry the post");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // …while the release moves on: both approvals (through the chat endpoint, which does not
+    // depend on the incoming webhook) and the production promotion.
+    for user in [ALICE, BOB] {
+        let reply = world.slash(user, &format!("approve {release} production")).await?;
+        assert_eq!(reply["response_type"], "in_channel", "{reply}");
+    }
+    world.promotion(&release, "production").await?;
+    assert!(
+        world.slack.messages.lock().unwrap().is_empty(),
+        "Slack was down the whole time"
+    );
+
+    // Slack recovers: the approval request arrives, with what is released and the buttons.
+    world.slack.down.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let request = loop {
+        let found = world
+            .slack
+            .messages
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m["text"].as_str().unwrap_or_default().contains("Approval needed"))
+            .cloned();
+        if let Some(m) = found {
+            break m;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the approval request never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let all = request.to_string();
+    assert!(
+        all.contains(&release) && all.contains("production") && all.contains("sha256:"),
+        "{all}"
+    );
+    let actions = request["blocks"]
+        .as_array()
+        .context("blocks")?
+        .iter()
+        .find(|b| b["type"] == "actions")
+        .context("an actions block")?;
+    let ids: Vec<&str> = actions["elements"]
+        .as_array()
+        .context("elements")?
+        .iter()
+        .filter_map(|e| e["action_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["approve", "decline"]);
+    let value: Value = serde_json::from_str(actions["elements"][0]["value"].as_str().context("value")?)?;
+    assert_eq!(value, json!({"release": release, "environment": "production"}));
+    // The staging deployment and the approval's outcome are posted as release news too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let texts: Vec<String> = world
+            .slack
+            .messages
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if texts.iter().any(|t| t.contains("runs healthy in *staging*"))
+            && texts.iter().any(|t| t.contains("into *production*: approved"))
+        {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "release news missing: {texts:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    world.stop().await
+}
