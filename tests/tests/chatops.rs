@@ -113,6 +113,10 @@ struct World {
 
 impl World {
     async fn start(slack_down: bool) -> Result<Self> {
+        Self::start_with(slack_down, ChatopsSettings::default().answer_within).await
+    }
+
+    async fn start_with(slack_down: bool, answer_within: Duration) -> Result<Self> {
         let nats = NatsServer::start()?;
         let client = async_nats::connect(nats.url()).await?;
         let js = async_nats::jetstream::new(client);
@@ -171,6 +175,7 @@ impl World {
             users: BTreeMap::from([(ALICE.into(), "alice".into()), (BOB.into(), "bob".into())]),
             contact: "#platform-team".into(),
             incoming_webhook_url: Some(format!("{slack_url}/services/T0/B0/token")),
+            answer_within,
             ..ChatopsSettings::default()
         };
         let env = |k: &str| (k == "SLACK_SIGNING_SECRET").then(|| SECRET.to_owned());
@@ -397,6 +402,25 @@ impl World {
 
     async fn approvals_updated(&self) -> Result<usize> {
         Ok(self.events(EventType::ApprovalUpdated).await?.len())
+    }
+
+    /// Stops the promoter (started first); the bot keeps running.
+    async fn stop_promoter(&mut self) -> Result<()> {
+        self.stops.remove(0).cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.tasks.remove(0)).await???;
+        Ok(())
+    }
+
+    /// Waits for the `n`th post to `response_url` (counting from 1).
+    async fn response(&self, n: usize) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(posted) = self.slack.responses.lock().unwrap().get(n - 1) {
+                return Ok(posted.clone());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "post {n} to response_url never arrived");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn stop(self) -> Result<()> {
@@ -780,5 +804,55 @@ async fn a_chat_outage_delays_the_approval_message_but_not_the_release() -> Resu
         anyhow::ensure!(Instant::now() < deadline, "release news missing: {texts:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_or_absent_promoter_answers_go_to_response_url_and_never_fail_the_request() -> Result<()> {
+    // Every promoter answer counts as slow: Slack gets an acknowledgement, the outcome follows.
+    let mut world = World::start_with(false, Duration::from_millis(1)).await?;
+    let release = world.release_waiting_for_approval("one").await?;
+    let ack = world.slash(ALICE, &format!("approve {release} production")).await?;
+    assert_eq!(ack["response_type"], "ephemeral", "{ack}");
+    assert!(ack["text"].as_str().unwrap_or_default().contains("Working on"), "{ack}");
+    let outcome = world.response(1).await?;
+    assert_eq!(outcome["response_type"], "in_channel", "{outcome}");
+    assert!(
+        outcome["text"].as_str().unwrap_or_default().contains("1 of 2"),
+        "{outcome}"
+    );
+    world.wait_for(EventType::ApprovalUpdated, 1, |_| true).await?;
+
+    // No promoter at all: a polite "try again", by response_url and, without one, in the answer.
+    world.stop_promoter().await?;
+    // (NATS says "no responders" at once, so the answer may beat the acknowledgement.)
+    let ack = world.slash(BOB, &format!("approve {release} production")).await?;
+    let outcome = if ack["text"].as_str().unwrap_or_default().contains("Working on") {
+        world.response(2).await?
+    } else {
+        ack
+    };
+    assert_eq!(outcome["response_type"], "ephemeral", "{outcome}");
+    assert!(
+        outcome["text"].as_str().unwrap_or_default().contains("did not answer"),
+        "{outcome}"
+    );
+    let no_url = form(&[
+        ("user_id", BOB),
+        ("command", "/baton"),
+        ("text", &format!("approve {release}")),
+    ]);
+    let (status, body) = world.signed("/slack/commands", &no_url).await?;
+    assert_eq!(status, 200, "{body}");
+    let reply: Value = serde_json::from_str(&body)?;
+    assert_eq!(reply["response_type"], "ephemeral");
+    assert!(
+        reply["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("promoter did not answer"),
+        "{reply}"
+    );
+    assert_eq!(world.approvals_updated().await?, 1, "only Alice's vote was recorded");
     world.stop().await
 }
