@@ -616,11 +616,18 @@ async fn bad_requests_are_refused_without_a_5xx_and_record_nothing() -> Result<(
     let (status, body) = world
         .signed(
             "/slack/interactions",
-            &button_form("U0MALLORY", "approve", &release, ""),
+            &button_form("U0MALLORY", "approve", &release, &world.response_url()),
         )
         .await?;
     assert_eq!(status, 200);
     assert!(body.contains("ephemeral") && body.contains("#platform-team"), "{body}");
+    // A click's HTTP answer is not shown by Slack: the refusal is posted to response_url.
+    let posted = world.response(1).await?;
+    assert_eq!(posted["response_type"], "ephemeral");
+    assert!(
+        posted["text"].as_str().unwrap_or_default().contains("#platform-team"),
+        "{posted}"
+    );
 
     // An unknown release: the promoter's refusal, only to the requester.
     let unknown = world.slash(ALICE, "approve no-such-release production").await?;

@@ -254,15 +254,28 @@ async fn interact(state: &InboundState, headers: &HeaderMap, body: Body) -> Resu
         ));
     };
     let response_url = payload["response_url"].as_str().map(str::to_owned);
+    // Slack does not show the HTTP answer to a click: refusals go to `response_url` too.
     let Some(actor) = state.config.identity(&sender.user_id).map(str::to_owned) else {
-        return Ok(unknown_user(&state.config, &sender));
+        return Ok(tell(state, response_url, unknown_user(&state.config, &sender)));
     };
     let intent = match commands::button(action_id, value) {
         Ok(intent) => intent,
-        Err(e) => return Ok(SlackReply::ephemeral(e.problem)),
+        Err(e) => return Ok(tell(state, response_url, SlackReply::ephemeral(e.problem))),
     };
     let id = request_id(headers, &body);
     Ok(act(state, intent, actor, &sender, id, response_url, true).await)
+}
+
+/// Posts `reply` to `response_url` (when there is one) in the background, and returns it.
+fn tell(state: &InboundState, response_url: Option<String>, reply: SlackReply) -> SlackReply {
+    if let Some(url) = response_url {
+        let mut posted = reply.clone();
+        posted.replace_original = Some(false);
+        let http = state.http.clone();
+        let timeout = state.config.post_timeout;
+        tokio::spawn(async move { post_response(&http, &url, &posted, timeout).await });
+    }
+    reply
 }
 
 fn unknown_user(config: &Chatops, sender: &Sender) -> SlackReply {
@@ -308,14 +321,7 @@ async fn act(
     match (finished, response_url) {
         (Ok(done), url) => {
             let reply = done.unwrap_or_else(|_| unanswered());
-            if always_post && let Some(url) = url {
-                let mut posted = reply.clone();
-                posted.replace_original = Some(false);
-                let http = state.http.clone();
-                let timeout = state.config.post_timeout;
-                tokio::spawn(async move { post_response(&http, &url, &posted, timeout).await });
-            }
-            reply
+            if always_post { tell(state, url, reply) } else { reply }
         }
         (Err(_), Some(url)) => {
             let http = state.http.clone();
