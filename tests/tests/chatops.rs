@@ -727,6 +727,24 @@ async fn bad_requests_are_refused_without_a_5xx_and_record_nothing() -> Result<(
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("in_channel"), "{body}");
     world.wait_for(EventType::ApprovalUpdated, 1, |_| true).await?;
+
+    // Operators see the refusals on /metrics.
+    let metrics = world
+        .http
+        .get(format!("{}/metrics", world.bot))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for line in [
+        "baton_chat_requests_total{endpoint=\"commands\",outcome=\"bad_signature\"}",
+        "baton_chat_requests_total{endpoint=\"commands\",outcome=\"stale\"}",
+        "baton_chat_requests_total{endpoint=\"interactions\",outcome=\"bad_request\"}",
+        // U0MALLORY twice, and the user id that was not UTF-8.
+        "baton_chat_unknown_users_total 3",
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
+    }
     world.stop().await
 }
 

@@ -75,11 +75,14 @@ impl Application {
                 None
             }
         };
+        let metrics = inbound::ChatMetrics::default();
+        metrics.register(&runtime.metrics);
         let state = InboundState {
             config: Arc::clone(&chatops),
             client: runtime.client.clone(),
             state: runtime.topology.state.clone(),
             http,
+            metrics,
         };
         let router = health::router(runtime.health_state()).merge(
             Router::new()

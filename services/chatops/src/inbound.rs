@@ -24,6 +24,9 @@ use axum::response::{IntoResponse, Response};
 use baton_schemas::commands::{CommandReply, CommandRequest, PROMOTER, Verb};
 use baton_schemas::subjects::{command_subject, sanitize_token};
 use futures::StreamExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -43,6 +46,49 @@ pub struct InboundState {
     pub state: kv::Store,
     /// Posts to `response_url`.
     pub http: reqwest::Client,
+    /// Request counters.
+    pub metrics: ChatMetrics,
+}
+
+/// Labels of the request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChatLabels {
+    /// `commands` or `interactions`.
+    pub endpoint: &'static str,
+    /// `answered` (HTTP 200, refusals in the reply included), `too_large`, `missing_header`,
+    /// `stale`, `bad_signature`, `bad_request`.
+    pub outcome: &'static str,
+}
+
+/// The bot's request metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ChatMetrics {
+    /// Chat requests by endpoint and outcome.
+    pub requests: Family<ChatLabels, Counter>,
+    /// Requests from Slack users with no Baton identity (answered with a refusal).
+    pub unknown_users: Counter,
+}
+
+impl ChatMetrics {
+    /// Registers the counter in the service's registry.
+    pub fn register(&self, metrics: &baton_kit::metrics::Metrics) {
+        metrics.with_registry(|r| {
+            r.register(
+                "chat_requests",
+                "Slack requests by endpoint and outcome",
+                self.requests.clone(),
+            );
+            r.register(
+                "chat_unknown_users",
+                "Signed Slack requests refused because the user has no Baton identity",
+                self.unknown_users.clone(),
+            );
+        });
+    }
+
+    fn count(&self, endpoint: &'static str, outcome: &'static str) {
+        self.requests.get_or_create(&ChatLabels { endpoint, outcome }).inc();
+    }
 }
 
 /// What was wrong with a request. Every message says how to fix it.
@@ -131,16 +177,28 @@ struct Sender {
 /// The handler of `POST /slack/commands`.
 pub async fn slash_command(State(state): State<InboundState>, headers: HeaderMap, body: Body) -> Response {
     match slash(&state, &headers, body).await {
-        Ok(reply) => Json(reply).into_response(),
-        Err(e) => refused(e),
+        Ok(reply) => {
+            state.metrics.count("commands", "answered");
+            Json(reply).into_response()
+        }
+        Err(e) => {
+            state.metrics.count("commands", e.metric_label());
+            refused(e)
+        }
     }
 }
 
 /// The handler of `POST /slack/interactions`.
 pub async fn interaction(State(state): State<InboundState>, headers: HeaderMap, body: Body) -> Response {
     match interact(&state, &headers, body).await {
-        Ok(reply) => Json(reply).into_response(),
-        Err(e) => refused(e),
+        Ok(reply) => {
+            state.metrics.count("interactions", "answered");
+            Json(reply).into_response()
+        }
+        Err(e) => {
+            state.metrics.count("interactions", e.metric_label());
+            refused(e)
+        }
     }
 }
 
@@ -209,6 +267,7 @@ async fn slash(state: &InboundState, headers: &HeaderMap, body: Body) -> Result<
     let text = field(&fields, "text").unwrap_or_default();
     let response_url = field(&fields, "response_url").map(str::to_owned);
     let Some(actor) = state.config.identity(&sender.user_id).map(str::to_owned) else {
+        state.metrics.unknown_users.inc();
         return Ok(unknown_user(&state.config, &sender));
     };
     let intent = match commands::parse(text) {
@@ -256,6 +315,7 @@ async fn interact(state: &InboundState, headers: &HeaderMap, body: Body) -> Resu
     let response_url = payload["response_url"].as_str().map(str::to_owned);
     // Slack does not show the HTTP answer to a click: refusals go to `response_url` too.
     let Some(actor) = state.config.identity(&sender.user_id).map(str::to_owned) else {
+        state.metrics.unknown_users.inc();
         return Ok(tell(state, response_url, unknown_user(&state.config, &sender)));
     };
     let intent = match commands::button(action_id, value) {
