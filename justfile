@@ -140,6 +140,17 @@ setup:
     etcd_version="$("$etcd_bin" --version)"
     echo "etcd: $etcd_bin (${etcd_version%%$'\n'*})"
 
+# Play Baton's release story end to end on local servers (nats-server, registry, Kubernetes with
+# simulated nodes, git repos, every service), narrated; it keeps running for `baton` commands until
+# Ctrl-C. `just demo --down` stops when the story is told.
+demo *args: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    {{ tool_path }}
+    cargo build -q -p baton-demo -p baton
+    echo "the baton CLI: $(pwd)/target/debug/baton"
+    exec target/debug/baton-demo {{ args }}
+
 # Run every test against real servers with nextest, then the doc tests (CI=true: `ci` profile).
 test: setup
     #!/usr/bin/env bash

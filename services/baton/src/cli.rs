@@ -164,6 +164,14 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Run every Baton service in this process, for local use: each reads its usual config
+    /// file from the directory (listener.yaml, builder.yaml, tester.yaml, promoter.yaml,
+    /// deployer.yaml, chatops.yaml; missing ones are left out).
+    Up {
+        /// The directory of the services' config files.
+        #[arg(long, default_value = ".")]
+        config_dir: std::path::PathBuf,
+    },
     /// Print shell completions, e.g. `baton completions bash > /etc/bash_completion.d/baton`.
     Completions {
         /// The shell.

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod log;
 pub mod render;
 pub mod run;
+pub mod up;
 
 /// Why a command failed. `main` prints it on one line and exits non-zero.
 #[derive(Debug, thiserror::Error)]

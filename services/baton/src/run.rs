@@ -36,6 +36,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         clap_complete::generate(*shell, &mut command, "baton", &mut std::io::stdout());
         return Ok(());
     }
+    if let Command::Up { config_dir } = &cli.command {
+        let nats = std::env::args()
+            .any(|a| a == "--nats" || a.starts_with("--nats="))
+            .then_some(cli.nats.as_str());
+        let nats = nats.or(std::env::var("BATON_NATS_URL").ok().map(|_| cli.nats.as_str()));
+        return crate::up::up(config_dir, nats).await;
+    }
     // Flags are checked before anything is reached.
     if let Command::Events {
         event_type: Some(t), ..
@@ -116,7 +123,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             command(&client, style, Verb::MarkBad, request).await
         }
         Command::Logs { run, step, follow } => logs(&client, &js, &run, step.as_deref(), follow).await,
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::Up { .. } => Ok(()),
     }
 }
 

@@ -218,3 +218,63 @@ async fn the_cli_shows_the_log_a_trace_releases_and_status_and_sends_commands() 
     stop.cancel();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baton_up_runs_the_configured_services_in_one_process() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let empty = baton(&nats.url(), &["up", "--config-dir", &dir.path().display().to_string()]);
+    assert_eq!(empty.code, Some(2), "{}", empty.stderr);
+    assert!(
+        empty.stderr.contains("promoter.yaml"),
+        "names the files it looks for: {}",
+        empty.stderr
+    );
+
+    git(dir.path(), &["init", "-q", "--bare", "-b", "main", "config.git"])?;
+    git(dir.path(), &["clone", "-q", "config.git", "seed"])?;
+    std::fs::write(
+        dir.path().join("seed/environments.yaml"),
+        "environments:\n  - {name: staging, namespace: shop-staging, policy: auto}\n",
+    )?;
+    git(&dir.path().join("seed"), &["add", "."])?;
+    git(&dir.path().join("seed"), &["commit", "-qm", "environments"])?;
+    git(&dir.path().join("seed"), &["push", "-q", "origin", "main"])?;
+    let configs = dir.path().join("configs");
+    std::fs::create_dir_all(&configs)?;
+    std::fs::write(
+        configs.join("promoter.yaml"),
+        format!(
+            "http: {{listen: '127.0.0.1:0'}}\nconfig_repo: {{url: 'file://{}'}}\n",
+            dir.path().join("config.git").display()
+        ),
+    )?;
+    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args([
+            "up",
+            "--config-dir",
+            &configs.display().to_string(),
+            "--nats",
+            &nats.url(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // The promoter inside `baton up` answers commands.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answered = loop {
+        let run = baton(&nats.url(), &["mark-bad", "no-such-release"]);
+        if run.code == Some(4) {
+            break run;
+        }
+        if Instant::now() >= deadline {
+            let _ = up.kill();
+            anyhow::bail!("the promoter in `baton up` never answered: {}", run.stderr);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(answered.stdout.contains("unknown release"), "{}", answered.stdout);
+    up.kill()?;
+    up.wait()?;
+    Ok(())
+}
