@@ -53,6 +53,7 @@ fn main() -> Result<()> {
 
         let body = bytes::Bytes::from_static(PUSH.as_bytes());
         let sig = signature(&body);
+        baton_kit::tls::install_crypto_provider();
         let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let started = Instant::now();

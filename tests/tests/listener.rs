@@ -91,6 +91,8 @@ impl TestApp {
     }
 
     async fn start_with(config: &str, tweak: impl FnOnce(&mut CommonSettings)) -> Result<Self> {
+        // reqwest's TLS (compiled in for the chat-ops bot's https posts) needs the process's provider.
+        baton_kit::tls::install_crypto_provider();
         let nats = NatsServer::start()?;
         let mut common = CommonSettings::default();
         common.nats.url = nats.url();

@@ -1,0 +1,477 @@
+//! The local stack `just demo` runs and the end-to-end suite asserts on: a nats-server with
+//! JetStream, a CNCF Distribution registry, a real Kubernetes control plane with simulated nodes,
+//! a config repo (staging automatic, production approved by alice), the sample app `acme/shop`
+//! with its `.baton.yaml`, and every Baton service (listener, builder, tester, promoter,
+//! deployer, chat-ops bot) in this process; plus what a git host and Slack would send: signed
+//! push webhooks and signed slash commands.
+
+#![allow(clippy::print_stdout, reason = "the demo narrates on the terminal")]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use baton::cli::Output;
+use baton::log::Record;
+use baton::render::{self, Style};
+use baton_kit::settings::Settings;
+use baton_schemas::config::CommonSettings;
+use baton_schemas::{CdEvent, EventType, subjects};
+use baton_tests::NatsServer;
+use baton_tests::kube::{KubeCluster, NodeSimulator};
+use baton_tests::registry::RegistryServer;
+use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+
+/// Prints a line when narrating.
+macro_rules! note {
+    ($narrate:expr, $($arg:tt)*) => {
+        if $narrate {
+            println!($($arg)*);
+        }
+    };
+}
+
+/// A step of the story, in bold.
+pub fn say(text: &str) {
+    println!("\n\x1b[1m▶ {text}\x1b[0m");
+}
+
+fn say_if(narrate: bool, text: &str) {
+    if narrate {
+        say(text);
+    }
+}
+
+/// The application of the story.
+pub const APP: &str = "acme/shop";
+pub const WEBHOOK_SECRET: &str = "demo-webhook-secret";
+pub const SLACK_SECRET: &str = "demo-slack-signing-secret";
+pub const SLACK_USER: &str = "U0DEMOALICE";
+
+/// `git` in `dir` (an independent client, as a developer would use it).
+pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
+}
+
+/// The events seen so far, appended as they are published.
+pub type Seen = Arc<Mutex<Vec<Record>>>;
+
+async fn wait_in(seen: &Seen, what: &str, pred: impl Fn(&Record) -> bool) -> Result<Record> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Some(found) = seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|r| pred(r))
+            .cloned()
+        {
+            return Ok(found);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the demo waited 3 minutes for {what} in vain"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn of(release: &str, ty: EventType) -> impl Fn(&Record) -> bool + '_ {
+    move |r: &Record| r.chain() == Some(release) && r.event_type() == Some(ty)
+}
+
+pub fn in_env<'a>(release: &'a str, env: &'a str, types: &'a [EventType]) -> impl Fn(&Record) -> bool + 'a {
+    move |r: &Record| {
+        r.chain() == Some(release)
+            && r.event_type().is_some_and(|t| types.contains(&t))
+            && r.event.custom_data.as_ref().is_some_and(|d| d["environment"] == env)
+    }
+}
+
+/// The app's Deployment.
+pub const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+spec:
+  replicas: 2
+  progressDeadlineSeconds: 60
+  selector:
+    matchLabels: {app: shop}
+  template:
+    metadata:
+      labels: {app: shop}
+    spec:
+      containers:
+        - name: shop
+          image: baton/shop:dev
+";
+
+/// Writes a file, creating its folder.
+pub fn write(path: &Path, text: &str) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn common(nats: &NatsServer) -> Result<CommonSettings> {
+    let mut c = CommonSettings::default();
+    c.nats.url = nats.url();
+    c.http.listen = "127.0.0.1:0".parse()?;
+    c.runner.backoff_initial = Duration::from_millis(200);
+    Ok(c)
+}
+
+fn settings<T: serde::de::DeserializeOwned>(nats: &NatsServer, yaml: &str) -> Result<Settings<T>> {
+    Ok(Settings {
+        common: common(nats)?,
+        service: yaml_serde::from_str(yaml)?,
+        warnings: vec![],
+    })
+}
+
+/// The running stack.
+pub struct Stack {
+    /// NATS.
+    pub nats: NatsServer,
+    /// The registry images are pushed to.
+    pub registry: RegistryServer,
+    /// The Kubernetes control plane.
+    pub cluster: KubeCluster,
+    _nodes: NodeSimulator,
+    /// Holds the repos (removed on drop).
+    pub temp: tempfile::TempDir,
+    /// The listener's generic webhook URL.
+    pub webhook: String,
+    /// The chat-ops bot's slash-command URL.
+    pub chat: String,
+    /// Every event published so far, in order.
+    pub seen: Seen,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
+    http: reqwest::Client,
+    pushes: u32,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("webhook", &self.webhook)
+            .field("chat", &self.chat)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stack {
+    /// Starts everything; with `narrate`, says what it does and prints every event.
+    ///
+    /// # Errors
+    /// When a server or service cannot start (the harness errors name `just setup`).
+    pub async fn start(narrate: bool) -> Result<Self> {
+        baton_kit::tls::install_crypto_provider();
+        let nats = NatsServer::start()?;
+        let registry = RegistryServer::start()?;
+        let cluster = KubeCluster::start().await?;
+        let _nodes = cluster.simulate_nodes(2).await?;
+        note!(narrate, "  nats:     {}", nats.url());
+        note!(narrate, "  registry: {}", registry.address());
+        note!(
+            narrate,
+            "  kubernetes: {} (kubeconfig {})",
+            cluster.server_url(),
+            cluster.kubeconfig_path().display()
+        );
+
+        let temp = tempfile::Builder::new().prefix("baton-demo-").tempdir()?;
+        let dir = temp.path().to_owned();
+        say_if(
+            narrate,
+            "Creating the config repo (staging automatic, production needs alice's approval) and the sample app acme/shop",
+        );
+        git(&dir, &["init", "-q", "--bare", "-b", "main", "config.git"])?;
+        git(&dir, &["clone", "-q", "config.git", "config"])?;
+        write(
+            &dir.join("config/environments.yaml"),
+            "environments:
+  - name: staging
+    namespace: shop-staging
+    policy: auto
+  - name: production
+    namespace: shop-production
+    policy: manual
+    approvals:
+      required: 1
+      users: [alice]
+",
+        )?;
+        git(&dir.join("config"), &["add", "."])?;
+        git(&dir.join("config"), &["commit", "-qm", "environments"])?;
+        git(&dir.join("config"), &["push", "-q", "origin", "main"])?;
+        git(&dir, &["init", "-q", "--bare", "-b", "main", "shop.git"])?;
+        git(&dir, &["clone", "-q", "shop.git", "shop"])?;
+        let shop = dir.join("shop");
+        write(
+            &shop.join(".baton.yaml"),
+            "build:
+  steps:
+    - name: compile
+      run: mkdir -p out && cp src/greeting.txt out/greeting.txt
+image:
+  name: baton/shop
+  base: scratch
+  add:
+    - {from: out/greeting.txt, to: /srv/greeting.txt}
+  entrypoint: [/srv/shop]
+test:
+  steps:
+    - name: unit
+      run: grep -q hello src/greeting.txt
+manifests: deploy
+",
+        )?;
+        write(&shop.join("src/greeting.txt"), "hello from Baton\n")?;
+        write(&shop.join("deploy/deployment.yaml"), DEPLOYMENT)?;
+        note!(narrate, "  {}", dir.display());
+
+        say_if(
+            narrate,
+            "Starting Baton: listener, builder, tester, promoter, deployer and the chat-ops bot",
+        );
+        let env = |name: &str| match name {
+            "DEMO_WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.to_owned()),
+            "DEMO_SLACK_SECRET" => Some(SLACK_SECRET.to_owned()),
+            _ => None,
+        };
+        let stop = CancellationToken::new();
+        let listener = baton_listener::Application::build(
+        settings(
+            &nats,
+            &format!("repositories:\n  - {{name: {APP}, provider: generic, secret_env: DEMO_WEBHOOK_SECRET, branches: [main]}}\n"),
+        )?,
+        &env,
+    )
+    .await?;
+        let webhook = format!("http://{}/webhooks/generic", listener.local_addr());
+        let builder = baton_builder::Application::build(
+            settings(
+                &nats,
+                &format!(
+                    "registry: {{address: '{}', insecure: true, repository_prefix: baton}}\n",
+                    registry.address()
+                ),
+            )?,
+            &env,
+        )
+        .await?;
+        let tester = baton_tester::Application::build(settings(&nats, "{}")?, &env).await?;
+        let promoter = baton_promoter::Application::build(
+            settings(
+                &nats,
+                &format!("config_repo: {{url: 'file://{}'}}\n", dir.join("config.git").display()),
+            )?,
+            &env,
+        )
+        .await?;
+        let deployer = baton_deployer::Application::build(
+            settings(
+                &nats,
+                &format!(
+                    "kubeconfig: {}\npoll_interval: 200ms\ncrashloop_restarts: 2\n",
+                    cluster.kubeconfig_path().display()
+                ),
+            )?,
+            &env,
+        )
+        .await?;
+        let chatops = baton_chatops::Application::build(
+            settings(
+                &nats,
+                &format!("signing_secret_env: DEMO_SLACK_SECRET\nusers: {{{SLACK_USER}: alice}}\n"),
+            )?,
+            &env,
+        )
+        .await?;
+        let chat = format!("http://{}/slack/commands", chatops.local_addr());
+        let mut tasks: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
+        let s = stop.clone();
+        tasks.push(tokio::spawn(async move { Ok(listener.run_until_stopped(s).await?) }));
+        let s = stop.clone();
+        tasks.push(tokio::spawn(async move { Ok(builder.run_until_stopped(s).await?) }));
+        let s = stop.clone();
+        tasks.push(tokio::spawn(async move { Ok(tester.run_until_stopped(s).await?) }));
+        let s = stop.clone();
+        tasks.push(tokio::spawn(async move { Ok(promoter.run_until_stopped(s).await?) }));
+        let s = stop.clone();
+        tasks.push(tokio::spawn(async move { Ok(deployer.run_until_stopped(s).await?) }));
+        let s = stop.clone();
+        tasks.push(tokio::spawn(async move { Ok(chatops.run_until_stopped(s).await?) }));
+        note!(narrate, "  webhook: {webhook}\n  chat:    {chat}");
+
+        // The narrator: every event as it happens, the way `baton events --follow` prints it.
+        let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+        let client = async_nats::connect(nats.url()).await?;
+        let mut all = client.subscribe(subjects::ALL_EVENTS).await?;
+        let narrated = Arc::clone(&seen);
+        let style = Style::detect(Output::Human);
+        let print_events = narrate;
+        tokio::spawn(async move {
+            let mut ids = std::collections::HashSet::new();
+            while let Some(message) = all.next().await {
+                let Ok(ce) = baton_kit::codec::decode(message.headers.as_ref(), &message.payload) else {
+                    continue;
+                };
+                let Some(cloudevents::Data::Json(data)) = ce.data() else {
+                    continue;
+                };
+                let Ok(event) = serde_json::from_value::<CdEvent>(data.clone()) else {
+                    continue;
+                };
+                // JetStream drops re-published ids; so does the narrator.
+                if !ids.insert(event.context.id.clone()) {
+                    continue;
+                }
+                let record = Record {
+                    sequence: 0,
+                    app: subjects::app_of(&message.subject).unwrap_or_default().to_owned(),
+                    event,
+                };
+                if print_events {
+                    println!("  {}", render::line(&style, &record));
+                }
+                narrated
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(record);
+            }
+        });
+
+        Ok(Self {
+            nats,
+            registry,
+            cluster,
+            _nodes,
+            temp,
+            webhook,
+            chat,
+            seen,
+            stop,
+            tasks,
+            http: reqwest::Client::new(),
+            pushes: 0,
+        })
+    }
+
+    /// The app's working clone.
+    pub fn shop(&self) -> PathBuf {
+        self.temp.path().join("shop")
+    }
+
+    /// The config repo (bare).
+    pub fn config_repo(&self) -> PathBuf {
+        self.temp.path().join("config.git")
+    }
+
+    /// Waits (up to 3 minutes) for an event matching `pred`.
+    ///
+    /// # Errors
+    /// When it does not come.
+    pub async fn wait_for(&self, what: &str, pred: impl Fn(&Record) -> bool) -> Result<Record> {
+        wait_in(&self.seen, what, pred).await
+    }
+
+    /// Every event so far.
+    pub fn events(&self) -> Vec<Record> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops every service, draining.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+    }
+
+    /// Commits the app's working tree, pushes it, and sends the signed webhook a git host
+    /// would; returns the release id the listener answers with.
+    pub async fn push(&mut self, message: &str, narrate: bool) -> Result<String> {
+        let work = self.shop();
+        git(&work, &["add", "-A"])?;
+        git(&work, &["commit", "-qm", message])?;
+        let before = git(&work, &["rev-parse", "origin/main"]).unwrap_or_else(|_| "0".repeat(40));
+        git(&work, &["push", "-q", "origin", "main"])?;
+        let after = git(&work, &["rev-parse", "HEAD"])?;
+        self.pushes += 1;
+        let body = json!({
+            "ref": "refs/heads/main",
+            "before": before,
+            "after": after,
+            "repository": {"full_name": APP, "clone_url": format!("file://{}", self.temp.path().join("shop.git").display())},
+            "head_commit": {"id": after, "message": message, "author": {"name": "Ada", "email": "ada@example.com"}},
+            "commits": [{"id": after, "message": message, "author": {"name": "Ada", "email": "ada@example.com"}}],
+            "pusher": {"name": "ada"},
+        })
+        .to_string();
+        let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes())?;
+        mac.update(body.as_bytes());
+        let response = self
+            .http
+            .post(&self.webhook)
+            .header("Content-Type", "application/json")
+            .header("X-Baton-Delivery", format!("demo-push-{}", self.pushes))
+            .header(
+                "X-Baton-Signature",
+                format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+            )
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let answer: Value = response.json().await?;
+        anyhow::ensure!(status.is_success(), "the listener refused the push: {answer}");
+        let release = answer["accepted"][0]["release"]
+            .as_str()
+            .context("the listener names the release")?
+            .to_owned();
+        note!(narrate, "  git push → webhook {status} → release {release}");
+        Ok(release)
+    }
+
+    /// A signed Slack slash command, as Slack sends it; returns the bot's answer.
+    pub async fn slash(&self, text: &str) -> Result<String> {
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("command", "/baton")
+            .append_pair("text", text)
+            .append_pair("user_id", SLACK_USER)
+            .append_pair("user_name", "alice")
+            .append_pair("team_id", "T0DEMO")
+            .append_pair("channel_id", "C0RELEASES")
+            .finish();
+        let timestamp = chrono::Utc::now().timestamp().to_string();
+        let mut mac = Hmac::<Sha256>::new_from_slice(SLACK_SECRET.as_bytes())?;
+        mac.update(format!("v0:{timestamp}:{body}").as_bytes());
+        let signature = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
+        let response = self
+            .http
+            .post(&self.chat)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("X-Slack-Request-Timestamp", timestamp)
+            .header("X-Slack-Signature", signature)
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        anyhow::ensure!(status.is_success(), "the chat endpoint answered {status}: {answer}");
+        Ok(answer["text"].as_str().unwrap_or_default().to_owned())
+    }
+}

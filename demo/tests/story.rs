@@ -1,0 +1,172 @@
+//! The end-to-end suite: the demo's story as assertions, on the same local stack (real NATS,
+//! registry, Kubernetes control plane with simulated nodes, git repos, every service):
+//!
+//! - a push becomes a release that reaches staging automatically and production through a signed
+//!   chat approval; a failing test stops its release before staging; a crash-looping release is
+//!   rolled back to the previous digest;
+//! - every release's log is a complete, ordered chain: one chainId from the push on, every event
+//!   but the push linked to the event that caused it, and each of them valid against the
+//!   official schema of its type (CDEvents 0.5.1, the 0.6 draft for approvals, Baton's own);
+//! - the cluster runs the right digests, and the config repo's history is the releases'.
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, Result};
+use baton::log::Record;
+use baton_demo::{DEPLOYMENT, Stack, git, in_env, of, write};
+use baton_schemas::EventType;
+use baton_schemas::payloads::ImageInfo;
+use baton_schemas::release::{PromotionAction, PromotionData, ReleaseData};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+
+async fn image_in(stack: &Stack, namespace: &str) -> Result<String> {
+    let deployments: Api<Deployment> = Api::namespaced(stack.cluster.client()?, namespace);
+    let spec = deployments
+        .get("shop")
+        .await?
+        .spec
+        .and_then(|s| s.template.spec)
+        .context("a pod template")?;
+    Ok(spec.containers[0].image.clone().unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_release_story_end_to_end() -> Result<()> {
+    let mut stack = Stack::start(false).await?;
+    let shop = stack.shop();
+
+    // 1. Push → staging automatically → production by a signed chat approval.
+    let first = stack.push("Say hello", false).await?;
+    stack
+        .wait_for("staging", in_env(&first, "staging", &[EventType::ServiceDeployed]))
+        .await?;
+    stack
+        .wait_for("the approval request", of(&first, EventType::ApprovalCreated))
+        .await?;
+    let answer = stack.slash(&format!("approve {first} production")).await?;
+    assert!(answer.contains("approved"), "{answer}");
+    stack
+        .wait_for(
+            "production",
+            in_env(&first, "production", &[EventType::ServiceDeployed]),
+        )
+        .await?;
+
+    // 2. A failing test stops the release before staging.
+    write(&shop.join("src/greeting.txt"), "goodbye\n")?;
+    let second = stack.push("Say goodbye", false).await?;
+    let verdict = stack
+        .wait_for("the failing tests", of(&second, EventType::TestSuiteRunFinished))
+        .await?;
+    assert_eq!(verdict.event.subject.content["outcome"], "failure");
+
+    // 3. A crash-looping release is rolled back to the previous digest.
+    write(&shop.join("src/greeting.txt"), "hello again\n")?;
+    write(
+        &shop.join("deploy/deployment.yaml"),
+        &DEPLOYMENT.replace(
+            "      labels: {app: shop}\n    spec:",
+            "      labels: {app: shop}\n      annotations: {baton.dev/simulate: crashloop}\n    spec:",
+        ),
+    )?;
+    let third = stack.push("Crash on start", false).await?;
+    stack
+        .wait_for("the failed rollout", of(&third, EventType::DeploymentFailed))
+        .await?;
+    stack
+        .wait_for("the rollback", |r| {
+            r.chain() == Some(first.as_str()) && r.event_type() == Some(EventType::ServiceRolledBack)
+        })
+        .await?;
+
+    let events = stack.events();
+    // Nothing about the second release after its test verdict.
+    let second_types: Vec<EventType> = events
+        .iter()
+        .filter(|r| r.chain() == Some(second.as_str()))
+        .filter_map(Record::event_type)
+        .collect();
+    assert_eq!(
+        second_types.last(),
+        Some(&EventType::TestSuiteRunFinished),
+        "{second_types:?}"
+    );
+    assert!(!second_types.contains(&EventType::ReleaseCreated));
+
+    // Every event valid against its schema; every release a linked, ordered chain.
+    let by_id: HashMap<&str, &Record> = events.iter().map(|r| (r.event.context.id.as_str(), r)).collect();
+    for record in &events {
+        let ty = record.event_type().context("a catalog type")?;
+        baton_schemas::validate_event(ty, &serde_json::to_value(&record.event)?)
+            .with_context(|| format!("{ty} {}", record.event.context.id))?;
+        if ty == EventType::ChangeMerged {
+            assert!(record.event.context.links.is_none(), "a push starts its chain");
+            continue;
+        }
+        let links = record.event.context.links.clone().unwrap_or_default();
+        assert!(!links.is_empty(), "{ty} links to its cause");
+        for link in links {
+            let cause = link.from.context("a PATH link")?.context_id;
+            let caused_by = by_id
+                .get(cause.as_str())
+                .with_context(|| format!("{ty}: its cause {cause} is in the log"))?;
+            assert!(caused_by.time() <= record.time(), "{ty} comes after its cause");
+        }
+    }
+    for release in [&first, &second, &third] {
+        let chain: Vec<&Record> = events.iter().filter(|r| r.chain() == Some(release.as_str())).collect();
+        assert_eq!(
+            chain[0].event_type(),
+            Some(EventType::ChangeMerged),
+            "{release} starts with its push"
+        );
+        let kinds: Vec<EventType> = chain.iter().filter_map(|r| r.event_type()).collect();
+        for step in [
+            EventType::BuildQueued,
+            EventType::BuildFinished,
+            EventType::ArtifactPublished,
+            EventType::TestSuiteRunFinished,
+        ] {
+            assert!(kinds.contains(&step), "{release}: {step} in {kinds:?}");
+        }
+    }
+
+    // The cluster runs the first release's digest in both environments.
+    let created: ReleaseData = events
+        .iter()
+        .find(|r| r.chain() == Some(first.as_str()) && r.event_type() == Some(EventType::ReleaseCreated))
+        .context("release.created")?
+        .event
+        .custom_data_as()?;
+    let ImageInfo { reference, .. } = created.image;
+    assert_eq!(image_in(&stack, "shop-production").await?, reference);
+    assert_eq!(
+        image_in(&stack, "shop-staging").await?,
+        reference,
+        "staging rolled back to the previous digest"
+    );
+
+    // The config repo's history is the promotions, one commit each, in order.
+    let promotions: Vec<PromotionData> = events
+        .iter()
+        .filter(|r| r.event_type() == Some(EventType::EnvironmentModified))
+        .map(|r| r.event.custom_data_as())
+        .collect::<Result<_, _>>()?;
+    let log = git(&stack.config_repo(), &["log", "--reverse", "--format=%H", "main"])?;
+    let commits: Vec<&str> = log.lines().skip(1).collect();
+    let announced: Vec<&str> = promotions.iter().map(|p| p.config_commit.as_str()).collect();
+    assert_eq!(commits, announced, "one config commit per promotion, in order");
+    let actions: Vec<(PromotionAction, &str)> = promotions.iter().map(|p| (p.action, p.environment.as_str())).collect();
+    assert_eq!(
+        actions,
+        [
+            (PromotionAction::Promote, "staging"),
+            (PromotionAction::Promote, "production"),
+            (PromotionAction::Promote, "staging"),
+            (PromotionAction::Rollback, "staging"),
+        ]
+    );
+    stack.stop().await;
+    Ok(())
+}
