@@ -263,6 +263,10 @@ pub struct DeploymentData {
     /// The pods that made the rollout fail, with their states.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failing_pods: Vec<PodReport>,
+    /// How long the deployer waited for the workloads to become healthy after applying (pods
+    /// being scheduled, started and ready), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_wait_ms: Option<u64>,
 }
 
 /// A pod's state, as the deployer saw it when judging a rollout.

@@ -335,6 +335,7 @@ impl World {
             applied: vec![],
             pruned: vec![],
             failing_pods: vec![],
+            rollout_wait_ms: None,
         };
         let (ty, content) = match (failure, promotion.action) {
             (Some(reason), _) => (

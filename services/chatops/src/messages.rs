@@ -283,6 +283,7 @@ mod tests {
                 message: None,
                 restarts: 4,
             }],
+            rollout_wait_ms: None,
         };
         let text = deployment(EventType::DeploymentFailed, &d)["text"]
             .as_str()

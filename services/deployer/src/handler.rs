@@ -211,6 +211,7 @@ impl Deployer {
             .filter(|(m, _, _)| WORKLOADS.contains(&m.kind.as_str()))
             .map(|(m, _, _)| (m.kind.clone(), m.name.clone()))
             .collect();
+        let waiting = Instant::now();
         let verdict = rollout::watch(
             self.cluster.client(),
             &promotion.namespace,
@@ -219,8 +220,9 @@ impl Deployer {
             guard,
         )
         .await?;
+        let waited = u64::try_from(waiting.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(match verdict {
-            Verdict::Healthy => vec![self.healthy(event, promotion, applied, pruned).await?],
+            Verdict::Healthy => vec![self.healthy(event, promotion, applied, pruned, waited).await?],
             Verdict::Failed { reason, pods } => vec![self.failed(event, promotion, &reason, pods, applied)],
             Verdict::Superseded => {
                 let newer = self.latest(promotion).await.unwrap_or_default();
@@ -306,6 +308,7 @@ impl Deployer {
             applied,
             pruned,
             failing_pods,
+            rollout_wait_ms: None,
         }
     }
 
@@ -339,6 +342,7 @@ impl Deployer {
         promotion: &PromotionData,
         applied: Vec<String>,
         pruned: Vec<String>,
+        waited_ms: u64,
     ) -> Result<Outgoing, Failure> {
         let key = deployed_key(&promotion.app, &promotion.environment);
         let previous = self
@@ -378,7 +382,10 @@ impl Deployer {
             ty,
             "deployment.healthy",
             content,
-            self.data(promotion, None, applied, pruned, Vec::new()),
+            DeploymentData {
+                rollout_wait_ms: Some(waited_ms),
+                ..self.data(promotion, None, applied, pruned, Vec::new())
+            },
         ))
     }
 

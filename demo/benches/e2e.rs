@@ -1,0 +1,118 @@
+//! `just bench e2e`: Baton's orchestration overhead for a five-stage release (listener →
+//! builder → tester → promoter → deployer) on the demo's local stack: the time from the webhook
+//! received (`change.merged`) to `service.deployed`/`service.upgraded` in staging, minus the time
+//! spent in the user's build and test commands (their step durations) and in waiting for pods to
+//! become ready (the deployer's `rolloutWaitMs`). p50/p99 over sequential releases, plus the
+//! sustained rate of releases per minute.
+
+#![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use baton::log::Record;
+use baton_demo::{Stack, in_env, of, write};
+use baton_schemas::EventType;
+use baton_schemas::payloads::{BuildData, TestData};
+use baton_schemas::release::DeploymentData;
+
+/// The allocator Baton's service binaries use.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const RELEASES: usize = 30;
+const WARMUP: usize = 2;
+
+fn steps_ms(record: &Record, build: bool) -> Result<u64> {
+    Ok(if build {
+        record
+            .event
+            .custom_data_as::<BuildData>()?
+            .steps
+            .iter()
+            .map(|s| s.duration_ms)
+            .sum()
+    } else {
+        record
+            .event
+            .custom_data_as::<TestData>()?
+            .steps
+            .iter()
+            .map(|s| s.duration_ms)
+            .sum()
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut stack = Stack::start(false).await?;
+    let shop = stack.shop();
+    let mut overheads = Vec::new();
+    let mut totals = Vec::new();
+    let mut waited = Vec::new();
+    let mut commands = Vec::new();
+    let started = Instant::now();
+    for round in 0..RELEASES + WARMUP {
+        write(&shop.join("src/greeting.txt"), &format!("hello, round {round}\n"))?;
+        let release = stack.push(&format!("round {round}"), false).await?;
+        let deployed = stack
+            .wait_for(
+                "staging",
+                in_env(
+                    &release,
+                    "staging",
+                    &[EventType::ServiceDeployed, EventType::ServiceUpgraded],
+                ),
+            )
+            .await?;
+        let merged = stack
+            .wait_for("the push", of(&release, EventType::ChangeMerged))
+            .await?;
+        let built = stack
+            .wait_for("the build", of(&release, EventType::BuildFinished))
+            .await?;
+        let tested = stack
+            .wait_for("the tests", of(&release, EventType::TestSuiteRunFinished))
+            .await?;
+        let rollout = deployed
+            .event
+            .custom_data_as::<DeploymentData>()?
+            .rollout_wait_ms
+            .context("rolloutWaitMs")?;
+        let total = u64::try_from((deployed.time() - merged.time()).num_milliseconds()).unwrap_or(0);
+        let user = steps_ms(&built, true)? + steps_ms(&tested, false)?;
+        if round >= WARMUP {
+            totals.push(total);
+            waited.push(rollout);
+            commands.push(user);
+            overheads.push(total.saturating_sub(user + rollout));
+        }
+    }
+    let elapsed = started.elapsed();
+    stack.stop().await;
+    let percentile = |v: &mut Vec<u64>, p: f64| {
+        v.sort_unstable();
+        baton_tests::percentile(v, p)
+    };
+    println!(
+        "e2e: {RELEASES} sequential releases (after {WARMUP} warm-up), webhook received → service.deployed in staging:"
+    );
+    println!(
+        "  orchestration overhead  p50 {} ms, p99 {} ms",
+        percentile(&mut overheads, 0.50),
+        percentile(&mut overheads, 0.99)
+    );
+    println!(
+        "  total                   p50 {} ms, p99 {} ms (build/test commands p50 {} ms, waiting for pods p50 {} ms)",
+        percentile(&mut totals, 0.50),
+        percentile(&mut totals, 0.99),
+        percentile(&mut commands, 0.50),
+        percentile(&mut waited, 0.50)
+    );
+    let per_minute = (RELEASES + WARMUP) as f64 / elapsed.as_secs_f64() * 60.0;
+    println!(
+        "  sustained: {per_minute:.0} releases/minute (one after another, each to a healthy staging rollout, {:.1} s in all)",
+        elapsed.as_secs_f64()
+    );
+    Ok(())
+}
