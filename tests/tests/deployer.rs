@@ -793,3 +793,78 @@ async fn an_unreachable_apiserver_is_retried_and_the_promotion_is_not_lost() -> 
     forward.abort();
     world.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unready_unpullable_and_conflicting_releases_fail_with_the_reason() -> Result<()> {
+    let mut world = World::start().await?;
+    world.start_deployer(None).await?;
+
+    // Pods that never become ready: the Deployment's progress deadline decides.
+    let unready = image("unready", "baton/acme_shop-never-ready");
+    let commit = world.commit(
+        "staging",
+        &[(
+            "deployment.yaml",
+            deployment(&unready.reference, "").replace("progressDeadlineSeconds: 30", "progressDeadlineSeconds: 4"),
+        )],
+    )?;
+    let promotion = world
+        .promote("staging", STAGING, &commit, &unready, PromotionAction::Promote)
+        .await?;
+    let (ty, data) = world.verdict(&promotion).await?;
+    assert_eq!(ty, EventType::DeploymentFailed, "{data:?}");
+    assert!(
+        data.reason
+            .clone()
+            .unwrap_or_default()
+            .contains("ProgressDeadlineExceeded"),
+        "{data:?}"
+    );
+    assert!(
+        data.failing_pods.iter().all(|p| !p.ready) && !data.failing_pods.is_empty(),
+        "{data:?}"
+    );
+
+    // An image that cannot be pulled: the pull grace (3 s here) decides.
+    let unpullable = image("unpullable", "baton/acme_shop-imagepullbackoff");
+    let commit = world.commit("staging", &[("deployment.yaml", deployment(&unpullable.reference, ""))])?;
+    let promotion = world
+        .promote("staging", STAGING, &commit, &unpullable, PromotionAction::Promote)
+        .await?;
+    let (ty, data) = world.verdict(&promotion).await?;
+    assert_eq!(ty, EventType::DeploymentFailed, "{data:?}");
+    let reason = data.reason.unwrap_or_default();
+    assert!(reason.contains("cannot pull its image"), "{reason}");
+
+    // A field someone else owns is a conflict, reported, not overwritten.
+    let admin = world.cluster.client()?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(admin, STAGING);
+    let theirs: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "shop-settings", "namespace": STAGING},
+        "data": {"greeting": "set by hand"}
+    }))?;
+    config_maps
+        .patch(
+            "shop-settings",
+            &PatchParams::apply("kubectl-edit"),
+            &Patch::Apply(&theirs),
+        )
+        .await?;
+    let img = image("conflict", "baton/acme_shop");
+    let commit = world.commit("staging", &[("config.yaml", CONFIG_MAP.to_owned())])?;
+    let promotion = world
+        .promote("staging", STAGING, &commit, &img, PromotionAction::Promote)
+        .await?;
+    let (ty, data) = world.verdict(&promotion).await?;
+    assert_eq!(ty, EventType::DeploymentFailed, "{data:?}");
+    let reason = data.reason.unwrap_or_default();
+    assert!(reason.contains("409") && reason.contains("force_conflicts"), "{reason}");
+    let kept = config_maps.get("shop-settings").await?;
+    assert_eq!(
+        kept.data.unwrap_or_default().get("greeting").map(String::as_str),
+        Some("set by hand"),
+        "not overwritten"
+    );
+    world.stop().await
+}
