@@ -196,6 +196,23 @@ async fn the_cli_shows_the_log_a_trace_releases_and_status_and_sends_commands() 
         rejected.stdout
     );
 
+    // A run's stored logs (as the step executor stores them: `<run>/<step>.log`).
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await?);
+    let store = js.get_object_store("baton-logs").await?;
+    let mut log: &[u8] = b"running unit tests\nall 3 passed\n";
+    store.put("test-cli/unit.log", &mut log).await?;
+    let logs = baton(&url, &["logs", "test-cli"]);
+    assert_eq!(logs.code, Some(0), "{}", logs.stderr);
+    assert!(
+        logs.stdout.contains("==> test-cli/unit.log <==") && logs.stdout.contains("all 3 passed"),
+        "{}",
+        logs.stdout
+    );
+    let one = baton(&url, &["logs", "test-cli", "--step", "unit"]);
+    assert_eq!(one.stdout, "running unit tests\nall 3 passed\n");
+    let none = baton(&url, &["logs", "build-nothing"]);
+    assert_eq!(none.code, Some(3), "{}", none.stderr);
+
     // Errors: one line, a fix, non-zero.
     let unknown = baton(&url, &["trace", "no-such-release"]);
     assert_eq!(unknown.code, Some(3));
