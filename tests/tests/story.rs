@@ -1,4 +1,4 @@
-//! The end-to-end suite: the demo's story as assertions, on the same local stack (real NATS,
+//! The end-to-end suite (`tests/tests/story.rs`): the demo's story as assertions, on the same local stack (real NATS,
 //! registry, Kubernetes control plane with simulated nodes, git repos, every service):
 //!
 //! - a push becomes a release that reaches staging automatically and production through a signed
