@@ -51,6 +51,7 @@ async fn main() -> Result<()> {
     let mut totals = Vec::new();
     let mut waited = Vec::new();
     let mut commands = Vec::new();
+    let mut stages: Vec<Vec<u64>> = vec![Vec::new(); 7];
     let started = Instant::now();
     for round in 0..RELEASES + WARMUP {
         write(&shop.join("src/greeting.txt"), &format!("hello, round {round}\n"))?;
@@ -82,6 +83,24 @@ async fn main() -> Result<()> {
         let total = u64::try_from((deployed.time() - merged.time()).num_milliseconds()).unwrap_or(0);
         let user = steps_ms(&built, true)? + steps_ms(&tested, false)?;
         if round >= WARMUP {
+            // Where the time goes: from each stage's first event to the next stage's.
+            let marks = [
+                EventType::ChangeMerged,
+                EventType::BuildStarted,
+                EventType::ArtifactPublished,
+                EventType::TestSuiteRunFinished,
+                EventType::ReleaseCreated,
+                EventType::EnvironmentModified,
+                EventType::DeploymentStarted,
+            ];
+            let mut at = Vec::new();
+            for ty in marks {
+                at.push(stack.wait_for("a stage", of(&release, ty)).await?.time());
+            }
+            at.push(deployed.time());
+            for (i, pair) in at.windows(2).enumerate() {
+                stages[i].push(u64::try_from((pair[1] - pair[0]).num_milliseconds()).unwrap_or(0));
+            }
             totals.push(total);
             waited.push(rollout);
             commands.push(user);
@@ -109,6 +128,18 @@ async fn main() -> Result<()> {
         percentile(&mut commands, 0.50),
         percentile(&mut waited, 0.50)
     );
+    let names = [
+        "listener → build started",
+        "build (checkout, steps, image, push)",
+        "tests",
+        "release created",
+        "promotion committed",
+        "deployer picked it up",
+        "apply + rollout (incl. pods)",
+    ];
+    for (name, mut times) in names.into_iter().zip(stages) {
+        println!("    {name:<38} p50 {:>4} ms", percentile(&mut times, 0.50));
+    }
     let per_minute = (RELEASES + WARMUP) as f64 / elapsed.as_secs_f64() * 60.0;
     println!(
         "  sustained: {per_minute:.0} releases/minute (one after another, each to a healthy staging rollout, {:.1} s in all)",

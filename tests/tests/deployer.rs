@@ -700,7 +700,23 @@ async fn with_the_promoter_a_crash_looping_release_is_rolled_back_to_the_previou
         if let Some(event) = found {
             break event;
         }
-        anyhow::ensure!(Instant::now() < deadline, "no rollback after the bad release");
+        if Instant::now() >= deadline {
+            let mut seen = Vec::new();
+            for ty in [
+                EventType::DeploymentStarted,
+                EventType::DeploymentFailed,
+                EventType::ServiceDeployed,
+                EventType::ServiceUpgraded,
+                EventType::EnvironmentModified,
+                EventType::ReleaseCreated,
+                EventType::PromotionHeld,
+            ] {
+                for e in world.events(ty).await? {
+                    seen.push(format!("{ty} {:?} {}", e.context.chain_id, e.subject.content));
+                }
+            }
+            anyhow::bail!("no rollback after the bad release; events: {seen:#?}");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let failed = world.events(EventType::DeploymentFailed).await?;

@@ -79,6 +79,8 @@ pub struct Cluster {
     field_manager: String,
     force: bool,
     kinds: Mutex<HashMap<String, (ApiResource, bool)>>,
+    // Prunable kinds this apiserver does not serve (e.g. autoscaling/v2 on 1.20): not asked again.
+    unserved: Mutex<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -98,6 +100,7 @@ impl Cluster {
             field_manager: field_manager.into(),
             force,
             kinds: Mutex::new(HashMap::new()),
+            unserved: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -207,19 +210,28 @@ impl Cluster {
             } else {
                 params.clone()
             };
-            for (manifest, resource, namespaced) in manifests {
+            // The objects of one pass go out together: one round trip's latency, not one per object.
+            let results = futures::future::join_all(manifests.iter().map(|(manifest, resource, namespaced)| {
                 let api = self.api(resource, *namespaced, namespace);
-                api.patch(&manifest.name, &params, &Patch::Apply(&manifest.object))
-                    .await
-                    .map_err(|e| {
-                        let what = format!(
-                            "{} {} ({})",
-                            if dry_run { "checking" } else { "applying" },
-                            manifest.display(),
-                            manifest.file
-                        );
-                        ClusterError::from_kube(&what, e)
-                    })?;
+                let params = params.clone();
+                async move {
+                    api.patch(&manifest.name, &params, &Patch::Apply(&manifest.object))
+                        .await
+                        .map_err(|e| {
+                            let what = format!(
+                                "{} {} ({})",
+                                if dry_run { "checking" } else { "applying" },
+                                manifest.display(),
+                                manifest.file
+                            );
+                            ClusterError::from_kube(&what, e)
+                        })
+                }
+            }))
+            .await;
+            // The first failure in file order is the one reported.
+            if let Some(e) = results.into_iter().find_map(Result::err) {
+                return Err(e);
             }
         }
         Ok(manifests.iter().map(|(m, _, _)| m.display()).collect())
@@ -249,33 +261,73 @@ impl Cluster {
                 kinds.insert(m.kind.clone(), (g.to_owned(), v.to_owned(), m.kind.clone()));
             }
         }
+        // Every kind is listed (and its leftovers deleted) at once.
+        let per_kind = futures::future::join_all(
+            kinds
+                .into_values()
+                .map(|(group, version, kind)| self.prune_kind(namespace, selector, &keep, group, version, kind)),
+        )
+        .await;
         let mut pruned = Vec::new();
-        for (group, version, kind) in kinds.into_values() {
-            let Ok((resource, namespaced)) = self.resolve(&group, &version, &kind).await else {
+        for result in per_kind {
+            pruned.extend(result?);
+        }
+        pruned.sort();
+        Ok(pruned)
+    }
+
+    async fn prune_kind(
+        &self,
+        namespace: &str,
+        selector: &str,
+        keep: &BTreeSet<String>,
+        group: String,
+        version: String,
+        kind: String,
+    ) -> Result<Vec<String>, ClusterError> {
+        let key = format!("{group}/{version}/{kind}");
+        let unserved = |this: &Self| {
+            this.unserved
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&key)
+        };
+        if unserved(self) {
+            return Ok(Vec::new());
+        }
+        let (resource, namespaced) = match self.resolve(&group, &version, &kind).await {
+            Ok(found) => found,
+            Err(ClusterError::Refused(_)) => {
+                self.unserved
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(key.clone());
+                return Ok(Vec::new());
+            }
+            Err(ClusterError::Unavailable(_)) => return Ok(Vec::new()),
+        };
+        if !namespaced {
+            return Ok(Vec::new());
+        }
+        let api = self.api(&resource, true, namespace);
+        let listed = match api.list(&ListParams::default().labels(selector)).await {
+            Ok(list) => list,
+            Err(kube::Error::Api(status)) if status.code == 403 || status.code == 404 => return Ok(Vec::new()),
+            Err(e) => return Err(ClusterError::from_kube(&format!("listing {kind}"), e)),
+        };
+        let mut pruned = Vec::new();
+        for object in listed {
+            let Some(name) = object.metadata.name.clone() else {
                 continue;
             };
-            if !namespaced {
+            let display = format!("{kind}/{name}");
+            if keep.contains(&display) {
                 continue;
             }
-            let api = self.api(&resource, true, namespace);
-            let listed = match api.list(&ListParams::default().labels(selector)).await {
-                Ok(list) => list,
-                Err(kube::Error::Api(status)) if status.code == 403 || status.code == 404 => continue,
-                Err(e) => return Err(ClusterError::from_kube(&format!("listing {kind}"), e)),
-            };
-            for object in listed {
-                let Some(name) = object.metadata.name.clone() else {
-                    continue;
-                };
-                let display = format!("{kind}/{name}");
-                if keep.contains(&display) {
-                    continue;
-                }
-                match api.delete(&name, &DeleteParams::background()).await {
-                    Ok(_) => pruned.push(display),
-                    Err(kube::Error::Api(status)) if status.code == 404 => {}
-                    Err(e) => return Err(ClusterError::from_kube(&format!("pruning {display}"), e)),
-                }
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => pruned.push(display),
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(ClusterError::from_kube(&format!("pruning {display}"), e)),
             }
         }
         Ok(pruned)

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use baton_schemas::release::PodReport;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Client;
@@ -179,7 +179,16 @@ async fn status(
                 .get(name)
                 .await
                 .map_err(read)?;
-            let selector = d.spec.as_ref().map(|s| s.selector.clone());
+            // Only the pods of the newest ReplicaSet judge this rollout: the old ones (a crash-looping
+            // release being rolled back) are on their way out.
+            // Until the controller has seen the applied spec, its newest ReplicaSet is the previous
+            // one: judge no pods yet.
+            let seen = d.status.as_ref().and_then(|st| st.observed_generation).unwrap_or(0)
+                >= d.metadata.generation.unwrap_or(0);
+            let selector = match d.spec.as_ref().map(|s| s.selector.clone()) {
+                Some(selector) if seen => newest_replica_set_pods(client, namespace, &d, selector).await?,
+                _ => None,
+            };
             let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             let generation = d.metadata.generation.unwrap_or(0);
             let Some(st) = d.status else {
@@ -222,6 +231,16 @@ async fn status(
             let Some(st) = s.status else {
                 return Ok((Progress::Waiting("no status yet".into()), selector));
             };
+            let selector = match (selector, &st.update_revision) {
+                (Some(mut selector), Some(revision)) => {
+                    selector
+                        .match_labels
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert("controller-revision-hash".into(), revision.clone());
+                    Some(selector)
+                }
+                (selector, _) => selector,
+            };
             let observed = st.observed_generation.unwrap_or(0) >= generation;
             let ready = st.ready_replicas.unwrap_or(0);
             let updated = st.updated_replicas.unwrap_or(0);
@@ -261,6 +280,46 @@ async fn status(
     }
 }
 
+/// The Deployment's selector narrowed to its newest ReplicaSet's pods (`pod-template-hash`), or
+/// `None` while that ReplicaSet does not exist yet.
+async fn newest_replica_set_pods(
+    client: &Client,
+    namespace: &str,
+    deployment: &Deployment,
+    mut selector: LabelSelector,
+) -> Result<Option<LabelSelector>, ClusterError> {
+    const REVISION: &str = "deployment.kubernetes.io/revision";
+    let Some(revision) = deployment.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)) else {
+        return Ok(None);
+    };
+    let Some(labels) = selector.match_labels.clone().filter(|l| !l.is_empty()) else {
+        return Ok(None);
+    };
+    let sets = Api::<ReplicaSet>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&selector_string(&labels)))
+        .await
+        .map_err(|e| ClusterError::Unavailable(format!("listing ReplicaSets: {e}")))?;
+    let hash = sets.items.iter().find_map(|rs| {
+        let owned = rs
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| Some(&o.uid) == deployment.metadata.uid.as_ref());
+        let current = rs.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)) == Some(revision);
+        (owned && current)
+            .then(|| rs.metadata.labels.as_ref()?.get("pod-template-hash").cloned())
+            .flatten()
+    });
+    Ok(hash.map(|hash| {
+        selector
+            .match_labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert("pod-template-hash".into(), hash);
+        selector
+    }))
+}
+
 /// The pods a selector picks, as reports.
 async fn pods(
     client: &Client,
@@ -275,7 +334,13 @@ async fn pods(
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|e| ClusterError::Unavailable(format!("listing pods {selector}: {e}")))?;
-    Ok(list.items.iter().map(report).collect())
+    // Pods being deleted no longer count.
+    Ok(list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(report)
+        .collect())
 }
 
 fn selector_string(labels: &BTreeMap<String, String>) -> String {
