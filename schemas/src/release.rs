@@ -14,6 +14,17 @@ use crate::payloads::{ImageInfo, Person};
 /// and whether the environment is pinned. The deployer skips dot-files.
 pub const RELEASE_FILE: &str = ".baton-release.yaml";
 
+/// Whether a file of a manifests folder is a manifest: `.yaml`, `.yml` or `.json`, and not a
+/// dot-file (such as [`RELEASE_FILE`]). The promoter renders these files; the deployer applies
+/// them.
+pub fn is_manifest_file(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    !name.starts_with('.')
+        && [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| name.to_ascii_lowercase().ends_with(ext))
+}
+
 /// A release: one tested image of one commit, on its way through the environments. Its id is
 /// the `chainId` of every event from the push on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -61,21 +61,15 @@ pub struct ManifestError {
     pub message: String,
 }
 
-/// Whether a file of the folder is a manifest (dot-files such as `.baton-release.yaml` are not).
-pub fn is_manifest(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    !name.starts_with('.')
-        && [".yaml", ".yml", ".json"]
-            .iter()
-            .any(|ext| name.to_ascii_lowercase().ends_with(ext))
-}
-
 /// Parses every manifest file (path, bytes) of `folder`, in path order.
 ///
 /// # Errors
 /// The first file that is not YAML or holds an object Kubernetes cannot take.
 pub fn parse(folder: &str, files: &[(String, Vec<u8>)]) -> Result<Vec<Manifest>, ManifestError> {
-    let mut files: Vec<&(String, Vec<u8>)> = files.iter().filter(|(p, _)| is_manifest(p)).collect();
+    let mut files: Vec<&(String, Vec<u8>)> = files
+        .iter()
+        .filter(|(p, _)| baton_schemas::release::is_manifest_file(p))
+        .collect();
     files.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = Vec::new();
     for (path, bytes) in files {

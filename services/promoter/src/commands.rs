@@ -9,7 +9,7 @@ use baton_schemas::EventType;
 use baton_schemas::commands::{CommandReply, CommandRequest, PROMOTER, Verb};
 use baton_schemas::extensions::CommandRejectedContent;
 use baton_schemas::release::{ApprovalKind, ApprovalVote, Pin, PromotionAction, ReleaseData};
-use baton_schemas::subjects::{COMMANDS_PREFIX, command_subject};
+use baton_schemas::subjects::COMMANDS_PREFIX;
 use chrono::Utc;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -520,7 +520,6 @@ impl Command<'_> {
         let promotion = derive_id(&["operator-rollback", &self.id]);
         let written = promoter
             .rollback(
-                &policy,
                 &env,
                 &release,
                 &from_commit,
@@ -598,7 +597,7 @@ impl Command<'_> {
             restore_from: None,
             cause: String::new(),
         };
-        let written = promoter.write(&policy, &release, env, write).await?;
+        let written = promoter.write(&release, env, write).await?;
         events.extend(written.events);
         let mut reply = CommandReply::ok(if pin {
             format!(
@@ -679,9 +678,4 @@ fn describe(advance: &Advance, release: &ReleaseData, env: &str) -> String {
         Advance::Held(reason) => reason.clone(),
         Advance::AlreadyThere => format!("release {} already runs in `{env}`", release.release),
     }
-}
-
-/// The subject of a promoter command (for clients).
-pub fn subject(verb: Verb) -> String {
-    command_subject(PROMOTER, verb.as_str())
 }

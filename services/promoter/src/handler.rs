@@ -166,7 +166,6 @@ impl PromoterStage {
                 );
                 promoter
                     .rollback(
-                        &policy.value,
                         &env,
                         &release,
                         &healthy.config_commit,
@@ -185,7 +184,6 @@ impl PromoterStage {
                 );
                 promoter
                     .write(
-                        &policy.value,
                         &failed,
                         &env,
                         Write {

@@ -15,8 +15,7 @@ use baton_schemas::extensions::{
 use baton_schemas::payloads::{Person, TestData};
 use baton_schemas::pipeline::{PIPELINE_FILE, Pipeline};
 use baton_schemas::release::{
-    ApprovalData, ApprovalKind, ChangeEntry, Pin, PromotionAction, PromotionData, RELEASE_FILE, ReleaseData,
-    ReleaseFile,
+    ApprovalData, ApprovalKind, ChangeEntry, Pin, PromotionAction, PromotionData, ReleaseData, ReleaseFile,
 };
 use baton_schemas::subjects::sanitize_token;
 use baton_schemas::{CdEvent, EventType};
@@ -556,7 +555,6 @@ impl Promoter {
         let pinned = current.and_then(|c| c.value.pinned);
         let written = self
             .write(
-                policy,
                 release,
                 env,
                 Write {
@@ -779,7 +777,6 @@ impl Promoter {
     /// [`PromoteError`].
     pub(crate) async fn write(
         &self,
-        policy: &Policy,
         release: &ReleaseData,
         env: &Environment,
         write: Write,
@@ -791,14 +788,13 @@ impl Promoter {
                 &format!("{} {}", write.action.as_str(), release.release),
             )
             .await?;
-        let result = self.write_locked(policy, release, env, write).await;
+        let result = self.write_locked(release, env, write).await;
         self.locks.release(lease).await;
         result
     }
 
     async fn write_locked(
         &self,
-        policy: &Policy,
         release: &ReleaseData,
         env: &Environment,
         write: Write,
@@ -906,7 +902,6 @@ impl Promoter {
             action = write.action.as_str(), commit = %committed.commit, again = committed.existed,
             "config repo updated"
         );
-        let _ = policy;
         let event = self.event(
             EventType::EnvironmentModified,
             derive_id(&["environment.modified", &write.promotion]),
@@ -1031,7 +1026,6 @@ impl Promoter {
     #[allow(clippy::too_many_arguments)]
     pub async fn rollback(
         &self,
-        policy: &Policy,
         env: &Environment,
         target: &ReleaseData,
         from_commit: &str,
@@ -1041,7 +1035,6 @@ impl Promoter {
         cause: &str,
     ) -> Result<Outcome<PromotionData>, PromoteError> {
         self.write(
-            policy,
             target,
             env,
             Write {
@@ -1178,9 +1171,4 @@ fn commit_story(
         });
     }
     Ok((author, changelog))
-}
-
-/// Whether a file in an environment folder is the release file.
-pub fn is_release_file(path: &str) -> bool {
-    path.rsplit('/').next() == Some(RELEASE_FILE)
 }

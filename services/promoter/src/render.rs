@@ -49,22 +49,16 @@ pub enum RenderError {
     },
 }
 
-/// Whether a file of the manifests directory is a manifest.
-pub fn is_manifest(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    !name.starts_with('.')
-        && [".yaml", ".yml", ".json"]
-            .iter()
-            .any(|ext| name.to_ascii_lowercase().ends_with(ext))
-}
-
 /// Renders the manifest files of `dir` (path relative to `dir`, bytes), pinning the app's images
 /// to `image`. Files come out in path order; documents keep their order and keys.
 ///
 /// # Errors
 /// [`RenderError`]: not YAML, no manifest, or no container running the app's image.
 pub fn render(dir: &str, files: &[(String, Vec<u8>)], image: &ImageInfo) -> Result<Vec<RenderedFile>, RenderError> {
-    let mut files: Vec<&(String, Vec<u8>)> = files.iter().filter(|(p, _)| is_manifest(p)).collect();
+    let mut files: Vec<&(String, Vec<u8>)> = files
+        .iter()
+        .filter(|(p, _)| baton_schemas::release::is_manifest_file(p))
+        .collect();
     files.sort_by(|a, b| a.0.cmp(&b.0));
     if files.is_empty() {
         return Err(RenderError::Empty { dir: dir.to_owned() });
