@@ -22,6 +22,7 @@
 //! # }
 //! ```
 
+pub mod events;
 pub mod kube;
 pub mod registry;
 

@@ -15,20 +15,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use async_nats::jetstream::consumer::{self, pull};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use baton_kit::settings::Settings;
-use baton_kit::{Outgoing, codec, events};
+use baton_kit::{Outgoing, events};
 use baton_schemas::config::CommonSettings;
 use baton_schemas::config::chatops::ChatopsSettings;
 use baton_schemas::config::promoter::PromoterSettings;
 use baton_schemas::payloads::{ImageInfo, Outcome, TestCounts, TestData};
 use baton_schemas::release::{DeploymentData, PromotionData};
-use baton_schemas::{CdEvent, EventType, subjects};
+use baton_schemas::{CdEvent, EventType};
 use baton_tests::NatsServer;
-use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -268,30 +266,7 @@ impl World {
 
     /// Every event of type `ty` so far, validated against its schema.
     async fn events(&self, ty: EventType) -> Result<Vec<CdEvent>> {
-        let stream = self.js.get_stream("BATON_EVENTS").await?;
-        let mut c = stream
-            .create_consumer(pull::Config {
-                filter_subject: subjects::event_filter(ty),
-                deliver_policy: consumer::DeliverPolicy::All,
-                inactive_threshold: Duration::from_secs(10),
-                ..Default::default()
-            })
-            .await?;
-        let pending = c.info().await?.num_pending;
-        let mut out = Vec::new();
-        if pending > 0 {
-            let mut batch = c.fetch().max_messages(usize::try_from(pending)?).messages().await?;
-            while let Some(m) = batch.next().await {
-                let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
-                let ce = codec::decode(m.headers.as_ref(), &m.payload)?;
-                let Some(cloudevents::Data::Json(data)) = ce.data() else {
-                    anyhow::bail!("an event without JSON data")
-                };
-                baton_schemas::validate_event(ty, data)?;
-                out.push(serde_json::from_value(data.clone())?);
-            }
-        }
-        Ok(out)
+        baton_tests::events::of(&self.js, ty).await
     }
 
     async fn wait_for(&self, ty: EventType, count: usize, pred: impl Fn(&CdEvent) -> bool) -> Result<Vec<CdEvent>> {

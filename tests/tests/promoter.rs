@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use async_nats::jetstream::consumer::{self, pull};
 use baton_kit::settings::Settings;
-use baton_kit::{Outgoing, codec, events};
+use baton_kit::{Outgoing, events};
 use baton_schemas::commands::{CommandReply, CommandRequest};
 use baton_schemas::config::CommonSettings;
 use baton_schemas::config::promoter::PromoterSettings;
@@ -23,7 +22,6 @@ use baton_schemas::release::{
 };
 use baton_schemas::{CdEvent, EventType, subjects};
 use baton_tests::NatsServer;
-use futures::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -251,30 +249,7 @@ impl World {
 
     /// Every event of type `ty` on the stream so far, validated against its schema.
     async fn events(&self, ty: EventType) -> Result<Vec<CdEvent>> {
-        let stream = self.js.get_stream("BATON_EVENTS").await?;
-        let mut c = stream
-            .create_consumer(pull::Config {
-                filter_subject: subjects::event_filter(ty),
-                deliver_policy: consumer::DeliverPolicy::All,
-                inactive_threshold: Duration::from_secs(10),
-                ..Default::default()
-            })
-            .await?;
-        let pending = c.info().await?.num_pending;
-        let mut out = Vec::new();
-        if pending > 0 {
-            let mut batch = c.fetch().max_messages(usize::try_from(pending)?).messages().await?;
-            while let Some(m) = batch.next().await {
-                let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
-                let ce = codec::decode(m.headers.as_ref(), &m.payload)?;
-                let Some(cloudevents::Data::Json(data)) = ce.data() else {
-                    anyhow::bail!("an event without JSON data")
-                };
-                baton_schemas::validate_event(ty, data)?;
-                out.push(serde_json::from_value(data.clone())?);
-            }
-        }
-        Ok(out)
+        baton_tests::events::of(&self.js, ty).await
     }
 
     /// Waits for `count` events of type `ty` matching `pred`.
