@@ -73,11 +73,7 @@ impl Application {
         )
         .with_grace_period(settings.common.shutdown.grace_period);
         runner.ensure_consumer().await?;
-        let addr = settings.common.http.listen;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| StartError::Io(format!("cannot listen on {addr}: {e}")))?;
-        let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+        let (listener, addr) = baton_kit::service::bind(settings.common.http.listen).await?;
         Ok(Self {
             addr,
             listener,

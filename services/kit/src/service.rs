@@ -75,6 +75,19 @@ pub enum StartError {
     Io(String),
 }
 
+/// Binds the operations endpoint (`http.listen`; port 0 picks a free port) and returns the
+/// listener with the address it got.
+///
+/// # Errors
+/// [`StartError::Io`] naming the address.
+pub async fn bind(addr: std::net::SocketAddr) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), StartError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Io(format!("cannot listen on {addr}: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+    Ok((listener, addr))
+}
+
 /// Why a stage service stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StageServiceError {
