@@ -48,6 +48,14 @@ pub struct NatsSettings {
     /// A NATS `.creds` file (JWT + nkey seed) when the server requires authentication. Each
     /// service gets credentials that let it publish only its own event types.
     pub credentials_file: Option<PathBuf>,
+    /// User name, when the server authenticates users by name and password (as
+    /// `deploy/base/nats/auth.conf` does: one user per service, allowed to publish only that
+    /// service's event types). Needs `password_env` or `password_file`.
+    pub user: Option<String>,
+    /// Environment variable holding the password of `user` (e.g. from a Kubernetes Secret).
+    pub password_env: Option<String>,
+    /// File holding the password of `user` (trailing newline ignored), e.g. a mounted Secret.
+    pub password_file: Option<PathBuf>,
     /// How long to wait for the first connection before giving up at start-up.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -59,6 +67,9 @@ impl Default for NatsSettings {
         Self {
             url: "nats://127.0.0.1:4222".to_owned(),
             credentials_file: None,
+            user: None,
+            password_env: None,
+            password_file: None,
             connect_timeout: Duration::from_secs(10),
         }
     }

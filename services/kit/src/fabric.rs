@@ -14,6 +14,7 @@ use bytes::Bytes;
 use cloudevents::{AttributesReader, Event};
 
 use crate::codec;
+use crate::secret::Secret;
 
 /// KV bucket of handled event ids (per stage), so a redelivered event is not handled twice.
 pub const HANDLED_BUCKET: &str = "baton-handled";
@@ -95,6 +96,17 @@ pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Client, F
                 source: format!("credentials file {}: {e}", path.display()).into(),
             })?;
         }
+        if let Some(user) = &settings.user {
+            let password = nats_password(settings).map_err(|reason| FabricError::Connect {
+                url: settings.url.clone(),
+                source: format!("the password of NATS user {user}: {reason}").into(),
+            })?;
+            let password = String::from_utf8(password.expose().to_vec()).map_err(|_| FabricError::Connect {
+                url: settings.url.clone(),
+                source: format!("the password of NATS user {user} is not UTF-8").into(),
+            })?;
+            options = options.user_and_password(user.clone(), password);
+        }
         match options.connect(settings.url.as_str()).await {
             Ok(client) => return Ok(client),
             Err(e) if tokio::time::Instant::now() < deadline => {
@@ -108,6 +120,15 @@ pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Client, F
                 });
             }
         }
+    }
+}
+
+/// The password of `nats.user`, from `nats.password_file` or the variable `nats.password_env`.
+fn nats_password(settings: &NatsSettings) -> Result<Secret, String> {
+    match (&settings.password_file, &settings.password_env) {
+        (Some(path), _) => Secret::from_file(path),
+        (None, Some(name)) => Secret::from_env(name, &|name| std::env::var(name).ok()),
+        (None, None) => Err("set nats.password_env or nats.password_file".to_owned()),
     }
 }
 

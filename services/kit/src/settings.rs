@@ -207,6 +207,33 @@ pub fn validate_common(s: &CommonSettings) -> Result<(), ConfigError> {
             ));
         }
     }
+    match (&s.nats.user, &s.nats.password_env, &s.nats.password_file) {
+        (Some(_), None, None) => {
+            return Err(ConfigError::invalid(
+                "nats.user",
+                "needs its password: set nats.password_env or nats.password_file",
+            ));
+        }
+        (Some(_), Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                "nats.password_file",
+                "set nats.password_env or nats.password_file, not both",
+            ));
+        }
+        (None, Some(_), _) | (None, _, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "nats.user",
+                "a NATS password needs its user name: set nats.user",
+            ));
+        }
+        _ => {}
+    }
+    if s.nats.user.is_some() && s.nats.credentials_file.is_some() {
+        return Err(ConfigError::invalid(
+            "nats.credentials_file",
+            "use either a credentials file or nats.user with a password, not both",
+        ));
+    }
     if s.runner.concurrency == 0 {
         return Err(ConfigError::invalid("runner.concurrency", "must be at least 1"));
     }
@@ -399,6 +426,12 @@ mod tests {
             ("runner:\n  concurrency: 0\n", "runner.concurrency"),
             ("http:\n  listen: not-an-address\n", "http.listen"),
             ("jetstream:\n  replicas: 7\n", "jetstream.replicas"),
+            ("nats:\n  user: builder\n", "nats.user"),
+            ("nats:\n  password_env: NATS_PASSWORD\n", "nats.user"),
+            (
+                "nats:\n  user: builder\n  password_env: P\n  password_file: /p\n",
+                "nats.password_file",
+            ),
             ("unknown_section: 1\n", "unknown_section"),
             ("- a list\n", "(top level)"),
         ];
