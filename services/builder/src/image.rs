@@ -357,6 +357,9 @@ fn client(address: &str, insecure: bool, insecure_registries: &[String]) -> Clie
         platform_resolver: Some(Box::new(linux_amd64_resolver)),
         connect_timeout: Some(CONNECT_TIMEOUT),
         read_timeout: Some(READ_TIMEOUT),
+        // One POST and one PUT a blob, not a POST, PATCHes and a closing PUT: Baton's blobs are
+        // in memory already, and every request is a round trip the release waits for.
+        use_monolithic_push: true,
         ..ClientConfig::default()
     })
 }
@@ -561,28 +564,54 @@ pub async fn assemble_and_push(job: &ImageJob<'_>) -> Result<PushedImage, ImageE
         .client
         .store_auth_if_needed(target.resolve_registry(), &registry.auth)
         .await;
-    let mut stats = PushStats::default();
+    // Every blob the manifest names, asked about at once together with the tag's current
+    // manifest; then the missing ones provided at once; then the manifest. Three round trips of
+    // waiting (four with an upload's two requests) however many blobs an image has.
+    let mut wanted: Vec<(Descriptor, BlobSource<'_>)> = Vec::new();
     if let Some(base) = &base {
-        for descriptor in &base.layers {
-            registry
-                .ensure_blob(&target, descriptor, BlobSource::Base(base), &mut stats)
-                .await?;
+        wanted.extend(base.layers.iter().map(|d| (d.clone(), BlobSource::Base(base))));
+    }
+    wanted.extend(
+        new_layers
+            .iter()
+            .map(|layer| (layer.descriptor(), BlobSource::Data(layer.blob.clone()))),
+    );
+    wanted.push((config_descriptor.clone(), BlobSource::Data(config)));
+    let (present, current_manifest) = futures::join!(
+        futures::future::try_join_all(
+            wanted
+                .iter()
+                .map(|(descriptor, _)| registry.blob_present(&target, descriptor))
+        ),
+        registry.current_manifest_digest(&target),
+    );
+    let present = present?;
+    let mut stats = PushStats::default();
+    let mut missing = Vec::new();
+    for ((descriptor, source), present) in wanted.into_iter().zip(present) {
+        match (present, descriptor.urls.is_empty()) {
+            (false, _) => missing.push((descriptor, source)),
+            (true, true) => stats.skipped += 1,
+            // A foreign layer: neither skipped nor pushed.
+            (true, false) => {}
         }
     }
-    for layer in &new_layers {
-        registry
-            .ensure_blob(
-                &target,
-                &layer.descriptor(),
-                BlobSource::Data(layer.blob.clone()),
-                &mut stats,
-            )
-            .await?;
+    let target_ref = &target;
+    let provided = futures::future::try_join_all(
+        missing
+            .into_iter()
+            .map(|(descriptor, source)| async move { registry.provide_blob(target_ref, &descriptor, source).await }),
+    )
+    .await?;
+    for outcome in provided {
+        match outcome {
+            Provided::Mounted => stats.mounted += 1,
+            Provided::Uploaded(bytes) => stats.uploaded_bytes += bytes,
+        }
     }
-    registry
-        .ensure_blob(&target, &config_descriptor, BlobSource::Data(config), &mut stats)
-        .await?;
-    registry.put_manifest(&target, manifest, &digest, &mut stats).await?;
+    if current_manifest.as_deref() != Some(digest.as_str()) {
+        registry.put_manifest(&target, manifest, &digest, &mut stats).await?;
+    }
 
     tracing::info!(
         %digest,
@@ -733,39 +762,35 @@ impl Registry {
         ))
     }
 
-    /// Makes sure the target repository has the blob: skipped if it is there, else uploaded,
-    /// mounted from the base's repository, or copied from the base's registry.
-    async fn ensure_blob(
+    /// Whether the target repository already has the blob. A foreign layer counts as present:
+    /// runtimes fetch it from its URLs, and registries refuse to host it.
+    async fn blob_present(&self, target: &Reference, descriptor: &Descriptor) -> Result<bool, ImageError> {
+        let digest = descriptor.digest.as_str();
+        if !descriptor.urls.is_empty() {
+            tracing::debug!(digest, "foreign layer referenced, not pushed");
+            return Ok(true);
+        }
+        self.client
+            .blob_exists(target, digest)
+            .await
+            .map_err(|error| self.push_error(target, format!("checking for blob {digest}"), &error))
+    }
+
+    /// Puts a blob the target repository lacks there: uploaded, mounted from the base's
+    /// repository, or copied from the base's registry.
+    async fn provide_blob(
         &self,
         target: &Reference,
         descriptor: &Descriptor,
         source: BlobSource<'_>,
-        stats: &mut PushStats,
-    ) -> Result<(), ImageError> {
+    ) -> Result<Provided, ImageError> {
         let digest = descriptor.digest.as_str();
-        if !descriptor.urls.is_empty() {
-            // A foreign layer is fetched by runtimes from its URLs; registries refuse to host it.
-            tracing::debug!(digest, "foreign layer referenced, not pushed");
-            return Ok(());
-        }
-        let exists = self
-            .client
-            .blob_exists(target, digest)
-            .await
-            .map_err(|error| self.push_error(target, format!("checking for blob {digest}"), &error))?;
-        if exists {
-            stats.skipped += 1;
-            return Ok(());
-        }
         let data = match source {
             BlobSource::Data(data) => data,
             BlobSource::Base(base) => {
                 if base.reference.resolve_registry() == target.resolve_registry() {
                     match self.client.mount_blob(target, &base.reference, digest).await {
-                        Ok(()) => {
-                            stats.mounted += 1;
-                            return Ok(());
-                        }
+                        Ok(()) => return Ok(Provided::Mounted),
                         Err(error) => {
                             tracing::debug!(digest, %error, "cross-repository mount declined, copying the blob")
                         }
@@ -791,11 +816,16 @@ impl Registry {
             .push_blob(target, data, digest)
             .await
             .map_err(|error| self.push_error(target, format!("uploading blob {digest}"), &error))?;
-        stats.uploaded_bytes += size;
-        Ok(())
+        Ok(Provided::Uploaded(size))
     }
 
-    /// Puts the manifest under the tag, unless the tag already names this very manifest.
+    /// The digest of the manifest the tag names now, if it names one. Any failure (typically
+    /// "manifest unknown") just means the manifest must be put.
+    async fn current_manifest_digest(&self, target: &Reference) -> Option<String> {
+        self.client.fetch_manifest_digest(target, &self.auth).await.ok()
+    }
+
+    /// Puts the manifest under the tag.
     async fn put_manifest(
         &self,
         target: &Reference,
@@ -803,12 +833,6 @@ impl Registry {
         digest: &str,
         stats: &mut PushStats,
     ) -> Result<(), ImageError> {
-        // Any failure here (typically "manifest unknown") just means the manifest must be put.
-        if let Ok(current) = self.client.fetch_manifest_digest(target, &self.auth).await
-            && current == digest
-        {
-            return Ok(());
-        }
         let size = manifest.len() as u64;
         self.client
             .push_manifest_raw(target, manifest, http::HeaderValue::from_static(MANIFEST_MEDIA_TYPE))
@@ -836,6 +860,14 @@ enum BlobSource<'a> {
     Data(Bytes),
     /// A base layer: mounted or copied from the base's repository.
     Base(&'a BaseImage),
+}
+
+/// How a missing blob reached the target repository.
+enum Provided {
+    /// Mounted from the base's repository in the same registry: nothing uploaded.
+    Mounted,
+    /// Uploaded, this many bytes.
+    Uploaded(u64),
 }
 
 /// What one push did, for [`PushedImage`].
