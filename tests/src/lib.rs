@@ -174,6 +174,9 @@ pub struct NatsServer {
     log_offset: u64,
     /// Owns the store, the ports dir and the log; removed on drop, after the process is gone.
     temp_dir: TempDir,
+    /// A configuration file passed with `--config` (e.g. accounts and users), and the
+    /// environment variables it references (`$VAR`); the command-line flags above win over it.
+    config: Option<(PathBuf, Vec<(String, String)>)>,
 }
 
 impl NatsServer {
@@ -185,14 +188,25 @@ impl NatsServer {
     /// during start-up (a port taken in the race between probing and binding) it is retried on
     /// fresh ports a few times.
     pub fn start() -> Result<Self, HarnessError> {
-        Self::start_binary(locate_nats_server(
-            std::env::var_os(NATS_SERVER_BIN_ENV),
-            std::env::var_os("PATH"),
-        )?)
+        Self::start_binary(
+            locate_nats_server(std::env::var_os(NATS_SERVER_BIN_ENV), std::env::var_os("PATH"))?,
+            None,
+        )
+    }
+
+    /// [`start`](Self::start), with `--config <config>` (say, a file of accounts and users) and
+    /// `env` set for the server, so the file can reference secrets as `$VAR`. Ports, the store
+    /// and JetStream still come from the harness's flags, which override the file.
+    pub fn start_with_config(config: &Path, env: &[(&str, &str)]) -> Result<Self, HarnessError> {
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Self::start_binary(
+            locate_nats_server(std::env::var_os(NATS_SERVER_BIN_ENV), std::env::var_os("PATH"))?,
+            Some((config.to_owned(), env)),
+        )
     }
 
     /// [`start`](Self::start) with a given executable.
-    fn start_binary(binary: PathBuf) -> Result<Self, HarnessError> {
+    fn start_binary(binary: PathBuf, config: Option<(PathBuf, Vec<(String, String)>)>) -> Result<Self, HarnessError> {
         let temp_dir = tempfile::Builder::new()
             .prefix("baton-nats-")
             .tempdir()
@@ -215,6 +229,7 @@ impl NatsServer {
             log_path: temp_dir.path().join("nats-server.log"),
             log_offset: 0,
             temp_dir,
+            config,
         };
 
         let mut attempt = 1;
@@ -377,7 +392,14 @@ impl NatsServer {
 
         // Not in a process group of its own: a test runner that kills the test's group on
         // timeout (nextest does) takes the server down too.
-        let mut child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some((config, env)) = &self.config {
+            command
+                .arg("--config")
+                .arg(config)
+                .envs(env.iter().map(|(k, v)| (k, v)));
+        }
+        let mut child = command
             .arg("--jetstream")
             .arg("--store_dir")
             .arg(&self.store_dir)
@@ -846,12 +868,12 @@ mod tests {
         fs::set_permissions(&binary, fs::Permissions::from_mode(0o755))?;
 
         // A fresh executable can be briefly "text file busy" while another test thread forks.
-        let mut outcome = NatsServer::start_binary(binary.clone());
+        let mut outcome = NatsServer::start_binary(binary.clone(), None);
         for _ in 0..10 {
             match &outcome {
                 Err(HarnessError::Spawn { source, .. }) if source.raw_os_error() == Some(26) => {
                     thread::sleep(Duration::from_millis(50));
-                    outcome = NatsServer::start_binary(binary.clone());
+                    outcome = NatsServer::start_binary(binary.clone(), None);
                 }
                 _ => break,
             }

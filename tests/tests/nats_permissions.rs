@@ -1,0 +1,474 @@
+//! NATS permissions proof: a real nats-server started with exactly `deploy/base/nats/auth.conf`
+//! (the file every overlay's NATS StatefulSet includes) refuses a service publishing another
+//! service's event types, lets each publish its own, and lets every real service do its work
+//! with its own user: the whole release story from a signed push to a healthy Deployment, with
+//! the listener, builder, tester, promoter, deployer and chat-ops bot each connected as itself,
+//! and not one permissions violation in the server's log.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use baton_kit::settings::Settings;
+use baton_schemas::config::CommonSettings;
+use baton_schemas::{EventType, subjects};
+use baton_tests::NatsServer;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+
+/// The one file of users and permissions, as deployed.
+fn auth_conf() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/nats/auth.conf")
+}
+
+/// The services that emit events (from the catalog), then the ones that emit none.
+fn users() -> Vec<&'static str> {
+    let mut users: Vec<&str> = Vec::new();
+    for ty in EventType::ALL {
+        if !users.contains(&ty.emitted_by()) {
+            users.push(ty.emitted_by());
+        }
+    }
+    users.extend(["chatops", "operator"]);
+    users
+}
+
+/// A nats-server with auth.conf and a fresh random password per user, and those passwords.
+struct SecuredNats {
+    server: NatsServer,
+    passwords: tempfile::TempDir,
+}
+
+impl SecuredNats {
+    fn start() -> Result<Self> {
+        let passwords = tempfile::tempdir()?;
+        let mut env = Vec::new();
+        for user in users() {
+            // nats-server parses a `$VAR` value as a config token: a password must start with a
+            // letter (deploy/README.md says how to generate one).
+            let password = format!("p{:032x}", rand::random::<u128>());
+            std::fs::write(passwords.path().join(user), &password)?;
+            env.push((format!("BATON_{}_NATS_PASSWORD", user.to_ascii_uppercase()), password));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let server = NatsServer::start_with_config(&auth_conf(), &env)?;
+        Ok(Self { server, passwords })
+    }
+
+    /// The common settings of a service connecting as `user`, its password read from a file.
+    fn common(&self, user: &str) -> Result<CommonSettings> {
+        let mut c = CommonSettings::default();
+        c.nats.url = self.server.url();
+        c.nats.user = Some(user.to_owned());
+        c.nats.password_file = Some(self.passwords.path().join(user));
+        c.http.listen = "127.0.0.1:0".parse()?;
+        c.runner.backoff_initial = Duration::from_millis(200);
+        baton_kit::settings::validate_common(&c)?;
+        Ok(c)
+    }
+
+    fn password(&self, user: &str) -> Result<String> {
+        Ok(std::fs::read_to_string(self.passwords.path().join(user))?)
+    }
+
+    /// Lines of the server's log reporting a permissions violation.
+    fn violations(&self) -> Result<Vec<String>> {
+        let log = std::fs::read_to_string(self.server.log_path())?;
+        Ok(log
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().contains("violation"))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Messages in the events stream, read from the monitoring endpoint (no NATS user needed).
+    async fn stored_events(&self) -> Result<u64> {
+        let url = format!("{}/jsz?acc=BATON&streams=true", self.server.monitor_url());
+        let jsz: Value = reqwest::get(&url).await?.json().await?;
+        let streams = jsz["account_details"][0]["stream_detail"]
+            .as_array()
+            .context("stream details in /jsz")?;
+        Ok(streams
+            .iter()
+            .find(|s| s["name"] == "BATON_EVENTS")
+            .and_then(|s| s["state"]["messages"].as_u64())
+            .unwrap_or(0))
+    }
+}
+
+/// A connection as `user` that collects the errors the server sends it.
+async fn connect_as(nats: &SecuredNats, user: &str) -> Result<(async_nats::Client, Arc<Mutex<Vec<String>>>)> {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&errors);
+    let client = async_nats::ConnectOptions::with_user_and_password(user.to_owned(), nats.password(user)?)
+        .event_callback(move |event| {
+            let sink = Arc::clone(&sink);
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    sink.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(e.to_string());
+                }
+            }
+        })
+        .connect(nats.server.url())
+        .await?;
+    Ok((client, errors))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_may_publish_only_its_own_event_types() -> Result<()> {
+    baton_kit::tls::install_crypto_provider();
+    let nats = SecuredNats::start()?;
+    // The topology, provisioned the way every service does it at start, as the promoter.
+    let promoter = baton_kit::fabric::connect(&nats.common("promoter")?.nats, "provision").await?;
+    let settings = CommonSettings::default();
+    baton_kit::fabric::provision(&promoter, &settings.jetstream, settings.runner.remember_handled).await?;
+
+    // A wrong password is refused outright.
+    let wrong = async_nats::ConnectOptions::with_user_and_password("builder".into(), "not-the-password".into())
+        .connect(nats.server.url())
+        .await;
+    assert!(wrong.is_err(), "a wrong password must not connect");
+
+    let mut allowed_total = 0;
+    for user in users() {
+        let (client, errors) = connect_as(&nats, user).await?;
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(Duration::from_secs(2));
+        let attempts = EventType::ALL.iter().map(|&ty| {
+            let js = js.clone();
+            let subject = subjects::event_subject("acme/shop", ty);
+            async move {
+                let acked = match js.publish(subject.clone(), format!("{ty} as {user}").into()).await {
+                    Ok(ack) => ack.await.map(|ack| ack.sequence).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                (ty, subject, acked)
+            }
+        });
+        let outcomes = futures::future::join_all(attempts).await;
+        client.flush().await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let errors = errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        for (ty, subject, acked) in outcomes {
+            let refusal = format!("permissions violation for publish to \"{subject}\"");
+            let refused_by_server = errors.iter().any(|e| e.to_ascii_lowercase().contains(&refusal));
+            if ty.emitted_by() == user {
+                let sequence = acked.map_err(|e| anyhow::anyhow!("{user} may publish {ty} on {subject}: {e}"))?;
+                assert!(sequence > 0);
+                assert!(!refused_by_server, "{user}'s own {ty} was refused: {errors:?}");
+                allowed_total += 1;
+            } else {
+                assert!(
+                    acked.is_err(),
+                    "{user} published {ty}, which only the {} may",
+                    ty.emitted_by()
+                );
+                assert!(
+                    refused_by_server,
+                    "the server must refuse {user} publishing {ty} ({subject}); it said {errors:?}"
+                );
+            }
+        }
+        // Nor may a service write its events outside the catalog's subjects, or reply-spoof.
+        if user != "operator" {
+            let (other, other_errors) = connect_as(&nats, user).await?;
+            other.publish("baton.events.acme_shop.made.up", "x".into()).await?;
+            other.flush().await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(
+                other_errors
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter()
+                    .any(|e| e.to_ascii_lowercase().contains("permissions violation")),
+                "{user} published an event type nobody emits"
+            );
+        }
+    }
+    assert_eq!(
+        nats.stored_events().await?,
+        allowed_total,
+        "exactly the permitted publishes reached the events stream"
+    );
+    assert_eq!(allowed_total, EventType::ALL.len() as u64, "every type has its emitter");
+    // The server logs every refusal: what the story test below relies on to find a permission
+    // a service lacks.
+    assert!(
+        nats.violations()?
+            .iter()
+            .any(|l| l.contains("baton.events.acme_shop.service.deployed")),
+        "the server's log names the refused publishes"
+    );
+
+    // Subscriptions are confined too: the builder cannot listen to the promoter's commands, and
+    // no service but the operator's CLI may tap the live event subjects.
+    let (builder, errors) = connect_as(&nats, "builder").await?;
+    let _commands = builder.subscribe("baton.cmd.promoter.approve").await?;
+    let _events = builder.subscribe("baton.events.>").await?;
+    builder.flush().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let errors = errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    for subject in ["baton.cmd.promoter.approve", "baton.events.>"] {
+        assert!(
+            errors.iter().any(|e| e
+                .to_ascii_lowercase()
+                .contains(&format!("permissions violation for subscription to \"{subject}\""))),
+            "the builder must not subscribe to {subject}: {errors:?}"
+        );
+    }
+    Ok(())
+}
+
+const WEBHOOK_SECRET: &str = "permissions-webhook-secret";
+const SLACK_SECRET: &str = "permissions-slack-secret";
+
+/// Runs a service until the test stops it; its error, if any, as `anyhow`.
+fn spawn<E>(run: impl Future<Output = Result<(), E>> + Send + 'static) -> tokio::task::JoinHandle<Result<()>>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    tokio::spawn(async move { run.await.map_err(anyhow::Error::from) })
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
+}
+
+fn sign(secret: &str, message: &str) -> Result<String> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())?;
+    mac.update(message.as_bytes());
+    Ok(hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The release story with every service on its own NATS user: a signed push becomes an image,
+/// a test verdict, a release, a promotion to staging and a healthy rollout; the chat-ops bot
+/// posts the deployment and answers `/baton status` from the promoter's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
+    baton_kit::tls::install_crypto_provider();
+    let nats = SecuredNats::start()?;
+    let registry = baton_tests::registry::RegistryServer::start()?;
+    let cluster = baton_tests::kube::KubeCluster::start().await?;
+    let _nodes = cluster.simulate_nodes(1).await?;
+    let dir = tempfile::tempdir()?;
+
+    let repo = dir.path().join("shop");
+    std::fs::create_dir(&repo)?;
+    git(&repo, &["init", "-q", "-b", "main"])?;
+    std::fs::write(
+        repo.join(".baton.yaml"),
+        "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && echo hello > out/hello.txt\nmanifests: deploy\nimage:\n  name: baton/shop\n  base: scratch\n  add:\n    - {from: out/hello.txt, to: /srv/hello.txt}\n  entrypoint: [/srv/hello]\ntest:\n  steps:\n    - name: smoke\n      run: test -n \"$BATON_IMAGE\"\n",
+    )?;
+    std::fs::create_dir(repo.join("deploy"))?;
+    std::fs::write(
+        repo.join("deploy/deployment.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: shop\nspec:\n  selector:\n    matchLabels: {app: shop}\n  template:\n    metadata:\n      labels: {app: shop}\n    spec:\n      containers:\n        - name: shop\n          image: baton/shop:dev\n",
+    )?;
+    git(&repo, &["add", "."])?;
+    git(&repo, &["commit", "-qm", "first"])?;
+    let sha = git(&repo, &["rev-parse", "HEAD"])?;
+    git(dir.path(), &["init", "-q", "--bare", "-b", "main", "config.git"])?;
+    let seed = dir.path().join("config-seed");
+    git(dir.path(), &["clone", "-q", "config.git", "config-seed"])?;
+    std::fs::write(
+        seed.join("environments.yaml"),
+        "environments:\n  - name: staging\n    namespace: shop-staging\n    policy: auto\n",
+    )?;
+    git(&seed, &["add", "."])?;
+    git(&seed, &["commit", "-qm", "environments"])?;
+    git(&seed, &["push", "-q", "origin", "main"])?;
+
+    // Slack's incoming webhook: records what the bot posts.
+    let posted = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let hook_posts = Arc::clone(&posted);
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hook_url = format!("http://{}/hook", hook.local_addr()?);
+    tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let posts = Arc::clone(&hook_posts);
+                async move {
+                    posts
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(body);
+                    "ok"
+                }
+            }),
+        );
+        axum::serve(hook, app).await
+    });
+
+    let env = |name: &str| match name {
+        "SHOP_SECRET" => Some(WEBHOOK_SECRET.to_owned()),
+        "SLACK_SECRET" => Some(SLACK_SECRET.to_owned()),
+        _ => None,
+    };
+    fn settings<T>(common: CommonSettings, yaml: &str) -> Result<Settings<T>>
+    where
+        T: serde::de::DeserializeOwned,
+    {
+        Ok(Settings {
+            common,
+            service: yaml_serde::from_str(yaml)?,
+            warnings: vec![],
+        })
+    }
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+
+    let listener = baton_listener::Application::build(
+        settings(
+            nats.common("listener")?,
+            "repositories:\n  - name: acme/shop\n    provider: generic\n    secret_env: SHOP_SECRET\n",
+        )?,
+        &env,
+    )
+    .await?;
+    let webhook = format!("http://{}/webhooks/generic", listener.local_addr());
+    tasks.push(spawn(listener.run_until_stopped(stop.clone())));
+    let builder = baton_builder::Application::build(
+        settings(
+            nats.common("builder")?,
+            &format!("registry:\n  address: {}\n  insecure: true\n", registry.address()),
+        )?,
+        &env,
+    )
+    .await?;
+    tasks.push(spawn(builder.run_until_stopped(stop.clone())));
+    let tester = baton_tester::Application::build(settings(nats.common("tester")?, "{}")?, &env).await?;
+    tasks.push(spawn(tester.run_until_stopped(stop.clone())));
+    let promoter = baton_promoter::Application::build(
+        settings(
+            nats.common("promoter")?,
+            &format!(
+                "config_repo:\n  url: file://{}\n",
+                dir.path().join("config.git").display()
+            ),
+        )?,
+        &env,
+    )
+    .await?;
+    tasks.push(spawn(promoter.run_until_stopped(stop.clone())));
+    let deployer = baton_deployer::Application::build(
+        settings(
+            nats.common("deployer")?,
+            &format!(
+                "kubeconfig: {}\npoll_interval: 200ms\n",
+                cluster.kubeconfig_path().display()
+            ),
+        )?,
+        &env,
+    )
+    .await?;
+    tasks.push(spawn(deployer.run_until_stopped(stop.clone())));
+    let chatops = baton_chatops::Application::build(
+        settings(
+            nats.common("chatops")?,
+            &format!("signing_secret_env: SLACK_SECRET\nusers: {{U0ALICE: alice}}\nincoming_webhook_url: {hook_url}\n"),
+        )?,
+        &env,
+    )
+    .await?;
+    let chat = format!("http://{}/slack/commands", chatops.local_addr());
+    tasks.push(spawn(chatops.run_until_stopped(stop.clone())));
+
+    // The push, signed as a git host would.
+    let body = json!({
+        "ref": "refs/heads/main",
+        "before": "0000000000000000000000000000000000000000",
+        "after": sha,
+        "repository": {"full_name": "acme/shop", "clone_url": format!("file://{}", repo.display())},
+        "head_commit": {"id": sha, "message": "first", "author": {"name": "Ada"}}
+    })
+    .to_string();
+    let http = reqwest::Client::new();
+    let response = http
+        .post(&webhook)
+        .header("Content-Type", "application/json")
+        .header("X-Baton-Delivery", "push-1")
+        .header("X-Baton-Signature", format!("sha256={}", sign(WEBHOOK_SECRET, &body)?))
+        .body(body)
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 202, "{}", response.text().await?);
+
+    // The release reaches staging healthy, every stage on its own user. Watched as the
+    // operator's CLI would: the operator user may read every event.
+    let operator = baton_kit::fabric::connect(&nats.common("operator")?.nats, "operator").await?;
+    let js = async_nats::jetstream::new(operator);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let wanted = [
+        EventType::ChangeMerged,
+        EventType::BuildFinished,
+        EventType::ArtifactPublished,
+        EventType::TestSuiteRunFinished,
+        EventType::ReleaseCreated,
+        EventType::EnvironmentModified,
+        EventType::ServiceDeployed,
+    ];
+    loop {
+        let mut seen = BTreeSet::new();
+        for ty in wanted {
+            if !baton_tests::events::of(&js, ty).await?.is_empty() {
+                seen.insert(ty);
+            }
+        }
+        if seen.len() == wanted.len() {
+            break;
+        }
+        let missing: Vec<_> = wanted.iter().filter(|t| !seen.contains(t)).collect();
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the release did not reach staging: no {missing:?}; permission violations: {:?}",
+            nats.violations()?
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The bot posted the deployment, and answers from the promoter's state.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !posted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .any(|p| p.to_string().contains("staging"))
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the chat-ops bot posted no deployment");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let form = "command=%2Fbaton&text=status+acme%2Fshop&user_id=U0ALICE&user_name=alice";
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let signature = sign(SLACK_SECRET, &format!("v0:{timestamp}:{form}"))?;
+    let answer: Value = http
+        .post(&chat)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("X-Slack-Request-Timestamp", &timestamp)
+        .header("X-Slack-Signature", format!("v0={signature}"))
+        .body(form)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(answer.to_string().contains("staging"), "status names staging: {answer}");
+
+    stop.cancel();
+    for task in tasks {
+        task.await??;
+    }
+    let violations = nats.violations()?;
+    assert!(
+        violations.is_empty(),
+        "a service needed a permission auth.conf does not grant:\n{}",
+        violations.join("\n")
+    );
+    Ok(())
+}
