@@ -686,3 +686,77 @@ fn each_services_configmap_loads_through_its_own_settings_loader() -> Result<()>
     assert_eq!(checked, 18, "six services in base, dev and production");
     Ok(())
 }
+
+#[test]
+fn every_overlays_nats_config_is_accepted_by_nats_server_with_the_statefulsets_environment() -> Result<()> {
+    let binary = std::env::var_os("NATS_SERVER_BIN").unwrap_or_else(|| "nats-server".into());
+    let mut checked = Vec::new();
+    for rendering in render_all()? {
+        let Some(statefulset) = rendering.named("StatefulSet", "nats") else {
+            continue;
+        };
+        let servers = statefulset["spec"]["replicas"].as_u64().context("replicas")?;
+        let pod = &statefulset["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        // The files of the ConfigMap the pod mounts, as the pod sees them.
+        let volume = pod["volumes"]
+            .as_array()
+            .context("volumes")?
+            .iter()
+            .find(|v| v["name"] == "config")
+            .context("the config volume")?;
+        let map_name = volume["configMap"]["name"].as_str().context("a ConfigMap")?;
+        let map = rendering.named("ConfigMap", map_name).context("the nats ConfigMap")?;
+        let dir = tempfile::tempdir()?;
+        for (file, text) in map["data"].as_object().context("data")? {
+            std::fs::write(dir.path().join(file), text.as_str().context("text")?)?;
+        }
+        let nats_conf = map["data"]["nats.conf"].as_str().context("nats.conf")?;
+        let routes = nats_conf.matches("nats-headless:6222").count() as u64;
+        if servers > 1 {
+            assert_eq!(
+                routes, servers,
+                "deploy/{}: a route to each of the {servers} servers",
+                rendering.name
+            );
+        } else {
+            assert!(
+                !nats_conf.contains("cluster {"),
+                "deploy/{}: one server, no cluster",
+                rendering.name
+            );
+        }
+        // Only the variables the pod really gets: a password auth.conf references but the
+        // StatefulSet does not pass makes nats-server refuse the file.
+        let mut command = Command::new(&binary);
+        command.arg("-t").arg("--config").arg(dir.path().join("nats.conf"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("BATON_") || name == "POD_NAME" {
+                command.env_remove(name);
+            }
+        }
+        for var in container["env"].as_array().context("env")? {
+            let name = var["name"].as_str().context("name")?;
+            let value = if var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name" {
+                "nats-0".to_owned()
+            } else {
+                ensure!(var["valueFrom"]["secretKeyRef"].is_object(), "{name}: from a Secret");
+                format!("p{:032x}", rand::random::<u128>())
+            };
+            command.env(name, value);
+        }
+        let output = command
+            .output()
+            .context("running nats-server (install it with `just setup`)")?;
+        ensure!(
+            output.status.success(),
+            "deploy/{}: nats-server refuses its config: {}{}",
+            rendering.name,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        checked.push(rendering.name.clone());
+    }
+    assert_eq!(checked, ["base", "overlays/dev", "overlays/production"]);
+    Ok(())
+}
