@@ -196,7 +196,8 @@ impl NatsServer {
 
     /// [`start`](Self::start), with `--config <config>` (say, a file of accounts and users) and
     /// `env` set for the server, so the file can reference secrets as `$VAR`. Ports, the store
-    /// and JetStream still come from the harness's flags, which override the file.
+    /// and JetStream still come from the harness's flags, which override the file; the server's
+    /// name comes from the file (`server_name`: each member of a JetStream cluster needs its own).
     pub fn start_with_config(config: &Path, env: &[(&str, &str)]) -> Result<Self, HarnessError> {
         let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         Self::start_binary(
@@ -393,11 +394,17 @@ impl NatsServer {
         // Not in a process group of its own: a test runner that kills the test's group on
         // timeout (nextest does) takes the server down too.
         let mut command = Command::new(&self.binary);
-        if let Some((config, env)) = &self.config {
-            command
-                .arg("--config")
-                .arg(config)
-                .envs(env.iter().map(|(k, v)| (k, v)));
+        match &self.config {
+            Some((config, env)) => {
+                command
+                    .arg("--config")
+                    .arg(config)
+                    .envs(env.iter().map(|(k, v)| (k, v)));
+            }
+            // A config file may name the server itself (each member of a cluster needs its own).
+            None => {
+                command.args(["--server_name", "baton-test"]);
+            }
         }
         let mut child = command
             .arg("--jetstream")
@@ -405,7 +412,6 @@ impl NatsServer {
             .arg(&self.store_dir)
             .args(["--addr", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--http_port", &self.monitor_port.to_string()])
-            .args(["--server_name", "baton-test"])
             .arg("--ports_file_dir")
             .arg(&self.ports_dir)
             .stdin(Stdio::null())

@@ -38,14 +38,23 @@ fn users() -> Vec<&'static str> {
     users
 }
 
-/// A nats-server with auth.conf and a fresh random password per user, and those passwords.
+/// A nats-server with auth.conf (or a cluster of them) and a fresh random password per user,
+/// and those passwords.
 struct SecuredNats {
     server: NatsServer,
+    /// The other members of a cluster.
+    peers: Vec<NatsServer>,
     passwords: tempfile::TempDir,
 }
 
 impl SecuredNats {
     fn start() -> Result<Self> {
+        Self::cluster(1)
+    }
+
+    /// `size` servers; more than one form a JetStream cluster over loopback routes, each
+    /// including the same auth.conf, as the StatefulSet's members do.
+    fn cluster(size: usize) -> Result<Self> {
         let passwords = tempfile::tempdir()?;
         let mut env = Vec::new();
         for user in users() {
@@ -56,14 +65,46 @@ impl SecuredNats {
             env.push((format!("BATON_{}_NATS_PASSWORD", user.to_ascii_uppercase()), password));
         }
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let server = NatsServer::start_with_config(&auth_conf(), &env)?;
-        Ok(Self { server, passwords })
+        if size == 1 {
+            let server = NatsServer::start_with_config(&auth_conf(), &env)?;
+            return Ok(Self {
+                server,
+                peers: Vec::new(),
+                passwords,
+            });
+        }
+        let route_ports: Vec<u16> = (0..size).map(|_| baton_tests::free_port()).collect();
+        let mut servers = Vec::new();
+        for (i, port) in route_ports.iter().enumerate() {
+            let dir = passwords.path().join(format!("node-{i}"));
+            std::fs::create_dir(&dir)?;
+            std::fs::copy(auth_conf(), dir.join("auth.conf"))?;
+            let routes: Vec<String> = route_ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+            std::fs::write(
+                dir.join("nats.conf"),
+                format!(
+                    "server_name: nats-{i}\ncluster {{\n  name: baton\n  listen: 127.0.0.1:{port}\n  routes: [{}]\n}}\ninclude ./auth.conf\n",
+                    routes.join(", ")
+                ),
+            )?;
+            servers.push(NatsServer::start_with_config(&dir.join("nats.conf"), &env)?);
+        }
+        let server = servers.remove(0);
+        Ok(Self {
+            server,
+            peers: servers,
+            passwords,
+        })
     }
 
     /// The common settings of a service connecting as `user`, its password read from a file.
     fn common(&self, user: &str) -> Result<CommonSettings> {
         let mut c = CommonSettings::default();
-        c.nats.url = self.server.url();
+        c.nats.url = std::iter::once(&self.server)
+            .chain(&self.peers)
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",");
         c.nats.user = Some(user.to_owned());
         c.nats.password_file = Some(self.passwords.path().join(user));
         c.http.listen = "127.0.0.1:0".parse()?;
@@ -103,6 +144,15 @@ impl SecuredNats {
 
 /// A connection as `user` that collects the errors the server sends it.
 async fn connect_as(nats: &SecuredNats, user: &str) -> Result<(async_nats::Client, Arc<Mutex<Vec<String>>>)> {
+    connect_to(&nats.server, nats, user).await
+}
+
+/// [`connect_as`] one given server.
+async fn connect_to(
+    server: &NatsServer,
+    nats: &SecuredNats,
+    user: &str,
+) -> Result<(async_nats::Client, Arc<Mutex<Vec<String>>>)> {
     let errors = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&errors);
     let client = async_nats::ConnectOptions::with_user_and_password(user.to_owned(), nats.password(user)?)
@@ -116,7 +166,7 @@ async fn connect_as(nats: &SecuredNats, user: &str) -> Result<(async_nats::Clien
                 }
             }
         })
-        .connect(nats.server.url())
+        .connect(server.url())
         .await?;
     Ok((client, errors))
 }
@@ -470,5 +520,78 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
         "a service needed a permission auth.conf does not grant:\n{}",
         violations.join("\n")
     );
+    Ok(())
+}
+
+/// Production's topology: three servers with the same auth.conf, and the kit's own provisioning
+/// with `jetstream.replicas: 3` (what the base's `BATON_JETSTREAM__REPLICAS=3` sets) gives every
+/// stream and bucket three replicas; a service's publishes still go through with one server down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cluster_keeps_r3_streams_for_the_same_users() -> Result<()> {
+    let mut nats = SecuredNats::cluster(3)?;
+    let mut common = nats.common("builder")?;
+    common.jetstream.replicas = 3;
+    let builder = baton_kit::fabric::connect(&common.nats, "builder").await?;
+    // The cluster elects its JetStream leader shortly after the routes connect.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let topology = loop {
+        match baton_kit::fabric::provision(&builder, &common.jetstream, common.runner.remember_handled).await {
+            Ok(topology) => break topology,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "cluster not ready yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let operator = baton_kit::fabric::connect(&nats.common("operator")?.nats, "operator").await?;
+    let js = async_nats::jetstream::new(operator);
+    for stream in [
+        "BATON_EVENTS",
+        "BATON_DEADLETTER",
+        "KV_baton-handled",
+        "KV_baton-state",
+        "KV_baton-locks",
+        "OBJ_baton-logs",
+    ] {
+        let info = js.get_stream(stream).await?.info().await?.clone();
+        assert_eq!(info.config.num_replicas, 3, "{stream}");
+        let cluster = info.cluster.context("cluster info")?;
+        assert_eq!(
+            cluster.replicas.len(),
+            2,
+            "{stream}: a leader and two replicas: {cluster:?}"
+        );
+    }
+
+    let publish = |n: u32| {
+        let js = topology.jetstream.clone();
+        async move {
+            js.publish(
+                subjects::event_subject("acme/shop", EventType::BuildQueued),
+                format!("{n}").into(),
+            )
+            .await?
+            .await
+            .map_err(anyhow::Error::from)
+        }
+    };
+    publish(1).await?;
+    // One server of three gone: the streams keep their quorum.
+    let gone = nats.peers.pop().context("a peer")?;
+    drop(gone);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match publish(2).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "waiting for a new leader");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.context("publishing with one server of three down")),
+        }
+    }
+    let events = js.get_stream("BATON_EVENTS").await?.info().await?.state.messages;
+    assert_eq!(events, 2, "both events are stored");
     Ok(())
 }

@@ -107,7 +107,14 @@ pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Client, F
             })?;
             options = options.user_and_password(user.clone(), password);
         }
-        match options.connect(settings.url.as_str()).await {
+        // `nats.url` may list several servers, comma-separated (a cluster's members).
+        let servers: Vec<&str> = settings
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        match options.connect(servers).await {
             Ok(client) => return Ok(client),
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, url = %settings.url, "NATS not reachable yet, retrying");
