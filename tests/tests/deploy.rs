@@ -344,6 +344,17 @@ async fn every_manifest_passes_server_side_dry_run_on_the_real_apiserver() -> Re
                 .is_some_and(|e| e.starts_with("nats-headless.baton.svc") && e.ends_with(":8222")),
             "{metadata}"
         );
+        let production = renderings
+            .iter()
+            .find(|r| r.name == "overlays/production")
+            .context("production")?;
+        let deployment = production
+            .named("Deployment", target)
+            .context("the scaled Deployment")?;
+        assert!(
+            deployment["spec"].get("replicas").is_none(),
+            "{target}: KEDA owns its replica count, the manifest must not reset it"
+        );
         targets.push(target);
     }
     targets.sort_unstable();
