@@ -484,6 +484,42 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // The operator's CLI, as its own user, traces the release and reads where it runs; without
+    // the user it is refused at the door.
+    let release = baton_tests::events::of(&js, EventType::ReleaseCreated).await?[0]
+        .subject
+        .id
+        .clone();
+    let cli = |user: Option<&str>, command: baton::cli::Command| baton::cli::Cli {
+        nats: nats.server.url(),
+        nats_user: user.map(str::to_owned),
+        nats_password_file: user.map(|u| nats.passwords.path().join(u)),
+        output: baton::cli::Output::Json,
+        command,
+    };
+    use baton::cli::Command as Cmd;
+    for command in [
+        Cmd::Trace {
+            release: release.clone(),
+        },
+        Cmd::Status {
+            app: Some("acme/shop".into()),
+        },
+        Cmd::Releases {
+            app: "acme/shop".into(),
+        },
+    ] {
+        let what = format!("{command:?}");
+        baton::run::run(cli(Some("operator"), command))
+            .await
+            .map_err(|e| anyhow::anyhow!("baton {what} as operator: {e}"))?;
+    }
+    let anonymous = baton::run::run(cli(None, Cmd::Status { app: None })).await;
+    assert!(
+        matches!(anonymous, Err(baton::CliError::Nats(_))),
+        "no user, no entry: {anonymous:?}"
+    );
+
     // The bot posted the deployment, and answers from the promoter's state.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !posted

@@ -10,6 +10,14 @@ pub struct Cli {
     /// NATS server URL (JetStream enabled) Baton runs on.
     #[arg(long, global = true, env = "BATON_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats: String,
+    /// NATS user, when the server authenticates by name and password (Baton on Kubernetes:
+    /// `operator`, see deploy/README.md). The password comes from --nats-password-file or the
+    /// environment variable BATON_NATS_PASSWORD, never from the command line.
+    #[arg(long, global = true, env = "BATON_NATS_USER", value_name = "USER")]
+    pub nats_user: Option<String>,
+    /// File holding the password of --nats-user (trailing newline ignored).
+    #[arg(long, global = true, env = "BATON_NATS_PASSWORD_FILE", value_name = "FILE")]
+    pub nats_password_file: Option<std::path::PathBuf>,
     /// Output: `human` (default; coloured on a terminal), `wide` (more columns), `json`, `yaml`.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Human)]
     pub output: Output,

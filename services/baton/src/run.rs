@@ -50,7 +50,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     {
         parse_type(t)?;
     }
-    let client = connect(&cli.nats).await?;
+    let auth = nats_auth(&cli, &|name| std::env::var(name).ok())?;
+    let client = connect(&cli.nats, auth).await?;
     let js = jetstream::new(client.clone());
     match cli.command {
         Command::Events {
@@ -127,8 +128,30 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-async fn connect(url: &str) -> Result<async_nats::Client, CliError> {
-    let attempt = async_nats::ConnectOptions::new()
+/// The user and password to connect with, if `--nats-user` is given.
+fn nats_auth(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<(String, String)>, CliError> {
+    let Some(user) = &cli.nats_user else {
+        return Ok(None);
+    };
+    let password = match &cli.nats_password_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|p| p.trim_end_matches(['\r', '\n']).to_owned())
+            .map_err(|e| CliError::Usage(format!("cannot read --nats-password-file {}: {e}", path.display())))?,
+        None => env("BATON_NATS_PASSWORD").ok_or_else(|| {
+            CliError::Usage(format!(
+                "--nats-user {user} needs its password: --nats-password-file FILE or BATON_NATS_PASSWORD"
+            ))
+        })?,
+    };
+    Ok(Some((user.clone(), password)))
+}
+
+async fn connect(url: &str, auth: Option<(String, String)>) -> Result<async_nats::Client, CliError> {
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some((user, password)) = auth {
+        options = options.user_and_password(user, password);
+    }
+    let attempt = options
         .name("baton-cli")
         .connection_timeout(Duration::from_secs(3))
         .connect(url);
