@@ -630,6 +630,56 @@ async fn heartbeats_keep_a_long_handler_from_being_redelivered() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_wait_on_the_server_while_every_handler_is_busy_not_in_a_replica() -> Result<()> {
+    let f = Fabric::start().await?;
+    let deliveries = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&deliveries);
+    let handler = TestHandler::new(move |incoming| {
+        seen.lock()
+            .unwrap()
+            .push((incoming.id().to_owned(), incoming.delivered));
+        async move {
+            // A slow event takes three ack waits (its heartbeats keep it): an event pulled
+            // while both handlers are busy would sit out its ack wait in the replica and be
+            // delivered a second time.
+            let slow = incoming.id().starts_with("slow");
+            tokio::time::sleep(Duration::from_millis(if slow { 3000 } else { 100 })).await;
+            Ok(vec![build_queued(&incoming)])
+        }
+    });
+    let r = spawn_runner(
+        f.replica().await?,
+        Stage::new("builder", [EventType::ChangeMerged]),
+        handler,
+        RunnerSettings {
+            concurrency: 2,
+            ..fast_settings()
+        },
+    )
+    .await?;
+    let ids = ["slow-0", "fast-1", "slow-2", "slow-3", "fast-4", "fast-5"];
+    for id in ids {
+        events::publish(&f.topology.jetstream, &change_merged(id)).await?;
+    }
+    wait_for_count(
+        &f.topology.events,
+        &subjects::event_filter(EventType::BuildQueued),
+        ids.len() as u64,
+    )
+    .await?;
+    // Time for a redelivery that should not come.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    r.shutdown().await?;
+    let deliveries = deliveries.lock().unwrap().clone();
+    assert_eq!(deliveries.len(), ids.len(), "each event handled once: {deliveries:?}");
+    assert!(
+        deliveries.iter().all(|(_, n)| *n == 1),
+        "none redelivered: {deliveries:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_nats_during_a_stream_of_events_loses_none() -> Result<()> {
     let mut f = Fabric::start().await?;
     let handler = TestHandler::new(|incoming| async move { Ok(vec![build_queued(&incoming)]) });

@@ -44,6 +44,11 @@ use crate::fabric::{self, FabricError, Topology};
 use crate::metrics::{Metrics, StageMetrics};
 use crate::telemetry;
 
+/// Most events asked for in one pull.
+const MAX_PULL: usize = 256;
+/// How long one pull waits on the server for events before it is renewed.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
 /// Header on a dead letter: why the stage gave up.
 pub const DEADLETTER_REASON: &str = "Baton-Deadletter-Reason";
 /// Header on a dead letter: the stage that gave up.
@@ -294,15 +299,28 @@ impl<H: Handler> StageRunner<H> {
         tokio::pin!(shutdown);
         tracing::info!(stage = %inner.stage.name, "stage runner started");
         'outer: loop {
-            let batch = inner.settings.concurrency.clamp(1, 256);
-            let messages = tokio::select! {
+            // Events are pulled only for free handler slots: one waiting in a local buffer would
+            // sit out its ack_wait there, and JetStream would hand it to another replica too.
+            let first = tokio::select! {
                 () = &mut shutdown => break 'outer,
-                m = consumer.stream().max_messages_per_batch(batch).heartbeat(Duration::from_secs(5)).expires(Duration::from_secs(30)).messages() => m,
+                p = Arc::clone(&permits).acquire_owned() => p.expect("the semaphore is never closed"),
             };
-            let mut messages = match messages {
+            let mut slots = vec![first];
+            while slots.len() < MAX_PULL {
+                match Arc::clone(&permits).try_acquire_owned() {
+                    Ok(permit) => slots.push(permit),
+                    Err(_) => break,
+                }
+            }
+            let pulled = tokio::select! {
+                () = &mut shutdown => break 'outer,
+                b = consumer.batch().max_messages(slots.len()).expires(PULL_EXPIRES).messages() => b,
+            };
+            let mut messages = match pulled {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot pull messages, retrying");
+                    drop(slots);
                     tokio::select! {
                         () = &mut shutdown => break 'outer,
                         () = tokio::time::sleep(Duration::from_millis(500)) => continue 'outer,
@@ -310,16 +328,17 @@ impl<H: Handler> StageRunner<H> {
                 }
             };
             loop {
-                let permit = tokio::select! {
-                    () = &mut shutdown => break 'outer,
-                    p = Arc::clone(&permits).acquire_owned() => p.expect("the semaphore is never closed"),
-                };
                 let next = tokio::select! {
                     () = &mut shutdown => break 'outer,
                     m = messages.next() => m,
                 };
                 match next {
                     Some(Ok(message)) => {
+                        let Some(permit) = slots.pop() else {
+                            // The server never sends more than asked; should it, hand it back.
+                            let _ = message.ack_with(AckKind::Nak(None)).await;
+                            continue;
+                        };
                         let inner = Arc::clone(&inner);
                         let hard_stop = hard_stop.clone();
                         tasks.spawn(async move {
@@ -328,9 +347,10 @@ impl<H: Handler> StageRunner<H> {
                         });
                     }
                     Some(Err(e)) => {
-                        // Missed heartbeats or a reconnect: the pull stream recovers by itself.
-                        tracing::debug!(error = %e, "pull stream hiccup");
+                        // Missed heartbeats or a reconnect: the next pull recovers.
+                        tracing::debug!(error = %e, "pull hiccup");
                     }
+                    // The pull is done (filled or expired); unused slots are freed.
                     None => continue 'outer,
                 }
                 while tasks.try_join_next().is_some() {}
