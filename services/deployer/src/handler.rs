@@ -29,6 +29,11 @@ pub const HANDLES: [EventType; 1] = [EventType::EnvironmentModified];
 struct Latest {
     sequence: u64,
     promotion: String,
+    /// Its config-repo commit: "later" is the config repo's order (a descendant commit), which
+    /// can differ from the stream's when promoter replicas announce commits out of order or a
+    /// retried promotion re-announces an old commit. Absent in records written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    config_commit: Option<String>,
 }
 
 /// The last promotion that rolled out healthy, and how it was reported.
@@ -111,15 +116,16 @@ impl Deployer {
                 .filter(|e| e.operation == kv::Operation::Put)
                 .and_then(|e| serde_json::from_slice::<Latest>(&e.value).ok());
             match current {
-                Some(latest) if latest.sequence > event.stream_sequence => {
+                Some(latest) if latest.promotion == promotion.promotion => break,
+                Some(latest) if self.is_later(&latest, event.stream_sequence, promotion).await? => {
                     return Ok(vec![self.superseded(event, promotion, &latest.promotion)]);
                 }
-                Some(latest) if latest.sequence == event.stream_sequence => break,
                 _ => {}
             }
             let ours = serde_json::to_vec(&Latest {
                 sequence: event.stream_sequence,
                 promotion: promotion.promotion.clone(),
+                config_commit: Some(promotion.config_commit.clone()),
             })
             .expect("serializes");
             let written = match entry {
@@ -136,10 +142,16 @@ impl Deployer {
             .acquire(&lease_key, &format!("rollout of {}", promotion.promotion))
             .await
             .map_err(|e| Failure::Transient(e.to_string()))?;
+        // A later promotion recorded while we waited for the lease is applied by its own
+        // handler, maybe already: applying ours now would put the older release back.
+        if let Some(newer) = self.latest(promotion).await.filter(|l| *l != promotion.promotion) {
+            self.locks.release(lease).await;
+            return Ok(vec![self.superseded(event, promotion, &newer)]);
+        }
         let mut guard = Guard {
             deployer: self,
             key,
-            sequence: event.stream_sequence,
+            promotion: promotion.promotion.clone(),
             lease,
             renewed: Instant::now(),
         };
@@ -229,6 +241,47 @@ impl Deployer {
                 vec![self.superseded(event, promotion, &newer)]
             }
         })
+    }
+
+    /// Whether `latest` is a later promotion than `promotion` (stream sequence `sequence`): its
+    /// commit descends from ours in the config repo. Only when the two commits are unrelated
+    /// (history rewritten) or `latest` names none does the stream's order decide.
+    async fn is_later(&self, latest: &Latest, sequence: u64, promotion: &PromotionData) -> Result<bool, Failure> {
+        let Some(theirs) = latest.config_commit.clone() else {
+            return Ok(latest.sequence > sequence);
+        };
+        let sources = self.sources.clone();
+        let (url, ours) = (promotion.config_repository.clone(), promotion.config_commit.clone());
+        let order = tokio::task::spawn_blocking(move || -> Result<Option<bool>, Failure> {
+            let fetch = |commit: &str| {
+                sources.mirror_with(&url, commit).map_err(|e| {
+                    if e.is_transient() {
+                        Failure::Transient(e.to_string())
+                    } else {
+                        Failure::Release(e.to_string())
+                    }
+                })
+            };
+            fetch(&ours)?;
+            let mirror = fetch(&theirs)?;
+            let oid = |c: &str| git2::Oid::from_str(c).map_err(|e| Failure::Release(e.message().to_owned()));
+            let (ours, theirs) = (oid(&ours)?, oid(&theirs)?);
+            let descends = |a, b| {
+                mirror
+                    .graph_descendant_of(a, b)
+                    .map_err(|e| Failure::Transient(e.message().to_owned()))
+            };
+            if descends(theirs, ours)? {
+                Ok(Some(true))
+            } else if descends(ours, theirs)? {
+                Ok(Some(false))
+            } else {
+                Ok(None)
+            }
+        })
+        .await
+        .map_err(|e| Failure::Transient(e.to_string()))??;
+        Ok(order.unwrap_or(latest.sequence > sequence))
     }
 
     async fn latest(&self, promotion: &PromotionData) -> Option<String> {
@@ -453,7 +506,8 @@ fn sanitize_label(value: &str) -> String {
 struct Guard<'a> {
     deployer: &'a Deployer,
     key: String,
-    sequence: u64,
+    /// The promotion rolling out; the newest one recorded only ever moves on to later ones.
+    promotion: String,
     lease: Lease,
     renewed: Instant,
 }
@@ -476,6 +530,6 @@ impl Interrupt for Guard<'_> {
             .ok()
             .flatten()
             .and_then(|b| serde_json::from_slice::<Latest>(&b).ok());
-        Ok(latest.is_some_and(|l| l.sequence > self.sequence))
+        Ok(latest.is_some_and(|l| l.promotion != self.promotion))
     }
 }
