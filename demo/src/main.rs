@@ -97,6 +97,9 @@ async fn main() -> Result<()> {
         println!();
         baton::run::run(Cli {
             nats: stack.nats.url(),
+            // The demo's nats-server authenticates nobody.
+            nats_user: None,
+            nats_password_file: None,
             output: Output::Human,
             command: Command::Trace {
                 release: release.clone(),
