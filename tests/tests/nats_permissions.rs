@@ -156,6 +156,7 @@ async fn connect_to(
     let errors = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&errors);
     let client = async_nats::ConnectOptions::with_user_and_password(user.to_owned(), nats.password(user)?)
+        .custom_inbox_prefix(baton_kit::fabric::inbox_prefix(user))
         .event_callback(move |event| {
             let sink = Arc::clone(&sink);
             async move {
@@ -262,14 +263,22 @@ async fn each_service_may_publish_only_its_own_event_types() -> Result<()> {
     let (builder, errors) = connect_as(&nats, "builder").await?;
     let _commands = builder.subscribe("baton.cmd.promoter.approve").await?;
     let _events = builder.subscribe("baton.events.>").await?;
+    // Nor read the answers others get: every user has an inbox prefix of its own.
+    let _inboxes = builder.subscribe("_INBOX.>").await?;
+    let _promoters = builder.subscribe("_INBOX_promoter.>").await?;
     builder.flush().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let errors = errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    for subject in ["baton.cmd.promoter.approve", "baton.events.>"] {
+    for subject in [
+        "baton.cmd.promoter.approve",
+        "baton.events.>",
+        "_INBOX.>",
+        "_INBOX_promoter.>",
+    ] {
         assert!(
             errors.iter().any(|e| e
                 .to_ascii_lowercase()
-                .contains(&format!("permissions violation for subscription to \"{subject}\""))),
+                .contains(&format!("permissions violation for subscription to \"{subject}\"").to_ascii_lowercase())),
             "the builder must not subscribe to {subject}: {errors:?}"
         );
     }

@@ -50,7 +50,8 @@ pub struct NatsSettings {
     pub credentials_file: Option<PathBuf>,
     /// User name, when the server authenticates users by name and password (as
     /// `deploy/base/nats/auth.conf` does: one user per service, allowed to publish only that
-    /// service's event types). Needs `password_env` or `password_file`.
+    /// service's event types). Needs `password_env` or `password_file`. Replies to the
+    /// service's requests then arrive on `_INBOX_<user>.>` instead of `_INBOX.>`.
     pub user: Option<String>,
     /// Environment variable holding the password of `user` (e.g. from a Kubernetes Secret).
     pub password_env: Option<String>,

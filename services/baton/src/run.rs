@@ -149,7 +149,9 @@ fn nats_auth(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<(
 async fn connect(url: &str, auth: Option<(String, String)>) -> Result<async_nats::Client, CliError> {
     let mut options = async_nats::ConnectOptions::new();
     if let Some((user, password)) = auth {
-        options = options.user_and_password(user, password);
+        options = options
+            .custom_inbox_prefix(baton_kit::fabric::inbox_prefix(&user))
+            .user_and_password(user, password);
     }
     let attempt = options
         .name("baton-cli")

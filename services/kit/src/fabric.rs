@@ -105,7 +105,11 @@ pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Client, F
                 url: settings.url.clone(),
                 source: format!("the password of NATS user {user} is not UTF-8").into(),
             })?;
-            options = options.user_and_password(user.clone(), password);
+            // Answers (JetStream API, publish acks, pulled messages) come to an inbox prefix of
+            // this user's own, which its NATS permissions can confine it to.
+            options = options
+                .user_and_password(user.clone(), password)
+                .custom_inbox_prefix(inbox_prefix(user));
         }
         // `nats.url` may list several servers, comma-separated (a cluster's members).
         let servers: Vec<&str> = settings
@@ -128,6 +132,12 @@ pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Client, F
             }
         }
     }
+}
+
+/// The inbox prefix of a connection as NATS user `user`: `_INBOX_<user>`, so
+/// `deploy/base/nats/auth.conf` can let each user subscribe to its own replies only.
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{}", subjects::sanitize_token(user))
 }
 
 /// The password of `nats.user`, from `nats.password_file` or the variable `nats.password_env`.
