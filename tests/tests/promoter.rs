@@ -2,7 +2,8 @@
 //! repo): releases from successful test runs, auto and manual policies with approvals, ten
 //! racing releases with two replicas, rollback and auto-rollback byte for byte, pins and
 //! quarantine, an invalid `environments.yaml`, a lock left by a dead replica, a promotion whose
-//! commit was pushed before a crash, and recreating every environment from git history.
+//! commit was pushed before a crash (also when a later promotion followed it), and recreating
+//! every environment from git history.
 //!
 //! The deployer's reports (`service.deployed`, `baton-deployment.failed`) are published here
 //! the way the deployer publishes them.
@@ -887,6 +888,52 @@ async fn a_lock_left_by_a_dead_replica_and_a_commit_pushed_before_a_crash_give_o
     );
     assert_eq!(world.config(&["rev-list", "--count", "main"])?, "3", "no second commit");
     assert_ne!(redone.config_commit, promotion.config_commit);
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_promotion_overtaken_by_a_later_one_leaves_the_environment_to_the_later() -> Result<()> {
+    let world = World::start(TWO_STAGES, 1).await?;
+    // A replica pushed the commit of an early release's promotion and died before recording or
+    // announcing it; meanwhile a later release was promoted on top of it.
+    let case = "early";
+    let sha = world.commit_app(case)?;
+    let promotion_id = baton_promoter::promoter::derive_id(&["promote", &format!("finished-{case}"), "staging"]);
+    let crashed = baton_promoter::configrepo::ConfigRepo::new(
+        format!("file://{}", world.config_bare().display()),
+        "main",
+        world.dir.path().join("crashed-replica"),
+        ("Baton".into(), "baton@test".into()),
+        baton_kit::source::Sources::new(world.dir.path().join("crashed-cache"), vec![]),
+    );
+    let pushed = crashed.commit(&baton_promoter::configrepo::Change {
+        promotion: promotion_id.clone(),
+        dir: format!("staging/{DIR}"),
+        files: Some(vec![("deployment.yaml".into(), DEPLOYMENT.as_bytes().to_vec())]),
+        release_file: b"written by the replica that crashed\n".to_vec(),
+        message: "promote (then crashed)".into(),
+    })?;
+    let later = world.tests_passed("later").await?;
+    let later_promotion = world.promotion(&later, "staging").await?;
+
+    // The early release's event comes back: its commit is found and announced, nothing more.
+    let early = world.publish_test(case, &sha, Outcome::Success, false).await?;
+    let redone = world.promotion(&early, "staging").await?;
+    assert_eq!(redone.promotion, promotion_id);
+    assert_eq!(redone.config_commit, pushed.commit);
+    assert_eq!(
+        world.config(&["rev-list", "--count", "main"])?,
+        "3",
+        "no further commit"
+    );
+    // Staging still runs the later release, as the config repo says: its healthy report moves
+    // it on to production's approval.
+    world.deployer_reports(&later_promotion, None).await?;
+    world
+        .wait_for(EventType::ApprovalCreated, 1, |e| {
+            e.context.chain_id.as_deref() == Some(later.as_str())
+        })
+        .await?;
     world.stop().await
 }
 

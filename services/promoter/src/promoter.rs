@@ -15,7 +15,8 @@ use baton_schemas::extensions::{
 use baton_schemas::payloads::{Person, TestData};
 use baton_schemas::pipeline::{PIPELINE_FILE, Pipeline};
 use baton_schemas::release::{
-    ApprovalData, ApprovalKind, ChangeEntry, Pin, PromotionAction, PromotionData, ReleaseData, ReleaseFile,
+    ApprovalData, ApprovalKind, ChangeEntry, Pin, PromotionAction, PromotionData, RELEASE_FILE, ReleaseData,
+    ReleaseFile,
 };
 use baton_schemas::subjects::sanitize_token;
 use baton_schemas::{CdEvent, EventType};
@@ -844,6 +845,28 @@ impl Promoter {
         };
         let repo = Arc::clone(&self.repo);
         let committed = self.blocking(move || Ok(repo.commit(&change)?)).await?;
+        // A retry whose commit an earlier attempt pushed, after which the environment moved on
+        // (a later promotion committed while this one's lease had lapsed): announce it again,
+        // but the environment's state stays the later promotion's, as the config repo says.
+        if committed.existed {
+            let (repo, path) = (Arc::clone(&self.repo), format!("{dir}/{RELEASE_FILE}"));
+            let (_, at_head) = self.blocking(move || Ok(repo.read_at_head(&path)?)).await?;
+            let moved_on = at_head
+                .and_then(|bytes| yaml_serde::from_str::<ReleaseFile>(&String::from_utf8_lossy(&bytes)).ok())
+                .is_some_and(|file| file.promotion != write.promotion);
+            if moved_on {
+                tracing::info!(
+                    app = %release.app, environment = %env.name, promotion = %write.promotion,
+                    "a retried promotion's commit was followed by a later one; the environment keeps the later"
+                );
+                let data = self.promotion_data(release, env, &write, &dir, &committed.commit, None);
+                let event = self.modified_event(release, env, &write, &data);
+                return Ok(Outcome {
+                    value: data,
+                    events: vec![event],
+                });
+            }
+        }
         let previous = current.as_ref().map(|c| c.value.clone());
         let next = match write.action {
             PromotionAction::Promote | PromotionAction::Rollback => Current {
@@ -881,28 +904,62 @@ impl Promoter {
         {
             self.state.delete_at(&scheduled_key, s.revision).await?;
         }
-        let data = PromotionData {
+        let data = self.promotion_data(
+            release,
+            env,
+            &write,
+            &dir,
+            &committed.commit,
+            previous.map(|p| p.release).filter(|p| *p != release.release),
+        );
+        tracing::info!(
+            app = %release.app, environment = %env.name, release = %release.release,
+            action = write.action.as_str(), commit = %committed.commit, again = committed.existed,
+            "config repo updated"
+        );
+        let event = self.modified_event(release, env, &write, &data);
+        Ok(Outcome {
+            value: data,
+            events: vec![event],
+        })
+    }
+
+    fn promotion_data(
+        &self,
+        release: &ReleaseData,
+        env: &Environment,
+        write: &Write,
+        dir: &str,
+        commit: &str,
+        previous_release: Option<String>,
+    ) -> PromotionData {
+        PromotionData {
             promotion: write.promotion.clone(),
             action: write.action,
             app: release.app.clone(),
             environment: env.name.clone(),
             namespace: env.namespace.clone(),
             release: release.clone(),
-            previous_release: previous.map(|p| p.release).filter(|p| *p != release.release),
+            previous_release,
             config_repository: self.repo.url().to_owned(),
-            config_commit: committed.commit.clone(),
-            manifests_path: dir,
-            actor: write.actor,
-            reason: write.reason,
+            config_commit: commit.to_owned(),
+            manifests_path: dir.to_owned(),
+            actor: write.actor.clone(),
+            reason: write.reason.clone(),
             pinned: write.pinned.is_some(),
             break_glass: write.break_glass,
-        };
-        tracing::info!(
-            app = %release.app, environment = %env.name, release = %release.release,
-            action = write.action.as_str(), commit = %committed.commit, again = committed.existed,
-            "config repo updated"
-        );
-        let event = self.event(
+        }
+    }
+
+    /// `environment.modified` announcing `data`; its id derives from the promotion alone.
+    fn modified_event(
+        &self,
+        release: &ReleaseData,
+        env: &Environment,
+        write: &Write,
+        data: &PromotionData,
+    ) -> Outgoing {
+        self.event(
             EventType::EnvironmentModified,
             derive_id(&["environment.modified", &write.promotion]),
             &release.app,
@@ -910,12 +967,8 @@ impl Promoter {
             json!({"name": env.name}),
             Some(&release.release),
             Some(&write.cause),
-            Some(serde_json::to_value(&data).expect("serializes")),
-        );
-        Ok(Outcome {
-            value: data,
-            events: vec![event],
-        })
+            Some(serde_json::to_value(data).expect("serializes")),
+        )
     }
 
     /// Reads the app's manifests at the release's commit and pins its images.
