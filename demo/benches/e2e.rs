@@ -45,6 +45,15 @@ fn steps_ms(record: &Record, build: bool) -> Result<u64> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // With RUST_LOG set, the services log to stderr with microsecond timestamps and every
+    // span's duration when it closes: the timeline behind the breakdown printed at the end.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut stack = Stack::start(false).await?;
     let shop = stack.shop();
     let mut overheads = Vec::new();

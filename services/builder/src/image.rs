@@ -288,6 +288,12 @@ pub struct Registry {
     insecure_registries: Vec<String>,
     /// oci-client, configured for the above.
     client: Client,
+    /// The client for requests to the target registry that need no token: blob checks,
+    /// uploads, mounts and the manifest put. Anonymous, it is a second client in which no
+    /// credentials are ever stored: oci-client asks `/v2/` for a token before every request
+    /// once credentials are stored for a registry, and a registry that issues none (an open
+    /// one) would cost a round trip per request. With credentials it is `client` itself.
+    direct: Client,
 }
 
 impl fmt::Debug for Registry {
@@ -315,13 +321,14 @@ impl Registry {
             _ => RegistryAuth::Anonymous,
         };
         let address = address.into();
-        let client = client(&address, insecure, &[]);
+        let (client, direct) = clients(&address, insecure, &[], &auth);
         Self {
             address,
             insecure,
             auth,
             insecure_registries: Vec::new(),
             client,
+            direct,
         }
     }
 
@@ -329,7 +336,7 @@ impl Registry {
     #[must_use]
     pub fn with_insecure_registries(mut self, registries: &[String]) -> Self {
         self.insecure_registries = registries.to_vec();
-        self.client = client(&self.address, self.insecure, registries);
+        (self.client, self.direct) = clients(&self.address, self.insecure, registries, &self.auth);
         self
     }
 
@@ -342,6 +349,17 @@ impl Registry {
     pub fn insecure(&self) -> bool {
         self.insecure
     }
+}
+
+/// The two clients of a [`Registry`]: the general one and the one for requests that need no
+/// token (a separate client only when anonymous: see the `direct` field of [`Registry`]).
+fn clients(address: &str, insecure: bool, insecure_registries: &[String], auth: &RegistryAuth) -> (Client, Client) {
+    let general = client(address, insecure, insecure_registries);
+    let direct = match auth {
+        RegistryAuth::Anonymous => client(address, insecure, insecure_registries),
+        _ => general.clone(),
+    };
+    (general, direct)
 }
 
 /// oci-client for a target registry: plain HTTP only for the registries marked insecure, an
@@ -770,7 +788,7 @@ impl Registry {
             tracing::debug!(digest, "foreign layer referenced, not pushed");
             return Ok(true);
         }
-        self.client
+        self.direct
             .blob_exists(target, digest)
             .await
             .map_err(|error| self.push_error(target, format!("checking for blob {digest}"), &error))
@@ -789,7 +807,7 @@ impl Registry {
             BlobSource::Data(data) => data,
             BlobSource::Base(base) => {
                 if base.reference.resolve_registry() == target.resolve_registry() {
-                    match self.client.mount_blob(target, &base.reference, digest).await {
+                    match self.direct.mount_blob(target, &base.reference, digest).await {
                         Ok(()) => return Ok(Provided::Mounted),
                         Err(error) => {
                             tracing::debug!(digest, %error, "cross-repository mount declined, copying the blob")
@@ -812,7 +830,7 @@ impl Registry {
             }
         };
         let size = data.len() as u64;
-        self.client
+        self.direct
             .push_blob(target, data, digest)
             .await
             .map_err(|error| self.push_error(target, format!("uploading blob {digest}"), &error))?;
@@ -834,7 +852,7 @@ impl Registry {
         stats: &mut PushStats,
     ) -> Result<(), ImageError> {
         let size = manifest.len() as u64;
-        self.client
+        self.direct
             .push_manifest_raw(target, manifest, http::HeaderValue::from_static(MANIFEST_MEDIA_TYPE))
             .await
             .map_err(|error| self.push_error(target, format!("putting manifest {digest}"), &error))?;
