@@ -1230,6 +1230,8 @@ async fn killing_replicas_at_random_during_100_releases_loses_and_duplicates_not
         ensure!(*n > 0, "the {service} was never killed");
     }
     let ledger = world.settle(&releases).await?;
+    // Every killed replica came back on its own cache and config, and is ready.
+    world.fleet.wait_ready().await?;
     ledger.assert_exactly_once(&releases)?;
     assert_cluster_runs_the_last_promotions(&world, &ledger).await?;
     let dead = world.dead_letters().await?;
