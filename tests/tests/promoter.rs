@@ -200,6 +200,30 @@ impl World {
         git(&app, &["rev-parse", "HEAD"])
     }
 
+    /// What a replica that crashed right after pushing leaves behind: a new app commit for
+    /// `case`, and the config-repo commit of its promotion into staging (the promotion id its
+    /// test verdict will derive), never recorded or announced. Returns the app commit, the
+    /// promotion id and the config commit.
+    fn push_then_crash(&self, case: &str) -> Result<(String, String, baton_promoter::configrepo::Committed)> {
+        let sha = self.commit_app(case)?;
+        let promotion_id = baton_promoter::promoter::derive_id(&["promote", &format!("finished-{case}"), "staging"]);
+        let crashed = baton_promoter::configrepo::ConfigRepo::new(
+            format!("file://{}", self.config_bare().display()),
+            "main",
+            self.dir.path().join(format!("crashed-replica-{case}")),
+            ("Baton".into(), "baton@test".into()),
+            baton_kit::source::Sources::new(self.dir.path().join("crashed-cache"), vec![]),
+        );
+        let pushed = crashed.commit(&baton_promoter::configrepo::Change {
+            promotion: promotion_id.clone(),
+            dir: format!("staging/{DIR}"),
+            files: Some(vec![("deployment.yaml".into(), DEPLOYMENT.as_bytes().to_vec())]),
+            release_file: b"written by the replica that crashed\n".to_vec(),
+            message: "promote (then crashed)".into(),
+        })?;
+        Ok((sha, promotion_id, pushed))
+    }
+
     /// Publishes the tester's `testsuiterun.finished` for a new commit; returns the release id.
     async fn tests_passed(&self, case: &str) -> Result<String> {
         let sha = self.commit_app(case)?;
@@ -863,22 +887,7 @@ async fn a_lock_left_by_a_dead_replica_and_a_commit_pushed_before_a_crash_give_o
     // A replica pushed the next promotion's commit and died before announcing it: the event is
     // redelivered to another replica, which finds the commit instead of making a second one.
     let case = "pushed-then-crashed";
-    let sha = world.commit_app(case)?;
-    let promotion_id = baton_promoter::promoter::derive_id(&["promote", &format!("finished-{case}"), "staging"]);
-    let crashed = baton_promoter::configrepo::ConfigRepo::new(
-        format!("file://{}", world.config_bare().display()),
-        "main",
-        world.dir.path().join("crashed-replica"),
-        ("Baton".into(), "baton@test".into()),
-        baton_kit::source::Sources::new(world.dir.path().join("crashed-cache"), vec![]),
-    );
-    let pushed = crashed.commit(&baton_promoter::configrepo::Change {
-        promotion: promotion_id.clone(),
-        dir: format!("staging/{DIR}"),
-        files: Some(vec![("deployment.yaml".into(), DEPLOYMENT.as_bytes().to_vec())]),
-        release_file: b"written by the replica that crashed\n".to_vec(),
-        message: "promote (then crashed)".into(),
-    })?;
+    let (sha, promotion_id, pushed) = world.push_then_crash(case)?;
     let again = world.publish_test(case, &sha, Outcome::Success, false).await?;
     let redone = world.promotion(&again, "staging").await?;
     assert_eq!(redone.promotion, promotion_id);
@@ -897,22 +906,7 @@ async fn a_retried_promotion_overtaken_by_a_later_one_leaves_the_environment_to_
     // A replica pushed the commit of an early release's promotion and died before recording or
     // announcing it; meanwhile a later release was promoted on top of it.
     let case = "early";
-    let sha = world.commit_app(case)?;
-    let promotion_id = baton_promoter::promoter::derive_id(&["promote", &format!("finished-{case}"), "staging"]);
-    let crashed = baton_promoter::configrepo::ConfigRepo::new(
-        format!("file://{}", world.config_bare().display()),
-        "main",
-        world.dir.path().join("crashed-replica"),
-        ("Baton".into(), "baton@test".into()),
-        baton_kit::source::Sources::new(world.dir.path().join("crashed-cache"), vec![]),
-    );
-    let pushed = crashed.commit(&baton_promoter::configrepo::Change {
-        promotion: promotion_id.clone(),
-        dir: format!("staging/{DIR}"),
-        files: Some(vec![("deployment.yaml".into(), DEPLOYMENT.as_bytes().to_vec())]),
-        release_file: b"written by the replica that crashed\n".to_vec(),
-        message: "promote (then crashed)".into(),
-    })?;
+    let (sha, promotion_id, pushed) = world.push_then_crash(case)?;
     let later = world.tests_passed("later").await?;
     let later_promotion = world.promotion(&later, "staging").await?;
 
