@@ -582,9 +582,11 @@ pub async fn assemble_and_push(job: &ImageJob<'_>) -> Result<PushedImage, ImageE
         .client
         .store_auth_if_needed(target.resolve_registry(), &registry.auth)
         .await;
-    // Every blob the manifest names, asked about at once together with the tag's current
-    // manifest; then the missing ones provided at once; then the manifest. Three round trips of
-    // waiting (four with an upload's two requests) however many blobs an image has.
+    // Every blob the manifest names is asked about at once, and the missing ones are provided
+    // at once. Only when none was missing can the tag already name this very manifest (a
+    // registry refuses a manifest whose blobs it lacks), so only then is the tag asked; a new
+    // commit's push waits for four requests in all: the checks, an upload's POST and PUT, and
+    // the manifest.
     let mut wanted: Vec<(Descriptor, BlobSource<'_>)> = Vec::new();
     if let Some(base) = &base {
         wanted.extend(base.layers.iter().map(|d| (d.clone(), BlobSource::Base(base))));
@@ -595,15 +597,12 @@ pub async fn assemble_and_push(job: &ImageJob<'_>) -> Result<PushedImage, ImageE
             .map(|layer| (layer.descriptor(), BlobSource::Data(layer.blob.clone()))),
     );
     wanted.push((config_descriptor.clone(), BlobSource::Data(config)));
-    let (present, current_manifest) = futures::join!(
-        futures::future::try_join_all(
-            wanted
-                .iter()
-                .map(|(descriptor, _)| registry.blob_present(&target, descriptor))
-        ),
-        registry.current_manifest_digest(&target),
-    );
-    let present = present?;
+    let present = futures::future::try_join_all(
+        wanted
+            .iter()
+            .map(|(descriptor, _)| registry.blob_present(&target, descriptor)),
+    )
+    .await?;
     let mut stats = PushStats::default();
     let mut missing = Vec::new();
     for ((descriptor, source), present) in wanted.into_iter().zip(present) {
@@ -614,6 +613,8 @@ pub async fn assemble_and_push(job: &ImageJob<'_>) -> Result<PushedImage, ImageE
             (true, false) => {}
         }
     }
+    let already_tagged =
+        missing.is_empty() && registry.current_manifest_digest(&target).await.as_deref() == Some(digest.as_str());
     let target_ref = &target;
     let provided = futures::future::try_join_all(
         missing
@@ -627,7 +628,7 @@ pub async fn assemble_and_push(job: &ImageJob<'_>) -> Result<PushedImage, ImageE
             Provided::Uploaded(bytes) => stats.uploaded_bytes += bytes,
         }
     }
-    if current_manifest.as_deref() != Some(digest.as_str()) {
+    if !already_tagged {
         registry.put_manifest(&target, manifest, &digest, &mut stats).await?;
     }
 

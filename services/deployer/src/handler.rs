@@ -178,11 +178,22 @@ impl Deployer {
             .expect("serializes"),
             self.data(promotion, None, Vec::new(), Vec::new(), Vec::new()),
         );
-        baton_kit::events::publish(&self.jetstream, &started)
-            .await
-            .map_err(|e| Failure::Transient(format!("cannot announce the rollout: {e}")))?;
-
-        let manifests = self.manifests(promotion).await?;
+        // The announcement, the release's files and the namespace do not wait for each other;
+        // a fault in the release's files is still what gets reported, with nothing of it applied.
+        let announce = async {
+            baton_kit::events::publish(&self.jetstream, &started)
+                .await
+                .map_err(|e| Failure::Transient(format!("cannot announce the rollout: {e}")))
+        };
+        let namespace = async {
+            self.cluster
+                .ensure_namespace(&promotion.namespace, &promotion.environment)
+                .await
+                .map_err(Failure::from)
+        };
+        let (announced, manifests, namespace) = tokio::join!(announce, self.manifests(promotion), namespace);
+        announced?;
+        let manifests = manifests?;
         let mut resolved = Vec::with_capacity(manifests.len());
         let token = sanitize_token(&promotion.app);
         let labels = BTreeMap::from([
@@ -211,9 +222,7 @@ impl Deployer {
             manifests::stamp(&mut manifest, Some(&promotion.namespace), &labels, &annotations);
             resolved.push((manifest, resource, namespaced));
         }
-        self.cluster
-            .ensure_namespace(&promotion.namespace, &promotion.environment)
-            .await?;
+        namespace?;
         let applied = self.cluster.apply(&promotion.namespace, &resolved).await?;
         let selector = format!("{APP_LABEL}={token},{ENVIRONMENT_LABEL}={}", promotion.environment);
         let pruned = self.cluster.prune(&promotion.namespace, &selector, &resolved).await?;
