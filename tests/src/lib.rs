@@ -25,6 +25,7 @@
 pub mod events;
 pub mod kube;
 pub mod registry;
+pub mod verdict;
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};

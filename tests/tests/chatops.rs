@@ -23,14 +23,15 @@ use baton_kit::{Outgoing, events};
 use baton_schemas::config::CommonSettings;
 use baton_schemas::config::chatops::ChatopsSettings;
 use baton_schemas::config::promoter::PromoterSettings;
-use baton_schemas::payloads::{ImageInfo, Outcome, TestCounts, TestData};
+use baton_schemas::payloads::Outcome;
 use baton_schemas::release::{DeploymentData, PromotionData};
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::NatsServer;
+use baton_tests::verdict::Verdict;
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 const APP: &str = "acme/shop";
@@ -223,44 +224,21 @@ impl World {
         git(&app, &["add", "-A"])?;
         git(&app, &["commit", "-qm", &format!("change {case}")])?;
         let sha = git(&app, &["rev-parse", "HEAD"])?;
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(case.as_bytes())));
-        let image = ImageInfo {
-            registry: "127.0.0.1:5000".into(),
-            repository: "baton/acme_shop".into(),
-            tag: sha.clone(),
-            digest: digest.clone(),
-            reference: format!("127.0.0.1:5000/baton/acme_shop@{digest}"),
-            purl: format!(
-                "pkg:oci/acme_shop@{}?repository_url=127.0.0.1:5000/baton/acme_shop",
-                digest.replace(':', "%3A")
-            ),
-            uploaded_bytes: 0,
-        };
         let release = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, case.as_bytes()).to_string();
-        let data = TestData {
-            app: APP.into(),
-            commit: sha.clone(),
+        Verdict {
+            app: APP,
+            commit: &sha,
             repository: format!("file://{}", app.display()),
-            image: Some(image),
-            run: format!("test-{case}"),
-            outcome: Some(Outcome::Success),
-            reason: None,
-            no_tests_declared: false,
-            counts: TestCounts::default(),
-            failed_cases: vec![],
-            steps: vec![],
-            pushed_by: None,
-        };
-        let event = CdEvent::new(
-            EventType::TestSuiteRunFinished,
-            format!("finished-{case}"),
-            "/baton/tester",
-            format!("{APP}@{sha}"),
-            json!({"environment": {"id": "baton-tester"}, "testSuite": {"id": "s"}, "outcome": "success"}),
-        )?
-        .with_chain_id(&release)
-        .with_custom_data(data)?;
-        events::publish(&self.js, &Outgoing::new(APP, event)).await?;
+            registry: "127.0.0.1:5000",
+            image_repository: "baton/acme_shop",
+            case,
+            digest_seed: case,
+            release: &release,
+            outcome: Outcome::Success,
+            untested: false,
+        }
+        .publish(&self.js)
+        .await?;
         Ok(release)
     }
 

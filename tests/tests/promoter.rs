@@ -17,14 +17,14 @@ use baton_kit::{Outgoing, events};
 use baton_schemas::commands::{CommandReply, CommandRequest};
 use baton_schemas::config::CommonSettings;
 use baton_schemas::config::promoter::PromoterSettings;
-use baton_schemas::payloads::{ImageInfo, Outcome, TestCounts, TestData};
+use baton_schemas::payloads::Outcome;
 use baton_schemas::release::{
     ApprovalData, DeploymentData, PromotionAction, PromotionData, RELEASE_FILE, ReleaseData, ReleaseFile,
 };
 use baton_schemas::{CdEvent, EventType, subjects};
 use baton_tests::NatsServer;
+use baton_tests::verdict::Verdict;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 const APP: &str = "acme/shop";
@@ -231,44 +231,21 @@ impl World {
     }
 
     async fn publish_test(&self, case: &str, sha: &str, outcome: Outcome, untested: bool) -> Result<String> {
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(case.as_bytes())));
-        let image = ImageInfo {
-            registry: REGISTRY.into(),
-            repository: REPOSITORY.into(),
-            tag: sha.to_owned(),
-            digest: digest.clone(),
-            reference: format!("{REGISTRY}/{REPOSITORY}@{digest}"),
-            purl: format!(
-                "pkg:oci/acme_shop@{}?repository_url={REGISTRY}/{REPOSITORY}",
-                digest.replace(':', "%3A")
-            ),
-            uploaded_bytes: 0,
-        };
         let release = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, case.as_bytes()).to_string();
-        let data = TestData {
-            app: APP.into(),
-            commit: sha.to_owned(),
+        Verdict {
+            app: APP,
+            commit: sha,
             repository: format!("file://{}", self.app_repo().display()),
-            image: Some(image),
-            run: format!("test-{case}"),
-            outcome: Some(outcome),
-            reason: None,
-            no_tests_declared: untested,
-            counts: TestCounts::default(),
-            failed_cases: vec![],
-            steps: vec![],
-            pushed_by: None,
-        };
-        let event = CdEvent::new(
-            EventType::TestSuiteRunFinished,
-            format!("finished-{case}"),
-            "/baton/tester",
-            format!("{APP}@{sha}"),
-            json!({"environment": {"id": "baton-tester"}, "testSuite": {"id": "s"}, "outcome": outcome}),
-        )?
-        .with_chain_id(&release)
-        .with_custom_data(data)?;
-        events::publish(&self.js, &Outgoing::new(APP, event)).await?;
+            registry: REGISTRY,
+            image_repository: REPOSITORY,
+            case,
+            digest_seed: case,
+            release: &release,
+            outcome,
+            untested,
+        }
+        .publish(&self.js)
+        .await?;
         Ok(release)
     }
 

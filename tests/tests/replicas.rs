@@ -35,19 +35,19 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use async_nats::jetstream;
 use baton::log::{self, Query, Record};
-use baton_kit::{Outgoing, events};
-use baton_schemas::payloads::{ImageInfo, Outcome, TestCounts, TestData};
+use baton_schemas::EventType;
+use baton_schemas::payloads::Outcome;
 use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData, RELEASE_FILE, ReleaseFile};
-use baton_schemas::{CdEvent, EventType};
 use baton_tests::kube::{KubeCluster, NodeSimulator};
 use baton_tests::registry::RegistryServer;
+use baton_tests::verdict::Verdict;
 use baton_tests::{NatsServer, free_port};
 use hmac::{Hmac, Mac};
 use k8s_openapi::api::apps::v1::Deployment;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 const APP: &str = "acme/shop";
 const SECRET: &str = "replicas-webhook-secret";
@@ -1105,49 +1105,21 @@ async fn promoter_replicas_racing_on_one_environment_never_interleave() -> Resul
 /// Publishes the tester's `testsuiterun.finished` (success) for `sha` of `app`, as release
 /// `release`, with an image named after the commit.
 async fn tests_passed(world: &World, app: &str, sha: String, release: String) -> Result<()> {
-    let (sha, release) = (sha.as_str(), release.as_str());
-    let token = baton_schemas::subjects::sanitize_token(app);
-    let registry = "127.0.0.1:5000";
-    // The manifests name `baton/shop`: the image is the app's.
-    let repository = "baton/shop".to_owned();
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(format!("{app}@{sha}"))));
-    let image = ImageInfo {
-        registry: registry.into(),
-        repository: repository.clone(),
-        tag: sha.to_owned(),
-        digest: digest.clone(),
-        reference: format!("{registry}/{repository}@{digest}"),
-        purl: format!(
-            "pkg:oci/{token}@{}?repository_url={registry}/{repository}",
-            digest.replace(':', "%3A")
-        ),
-        uploaded_bytes: 0,
-    };
-    let data = TestData {
-        app: app.into(),
-        commit: sha.to_owned(),
+    Verdict {
+        app,
+        commit: &sha,
         repository: format!("file://{}", world.dir.path().join("shop").display()),
-        image: Some(image),
-        run: format!("test-{release}"),
-        outcome: Some(Outcome::Success),
-        reason: None,
-        no_tests_declared: false,
-        counts: TestCounts::default(),
-        failed_cases: vec![],
-        steps: vec![],
-        pushed_by: None,
-    };
-    let event = CdEvent::new(
-        EventType::TestSuiteRunFinished,
-        format!("finished-{release}"),
-        "/baton/tester",
-        format!("{app}@{sha}"),
-        json!({"environment": {"id": "baton-tester"}, "testSuite": {"id": "unit"}, "outcome": "success"}),
-    )?
-    .with_chain_id(release)
-    .with_custom_data(data)?;
-    events::publish(&world.js, &Outgoing::new(app, event)).await?;
-    Ok(())
+        registry: "127.0.0.1:5000",
+        // The manifests name `baton/shop`: the image is the app's.
+        image_repository: "baton/shop",
+        case: &release,
+        digest_seed: &format!("{app}@{sha}"),
+        release: &release,
+        outcome: Outcome::Success,
+        untested: false,
+    }
+    .publish(&world.js)
+    .await
 }
 
 /// Kills replicas at random: every 0.5–1.5 s one replica (of each service in turn, which one
