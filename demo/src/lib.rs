@@ -112,6 +112,24 @@ spec:
           image: baton/shop:dev
 ";
 
+/// The sample app's `.baton.yaml`: copy a file into a scratch image, grep it as the test.
+pub const SAMPLE_PIPELINE: &str = "build:
+  steps:
+    - name: compile
+      run: mkdir -p out && cp src/greeting.txt out/greeting.txt
+image:
+  name: baton/shop
+  base: scratch
+  add:
+    - {from: out/greeting.txt, to: /srv/greeting.txt}
+  entrypoint: [/srv/shop]
+test:
+  steps:
+    - name: unit
+      run: grep -q hello src/greeting.txt
+manifests: deploy
+";
+
 /// Writes a file, creating its folder.
 pub fn write(path: &Path, text: &str) -> Result<()> {
     if let Some(parent) = path.parent() {
@@ -216,25 +234,7 @@ impl Stack {
         git(&dir, &["init", "-q", "--bare", "-b", "main", "shop.git"])?;
         git(&dir, &["clone", "-q", "shop.git", "shop"])?;
         let shop = dir.join("shop");
-        write(
-            &shop.join(".baton.yaml"),
-            "build:
-  steps:
-    - name: compile
-      run: mkdir -p out && cp src/greeting.txt out/greeting.txt
-image:
-  name: baton/shop
-  base: scratch
-  add:
-    - {from: out/greeting.txt, to: /srv/greeting.txt}
-  entrypoint: [/srv/shop]
-test:
-  steps:
-    - name: unit
-      run: grep -q hello src/greeting.txt
-manifests: deploy
-",
-        )?;
+        write(&shop.join(".baton.yaml"), SAMPLE_PIPELINE)?;
         write(&shop.join("src/greeting.txt"), "hello from Baton\n")?;
         write(&shop.join("deploy/deployment.yaml"), DEPLOYMENT)?;
         note!(narrate, "  {}", dir.display());

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use async_nats::jetstream;
 use baton::log::{self, Query, Record};
+use baton_demo::{SAMPLE_PIPELINE, write};
 use baton_schemas::EventType;
 use baton_schemas::payloads::Outcome;
 use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData, RELEASE_FILE, ReleaseFile};
@@ -337,31 +338,6 @@ spec:
           image: baton/shop:dev
 ";
 
-/// A trivial pipeline: copy a file into a scratch image, grep it as the test.
-const PIPELINE: &str = "build:
-  steps:
-    - name: compile
-      run: mkdir -p out && cp src/greeting.txt out/greeting.txt
-image:
-  name: baton/shop
-  base: scratch
-  add:
-    - {from: out/greeting.txt, to: /srv/greeting.txt}
-  entrypoint: [/srv/shop]
-test:
-  steps:
-    - name: unit
-      run: grep -q hello src/greeting.txt
-manifests: deploy
-";
-
-fn write(path: &Path, text: &str) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
 impl World {
     /// NATS, git repos (a config repo with `environments`, the app), and — with `pipeline` — a
     /// registry and a Kubernetes control plane with two simulated nodes.
@@ -383,7 +359,7 @@ impl World {
         git(root, &["init", "-q", "--bare", "-b", "main", "shop.git"])?;
         git(root, &["clone", "-q", "shop.git", "shop"])?;
         let shop = root.join("shop");
-        write(&shop.join(".baton.yaml"), PIPELINE)?;
+        write(&shop.join(".baton.yaml"), SAMPLE_PIPELINE)?;
         write(&shop.join("src/greeting.txt"), "hello 0\n")?;
         write(&shop.join("deploy/deployment.yaml"), DEPLOYMENT)?;
         git(&shop, &["add", "-A"])?;

@@ -578,10 +578,6 @@ pub async fn assemble_and_push(job: &ImageJob<'_>) -> Result<PushedImage, ImageE
     let manifest = Bytes::from(manifest_json(&config_descriptor, &layers, base.as_ref()));
     let digest = sha256_digest(&manifest);
 
-    registry
-        .client
-        .store_auth_if_needed(target.resolve_registry(), &registry.auth)
-        .await;
     // Every blob the manifest names is asked about at once, and the missing ones are provided
     // at once. Only when none was missing can the tag already name this very manifest (a
     // registry refuses a manifest whose blobs it lacks), so only then is the tag asked; a new

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use async_nats::jetstream::{self, kv};
 use baton_kit::lease::{Lease, Locks};
-use baton_kit::source::Sources;
+use baton_kit::source::{SourceError, Sources};
 use baton_kit::{Handler, HandlerError, Incoming, Outgoing};
 use baton_schemas::extensions::{DeploymentFailedContent, DeploymentStartedContent};
 use baton_schemas::release::{DeploymentData, PodReport, PromotionAction, PromotionData};
@@ -74,6 +74,17 @@ impl From<ClusterError> for Failure {
         match e {
             ClusterError::Refused(m) => Self::Release(m),
             ClusterError::Unavailable(m) => Self::Transient(m),
+        }
+    }
+}
+
+/// A config repo that cannot be reached is retried; a commit it lacks fails the release.
+impl From<SourceError> for Failure {
+    fn from(e: SourceError) -> Self {
+        if e.is_transient() {
+            Self::Transient(e.to_string())
+        } else {
+            Self::Release(e.to_string())
         }
     }
 }
@@ -262,15 +273,7 @@ impl Deployer {
         let sources = self.sources.clone();
         let (url, ours) = (promotion.config_repository.clone(), promotion.config_commit.clone());
         let order = tokio::task::spawn_blocking(move || -> Result<Option<bool>, Failure> {
-            let fetch = |commit: &str| {
-                sources.mirror_with(&url, commit).map_err(|e| {
-                    if e.is_transient() {
-                        Failure::Transient(e.to_string())
-                    } else {
-                        Failure::Release(e.to_string())
-                    }
-                })
-            };
+            let fetch = |commit: &str| sources.mirror_with(&url, commit).map_err(Failure::from);
             fetch(&ours)?;
             let mirror = fetch(&theirs)?;
             let oid = |c: &str| git2::Oid::from_str(c).map_err(|e| Failure::Release(e.message().to_owned()));
@@ -311,13 +314,7 @@ impl Deployer {
             promotion.manifests_path.clone(),
         );
         let files = tokio::task::spawn_blocking(move || -> Result<Vec<(String, Vec<u8>)>, Failure> {
-            let mirror = sources.mirror_with(&url, &commit).map_err(|e| {
-                if e.is_transient() {
-                    Failure::Transient(e.to_string())
-                } else {
-                    Failure::Release(e.to_string())
-                }
-            })?;
+            let mirror = sources.mirror_with(&url, &commit)?;
             let oid = git2::Oid::from_str(&commit).map_err(|e| Failure::Release(e.message().to_owned()))?;
             let tree = mirror
                 .find_commit(oid)
