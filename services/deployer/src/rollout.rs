@@ -183,42 +183,11 @@ async fn status(
             // release being rolled back) are on their way out.
             // Until the controller has seen the applied spec, its newest ReplicaSet is the previous
             // one: judge no pods yet.
-            let seen = d.status.as_ref().and_then(|st| st.observed_generation).unwrap_or(0)
-                >= d.metadata.generation.unwrap_or(0);
             let selector = match d.spec.as_ref().map(|s| s.selector.clone()) {
-                Some(selector) if seen => newest_replica_set_pods(client, namespace, &d, selector).await?,
+                Some(selector) if seen(&d) => newest_replica_set_pods(client, namespace, &d, selector).await?,
                 _ => None,
             };
-            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            let generation = d.metadata.generation.unwrap_or(0);
-            let Some(st) = d.status else {
-                return Ok((Progress::Waiting("no status yet".into()), selector));
-            };
-            if let Some(c) = st.conditions.iter().flatten().find(|c| {
-                c.type_ == "Progressing"
-                    && c.status == "False"
-                    && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-            }) {
-                return Ok((
-                    Progress::Failed(format!(
-                        "ProgressDeadlineExceeded: {}",
-                        c.message.clone().unwrap_or_default()
-                    )),
-                    selector,
-                ));
-            }
-            let observed = st.observed_generation.unwrap_or(0) >= generation;
-            let updated = st.updated_replicas.unwrap_or(0);
-            let available = st.available_replicas.unwrap_or(0);
-            let total = st.replicas.unwrap_or(0);
-            let progress = if observed && updated == want && available == want && total == want {
-                Progress::Done
-            } else {
-                Progress::Waiting(format!(
-                    "{updated} of {want} updated, {available} available, {total} total"
-                ))
-            };
-            Ok((progress, selector))
+            Ok((deployment_progress(&d), selector))
         }
         "StatefulSet" => {
             let s = Api::<StatefulSet>::namespaced(client.clone(), namespace)
@@ -282,6 +251,41 @@ async fn status(
 
 /// The Deployment's selector narrowed to its newest ReplicaSet's pods (`pod-template-hash`), or
 /// `None` while that ReplicaSet does not exist yet.
+/// Whether the Deployment controller has observed the Deployment's current spec.
+fn seen(d: &Deployment) -> bool {
+    d.status.as_ref().and_then(|st| st.observed_generation).unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+}
+
+/// Where a Deployment stands.
+fn deployment_progress(d: &Deployment) -> Progress {
+    let seen = seen(d);
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let Some(st) = &d.status else {
+        return Progress::Waiting("no status yet".into());
+    };
+    // A deadline the controller reported before it saw this spec belongs to the previous
+    // rollout (a release that failed, being replaced by this one): it judges nothing here.
+    if let Some(c) = st.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing" && c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    }) && seen
+    {
+        return Progress::Failed(format!(
+            "ProgressDeadlineExceeded: {}",
+            c.message.clone().unwrap_or_default()
+        ));
+    }
+    let updated = st.updated_replicas.unwrap_or(0);
+    let available = st.available_replicas.unwrap_or(0);
+    let total = st.replicas.unwrap_or(0);
+    if seen && updated == want && available == want && total == want {
+        Progress::Done
+    } else {
+        Progress::Waiting(format!(
+            "{updated} of {want} updated, {available} available, {total} total"
+        ))
+    }
+}
+
 async fn newest_replica_set_pods(
     client: &Client,
     namespace: &str,
@@ -380,5 +384,47 @@ pub fn report(pod: &Pod) -> PodReport {
         reason,
         message,
         restarts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Deployment whose last rollout ran out of time, as the controller reports it.
+    fn timed_out(generation: i64, observed: i64) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop", "generation": generation},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "shop"}}, "template": {}},
+            "status": {
+                "observedGeneration": observed,
+                "replicas": 1, "updatedReplicas": 1, "availableReplicas": 0,
+                "conditions": [{
+                    "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                    "message": "ReplicaSet \"shop-7487d48b67\" has timed out progressing."
+                }]
+            }
+        }))
+        .expect("a Deployment")
+    }
+
+    #[test]
+    fn a_deadline_exceeded_by_the_observed_spec_fails_the_rollout() {
+        let d = timed_out(2, 2);
+        match deployment_progress(&d) {
+            Progress::Failed(reason) => assert!(reason.contains("shop-7487d48b67"), "{reason}"),
+            _ => panic!("a deadline exceeded by this spec fails it"),
+        }
+    }
+
+    #[test]
+    fn a_deadline_left_by_the_previous_spec_does_not_fail_the_next_rollout() {
+        // The spec was just replaced (generation 3); the controller still reports on generation 2.
+        let d = timed_out(3, 2);
+        match deployment_progress(&d) {
+            Progress::Waiting(_) => {}
+            Progress::Failed(reason) => panic!("judged by the previous rollout: {reason}"),
+            Progress::Done => panic!("not done before the controller saw the spec"),
+        }
     }
 }
