@@ -1,7 +1,9 @@
 //! The config repo: the desired state of every environment, as commits. The promoter keeps a
 //! working clone in its cache, and every change is: fetch, reset to the remote branch, write,
 //! commit, push fast-forward only; a rejected push (someone else pushed first) starts over from
-//! the new head. Each commit names its promotion in a `Baton-Promotion: <id>` trailer, so a
+//! the new head. The fetch is skipped when the clone was made equal to the remote a moment
+//! before (the policy read that precedes every promotion) and nothing changed it since: a push
+//! from a head the remote has left is rejected all the same. Each commit names its promotion in a `Baton-Promotion: <id>` trailer, so a
 //! promotion retried after a crash finds its own commit instead of committing twice.
 //!
 //! Layout: `environments.yaml` at the root, and `<environment>/<app>/` holding the app's
@@ -101,7 +103,9 @@ pub struct ConfigRepo {
     author_name: String,
     author_email: String,
     sources: Sources,
-    guard: Mutex<()>,
+    /// Held for every use of the working clone. It holds the remote head the clone was last
+    /// made exactly equal to (by a fetch or by a push of ours), if nothing has changed it since.
+    guard: Mutex<Option<git2::Oid>>,
 }
 
 impl ConfigRepo {
@@ -120,7 +124,7 @@ impl ConfigRepo {
             author_name: author.0,
             author_email: author.1,
             sources,
-            guard: Mutex::new(()),
+            guard: Mutex::new(None),
         }
     }
 
@@ -134,9 +138,9 @@ impl ConfigRepo {
     /// # Errors
     /// [`RepoError`].
     pub fn read_at_head(&self, path: &str) -> Result<(String, Option<Vec<u8>>), RepoError> {
-        let _guard = self.lock();
+        let mut guard = self.lock();
         let repo = self.open()?;
-        let head = self.sync(&repo)?;
+        let head = self.sync(&repo, &mut guard)?;
         let commit = repo.find_commit(head).map_err(|e| local(&e))?;
         let bytes = blob_at(&repo, &commit, path)?;
         Ok((head.to_string(), bytes))
@@ -148,9 +152,9 @@ impl ConfigRepo {
     /// # Errors
     /// [`RepoError`]; an unparsable release file is [`RepoError::Invalid`].
     pub fn release_files_at_head(&self) -> Result<(String, Vec<(String, ReleaseFile)>), RepoError> {
-        let _guard = self.lock();
+        let mut guard = self.lock();
         let repo = self.open()?;
-        let head = self.sync(&repo)?;
+        let head = self.sync(&repo, &mut guard)?;
         let tree = repo.find_commit(head).and_then(|c| c.tree()).map_err(|e| local(&e))?;
         let mut found = Vec::new();
         let mut failure = None;
@@ -183,9 +187,9 @@ impl ConfigRepo {
     /// # Errors
     /// [`RepoError`].
     pub fn history(&self, dir: &str, limit: usize) -> Result<Vec<(String, ReleaseFile)>, RepoError> {
-        let _guard = self.lock();
+        let mut guard = self.lock();
         let repo = self.open()?;
-        let head = self.sync(&repo)?;
+        let head = self.sync(&repo, &mut guard)?;
         let path = format!("{dir}/{RELEASE_FILE}");
         let mut walk = repo.revwalk().map_err(|e| local(&e))?;
         walk.push(head).map_err(|e| local(&e))?;
@@ -212,11 +216,11 @@ impl ConfigRepo {
     /// # Errors
     /// [`RepoError`].
     pub fn files_at(&self, commit: &str, dir: &str) -> Result<Vec<(String, Vec<u8>)>, RepoError> {
-        let _guard = self.lock();
+        let mut guard = self.lock();
         let repo = self.open()?;
         let oid = git2::Oid::from_str(commit).map_err(|e| local(&e))?;
         if repo.find_commit(oid).is_err() {
-            self.sync(&repo)?;
+            self.sync(&repo, &mut guard)?;
         }
         let commit = repo
             .find_commit(oid)
@@ -252,19 +256,27 @@ impl ConfigRepo {
     /// # Errors
     /// [`RepoError`].
     pub fn commit(&self, change: &Change) -> Result<Committed, RepoError> {
-        let _guard = self.lock();
+        let mut guard = self.lock();
         let repo = self.open()?;
         for attempt in 1..=PUSH_ATTEMPTS {
-            let head = self.sync(&repo)?;
+            // A clone synced a moment ago (the policy read before a promotion) is not fetched
+            // again: the push only moves the branch from the head this commit was made on, so a
+            // clone that has fallen behind is rejected and the next attempt fetches.
+            let head = match *guard {
+                Some(head) if attempt == 1 => head,
+                _ => self.sync(&repo, &mut guard)?,
+            };
             if let Some(existing) = find_promotion(&repo, head, &change.promotion)? {
                 return Ok(Committed {
                     commit: existing,
                     existed: true,
                 });
             }
+            *guard = None;
             let commit = self.write_and_commit(&repo, head, change)?;
             match self.push(&repo, head, commit) {
                 Ok(()) => {
+                    *guard = Some(commit);
                     return Ok(Committed {
                         commit: commit.to_string(),
                         existed: false,
@@ -279,7 +291,7 @@ impl ConfigRepo {
         Err(RepoError::Contended { url: self.url.clone() })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<git2::Oid>> {
         self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -294,7 +306,8 @@ impl ConfigRepo {
     }
 
     /// Fetches the branch and makes the working tree exactly the remote head.
-    fn sync(&self, repo: &git2::Repository) -> Result<git2::Oid, RepoError> {
+    fn sync(&self, repo: &git2::Repository, synced: &mut Option<git2::Oid>) -> Result<git2::Oid, RepoError> {
+        *synced = None;
         let mut remote = repo.find_remote("origin").map_err(|e| local(&e))?;
         let mut options = git2::FetchOptions::new();
         options.remote_callbacks(self.sources.remote_callbacks(&self.url));
@@ -322,6 +335,7 @@ impl ConfigRepo {
         checkout.force().remove_untracked(true);
         repo.reset(&object, git2::ResetType::Hard, Some(&mut checkout))
             .map_err(|e| local(&e))?;
+        *synced = Some(head);
         Ok(head)
     }
 
@@ -609,7 +623,7 @@ mod tests {
         let bare = bare_with_first_commit(dir.path());
         let a = repo(dir.path(), &bare, "a");
         let clone = a.open().unwrap();
-        let head = a.sync(&clone).unwrap();
+        let head = a.sync(&clone, &mut None).unwrap();
         let stale = a
             .write_and_commit(&clone, head, &change("stale", "staging/shop", "x"))
             .unwrap();
@@ -626,5 +640,26 @@ mod tests {
         let mine = a.commit(&change("mine", "staging/shop", "x")).unwrap();
         assert_eq!(git(&bare, &["rev-parse", "main^"]), theirs.commit);
         assert_eq!(git(&bare, &["rev-parse", "main"]), mine.commit);
+    }
+
+    #[test]
+    fn a_clone_that_fell_behind_since_its_last_read_commits_on_the_new_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = bare_with_first_commit(dir.path());
+        let a = repo(dir.path(), &bare, "a");
+        // The read syncs a's clone; the commit that follows starts from it without fetching.
+        let (read, _) = a.read_at_head("staging/shop/app.yaml").unwrap();
+        let other = repo(dir.path(), &bare, "other");
+        let theirs = other.commit(&change("theirs", "staging/other", "y")).unwrap();
+        assert_ne!(read, theirs.commit);
+        let mine = a.commit(&change("mine", "staging/shop", "x")).unwrap();
+        assert_eq!(git(&bare, &["rev-parse", "main^"]), theirs.commit, "not a lost update");
+        assert_eq!(git(&bare, &["rev-parse", "main"]), mine.commit);
+        // A retry of their promotion through a finds their commit instead of making another.
+        let again = a.commit(&change("theirs", "staging/other", "y")).unwrap();
+        assert_eq!((again.commit, again.existed), (theirs.commit, true));
+        let next = a.commit(&change("next", "staging/shop", "z")).unwrap();
+        assert_eq!(git(&bare, &["rev-parse", "main^"]), mine.commit);
+        assert_eq!(git(&bare, &["rev-parse", "main"]), next.commit);
     }
 }

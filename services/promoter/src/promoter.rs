@@ -223,12 +223,13 @@ impl Promoter {
     /// # Errors
     /// The first event JetStream did not accept.
     pub async fn publish(&self, events: &[Outgoing]) -> Result<(), PromoteError> {
+        let failed =
+            |e: baton_kit::events::PublishError| PromoteError::Transient(format!("cannot record the event: {e}"));
+        let mut sent = baton_kit::events::InFlight::default();
         for event in events {
-            baton_kit::events::publish(&self.jetstream, event)
-                .await
-                .map_err(|e| PromoteError::Transient(format!("cannot record the event: {e}")))?;
+            sent.send(&self.jetstream, event).await.map_err(failed)?;
         }
-        Ok(())
+        sent.confirmed().await.map_err(failed)
     }
 
     /// The policy in force: the config repo's `environments.yaml` at its head when valid, else
@@ -339,10 +340,21 @@ impl Promoter {
                 "the test run names no image: the commit's pipeline has no `image` section, so there is nothing to release".into(),
             ));
         };
+        // The app repo's commit is fetched while the policy is read from the config repo; the
+        // changelog below then finds it in the mirror. A failed fetch is reported there.
+        let prefetch = {
+            let sources = self.sources.clone();
+            let (repository, commit) = (test.repository.clone(), test.commit.clone());
+            self.blocking(move || {
+                let _ = sources.mirror_with(&repository, &commit);
+                Ok(())
+            })
+        };
+        let (policy, _) = tokio::join!(self.policy(), prefetch);
         let Outcome {
             value: policy,
             mut events,
-        } = self.policy().await?;
+        } = policy?;
         let first = policy.file.environments[0].clone();
         let release = match self.state.release(chain).await? {
             Some(existing) => existing,
