@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_nats::jetstream;
+use baton_kit::events::{self as kit_events, InFlight};
 use baton_kit::steps::{StepRequest, StepRunner};
-use baton_kit::{Handler, HandlerError, Incoming, Outgoing, events as kit_events};
+use baton_kit::{Handler, HandlerError, Incoming, Outgoing};
 use baton_schemas::payloads::{BuildData, ImageInfo, Outcome, PushData};
 use baton_schemas::pipeline::{PIPELINE_FILE, Pipeline};
 
@@ -62,20 +63,16 @@ impl Builder {
         }
     }
 
-    async fn announce(&self, event: Outgoing) -> Result<(), HandlerError> {
-        kit_events::publish(&self.jetstream, &event)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                if e.is_transient() {
-                    HandlerError::Transient(e.to_string())
-                } else {
-                    HandlerError::Permanent(e.to_string())
-                }
-            })
+    async fn announce(&self, announced: &mut InFlight, event: Outgoing) -> Result<(), HandlerError> {
+        announced.send(&self.jetstream, &event).await.map_err(announce_error)
     }
 
-    async fn attempt(&self, incoming: &Incoming, data: &mut BuildData) -> Result<Attempt, HandlerError> {
+    async fn attempt(
+        &self,
+        incoming: &Incoming,
+        data: &mut BuildData,
+        announced: &mut InFlight,
+    ) -> Result<Attempt, HandlerError> {
         let workspace = tempfile::Builder::new()
             .prefix("build-")
             .tempdir_in(ensure_dir(self.sources.workspaces())?)
@@ -106,7 +103,7 @@ impl Builder {
                 )));
             }
         };
-        self.announce(events::started(incoming, data)).await?;
+        self.announce(announced, events::started(incoming, data)).await?;
         let no_extra_env = BTreeMap::new();
         for step in &pipeline.build.steps {
             let outcome = self
@@ -150,6 +147,14 @@ impl Builder {
     }
 }
 
+fn announce_error(e: kit_events::PublishError) -> HandlerError {
+    if e.is_transient() {
+        HandlerError::Transient(e.to_string())
+    } else {
+        HandlerError::Permanent(e.to_string())
+    }
+}
+
 fn ensure_dir(dir: PathBuf) -> Result<PathBuf, HandlerError> {
     std::fs::create_dir_all(&dir)
         .map_err(|e| HandlerError::Transient(format!("cannot create {}: {e}", dir.display())))?;
@@ -163,8 +168,10 @@ impl Handler for Builder {
             .custom_data_as()
             .map_err(|e| HandlerError::Permanent(format!("change.merged without push data in customData: {e}")))?;
         let mut data = Self::data(&incoming, &push);
-        self.announce(events::queued(&incoming, &data)).await?;
-        let attempt = self.attempt(&incoming, &mut data).await?;
+        let mut announced = InFlight::default();
+        self.announce(&mut announced, events::queued(&incoming, &data)).await?;
+        let attempt = self.attempt(&incoming, &mut data, &mut announced).await?;
+        announced.confirmed().await.map_err(announce_error)?;
         let mut outputs = Vec::new();
         match attempt {
             Attempt::Built { image } => {

@@ -59,6 +59,37 @@ impl PublishError {
     }
 }
 
+/// Events sent whose acks are awaited together: the progress events a handler announces while
+/// it works (`build.started`, say) are each sent at once and confirmed before the handler
+/// returns its outputs, so the work does not wait a round trip per announcement and the outputs
+/// are still stored after them.
+#[derive(Debug, Default)]
+#[must_use = "events in flight are only stored once confirmed"]
+pub struct InFlight(Vec<fabric::Sent>);
+
+impl InFlight {
+    /// Validates and sends `outgoing` (see [`send`]).
+    ///
+    /// # Errors
+    /// As [`send`].
+    pub async fn send(&mut self, js: &jetstream::Context, outgoing: &Outgoing) -> Result<(), PublishError> {
+        let (_, sent) = send(js, outgoing).await?;
+        self.0.push(sent);
+        Ok(())
+    }
+
+    /// Waits for JetStream to acknowledge every event sent.
+    ///
+    /// # Errors
+    /// [`PublishError::Fabric`] for the first one it did not acknowledge.
+    pub async fn confirmed(self) -> Result<(), PublishError> {
+        for sent in self.0 {
+            sent.acked().await?;
+        }
+        Ok(())
+    }
+}
+
 /// The CloudEvent that carries a CDEvent: same id, source, type and time; the subject id as
 /// CloudEvent `subject`; the CDEvent JSON as `data`.
 pub fn to_cloudevent(event: &CdEvent) -> Event {
@@ -81,6 +112,17 @@ pub fn to_cloudevent(event: &CdEvent) -> Event {
 /// [`PublishError::Invalid`] for an event that breaks its schema (a bug: do not retry),
 /// [`PublishError::Fabric`] when JetStream did not acknowledge (retry: the id makes it safe).
 pub async fn publish(js: &jetstream::Context, outgoing: &Outgoing) -> Result<(EventType, Published), PublishError> {
+    let (ty, sent) = send(js, outgoing).await?;
+    Ok((ty, sent.acked().await?))
+}
+
+/// [`publish`] without waiting for the ack: the event is validated and sent, and the caller
+/// awaits [`fabric::Sent::acked`] before it relies on the event being stored (before acking the
+/// event that caused it, say). Events sent in turn are stored in that order.
+///
+/// # Errors
+/// As [`publish`]; [`PublishError::Fabric`] here means the event could not be sent.
+pub async fn send(js: &jetstream::Context, outgoing: &Outgoing) -> Result<(EventType, fabric::Sent), PublishError> {
     let event = &outgoing.event;
     let ty: EventType = event
         .context
@@ -109,7 +151,7 @@ pub async fn publish(js: &jetstream::Context, outgoing: &Outgoing) -> Result<(Ev
         codec::insert_extension(&mut headers, name, value);
     }
     let subject = subjects::event_subject(&outgoing.app, ty);
-    let published = fabric::publish_raw(
+    let sent = fabric::send_raw(
         js,
         &subject,
         headers,
@@ -117,5 +159,5 @@ pub async fn publish(js: &jetstream::Context, outgoing: &Outgoing) -> Result<(Ev
         &codec::percent_encode(&event.context.id),
     )
     .await?;
-    Ok((ty, published))
+    Ok((ty, sent))
 }

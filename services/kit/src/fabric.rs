@@ -355,10 +355,47 @@ pub async fn publish_raw(
     payload: Bytes,
     message_id: &str,
 ) -> Result<Published, FabricError> {
-    let err = |e: async_nats::Error| FabricError::Publish {
-        subject: subject.to_owned(),
-        source: e,
-    };
+    send_raw(js, subject, headers, payload, message_id).await?.acked().await
+}
+
+/// A publish sent to JetStream whose ack has not been awaited yet. Publishes sent one after
+/// another on a connection are stored in that order, so several can be in flight at once.
+#[derive(Debug)]
+#[must_use = "a publish is only safe once its ack has been awaited"]
+pub struct Sent {
+    subject: String,
+    ack: jetstream::context::PublishAckFuture,
+}
+
+impl Sent {
+    /// Waits for JetStream to acknowledge the publish.
+    ///
+    /// # Errors
+    /// When JetStream does not acknowledge (the caller retries; the id makes the retry safe).
+    pub async fn acked(self) -> Result<Published, FabricError> {
+        let subject = self.subject;
+        let ack = self.ack.await.map_err(|e| FabricError::Publish {
+            subject,
+            source: e.into(),
+        })?;
+        Ok(Published {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+}
+
+/// Sends raw headers and payload with a message id, without waiting for the ack.
+///
+/// # Errors
+/// When the message could not be sent.
+pub async fn send_raw(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: HeaderMap,
+    payload: Bytes,
+    message_id: &str,
+) -> Result<Sent, FabricError> {
     let message = jetstream::message::PublishMessage::build()
         .headers(headers)
         .payload(payload)
@@ -366,10 +403,12 @@ pub async fn publish_raw(
     let ack = js
         .send_publish(subject.to_owned(), message)
         .await
-        .map_err(|e| err(e.into()))?;
-    let ack = ack.await.map_err(|e| err(e.into()))?;
-    Ok(Published {
-        sequence: ack.sequence,
-        duplicate: ack.duplicate,
+        .map_err(|e| FabricError::Publish {
+            subject: subject.to_owned(),
+            source: e.into(),
+        })?;
+    Ok(Sent {
+        subject: subject.to_owned(),
+        ack,
     })
 }

@@ -582,9 +582,15 @@ async fn handle_one<H: Handler>(
     }
 }
 
+/// Sends every output, then awaits their acks: the outputs are stored in order without a round
+/// trip between each, and all of them are stored before the input is acked.
 async fn publish_all<H>(inner: &Inner<H>, outputs: &[Outgoing]) -> Result<(), events::PublishError> {
+    let mut sent = Vec::with_capacity(outputs.len());
     for out in outputs {
-        let (ty, published) = events::publish(&inner.topology.jetstream, out).await?;
+        sent.push((out, events::send(&inner.topology.jetstream, out).await?));
+    }
+    for (out, (ty, pending)) in sent {
+        let published = pending.acked().await?;
         if published.duplicate {
             tracing::debug!(event.id = %out.event.context.id, "output already on the stream (deduplicated)");
         }

@@ -322,10 +322,16 @@ impl Handler for Tester {
             HandlerError::Permanent(format!("artifact.published without build data in customData: {e}"))
         })?;
         let mut data = Self::data(&incoming, &build);
-        kit_events::publish(&self.jetstream, &Self::started(&incoming, &data))
+        let mut announced = kit_events::InFlight::default();
+        announced
+            .send(&self.jetstream, &Self::started(&incoming, &data))
             .await
             .map_err(|e| HandlerError::Transient(e.to_string()))?;
         let verdict = self.run(&incoming, &mut data).await?;
+        announced
+            .confirmed()
+            .await
+            .map_err(|e| HandlerError::Transient(e.to_string()))?;
         data.outcome = Some(verdict.outcome);
         data.reason = verdict.reason;
         tracing::info!(app = %data.app, commit = %data.commit, outcome = ?data.outcome, reason = ?data.reason, "tests finished");
