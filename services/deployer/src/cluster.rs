@@ -157,6 +157,7 @@ impl Cluster {
     ///
     /// # Errors
     /// [`ClusterError`]; a namespace the deployer may not create is refused with the hint.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn ensure_namespace(&self, namespace: &str, environment: &str) -> Result<(), ClusterError> {
         let api: Api<Namespace> = Api::all(self.client.clone());
         match api.get_opt(namespace).await {
@@ -190,11 +191,12 @@ impl Cluster {
         }
     }
 
-    /// Server-side applies every manifest into `namespace`: first all as a dry run, then for
-    /// real. Returns the objects applied.
+    /// Server-side applies every manifest into `namespace`: first all as a dry run (unless there is
+    /// only one), then for real. Returns the objects applied.
     ///
     /// # Errors
     /// [`ClusterError`]; a rejected object is named with the apiserver's message.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn apply(
         &self,
         namespace: &str,
@@ -204,7 +206,9 @@ impl Cluster {
         if self.force {
             params = params.force();
         }
-        for dry_run in [true, false] {
+        // The dry run makes a release all or nothing; a release of one object is that already.
+        let passes: &[bool] = if manifests.len() > 1 { &[true, false] } else { &[false] };
+        for &dry_run in passes {
             let params = if dry_run {
                 params.clone().dry_run()
             } else {
@@ -244,6 +248,7 @@ impl Cluster {
     /// # Errors
     /// [`ClusterError`] when listing or deleting fails (a kind the deployer may not list is
     /// skipped).
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn prune(
         &self,
         namespace: &str,

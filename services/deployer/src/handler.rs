@@ -116,6 +116,38 @@ impl Handler for Deployer {
 
 impl Deployer {
     async fn deploy(&self, event: &Incoming, promotion: &PromotionData) -> Result<Vec<Outgoing>, Failure> {
+        // The namespace is made ready while the lease is decided: a rollout needs it, and
+        // making sure of it twice (for a promotion that turns out superseded) is harmless.
+        let namespace = async {
+            self.cluster
+                .ensure_namespace(&promotion.namespace, &promotion.environment)
+                .await
+                .map_err(Failure::from)
+        };
+        let (namespace, claimed) = tokio::join!(namespace, self.claim(event, promotion));
+        let (key, lease) = match claimed? {
+            Claim::Ours { key, lease } => (key, lease),
+            Claim::Superseded(events) => return Ok(events),
+        };
+        if let Err(e) = namespace {
+            self.locks.release(lease).await;
+            return Err(e);
+        }
+        let mut guard = Guard {
+            deployer: self,
+            key,
+            promotion: promotion.promotion.clone(),
+            lease,
+            renewed: Instant::now(),
+        };
+        let result = self.roll_out(event, promotion, &mut guard).await;
+        self.locks.release(guard.lease).await;
+        result
+    }
+
+    /// Records this promotion as the environment's latest unless a later one is known, and
+    /// takes the rollout lease of the app in its namespace.
+    async fn claim(&self, event: &Incoming, promotion: &PromotionData) -> Result<Claim, Failure> {
         let kv_error =
             |e: &dyn std::fmt::Display| Failure::Transient(format!("the deployer's state store failed: {e}"));
         let key = latest_key(&promotion.app, &promotion.environment);
@@ -129,7 +161,11 @@ impl Deployer {
             match current {
                 Some(latest) if latest.promotion == promotion.promotion => break,
                 Some(latest) if self.is_later(&latest, event.stream_sequence, promotion).await? => {
-                    return Ok(vec![self.superseded(event, promotion, &latest.promotion)]);
+                    return Ok(Claim::Superseded(vec![self.superseded(
+                        event,
+                        promotion,
+                        &latest.promotion,
+                    )]));
                 }
                 _ => {}
             }
@@ -157,18 +193,9 @@ impl Deployer {
         // handler, maybe already: applying ours now would put the older release back.
         if let Some(newer) = self.latest(promotion).await.filter(|l| *l != promotion.promotion) {
             self.locks.release(lease).await;
-            return Ok(vec![self.superseded(event, promotion, &newer)]);
+            return Ok(Claim::Superseded(vec![self.superseded(event, promotion, &newer)]));
         }
-        let mut guard = Guard {
-            deployer: self,
-            key,
-            promotion: promotion.promotion.clone(),
-            lease,
-            renewed: Instant::now(),
-        };
-        let result = self.roll_out(event, promotion, &mut guard).await;
-        self.locks.release(guard.lease).await;
-        result
+        Ok(Claim::Ours { key, lease })
     }
 
     async fn roll_out(
@@ -189,20 +216,14 @@ impl Deployer {
             .expect("serializes"),
             self.data(promotion, None, Vec::new(), Vec::new(), Vec::new()),
         );
-        // The announcement, the release's files and the namespace do not wait for each other;
-        // a fault in the release's files is still what gets reported, with nothing of it applied.
+        // The announcement and the release's files do not wait for each other; a fault in the
+        // release's files is still what gets reported, with nothing of it applied.
         let announce = async {
             baton_kit::events::publish(&self.jetstream, &started)
                 .await
                 .map_err(|e| Failure::Transient(format!("cannot announce the rollout: {e}")))
         };
-        let namespace = async {
-            self.cluster
-                .ensure_namespace(&promotion.namespace, &promotion.environment)
-                .await
-                .map_err(Failure::from)
-        };
-        let (announced, manifests, namespace) = tokio::join!(announce, self.manifests(promotion), namespace);
+        let (announced, manifests) = tokio::join!(announce, self.manifests(promotion));
         announced?;
         let manifests = manifests?;
         let mut resolved = Vec::with_capacity(manifests.len());
@@ -233,26 +254,31 @@ impl Deployer {
             manifests::stamp(&mut manifest, Some(&promotion.namespace), &labels, &annotations);
             resolved.push((manifest, resource, namespaced));
         }
-        namespace?;
         let applied = self.cluster.apply(&promotion.namespace, &resolved).await?;
+        tracing::info!(app = %promotion.app, environment = %promotion.environment, applied = applied.len(), "applied");
         let selector = format!("{APP_LABEL}={token},{ENVIRONMENT_LABEL}={}", promotion.environment);
-        let pruned = self.cluster.prune(&promotion.namespace, &selector, &resolved).await?;
-        tracing::info!(app = %promotion.app, environment = %promotion.environment, applied = applied.len(), pruned = pruned.len(), "applied");
         let workloads: Vec<(String, String)> = resolved
             .iter()
             .filter(|(m, _, _)| WORKLOADS.contains(&m.kind.as_str()))
             .map(|(m, _, _)| (m.kind.clone(), m.name.clone()))
             .collect();
+        // What the release no longer has is deleted while its pods come up, as `kubectl apply
+        // --prune` followed by `kubectl rollout status` would, without waiting for one another.
+        // A failed prune is retried with the whole promotion, as before the watch.
         let waiting = Instant::now();
-        let verdict = rollout::watch(
-            self.cluster.client(),
-            &promotion.namespace,
-            &workloads,
-            self.limits,
-            guard,
-        )
-        .await?;
+        let (pruned, verdict) = tokio::join!(
+            self.cluster.prune(&promotion.namespace, &selector, &resolved),
+            rollout::watch(
+                self.cluster.client(),
+                &promotion.namespace,
+                &workloads,
+                self.limits,
+                guard,
+            )
+        );
         let waited = u64::try_from(waiting.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (pruned, verdict) = (pruned?, verdict?);
+        tracing::info!(app = %promotion.app, environment = %promotion.environment, pruned = pruned.len(), "pruned");
         Ok(match verdict {
             Verdict::Healthy => vec![self.healthy(event, promotion, applied, pruned, waited).await?],
             Verdict::Failed { reason, pods } => vec![self.failed(event, promotion, &reason, pods, applied)],
@@ -306,6 +332,7 @@ impl Deployer {
     }
 
     /// The folder's files at the promotion's commit, parsed.
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn manifests(&self, promotion: &PromotionData) -> Result<Vec<Manifest>, Failure> {
         let sources = self.sources.clone();
         let (url, commit, folder) = (
@@ -506,6 +533,14 @@ fn sanitize_label(value: &str) -> String {
         .take(63)
         .collect();
     cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
+}
+
+/// What [`Deployer::claim`] decided.
+enum Claim {
+    /// This promotion rolls out: the key it is recorded under, and the lease.
+    Ours { key: String, lease: Lease },
+    /// A later promotion is known: what to announce instead.
+    Superseded(Vec<Outgoing>),
 }
 
 /// During a rollout: renews the lease, and stops the watch when a later promotion arrived.

@@ -71,6 +71,7 @@ impl Locks {
     ///
     /// # Errors
     /// [`LockError::Busy`] after `wait`; [`LockError::Store`] when KV fails.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn acquire(&self, key: &str, purpose: &str) -> Result<Lease, LockError> {
         let deadline = tokio::time::Instant::now() + self.wait;
         let mut pause = Duration::from_millis(10);
@@ -152,6 +153,7 @@ impl Locks {
     }
 
     /// Releases `lease` (only if it is still ours: a lease taken over after expiry is not).
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn release(&self, lease: Lease) {
         if let Err(e) = self.kv.delete_expect_revision(&lease.key, Some(lease.revision)).await {
             tracing::debug!(key = %lease.key, error = %e, "lease was no longer ours to release");

@@ -550,7 +550,11 @@ async fn handle_one<H: Handler>(
             }
             // The ack is confirmed by the server. Only when that confirmation is lost can the
             // event come back, so only then is its id remembered, for the redelivery to skip.
-            if let Err(e) = message.double_ack().await {
+            if let Err(e) = message
+                .double_ack()
+                .instrument(tracing::debug_span!("double_ack"))
+                .await
+            {
                 tracing::warn!(error = %e, "ack not confirmed; remembering the event as handled");
                 if let Err(e) = inner.topology.handled.put(&key, bytes::Bytes::from_static(b"1")).await {
                     // Outputs are deduplicated by id, so a second run is still harmless.
@@ -584,6 +588,7 @@ async fn handle_one<H: Handler>(
 
 /// Sends every output, then awaits their acks: the outputs are stored in order without a round
 /// trip between each, and all of them are stored before the input is acked.
+#[tracing::instrument(level = "debug", skip_all)]
 async fn publish_all<H>(inner: &Inner<H>, outputs: &[Outgoing]) -> Result<(), events::PublishError> {
     let mut sent = Vec::with_capacity(outputs.len());
     for out in outputs {

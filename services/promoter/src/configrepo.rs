@@ -137,6 +137,7 @@ impl ConfigRepo {
     ///
     /// # Errors
     /// [`RepoError`].
+    #[tracing::instrument(level = "debug", skip_all)]
     pub fn read_at_head(&self, path: &str) -> Result<(String, Option<Vec<u8>>), RepoError> {
         let mut guard = self.lock();
         let repo = self.open()?;
@@ -255,6 +256,7 @@ impl ConfigRepo {
     ///
     /// # Errors
     /// [`RepoError`].
+    #[tracing::instrument(level = "debug", skip_all)]
     pub fn commit(&self, change: &Change) -> Result<Committed, RepoError> {
         let mut guard = self.lock();
         let repo = self.open()?;
@@ -306,6 +308,7 @@ impl ConfigRepo {
     }
 
     /// Fetches the branch and makes the working tree exactly the remote head.
+    #[tracing::instrument(level = "debug", skip_all)]
     fn sync(&self, repo: &git2::Repository, synced: &mut Option<git2::Oid>) -> Result<git2::Oid, RepoError> {
         *synced = None;
         let mut remote = repo.find_remote("origin").map_err(|e| local(&e))?;
@@ -384,6 +387,7 @@ impl ConfigRepo {
     }
 
     /// Pushes `commit` (a child of `expected`) to the branch, fast-forward only.
+    #[tracing::instrument(level = "debug", skip_all)]
     fn push(&self, repo: &git2::Repository, expected: git2::Oid, commit: git2::Oid) -> Result<(), PushError> {
         if let Some(path) = local_path(&self.url) {
             return self.push_local(repo, &path, expected, commit);

@@ -237,6 +237,7 @@ impl Promoter {
     ///
     /// # Errors
     /// Transient when the repo is unreachable or no valid policy was ever seen.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn policy(&self) -> Result<Outcome<Policy>, PromoteError> {
         let repo = Arc::clone(&self.repo);
         let (commit, bytes) = self.blocking(move || Ok(repo.read_at_head(ENVIRONMENTS_FILE)?)).await?;
@@ -984,6 +985,7 @@ impl Promoter {
     }
 
     /// Reads the app's manifests at the release's commit and pins its images.
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn render(&self, release: &ReleaseData) -> Result<Vec<(String, Vec<u8>)>, PromoteError> {
         let sources = self.sources.clone();
         let release = release.clone();

@@ -193,6 +193,7 @@ impl State {
     ///
     /// # Errors
     /// [`StateError`] when KV fails or the value is not a `T`.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Versioned<T>>, StateError> {
         match self.kv.entry(key).await.map_err(|e| StateError(e.to_string()))? {
             Some(entry) if entry.operation == kv::Operation::Put => {
@@ -210,6 +211,7 @@ impl State {
     ///
     /// # Errors
     /// [`StateError`].
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<u64, StateError> {
         let bytes = serde_json::to_vec(value).expect("state records serialize");
         self.kv
@@ -223,6 +225,7 @@ impl State {
     ///
     /// # Errors
     /// [`StateError`] when KV fails.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn compare_and_set<T: Serialize>(
         &self,
         key: &str,
