@@ -972,23 +972,29 @@ impl LogSink {
             lines,
             ..
         } = self.lines;
-        let live_skipped = match live {
-            Some(live) => live.finish().await,
-            None => 0,
-        };
-        let log = match store {
-            None => Err(LogError::NotConfigured),
-            Some(store) => {
-                let stored = tokio::time::timeout(store_timeout, spool.store(store, bucket, object, lines)).await;
-                stored.unwrap_or_else(|_| {
-                    Err(LogError::Store {
-                        bucket: bucket.to_owned(),
-                        object: object.to_owned(),
-                        reason: format!("timed out after {}", humantime::format_duration(store_timeout)),
-                    })
-                })
+        // The live log drains while the stored log is written: neither waits for the other.
+        let drained = async {
+            match live {
+                Some(live) => live.finish().await,
+                None => 0,
             }
         };
+        let stored = async {
+            match store {
+                None => Err(LogError::NotConfigured),
+                Some(store) => {
+                    let stored = tokio::time::timeout(store_timeout, spool.store(store, bucket, object, lines)).await;
+                    stored.unwrap_or_else(|_| {
+                        Err(LogError::Store {
+                            bucket: bucket.to_owned(),
+                            object: object.to_owned(),
+                            reason: format!("timed out after {}", humantime::format_duration(store_timeout)),
+                        })
+                    })
+                }
+            }
+        };
+        let (live_skipped, log) = tokio::join!(drained, stored);
         (log, tail.into_lines(), live_skipped)
     }
 }

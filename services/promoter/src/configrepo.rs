@@ -1,8 +1,9 @@
 //! The config repo: the desired state of every environment, as commits. The promoter keeps a
 //! working clone in its cache, and every change is: fetch, reset to the remote branch, write,
 //! commit, push fast-forward only; a rejected push (someone else pushed first) starts over from
-//! the new head. The fetch is skipped when the clone was made equal to the remote a moment
-//! before (the policy read that precedes every promotion) and nothing changed it since: a push
+//! the new head. A clone known to equal a remote head (after a fetch or a push of ours) is
+//! fetched only when the branch has moved since (`git ls-remote` says), and a commit right after
+//! a read (the policy read that precedes every promotion) starts from it without asking: a push
 //! from a head the remote has left is rejected all the same. Each commit names its promotion in a `Baton-Promotion: <id>` trailer, so a
 //! promotion retried after a crash finds its own commit instead of committing twice.
 //!
@@ -310,6 +311,13 @@ impl ConfigRepo {
     /// Fetches the branch and makes the working tree exactly the remote head.
     #[tracing::instrument(level = "debug", skip_all)]
     fn sync(&self, repo: &git2::Repository, synced: &mut Option<git2::Oid>) -> Result<git2::Oid, RepoError> {
+        // A clone equal to a head the remote still has needs no fetch: asking the branch's head
+        // (`git ls-remote`) is one exchange, where a fetch negotiates and writes a pack.
+        if let Some(known) = *synced
+            && self.remote_head(repo)? == Some(known)
+        {
+            return Ok(known);
+        }
         *synced = None;
         let mut remote = repo.find_remote("origin").map_err(|e| local(&e))?;
         let mut options = git2::FetchOptions::new();
@@ -339,6 +347,30 @@ impl ConfigRepo {
         repo.reset(&object, git2::ResetType::Hard, Some(&mut checkout))
             .map_err(|e| local(&e))?;
         *synced = Some(head);
+        Ok(head)
+    }
+
+    /// The remote branch's head, without fetching.
+    fn remote_head(&self, repo: &git2::Repository) -> Result<Option<git2::Oid>, RepoError> {
+        let unreachable = |e: git2::Error| RepoError::Unreachable {
+            url: self.url.clone(),
+            message: e.message().to_owned(),
+        };
+        let mut remote = repo.find_remote("origin").map_err(|e| local(&e))?;
+        let connection = remote
+            .connect_auth(
+                git2::Direction::Fetch,
+                Some(self.sources.remote_callbacks(&self.url)),
+                None,
+            )
+            .map_err(unreachable)?;
+        let branch = format!("refs/heads/{}", self.branch);
+        let head = connection
+            .list()
+            .map_err(unreachable)?
+            .iter()
+            .find(|h| h.name() == branch)
+            .map(git2::RemoteHead::oid);
         Ok(head)
     }
 
@@ -665,5 +697,12 @@ mod tests {
         let next = a.commit(&change("next", "staging/shop", "z")).unwrap();
         assert_eq!(git(&bare, &["rev-parse", "main^"]), mine.commit);
         assert_eq!(git(&bare, &["rev-parse", "main"]), next.commit);
+        // A's clone is the remote's head now, and a read does not fetch for it; once someone
+        // else pushes, a read sees their commit.
+        let (head, bytes) = a.read_at_head("staging/shop/app.yaml").unwrap();
+        assert_eq!((head, bytes.unwrap()), (next.commit.clone(), b"z".to_vec()));
+        let later = other.commit(&change("later", "staging/shop", "w")).unwrap();
+        let (head, bytes) = a.read_at_head("staging/shop/app.yaml").unwrap();
+        assert_eq!((head, bytes.unwrap()), (later.commit, b"w".to_vec()));
     }
 }
