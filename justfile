@@ -228,5 +228,11 @@ bench $target:
     {{ tool_path }}
     # The end-to-end benchmark runs on the demo's stack; the others live with the test harness.
     package=baton-tests
-    if [[ "$target" == e2e ]]; then package=baton-demo; fi
+    if [[ "$target" == e2e ]]; then
+        package=baton-demo
+        # Its servers, repos and services keep their files under target/tmp rather than /tmp
+        # (BATON_BENCH_TMPDIR overrides): see BENCHMARKS.md on file creation in a churned /tmp.
+        export TMPDIR="${BATON_BENCH_TMPDIR:-{{ justfile_directory() }}/target/tmp/e2e}"
+        mkdir -p "$TMPDIR"
+    fi
     cargo bench -p "$package" --bench "$target"
