@@ -380,33 +380,25 @@ impl ConfigRepo {
         head: git2::Oid,
         change: &Change,
     ) -> Result<git2::Oid, RepoError> {
-        let io = |e: std::io::Error| RepoError::Local(format!("{}: {e}", change.dir));
-        let dir = self.workdir.join(&change.dir);
+        // The new tree is built in memory from the head's: the blobs and trees go straight into
+        // the object database, and neither the working tree nor the index file is written.
+        let parent = repo.find_commit(head).map_err(|e| local(&e))?;
+        let mut index = repo.index().map_err(|e| local(&e))?;
+        index
+            .read_tree(&parent.tree().map_err(|e| local(&e))?)
+            .map_err(|e| local(&e))?;
+        let release_file = format!("{}/{RELEASE_FILE}", change.dir);
         if let Some(files) = &change.files {
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(io)?;
-            }
+            // The folder becomes exactly these files.
+            index.remove_dir(Path::new(&change.dir), 0).map_err(|e| local(&e))?;
             for (path, bytes) in files {
-                let target = dir.join(path);
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent).map_err(io)?;
-                }
-                std::fs::write(&target, bytes).map_err(io)?;
+                add_blob(&mut index, format!("{}/{path}", change.dir), bytes)
+                    .map_err(|e| RepoError::Invalid(format!("{}/{path}: {}", change.dir, e.message())))?;
             }
         }
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        std::fs::write(dir.join(RELEASE_FILE), &change.release_file).map_err(io)?;
-
-        let mut index = repo.index().map_err(|e| local(&e))?;
-        let pathspec = [change.dir.as_str()];
-        index
-            .remove_all(pathspec.iter(), None)
-            .and_then(|()| index.add_all(pathspec.iter(), git2::IndexAddOption::FORCE, None))
-            .and_then(|()| index.write())
-            .map_err(|e| local(&e))?;
+        add_blob(&mut index, release_file, &change.release_file).map_err(|e| local(&e))?;
         let tree_id = index.write_tree().map_err(|e| local(&e))?;
         let tree = repo.find_tree(tree_id).map_err(|e| local(&e))?;
-        let parent = repo.find_commit(head).map_err(|e| local(&e))?;
         let signature = git2::Signature::now(&self.author_name, &self.author_email).map_err(|e| local(&e))?;
         let message = format!(
             "{}\n\n{PROMOTION_TRAILER}: {}\n",
@@ -499,6 +491,25 @@ impl From<RepoError> for PushError {
 }
 
 /// The directory of a `file://` URL or plain path.
+/// Puts `bytes` in the object database and at `path` in the (in-memory) index, as a regular file.
+fn add_blob(index: &mut git2::Index, path: String, bytes: &[u8]) -> Result<(), git2::Error> {
+    let entry = git2::IndexEntry {
+        ctime: git2::IndexTime::new(0, 0),
+        mtime: git2::IndexTime::new(0, 0),
+        dev: 0,
+        ino: 0,
+        mode: 0o100_644,
+        uid: 0,
+        gid: 0,
+        file_size: 0,
+        id: git2::Oid::ZERO_SHA1,
+        flags: 0,
+        flags_extended: 0,
+        path: path.into_bytes(),
+    };
+    index.add_frombuffer(&entry, bytes)
+}
+
 fn local_path(url: &str) -> Option<PathBuf> {
     if let Some(rest) = url.strip_prefix("file://") {
         return Some(PathBuf::from(rest));
