@@ -23,6 +23,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const RELEASES: usize = 30;
 const WARMUP: usize = 2;
 
+/// Microseconds to create (and write a byte to) a file in the temporary directory the stack will
+/// use, the median of 200. Every stage creates files (checkouts, git objects, the registry's
+/// uploads), so this is printed with the figures: an ext4 without a journal skips inodes deleted
+/// in the last minutes when it allocates one, and right after a run's teardown has deleted
+/// thousands of files a create there can cost ten times what it costs on a quiet filesystem.
+fn file_create_us() -> Result<u64> {
+    let dir = tempfile::tempdir()?;
+    let mut times = Vec::with_capacity(200);
+    for i in 0..200 {
+        let started = Instant::now();
+        std::fs::write(dir.path().join(format!("probe-{i}")), b"x")?;
+        times.push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+    }
+    times.sort_unstable();
+    Ok(times[times.len() / 2])
+}
+
 fn steps_ms(record: &Record, build: bool) -> Result<u64> {
     Ok(if build {
         record
@@ -54,6 +71,7 @@ async fn main() -> Result<()> {
             .with_writer(std::io::stderr)
             .init();
     }
+    let create_us = file_create_us()?;
     let mut stack = Stack::start(false).await?;
     let shop = stack.shop();
     let mut overheads = Vec::new();
@@ -149,6 +167,10 @@ async fn main() -> Result<()> {
     for (name, mut times) in names.into_iter().zip(stages) {
         println!("    {name:<38} p50 {:>4} ms", percentile(&mut times, 0.50));
     }
+    println!(
+        "  file create in {}: p50 {create_us} µs before the run (see BENCHMARKS.md)",
+        std::env::temp_dir().display()
+    );
     let per_minute = (RELEASES + WARMUP) as f64 / elapsed.as_secs_f64() * 60.0;
     println!(
         "  sustained: {per_minute:.0} releases/minute (one after another, each to a healthy staging rollout, {:.1} s in all)",
