@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use async_nats::jetstream;
 use baton::log::{self, Query, Record};
-use baton_demo::{SAMPLE_PIPELINE, write};
+use baton_demo::{DEPLOYMENT, SAMPLE_PIPELINE, write};
 use baton_schemas::EventType;
 use baton_schemas::payloads::Outcome;
 use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData, RELEASE_FILE, ReleaseFile};
@@ -319,25 +319,6 @@ struct World {
     pushes: u32,
 }
 
-/// The app's Deployment: one replica, so a rollout is quick.
-const DEPLOYMENT: &str = "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: shop
-spec:
-  replicas: 1
-  progressDeadlineSeconds: 60
-  selector:
-    matchLabels: {app: shop}
-  template:
-    metadata:
-      labels: {app: shop}
-    spec:
-      containers:
-        - name: shop
-          image: baton/shop:dev
-";
-
 impl World {
     /// NATS, git repos (a config repo with `environments`, the app), and — with `pipeline` — a
     /// registry and a Kubernetes control plane with two simulated nodes.
@@ -361,7 +342,15 @@ impl World {
         let shop = root.join("shop");
         write(&shop.join(".baton.yaml"), SAMPLE_PIPELINE)?;
         write(&shop.join("src/greeting.txt"), "hello 0\n")?;
-        write(&shop.join("deploy/deployment.yaml"), DEPLOYMENT)?;
+        // The demo's Deployment with one replica, so a rollout is quick.
+        assert!(
+            DEPLOYMENT.contains("replicas: 2\n"),
+            "the demo's Deployment changed its replicas"
+        );
+        write(
+            &shop.join("deploy/deployment.yaml"),
+            &DEPLOYMENT.replace("replicas: 2\n", "replicas: 1\n"),
+        )?;
         git(&shop, &["add", "-A"])?;
         git(&shop, &["commit", "-qm", "the shop"])?;
         git(&shop, &["push", "-q", "origin", "main"])?;

@@ -65,7 +65,7 @@ impl PublishError {
 /// are still stored after them.
 #[derive(Debug, Default)]
 #[must_use = "events in flight are only stored once confirmed"]
-pub struct InFlight(Vec<fabric::Sent>);
+pub struct InFlight(Vec<(EventType, fabric::Sent)>);
 
 impl InFlight {
     /// Validates and sends `outgoing` (see [`send`]).
@@ -73,20 +73,21 @@ impl InFlight {
     /// # Errors
     /// As [`send`].
     pub async fn send(&mut self, js: &jetstream::Context, outgoing: &Outgoing) -> Result<(), PublishError> {
-        let (_, sent) = send(js, outgoing).await?;
-        self.0.push(sent);
+        self.0.push(send(js, outgoing).await?);
         Ok(())
     }
 
-    /// Waits for JetStream to acknowledge every event sent.
+    /// Waits for JetStream to acknowledge every event sent; returns each one's type and ack, in
+    /// the order they were sent.
     ///
     /// # Errors
     /// [`PublishError::Fabric`] for the first one it did not acknowledge.
-    pub async fn confirmed(self) -> Result<(), PublishError> {
-        for sent in self.0 {
-            sent.acked().await?;
+    pub async fn confirmed(self) -> Result<Vec<(EventType, Published)>, PublishError> {
+        let mut acked = Vec::with_capacity(self.0.len());
+        for (ty, sent) in self.0 {
+            acked.push((ty, sent.acked().await?));
         }
-        Ok(())
+        Ok(acked)
     }
 }
 

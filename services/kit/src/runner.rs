@@ -590,12 +590,11 @@ async fn handle_one<H: Handler>(
 /// trip between each, and all of them are stored before the input is acked.
 #[tracing::instrument(level = "debug", skip_all)]
 async fn publish_all<H>(inner: &Inner<H>, outputs: &[Outgoing]) -> Result<(), events::PublishError> {
-    let mut sent = Vec::with_capacity(outputs.len());
+    let mut in_flight = events::InFlight::default();
     for out in outputs {
-        sent.push((out, events::send(&inner.topology.jetstream, out).await?));
+        in_flight.send(&inner.topology.jetstream, out).await?;
     }
-    for (out, (ty, pending)) in sent {
-        let published = pending.acked().await?;
+    for (out, (ty, published)) in outputs.iter().zip(in_flight.confirmed().await?) {
         if published.duplicate {
             tracing::debug!(event.id = %out.event.context.id, "output already on the stream (deduplicated)");
         }

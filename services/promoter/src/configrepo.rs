@@ -1,11 +1,13 @@
 //! The config repo: the desired state of every environment, as commits. The promoter keeps a
-//! working clone in its cache, and every change is: fetch, reset to the remote branch, write,
-//! commit, push fast-forward only; a rejected push (someone else pushed first) starts over from
-//! the new head. A clone known to equal a remote head (after a fetch or a push of ours) is
-//! fetched only when the branch has moved since (`git ls-remote` says), and a commit right after
-//! a read (the policy read that precedes every promotion) starts from it without asking: a push
-//! from a head the remote has left is rejected all the same. Each commit names its promotion in a `Baton-Promotion: <id>` trailer, so a
-//! promotion retried after a crash finds its own commit instead of committing twice.
+//! clone in its cache (its objects and branch; the working tree is never used), and every
+//! change is: fetch, move the branch to the remote's head, build the new tree in memory, commit,
+//! push fast-forward only; a rejected push (someone else pushed first) starts over from the new
+//! head. A clone known to equal a remote head (after a fetch or a push of ours) is fetched only
+//! when the branch has moved since (`git ls-remote` says), and a commit right after a read (the
+//! policy read that precedes every promotion) starts from it without asking: a push from a head
+//! the remote has left is rejected all the same. Each commit names its promotion in a
+//! `Baton-Promotion: <id>` trailer, so a promotion retried after a crash finds its own commit
+//! instead of committing twice.
 //!
 //! Layout: `environments.yaml` at the root, and `<environment>/<app>/` holding the app's
 //! rendered manifests plus `.baton-release.yaml` (which release they are, and the pin).
@@ -308,7 +310,7 @@ impl ConfigRepo {
         Ok(repo)
     }
 
-    /// Fetches the branch and makes the working tree exactly the remote head.
+    /// Brings the local branch to the remote head, fetching only when the branch moved.
     #[tracing::instrument(level = "debug", skip_all)]
     fn sync(&self, repo: &git2::Repository, synced: &mut Option<git2::Oid>) -> Result<git2::Oid, RepoError> {
         // A clone equal to a head the remote still has needs no fetch: asking the branch's head
@@ -337,15 +339,11 @@ impl ConfigRepo {
             url: self.url.clone(),
             branch: self.branch.clone(),
         })?;
-        let object = repo.find_object(head, None).map_err(|e| local(&e))?;
+        // Only the branch moves: every read and commit works on objects, never the working tree.
         let local_branch = format!("refs/heads/{}", self.branch);
         repo.reference(&local_branch, head, true, "baton: sync with the remote")
             .map_err(|e| local(&e))?;
         repo.set_head(&local_branch).map_err(|e| local(&e))?;
-        let mut checkout = git2::build::CheckoutBuilder::new();
-        checkout.force().remove_untracked(true);
-        repo.reset(&object, git2::ResetType::Hard, Some(&mut checkout))
-            .map_err(|e| local(&e))?;
         *synced = Some(head);
         Ok(head)
     }

@@ -229,7 +229,7 @@ impl Promoter {
         for event in events {
             sent.send(&self.jetstream, event).await.map_err(failed)?;
         }
-        sent.confirmed().await.map_err(failed)
+        sent.confirmed().await.map(|_| ()).map_err(failed)
     }
 
     /// The policy in force: the config repo's `environments.yaml` at its head when valid, else
