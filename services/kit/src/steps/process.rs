@@ -1,0 +1,295 @@
+//! The step's process: `/bin/sh -c` in a clean environment under the [`ResourceLimits`], in a
+//! process group of its own that is killed when the step ends, times out or is dropped, its
+//! stdout and stderr read from one pipe into the step's log until every writer has closed it.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use baton_schemas::config::builder::StepLimits;
+use nix::sys::resource::{Resource, getrlimit};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio_util::sync::CancellationToken;
+
+use super::log::LogSink;
+use super::workdir::resolve_workdir;
+use super::{STEP_PATH, StepError, StepRequest, StepRunner, StepStatus};
+
+/// Bytes read from the step's output pipe at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// How long output is still read after the step ended, for processes that escaped its group.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+/// Longest wait for the kernel to hand back a killed step's exit status.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Per-process rlimits every process of a step runs under, so one runaway step cannot starve
+/// the builder. They are rlimits, not a cgroup: each process of the step gets the full amount.
+/// Wall-clock time is bounded separately, by the step's `timeout`. A value of 0 leaves that
+/// limit as the builder's own. A limit above the builder's own hard limit is lowered to it (a
+/// process cannot raise its hard limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceLimits {
+    /// CPU seconds one process may use (`ulimit -t`, soft and hard): past them it is killed.
+    pub cpu_seconds: u64,
+    /// Address space one process may map, in bytes (`ulimit -v`); allocations beyond it fail.
+    pub memory_bytes: u64,
+    /// File descriptors one process may hold (`ulimit -n`).
+    pub open_files: u64,
+}
+
+impl Default for ResourceLimits {
+    /// The defaults of the builder's configuration ([`StepLimits`]), so both agree.
+    fn default() -> Self {
+        StepLimits::default().into()
+    }
+}
+
+impl From<StepLimits> for ResourceLimits {
+    fn from(limits: StepLimits) -> Self {
+        Self::from(&limits)
+    }
+}
+
+impl From<&StepLimits> for ResourceLimits {
+    fn from(limits: &StepLimits) -> Self {
+        Self {
+            cpu_seconds: limits.cpu_seconds,
+            memory_bytes: limits.memory_bytes,
+            open_files: limits.open_files,
+        }
+    }
+}
+
+impl StepRunner {
+    /// Starts the step and follows it to its end, feeding its output to `sink`.
+    pub(super) async fn execute(&self, request: &StepRequest<'_>, sink: &mut LogSink) -> StepStatus {
+        let (workspace, workdir) = match resolve_workdir(request.workspace, request.step.workdir.as_deref()) {
+            Ok(dirs) => dirs,
+            Err(error) => return StepStatus::Error(error.into()),
+        };
+        let (reader, writer) = match std::io::pipe() {
+            Ok(pipe) => pipe,
+            Err(e) => return StepStatus::Error(StepError::Output { reason: e.to_string() }),
+        };
+        let output = match writer.try_clone() {
+            Ok(stderr) => (Stdio::from(writer), Stdio::from(stderr)),
+            Err(e) => return StepStatus::Error(StepError::Output { reason: e.to_string() }),
+        };
+        let reader = match pipe::Receiver::from_owned_fd(OwnedFd::from(reader)) {
+            Ok(reader) => reader,
+            Err(e) => return StepStatus::Error(StepError::Output { reason: e.to_string() }),
+        };
+
+        let mut command = tokio::process::Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(wrapper_script(&self.limits, &HardLimits::current()))
+            .arg("sh")
+            .arg(&request.step.run)
+            .current_dir(&workdir)
+            .env_clear()
+            .env("PATH", STEP_PATH)
+            .env("HOME", &workspace)
+            .envs(&request.step.env)
+            .envs(request.extra_env)
+            .stdin(Stdio::null())
+            .stdout(output.0)
+            .stderr(output.1)
+            .process_group(0)
+            .kill_on_drop(true);
+        let spawned = command.spawn();
+        // The command holds the pipe's write ends: drop them, or the output never ends.
+        drop(command);
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => return StepStatus::Error(StepError::Spawn { reason: e.to_string() }),
+        };
+        let mut group = ProcessGroup::of(child.id());
+        tracing::debug!(pid = ?child.id(), workdir = %workdir.display(), "step started");
+
+        let deadline = tokio::time::Instant::now() + request.step.timeout;
+        let stop_reading = CancellationToken::new();
+        let (status, output_abandoned) = {
+            let pump = pump_output(reader, sink, stop_reading.clone());
+            tokio::pin!(pump);
+            let mut output_ended = false;
+            let exited = tokio::select! {
+                exited = tokio::time::timeout_at(deadline, child.wait()) => exited,
+                () = &mut pump => {
+                    output_ended = true;
+                    tokio::time::timeout_at(deadline, child.wait()).await
+                }
+            };
+            // Whatever happened, nothing of the step outlives it: background processes it left
+            // behind hold its output open and use the builder's resources.
+            group.kill();
+            let status = match exited {
+                Ok(Ok(exit)) => exit_status(exit),
+                Ok(Err(e)) => StepStatus::Error(StepError::Wait { reason: e.to_string() }),
+                Err(_elapsed) => {
+                    if tokio::time::timeout(REAP_TIMEOUT, child.wait()).await.is_err() {
+                        tracing::warn!("killed step did not exit within {REAP_TIMEOUT:?}");
+                    }
+                    StepStatus::TimedOut
+                }
+            };
+            let mut abandoned = false;
+            if !output_ended && tokio::time::timeout(OUTPUT_GRACE, &mut pump).await.is_err() {
+                // A process that left the group (setsid) still holds the output open.
+                stop_reading.cancel();
+                pump.await;
+                abandoned = true;
+            }
+            (status, abandoned)
+        };
+        if output_abandoned {
+            sink.note("baton: output written after the step ended was not captured");
+        }
+        status
+    }
+}
+
+fn exit_status(exit: ExitStatus) -> StepStatus {
+    if exit.success() {
+        StepStatus::Succeeded
+    } else {
+        StepStatus::Failed {
+            exit_code: exit.code(),
+            signal: exit.signal(),
+        }
+    }
+}
+
+/// Reads the step's output until it ends (every writer closed it) or `stop` is cancelled.
+/// Only the read is ever interrupted, never a write of the spooled log.
+async fn pump_output(mut reader: pipe::Receiver, sink: &mut LogSink, stop: CancellationToken) {
+    let mut buffer = vec![0_u8; READ_CHUNK];
+    loop {
+        let read = tokio::select! {
+            read = reader.read(&mut buffer) => read,
+            () = stop.cancelled() => break,
+        };
+        match read {
+            Ok(0) => break,
+            Ok(n) => sink.feed(&buffer[..n]).await,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the step's output failed");
+                sink.note(&format!("baton: reading the step's output failed: {e}"));
+                break;
+            }
+        }
+    }
+}
+
+/// The step's process group, killed (`SIGKILL`) once: when the step ends, times out, or its
+/// future is dropped. The group id is the step's pid, which the kernel does not hand to a new
+/// process while any member of the group lives; once the group is empty the kill finds nothing.
+struct ProcessGroup(Option<Pid>);
+
+impl ProcessGroup {
+    fn of(pid: Option<u32>) -> Self {
+        Self(pid.and_then(|pid| i32::try_from(pid).ok()).map(Pid::from_raw))
+    }
+
+    fn kill(&mut self) {
+        if let Some(group) = self.0.take() {
+            match killpg(group, Signal::SIGKILL) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => tracing::warn!(error = %e, %group, "cannot kill the step's process group"),
+            }
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The builder's own hard limits, which a step's limits cannot exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HardLimits {
+    cpu_seconds: Option<u64>,
+    memory_bytes: Option<u64>,
+    open_files: Option<u64>,
+}
+
+impl HardLimits {
+    /// `None` for an unlimited (or unreadable) limit.
+    fn current() -> Self {
+        let hard = |resource| match getrlimit(resource) {
+            Ok((_, hard)) if hard != nix::sys::resource::RLIM_INFINITY => Some(hard),
+            _ => None,
+        };
+        Self {
+            cpu_seconds: hard(Resource::RLIMIT_CPU),
+            memory_bytes: hard(Resource::RLIMIT_AS),
+            open_files: hard(Resource::RLIMIT_NOFILE),
+        }
+    }
+}
+
+/// The script the step's command runs under: it sets the limits (soft and hard, so the step
+/// cannot raise them), sends stderr into the same pipe as stdout and `exec`s a fresh shell on
+/// the command. The command is passed as `$1`, never pasted into the script, so no quoting in it
+/// can change the script.
+fn wrapper_script(limits: &ResourceLimits, hard: &HardLimits) -> String {
+    let clamp = |wanted: u64, hard: Option<u64>| match (wanted, hard) {
+        (0, _) => None,
+        (wanted, Some(hard)) => Some(wanted.min(hard)),
+        (wanted, None) => Some(wanted),
+    };
+    let mut script = String::new();
+    let settings = [
+        ("-t", clamp(limits.cpu_seconds, hard.cpu_seconds)),
+        // `ulimit -v` counts KiB; round down, but never to 0 (which would forbid everything).
+        (
+            "-v",
+            clamp(limits.memory_bytes, hard.memory_bytes).map(|b| (b / 1024).max(1)),
+        ),
+        ("-n", clamp(limits.open_files, hard.open_files)),
+    ];
+    for (flag, value) in settings {
+        if let Some(value) = value {
+            script.push_str(&format!("ulimit {flag} {value} || exit 125; "));
+        }
+    }
+    script.push_str("exec /bin/sh -c -- \"$1\"");
+    script
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapper_sets_limits_within_the_hard_limits_and_never_pastes_the_command() {
+        let limits = ResourceLimits {
+            cpu_seconds: 60,
+            memory_bytes: 1 << 30,
+            open_files: 100_000,
+        };
+        let hard = HardLimits {
+            cpu_seconds: None,
+            memory_bytes: None,
+            open_files: Some(4096),
+        };
+        assert_eq!(
+            wrapper_script(&limits, &hard),
+            "ulimit -t 60 || exit 125; ulimit -v 1048576 || exit 125; ulimit -n 4096 || exit 125; \
+             exec /bin/sh -c -- \"$1\""
+        );
+        let unlimited = ResourceLimits {
+            cpu_seconds: 0,
+            memory_bytes: 0,
+            open_files: 0,
+        };
+        assert_eq!(wrapper_script(&unlimited, &hard), "exec /bin/sh -c -- \"$1\"");
+    }
+}
