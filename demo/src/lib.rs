@@ -7,6 +7,7 @@
 
 #![allow(clippy::print_stdout, reason = "the demo narrates on the terminal")]
 
+use baton_kit::service::Service as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -13,10 +13,10 @@
 //!       token_env: GITHUB_TOKEN
 //! ```
 
-use std::path::PathBuf;
-
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use super::SourceSettings;
 
 /// The builder's sections of its config file.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -58,39 +58,6 @@ impl Default for RegistrySettings {
             password_env: None,
         }
     }
-}
-
-/// Source checkouts.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(default, deny_unknown_fields)]
-pub struct SourceSettings {
-    /// Where per-repository mirrors are cached (later builds fetch only new objects) and
-    /// workspaces are created. Default: a directory under the system's temporary directory.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache_dir: Option<PathBuf>,
-    /// Credentials for private repositories, chosen by the longest matching URL prefix.
-    pub credentials: Vec<GitCredential>,
-}
-
-/// How to authenticate to repositories whose URL starts with `url_prefix`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GitCredential {
-    /// Repository URLs this applies to, e.g. `https://github.com/acme/`.
-    pub url_prefix: String,
-    /// User name for HTTPS (e.g. `x-access-token` for a GitHub token, `oauth2` for GitLab), or
-    /// the SSH user (default `git`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    /// Environment variable holding an HTTPS token or password.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_env: Option<String>,
-    /// File holding an HTTPS token or password.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_file: Option<PathBuf>,
-    /// Private key file for `ssh://` and `git@host:` URLs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ssh_key_file: Option<PathBuf>,
 }
 
 /// Resource limits applied to every build and test step (rlimits).

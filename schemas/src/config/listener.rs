@@ -7,6 +7,11 @@
 //!     provider: github
 //!     secret_env: SHOP_WEBHOOK_SECRET  # or secret_file: /run/secrets/shop
 //!     branches: [main, "release/*"]
+//! source:                              # for polled repositories
+//!   credentials:
+//!     - url_prefix: https://git.example.com/
+//!       username: baton
+//!       token_env: GIT_TOKEN
 //! ```
 
 use std::fmt;
@@ -18,6 +23,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::SourceSettings;
+
 /// The listener's sections of its config file.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
@@ -26,6 +33,9 @@ pub struct ListenerSettings {
     pub repositories: Vec<RepositoryConfig>,
     /// How webhooks are received.
     pub webhook: WebhookSettings,
+    /// Git access for polled repositories: where they are fetched to (`source.cache_dir`) and
+    /// the credentials of private remotes (`source.credentials`, as in the other services).
+    pub source: SourceSettings,
 }
 
 /// A git host whose webhooks the listener understands; the last segment of
@@ -184,8 +194,8 @@ pub struct WebhookSettings {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub publish_timeout: Duration,
-    /// Where polled repositories are fetched to (to read their commits). Default: a directory
-    /// under the system's temporary directory.
+    /// Deprecated: use `source.cache_dir`, which every service that reads git shares. Still
+    /// honoured when `source.cache_dir` is unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_cache_dir: Option<PathBuf>,
 }

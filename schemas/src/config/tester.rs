@@ -11,7 +11,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::builder::{SourceSettings, StepLimits};
+use super::SourceSettings;
+use super::builder::StepLimits;
 
 /// The tester's sections of its config file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -27,12 +27,21 @@ pub enum CliError {
     /// The promoter refused the command.
     #[error("{0}")]
     Refused(String),
+    /// A service's config file is invalid (`baton up`): the file and field at fault.
+    #[error("{0}")]
+    Config(String),
+    /// A service could not start or stopped with an error (`baton up`).
+    #[error("{0}")]
+    Service(String),
 }
 
 impl CliError {
-    /// The process exit code: 2 usage, 3 not found, 4 refused, 69 (unavailable) for NATS.
+    /// The process exit code: 1 a service failed, 2 usage, 3 not found, 4 refused, 64 an
+    /// invalid service config (as the services' own binaries), 69 (unavailable) for NATS.
     pub fn exit_code(&self) -> i32 {
         match self {
+            Self::Service(_) => 1,
+            Self::Config(_) => 64,
             Self::Usage(_) => 2,
             Self::NotFound(_) => 3,
             Self::Refused(_) => 4,

@@ -4,101 +4,99 @@
 //! with `BATON_*` environment overrides, and `--nats` (when given) replaces every file's
 //! `nats.url`. SIGINT/SIGTERM stops them all, each draining its work.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 
-use baton_kit::settings::{self, Settings};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use baton_kit::service::{self, Service, StartError};
+use baton_kit::settings;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::CliError;
 
-/// The services `baton up` knows, in start order.
-pub const SERVICES: [&str; 6] = ["listener", "builder", "tester", "promoter", "deployer", "chatops"];
+/// What a started service reports when it stops: its name and how it ended.
+type Stopped = (&'static str, Result<(), StartError>);
 
-fn load<T>(dir: &Path, service: &str, nats: Option<&str>) -> Result<Option<Settings<T>>, CliError>
-where
-    T: DeserializeOwned + Serialize + Default,
-{
-    let path = dir.join(format!("{service}.yaml"));
+/// A service started by [`start`]: its HTTP address, and the task running it.
+type Started = Option<(String, Pin<Box<dyn Future<Output = Stopped> + Send>>)>;
+
+/// Starts one service, if its config file exists, to run until the token is cancelled.
+type Starter = for<'a> fn(
+    &'a Path,
+    Option<&'a str>,
+    CancellationToken,
+) -> Pin<Box<dyn Future<Output = Result<Started, CliError>> + 'a>>;
+
+/// The services `baton up` knows, in start order.
+const SERVICES: [(&str, Starter); 6] = [
+    ("listener", |dir, nats, stop| {
+        Box::pin(start::<baton_listener::Application>(dir, nats, stop))
+    }),
+    ("builder", |dir, nats, stop| {
+        Box::pin(start::<baton_builder::Application>(dir, nats, stop))
+    }),
+    ("tester", |dir, nats, stop| {
+        Box::pin(start::<baton_tester::Application>(dir, nats, stop))
+    }),
+    ("promoter", |dir, nats, stop| {
+        Box::pin(start::<baton_promoter::Application>(dir, nats, stop))
+    }),
+    ("deployer", |dir, nats, stop| {
+        Box::pin(start::<baton_deployer::Application>(dir, nats, stop))
+    }),
+    ("chatops", |dir, nats, stop| {
+        Box::pin(start::<baton_chatops::Application>(dir, nats, stop))
+    }),
+];
+
+/// Loads `<dir>/<name>.yaml` and builds the service; `None` when the file does not exist.
+async fn start<S: Service>(dir: &Path, nats: Option<&str>, stop: CancellationToken) -> Result<Started, CliError> {
+    let name = service::short_name::<S>();
+    let path = dir.join(format!("{name}.yaml"));
     if !path.exists() {
         return Ok(None);
     }
-    let mut settings = settings::load::<T>(Some(&path), std::env::vars())
-        .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    let mut settings = settings::load::<S::Config>(Some(&path), std::env::vars())
+        .map_err(|e| CliError::Config(format!("{}: {e}", path.display())))?;
     if let Some(url) = nats {
         settings.common.nats.url = url.to_owned();
     }
     for warning in &settings.warnings {
-        println!("{service}: warning: {warning}");
+        println!("{name}: warning: {warning}");
     }
-    Ok(Some(settings))
-}
-
-fn failed(service: &str, e: &dyn std::fmt::Display) -> CliError {
-    CliError::Usage(format!("{service} cannot start: {e}"))
+    let env = |name: &str| std::env::var(name).ok();
+    let app = S::build(settings, &env).await.map_err(|e| match e {
+        StartError::Config(e) => CliError::Config(format!("{}: {e}", path.display())),
+        e => CliError::Service(format!("{name} cannot start: {}", service::chain(&e))),
+    })?;
+    let line = format!("{name:<9} http://{}", app.local_addr());
+    Ok(Some((
+        line,
+        Box::pin(async move { (name, app.run_until_stopped(stop).await) }),
+    )))
 }
 
 /// Starts every configured service and runs them until a signal.
 ///
 /// # Errors
-/// A service's config is invalid or it cannot start; a service stops with an error.
+/// A service's config is invalid ([`CliError::Config`]) or it cannot start, or a service stops
+/// with an error ([`CliError::Service`]).
 pub async fn up(dir: &Path, nats: Option<&str>) -> Result<(), CliError> {
-    let env = |name: &str| std::env::var(name).ok();
     let stop = baton_kit::shutdown::on_signal();
-    let mut running: JoinSet<(String, Result<(), String>)> = JoinSet::new();
+    let mut running: JoinSet<Stopped> = JoinSet::new();
     let mut started = Vec::new();
-    macro_rules! start {
-        ($name:literal, $settings:ty, $app:path) => {
-            if let Some(s) = load::<$settings>(dir, $name, nats)? {
-                let app = <$app>::build(s, &env).await.map_err(|e| failed($name, &e))?;
-                started.push(format!("{:<9} http://{}", $name, app.local_addr()));
-                let token: CancellationToken = stop.clone();
-                running.spawn(async move {
-                    (
-                        $name.to_owned(),
-                        app.run_until_stopped(token).await.map_err(|e| e.to_string()),
-                    )
-                });
-            }
-        };
+    for (_, starter) in SERVICES {
+        if let Some((line, run)) = starter(dir, nats, stop.clone()).await? {
+            started.push(line);
+            running.spawn(run);
+        }
     }
-    start!(
-        "listener",
-        baton_schemas::config::listener::ListenerSettings,
-        baton_listener::Application
-    );
-    start!(
-        "builder",
-        baton_schemas::config::builder::BuilderSettings,
-        baton_builder::Application
-    );
-    start!(
-        "tester",
-        baton_schemas::config::tester::TesterSettings,
-        baton_tester::Application
-    );
-    start!(
-        "promoter",
-        baton_schemas::config::promoter::PromoterSettings,
-        baton_promoter::Application
-    );
-    start!(
-        "deployer",
-        baton_schemas::config::deployer::DeployerSettings,
-        baton_deployer::Application
-    );
-    start!(
-        "chatops",
-        baton_schemas::config::chatops::ChatopsSettings,
-        baton_chatops::Application
-    );
     if started.is_empty() {
         return Err(CliError::Usage(format!(
             "no service config in {}: write one or more of {} (each as its binary's --config file)",
             dir.display(),
-            SERVICES.map(|s| format!("{s}.yaml")).join(", ")
+            SERVICES.map(|(name, _)| format!("{name}.yaml")).join(", ")
         )));
     }
     println!("baton up: {} service(s) running; Ctrl-C stops them", started.len());
@@ -108,19 +106,19 @@ pub async fn up(dir: &Path, nats: Option<&str>) -> Result<(), CliError> {
     let mut first_error = None;
     while let Some(joined) = running.join_next().await {
         match joined {
-            Ok((service, Err(e))) => {
+            Ok((name, Err(e))) => {
                 stop.cancel();
-                first_error.get_or_insert(format!("{service} stopped: {e}"));
+                first_error.get_or_insert(format!("{name} stopped: {}", service::chain(&e)));
             }
-            Ok((service, Ok(()))) => println!("{service} stopped"),
+            Ok((name, Ok(()))) => println!("{name} stopped"),
             Err(e) => {
                 stop.cancel();
-                first_error.get_or_insert(e.to_string());
+                first_error.get_or_insert(format!("a service task failed: {e}"));
             }
         }
     }
     match first_error {
-        Some(e) => Err(CliError::Usage(e)),
+        Some(e) => Err(CliError::Service(e)),
         None => Ok(()),
     }
 }

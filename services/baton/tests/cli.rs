@@ -4,6 +4,7 @@
 //! 4) and pins the environment; unreachable NATS, an unknown release and invalid flags are
 //! one-line errors with a fix and a non-zero exit.
 
+use baton_kit::service::Service as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_nats::jetstream;
-use baton_kit::events::{self as kit_events, InFlight};
+use baton_kit::events::InFlight;
 use baton_kit::steps::{StepRequest, StepRunner};
-use baton_kit::{Handler, HandlerError, Incoming, Outgoing};
+use baton_kit::{ErrorKind, Handler, HandlerError, Incoming, Outgoing};
 use baton_schemas::payloads::{BuildData, ImageInfo, Outcome, PushData};
 use baton_schemas::pipeline::{PIPELINE_FILE, Pipeline};
 
@@ -64,7 +64,10 @@ impl Builder {
     }
 
     async fn announce(&self, announced: &mut InFlight, event: Outgoing) -> Result<(), HandlerError> {
-        announced.send(&self.jetstream, &event).await.map_err(announce_error)
+        announced
+            .send(&self.jetstream, &event)
+            .await
+            .map_err(HandlerError::from)
     }
 
     async fn attempt(
@@ -76,7 +79,7 @@ impl Builder {
         let workspace = tempfile::Builder::new()
             .prefix("build-")
             .tempdir_in(ensure_dir(self.sources.workspaces())?)
-            .map_err(|e| HandlerError::Transient(format!("cannot create a workspace: {e}")))?;
+            .map_err(|e| HandlerError::transient("workspace", format!("cannot create a workspace: {e}")))?;
         let (sources, url, commit, dir) = (
             self.sources.clone(),
             data.repository.clone(),
@@ -85,10 +88,10 @@ impl Builder {
         );
         let checked_out = tokio::task::spawn_blocking(move || sources.checkout(&url, &commit, &dir))
             .await
-            .map_err(|e| HandlerError::Transient(format!("checkout task failed: {e}")))?;
+            .map_err(|e| HandlerError::transient("checkout_task", e))?;
         match checked_out {
             Ok(()) => {}
-            Err(e) if e.is_transient() => return Err(HandlerError::Transient(e.to_string())),
+            Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => return Ok(Attempt::Failed(e.to_string())),
         }
         let pipeline = match std::fs::read_to_string(workspace.path().join(PIPELINE_FILE)) {
@@ -141,37 +144,31 @@ impl Builder {
         };
         match image::build_and_push(&job).await {
             Ok(pushed) => Ok(Attempt::Built { image: Some(pushed) }),
-            Err(e) if e.is_transient() => Err(HandlerError::Transient(e.to_string())),
+            Err(e) if e.is_transient() => Err(HandlerError::new(ErrorKind::Transient, e.metric_label(), e)),
             Err(e) => Ok(Attempt::Failed(e.to_string())),
         }
     }
 }
 
-fn announce_error(e: kit_events::PublishError) -> HandlerError {
-    if e.is_transient() {
-        HandlerError::Transient(e.to_string())
-    } else {
-        HandlerError::Permanent(e.to_string())
-    }
-}
-
 fn ensure_dir(dir: PathBuf) -> Result<PathBuf, HandlerError> {
     std::fs::create_dir_all(&dir)
-        .map_err(|e| HandlerError::Transient(format!("cannot create {}: {e}", dir.display())))?;
+        .map_err(|e| HandlerError::transient("workspace", format!("cannot create {}: {e}", dir.display())))?;
     Ok(dir)
 }
 
 impl Handler for Builder {
     async fn handle(&self, incoming: Arc<Incoming>) -> Result<Vec<Outgoing>, HandlerError> {
-        let push: PushData = incoming
-            .cdevent
-            .custom_data_as()
-            .map_err(|e| HandlerError::Permanent(format!("change.merged without push data in customData: {e}")))?;
+        let push: PushData = incoming.cdevent.custom_data_as().map_err(|e| {
+            HandlerError::permanent(
+                "invalid_input",
+                format!("change.merged without push data in customData: {e}"),
+            )
+        })?;
         let mut data = Self::data(&incoming, &push);
         let mut announced = InFlight::default();
         self.announce(&mut announced, events::queued(&incoming, &data)).await?;
         let attempt = self.attempt(&incoming, &mut data, &mut announced).await?;
-        announced.confirmed().await.map_err(announce_error)?;
+        announced.confirmed().await.map_err(HandlerError::from)?;
         let mut outputs = Vec::new();
         match attempt {
             Attempt::Built { image } => {

@@ -1,4 +1,4 @@
-//! The chat-ops application: `build` validates config, connects and binds; `run_until_stopped`
+//! The chat-ops bot as a [`Service`]: `build` validates config, connects and binds; `run_until_stopped`
 //! serves the Slack endpoints and runs the posting stage until shutdown, then drains. `main`
 //! and the tests use the same two calls (tests bind port 0).
 
@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::post;
-use baton_kit::service::Runtime;
+use baton_kit::StageRunner;
+use baton_kit::service::{self, Env, Runtime, Service};
 use baton_kit::settings::Settings;
-use baton_kit::{Stage, StageRunner, health};
 use baton_schemas::config::chatops::ChatopsSettings;
 use tokio_util::sync::CancellationToken;
 
@@ -34,41 +34,30 @@ pub struct Application {
     runner: Option<StageRunner<ChatStage>>,
 }
 
-impl Application {
+impl Service for Application {
+    const NAME: &'static str = SERVICE;
+    type Config = ChatopsSettings;
+
     /// Validates the config (secrets included), connects to NATS, provisions the topology,
     /// creates the durable consumer when an incoming webhook is configured, and binds
     /// `http.listen`.
-    ///
-    /// # Errors
-    /// [`StartError::Config`] before anything is bound; the others when NATS or the port fail.
-    pub async fn build(
-        settings: Settings<ChatopsSettings>,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, StartError> {
+    async fn build(settings: Settings<ChatopsSettings>, env: Env<'_>) -> Result<Self, StartError> {
         let chatops = Arc::new(config::resolve(&settings.service, env)?);
         // reqwest's rustls needs the process's provider (idempotent; `main` installs it too).
         baton_kit::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .user_agent(concat!("baton-chatops/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| StartError::Io(format!("cannot create the HTTP client: {e}")))?;
+            .map_err(|e| StartError::failed("cannot create the HTTP client", e))?;
         let runtime = Runtime::start(SERVICE, &settings.common).await?;
         let runner = match &chatops.incoming_webhook_url {
             Some(url) => {
-                let runner = StageRunner::new(
-                    Stage::new(STAGE, HANDLES),
-                    ChatStage {
-                        http: http.clone(),
-                        webhook: Arc::new(url.clone()),
-                        timeout: chatops.post_timeout,
-                    },
-                    runtime.topology.clone(),
-                    settings.common.runner.clone(),
-                    runtime.metrics.clone(),
-                )
-                .with_grace_period(settings.common.shutdown.grace_period);
-                runner.ensure_consumer().await?;
-                Some(runner)
+                let stage = ChatStage {
+                    http: http.clone(),
+                    webhook: Arc::new(url.clone()),
+                    timeout: chatops.post_timeout,
+                };
+                Some(runtime.stage(STAGE, HANDLES, stage).await?)
             }
             None => {
                 tracing::info!("no incoming webhook configured: nothing will be posted to chat");
@@ -84,13 +73,13 @@ impl Application {
             http,
             metrics,
         };
-        let router = health::router(runtime.health_state()).merge(
+        let router = runtime.router().merge(
             Router::new()
                 .route("/slack/commands", post(inbound::slash_command))
                 .route("/slack/interactions", post(inbound::interaction))
                 .with_state(state),
         );
-        let (listener, addr) = baton_kit::service::bind(settings.common.http.listen).await?;
+        let (listener, addr) = runtime.bind().await?;
         Ok(Self {
             addr,
             listener,
@@ -100,40 +89,21 @@ impl Application {
         })
     }
 
-    /// The bound address (useful when `http.listen` has port 0).
-    pub fn local_addr(&self) -> SocketAddr {
+    fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Serves the endpoints and posts events until `shutdown` is cancelled, then drains.
-    ///
-    /// # Errors
-    /// When the HTTP server or the runner fails.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
         tracing::info!(addr = %self.addr, posting = self.runner.is_some(), "{SERVICE} ready");
-        let stop = shutdown.clone();
-        let server =
-            axum::serve(self.listener, self.router).with_graceful_shutdown(async move { stop.cancelled().await });
-        let server = tokio::spawn(async move { server.await });
-        let consumed = match self.runner {
-            Some(runner) => {
-                let stop = shutdown.clone();
-                runner.run(async move { stop.cancelled().await }).await
-            }
-            None => {
-                shutdown.cancelled().await;
-                Ok(())
-            }
-        };
-        shutdown.cancel();
-        let served = server.await;
-        self.runtime.drain().await;
-        tracing::info!("{SERVICE} stopped");
-        consumed?;
-        match served {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StartError::Io(format!("the HTTP server failed: {e}"))),
-            Err(e) => Err(StartError::Io(e.to_string())),
-        }
+        let runner = self.runner;
+        self.runtime
+            .serve(
+                self.listener,
+                self.router,
+                |stop| service::run_stage(runner, stop),
+                shutdown,
+            )
+            .await
     }
 }

@@ -38,12 +38,12 @@ impl Handler for ChatStage {
     #[tracing::instrument(skip_all, fields(event.id = %event.id(), event.type = %event.event_type, chain.id = event.chain_id().unwrap_or("")))]
     async fn handle(&self, event: Arc<Incoming>) -> Result<Vec<Outgoing>, HandlerError> {
         let Some(message) = messages::for_event(event.event_type, &event.cdevent)
-            .map_err(|e| HandlerError::Permanent(e.to_string()))?
+            .map_err(|e| HandlerError::permanent("invalid_input", e))?
         else {
             return Ok(Vec::new());
         };
         let url = std::str::from_utf8(self.webhook.expose())
-            .map_err(|_| HandlerError::Permanent("the incoming-webhook URL is not UTF-8".into()))?;
+            .map_err(|_| HandlerError::permanent("invalid_config", "the incoming-webhook URL is not UTF-8"))?;
         let response = self
             .http
             .post(url)
@@ -52,12 +52,15 @@ impl Handler for ChatStage {
             .send()
             .await
             // `without_url`: the URL holds the webhook's token.
-            .map_err(|e| HandlerError::Transient(format!("chat is unreachable: {}", e.without_url())))?;
+            .map_err(|e| {
+                HandlerError::transient("chat_unreachable", format!("chat is unreachable: {}", e.without_url()))
+            })?;
         let status = response.status();
         if !status.is_success() {
-            return Err(HandlerError::Transient(format!(
-                "chat answered {status} to the incoming webhook; retrying"
-            )));
+            return Err(HandlerError::transient(
+                "chat_refused",
+                format!("chat answered {status} to the incoming webhook; retrying"),
+            ));
         }
         tracing::info!("posted to chat");
         Ok(Vec::new())

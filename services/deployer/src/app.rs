@@ -1,15 +1,14 @@
-//! The deployer application: `build` validates config, reaches Kubernetes and NATS;
+//! The deployer as a [`Service`]: `build` validates config, reaches Kubernetes and NATS;
 //! `run_until_stopped` runs the stage and the operations endpoint until shutdown, then drains.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
+use baton_kit::StageRunner;
 use baton_kit::lease::Locks;
-use baton_kit::service::Runtime;
+use baton_kit::service::{self, Env, Runtime, Service};
 use baton_kit::settings::{ConfigError, Settings};
 use baton_kit::source::Sources;
-use baton_kit::{Stage, StageRunner};
 use baton_schemas::config::deployer::DeployerSettings;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio_util::sync::CancellationToken;
@@ -53,19 +52,16 @@ async fn kube_client(settings: &DeployerSettings) -> Result<kube::Client, StartE
             )
         })?,
     };
-    kube::Client::try_from(config).map_err(|e| StartError::Io(format!("cannot build the Kubernetes client: {e}")))
+    kube::Client::try_from(config).map_err(|e| StartError::failed("cannot build the Kubernetes client", e))
 }
 
-impl Application {
+impl Service for Application {
+    const NAME: &'static str = SERVICE;
+    type Config = DeployerSettings;
+
     /// Validates the config, builds the Kubernetes client, connects to NATS, provisions,
     /// creates the durable consumer and binds `http.listen`.
-    ///
-    /// # Errors
-    /// [`StartError::Config`] before anything is bound; the others when NATS or the port fail.
-    pub async fn build(
-        settings: Settings<DeployerSettings>,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, StartError> {
+    async fn build(settings: Settings<DeployerSettings>, env: Env<'_>) -> Result<Self, StartError> {
         let own = &settings.service;
         for (field, value) in [
             ("rollout_timeout", own.rollout_timeout),
@@ -76,18 +72,29 @@ impl Application {
                 return Err(ConfigError::invalid(field, "must be longer than 0s").into());
             }
         }
+        // A handler cancelled mid-rollout would report neither success nor failure.
+        if settings.common.runner.handler_deadline <= own.rollout_timeout {
+            return Err(ConfigError::invalid(
+                "runner.handler_deadline",
+                format!(
+                    "must be longer than rollout_timeout ({}), or a rollout is cancelled before it is judged; e.g. {}",
+                    humantime::format_duration(own.rollout_timeout),
+                    humantime::format_duration(own.rollout_timeout * 2),
+                ),
+            )
+            .into());
+        }
         if own.field_manager.trim().is_empty() {
             return Err(ConfigError::invalid("field_manager", "name the field manager, e.g. baton").into());
         }
         let credentials = baton_kit::source::resolve_credentials(&own.source.credentials, env)?;
         let client = kube_client(own).await?;
         let runtime = Runtime::start(SERVICE, &settings.common).await?;
-        let (cache_dir, cache) = baton_kit::service::cache_dir(own.source.cache_dir.as_deref(), SERVICE)
-            .map_err(|e| StartError::Io(format!("cannot create the cache directory: {e}")))?;
+        let (cache_dir, cache) = service::cache_dir(own.source.cache_dir.as_deref(), SERVICE)?;
         let replica = uuid::Uuid::new_v4();
         let deployer = Deployer {
             cluster: Arc::new(Cluster::new(client, own.field_manager.clone(), own.force_conflicts)),
-            sources: Sources::new(PathBuf::from(&cache_dir), credentials),
+            sources: Sources::new(cache_dir, credentials),
             state: runtime.topology.state.clone(),
             // A replica waits for another's rollout of the same app and namespace at most as
             // long as a rollout may take.
@@ -105,16 +112,8 @@ impl Application {
                 poll_interval: own.poll_interval,
             },
         };
-        let runner = StageRunner::new(
-            Stage::new(STAGE, HANDLES),
-            deployer,
-            runtime.topology.clone(),
-            settings.common.runner.clone(),
-            runtime.metrics.clone(),
-        )
-        .with_grace_period(settings.common.shutdown.grace_period);
-        runner.ensure_consumer().await?;
-        let (listener, addr) = baton_kit::service::bind(settings.common.http.listen).await?;
+        let runner = runtime.stage(STAGE, HANDLES, deployer).await?;
+        let (listener, addr) = runtime.bind().await?;
         Ok(Self {
             addr,
             listener,
@@ -124,20 +123,13 @@ impl Application {
         })
     }
 
-    /// The bound address of the operations endpoint.
-    pub fn local_addr(&self) -> SocketAddr {
+    fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Consumes until `shutdown` is cancelled, then drains the NATS connection.
-    ///
-    /// # Errors
-    /// When the operations endpoint or the runner fails.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
         tracing::info!(addr = %self.addr, "{SERVICE} ready");
-        self.runtime
-            .serve_stage(self.listener, self.runner, shutdown)
-            .await
-            .map_err(|e| StartError::Io(e.to_string()))
+        self.runtime.serve_stage(self.listener, self.runner, shutdown).await
     }
 }

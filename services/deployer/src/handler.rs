@@ -101,14 +101,17 @@ impl Handler for Deployer {
     #[tracing::instrument(skip_all, fields(event.id = %event.id(), event.type = %event.event_type, chain.id = event.chain_id().unwrap_or("")))]
     async fn handle(&self, event: Arc<Incoming>) -> Result<Vec<Outgoing>, HandlerError> {
         let promotion: PromotionData = event.cdevent.custom_data_as().map_err(|e| {
-            HandlerError::Permanent(format!("environment.modified without the promoter's customData: {e}"))
+            HandlerError::permanent(
+                "invalid_input",
+                format!("environment.modified without the promoter's customData: {e}"),
+            )
         })?;
         if !promotion.action.changes_manifests() {
             return Ok(Vec::new());
         }
         match self.deploy(&event, &promotion).await {
             Ok(events) => Ok(events),
-            Err(Failure::Transient(m)) => Err(HandlerError::Transient(m)),
+            Err(Failure::Transient(m)) => Err(HandlerError::transient("deploy", m)),
             Err(Failure::Release(reason)) => Ok(vec![self.failed(&event, &promotion, &reason, Vec::new(), Vec::new())]),
         }
     }

@@ -7,13 +7,12 @@
 //! Structured mode (`Content-Type: application/cloudevents+json`, the whole event as JSON) is
 //! accepted on input so outside producers can publish the simple way.
 
-use std::fmt::Write as _;
-
 use async_nats::HeaderMap;
 use async_nats::header::HeaderName;
 use bytes::Bytes;
 use cloudevents::event::{Data, ExtensionValue};
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 /// Header prefix of CloudEvents attributes in binary mode.
 pub const CE_PREFIX: &str = "ce-";
@@ -60,21 +59,14 @@ pub enum CodecError {
     },
 }
 
+/// What the CloudEvents NATS binding percent-encodes in a header value: everything but
+/// printable US-ASCII, and space, `"` and `%` (non-ASCII bytes are always encoded). Upper-case
+/// hex, as the binding recommends.
+const HEADER_ENCODED: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
 /// Percent-encodes a header value as the CloudEvents NATS binding demands.
 pub fn percent_encode(value: &str) -> std::borrow::Cow<'_, str> {
-    if value.bytes().all(needs_no_encoding) {
-        return value.into();
-    }
-    let mut out = String::with_capacity(value.len() + 16);
-    for &b in value.as_bytes() {
-        if needs_no_encoding(b) {
-            out.push(char::from(b));
-        } else {
-            // Upper-case hex, as the binding recommends.
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out.into()
+    utf8_percent_encode(value, HEADER_ENCODED).into()
 }
 
 /// The header of a context attribute, without allocating for the common ones.
@@ -92,11 +84,6 @@ fn header_name(attribute: &str) -> Option<&'static str> {
     })
 }
 
-/// Printable US-ASCII except space, `"` and `%` travels as is.
-fn needs_no_encoding(b: u8) -> bool {
-    (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%'
-}
-
 /// Decodes a header value: first a double-quoted string is unescaped (RFC 7230 §3.2.6), then
 /// one round of percent-decoding; byte sequences that are not valid UTF-8 are rejected.
 ///
@@ -104,28 +91,20 @@ fn needs_no_encoding(b: u8) -> bool {
 /// A dangling or non-hex `%` escape, an unterminated quoted string, or invalid UTF-8.
 pub fn percent_decode(value: &str) -> Result<String, String> {
     let unquoted = unquote(value.trim())?;
+    // The crate passes a malformed escape through as is; the binding makes it an error.
     let bytes = unquoted.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .ok_or_else(|| format!("`%` at byte {i} is not followed by two hex digits"))?;
-            let hex = std::str::from_utf8(hex)
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            let Some(byte) = hex else {
-                return Err(format!("`%` at byte {i} is not followed by two hex digits"));
-            };
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+    for (i, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b'%') {
+        if !bytes
+            .get(i + 1..i + 3)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+        {
+            return Err(format!("`%` at byte {i} is not followed by two hex digits"));
         }
     }
-    String::from_utf8(out).map_err(|e| format!("percent-decoded bytes are not valid UTF-8 ({e})"))
+    percent_decode_str(&unquoted)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|e| format!("percent-decoded bytes are not valid UTF-8 ({e})"))
 }
 
 fn unquote(value: &str) -> Result<std::borrow::Cow<'_, str>, String> {

@@ -59,6 +59,27 @@ impl PublishError {
     }
 }
 
+impl crate::error::Classify for PublishError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::transient_if(self.is_transient())
+    }
+
+    fn metric_label(&self) -> &'static str {
+        match self {
+            Self::UnknownType(_) => "publish_unknown_type",
+            Self::InvalidExtension(_) => "publish_invalid_extension",
+            Self::Invalid(_) => "publish_invalid_event",
+            Self::Fabric(_) => "publish_unacknowledged",
+        }
+    }
+}
+
+impl From<PublishError> for crate::error::HandlerError {
+    fn from(e: PublishError) -> Self {
+        Self::classified(e)
+    }
+}
+
 /// Events sent whose acks are awaited together: the progress events a handler announces while
 /// it works (`build.started`, say) are each sent at once and confirmed before the handler
 /// returns its outputs, so the work does not wait a round trip per announcement and the outputs

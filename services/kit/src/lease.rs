@@ -4,6 +4,11 @@
 //! it expires; a replica that dies holding one only delays the next holder until the lease runs
 //! out, then another replica takes it over (again with compare-and-set, so only one does). A
 //! holder doing long work renews its lease.
+//!
+//! A [`Lease`] is a guard: dropping it releases the lease in the background, so a handler that
+//! is cancelled (a deadline, a shutdown) or returns early on any path frees the environment at
+//! once instead of holding it until the lease expires. [`Lease::release`] does the same and
+//! waits for it.
 
 use std::time::Duration;
 
@@ -11,12 +16,52 @@ use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// A held lease.
+/// How many times in a row the lock store may fail before [`Locks::acquire`] gives up.
+const STORE_ATTEMPTS: u32 = 5;
+
+/// A held lease, released when dropped (or by [`Lease::release`]).
 #[derive(Debug)]
 pub struct Lease {
+    kv: kv::Store,
     key: String,
     revision: u64,
     purpose: String,
+    released: bool,
+}
+
+impl Lease {
+    /// The KV key the lease is held on.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Releases the lease and waits until the store has it (only if it is still ours: a lease
+    /// taken over after expiry is not).
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn release(mut self) {
+        self.released = true;
+        delete(&self.kv, &self.key, self.revision).await;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!(key = %self.key, "no runtime to release the lease on; it expires instead");
+            return;
+        };
+        let (kv, key, revision) = (self.kv.clone(), std::mem::take(&mut self.key), self.revision);
+        runtime.spawn(async move { delete(&kv, &key, revision).await });
+    }
+}
+
+async fn delete(kv: &kv::Store, key: &str, revision: u64) {
+    if let Err(e) = kv.delete_expect_revision(key, Some(revision)).await {
+        tracing::debug!(key, error = %e, "lease was no longer ours to release");
+    }
 }
 
 /// What a lease records.
@@ -41,7 +86,7 @@ pub enum LockError {
     /// The lease expired and another replica took it over.
     #[error("the lease on `{0}` was lost to another replica")]
     Lost(String),
-    /// KV unavailable.
+    /// KV unavailable (after a few attempts, when taking a lease).
     #[error("the lock store is unavailable: {0}")]
     Store(String),
 }
@@ -76,27 +121,49 @@ impl Locks {
         let deadline = tokio::time::Instant::now() + self.wait;
         let mut pause = Duration::from_millis(10);
         let held = |revision: u64| Lease {
+            kv: self.kv.clone(),
             key: key.to_owned(),
             revision,
             purpose: purpose.to_owned(),
+            released: false,
+        };
+        // Store failures in a row: a conflict with another replica is the normal race and
+        // resets nothing, but a store that keeps failing is reported, not retried forever.
+        let mut failures = 0;
+        let mut store_failed = |e: &dyn std::fmt::Display| {
+            failures += 1;
+            if failures >= STORE_ATTEMPTS {
+                Err(LockError::Store(format!("{e} (after {failures} attempts on `{key}`)")))
+            } else {
+                tracing::debug!(key, error = %e, "lock store failed, trying again");
+                Ok(())
+            }
         };
         loop {
             let value = self.record(purpose);
             match self.kv.create(key, value.clone()).await {
                 Ok(revision) => return Ok(held(revision)),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(e) => return Err(LockError::Store(e.to_string())),
+                Err(e) => {
+                    store_failed(&e)?;
+                    continue;
+                }
             }
             let holder = match self.kv.entry(key).await {
                 Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
                     let current: Option<LeaseRecord> = serde_json::from_slice(&entry.value).ok();
                     let expired = current.as_ref().is_none_or(|c| c.expires_at <= Utc::now());
                     if expired {
-                        if let Ok(revision) = self.kv.update(key, value, entry.revision).await {
-                            if let Some(c) = &current {
-                                tracing::warn!(key, previous = %c.owner, "took over an expired lease");
+                        match self.kv.update(key, value, entry.revision).await {
+                            Ok(revision) => {
+                                if let Some(c) = &current {
+                                    tracing::warn!(key, previous = %c.owner, "took over an expired lease");
+                                }
+                                return Ok(held(revision));
                             }
-                            return Ok(held(revision));
+                            // Another replica took it over first: look again.
+                            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                            Err(e) => store_failed(&e)?,
                         }
                         continue;
                     }
@@ -106,7 +173,10 @@ impl Locks {
                 }
                 // Deleted or gone between our create and this read: try again at once.
                 Ok(_) => continue,
-                Err(e) => return Err(LockError::Store(e.to_string())),
+                Err(e) => {
+                    store_failed(&e)?;
+                    continue;
+                }
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(LockError::Busy {
@@ -152,11 +222,8 @@ impl Locks {
         }
     }
 
-    /// Releases `lease` (only if it is still ours: a lease taken over after expiry is not).
-    #[tracing::instrument(level = "debug", skip_all)]
+    /// Releases `lease` and waits for it: the same as [`Lease::release`].
     pub async fn release(&self, lease: Lease) {
-        if let Err(e) = self.kv.delete_expect_revision(&lease.key, Some(lease.revision)).await {
-            tracing::debug!(key = %lease.key, error = %e, "lease was no longer ours to release");
-        }
+        lease.release().await;
     }
 }

@@ -1,5 +1,9 @@
 //! `baton-kit` is the runtime every Baton service shares, so none of them re-implements it:
 //!
+//! - [`service`]: the [`service::Service`] trait every service implements, its `main`, start-up
+//!   ([`service::Runtime`]) and serving with one shutdown;
+//! - [`error`]: the one failure shape (transient or permanent, a metric label, the source);
+//! - [`command`]: the client of the promoter's operator commands (CLI and chat-ops);
 //! - [`codec`]: CloudEvents over NATS in binary mode (structured mode accepted on input);
 //! - [`fabric`]: connecting to NATS and provisioning the JetStream topology (events stream,
 //!   dead-letter stream, KV buckets, log object store), and publishing with `Nats-Msg-Id`;
@@ -7,14 +11,16 @@
 //! - [`runner`]: the stage runner — durable pull consumer, validation, idempotency, retries
 //!   with backoff, dead letters, heartbeats, deadlines and graceful drain;
 //! - [`telemetry`], [`metrics`], [`health`]: logs, traces, `/healthz`, `/readyz`, `/metrics`;
-//! - [`steps`], [`source`]: the step executor and the cached git mirrors the builder, the
-//!   tester and the promoter share;
+//! - [`steps`], [`source`]: the step executor, and every service's git access (cached mirrors,
+//!   checkouts, a folder's files at a commit, commit walks, `ls-remote`, credentials);
 //! - [`lease`]: leases in JetStream KV (one promotion per environment, one rollout per
 //!   namespace);
 //! - [`settings`], [`shutdown`], [`tls`]: typed config with exit code 64, SIGTERM/SIGINT, and
 //!   the one rustls crypto provider.
 
 pub mod codec;
+pub mod command;
+pub mod error;
 pub mod events;
 pub mod fabric;
 pub mod health;
@@ -30,5 +36,6 @@ pub mod steps;
 pub mod telemetry;
 pub mod tls;
 
+pub use error::{ErrorKind, HandlerError};
 pub use events::Outgoing;
-pub use runner::{Handler, HandlerError, Incoming, Stage, StageRunner};
+pub use runner::{Handler, Incoming, Stage, StageRunner};

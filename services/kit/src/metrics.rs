@@ -21,6 +21,19 @@ pub struct EventLabels {
     pub outcome: String,
 }
 
+/// Labels of the failure counter: what exactly went wrong, beyond the outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// The stage whose handler failed.
+    pub stage: String,
+    /// The event type it was handling.
+    pub event_type: String,
+    /// `transient` or `permanent`.
+    pub kind: String,
+    /// The error's specific label, e.g. `registry_unreachable`, `missing_commit`.
+    pub reason: String,
+}
+
 /// Labels of the latency histogram.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
@@ -43,6 +56,8 @@ pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
     /// Events a stage finished with, by outcome.
     pub events: Family<EventLabels, Counter>,
+    /// Handler failures, by kind and specific reason.
+    pub failures: Family<FailureLabels, Counter>,
     /// Handler latency in seconds.
     pub handler_seconds: Family<StageLabels, Histogram>,
     /// Events published (and acknowledged by JetStream).
@@ -61,6 +76,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("baton");
         let events = Family::<EventLabels, Counter>::default();
         registry.register("events", "Events a stage finished with, by outcome", events.clone());
+        let failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "failures",
+            "Handler failures by kind (transient, permanent) and specific reason",
+            failures.clone(),
+        );
         let handler_seconds = Family::<StageLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0])
         });
@@ -74,6 +95,7 @@ impl Metrics {
         Self {
             registry: Arc::new(Mutex::new(registry)),
             events,
+            failures,
             handler_seconds,
             published,
         }
@@ -142,6 +164,20 @@ impl StageMetrics {
                         outcome: outcome.to_owned(),
                     })
                     .clone()
+            })
+            .inc();
+    }
+
+    /// Counts one handler failure on an event of `event_type`, by `kind` and specific `reason`
+    /// (rare, so the label set is built each time).
+    pub fn failed(&self, event_type: &str, kind: &str, reason: &str) {
+        self.metrics
+            .failures
+            .get_or_create(&FailureLabels {
+                stage: self.stage.clone(),
+                event_type: event_type.to_owned(),
+                kind: kind.to_owned(),
+                reason: reason.to_owned(),
             })
             .inc();
     }

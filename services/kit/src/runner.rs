@@ -39,6 +39,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::codec;
+pub use crate::error::HandlerError;
 use crate::events::{self, Outgoing};
 use crate::fabric::{self, FabricError, Topology};
 use crate::metrics::{Metrics, StageMetrics};
@@ -151,27 +152,6 @@ impl Incoming {
             event = event.with_chain_id(chain);
         }
         Ok(event)
-    }
-}
-
-/// How a handler failed: the heart of reliability is telling these apart.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HandlerError {
-    /// Worth retrying later (a registry timeout, NATS briefly away): nak with backoff.
-    #[error("transient: {0}")]
-    Transient(String),
-    /// Retrying cannot help (a malformed pipeline file, a missing commit): dead-letter it.
-    #[error("permanent: {0}")]
-    Permanent(String),
-}
-
-impl HandlerError {
-    /// A short label for metrics.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Transient(_) => "transient",
-            Self::Permanent(_) => "permanent",
-        }
     }
 }
 
@@ -563,17 +543,23 @@ async fn handle_one<H: Handler>(
             }
             Outcome::Handled
         }
-        Some(Err(HandlerError::Transient(reason))) if delivered >= u64::from(settings.max_deliver) => {
-            let reason = format!("still failing after {delivered} attempts: {reason}");
-            give_up(inner, message, &incoming, &reason, "dead_lettered").await
-        }
-        Some(Err(HandlerError::Transient(reason))) => {
-            let delay = backoff(settings, delivered);
-            tracing::warn!(%reason, retry_in = ?delay, "transient failure, retrying");
-            ack(message, AckKind::Nak(Some(delay)), Outcome::Retried).await
-        }
-        Some(Err(HandlerError::Permanent(reason))) => {
-            give_up(inner, message, &incoming, &reason, "dead_lettered").await
+        Some(Err(error)) => {
+            inner.metrics.failed(
+                incoming.event_type.as_str(),
+                error.kind().as_str(),
+                error.metric_label(),
+            );
+            let reason = error.reason();
+            if !error.is_transient() {
+                give_up(inner, message, &incoming, &reason, "dead_lettered").await
+            } else if delivered >= u64::from(settings.max_deliver) {
+                let reason = format!("still failing after {delivered} attempts: {reason}");
+                give_up(inner, message, &incoming, &reason, "dead_lettered").await
+            } else {
+                let delay = backoff(settings, delivered);
+                tracing::warn!(%reason, label = error.metric_label(), retry_in = ?delay, "transient failure, retrying");
+                ack(message, AckKind::Nak(Some(delay)), Outcome::Retried).await
+            }
         }
         None => {
             let reason = format!(

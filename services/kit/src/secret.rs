@@ -1,22 +1,28 @@
 //! Secrets (webhook secrets, signing keys, tokens): read from an environment variable or a
-//! file, and impossible to print by accident — `Debug` and `Display` show `[redacted]`.
+//! file, and impossible to print by accident — `Debug` and `Display` show `[redacted]`. The
+//! bytes live in a `secrecy` box, which zeroes them when the last copy is dropped.
 
 use std::fmt;
 use std::path::Path;
 
+use secrecy::zeroize::Zeroizing;
+use secrecy::{ExposeSecret, SecretSlice};
+
 /// A secret value. Compare it with constant-time functions (e.g. HMAC verification), never `==`.
 #[derive(Clone)]
-pub struct Secret(Vec<u8>);
+pub struct Secret(SecretSlice<u8>);
 
 impl Secret {
-    /// Wraps secret bytes.
+    /// Wraps secret bytes (zeroed when the secret is dropped).
     pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Self(bytes.into())
+        let bytes = Zeroizing::new(bytes.into());
+        // An exact-size copy, so the box is not reallocated; the original is zeroed on drop.
+        Self(SecretSlice::from(bytes.to_vec()))
     }
 
     /// The secret's bytes, for HMAC keys and constant-time comparison.
     pub fn expose(&self) -> &[u8] {
-        &self.0
+        self.0.expose_secret()
     }
 
     /// Reads a secret from the environment variable `name` through `env` (so tests pass a map).
@@ -36,7 +42,8 @@ impl Secret {
     /// # Errors
     /// When the file cannot be read or is empty.
     pub fn from_file(path: &Path) -> Result<Self, String> {
-        let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut bytes =
+            Zeroizing::new(std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?);
         if bytes.ends_with(b"\n") {
             bytes.pop();
             if bytes.ends_with(b"\r") {
@@ -46,7 +53,7 @@ impl Secret {
         if bytes.is_empty() {
             return Err(format!("{} is empty", path.display()));
         }
-        Ok(Self(bytes))
+        Ok(Self::new(bytes.as_slice()))
     }
 }
 

@@ -1,17 +1,131 @@
-//! What every service does at start, in one place: connect to NATS, provision the JetStream
-//! topology, and set up metrics. A service's `Application::build` calls [`Runtime::start`].
+//! What every service does at start, while serving and at shutdown, in one place.
+//!
+//! A service is a [`Service`]: a type built from its settings (validate, connect, bind) and then
+//! run until a shutdown token is cancelled. Its binary is [`main`] behind the
+//! [`service_main!`](crate::service_main) macro, so every `main.rs` is the same three lines, and
+//! `baton up` starts any list of services through the same trait. Inside `build`, a service uses
+//! [`Runtime::start`] (connect to NATS, provision the topology, set up metrics),
+//! [`Runtime::stage`] (its stage runner and durable consumer) and [`Runtime::bind`]; its
+//! `run_until_stopped` uses [`Runtime::serve`] (an HTTP router beside whatever work the service
+//! does, one shutdown for both, then a NATS drain) or [`Runtime::serve_stage`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use async_nats::Client;
-use baton_schemas::config::CommonSettings;
+use axum::Router;
+use baton_schemas::EventType;
+use baton_schemas::config::{CommonSettings, RunnerSettings};
+use clap::Parser;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::BoxError;
 use crate::fabric::{self, FabricError, Topology};
 use crate::health::{self, HealthState};
 use crate::metrics::Metrics;
-use crate::runner::{Handler, RunnerError, StageRunner};
-use crate::settings::{ConfigError, EXIT_INVALID_CONFIG};
+use crate::runner::{Handler, RunnerError, Stage, StageRunner};
+use crate::settings::{self, ConfigError, EXIT_INVALID_CONFIG, ServiceArgs, Settings};
+use crate::{shutdown, telemetry, tls};
 
-/// A started service's connection to the fabric.
+/// How a service reads its secrets and other environment values: `std::env::var` in `main`, a
+/// map in tests.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// A Baton service: built from its settings, then run until shut down. `main` and `baton up`
+/// know a service only through this trait; tests call the same two steps, bound to port 0.
+pub trait Service: Sized + Send + 'static {
+    /// The binary's name, e.g. `baton-builder`: the NATS connection name, OTel `service.name`,
+    /// and the prefix of its error messages. `baton up` reads its config from the name without
+    /// `baton-` (`builder.yaml`).
+    const NAME: &'static str;
+
+    /// The service's own config sections (beside the common ones).
+    type Config: DeserializeOwned + Serialize + Default + Send + 'static;
+
+    /// Validates the config (secrets included), connects, provisions and binds `http.listen`.
+    ///
+    /// # Errors
+    /// [`StartError::Config`] before anything is bound; the others when NATS, the port or
+    /// another dependency fails.
+    fn build(settings: Settings<Self::Config>, env: Env<'_>) -> impl Future<Output = Result<Self, StartError>>;
+
+    /// The bound address of its HTTP endpoint (useful when `http.listen` has port 0).
+    fn local_addr(&self) -> SocketAddr;
+
+    /// Serves and works until `shutdown` is cancelled, finishing or handing back in-flight work
+    /// within the grace period, then drains the NATS connection.
+    ///
+    /// # Errors
+    /// When serving or the service's work fails.
+    fn run_until_stopped(self, shutdown: CancellationToken) -> impl Future<Output = Result<(), StartError>> + Send;
+}
+
+/// The name `baton up` reads a service's config file by: its binary name without `baton-`.
+pub fn short_name<S: Service>() -> &'static str {
+    S::NAME.strip_prefix("baton-").unwrap_or(S::NAME)
+}
+
+/// Why a service could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Invalid configuration: `main` exits with code 64.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// NATS unreachable or the topology refused.
+    #[error(transparent)]
+    Fabric(#[from] FabricError),
+    /// The stage runner could not create its consumer or keep consuming.
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+    /// The HTTP address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address from `http.listen`.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A directory the service keeps files in could not be created.
+    #[error("cannot create the directory {}: {source}", path.display())]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP server failed while serving.
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    /// Something else the service needs failed; `doing` says what it was doing.
+    #[error("{doing}: {source}")]
+    Failed {
+        /// What the service was doing, e.g. "cannot build the Kubernetes client".
+        doing: &'static str,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl StartError {
+    /// `doing` failed because of `source`.
+    pub fn failed(doing: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Failed {
+            doing,
+            source: source.into(),
+        }
+    }
+}
+
+/// A started service's connection to the fabric, and the common settings its pieces share.
 #[derive(Debug, Clone)]
 pub struct Runtime {
     /// The service's name, e.g. `baton-listener`; the NATS connection name and `service.name`.
@@ -22,6 +136,12 @@ pub struct Runtime {
     pub topology: Topology,
     /// The service's metrics.
     pub metrics: Metrics,
+    /// How its stage runners consume.
+    runner: RunnerSettings,
+    /// How long in-flight work may finish after a shutdown signal.
+    grace: Duration,
+    /// `http.listen`.
+    listen: SocketAddr,
 }
 
 impl Runtime {
@@ -38,7 +158,54 @@ impl Runtime {
             client,
             topology,
             metrics: Metrics::new(),
+            runner: settings.runner.clone(),
+            grace: settings.shutdown.grace_period,
+            listen: settings.http.listen,
         })
+    }
+
+    /// The stage runner of `stage`, whose durable consumer exists once this returns, so events
+    /// published from now on are not missed.
+    ///
+    /// # Errors
+    /// When JetStream refuses the consumer.
+    pub async fn stage<H: Handler>(
+        &self,
+        stage: &str,
+        handles: impl IntoIterator<Item = EventType>,
+        handler: H,
+    ) -> Result<StageRunner<H>, StartError> {
+        let runner = StageRunner::new(
+            Stage::new(stage, handles),
+            handler,
+            self.topology.clone(),
+            self.runner.clone(),
+            self.metrics.clone(),
+        )
+        .with_grace_period(self.grace);
+        runner.ensure_consumer().await?;
+        Ok(runner)
+    }
+
+    /// How long in-flight work may finish after a shutdown signal (`shutdown.grace_period`).
+    pub fn grace_period(&self) -> Duration {
+        self.grace
+    }
+
+    /// Binds `http.listen` (port 0 picks a free port) and returns the listener with the
+    /// address it got.
+    ///
+    /// # Errors
+    /// [`StartError::Bind`] naming the address.
+    pub async fn bind(&self) -> Result<(TcpListener, SocketAddr), StartError> {
+        let addr = self.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Ok((listener, bound))
     }
 
     /// What the operations endpoint needs.
@@ -50,56 +217,51 @@ impl Runtime {
         }
     }
 
+    /// The operations endpoint (`/healthz`, `/readyz`, `/metrics`); merge a service's own
+    /// routes into it.
+    pub fn router(&self) -> Router {
+        health::router(self.health_state())
+    }
+
     /// Flushes and drains the NATS connection: the last step of a graceful shutdown.
     pub async fn drain(&self) {
         if let Err(e) = self.client.drain().await {
             tracing::warn!(error = %e, "draining the NATS connection failed");
         }
     }
-}
 
-/// Why a stage service (builder, tester, promoter, …) could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Invalid configuration: `main` exits with code 64.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// NATS unreachable or the topology refused.
-    #[error(transparent)]
-    Fabric(#[from] FabricError),
-    /// The consumer could not be created.
-    #[error(transparent)]
-    Runner(#[from] RunnerError),
-    /// The HTTP address could not be bound, a directory created, or a subscription made.
-    #[error("{0}")]
-    Io(String),
-}
+    /// Serves `router` on `listener` and runs `work` (a stage runner, pollers, …) beside it
+    /// until `shutdown` is cancelled. `work` gets the token and must stop when it is cancelled;
+    /// when `work` ends on its own (or fails), the server is stopped too. In-flight requests
+    /// finish, then the NATS connection is drained.
+    ///
+    /// # Errors
+    /// The first of `work`'s error and the server's.
+    pub async fn serve<W, F>(
+        self,
+        listener: TcpListener,
+        router: Router,
+        work: W,
+        shutdown: CancellationToken,
+    ) -> Result<(), StartError>
+    where
+        W: FnOnce(CancellationToken) -> F,
+        F: Future<Output = Result<(), StartError>> + Send,
+    {
+        let stop = shutdown.clone();
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await });
+        let server = tokio::spawn(async move { server.await });
+        let worked = work(shutdown.clone()).await;
+        shutdown.cancel();
+        let served = match server.await {
+            Ok(served) => served.map_err(StartError::Serve),
+            Err(e) => Err(StartError::Serve(std::io::Error::other(e))),
+        };
+        self.drain().await;
+        tracing::info!(service = %self.service, "stopped");
+        worked.and(served)
+    }
 
-/// Binds the operations endpoint (`http.listen`; port 0 picks a free port) and returns the
-/// listener with the address it got.
-///
-/// # Errors
-/// [`StartError::Io`] naming the address.
-pub async fn bind(addr: std::net::SocketAddr) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), StartError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| StartError::Io(format!("cannot listen on {addr}: {e}")))?;
-    let addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
-    Ok((listener, addr))
-}
-
-/// Why a stage service stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum StageServiceError {
-    /// The stage runner could not consume.
-    #[error(transparent)]
-    Runner(#[from] RunnerError),
-    /// The operations endpoint failed.
-    #[error("the operations endpoint failed: {0}")]
-    Http(#[from] std::io::Error),
-}
-
-impl Runtime {
     /// Runs a stage service until `shutdown` is cancelled: the operations endpoint on
     /// `listener` and the stage `runner`, which finishes or hands back in-flight events within
     /// its grace period; then drains the NATS connection.
@@ -108,56 +270,170 @@ impl Runtime {
     /// When the runner cannot consume or the endpoint fails.
     pub async fn serve_stage<H: Handler>(
         self,
-        listener: tokio::net::TcpListener,
+        listener: TcpListener,
         runner: StageRunner<H>,
         shutdown: CancellationToken,
-    ) -> Result<(), StageServiceError> {
-        let stop = shutdown.clone();
-        let server = axum::serve(listener, health::router(self.health_state()))
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        let server = tokio::spawn(async move { server.await });
-        let stop = shutdown.clone();
-        let consumed = runner.run(async move { stop.cancelled().await }).await;
-        shutdown.cancel();
-        let served = server.await.map_err(std::io::Error::other);
-        self.drain().await;
-        tracing::info!(service = %self.service, "stopped");
-        consumed?;
-        served??;
-        Ok(())
+    ) -> Result<(), StartError> {
+        let router = self.router();
+        self.serve(listener, router, |stop| run_stage(Some(runner), stop), shutdown)
+            .await
     }
 }
 
-/// For `main`: reports a configuration error the operator must fix and exits with code 64.
-pub fn exit_invalid_config(service: &str, error: &dyn std::fmt::Display) -> ! {
-    tracing::error!("{error}");
-    #[allow(
-        clippy::print_stderr,
-        reason = "the operator must see why the service refuses to start"
-    )]
-    {
-        eprintln!("{service}: {error}");
+/// Runs `runner`, if there is one, until `shutdown` is cancelled (with none, just waits for it).
+///
+/// # Errors
+/// When the runner cannot consume.
+pub async fn run_stage<H: Handler>(
+    runner: Option<StageRunner<H>>,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    match runner {
+        Some(runner) => Ok(runner.run(shutdown.cancelled_owned()).await?),
+        None => {
+            shutdown.cancelled().await;
+            Ok(())
+        }
     }
-    std::process::exit(EXIT_INVALID_CONFIG)
 }
 
 /// The directory a service caches into: `configured` (created if missing), or else a fresh
 /// temporary directory named after `service`, returned too so it is removed when dropped.
 ///
 /// # Errors
-/// When the directory cannot be created.
-pub fn cache_dir(
-    configured: Option<&std::path::Path>,
-    service: &str,
-) -> std::io::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
+/// [`StartError::Directory`] naming the directory.
+pub fn cache_dir(configured: Option<&Path>, service: &str) -> Result<(PathBuf, Option<tempfile::TempDir>), StartError> {
     match configured {
         Some(dir) => {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(|source| StartError::Directory {
+                path: dir.to_owned(),
+                source,
+            })?;
             Ok((dir.to_owned(), None))
         }
         None => {
-            let dir = tempfile::Builder::new().prefix(&format!("{service}-")).tempdir()?;
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("{service}-"))
+                .tempdir()
+                .map_err(|source| StartError::Directory {
+                    path: std::env::temp_dir(),
+                    source,
+                })?;
             Ok((dir.path().to_owned(), Some(dir)))
         }
+    }
+}
+
+/// For `main`: reports a configuration error the operator must fix and exits with code 64.
+pub fn exit_invalid_config(service: &str, error: &dyn std::fmt::Display) -> ! {
+    tracing::error!("{error}");
+    report(service, &error.to_string());
+    std::process::exit(EXIT_INVALID_CONFIG)
+}
+
+#[allow(clippy::print_stderr, reason = "the operator must see why the service stopped")]
+fn report(service: &str, message: &str) {
+    eprintln!("{service}: {message}");
+}
+
+/// An error and each of its causes that its message does not already say, joined by `: `.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = e.source();
+    }
+    message
+}
+
+/// The whole life of a service binary: parse `--config`, load the settings (exit 64 naming the
+/// field when they are invalid), start telemetry, build the service and run it until SIGTERM or
+/// SIGINT. Any other failure is reported with its causes and exits 1.
+pub fn main<S: Service>() -> ExitCode {
+    tls::install_crypto_provider();
+    let args = ServiceArgs::parse();
+    let settings = settings::load_or_exit::<S::Config>(S::NAME, &args);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            report(S::NAME, &format!("cannot start the async runtime: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let _telemetry = match telemetry::init(S::NAME, &settings.common.telemetry) {
+            Ok(guard) => guard,
+            Err(e) => {
+                report(S::NAME, &chain(&e));
+                return ExitCode::FAILURE;
+            }
+        };
+        for warning in &settings.warnings {
+            tracing::warn!("{warning}");
+        }
+        let env = |name: &str| std::env::var(name).ok();
+        let service = match S::build(settings, &env).await {
+            Ok(service) => service,
+            Err(StartError::Config(e)) => exit_invalid_config(S::NAME, &e),
+            Err(e) => {
+                tracing::error!(error = %chain(&e), "cannot start");
+                report(S::NAME, &chain(&e));
+                return ExitCode::FAILURE;
+            }
+        };
+        match service.run_until_stopped(shutdown::on_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %chain(&e), "stopped with an error");
+                report(S::NAME, &chain(&e));
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// A service binary's whole `main.rs` body: mimalloc as the global allocator (the event path
+/// allocates many small JSON values, which it serves faster than glibc) and
+/// `fn main() { baton_kit::service::main::<$service>() }`.
+#[macro_export]
+macro_rules! service_main {
+    ($service:ty) => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::service::MiMalloc = $crate::service::MiMalloc;
+
+        fn main() -> ::std::process::ExitCode {
+            $crate::service::main::<$service>()
+        }
+    };
+}
+
+#[doc(hidden)]
+pub use mimalloc::MiMalloc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapper")]
+    struct Wrapper(#[source] std::io::Error);
+
+    #[test]
+    fn the_chain_names_each_cause_once() {
+        let e = Outer(std::io::Error::other("refused"));
+        assert_eq!(chain(&e), "outer: refused");
+        let e = Wrapper(std::io::Error::other("refused"));
+        assert_eq!(chain(&e), "wrapper: refused");
+        let e = StartError::failed("cannot build the client", Wrapper(std::io::Error::other("bad pem")));
+        assert_eq!(chain(&e), "cannot build the client: wrapper: bad pem");
     }
 }

@@ -1,14 +1,21 @@
-//! Source: the builder's and the tester's view of an application repository. A cached bare
-//! mirror per repository (later builds fetch only new objects) and a
-//! fresh workspace with the exact commit checked out. Credentials for private repositories
-//! come from config and never reach a log.
+//! Source: every service's git access, in one place. A cached bare mirror per repository
+//! (later reads fetch only new objects), from which the builder and the tester check out a
+//! fresh workspace at the exact commit, the promoter and the deployer read a folder's files at
+//! a commit ([`Sources::files_at`]), the promoter and the listener walk the commits between two
+//! heads ([`Sources::commits_between`]), and the listener lists a remote's refs without
+//! fetching ([`Sources::ls_remote`]). Credentials for private repositories come from the common
+//! `source.credentials` config, are offered to every remote operation, and never reach a log.
 //!
 //! Failures are classified: an unreachable remote is transient (the event is retried with
 //! backoff), a commit the remote does not have is permanent (the build fails with the reason).
+//!
+//! The functions on a plain [`git2::Repository`] ([`files_in`], [`commits_in`]) serve a
+//! repository the caller manages itself, such as the promoter's clone of the config repo.
 
 use std::path::{Path, PathBuf};
 
-use baton_schemas::config::builder::GitCredential;
+use baton_schemas::config::GitCredential;
+use baton_schemas::payloads::{CommitInfo, Person};
 
 use crate::secret::Secret;
 use crate::settings::ConfigError;
@@ -102,6 +109,16 @@ pub enum SourceError {
         /// The commit.
         commit: String,
     },
+    /// The commit has no such folder: retrying cannot help.
+    #[error("{url} has no folder `{folder}` at commit {commit}")]
+    MissingFolder {
+        /// The repository URL.
+        url: String,
+        /// The commit.
+        commit: String,
+        /// The folder asked for.
+        folder: String,
+    },
     /// The local cache or workspace failed.
     #[error("cannot prepare the workspace: {0}")]
     Local(String),
@@ -110,8 +127,132 @@ pub enum SourceError {
 impl SourceError {
     /// Whether retrying later may succeed.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, Self::MissingCommit { .. })
+        !matches!(self, Self::MissingCommit { .. } | Self::MissingFolder { .. })
     }
+}
+
+impl crate::error::Classify for SourceError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::transient_if(self.is_transient())
+    }
+
+    fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Unreachable { .. } => "git_unreachable",
+            Self::MissingCommit { .. } => "missing_commit",
+            Self::MissingFolder { .. } => "missing_folder",
+            Self::Local(_) => "git_local",
+        }
+    }
+}
+
+impl From<SourceError> for crate::error::HandlerError {
+    fn from(e: SourceError) -> Self {
+        Self::classified(e)
+    }
+}
+
+/// A ref a remote advertises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRef {
+    /// Full name, e.g. `refs/heads/main`.
+    pub name: String,
+    /// The commit it points at.
+    pub sha: String,
+}
+
+/// The files under `dir` (`""` for the whole tree) at `commit`, with their paths relative to
+/// `dir`, byte for byte; `None` when the commit has no such folder.
+///
+/// # Errors
+/// When the commit is not in `repo` or an object cannot be read.
+pub fn files_in(
+    repo: &git2::Repository,
+    commit: git2::Oid,
+    dir: &str,
+) -> Result<Option<Vec<(String, Vec<u8>)>>, git2::Error> {
+    let tree = repo.find_commit(commit)?.tree()?;
+    let dir = dir.trim_matches('/');
+    let folder = if dir.is_empty() {
+        tree
+    } else {
+        match tree.get_path(Path::new(dir)).and_then(|e| e.to_object(repo)) {
+            Ok(object) => match object.into_tree() {
+                Ok(folder) => folder,
+                Err(_) => return Ok(None),
+            },
+            Err(_) => return Ok(None),
+        }
+    };
+    let mut files = Vec::new();
+    let mut failure = None;
+    folder.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+        if entry.kind() == Some(git2::ObjectType::Blob) {
+            match repo.find_blob(entry.id()) {
+                Ok(blob) => files.push((
+                    format!("{root}{}", entry.name().unwrap_or_default()),
+                    blob.content().to_vec(),
+                )),
+                Err(e) => {
+                    failure = Some(e);
+                    return git2::TreeWalkResult::Abort;
+                }
+            }
+        }
+        git2::TreeWalkResult::Ok
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(Some(files)),
+    }
+}
+
+/// The commits reachable from `head` but not from `since` (when `repo` has it), newest first,
+/// at most `limit` of them: what a push or a release brought.
+///
+/// # Errors
+/// When `head` is not in `repo` or the walk fails.
+pub fn commits_in(
+    repo: &git2::Repository,
+    head: git2::Oid,
+    since: Option<git2::Oid>,
+    limit: usize,
+) -> Result<Vec<CommitInfo>, git2::Error> {
+    let mut walk = repo.revwalk()?;
+    walk.set_sorting(git2::Sort::TOPOLOGICAL)?;
+    walk.push(head)?;
+    if let Some(since) = since.filter(|oid| repo.find_commit(*oid).is_ok()) {
+        walk.hide(since)?;
+    }
+    walk.take(limit).map(|oid| describe_commit(repo, oid?)).collect()
+}
+
+/// A commit as events carry it: sha, message, time and author.
+///
+/// # Errors
+/// When the commit is not in `repo`.
+pub fn describe_commit(repo: &git2::Repository, oid: git2::Oid) -> Result<CommitInfo, git2::Error> {
+    let commit = repo.find_commit(oid)?;
+    let author = commit.author();
+    let time = commit.time();
+    Ok(CommitInfo {
+        id: oid.to_string(),
+        message: commit.message().unwrap_or_default().to_owned(),
+        timestamp: rfc3339(time.seconds(), time.offset_minutes()),
+        author: Person {
+            name: author.name().ok().map(str::to_owned),
+            email: author.email().ok().map(str::to_owned),
+            username: None,
+        },
+        url: None,
+    })
+}
+
+/// RFC 3339 from git's seconds-since-epoch and the author's UTC offset.
+fn rfc3339(seconds: i64, offset_minutes: i32) -> Option<String> {
+    let offset = chrono::FixedOffset::east_opt(offset_minutes.checked_mul(60)?)?;
+    let utc = chrono::DateTime::from_timestamp(seconds, 0)?;
+    Some(utc.with_timezone(&offset).to_rfc3339())
 }
 
 /// Mirrors and checkouts under one cache directory.
@@ -211,7 +352,93 @@ impl Sources {
         callbacks
     }
 
+    /// The files under `dir` of `commit` in `url` (fetched into the mirror when it lacks the
+    /// commit), paths relative to `dir`. Blocking.
+    ///
+    /// # Errors
+    /// [`SourceError::MissingFolder`] (permanent) when the commit has no such folder; the
+    /// others as [`Sources::mirror_with`].
+    pub fn files_at(&self, url: &str, commit: &str, dir: &str) -> Result<Vec<(String, Vec<u8>)>, SourceError> {
+        let mirror = self.mirror_with(url, commit)?;
+        let oid = git2::Oid::from_str(commit).map_err(|e| SourceError::Local(e.message().to_owned()))?;
+        files_in(&mirror, oid, dir)
+            .map_err(|e| SourceError::Local(e.message().to_owned()))?
+            .ok_or_else(|| SourceError::MissingFolder {
+                url: url.to_owned(),
+                commit: commit.to_owned(),
+                folder: dir.to_owned(),
+            })
+    }
+
+    /// The commits of `url` reachable from `head` but not from `since`, newest first, at most
+    /// `limit` (see [`commits_in`]). Blocking.
+    ///
+    /// # Errors
+    /// As [`Sources::mirror_with`].
+    pub fn commits_between(
+        &self,
+        url: &str,
+        head: &str,
+        since: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CommitInfo>, SourceError> {
+        let mirror = self.mirror_with(url, head)?;
+        let local = |e: git2::Error| SourceError::Local(e.message().to_owned());
+        let head = git2::Oid::from_str(head).map_err(local)?;
+        let since = since.and_then(|s| git2::Oid::from_str(s).ok());
+        commits_in(&mirror, head, since, limit).map_err(local)
+    }
+
+    /// The refs `url` advertises, without fetching anything (`git ls-remote`), with the
+    /// configured credentials. Blocking.
+    ///
+    /// # Errors
+    /// [`SourceError::Unreachable`] when the remote cannot be reached or refuses us.
+    pub fn ls_remote(&self, url: &str) -> Result<Vec<RemoteRef>, SourceError> {
+        let unreachable = |e: git2::Error| SourceError::Unreachable {
+            url: url.to_owned(),
+            message: e.message().to_owned(),
+        };
+        let mirror = self.mirror(url)?;
+        let mut remote = mirror.remote_anonymous(url).map_err(unreachable)?;
+        let connection = remote
+            .connect_auth(git2::Direction::Fetch, Some(self.remote_callbacks(url)), None)
+            .map_err(unreachable)?;
+        let refs = connection
+            .list()
+            .map_err(unreachable)?
+            .iter()
+            .map(|head| RemoteRef {
+                name: head.name().to_owned(),
+                sha: head.oid().to_string(),
+            })
+            .collect();
+        Ok(refs)
+    }
+
+    /// Fetches `refspecs` of `url` into its mirror with the configured credentials, and
+    /// returns the mirror. Blocking.
+    ///
+    /// # Errors
+    /// [`SourceError::Unreachable`].
+    pub fn fetch_refs(&self, url: &str, refspecs: &[String]) -> Result<git2::Repository, SourceError> {
+        let mirror = self.mirror(url)?;
+        self.fetch_with(&mirror, url, refspecs)?;
+        Ok(mirror)
+    }
+
     fn fetch(&self, mirror: &git2::Repository, url: &str) -> Result<(), SourceError> {
+        self.fetch_with(
+            mirror,
+            url,
+            &[
+                "+refs/heads/*:refs/heads/*".to_owned(),
+                "+refs/tags/*:refs/tags/*".to_owned(),
+            ],
+        )
+    }
+
+    fn fetch_with(&self, mirror: &git2::Repository, url: &str, refspecs: &[String]) -> Result<(), SourceError> {
         let mut remote = mirror.remote_anonymous(url).map_err(|e| SourceError::Unreachable {
             url: url.to_owned(),
             message: e.message().to_owned(),
@@ -219,11 +446,7 @@ impl Sources {
         let mut options = git2::FetchOptions::new();
         options.remote_callbacks(self.remote_callbacks(url));
         remote
-            .fetch(
-                &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
-                Some(&mut options),
-                None,
-            )
+            .fetch(refspecs, Some(&mut options), None)
             .map_err(|e| SourceError::Unreachable {
                 url: url.to_owned(),
                 message: e.message().to_owned(),
@@ -259,6 +482,13 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(0, 0).unwrap(), "1970-01-01T00:00:00+00:00");
+        assert_eq!(rfc3339(1_763_780_400, 60).unwrap(), "2025-11-22T04:00:00+01:00");
+        assert_eq!(rfc3339(1_763_780_400, -330).unwrap(), "2025-11-21T21:30:00-05:30");
     }
 
     #[test]

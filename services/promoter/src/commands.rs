@@ -8,14 +8,19 @@ use std::sync::Arc;
 use baton_schemas::EventType;
 use baton_schemas::commands::{CommandReply, CommandRequest, PROMOTER, Verb};
 use baton_schemas::extensions::CommandRejectedContent;
-use baton_schemas::release::{ApprovalKind, ApprovalVote, Pin, PromotionAction, ReleaseData};
+use baton_schemas::release::{ApprovalKind, Pin, PromotionAction, ReleaseData};
 use baton_schemas::subjects::COMMANDS_PREFIX;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::promoter::{Advance, PromoteError, Promoter, Write, app_dir, derive_id};
+use crate::advance::Advance;
+use crate::error::PromoteError;
+use crate::gates::{self, Ballot, Move, OperatorGate, Previous, Tally, VoteRefusal};
+use crate::manager::{ReleaseManager, app_dir, derive_id};
+use crate::policy::Policy;
 use crate::state::{self, PendingApproval, Scheduled, Trigger, Versioned};
+use crate::write::Write;
 
 /// The queue group every promoter replica answers commands in.
 pub const QUEUE_GROUP: &str = "promoter";
@@ -25,7 +30,7 @@ pub const QUEUE_GROUP: &str = "promoter";
 /// # Errors
 /// When the subscription cannot be made.
 pub async fn serve(
-    promoter: Arc<Promoter>,
+    promoter: Arc<ReleaseManager>,
     client: async_nats::Client,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::SubscribeError> {
@@ -59,8 +64,9 @@ pub async fn serve(
     Ok(())
 }
 
-/// Carries out one command and says how it went. Refusals are recorded as events.
-pub async fn execute(promoter: &Promoter, verb: &str, body: &[u8]) -> CommandReply {
+/// Carries out one command, as of one reading of the clock, and says how it went. Refusals are
+/// recorded as events.
+pub async fn execute(promoter: &ReleaseManager, verb: &str, body: &[u8]) -> CommandReply {
     let verb: Verb = match verb.parse() {
         Ok(v) => v,
         Err(message) => return CommandReply::refused(message),
@@ -85,6 +91,7 @@ pub async fn execute(promoter: &Promoter, verb: &str, body: &[u8]) -> CommandRep
         verb,
         request,
         id: request_id,
+        now: promoter.now(),
     };
     match command.run().await {
         Ok((reply, events)) => match promoter.publish(&events).await {
@@ -155,10 +162,12 @@ fn refuse(reason: impl Into<String>, release: Option<&ReleaseData>) -> Refusal {
 }
 
 struct Command<'a> {
-    promoter: &'a Promoter,
+    promoter: &'a ReleaseManager,
     verb: Verb,
     request: CommandRequest,
     id: String,
+    /// When the command arrived: everything it decides and records is as of then.
+    now: DateTime<Utc>,
 }
 
 type Done = (CommandReply, Vec<baton_kit::Outgoing>);
@@ -207,122 +216,66 @@ impl Command<'_> {
         let policy = promoter.policy().await?;
         let mut events = policy.events;
         let policy = policy.value;
+        let ballot = Ballot {
+            actor: &self.request.actor,
+            approve,
+            comment: self.request.reason.as_deref(),
+        };
+        let actor = ballot.actor;
         // Retried when another replica records a vote on the same request meanwhile.
         for _ in 0..5 {
             let (key, pending) = self.find_request(&policy, &release).await?;
-            if let Some(closed) = &pending.value.closed {
-                return Err(refuse(
-                    format!(
-                        "the approval request for release {} into `{}` is already closed ({}: {})",
-                        release.release, pending.value.data.environment, closed.status, closed.reason
-                    ),
-                    Some(&release),
-                ));
-            }
-            let env = promoter.environment(&policy, &pending.value.data.environment)?;
-            let actor = self.request.actor.as_str();
-            let approvers = policy.file.approvers_of(env);
-            if !approvers.contains(actor) {
-                return Err(refuse(
-                    format!(
-                        "{actor} may not approve promotions into `{}`; environments.yaml allows {}",
-                        env.name,
-                        approvers.into_iter().collect::<Vec<_>>().join(", ")
-                    ),
-                    Some(&release),
-                ));
-            }
-            if !env.approvals.author_may_approve
-                && let Some(author) = &release.author
-                && policy
-                    .file
-                    .is_author(actor, author.email.as_deref(), author.name.as_deref())
-            {
-                return Err(refuse(
-                    format!(
-                        "{actor} authored commit {} and may not approve their own change into `{}` (approvals.author_may_approve is false)",
-                        release.commit, env.name
-                    ),
-                    Some(&release),
-                ));
-            }
-            if let Some(vote) = pending.value.data.votes.iter().find(|v| v.actor == actor) {
-                return Err(refuse(
-                    format!("{actor} already {} this request", vote.decision),
-                    Some(&release),
-                ));
-            }
-            let mut next = pending.value.clone();
-            next.data.votes.push(ApprovalVote {
-                actor: actor.to_owned(),
-                decision: if approve { "approved" } else { "rejected" }.to_owned(),
-                at: Utc::now(),
-                comment: self.request.reason.clone(),
-            });
-            let approvals = next.data.votes.iter().filter(|v| v.decision == "approved").count();
-            let quorum = approvals >= next.data.required as usize;
-            let status = match (approve, quorum) {
-                (false, _) => Some("rejected"),
-                (true, true) => Some("approved"),
-                (true, false) => None,
+            let env_name = pending.value.data.environment.as_str();
+            let voted = match gates::vote(&policy.file, &pending.value, &release, ballot, self.now) {
+                Ok(voted) => voted,
+                Err(VoteRefusal::UnknownEnvironment(message)) => return Err(PromoteError::Permanent(message).into()),
+                Err(refusal) => return Err(refuse(refusal.message(actor, &release, env_name), Some(&release))),
             };
-            let reason = match status {
-                Some("rejected") => format!(
-                    "declined by {actor}{}",
-                    self.request
-                        .reason
-                        .as_deref()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default()
-                ),
-                Some(_) => format!("{approvals} of {} approvals", next.data.required),
-                None => String::new(),
-            };
-            if let Some(status) = status {
-                next.closed = Some(state::Closure {
-                    status: status.to_owned(),
-                    reason: reason.clone(),
-                    at: Utc::now(),
-                });
-            }
+            let next = &voted.request;
             if !promoter
                 .state
-                .compare_and_set(&key, &next, Some(pending.revision))
+                .compare_and_set(&key, next, Some(pending.revision))
                 .await
                 .map_err(PromoteError::from)?
             {
                 continue;
             }
             let decision = if approve { "approved" } else { "rejected" };
-            events.push(promoter.approval_updated(&next, actor, decision));
+            events.push(promoter.approval_updated(next, actor, decision));
             let mut reply = CommandReply::ok(String::new());
             reply.approval = Some(next.data.approval.clone());
             reply.release = Some(release.release.clone());
-            match status {
-                Some("rejected") => {
-                    events.push(promoter.approval_closed(&next, "rejected", "rejected", actor, &reason));
-                    reply.message = format!("declined: release {} will not enter `{}`", release.release, env.name);
+            let closed_because = next.closed.as_ref().map(|c| c.reason.as_str()).unwrap_or_default();
+            match voted.tally {
+                Tally::Declined => {
+                    events.push(promoter.approval_closed(next, "rejected", "rejected", actor, closed_because));
+                    reply.message = format!("declined: release {} will not enter `{env_name}`", release.release);
                 }
-                Some(_) => {
-                    events.push(promoter.approval_closed(&next, "approved", "approved", actor, &reason));
+                Tally::Approved => {
+                    events.push(promoter.approval_closed(next, "approved", "approved", actor, closed_because));
+                    let env = policy.environment(env_name)?;
                     let trigger = Trigger::Approved {
                         approval: next.data.approval.clone(),
                         break_glass: next.data.kind == ApprovalKind::BreakGlass,
                     };
                     let cause = derive_id(&["approval.closed", &next.data.approval]);
-                    let advanced = promoter
-                        .advance(&policy, &release, env, trigger, &cause, &next.promotion)
-                        .await?;
+                    let request = Move {
+                        release: &release,
+                        env,
+                        trigger: &trigger,
+                        promotion: &next.promotion,
+                    };
+                    let advanced = promoter.advance(&policy, request, &cause, self.now).await?;
                     events.extend(advanced.events);
                     reply.message = describe(&advanced.value, &release, &env.name);
                     if let Advance::Promoted(commit) = &advanced.value {
                         reply.config_commit = Some(commit.clone());
                     }
                 }
-                None => {
+                Tally::Open { approvals, required } => {
                     reply.message = format!(
-                        "approval {approvals} of {} recorded for release {} into `{}`",
-                        next.data.required, release.release, env.name
+                        "approval {approvals} of {required} recorded for release {} into `{env_name}`",
+                        release.release
                     );
                 }
             }
@@ -334,12 +287,12 @@ impl Command<'_> {
     /// The approval request the vote is about.
     async fn find_request(
         &self,
-        policy: &crate::promoter::Policy,
+        policy: &Policy,
         release: &ReleaseData,
     ) -> Result<(String, Versioned<PendingApproval>), Refusal> {
         let state = &self.promoter.state;
         let envs: Vec<&str> = match &self.request.environment {
-            Some(env) => vec![self.promoter.environment(policy, env)?.name.as_str()],
+            Some(env) => vec![policy.environment(env)?.name.as_str()],
             None => policy.file.environments.iter().map(|e| e.name.as_str()).collect(),
         };
         let mut matching = Vec::new();
@@ -387,57 +340,56 @@ impl Command<'_> {
         let policy = promoter.policy().await?;
         let mut events = policy.events;
         let policy = policy.value;
-        let env = promoter.environment(&policy, env_name)?;
-        if let Some(bad) = promoter.state.bad(&release.release).await.map_err(PromoteError::from)? {
-            return Err(refuse(
-                format!(
-                    "release {} is quarantined ({}); it is never promoted again",
-                    release.release, bad.reason
-                ),
-                Some(&release),
-            ));
-        }
-        if let Some(previous) = policy.file.previous_before(&env.name) {
-            let there = promoter
-                .state
-                .current(&release.app, &previous.name)
-                .await
-                .map_err(PromoteError::from)?;
-            let healthy = there
-                .as_ref()
-                .is_some_and(|c| c.value.release == release.release && c.value.healthy_since.is_some());
-            if !healthy {
-                return Err(refuse(
-                    format!(
-                        "release {} is not running healthy in `{}`, the environment before `{}`: promote it there first",
-                        release.release, previous.name, env.name
-                    ),
-                    Some(&release),
-                ));
+        let env = policy.environment(env_name)?;
+        let before = policy.file.previous_before(&env.name);
+        let (quarantined, current_before) = tokio::try_join!(promoter.state.bad(&release.release), async {
+            match before {
+                Some(before) => promoter.state.current(&release.app, &before.name).await,
+                None => Ok(None),
             }
-        }
-        let frozen = env.freeze.iter().any(|w| w.active_until(Utc::now()).is_some());
-        let cause = "";
-        let advanced = if frozen && self.request.break_glass {
-            promoter
-                .request_approval(
-                    &policy,
-                    &release,
+        })
+        .map_err(PromoteError::from)?;
+        let previous = before.map(|env| Previous {
+            env,
+            current: current_before.as_ref().map(|c| &c.value),
+        });
+        let gate = gates::operator_promote(
+            &release,
+            env,
+            quarantined.as_ref(),
+            previous,
+            self.request.break_glass,
+            self.now,
+        );
+        let advanced = match gate {
+            OperatorGate::Refuse(refusal) => return Err(refuse(refusal.message(&release, &env.name), Some(&release))),
+            OperatorGate::BreakGlass => {
+                promoter
+                    .request_approval(
+                        &policy,
+                        &release,
+                        env,
+                        ApprovalKind::BreakGlass,
+                        &self.request.actor,
+                        self.request.reason.clone(),
+                        &self.id,
+                        self.now,
+                    )
+                    .await?
+            }
+            OperatorGate::Gates => {
+                let trigger = Trigger::Operator {
+                    actor: self.request.actor.clone(),
+                };
+                let promotion = derive_id(&["operator-promote", &self.id, &env.name]);
+                let request = Move {
+                    release: &release,
                     env,
-                    ApprovalKind::BreakGlass,
-                    &self.request.actor,
-                    self.request.reason.clone(),
-                    &self.id,
-                )
-                .await?
-        } else {
-            let trigger = Trigger::Operator {
-                actor: self.request.actor.clone(),
-            };
-            let promotion = derive_id(&["operator-promote", &self.id, &env.name]);
-            promoter
-                .advance(&policy, &release, env, trigger, cause, &promotion)
-                .await?
+                    trigger: &trigger,
+                    promotion: &promotion,
+                };
+                promoter.advance(&policy, request, "", self.now).await?
+            }
         };
         if let Advance::Held(reason) = &advanced.value {
             return Err(refuse(reason.clone(), Some(&release)));
@@ -460,7 +412,7 @@ impl Command<'_> {
         let policy = promoter.policy().await?;
         let mut events = policy.events;
         let policy = policy.value;
-        let env = promoter.environment(&policy, env_name)?.clone();
+        let env = policy.environment(env_name)?.clone();
         let repo = Arc::clone(&promoter.repo);
         let dir = app_dir(&env.name, &app);
         let history = tokio::task::spawn_blocking(move || repo.history(&dir, 200))
@@ -527,6 +479,7 @@ impl Command<'_> {
                 &reason,
                 &promotion,
                 "",
+                self.now,
             )
             .await?;
         events.extend(written.events);
@@ -546,7 +499,7 @@ impl Command<'_> {
         let policy = promoter.policy().await?;
         let mut events = policy.events;
         let policy = policy.value;
-        let env = promoter.environment(&policy, env_name)?;
+        let env = policy.environment(env_name)?;
         let current = promoter
             .state
             .current(app, &env.name)
@@ -591,11 +544,12 @@ impl Command<'_> {
             pinned: pin.then(|| Pin {
                 by: self.request.actor.clone(),
                 reason,
-                at: Utc::now(),
+                at: self.now,
             }),
             break_glass: false,
             restore_from: None,
             cause: String::new(),
+            at: self.now,
         };
         let written = promoter.write(&release, env, write).await?;
         events.extend(written.events);
@@ -622,7 +576,7 @@ impl Command<'_> {
             .unwrap_or_else(|| format!("marked bad by {}", self.request.actor));
         let mut events = vec![
             promoter
-                .quarantine(&release, &self.request.actor, &reason, None)
+                .quarantine(&release, &self.request.actor, &reason, None, self.now)
                 .await?,
         ];
         // Whatever waits for this release stops waiting.
@@ -637,7 +591,9 @@ impl Command<'_> {
                 .map_err(PromoteError::from)?
                 && p.value.closed.is_none()
                 && p.value.data.release.release == release.release
-                && promoter.close_approval(&key, &p, "cancelled", &reason).await?
+                && promoter
+                    .close_approval(&key, &p, "cancelled", &reason, self.now)
+                    .await?
             {
                 events.push(promoter.approval_closed(&p.value, "cancelled", "rejected", &self.request.actor, &reason));
             }

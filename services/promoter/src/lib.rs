@@ -15,14 +15,22 @@
 //! Operators (the `baton` CLI, the chat-ops bot) send commands by NATS request/reply on
 //! `baton.cmd.promoter.<verb>`: approve, decline, promote, rollback, pin, unpin, mark-bad.
 
+pub mod advance;
 pub mod app;
+pub mod approvals;
+pub mod clock;
 pub mod commands;
 pub mod configrepo;
+pub mod error;
+pub mod gates;
 pub mod handler;
-pub mod promoter;
+pub mod manager;
+pub mod policy;
 pub mod rebuild;
+pub mod release;
 pub mod render;
 pub mod state;
 pub mod timers;
+pub mod write;
 
 pub use app::{Application, SERVICE, STAGE, StartError};

@@ -12,10 +12,11 @@ use async_nats::jetstream::consumer::{self, pull};
 use baton_kit::codec;
 use baton_schemas::release::{ApprovalData, DeploymentData, Pin, PromotionAction, PromotionData, ReleaseData};
 use baton_schemas::{CdEvent, EventType, subjects};
-use chrono::Utc;
 use futures::StreamExt;
 
-use crate::promoter::{PromoteError, Promoter, derive_id};
+use crate::error::PromoteError;
+use crate::gates::Move;
+use crate::manager::{ReleaseManager, derive_id};
 use crate::state::{self, BadRelease, Closure, Current, HealthyRelease, PendingApproval, Trigger};
 
 /// The key whose presence says the state is complete.
@@ -47,21 +48,22 @@ struct Rebuilt {
 ///
 /// # Errors
 /// [`PromoteError`] (transient: the promoter retries at its next start).
-pub async fn ensure(promoter: &Arc<Promoter>) -> Result<bool, PromoteError> {
+pub async fn ensure(promoter: &Arc<ReleaseManager>) -> Result<bool, PromoteError> {
     if promoter.state.get::<String>(REBUILT_KEY).await?.is_some() {
         return Ok(false);
     }
-    rebuild(promoter).await?;
-    promoter.state.put(REBUILT_KEY, &Utc::now().to_rfc3339()).await?;
+    let now = promoter.now();
+    rebuild(promoter, now).await?;
+    promoter.state.put(REBUILT_KEY, &now.to_rfc3339()).await?;
     Ok(true)
 }
 
 /// Replays the stream, overlays the config repo, writes the state, and re-evaluates the next
-/// environments.
+/// environments as of `now`.
 ///
 /// # Errors
 /// [`PromoteError`].
-pub async fn rebuild(promoter: &Arc<Promoter>) -> Result<(), PromoteError> {
+pub async fn rebuild(promoter: &Arc<ReleaseManager>, now: chrono::DateTime<chrono::Utc>) -> Result<(), PromoteError> {
     let mut rebuilt = Rebuilt::default();
     replay(promoter, &mut rebuilt).await?;
     let repo = Arc::clone(&promoter.repo);
@@ -135,7 +137,17 @@ pub async fn rebuild(promoter: &Arc<Promoter>) -> Result<(), PromoteError> {
         let cause = derive_id(&["rebuilt", &current.promotion]);
         let promotion = derive_id(&["promote", &cause, &next.name]);
         let outcome = promoter
-            .advance(&policy.value, release, next, Trigger::Auto, &cause, &promotion)
+            .advance(
+                &policy.value,
+                Move {
+                    release,
+                    env: next,
+                    trigger: &Trigger::Auto,
+                    promotion: &promotion,
+                },
+                &cause,
+                now,
+            )
             .await?;
         tracing::info!(app, environment = %next.name, outcome = ?outcome.value, "re-evaluated after rebuilding");
         promoter.publish(&outcome.events).await?;
@@ -143,7 +155,7 @@ pub async fn rebuild(promoter: &Arc<Promoter>) -> Result<(), PromoteError> {
     Ok(())
 }
 
-async fn replay(promoter: &Promoter, rebuilt: &mut Rebuilt) -> Result<(), PromoteError> {
+async fn replay(promoter: &ReleaseManager, rebuilt: &mut Rebuilt) -> Result<(), PromoteError> {
     let transient = |e: &dyn std::fmt::Display| PromoteError::Transient(format!("cannot replay the event stream: {e}"));
     let stream = promoter
         .jetstream

@@ -11,7 +11,7 @@
 //! | `promoter.policy` | the last valid `environments.yaml` |
 //!
 //! Everything here can be rebuilt from the event stream and the config repo
-//! ([`crate::promoter::Promoter::rebuild_state`]).
+//! ([`crate::rebuild`]).
 
 use async_nats::jetstream::kv;
 use baton_schemas::release::{ApprovalData, Pin, PromotionAction, ReleaseData};

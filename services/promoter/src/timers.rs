@@ -6,14 +6,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::promoter::{AUTOMATION, PromoteError, Promoter};
+use crate::advance::Advance;
+use crate::error::PromoteError;
+use crate::gates::{self, Move};
+use crate::manager::{AUTOMATION, ReleaseManager};
 use crate::state::{self, PendingApproval, Scheduled};
 
 /// Ticks every `period` until `shutdown`.
-pub async fn run(promoter: Arc<Promoter>, period: Duration, shutdown: CancellationToken) {
+pub async fn run(promoter: Arc<ReleaseManager>, period: Duration, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -28,16 +30,17 @@ pub async fn run(promoter: Arc<Promoter>, period: Duration, shutdown: Cancellati
     }
 }
 
-/// One pass over the scheduled promotions and the open approval requests.
+/// One pass over the scheduled promotions and the open approval requests, as of one reading of
+/// the clock.
 ///
 /// # Errors
 /// The first failure; the rest is retried at the next tick.
-pub async fn tick(promoter: &Promoter) -> Result<(), PromoteError> {
-    let now = Utc::now();
+pub async fn tick(promoter: &ReleaseManager) -> Result<(), PromoteError> {
+    let now = promoter.now();
     let mut due = Vec::new();
     for key in promoter.state.keys(&format!("{}.scheduled.", state::PREFIX)).await? {
         if let Some(s) = promoter.state.get::<Scheduled>(&key).await?
-            && s.value.not_before <= now
+            && gates::due(&s.value, now)
         {
             due.push(s.value);
         }
@@ -45,8 +48,7 @@ pub async fn tick(promoter: &Promoter) -> Result<(), PromoteError> {
     let mut expired = Vec::new();
     for key in promoter.state.keys(&format!("{}.approval.", state::PREFIX)).await? {
         if let Some(p) = promoter.state.get::<PendingApproval>(&key).await?
-            && p.value.closed.is_none()
-            && p.value.data.expires_at <= now
+            && gates::expired(&p.value, now)
         {
             expired.push((key, p));
         }
@@ -57,19 +59,8 @@ pub async fn tick(promoter: &Promoter) -> Result<(), PromoteError> {
     let policy = promoter.policy().await?;
     promoter.publish(&policy.events).await?;
     for (key, pending) in expired {
-        let reason = format!(
-            "nobody decided before {} ({} of {} approvals)",
-            pending.value.data.expires_at,
-            pending
-                .value
-                .data
-                .votes
-                .iter()
-                .filter(|v| v.decision == "approved")
-                .count(),
-            pending.value.data.required
-        );
-        if promoter.close_approval(&key, &pending, "expired", &reason).await? {
+        let reason = gates::expiry_reason(&pending.value);
+        if promoter.close_approval(&key, &pending, "expired", &reason, now).await? {
             let event = promoter.approval_closed(&pending.value, "expired", "rejected", AUTOMATION, &reason);
             promoter.publish(&[event]).await?;
             tracing::info!(release = %pending.value.data.release.release, environment = %pending.value.data.environment, "approval request expired");
@@ -86,20 +77,20 @@ pub async fn tick(promoter: &Promoter) -> Result<(), PromoteError> {
         let outcome = promoter
             .advance(
                 &policy.value,
-                &release,
-                &env,
-                scheduled.trigger.clone(),
+                Move {
+                    release: &release,
+                    env: &env,
+                    trigger: &scheduled.trigger,
+                    promotion: &scheduled.promotion,
+                },
                 &scheduled.cause,
-                &scheduled.promotion,
+                now,
             )
             .await?;
         promoter.publish(&outcome.events).await?;
         tracing::info!(release = %release.release, environment = %env.name, outcome = ?outcome.value, "scheduled promotion evaluated");
         // A promotion clears its schedule; a hold that will not pass by itself does too.
-        if matches!(
-            outcome.value,
-            crate::promoter::Advance::Held(_) | crate::promoter::Advance::AlreadyThere
-        ) {
+        if matches!(outcome.value, Advance::Held(_) | Advance::AlreadyThere) {
             let key = state::scheduled_key(&release.app, &env.name);
             if let Some(s) = promoter.state.get::<Scheduled>(&key).await?
                 && s.value.promotion == scheduled.promotion

@@ -138,12 +138,13 @@ impl Tester {
 
     async fn run(&self, incoming: &Incoming, data: &mut TestData) -> Result<Verdict, HandlerError> {
         let workspaces = self.sources.workspaces();
-        std::fs::create_dir_all(&workspaces)
-            .map_err(|e| HandlerError::Transient(format!("cannot create {}: {e}", workspaces.display())))?;
+        std::fs::create_dir_all(&workspaces).map_err(|e| {
+            HandlerError::transient("workspace", format!("cannot create {}: {e}", workspaces.display()))
+        })?;
         let workspace = tempfile::Builder::new()
             .prefix("test-")
             .tempdir_in(&workspaces)
-            .map_err(|e| HandlerError::Transient(format!("cannot create a workspace: {e}")))?;
+            .map_err(|e| HandlerError::transient("workspace", format!("cannot create a workspace: {e}")))?;
         let (sources, url, commit, dir) = (
             self.sources.clone(),
             data.repository.clone(),
@@ -152,10 +153,10 @@ impl Tester {
         );
         match tokio::task::spawn_blocking(move || sources.checkout(&url, &commit, &dir))
             .await
-            .map_err(|e| HandlerError::Transient(format!("checkout task failed: {e}")))?
+            .map_err(|e| HandlerError::transient("checkout_task", e))?
         {
             Ok(()) => {}
-            Err(e) if e.is_transient() => return Err(HandlerError::Transient(e.to_string())),
+            Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => return Ok(Verdict::error(e.to_string())),
         }
         let pipeline = match std::fs::read_to_string(workspace.path().join(PIPELINE_FILE)) {
@@ -319,19 +320,18 @@ fn add_counts(data: &mut TestData, summary: &junit::JunitSummary) {
 impl Handler for Tester {
     async fn handle(&self, incoming: Arc<Incoming>) -> Result<Vec<Outgoing>, HandlerError> {
         let build: BuildData = incoming.cdevent.custom_data_as().map_err(|e| {
-            HandlerError::Permanent(format!("artifact.published without build data in customData: {e}"))
+            HandlerError::permanent(
+                "invalid_input",
+                format!("artifact.published without build data in customData: {e}"),
+            )
         })?;
         let mut data = Self::data(&incoming, &build);
         let mut announced = kit_events::InFlight::default();
         announced
             .send(&self.jetstream, &Self::started(&incoming, &data))
-            .await
-            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+            .await?;
         let verdict = self.run(&incoming, &mut data).await?;
-        announced
-            .confirmed()
-            .await
-            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+        announced.confirmed().await?;
         data.outcome = Some(verdict.outcome);
         data.reason = verdict.reason;
         tracing::info!(app = %data.app, commit = %data.commit, outcome = ?data.outcome, reason = ?data.reason, "tests finished");
