@@ -15,7 +15,7 @@
 //! `BUSYBOX_BIN` point at other binaries.
 //!
 //! ```no_run
-//! # fn main() -> Result<(), baton_tests::registry::RegistryHarnessError> {
+//! # fn main() -> Result<(), baton_tests::HarnessError> {
 //! let registry = baton_tests::registry::RegistryServer::start()?;
 //! let digest = registry.push_busybox_base("base/busybox", "1")?;
 //! let manifest = registry.skopeo_inspect(&format!("{}/base/busybox@{digest}", registry.address()), true)?;
@@ -24,17 +24,18 @@
 //! # }
 //! ```
 
-use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
+
+use crate::HarnessError;
+use crate::net::{http_get, reserve_ports};
+use crate::process::{self, LogFile, Process, Program};
 
 /// Environment variable naming the `docker-registry` executable; when unset, `PATH` is searched.
 pub const DOCKER_REGISTRY_BIN_ENV: &str = "DOCKER_REGISTRY_BIN";
@@ -45,114 +46,38 @@ pub const BUSYBOX_BIN_ENV: &str = "BUSYBOX_BIN";
 /// Where Debian's `busybox-static` installs its binary.
 pub const DEFAULT_BUSYBOX: &str = "/usr/bin/busybox";
 
+/// The registry, and how `just setup` installs it.
+const DOCKER_REGISTRY: Program = Program {
+    name: "docker-registry",
+    env: Some(DOCKER_REGISTRY_BIN_ENV),
+    install: "Debian package `docker-registry`",
+    fallbacks: &[],
+};
+/// skopeo, the independent client that inspects and seeds the registry.
+const SKOPEO: Program = Program {
+    name: "skopeo",
+    env: Some(SKOPEO_BIN_ENV),
+    install: "Debian package `skopeo`",
+    fallbacks: &[],
+};
+
 /// How long a freshly spawned registry may take to answer `GET /v2/`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Fresh-port attempts: another process may take the port between our probe and the bind.
 const START_ATTEMPTS: usize = 5;
 /// Pause between readiness probes.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// Log lines quoted in start-up errors.
-const LOG_TAIL_LINES: usize = 40;
 /// The `created` time of the busybox base: fixed, so its digest is the same on every run.
 const EPOCH: &str = "1970-01-01T00:00:00Z";
 /// `PATH` of the busybox base, as Docker's official images set it.
 const BASE_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Why the harness could not start the registry or inspect it.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryHarnessError {
-    /// A needed executable is missing.
-    #[error(
-        "{program} not found: {reason}. Install it with `just setup` (Debian package `{package}`) or set \
-         {env} to its path"
-    )]
-    BinaryNotFound {
-        /// The program looked for.
-        program: &'static str,
-        /// The Debian package that ships it.
-        package: &'static str,
-        /// The environment variable overriding its location.
-        env: &'static str,
-        /// What was looked at.
-        reason: String,
-    },
-    /// A file or directory of the harness could not be written or read.
-    #[error("could not prepare {path}")]
-    Io {
-        /// The file or directory concerned.
-        path: PathBuf,
-        /// The underlying failure.
-        #[source]
-        source: io::Error,
-    },
-    /// The executable could not be launched.
-    #[error("could not spawn {binary}")]
-    Spawn {
-        /// The executable that was launched.
-        binary: PathBuf,
-        /// The underlying failure.
-        #[source]
-        source: io::Error,
-    },
-    /// The registry exited before it was ready, typically because its port was taken.
-    #[error("docker-registry for 127.0.0.1:{port} exited before it was ready ({status}); last log lines:\n{log_tail}")]
-    Exited {
-        /// The port it was asked to listen on.
-        port: u16,
-        /// How it ended.
-        status: ExitStatus,
-        /// The end of its output.
-        log_tail: String,
-    },
-    /// The registry kept running but did not answer `GET /v2/` in time; it has been killed.
-    #[error(
-        "docker-registry on 127.0.0.1:{port} was not ready after {timeout:?} ({last_check}); last log lines:\n{log_tail}"
-    )]
-    NotReady {
-        /// The port it was asked to listen on.
-        port: u16,
-        /// How long the harness waited.
-        timeout: Duration,
-        /// The outcome of the last probe.
-        last_check: String,
-        /// The end of its output.
-        log_tail: String,
-    },
-    /// Killing or reaping the registry failed.
-    #[error("could not stop docker-registry (pid {pid})")]
-    Stop {
-        /// Its process id.
-        pid: u32,
-        /// The underlying failure.
-        #[source]
-        source: io::Error,
-    },
-    /// skopeo failed.
-    #[error("`skopeo {args}` failed ({status}): {stderr}")]
-    Skopeo {
-        /// Its arguments.
-        args: String,
-        /// How it ended.
-        status: ExitStatus,
-        /// What it said.
-        stderr: String,
-    },
-    /// skopeo printed something that is not JSON.
-    #[error("`skopeo {args}` printed no JSON: {source}")]
-    SkopeoOutput {
-        /// Its arguments.
-        args: String,
-        /// The parse failure.
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
 /// A real CNCF Distribution registry on 127.0.0.1, owned by one test.
 #[derive(Debug)]
 pub struct RegistryServer {
-    /// The running process; `None` after [`kill`](Self::kill).
-    child: Option<Child>,
+    /// The running process; `None` after [`kill`](Self::kill). Declared before `temp_dir`, so
+    /// it is killed before its files are removed.
+    process: Option<Process>,
     /// The port it listens on (plain HTTP).
     port: u16,
     /// The filesystem storage driver's root: blobs and repositories live under
@@ -170,28 +95,26 @@ impl RegistryServer {
     /// on fresh ports a few times.
     ///
     /// The binary is `$DOCKER_REGISTRY_BIN`, else `docker-registry` on `PATH`.
-    pub fn start() -> Result<Self, RegistryHarnessError> {
-        let binary = locate(
-            "docker-registry",
-            "docker-registry",
-            DOCKER_REGISTRY_BIN_ENV,
-            std::env::var_os(DOCKER_REGISTRY_BIN_ENV),
-            std::env::var_os("PATH"),
-        )?;
+    ///
+    /// # Errors
+    /// When the binary is missing (the message says how to install it), or the registry cannot
+    /// be started or is not ready in time (the message quotes its log).
+    pub fn start() -> Result<Self, HarnessError> {
+        let binary = DOCKER_REGISTRY.locate()?;
         let temp_dir = tempfile::Builder::new()
             .prefix("baton-registry-")
             .tempdir()
-            .map_err(|source| RegistryHarnessError::Io {
+            .map_err(|source| HarnessError::Io {
                 path: std::env::temp_dir(),
                 source,
             })?;
         let storage_dir = temp_dir.path().join("storage");
-        fs::create_dir(&storage_dir).map_err(|source| RegistryHarnessError::Io {
+        fs::create_dir(&storage_dir).map_err(|source| HarnessError::Io {
             path: storage_dir.clone(),
             source,
         })?;
         let mut server = Self {
-            child: None,
+            process: None,
             port: 0,
             storage_dir,
             log_path: temp_dir.path().join("registry.log"),
@@ -199,13 +122,10 @@ impl RegistryServer {
         };
         let mut attempt = 1;
         loop {
-            let [port] = crate::reserve_ports().map_err(|source| RegistryHarnessError::Io {
-                path: PathBuf::from("127.0.0.1:0"),
-                source,
-            })?;
+            let [port] = reserve_ports().map_err(HarnessError::FreePort)?;
             server.port = port;
             match server.launch(&binary) {
-                Err(RegistryHarnessError::Exited { .. }) if attempt < START_ATTEMPTS => attempt += 1,
+                Err(HarnessError::Exited { .. }) if attempt < START_ATTEMPTS => attempt += 1,
                 Err(error) => return Err(error),
                 Ok(()) => return Ok(server),
             }
@@ -239,9 +159,12 @@ impl RegistryServer {
 
     /// Simulates an outage: kills the registry (SIGKILL) and reaps it. Its port then refuses
     /// connections. Does nothing if it is already down.
-    pub fn kill(&mut self) -> Result<(), RegistryHarnessError> {
-        match self.child.take() {
-            Some(child) => kill_and_reap(child),
+    ///
+    /// # Errors
+    /// When the OS refuses to kill or reap our own child.
+    pub fn kill(&mut self) -> Result<(), HarnessError> {
+        match self.process.take() {
+            Some(mut process) => process.kill(),
             None => Ok(()),
         }
     }
@@ -261,11 +184,16 @@ impl RegistryServer {
     /// Asks skopeo (`skopeo inspect --tls-verify=false`) about `reference`
     /// (`127.0.0.1:<port>/<repository>:<tag>` or `@<digest>`): the manifest as stored with
     /// `raw`, else the image config.
-    pub fn skopeo_inspect(&self, reference: &str, raw: bool) -> Result<Value, RegistryHarnessError> {
+    ///
+    /// # Errors
+    /// When skopeo is missing, fails or prints no JSON.
+    pub fn skopeo_inspect(&self, reference: &str, raw: bool) -> Result<Value, HarnessError> {
         let mode = if raw { "--raw" } else { "--config" };
-        let output = skopeo(&["inspect", "--tls-verify=false", mode, &format!("docker://{reference}")])?;
-        serde_json::from_slice(&output).map_err(|source| RegistryHarnessError::SkopeoOutput {
-            args: format!("inspect {mode} docker://{reference}"),
+        let mut inspect = Command::new(SKOPEO.locate()?);
+        inspect.args(["inspect", "--tls-verify=false", mode, &format!("docker://{reference}")]);
+        let output = process::run(&mut inspect)?;
+        serde_json::from_slice(&output).map_err(|source| HarnessError::CommandOutput {
+            command: process::command_line(&inspect),
             source,
         })
     }
@@ -276,15 +204,21 @@ impl RegistryServer {
     /// `/bin/sh -> busybox`; a config with `PATH`, `Cmd ["/bin/sh"]`, a label and a history
     /// entry. Everything is fixed (mtimes 0, `created` 1970), so the digest is the same on every
     /// run. The image is written as an OCI layout and copied in by skopeo.
-    pub fn push_busybox_base(&self, repository: &str, tag: &str) -> Result<String, RegistryHarnessError> {
+    ///
+    /// # Errors
+    /// When busybox or skopeo is missing, or skopeo fails.
+    pub fn push_busybox_base(&self, repository: &str, tag: &str) -> Result<String, HarnessError> {
+        // Not looked for on `PATH`: the image needs the static build, which a `busybox` there
+        // may not be.
         let busybox = std::env::var_os(BUSYBOX_BIN_ENV)
             .filter(|value| !value.is_empty())
             .map_or_else(|| PathBuf::from(DEFAULT_BUSYBOX), PathBuf::from);
-        let program = fs::read(&busybox).map_err(|error| RegistryHarnessError::BinaryNotFound {
+        let program = fs::read(&busybox).map_err(|error| HarnessError::ProgramNotFound {
             program: "busybox",
-            package: "busybox-static",
-            env: BUSYBOX_BIN_ENV,
             reason: format!("cannot read {}: {error}", busybox.display()),
+            fix: format!(
+                "Install it with `just setup` (Debian package `busybox-static`) or set {BUSYBOX_BIN_ENV} to its path"
+            ),
         })?;
 
         let mut layer = Vec::new();
@@ -317,7 +251,7 @@ impl RegistryServer {
         let layout = tempfile::Builder::new()
             .prefix("busybox-layout-")
             .tempdir_in(self.temp_dir.path())
-            .map_err(|source| RegistryHarnessError::Io {
+            .map_err(|source| HarnessError::Io {
                 path: self.temp_dir.path().to_owned(),
                 source,
             })?;
@@ -325,7 +259,7 @@ impl RegistryServer {
             let path = layout.path().join(name);
             fs::create_dir_all(path.parent().expect("inside the layout"))
                 .and_then(|()| fs::write(&path, bytes))
-                .map_err(|source| RegistryHarnessError::Io { path, source })
+                .map_err(|source| HarnessError::Io { path, source })
         };
         for blob in [&layer, &config, &manifest] {
             write(&format!("blobs/sha256/{}", hex::encode(Sha256::digest(blob))), blob)?;
@@ -340,23 +274,24 @@ impl RegistryServer {
         let source = format!("oci:{}:{tag}", layout.path().display());
         let destination = format!("docker://{}/{repository}:{tag}", self.address());
         let digest_arg = format!("--digestfile={}", digest_file.display());
-        skopeo(&[
+        process::run(Command::new(SKOPEO.locate()?).args([
             "--insecure-policy",
             "copy",
             "--dest-tls-verify=false",
             &digest_arg,
             &source,
             &destination,
-        ])?;
-        let digest = fs::read_to_string(&digest_file).map_err(|source| RegistryHarnessError::Io {
+        ]))?;
+        let digest = fs::read_to_string(&digest_file).map_err(|source| HarnessError::Io {
             path: digest_file.clone(),
             source,
         })?;
         Ok(digest.trim().to_owned())
     }
 
-    /// Writes the config, spawns the registry on `self.port` and waits until it is ready.
-    fn launch(&mut self, binary: &Path) -> Result<(), RegistryHarnessError> {
+    /// Writes the config, spawns the registry on `self.port` and waits until `GET /v2/`
+    /// answers 200. On failure nothing is left running.
+    fn launch(&mut self, binary: &Path) -> Result<(), HarnessError> {
         let config_path = self.temp_dir.path().join("config.yml");
         let config = format!(
             "version: 0.1\n\
@@ -367,165 +302,25 @@ impl RegistryServer {
             storage = self.storage_dir.display().to_string(),
             port = self.port,
         );
-        fs::write(&config_path, config).map_err(|source| RegistryHarnessError::Io {
+        fs::write(&config_path, config).map_err(|source| HarnessError::Io {
             path: config_path.clone(),
             source,
         })?;
-        let log_error = |source| RegistryHarnessError::Io {
-            path: self.log_path.clone(),
-            source,
-        };
-        let stdout = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&self.log_path)
-            .map_err(log_error)?;
-        let stderr = stdout.try_clone().map_err(log_error)?;
-        let mut child = Command::new(binary)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(stdout))
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .map_err(|source| RegistryHarnessError::Spawn {
-                binary: binary.to_owned(),
-                source,
-            })?;
-        match self.wait_until_ready(&mut child) {
-            Ok(()) => {
-                self.child = Some(child);
-                Ok(())
-            }
-            Err(error) => {
-                let _ = kill_and_reap(child);
-                Err(error)
-            }
-        }
+        let mut process = Process::spawn(
+            format!("docker-registry on 127.0.0.1:{}", self.port),
+            Command::new(binary).arg("serve").arg(&config_path),
+            &self.log_path,
+            LogFile::Fresh,
+        )?;
+        let port = self.port;
+        process.wait_ready(READY_TIMEOUT, POLL_INTERVAL, || match http_get(port, "/v2/") {
+            Ok((200, _)) => Ok(()),
+            Ok((status, body)) => Err(format!("GET /v2/ answered {status}: {body}")),
+            Err(error) => Err(format!("GET /v2/ failed: {error}")),
+        })?;
+        self.process = Some(process);
+        Ok(())
     }
-
-    /// Polls `GET /v2/` until it answers 200; fails fast if the process exits.
-    fn wait_until_ready(&self, child: &mut Child) -> Result<(), RegistryHarnessError> {
-        let pid = child.id();
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    return Err(RegistryHarnessError::Exited {
-                        port: self.port,
-                        status,
-                        log_tail: self.log_tail(),
-                    });
-                }
-                Ok(None) => {}
-                Err(source) => return Err(RegistryHarnessError::Stop { pid, source }),
-            }
-            let last_check = match crate::http_get(self.port, "/v2/") {
-                Ok((200, _)) => return Ok(()),
-                Ok((status, body)) => format!("GET /v2/ answered {status}: {body}"),
-                Err(error) => format!("GET /v2/ failed: {error}"),
-            };
-            if Instant::now() >= deadline {
-                return Err(RegistryHarnessError::NotReady {
-                    port: self.port,
-                    timeout: READY_TIMEOUT,
-                    last_check,
-                    log_tail: self.log_tail(),
-                });
-            }
-            thread::sleep(POLL_INTERVAL);
-        }
-    }
-
-    /// The last lines the registry wrote, for error messages.
-    fn log_tail(&self) -> String {
-        let mut text = String::new();
-        if let Err(error) = File::open(&self.log_path).and_then(|mut file| file.read_to_string(&mut text)) {
-            return format!("(could not read {}: {error})", self.log_path.display());
-        }
-        let lines: Vec<&str> = text.lines().collect();
-        if lines.is_empty() {
-            return String::from("(no output)");
-        }
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
-    }
-}
-
-impl Drop for RegistryServer {
-    fn drop(&mut self) {
-        // Nowhere to report a failure from `drop`; the process is gone either way unless the OS
-        // refuses to kill our own child.
-        let _ = self.kill();
-    }
-}
-
-/// Finds `program`: `bin_override` (the value of `env`) if set, else `program` on `path`.
-fn locate(
-    program: &'static str,
-    package: &'static str,
-    env: &'static str,
-    bin_override: Option<OsString>,
-    path: Option<OsString>,
-) -> Result<PathBuf, RegistryHarnessError> {
-    let not_found = |reason: String| RegistryHarnessError::BinaryNotFound {
-        program,
-        package,
-        env,
-        reason,
-    };
-    if let Some(binary) = bin_override.filter(|value| !value.is_empty()) {
-        let binary = PathBuf::from(binary);
-        return if crate::is_executable_file(&binary) {
-            Ok(binary)
-        } else {
-            Err(not_found(format!(
-                "{env}={} is not an executable file",
-                binary.display()
-            )))
-        };
-    }
-    path.iter()
-        .flat_map(std::env::split_paths)
-        // An empty entry means the current directory; never run a binary from there.
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .map(|dir| dir.join(program))
-        .find(|candidate| crate::is_executable_file(candidate))
-        .ok_or_else(|| not_found(format!("`{program}` is not on PATH and {env} is unset")))
-}
-
-/// Runs skopeo with `args` and returns its stdout.
-fn skopeo(args: &[&str]) -> Result<Vec<u8>, RegistryHarnessError> {
-    let binary = locate(
-        "skopeo",
-        "skopeo",
-        SKOPEO_BIN_ENV,
-        std::env::var_os(SKOPEO_BIN_ENV),
-        std::env::var_os("PATH"),
-    )?;
-    let output = Command::new(&binary)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| RegistryHarnessError::Spawn { binary, source })?;
-    if !output.status.success() {
-        return Err(RegistryHarnessError::Skopeo {
-            args: args.join(" "),
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
-    Ok(output.stdout)
-}
-
-/// Kills a child (a no-op if it already exited) and reaps it so no zombie is left.
-fn kill_and_reap(mut child: Child) -> Result<(), RegistryHarnessError> {
-    let pid = child.id();
-    child
-        .kill()
-        .and_then(|()| child.wait())
-        .map(drop)
-        .map_err(|source| RegistryHarnessError::Stop { pid, source })
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -561,12 +356,15 @@ fn tar_entry(archive: &mut Vec<u8>, name: &str, kind: u8, mode: u32, data: &[u8]
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+    use std::process::Stdio;
+
     use super::*;
 
     #[test]
     fn starts_ready_and_stores_a_pushed_base() -> anyhow::Result<()> {
         let registry = RegistryServer::start()?;
-        assert_eq!(crate::http_get(registry.port(), "/v2/")?.0, 200);
+        assert_eq!(http_get(registry.port(), "/v2/")?.0, 200);
         assert_eq!(registry.blob_count(), 0);
 
         let digest = registry.push_busybox_base("base/busybox", "1")?;
@@ -591,10 +389,7 @@ mod tests {
         let mut registry = RegistryServer::start()?;
         let temp_dir = registry.temp_dir.path().to_owned();
         registry.kill()?;
-        assert!(
-            crate::http_get(registry.port(), "/v2/").is_err(),
-            "nobody listens after kill"
-        );
+        assert!(http_get(registry.port(), "/v2/").is_err(), "nobody listens after kill");
         registry.kill()?;
         drop(registry);
         assert!(!temp_dir.exists());
@@ -604,14 +399,9 @@ mod tests {
     #[test]
     fn missing_binaries_say_how_to_install_them() {
         let empty = tempfile::tempdir().expect("tempdir");
-        let error = locate(
-            "docker-registry",
-            "docker-registry",
-            DOCKER_REGISTRY_BIN_ENV,
-            None,
-            Some(empty.path().into()),
-        )
-        .expect_err("nothing in an empty dir");
+        let error = DOCKER_REGISTRY
+            .locate_in(None, Some(empty.path().into()))
+            .expect_err("nothing in an empty dir");
         let message = error.to_string();
         assert!(
             message.contains("just setup") && message.contains("DOCKER_REGISTRY_BIN"),

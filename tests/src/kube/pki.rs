@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::KubeHarnessError;
+use crate::HarnessError;
+use crate::process;
 
 /// Validity of the certificates: a test cluster lives minutes.
 const VALIDITY_DAYS: &str = "2";
@@ -33,7 +34,7 @@ pub(super) struct Pki {
 
 impl Pki {
     /// Generates everything into `dir`.
-    pub(super) fn generate(openssl: &Path, dir: &Path) -> Result<Self, KubeHarnessError> {
+    pub(super) fn generate(openssl: &Path, dir: &Path) -> Result<Self, HarnessError> {
         let path = |name: &str| dir.join(name);
         let pki = Self {
             ca_cert: path("ca.crt"),
@@ -77,11 +78,11 @@ impl Pki {
              subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,\
              DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.96.0.1\n",
         )
-        .map_err(|source| KubeHarnessError::Io {
+        .map_err(|source| HarnessError::Io {
             path: server_extensions.clone(),
             source,
         })?;
-        let serial = format!("0x{}", super::random_token().get(..16).unwrap_or("01"));
+        let serial = format!("0x{}", super::credentials::random_token().get(..16).unwrap_or("01"));
         run(&[
             "x509",
             "-req",
@@ -120,7 +121,7 @@ impl Pki {
             &display(&pki.service_account_public_key),
         ])?;
 
-        let ca_pem = std::fs::read_to_string(&pki.ca_cert).map_err(|source| KubeHarnessError::Io {
+        let ca_pem = std::fs::read_to_string(&pki.ca_cert).map_err(|source| HarnessError::Io {
             path: pki.ca_cert.clone(),
             source,
         })?;
@@ -133,22 +134,6 @@ fn display(path: &Path) -> String {
 }
 
 /// Runs `openssl args...` in `dir`; a failure carries its stderr.
-fn run_openssl(openssl: &Path, dir: &Path, args: &[&str]) -> Result<(), KubeHarnessError> {
-    let output = Command::new(openssl)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .map_err(|source| KubeHarnessError::Spawn {
-            binary: openssl.to_owned(),
-            source,
-        })?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(KubeHarnessError::Openssl {
-            args: args.join(" "),
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        })
-    }
+fn run_openssl(openssl: &Path, dir: &Path, args: &[&str]) -> Result<(), HarnessError> {
+    process::run(Command::new(openssl).args(args).current_dir(dir)).map(drop)
 }
