@@ -10,13 +10,12 @@
 //! outcome `error`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_nats::jetstream;
 use baton_kit::events::InFlight;
 use baton_kit::steps::{StepRequest, StepRunner};
-use baton_kit::{ErrorKind, Handler, HandlerError, Incoming, Outgoing};
+use baton_kit::{Handler, HandlerError, Incoming, Outgoing};
 use baton_schemas::payloads::{BuildData, ImageInfo, Outcome, PushData};
 use baton_schemas::pipeline::{PIPELINE_FILE, Pipeline};
 
@@ -76,24 +75,15 @@ impl Builder {
         data: &mut BuildData,
         announced: &mut InFlight,
     ) -> Result<Attempt, HandlerError> {
-        let workspace = tempfile::Builder::new()
-            .prefix("build-")
-            .tempdir_in(ensure_dir(self.sources.workspaces())?)
-            .map_err(|e| HandlerError::transient("workspace", format!("cannot create a workspace: {e}")))?;
-        let (sources, url, commit, dir) = (
-            self.sources.clone(),
-            data.repository.clone(),
-            data.commit.clone(),
-            workspace.path().to_owned(),
-        );
-        let checked_out = tokio::task::spawn_blocking(move || sources.checkout(&url, &commit, &dir))
+        let workspace = match self
+            .sources
+            .checkout_workspace(&data.repository, &data.commit, "build-")
             .await
-            .map_err(|e| HandlerError::transient("checkout_task", e))?;
-        match checked_out {
-            Ok(()) => {}
+        {
+            Ok(workspace) => workspace,
             Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => return Ok(Attempt::Failed(e.to_string())),
-        }
+        };
         let pipeline = match std::fs::read_to_string(workspace.path().join(PIPELINE_FILE)) {
             Ok(text) => match Pipeline::parse(&text) {
                 Ok(p) => p,
@@ -144,16 +134,10 @@ impl Builder {
         };
         match image::build_and_push(&job).await {
             Ok(pushed) => Ok(Attempt::Built { image: Some(pushed) }),
-            Err(e) if e.is_transient() => Err(HandlerError::new(ErrorKind::Transient, e.metric_label(), e)),
+            Err(e) if e.is_transient() => Err(e.into()),
             Err(e) => Ok(Attempt::Failed(e.to_string())),
         }
     }
-}
-
-fn ensure_dir(dir: PathBuf) -> Result<PathBuf, HandlerError> {
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| HandlerError::transient("workspace", format!("cannot create {}: {e}", dir.display())))?;
-    Ok(dir)
 }
 
 impl Handler for Builder {

@@ -119,6 +119,18 @@ pub enum SourceError {
         /// The folder asked for.
         folder: String,
     },
+    /// A workspace directory could not be created.
+    #[error("cannot create a workspace in {}: {source}", path.display())]
+    Workspace {
+        /// The directory workspaces are created in.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The blocking git task failed (panicked or was cancelled).
+    #[error("the git task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// The local cache or workspace failed.
     #[error("cannot prepare the workspace: {0}")]
     Local(String),
@@ -141,6 +153,8 @@ impl crate::error::Classify for SourceError {
             Self::Unreachable { .. } => "git_unreachable",
             Self::MissingCommit { .. } => "missing_commit",
             Self::MissingFolder { .. } => "missing_folder",
+            Self::Workspace { .. } => "workspace_io",
+            Self::Task(_) => "git_task",
             Self::Local(_) => "git_local",
         }
     }
@@ -151,6 +165,9 @@ impl From<SourceError> for crate::error::HandlerError {
         Self::classified(e)
     }
 }
+
+/// A file read from a commit's tree: its path (relative to the folder asked for) and its bytes.
+pub type TreeFile = (String, Vec<u8>);
 
 /// A ref a remote advertises.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,7 +187,7 @@ pub fn files_in(
     repo: &git2::Repository,
     commit: git2::Oid,
     dir: &str,
-) -> Result<Option<Vec<(String, Vec<u8>)>>, git2::Error> {
+) -> Result<Option<Vec<TreeFile>>, git2::Error> {
     let tree = repo.find_commit(commit)?.tree()?;
     let dir = dir.trim_matches('/');
     let folder = if dir.is_empty() {
@@ -273,6 +290,36 @@ impl Sources {
         self.cache.join("workspaces")
     }
 
+    /// A fresh workspace (a temporary directory named `<prefix>…` under [`Sources::workspaces`],
+    /// removed when dropped) with `commit` of `url` checked out, off the async threads.
+    ///
+    /// # Errors
+    /// [`SourceError`], classified transient or permanent.
+    pub async fn checkout_workspace(
+        &self,
+        url: &str,
+        commit: &str,
+        prefix: &str,
+    ) -> Result<tempfile::TempDir, SourceError> {
+        let workspaces = self.workspaces();
+        let workspace = std::fs::create_dir_all(&workspaces)
+            .and_then(|()| tempfile::Builder::new().prefix(prefix).tempdir_in(&workspaces))
+            .map_err(|source| SourceError::Workspace {
+                path: workspaces,
+                source,
+            })?;
+        let (sources, url, commit, dir) = (
+            self.clone(),
+            url.to_owned(),
+            commit.to_owned(),
+            workspace.path().to_owned(),
+        );
+        tokio::task::spawn_blocking(move || sources.checkout(&url, &commit, &dir))
+            .await
+            .map_err(SourceError::Task)??;
+        Ok(workspace)
+    }
+
     /// Fetches `url` into its mirror and checks out `commit` into the fresh directory
     /// `workspace`. Blocking: call it from `spawn_blocking`.
     ///
@@ -358,7 +405,7 @@ impl Sources {
     /// # Errors
     /// [`SourceError::MissingFolder`] (permanent) when the commit has no such folder; the
     /// others as [`Sources::mirror_with`].
-    pub fn files_at(&self, url: &str, commit: &str, dir: &str) -> Result<Vec<(String, Vec<u8>)>, SourceError> {
+    pub fn files_at(&self, url: &str, commit: &str, dir: &str) -> Result<Vec<TreeFile>, SourceError> {
         let mirror = self.mirror_with(url, commit)?;
         let oid = git2::Oid::from_str(commit).map_err(|e| SourceError::Local(e.message().to_owned()))?;
         files_in(&mirror, oid, dir)

@@ -137,28 +137,15 @@ impl Tester {
     }
 
     async fn run(&self, incoming: &Incoming, data: &mut TestData) -> Result<Verdict, HandlerError> {
-        let workspaces = self.sources.workspaces();
-        std::fs::create_dir_all(&workspaces).map_err(|e| {
-            HandlerError::transient("workspace", format!("cannot create {}: {e}", workspaces.display()))
-        })?;
-        let workspace = tempfile::Builder::new()
-            .prefix("test-")
-            .tempdir_in(&workspaces)
-            .map_err(|e| HandlerError::transient("workspace", format!("cannot create a workspace: {e}")))?;
-        let (sources, url, commit, dir) = (
-            self.sources.clone(),
-            data.repository.clone(),
-            data.commit.clone(),
-            workspace.path().to_owned(),
-        );
-        match tokio::task::spawn_blocking(move || sources.checkout(&url, &commit, &dir))
+        let workspace = match self
+            .sources
+            .checkout_workspace(&data.repository, &data.commit, "test-")
             .await
-            .map_err(|e| HandlerError::transient("checkout_task", e))?
         {
-            Ok(()) => {}
+            Ok(workspace) => workspace,
             Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => return Ok(Verdict::error(e.to_string())),
-        }
+        };
         let pipeline = match std::fs::read_to_string(workspace.path().join(PIPELINE_FILE)) {
             Ok(text) => match Pipeline::parse(&text) {
                 Ok(p) => p,

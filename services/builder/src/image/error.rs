@@ -182,6 +182,22 @@ impl ImageError {
     }
 }
 
+impl baton_kit::error::Classify for ImageError {
+    fn kind(&self) -> baton_kit::ErrorKind {
+        baton_kit::ErrorKind::transient_if(self.is_transient())
+    }
+
+    fn metric_label(&self) -> &'static str {
+        Self::metric_label(self)
+    }
+}
+
+impl From<ImageError> for baton_kit::HandlerError {
+    fn from(e: ImageError) -> Self {
+        Self::classified(e)
+    }
+}
+
 /// The registry's message for `error`, and whether retrying may help.
 pub(super) fn describe(error: &OciDistributionError) -> (String, bool) {
     use OciDistributionError as E;
