@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use baton_kit::command::{CommandClient, CommandError};
 use baton_schemas::EventType;
-use baton_schemas::commands::{CommandReply, CommandRequest, PROMOTER, Verb};
+use baton_schemas::commands::{CommandRequest, Verb};
 use baton_schemas::release::ReleaseData;
 use baton_schemas::subjects::{self, sanitize_token};
 use chrono::Utc;
@@ -24,6 +25,8 @@ const EVENTS_STREAM: &str = "BATON_EVENTS";
 const STATE_BUCKET: &str = "baton-state";
 /// The object store of build and test logs.
 const LOGS_BUCKET: &str = "baton-logs";
+/// Longest an operator command waits for the promoter's answer.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the parsed command line.
 ///
@@ -197,24 +200,14 @@ async fn command(
     verb: Verb,
     request: CommandRequest,
 ) -> Result<(), CliError> {
-    let body = serde_json::to_vec(&request).expect("a request serializes");
-    let subject = subjects::command_subject(PROMOTER, verb.as_str());
-    let reply = match tokio::time::timeout(Duration::from_secs(30), client.request(subject, body.into())).await {
-        Ok(Ok(message)) => message,
-        Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
-            return Err(CliError::Nats(
-                "no promoter is running to answer; start baton-promoter against this NATS".into(),
-            ));
-        }
-        Ok(Err(e)) => return Err(CliError::Nats(format!("the promoter did not answer: {e}"))),
-        Err(_) => {
-            return Err(CliError::Nats(
-                "the promoter did not answer within 30 s; try again".into(),
-            ));
-        }
-    };
-    let reply: CommandReply = serde_json::from_slice(&reply.payload)
-        .map_err(|e| CliError::Nats(format!("the promoter's answer is not a command reply: {e}")))?;
+    let commands = CommandClient::new(client.clone(), COMMAND_TIMEOUT);
+    let reply = commands.send(verb, &request).await.map_err(|e| {
+        CliError::Nats(match e {
+            CommandError::NoPromoter => format!("{e}; start baton-promoter against this NATS"),
+            CommandError::Timeout(_) => format!("{e}; try again"),
+            CommandError::Request(_) | CommandError::Reply(_) => e.to_string(),
+        })
+    })?;
     match style.output {
         Output::Json | Output::Yaml => println!("{}", render::document(style.output, &reply)),
         _ => {

@@ -21,8 +21,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use baton_schemas::commands::{CommandReply, CommandRequest, PROMOTER, Verb};
-use baton_schemas::subjects::{command_subject, sanitize_token};
+use baton_kit::command::{CommandClient, CommandError};
+use baton_schemas::commands::{CommandRequest, Verb};
+use baton_schemas::subjects::sanitize_token;
 use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -405,38 +406,22 @@ fn unanswered() -> SlackReply {
 
 /// Sends the command to the promoter and turns its reply into the chat answer.
 async fn forward(state: &InboundState, verb: Verb, request: CommandRequest, mention: &str) -> SlackReply {
-    let body = serde_json::to_vec(&request).expect("a command request serializes");
-    let timeout = state.config.command_timeout;
-    let answer = tokio::time::timeout(
-        timeout,
-        state
-            .client
-            .request(command_subject(PROMOTER, verb.as_str()), body.into()),
-    )
-    .await;
-    let message = match answer {
-        Ok(Ok(message)) => message,
-        Ok(Err(e)) => {
-            tracing::warn!(verb = %verb, error = %e, "the promoter did not answer a chat command");
-            let why = match e.kind() {
-                async_nats::client::RequestErrorKind::NoResponders => " (no promoter is running)",
-                _ => "",
-            };
-            return SlackReply::ephemeral(format!("Baton's promoter did not answer{why}; try again"));
-        }
-        Err(_) => {
-            tracing::warn!(verb = %verb, "the promoter did not answer a chat command in time");
-            return SlackReply::ephemeral(format!(
-                "Baton's promoter did not answer within {}; try again",
-                humanize(timeout)
-            ));
-        }
-    };
-    let reply: CommandReply = match serde_json::from_slice(&message.payload) {
+    let commands = CommandClient::new(state.client.clone(), state.config.command_timeout);
+    let reply = match commands.send(verb, &request).await {
         Ok(reply) => reply,
         Err(e) => {
-            tracing::warn!(verb = %verb, error = %e, "the promoter's answer is not a command reply");
-            return SlackReply::ephemeral("Baton's promoter answered something unexpected; try again");
+            tracing::warn!(verb = %verb, error = %e, "a chat command got no usable answer from the promoter");
+            return SlackReply::ephemeral(match e {
+                CommandError::NoPromoter => {
+                    "Baton's promoter did not answer (no promoter is running); try again".into()
+                }
+                CommandError::Timeout(timeout) => format!(
+                    "Baton's promoter did not answer within {}; try again",
+                    humanize(timeout)
+                ),
+                CommandError::Request(_) => "Baton's promoter did not answer; try again".into(),
+                CommandError::Reply(_) => "Baton's promoter answered something unexpected; try again".into(),
+            });
         }
     };
     let subject = match (&request.release, &request.app, &request.environment) {

@@ -43,13 +43,19 @@ impl CommandClient {
     /// # Errors
     /// [`CommandError`] when no reply arrives or it cannot be read.
     pub async fn send(&self, verb: Verb, request: &CommandRequest) -> Result<CommandReply, CommandError> {
+        use async_nats::client::RequestErrorKind;
         let body = serde_json::to_vec(request).expect("a command request serializes");
         let subject = subjects::command_subject(PROMOTER, verb.as_str());
-        let message = match tokio::time::timeout(self.timeout, self.client.request(subject, body.into())).await {
+        // The request carries the timeout itself: the connection's own request timeout (10 s
+        // unless configured) would otherwise cut a longer wait short. The outer timeout bounds
+        // the send as well, should the connection be stuck.
+        let sent = async_nats::Request::new()
+            .payload(body.into())
+            .timeout(Some(self.timeout));
+        let message = match tokio::time::timeout(self.timeout, self.client.send_request(subject, sent)).await {
             Ok(Ok(message)) => message,
-            Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
-                return Err(CommandError::NoPromoter);
-            }
+            Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => return Err(CommandError::NoPromoter),
+            Ok(Err(e)) if e.kind() == RequestErrorKind::TimedOut => return Err(CommandError::Timeout(self.timeout)),
             Ok(Err(e)) => return Err(CommandError::Request(e)),
             Err(_) => return Err(CommandError::Timeout(self.timeout)),
         };
