@@ -8,6 +8,7 @@
 //! The deployer's reports (`service.deployed`, `baton-deployment.failed`) are published here
 //! the way the deployer publishes them.
 
+use baton_kit::service::Service as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -206,7 +207,7 @@ impl World {
     /// promotion id and the config commit.
     fn push_then_crash(&self, case: &str) -> Result<(String, String, baton_promoter::configrepo::Committed)> {
         let sha = self.commit_app(case)?;
-        let promotion_id = baton_promoter::promoter::derive_id(&["promote", &format!("finished-{case}"), "staging"]);
+        let promotion_id = baton_promoter::manager::derive_id(&["promote", &format!("finished-{case}"), "staging"]);
         let crashed = baton_promoter::configrepo::ConfigRepo::new(
             format!("file://{}", self.config_bare().display()),
             "main",

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::configrepo::ConfigRepo;
 use crate::handler::{HANDLES, PromoterStage};
-use crate::promoter::Promoter;
+use crate::manager::ReleaseManager;
 use crate::state::State;
 use baton_kit::lease::Locks;
 
@@ -33,7 +33,7 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     runtime: Runtime,
     runner: StageRunner<PromoterStage>,
-    promoter: Arc<Promoter>,
+    promoter: Arc<ReleaseManager>,
     tick: std::time::Duration,
     // Owns the default cache so it is removed when the promoter stops.
     _cache: Option<tempfile::TempDir>,
@@ -90,7 +90,7 @@ impl Application {
             own.lock_wait,
         );
         let promoter = Arc::new(
-            Promoter::new(
+            ReleaseManager::new(
                 Arc::new(repo),
                 sources,
                 State::new(runtime.topology.state.clone()),

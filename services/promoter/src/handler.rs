@@ -14,10 +14,13 @@ use baton_kit::{Handler, HandlerError, Incoming, Outgoing};
 use baton_schemas::EventType;
 use baton_schemas::payloads::TestData;
 use baton_schemas::release::{DeploymentData, Pin};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
-use crate::promoter::{AUTOMATION, PromoteError, Promoter, Write, derive_id};
+use crate::error::PromoteError;
+use crate::gates::Move;
+use crate::manager::{AUTOMATION, ReleaseManager, derive_id};
 use crate::state::Trigger;
+use crate::write::Write;
 
 /// The event types the promoter consumes.
 pub const HANDLES: [EventType; 5] = [
@@ -32,25 +35,26 @@ pub const HANDLES: [EventType; 5] = [
 #[derive(Debug, Clone)]
 pub struct PromoterStage {
     /// The release manager.
-    pub promoter: Arc<Promoter>,
+    pub promoter: Arc<ReleaseManager>,
 }
 
 fn handler_error(e: PromoteError) -> HandlerError {
     match e {
-        PromoteError::Transient(m) => HandlerError::Transient(m),
-        PromoteError::Permanent(m) => HandlerError::Permanent(m),
+        PromoteError::Transient(m) => HandlerError::transient("promote", m),
+        PromoteError::Permanent(m) => HandlerError::permanent("promote", m),
     }
 }
 
 impl Handler for PromoterStage {
     #[tracing::instrument(skip_all, fields(event.id = %event.id(), event.type = %event.event_type, chain.id = event.chain_id().unwrap_or("")))]
     async fn handle(&self, event: Arc<Incoming>) -> Result<Vec<Outgoing>, HandlerError> {
+        let now = self.promoter.now();
         let result = match event.event_type {
-            EventType::TestSuiteRunFinished => self.tested(&event).await,
+            EventType::TestSuiteRunFinished => self.tested(&event, now).await,
             EventType::ServiceDeployed | EventType::ServiceUpgraded | EventType::ServiceRolledBack => {
-                self.deployed(&event).await
+                self.deployed(&event, now).await
             }
-            EventType::DeploymentFailed => self.failed(&event).await,
+            EventType::DeploymentFailed => self.failed(&event, now).await,
             other => Err(PromoteError::Permanent(format!("the promoter does not handle {other}"))),
         };
         result.map_err(handler_error)
@@ -58,7 +62,7 @@ impl Handler for PromoterStage {
 }
 
 impl PromoterStage {
-    async fn tested(&self, event: &Incoming) -> Result<Vec<Outgoing>, PromoteError> {
+    async fn tested(&self, event: &Incoming, now: DateTime<Utc>) -> Result<Vec<Outgoing>, PromoteError> {
         let test: TestData = event.cdevent.custom_data_as().map_err(|e| {
             PromoteError::Permanent(format!("testsuiterun.finished without the tester's customData: {e}"))
         })?;
@@ -69,18 +73,18 @@ impl PromoterStage {
         let chain = event.chain_id().ok_or_else(|| {
             PromoteError::Permanent("testsuiterun.finished without a chainId (the release id)".into())
         })?;
-        let outcome = self.promoter.create_release(event.id(), chain, &test).await?;
+        let outcome = self.promoter.create_release(event.id(), chain, &test, now).await?;
         tracing::info!(app = %test.app, release = chain, outcome = ?outcome.value, "release created");
         Ok(outcome.events)
     }
 
-    async fn deployed(&self, event: &Incoming) -> Result<Vec<Outgoing>, PromoteError> {
+    async fn deployed(&self, event: &Incoming, now: DateTime<Utc>) -> Result<Vec<Outgoing>, PromoteError> {
         let data: DeploymentData = event.cdevent.custom_data_as().map_err(|e| {
             PromoteError::Permanent(format!("{} without the deployer's customData: {e}", event.event_type))
         })?;
         let promoter = &self.promoter;
         if promoter
-            .mark_healthy(&data.app, &data.environment, &data.promotion)
+            .mark_healthy(&data.app, &data.environment, &data.promotion, now)
             .await?
             .is_none()
         {
@@ -103,14 +107,24 @@ impl PromoterStage {
         };
         let promotion = derive_id(&["promote", event.id(), &next.name]);
         let outcome = promoter
-            .advance(&policy.value, &release, &next, Trigger::Auto, event.id(), &promotion)
+            .advance(
+                &policy.value,
+                Move {
+                    release: &release,
+                    env: &next,
+                    trigger: &Trigger::Auto,
+                    promotion: &promotion,
+                },
+                event.id(),
+                now,
+            )
             .await?;
         tracing::info!(app = %data.app, release = %data.release, environment = %next.name, outcome = ?outcome.value, "next environment evaluated");
         events.extend(outcome.events);
         Ok(events)
     }
 
-    async fn failed(&self, event: &Incoming) -> Result<Vec<Outgoing>, PromoteError> {
+    async fn failed(&self, event: &Incoming, now: DateTime<Utc>) -> Result<Vec<Outgoing>, PromoteError> {
         let data: DeploymentData = event.cdevent.custom_data_as().map_err(|e| {
             PromoteError::Permanent(format!("deployment.failed without the deployer's customData: {e}"))
         })?;
@@ -139,6 +153,7 @@ impl PromoterStage {
                     AUTOMATION,
                     &format!("rollout in `{}` failed: {reason}", data.environment),
                     Some(event.id()),
+                    now,
                 )
                 .await?,
         ];
@@ -147,7 +162,7 @@ impl PromoterStage {
         }
         let policy = promoter.policy().await?;
         events.extend(policy.events);
-        let env = promoter.environment(&policy.value, &data.environment)?.clone();
+        let env = policy.value.environment(&data.environment)?.clone();
         let promotion = derive_id(&["auto-rollback", event.id()]);
         let target = current
             .value
@@ -173,6 +188,7 @@ impl PromoterStage {
                         &why,
                         &promotion,
                         event.id(),
+                        now,
                     )
                     .await?
             }
@@ -194,11 +210,12 @@ impl PromoterStage {
                             pinned: Some(Pin {
                                 by: AUTOMATION.into(),
                                 reason: why,
-                                at: Utc::now(),
+                                at: now,
                             }),
                             break_glass: false,
                             restore_from: None,
                             cause: event.id().to_owned(),
+                            at: now,
                         },
                     )
                     .await?

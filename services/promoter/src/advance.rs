@@ -1,0 +1,195 @@
+//! Moving a release toward an environment: read what the gates need (the quarantine record,
+//! what the environment and the one before it run), let [`gates::promotion`] decide, then act
+//! on the decision — record a hold, open an approval request, schedule the move for later, or
+//! commit the promotion.
+
+use baton_kit::Outgoing;
+use baton_schemas::EventType;
+use baton_schemas::extensions::PromotionHeldContent;
+use baton_schemas::release::{ApprovalKind, PromotionAction};
+use chrono::{DateTime, Utc};
+
+use crate::error::PromoteError;
+use crate::gates::{self, Decision, Facts, Move, Previous, Wait};
+use crate::manager::{Outcome, ReleaseManager, derive_id};
+use crate::policy::Policy;
+use crate::state::{self, Scheduled};
+use crate::write::Write;
+
+/// What happened to a request to move a release into an environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Advance {
+    /// Promoted: the config-repo commit.
+    Promoted(String),
+    /// An approval request is open (its id).
+    AwaitingApproval(String),
+    /// Scheduled for later (soak, freeze).
+    Scheduled(DateTime<Utc>, String),
+    /// Not promoted, and not by itself later: why.
+    Held(String),
+    /// Already there.
+    AlreadyThere,
+}
+
+impl ReleaseManager {
+    /// Moves a release toward an environment under its policy as of `now`: refuse
+    /// (quarantined, untested), hold (pinned), ask (manual), wait (soak, freeze), or promote.
+    /// `cause` is the event (or command) the move answers.
+    ///
+    /// # Errors
+    /// [`PromoteError`].
+    pub async fn advance(
+        &self,
+        policy: &Policy,
+        request: Move<'_>,
+        cause: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome<Advance>, PromoteError> {
+        let Move {
+            release,
+            env,
+            promotion,
+            ..
+        } = request;
+        let before = policy.file.previous_before(&env.name);
+        let (quarantined, current, current_before) = tokio::try_join!(
+            self.state.bad(&release.release),
+            self.state.current(&release.app, &env.name),
+            async {
+                match before {
+                    Some(before) => self.state.current(&release.app, &before.name).await,
+                    None => Ok(None),
+                }
+            },
+        )?;
+        let facts = Facts {
+            quarantined: quarantined.as_ref(),
+            current: current.as_ref().map(|c| &c.value),
+            previous: before.map(|env| Previous {
+                env,
+                current: current_before.as_ref().map(|c| &c.value),
+            }),
+        };
+        let decision = gates::promotion(request, &facts, now);
+        match decision {
+            Decision::Hold(hold) => Ok(self.stop(request, cause, hold.message(release, &env.name))),
+            Decision::Frozen { window, until } => Ok(Outcome {
+                events: Vec::new(),
+                value: Advance::Held(format!(
+                    "`{}` is frozen ({window}) until {until}; ask for a break-glass promotion (`--break-glass`) if it cannot wait",
+                    env.name
+                )),
+            }),
+            Decision::AlreadyThere => Ok(Outcome {
+                events: Vec::new(),
+                value: Advance::AlreadyThere,
+            }),
+            Decision::AskApproval { requested_by } => {
+                self.request_approval(
+                    policy,
+                    release,
+                    env,
+                    ApprovalKind::Promotion,
+                    &requested_by,
+                    None,
+                    cause,
+                    now,
+                )
+                .await
+            }
+            Decision::Wait(wait) => self.schedule(request, cause, &wait).await,
+            Decision::Promote(promoted) => {
+                let written = self
+                    .write(
+                        release,
+                        env,
+                        Write {
+                            action: PromotionAction::Promote,
+                            promotion: promotion.to_owned(),
+                            reason: promoted.reason(),
+                            actor: promoted.actor,
+                            pinned: promoted.pinned,
+                            break_glass: promoted.break_glass,
+                            restore_from: None,
+                            cause: cause.to_owned(),
+                            at: now,
+                        },
+                    )
+                    .await;
+                match written {
+                    Ok(outcome) => Ok(Outcome {
+                        value: Advance::Promoted(outcome.value.config_commit),
+                        events: outcome.events,
+                    }),
+                    // The release itself cannot be deployed (no pipeline file, no manifests, no
+                    // image of the app in them): say so on the stream instead of retrying.
+                    Err(PromoteError::Permanent(reason)) => Ok(self.stop(request, cause, reason)),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// `baton-promotion.held` for the move: why, and when it is retried by itself, if it is.
+    fn held(&self, request: Move<'_>, cause: &str, reason: &str, retry_at: Option<DateTime<Utc>>) -> Outgoing {
+        let Move {
+            release,
+            env,
+            promotion,
+            ..
+        } = request;
+        self.event(
+            EventType::PromotionHeld,
+            derive_id(&["held", promotion, reason]),
+            &release.app,
+            &release.release,
+            serde_json::to_value(PromotionHeldContent {
+                app: release.app.clone(),
+                environment: env.name.clone(),
+                reason: reason.to_owned(),
+                retry_at: retry_at.map(|t| t.to_rfc3339()),
+            })
+            .expect("serializes"),
+            Some(&release.release),
+            Some(cause),
+            None,
+        )
+    }
+
+    /// Not promoted, and not by itself later: the reason on the stream and to the caller.
+    fn stop(&self, request: Move<'_>, cause: &str, reason: String) -> Outcome<Advance> {
+        Outcome {
+            events: vec![self.held(request, cause, &reason, None)],
+            value: Advance::Held(reason),
+        }
+    }
+
+    /// Records the move as waiting for `wait`; the timers carry it out when it is due. A newer
+    /// release replaces a waiting older one; the same wait again records nothing new.
+    async fn schedule(&self, request: Move<'_>, cause: &str, wait: &Wait) -> Result<Outcome<Advance>, PromoteError> {
+        let (release, env) = (request.release, request.env);
+        let (at, waiting_for) = (wait.until(), wait.describe(&env.name));
+        let key = state::scheduled_key(&release.app, &env.name);
+        let record = Scheduled {
+            release: release.release.clone(),
+            environment: env.name.clone(),
+            promotion: request.promotion.to_owned(),
+            not_before: at,
+            trigger: request.trigger.clone(),
+            cause: cause.to_owned(),
+            waiting_for: waiting_for.clone(),
+        };
+        let existing = self.state.get::<Scheduled>(&key).await?;
+        if existing.as_ref().is_some_and(|e| e.value == record) {
+            return Ok(Outcome {
+                events: Vec::new(),
+                value: Advance::Scheduled(at, waiting_for),
+            });
+        }
+        self.state.put(&key, &record).await?;
+        Ok(Outcome {
+            events: vec![self.held(request, cause, &format!("waiting for the {waiting_for}"), Some(at))],
+            value: Advance::Scheduled(at, waiting_for),
+        })
+    }
+}

@@ -1,0 +1,215 @@
+//! Approval requests: opening one for a release into an environment (superseding an open
+//! request for an older release, never asking twice for a declined or expired one), closing it,
+//! and the `approval.created/updated/closed` events that record it. Whether a vote counts is
+//! decided in [`crate::gates::vote`]; the `approve` and `decline` commands carry it out.
+
+use baton_kit::Outgoing;
+use baton_schemas::EventType;
+use baton_schemas::environments::Environment;
+use baton_schemas::release::{ApprovalData, ApprovalKind, ReleaseData};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::advance::Advance;
+use crate::error::PromoteError;
+use crate::gates::{self, Asking};
+use crate::manager::{AUTOMATION, Outcome, ReleaseManager, derive_id};
+use crate::policy::Policy;
+use crate::state::{self, Closure, PendingApproval};
+
+impl ReleaseManager {
+    /// Opens an approval request for `release` into `env` (expiring `expires_after` from `now`),
+    /// superseding an open request for an older release.
+    ///
+    /// # Errors
+    /// [`PromoteError`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn request_approval(
+        &self,
+        policy: &Policy,
+        release: &ReleaseData,
+        env: &Environment,
+        kind: ApprovalKind,
+        requested_by: &str,
+        reason: Option<String>,
+        cause: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome<Advance>, PromoteError> {
+        let key = state::approval_key(&release.app, &env.name);
+        let existing = self.state.get::<PendingApproval>(&key).await?;
+        let mut events = Vec::new();
+        match gates::approval_request(existing.as_ref().map(|e| &e.value), release, kind) {
+            Asking::AlreadyOpen(approval) => {
+                return Ok(Outcome {
+                    events,
+                    value: Advance::AwaitingApproval(approval),
+                });
+            }
+            Asking::NotAgain(closed) => {
+                let reason = format!(
+                    "the approval request for release {} into `{}` was {} ({}); it is not asked again",
+                    release.release, env.name, closed.status, closed.reason
+                );
+                return Ok(Outcome {
+                    events,
+                    value: Advance::Held(reason),
+                });
+            }
+            Asking::Open => {}
+        }
+        let current = self.state.current(&release.app, &env.name).await?;
+        let current_release = match &current {
+            Some(c) => self.state.release(&c.value.release).await?,
+            None => None,
+        };
+        let approval = derive_id(&["approval", cause, &env.name, kind_word(kind)]);
+        let data = ApprovalData {
+            approval: approval.clone(),
+            kind,
+            app: release.app.clone(),
+            environment: env.name.clone(),
+            release: release.clone(),
+            current_release: current_release.as_ref().map(|r| r.release.clone()),
+            current_image: current_release.as_ref().map(|r| r.image.reference.clone()),
+            required: env.approvals.required,
+            approvers: policy.file.approvers_of(env).into_iter().map(str::to_owned).collect(),
+            votes: Vec::new(),
+            expires_at: gates::expires_at(env, now),
+            requested_by: requested_by.to_owned(),
+            reason,
+        };
+        let record = PendingApproval {
+            data: data.clone(),
+            promotion: derive_id(&["promote", &approval]),
+            cause: cause.to_owned(),
+            closed: None,
+        };
+        if let Some(open) = existing.as_ref().filter(|e| e.value.closed.is_none()) {
+            let why = format!("superseded by release {}", release.release);
+            events.push(self.approval_closed(&open.value, "cancelled", "rejected", AUTOMATION, &why));
+        }
+        if !self
+            .state
+            .compare_and_set(&key, &record, existing.as_ref().map(|e| e.revision))
+            .await?
+        {
+            return Err(PromoteError::Transient(format!(
+                "the approval request for {} into `{}` changed meanwhile; retrying",
+                release.app, env.name
+            )));
+        }
+        events.push(self.event(
+            EventType::ApprovalCreated,
+            derive_id(&["approval.created", &approval]),
+            &release.app,
+            &approval,
+            json!({
+                "approvalDetailsUrl": format!("urn:baton:approval:{approval}"),
+                "resourceTargetUrl": format!("urn:baton:release:{}:{}", release.release, env.name),
+                "requestor": urn_user(requested_by),
+            }),
+            Some(&release.release),
+            Some(cause),
+            Some(serde_json::to_value(&data).expect("serializes")),
+        ));
+        Ok(Outcome {
+            events,
+            value: Advance::AwaitingApproval(approval),
+        })
+    }
+
+    /// `approval.closed` for `pending` with `status` (approved, rejected, cancelled, expired).
+    pub(crate) fn approval_closed(
+        &self,
+        pending: &PendingApproval,
+        status: &str,
+        decision: &str,
+        responder: &str,
+        reason: &str,
+    ) -> Outgoing {
+        let mut data = pending.data.clone();
+        data.reason = Some(reason.to_owned());
+        let id = derive_id(&["approval.closed", &data.approval]);
+        self.approval_response(EventType::ApprovalClosed, id, &data, responder, decision, Some(status))
+    }
+
+    /// `approval.updated` for one vote.
+    pub(crate) fn approval_updated(&self, pending: &PendingApproval, actor: &str, decision: &str) -> Outgoing {
+        let data = &pending.data;
+        let id = derive_id(&["approval.updated", &data.approval, actor]);
+        self.approval_response(EventType::ApprovalUpdated, id, data, actor, decision, None)
+    }
+
+    /// An answer to the request `data` (caused by its `approval.created`): `responder`'s
+    /// `decision`, and the request's `status` when the answer closes it.
+    fn approval_response(
+        &self,
+        ty: EventType,
+        id: String,
+        data: &ApprovalData,
+        responder: &str,
+        decision: &str,
+        status: Option<&str>,
+    ) -> Outgoing {
+        let mut content = json!({
+            "approvalDetailsUrl": format!("urn:baton:approval:{}", data.approval),
+            "resourceTargetUrl": format!("urn:baton:release:{}:{}", data.release.release, data.environment),
+            "responder": urn_user(responder),
+            "decision": decision,
+        });
+        if let Some(status) = status {
+            content["status"] = json!(status);
+        }
+        self.event(
+            ty,
+            id,
+            &data.app,
+            &data.approval,
+            content,
+            Some(&data.release.release),
+            Some(&derive_id(&["approval.created", &data.approval])),
+            Some(serde_json::to_value(data).expect("serializes")),
+        )
+    }
+
+    /// Closes an open approval request as of `now` (CAS); `false` when someone else changed it
+    /// first.
+    pub(crate) async fn close_approval(
+        &self,
+        key: &str,
+        pending: &state::Versioned<PendingApproval>,
+        status: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, PromoteError> {
+        let mut closed = pending.value.clone();
+        closed.closed = Some(Closure {
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            at: now,
+        });
+        Ok(self.state.compare_and_set(key, &closed, Some(pending.revision)).await?)
+    }
+}
+
+fn kind_word(kind: ApprovalKind) -> &'static str {
+    match kind {
+        ApprovalKind::Promotion => "promotion",
+        ApprovalKind::BreakGlass => "break-glass",
+    }
+}
+
+/// The CDEvents URN of a person.
+fn urn_user(actor: &str) -> String {
+    let safe: String = actor
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("urn:baton:user:{safe}")
+}

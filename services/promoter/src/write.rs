@@ -1,0 +1,345 @@
+//! Writing to the config repo: one commit per promotion, rollback or pin of an app in an
+//! environment, made under the environment's lease — the app's manifests at the release's
+//! commit with its images pinned by digest (or, for a rollback, an earlier commit's manifests
+//! byte for byte) and `.baton-release.yaml` — then what the environment runs is recorded and the
+//! commit is announced as `environment.modified`.
+
+use std::sync::Arc;
+
+use baton_kit::Outgoing;
+use baton_schemas::EventType;
+use baton_schemas::environments::Environment;
+use baton_schemas::pipeline::{PIPELINE_FILE, Pipeline};
+use baton_schemas::release::{Pin, PromotionAction, PromotionData, RELEASE_FILE, ReleaseData, ReleaseFile};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::configrepo::Change;
+use crate::error::PromoteError;
+use crate::manager::{Outcome, ReleaseManager, app_dir, derive_id, short};
+use crate::render;
+use crate::state::{self, Current, Scheduled};
+
+/// One config-repo write: what it does and how it is recorded.
+#[derive(Debug, Clone)]
+pub(crate) struct Write {
+    pub(crate) action: PromotionAction,
+    /// The promotion's id: the commit's trailer, so a retry finds its commit.
+    pub(crate) promotion: String,
+    pub(crate) actor: String,
+    pub(crate) reason: Option<String>,
+    /// The environment's pin after the write.
+    pub(crate) pinned: Option<Pin>,
+    pub(crate) break_glass: bool,
+    /// A rollback's source: the config-repo commit whose manifests are restored.
+    pub(crate) restore_from: Option<String>,
+    /// The event (or command) the write answers.
+    pub(crate) cause: String,
+    /// When it was decided (the release file's `at`).
+    pub(crate) at: DateTime<Utc>,
+}
+
+impl ReleaseManager {
+    /// Writes one commit to the config repo for `env` under its lock and records it.
+    ///
+    /// # Errors
+    /// [`PromoteError`].
+    pub(crate) async fn write(
+        &self,
+        release: &ReleaseData,
+        env: &Environment,
+        write: Write,
+    ) -> Result<Outcome<PromotionData>, PromoteError> {
+        let lease = self
+            .locks
+            .acquire(
+                &format!("env.{}", env.name),
+                &format!("{} {}", write.action.as_str(), release.release),
+            )
+            .await?;
+        let result = self.write_locked(release, env, write).await;
+        self.locks.release(lease).await;
+        result
+    }
+
+    async fn write_locked(
+        &self,
+        release: &ReleaseData,
+        env: &Environment,
+        write: Write,
+    ) -> Result<Outcome<PromotionData>, PromoteError> {
+        let dir = app_dir(&env.name, &release.app);
+        let current = self.state.current(&release.app, &env.name).await?;
+        let files = match write.action {
+            PromotionAction::Promote => Some(self.render(release).await?),
+            PromotionAction::Rollback => {
+                let repo = Arc::clone(&self.repo);
+                let (from, dir) = (write.restore_from.clone().unwrap_or_default(), dir.clone());
+                Some(self.blocking(move || Ok(repo.files_at(&from, &dir)?)).await?)
+            }
+            PromotionAction::Pin | PromotionAction::Unpin => None,
+        };
+        let file = ReleaseFile {
+            release: release.clone(),
+            promotion: write.promotion.clone(),
+            action: write.action,
+            actor: write.actor.clone(),
+            at: write.at,
+            pinned: write.pinned.clone(),
+        };
+        let mut message = format!(
+            "{} {} release {} to {}\n\nRelease: {}\nApp commit: {}\nImage: {}\nActor: {}\n",
+            write.action.as_str(),
+            release.app,
+            short(&release.release),
+            env.name,
+            release.release,
+            release.commit,
+            release.image.reference,
+            write.actor,
+        );
+        if let Some(reason) = &write.reason {
+            message.push_str(&format!("Reason: {reason}\n"));
+        }
+        let change = Change {
+            promotion: write.promotion.clone(),
+            dir: dir.clone(),
+            files,
+            release_file: yaml_serde::to_string(&file)
+                .expect("a release file serializes")
+                .into_bytes(),
+            message,
+        };
+        let repo = Arc::clone(&self.repo);
+        let committed = self.blocking(move || Ok(repo.commit(&change)?)).await?;
+        // A retry whose commit an earlier attempt pushed, after which the environment moved on
+        // (a later promotion committed while this one's lease had lapsed): announce it again,
+        // but the environment's state stays the later promotion's, as the config repo says.
+        if committed.existed {
+            let (repo, path) = (Arc::clone(&self.repo), format!("{dir}/{RELEASE_FILE}"));
+            let (_, at_head) = self.blocking(move || Ok(repo.read_at_head(&path)?)).await?;
+            let moved_on = at_head
+                .and_then(|bytes| yaml_serde::from_str::<ReleaseFile>(&String::from_utf8_lossy(&bytes)).ok())
+                .is_some_and(|file| file.promotion != write.promotion);
+            if moved_on {
+                tracing::info!(
+                    app = %release.app, environment = %env.name, promotion = %write.promotion,
+                    "a retried promotion's commit was followed by a later one; the environment keeps the later"
+                );
+                let data = self.promotion_data(release, env, &write, &dir, &committed.commit, None);
+                let event = self.modified_event(release, env, &write, &data);
+                return Ok(Outcome {
+                    value: data,
+                    events: vec![event],
+                });
+            }
+        }
+        let previous = current.as_ref().map(|c| c.value.clone());
+        let next = match write.action {
+            PromotionAction::Promote | PromotionAction::Rollback => Current {
+                release: release.release.clone(),
+                promotion: write.promotion.clone(),
+                config_commit: committed.commit.clone(),
+                action: write.action,
+                healthy_since: None,
+                last_healthy: previous.as_ref().and_then(|p| p.last_healthy.clone()),
+                pinned: write.pinned.clone(),
+            },
+            PromotionAction::Pin | PromotionAction::Unpin => match previous.clone() {
+                Some(mut c) => {
+                    c.pinned = write.pinned.clone();
+                    c
+                }
+                None => Current {
+                    release: release.release.clone(),
+                    promotion: write.promotion.clone(),
+                    config_commit: committed.commit.clone(),
+                    action: write.action,
+                    healthy_since: None,
+                    last_healthy: None,
+                    pinned: write.pinned.clone(),
+                },
+            },
+        };
+        // Under the environment's lock: nobody else writes this key now.
+        self.state
+            .put(&state::current_key(&release.app, &env.name), &next)
+            .await?;
+        let scheduled_key = state::scheduled_key(&release.app, &env.name);
+        if let Some(s) = self.state.get::<Scheduled>(&scheduled_key).await?
+            && s.value.promotion == write.promotion
+        {
+            self.state.delete_at(&scheduled_key, s.revision).await?;
+        }
+        let data = self.promotion_data(
+            release,
+            env,
+            &write,
+            &dir,
+            &committed.commit,
+            previous.map(|p| p.release).filter(|p| *p != release.release),
+        );
+        tracing::info!(
+            app = %release.app, environment = %env.name, release = %release.release,
+            action = write.action.as_str(), commit = %committed.commit, again = committed.existed,
+            "config repo updated"
+        );
+        let event = self.modified_event(release, env, &write, &data);
+        Ok(Outcome {
+            value: data,
+            events: vec![event],
+        })
+    }
+
+    fn promotion_data(
+        &self,
+        release: &ReleaseData,
+        env: &Environment,
+        write: &Write,
+        dir: &str,
+        commit: &str,
+        previous_release: Option<String>,
+    ) -> PromotionData {
+        PromotionData {
+            promotion: write.promotion.clone(),
+            action: write.action,
+            app: release.app.clone(),
+            environment: env.name.clone(),
+            namespace: env.namespace.clone(),
+            release: release.clone(),
+            previous_release,
+            config_repository: self.repo.url().to_owned(),
+            config_commit: commit.to_owned(),
+            manifests_path: dir.to_owned(),
+            actor: write.actor.clone(),
+            reason: write.reason.clone(),
+            pinned: write.pinned.is_some(),
+            break_glass: write.break_glass,
+        }
+    }
+
+    /// `environment.modified` announcing `data`; its id derives from the promotion alone.
+    fn modified_event(
+        &self,
+        release: &ReleaseData,
+        env: &Environment,
+        write: &Write,
+        data: &PromotionData,
+    ) -> Outgoing {
+        self.event(
+            EventType::EnvironmentModified,
+            derive_id(&["environment.modified", &write.promotion]),
+            &release.app,
+            &env.name,
+            json!({"name": env.name}),
+            Some(&release.release),
+            Some(&write.cause),
+            Some(serde_json::to_value(data).expect("serializes")),
+        )
+    }
+
+    /// Reads the app's manifests at the release's commit and pins its images.
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn render(&self, release: &ReleaseData) -> Result<Vec<(String, Vec<u8>)>, PromoteError> {
+        let sources = self.sources.clone();
+        let release = release.clone();
+        self.blocking(move || {
+            let mirror = sources
+                .mirror_with(&release.repository, &release.commit)
+                .map_err(|e| PromoteError::Transient(e.to_string()))?;
+            let oid =
+                git2::Oid::from_str(&release.commit).map_err(|e| PromoteError::Permanent(e.message().to_owned()))?;
+            let commit = mirror
+                .find_commit(oid)
+                .map_err(|e| PromoteError::Permanent(e.message().to_owned()))?;
+            let tree = commit
+                .tree()
+                .map_err(|e| PromoteError::Transient(e.message().to_owned()))?;
+            let pipeline_text = tree
+                .get_path(std::path::Path::new(PIPELINE_FILE))
+                .ok()
+                .and_then(|e| e.to_object(&mirror).ok())
+                .and_then(|o| o.into_blob().ok())
+                .map(|b| String::from_utf8_lossy(b.content()).into_owned())
+                .ok_or_else(|| {
+                    PromoteError::Permanent(format!("commit {} has no {PIPELINE_FILE}", short(&release.commit)))
+                })?;
+            let pipeline = Pipeline::parse(&pipeline_text).map_err(|e| PromoteError::Permanent(e.to_string()))?;
+            let dir = pipeline.manifests.ok_or_else(|| {
+                PromoteError::Permanent(format!(
+                    "{PIPELINE_FILE} of commit {} names no `manifests` directory, so there is nothing to deploy",
+                    short(&release.commit)
+                ))
+            })?;
+            let dir = dir.trim_matches('/').to_owned();
+            let subtree = tree
+                .get_path(std::path::Path::new(&dir))
+                .ok()
+                .and_then(|e| e.to_object(&mirror).ok())
+                .and_then(|o| o.into_tree().ok())
+                .ok_or_else(|| {
+                    PromoteError::Permanent(format!(
+                        "the manifests directory `{dir}` named in {PIPELINE_FILE} does not exist at commit {}",
+                        short(&release.commit)
+                    ))
+                })?;
+            let mut files = Vec::new();
+            subtree
+                .walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+                    if entry.kind() == Some(git2::ObjectType::Blob)
+                        && let Some(blob) = entry.to_object(&mirror).ok().and_then(|o| o.into_blob().ok())
+                    {
+                        files.push((
+                            format!("{root}{}", entry.name().unwrap_or_default()),
+                            blob.content().to_vec(),
+                        ));
+                    }
+                    git2::TreeWalkResult::Ok
+                })
+                .map_err(|e| PromoteError::Transient(e.message().to_owned()))?;
+            let rendered =
+                render::render(&dir, &files, &release.image).map_err(|e| PromoteError::Permanent(e.to_string()))?;
+            Ok(rendered.into_iter().map(|f| (f.path, f.bytes)).collect())
+        })
+        .await
+    }
+
+    /// Rolls `env` back to `target` (the manifests of `from_commit`, byte for byte) and pins it,
+    /// as decided `now`.
+    ///
+    /// # Errors
+    /// [`PromoteError`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn rollback(
+        &self,
+        env: &Environment,
+        target: &ReleaseData,
+        from_commit: &str,
+        actor: &str,
+        reason: &str,
+        promotion: &str,
+        cause: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome<PromotionData>, PromoteError> {
+        self.write(
+            target,
+            env,
+            Write {
+                action: PromotionAction::Rollback,
+                promotion: promotion.to_owned(),
+                actor: actor.to_owned(),
+                reason: Some(reason.to_owned()),
+                pinned: Some(Pin {
+                    by: actor.to_owned(),
+                    reason: reason.to_owned(),
+                    at: now,
+                }),
+                break_glass: false,
+                restore_from: Some(from_commit.to_owned()),
+                cause: cause.to_owned(),
+                at: now,
+            },
+        )
+        .await
+    }
+}
