@@ -7,6 +7,9 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 # the harness quotes it in its "not found" error (`baton_tests::PINNED_NATS_SERVER_VERSION`).
 nats_server_version := "2.12.8"
 
+# The unused-dependency checker `just lint` installs if missing.
+machete_version := "0.9.2"
+
 # Benchmarks `just bench` knows, space-separated.
 bench_targets := "fabric listener builder deployer e2e"
 
@@ -204,10 +207,20 @@ test: setup
     cargo test --workspace --doc || status=$?
     exit "$status"
 
-# Check formatting and clippy lints the way CI does (warnings are errors).
+# Check formatting, clippy lints (warnings are errors) and unused dependencies the way CI does.
 lint:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    {{ tool_path }}
+    if ! cargo machete --version >/dev/null 2>&1; then
+        echo "installing cargo-machete {{ machete_version }}: cargo install cargo-machete --locked (a minute or two)"
+        cargo install cargo-machete --locked --version {{ machete_version }}
+    fi
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
+    # Dependencies no crate uses (cargo-machete reads the sources; a false positive is listed
+    # under [package.metadata.cargo-machete] ignored in that crate's Cargo.toml, with the reason).
+    cargo machete
 
 # Regenerate the committed JSON Schemas in schemas/json (review and commit the diff).
 schemas:
