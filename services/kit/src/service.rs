@@ -280,6 +280,56 @@ impl Runtime {
     }
 }
 
+/// A built stage service (the builder, the tester, the deployer): its runtime, its stage runner
+/// and its bound operations endpoint, and the temporary cache it must keep until it stops. Such
+/// a service's `Application` wraps one and forwards [`Service::local_addr`] and
+/// [`Service::run_until_stopped`] to it.
+#[derive(Debug)]
+pub struct StageService<H> {
+    addr: SocketAddr,
+    listener: TcpListener,
+    runtime: Runtime,
+    runner: StageRunner<H>,
+    // Removed when the service stops.
+    _cache: Option<tempfile::TempDir>,
+}
+
+impl<H: Handler> StageService<H> {
+    /// Binds `http.listen` for the service made of `runtime` and `runner`, keeping `cache`.
+    ///
+    /// # Errors
+    /// [`StartError::Bind`].
+    pub async fn bind(
+        runtime: Runtime,
+        runner: StageRunner<H>,
+        cache: Option<tempfile::TempDir>,
+    ) -> Result<Self, StartError> {
+        let (listener, addr) = runtime.bind().await?;
+        Ok(Self {
+            addr,
+            listener,
+            runtime,
+            runner,
+            _cache: cache,
+        })
+    }
+
+    /// The bound address of the operations endpoint.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Consumes until `shutdown` is cancelled, finishing or handing back in-flight events within
+    /// the grace period, then drains the NATS connection.
+    ///
+    /// # Errors
+    /// When the runner cannot consume or the endpoint fails.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        tracing::info!(addr = %self.addr, "{} ready", self.runtime.service);
+        self.runtime.serve_stage(self.listener, self.runner, shutdown).await
+    }
+}
+
 /// Runs `runner`, if there is one, until `shutdown` is cancelled (with none, just waits for it).
 ///
 /// # Errors

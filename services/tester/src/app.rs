@@ -3,8 +3,7 @@
 
 use std::net::SocketAddr;
 
-use baton_kit::StageRunner;
-use baton_kit::service::{self, Env, Runtime, Service};
+use baton_kit::service::{self, Env, Runtime, Service, StageService};
 use baton_kit::settings::Settings;
 use baton_kit::source::Sources;
 use baton_kit::steps::StepRunner;
@@ -24,14 +23,7 @@ pub use baton_kit::service::StartError;
 
 /// A built tester, connected, not yet consuming.
 #[derive(Debug)]
-pub struct Application {
-    addr: SocketAddr,
-    listener: tokio::net::TcpListener,
-    runtime: Runtime,
-    runner: StageRunner<Tester>,
-    // Owns the default cache so it is removed when the tester stops.
-    _cache: Option<tempfile::TempDir>,
-}
+pub struct Application(StageService<Tester>);
 
 impl Service for Application {
     const NAME: &'static str = SERVICE;
@@ -53,23 +45,16 @@ impl Service for Application {
             },
         };
         let runner = runtime.stage(STAGE, [EventType::ArtifactPublished], tester).await?;
-        let (listener, addr) = runtime.bind().await?;
-        Ok(Self {
-            addr,
-            listener,
-            runtime,
-            runner,
-            _cache: cache,
-        })
+        Ok(Self(StageService::bind(runtime, runner, cache).await?))
     }
 
     fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.0.local_addr()
     }
 
-    /// Consumes until `shutdown` is cancelled, then drains the NATS connection.
+    /// Consumes until `shutdown` is cancelled, finishing or handing back in-flight test runs
+    /// within the grace period, then drains the NATS connection.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
-        tracing::info!(addr = %self.addr, "{SERVICE} ready");
-        self.runtime.serve_stage(self.listener, self.runner, shutdown).await
+        self.0.run_until_stopped(shutdown).await
     }
 }
