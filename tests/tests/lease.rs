@@ -1,0 +1,105 @@
+//! Leases against a real nats-server: a lease is released when its guard is dropped (a
+//! cancelled handler frees the environment at once instead of holding it until it expires), a
+//! busy lease is waited for and then refused naming the holder, an expired one is taken over,
+//! and a lock store that keeps failing is reported after a few attempts instead of retried
+//! forever.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use baton_kit::fabric::{self, Topology};
+use baton_kit::lease::{LockError, Locks};
+use baton_schemas::config::JetStreamSettings;
+use baton_tests::NatsServer;
+
+async fn topology(server: &NatsServer) -> Result<Topology> {
+    let client = async_nats::connect(server.url()).await?;
+    Ok(fabric::provision(&client, &JetStreamSettings::default(), Duration::from_secs(3600)).await?)
+}
+
+/// Leases held as `owner` for a minute, waiting at most `wait` for a busy one.
+fn locks(topology: &Topology, owner: &str, wait: Duration) -> Locks {
+    Locks::new(topology.locks.clone(), owner, Duration::from_secs(60), wait)
+}
+
+#[tokio::test]
+async fn a_dropped_lease_is_released_at_once_and_a_busy_one_names_its_holder() -> Result<()> {
+    let server = NatsServer::start()?;
+    let topology = topology(&server).await?;
+    let first = locks(&topology, "replica-a", Duration::from_millis(300));
+    let second = locks(&topology, "replica-b", Duration::from_millis(300));
+
+    let held = first.acquire("env.staging", "promote r1").await?;
+    match second.acquire("env.staging", "promote r2").await {
+        Err(LockError::Busy { name, holder }) => {
+            assert_eq!(name, "env.staging");
+            assert!(
+                holder.contains("replica-a") && holder.contains("promote r1"),
+                "{holder}"
+            );
+        }
+        other => panic!("a held lease must be refused as busy, got {other:?}"),
+    }
+
+    // A handler cancelled while holding the lease drops it: the next holder gets it long before
+    // the minute-long lease would expire.
+    let cancelled = tokio::spawn(async move {
+        let _held = held;
+        std::future::pending::<()>().await;
+    });
+    cancelled.abort();
+    let _ = cancelled.await;
+    let waiting = locks(&topology, "replica-b", Duration::from_secs(5));
+    let taken = tokio::time::timeout(Duration::from_secs(5), waiting.acquire("env.staging", "promote r2"))
+        .await
+        .expect("the dropped lease is released, not held until it expires")?;
+
+    // An explicit release waits until the store has it.
+    taken.release().await;
+    assert!(topology.locks.get("env.staging").await?.is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over() -> Result<()> {
+    let server = NatsServer::start()?;
+    let topology = topology(&server).await?;
+    let short = Locks::new(
+        topology.locks.clone(),
+        "dead-replica",
+        Duration::from_millis(200),
+        Duration::ZERO,
+    );
+    let held = short.acquire("env.production", "promote r1").await?;
+    // The holder dies without releasing: forgetting the guard is what a killed process does.
+    std::mem::forget(held);
+    let other = locks(&topology, "live-replica", Duration::from_secs(5));
+    let taken = other.acquire("env.production", "promote r2").await?;
+    let entry = topology
+        .locks
+        .get("env.production")
+        .await?
+        .expect("the lease is recorded");
+    assert!(String::from_utf8_lossy(&entry).contains("live-replica"));
+    taken.release().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_lock_store_is_reported_not_retried_forever() -> Result<()> {
+    let server = NatsServer::start()?;
+    let topology = topology(&server).await?;
+    let locks = locks(&topology, "replica-a", Duration::from_secs(60));
+    // The bucket's stream is gone: every KV operation fails at once.
+    let client = async_nats::connect(server.url()).await?;
+    let jetstream = async_nats::jetstream::new(client);
+    jetstream.delete_key_value(fabric::LOCKS_BUCKET).await?;
+    let failed = tokio::time::timeout(Duration::from_secs(30), locks.acquire("env.staging", "promote r1"))
+        .await
+        .expect("a failing store ends the attempt instead of looping");
+    match failed {
+        Err(LockError::Store(message)) => assert!(message.contains("after 5 attempts on `env.staging`"), "{message}"),
+        other => panic!("a failing store must be reported as such, got {other:?}"),
+    }
+    Ok(())
+}
