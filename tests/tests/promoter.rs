@@ -7,14 +7,23 @@
 //!
 //! The deployer's reports (`service.deployed`, `baton-deployment.failed`) are published here
 //! the way the deployer publishes them.
+//!
+//! Time: the soak and the approval expiry run on a promoter clock the test moves (a
+//! [`ManualClock`] handed to the in-process promoter through `baton_promoter::clock::scope`), so
+//! they neither wait for real time nor race it. `tokio::time::pause` would not do: the promoter
+//! reads wall time (chrono), not tokio's, and with real nats-server and git I/O in flight a
+//! paused runtime would jump through their timeouts. A dead replica's lease expires on the real
+//! clock of the kit's lock store, so that test waits for real.
 
 use baton_kit::service::Service as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use baton_kit::settings::Settings;
 use baton_kit::{Outgoing, events};
+use baton_promoter::clock::{Clock as _, ManualClock};
 use baton_schemas::commands::{CommandReply, CommandRequest};
 use baton_schemas::config::CommonSettings;
 use baton_schemas::config::promoter::PromoterSettings;
@@ -87,14 +96,29 @@ struct World {
     dir: tempfile::TempDir,
     replicas: Vec<Replica>,
     lease: Duration,
+    /// The promoters' clock when the test drives time; the system clock otherwise.
+    clock: Option<Arc<ManualClock>>,
 }
 
 impl World {
     async fn start(environments: &str, replicas: usize) -> Result<Self> {
-        Self::start_with(environments, replicas, Duration::from_secs(30)).await
+        Self::start_with(environments, replicas, Duration::from_secs(30), None).await
     }
 
-    async fn start_with(environments: &str, replicas: usize, lease: Duration) -> Result<Self> {
+    /// A world whose promoter reads the time from a clock that stands still (at the real time
+    /// of the start) until the test moves it.
+    async fn start_with_clock(environments: &str) -> Result<(Self, Arc<ManualClock>)> {
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let world = Self::start_with(environments, 1, Duration::from_secs(30), Some(Arc::clone(&clock))).await?;
+        Ok((world, clock))
+    }
+
+    async fn start_with(
+        environments: &str,
+        replicas: usize,
+        lease: Duration,
+        clock: Option<Arc<ManualClock>>,
+    ) -> Result<Self> {
         let nats = NatsServer::start()?;
         let client = async_nats::connect(nats.url()).await?;
         let js = async_nats::jetstream::new(client.clone());
@@ -129,6 +153,7 @@ impl World {
             dir,
             replicas: Vec::new(),
             lease,
+            clock,
         };
         for _ in 0..replicas {
             world.start_replica().await?;
@@ -155,7 +180,11 @@ impl World {
     }
 
     async fn start_replica(&mut self) -> Result<()> {
-        let app = baton_promoter::Application::build(self.settings()?, &|_| None).await?;
+        let build = baton_promoter::Application::build(self.settings()?, &|_| None);
+        let app = match &self.clock {
+            Some(clock) => baton_promoter::clock::scope(Arc::clone(clock) as _, build).await?,
+            None => build.await?,
+        };
         let stop = CancellationToken::new();
         let task = tokio::spawn(app.run_until_stopped(stop.clone()));
         self.replicas.push(Replica { stop, task });
@@ -549,7 +578,8 @@ async fn manual_policy_needs_two_distinct_allowed_approvers_and_records_every_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unanswered_request_expires_and_a_newer_release_supersedes_a_waiting_one() -> Result<()> {
-    let world = World::start(&TWO_STAGES.replace("expires_after: 1h", "expires_after: 2s"), 1).await?;
+    // Requests expire an hour after they open (TWO_STAGES), on the clock the test moves.
+    let (world, clock) = World::start_with_clock(TWO_STAGES).await?;
     let old = world.tests_passed("old").await?;
     world
         .deployer_reports(&world.promotion(&old, "staging").await?, None)
@@ -573,6 +603,28 @@ async fn an_unanswered_request_expires_and_a_newer_release_supersedes_a_waiting_
     let refused = world.command("approve", vote("alice", &old)).await?;
     assert!(!refused.ok && refused.message.contains("superseded"), "{refused:?}");
 
+    // A minute before the expiry the timers (every 100 ms) leave the request open.
+    let new_request: ApprovalData = world
+        .wait_for(EventType::ApprovalCreated, 1, |e| {
+            e.context.chain_id.as_deref() == Some(new.as_str())
+        })
+        .await?[0]
+        .custom_data_as()?;
+    assert_eq!(
+        new_request.expires_at,
+        clock.now() + chrono::Duration::hours(1),
+        "expires_after from the moment the request opened"
+    );
+    clock.advance(Duration::from_secs(59 * 60));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let closed_early = world.events(EventType::ApprovalClosed).await?;
+    assert!(
+        closed_early
+            .iter()
+            .all(|e| e.context.chain_id.as_deref() != Some(new.as_str())),
+        "not expired before its time: {closed_early:?}"
+    );
+    clock.advance(Duration::from_secs(60));
     let expired = world
         .wait_for(EventType::ApprovalClosed, 1, |e| {
             e.context.chain_id.as_deref() == Some(new.as_str()) && e.subject.content["status"] == "expired"
@@ -840,8 +892,9 @@ async fn an_invalid_environments_file_is_refused_and_the_last_valid_policy_stays
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_left_by_a_dead_replica_and_a_commit_pushed_before_a_crash_give_one_promotion() -> Result<()> {
-    let world = World::start_with(TWO_STAGES, 1, Duration::from_secs(2)).await?;
-    // A replica died holding staging's lock; its lease runs for two more seconds.
+    let world = World::start_with(TWO_STAGES, 1, Duration::from_secs(2), None).await?;
+    // A replica died holding staging's lock; its lease runs for two more seconds. The lock
+    // store judges expiry by the real clock, so this test waits for real.
     let locks = world.js.get_key_value("baton-locks").await?;
     let lease = json!({
         "owner": "baton-promoter-dead",
@@ -1048,10 +1101,11 @@ environments:
   - name: production
     namespace: shop-production
     policy: auto
-    soak: 2s
+    soak: 10m
 ";
-    let world = World::start(soaking, 1).await?;
+    let (world, clock) = World::start_with_clock(soaking).await?;
     let release = world.tests_passed("soaked").await?;
+    let healthy_at = clock.now();
     world
         .deployer_reports(&world.promotion(&release, "staging").await?, None)
         .await?;
@@ -1066,23 +1120,35 @@ environments:
             .unwrap_or_default()
             .contains("soak in `staging`")
     );
-    assert!(held[0].subject.content["retryAt"].is_string());
-    let production = world.promotion(&release, "production").await?;
-    let healthy_at = held[0].context.timestamp;
-    let promoted_at = world
-        .events(EventType::EnvironmentModified)
-        .await?
-        .into_iter()
-        .find(|e| {
-            e.custom_data_as::<PromotionData>()
-                .is_ok_and(|p| p.environment == "production")
-        })
-        .context("the production promotion")?
-        .context
-        .timestamp;
+    let retry_at = held[0].subject.content["retryAt"]
+        .as_str()
+        .context("the hold says when it is retried")?;
+    let retry_at = chrono::DateTime::parse_from_rfc3339(retry_at)?.with_timezone(&chrono::Utc);
+    assert_eq!(
+        retry_at,
+        healthy_at + chrono::Duration::minutes(10),
+        "the soak runs from the healthy report"
+    );
+    // A minute before the soak is over the timers (every 100 ms) leave production alone.
+    clock.advance(Duration::from_secs(9 * 60));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let early = world.events(EventType::EnvironmentModified).await?;
     assert!(
-        promoted_at - healthy_at >= chrono::Duration::milliseconds(1500),
-        "promoted only after the soak: held at {healthy_at}, promoted at {promoted_at}"
+        early.iter().all(|e| e
+            .custom_data_as::<PromotionData>()
+            .is_ok_and(|p| p.environment != "production")),
+        "not promoted before the soak is over: {early:?}"
+    );
+    clock.advance(Duration::from_secs(60));
+    let production = world.promotion(&release, "production").await?;
+    let recorded: ReleaseFile = yaml_serde::from_str(&world.config_file(
+        &production.config_commit,
+        &format!("{}/{RELEASE_FILE}", production.manifests_path),
+    )?)?;
+    assert!(
+        recorded.at - healthy_at >= chrono::Duration::minutes(10),
+        "promoted only after the soak: healthy at {healthy_at}, promoted at {}",
+        recorded.at
     );
     assert_eq!(production.actor, "baton-promoter");
     world.stop().await
