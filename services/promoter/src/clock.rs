@@ -5,8 +5,9 @@
 //! The system clock is the default. A test that drives time (a soak, an approval's expiry)
 //! hands the release manager a [`ManualClock`] and moves it: directly with
 //! [`ReleaseManager::with_clock`](crate::manager::ReleaseManager::with_clock), or, for a whole
-//! promoter built by [`Application::build`](crate::Application::build) (which takes only its
-//! settings), by building it inside [`scope`]: the release manager made there keeps that clock.
+//! promoter built by `Application::build` (the kit's
+//! [`Service::build`](baton_kit::service::Service::build), which takes only settings), by
+//! building it inside [`scope`]: the release manager made there keeps that clock.
 
 use std::fmt::Debug;
 use std::future::Future;
