@@ -369,32 +369,43 @@ impl Sources {
     }
 
     /// Remote callbacks answering credential requests for `url` from the configured
-    /// credentials (never logged).
+    /// credentials (never logged). The credential is offered once per operation: a remote that
+    /// asks again has refused it, and the operation fails saying so, instead of libgit2
+    /// replaying the refused credential until it gives up on "too many authentication replays".
     pub fn remote_callbacks(&self, url: &str) -> git2::RemoteCallbacks<'static> {
         let mut callbacks = git2::RemoteCallbacks::new();
         let credential = self.credential_for(url).cloned();
+        let mut offered = false;
         callbacks.credentials(move |_url, username_from_url, allowed| {
             let Some(c) = &credential else {
                 return Err(git2::Error::from_str(
                     "the repository asks for credentials and none are configured for it",
                 ));
             };
+            if offered {
+                return Err(git2::Error::from_str(&format!(
+                    "authentication failed: the repository refused the credential configured for {}",
+                    c.url_prefix
+                )));
+            }
             let user = c.username.as_deref().or(username_from_url).unwrap_or("git");
-            if allowed.contains(git2::CredentialType::SSH_KEY)
+            let offer = if allowed.contains(git2::CredentialType::SSH_KEY)
                 && let Some(key) = &c.ssh_key_file
             {
-                return git2::Cred::ssh_key(user, None, key, None);
-            }
-            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
+                git2::Cred::ssh_key(user, None, key, None)
+            } else if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
                 && let Some(token) = &c.token
             {
                 let token =
                     std::str::from_utf8(token.expose()).map_err(|_| git2::Error::from_str("the token is not UTF-8"))?;
-                return git2::Cred::userpass_plaintext(user, token);
-            }
-            Err(git2::Error::from_str(
-                "no configured credential fits what the repository asks for",
-            ))
+                git2::Cred::userpass_plaintext(user, token)
+            } else {
+                return Err(git2::Error::from_str(
+                    "no configured credential fits what the repository asks for",
+                ));
+            };
+            offered = true;
+            offer
         });
         callbacks
     }
