@@ -5,7 +5,7 @@
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
-use std::path::Path;
+use baton_kit::service::Service as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -14,6 +14,7 @@ use baton_kit::{Outgoing, codec, events};
 use baton_schemas::config::CommonSettings;
 use baton_schemas::payloads::{BuildData, CommitInfo, Person, PushData, RepositoryInfo};
 use baton_schemas::{CdEvent, EventType, subjects};
+use baton_tests::git;
 use futures::StreamExt;
 
 /// The allocator Baton's service binaries use.
@@ -21,10 +22,6 @@ use futures::StreamExt;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ARTIFACT_BYTES: usize = 20 * 1024 * 1024;
-
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
-}
 
 fn push_event(url: &str, sha: &str, delivery: &str) -> Result<Outgoing> {
     let commit = CommitInfo {

@@ -11,9 +11,10 @@
 //! ([`process`]) and one error type ([`HarnessError`]).
 //!
 //! Around them: [`git`] (the real CLI, an independent client), [`events`] (what the services
-//! published, read back from the stream), [`verdict`] (the tester's verdict for suites that run
-//! no tester), and [`process::service_binary`] (Baton's own binaries, built if needed, for
-//! suites that run them as processes).
+//! published, read back from the stream and awaited), [`eventually`] (polling until a condition
+//! holds, quoting what was last seen), [`verdict`] (the tester's verdict for suites that run no
+//! tester), and [`process::service_binary`] (Baton's own binaries, built if needed, for suites
+//! that run them as processes).
 //!
 //! The harness is synchronous and std-only where it can be, so it works from any test, async or
 //! not. `just setup` installs every program it runs.
@@ -39,6 +40,7 @@ pub mod verdict;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 pub use error::HarnessError;
 pub use nats::{NATS_SERVER_BIN_ENV, NatsServer, PINNED_NATS_SERVER_VERSION};
@@ -61,6 +63,46 @@ pub fn git(dir: &Path, args: &[&str]) -> Result<String, HarnessError> {
             .env("GIT_COMMITTER_EMAIL", "ada@example.com"),
     )?;
     Ok(String::from_utf8_lossy(&stdout).trim().to_owned())
+}
+
+/// How often [`eventually`] checks.
+const EVENTUALLY_POLL: Duration = Duration::from_millis(50);
+
+/// Calls `check` every 50 ms until it yields `Ok(Ok(value))` and returns the value.
+/// `Ok(Err(observation))` means "not yet": the last observation is quoted if `timeout` passes
+/// first. `Err` fails at once.
+///
+/// # Errors
+/// The first error of `check`, or a timeout naming `what` and the last observation.
+pub async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    check: impl AsyncFnMut() -> anyhow::Result<Result<T, String>>,
+) -> anyhow::Result<T> {
+    eventually_every(EVENTUALLY_POLL, timeout, what, check).await
+}
+
+/// [`eventually`], checking every `poll` (say, to spare an apiserver on a busy machine).
+///
+/// # Errors
+/// As [`eventually`].
+pub async fn eventually_every<T>(
+    poll: Duration,
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> anyhow::Result<Result<T, String>>,
+) -> anyhow::Result<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let observation = match check().await? {
+            Ok(value) => return Ok(value),
+            Err(observation) => observation,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}; last seen: {observation}");
+        }
+        tokio::time::sleep(poll).await;
+    }
 }
 
 /// The `p`-th percentile (0.0–1.0, nearest rank) of `sorted`, for benchmarks' latency reports.

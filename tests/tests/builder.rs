@@ -2,24 +2,19 @@
 //! Every way a build can go wrong ends in a clear `build.finished` (or a retry when the
 //! machinery is at fault), and the builder keeps serving other builds.
 
+use baton_kit::service::Service as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use async_nats::jetstream::consumer::{self, pull};
 use baton_kit::settings::Settings;
-use baton_kit::{Outgoing, codec, events};
+use baton_kit::{Outgoing, events};
 use baton_schemas::config::CommonSettings;
 use baton_schemas::payloads::{BuildData, CommitInfo, Outcome, Person, PushData, RepositoryInfo};
-use baton_schemas::{CdEvent, EventType, subjects};
-use baton_tests::NatsServer;
+use baton_schemas::{CdEvent, EventType};
 use baton_tests::registry::RegistryServer;
-use futures::StreamExt;
+use baton_tests::{NatsServer, git};
 use tokio_util::sync::CancellationToken;
-
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
-}
 
 /// An application repository whose commits the tests build.
 struct AppRepo {
@@ -43,7 +38,7 @@ impl AppRepo {
         }
         git(&self.dir, &["add", "-A"])?;
         git(&self.dir, &["commit", "-qm", "change", "--allow-empty"])?;
-        git(&self.dir, &["rev-parse", "HEAD"])
+        Ok(git(&self.dir, &["rev-parse", "HEAD"])?)
     }
 
     fn url(&self) -> String {
@@ -141,52 +136,16 @@ impl TestBuilder {
         Ok(release)
     }
 
-    async fn all(&self, ty: EventType) -> Result<Vec<CdEvent>> {
-        let stream = self.js.get_stream("BATON_EVENTS").await?;
-        let mut c = stream
-            .create_consumer(pull::Config {
-                filter_subject: subjects::event_filter(ty),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await?;
-        let pending = c.info().await?.num_pending;
-        let mut out = Vec::new();
-        if pending == 0 {
-            return Ok(out);
-        }
-        let mut batch = c.fetch().max_messages(usize::try_from(pending)?).messages().await?;
-        while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let ce = codec::decode(m.headers.as_ref(), &m.payload)?;
-            let Some(cloudevents::Data::Json(data)) = ce.data() else {
-                anyhow::bail!("no data")
-            };
-            out.push(serde_json::from_value(data.clone())?);
-        }
-        Ok(out)
-    }
-
     /// The `build.finished` of `release`.
     async fn finished(&self, release: &str) -> Result<BuildData> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(e) = self
-                .all(EventType::BuildFinished)
-                .await?
-                .into_iter()
-                .find(|e| e.context.chain_id.as_deref() == Some(release))
-            {
-                return Ok(e.custom_data_as()?);
-            }
-            anyhow::ensure!(Instant::now() < deadline, "no build.finished for {release}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let event =
+            baton_tests::events::wait_for_release(&self.js, EventType::BuildFinished, release, Duration::from_secs(60))
+                .await?;
+        Ok(event.custom_data_as()?)
     }
 
     async fn published_for(&self, release: &str) -> Result<usize> {
-        Ok(self
-            .all(EventType::ArtifactPublished)
+        Ok(baton_tests::events::of(&self.js, EventType::ArtifactPublished)
             .await?
             .iter()
             .filter(|e| e.context.chain_id.as_deref() == Some(release))

@@ -8,11 +8,12 @@
 //! Requests are signed here with Slack's documented algorithm, computed independently of the
 //! bot (HMAC-SHA256 over `v0:<timestamp>:<body>`).
 
+use baton_kit::service::Service as _;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use axum::Json;
@@ -26,8 +27,8 @@ use baton_schemas::config::promoter::PromoterSettings;
 use baton_schemas::payloads::Outcome;
 use baton_schemas::release::{DeploymentData, PromotionData};
 use baton_schemas::{CdEvent, EventType};
-use baton_tests::NatsServer;
 use baton_tests::verdict::Verdict;
+use baton_tests::{NatsServer, eventually, git};
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -69,10 +70,6 @@ spec:
         - name: shop
           image: 127.0.0.1:5000/baton/acme_shop:dev
 ";
-
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
-}
 
 /// What the fake Slack received, and whether its incoming webhook is "down".
 #[derive(Default)]
@@ -247,20 +244,9 @@ impl World {
         baton_tests::events::of(&self.js, ty).await
     }
 
+    /// Waits for `count` events of type `ty` matching `pred`.
     async fn wait_for(&self, ty: EventType, count: usize, pred: impl Fn(&CdEvent) -> bool) -> Result<Vec<CdEvent>> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let found: Vec<CdEvent> = self.events(ty).await?.into_iter().filter(|e| pred(e)).collect();
-            if found.len() >= count {
-                return Ok(found);
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "only {} of {count} {ty} events arrived",
-                found.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        baton_tests::events::wait_for(&self.js, ty, count, Duration::from_secs(30), pred).await
     }
 
     async fn promotion(&self, release: &str, env: &str) -> Result<PromotionData> {
@@ -367,14 +353,18 @@ impl World {
 
     /// Waits for the `n`th post to `response_url` (counting from 1).
     async fn response(&self, n: usize) -> Result<Value> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(posted) = self.slack.responses.lock().unwrap().get(n - 1) {
-                return Ok(posted.clone());
-            }
-            anyhow::ensure!(Instant::now() < deadline, "post {n} to response_url never arrived");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            Duration::from_secs(20),
+            &format!("post {n} to response_url"),
+            async || {
+                let responses = self.slack.responses.lock().unwrap();
+                Ok(responses
+                    .get(n - 1)
+                    .cloned()
+                    .ok_or_else(|| format!("{} posts", responses.len())))
+            },
+        )
+        .await
     }
 
     async fn stop(self) -> Result<()> {
@@ -487,12 +477,17 @@ async fn a_slash_approval_and_a_button_click_promote_to_production() -> Result<(
     let closed = world.wait_for(EventType::ApprovalClosed, 1, |_| true).await?;
     assert_eq!(closed[0].subject.content["status"], "approved");
     // Slack does not show a button click's HTTP answer: it was posted to response_url too.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while world.slack.responses.lock().unwrap().is_empty() {
-        anyhow::ensure!(Instant::now() < deadline, "nothing was posted to response_url");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let posted = world.slack.responses.lock().unwrap()[0].clone();
+    let posted = eventually(Duration::from_secs(10), "a post to response_url", async || {
+        Ok(world
+            .slack
+            .responses
+            .lock()
+            .unwrap()
+            .first()
+            .cloned()
+            .ok_or_else(|| String::from("nothing posted")))
+    })
+    .await?;
     assert_eq!(posted["text"], reply["text"]);
     assert_eq!(posted["replace_original"], false);
     world.stop().await
@@ -709,11 +704,15 @@ async fn a_chat_outage_delays_the_approval_message_but_not_the_release() -> Resu
     let release = world.release_waiting_for_approval("one").await?;
 
     // The bot keeps trying…
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while world.slack.refused.load(Ordering::SeqCst) < 3 {
-        anyhow::ensure!(Instant::now() < deadline, "the bot did not retry the post");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(20), "the bot to retry the post", async || {
+        let refused = world.slack.refused.load(Ordering::SeqCst);
+        Ok(if refused >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{refused} posts refused"))
+        })
+    })
+    .await?;
     // …while the release moves on: both approvals (through the chat endpoint, which does not
     // depend on the incoming webhook) and the production promotion.
     for user in [ALICE, BOB] {
@@ -728,22 +727,15 @@ async fn a_chat_outage_delays_the_approval_message_but_not_the_release() -> Resu
 
     // Slack recovers: the approval request arrives, with what is released and the buttons.
     world.slack.down.store(false, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let request = loop {
-        let found = world
-            .slack
-            .messages
-            .lock()
-            .unwrap()
+    let request = eventually(Duration::from_secs(20), "the approval request", async || {
+        let messages = world.slack.messages.lock().unwrap();
+        Ok(messages
             .iter()
             .find(|m| m["text"].as_str().unwrap_or_default().contains("Approval needed"))
-            .cloned();
-        if let Some(m) = found {
-            break m;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the approval request never arrived");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+            .cloned()
+            .ok_or_else(|| format!("{} other messages", messages.len())))
+    })
+    .await?;
     let all = request.to_string();
     assert!(
         all.contains(&release) && all.contains("production") && all.contains("sha256:"),
@@ -765,8 +757,7 @@ async fn a_chat_outage_delays_the_approval_message_but_not_the_release() -> Resu
     let value: Value = serde_json::from_str(actions["elements"][0]["value"].as_str().context("value")?)?;
     assert_eq!(value, json!({"release": release, "environment": "production"}));
     // The staging deployment and the approval's outcome are posted as release news too.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(Duration::from_secs(20), "the release news", async || {
         let texts: Vec<String> = world
             .slack
             .messages
@@ -775,14 +766,17 @@ async fn a_chat_outage_delays_the_approval_message_but_not_the_release() -> Resu
             .iter()
             .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
             .collect();
-        if texts.iter().any(|t| t.contains("runs healthy in *staging*"))
-            && texts.iter().any(|t| t.contains("into *production*: approved"))
-        {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "release news missing: {texts:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Ok(
+            if texts.iter().any(|t| t.contains("runs healthy in *staging*"))
+                && texts.iter().any(|t| t.contains("into *production*: approved"))
+            {
+                Ok(())
+            } else {
+                Err(format!("{texts:?}"))
+            },
+        )
+    })
+    .await?;
     world.stop().await
 }
 

@@ -14,7 +14,7 @@ use baton_kit::runner::{self, backoff};
 use baton_kit::{Handler, HandlerError, Incoming, Outgoing, Stage, StageRunner, codec, events};
 use baton_schemas::config::{JetStreamSettings, RunnerSettings, TelemetrySettings};
 use baton_schemas::{CdEvent, EventType, subjects};
-use baton_tests::NatsServer;
+use baton_tests::{NatsServer, eventually, eventually_every};
 use cloudevents::AttributesReader;
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -176,20 +176,15 @@ async fn count(stream: &JsStream, filter: &str) -> Result<u64> {
     Ok(c.info().await?.num_pending)
 }
 
+/// Waits until `want` messages are stored on `filter`, and fails if more are.
 async fn wait_for_count(stream: &JsStream, filter: &str, want: u64) -> Result<()> {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let n = eventually(WAIT, &format!("{want} messages on {filter}"), async || {
         let n = count(stream, filter).await?;
-        if n >= want {
-            anyhow::ensure!(n == want, "{filter}: {n} messages, expected exactly {want}");
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{filter}: only {n} of {want} messages arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Ok(if n >= want { Ok(n) } else { Err(format!("{n} arrived")) })
+    })
+    .await?;
+    anyhow::ensure!(n == want, "{filter}: {n} messages, expected exactly {want}");
+    Ok(())
 }
 
 /// The next dead letter of `stage`.
@@ -387,7 +382,7 @@ async fn transient_errors_retry_with_growing_delay_then_dead_letter() -> Result<
         async move {
             seen.lock().unwrap().push((incoming.id().to_owned(), Instant::now()));
             if incoming.id() == "flaky" {
-                Err(HandlerError::Transient("registry timed out".into()))
+                Err(HandlerError::transient("registry_timeout", "registry timed out"))
             } else {
                 Ok(vec![])
             }
@@ -432,11 +427,20 @@ async fn transient_errors_retry_with_growing_delay_then_dead_letter() -> Result<
 
     // The consumer moved on.
     events::publish(&f.topology.jetstream, &change_merged("healthy")).await?;
-    let deadline = Instant::now() + WAIT;
-    while !calls.lock().unwrap().iter().any(|(id, _)| id == "healthy") {
-        anyhow::ensure!(Instant::now() < deadline, "the next event was never handled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_every(
+        Duration::from_millis(20),
+        WAIT,
+        "the next event to be handled",
+        async || {
+            let calls = calls.lock().unwrap();
+            Ok(if calls.iter().any(|(id, _)| id == "healthy") {
+                Ok(())
+            } else {
+                Err(format!("{} calls", calls.len()))
+            })
+        },
+    )
+    .await?;
     r.shutdown().await?;
     Ok(())
 }
@@ -445,8 +449,9 @@ async fn transient_errors_retry_with_growing_delay_then_dead_letter() -> Result<
 async fn a_permanent_error_dead_letters_the_original_with_the_reason() -> Result<()> {
     let f = Fabric::start().await?;
     let handler = TestHandler::new(|_| async {
-        Err(HandlerError::Permanent(
-            ".baton.yaml line 3: `steps` must be a list".into(),
+        Err(HandlerError::permanent(
+            "invalid_pipeline",
+            ".baton.yaml line 3: `steps` must be a list",
         ))
     })
     .failing_with(EventType::BuildFinished);
@@ -842,28 +847,30 @@ async fn health_readiness_and_metrics() -> Result<()> {
     let get = |path: &'static str| http_get(addr, path);
     assert_eq!(get("/healthz").await?.0, 200);
     assert_eq!(get("/readyz").await?.0, 200);
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let body = eventually(WAIT, "metrics to count the event", async || {
         let (status, body) = get("/metrics").await?;
         assert_eq!(status, 200);
-        if body.contains("baton_events_total{stage=\"builder\",event_type=\"dev.cdevents.change.merged.0.3.0\",outcome=\"handled\"} 1") {
-            assert!(body.contains("baton_handler_seconds_bucket"), "{body}");
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "metrics never counted the event:\n{body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Ok(
+            if body.contains("baton_events_total{stage=\"builder\",event_type=\"dev.cdevents.change.merged.0.3.0\",outcome=\"handled\"} 1") {
+                Ok(body)
+            } else {
+                Err(format!("\n{body}"))
+            },
+        )
+    })
+    .await?;
+    assert!(body.contains("baton_handler_seconds_bucket"), "{body}");
     tokio::task::block_in_place(|| f.server.kill())?;
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let body = eventually(WAIT, "readiness to notice NATS was gone", async || {
         let (status, body) = get("/readyz").await?;
-        if status == 503 {
-            assert!(body.starts_with("not ready"), "{body}");
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "readiness never noticed NATS was gone");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Ok(if status == 503 {
+            Ok(body)
+        } else {
+            Err(format!("{status}"))
+        })
+    })
+    .await?;
+    assert!(body.starts_with("not ready"), "{body}");
     assert_eq!(get("/healthz").await?.0, 200, "liveness does not depend on NATS");
     tokio::task::block_in_place(|| f.server.start_again())?;
     r.shutdown().await?;

@@ -2,20 +2,17 @@
 //! and correctly computed signatures, every bad input, duplicate deliveries, NATS outages,
 //! a bounded fuzz run, and polling a bare repository pushed to with the `git` CLI.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use baton_kit::service::Service as _;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use async_nats::jetstream::consumer::{self, pull};
-use baton_kit::codec;
 use baton_kit::settings::Settings;
 use baton_listener::Application;
 use baton_schemas::config::CommonSettings;
 use baton_schemas::config::listener::ListenerSettings;
 use baton_schemas::payloads::PushData;
-use baton_schemas::{CdEvent, EventType, subjects};
-use baton_tests::NatsServer;
-use futures::StreamExt;
+use baton_schemas::{CdEvent, EventType};
+use baton_tests::{NatsServer, events, eventually, eventually_every, git};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -74,7 +71,7 @@ struct TestApp {
     http: reqwest::Client,
     js: async_nats::jetstream::Context,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), baton_kit::service::StartError>>,
 }
 
 fn env_lookup(name: &str) -> Option<String> {
@@ -134,45 +131,22 @@ impl TestApp {
         Ok((status, body))
     }
 
-    /// Every `change.merged` on the stream, decoded.
+    /// Every `change.merged` on the stream with its subject, decoded and validated.
     async fn pushes(&self) -> Result<Vec<(String, CdEvent)>> {
-        let stream = self.js.get_stream("BATON_EVENTS").await?;
-        let c = stream
-            .create_consumer(pull::Config {
-                filter_subject: subjects::event_filter(EventType::ChangeMerged),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await?;
-        let mut c = c;
-        let pending = c.info().await?.num_pending;
-        let mut out = Vec::new();
-        if pending == 0 {
-            return Ok(out);
-        }
-        let mut batch = c.fetch().max_messages(usize::try_from(pending)?).messages().await?;
-        while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let ce = codec::decode(m.headers.as_ref(), &m.payload)?;
-            let data = match ce.data() {
-                Some(cloudevents::Data::Json(v)) => v.clone(),
-                other => anyhow::bail!("unexpected data {other:?}"),
-            };
-            baton_schemas::validate_event(EventType::ChangeMerged, &data)?;
-            out.push((m.subject.to_string(), serde_json::from_value(data)?));
-        }
-        Ok(out)
+        events::with_subjects(&self.js, EventType::ChangeMerged).await
     }
 
+    /// The pushes on the stream once there are at least `n`.
     async fn wait_for_pushes(&self, n: usize) -> Result<Vec<(String, CdEvent)>> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        eventually(Duration::from_secs(30), &format!("{n} pushes"), async || {
             let pushes = self.pushes().await?;
-            if pushes.len() >= n || Instant::now() > deadline {
-                return Ok(pushes);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Ok(if pushes.len() >= n {
+                Ok(pushes)
+            } else {
+                Err(format!("{} arrived", pushes.len()))
+            })
+        })
+        .await
     }
 
     async fn stop(self) -> Result<()> {
@@ -550,17 +524,21 @@ async fn nats_down_means_503_so_the_host_retries() -> Result<()> {
     assert_ne!(status, 500);
     tokio::task::block_in_place(|| app.nats.start_again())?;
     // The host's retry succeeds once NATS is back.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, _) = app
-            .post("github", &github_headers(body, "push", "down-1"), body)
-            .await?;
-        if status == 202 {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "still {status} after NATS came back");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let retry = github_headers(body, "push", "down-1");
+    eventually_every(
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+        "202 after NATS came back",
+        async || {
+            let (status, _) = app.post("github", &retry, body).await?;
+            Ok(if status == 202 {
+                Ok(())
+            } else {
+                Err(format!("{status}"))
+            })
+        },
+    )
+    .await?;
     app.stop().await
 }
 
@@ -617,10 +595,6 @@ async fn random_requests_never_cause_a_5xx() -> Result<()> {
         );
     }
     app.stop().await
-}
-
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,23 +2,17 @@
 //! fail through their JUnit report, hang, or write a broken report each give the right outcome
 //! and counts on the stream.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use baton_kit::service::Service as _;
+use std::time::Duration;
 
 use anyhow::Result;
-use async_nats::jetstream::consumer::{self, pull};
 use baton_kit::settings::Settings;
-use baton_kit::{Outgoing, codec, events};
+use baton_kit::{Outgoing, events};
 use baton_schemas::config::CommonSettings;
 use baton_schemas::payloads::{BuildData, ImageInfo, Outcome, TestData};
-use baton_schemas::{CdEvent, EventType, subjects};
-use baton_tests::NatsServer;
-use futures::StreamExt;
+use baton_schemas::{CdEvent, EventType};
+use baton_tests::{NatsServer, git};
 use tokio_util::sync::CancellationToken;
-
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
-}
 
 struct TestTester {
     _nats: NatsServer,
@@ -105,36 +99,15 @@ impl TestTester {
     }
 
     async fn finished(&self, release: &str) -> Result<(CdEvent, TestData)> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let stream = self.js.get_stream("BATON_EVENTS").await?;
-            let mut c = stream
-                .create_consumer(pull::Config {
-                    filter_subject: subjects::event_filter(EventType::TestSuiteRunFinished),
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ..Default::default()
-                })
-                .await?;
-            let pending = c.info().await?.num_pending;
-            if pending > 0 {
-                let mut batch = c.fetch().max_messages(usize::try_from(pending)?).messages().await?;
-                while let Some(m) = batch.next().await {
-                    let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let ce = codec::decode(m.headers.as_ref(), &m.payload)?;
-                    let Some(cloudevents::Data::Json(data)) = ce.data() else {
-                        anyhow::bail!("no data")
-                    };
-                    baton_schemas::validate_event(EventType::TestSuiteRunFinished, data)?;
-                    let event: CdEvent = serde_json::from_value(data.clone())?;
-                    if event.context.chain_id.as_deref() == Some(release) {
-                        let test = event.custom_data_as()?;
-                        return Ok((event, test));
-                    }
-                }
-            }
-            anyhow::ensure!(Instant::now() < deadline, "no testsuiterun.finished for {release}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let event = baton_tests::events::wait_for_release(
+            &self.js,
+            EventType::TestSuiteRunFinished,
+            release,
+            Duration::from_secs(60),
+        )
+        .await?;
+        let test = event.custom_data_as()?;
+        Ok((event, test))
     }
 
     async fn stop(self) -> Result<()> {
