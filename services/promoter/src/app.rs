@@ -1,4 +1,4 @@
-//! The promoter application: `build` validates config and connects; `run_until_stopped` runs
+//! The promoter as a [`Service`]: `build` validates config and connects; `run_until_stopped` runs
 //! the stage, the operator commands, the timers and the operations endpoint until shutdown,
 //! then drains.
 
@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use baton_kit::service::Runtime;
+use baton_kit::StageRunner;
+use baton_kit::service::{self, Env, Runtime, Service};
 use baton_kit::settings::{ConfigError, Settings};
 use baton_kit::source::Sources;
-use baton_kit::{Stage, StageRunner};
 use baton_schemas::config::promoter::PromoterSettings;
 use tokio_util::sync::CancellationToken;
 
@@ -39,16 +39,13 @@ pub struct Application {
     _cache: Option<tempfile::TempDir>,
 }
 
-impl Application {
+impl Service for Application {
+    const NAME: &'static str = SERVICE;
+    type Config = PromoterSettings;
+
     /// Validates the config, connects, provisions, creates the durable consumer and binds
     /// `http.listen`.
-    ///
-    /// # Errors
-    /// [`StartError::Config`] before anything is bound; the others when NATS or the port fail.
-    pub async fn build(
-        settings: Settings<PromoterSettings>,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, StartError> {
+    async fn build(settings: Settings<PromoterSettings>, env: Env<'_>) -> Result<Self, StartError> {
         let own = &settings.service;
         if own.config_repo.url.trim().is_empty() {
             return Err(ConfigError::invalid(
@@ -68,8 +65,7 @@ impl Application {
         }
         let credentials = baton_kit::source::resolve_credentials(&own.source.credentials, env)?;
         let runtime = Runtime::start(SERVICE, &settings.common).await?;
-        let (cache_dir, cache) = baton_kit::service::cache_dir(own.source.cache_dir.as_deref(), SERVICE)
-            .map_err(|e| StartError::Io(format!("cannot create the cache directory: {e}")))?;
+        let (cache_dir, cache) = service::cache_dir(own.source.cache_dir.as_deref(), SERVICE)?;
         let sources = Sources::new(PathBuf::from(&cache_dir), credentials);
         // One working clone per replica process.
         let replica = uuid::Uuid::new_v4().to_string();
@@ -100,18 +96,11 @@ impl Application {
             )
             .with_events_stream(settings.common.jetstream.events_stream.clone()),
         );
-        let runner = StageRunner::new(
-            Stage::new(STAGE, HANDLES),
-            PromoterStage {
-                promoter: Arc::clone(&promoter),
-            },
-            runtime.topology.clone(),
-            settings.common.runner.clone(),
-            runtime.metrics.clone(),
-        )
-        .with_grace_period(settings.common.shutdown.grace_period);
-        runner.ensure_consumer().await?;
-        let (listener, addr) = baton_kit::service::bind(settings.common.http.listen).await?;
+        let stage = PromoterStage {
+            promoter: Arc::clone(&promoter),
+        };
+        let runner = runtime.stage(STAGE, HANDLES, stage).await?;
+        let (listener, addr) = runtime.bind().await?;
         Ok(Self {
             addr,
             listener,
@@ -123,21 +112,17 @@ impl Application {
         })
     }
 
-    /// The bound address of the operations endpoint.
-    pub fn local_addr(&self) -> SocketAddr {
+    fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Consumes events, answers commands and runs the timers until `shutdown` is cancelled,
     /// then drains the NATS connection.
-    ///
-    /// # Errors
-    /// When the operations endpoint, the runner or the command subscription fails.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
         // After a loss of the KV state, rebuild it before acting on anything.
         crate::rebuild::ensure(&self.promoter)
             .await
-            .map_err(|e| StartError::Io(format!("cannot rebuild the promoter's state: {e}")))?;
+            .map_err(|e| StartError::failed("cannot rebuild the promoter's state", e))?;
         tracing::info!(addr = %self.addr, "{SERVICE} ready");
         let client = self.runtime.client.clone();
         let commands = tokio::spawn(crate::commands::serve(
@@ -153,14 +138,13 @@ impl Application {
         let served = self
             .runtime
             .serve_stage(self.listener, self.runner, shutdown.clone())
-            .await
-            .map_err(|e| StartError::Io(e.to_string()));
+            .await;
         shutdown.cancel();
         let _ = timers.await;
         match commands.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(StartError::Io(format!("cannot answer commands: {e}"))),
-            Err(e) => return Err(StartError::Io(e.to_string())),
+            Ok(Err(e)) => return Err(StartError::failed("cannot answer commands", e)),
+            Err(e) => return Err(StartError::failed("the command task failed", e)),
         }
         served
     }
