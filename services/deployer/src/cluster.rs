@@ -5,52 +5,31 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
+use baton_kit::error::{Classify as _, ErrorKind};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::Scope;
 
+use crate::error::ClusterError;
 use crate::manifests::{ENVIRONMENT_LABEL, MANAGED_BY, Manifest};
 
-/// A Kubernetes operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClusterError {
-    /// The apiserver is unreachable or failing (5xx, timeouts): retry later.
-    #[error("the Kubernetes API is unavailable: {0}")]
-    Unavailable(String),
-    /// The apiserver refused (4xx): the release's or the permissions' fault.
-    #[error("{0}")]
-    Refused(String),
+/// The apiserver does not serve `kind` in `group/version`.
+fn unknown(group: &str, version: &str, kind: &str, source: kube::Error) -> ClusterError {
+    ClusterError::UnknownKind {
+        kind: kind.to_owned(),
+        api_version: if group.is_empty() {
+            version.to_owned()
+        } else {
+            format!("{group}/{version}")
+        },
+        source,
+    }
 }
 
-impl ClusterError {
-    fn from_kube(what: &str, e: kube::Error) -> Self {
-        match e {
-            kube::Error::Api(status) if (400..500).contains(&status.code) => {
-                let hint = match status.code {
-                    403 => " (the deployer's service account is not allowed to; see deploy/ for its RBAC)",
-                    409 => {
-                        " (another field manager owns these fields; change them through Baton, or set force_conflicts)"
-                    }
-                    _ => "",
-                };
-                Self::Refused(format!(
-                    "{what}: {} {}: {}{hint}",
-                    status.code, status.reason, status.message
-                ))
-            }
-            // Server-side apply on older apiservers answers 500 for a manifest it cannot merge
-            // (e.g. a port without `protocol`): the manifest's fault, not an outage.
-            kube::Error::Api(status) if status.message.contains("failed to create typed patch object") => {
-                Self::Refused(format!(
-                    "{what}: the apiserver cannot server-side apply it: {} (write out list keys such as `protocol: TCP` on ports)",
-                    status.message
-                ))
-            }
-            other => Self::Unavailable(format!("{what}: {other}")),
-        }
-    }
+fn is_forbidden(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 403)
 }
 
 /// Namespaced kinds Baton prunes besides those of the current release.
@@ -112,7 +91,7 @@ impl Cluster {
     /// The API resource of a kind, and whether it is namespaced.
     ///
     /// # Errors
-    /// [`ClusterError::Refused`] for a kind the apiserver does not serve.
+    /// [`ClusterError::UnknownKind`] for a kind the apiserver does not serve.
     pub async fn resolve(&self, group: &str, version: &str, kind: &str) -> Result<(ApiResource, bool), ClusterError> {
         let key = format!("{group}/{version}/{kind}");
         if let Some(found) = self
@@ -127,23 +106,9 @@ impl Cluster {
         let (resource, caps) = kube::discovery::pinned_kind(&self.client, &gvk)
             .await
             .map_err(|e| match e {
-                kube::Error::Api(status) if status.code == 404 => ClusterError::Refused(format!(
-                    "the cluster does not know kind `{kind}` in apiVersion `{}`",
-                    if group.is_empty() {
-                        version.to_owned()
-                    } else {
-                        format!("{group}/{version}")
-                    }
-                )),
-                kube::Error::Discovery(d) => ClusterError::Refused(format!(
-                    "the cluster does not know kind `{kind}` in apiVersion `{}`: {d}",
-                    if group.is_empty() {
-                        version.to_owned()
-                    } else {
-                        format!("{group}/{version}")
-                    }
-                )),
-                other => ClusterError::from_kube(&format!("resolving {kind}"), other),
+                kube::Error::Api(ref status) if status.code == 404 => unknown(group, version, kind, e),
+                kube::Error::Discovery(_) => unknown(group, version, kind, e),
+                other => ClusterError::api(format!("resolving {kind}"), other),
             })?;
         let found = (resource, caps.scope == Scope::Namespaced);
         self.kinds
@@ -165,7 +130,7 @@ impl Cluster {
             Ok(None) => {}
             // Allowed to work in the namespace but not to read namespaces: it exists.
             Err(kube::Error::Api(status)) if status.code == 403 => return Ok(()),
-            Err(e) => return Err(ClusterError::from_kube(&format!("reading namespace {namespace}"), e)),
+            Err(e) => return Err(ClusterError::api(format!("reading namespace {namespace}"), e)),
         }
         let mut ns = Namespace::default();
         ns.metadata.name = Some(namespace.to_owned());
@@ -176,10 +141,11 @@ impl Cluster {
         match api.create(&PostParams::default(), &ns).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 403 => Err(ClusterError::Refused(format!(
-                "namespace `{namespace}` does not exist and the deployer may not create it: create it (deploy/ lists each environment's namespace) or let the deployer create namespaces"
-            ))),
-            Err(e) => Err(ClusterError::from_kube(&format!("creating namespace {namespace}"), e)),
+            Err(e @ kube::Error::Api(_)) if is_forbidden(&e) => Err(ClusterError::NamespaceNotCreatable {
+                namespace: namespace.to_owned(),
+                source: e,
+            }),
+            Err(e) => Err(ClusterError::api(format!("creating namespace {namespace}"), e)),
         }
     }
 
@@ -228,7 +194,7 @@ impl Cluster {
                                 manifest.display(),
                                 manifest.file
                             );
-                            ClusterError::from_kube(&what, e)
+                            ClusterError::api(what, e)
                         })
                 }
             }))
@@ -302,14 +268,14 @@ impl Cluster {
         }
         let (resource, namespaced) = match self.resolve(&group, &version, &kind).await {
             Ok(found) => found,
-            Err(ClusterError::Refused(_)) => {
+            Err(e) if e.kind() == ErrorKind::Permanent => {
                 self.unserved
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(key.clone());
                 return Ok(Vec::new());
             }
-            Err(ClusterError::Unavailable(_)) => return Ok(Vec::new()),
+            Err(_) => return Ok(Vec::new()),
         };
         if !namespaced {
             return Ok(Vec::new());
@@ -318,7 +284,7 @@ impl Cluster {
         let listed = match api.list(&ListParams::default().labels(selector)).await {
             Ok(list) => list,
             Err(kube::Error::Api(status)) if status.code == 403 || status.code == 404 => return Ok(Vec::new()),
-            Err(e) => return Err(ClusterError::from_kube(&format!("listing {kind}"), e)),
+            Err(e) => return Err(ClusterError::api(format!("listing {kind}"), e)),
         };
         let mut pruned = Vec::new();
         for object in listed {
@@ -332,7 +298,7 @@ impl Cluster {
             match api.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => pruned.push(display),
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(e) => return Err(ClusterError::from_kube(&format!("pruning {display}"), e)),
+                Err(e) => return Err(ClusterError::api(format!("pruning {display}"), e)),
             }
         }
         Ok(pruned)

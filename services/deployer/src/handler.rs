@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use async_nats::jetstream::{self, kv};
 use baton_kit::lease::{Lease, Locks};
-use baton_kit::source::{SourceError, Sources};
+use baton_kit::source::Sources;
 use baton_kit::{Handler, HandlerError, Incoming, Outgoing};
 use baton_schemas::extensions::{DeploymentFailedContent, DeploymentStartedContent};
 use baton_schemas::release::{DeploymentData, PodReport, PromotionAction, PromotionData};
@@ -15,11 +15,12 @@ use baton_schemas::{CdEvent, EventType};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::cluster::{Cluster, ClusterError};
+use crate::cluster::Cluster;
+use crate::error::{ClusterError, DeployError};
 use crate::manifests::{
     self, APP_LABEL, COMMIT_ANNOTATION, ENVIRONMENT_LABEL, MANAGED_BY, Manifest, PROMOTION_ANNOTATION, RELEASE_LABEL,
 };
-use crate::rollout::{self, Interrupt, Limits, Verdict, WORKLOADS};
+use crate::rollout::{self, Interrupt, Limits, Verdict, Workload};
 
 /// The event types the deployer consumes.
 pub const HANDLES: [EventType; 1] = [EventType::EnvironmentModified];
@@ -61,34 +62,6 @@ pub struct Deployer {
     pub limits: Limits,
 }
 
-/// What went wrong in a deployment attempt.
-enum Failure {
-    /// The release cannot be deployed: report it failed.
-    Release(String),
-    /// Try again later.
-    Transient(String),
-}
-
-impl From<ClusterError> for Failure {
-    fn from(e: ClusterError) -> Self {
-        match e {
-            ClusterError::Refused(m) => Self::Release(m),
-            ClusterError::Unavailable(m) => Self::Transient(m),
-        }
-    }
-}
-
-/// A config repo that cannot be reached is retried; a commit it lacks fails the release.
-impl From<SourceError> for Failure {
-    fn from(e: SourceError) -> Self {
-        if e.is_transient() {
-            Self::Transient(e.to_string())
-        } else {
-            Self::Release(e.to_string())
-        }
-    }
-}
-
 fn latest_key(app: &str, env: &str) -> String {
     format!("deployer.latest.{}.{env}", sanitize_token(app))
 }
@@ -100,42 +73,40 @@ fn deployed_key(app: &str, env: &str) -> String {
 impl Handler for Deployer {
     #[tracing::instrument(skip_all, fields(event.id = %event.id(), event.type = %event.event_type, chain.id = event.chain_id().unwrap_or("")))]
     async fn handle(&self, event: Arc<Incoming>) -> Result<Vec<Outgoing>, HandlerError> {
-        let promotion: PromotionData = event.cdevent.custom_data_as().map_err(|e| {
-            HandlerError::permanent(
-                "invalid_input",
-                format!("environment.modified without the promoter's customData: {e}"),
-            )
-        })?;
+        let promotion: PromotionData = event.cdevent.custom_data_as().map_err(DeployError::InvalidPromotion)?;
         if !promotion.action.changes_manifests() {
             return Ok(Vec::new());
         }
         match self.deploy(&event, &promotion).await {
             Ok(events) => Ok(events),
-            Err(Failure::Transient(m)) => Err(HandlerError::transient("deploy", m)),
-            Err(Failure::Release(reason)) => Ok(vec![self.failed(&event, &promotion, &reason, Vec::new(), Vec::new())]),
+            // The release cannot be deployed: reported, not retried.
+            Err(e) if e.is_release_fault() => Ok(vec![self.failed(
+                &event,
+                &promotion,
+                &e.to_string(),
+                Vec::new(),
+                Vec::new(),
+            )]),
+            Err(e) => Err(e.into()),
         }
     }
 }
 
 impl Deployer {
-    async fn deploy(&self, event: &Incoming, promotion: &PromotionData) -> Result<Vec<Outgoing>, Failure> {
+    async fn deploy(&self, event: &Incoming, promotion: &PromotionData) -> Result<Vec<Outgoing>, DeployError> {
         // The namespace is made ready while the lease is decided: a rollout needs it, and
         // making sure of it twice (for a promotion that turns out superseded) is harmless.
-        let namespace = async {
-            self.cluster
-                .ensure_namespace(&promotion.namespace, &promotion.environment)
-                .await
-                .map_err(Failure::from)
-        };
+        let namespace = self
+            .cluster
+            .ensure_namespace(&promotion.namespace, &promotion.environment);
         let (namespace, claimed) = tokio::join!(namespace, self.claim(event, promotion));
+        // From here on the lease is a guard: a failure below, or the handler cancelled by its
+        // deadline or a shutdown, releases it when dropped.
         let (key, lease) = match claimed? {
-            Claim::Ours { key, lease } => (key, lease),
+            Claim::Ours { key, lease } => (key, *lease),
             Claim::Superseded(events) => return Ok(events),
         };
-        if let Err(e) = namespace {
-            self.locks.release(lease).await;
-            return Err(e);
-        }
+        namespace?;
         let mut guard = Guard {
             deployer: self,
             key,
@@ -143,20 +114,32 @@ impl Deployer {
             lease,
             renewed: Instant::now(),
         };
-        let result = self.roll_out(event, promotion, &mut guard).await;
-        self.locks.release(guard.lease).await;
+        // A later promotion recorded while we waited for the lease is applied by its own
+        // handler, maybe already: applying ours now would put the older release back.
+        let result = match self.latest(promotion).await.filter(|l| *l != promotion.promotion) {
+            Some(newer) => Ok(vec![self.superseded(event, promotion, &newer)]),
+            None => self.roll_out(event, promotion, &mut guard).await,
+        };
+        // Released and waited for before the verdict is acked, not left to the drop: a replica
+        // stopping right after (the runner finishes its events, then drains the connection)
+        // would otherwise lose the release and hold the app's next rollout until the lease
+        // expires.
+        guard.lease.release().await;
         result
     }
 
     /// Records this promotion as the environment's latest unless a later one is known, and
     /// takes the rollout lease of the app in its namespace.
-    async fn claim(&self, event: &Incoming, promotion: &PromotionData) -> Result<Claim, Failure> {
-        let kv_error =
-            |e: &dyn std::fmt::Display| Failure::Transient(format!("the deployer's state store failed: {e}"));
+    async fn claim(&self, event: &Incoming, promotion: &PromotionData) -> Result<Claim, DeployError> {
+        const RECORDING: &str = "recording the latest promotion";
         let key = latest_key(&promotion.app, &promotion.environment);
         // The later promotion wins: record ours unless a later one is already known.
         loop {
-            let entry = self.state.entry(&key).await.map_err(|e| kv_error(&e))?;
+            let entry = self
+                .state
+                .entry(&key)
+                .await
+                .map_err(|e| DeployError::state(RECORDING, e))?;
             let current = entry
                 .as_ref()
                 .filter(|e| e.operation == kv::Operation::Put)
@@ -178,27 +161,29 @@ impl Deployer {
                 config_commit: Some(promotion.config_commit.clone()),
             })
             .expect("serializes");
-            let written = match entry {
-                Some(e) => self.state.update(&key, ours.into(), e.revision).await.is_ok(),
-                None => self.state.create(&key, ours.into()).await.is_ok(),
-            };
-            if written {
-                break;
+            // Another replica wrote first: look again. Any other failure is the store's.
+            match entry {
+                Some(e) => match self.state.update(&key, ours.into(), e.revision).await {
+                    Ok(_) => break,
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                    Err(e) => return Err(DeployError::state(RECORDING, e)),
+                },
+                None => match self.state.create(&key, ours.into()).await {
+                    Ok(_) => break,
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(DeployError::state(RECORDING, e)),
+                },
             }
         }
         let lease_key = format!("deploy.{}.{}", promotion.namespace, sanitize_token(&promotion.app));
         let lease = self
             .locks
             .acquire(&lease_key, &format!("rollout of {}", promotion.promotion))
-            .await
-            .map_err(|e| Failure::Transient(e.to_string()))?;
-        // A later promotion recorded while we waited for the lease is applied by its own
-        // handler, maybe already: applying ours now would put the older release back.
-        if let Some(newer) = self.latest(promotion).await.filter(|l| *l != promotion.promotion) {
-            self.locks.release(lease).await;
-            return Ok(Claim::Superseded(vec![self.superseded(event, promotion, &newer)]));
-        }
-        Ok(Claim::Ours { key, lease })
+            .await?;
+        Ok(Claim::Ours {
+            key,
+            lease: Box::new(lease),
+        })
     }
 
     async fn roll_out(
@@ -206,7 +191,7 @@ impl Deployer {
         event: &Incoming,
         promotion: &PromotionData,
         guard: &mut Guard<'_>,
-    ) -> Result<Vec<Outgoing>, Failure> {
+    ) -> Result<Vec<Outgoing>, DeployError> {
         let started = self.event(
             event,
             EventType::DeploymentStarted,
@@ -224,7 +209,7 @@ impl Deployer {
         let announce = async {
             baton_kit::events::publish(&self.jetstream, &started)
                 .await
-                .map_err(|e| Failure::Transient(format!("cannot announce the rollout: {e}")))
+                .map_err(DeployError::Announce)
         };
         let (announced, manifests) = tokio::join!(announce, self.manifests(promotion));
         announced?;
@@ -242,17 +227,17 @@ impl Deployer {
             (COMMIT_ANNOTATION.to_owned(), promotion.config_commit.clone()),
         ]);
         for mut manifest in manifests {
-            manifests::check_namespace(&manifest, &promotion.namespace).map_err(|e| Failure::Release(e.to_string()))?;
+            manifests::check_namespace(&manifest, &promotion.namespace)?;
             let (group, version) = manifest.group_version();
             let (group, version) = (group.to_owned(), version.to_owned());
             let (resource, namespaced) = self.cluster.resolve(&group, &version, &manifest.kind).await?;
             if !namespaced {
-                return Err(Failure::Release(format!(
-                    "{}: {} is cluster-scoped; Baton deploys only namespaced objects into the environment's namespace `{}`",
-                    manifest.file,
-                    manifest.display(),
-                    promotion.namespace
-                )));
+                return Err(ClusterError::ClusterScoped {
+                    file: manifest.file.clone(),
+                    object: manifest.display(),
+                    namespace: promotion.namespace.clone(),
+                }
+                .into());
             }
             manifests::stamp(&mut manifest, Some(&promotion.namespace), &labels, &annotations);
             resolved.push((manifest, resource, namespaced));
@@ -260,11 +245,7 @@ impl Deployer {
         let applied = self.cluster.apply(&promotion.namespace, &resolved).await?;
         tracing::info!(app = %promotion.app, environment = %promotion.environment, applied = applied.len(), "applied");
         let selector = format!("{APP_LABEL}={token},{ENVIRONMENT_LABEL}={}", promotion.environment);
-        let workloads: Vec<(String, String)> = resolved
-            .iter()
-            .filter(|(m, _, _)| WORKLOADS.contains(&m.kind.as_str()))
-            .map(|(m, _, _)| (m.kind.clone(), m.name.clone()))
-            .collect();
+        let workloads: Vec<Workload> = resolved.iter().filter_map(|(m, _, _)| Workload::of(m)).collect();
         // What the release no longer has is deleted while its pods come up, as `kubectl apply
         // --prune` followed by `kubectl rollout status` would, without waiting for one another.
         // A failed prune is retried with the whole promotion, as before the watch.
@@ -274,6 +255,7 @@ impl Deployer {
             rollout::watch(
                 self.cluster.client(),
                 &promotion.namespace,
+                &selector,
                 &workloads,
                 self.limits,
                 guard,
@@ -295,33 +277,36 @@ impl Deployer {
     /// Whether `latest` is a later promotion than `promotion` (stream sequence `sequence`): its
     /// commit descends from ours in the config repo. Only when the two commits are unrelated
     /// (history rewritten) or `latest` names none does the stream's order decide.
-    async fn is_later(&self, latest: &Latest, sequence: u64, promotion: &PromotionData) -> Result<bool, Failure> {
+    async fn is_later(&self, latest: &Latest, sequence: u64, promotion: &PromotionData) -> Result<bool, DeployError> {
         let Some(theirs) = latest.config_commit.clone() else {
             return Ok(latest.sequence > sequence);
         };
         let sources = self.sources.clone();
         let (url, ours) = (promotion.config_repository.clone(), promotion.config_commit.clone());
-        let order = tokio::task::spawn_blocking(move || -> Result<Option<bool>, Failure> {
-            let fetch = |commit: &str| sources.mirror_with(&url, commit).map_err(Failure::from);
-            fetch(&ours)?;
-            let mirror = fetch(&theirs)?;
-            let oid = |c: &str| git2::Oid::from_str(c).map_err(|e| Failure::Release(e.message().to_owned()));
-            let (ours, theirs) = (oid(&ours)?, oid(&theirs)?);
-            let descends = |a, b| {
-                mirror
-                    .graph_descendant_of(a, b)
-                    .map_err(|e| Failure::Transient(e.message().to_owned()))
+        let order = tokio::task::spawn_blocking(move || -> Result<Option<bool>, DeployError> {
+            sources.mirror_with(&url, &ours)?;
+            let mirror = sources.mirror_with(&url, &theirs)?;
+            let history = |source| DeployError::History {
+                url: url.clone(),
+                ours: ours.clone(),
+                theirs: theirs.clone(),
+                source,
             };
-            if descends(theirs, ours)? {
+            // Both are commits of the mirror now, so both parse.
+            let (a, b) = (
+                git2::Oid::from_str(&ours).map_err(history)?,
+                git2::Oid::from_str(&theirs).map_err(history)?,
+            );
+            if mirror.graph_descendant_of(b, a).map_err(history)? {
                 Ok(Some(true))
-            } else if descends(ours, theirs)? {
+            } else if mirror.graph_descendant_of(a, b).map_err(history)? {
                 Ok(Some(false))
             } else {
                 Ok(None)
             }
         })
         .await
-        .map_err(|e| Failure::Transient(e.to_string()))??;
+        .map_err(DeployError::Task)??;
         Ok(order.unwrap_or(latest.sequence > sequence))
     }
 
@@ -336,44 +321,17 @@ impl Deployer {
 
     /// The folder's files at the promotion's commit, parsed.
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn manifests(&self, promotion: &PromotionData) -> Result<Vec<Manifest>, Failure> {
+    async fn manifests(&self, promotion: &PromotionData) -> Result<Vec<Manifest>, DeployError> {
         let sources = self.sources.clone();
         let (url, commit, folder) = (
             promotion.config_repository.clone(),
             promotion.config_commit.clone(),
             promotion.manifests_path.clone(),
         );
-        let files = tokio::task::spawn_blocking(move || -> Result<Vec<(String, Vec<u8>)>, Failure> {
-            let mirror = sources.mirror_with(&url, &commit)?;
-            let oid = git2::Oid::from_str(&commit).map_err(|e| Failure::Release(e.message().to_owned()))?;
-            let tree = mirror
-                .find_commit(oid)
-                .and_then(|c| c.tree())
-                .map_err(|e| Failure::Transient(e.message().to_owned()))?;
-            let sub = tree
-                .get_path(std::path::Path::new(&folder))
-                .ok()
-                .and_then(|e| e.to_object(&mirror).ok())
-                .and_then(|o| o.into_tree().ok())
-                .ok_or_else(|| Failure::Release(format!("the config repo has no folder `{folder}` at {commit}")))?;
-            let mut files = Vec::new();
-            sub.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
-                if entry.kind() == Some(git2::ObjectType::Blob)
-                    && let Some(blob) = entry.to_object(&mirror).ok().and_then(|o| o.into_blob().ok())
-                {
-                    files.push((
-                        format!("{root}{}", entry.name().unwrap_or_default()),
-                        blob.content().to_vec(),
-                    ));
-                }
-                git2::TreeWalkResult::Ok
-            })
-            .map_err(|e| Failure::Transient(e.message().to_owned()))?;
-            Ok(files)
-        })
-        .await
-        .map_err(|e| Failure::Transient(e.to_string()))??;
-        manifests::parse(&promotion.manifests_path, &files).map_err(|e| Failure::Release(e.to_string()))
+        let files = tokio::task::spawn_blocking(move || sources.files_at(&url, &commit, &folder))
+            .await
+            .map_err(DeployError::Task)??;
+        Ok(manifests::parse(&promotion.manifests_path, &files)?)
     }
 
     fn data(
@@ -432,13 +390,13 @@ impl Deployer {
         applied: Vec<String>,
         pruned: Vec<String>,
         waited_ms: u64,
-    ) -> Result<Outgoing, Failure> {
+    ) -> Result<Outgoing, DeployError> {
         let key = deployed_key(&promotion.app, &promotion.environment);
         let previous = self
             .state
             .get(&key)
             .await
-            .map_err(|e| Failure::Transient(e.to_string()))?
+            .map_err(|e| DeployError::state("reading the last healthy rollout", e))?
             .and_then(|b| serde_json::from_slice::<Deployed>(&b).ok());
         // A redelivered promotion reports what its first delivery reported.
         let reported = match &previous {
@@ -455,7 +413,7 @@ impl Deployer {
         self.state
             .put(&key, serde_json::to_vec(&record).expect("serializes").into())
             .await
-            .map_err(|e| Failure::Transient(e.to_string()))?;
+            .map_err(|e| DeployError::state("recording the healthy rollout", e))?;
         let ty = match reported.as_str() {
             "rolledback" => EventType::ServiceRolledBack,
             "upgraded" => EventType::ServiceUpgraded,
@@ -541,12 +499,13 @@ fn sanitize_label(value: &str) -> String {
 /// What [`Deployer::claim`] decided.
 enum Claim {
     /// This promotion rolls out: the key it is recorded under, and the lease.
-    Ours { key: String, lease: Lease },
+    Ours { key: String, lease: Box<Lease> },
     /// A later promotion is known: what to announce instead.
     Superseded(Vec<Outgoing>),
 }
 
 /// During a rollout: renews the lease, and stops the watch when a later promotion arrived.
+/// Holds the lease, so dropping the guard (the handler cancelled) releases it.
 struct Guard<'a> {
     deployer: &'a Deployer,
     key: String,
@@ -557,13 +516,13 @@ struct Guard<'a> {
 }
 
 impl Interrupt for Guard<'_> {
-    async fn interrupted(&mut self) -> Result<bool, ClusterError> {
+    type Error = DeployError;
+
+    async fn interrupted(&mut self) -> Result<bool, DeployError> {
         let locks = &self.deployer.locks;
         if self.renewed.elapsed() >= locks.lease_time() / 3 {
-            if let Err(e) = locks.renew(&mut self.lease).await {
-                // Another replica took the namespace over: let the event be retried.
-                return Err(ClusterError::Unavailable(format!("the rollout lease was lost: {e}")));
-            }
+            // Lost to another replica that took the namespace over: the event is retried.
+            locks.renew(&mut self.lease).await?;
             self.renewed = Instant::now();
         }
         let latest = self

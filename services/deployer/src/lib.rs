@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod cluster;
+pub mod error;
 pub mod handler;
 pub mod manifests;
 pub mod rollout;
