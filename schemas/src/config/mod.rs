@@ -250,7 +250,9 @@ pub struct GitCredential {
     /// File holding an HTTPS token or password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
-    /// Private key file for `ssh://` and `git@host:` URLs.
+    /// Not supported: Baton reaches repositories over HTTPS only (its libgit2 is built without
+    /// SSH), so a credential with a key file is refused at start. Kept so the refusal can name
+    /// the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_key_file: Option<PathBuf>,
 }

@@ -26,12 +26,10 @@ use sha2::{Digest, Sha256};
 pub struct Credential {
     /// Repository URLs this applies to.
     pub url_prefix: String,
-    /// HTTPS user or SSH user.
+    /// HTTPS user name (`git` when unset and the URL names none).
     pub username: Option<String>,
     /// HTTPS token or password.
-    pub token: Option<Secret>,
-    /// SSH private key file.
-    pub ssh_key_file: Option<PathBuf>,
+    pub token: Secret,
 }
 
 /// Resolves configured git credentials, reading their secrets through `env`.
@@ -66,25 +64,24 @@ pub fn resolve_credentials(
             }
             (None, None) => None,
         };
-        if let Some(key) = &c.ssh_key_file
-            && !key.is_file()
-        {
+        // libgit2 is built with HTTPS only (git2's `https` feature): an SSH key would be read
+        // and then never used, so it is refused here rather than failing at every fetch.
+        if c.ssh_key_file.is_some() {
             return Err(ConfigError::invalid(
                 field("ssh_key_file"),
-                format!("{} is not a readable file", key.display()),
+                "SSH remotes are not supported; reach the repository over HTTPS with a token (token_env or token_file)",
             ));
         }
-        if token.is_none() && c.ssh_key_file.is_none() {
+        let Some(token) = token else {
             return Err(ConfigError::invalid(
                 field("token_env"),
-                "a credential needs a token (token_env/token_file) or an ssh_key_file",
+                "a credential needs a token: set token_env or token_file",
             ));
-        }
+        };
         out.push(Credential {
             url_prefix: c.url_prefix.clone(),
             username: c.username.clone(),
             token,
-            ssh_key_file: c.ssh_key_file.clone(),
         });
     }
     Ok(out)
@@ -183,11 +180,7 @@ pub struct RemoteRef {
 ///
 /// # Errors
 /// When the commit is not in `repo` or an object cannot be read.
-pub fn files_in(
-    repo: &git2::Repository,
-    commit: git2::Oid,
-    dir: &str,
-) -> Result<Option<Vec<TreeFile>>, git2::Error> {
+pub fn files_in(repo: &git2::Repository, commit: git2::Oid, dir: &str) -> Result<Option<Vec<TreeFile>>, git2::Error> {
     let tree = repo.find_commit(commit)?.tree()?;
     let dir = dir.trim_matches('/');
     let folder = if dir.is_empty() {
@@ -389,15 +382,9 @@ impl Sources {
                 )));
             }
             let user = c.username.as_deref().or(username_from_url).unwrap_or("git");
-            let offer = if allowed.contains(git2::CredentialType::SSH_KEY)
-                && let Some(key) = &c.ssh_key_file
-            {
-                git2::Cred::ssh_key(user, None, key, None)
-            } else if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
-                && let Some(token) = &c.token
-            {
-                let token =
-                    std::str::from_utf8(token.expose()).map_err(|_| git2::Error::from_str("the token is not UTF-8"))?;
+            let offer = if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+                let token = std::str::from_utf8(c.token.expose())
+                    .map_err(|_| git2::Error::from_str("the token is not UTF-8"))?;
                 git2::Cred::userpass_plaintext(user, token)
             } else {
                 return Err(git2::Error::from_str(
@@ -540,6 +527,27 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    #[test]
+    fn a_credential_needs_a_token_and_an_ssh_key_is_refused_by_name() {
+        let env = |name: &str| (name == "TOKEN").then(|| "t0ken".to_owned());
+        let credential = |token_env: Option<&str>, ssh_key_file: Option<&str>| GitCredential {
+            url_prefix: "https://git.example.com/".to_owned(),
+            username: Some("baton".to_owned()),
+            token_env: token_env.map(str::to_owned),
+            token_file: None,
+            ssh_key_file: ssh_key_file.map(PathBuf::from),
+        };
+        let resolved = resolve_credentials(&[credential(Some("TOKEN"), None)], &env).unwrap();
+        assert_eq!(resolved[0].token.expose(), b"t0ken");
+
+        let refused = resolve_credentials(&[credential(Some("TOKEN"), Some("/etc/hostname"))], &env).unwrap_err();
+        assert_eq!(refused.field(), Some("source.credentials[0].ssh_key_file"));
+        assert!(refused.to_string().contains("over HTTPS with a token"), "{refused}");
+
+        let refused = resolve_credentials(&[credential(None, None)], &env).unwrap_err();
+        assert_eq!(refused.field(), Some("source.credentials[0].token_env"));
     }
 
     #[test]
