@@ -42,7 +42,8 @@ pub struct DeployerSettings {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub image_pull_grace: Duration,
-    /// How often a rollout's status is read.
+    /// How often a watched rollout is judged again between the changes its watch reports: the
+    /// time limits, a later promotion and the lease renewal are checked this often.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub poll_interval: Duration,
