@@ -1,5 +1,6 @@
 //! The command line: every subcommand, flag and environment variable of `baton`.
 
+use baton_schemas::commands::CommandRequest;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Baton from a terminal: the event log, release traces, where releases run, approvals and the
@@ -75,31 +76,9 @@ pub enum Command {
         app: Option<String>,
     },
     /// Approve a pending promotion.
-    Approve {
-        /// The release id.
-        release: String,
-        /// The environment (needed when the release waits in several).
-        #[arg(long = "env")]
-        environment: Option<String>,
-        /// A comment recorded with the approval.
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        actor: Actor,
-    },
+    Approve(Vote),
     /// Decline a pending promotion: the release stops there.
-    Decline {
-        /// The release id.
-        release: String,
-        /// The environment.
-        #[arg(long = "env")]
-        environment: Option<String>,
-        /// Why (recorded).
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        actor: Actor,
-    },
+    Decline(Vote),
     /// Promote a release into an environment (its policy still applies).
     Promote {
         /// The release id.
@@ -131,26 +110,9 @@ pub enum Command {
         actor: Actor,
     },
     /// Pin an environment: automatic promotion leaves it alone.
-    Pin {
-        /// The application.
-        app: String,
-        /// The environment.
-        environment: String,
-        /// Why (recorded).
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        actor: Actor,
-    },
+    Pin(PinArgs),
     /// Lift a pin.
-    Unpin {
-        /// The application.
-        app: String,
-        /// The environment.
-        environment: String,
-        #[command(flatten)]
-        actor: Actor,
-    },
+    Unpin(PinArgs),
     /// Quarantine a release: it is never promoted again.
     MarkBad {
         /// The release id.
@@ -185,6 +147,55 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// A vote on a pending promotion (`approve`, `decline`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Vote {
+    /// The release id.
+    pub release: String,
+    /// The environment (needed when the release waits in several).
+    #[arg(long = "env")]
+    pub environment: Option<String>,
+    /// Why, or a comment (recorded with the vote).
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub actor: Actor,
+}
+
+impl Vote {
+    /// The promoter command request.
+    ///
+    /// # Errors
+    /// [`CliError::Usage`](crate::CliError::Usage) when no identity is known.
+    pub fn request(self) -> Result<CommandRequest, crate::CliError> {
+        crate::run::request(&self.actor, Some(self.release), self.environment, None, self.reason)
+    }
+}
+
+/// An application's environment to pin or unpin.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PinArgs {
+    /// The application.
+    pub app: String,
+    /// The environment.
+    pub environment: String,
+    /// Why (recorded).
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub actor: Actor,
+}
+
+impl PinArgs {
+    /// The promoter command request.
+    ///
+    /// # Errors
+    /// [`CliError::Usage`](crate::CliError::Usage) when no identity is known.
+    pub fn request(self) -> Result<CommandRequest, crate::CliError> {
+        crate::run::request(&self.actor, None, Some(self.environment), Some(self.app), self.reason)
+    }
 }
 
 /// Who is acting: recorded with every decision.

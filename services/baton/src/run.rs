@@ -66,24 +66,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Trace { release } => trace(&js, style, &release).await,
         Command::Releases { app } => releases(&js, style, &app).await,
         Command::Status { app } => status(&js, style, app.as_deref()).await,
-        Command::Approve {
-            release,
-            environment,
-            reason,
-            actor,
-        } => {
-            let request = request(&actor, Some(release), environment, None, reason)?;
-            command(&client, style, Verb::Approve, request).await
-        }
-        Command::Decline {
-            release,
-            environment,
-            reason,
-            actor,
-        } => {
-            let request = request(&actor, Some(release), environment, None, reason)?;
-            command(&client, style, Verb::Decline, request).await
-        }
+        Command::Logs { run, step, follow } => logs(&client, &js, &run, step.as_deref(), follow).await,
+        Command::Completions { .. } | Command::Up { .. } => Ok(()),
+        Command::Approve(vote) => command(&client, style, Verb::Approve, vote.request()?).await,
+        Command::Decline(vote) => command(&client, style, Verb::Decline, vote.request()?).await,
         Command::Promote {
             release,
             environment,
@@ -105,29 +91,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let request = request(&actor, release, Some(environment), Some(app), reason)?;
             command(&client, style, Verb::Rollback, request).await
         }
-        Command::Pin {
-            app,
-            environment,
-            reason,
-            actor,
-        } => {
-            let request = request(&actor, None, Some(environment), Some(app), reason)?;
-            command(&client, style, Verb::Pin, request).await
-        }
-        Command::Unpin {
-            app,
-            environment,
-            actor,
-        } => {
-            let request = request(&actor, None, Some(environment), Some(app), None)?;
-            command(&client, style, Verb::Unpin, request).await
-        }
+        Command::Pin(pin) => command(&client, style, Verb::Pin, pin.request()?).await,
+        Command::Unpin(pin) => command(&client, style, Verb::Unpin, pin.request()?).await,
         Command::MarkBad { release, reason, actor } => {
             let request = request(&actor, Some(release), None, None, reason)?;
             command(&client, style, Verb::MarkBad, request).await
         }
-        Command::Logs { run, step, follow } => logs(&client, &js, &run, step.as_deref(), follow).await,
-        Command::Completions { .. } | Command::Up { .. } => Ok(()),
     }
 }
 
@@ -171,7 +140,7 @@ async fn connect(url: &str, auth: Option<(String, String)>) -> Result<async_nats
     }
 }
 
-fn request(
+pub(crate) fn request(
     actor: &crate::cli::Actor,
     release: Option<String>,
     environment: Option<String>,
