@@ -27,13 +27,7 @@ pub(super) const EVENT_HEADER: &str = "X-Event-Key";
 pub(super) const DELIVERY_HEADER: &str = "X-Request-UUID";
 
 pub(super) fn verify(headers: &HeaderMap, body: &[u8], secret: &[u8]) -> Result<(), SignatureError> {
-    let value = signature::header(headers, SIGNATURE_HEADER)?;
-    let hex = signature::strip_sha256_prefix(SIGNATURE_HEADER, value)?;
-    signature::verify_hmac_sha256(SIGNATURE_HEADER, hex, body, secret)
-}
-
-pub(super) fn repository_full_name(payload: &Value) -> Option<String> {
-    Field::root(payload).get("repository").get("full_name").optional_str()
+    signature::verify_prefixed_hmac_sha256(headers, SIGNATURE_HEADER, body, secret)
 }
 
 pub(super) fn interpret(headers: &HeaderMap, payload: &Value) -> Result<Delivery, PayloadError> {

@@ -33,10 +33,6 @@ pub(super) fn verify(headers: &HeaderMap, body: &[u8], secret: &[u8]) -> Result<
     signature::verify_hmac_sha256(name, hex, body, secret)
 }
 
-pub(super) fn repository_full_name(payload: &Value) -> Option<String> {
-    Field::root(payload).get("repository").get("full_name").optional_str()
-}
-
 pub(super) fn interpret(headers: &HeaderMap, payload: &Value) -> Result<Delivery, PayloadError> {
     match event_header(headers, &EVENT_HEADERS)? {
         "push" => Ok(Delivery::Push(vec![parse_push(payload)?])),

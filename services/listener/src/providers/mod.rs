@@ -285,10 +285,12 @@ fn parse_json_object(bytes: &[u8]) -> Result<Value, BodyError> {
 /// can look up that repository's secret. Untrusted until [`verify_signature`] succeeds.
 pub fn repository_full_name(provider: Provider, payload: &Value) -> Option<String> {
     match provider {
-        Provider::Github => github::repository_full_name(payload),
+        // GitHub, Gitea and Bitbucket all name it `repository.full_name`.
+        Provider::Github | Provider::Gitea | Provider::Bitbucket => fields::Field::root(payload)
+            .get("repository")
+            .get("full_name")
+            .optional_str(),
         Provider::Gitlab => gitlab::repository_full_name(payload),
-        Provider::Gitea => gitea::repository_full_name(payload),
-        Provider::Bitbucket => bitbucket::repository_full_name(payload),
         Provider::Generic => generic::repository_full_name(payload),
     }
 }

@@ -72,6 +72,18 @@ fn decode_hex_signature(header: &str, hex_signature: &str) -> Result<Vec<u8>, Si
 ///
 /// Both sides are hashed before the constant-time comparison, so a wrong guess reveals
 /// neither where it differs nor whether its length was right.
+/// Verifies the `sha256=<hex>` HMAC-SHA256 of `body` in header `name` (GitHub's and
+/// Bitbucket's scheme).
+pub(super) fn verify_prefixed_hmac_sha256(
+    headers: &HeaderMap,
+    name: &str,
+    body: &[u8],
+    secret: &[u8],
+) -> Result<(), SignatureError> {
+    let hex = strip_sha256_prefix(name, header(headers, name)?)?;
+    verify_hmac_sha256(name, hex, body, secret)
+}
+
 pub(super) fn verify_token(header: &str, token: &str, secret: &[u8]) -> Result<(), SignatureError> {
     if token.is_empty() {
         return Err(SignatureError::Malformed {
