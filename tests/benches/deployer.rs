@@ -8,7 +8,7 @@
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
-use std::path::Path;
+use baton_kit::service::Service as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -19,8 +19,8 @@ use baton_schemas::config::deployer::DeployerSettings;
 use baton_schemas::payloads::ImageInfo;
 use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData, ReleaseData};
 use baton_schemas::{CdEvent, EventType};
-use baton_tests::NatsServer;
 use baton_tests::kube::KubeCluster;
+use baton_tests::{NatsServer, git};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -30,10 +30,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const RELEASES: usize = 40;
 const WARMUP: usize = 3;
-
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
-}
 
 fn release_files(round: usize, image: &str) -> Vec<(String, String)> {
     let mut files = vec![

@@ -36,7 +36,7 @@ impl Handler for Forward {
             .push(Instant::now());
         let e = incoming
             .follow_up(EventType::BuildQueued, "queued", "build-1", json!({}))
-            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+            .map_err(|e| HandlerError::permanent("invalid_input", e))?;
         Ok(vec![Outgoing::new(incoming.app.clone(), e)])
     }
 }

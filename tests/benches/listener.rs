@@ -4,6 +4,7 @@
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
+use baton_kit::service::Service as _;
 use std::sync::Arc;
 use std::time::Instant;
 

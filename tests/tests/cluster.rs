@@ -7,11 +7,11 @@
 //! Each test starts its own cluster, so they run in parallel and share nothing.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
+use baton_tests::eventually_every;
 use baton_tests::kube::{
     ControlPlaneComponent, DEPLOYER_USER, KubeCluster, NodeSimulator, NodeSimulatorConfig, SIMULATE_ANNOTATION,
 };
@@ -24,6 +24,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, ResourceExt};
 use serde_json::json;
 
+/// How often a test asks the apiserver whether what it waits for happened: seldom enough to
+/// spare the apiserver on a busy two-core machine.
+const POLL: Duration = Duration::from_millis(200);
 /// How long a rollout (or its failure) may take on a busy two-core machine.
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(90);
 /// Short enough to keep the failure tests fast, long enough that a healthy first rollout on a
@@ -31,26 +34,6 @@ const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(90);
 const PROGRESS_DEADLINE_SECONDS: i32 = 6;
 const FIRST_DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const SECOND_DIGEST: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
-
-/// Polls `check` every 200 ms until it yields `Ok(Ok(value))`; `Ok(Err(observation))` means "not
-/// yet", and the last observation is quoted if `timeout` passes; `Err` fails at once.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Result<T, String>>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let observation = match check().await? {
-            Ok(value) => return Ok(value),
-            Err(observation) => observation,
-        };
-        if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}; last seen: {observation}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// A Deployment of `replicas` pods labelled `app: <name>` running `image`, its pod template
 /// annotated with `pod_annotations`.
@@ -92,24 +75,29 @@ fn deployment_condition(deployment: &Deployment, type_: &str) -> Option<(String,
 /// Waits until the Deployment's latest generation has fully rolled out: every replica updated,
 /// ready and available, `Available` true and `Progressing` true with `NewReplicaSetAvailable`.
 async fn wait_for_rollout(api: &Api<Deployment>, name: &str, cluster: &KubeCluster) -> Result<Deployment> {
-    let outcome = eventually(ROLLOUT_TIMEOUT, &format!("deployment {name} to roll out"), || async {
-        let deployment = api.get(name).await?;
-        let replicas = deployment.spec.as_ref().and_then(|spec| spec.replicas).unwrap_or(1);
-        let status = deployment.status.clone().unwrap_or_default();
-        let done = status.observed_generation >= deployment.metadata.generation
-            && status.updated_replicas == Some(replicas)
-            && status.ready_replicas == Some(replicas)
-            && status.available_replicas == Some(replicas)
-            && status.replicas == Some(replicas)
-            && deployment_condition(&deployment, "Available").is_some_and(|(status, _)| status == "True")
-            && deployment_condition(&deployment, "Progressing")
-                .is_some_and(|(status, reason)| status == "True" && reason == "NewReplicaSetAvailable");
-        Ok(if done {
-            Ok(deployment)
-        } else {
-            Err(format!("{status:?}"))
-        })
-    })
+    let outcome = eventually_every(
+        POLL,
+        ROLLOUT_TIMEOUT,
+        &format!("deployment {name} to roll out"),
+        || async {
+            let deployment = api.get(name).await?;
+            let replicas = deployment.spec.as_ref().and_then(|spec| spec.replicas).unwrap_or(1);
+            let status = deployment.status.clone().unwrap_or_default();
+            let done = status.observed_generation >= deployment.metadata.generation
+                && status.updated_replicas == Some(replicas)
+                && status.ready_replicas == Some(replicas)
+                && status.available_replicas == Some(replicas)
+                && status.replicas == Some(replicas)
+                && deployment_condition(&deployment, "Available").is_some_and(|(status, _)| status == "True")
+                && deployment_condition(&deployment, "Progressing")
+                    .is_some_and(|(status, reason)| status == "True" && reason == "NewReplicaSetAvailable");
+            Ok(if done {
+                Ok(deployment)
+            } else {
+                Err(format!("{status:?}"))
+            })
+        },
+    )
     .await;
     outcome.with_context(|| {
         format!(
@@ -121,7 +109,8 @@ async fn wait_for_rollout(api: &Api<Deployment>, name: &str, cluster: &KubeClust
 
 /// Waits until the Deployment reports `Progressing` false with `ProgressDeadlineExceeded`.
 async fn wait_for_deadline_exceeded(api: &Api<Deployment>, name: &str) -> Result<Deployment> {
-    eventually(
+    eventually_every(
+        POLL,
         ROLLOUT_TIMEOUT,
         &format!("deployment {name} to exceed its progress deadline"),
         || async {
@@ -361,7 +350,7 @@ async fn healthy_deployment_rolls_out_and_rolls_over_on_simulated_nodes() -> Res
         .patch("shop", &PatchParams::default(), &Patch::Strategic(patch))
         .await?;
     wait_for_rollout(&deployments, "shop", &cluster).await?;
-    let replaced = eventually(ROLLOUT_TIMEOUT, "the old pods to be gone", || async {
+    let replaced = eventually_every(POLL, ROLLOUT_TIMEOUT, "the old pods to be gone", || async {
         let current = pods_of(&pods, "shop").await?;
         let images: Vec<String> = current
             .iter()
@@ -391,13 +380,18 @@ async fn healthy_deployment_rolls_out_and_rolls_over_on_simulated_nodes() -> Res
     sizes.sort_unstable();
     assert_eq!(sizes, [0, 3], "the old ReplicaSet is scaled to zero");
 
-    let renewed = eventually(Duration::from_secs(30), "the node lease to be renewed", || async {
-        let now = renew_time(leases.get("baton-sim-node-0").await?);
-        Ok(match now {
-            Some(time) if time > first_renewal => Ok(time),
-            other => Err(format!("renewTime {other:?}")),
-        })
-    })
+    let renewed = eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "the node lease to be renewed",
+        || async {
+            let now = renew_time(leases.get("baton-sim-node-0").await?);
+            Ok(match now {
+                Some(time) if time > first_renewal => Ok(time),
+                other => Err(format!("renewTime {other:?}")),
+            })
+        },
+    )
     .await?;
     ensure!(renewed > first_renewal);
     Ok(())
@@ -463,16 +457,21 @@ async fn failing_rollouts_end_in_progress_deadline_exceeded() -> Result<()> {
         }
     }
 
-    let crashing = eventually(ROLLOUT_TIMEOUT, "the v2 pod to crash-loop with restarts", || async {
-        let current = pods_of(&pods, "web").await?;
-        let new_pod = current.iter().find(|pod| pod.uid() != old_pod.uid());
-        Ok(match new_pod.map(|pod| (pod, first_container(pod))) {
-            Some((pod, (Some(reason), restarts, false))) if reason == "CrashLoopBackOff" && restarts >= 2 => {
-                Ok(pod.clone())
-            }
-            other => Err(format!("{:?}", other.map(|(_, state)| state))),
-        })
-    })
+    let crashing = eventually_every(
+        POLL,
+        ROLLOUT_TIMEOUT,
+        "the v2 pod to crash-loop with restarts",
+        || async {
+            let current = pods_of(&pods, "web").await?;
+            let new_pod = current.iter().find(|pod| pod.uid() != old_pod.uid());
+            Ok(match new_pod.map(|pod| (pod, first_container(pod))) {
+                Some((pod, (Some(reason), restarts, false))) if reason == "CrashLoopBackOff" && restarts >= 2 => {
+                    Ok(pod.clone())
+                }
+                other => Err(format!("{:?}", other.map(|(_, state)| state))),
+            })
+        },
+    )
     .await?;
     assert_eq!(phase(&crashing), Some("Running"));
     let last_state = crashing
@@ -486,7 +485,7 @@ async fn failing_rollouts_end_in_progress_deadline_exceeded() -> Result<()> {
     let old_now = pods.get(&old_pod.name_any()).await?;
     assert_eq!(pod_condition(&old_now, "Ready").as_deref(), Some("True"));
 
-    eventually(ROLLOUT_TIMEOUT, "the pull pod to back off", || async {
+    eventually_every(POLL, ROLLOUT_TIMEOUT, "the pull pod to back off", || async {
         let current = pods_of(&pods, "pull").await?;
         Ok(
             match current
@@ -555,18 +554,23 @@ async fn rbac_confines_a_token_user_and_a_service_account_to_their_namespace() -
         .await?;
 
     // The authorizer learns of the binding through its informer, a moment later.
-    eventually(Duration::from_secs(30), "the RoleBinding to take effect", || async {
-        Ok(
-            match deployer_in("team-a")
-                .create(&PostParams::default(), &config_map("release", &[("version", "1")]))
-                .await
-            {
-                Ok(created) => Ok(created),
-                Err(error) if is_forbidden(&error) => Err(error.to_string()),
-                Err(error) => return Err(error.into()),
-            },
-        )
-    })
+    eventually_every(
+        POLL,
+        Duration::from_secs(30),
+        "the RoleBinding to take effect",
+        || async {
+            Ok(
+                match deployer_in("team-a")
+                    .create(&PostParams::default(), &config_map("release", &[("version", "1")]))
+                    .await
+                {
+                    Ok(created) => Ok(created),
+                    Err(error) if is_forbidden(&error) => Err(error.to_string()),
+                    Err(error) => return Err(error.into()),
+                },
+            )
+        },
+    )
     .await?;
     match deployer_in("team-b")
         .create(&PostParams::default(), &config_map("release", &[]))

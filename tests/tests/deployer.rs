@@ -8,20 +8,22 @@
 //!
 //! The promotions are published here the way the promoter publishes them.
 
+use baton_kit::service::Service as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::consumer;
 use baton_kit::settings::Settings;
 use baton_kit::{Outgoing, events};
 use baton_schemas::config::CommonSettings;
 use baton_schemas::config::deployer::DeployerSettings;
-use baton_schemas::payloads::ImageInfo;
+use baton_schemas::payloads::{ImageInfo, Outcome};
 use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData, ReleaseData};
 use baton_schemas::{CdEvent, EventType};
-use baton_tests::NatsServer;
 use baton_tests::kube::KubeCluster;
+use baton_tests::verdict::Verdict;
+use baton_tests::{NatsServer, eventually_every, git};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
@@ -32,10 +34,6 @@ use tokio_util::sync::CancellationToken;
 const APP: &str = "acme/shop";
 const DIR: &str = "acme_shop";
 const STAGING: &str = "shop-staging";
-
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
-}
 
 fn deployment(image: &str, extra: &str) -> String {
     format!(
@@ -156,7 +154,7 @@ impl World {
         git(&work, &["add", "-A"])?;
         git(&work, &["commit", "-qm", "promote", "--allow-empty"])?;
         git(&work, &["push", "-q", "origin", "main"])?;
-        git(&work, &["rev-parse", "HEAD"])
+        Ok(git(&work, &["rev-parse", "HEAD"])?)
     }
 
     /// Publishes a promotion of `image` into `env`/`namespace` at `commit`.
@@ -224,23 +222,32 @@ impl World {
 
     /// The deployer's verdict on `promotion`: healthy, failed or superseded.
     async fn verdict(&self, promotion: &PromotionData) -> Result<(EventType, DeploymentData)> {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            for ty in [
-                EventType::ServiceDeployed,
-                EventType::ServiceUpgraded,
-                EventType::ServiceRolledBack,
-                EventType::DeploymentFailed,
-                EventType::DeploymentSuperseded,
-            ] {
-                for e in self.events(ty).await? {
-                    let data: DeploymentData = e.custom_data_as()?;
-                    if data.promotion == promotion.promotion {
-                        return Ok((ty, data));
+        let found = eventually_every(
+            Duration::from_millis(200),
+            Duration::from_secs(90),
+            &format!("a verdict on {}", promotion.promotion),
+            async || {
+                for ty in [
+                    EventType::ServiceDeployed,
+                    EventType::ServiceUpgraded,
+                    EventType::ServiceRolledBack,
+                    EventType::DeploymentFailed,
+                    EventType::DeploymentSuperseded,
+                ] {
+                    for e in self.events(ty).await? {
+                        let data: DeploymentData = e.custom_data_as()?;
+                        if data.promotion == promotion.promotion {
+                            return Ok(Ok((ty, data)));
+                        }
                     }
                 }
-            }
-            if Instant::now() >= deadline {
+                Ok(Err(String::from("none")))
+            },
+        )
+        .await;
+        match found {
+            Ok(verdict) => Ok(verdict),
+            Err(timeout) => {
                 let mut reasons = Vec::new();
                 if let Ok(mut dead) = self.js.get_stream("BATON_DEADLETTER").await {
                     let last = dead.info().await.map(|i| i.state.last_sequence).unwrap_or(0);
@@ -250,15 +257,33 @@ impl World {
                         }
                     }
                 }
-                anyhow::bail!(
-                    "no verdict on {}; dead letters: {reasons:?}; controller-manager log:\n{}",
-                    promotion.promotion,
+                Err(timeout.context(format!(
+                    "dead letters: {reasons:?}; controller-manager log:\n{}",
                     self.cluster
                         .log_tail(baton_tests::kube::ControlPlaneComponent::ControllerManager)
-                );
+                )))
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The deployer's consumer once `done` holds for it.
+    async fn deployer_consumer(&self, what: &str, done: impl Fn(&consumer::Info) -> bool) -> Result<consumer::Info> {
+        eventually_every(Duration::from_millis(100), Duration::from_secs(30), what, async || {
+            let mut consumer: consumer::Consumer<consumer::pull::Config> = self
+                .js
+                .get_stream("BATON_EVENTS")
+                .await?
+                .get_consumer("deployer")
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let info = consumer.info().await?.clone();
+            Ok(if done(&info) {
+                Ok(info)
+            } else {
+                Err(format!("{info:?}"))
+            })
+        })
+        .await
     }
 
     async fn stop(mut self) -> Result<()> {
@@ -334,25 +359,11 @@ async fn a_healthy_release_is_deployed_then_upgraded_and_pruned() -> Result<()> 
 
     // The same promotion delivered again applies the same state and reports nothing new.
     let again = world.publish(&promotion, "modified-again").await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = world
-            .js
-            .get_stream("BATON_EVENTS")
-            .await?
-            .get_consumer("deployer")
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let info = consumer.info().await?.clone();
-        if info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence >= again {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the deployer did not take the redelivery: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    world
+        .deployer_consumer("the deployer to take the redelivery", |info| {
+            info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence >= again
+        })
+        .await?;
     assert_eq!(
         world.events(EventType::ServiceUpgraded).await?.len(),
         1,
@@ -537,11 +548,15 @@ async fn the_later_of_two_promotions_wins_and_the_earlier_is_superseded() -> Res
     let first = world
         .promote("staging", STAGING, &commit, &slow, PromotionAction::Promote)
         .await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while world.events(EventType::DeploymentStarted).await?.is_empty() {
-        anyhow::ensure!(Instant::now() < deadline, "the first rollout never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    baton_tests::events::wait_for(
+        &world.js,
+        EventType::DeploymentStarted,
+        1,
+        Duration::from_secs(30),
+        |_| true,
+    )
+    .await
+    .context("the first rollout never started")?;
     let fast = image("fast", "baton/acme_shop");
     let commit = world.commit("staging", &[("deployment.yaml", deployment(&fast.reference, ""))])?;
     let second = world
@@ -570,34 +585,21 @@ async fn the_later_of_two_promotions_wins_and_the_earlier_is_superseded() -> Res
     world.stop().await
 }
 
-/// Publishes the tester's verdict for `commit` of the app repo with `image`; returns the release.
-async fn tests_passed(world: &World, case: &str, commit: &str, image: &ImageInfo) -> Result<String> {
-    let release = format!("release-{case}");
-    let data = baton_schemas::payloads::TestData {
-        app: APP.into(),
-        commit: commit.into(),
+/// The tester's verdict for `commit` of the app repo, naming an image of `baton/acme_shop` whose
+/// digest derives from `case`.
+fn tests_passed<'a>(world: &World, case: &'a str, commit: &'a str, release: &'a str) -> Verdict<'a> {
+    Verdict {
+        app: APP,
+        commit,
         repository: format!("file://{}", world.dir.path().join("app").display()),
-        image: Some(image.clone()),
-        run: format!("test-{case}"),
-        outcome: Some(baton_schemas::payloads::Outcome::Success),
-        reason: None,
-        no_tests_declared: false,
-        counts: baton_schemas::payloads::TestCounts::default(),
-        failed_cases: vec![],
-        steps: vec![],
-        pushed_by: None,
-    };
-    let event = CdEvent::new(
-        EventType::TestSuiteRunFinished,
-        format!("finished-{case}"),
-        "/baton/tester",
-        format!("{APP}@{commit}"),
-        json!({"environment": {"id": "baton-tester"}, "testSuite": {"id": "s"}, "outcome": "success"}),
-    )?
-    .with_chain_id(&release)
-    .with_custom_data(data)?;
-    events::publish(&world.js, &Outgoing::new(APP, event)).await?;
-    Ok(release)
+        registry: "127.0.0.1:5000",
+        image_repository: "baton/acme_shop",
+        case,
+        digest_seed: case,
+        release,
+        outcome: Outcome::Success,
+        untested: false,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -641,18 +643,17 @@ async fn with_the_promoter_a_crash_looping_release_is_rolled_back_to_the_previou
     .await?;
     let promoter_task = tokio::spawn(promoter.run_until_stopped(world.stop.clone()));
 
-    let good = image("good", "baton/acme_shop");
-    let good_release = tests_passed(&world, "good", &good_commit, &good).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !world
-        .events(EventType::ServiceDeployed)
-        .await?
-        .iter()
-        .any(|e| e.context.chain_id.as_deref() == Some(good_release.as_str()))
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the good release was never deployed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let good_release = "release-good";
+    let good = tests_passed(&world, "good", &good_commit, good_release);
+    good.publish(&world.js).await?;
+    baton_tests::events::wait_for_release(
+        &world.js,
+        EventType::ServiceDeployed,
+        good_release,
+        Duration::from_secs(60),
+    )
+    .await
+    .context("the good release was never deployed")?;
 
     // A commit whose pods crash-loop.
     std::fs::write(
@@ -664,19 +665,20 @@ async fn with_the_promoter_a_crash_looping_release_is_rolled_back_to_the_previou
     )?;
     git(&app, &["commit", "-qam", "bad"])?;
     let bad_commit = git(&app, &["rev-parse", "HEAD"])?;
-    let bad = image("bad", "baton/acme_shop");
-    let bad_release = tests_passed(&world, "bad", &bad_commit, &bad).await?;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let rolled_back = loop {
-        let found = world
-            .events(EventType::ServiceRolledBack)
-            .await?
-            .into_iter()
-            .find(|e| e.context.chain_id.as_deref() == Some(good_release.as_str()));
-        if let Some(event) = found {
-            break event;
-        }
-        if Instant::now() >= deadline {
+    let bad_release = "release-bad";
+    tests_passed(&world, "bad", &bad_commit, bad_release)
+        .publish(&world.js)
+        .await?;
+    let rolled_back = baton_tests::events::wait_for_release(
+        &world.js,
+        EventType::ServiceRolledBack,
+        good_release,
+        Duration::from_secs(90),
+    )
+    .await;
+    let rolled_back = match rolled_back {
+        Ok(event) => event,
+        Err(timeout) => {
             let mut seen = Vec::new();
             for ty in [
                 EventType::DeploymentStarted,
@@ -691,18 +693,17 @@ async fn with_the_promoter_a_crash_looping_release_is_rolled_back_to_the_previou
                     seen.push(format!("{ty} {:?} {}", e.context.chain_id, e.subject.content));
                 }
             }
-            anyhow::bail!("no rollback after the bad release; events: {seen:#?}");
+            return Err(timeout.context(format!("no rollback after the bad release; events: {seen:#?}")));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let failed = world.events(EventType::DeploymentFailed).await?;
     assert!(
         failed
             .iter()
-            .any(|e| e.context.chain_id.as_deref() == Some(bad_release.as_str()))
+            .any(|e| e.context.chain_id.as_deref() == Some(bad_release))
     );
     let data: DeploymentData = rolled_back.custom_data_as()?;
-    assert_eq!(data.image, good.reference);
+    assert_eq!(data.image, good.image().reference);
     let deployments: Api<Deployment> = Api::namespaced(world.cluster.client()?, STAGING);
     let template = deployments
         .get("shop")
@@ -712,7 +713,7 @@ async fn with_the_promoter_a_crash_looping_release_is_rolled_back_to_the_previou
         .context("template")?;
     assert_eq!(
         template.containers[0].image.as_deref(),
-        Some(good.reference.as_str()),
+        Some(good.image().reference.as_str()),
         "the previous digest runs again"
     );
     let quarantined = world.events(EventType::ReleaseQuarantined).await?;
@@ -746,22 +747,11 @@ async fn an_unreachable_apiserver_is_retried_and_the_promotion_is_not_lost() -> 
         .promote("staging", STAGING, &commit, &img, PromotionAction::Promote)
         .await?;
     // Retried, with nothing reported yet.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = world
-            .js
-            .get_stream("BATON_EVENTS")
-            .await?
-            .get_consumer("deployer")
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let info = consumer.info().await?.clone();
-        if info.num_redelivered > 0 || info.delivered.consumer_sequence > 1 {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the deployer never retried: {info:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    world
+        .deployer_consumer("the deployer to retry", |info| {
+            info.num_redelivered > 0 || info.delivered.consumer_sequence > 1
+        })
+        .await?;
     assert!(world.events(EventType::ServiceDeployed).await?.is_empty());
     assert!(
         world.events(EventType::DeploymentFailed).await?.is_empty(),

@@ -5,17 +5,17 @@
 //! the listener, builder, tester, promoter, deployer and chat-ops bot each connected as itself,
 //! and not one permissions violation in the server's log.
 
-use std::collections::BTreeSet;
+use baton_kit::service::Service as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use baton_kit::settings::Settings;
 use baton_schemas::config::CommonSettings;
 use baton_schemas::{EventType, subjects};
-use baton_tests::NatsServer;
+use baton_tests::{NatsServer, events, eventually_every, git};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -296,10 +296,6 @@ where
     tokio::spawn(async move { run.await.map_err(anyhow::Error::from) })
 }
 
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
-}
-
 fn sign(secret: &str, message: &str) -> Result<String> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())?;
     mac.update(message.as_bytes());
@@ -464,7 +460,6 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
     // operator's CLI would: the operator user may read every event.
     let operator = baton_kit::fabric::connect(&nats.common("operator")?.nats, "operator").await?;
     let js = async_nats::jetstream::new(operator);
-    let deadline = Instant::now() + Duration::from_secs(120);
     let wanted = [
         EventType::ChangeMerged,
         EventType::BuildFinished,
@@ -474,31 +469,32 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
         EventType::EnvironmentModified,
         EventType::ServiceDeployed,
     ];
-    loop {
-        let mut seen = BTreeSet::new();
-        for ty in wanted {
-            if !baton_tests::events::of(&js, ty).await?.is_empty() {
-                seen.insert(ty);
+    eventually_every(
+        Duration::from_millis(200),
+        Duration::from_secs(120),
+        "the release to reach staging",
+        async || {
+            let mut missing = Vec::new();
+            for ty in wanted {
+                if events::of(&js, ty).await?.is_empty() {
+                    missing.push(ty);
+                }
             }
-        }
-        if seen.len() == wanted.len() {
-            break;
-        }
-        let missing: Vec<_> = wanted.iter().filter(|t| !seen.contains(t)).collect();
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the release did not reach staging: no {missing:?}; permission violations: {:?}",
-            nats.violations()?
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            Ok(if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no {missing:?}; permission violations: {:?}",
+                    nats.violations()?
+                ))
+            })
+        },
+    )
+    .await?;
 
     // The operator's CLI, as its own user, traces the release and reads where it runs; without
     // the user it is refused at the door.
-    let release = baton_tests::events::of(&js, EventType::ReleaseCreated).await?[0]
-        .subject
-        .id
-        .clone();
+    let release = events::of(&js, EventType::ReleaseCreated).await?[0].subject.id.clone();
     let cli = |user: Option<&str>, command: baton::cli::Command| baton::cli::Cli {
         nats: nats.server.url(),
         nats_user: user.map(str::to_owned),
@@ -530,16 +526,20 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
     );
 
     // The bot posted the deployment, and answers from the promoter's state.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !posted
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .iter()
-        .any(|p| p.to_string().contains("staging"))
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the chat-ops bot posted no deployment");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually_every(
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+        "the chat-ops bot to post the deployment",
+        async || {
+            let posted = posted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            Ok(if posted.iter().any(|p| p.to_string().contains("staging")) {
+                Ok(())
+            } else {
+                Err(format!("{} posts, none naming staging", posted.len()))
+            })
+        },
+    )
+    .await?;
     let form = "command=%2Fbaton&text=status+acme%2Fshop&user_id=U0ALICE&user_name=alice";
     let timestamp = chrono::Utc::now().timestamp().to_string();
     let signature = sign(SLACK_SECRET, &format!("v0:{timestamp}:{form}"))?;
@@ -578,17 +578,17 @@ async fn a_three_node_cluster_keeps_r3_streams_for_the_same_users() -> Result<()
     common.jetstream.replicas = 3;
     let builder = baton_kit::fabric::connect(&common.nats, "builder").await?;
     // The cluster elects its JetStream leader shortly after the routes connect.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let topology = loop {
-        match baton_kit::fabric::provision(&builder, &common.jetstream, common.runner.remember_handled).await {
-            Ok(topology) => break topology,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "cluster not ready yet");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let topology = eventually_every(
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+        "the cluster's JetStream to take the provisioning",
+        async || {
+            let provisioned =
+                baton_kit::fabric::provision(&builder, &common.jetstream, common.runner.remember_handled).await;
+            Ok(provisioned.map_err(|e| e.to_string()))
+        },
+    )
+    .await?;
     let operator = baton_kit::fabric::connect(&nats.common("operator")?.nats, "operator").await?;
     let js = async_nats::jetstream::new(operator);
     for stream in [
@@ -625,17 +625,13 @@ async fn a_three_node_cluster_keeps_r3_streams_for_the_same_users() -> Result<()
     // One server of three gone: the streams keep their quorum.
     let gone = nats.peers.pop().context("a peer")?;
     drop(gone);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match publish(2).await {
-            Ok(_) => break,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "waiting for a new leader");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e.context("publishing with one server of three down")),
-        }
-    }
+    eventually_every(
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+        "a publish with one server of three down",
+        async || Ok(publish(2).await.map_err(|e| format!("{e:#}"))),
+    )
+    .await?;
     let events = js.get_stream("BATON_EVENTS").await?.info().await?.state.messages;
     assert_eq!(events, 2, "both events are stored");
     Ok(())

@@ -6,20 +6,17 @@
 //! plane (simulated nodes) until it is healthy. The release carries one `chainId` from the push
 //! to `service.deployed`.
 
-use std::path::Path;
+use baton_kit::service::Service as _;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use async_nats::jetstream::consumer::{self, pull};
-use baton_kit::codec;
 use baton_kit::settings::Settings;
 use baton_schemas::config::CommonSettings;
 use baton_schemas::payloads::BuildData;
-use baton_schemas::{CdEvent, EventType, subjects};
-use baton_tests::NatsServer;
+use baton_schemas::{CdEvent, EventType};
 use baton_tests::registry::RegistryServer;
-use futures::StreamExt;
+use baton_tests::{NatsServer, events, git};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -27,52 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "pipeline-secret";
 
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
-}
-
-/// Every event of `ty` on the stream, decoded.
-async fn events_of(js: &async_nats::jetstream::Context, ty: EventType) -> Result<Vec<CdEvent>> {
-    let stream = js.get_stream("BATON_EVENTS").await?;
-    let mut c = stream
-        .create_consumer(pull::Config {
-            filter_subject: subjects::event_filter(ty),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?;
-    let pending = c.info().await?.num_pending;
-    let mut out = Vec::new();
-    if pending == 0 {
-        return Ok(out);
-    }
-    let mut batch = c.fetch().max_messages(usize::try_from(pending)?).messages().await?;
-    while let Some(m) = batch.next().await {
-        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let ce = codec::decode(m.headers.as_ref(), &m.payload)?;
-        let Some(cloudevents::Data::Json(data)) = ce.data() else {
-            anyhow::bail!("event without JSON data")
-        };
-        baton_schemas::validate_event(ty, data)?;
-        out.push(serde_json::from_value(data.clone())?);
-    }
-    Ok(out)
-}
-
-async fn wait_for(js: &async_nats::jetstream::Context, ty: EventType, n: usize) -> Result<Vec<CdEvent>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let found = events_of(js, ty).await?;
-        if found.len() >= n {
-            return Ok(found);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {} of {n} {ty} events arrived",
-            found.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Every event of `ty` so far, once at least one has arrived.
+async fn wait_for(js: &async_nats::jetstream::Context, ty: EventType) -> Result<Vec<CdEvent>> {
+    events::wait_for(js, ty, 1, Duration::from_secs(60), |_| true).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,14 +170,14 @@ async fn a_signed_push_becomes_a_healthy_deployment_in_staging() -> Result<()> {
     // The image reaches the registry, and the whole story is one release.
     let client = async_nats::connect(nats.url()).await?;
     let js = async_nats::jetstream::new(client);
-    let published = wait_for(&js, EventType::ArtifactPublished, 1).await?;
-    let finished = wait_for(&js, EventType::BuildFinished, 1).await?;
+    let published = wait_for(&js, EventType::ArtifactPublished).await?;
+    let finished = wait_for(&js, EventType::BuildFinished).await?;
     for ty in [
         EventType::BuildQueued,
         EventType::BuildStarted,
         EventType::ArtifactPackaged,
     ] {
-        assert_eq!(wait_for(&js, ty, 1).await?.len(), 1, "{ty}");
+        assert_eq!(wait_for(&js, ty).await?.len(), 1, "{ty}");
     }
     for event in published.iter().chain(&finished) {
         assert_eq!(
@@ -270,7 +224,7 @@ async fn a_signed_push_becomes_a_healthy_deployment_in_staging() -> Result<()> {
     );
 
     // The tester ran the commit's tests against that image, in the same release.
-    let verdict = wait_for(&js, EventType::TestSuiteRunFinished, 1).await?;
+    let verdict = wait_for(&js, EventType::TestSuiteRunFinished).await?;
     assert_eq!(verdict[0].context.chain_id.as_deref(), Some(release.as_str()));
     assert_eq!(
         verdict[0].subject.content["outcome"], "success",
@@ -295,9 +249,9 @@ async fn a_signed_push_becomes_a_healthy_deployment_in_staging() -> Result<()> {
 
     // The promoter made it a release and promoted it to staging: a config-repo commit whose
     // manifests run the tested image by digest.
-    let created = wait_for(&js, EventType::ReleaseCreated, 1).await?;
+    let created = wait_for(&js, EventType::ReleaseCreated).await?;
     assert_eq!(created[0].subject.id, release, "the release id is the chainId");
-    let promoted = wait_for(&js, EventType::EnvironmentModified, 1).await?;
+    let promoted = wait_for(&js, EventType::EnvironmentModified).await?;
     assert_eq!(promoted[0].context.chain_id.as_deref(), Some(release.as_str()));
     assert_eq!(
         promoted[0]
@@ -319,7 +273,7 @@ async fn a_signed_push_becomes_a_healthy_deployment_in_staging() -> Result<()> {
     );
 
     // The deployer rolled it out: the Deployment's pods run that digest, healthy.
-    let deployed = wait_for(&js, EventType::ServiceDeployed, 1).await?;
+    let deployed = wait_for(&js, EventType::ServiceDeployed).await?;
     assert_eq!(deployed[0].context.chain_id.as_deref(), Some(release.as_str()));
     assert_eq!(deployed[0].subject.content["artifactId"], image.purl.as_str());
     let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
