@@ -123,7 +123,7 @@ impl ReleaseManager {
                     }),
                     // The release itself cannot be deployed (no pipeline file, no manifests, no
                     // image of the app in them): say so on the stream instead of retrying.
-                    Err(PromoteError::Permanent(reason)) => Ok(self.stop(request, cause, reason)),
+                    Err(e) if !e.is_transient() => Ok(self.stop(request, cause, e.to_string())),
                     Err(e) => Err(e),
                 }
             }

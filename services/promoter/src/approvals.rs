@@ -93,10 +93,10 @@ impl ReleaseManager {
             .compare_and_set(&key, &record, existing.as_ref().map(|e| e.revision))
             .await?
         {
-            return Err(PromoteError::Transient(format!(
-                "the approval request for {} into `{}` changed meanwhile; retrying",
-                release.app, env.name
-            )));
+            return Err(PromoteError::ApprovalContended {
+                app: release.app.clone(),
+                environment: env.name.clone(),
+            });
         }
         events.push(self.event(
             EventType::ApprovalCreated,

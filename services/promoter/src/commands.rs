@@ -19,7 +19,7 @@ use crate::error::PromoteError;
 use crate::gates::{self, Ballot, Move, OperatorGate, Previous, Tally, VoteRefusal};
 use crate::manager::{ReleaseManager, app_dir, derive_id};
 use crate::policy::Policy;
-use crate::state::{self, PendingApproval, Scheduled, Trigger, Versioned};
+use crate::state::{self, PendingApproval, Scheduled, StateError, Trigger, Versioned};
 use crate::write::Write;
 
 /// The queue group every promoter replica answers commands in.
@@ -136,20 +136,29 @@ enum Refusal {
         app: Option<String>,
         release: Option<String>,
     },
-    /// Something failed on our side.
-    Failed(String),
+    /// Something failed on our side: worth sending again.
+    Failed(PromoteError),
 }
 
 impl From<PromoteError> for Refusal {
+    /// A transient failure is ours; a permanent one (an unknown environment, a release that
+    /// cannot be deployed) refuses the command.
     fn from(e: PromoteError) -> Self {
-        match e {
-            PromoteError::Transient(m) => Self::Failed(m),
-            PromoteError::Permanent(m) => Self::Refused {
-                reason: m,
+        if e.is_transient() {
+            Self::Failed(e)
+        } else {
+            Self::Refused {
+                reason: e.to_string(),
                 app: None,
                 release: None,
-            },
+            }
         }
+    }
+}
+
+impl From<StateError> for Refusal {
+    fn from(e: StateError) -> Self {
+        PromoteError::from(e).into()
     }
 }
 
@@ -198,16 +207,11 @@ impl Command<'_> {
 
     async fn release(&self) -> Result<ReleaseData, Refusal> {
         let id = self.required(&self.request.release, "release")?;
-        self.promoter
-            .state
-            .release(id)
-            .await
-            .map_err(PromoteError::from)?
-            .ok_or_else(|| Refusal::Refused {
-                reason: format!("unknown release `{id}`: `baton releases <app>` lists them"),
-                app: self.request.app.clone(),
-                release: Some(id.to_owned()),
-            })
+        self.promoter.state.release(id).await?.ok_or_else(|| Refusal::Refused {
+            reason: format!("unknown release `{id}`: `baton releases <app>` lists them"),
+            app: self.request.app.clone(),
+            release: Some(id.to_owned()),
+        })
     }
 
     async fn vote(&self, approve: bool) -> Result<Done, Refusal> {
@@ -228,15 +232,14 @@ impl Command<'_> {
             let env_name = pending.value.data.environment.as_str();
             let voted = match gates::vote(&policy.file, &pending.value, &release, ballot, self.now) {
                 Ok(voted) => voted,
-                Err(VoteRefusal::UnknownEnvironment(message)) => return Err(PromoteError::Permanent(message).into()),
+                Err(VoteRefusal::UnknownEnvironment(unknown)) => return Err(PromoteError::from(unknown).into()),
                 Err(refusal) => return Err(refuse(refusal.message(actor, &release, env_name), Some(&release))),
             };
             let next = &voted.request;
             if !promoter
                 .state
                 .compare_and_set(&key, next, Some(pending.revision))
-                .await
-                .map_err(PromoteError::from)?
+                .await?
             {
                 continue;
             }
@@ -281,7 +284,7 @@ impl Command<'_> {
             }
             return Ok((reply, events));
         }
-        Err(Refusal::Failed("the approval request keeps changing; try again".into()))
+        Err(Refusal::Failed(PromoteError::VotesContended))
     }
 
     /// The approval request the vote is about.
@@ -299,7 +302,7 @@ impl Command<'_> {
         let mut superseded = None;
         for env in envs {
             let key = state::approval_key(&release.app, env);
-            if let Some(p) = state.get::<PendingApproval>(&key).await.map_err(PromoteError::from)? {
+            if let Some(p) = state.get::<PendingApproval>(&key).await? {
                 if p.value.data.release.release == release.release {
                     matching.push((key, p));
                 } else if self.request.environment.is_some() {
@@ -347,8 +350,7 @@ impl Command<'_> {
                 Some(before) => promoter.state.current(&release.app, &before.name).await,
                 None => Ok(None),
             }
-        })
-        .map_err(PromoteError::from)?;
+        })?;
         let previous = before.map(|env| Previous {
             env,
             current: current_before.as_ref().map(|c| &c.value),
@@ -415,10 +417,7 @@ impl Command<'_> {
         let env = policy.environment(env_name)?.clone();
         let repo = Arc::clone(&promoter.repo);
         let dir = app_dir(&env.name, &app);
-        let history = tokio::task::spawn_blocking(move || repo.history(&dir, 200))
-            .await
-            .map_err(|e| Refusal::Failed(e.to_string()))?
-            .map_err(PromoteError::from)?;
+        let history = promoter.blocking(move || Ok(repo.history(&dir, 200)?)).await?;
         let refused = |reason: String| Refusal::Refused {
             reason,
             app: Some(app.clone()),
@@ -438,11 +437,7 @@ impl Command<'_> {
             {
                 continue;
             }
-            let bad = promoter
-                .state
-                .bad(&file.release.release)
-                .await
-                .map_err(PromoteError::from)?;
+            let bad = promoter.state.bad(&file.release.release).await?;
             if bad.is_some() {
                 if self.request.release.is_some() {
                     return Err(refused(format!(
@@ -500,11 +495,7 @@ impl Command<'_> {
         let mut events = policy.events;
         let policy = policy.value;
         let env = policy.environment(env_name)?;
-        let current = promoter
-            .state
-            .current(app, &env.name)
-            .await
-            .map_err(PromoteError::from)?;
+        let current = promoter.state.current(app, &env.name).await?;
         let Some(current) = current else {
             return Err(Refusal::Refused {
                 reason: format!(
@@ -519,13 +510,8 @@ impl Command<'_> {
             let word = if pin { "already pinned" } else { "not pinned" };
             return Ok((CommandReply::ok(format!("`{}` is {word} for {app}", env.name)), events));
         }
-        let Some(release) = promoter
-            .state
-            .release(&current.value.release)
-            .await
-            .map_err(PromoteError::from)?
-        else {
-            return Err(Refusal::Failed(format!("release {} is unknown", current.value.release)));
+        let Some(release) = promoter.state.release(&current.value.release).await? else {
+            return Err(Refusal::Failed(PromoteError::UnknownRelease(current.value.release)));
         };
         let reason = self
             .request
@@ -584,11 +570,7 @@ impl Command<'_> {
         events.extend(policy.events);
         for env in &policy.value.file.environments {
             let key = state::approval_key(&release.app, &env.name);
-            if let Some(p) = promoter
-                .state
-                .get::<PendingApproval>(&key)
-                .await
-                .map_err(PromoteError::from)?
+            if let Some(p) = promoter.state.get::<PendingApproval>(&key).await?
                 && p.value.closed.is_none()
                 && p.value.data.release.release == release.release
                 && promoter
@@ -598,18 +580,10 @@ impl Command<'_> {
                 events.push(promoter.approval_closed(&p.value, "cancelled", "rejected", &self.request.actor, &reason));
             }
             let key = state::scheduled_key(&release.app, &env.name);
-            if let Some(s) = promoter
-                .state
-                .get::<Scheduled>(&key)
-                .await
-                .map_err(PromoteError::from)?
+            if let Some(s) = promoter.state.get::<Scheduled>(&key).await?
                 && s.value.release == release.release
             {
-                promoter
-                    .state
-                    .delete_at(&key, s.revision)
-                    .await
-                    .map_err(PromoteError::from)?;
+                promoter.state.delete_at(&key, s.revision).await?;
             }
         }
         let mut reply = CommandReply::ok(format!(
@@ -633,5 +607,46 @@ fn describe(advance: &Advance, release: &ReleaseData, env: &str) -> String {
         Advance::Scheduled(at, why) => format!("release {} enters `{env}` at {at} ({why})", release.release),
         Advance::Held(reason) => reason.clone(),
         Advance::AlreadyThere => format!("release {} already runs in `{env}`", release.release),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gates::UnknownEnvironment;
+
+    #[test]
+    fn a_permanent_error_refuses_the_command_and_a_transient_one_is_ours() {
+        let unknown = PromoteError::from(UnknownEnvironment {
+            name: "prod".into(),
+            known: vec!["staging".into(), "production".into()],
+        });
+        match Refusal::from(unknown) {
+            Refusal::Refused { reason, app, release } => {
+                assert_eq!(
+                    reason,
+                    "unknown environment `prod`; environments.yaml defines staging, production"
+                );
+                assert_eq!((app, release), (None, None));
+            }
+            Refusal::Failed(e) => panic!("an unknown environment is the request's fault, not ours: {e}"),
+        }
+        let busy = baton_kit::lease::LockError::Busy {
+            name: "env.production".into(),
+            holder: "baton-promoter-2 promote r1".into(),
+        };
+        match Refusal::from(PromoteError::from(busy)) {
+            Refusal::Failed(e) => assert_eq!(
+                format!("could not do it now ({e}); try again"),
+                "could not do it now (`env.production` is busy (baton-promoter-2 promote r1); retrying later); try again"
+            ),
+            Refusal::Refused { reason, .. } => panic!("a busy lease is ours to retry, not a refusal: {reason}"),
+        }
+        let store = StateError::Store {
+            operation: "reading",
+            key: "promoter.release.r1".into(),
+            source: "no responders".into(),
+        };
+        assert!(matches!(Refusal::from(store), Refusal::Failed(PromoteError::State(_))));
     }
 }

@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use baton_kit::source::Sources;
+use baton_kit::source::{Sources, TreeFile, commits_in, files_in};
 use baton_schemas::release::{RELEASE_FILE, ReleaseFile};
 
 /// The trailer naming the promotion a commit made.
@@ -29,16 +29,19 @@ const PROMOTION_SEARCH_DEPTH: usize = 1000;
 /// How many rejected pushes in a row before giving up (the event is retried later).
 const PUSH_ATTEMPTS: usize = 10;
 
-/// A config-repo operation failed. Every kind is worth retrying later except [`Self::Invalid`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A config-repo operation failed. Reaching the repo, its branch and the working clone are
+/// worth retrying later; what the repo holds (a commit or folder a rollback needs, a release
+/// file, a path) is not.
+#[derive(Debug, thiserror::Error)]
 pub enum RepoError {
     /// Fetch or push could not reach the repo.
-    #[error("the config repo {url} is unreachable: {message}")]
+    #[error("the config repo {url} is unreachable: {}", source.message())]
     Unreachable {
         /// The URL.
         url: String,
-        /// libgit2's message.
-        message: String,
+        /// libgit2's error.
+        #[source]
+        source: git2::Error,
     },
     /// The branch does not exist yet.
     #[error("the config repo {url} has no branch `{branch}`: push a first commit with environments.yaml to it")]
@@ -54,23 +57,102 @@ pub enum RepoError {
         /// The URL.
         url: String,
     },
-    /// The local working clone failed.
-    #[error("the config repo's working clone failed: {0}")]
-    Local(String),
-    /// The repo holds something Baton cannot use (an unreadable release file).
-    #[error("{0}")]
-    Invalid(String),
+    /// The local working clone failed while doing `operation`.
+    #[error("the config repo's working clone failed while {operation}: {}", source.message())]
+    Local {
+        /// What was being done, e.g. `committing`.
+        operation: &'static str,
+        /// libgit2's error.
+        #[source]
+        source: git2::Error,
+    },
+    /// The working clone's directory could not be created.
+    #[error("the config repo's working clone failed: cannot create {}: {source}", path.display())]
+    Workdir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The repo has no such commit (a rollback's source).
+    #[error("the config repo has no commit {commit}")]
+    MissingCommit {
+        /// The commit as asked for.
+        commit: String,
+        /// libgit2's error.
+        #[source]
+        source: git2::Error,
+    },
+    /// The commit has no such folder.
+    #[error("the config repo has no folder {dir} at {commit}")]
+    MissingFolder {
+        /// The folder.
+        dir: String,
+        /// The commit.
+        commit: String,
+    },
+    /// A `.baton-release.yaml` that does not parse.
+    #[error("{path} in the config repo is not a Baton release file: {source}")]
+    ReleaseFile {
+        /// The file.
+        path: String,
+        /// The parser's error.
+        #[source]
+        source: yaml_serde::Error,
+    },
+    /// A `.baton-release.yaml` that is not a file.
+    #[error("{path} is not a file")]
+    NotAFile {
+        /// The path.
+        path: String,
+    },
+    /// A manifest path git cannot hold.
+    #[error("{path}: {}", source.message())]
+    InvalidPath {
+        /// The path in the repo.
+        path: String,
+        /// libgit2's error.
+        #[source]
+        source: git2::Error,
+    },
 }
 
 impl RepoError {
     /// Whether retrying later may succeed.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, Self::Invalid(_))
+        match self {
+            Self::Unreachable { .. }
+            | Self::NoBranch { .. }
+            | Self::Contended { .. }
+            | Self::Local { .. }
+            | Self::Workdir { .. } => true,
+            Self::MissingCommit { .. }
+            | Self::MissingFolder { .. }
+            | Self::ReleaseFile { .. }
+            | Self::NotAFile { .. }
+            | Self::InvalidPath { .. } => false,
+        }
+    }
+
+    /// The error's metric label.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Unreachable { .. } => "config_repo_unreachable",
+            Self::NoBranch { .. } => "config_repo_no_branch",
+            Self::Contended { .. } => "config_repo_contended",
+            Self::Local { .. } | Self::Workdir { .. } => "config_repo_local",
+            Self::MissingCommit { .. } => "config_repo_missing_commit",
+            Self::MissingFolder { .. } => "config_repo_missing_folder",
+            Self::ReleaseFile { .. } | Self::NotAFile { .. } => "invalid_release_file",
+            Self::InvalidPath { .. } => "invalid_manifest_path",
+        }
     }
 }
 
-fn local(e: &git2::Error) -> RepoError {
-    RepoError::Local(e.message().to_owned())
+/// The working clone failed while doing `operation`.
+fn local(operation: &'static str) -> impl FnOnce(git2::Error) -> RepoError {
+    move |source| RepoError::Local { operation, source }
 }
 
 /// A change to one environment's folder of one app.
@@ -81,7 +163,7 @@ pub struct Change {
     /// The folder, `<environment>/<app>`.
     pub dir: String,
     /// The manifests to write (replacing the folder's), or `None` to keep them (pin, unpin).
-    pub files: Option<Vec<(String, Vec<u8>)>>,
+    pub files: Option<Vec<TreeFile>>,
     /// The new `.baton-release.yaml`.
     pub release_file: Vec<u8>,
     /// The commit message's first lines (the trailer is appended).
@@ -145,8 +227,7 @@ impl ConfigRepo {
         let mut guard = self.lock();
         let repo = self.open()?;
         let head = self.sync(&repo, &mut guard)?;
-        let commit = repo.find_commit(head).map_err(|e| local(&e))?;
-        let bytes = blob_at(&repo, &commit, path)?;
+        let bytes = file_in(&repo, head, path).map_err(local("reading a file at the head"))?;
         Ok((head.to_string(), bytes))
     }
 
@@ -154,31 +235,36 @@ impl ConfigRepo {
     /// `<environment>/<app>/` folder.
     ///
     /// # Errors
-    /// [`RepoError`]; an unparsable release file is [`RepoError::Invalid`].
+    /// [`RepoError`]; a release file that does not parse is [`RepoError::ReleaseFile`].
     pub fn release_files_at_head(&self) -> Result<(String, Vec<(String, ReleaseFile)>), RepoError> {
         let mut guard = self.lock();
         let repo = self.open()?;
         let head = self.sync(&repo, &mut guard)?;
-        let tree = repo.find_commit(head).and_then(|c| c.tree()).map_err(|e| local(&e))?;
+        let tree = repo
+            .find_commit(head)
+            .and_then(|c| c.tree())
+            .map_err(local("reading the head's tree"))?;
+        // Only the release files are read, not every manifest beside them.
         let mut found = Vec::new();
         let mut failure = None;
         tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
             if entry.name().ok() == Some(RELEASE_FILE) && root.matches('/').count() == 2 {
                 let dir = root.trim_end_matches('/').to_owned();
-                match entry
-                    .to_object(&repo)
-                    .ok()
-                    .and_then(|o| o.into_blob().ok())
-                    .map(|b| parse_release_file(&dir, b.content()))
-                {
-                    Some(Ok(file)) => found.push((dir, file)),
-                    Some(Err(e)) => failure = Some(e),
-                    None => failure = Some(RepoError::Invalid(format!("{dir}/{RELEASE_FILE} is not a file"))),
+                match entry.to_object(&repo).ok().and_then(|o| o.into_blob().ok()) {
+                    Some(blob) => match parse_release_file(&dir, blob.content()) {
+                        Ok(file) => found.push((dir, file)),
+                        Err(e) => failure = Some(e),
+                    },
+                    None => {
+                        failure = Some(RepoError::NotAFile {
+                            path: format!("{dir}/{RELEASE_FILE}"),
+                        });
+                    }
                 }
             }
             git2::TreeWalkResult::Ok
         })
-        .map_err(|e| local(&e))?;
+        .map_err(local("reading the head's tree"))?;
         match failure {
             Some(e) => Err(e),
             None => Ok((head.to_string(), found)),
@@ -195,17 +281,19 @@ impl ConfigRepo {
         let repo = self.open()?;
         let head = self.sync(&repo, &mut guard)?;
         let path = format!("{dir}/{RELEASE_FILE}");
-        let mut walk = repo.revwalk().map_err(|e| local(&e))?;
-        walk.push(head).map_err(|e| local(&e))?;
-        walk.simplify_first_parent().map_err(|e| local(&e))?;
+        // The branch's own line (first parents) and the commits that changed `dir` on it: a walk
+        // that compares trees, which the kit's `commits_in` (every parent, no trees) is not.
+        let mut walk = repo.revwalk().map_err(local("walking the history"))?;
+        walk.push(head).map_err(local("walking the history"))?;
+        walk.simplify_first_parent().map_err(local("walking the history"))?;
         let mut out = Vec::new();
         for oid in walk {
-            let oid = oid.map_err(|e| local(&e))?;
-            let commit = repo.find_commit(oid).map_err(|e| local(&e))?;
+            let oid = oid.map_err(local("walking the history"))?;
+            let commit = repo.find_commit(oid).map_err(local("walking the history"))?;
             if !changed_dir(&commit, dir) {
                 continue;
             }
-            if let Some(bytes) = blob_at(&repo, &commit, &path)? {
+            if let Some(bytes) = file_in(&repo, oid, &path).map_err(local("reading a release file"))? {
                 out.push((oid.to_string(), parse_release_file(dir, &bytes)?));
                 if out.len() >= limit {
                     break;
@@ -218,40 +306,27 @@ impl ConfigRepo {
     /// The manifest files of `dir` at `commit` (release file excluded), byte for byte.
     ///
     /// # Errors
-    /// [`RepoError`].
-    pub fn files_at(&self, commit: &str, dir: &str) -> Result<Vec<(String, Vec<u8>)>, RepoError> {
+    /// [`RepoError::MissingCommit`] and [`RepoError::MissingFolder`] (permanent), and the
+    /// failures of reaching the repo.
+    pub fn files_at(&self, commit: &str, dir: &str) -> Result<Vec<TreeFile>, RepoError> {
         let mut guard = self.lock();
         let repo = self.open()?;
-        let oid = git2::Oid::from_str(commit).map_err(|e| local(&e))?;
+        let missing = |source| RepoError::MissingCommit {
+            commit: commit.to_owned(),
+            source,
+        };
+        let oid = git2::Oid::from_str(commit).map_err(missing)?;
         if repo.find_commit(oid).is_err() {
             self.sync(&repo, &mut guard)?;
         }
-        let commit = repo
-            .find_commit(oid)
-            .map_err(|_| RepoError::Invalid(format!("the config repo has no commit {oid}")))?;
-        let tree = commit.tree().map_err(|e| local(&e))?;
-        let sub = tree
-            .get_path(Path::new(dir))
-            .and_then(|e| e.to_object(&repo))
-            .map_err(|_| RepoError::Invalid(format!("the config repo has no folder {dir} at {oid}")))?;
-        let sub = sub
-            .into_tree()
-            .map_err(|_| RepoError::Invalid(format!("{dir} is not a folder at {oid}")))?;
-        let mut files = Vec::new();
-        sub.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
-            if entry.kind() == Some(git2::ObjectType::Blob)
-                && !(root.is_empty() && entry.name().ok() == Some(RELEASE_FILE))
-                && let Some(blob) = entry.to_object(&repo).ok().and_then(|o| o.into_blob().ok())
-            {
-                files.push((
-                    format!("{root}{}", entry.name().unwrap_or_default()),
-                    blob.content().to_vec(),
-                ));
-            }
-            git2::TreeWalkResult::Ok
-        })
-        .map_err(|e| local(&e))?;
-        Ok(files)
+        repo.find_commit(oid).map_err(missing)?;
+        let files = files_in(&repo, oid, dir)
+            .map_err(local("reading a folder"))?
+            .ok_or_else(|| RepoError::MissingFolder {
+                dir: dir.to_owned(),
+                commit: oid.to_string(),
+            })?;
+        Ok(files.into_iter().filter(|(path, _)| path != RELEASE_FILE).collect())
     }
 
     /// Commits `change` and pushes it fast-forward, unless a commit of the same promotion is
@@ -304,10 +379,20 @@ impl ConfigRepo {
         if let Ok(repo) = git2::Repository::open(&self.workdir) {
             return Ok(repo);
         }
-        std::fs::create_dir_all(&self.workdir).map_err(|e| RepoError::Local(e.to_string()))?;
-        let repo = git2::Repository::init(&self.workdir).map_err(|e| local(&e))?;
-        repo.remote("origin", &self.url).map_err(|e| local(&e))?;
+        std::fs::create_dir_all(&self.workdir).map_err(|source| RepoError::Workdir {
+            path: self.workdir.clone(),
+            source,
+        })?;
+        let repo = git2::Repository::init(&self.workdir).map_err(local("creating the clone"))?;
+        repo.remote("origin", &self.url).map_err(local("creating the clone"))?;
         Ok(repo)
+    }
+
+    fn unreachable(&self) -> impl FnOnce(git2::Error) -> RepoError + '_ {
+        |source| RepoError::Unreachable {
+            url: self.url.clone(),
+            source,
+        }
     }
 
     /// Brings the local branch to the remote head, fetching only when the branch moved.
@@ -321,7 +406,7 @@ impl ConfigRepo {
             return Ok(known);
         }
         *synced = None;
-        let mut remote = repo.find_remote("origin").map_err(|e| local(&e))?;
+        let mut remote = repo.find_remote("origin").map_err(local("fetching"))?;
         let mut options = git2::FetchOptions::new();
         options.remote_callbacks(self.sources.remote_callbacks(&self.url));
         let tracking = format!("refs/remotes/origin/{}", self.branch);
@@ -331,10 +416,7 @@ impl ConfigRepo {
                 Some(&mut options),
                 None,
             )
-            .map_err(|e| RepoError::Unreachable {
-                url: self.url.clone(),
-                message: e.message().to_owned(),
-            })?;
+            .map_err(self.unreachable())?;
         let head = repo.refname_to_id(&tracking).map_err(|_| RepoError::NoBranch {
             url: self.url.clone(),
             branch: self.branch.clone(),
@@ -342,30 +424,27 @@ impl ConfigRepo {
         // Only the branch moves: every read and commit works on objects, never the working tree.
         let local_branch = format!("refs/heads/{}", self.branch);
         repo.reference(&local_branch, head, true, "baton: sync with the remote")
-            .map_err(|e| local(&e))?;
-        repo.set_head(&local_branch).map_err(|e| local(&e))?;
+            .map_err(local("moving the branch to the remote's head"))?;
+        repo.set_head(&local_branch)
+            .map_err(local("moving the branch to the remote's head"))?;
         *synced = Some(head);
         Ok(head)
     }
 
     /// The remote branch's head, without fetching.
     fn remote_head(&self, repo: &git2::Repository) -> Result<Option<git2::Oid>, RepoError> {
-        let unreachable = |e: git2::Error| RepoError::Unreachable {
-            url: self.url.clone(),
-            message: e.message().to_owned(),
-        };
-        let mut remote = repo.find_remote("origin").map_err(|e| local(&e))?;
+        let mut remote = repo.find_remote("origin").map_err(local("asking the remote's head"))?;
         let connection = remote
             .connect_auth(
                 git2::Direction::Fetch,
                 Some(self.sources.remote_callbacks(&self.url)),
                 None,
             )
-            .map_err(unreachable)?;
+            .map_err(self.unreachable())?;
         let branch = format!("refs/heads/{}", self.branch);
         let head = connection
             .list()
-            .map_err(unreachable)?
+            .map_err(self.unreachable())?
             .iter()
             .find(|h| h.name() == branch)
             .map(git2::RemoteHead::oid);
@@ -378,26 +457,27 @@ impl ConfigRepo {
         head: git2::Oid,
         change: &Change,
     ) -> Result<git2::Oid, RepoError> {
+        const COMMITTING: &str = "committing";
         // The new tree is built in memory from the head's: the blobs and trees go straight into
         // the object database, and neither the working tree nor the index file is written.
-        let parent = repo.find_commit(head).map_err(|e| local(&e))?;
-        let mut index = repo.index().map_err(|e| local(&e))?;
+        let parent = repo.find_commit(head).map_err(local(COMMITTING))?;
+        let mut index = repo.index().map_err(local(COMMITTING))?;
         index
-            .read_tree(&parent.tree().map_err(|e| local(&e))?)
-            .map_err(|e| local(&e))?;
+            .read_tree(&parent.tree().map_err(local(COMMITTING))?)
+            .map_err(local(COMMITTING))?;
         let release_file = format!("{}/{RELEASE_FILE}", change.dir);
         if let Some(files) = &change.files {
             // The folder becomes exactly these files.
-            index.remove_dir(Path::new(&change.dir), 0).map_err(|e| local(&e))?;
+            index.remove_dir(Path::new(&change.dir), 0).map_err(local(COMMITTING))?;
             for (path, bytes) in files {
-                add_blob(&mut index, format!("{}/{path}", change.dir), bytes)
-                    .map_err(|e| RepoError::Invalid(format!("{}/{path}: {}", change.dir, e.message())))?;
+                let path = format!("{}/{path}", change.dir);
+                add_blob(&mut index, path.clone(), bytes).map_err(|source| RepoError::InvalidPath { path, source })?;
             }
         }
-        add_blob(&mut index, release_file, &change.release_file).map_err(|e| local(&e))?;
-        let tree_id = index.write_tree().map_err(|e| local(&e))?;
-        let tree = repo.find_tree(tree_id).map_err(|e| local(&e))?;
-        let signature = git2::Signature::now(&self.author_name, &self.author_email).map_err(|e| local(&e))?;
+        add_blob(&mut index, release_file, &change.release_file).map_err(local(COMMITTING))?;
+        let tree_id = index.write_tree().map_err(local(COMMITTING))?;
+        let tree = repo.find_tree(tree_id).map_err(local(COMMITTING))?;
+        let signature = git2::Signature::now(&self.author_name, &self.author_email).map_err(local(COMMITTING))?;
         let message = format!(
             "{}\n\n{PROMOTION_TRAILER}: {}\n",
             change.message.trim_end(),
@@ -405,7 +485,7 @@ impl ConfigRepo {
         );
         let local_branch = format!("refs/heads/{}", self.branch);
         repo.commit(Some(&local_branch), &signature, &signature, &message, &tree, &[&parent])
-            .map_err(|e| local(&e))
+            .map_err(local(COMMITTING))
     }
 
     /// Pushes `commit` (a child of `expected`) to the branch, fast-forward only.
@@ -419,7 +499,7 @@ impl ConfigRepo {
     }
 
     fn push_refspec(&self, repo: &git2::Repository, refspec: &str) -> Result<(), PushError> {
-        let mut remote = repo.find_remote("origin").map_err(|e| PushError::Failed(local(&e)))?;
+        let mut remote = repo.find_remote("origin").map_err(local("pushing"))?;
         let mut callbacks = self.sources.remote_callbacks(&self.url);
         let rejection = std::rc::Rc::new(std::cell::RefCell::new(None::<String>));
         let seen = std::rc::Rc::clone(&rejection);
@@ -437,10 +517,7 @@ impl ConfigRepo {
                 None => Ok(()),
             },
             Err(e) if e.code() == git2::ErrorCode::NotFastForward => Err(PushError::Rejected(e.message().to_owned())),
-            Err(e) => Err(PushError::Failed(RepoError::Unreachable {
-                url: self.url.clone(),
-                message: e.message().to_owned(),
-            })),
+            Err(e) => Err(PushError::Failed(self.unreachable()(e))),
         }
     }
 
@@ -456,12 +533,7 @@ impl ConfigRepo {
     ) -> Result<(), PushError> {
         let staging = format!("refs/baton/incoming/{commit}");
         self.push_refspec(repo, &format!("+{commit}:{staging}"))?;
-        let remote = git2::Repository::open_bare(path).map_err(|e| {
-            PushError::Failed(RepoError::Unreachable {
-                url: self.url.clone(),
-                message: e.message().to_owned(),
-            })
-        })?;
+        let remote = git2::Repository::open_bare(path).map_err(self.unreachable())?;
         let branch = format!("refs/heads/{}", self.branch);
         let moved = remote.reference_matching(&branch, commit, true, expected, "baton: promote (fast-forward)");
         if let Ok(mut staged) = remote.find_reference(&staging) {
@@ -472,11 +544,12 @@ impl ConfigRepo {
             Err(e) if e.code() == git2::ErrorCode::Modified || e.class() == git2::ErrorClass::Reference => {
                 Err(PushError::Rejected(e.message().to_owned()))
             }
-            Err(e) => Err(PushError::Failed(local(&e))),
+            Err(e) => Err(PushError::Failed(local("moving the remote's branch")(e))),
         }
     }
 }
 
+/// A push that did not land: rejected (someone pushed first; what the remote said), or failed.
 enum PushError {
     Rejected(String),
     Failed(RepoError),
@@ -488,7 +561,6 @@ impl From<RepoError> for PushError {
     }
 }
 
-/// The directory of a `file://` URL or plain path.
 /// Puts `bytes` in the object database and at `path` in the (in-memory) index, as a regular file.
 fn add_blob(index: &mut git2::Index, path: String, bytes: &[u8]) -> Result<(), git2::Error> {
     let entry = git2::IndexEntry {
@@ -508,6 +580,7 @@ fn add_blob(index: &mut git2::Index, path: String, bytes: &[u8]) -> Result<(), g
     index.add_frombuffer(&entry, bytes)
 }
 
+/// The directory of a `file://` URL or plain path.
 fn local_path(url: &str) -> Option<PathBuf> {
     if let Some(rest) = url.strip_prefix("file://") {
         return Some(PathBuf::from(rest));
@@ -515,13 +588,21 @@ fn local_path(url: &str) -> Option<PathBuf> {
     (url.starts_with('/') || url.starts_with("./") || url.starts_with("../")).then(|| PathBuf::from(url))
 }
 
-fn blob_at(repo: &git2::Repository, commit: &git2::Commit<'_>, path: &str) -> Result<Option<Vec<u8>>, RepoError> {
-    let tree = commit.tree().map_err(|e| local(&e))?;
+/// The bytes of the file at `path` in `commit` of `repo` (the config repo's clone, or an app
+/// repo's mirror); `None` when the commit has no file there.
+///
+/// # Errors
+/// When the commit is not in `repo` or an object cannot be read.
+pub(crate) fn file_in(repo: &git2::Repository, commit: git2::Oid, path: &str) -> Result<Option<Vec<u8>>, git2::Error> {
+    let tree = repo.find_commit(commit)?.tree()?;
     let Ok(entry) = tree.get_path(Path::new(path)) else {
         return Ok(None);
     };
-    let blob = repo.find_blob(entry.id()).map_err(|e| local(&e))?;
-    Ok(Some(blob.content().to_vec()))
+    Ok(entry
+        .to_object(repo)?
+        .into_blob()
+        .ok()
+        .map(|blob| blob.content().to_vec()))
 }
 
 /// Whether `commit` changed anything under `dir` compared with its first parent.
@@ -535,35 +616,30 @@ fn changed_dir(commit: &git2::Commit<'_>, dir: &str) -> bool {
     id(commit) != commit.parent(0).ok().and_then(|p| id(&p))
 }
 
-fn commit_promotion(commit: &git2::Commit<'_>) -> Option<String> {
-    let message = commit.message().ok()?;
+/// The promotion a commit message's trailer names.
+fn promotion_of(message: &str) -> Option<&str> {
     let prefix = format!("{PROMOTION_TRAILER}: ");
     message
         .lines()
         .rev()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(|id| id.trim().to_owned())
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(str::trim)
 }
 
 /// The commit of promotion `id` among the last commits of the branch.
 fn find_promotion(repo: &git2::Repository, head: git2::Oid, id: &str) -> Result<Option<String>, RepoError> {
-    let mut walk = repo.revwalk().map_err(|e| local(&e))?;
-    walk.push(head).map_err(|e| local(&e))?;
-    for oid in walk.take(PROMOTION_SEARCH_DEPTH) {
-        let oid = oid.map_err(|e| local(&e))?;
-        let commit = repo.find_commit(oid).map_err(|e| local(&e))?;
-        if commit_promotion(&commit).as_deref() == Some(id) {
-            return Ok(Some(oid.to_string()));
-        }
-    }
-    Ok(None)
+    let recent =
+        commits_in(repo, head, None, PROMOTION_SEARCH_DEPTH).map_err(local("looking for the promotion's commit"))?;
+    Ok(recent
+        .into_iter()
+        .find(|c| promotion_of(&c.message) == Some(id))
+        .map(|c| c.id))
 }
 
 fn parse_release_file(dir: &str, bytes: &[u8]) -> Result<ReleaseFile, RepoError> {
-    yaml_serde::from_slice(bytes).map_err(|e| {
-        RepoError::Invalid(format!(
-            "{dir}/{RELEASE_FILE} in the config repo is not a Baton release file: {e}"
-        ))
+    yaml_serde::from_slice(bytes).map_err(|source| RepoError::ReleaseFile {
+        path: format!("{dir}/{RELEASE_FILE}"),
+        source,
     })
 }
 

@@ -437,9 +437,8 @@ pub enum Tally {
 pub enum VoteRefusal {
     /// The request is closed already.
     Closed(Closure),
-    /// The request's environment is not in the policy any more (the message names the known
-    /// ones).
-    UnknownEnvironment(String),
+    /// The request's environment is not in the policy any more.
+    UnknownEnvironment(UnknownEnvironment),
     /// The voter is not an allowed approver of the environment.
     NotAnApprover {
         /// Who is.
@@ -462,7 +461,7 @@ impl VoteRefusal {
                 "the approval request for release {} into `{env}` is already closed ({}: {})",
                 release.release, closed.status, closed.reason
             ),
-            Self::UnknownEnvironment(message) => message.clone(),
+            Self::UnknownEnvironment(unknown) => unknown.to_string(),
             Self::NotAnApprover { approvers } => format!(
                 "{actor} may not approve promotions into `{env}`; environments.yaml allows {}",
                 approvers.join(", ")
@@ -492,9 +491,9 @@ pub fn vote(
     if let Some(closed) = &pending.closed {
         return Err(VoteRefusal::Closed(closed.clone()));
     }
-    let env = policy
-        .get(&pending.data.environment)
-        .ok_or_else(|| VoteRefusal::UnknownEnvironment(unknown_environment(policy, &pending.data.environment)))?;
+    let env = policy.get(&pending.data.environment).ok_or_else(|| {
+        VoteRefusal::UnknownEnvironment(UnknownEnvironment::in_policy(policy, &pending.data.environment))
+    })?;
     let actor = ballot.actor;
     let approvers = policy.approvers_of(env);
     if !approvers.contains(actor) {
@@ -544,13 +543,24 @@ pub fn vote(
     Ok(Voted { request, tally })
 }
 
-/// The refusal for an environment `name` the policy does not define.
-pub fn unknown_environment(policy: &EnvironmentsFile, name: &str) -> String {
-    let known: Vec<&str> = policy.environments.iter().map(|e| e.name.as_str()).collect();
-    format!(
-        "unknown environment `{name}`; environments.yaml defines {}",
-        known.join(", ")
-    )
+/// An environment `name` the policy does not define; the message names the ones it does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown environment `{name}`; environments.yaml defines {}", known.join(", "))]
+pub struct UnknownEnvironment {
+    /// The name asked for.
+    pub name: String,
+    /// The environments the policy defines, in promotion order.
+    pub known: Vec<String>,
+}
+
+impl UnknownEnvironment {
+    /// `name`, which `policy` does not define.
+    pub fn in_policy(policy: &EnvironmentsFile, name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            known: policy.environments.iter().map(|e| e.name.clone()).collect(),
+        }
+    }
 }
 
 #[cfg(test)]

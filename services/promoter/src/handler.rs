@@ -38,13 +38,6 @@ pub struct PromoterStage {
     pub promoter: Arc<ReleaseManager>,
 }
 
-fn handler_error(e: PromoteError) -> HandlerError {
-    match e {
-        PromoteError::Transient(m) => HandlerError::transient("promote", m),
-        PromoteError::Permanent(m) => HandlerError::permanent("promote", m),
-    }
-}
-
 impl Handler for PromoterStage {
     #[tracing::instrument(skip_all, fields(event.id = %event.id(), event.type = %event.event_type, chain.id = event.chain_id().unwrap_or("")))]
     async fn handle(&self, event: Arc<Incoming>) -> Result<Vec<Outgoing>, HandlerError> {
@@ -55,33 +48,33 @@ impl Handler for PromoterStage {
                 self.deployed(&event, now).await
             }
             EventType::DeploymentFailed => self.failed(&event, now).await,
-            other => Err(PromoteError::Permanent(format!("the promoter does not handle {other}"))),
+            other => Err(PromoteError::Unhandled(other)),
         };
-        result.map_err(handler_error)
+        Ok(result?)
     }
 }
 
 impl PromoterStage {
     async fn tested(&self, event: &Incoming, now: DateTime<Utc>) -> Result<Vec<Outgoing>, PromoteError> {
-        let test: TestData = event.cdevent.custom_data_as().map_err(|e| {
-            PromoteError::Permanent(format!("testsuiterun.finished without the tester's customData: {e}"))
-        })?;
+        let test: TestData = event
+            .cdevent
+            .custom_data_as()
+            .map_err(|e| PromoteError::custom_data("testsuiterun.finished", "tester", e))?;
         if !test.outcome.is_some_and(|o| o.lets_the_release_continue()) {
             tracing::info!(app = %test.app, commit = %test.commit, "tests did not pass: no release");
             return Ok(Vec::new());
         }
-        let chain = event.chain_id().ok_or_else(|| {
-            PromoteError::Permanent("testsuiterun.finished without a chainId (the release id)".into())
-        })?;
+        let chain = event.chain_id().ok_or(PromoteError::NoChainId)?;
         let outcome = self.promoter.create_release(event.id(), chain, &test, now).await?;
         tracing::info!(app = %test.app, release = chain, outcome = ?outcome.value, "release created");
         Ok(outcome.events)
     }
 
     async fn deployed(&self, event: &Incoming, now: DateTime<Utc>) -> Result<Vec<Outgoing>, PromoteError> {
-        let data: DeploymentData = event.cdevent.custom_data_as().map_err(|e| {
-            PromoteError::Permanent(format!("{} without the deployer's customData: {e}", event.event_type))
-        })?;
+        let data: DeploymentData = event
+            .cdevent
+            .custom_data_as()
+            .map_err(|e| PromoteError::custom_data(event.event_type.to_string(), "deployer", e))?;
         let promoter = &self.promoter;
         if promoter
             .mark_healthy(&data.app, &data.environment, &data.promotion, now)
@@ -100,10 +93,7 @@ impl PromoterStage {
             return Ok(events);
         };
         let Some(release) = promoter.state.release(&data.release).await? else {
-            return Err(PromoteError::Permanent(format!(
-                "release {} is unknown to the promoter",
-                data.release
-            )));
+            return Err(PromoteError::UnknownRelease(data.release));
         };
         let promotion = derive_id(&["promote", event.id(), &next.name]);
         let outcome = promoter
@@ -125,9 +115,10 @@ impl PromoterStage {
     }
 
     async fn failed(&self, event: &Incoming, now: DateTime<Utc>) -> Result<Vec<Outgoing>, PromoteError> {
-        let data: DeploymentData = event.cdevent.custom_data_as().map_err(|e| {
-            PromoteError::Permanent(format!("deployment.failed without the deployer's customData: {e}"))
-        })?;
+        let data: DeploymentData = event
+            .cdevent
+            .custom_data_as()
+            .map_err(|e| PromoteError::custom_data("deployment.failed", "deployer", e))?;
         let promoter = &self.promoter;
         let Some(current) = promoter.state.current(&data.app, &data.environment).await? else {
             return Ok(Vec::new());
@@ -137,10 +128,7 @@ impl PromoterStage {
             return Ok(Vec::new());
         }
         let Some(failed) = promoter.state.release(&data.release).await? else {
-            return Err(PromoteError::Permanent(format!(
-                "release {} is unknown to the promoter",
-                data.release
-            )));
+            return Err(PromoteError::UnknownRelease(data.release));
         };
         let reason = data
             .reason

@@ -124,9 +124,7 @@ impl ReleaseManager {
         &self,
         f: impl FnOnce() -> Result<T, PromoteError> + Send + 'static,
     ) -> Result<T, PromoteError> {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| PromoteError::Transient(format!("a git task failed: {e}")))?
+        tokio::task::spawn_blocking(f).await.map_err(PromoteError::Task)?
     }
 
     /// An event of this promoter.
@@ -160,13 +158,11 @@ impl ReleaseManager {
     /// # Errors
     /// The first event JetStream did not accept.
     pub async fn publish(&self, events: &[Outgoing]) -> Result<(), PromoteError> {
-        let failed =
-            |e: baton_kit::events::PublishError| PromoteError::Transient(format!("cannot record the event: {e}"));
         let mut sent = baton_kit::events::InFlight::default();
         for event in events {
-            sent.send(&self.jetstream, event).await.map_err(failed)?;
+            sent.send(&self.jetstream, event).await.map_err(PromoteError::Publish)?;
         }
-        sent.confirmed().await.map(|_| ()).map_err(failed)
+        sent.confirmed().await.map(|_| ()).map_err(PromoteError::Publish)
     }
 
     /// Marks `env` healthy (since `now`, unless it already was) for the promotion the deployer
@@ -199,8 +195,9 @@ impl ReleaseManager {
                 return Ok(Some(next));
             }
         }
-        Err(PromoteError::Transient(format!(
-            "the state of {app} in `{env}` keeps changing; retrying"
-        )))
+        Err(PromoteError::CurrentContended {
+            app: app.to_owned(),
+            environment: env.to_owned(),
+        })
     }
 }

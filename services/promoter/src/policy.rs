@@ -9,7 +9,7 @@ use baton_schemas::environments::{ENVIRONMENTS_FILE, Environment, EnvironmentsFi
 use baton_schemas::extensions::PolicyRejectedContent;
 
 use crate::error::PromoteError;
-use crate::gates;
+use crate::gates::UnknownEnvironment;
 use crate::manager::{Outcome, ReleaseManager, derive_id};
 use crate::state::{self, PolicyRecord};
 
@@ -26,11 +26,11 @@ impl Policy {
     /// The environment `name`, or a permanent error naming the known ones.
     ///
     /// # Errors
-    /// [`PromoteError::Permanent`] when the policy defines no such environment.
+    /// [`PromoteError::UnknownEnvironment`] when the policy defines no such environment.
     pub fn environment(&self, name: &str) -> Result<&Environment, PromoteError> {
         self.file
             .get(name)
-            .ok_or_else(|| PromoteError::Permanent(gates::unknown_environment(&self.file, name)))
+            .ok_or_else(|| UnknownEnvironment::in_policy(&self.file, name).into())
     }
 }
 
@@ -102,9 +102,7 @@ impl ReleaseManager {
                     None => {
                         // Record the refusal before asking to be retried.
                         self.publish(&[event]).await?;
-                        Err(PromoteError::Transient(format!(
-                            "no valid environments.yaml in the config repo yet: {error}"
-                        )))
+                        Err(PromoteError::NoValidPolicy(error))
                     }
                 }
             }

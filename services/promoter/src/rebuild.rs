@@ -67,9 +67,7 @@ pub async fn rebuild(promoter: &Arc<ReleaseManager>, now: chrono::DateTime<chron
     let mut rebuilt = Rebuilt::default();
     replay(promoter, &mut rebuilt).await?;
     let repo = Arc::clone(&promoter.repo);
-    let (_, files) = tokio::task::spawn_blocking(move || repo.release_files_at_head())
-        .await
-        .map_err(|e| PromoteError::Transient(e.to_string()))??;
+    let (_, files) = promoter.blocking(move || Ok(repo.release_files_at_head()?)).await?;
     for (dir, file) in files {
         let Some((env, _)) = dir.split_once('/') else { continue };
         let key = (file.release.app.clone(), env.to_owned());
@@ -82,9 +80,7 @@ pub async fn rebuild(promoter: &Arc<ReleaseManager>, now: chrono::DateTime<chron
             // The config repo is the truth about what runs: the stream may have aged out.
             let repo = Arc::clone(&promoter.repo);
             let folder = dir.clone();
-            let history = tokio::task::spawn_blocking(move || repo.history(&folder, 1))
-                .await
-                .map_err(|e| PromoteError::Transient(e.to_string()))??;
+            let history = promoter.blocking(move || Ok(repo.history(&folder, 1)?)).await?;
             let commit = history.first().map(|(c, _)| c.clone()).unwrap_or_default();
             let last_healthy = current.and_then(|c| c.last_healthy.clone());
             rebuilt.current.insert(
@@ -156,12 +152,11 @@ pub async fn rebuild(promoter: &Arc<ReleaseManager>, now: chrono::DateTime<chron
 }
 
 async fn replay(promoter: &ReleaseManager, rebuilt: &mut Rebuilt) -> Result<(), PromoteError> {
-    let transient = |e: &dyn std::fmt::Display| PromoteError::Transient(format!("cannot replay the event stream: {e}"));
     let stream = promoter
         .jetstream
         .get_stream(promoter.events_stream())
         .await
-        .map_err(|e| transient(&e))?;
+        .map_err(replay_failed)?;
     let consumer = stream
         .create_consumer(pull::Config {
             filter_subjects: SOURCES.iter().map(|t| subjects::event_filter(*t)).collect(),
@@ -171,9 +166,9 @@ async fn replay(promoter: &ReleaseManager, rebuilt: &mut Rebuilt) -> Result<(), 
             ..Default::default()
         })
         .await
-        .map_err(|e| transient(&e))?;
+        .map_err(replay_failed)?;
     let mut consumer = consumer;
-    let mut left = consumer.info().await.map_err(|e| transient(&e))?.num_pending;
+    let mut left = consumer.info().await.map_err(replay_failed)?.num_pending;
     while left > 0 {
         let batch = usize::try_from(left.min(1000)).unwrap_or(1000);
         let mut messages = consumer
@@ -182,10 +177,10 @@ async fn replay(promoter: &ReleaseManager, rebuilt: &mut Rebuilt) -> Result<(), 
             .expires(Duration::from_secs(5))
             .messages()
             .await
-            .map_err(|e| transient(&e))?;
+            .map_err(replay_failed)?;
         let mut got = 0u64;
         while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| transient(&e))?;
+            let message = message.map_err(replay_failed)?;
             got += 1;
             let Ok(cloudevent) = codec::decode(message.headers.as_ref(), &message.payload) else {
                 continue;
@@ -203,6 +198,10 @@ async fn replay(promoter: &ReleaseManager, rebuilt: &mut Rebuilt) -> Result<(), 
         left = left.saturating_sub(got);
     }
     Ok(())
+}
+
+fn replay_failed(e: impl Into<baton_kit::error::BoxError>) -> PromoteError {
+    PromoteError::Replay(e.into())
 }
 
 fn apply(rebuilt: &mut Rebuilt, event: &CdEvent) {

@@ -3,6 +3,7 @@
 //! the first environment. A release can be quarantined: never promoted again.
 
 use baton_kit::Outgoing;
+use baton_kit::source::{commits_in, describe_commit};
 use baton_schemas::EventType;
 use baton_schemas::extensions::{ReleaseCreatedContent, ReleaseQuarantinedContent};
 use baton_schemas::payloads::{Person, TestData};
@@ -32,9 +33,7 @@ impl ReleaseManager {
         now: DateTime<Utc>,
     ) -> Result<Outcome<Advance>, PromoteError> {
         let Some(image) = test.image.clone() else {
-            return Err(PromoteError::Permanent(
-                "the test run names no image: the commit's pipeline has no `image` section, so there is nothing to release".into(),
-            ));
+            return Err(PromoteError::NoImage);
         };
         // The app repo's commit is fetched while the policy is read from the config repo; the
         // changelog below then finds it in the mirror. A failed fetch is reported there.
@@ -65,15 +64,12 @@ impl ReleaseManager {
                 let since = previous_release.as_ref().map(|r| r.commit.clone());
                 let (author, changelog) = self
                     .blocking(move || {
-                        let mirror = sources.mirror_with(&repository, &commit).map_err(|e| {
-                            if e.is_transient() {
-                                PromoteError::Transient(e.to_string())
-                            } else {
-                                PromoteError::Permanent(e.to_string())
-                            }
-                        })?;
-                        commit_story(&mirror, &commit, since.as_deref())
-                            .map_err(|e| PromoteError::Transient(e.message().to_owned()))
+                        let mirror = sources.mirror_with(&repository, &commit)?;
+                        commit_story(&mirror, &commit, since.as_deref()).map_err(|source| PromoteError::AppRepoRead {
+                            url: repository,
+                            commit,
+                            source,
+                        })
                     })
                     .await?;
                 let release = ReleaseData {
@@ -170,38 +166,49 @@ impl ReleaseManager {
     }
 }
 
-fn person(signature: &git2::Signature<'_>) -> Person {
-    Person {
-        name: signature.name().ok().map(str::to_owned),
-        email: signature.email().ok().map(str::to_owned),
-        username: None,
-    }
-}
-
 /// The commit's author and the commits since `since` (newest first, capped).
 fn commit_story(
     repo: &git2::Repository,
     commit: &str,
     since: Option<&str>,
 ) -> Result<(Option<Person>, Vec<ChangeEntry>), git2::Error> {
-    let oid = git2::Oid::from_str(commit)?;
-    let head = repo.find_commit(oid)?;
-    let author = Some(person(&head.author()));
-    let mut walk = repo.revwalk()?;
-    walk.push(oid)?;
-    if let Some(since) = since.and_then(|s| git2::Oid::from_str(s).ok())
-        && repo.find_commit(since).is_ok()
-    {
-        walk.hide(since)?;
+    let head = git2::Oid::from_str(commit)?;
+    let author = describe_commit(repo, head)?.author;
+    let since = since.and_then(|s| git2::Oid::from_str(s).ok());
+    let changelog = commits_in(repo, head, since, CHANGELOG_LIMIT)?
+        .into_iter()
+        .map(|c| ChangeEntry {
+            summary: summary(&c.message),
+            commit: c.id,
+            author: c.author,
+        })
+        .collect();
+    Ok((Some(author), changelog))
+}
+
+/// A commit message's summary as git shows it: its first paragraph on one line.
+fn summary(message: &str) -> String {
+    message
+        .trim_start()
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summary;
+
+    #[test]
+    fn a_summary_is_the_first_paragraph_on_one_line() {
+        assert_eq!(summary("fix the cart\n"), "fix the cart");
+        assert_eq!(
+            summary("fix the cart\nwhen it is empty\n\nDetails.\n"),
+            "fix the cart when it is empty"
+        );
+        assert_eq!(summary("\n  one line  \n   \nrest"), "one line");
+        assert_eq!(summary(""), "");
     }
-    let mut changelog = Vec::new();
-    for id in walk.take(CHANGELOG_LIMIT) {
-        let c = repo.find_commit(id?)?;
-        changelog.push(ChangeEntry {
-            commit: c.id().to_string(),
-            summary: c.summary().ok().flatten().unwrap_or_default().to_owned(),
-            author: person(&c.author()),
-        });
-    }
-    Ok((author, changelog))
 }

@@ -21,15 +21,25 @@ pub struct RenderedFile {
 }
 
 /// Why manifests could not be rendered. Always the user's to fix: permanent.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum RenderError {
+    /// A file is not text.
+    #[error("{path}: not valid YAML: {source}")]
+    NotText {
+        /// The file.
+        path: String,
+        /// Where it stops being UTF-8.
+        #[source]
+        source: std::str::Utf8Error,
+    },
     /// A file is not YAML.
-    #[error("{path}: not valid YAML: {message}")]
+    #[error("{path}: not valid YAML: {source}")]
     Yaml {
         /// The file.
         path: String,
-        /// The parser's message.
-        message: String,
+        /// The parser's error.
+        #[source]
+        source: yaml_serde::Error,
     },
     /// No manifest file at all.
     #[error("the manifests directory `{dir}` holds no .yaml, .yml or .json file")]
@@ -67,15 +77,18 @@ pub fn render(dir: &str, files: &[(String, Vec<u8>)], image: &ImageInfo) -> Resu
     let mut pinned = 0usize;
     let mut rendered = Vec::with_capacity(files.len());
     for (path, bytes) in files {
-        let yaml_error = |message: String| RenderError::Yaml {
-            path: format!("{dir}/{path}"),
-            message,
+        let path_in_dir = || format!("{dir}/{path}");
+        let yaml_error = |source| RenderError::Yaml {
+            path: path_in_dir(),
+            source,
         };
-        let text = std::str::from_utf8(bytes).map_err(|e| yaml_error(e.to_string()))?;
+        let text = std::str::from_utf8(bytes).map_err(|source| RenderError::NotText {
+            path: path_in_dir(),
+            source,
+        })?;
         let mut out = String::new();
         for document in yaml_serde::Deserializer::from_str(text) {
-            let mut value: Value =
-                serde::Deserialize::deserialize(document).map_err(|e: yaml_serde::Error| yaml_error(e.to_string()))?;
+            let mut value: Value = serde::Deserialize::deserialize(document).map_err(yaml_error)?;
             if value.is_null() {
                 continue;
             }
@@ -83,7 +96,7 @@ pub fn render(dir: &str, files: &[(String, Vec<u8>)], image: &ImageInfo) -> Resu
             if !out.is_empty() {
                 out.push_str("---\n");
             }
-            out.push_str(&yaml_serde::to_string(&value).map_err(|e| yaml_error(e.to_string()))?);
+            out.push_str(&yaml_serde::to_string(&value).map_err(yaml_error)?);
         }
         rendered.push(RenderedFile {
             path: path.clone(),
@@ -242,6 +255,11 @@ data:
         assert!(matches!(
             render("k8s", &broken, &image()),
             Err(RenderError::Yaml { .. })
+        ));
+        let binary = vec![("d.yaml".to_owned(), vec![0xff, 0xfe])];
+        assert!(matches!(
+            render("k8s", &binary, &image()),
+            Err(RenderError::NotText { .. })
         ));
         assert!(matches!(render("k8s", &[], &image()), Err(RenderError::Empty { .. })));
     }

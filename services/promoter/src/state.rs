@@ -14,6 +14,7 @@
 //! ([`crate::rebuild`]).
 
 use async_nats::jetstream::kv;
+use baton_kit::error::BoxError;
 use baton_schemas::release::{ApprovalData, Pin, PromotionAction, ReleaseData};
 use baton_schemas::subjects::sanitize_token;
 use chrono::{DateTime, Utc};
@@ -24,10 +25,50 @@ use serde::{Deserialize, Serialize};
 /// KV key prefix of the promoter.
 pub const PREFIX: &str = "promoter";
 
-/// KV failed (always worth retrying).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the promoter's state store failed: {0}")]
-pub struct StateError(pub String);
+/// The state store failed, or holds a record the promoter cannot read. Always worth retrying:
+/// KV comes back, and a record is rewritten by the next decision or a rebuild.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// KV did not do `operation` on `key`.
+    #[error("the promoter's state store failed while {operation} `{key}`: {source}")]
+    Store {
+        /// What was being done, e.g. `reading`.
+        operation: &'static str,
+        /// The key (or the prefix of the keys listed).
+        key: String,
+        /// KV's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The record at `key` is not what the promoter writes there.
+    #[error("the promoter's state store failed: {key}: {source}")]
+    Unreadable {
+        /// The key.
+        key: String,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl StateError {
+    /// KV failed `operation` on `key`.
+    fn store(operation: &'static str, key: &str, source: impl Into<BoxError>) -> Self {
+        Self::Store {
+            operation,
+            key: key.to_owned(),
+            source: source.into(),
+        }
+    }
+
+    /// The error's metric label.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Store { .. } => "state_store",
+            Self::Unreadable { .. } => "state_unreadable",
+        }
+    }
+}
 
 /// A value and the revision it was read at (for compare-and-set).
 #[derive(Debug, Clone)]
@@ -195,9 +236,17 @@ impl State {
     /// [`StateError`] when KV fails or the value is not a `T`.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Versioned<T>>, StateError> {
-        match self.kv.entry(key).await.map_err(|e| StateError(e.to_string()))? {
+        let entry = self
+            .kv
+            .entry(key)
+            .await
+            .map_err(|e| StateError::store("reading", key, e))?;
+        match entry {
             Some(entry) if entry.operation == kv::Operation::Put => {
-                let value = serde_json::from_slice(&entry.value).map_err(|e| StateError(format!("{key}: {e}")))?;
+                let value = serde_json::from_slice(&entry.value).map_err(|source| StateError::Unreadable {
+                    key: key.to_owned(),
+                    source,
+                })?;
                 Ok(Some(Versioned {
                     value,
                     revision: entry.revision,
@@ -217,7 +266,7 @@ impl State {
         self.kv
             .put(key, bytes.into())
             .await
-            .map_err(|e| StateError(e.to_string()))
+            .map_err(|e| StateError::store("writing", key, e))
     }
 
     /// Writes `key` only if it is still at `expected` (`None`: only if absent). `Ok(false)`
@@ -237,12 +286,12 @@ impl State {
             Some(revision) => match self.kv.update(key, bytes, revision).await {
                 Ok(_) => Ok(true),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
-                Err(e) => Err(StateError(e.to_string())),
+                Err(e) => Err(StateError::store("updating", key, e)),
             },
             None => match self.kv.create(key, bytes).await {
                 Ok(_) => Ok(true),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(StateError(e.to_string())),
+                Err(e) => Err(StateError::store("creating", key, e)),
             },
         }
     }
@@ -255,7 +304,7 @@ impl State {
         match self.kv.delete_expect_revision(key, Some(revision)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
-            Err(e) => Err(StateError(e.to_string())),
+            Err(e) => Err(StateError::store("deleting", key, e)),
         }
     }
 
@@ -264,8 +313,15 @@ impl State {
     /// # Errors
     /// [`StateError`].
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, StateError> {
-        let keys = self.kv.keys().await.map_err(|e| StateError(e.to_string()))?;
-        let all: Vec<String> = keys.try_collect().await.map_err(|e| StateError(e.to_string()))?;
+        let keys = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| StateError::store("listing the keys under", prefix, e))?;
+        let all: Vec<String> = keys
+            .try_collect()
+            .await
+            .map_err(|e| StateError::store("listing the keys under", prefix, e))?;
         Ok(all.into_iter().filter(|k| k.starts_with(prefix)).collect())
     }
 

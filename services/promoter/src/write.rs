@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use baton_kit::Outgoing;
+use baton_kit::source::{TreeFile, files_in};
 use baton_schemas::EventType;
 use baton_schemas::environments::Environment;
 use baton_schemas::pipeline::{PIPELINE_FILE, Pipeline};
@@ -14,7 +15,7 @@ use baton_schemas::release::{Pin, PromotionAction, PromotionData, RELEASE_FILE, 
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::configrepo::Change;
+use crate::configrepo::{Change, file_in};
 use crate::error::PromoteError;
 use crate::manager::{Outcome, ReleaseManager, app_dir, derive_id, short};
 use crate::render;
@@ -50,6 +51,8 @@ impl ReleaseManager {
         env: &Environment,
         write: Write,
     ) -> Result<Outcome<PromotionData>, PromoteError> {
+        // Dropping the guard frees the environment on every path, at once also when the
+        // handler is cancelled (its deadline, a shutdown) in the middle of the write.
         let lease = self
             .locks
             .acquire(
@@ -58,7 +61,11 @@ impl ReleaseManager {
             )
             .await?;
         let result = self.write_locked(release, env, write).await;
-        self.locks.release(lease).await;
+        // Released and waited for before the caller publishes and acks, not left to the drop's
+        // background task: a replica stopping right after would otherwise lose the release and
+        // hold the environment until the lease expires, and this replica's next write to the
+        // environment (another app's promotion in the same tick) would find its own lease.
+        lease.release().await;
         result
     }
 
@@ -238,67 +245,40 @@ impl ReleaseManager {
         )
     }
 
-    /// Reads the app's manifests at the release's commit and pins its images.
+    /// Reads the app's manifests at the release's commit (the folder its pipeline file names)
+    /// and pins its images.
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn render(&self, release: &ReleaseData) -> Result<Vec<(String, Vec<u8>)>, PromoteError> {
+    async fn render(&self, release: &ReleaseData) -> Result<Vec<TreeFile>, PromoteError> {
         let sources = self.sources.clone();
         let release = release.clone();
         self.blocking(move || {
-            let mirror = sources
-                .mirror_with(&release.repository, &release.commit)
-                .map_err(|e| PromoteError::Transient(e.to_string()))?;
-            let oid =
-                git2::Oid::from_str(&release.commit).map_err(|e| PromoteError::Permanent(e.message().to_owned()))?;
-            let commit = mirror
-                .find_commit(oid)
-                .map_err(|e| PromoteError::Permanent(e.message().to_owned()))?;
-            let tree = commit
-                .tree()
-                .map_err(|e| PromoteError::Transient(e.message().to_owned()))?;
-            let pipeline_text = tree
-                .get_path(std::path::Path::new(PIPELINE_FILE))
-                .ok()
-                .and_then(|e| e.to_object(&mirror).ok())
-                .and_then(|o| o.into_blob().ok())
-                .map(|b| String::from_utf8_lossy(b.content()).into_owned())
-                .ok_or_else(|| {
-                    PromoteError::Permanent(format!("commit {} has no {PIPELINE_FILE}", short(&release.commit)))
-                })?;
-            let pipeline = Pipeline::parse(&pipeline_text).map_err(|e| PromoteError::Permanent(e.to_string()))?;
-            let dir = pipeline.manifests.ok_or_else(|| {
-                PromoteError::Permanent(format!(
-                    "{PIPELINE_FILE} of commit {} names no `manifests` directory, so there is nothing to deploy",
-                    short(&release.commit)
-                ))
-            })?;
+            let mirror = sources.mirror_with(&release.repository, &release.commit)?;
+            let commit = &release.commit;
+            let read = |source| PromoteError::AppRepoRead {
+                url: release.repository.clone(),
+                commit: commit.clone(),
+                source,
+            };
+            let oid = git2::Oid::from_str(commit).map_err(read)?;
+            let pipeline = file_in(&mirror, oid, PIPELINE_FILE)
+                .map_err(read)?
+                .ok_or_else(|| PromoteError::NoPipelineFile { commit: commit.clone() })?;
+            let pipeline =
+                Pipeline::parse(&String::from_utf8_lossy(&pipeline)).map_err(PromoteError::InvalidPipeline)?;
+            let dir = pipeline
+                .manifests
+                .ok_or_else(|| PromoteError::NoManifestsDir { commit: commit.clone() })?;
             let dir = dir.trim_matches('/').to_owned();
-            let subtree = tree
-                .get_path(std::path::Path::new(&dir))
-                .ok()
-                .and_then(|e| e.to_object(&mirror).ok())
-                .and_then(|o| o.into_tree().ok())
-                .ok_or_else(|| {
-                    PromoteError::Permanent(format!(
-                        "the manifests directory `{dir}` named in {PIPELINE_FILE} does not exist at commit {}",
-                        short(&release.commit)
-                    ))
-                })?;
-            let mut files = Vec::new();
-            subtree
-                .walk(git2::TreeWalkMode::PreOrder, |root, entry| {
-                    if entry.kind() == Some(git2::ObjectType::Blob)
-                        && let Some(blob) = entry.to_object(&mirror).ok().and_then(|o| o.into_blob().ok())
-                    {
-                        files.push((
-                            format!("{root}{}", entry.name().unwrap_or_default()),
-                            blob.content().to_vec(),
-                        ));
-                    }
-                    git2::TreeWalkResult::Ok
-                })
-                .map_err(|e| PromoteError::Transient(e.message().to_owned()))?;
-            let rendered =
-                render::render(&dir, &files, &release.image).map_err(|e| PromoteError::Permanent(e.to_string()))?;
+            let missing = || PromoteError::MissingManifestsDir {
+                dir: dir.clone(),
+                commit: commit.clone(),
+            };
+            // The repository's root is not a manifests directory.
+            if dir.is_empty() {
+                return Err(missing());
+            }
+            let files = files_in(&mirror, oid, &dir).map_err(read)?.ok_or_else(missing)?;
+            let rendered = render::render(&dir, &files, &release.image)?;
             Ok(rendered.into_iter().map(|f| (f.path, f.bytes)).collect())
         })
         .await

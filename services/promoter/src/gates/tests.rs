@@ -870,9 +870,10 @@ fn every_vote_rule_decides_as_the_policy_says() {
             voter: "alice",
             approve: true,
             comment: None,
-            expected: Err(VoteRefusal::UnknownEnvironment(
-                "unknown environment `production`; environments.yaml defines staging".into(),
-            )),
+            expected: Err(VoteRefusal::UnknownEnvironment(UnknownEnvironment {
+                name: "production".into(),
+                known: vec!["staging".into()],
+            })),
         },
     ];
     let now = wednesday();
@@ -943,6 +944,10 @@ fn vote_refusals_tell_the_voter_why() {
                 at: wednesday(),
             }),
             "the approval request for release release-new into `production` is already closed (expired: nobody decided)",
+        ),
+        (
+            VoteRefusal::UnknownEnvironment(UnknownEnvironment::in_policy(&policy(), "prod")),
+            "unknown environment `prod`; environments.yaml defines staging, production",
         ),
     ];
     for (refusal, expected) in rows {
