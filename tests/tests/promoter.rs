@@ -9,7 +9,7 @@
 //! the way the deployer publishes them.
 //!
 //! Time: the soak and the approval expiry run on a promoter clock the test moves (a
-//! [`ManualClock`] handed to the in-process promoter through `baton_promoter::clock::scope`), so
+//! [`ManualClock`] handed to the in-process promoter by `Application::build_with_clock`), so
 //! they neither wait for real time nor race it. `tokio::time::pause` would not do: the promoter
 //! reads wall time (chrono), not tokio's, and with real nats-server and git I/O in flight a
 //! paused runtime would jump through their timeouts. A dead replica's lease expires on the real
@@ -180,10 +180,12 @@ impl World {
     }
 
     async fn start_replica(&mut self) -> Result<()> {
-        let build = baton_promoter::Application::build(self.settings()?, &|_| None);
+        let settings = self.settings()?;
         let app = match &self.clock {
-            Some(clock) => baton_promoter::clock::scope(Arc::clone(clock) as _, build).await?,
-            None => build.await?,
+            Some(clock) => {
+                baton_promoter::Application::build_with_clock(settings, &|_| None, Arc::clone(clock) as _).await?
+            }
+            None => baton_promoter::Application::build(settings, &|_| None).await?,
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(app.run_until_stopped(stop.clone()));

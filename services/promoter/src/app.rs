@@ -1,23 +1,24 @@
-//! The promoter as a [`Service`]: `build` validates config and connects; `run_until_stopped` runs
-//! the stage, the operator commands, the timers and the operations endpoint until shutdown,
-//! then drains.
+//! The promoter as a [`Service`]: `build` validates config and connects (or
+//! [`Application::build_with_clock`], for a test that moves time); `run_until_stopped` runs the
+//! stage, the operator commands, the timers and the operations endpoint until shutdown, then
+//! drains.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use baton_kit::StageRunner;
-use baton_kit::service::{self, Env, Runtime, Service};
+use baton_kit::lease::Locks;
+use baton_kit::service::{self, Env, Runtime, Service, StageService};
 use baton_kit::settings::{ConfigError, Settings};
 use baton_kit::source::Sources;
 use baton_schemas::config::promoter::PromoterSettings;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Clock, SystemClock};
 use crate::configrepo::ConfigRepo;
 use crate::handler::{HANDLES, PromoterStage};
 use crate::manager::ReleaseManager;
 use crate::state::State;
-use baton_kit::lease::Locks;
 
 /// The service name: NATS connection name, OTel `service.name`.
 pub const SERVICE: &str = "baton-promoter";
@@ -29,23 +30,26 @@ pub use baton_kit::service::StartError;
 /// A built promoter, connected, not yet consuming.
 #[derive(Debug)]
 pub struct Application {
-    addr: SocketAddr,
-    listener: tokio::net::TcpListener,
-    runtime: Runtime,
-    runner: StageRunner<PromoterStage>,
+    /// The stage runner and the operations endpoint.
+    stage: StageService<PromoterStage>,
+    /// Shared by the stage, the commands and the timers.
     promoter: Arc<ReleaseManager>,
+    /// The connection the commands are answered on.
+    client: async_nats::Client,
     tick: std::time::Duration,
-    // Owns the default cache so it is removed when the promoter stops.
-    _cache: Option<tempfile::TempDir>,
 }
 
-impl Service for Application {
-    const NAME: &'static str = SERVICE;
-    type Config = PromoterSettings;
-
-    /// Validates the config, connects, provisions, creates the durable consumer and binds
-    /// `http.listen`.
-    async fn build(settings: Settings<PromoterSettings>, env: Env<'_>) -> Result<Self, StartError> {
+impl Application {
+    /// As [`Service::build`], with the release manager reading the time from `clock` instead of
+    /// the system's: for a test that moves time (a soak, an approval's expiry).
+    ///
+    /// # Errors
+    /// As [`Service::build`].
+    pub async fn build_with_clock(
+        settings: Settings<PromoterSettings>,
+        env: Env<'_>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartError> {
         let own = &settings.service;
         if own.config_repo.url.trim().is_empty() {
             return Err(ConfigError::invalid(
@@ -94,40 +98,47 @@ impl Service for Application {
                 runtime.topology.jetstream.clone(),
                 own.auto_rollback,
             )
-            .with_events_stream(settings.common.jetstream.events_stream.clone()),
+            .with_events_stream(settings.common.jetstream.events_stream.clone())
+            .with_clock(clock),
         );
         let stage = PromoterStage {
             promoter: Arc::clone(&promoter),
         };
         let runner = runtime.stage(STAGE, HANDLES, stage).await?;
-        let (listener, addr) = runtime.bind().await?;
+        let client = runtime.client.clone();
         Ok(Self {
-            addr,
-            listener,
-            runtime,
-            runner,
+            stage: StageService::bind(runtime, runner, cache).await?,
             promoter,
+            client,
             tick: own.tick,
-            _cache: cache,
         })
+    }
+}
+
+impl Service for Application {
+    const NAME: &'static str = SERVICE;
+    type Config = PromoterSettings;
+
+    /// Validates the config, connects, provisions, creates the durable consumer and binds
+    /// `http.listen`.
+    async fn build(settings: Settings<PromoterSettings>, env: Env<'_>) -> Result<Self, StartError> {
+        Self::build_with_clock(settings, env, Arc::new(SystemClock)).await
     }
 
     fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.stage.local_addr()
     }
 
-    /// Consumes events, answers commands and runs the timers until `shutdown` is cancelled,
-    /// then drains the NATS connection.
+    /// Rebuilds the state if it was lost, then consumes events, answers commands and runs the
+    /// timers until `shutdown` is cancelled, and drains the NATS connection.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
         // After a loss of the KV state, rebuild it before acting on anything.
         crate::rebuild::ensure(&self.promoter)
             .await
             .map_err(|e| StartError::failed("cannot rebuild the promoter's state", e))?;
-        tracing::info!(addr = %self.addr, "{SERVICE} ready");
-        let client = self.runtime.client.clone();
         let commands = tokio::spawn(crate::commands::serve(
             Arc::clone(&self.promoter),
-            client,
+            self.client,
             shutdown.child_token(),
         ));
         let timers = tokio::spawn(crate::timers::run(
@@ -135,10 +146,7 @@ impl Service for Application {
             self.tick,
             shutdown.child_token(),
         ));
-        let served = self
-            .runtime
-            .serve_stage(self.listener, self.runner, shutdown.clone())
-            .await;
+        let served = self.stage.run_until_stopped(shutdown.clone()).await;
         shutdown.cancel();
         let _ = timers.await;
         match commands.await {

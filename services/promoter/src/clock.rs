@@ -5,13 +5,12 @@
 //! The system clock is the default. A test that drives time (a soak, an approval's expiry)
 //! hands the release manager a [`ManualClock`] and moves it: directly with
 //! [`ReleaseManager::with_clock`](crate::manager::ReleaseManager::with_clock), or, for a whole
-//! promoter built by `Application::build` (the kit's
-//! [`Service::build`](baton_kit::service::Service::build), which takes only settings), by
-//! building it inside [`scope`]: the release manager made there keeps that clock.
+//! promoter, by building it with
+//! [`Application::build_with_clock`](crate::app::Application::build_with_clock) instead of the
+//! kit's [`Service::build`](baton_kit::service::Service::build), which takes only settings.
 
 use std::fmt::Debug;
-use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 
@@ -56,22 +55,6 @@ impl Clock for ManualClock {
     }
 }
 
-tokio::task_local! {
-    static SCOPED: Arc<dyn Clock>;
-}
-
-/// Runs `future` (typically `Application::build`) with `clock` as the clock of every release
-/// manager it creates.
-pub async fn scope<F: Future>(clock: Arc<dyn Clock>, future: F) -> F::Output {
-    SCOPED.scope(clock, future).await
-}
-
-/// The clock a new release manager starts with: the one of the enclosing [`scope`], else the
-/// system clock.
-pub(crate) fn ambient() -> Arc<dyn Clock> {
-    SCOPED.try_with(Arc::clone).unwrap_or_else(|_| Arc::new(SystemClock))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,18 +68,5 @@ mod tests {
         assert_eq!(clock.now(), start);
         clock.advance(std::time::Duration::from_secs(90));
         assert_eq!(clock.now(), start + chrono::Duration::seconds(90));
-    }
-
-    #[tokio::test]
-    async fn a_scope_hands_its_clock_to_what_is_built_inside_it() {
-        let start = DateTime::parse_from_rfc3339("2000-01-01T00:00:00Z")
-            .expect("a valid instant")
-            .with_timezone(&Utc);
-        let inside = scope(Arc::new(ManualClock::new(start)), async { ambient().now() }).await;
-        assert_eq!(inside, start);
-        assert!(
-            ambient().now() > start,
-            "outside a scope the system clock reads the time"
-        );
     }
 }

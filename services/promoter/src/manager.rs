@@ -15,7 +15,7 @@ use baton_schemas::subjects::sanitize_token;
 use baton_schemas::{CdEvent, EventType};
 use chrono::{DateTime, Utc};
 
-use crate::clock::{self, Clock};
+use crate::clock::{Clock, SystemClock};
 use crate::configrepo::ConfigRepo;
 use crate::error::PromoteError;
 use crate::policy::Policy;
@@ -71,8 +71,7 @@ pub(crate) fn short(id: &str) -> &str {
 }
 
 impl ReleaseManager {
-    /// A release manager over these parts, reading the time from the system clock (or from the
-    /// clock of an enclosing [`clock::scope`]).
+    /// A release manager over these parts, reading the time from the system clock.
     pub fn new(
         repo: Arc<ConfigRepo>,
         sources: Sources,
@@ -91,7 +90,7 @@ impl ReleaseManager {
             auto_rollback,
             events_stream: "BATON_EVENTS".to_owned(),
             policy: Mutex::new(None),
-            clock: clock::ambient(),
+            clock: Arc::new(SystemClock),
         }
     }
 

@@ -51,8 +51,8 @@ impl ReleaseManager {
         env: &Environment,
         write: Write,
     ) -> Result<Outcome<PromotionData>, PromoteError> {
-        // Dropping the guard frees the environment on every path, at once also when the
-        // handler is cancelled (its deadline, a shutdown) in the middle of the write.
+        // The guard frees the environment when dropped: also at once when the handler is
+        // cancelled (its deadline, a shutdown) in the middle of the write.
         let lease = self
             .locks
             .acquire(
