@@ -646,37 +646,32 @@ fn parse_release_file(dir: &str, bytes: &[u8]) -> Result<ReleaseFile, RepoError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
 
-    fn git(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_AUTHOR_NAME", "A")
-            .env("GIT_AUTHOR_EMAIL", "a@example.com")
-            .env("GIT_COMMITTER_NAME", "A")
-            .env("GIT_COMMITTER_EMAIL", "a@example.com")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
+    // The bare "remote" is made and read with libgit2 directly: these tests are about the
+    // working clone's fetches and pushes; the promoter suite checks the result with the git CLI.
 
+    /// A bare repo whose `main` holds one commit with `environments.yaml`.
     fn bare_with_first_commit(dir: &Path) -> PathBuf {
         let bare = dir.join("config.git");
-        let seed = dir.join("seed");
-        std::fs::create_dir_all(&seed).unwrap();
-        git(dir, &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
-        git(&seed, &["init", "-q", "-b", "main"]);
-        std::fs::write(seed.join("environments.yaml"), "environments: []\n").unwrap();
-        git(&seed, &["add", "."]);
-        git(&seed, &["commit", "-qm", "seed"]);
-        git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
+        let repo = git2::Repository::init_opts(
+            &bare,
+            git2::RepositoryInitOptions::new().bare(true).initial_head("main"),
+        )
+        .unwrap();
+        let blob = repo.blob(b"environments: []\n").unwrap();
+        let mut tree = repo.treebuilder(None).unwrap();
+        tree.insert("environments.yaml", blob, 0o100_644).unwrap();
+        let tree = repo.find_tree(tree.write().unwrap()).unwrap();
+        let author = git2::Signature::now("A", "a@example.com").unwrap();
+        repo.commit(Some("refs/heads/main"), &author, &author, "seed", &tree, &[])
+            .unwrap();
         bare
+    }
+
+    /// The commit `spec` (`main`, `main^`, …) names in the bare repo.
+    fn rev(bare: &Path, spec: &str) -> String {
+        let repo = git2::Repository::open_bare(bare).unwrap();
+        repo.revparse_single(spec).unwrap().id().to_string()
     }
 
     fn repo(dir: &Path, bare: &Path, name: &str) -> ConfigRepo {
@@ -719,17 +714,12 @@ mod tests {
         // b's clone is behind nothing: it syncs before committing, so its push is a fast-forward.
         let second = b.commit(&change("p2", "production/shop", "two")).unwrap();
         let third = a.commit(&change("p3", "staging/shop", "three")).unwrap();
-        let log = git(&bare, &["log", "--format=%H %P", "main"]);
-        let lines: Vec<&str> = log.lines().collect();
-        assert_eq!(lines.len(), 4, "{log}");
-        assert!(
-            lines[0].starts_with(&format!("{} {}", third.commit, second.commit)),
-            "{log}"
-        );
-        assert!(
-            lines[1].starts_with(&format!("{} {}", second.commit, first.commit)),
-            "{log}"
-        );
+        // One line of four commits, each the parent of the next.
+        let line = ["main", "main^", "main~2"].map(|spec| rev(&bare, spec));
+        assert_eq!(line, [third.commit, second.commit, first.commit.clone()]);
+        let remote = git2::Repository::open_bare(&bare).unwrap();
+        let seed = remote.revparse_single("main~3").unwrap().peel_to_commit().unwrap();
+        assert_eq!(seed.parent_count(), 0, "the seed is the first commit");
         let (_, bytes) = a.read_at_head("staging/shop/app.yaml").unwrap();
         assert_eq!(bytes.unwrap(), b"three");
         assert_eq!(
@@ -752,15 +742,11 @@ mod tests {
         let other = repo(dir.path(), &bare, "other");
         let theirs = other.commit(&change("theirs", "staging/other", "y")).unwrap();
         assert!(matches!(a.push(&clone, head, stale), Err(PushError::Rejected(_))));
-        assert_eq!(
-            git(&bare, &["rev-parse", "main"]),
-            theirs.commit,
-            "the branch was not overwritten"
-        );
+        assert_eq!(rev(&bare, "main"), theirs.commit, "the branch was not overwritten");
         drop(clone);
         let mine = a.commit(&change("mine", "staging/shop", "x")).unwrap();
-        assert_eq!(git(&bare, &["rev-parse", "main^"]), theirs.commit);
-        assert_eq!(git(&bare, &["rev-parse", "main"]), mine.commit);
+        assert_eq!(rev(&bare, "main^"), theirs.commit);
+        assert_eq!(rev(&bare, "main"), mine.commit);
     }
 
     #[test]
@@ -774,14 +760,14 @@ mod tests {
         let theirs = other.commit(&change("theirs", "staging/other", "y")).unwrap();
         assert_ne!(read, theirs.commit);
         let mine = a.commit(&change("mine", "staging/shop", "x")).unwrap();
-        assert_eq!(git(&bare, &["rev-parse", "main^"]), theirs.commit, "not a lost update");
-        assert_eq!(git(&bare, &["rev-parse", "main"]), mine.commit);
+        assert_eq!(rev(&bare, "main^"), theirs.commit, "not a lost update");
+        assert_eq!(rev(&bare, "main"), mine.commit);
         // A retry of their promotion through a finds their commit instead of making another.
         let again = a.commit(&change("theirs", "staging/other", "y")).unwrap();
         assert_eq!((again.commit, again.existed), (theirs.commit, true));
         let next = a.commit(&change("next", "staging/shop", "z")).unwrap();
-        assert_eq!(git(&bare, &["rev-parse", "main^"]), mine.commit);
-        assert_eq!(git(&bare, &["rev-parse", "main"]), next.commit);
+        assert_eq!(rev(&bare, "main^"), mine.commit);
+        assert_eq!(rev(&bare, "main"), next.commit);
         // A's clone is the remote's head now, and a read does not fetch for it; once someone
         // else pushes, a read sees their commit.
         let (head, bytes) = a.read_at_head("staging/shop/app.yaml").unwrap();
