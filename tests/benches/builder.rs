@@ -5,16 +5,13 @@
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
-use baton_kit::service::Service as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use baton_kit::settings::Settings;
 use baton_kit::{Outgoing, codec, events};
-use baton_schemas::config::CommonSettings;
 use baton_schemas::payloads::{BuildData, CommitInfo, Person, PushData, RepositoryInfo};
 use baton_schemas::{CdEvent, EventType, subjects};
-use baton_tests::git;
+use baton_tests::{app, git};
 use futures::StreamExt;
 
 /// The allocator Baton's service binaries use.
@@ -99,24 +96,13 @@ fn main() -> Result<()> {
     let url = format!("file://{}", repo.display());
 
     runtime.block_on(async move {
-        let mut common = CommonSettings::default();
-        common.nats.url = nats.url();
-        common.http.listen = "127.0.0.1:0".parse()?;
         let service = yaml_serde::from_str(&format!(
             "registry:\n  address: {}\n  insecure: true\n",
             registry.address()
         ))?;
-        let app = baton_builder::Application::build(
-            Settings {
-                common,
-                service,
-                warnings: vec![],
-            },
-            &|_| None,
-        )
-        .await?;
         let stop = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+        let builder =
+            app::spawn::<baton_builder::Application>(app::common(&nats.url()), service, &|_| None, &stop).await?;
         let client = async_nats::connect(nats.url()).await?;
         let js = async_nats::jetstream::new(client.clone());
         let mut published = client
@@ -144,7 +130,7 @@ fn main() -> Result<()> {
             results.push((label, elapsed, image.uploaded_bytes, image.digest));
         }
         stop.cancel();
-        task.await??;
+        builder.task.await??;
         println!("builder benchmark: 20 MB incompressible artifact on a busybox base, no build commands");
         for (label, elapsed, uploaded, digest) in &results {
             println!(

@@ -8,19 +8,16 @@
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
-use baton_kit::service::Service as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use baton_kit::settings::Settings;
 use baton_kit::{Outgoing, codec, events};
-use baton_schemas::config::CommonSettings;
 use baton_schemas::config::deployer::DeployerSettings;
 use baton_schemas::payloads::ImageInfo;
 use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData, ReleaseData};
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::kube::KubeCluster;
-use baton_tests::{NatsServer, git};
+use baton_tests::{NatsServer, app, git};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -70,25 +67,14 @@ async fn main() -> Result<()> {
     git(dir.path(), &["clone", "-q", "config.git", "config"])?;
     let work = dir.path().join("config");
 
-    let mut common = CommonSettings::default();
-    common.nats.url = nats.url();
-    common.http.listen = "127.0.0.1:0".parse()?;
     let service = DeployerSettings {
         kubeconfig: Some(cluster.kubeconfig_path().to_owned()),
         poll_interval: Duration::from_millis(100),
         ..Default::default()
     };
-    let app = baton_deployer::Application::build(
-        Settings {
-            common,
-            service,
-            warnings: vec![],
-        },
-        &|_| None,
-    )
-    .await?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let deployer =
+        app::spawn::<baton_deployer::Application>(app::common(&nats.url()), service, &|_| None, &stop).await?;
     let mut verdicts = client.subscribe("baton.events.bench_shop.>").await?;
 
     let digest = format!("sha256:{}", "b".repeat(64));
@@ -194,7 +180,7 @@ async fn main() -> Result<()> {
         // The first release waits for its pods; later ones change only ConfigMaps and a Secret.
     }
     stop.cancel();
-    task.await??;
+    deployer.task.await??;
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(

@@ -4,14 +4,12 @@
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
-use baton_kit::service::Service as _;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use baton_kit::settings::Settings;
 use baton_listener::Application;
-use baton_schemas::config::CommonSettings;
+use baton_tests::app;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -40,17 +38,13 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let nats = baton_tests::NatsServer::start()?;
     runtime.block_on(async move {
-        let mut common = CommonSettings::default();
-        common.nats.url = nats.url();
-        common.http.listen = "127.0.0.1:0".parse()?;
         let service = yaml_serde::from_str(
             "repositories:\n  - name: Codertocat/Hello-World\n    provider: github\n    secret_env: BENCH_SECRET\n    branches: [main]\n",
         )?;
         let env = |name: &str| (name == "BENCH_SECRET").then(|| SECRET.to_owned());
-        let app = Application::build(Settings { common, service, warnings: vec![] }, &env).await?;
-        let url = format!("http://{}/webhooks/github", app.local_addr());
         let stop = tokio_util::sync::CancellationToken::new();
-        let server = tokio::spawn(app.run_until_stopped(stop.clone()));
+        let listener = app::spawn::<Application>(app::common(&nats.url()), service, &env, &stop).await?;
+        let url = format!("http://{}/webhooks/github", listener.addr);
 
         let body = bytes::Bytes::from_static(PUSH.as_bytes());
         let sig = signature(&body);
@@ -92,7 +86,7 @@ fn main() -> Result<()> {
         let elapsed = started.elapsed();
         latencies.sort();
         stop.cancel();
-        server.await??;
+        listener.task.await??;
         println!("listener benchmark: {total} signed GitHub push webhooks, {clients} concurrent keep-alive clients");
         println!(
             "  {:.0} webhooks/s; request -> 202 (JetStream acked) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",

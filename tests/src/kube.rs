@@ -139,13 +139,7 @@ impl KubeCluster {
     /// exits, or a component is not ready in time; the error quotes the component's log.
     pub async fn start() -> Result<Self, HarnessError> {
         let binaries = Binaries::locate()?;
-        let temp_dir = tempfile::Builder::new()
-            .prefix("baton-kube-")
-            .tempdir()
-            .map_err(|source| HarnessError::Io {
-                path: std::env::temp_dir(),
-                source,
-            })?;
+        let temp_dir = crate::temp_dir("baton-kube-")?;
         let root = temp_dir.path();
         let log_dir = root.join("logs");
         let etcd_dir = root.join("etcd");

@@ -10,11 +10,11 @@
 //! nothing behind. They share one way of finding, starting and stopping a program
 //! ([`process`]) and one error type ([`HarnessError`]).
 //!
-//! Around them: [`git`] (the real CLI, an independent client), [`events`] (what the services
-//! published, read back from the stream and awaited), [`eventually`] (polling until a condition
-//! holds, quoting what was last seen), [`verdict`] (the tester's verdict for suites that run no
-//! tester), and [`process::service_binary`] (Baton's own binaries, built if needed, for suites
-//! that run them as processes).
+//! Around them: [`app`] (Baton's services in-process), [`git`] (the real CLI, an independent
+//! client), [`events`] (what the services published, read back from the stream and awaited),
+//! [`eventually`] (polling until a condition holds, quoting what was last seen), [`verdict`] (the
+//! tester's verdict for suites that run no tester), and [`process::service_binary`] (Baton's own
+//! binaries, built if needed, for suites that run them as processes).
 //!
 //! The harness is synchronous and std-only where it can be, so it works from any test, async or
 //! not. `just setup` installs every program it runs.
@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+pub mod app;
 mod error;
 pub mod events;
 pub mod kube;
@@ -63,6 +64,17 @@ pub fn git(dir: &Path, args: &[&str]) -> Result<String, HarnessError> {
             .env("GIT_COMMITTER_EMAIL", "ada@example.com"),
     )?;
     Ok(String::from_utf8_lossy(&stdout).trim().to_owned())
+}
+
+/// A fresh temporary directory named `<prefix>…` for a server's files, removed when dropped.
+fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, HarnessError> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|source| HarnessError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })
 }
 
 /// How often [`eventually`] checks.

@@ -113,13 +113,7 @@ impl NatsServer {
 
     /// [`start`](Self::start) with a given executable.
     fn start_binary(binary: PathBuf, config: Option<(PathBuf, Vec<(String, String)>)>) -> Result<Self, HarnessError> {
-        let temp_dir = tempfile::Builder::new()
-            .prefix("baton-nats-")
-            .tempdir()
-            .map_err(|source| HarnessError::Io {
-                path: std::env::temp_dir(),
-                source,
-            })?;
+        let temp_dir = crate::temp_dir("baton-nats-")?;
         let store_dir = temp_dir.path().join("store");
         let ports_dir = temp_dir.path().join("ports");
         for dir in [&store_dir, &ports_dir] {

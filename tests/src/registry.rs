@@ -101,13 +101,7 @@ impl RegistryServer {
     /// be started or is not ready in time (the message quotes its log).
     pub fn start() -> Result<Self, HarnessError> {
         let binary = DOCKER_REGISTRY.locate()?;
-        let temp_dir = tempfile::Builder::new()
-            .prefix("baton-registry-")
-            .tempdir()
-            .map_err(|source| HarnessError::Io {
-                path: std::env::temp_dir(),
-                source,
-            })?;
+        let temp_dir = crate::temp_dir("baton-registry-")?;
         let storage_dir = temp_dir.path().join("storage");
         fs::create_dir(&storage_dir).map_err(|source| HarnessError::Io {
             path: storage_dir.clone(),

@@ -2,18 +2,15 @@
 //! Every way a build can go wrong ends in a clear `build.finished` (or a retry when the
 //! machinery is at fault), and the builder keeps serving other builds.
 
-use baton_kit::service::Service as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use baton_kit::settings::Settings;
 use baton_kit::{Outgoing, events};
-use baton_schemas::config::CommonSettings;
 use baton_schemas::payloads::{BuildData, CommitInfo, Outcome, Person, PushData, RepositoryInfo};
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::registry::RegistryServer;
-use baton_tests::{NatsServer, git};
+use baton_tests::{NatsServer, app, git};
 use tokio_util::sync::CancellationToken;
 
 /// An application repository whose commits the tests build.
@@ -59,9 +56,7 @@ impl TestBuilder {
         baton_kit::tls::install_crypto_provider();
         let nats = NatsServer::start()?;
         let registry = RegistryServer::start()?;
-        let mut common = CommonSettings::default();
-        common.nats.url = nats.url();
-        common.http.listen = "127.0.0.1:0".parse()?;
+        let mut common = app::common(&nats.url());
         common.runner.max_deliver = 3;
         common.runner.backoff_initial = Duration::from_millis(100);
         common.runner.ack_wait = Duration::from_secs(5);
@@ -69,17 +64,12 @@ impl TestBuilder {
             "registry:\n  address: {}\n  insecure: true\n",
             registry.address()
         ))?;
-        let app = baton_builder::Application::build(
-            Settings {
-                common,
-                service,
-                warnings: vec![],
-            },
-            &|_| None,
-        )
-        .await?;
         let stop = CancellationToken::new();
-        let task = Some(tokio::spawn(app.run_until_stopped(stop.clone())));
+        let task = Some(
+            app::spawn::<baton_builder::Application>(common, service, &|_| None, &stop)
+                .await?
+                .task,
+        );
         let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
         Ok(Self {
             nats,

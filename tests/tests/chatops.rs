@@ -8,7 +8,6 @@
 //! Requests are signed here with Slack's documented algorithm, computed independently of the
 //! bot (HMAC-SHA256 over `v0:<timestamp>:<body>`).
 
-use baton_kit::service::Service as _;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,16 +18,14 @@ use anyhow::{Context as _, Result};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use baton_kit::settings::Settings;
 use baton_kit::{Outgoing, events};
-use baton_schemas::config::CommonSettings;
 use baton_schemas::config::chatops::ChatopsSettings;
 use baton_schemas::config::promoter::PromoterSettings;
 use baton_schemas::payloads::Outcome;
 use baton_schemas::release::{DeploymentData, PromotionData};
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::verdict::Verdict;
-use baton_tests::{NatsServer, eventually, git};
+use baton_tests::{NatsServer, app, eventually, git};
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -146,9 +143,7 @@ impl World {
         let slack_url = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move { axum::serve(listener, router).await });
 
-        let mut common = CommonSettings::default();
-        common.nats.url = nats.url();
-        common.http.listen = "127.0.0.1:0".parse()?;
+        let mut common = app::common(&nats.url());
         common.runner.backoff_initial = Duration::from_millis(50);
         common.runner.backoff_max = Duration::from_millis(300);
         common.runner.max_deliver = 1000;
@@ -156,15 +151,9 @@ impl World {
         let mut promoter = PromoterSettings::default();
         promoter.config_repo.url = format!("file://{}", root.join("config.git").display());
         promoter.tick = Duration::from_millis(100);
-        let promoter = baton_promoter::Application::build(
-            Settings {
-                common: common.clone(),
-                service: promoter,
-                warnings: vec![],
-            },
-            &|_| None,
-        )
-        .await?;
+        let promoter_stop = CancellationToken::new();
+        let promoter =
+            app::spawn::<baton_promoter::Application>(common.clone(), promoter, &|_| None, &promoter_stop).await?;
 
         let chatops = ChatopsSettings {
             signing_secret_env: Some("SLACK_SIGNING_SECRET".into()),
@@ -175,35 +164,21 @@ impl World {
             ..ChatopsSettings::default()
         };
         let env = |k: &str| (k == "SLACK_SIGNING_SECRET").then(|| SECRET.to_owned());
-        let bot = baton_chatops::Application::build(
-            Settings {
-                common,
-                service: chatops,
-                warnings: vec![],
-            },
-            &env,
-        )
-        .await?;
-        let bot_url = format!("http://{}", bot.local_addr());
+        let bot_stop = CancellationToken::new();
+        let bot = app::spawn::<baton_chatops::Application>(common, chatops, &env, &bot_stop).await?;
 
-        let mut world = Self {
+        Ok(Self {
             _nats: nats,
             js,
             dir,
             slack,
             slack_url,
-            bot: bot_url,
+            bot: format!("http://{}", bot.addr),
             http: reqwest::Client::new(),
-            stops: vec![],
-            tasks: vec![],
-        };
-        let stop = CancellationToken::new();
-        world.tasks.push(tokio::spawn(promoter.run_until_stopped(stop.clone())));
-        world.stops.push(stop);
-        let stop = CancellationToken::new();
-        world.tasks.push(tokio::spawn(bot.run_until_stopped(stop.clone())));
-        world.stops.push(stop);
-        Ok(world)
+            // The promoter first: `stop_promoter` stops it alone.
+            stops: vec![promoter_stop, bot_stop],
+            tasks: vec![promoter.task, bot.task],
+        })
     }
 
     fn app_repo(&self) -> PathBuf {

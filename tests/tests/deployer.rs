@@ -8,22 +8,19 @@
 //!
 //! The promotions are published here the way the promoter publishes them.
 
-use baton_kit::service::Service as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use async_nats::jetstream::consumer;
-use baton_kit::settings::Settings;
 use baton_kit::{Outgoing, events};
-use baton_schemas::config::CommonSettings;
 use baton_schemas::config::deployer::DeployerSettings;
 use baton_schemas::payloads::{ImageInfo, Outcome};
 use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData, ReleaseData};
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::kube::KubeCluster;
 use baton_tests::verdict::Verdict;
-use baton_tests::{NatsServer, eventually_every, git};
+use baton_tests::{NatsServer, app, eventually_every, git};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
@@ -111,9 +108,7 @@ impl World {
 
     /// Starts the deployer with `kubeconfig` (default: the admin's).
     async fn start_deployer(&mut self, kubeconfig: Option<PathBuf>) -> Result<()> {
-        let mut common = CommonSettings::default();
-        common.nats.url = self.nats.url();
-        common.http.listen = "127.0.0.1:0".parse()?;
+        let mut common = app::common(&self.nats.url());
         common.runner.backoff_initial = Duration::from_millis(100);
         let service = DeployerSettings {
             kubeconfig: Some(kubeconfig.unwrap_or_else(|| self.cluster.kubeconfig_path().to_owned())),
@@ -123,16 +118,8 @@ impl World {
             image_pull_grace: Duration::from_secs(3),
             ..Default::default()
         };
-        let app = baton_deployer::Application::build(
-            Settings {
-                common,
-                service,
-                warnings: vec![],
-            },
-            &|_| None,
-        )
-        .await?;
-        self.task = Some(tokio::spawn(app.run_until_stopped(self.stop.clone())));
+        let deployer = app::spawn::<baton_deployer::Application>(common, service, &|_| None, &self.stop).await?;
+        self.task = Some(deployer.task);
         Ok(())
     }
 
@@ -155,6 +142,13 @@ impl World {
         git(&work, &["commit", "-qm", "promote", "--allow-empty"])?;
         git(&work, &["push", "-q", "origin", "main"])?;
         Ok(git(&work, &["rev-parse", "HEAD"])?)
+    }
+
+    /// Commits a Deployment of `image` as the whole of staging's folder and publishes its
+    /// promotion there.
+    async fn promote_deployment(&self, image: &ImageInfo, action: PromotionAction) -> Result<PromotionData> {
+        let commit = self.commit("staging", &[("deployment.yaml", deployment(&image.reference, ""))])?;
+        self.promote("staging", STAGING, &commit, image, action).await
     }
 
     /// Publishes a promotion of `image` into `env`/`namespace` at `commit`.
@@ -214,6 +208,18 @@ impl World {
         .with_custom_data(data)?;
         let (_, published) = events::publish(&self.js, &Outgoing::new(APP, event)).await?;
         Ok(published.sequence)
+    }
+
+    /// The image the pod template of staging's `shop` Deployment runs.
+    async fn staging_image(&self) -> Result<Option<String>> {
+        let deployments: Api<Deployment> = Api::namespaced(self.cluster.client()?, STAGING);
+        let template = deployments
+            .get("shop")
+            .await?
+            .spec
+            .and_then(|s| s.template.spec)
+            .context("template")?;
+        Ok(template.containers[0].image.clone())
     }
 
     async fn events(&self, ty: EventType) -> Result<Vec<CdEvent>> {
@@ -344,10 +350,7 @@ async fn a_healthy_release_is_deployed_then_upgraded_and_pruned() -> Result<()> 
 
     // A second release without the ConfigMap: an upgrade that prunes it.
     let second = image("v2", "baton/acme_shop");
-    let commit = world.commit("staging", &[("deployment.yaml", deployment(&second.reference, ""))])?;
-    let promotion = world
-        .promote("staging", STAGING, &commit, &second, PromotionAction::Promote)
-        .await?;
+    let promotion = world.promote_deployment(&second, PromotionAction::Promote).await?;
     let (ty, data) = world.verdict(&promotion).await?;
     assert_eq!(ty, EventType::ServiceUpgraded, "{data:?}");
     assert_eq!(data.pruned, ["ConfigMap/shop-settings"]);
@@ -377,17 +380,11 @@ async fn a_crash_looping_release_fails_with_the_pods_states() -> Result<()> {
     let mut world = World::start().await?;
     world.start_deployer(None).await?;
     let good = image("good", "baton/acme_shop");
-    let commit = world.commit("staging", &[("deployment.yaml", deployment(&good.reference, ""))])?;
-    let promotion = world
-        .promote("staging", STAGING, &commit, &good, PromotionAction::Promote)
-        .await?;
+    let promotion = world.promote_deployment(&good, PromotionAction::Promote).await?;
     assert_eq!(world.verdict(&promotion).await?.0, EventType::ServiceDeployed);
 
     let bad = image("bad", "baton/acme_shop-crashloop");
-    let commit = world.commit("staging", &[("deployment.yaml", deployment(&bad.reference, ""))])?;
-    let promotion = world
-        .promote("staging", STAGING, &commit, &bad, PromotionAction::Promote)
-        .await?;
+    let promotion = world.promote_deployment(&bad, PromotionAction::Promote).await?;
     let (ty, data) = world.verdict(&promotion).await?;
     assert_eq!(ty, EventType::DeploymentFailed, "{data:?}");
     let reason = data.reason.unwrap_or_default();
@@ -401,20 +398,10 @@ async fn a_crash_looping_release_fails_with_the_pods_states() -> Result<()> {
     );
 
     // Rolling back re-points to the good digest (the promoter's rollback commit).
-    let commit = world.commit("staging", &[("deployment.yaml", deployment(&good.reference, ""))])?;
-    let rollback = world
-        .promote("staging", STAGING, &commit, &good, PromotionAction::Rollback)
-        .await?;
+    let rollback = world.promote_deployment(&good, PromotionAction::Rollback).await?;
     let (ty, _) = world.verdict(&rollback).await?;
     assert_eq!(ty, EventType::ServiceRolledBack);
-    let deployments: Api<Deployment> = Api::namespaced(world.cluster.client()?, STAGING);
-    let template = deployments
-        .get("shop")
-        .await?
-        .spec
-        .and_then(|s| s.template.spec)
-        .context("template")?;
-    assert_eq!(template.containers[0].image.as_deref(), Some(good.reference.as_str()));
+    assert_eq!(world.staging_image().await?.as_deref(), Some(good.reference.as_str()));
     world.stop().await
 }
 
@@ -511,10 +498,7 @@ async fn rbac_from_deploy_confines_the_deployer_to_environment_namespaces() -> R
     world.start_deployer(Some(kubeconfig)).await?;
 
     let img = image("rbac", "baton/acme_shop");
-    let commit = world.commit("staging", &[("deployment.yaml", deployment(&img.reference, ""))])?;
-    let allowed = world
-        .promote("staging", STAGING, &commit, &img, PromotionAction::Promote)
-        .await?;
+    let allowed = world.promote_deployment(&img, PromotionAction::Promote).await?;
     let (ty, data) = world.verdict(&allowed).await?;
     assert_eq!(
         ty,
@@ -544,10 +528,7 @@ async fn the_later_of_two_promotions_wins_and_the_earlier_is_superseded() -> Res
     world.start_deployer(None).await?;
     // The first never becomes ready, so it is still rolling out when the second arrives.
     let slow = image("slow", "baton/acme_shop-never-ready");
-    let commit = world.commit("staging", &[("deployment.yaml", deployment(&slow.reference, ""))])?;
-    let first = world
-        .promote("staging", STAGING, &commit, &slow, PromotionAction::Promote)
-        .await?;
+    let first = world.promote_deployment(&slow, PromotionAction::Promote).await?;
     baton_tests::events::wait_for(
         &world.js,
         EventType::DeploymentStarted,
@@ -558,10 +539,7 @@ async fn the_later_of_two_promotions_wins_and_the_earlier_is_superseded() -> Res
     .await
     .context("the first rollout never started")?;
     let fast = image("fast", "baton/acme_shop");
-    let commit = world.commit("staging", &[("deployment.yaml", deployment(&fast.reference, ""))])?;
-    let second = world
-        .promote("staging", STAGING, &commit, &fast, PromotionAction::Promote)
-        .await?;
+    let second = world.promote_deployment(&fast, PromotionAction::Promote).await?;
     let (ty, data) = world.verdict(&first).await?;
     assert_eq!(ty, EventType::DeploymentSuperseded, "{data:?}");
     assert!(data.reason.unwrap_or_default().contains(&second.promotion));
@@ -570,15 +548,8 @@ async fn the_later_of_two_promotions_wins_and_the_earlier_is_superseded() -> Res
         matches!(ty, EventType::ServiceDeployed | EventType::ServiceUpgraded),
         "{ty}"
     );
-    let deployments: Api<Deployment> = Api::namespaced(world.cluster.client()?, STAGING);
-    let template = deployments
-        .get("shop")
-        .await?
-        .spec
-        .and_then(|s| s.template.spec)
-        .context("template")?;
     assert_eq!(
-        template.containers[0].image.as_deref(),
+        world.staging_image().await?.as_deref(),
         Some(fast.reference.as_str()),
         "the later wins"
     );
@@ -629,19 +600,13 @@ async fn with_the_promoter_a_crash_looping_release_is_rolled_back_to_the_previou
     let mut promoter_settings = baton_schemas::config::promoter::PromoterSettings::default();
     promoter_settings.config_repo.url = format!("file://{}", world.dir.path().join("config.git").display());
     promoter_settings.tick = Duration::from_millis(100);
-    let mut common = CommonSettings::default();
-    common.nats.url = world.nats.url();
-    common.http.listen = "127.0.0.1:0".parse()?;
-    let promoter = baton_promoter::Application::build(
-        Settings {
-            common,
-            service: promoter_settings,
-            warnings: vec![],
-        },
+    let promoter = app::spawn::<baton_promoter::Application>(
+        app::common(&world.nats.url()),
+        promoter_settings,
         &|_| None,
+        &world.stop,
     )
     .await?;
-    let promoter_task = tokio::spawn(promoter.run_until_stopped(world.stop.clone()));
 
     let good_release = "release-good";
     let good = tests_passed(&world, "good", &good_commit, good_release);
@@ -704,15 +669,8 @@ async fn with_the_promoter_a_crash_looping_release_is_rolled_back_to_the_previou
     );
     let data: DeploymentData = rolled_back.custom_data_as()?;
     assert_eq!(data.image, good.image().reference);
-    let deployments: Api<Deployment> = Api::namespaced(world.cluster.client()?, STAGING);
-    let template = deployments
-        .get("shop")
-        .await?
-        .spec
-        .and_then(|s| s.template.spec)
-        .context("template")?;
     assert_eq!(
-        template.containers[0].image.as_deref(),
+        world.staging_image().await?.as_deref(),
         Some(good.image().reference.as_str()),
         "the previous digest runs again"
     );
@@ -720,7 +678,7 @@ async fn with_the_promoter_a_crash_looping_release_is_rolled_back_to_the_previou
     assert_eq!(quarantined.len(), 1);
     assert_eq!(quarantined[0].subject.id, bad_release);
     world.stop.cancel();
-    promoter_task.await??;
+    promoter.task.await??;
     world.stop().await
 }
 
@@ -742,10 +700,7 @@ async fn an_unreachable_apiserver_is_retried_and_the_promotion_is_not_lost() -> 
     world.start_deployer(Some(through_door)).await?;
 
     let img = image("patient", "baton/acme_shop");
-    let commit = world.commit("staging", &[("deployment.yaml", deployment(&img.reference, ""))])?;
-    let promotion = world
-        .promote("staging", STAGING, &commit, &img, PromotionAction::Promote)
-        .await?;
+    let promotion = world.promote_deployment(&img, PromotionAction::Promote).await?;
     // Retried, with nothing reported yet.
     world
         .deployer_consumer("the deployer to retry", |info| {
@@ -809,10 +764,7 @@ async fn unready_unpullable_and_conflicting_releases_fail_with_the_reason() -> R
 
     // An image that cannot be pulled: the pull grace (3 s here) decides.
     let unpullable = image("unpullable", "baton/acme_shop-imagepullbackoff");
-    let commit = world.commit("staging", &[("deployment.yaml", deployment(&unpullable.reference, ""))])?;
-    let promotion = world
-        .promote("staging", STAGING, &commit, &unpullable, PromotionAction::Promote)
-        .await?;
+    let promotion = world.promote_deployment(&unpullable, PromotionAction::Promote).await?;
     let (ty, data) = world.verdict(&promotion).await?;
     assert_eq!(ty, EventType::DeploymentFailed, "{data:?}");
     let reason = data.reason.unwrap_or_default();

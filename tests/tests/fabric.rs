@@ -37,6 +37,12 @@ impl Fabric {
         Ok(Self { server, topology })
     }
 
+    /// A runner of the builder stage (it consumes `change.merged`) on a replica's connection.
+    async fn builder<H: Handler>(&self, handler: H, settings: RunnerSettings) -> Result<Running> {
+        let stage = Stage::new("builder", [EventType::ChangeMerged]);
+        spawn_runner(self.replica().await?, stage, handler, settings).await
+    }
+
     /// A topology on a connection of its own, as a separate replica would have.
     async fn replica(&self) -> Result<Topology> {
         let client = async_nats::connect(self.server.url()).await?;
@@ -141,6 +147,17 @@ async fn spawn_runner_with_metrics<H: Handler>(
     Ok(Running { stop, task })
 }
 
+/// A runner of the builder stage whose handler only counts its calls.
+async fn counting_builder(f: &Fabric) -> Result<(Running, Arc<AtomicUsize>)> {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    let handler = TestHandler::new(move |_| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async { Ok(vec![]) }
+    });
+    Ok((f.builder(handler, fast_settings()).await?, calls))
+}
+
 fn change_merged(id: &str) -> Outgoing {
     let event = CdEvent::new(
         EventType::ChangeMerged,
@@ -226,13 +243,7 @@ async fn an_event_crosses_two_stages_intact_and_continues_the_trace() -> Result<
             Ok(vec![out])
         }
     });
-    let a = spawn_runner(
-        f.replica().await?,
-        Stage::new("builder", [EventType::ChangeMerged]),
-        builder,
-        fast_settings(),
-    )
-    .await?;
+    let a = f.builder(builder, fast_settings()).await?;
 
     // Stage "tester": records what it received and the trace it runs in.
     let (got_tx, mut got_rx) = mpsc::unbounded_channel();
@@ -390,13 +401,7 @@ async fn transient_errors_retry_with_growing_delay_then_dead_letter() -> Result<
     })
     .failing_with(EventType::BuildFinished);
     let settings = fast_settings();
-    let r = spawn_runner(
-        f.replica().await?,
-        Stage::new("builder", [EventType::ChangeMerged]),
-        handler,
-        settings.clone(),
-    )
-    .await?;
+    let r = f.builder(handler, settings.clone()).await?;
     events::publish(&f.topology.jetstream, &change_merged("flaky")).await?;
 
     let dead = next_deadletter(&f.topology, "builder").await?;
@@ -455,13 +460,7 @@ async fn a_permanent_error_dead_letters_the_original_with_the_reason() -> Result
         ))
     })
     .failing_with(EventType::BuildFinished);
-    let r = spawn_runner(
-        f.replica().await?,
-        Stage::new("builder", [EventType::ChangeMerged]),
-        handler,
-        fast_settings(),
-    )
-    .await?;
+    let r = f.builder(handler, fast_settings()).await?;
     let input = change_merged("poison-1");
     events::publish(&f.topology.jetstream, &input).await?;
 
@@ -496,19 +495,7 @@ async fn a_permanent_error_dead_letters_the_original_with_the_reason() -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_events_never_reach_the_handler() -> Result<()> {
     let f = Fabric::start().await?;
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::clone(&calls);
-    let handler = TestHandler::new(move |_| {
-        seen.fetch_add(1, Ordering::SeqCst);
-        async { Ok(vec![]) }
-    });
-    let r = spawn_runner(
-        f.replica().await?,
-        Stage::new("builder", [EventType::ChangeMerged]),
-        handler,
-        fast_settings(),
-    )
-    .await?;
+    let (r, calls) = counting_builder(&f).await?;
 
     // A CloudEvent whose CDEvent breaks the change.merged schema (an unknown content field).
     let mut bad = change_merged("bad-schema").event;
@@ -530,19 +517,7 @@ async fn invalid_events_never_reach_the_handler() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_is_not_a_cloudevent_is_dead_lettered() -> Result<()> {
     let f = Fabric::start().await?;
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::clone(&calls);
-    let handler = TestHandler::new(move |_| {
-        seen.fetch_add(1, Ordering::SeqCst);
-        async { Ok(vec![]) }
-    });
-    let r = spawn_runner(
-        f.replica().await?,
-        Stage::new("builder", [EventType::ChangeMerged]),
-        handler,
-        fast_settings(),
-    )
-    .await?;
+    let (r, calls) = counting_builder(&f).await?;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("ce-specversion", "1.0");
     headers.insert("ce-id", "broken%zz");
@@ -585,13 +560,7 @@ async fn a_handler_past_its_deadline_is_cancelled_and_reported() -> Result<()> {
         handler_deadline: Duration::from_millis(500),
         ..fast_settings()
     };
-    let r = spawn_runner(
-        f.replica().await?,
-        Stage::new("builder", [EventType::ChangeMerged]),
-        handler,
-        settings,
-    )
-    .await?;
+    let r = f.builder(handler, settings).await?;
     events::publish(&f.topology.jetstream, &change_merged("slow-1")).await?;
 
     let dead = next_deadletter(&f.topology, "builder").await?;
@@ -619,13 +588,7 @@ async fn heartbeats_keep_a_long_handler_from_being_redelivered() -> Result<()> {
             Ok(vec![build_queued(&incoming)])
         }
     });
-    let r = spawn_runner(
-        f.replica().await?,
-        Stage::new("builder", [EventType::ChangeMerged]),
-        handler,
-        fast_settings(),
-    )
-    .await?;
+    let r = f.builder(handler, fast_settings()).await?;
     events::publish(&f.topology.jetstream, &change_merged("long-1")).await?;
     wait_for_count(&f.topology.events, &subjects::event_filter(EventType::BuildQueued), 1).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -652,16 +615,15 @@ async fn events_wait_on_the_server_while_every_handler_is_busy_not_in_a_replica(
             Ok(vec![build_queued(&incoming)])
         }
     });
-    let r = spawn_runner(
-        f.replica().await?,
-        Stage::new("builder", [EventType::ChangeMerged]),
-        handler,
-        RunnerSettings {
-            concurrency: 2,
-            ..fast_settings()
-        },
-    )
-    .await?;
+    let r = f
+        .builder(
+            handler,
+            RunnerSettings {
+                concurrency: 2,
+                ..fast_settings()
+            },
+        )
+        .await?;
     let ids = ["slow-0", "fast-1", "slow-2", "slow-3", "fast-4", "fast-5"];
     for id in ids {
         events::publish(&f.topology.jetstream, &change_merged(id)).await?;
@@ -688,13 +650,7 @@ async fn events_wait_on_the_server_while_every_handler_is_busy_not_in_a_replica(
 async fn restarting_nats_during_a_stream_of_events_loses_none() -> Result<()> {
     let mut f = Fabric::start().await?;
     let handler = TestHandler::new(|incoming| async move { Ok(vec![build_queued(&incoming)]) });
-    let r = spawn_runner(
-        f.replica().await?,
-        Stage::new("builder", [EventType::ChangeMerged]),
-        handler,
-        fast_settings(),
-    )
-    .await?;
+    let r = f.builder(handler, fast_settings()).await?;
 
     const TOTAL: usize = 300;
     let js = f.topology.jetstream.clone();
@@ -751,13 +707,7 @@ async fn shutdown_finishes_in_flight_work_and_hands_back_the_rest() -> Result<()
         ack_wait: Duration::from_secs(30),
         ..fast_settings()
     };
-    let r = spawn_runner(
-        f.replica().await?,
-        Stage::new("builder", [EventType::ChangeMerged]),
-        handler,
-        settings.clone(),
-    )
-    .await?;
+    let r = f.builder(handler, settings.clone()).await?;
     events::publish(&f.topology.jetstream, &change_merged("quick")).await?;
     events::publish(&f.topology.jetstream, &change_merged("slow")).await?;
     for _ in 0..2 {
@@ -780,13 +730,7 @@ async fn shutdown_finishes_in_flight_work_and_hands_back_the_rest() -> Result<()
             Ok(vec![])
         }
     });
-    let r2 = spawn_runner(
-        f.replica().await?,
-        Stage::new("builder", [EventType::ChangeMerged]),
-        handler,
-        settings,
-    )
-    .await?;
+    let r2 = f.builder(handler, settings).await?;
     let id = tokio::time::timeout(Duration::from_secs(10), again_rx.recv())
         .await?
         .unwrap();

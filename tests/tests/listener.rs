@@ -2,17 +2,14 @@
 //! and correctly computed signatures, every bad input, duplicate deliveries, NATS outages,
 //! a bounded fuzz run, and polling a bare repository pushed to with the `git` CLI.
 
-use baton_kit::service::Service as _;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use baton_kit::settings::Settings;
 use baton_listener::Application;
 use baton_schemas::config::CommonSettings;
-use baton_schemas::config::listener::ListenerSettings;
 use baton_schemas::payloads::PushData;
 use baton_schemas::{CdEvent, EventType};
-use baton_tests::{NatsServer, events, eventually, eventually_every, git};
+use baton_tests::{NatsServer, app, events, eventually, eventually_every, git};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -91,28 +88,18 @@ impl TestApp {
         // reqwest's TLS (compiled in for the chat-ops bot's https posts) needs the process's provider.
         baton_kit::tls::install_crypto_provider();
         let nats = NatsServer::start()?;
-        let mut common = CommonSettings::default();
-        common.nats.url = nats.url();
-        common.http.listen = "127.0.0.1:0".parse()?;
+        let mut common = app::common(&nats.url());
         tweak(&mut common);
-        let service: ListenerSettings = yaml_serde::from_str(config)?;
-        let settings = Settings {
-            common,
-            service,
-            warnings: vec![],
-        };
-        let app = Application::build(settings, &env_lookup).await?;
-        let addr = app.local_addr();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+        let listener = app::spawn::<Application>(common, yaml_serde::from_str(config)?, &env_lookup, &stop).await?;
         let client = async_nats::connect(nats.url()).await?;
         Ok(Self {
             nats,
-            addr,
+            addr: listener.addr,
             http: reqwest::Client::new(),
             js: async_nats::jetstream::new(client),
             stop,
-            task,
+            task: listener.task,
         })
     }
 

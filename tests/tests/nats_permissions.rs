@@ -5,17 +5,14 @@
 //! the listener, builder, tester, promoter, deployer and chat-ops bot each connected as itself,
 //! and not one permissions violation in the server's log.
 
-use baton_kit::service::Service as _;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use baton_kit::settings::Settings;
 use baton_schemas::config::CommonSettings;
 use baton_schemas::{EventType, subjects};
-use baton_tests::{NatsServer, events, eventually_every, git};
+use baton_tests::{NatsServer, app, events, eventually_every, git};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -288,14 +285,6 @@ async fn each_service_may_publish_only_its_own_event_types() -> Result<()> {
 const WEBHOOK_SECRET: &str = "permissions-webhook-secret";
 const SLACK_SECRET: &str = "permissions-slack-secret";
 
-/// Runs a service until the test stops it; its error, if any, as `anyhow`.
-fn spawn<E>(run: impl Future<Output = Result<(), E>> + Send + 'static) -> tokio::task::JoinHandle<Result<()>>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    tokio::spawn(async move { run.await.map_err(anyhow::Error::from) })
-}
-
 fn sign(secret: &str, message: &str) -> Result<String> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())?;
     mac.update(message.as_bytes());
@@ -367,74 +356,59 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
         "SLACK_SECRET" => Some(SLACK_SECRET.to_owned()),
         _ => None,
     };
-    fn settings<T>(common: CommonSettings, yaml: &str) -> Result<Settings<T>>
-    where
-        T: serde::de::DeserializeOwned,
-    {
-        Ok(Settings {
-            common,
-            service: yaml_serde::from_str(yaml)?,
-            warnings: vec![],
-        })
-    }
     let stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-
-    let listener = baton_listener::Application::build(
-        settings(
-            nats.common("listener")?,
+    let listener = app::spawn::<baton_listener::Application>(
+        nats.common("listener")?,
+        yaml_serde::from_str(
             "repositories:\n  - name: acme/shop\n    provider: generic\n    secret_env: SHOP_SECRET\n",
         )?,
         &env,
+        &stop,
     )
     .await?;
-    let webhook = format!("http://{}/webhooks/generic", listener.local_addr());
-    tasks.push(spawn(listener.run_until_stopped(stop.clone())));
-    let builder = baton_builder::Application::build(
-        settings(
-            nats.common("builder")?,
-            &format!("registry:\n  address: {}\n  insecure: true\n", registry.address()),
-        )?,
+    let webhook = format!("http://{}/webhooks/generic", listener.addr);
+    let builder = app::spawn::<baton_builder::Application>(
+        nats.common("builder")?,
+        yaml_serde::from_str(&format!(
+            "registry:\n  address: {}\n  insecure: true\n",
+            registry.address()
+        ))?,
         &env,
+        &stop,
     )
     .await?;
-    tasks.push(spawn(builder.run_until_stopped(stop.clone())));
-    let tester = baton_tester::Application::build(settings(nats.common("tester")?, "{}")?, &env).await?;
-    tasks.push(spawn(tester.run_until_stopped(stop.clone())));
-    let promoter = baton_promoter::Application::build(
-        settings(
-            nats.common("promoter")?,
-            &format!(
-                "config_repo:\n  url: file://{}\n",
-                dir.path().join("config.git").display()
-            ),
-        )?,
+    let tester =
+        app::spawn::<baton_tester::Application>(nats.common("tester")?, Default::default(), &env, &stop).await?;
+    let promoter = app::spawn::<baton_promoter::Application>(
+        nats.common("promoter")?,
+        yaml_serde::from_str(&format!(
+            "config_repo:\n  url: file://{}\n",
+            dir.path().join("config.git").display()
+        ))?,
         &env,
+        &stop,
     )
     .await?;
-    tasks.push(spawn(promoter.run_until_stopped(stop.clone())));
-    let deployer = baton_deployer::Application::build(
-        settings(
-            nats.common("deployer")?,
-            &format!(
-                "kubeconfig: {}\npoll_interval: 200ms\n",
-                cluster.kubeconfig_path().display()
-            ),
-        )?,
+    let deployer = app::spawn::<baton_deployer::Application>(
+        nats.common("deployer")?,
+        yaml_serde::from_str(&format!(
+            "kubeconfig: {}\npoll_interval: 200ms\n",
+            cluster.kubeconfig_path().display()
+        ))?,
         &env,
+        &stop,
     )
     .await?;
-    tasks.push(spawn(deployer.run_until_stopped(stop.clone())));
-    let chatops = baton_chatops::Application::build(
-        settings(
-            nats.common("chatops")?,
-            &format!("signing_secret_env: SLACK_SECRET\nusers: {{U0ALICE: alice}}\nincoming_webhook_url: {hook_url}\n"),
-        )?,
+    let chatops = app::spawn::<baton_chatops::Application>(
+        nats.common("chatops")?,
+        yaml_serde::from_str(&format!(
+            "signing_secret_env: SLACK_SECRET\nusers: {{U0ALICE: alice}}\nincoming_webhook_url: {hook_url}\n"
+        ))?,
         &env,
+        &stop,
     )
     .await?;
-    let chat = format!("http://{}/slack/commands", chatops.local_addr());
-    tasks.push(spawn(chatops.run_until_stopped(stop.clone())));
+    let chat = format!("http://{}/slack/commands", chatops.addr);
 
     // The push, signed as a git host would.
     let body = json!({
@@ -556,8 +530,8 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
     assert!(answer.to_string().contains("staging"), "status names staging: {answer}");
 
     stop.cancel();
-    for task in tasks {
-        task.await??;
+    for service in [listener, builder, tester, promoter, deployer, chatops] {
+        service.task.await??;
     }
     let violations = nats.violations()?;
     assert!(

@@ -6,17 +6,14 @@
 //! plane (simulated nodes) until it is healthy. The release carries one `chainId` from the push
 //! to `service.deployed`.
 
-use baton_kit::service::Service as _;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use baton_kit::settings::Settings;
-use baton_schemas::config::CommonSettings;
 use baton_schemas::payloads::BuildData;
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::registry::RegistryServer;
-use baton_tests::{NatsServer, events, git};
+use baton_tests::{NatsServer, app, events, git};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -64,79 +61,53 @@ async fn a_signed_push_becomes_a_healthy_deployment_in_staging() -> Result<()> {
     let sha = git(&repo, &["rev-parse", "HEAD"])?;
     let clone_url = format!("file://{}", repo.display());
 
-    // The listener and the builder, each as its own application.
-    let common = |nats_url: String| -> Result<CommonSettings> {
-        let mut c = CommonSettings::default();
-        c.nats.url = nats_url;
-        c.http.listen = "127.0.0.1:0".parse()?;
-        Ok(c)
-    };
+    // Every service, each as its own application.
     let env = |name: &str| (name == "SHOP_SECRET").then(|| SECRET.to_owned());
-    let listener = baton_listener::Application::build(
-        Settings {
-            common: common(nats.url())?,
-            service: yaml_serde::from_str(
-                "repositories:\n  - name: acme/shop\n    provider: generic\n    secret_env: SHOP_SECRET\n    branches: [main]\n",
-            )?,
-            warnings: vec![],
-        },
-        &env,
-    )
-    .await?;
-    let builder = baton_builder::Application::build(
-        Settings {
-            common: common(nats.url())?,
-            service: yaml_serde::from_str(&format!(
-                "registry:\n  address: {}\n  insecure: true\n  repository_prefix: baton\n",
-                registry.address()
-            ))?,
-            warnings: vec![],
-        },
-        &env,
-    )
-    .await?;
-    let webhook = format!("http://{}/webhooks/generic", listener.local_addr());
+    let common = || app::common(&nats.url());
     let stop = CancellationToken::new();
-    let listener_task = tokio::spawn(listener.run_until_stopped(stop.clone()));
-    let builder_task = tokio::spawn(builder.run_until_stopped(stop.clone()));
-    let tester = baton_tester::Application::build(
-        Settings {
-            common: common(nats.url())?,
-            service: Default::default(),
-            warnings: vec![],
-        },
+    let listener = app::spawn::<baton_listener::Application>(
+        common(),
+        yaml_serde::from_str(
+            "repositories:\n  - name: acme/shop\n    provider: generic\n    secret_env: SHOP_SECRET\n    branches: [main]\n",
+        )?,
         &env,
+        &stop,
     )
     .await?;
-    let tester_task = tokio::spawn(tester.run_until_stopped(stop.clone()));
-    let promoter = baton_promoter::Application::build(
-        Settings {
-            common: common(nats.url())?,
-            service: yaml_serde::from_str(&format!(
-                "config_repo:\n  url: file://{}\n",
-                dir.path().join("config.git").display()
-            ))?,
-            warnings: vec![],
-        },
+    let builder = app::spawn::<baton_builder::Application>(
+        common(),
+        yaml_serde::from_str(&format!(
+            "registry:\n  address: {}\n  insecure: true\n  repository_prefix: baton\n",
+            registry.address()
+        ))?,
         &env,
+        &stop,
     )
     .await?;
-    let promoter_task = tokio::spawn(promoter.run_until_stopped(stop.clone()));
+    let webhook = format!("http://{}/webhooks/generic", listener.addr);
+    let tester = app::spawn::<baton_tester::Application>(common(), Default::default(), &env, &stop).await?;
+    let promoter = app::spawn::<baton_promoter::Application>(
+        common(),
+        yaml_serde::from_str(&format!(
+            "config_repo:\n  url: file://{}\n",
+            dir.path().join("config.git").display()
+        ))?,
+        &env,
+        &stop,
+    )
+    .await?;
     let cluster = baton_tests::kube::KubeCluster::start().await?;
     let _nodes = cluster.simulate_nodes(1).await?;
-    let deployer = baton_deployer::Application::build(
-        Settings {
-            common: common(nats.url())?,
-            service: yaml_serde::from_str(&format!(
-                "kubeconfig: {}\npoll_interval: 200ms\n",
-                cluster.kubeconfig_path().display()
-            ))?,
-            warnings: vec![],
-        },
+    let deployer = app::spawn::<baton_deployer::Application>(
+        common(),
+        yaml_serde::from_str(&format!(
+            "kubeconfig: {}\npoll_interval: 200ms\n",
+            cluster.kubeconfig_path().display()
+        ))?,
         &env,
+        &stop,
     )
     .await?;
-    let deployer_task = tokio::spawn(deployer.run_until_stopped(stop.clone()));
 
     // The push.
     let body = json!({
@@ -284,10 +255,8 @@ async fn a_signed_push_becomes_a_healthy_deployment_in_staging() -> Result<()> {
     assert_eq!(shop.status.and_then(|s| s.available_replicas), Some(1));
 
     stop.cancel();
-    deployer_task.await??;
-    promoter_task.await??;
-    listener_task.await??;
-    builder_task.await??;
-    tester_task.await??;
+    for service in [deployer, promoter, listener, builder, tester] {
+        service.task.await??;
+    }
     Ok(())
 }

@@ -2,16 +2,13 @@
 //! fail through their JUnit report, hang, or write a broken report each give the right outcome
 //! and counts on the stream.
 
-use baton_kit::service::Service as _;
 use std::time::Duration;
 
 use anyhow::Result;
-use baton_kit::settings::Settings;
 use baton_kit::{Outgoing, events};
-use baton_schemas::config::CommonSettings;
 use baton_schemas::payloads::{BuildData, ImageInfo, Outcome, TestData};
 use baton_schemas::{CdEvent, EventType};
-use baton_tests::{NatsServer, git};
+use baton_tests::{NatsServer, app, git};
 use tokio_util::sync::CancellationToken;
 
 struct TestTester {
@@ -25,20 +22,10 @@ struct TestTester {
 impl TestTester {
     async fn start() -> Result<Self> {
         let nats = NatsServer::start()?;
-        let mut common = CommonSettings::default();
-        common.nats.url = nats.url();
-        common.http.listen = "127.0.0.1:0".parse()?;
-        let app = baton_tester::Application::build(
-            Settings {
-                common,
-                service: Default::default(),
-                warnings: vec![],
-            },
-            &|_| None,
-        )
-        .await?;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+        let tester =
+            app::spawn::<baton_tester::Application>(app::common(&nats.url()), Default::default(), &|_| None, &stop)
+                .await?;
         let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
         let repo = tempfile::tempdir()?;
         git(repo.path(), &["init", "-q", "-b", "main"])?;
@@ -46,7 +33,7 @@ impl TestTester {
             _nats: nats,
             js,
             stop,
-            task,
+            task: tester.task,
             repo,
         })
     }
