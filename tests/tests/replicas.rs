@@ -16,9 +16,9 @@
 //!   [`Ledger::unfinished`]) and nothing is duplicated, the cluster runs the last promotion's
 //!   digest in every environment, and the config repo's history is exactly the promotions.
 //!
-//! The service binaries are built (or found up to date) with `cargo build --bins` of the five
-//! service packages into the target directory this suite runs from, so the processes always run
-//! the current code.
+//! The service binaries are built (or found up to date) by the harness
+//! ([`service_binary`]: `cargo build --bins` of the service packages) into the target directory
+//! this suite runs from, so the processes always run the current code.
 
 #![allow(
     clippy::print_stdout,
@@ -26,10 +26,8 @@
 )]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -40,9 +38,10 @@ use baton_schemas::EventType;
 use baton_schemas::payloads::Outcome;
 use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData, RELEASE_FILE, ReleaseFile};
 use baton_tests::kube::{KubeCluster, NodeSimulator};
+use baton_tests::process::{self, LogFile, Process, service_binary};
 use baton_tests::registry::RegistryServer;
 use baton_tests::verdict::Verdict;
-use baton_tests::{NatsServer, free_port};
+use baton_tests::{NatsServer, eventually_every, free_port, git};
 use hmac::{Hmac, Mac};
 use k8s_openapi::api::apps::v1::Deployment;
 use rand::rngs::StdRng;
@@ -66,10 +65,6 @@ const VERDICTS: [EventType; 5] = [
     EventType::DeploymentFailed,
     EventType::DeploymentSuperseded,
 ];
-
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Service processes
@@ -122,47 +117,6 @@ impl Service {
     }
 }
 
-/// The directory holding the service binaries, built once per test process with
-/// `cargo build --bins` of the service packages into the target directory this test binary
-/// lives in (a no-op when they are up to date).
-fn binaries() -> Result<PathBuf> {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        // <target>/<profile>/deps/replicas-<hash>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .ok_or("the test binary is not in <target>/<profile>/deps")?
-            .to_owned();
-        let target_dir = profile_dir.parent().ok_or("no target directory")?;
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--quiet", "--bins", "--target-dir"])
-            .arg(target_dir)
-            .args(
-                Service::ALL
-                    .iter()
-                    .flat_map(|s| ["-p".to_owned(), format!("baton-{}", s.name())]),
-            )
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|p| p == "release") {
-            build.arg("--release");
-        }
-        let out = build.output().map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "cargo build --bins of the services failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(profile_dir)
-    })
-    .clone()
-    .map_err(anyhow::Error::msg)
-}
-
 /// One replica: a service process with its config file and operations port, which survive
 /// kills, so a restarted replica is the same pod coming back.
 #[derive(Debug)]
@@ -173,37 +127,38 @@ struct Replica {
     config: PathBuf,
     log: PathBuf,
     env: Vec<(String, String)>,
-    child: Option<Child>,
+    /// The running process; `None` while the replica is down.
+    process: Option<Process>,
     /// How many times it was SIGKILLed.
     kills: u32,
 }
 
 impl Replica {
+    /// Starts the replica's process; its output is appended to its log across restarts.
     fn spawn(&mut self) -> Result<()> {
-        let binary = binaries()?.join(format!("baton-{}", self.service.name()));
-        let log = OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(&binary)
+        let binary = service_binary(&format!("baton-{}", self.service.name()))?;
+        let mut command = Command::new(&binary);
+        command
             .arg("--config")
             .arg(&self.config)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "RUST_LOG",
                 "info,async_nats=warn,kube=warn,hyper=warn,h2=warn,tower=warn",
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("spawning {}", binary.display()))?;
-        self.child = Some(child);
+            );
+        self.process = Some(Process::spawn(
+            self.label(),
+            &mut command,
+            &self.log,
+            LogFile::Appended,
+        )?);
         Ok(())
     }
 
     /// SIGKILL, like an OOM kill or a node loss: no drain, no goodbye.
     fn kill(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
+        if let Some(mut process) = self.process.take() {
+            process.kill()?;
             self.kills += 1;
         }
         Ok(())
@@ -217,10 +172,9 @@ impl Replica {
         format!("{}-{}", self.service.name(), self.index)
     }
 
+    /// The last `lines` lines of its log, across restarts.
     fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        process::log_tail(&self.log, lines)
     }
 }
 
@@ -248,24 +202,22 @@ impl Fleet {
     async fn wait_ready(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         for replica in &self.replicas {
-            loop {
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            let what = format!("{} to become ready", replica.label());
+            eventually_every(Duration::from_millis(100), timeout, &what, async || {
                 let ready = self
                     .http
                     .get(replica.url("/readyz"))
                     .send()
                     .await
                     .is_ok_and(|r| r.status().is_success());
-                if ready {
-                    break;
-                }
-                ensure!(
-                    Instant::now() < deadline,
-                    "{} never became ready:\n{}",
-                    replica.label(),
-                    replica.log_tail(30)
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+                Ok(if ready {
+                    Ok(())
+                } else {
+                    Err(format!("not ready; its log:\n{}", replica.log_tail(30)))
+                })
+            })
+            .await?;
         }
         Ok(())
     }
@@ -325,7 +277,7 @@ impl World {
     async fn start(environments: &str, pipeline: bool) -> Result<Self> {
         baton_kit::tls::install_crypto_provider();
         // Build the binaries before any server runs, so the build has both cores.
-        binaries()?;
+        service_binary("baton-listener")?;
         let nats = NatsServer::start()?;
         let client = async_nats::connect(nats.url()).await?;
         let js = jetstream::new(client);
@@ -431,7 +383,7 @@ impl World {
                     config,
                     log: root.join("logs").join(format!("{}-{index}.log", service.name())),
                     env: vec![("SHOP_SECRET".to_owned(), SECRET.to_owned())],
-                    child: None,
+                    process: None,
                     kills: 0,
                 };
                 std::fs::create_dir_all(root.join("logs"))?;
