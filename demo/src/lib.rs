@@ -250,16 +250,18 @@ impl Stack {
             _ => None,
         };
         let stop = CancellationToken::new();
-        let listener = baton_listener::Application::build(
+        // Each service's start-up is a large future: boxed, so the stack's own stays small
+        // enough for a test thread's stack.
+        let listener = Box::pin(baton_listener::Application::build(
         settings(
             &nats,
             &format!("repositories:\n  - {{name: {APP}, provider: generic, secret_env: DEMO_WEBHOOK_SECRET, branches: [main]}}\n"),
         )?,
         &env,
-    )
+    ))
     .await?;
         let webhook = format!("http://{}/webhooks/generic", listener.local_addr());
-        let builder = baton_builder::Application::build(
+        let builder = Box::pin(baton_builder::Application::build(
             settings(
                 &nats,
                 &format!(
@@ -268,18 +270,18 @@ impl Stack {
                 ),
             )?,
             &env,
-        )
+        ))
         .await?;
-        let tester = baton_tester::Application::build(settings(&nats, "{}")?, &env).await?;
-        let promoter = baton_promoter::Application::build(
+        let tester = Box::pin(baton_tester::Application::build(settings(&nats, "{}")?, &env)).await?;
+        let promoter = Box::pin(baton_promoter::Application::build(
             settings(
                 &nats,
                 &format!("config_repo: {{url: 'file://{}'}}\n", dir.join("config.git").display()),
             )?,
             &env,
-        )
+        ))
         .await?;
-        let deployer = baton_deployer::Application::build(
+        let deployer = Box::pin(baton_deployer::Application::build(
             settings(
                 &nats,
                 &format!(
@@ -288,15 +290,15 @@ impl Stack {
                 ),
             )?,
             &env,
-        )
+        ))
         .await?;
-        let chatops = baton_chatops::Application::build(
+        let chatops = Box::pin(baton_chatops::Application::build(
             settings(
                 &nats,
                 &format!("signing_secret_env: DEMO_SLACK_SECRET\nusers: {{{SLACK_USER}: alice}}\n"),
             )?,
             &env,
-        )
+        ))
         .await?;
         let chat = format!("http://{}/slack/commands", chatops.local_addr());
         let mut tasks: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
