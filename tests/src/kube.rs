@@ -49,7 +49,6 @@ pub mod nodesim;
 mod pki;
 mod process;
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -62,8 +61,8 @@ use serde_json::json;
 use tempfile::TempDir;
 use tokio::time::Instant;
 
-use crate::HarnessError;
 use crate::process::LOG_TAIL_LINES;
+use crate::{HarnessError, create_dir, write_file};
 use binaries::Binaries;
 use components::Start;
 use credentials::Credentials;
@@ -358,20 +357,4 @@ impl KubeCluster {
     pub fn temp_dir(&self) -> &Path {
         self.temp_dir.path()
     }
-}
-
-/// Writes `contents` to `path`, naming the file in the error.
-fn write_file(path: &Path, contents: &str) -> Result<(), HarnessError> {
-    fs::write(path, contents).map_err(|source| HarnessError::Io {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Creates the directory `path`.
-fn create_dir(path: &Path) -> Result<(), HarnessError> {
-    fs::create_dir_all(path).map_err(|source| HarnessError::Io {
-        path: path.to_owned(),
-        source,
-    })
 }

@@ -11,7 +11,7 @@
 //! ([`process`]) and one error type ([`HarnessError`]).
 //!
 //! Around them: [`app`] (Baton's services in-process), [`git`] (the real CLI, an independent
-//! client), [`events`] (what the services published, read back from the stream and awaited),
+//! client) and [`repos`] (the app and config repositories made with it), [`events`] (what the services published, read back from the stream and awaited),
 //! [`eventually`] (polling until a condition holds, quoting what was last seen), [`verdict`] (the
 //! tester's verdict for suites that run no tester), and [`process::service_binary`] (Baton's own
 //! binaries, built if needed, for suites that run them as processes).
@@ -37,6 +37,7 @@ mod nats;
 mod net;
 pub mod process;
 pub mod registry;
+pub mod repos;
 pub mod verdict;
 
 use std::path::Path;
@@ -75,6 +76,22 @@ fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, HarnessError> {
             path: std::env::temp_dir(),
             source,
         })
+}
+
+/// Writes `contents` to `path`, naming the file in the error.
+fn write_file(path: &Path, contents: &str) -> Result<(), HarnessError> {
+    std::fs::write(path, contents).map_err(|source| HarnessError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Creates the directory `path` and its parents.
+fn create_dir(path: &Path) -> Result<(), HarnessError> {
+    std::fs::create_dir_all(path).map_err(|source| HarnessError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// How often [`eventually`] checks.

@@ -25,7 +25,7 @@ use baton_schemas::payloads::Outcome;
 use baton_schemas::release::{DeploymentData, PromotionData};
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::verdict::Verdict;
-use baton_tests::{NatsServer, app, eventually, git};
+use baton_tests::{NatsServer, app, eventually, git, repos};
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -115,22 +115,17 @@ impl World {
         let js = async_nats::jetstream::new(client);
         let dir = tempfile::tempdir()?;
         let root = dir.path();
-        git(root, &["init", "-q", "--bare", "-b", "main", "config.git"])?;
-        git(root, &["clone", "-q", "config.git", "config-edit"])?;
-        std::fs::write(root.join("config-edit/environments.yaml"), TWO_STAGES)?;
-        git(&root.join("config-edit"), &["add", "."])?;
-        git(&root.join("config-edit"), &["commit", "-qm", "environments"])?;
-        git(&root.join("config-edit"), &["push", "-q", "origin", "main"])?;
-        let app = root.join("app");
-        std::fs::create_dir_all(app.join("deploy"))?;
-        git(&app, &["init", "-q", "-b", "main"])?;
-        std::fs::write(
-            app.join(".baton.yaml"),
-            "build:\n  steps: [{name: b, run: 'true'}]\nimage:\n  base: scratch\n  add: [{from: x, to: /x}]\nmanifests: deploy\n",
+        repos::config_repo(root, "config-edit", TWO_STAGES)?;
+        repos::app_repo(
+            &root.join("app"),
+            &[
+                (
+                    ".baton.yaml",
+                    "build:\n  steps: [{name: b, run: 'true'}]\nimage:\n  base: scratch\n  add: [{from: x, to: /x}]\nmanifests: deploy\n",
+                ),
+                ("deploy/deployment.yaml", DEPLOYMENT),
+            ],
         )?;
-        std::fs::write(app.join("deploy/deployment.yaml"), DEPLOYMENT)?;
-        git(&app, &["add", "-A"])?;
-        git(&app, &["commit", "-qm", "first"])?;
 
         // The fake Slack.
         let slack = Arc::new(Slack::default());

@@ -20,7 +20,7 @@ use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData, Rel
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::kube::KubeCluster;
 use baton_tests::verdict::Verdict;
-use baton_tests::{NatsServer, app, eventually_every, git};
+use baton_tests::{NatsServer, app, eventually_every, git, repos};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
@@ -88,12 +88,7 @@ impl World {
         let nats = NatsServer::start()?;
         let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
         let dir = tempfile::tempdir()?;
-        git(dir.path(), &["init", "-q", "--bare", "-b", "main", "config.git"])?;
-        git(dir.path(), &["clone", "-q", "config.git", "config"])?;
-        std::fs::write(dir.path().join("config/environments.yaml"), "environments: []\n")?;
-        git(&dir.path().join("config"), &["add", "."])?;
-        git(&dir.path().join("config"), &["commit", "-qm", "seed"])?;
-        git(&dir.path().join("config"), &["push", "-q", "origin", "main"])?;
+        repos::config_repo(dir.path(), "config", "environments: []\n")?;
         Ok(Self {
             nats,
             cluster,
@@ -587,16 +582,16 @@ async fn with_the_promoter_a_crash_looping_release_is_rolled_back_to_the_previou
     git(&config, &["push", "-q", "origin", "main"])?;
     // The app: its pipeline file and manifests.
     let app = world.dir.path().join("app");
-    std::fs::create_dir_all(app.join("deploy"))?;
-    git(&app, &["init", "-q", "-b", "main"])?;
-    std::fs::write(app.join(".baton.yaml"), "manifests: deploy\n")?;
-    std::fs::write(
-        app.join("deploy/deployment.yaml"),
-        deployment("127.0.0.1:5000/baton/acme_shop:dev", ""),
+    let good_commit = repos::app_repo(
+        &app,
+        &[
+            (".baton.yaml", "manifests: deploy\n"),
+            (
+                "deploy/deployment.yaml",
+                &deployment("127.0.0.1:5000/baton/acme_shop:dev", ""),
+            ),
+        ],
     )?;
-    git(&app, &["add", "-A"])?;
-    git(&app, &["commit", "-qm", "good"])?;
-    let good_commit = git(&app, &["rev-parse", "HEAD"])?;
     let mut promoter_settings = baton_schemas::config::promoter::PromoterSettings::default();
     promoter_settings.config_repo.url = format!("file://{}", world.dir.path().join("config.git").display());
     promoter_settings.tick = Duration::from_millis(100);

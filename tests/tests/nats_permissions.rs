@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use baton_schemas::config::CommonSettings;
 use baton_schemas::{EventType, subjects};
-use baton_tests::{NatsServer, app, events, eventually_every, git};
+use baton_tests::{NatsServer, app, events, eventually_every, repos};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -304,30 +304,17 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
     let dir = tempfile::tempdir()?;
 
     let repo = dir.path().join("shop");
-    std::fs::create_dir(&repo)?;
-    git(&repo, &["init", "-q", "-b", "main"])?;
-    std::fs::write(
-        repo.join(".baton.yaml"),
-        "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && echo hello > out/hello.txt\nmanifests: deploy\nimage:\n  name: baton/shop\n  base: scratch\n  add:\n    - {from: out/hello.txt, to: /srv/hello.txt}\n  entrypoint: [/srv/hello]\ntest:\n  steps:\n    - name: smoke\n      run: test -n \"$BATON_IMAGE\"\n",
+    let sha = repos::app_repo(
+        &repo,
+        &[
+            (
+                ".baton.yaml",
+                "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && echo hello > out/hello.txt\nmanifests: deploy\nimage:\n  name: baton/shop\n  base: scratch\n  add:\n    - {from: out/hello.txt, to: /srv/hello.txt}\n  entrypoint: [/srv/hello]\ntest:\n  steps:\n    - name: smoke\n      run: test -n \"$BATON_IMAGE\"\n",
+            ),
+            ("deploy/deployment.yaml", repos::SHOP_DEPLOYMENT),
+        ],
     )?;
-    std::fs::create_dir(repo.join("deploy"))?;
-    std::fs::write(
-        repo.join("deploy/deployment.yaml"),
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: shop\nspec:\n  selector:\n    matchLabels: {app: shop}\n  template:\n    metadata:\n      labels: {app: shop}\n    spec:\n      containers:\n        - name: shop\n          image: baton/shop:dev\n",
-    )?;
-    git(&repo, &["add", "."])?;
-    git(&repo, &["commit", "-qm", "first"])?;
-    let sha = git(&repo, &["rev-parse", "HEAD"])?;
-    git(dir.path(), &["init", "-q", "--bare", "-b", "main", "config.git"])?;
-    let seed = dir.path().join("config-seed");
-    git(dir.path(), &["clone", "-q", "config.git", "config-seed"])?;
-    std::fs::write(
-        seed.join("environments.yaml"),
-        "environments:\n  - name: staging\n    namespace: shop-staging\n    policy: auto\n",
-    )?;
-    git(&seed, &["add", "."])?;
-    git(&seed, &["commit", "-qm", "environments"])?;
-    git(&seed, &["push", "-q", "origin", "main"])?;
+    repos::config_repo(dir.path(), "config-seed", repos::STAGING_AUTO)?;
 
     // Slack's incoming webhook: records what the bot posts.
     let posted = Arc::new(Mutex::new(Vec::<Value>::new()));

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 use baton_schemas::payloads::BuildData;
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::registry::RegistryServer;
-use baton_tests::{NatsServer, app, events, git};
+use baton_tests::{NatsServer, app, events, git, repos};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -35,30 +35,18 @@ async fn a_signed_push_becomes_a_healthy_deployment_in_staging() -> Result<()> {
 
     // The application's repository: a build step produces the file the image ships.
     let repo = dir.path().join("shop");
-    std::fs::create_dir(&repo)?;
-    git(&repo, &["init", "-q", "-b", "main"])?;
-    std::fs::write(
-        repo.join(".baton.yaml"),
-        "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && printf 'hello from %s\\n' \"$GREETING\" > out/hello.txt\n      env: {GREETING: baton}\nmanifests: deploy\nimage:\n  name: baton/shop\n  base: scratch\n  add:\n    - {from: out/hello.txt, to: /srv/hello.txt, mode: '0644'}\n  entrypoint: [/srv/hello]\n  labels: {team: shop}\ntest:\n  steps:\n    - name: smoke\n      run: test -n \"$BATON_IMAGE\" && test -n \"$BATON_COMMIT\"\n",
+    let sha = repos::app_repo(
+        &repo,
+        &[
+            (
+                ".baton.yaml",
+                "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && printf 'hello from %s\\n' \"$GREETING\" > out/hello.txt\n      env: {GREETING: baton}\nmanifests: deploy\nimage:\n  name: baton/shop\n  base: scratch\n  add:\n    - {from: out/hello.txt, to: /srv/hello.txt, mode: '0644'}\n  entrypoint: [/srv/hello]\n  labels: {team: shop}\ntest:\n  steps:\n    - name: smoke\n      run: test -n \"$BATON_IMAGE\" && test -n \"$BATON_COMMIT\"\n",
+            ),
+            ("deploy/deployment.yaml", repos::SHOP_DEPLOYMENT),
+        ],
     )?;
-    std::fs::create_dir(repo.join("deploy"))?;
-    std::fs::write(
-        repo.join("deploy/deployment.yaml"),
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: shop\nspec:\n  selector:\n    matchLabels: {app: shop}\n  template:\n    metadata:\n      labels: {app: shop}\n    spec:\n      containers:\n        - name: shop\n          image: baton/shop:dev\n",
-    )?;
-    git(&repo, &["add", "."])?;
-    git(&repo, &["commit", "-qm", "first"])?;
     // The config repo the promoter owns, with one automatic environment.
-    git(dir.path(), &["init", "-q", "--bare", "-b", "main", "config.git"])?;
-    git(dir.path(), &["clone", "-q", "config.git", "config-seed"])?;
-    std::fs::write(
-        dir.path().join("config-seed/environments.yaml"),
-        "environments:\n  - name: staging\n    namespace: shop-staging\n    policy: auto\n",
-    )?;
-    git(&dir.path().join("config-seed"), &["add", "."])?;
-    git(&dir.path().join("config-seed"), &["commit", "-qm", "environments"])?;
-    git(&dir.path().join("config-seed"), &["push", "-q", "origin", "main"])?;
-    let sha = git(&repo, &["rev-parse", "HEAD"])?;
+    repos::config_repo(dir.path(), "config-seed", repos::STAGING_AUTO)?;
     let clone_url = format!("file://{}", repo.display());
 
     // Every service, each as its own application.

@@ -16,9 +16,9 @@ use tokio::time::Instant;
 use super::binaries::Binaries;
 use super::credentials::{Credentials, load_kubeconfig};
 use super::process::{ComponentProcess, ControlPlaneComponent, Processes};
-use super::{ADMIN_USER, POLL_INTERVAL, SERVICE_ACCOUNT_ISSUER, create_dir};
-use crate::HarnessError;
+use super::{ADMIN_USER, POLL_INTERVAL, SERVICE_ACCOUNT_ISSUER};
 use crate::net::{free_port, http_get, reserve_ports};
+use crate::{HarnessError, create_dir};
 
 /// Fresh-port attempts for etcd and the apiserver: another process may take a port between our
 /// probe and the bind.

@@ -10,8 +10,8 @@ use rand::Rng as _;
 use serde_json::json;
 
 use super::pki::Pki;
-use super::{ADMIN_USER, DEPLOYER_USER, write_file};
-use crate::HarnessError;
+use super::{ADMIN_USER, DEPLOYER_USER};
+use crate::{HarnessError, write_file};
 
 /// The cluster's key material and tokens.
 #[derive(Debug)]
