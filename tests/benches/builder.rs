@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use baton_kit::{Outgoing, codec, events};
-use baton_schemas::payloads::{BuildData, CommitInfo, Person, PushData, RepositoryInfo};
-use baton_schemas::{CdEvent, EventType, subjects};
+use baton_schemas::payloads::BuildData;
+use baton_schemas::{EventType, subjects};
+use baton_tests::push::Push;
 use baton_tests::{app, git};
 use futures::StreamExt;
 
@@ -20,43 +21,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ARTIFACT_BYTES: usize = 20 * 1024 * 1024;
 
+/// The listener's `change.merged` for a push of `sha` from `url`.
 fn push_event(url: &str, sha: &str, delivery: &str) -> Result<Outgoing> {
-    let commit = CommitInfo {
-        id: sha.into(),
-        message: "bench".into(),
-        timestamp: None,
-        author: Person::default(),
-        url: None,
-    };
-    let data = PushData {
-        app: "bench/app".into(),
-        provider: "generic".into(),
-        delivery_id: delivery.into(),
-        git_ref: "refs/heads/main".into(),
-        branch: Some("main".into()),
-        tag: None,
-        before: "0".repeat(40),
-        after: sha.into(),
-        repository: RepositoryInfo {
-            name: "app".into(),
-            full_name: "bench/app".into(),
-            clone_url: url.into(),
-            html_url: None,
-        },
-        head_commit: commit.clone(),
-        commits: vec![commit],
-        pusher: None,
-    };
-    let event = CdEvent::new(
-        EventType::ChangeMerged,
-        format!("bench:{delivery}"),
-        "/baton/listener",
-        sha,
-        serde_json::json!({"repository": {"id": "bench/app", "source": url}}),
-    )?
-    .with_chain_id(format!("release-{delivery}"))
-    .with_custom_data(data)?;
-    Ok(Outgoing::new("bench/app", event))
+    Push {
+        app: "bench/app",
+        clone_url: url,
+        commit: sha,
+        delivery,
+    }
+    .event()
 }
 
 fn main() -> Result<()> {

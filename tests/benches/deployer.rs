@@ -11,15 +11,15 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use baton_kit::{Outgoing, codec, events};
+use baton_kit::{codec, events};
 use baton_schemas::config::deployer::DeployerSettings;
 use baton_schemas::payloads::ImageInfo;
-use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData, ReleaseData};
+use baton_schemas::release::{DeploymentData, PromotionAction};
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::kube::KubeCluster;
+use baton_tests::promotion::{self, Promotion};
 use baton_tests::{NatsServer, app, git};
 use futures::StreamExt;
-use serde_json::json;
 
 /// The allocator Baton's service binaries use.
 #[global_allocator]
@@ -98,47 +98,24 @@ async fn main() -> Result<()> {
         git(&work, &["commit", "-qm", &format!("round {round}")])?;
         git(&work, &["push", "-q", "origin", "main"])?;
         let commit = git(&work, &["rev-parse", "HEAD"])?;
-        let promotion = format!("bench-{round}");
-        let data = PromotionData {
-            promotion: promotion.clone(),
+        let promotion_id = format!("bench-{round}");
+        let data = Promotion {
+            app: "bench/shop",
+            environment: "staging",
+            namespace: "bench-staging",
+            promotion: promotion_id.clone(),
+            release: format!("release-{round}"),
+            image: &image,
             action: PromotionAction::Promote,
-            app: "bench/shop".into(),
-            environment: "staging".into(),
-            namespace: "bench-staging".into(),
-            release: ReleaseData {
-                release: format!("release-{round}"),
-                app: "bench/shop".into(),
-                commit: "0".repeat(40),
-                repository: "file:///nowhere".into(),
-                image: image.clone(),
-                author: None,
-                pushed_by: None,
-                tested: true,
-                test_run: None,
-                previous_release: None,
-                changelog: vec![],
-                created_at: chrono::Utc::now(),
-            },
-            previous_release: None,
             config_repository: format!("file://{}", dir.path().join("config.git").display()),
-            config_commit: commit,
+            config_commit: &commit,
             manifests_path: "staging/bench_shop".into(),
-            actor: "bench".into(),
-            reason: None,
-            pinned: false,
-            break_glass: false,
-        };
-        let event = CdEvent::new(
-            EventType::EnvironmentModified,
-            format!("bench-modified-{round}"),
-            "/baton/promoter",
-            "staging",
-            json!({"name": "staging"}),
-        )?
-        .with_chain_id(format!("release-{round}"))
-        .with_custom_data(&data)?;
+            actor: "bench",
+        }
+        .data();
+        let event = promotion::event(&data, &format!("bench-modified-{round}"))?;
         let started = Instant::now();
-        events::publish(&js, &Outgoing::new("bench/shop", event)).await?;
+        events::publish(&js, &event).await?;
         let deadline = started + Duration::from_secs(120);
         loop {
             let Ok(message) = tokio::time::timeout_at(deadline.into(), verdicts.next()).await else {
@@ -163,7 +140,7 @@ async fn main() -> Result<()> {
             let Ok(report) = cd.custom_data_as::<DeploymentData>() else {
                 continue;
             };
-            if report.promotion != promotion {
+            if report.promotion != promotion_id {
                 continue;
             }
             anyhow::ensure!(

@@ -11,10 +11,12 @@
 //! ([`process`]) and one error type ([`HarnessError`]).
 //!
 //! Around them: [`app`] (Baton's services in-process), [`git`] (the real CLI, an independent
-//! client) and [`repos`] (the app and config repositories made with it), [`events`] (what the services published, read back from the stream and awaited),
-//! [`eventually`] (polling until a condition holds, quoting what was last seen), [`verdict`] (the
-//! tester's verdict for suites that run no tester), and [`process::service_binary`] (Baton's own
-//! binaries, built if needed, for suites that run them as processes).
+//! client) and [`repos`] (the app and config repositories made with it), [`events`] (what the
+//! services published, read back from the stream and awaited), [`eventually`] (polling until a
+//! condition holds, quoting what was last seen), [`push`], [`verdict`] and [`promotion`] (what
+//! the listener, the tester and the promoter publish, for suites that run a stage without the one
+//! before it), and [`process::service_binary`] (Baton's own binaries, built if needed, for suites
+//! that run them as processes).
 //!
 //! The harness is synchronous and std-only where it can be, so it works from any test, async or
 //! not. `just setup` installs every program it runs.
@@ -36,6 +38,8 @@ pub mod kube;
 mod nats;
 mod net;
 pub mod process;
+pub mod promotion;
+pub mod push;
 pub mod registry;
 pub mod repos;
 pub mod verdict;

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use baton_kit::{Outgoing, events};
-use baton_schemas::payloads::{BuildData, CommitInfo, Outcome, Person, PushData, RepositoryInfo};
-use baton_schemas::{CdEvent, EventType};
+use baton_schemas::EventType;
+use baton_schemas::payloads::{BuildData, Outcome};
+use baton_tests::push::Push;
 use baton_tests::registry::RegistryServer;
 use baton_tests::{NatsServer, app, git};
 use tokio_util::sync::CancellationToken;
@@ -82,48 +82,14 @@ impl TestBuilder {
 
     /// Publishes the `change.merged` of a push of `sha` from `url`; returns its release id.
     async fn push(&self, url: &str, sha: &str, delivery: &str) -> Result<String> {
-        let person = Person {
-            name: Some("Ada".into()),
-            ..Person::default()
-        };
-        let commit = CommitInfo {
-            id: sha.into(),
-            message: "change".into(),
-            timestamp: None,
-            author: person.clone(),
-            url: None,
-        };
-        let data = PushData {
-            app: "acme/shop".into(),
-            provider: "generic".into(),
-            delivery_id: delivery.into(),
-            git_ref: "refs/heads/main".into(),
-            branch: Some("main".into()),
-            tag: None,
-            before: "0".repeat(40),
-            after: sha.into(),
-            repository: RepositoryInfo {
-                name: "shop".into(),
-                full_name: "acme/shop".into(),
-                clone_url: url.into(),
-                html_url: None,
-            },
-            head_commit: commit.clone(),
-            commits: vec![commit],
-            pusher: Some(person),
-        };
-        let release = format!("release-{delivery}");
-        let event = CdEvent::new(
-            EventType::ChangeMerged,
-            format!("generic:{delivery}:refs/heads/main"),
-            "/baton/listener",
-            sha,
-            serde_json::json!({"repository": {"id": "acme/shop", "source": url}}),
-        )?
-        .with_chain_id(&release)
-        .with_custom_data(data)?;
-        events::publish(&self.js, &Outgoing::new("acme/shop", event)).await?;
-        Ok(release)
+        Push {
+            app: "acme/shop",
+            clone_url: url,
+            commit: sha,
+            delivery,
+        }
+        .publish(&self.js)
+        .await
     }
 
     /// The `build.finished` of `release`.

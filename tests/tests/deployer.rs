@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use async_nats::jetstream::consumer;
-use baton_kit::{Outgoing, events};
+use baton_kit::events;
 use baton_schemas::config::deployer::DeployerSettings;
 use baton_schemas::payloads::{ImageInfo, Outcome};
-use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData, ReleaseData};
+use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData};
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::kube::KubeCluster;
+use baton_tests::promotion::{self, Promotion};
 use baton_tests::verdict::Verdict;
 use baton_tests::{NatsServer, app, eventually_every, git, repos};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -156,52 +157,27 @@ impl World {
         action: PromotionAction,
     ) -> Result<PromotionData> {
         let n = self.sequence.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let release = format!("release-{}", image.tag);
-        let data = PromotionData {
+        let data = Promotion {
+            app: APP,
+            environment: env,
+            namespace,
             promotion: format!("promotion-{n}-{}", image.tag),
+            release: format!("release-{}", image.tag),
+            image,
             action,
-            app: APP.into(),
-            environment: env.into(),
-            namespace: namespace.into(),
-            release: ReleaseData {
-                release: release.clone(),
-                app: APP.into(),
-                commit: "0".repeat(40),
-                repository: "file:///nowhere".into(),
-                image: image.clone(),
-                author: None,
-                pushed_by: None,
-                tested: true,
-                test_run: None,
-                previous_release: None,
-                changelog: vec![],
-                created_at: chrono::Utc::now(),
-            },
-            previous_release: None,
             config_repository: format!("file://{}", self.dir.path().join("config.git").display()),
-            config_commit: commit.into(),
+            config_commit: commit,
             manifests_path: format!("{env}/{DIR}"),
-            actor: "baton-promoter".into(),
-            reason: None,
-            pinned: false,
-            break_glass: false,
-        };
+            actor: "baton-promoter",
+        }
+        .data();
         self.publish(&data, &format!("modified-{n}")).await?;
         Ok(data)
     }
 
     /// Publishes `data` as an `environment.modified` with id `id`; returns its stream sequence.
     async fn publish(&self, data: &PromotionData, id: &str) -> Result<u64> {
-        let event = CdEvent::new(
-            EventType::EnvironmentModified,
-            id,
-            "/baton/promoter",
-            data.environment.clone(),
-            json!({"name": data.environment}),
-        )?
-        .with_chain_id(&data.release.release)
-        .with_custom_data(data)?;
-        let (_, published) = events::publish(&self.js, &Outgoing::new(APP, event)).await?;
+        let (_, published) = events::publish(&self.js, &promotion::event(data, id)?).await?;
         Ok(published.sequence)
     }
 
