@@ -112,7 +112,6 @@ impl ReleaseManager {
                             break_glass: promoted.break_glass,
                             restore_from: None,
                             cause: cause.to_owned(),
-                            at: now,
                         },
                     )
                     .await;

@@ -535,7 +535,6 @@ impl Command<'_> {
             break_glass: false,
             restore_from: None,
             cause: String::new(),
-            at: self.now,
         };
         let written = promoter.write(&release, env, write).await?;
         events.extend(written.events);

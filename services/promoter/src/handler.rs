@@ -203,7 +203,6 @@ impl PromoterStage {
                             break_glass: false,
                             restore_from: None,
                             cause: event.id().to_owned(),
-                            at: now,
                         },
                     )
                     .await?

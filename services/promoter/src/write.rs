@@ -36,8 +36,6 @@ pub(crate) struct Write {
     pub(crate) restore_from: Option<String>,
     /// The event (or command) the write answers.
     pub(crate) cause: String,
-    /// When it was decided (the release file's `at`).
-    pub(crate) at: DateTime<Utc>,
 }
 
 impl ReleaseManager {
@@ -91,7 +89,10 @@ impl ReleaseManager {
             promotion: write.promotion.clone(),
             action: write.action,
             actor: write.actor.clone(),
-            at: write.at,
+            // The time of the write itself, read under the environment's lease (not when the
+            // operation began, which may be before another replica's write it waited for):
+            // the release files' times follow the config repo's order.
+            at: self.now(),
             pinned: write.pinned.clone(),
         };
         let mut message = format!(
@@ -317,7 +318,6 @@ impl ReleaseManager {
                 break_glass: false,
                 restore_from: Some(from_commit.to_owned()),
                 cause: cause.to_owned(),
-                at: now,
             },
         )
         .await
