@@ -10,24 +10,28 @@ use crate::{HarnessError, create_dir, git, write_file};
 /// `shop-staging`), that takes every tested release automatically.
 pub const STAGING_AUTO: &str = "environments:\n  - name: staging\n    namespace: shop-staging\n    policy: auto\n";
 
-/// An app's `deploy/deployment.yaml`: Deployment `shop`, one replica of `baton/shop:dev`, the image
-/// the promoter pins to the tested digest.
-pub const SHOP_DEPLOYMENT: &str = "\
+/// An app's `deploy/deployment.yaml`: Deployment `shop`, one replica of `image` (written with a
+/// tag, as an app names its own image; the promoter pins it to the tested digest).
+pub fn shop_deployment(image: &str) -> String {
+    format!(
+        "\
 apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: shop
 spec:
   selector:
-    matchLabels: {app: shop}
+    matchLabels: {{app: shop}}
   template:
     metadata:
-      labels: {app: shop}
+      labels: {{app: shop}}
     spec:
       containers:
         - name: shop
-          image: baton/shop:dev
-";
+          image: {image}
+"
+    )
+}
 
 /// Creates a repository at `dir` (and the directory) on branch `main` with `files` (path in the
 /// repository, content) committed as `first`; returns the commit.

@@ -51,23 +51,6 @@ environments:
       expires_after: 1h
 ";
 
-const DEPLOYMENT: &str = "\
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: shop
-spec:
-  selector:
-    matchLabels: {app: shop}
-  template:
-    metadata:
-      labels: {app: shop}
-    spec:
-      containers:
-        - name: shop
-          image: 127.0.0.1:5000/baton/acme_shop:dev
-";
-
 /// What the fake Slack received, and whether its incoming webhook is "down".
 #[derive(Default)]
 struct Slack {
@@ -123,7 +106,10 @@ impl World {
                     ".baton.yaml",
                     "build:\n  steps: [{name: b, run: 'true'}]\nimage:\n  base: scratch\n  add: [{from: x, to: /x}]\nmanifests: deploy\n",
                 ),
-                ("deploy/deployment.yaml", DEPLOYMENT),
+                (
+                    "deploy/deployment.yaml",
+                    &repos::shop_deployment("127.0.0.1:5000/baton/acme_shop:dev"),
+                ),
             ],
         )?;
 

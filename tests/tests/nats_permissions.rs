@@ -311,7 +311,7 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
                 ".baton.yaml",
                 "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && echo hello > out/hello.txt\nmanifests: deploy\nimage:\n  name: baton/shop\n  base: scratch\n  add:\n    - {from: out/hello.txt, to: /srv/hello.txt}\n  entrypoint: [/srv/hello]\ntest:\n  steps:\n    - name: smoke\n      run: test -n \"$BATON_IMAGE\"\n",
             ),
-            ("deploy/deployment.yaml", repos::SHOP_DEPLOYMENT),
+            ("deploy/deployment.yaml", &repos::shop_deployment("baton/shop:dev")),
         ],
     )?;
     repos::config_repo(dir.path(), "config-seed", repos::STAGING_AUTO)?;

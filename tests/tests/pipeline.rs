@@ -42,7 +42,7 @@ async fn a_signed_push_becomes_a_healthy_deployment_in_staging() -> Result<()> {
                 ".baton.yaml",
                 "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && printf 'hello from %s\\n' \"$GREETING\" > out/hello.txt\n      env: {GREETING: baton}\nmanifests: deploy\nimage:\n  name: baton/shop\n  base: scratch\n  add:\n    - {from: out/hello.txt, to: /srv/hello.txt, mode: '0644'}\n  entrypoint: [/srv/hello]\n  labels: {team: shop}\ntest:\n  steps:\n    - name: smoke\n      run: test -n \"$BATON_IMAGE\" && test -n \"$BATON_COMMIT\"\n",
             ),
-            ("deploy/deployment.yaml", repos::SHOP_DEPLOYMENT),
+            ("deploy/deployment.yaml", &repos::shop_deployment("baton/shop:dev")),
         ],
     )?;
     // The config repo the promoter owns, with one automatic environment.
