@@ -4,9 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use baton_kit::StageRunner;
 use baton_kit::lease::Locks;
-use baton_kit::service::{self, Env, Runtime, Service};
+use baton_kit::service::{self, Env, Runtime, Service, StageService};
 use baton_kit::settings::{ConfigError, Settings};
 use baton_kit::source::Sources;
 use baton_schemas::config::deployer::DeployerSettings;
@@ -26,14 +25,7 @@ pub const STAGE: &str = "deployer";
 
 /// A built deployer, connected, not yet consuming.
 #[derive(Debug)]
-pub struct Application {
-    addr: SocketAddr,
-    listener: tokio::net::TcpListener,
-    runtime: Runtime,
-    runner: StageRunner<Deployer>,
-    // Owns the default cache so it is removed when the deployer stops.
-    _cache: Option<tempfile::TempDir>,
-}
+pub struct Application(StageService<Deployer>);
 
 /// A kube client from the configured kubeconfig, or inferred (in-cluster, `$KUBECONFIG`).
 async fn kube_client(settings: &DeployerSettings) -> Result<kube::Client, StartError> {
@@ -113,23 +105,16 @@ impl Service for Application {
             },
         };
         let runner = runtime.stage(STAGE, HANDLES, deployer).await?;
-        let (listener, addr) = runtime.bind().await?;
-        Ok(Self {
-            addr,
-            listener,
-            runtime,
-            runner,
-            _cache: cache,
-        })
+        Ok(Self(StageService::bind(runtime, runner, cache).await?))
     }
 
     fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.0.local_addr()
     }
 
-    /// Consumes until `shutdown` is cancelled, then drains the NATS connection.
+    /// Consumes until `shutdown` is cancelled, finishing or handing back in-flight rollouts
+    /// within the grace period, then drains the NATS connection.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
-        tracing::info!(addr = %self.addr, "{SERVICE} ready");
-        self.runtime.serve_stage(self.listener, self.runner, shutdown).await
+        self.0.run_until_stopped(shutdown).await
     }
 }
