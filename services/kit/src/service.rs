@@ -8,6 +8,56 @@
 //! [`Runtime::stage`] (its stage runner and durable consumer) and [`Runtime::bind`]; its
 //! `run_until_stopped` uses [`Runtime::serve`] (an HTTP router beside whatever work the service
 //! does, one shutdown for both, then a NATS drain) or [`Runtime::serve_stage`].
+//!
+//! A new stage service is a handler, a `Service` impl and a three-line `main.rs`:
+//!
+//! ```no_run
+//! use std::net::SocketAddr;
+//! use std::sync::Arc;
+//!
+//! use baton_kit::service::{self, Env, Runtime, Service, StageService, StartError};
+//! use baton_kit::settings::Settings;
+//! use baton_kit::{Handler, HandlerError, Incoming, Outgoing};
+//! use baton_schemas::EventType;
+//! use tokio_util::sync::CancellationToken;
+//!
+//! /// Counts the artifacts it sees; emits nothing.
+//! #[derive(Debug)]
+//! struct Auditor;
+//!
+//! impl Handler for Auditor {
+//!     async fn handle(&self, event: Arc<Incoming>) -> Result<Vec<Outgoing>, HandlerError> {
+//!         tracing::info!(event.id = %event.id(), "artifact seen");
+//!         Ok(Vec::new())
+//!     }
+//! }
+//!
+//! #[derive(Debug)]
+//! pub struct Application(StageService<Auditor>);
+//!
+//! impl Service for Application {
+//!     const NAME: &'static str = "baton-auditor";
+//!     type Config = serde_json::Map<String, serde_json::Value>;
+//!
+//!     async fn build(settings: Settings<Self::Config>, _env: Env<'_>) -> Result<Self, StartError> {
+//!         let runtime = Runtime::start(Self::NAME, &settings.common).await?;
+//!         let runner = runtime.stage("auditor", [EventType::ArtifactPublished], Auditor).await?;
+//!         Ok(Self(StageService::bind(runtime, runner, None).await?))
+//!     }
+//!
+//!     fn local_addr(&self) -> SocketAddr {
+//!         self.0.local_addr()
+//!     }
+//!
+//!     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
+//!         self.0.run_until_stopped(shutdown).await
+//!     }
+//! }
+//!
+//! // main.rs:
+//! // baton_kit::service_main!(baton_auditor::Application);
+//! # fn main() { let _ = service::short_name::<Application>(); }
+//! ```
 
 use std::future::Future;
 use std::net::SocketAddr;
