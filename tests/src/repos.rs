@@ -10,6 +10,28 @@ use crate::{HarnessError, create_dir, git, write_file};
 /// `shop-staging`), that takes every tested release automatically.
 pub const STAGING_AUTO: &str = "environments:\n  - name: staging\n    namespace: shop-staging\n    policy: auto\n";
 
+/// A config repo's `environments.yaml` with two environments: `staging` (namespace
+/// `shop-staging`) takes every tested release automatically; `production` (`shop-production`)
+/// is manual and needs two approvals out of alice, bob and erin, requested once staging runs a
+/// release healthy and expiring an hour later. Erin's email is the one [`git`] commits with, so
+/// she authors every app commit a suite makes and may not approve its releases.
+pub const TWO_STAGES: &str = "\
+environments:
+  - name: staging
+    namespace: shop-staging
+    policy: auto
+  - name: production
+    namespace: shop-production
+    policy: manual
+    approvals:
+      required: 2
+      users: [alice, bob, erin]
+      expires_after: 1h
+people:
+  erin:
+    emails: [ada@example.com]
+";
+
 /// An app's `deploy/deployment.yaml`: Deployment `shop`, one replica of `image` (written with a
 /// tag, as an app names its own image; the promoter pins it to the tested digest).
 pub fn shop_deployment(image: &str) -> String {

@@ -37,20 +37,6 @@ const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const ALICE: &str = "U0ALICE";
 const BOB: &str = "U0BOB";
 
-const TWO_STAGES: &str = "\
-environments:
-  - name: staging
-    namespace: shop-staging
-    policy: auto
-  - name: production
-    namespace: shop-production
-    policy: manual
-    approvals:
-      required: 2
-      users: [alice, bob]
-      expires_after: 1h
-";
-
 /// What the fake Slack received, and whether its incoming webhook is "down".
 #[derive(Default)]
 struct Slack {
@@ -98,7 +84,7 @@ impl World {
         let js = async_nats::jetstream::new(client);
         let dir = tempfile::tempdir()?;
         let root = dir.path();
-        repos::config_repo(root, "config-edit", TWO_STAGES)?;
+        repos::config_repo(root, "config-edit", repos::TWO_STAGES)?;
         repos::app_repo(
             &root.join("app"),
             &[

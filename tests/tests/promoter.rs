@@ -16,7 +16,7 @@
 //! clock of the kit's lock store, so that test waits for real.
 
 use baton_kit::service::Service as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,8 +32,9 @@ use baton_schemas::release::{
     ApprovalData, DeploymentData, PromotionAction, PromotionData, RELEASE_FILE, ReleaseData, ReleaseFile,
 };
 use baton_schemas::{CdEvent, EventType, subjects};
-use baton_tests::NatsServer;
+use baton_tests::repos::{self, TWO_STAGES};
 use baton_tests::verdict::Verdict;
+use baton_tests::{NatsServer, git};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -41,23 +42,6 @@ const APP: &str = "acme/shop";
 const DIR: &str = "acme_shop";
 const REGISTRY: &str = "127.0.0.1:5000";
 const REPOSITORY: &str = "baton/acme_shop";
-
-const TWO_STAGES: &str = "\
-environments:
-  - name: staging
-    namespace: shop-staging
-    policy: auto
-  - name: production
-    namespace: shop-production
-    policy: manual
-    approvals:
-      required: 2
-      users: [alice, bob, erin]
-      expires_after: 1h
-people:
-  erin:
-    emails: [ada@example.com]
-";
 
 const DEPLOYMENT: &str = "\
 apiVersion: apps/v1
@@ -79,8 +63,9 @@ spec:
           image: envoyproxy/envoy:v1.30
 ";
 
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
+/// The app's `deploy/configmap.yaml`, greeting with `greeting`: what each new app commit changes.
+fn configmap(greeting: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shop\ndata:\n  greeting: {greeting}\n")
 }
 
 struct Replica {
@@ -124,28 +109,19 @@ impl World {
         let js = async_nats::jetstream::new(client.clone());
         let dir = tempfile::tempdir()?;
         let root = dir.path();
-        // The config repo: bare, seeded with environments.yaml through the git CLI.
-        git(root, &["init", "-q", "--bare", "-b", "main", "config.git"])?;
-        git(root, &["clone", "-q", "config.git", "config-edit"])?;
-        std::fs::write(root.join("config-edit/environments.yaml"), environments)?;
-        git(&root.join("config-edit"), &["add", "."])?;
-        git(&root.join("config-edit"), &["commit", "-qm", "environments"])?;
-        git(&root.join("config-edit"), &["push", "-q", "origin", "main"])?;
+        repos::config_repo(root, "config-edit", environments)?;
         // The app repo with its pipeline file and manifests.
-        let app = root.join("app");
-        std::fs::create_dir_all(app.join("deploy"))?;
-        git(&app, &["init", "-q", "-b", "main"])?;
-        std::fs::write(
-            app.join(".baton.yaml"),
-            "build:\n  steps: [{name: b, run: 'true'}]\nimage:\n  base: scratch\n  add: [{from: x, to: /x}]\nmanifests: deploy\n",
+        repos::app_repo(
+            &root.join("app"),
+            &[
+                (
+                    ".baton.yaml",
+                    "build:\n  steps: [{name: b, run: 'true'}]\nimage:\n  base: scratch\n  add: [{from: x, to: /x}]\nmanifests: deploy\n",
+                ),
+                ("deploy/deployment.yaml", DEPLOYMENT),
+                ("deploy/configmap.yaml", &configmap("hello")),
+            ],
         )?;
-        std::fs::write(app.join("deploy/deployment.yaml"), DEPLOYMENT)?;
-        std::fs::write(
-            app.join("deploy/configmap.yaml"),
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shop\ndata:\n  greeting: hello\n",
-        )?;
-        git(&app, &["add", "-A"])?;
-        git(&app, &["commit", "-qm", "first"])?;
         let mut world = Self {
             nats,
             client,
@@ -203,7 +179,7 @@ impl World {
 
     /// `git` in the bare config repo.
     fn config(&self, args: &[&str]) -> Result<String> {
-        git(&self.config_bare(), args)
+        Ok(git(&self.config_bare(), args)?)
     }
 
     /// A file of the config repo at `rev`.
@@ -224,12 +200,9 @@ impl World {
     /// A new app commit (changing the ConfigMap's greeting) and its sha.
     fn commit_app(&self, case: &str) -> Result<String> {
         let app = self.app_repo();
-        std::fs::write(
-            app.join("deploy/configmap.yaml"),
-            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shop\ndata:\n  greeting: {case}\n"),
-        )?;
+        std::fs::write(app.join("deploy/configmap.yaml"), configmap(case))?;
         git(&app, &["commit", "-qam", &format!("change {case}")])?;
-        git(&app, &["rev-parse", "HEAD"])
+        Ok(git(&app, &["rev-parse", "HEAD"])?)
     }
 
     /// What a replica that crashed right after pushing leaves behind: a new app commit for
@@ -286,21 +259,12 @@ impl World {
         baton_tests::events::of(&self.js, ty).await
     }
 
-    /// Waits for `count` events of type `ty` matching `pred`.
+    /// Waits for `count` events of type `ty` matching `pred`; a timeout quotes the dead
+    /// letters' reasons, which say why a promoter gave an event up.
     async fn wait_for(&self, ty: EventType, count: usize, pred: impl Fn(&CdEvent) -> bool) -> Result<Vec<CdEvent>> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let found: Vec<CdEvent> = self.events(ty).await?.into_iter().filter(|e| pred(e)).collect();
-            if found.len() >= count {
-                return Ok(found);
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "only {} of {count} {ty} events arrived; dead letters: {:?}",
-                found.len(),
-                self.dead_letters().await
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        match baton_tests::events::wait_for(&self.js, ty, count, Duration::from_secs(30), pred).await {
+            Ok(found) => Ok(found),
+            Err(e) => Err(e.context(format!("dead letters: {:?}", self.dead_letters().await))),
         }
     }
 
