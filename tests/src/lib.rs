@@ -13,9 +13,9 @@
 //! Around them: [`app`] (Baton's services in-process), [`git`] (the real CLI, an independent
 //! client) and [`repos`] (the app and config repositories made with it), [`events`] (what the
 //! services published, read back from the stream and awaited), [`eventually`] (polling until a
-//! condition holds, quoting what was last seen), [`push`], [`verdict`] and [`promotion`] (what
-//! the listener, the tester and the promoter publish, for suites that run a stage without the one
-//! before it), and [`process::service_binary`] (Baton's own binaries, built if needed, for suites
+//! condition holds, quoting what was last seen), [`push`], [`verdict`], [`promotion`] and
+//! [`deployment`] (what the listener, the tester, the promoter and the deployer publish, for
+//! suites that run a stage without the ones around it), and [`process::service_binary`] (Baton's own binaries, built if needed, for suites
 //! that run them as processes).
 //!
 //! The harness is synchronous and std-only where it can be, so it works from any test, async or
@@ -32,6 +32,7 @@
 //! ```
 
 pub mod app;
+pub mod deployment;
 mod error;
 pub mod events;
 pub mod kube;

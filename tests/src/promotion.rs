@@ -1,7 +1,11 @@
-//! The promoter's `environment.modified` for suites and benches that drive the deployer without
-//! running a promoter: one tested release promoted into an environment at a config-repo commit,
-//! as the promoter publishes it.
+//! The promoter's `environment.modified`: for suites and benches that drive the deployer without
+//! running a promoter, one tested release promoted into an environment at a config-repo commit,
+//! as the promoter publishes it; for suites that run one, the promotion it announced, awaited.
 
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
 use baton_kit::Outgoing;
 use baton_schemas::payloads::ImageInfo;
 use baton_schemas::release::{PromotionAction, PromotionData, ReleaseData};
@@ -85,4 +89,24 @@ pub fn event(data: &PromotionData, id: &str) -> anyhow::Result<Outgoing> {
     .with_chain_id(&data.release.release)
     .with_custom_data(data)?;
     Ok(Outgoing::new(data.app.as_str(), event))
+}
+
+/// The promotion of `release` into `environment` the promoter announced (the latest, should it
+/// have announced several), once it has arrived.
+///
+/// # Errors
+/// As [`events::wait_for`](crate::events::wait_for), or when the event carries no promotion.
+pub async fn announced(
+    js: &jetstream::Context,
+    release: &str,
+    environment: &str,
+    timeout: Duration,
+) -> anyhow::Result<PromotionData> {
+    let found = crate::events::wait_for(js, EventType::EnvironmentModified, 1, timeout, |e| {
+        e.context.chain_id.as_deref() == Some(release)
+            && e.custom_data_as::<PromotionData>()
+                .is_ok_and(|p| p.environment == environment)
+    })
+    .await?;
+    Ok(found.last().context("one event")?.custom_data_as()?)
 }

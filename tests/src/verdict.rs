@@ -2,6 +2,8 @@
 //! `testsuiterun.finished` for a commit of an app, naming an image pinned by a digest derived
 //! from the case, as the tester would publish it.
 
+use std::path::Path;
+
 use async_nats::jetstream;
 use baton_kit::{Outgoing, events};
 use baton_schemas::payloads::{ImageInfo, Outcome, TestCounts, TestData};
@@ -34,7 +36,25 @@ pub struct Verdict<'a> {
     pub untested: bool,
 }
 
-impl Verdict<'_> {
+impl<'a> Verdict<'a> {
+    /// The tester's success for `commit` of `acme/shop` (the repository at `repo`) in `case`,
+    /// naming an image of `127.0.0.1:5000/baton/acme_shop` (the image the suites' shop
+    /// manifests run) at a digest derived from the case. Change fields as a test needs.
+    pub fn shop(commit: &'a str, repo: &Path, case: &'a str, release: &'a str) -> Self {
+        Self {
+            app: "acme/shop",
+            commit,
+            repository: format!("file://{}", repo.display()),
+            registry: "127.0.0.1:5000",
+            image_repository: "baton/acme_shop",
+            case,
+            digest_seed: case,
+            release,
+            outcome: Outcome::Success,
+            untested: false,
+        }
+    }
+
     /// The image the verdict names, with its purl as the builder writes it.
     pub fn image(&self) -> ImageInfo {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(self.digest_seed.as_bytes())));

@@ -18,21 +18,18 @@ use anyhow::{Context as _, Result};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use baton_kit::{Outgoing, events};
 use baton_schemas::config::chatops::ChatopsSettings;
 use baton_schemas::config::promoter::PromoterSettings;
-use baton_schemas::payloads::Outcome;
-use baton_schemas::release::{DeploymentData, PromotionData};
+use baton_schemas::release::PromotionData;
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::verdict::Verdict;
-use baton_tests::{NatsServer, app, eventually, git, repos};
+use baton_tests::{NatsServer, app, deployment, eventually, git, promotion, repos};
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
-const APP: &str = "acme/shop";
 const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const ALICE: &str = "U0ALICE";
 const BOB: &str = "U0BOB";
@@ -164,20 +161,7 @@ impl World {
         git(&app, &["commit", "-qm", &format!("change {case}")])?;
         let sha = git(&app, &["rev-parse", "HEAD"])?;
         let release = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, case.as_bytes()).to_string();
-        Verdict {
-            app: APP,
-            commit: &sha,
-            repository: format!("file://{}", app.display()),
-            registry: "127.0.0.1:5000",
-            image_repository: "baton/acme_shop",
-            case,
-            digest_seed: case,
-            release: &release,
-            outcome: Outcome::Success,
-            untested: false,
-        }
-        .publish(&self.js)
-        .await?;
+        Verdict::shop(&sha, &app, case, &release).publish(&self.js).await?;
         Ok(release)
     }
 
@@ -192,43 +176,12 @@ impl World {
     }
 
     async fn promotion(&self, release: &str, env: &str) -> Result<PromotionData> {
-        let found = self
-            .wait_for(EventType::EnvironmentModified, 1, |e| {
-                e.context.chain_id.as_deref() == Some(release)
-                    && e.custom_data_as::<PromotionData>().is_ok_and(|p| p.environment == env)
-            })
-            .await?;
-        Ok(found.last().context("one event")?.custom_data_as()?)
+        promotion::announced(&self.js, release, env, Duration::from_secs(30)).await
     }
 
     /// The deployer's report that `promotion` runs healthy.
     async fn deployed(&self, promotion: &PromotionData) -> Result<()> {
-        let data = DeploymentData {
-            promotion: promotion.promotion.clone(),
-            action: promotion.action,
-            app: promotion.app.clone(),
-            environment: promotion.environment.clone(),
-            namespace: promotion.namespace.clone(),
-            release: promotion.release.release.clone(),
-            config_commit: promotion.config_commit.clone(),
-            image: promotion.release.image.reference.clone(),
-            reason: None,
-            applied: vec![],
-            pruned: vec![],
-            failing_pods: vec![],
-            rollout_wait_ms: None,
-        };
-        let event = CdEvent::new(
-            EventType::ServiceDeployed,
-            format!("deployer-{}", promotion.promotion),
-            "/baton/deployer",
-            promotion.release.release.clone(),
-            json!({"environment": {"id": promotion.environment}, "artifactId": promotion.release.image.purl}),
-        )?
-        .with_chain_id(&promotion.release.release)
-        .with_custom_data(data)?;
-        events::publish(&self.js, &Outgoing::new(APP, event)).await?;
-        Ok(())
+        deployment::publish(&self.js, promotion, None).await
     }
 
     /// A release that runs in staging and waits for production's approvals.

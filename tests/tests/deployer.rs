@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use async_nats::jetstream::consumer;
 use baton_kit::events;
 use baton_schemas::config::deployer::DeployerSettings;
-use baton_schemas::payloads::{ImageInfo, Outcome};
+use baton_schemas::payloads::ImageInfo;
 use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData};
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::kube::KubeCluster;
@@ -530,18 +530,7 @@ async fn the_later_of_two_promotions_wins_and_the_earlier_is_superseded() -> Res
 /// The tester's verdict for `commit` of the app repo, naming an image of `baton/acme_shop` whose
 /// digest derives from `case`.
 fn tests_passed<'a>(world: &World, case: &'a str, commit: &'a str, release: &'a str) -> Verdict<'a> {
-    Verdict {
-        app: APP,
-        commit,
-        repository: format!("file://{}", world.dir.path().join("app").display()),
-        registry: "127.0.0.1:5000",
-        image_repository: "baton/acme_shop",
-        case,
-        digest_seed: case,
-        release,
-        outcome: Outcome::Success,
-        untested: false,
-    }
+    Verdict::shop(commit, &world.dir.path().join("app"), case, release)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,26 +22,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use baton_kit::settings::Settings;
-use baton_kit::{Outgoing, events};
 use baton_promoter::clock::{Clock as _, ManualClock};
 use baton_schemas::commands::{CommandReply, CommandRequest};
 use baton_schemas::config::CommonSettings;
 use baton_schemas::config::promoter::PromoterSettings;
 use baton_schemas::payloads::Outcome;
-use baton_schemas::release::{
-    ApprovalData, DeploymentData, PromotionAction, PromotionData, RELEASE_FILE, ReleaseData, ReleaseFile,
-};
+use baton_schemas::release::{ApprovalData, PromotionAction, PromotionData, RELEASE_FILE, ReleaseData, ReleaseFile};
 use baton_schemas::{CdEvent, EventType, subjects};
 use baton_tests::repos::{self, TWO_STAGES};
 use baton_tests::verdict::Verdict;
-use baton_tests::{NatsServer, git};
+use baton_tests::{NatsServer, deployment, git, promotion};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 const APP: &str = "acme/shop";
 const DIR: &str = "acme_shop";
-const REGISTRY: &str = "127.0.0.1:5000";
-const REPOSITORY: &str = "baton/acme_shop";
+/// How long a suite waits for an event.
+const WAIT: Duration = Duration::from_secs(30);
 
 const DEPLOYMENT: &str = "\
 apiVersion: apps/v1
@@ -238,16 +235,9 @@ impl World {
     async fn publish_test(&self, case: &str, sha: &str, outcome: Outcome, untested: bool) -> Result<String> {
         let release = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, case.as_bytes()).to_string();
         Verdict {
-            app: APP,
-            commit: sha,
-            repository: format!("file://{}", self.app_repo().display()),
-            registry: REGISTRY,
-            image_repository: REPOSITORY,
-            case,
-            digest_seed: case,
-            release: &release,
             outcome,
             untested,
+            ..Verdict::shop(sha, &self.app_repo(), case, &release)
         }
         .publish(&self.js)
         .await?;
@@ -262,8 +252,14 @@ impl World {
     /// Waits for `count` events of type `ty` matching `pred`; a timeout quotes the dead
     /// letters' reasons, which say why a promoter gave an event up.
     async fn wait_for(&self, ty: EventType, count: usize, pred: impl Fn(&CdEvent) -> bool) -> Result<Vec<CdEvent>> {
-        match baton_tests::events::wait_for(&self.js, ty, count, Duration::from_secs(30), pred).await {
-            Ok(found) => Ok(found),
+        self.explained(baton_tests::events::wait_for(&self.js, ty, count, WAIT, pred).await)
+            .await
+    }
+
+    /// `result`, its error followed by the dead letters' reasons.
+    async fn explained<T>(&self, result: Result<T>) -> Result<T> {
+        match result {
+            Ok(value) => Ok(value),
             Err(e) => Err(e.context(format!("dead letters: {:?}", self.dead_letters().await))),
         }
     }
@@ -282,59 +278,16 @@ impl World {
         out
     }
 
-    /// The promotion of `release` into `env`.
+    /// The promotion of `release` into `env`; a timeout quotes the dead letters, as
+    /// [`World::wait_for`].
     async fn promotion(&self, release: &str, env: &str) -> Result<PromotionData> {
-        let found = self
-            .wait_for(EventType::EnvironmentModified, 1, |e| {
-                e.context.chain_id.as_deref() == Some(release)
-                    && e.custom_data_as::<PromotionData>().is_ok_and(|p| p.environment == env)
-            })
-            .await?;
-        Ok(found.last().context("one event")?.custom_data_as()?)
+        self.explained(promotion::announced(&self.js, release, env, WAIT).await)
+            .await
     }
 
     /// Reports `promotion` the way the deployer does: healthy, or failed with `reason`.
     async fn deployer_reports(&self, promotion: &PromotionData, failure: Option<&str>) -> Result<()> {
-        let data = DeploymentData {
-            promotion: promotion.promotion.clone(),
-            action: promotion.action,
-            app: promotion.app.clone(),
-            environment: promotion.environment.clone(),
-            namespace: promotion.namespace.clone(),
-            release: promotion.release.release.clone(),
-            config_commit: promotion.config_commit.clone(),
-            image: promotion.release.image.reference.clone(),
-            reason: failure.map(str::to_owned),
-            applied: vec![],
-            pruned: vec![],
-            failing_pods: vec![],
-            rollout_wait_ms: None,
-        };
-        let (ty, content) = match (failure, promotion.action) {
-            (Some(reason), _) => (
-                EventType::DeploymentFailed,
-                json!({"environment": promotion.environment, "app": promotion.app, "artifactId": promotion.release.image.purl, "reason": reason}),
-            ),
-            (None, PromotionAction::Rollback) => (
-                EventType::ServiceRolledBack,
-                json!({"environment": {"id": promotion.environment}, "artifactId": promotion.release.image.purl}),
-            ),
-            (None, _) => (
-                EventType::ServiceDeployed,
-                json!({"environment": {"id": promotion.environment}, "artifactId": promotion.release.image.purl}),
-            ),
-        };
-        let event = CdEvent::new(
-            ty,
-            format!("deployer-{}", promotion.promotion),
-            "/baton/deployer",
-            promotion.release.release.clone(),
-            content,
-        )?
-        .with_chain_id(&promotion.release.release)
-        .with_custom_data(data)?;
-        events::publish(&self.js, &Outgoing::new(APP, event)).await?;
-        Ok(())
+        deployment::publish(&self.js, promotion, failure).await
     }
 
     /// Sends a command; waits for a replica to answer (one that just started may still be
