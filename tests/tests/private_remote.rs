@@ -17,16 +17,13 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use baton_kit::service::Service as _;
-use baton_kit::settings::Settings;
 use baton_kit::source::{self as git_source, Sources};
 use baton_listener::Application;
 use baton_listener::poll::Poller;
-use baton_schemas::config::CommonSettings;
 use baton_schemas::config::listener::ListenerSettings;
 use baton_schemas::payloads::PushData;
 use baton_schemas::{CdEvent, EventType};
-use baton_tests::{NatsServer, events, git};
+use baton_tests::{NatsServer, app, events, git};
 use futures::StreamExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
@@ -305,26 +302,17 @@ impl Listener {
     /// Builds and runs the listener with `config`, its `token_env` reading `token`.
     async fn start(config: &str, token: &'static str) -> Result<Self> {
         let nats = NatsServer::start()?;
-        let mut common = CommonSettings::default();
-        common.nats.url = nats.url();
-        common.http.listen = "127.0.0.1:0".parse()?;
         let service: ListenerSettings = yaml_serde::from_str(config)?;
-        let settings = Settings {
-            common,
-            service: service.clone(),
-            warnings: vec![],
-        };
         let env = move |name: &str| (name == TOKEN_ENV).then(|| token.to_owned());
-        let app = Application::build(settings, &env).await?;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+        let listener = app::spawn::<Application>(app::common(&nats.url()), service.clone(), &env, &stop).await?;
         let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
         Ok(Self {
             _nats: nats,
             js,
             settings: service,
             stop,
-            task,
+            task: listener.task,
         })
     }
 
