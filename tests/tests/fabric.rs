@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result};
 use async_nats::jetstream::consumer::{self, pull};
 use async_nats::jetstream::stream::Stream as JsStream;
 use baton_kit::fabric::{self, Topology};
+use baton_kit::metrics::Metrics;
 use baton_kit::runner::{self, backoff};
 use baton_kit::{Handler, HandlerError, Incoming, Outgoing, Stage, StageRunner, codec, events};
 use baton_schemas::config::{JetStreamSettings, RunnerSettings, TelemetrySettings};
@@ -39,8 +40,18 @@ impl Fabric {
 
     /// A runner of the builder stage (it consumes `change.merged`) on a replica's connection.
     async fn builder<H: Handler>(&self, handler: H, settings: RunnerSettings) -> Result<Running> {
+        self.builder_with_metrics(handler, settings, Metrics::new()).await
+    }
+
+    /// [`Fabric::builder`], counting into `metrics`.
+    async fn builder_with_metrics<H: Handler>(
+        &self,
+        handler: H,
+        settings: RunnerSettings,
+        metrics: Metrics,
+    ) -> Result<Running> {
         let stage = Stage::new("builder", [EventType::ChangeMerged]);
-        spawn_runner(self.replica().await?, stage, handler, settings).await
+        spawn_runner_with_metrics(self.replica().await?, stage, handler, settings, metrics).await
     }
 
     /// A topology on a connection of its own, as a separate replica would have.
@@ -128,7 +139,7 @@ async fn spawn_runner<H: Handler>(
     handler: H,
     settings: RunnerSettings,
 ) -> Result<Running> {
-    spawn_runner_with_metrics(topology, stage, handler, settings, baton_kit::metrics::Metrics::new()).await
+    spawn_runner_with_metrics(topology, stage, handler, settings, Metrics::new()).await
 }
 
 async fn spawn_runner_with_metrics<H: Handler>(
@@ -136,7 +147,7 @@ async fn spawn_runner_with_metrics<H: Handler>(
     stage: Stage,
     handler: H,
     settings: RunnerSettings,
-    metrics: baton_kit::metrics::Metrics,
+    metrics: Metrics,
 ) -> Result<Running> {
     let runner =
         StageRunner::new(stage, handler, topology, settings, metrics).with_grace_period(Duration::from_secs(2));
@@ -224,6 +235,21 @@ async fn next_deadletter(topology: &Topology, stage: &str) -> Result<async_nats:
 
 fn header<'a>(m: &'a async_nats::jetstream::Message, name: &str) -> Option<&'a str> {
     m.headers.as_ref()?.get(name).map(|v| v.as_str())
+}
+
+/// How many failures of `kind` with the specific `reason` the builder stage's runner counted on
+/// `change.merged` events in `baton_failures_total`, read from the text exposition of `metrics`
+/// (`None` when it counted none).
+fn failures_counted(metrics: &Metrics, kind: &str, reason: &str) -> Result<Option<u64>> {
+    let series = format!(
+        "baton_failures_total{{stage=\"builder\",event_type=\"{}\",kind=\"{kind}\",reason=\"{reason}\"}} ",
+        EventType::ChangeMerged.as_str()
+    );
+    let exposition = metrics.encode();
+    let Some(value) = exposition.lines().find_map(|line| line.strip_prefix(&series)) else {
+        return Ok(None);
+    };
+    Ok(Some(value.parse().with_context(|| format!("not a count: {value}"))?))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,7 +427,10 @@ async fn transient_errors_retry_with_growing_delay_then_dead_letter() -> Result<
     })
     .failing_with(EventType::BuildFinished);
     let settings = fast_settings();
-    let r = f.builder(handler, settings.clone()).await?;
+    let metrics = Metrics::new();
+    let r = f
+        .builder_with_metrics(handler, settings.clone(), metrics.clone())
+        .await?;
     events::publish(&f.topology.jetstream, &change_merged("flaky")).await?;
 
     let dead = next_deadletter(&f.topology, "builder").await?;
@@ -409,6 +438,13 @@ async fn transient_errors_retry_with_growing_delay_then_dead_letter() -> Result<
     assert!(
         reason.contains("still failing after 4 attempts: registry timed out"),
         "{reason}"
+    );
+    // Each failed attempt is counted, before the last one is dead-lettered.
+    assert_eq!(
+        failures_counted(&metrics, "transient", "registry_timeout")?,
+        Some(4),
+        "one transient failure per attempt, by its reason:\n{}",
+        metrics.encode()
     );
     let attempts: Vec<Instant> = calls
         .lock()
@@ -460,11 +496,20 @@ async fn a_permanent_error_dead_letters_the_original_with_the_reason() -> Result
         ))
     })
     .failing_with(EventType::BuildFinished);
-    let r = f.builder(handler, fast_settings()).await?;
+    let metrics = Metrics::new();
+    let r = f
+        .builder_with_metrics(handler, fast_settings(), metrics.clone())
+        .await?;
     let input = change_merged("poison-1");
     events::publish(&f.topology.jetstream, &input).await?;
 
     let dead = next_deadletter(&f.topology, "builder").await?;
+    assert_eq!(
+        failures_counted(&metrics, "permanent", "invalid_pipeline")?,
+        Some(1),
+        "the permanent failure is counted once, by its reason:\n{}",
+        metrics.encode()
+    );
     assert_eq!(
         header(&dead, runner::DEADLETTER_REASON),
         Some(".baton.yaml line 3: `steps` must be a list")
@@ -770,7 +815,7 @@ async fn provisioning_is_idempotent_and_updates_without_losing_data() -> Result<
 async fn health_readiness_and_metrics() -> Result<()> {
     let mut f = Fabric::start().await?;
     let client = async_nats::connect(f.server.url()).await?;
-    let metrics = baton_kit::metrics::Metrics::new();
+    let metrics = Metrics::new();
     let router = baton_kit::health::router(baton_kit::health::HealthState {
         client: client.clone(),
         events_stream: "BATON_EVENTS".into(),
@@ -778,14 +823,9 @@ async fn health_readiness_and_metrics() -> Result<()> {
     });
     let (addr, _task) = baton_kit::health::serve("127.0.0.1:0".parse()?, router, std::future::pending()).await?;
     let handler = TestHandler::new(|_| async { Ok(vec![]) });
-    let r = spawn_runner_with_metrics(
-        f.replica().await?,
-        Stage::new("builder", [EventType::ChangeMerged]),
-        handler,
-        fast_settings(),
-        metrics.clone(),
-    )
-    .await?;
+    let r = f
+        .builder_with_metrics(handler, fast_settings(), metrics.clone())
+        .await?;
     events::publish(&f.topology.jetstream, &change_merged("m-1")).await?;
 
     let get = |path: &'static str| http_get(addr, path);
