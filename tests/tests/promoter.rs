@@ -29,7 +29,7 @@ use baton_schemas::config::promoter::PromoterSettings;
 use baton_schemas::payloads::Outcome;
 use baton_schemas::release::{ApprovalData, PromotionAction, PromotionData, RELEASE_FILE, ReleaseData, ReleaseFile};
 use baton_schemas::{CdEvent, EventType, subjects};
-use baton_tests::repos::{self, TWO_STAGES};
+use baton_tests::repos::{self, STAGING_AUTO, TWO_STAGES};
 use baton_tests::verdict::Verdict;
 use baton_tests::{NatsServer, deployment, git, promotion};
 use serde_json::json;
@@ -1012,17 +1012,10 @@ async fn manifests_without_the_app_image_hold_the_release_with_what_to_fix() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_soak_delays_the_next_environment_and_the_timer_promotes_after_it() -> Result<()> {
-    let soaking = "\
-environments:
-  - name: staging
-    namespace: shop-staging
-    policy: auto
-  - name: production
-    namespace: shop-production
-    policy: auto
-    soak: 10m
-";
-    let (world, clock) = World::start_with_clock(soaking).await?;
+    // Staging as usual, then production, automatic once a release has soaked in staging.
+    let soaking = STAGING_AUTO.to_owned()
+        + "  - name: production\n    namespace: shop-production\n    policy: auto\n    soak: 10m\n";
+    let (world, clock) = World::start_with_clock(&soaking).await?;
     let release = world.tests_passed("soaked").await?;
     let healthy_at = clock.now();
     world
