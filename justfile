@@ -201,6 +201,9 @@ test: setup
     {{ tool_path }}
     profile=default
     if [[ "${CI:-}" == "true" ]]; then profile=ci; fi
+    # The service binaries the CLI and multi-replica suites run as processes, built with the
+    # rest rather than from inside a test (which then finds them current).
+    cargo build --workspace --bins
     # Run the doc tests even when a suite fails; fail at the end if either did.
     status=0
     cargo nextest run --workspace --no-fail-fast --profile "$profile" || status=$?
