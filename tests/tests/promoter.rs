@@ -1116,3 +1116,54 @@ environments:
     assert!(promotion.reason.unwrap_or_default().contains("freeze"));
     world.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operator_promotions_through_approvals_each_reach_the_environment() -> Result<()> {
+    let manual = "\
+environments:
+  - name: production
+    namespace: shop-production
+    policy: manual
+    approvals: {required: 1, users: [alice, bob]}
+";
+    let world = World::start(manual, 1).await?;
+    // Each tested release asks for production; the newer request supersedes the older one.
+    let first = world.tests_passed("first").await?;
+    let second = world.tests_passed("second").await?;
+    world.wait_for(EventType::ApprovalCreated, 2, |_| true).await?;
+    let promote = |release: &str| CommandRequest {
+        actor: "bob".into(),
+        release: Some(release.into()),
+        environment: Some("production".into()),
+        reason: Some("ship it".into()),
+        ..Default::default()
+    };
+
+    // The operator asks for the first release, then (once it runs) for the second: two
+    // requests of the same environment with no event behind them.
+    let mut commits = Vec::new();
+    let mut approvals = Vec::new();
+    for release in [&first, &second] {
+        let asked = world.command("promote", promote(release)).await?;
+        assert!(asked.ok && asked.approval.is_some(), "{asked:?}");
+        approvals.push(asked.approval.clone().unwrap_or_default());
+        let approved = world.command("approve", vote("alice", release)).await?;
+        assert!(approved.ok, "{approved:?}");
+        let commit = approved.config_commit.clone().expect("the approval promotes");
+        let promotion = world.promotion(release, "production").await?;
+        assert_eq!(
+            promotion.config_commit, commit,
+            "the announced commit is the promotion's"
+        );
+        assert_eq!(&promotion.release.release, release);
+        let file: ReleaseFile =
+            yaml_serde::from_str(&world.config_file(&commit, &format!("production/{DIR}/{RELEASE_FILE}"))?)?;
+        assert_eq!(&file.release.release, release, "production runs {release} at {commit}");
+        commits.push(commit);
+    }
+    assert_ne!(approvals[0], approvals[1], "each request has its own approval");
+    assert_ne!(commits[0], commits[1], "the second promotion is a commit of its own");
+    let head = world.config(&["rev-parse", "main"])?;
+    assert_eq!(head, commits[1], "production ends on the second release");
+    world.stop().await
+}

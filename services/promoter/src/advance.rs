@@ -93,6 +93,7 @@ impl ReleaseManager {
                     &requested_by,
                     None,
                     cause,
+                    request.promotion,
                     now,
                 )
                 .await

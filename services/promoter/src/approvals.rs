@@ -19,7 +19,9 @@ use crate::state::{self, Closure, PendingApproval};
 
 impl ReleaseManager {
     /// Opens an approval request for `release` into `env` (expiring `expires_after` from `now`),
-    /// superseding an open request for an older release.
+    /// superseding an open request for an older release. `cause` is the event the request
+    /// answers (empty for an operator's command); `asked_by` identifies what asked: the event,
+    /// or the operator's request.
     ///
     /// # Errors
     /// [`PromoteError`].
@@ -33,6 +35,7 @@ impl ReleaseManager {
         requested_by: &str,
         reason: Option<String>,
         cause: &str,
+        asked_by: &str,
         now: DateTime<Utc>,
     ) -> Result<Outcome<Advance>, PromoteError> {
         let key = state::approval_key(&release.app, &env.name);
@@ -62,7 +65,17 @@ impl ReleaseManager {
             Some(c) => self.state.release(&c.value.release).await?,
             None => None,
         };
-        let approval = derive_id(&["approval", cause, &env.name, kind_word(kind)]);
+        // Unique to the app, the release, the environment and what asked (the event, or the
+        // operator's request): two requests never share an approval, nor the promotion derived
+        // from it.
+        let approval = derive_id(&[
+            "approval",
+            &release.app,
+            &release.release,
+            &env.name,
+            kind_word(kind),
+            asked_by,
+        ]);
         let data = ApprovalData {
             approval: approval.clone(),
             kind,

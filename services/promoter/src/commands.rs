@@ -375,6 +375,7 @@ impl Command<'_> {
                         &self.request.actor,
                         self.request.reason.clone(),
                         &self.id,
+                        &self.id,
                         self.now,
                     )
                     .await?
