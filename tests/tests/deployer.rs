@@ -762,3 +762,56 @@ async fn unready_unpullable_and_conflicting_releases_fail_with_the_reason() -> R
     );
     world.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_naming_another_apps_object_is_refused_and_the_object_left_alone() -> Result<()> {
+    let mut world = World::start().await?;
+    world.start_deployer(None).await?;
+    let client = world.cluster.client()?;
+    // Another app's ConfigMap, as the deployer labels the objects it applies for `acme/cart`.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": STAGING}});
+    namespaces
+        .patch(STAGING, &PatchParams::apply("test"), &Patch::Apply(&namespace))
+        .await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client, STAGING);
+    let theirs = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "shop-settings", "labels": {"baton.dev/app": "acme_cart"}},
+        "data": {"greeting": "the cart's"},
+    });
+    config_maps
+        .patch("shop-settings", &PatchParams::apply("baton"), &Patch::Apply(&theirs))
+        .await?;
+
+    // acme/shop's release declares the same ConfigMap.
+    let img = image("takeover", "baton/acme_shop");
+    let commit = world.commit("staging", &[("config.yaml", CONFIG_MAP.to_owned())])?;
+    let promotion = world
+        .promote("staging", STAGING, &commit, &img, PromotionAction::Promote)
+        .await?;
+    let (ty, data) = world.verdict(&promotion).await?;
+    assert_eq!(ty, EventType::DeploymentFailed, "{data:?}");
+    let reason = data.reason.unwrap_or_default();
+    assert!(
+        reason.contains("ConfigMap/shop-settings") && reason.contains("belongs to app `acme_cart`"),
+        "{reason}"
+    );
+    let live = config_maps.get("shop-settings").await?;
+    assert_eq!(
+        live.metadata
+            .labels
+            .unwrap_or_default()
+            .get("baton.dev/app")
+            .map(String::as_str),
+        Some("acme_cart"),
+        "the other app keeps its object"
+    );
+    assert_eq!(
+        live.data.unwrap_or_default().get("greeting").map(String::as_str),
+        Some("the cart's"),
+        "nothing of the release was applied over it"
+    );
+    world.stop().await
+}

@@ -13,7 +13,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::Scope;
 
 use crate::error::ClusterError;
-use crate::manifests::{ENVIRONMENT_LABEL, MANAGED_BY, Manifest};
+use crate::manifests::{APP_LABEL, ENVIRONMENT_LABEL, MANAGED_BY, Manifest};
 
 /// The apiserver does not serve `kind` in `group/version`.
 fn unknown(group: &str, version: &str, kind: &str, source: kube::Error) -> ClusterError {
@@ -205,6 +205,46 @@ impl Cluster {
             }
         }
         Ok(manifests.iter().map(|(m, _, _)| m.display()).collect())
+    }
+
+    /// Refuses a release that names an object another app already owns (its live object carries
+    /// another `baton.dev/app` label): Baton applies every app as one field manager, so the
+    /// apply would take it over silently. The objects are read at once, one round trip.
+    ///
+    /// # Errors
+    /// [`ClusterError::OwnedByAnotherApp`] naming the object, its file and its owner;
+    /// [`ClusterError::Api`] when an object cannot be read.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn check_owners(
+        &self,
+        namespace: &str,
+        app: &str,
+        manifests: &[(Manifest, ApiResource, bool)],
+    ) -> Result<(), ClusterError> {
+        let owners = futures::future::join_all(manifests.iter().map(|(manifest, resource, namespaced)| {
+            let api = self.api(resource, *namespaced, namespace);
+            async move {
+                let live = api
+                    .get_opt(&manifest.name)
+                    .await
+                    .map_err(|e| ClusterError::api(format!("reading {} ({})", manifest.display(), manifest.file), e))?;
+                let owner = live.and_then(|o| o.metadata.labels.and_then(|mut l| l.remove(APP_LABEL)));
+                Ok::<_, ClusterError>(owner.filter(|owner| owner != app).map(|owner| (manifest, owner)))
+            }
+        }))
+        .await;
+        // The first in file order is the one reported.
+        for result in owners {
+            if let Some((manifest, owner)) = result? {
+                return Err(ClusterError::OwnedByAnotherApp {
+                    file: manifest.file.clone(),
+                    object: manifest.display(),
+                    namespace: namespace.to_owned(),
+                    owner,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the objects labelled as this app's in this environment that are not in `keep`

@@ -74,6 +74,21 @@ pub enum ClusterError {
         /// The environment's namespace.
         namespace: String,
     },
+    /// An object of the release already exists and belongs to another app: applying it would
+    /// take it over (and a later release of this app would prune it).
+    #[error(
+        "{file}: {object} in `{namespace}` belongs to app `{owner}` (label baton.dev/app); one app cannot take over another's objects: rename it, or remove it from one of the two apps"
+    )]
+    OwnedByAnotherApp {
+        /// The file it came from.
+        file: String,
+        /// `Kind/name`.
+        object: String,
+        /// The environment's namespace.
+        namespace: String,
+        /// The app label the live object carries.
+        owner: String,
+    },
     /// Watching the rollout kept failing, so it cannot be judged.
     #[error("watching the rollout's {resource} in `{namespace}` failed {attempts} times in a row: {source}")]
     Watch {
@@ -114,9 +129,10 @@ impl Classify for ClusterError {
     fn kind(&self) -> ErrorKind {
         match self {
             Self::Api { source, .. } => classify(source).0,
-            Self::UnknownKind { .. } | Self::NamespaceNotCreatable { .. } | Self::ClusterScoped { .. } => {
-                ErrorKind::Permanent
-            }
+            Self::UnknownKind { .. }
+            | Self::NamespaceNotCreatable { .. }
+            | Self::ClusterScoped { .. }
+            | Self::OwnedByAnotherApp { .. } => ErrorKind::Permanent,
             // The watch only observes: a watch the apiserver refuses (RBAC without `watch`, say)
             // is the deployer's setup failing, not the release.
             Self::Watch { .. } => ErrorKind::Transient,
@@ -129,6 +145,7 @@ impl Classify for ClusterError {
             Self::UnknownKind { .. } => "unknown_kind",
             Self::NamespaceNotCreatable { .. } => "namespace_not_creatable",
             Self::ClusterScoped { .. } => "cluster_scoped_object",
+            Self::OwnedByAnotherApp { .. } => "owned_by_another_app",
             Self::Watch { .. } => "rollout_watch",
         }
     }

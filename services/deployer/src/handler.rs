@@ -242,6 +242,9 @@ impl Deployer {
             manifests::stamp(&mut manifest, Some(&promotion.namespace), &labels, &annotations);
             resolved.push((manifest, resource, namespaced));
         }
+        self.cluster
+            .check_owners(&promotion.namespace, &token, &resolved)
+            .await?;
         let applied = self.cluster.apply(&promotion.namespace, &resolved).await?;
         tracing::info!(app = %promotion.app, environment = %promotion.environment, applied = applied.len(), "applied");
         let selector = format!("{APP_LABEL}={token},{ENVIRONMENT_LABEL}={}", promotion.environment);
