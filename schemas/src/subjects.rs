@@ -28,7 +28,8 @@ pub const COMMANDS_PREFIX: &str = "baton.cmd";
 /// letters, digits, `-` and `_`, and replaces every other character with `_`, so `acme/shop`
 /// becomes `acme_shop` and `my app.v2` becomes `my_app_v2`. An empty name becomes `_`.
 /// Distinct names can map to the same token (`a/b` and `a_b`); the event's data always carries
-/// the exact name, the subject is only for routing.
+/// the exact name. Because the token also names an app's config-repo folder, state keys and
+/// Kubernetes labels, the listener refuses at start to track two repositories with one token.
 pub fn sanitize_token(name: &str) -> String {
     if name.is_empty() {
         return "_".to_owned();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use baton_kit::secret::Secret;
 use baton_kit::settings::ConfigError;
 use baton_schemas::config::listener::{ListenerSettings, PollConfig};
+use baton_schemas::subjects::sanitize_token;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::providers::Provider;
@@ -83,6 +84,18 @@ pub fn resolve(settings: &ListenerSettings, env: &dyn Fn(&str) -> Option<String>
             return Err(ConfigError::invalid(
                 field("name"),
                 format!("`{}` is configured twice", r.name),
+            ));
+        }
+        // The app's token names its subjects, config-repo folders, state keys and Kubernetes
+        // labels: two repositories with one token would overwrite and prune each other.
+        let token = sanitize_token(&r.name);
+        if let Some(other) = out.iter().find(|o: &&Repository| sanitize_token(&o.name) == token) {
+            return Err(ConfigError::invalid(
+                field("name"),
+                format!(
+                    "`{}` and `{}` would both be app `{token}` (Baton's subjects, config-repo folders, state keys and labels keep letters, digits, `-` and `_` and turn every other character into `_`): track only one of them, or rename one",
+                    other.name, r.name
+                ),
             ));
         }
         if r.provider.is_none() && r.poll.is_none() {
@@ -201,6 +214,28 @@ mod tests {
         assert!(shop.tracks_branch("main") && shop.tracks_branch("release/1.2") && !shop.tracks_branch("feature/x"));
         assert_eq!(shop.secret.as_ref().unwrap().expose(), b"s3cret");
         assert!(r.webhook_target(Provider::Gitlab, "acme/shop").is_none());
+    }
+
+    #[test]
+    fn two_repositories_that_would_be_one_app_are_refused_naming_both() {
+        let settings = ListenerSettings {
+            repositories: ["acme/shop.api", "acme/shop_api"]
+                .map(|name| {
+                    yaml_serde::from_str::<RepositoryConfig>(&format!(
+                        "name: {name}\nprovider: github\nsecret_env: SHOP_SECRET\nbranches: [main]\n"
+                    ))
+                    .unwrap()
+                })
+                .to_vec(),
+            ..Default::default()
+        };
+        let err = resolve(&settings, &env).unwrap_err();
+        assert_eq!(err.field(), Some("repositories[1].name"));
+        let message = err.to_string();
+        assert!(
+            message.contains("`acme/shop.api` and `acme/shop_api` would both be app `acme_shop_api`"),
+            "{message}"
+        );
     }
 
     #[test]
