@@ -319,14 +319,38 @@ async fn a_healthy_release_is_deployed_then_upgraded_and_pruned() -> Result<()> 
             .any(|m| m.manager.as_deref() == Some("baton") && m.operation.as_deref() == Some("Apply"))
     );
 
+    // Someone copies the app's labels onto an object of their own: not Baton's to prune.
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), STAGING);
+    let hand_made: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "hand-made",
+            "labels": {"baton.dev/app": DIR, "baton.dev/environment": "staging"},
+        },
+        "data": {"note": "made with kubectl"},
+    }))?;
+    let by_hand = kube::api::PostParams {
+        field_manager: Some("kubectl-create".into()),
+        ..Default::default()
+    };
+    config_maps.create(&by_hand, &hand_made).await?;
+
     // A second release without the ConfigMap: an upgrade that prunes it.
     let second = image("v2", "baton/acme_shop");
     let promotion = world.promote_deployment(&second, PromotionAction::Promote).await?;
     let (ty, data) = world.verdict(&promotion).await?;
     assert_eq!(ty, EventType::ServiceUpgraded, "{data:?}");
-    assert_eq!(data.pruned, ["ConfigMap/shop-settings"]);
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), STAGING);
+    assert_eq!(
+        data.pruned,
+        ["ConfigMap/shop-settings"],
+        "only what Baton applied is pruned"
+    );
     assert!(config_maps.get_opt("shop-settings").await?.is_none(), "pruned");
+    assert!(
+        config_maps.get_opt("hand-made").await?.is_some(),
+        "an object that only carries the app's labels stays"
+    );
     let shop = deployments.get("shop").await?;
     let template = shop.spec.and_then(|s| s.template.spec).context("template")?;
     assert_eq!(template.containers[0].image.as_deref(), Some(second.reference.as_str()));

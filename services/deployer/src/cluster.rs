@@ -247,7 +247,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Deletes the objects labelled as this app's in this environment that are not in `keep`
+    /// Deletes the objects labelled as this app's in this environment, applied by Baton's field
+    /// manager, that are not in `keep`
     /// (`Kind/name`), among the kinds of `applied` and the usual namespaced kinds. Returns what
     /// was deleted.
     ///
@@ -333,6 +334,22 @@ impl Cluster {
             };
             let display = format!("{kind}/{name}");
             if keep.contains(&display) {
+                continue;
+            }
+            // Only what Baton applied: the labels alone can be copied onto anything (a
+            // `kubectl create` with the app's labels is not the release's to delete).
+            let applied_by_us = object
+                .metadata
+                .managed_fields
+                .iter()
+                .flatten()
+                .any(|entry| entry.manager.as_deref() == Some(self.field_manager.as_str()));
+            if !applied_by_us {
+                let object = display.as_str();
+                tracing::info!(
+                    object,
+                    "not pruned: carries the app's labels but was not applied by Baton"
+                );
                 continue;
             }
             match api.delete(&name, &DeleteParams::background()).await {
