@@ -181,6 +181,22 @@ impl World {
         Ok(published.sequence)
     }
 
+    /// Promotes a release of only `CONFIG_MAP` into staging (image tag `case`), expects the
+    /// deployer to fail it, and returns the reason.
+    async fn config_map_release_fails(&self, case: &str) -> Result<String> {
+        let img = image(case, "baton/acme_shop");
+        let commit = self.commit("staging", &[("config.yaml", CONFIG_MAP.to_owned())])?;
+        let promotion = self
+            .promote("staging", STAGING, &commit, &img, PromotionAction::Promote)
+            .await?;
+        let (ty, data) = self.verdict(&promotion).await?;
+        anyhow::ensure!(
+            ty == EventType::DeploymentFailed,
+            "{case}: expected a failure, got {ty}: {data:?}"
+        );
+        Ok(data.reason.unwrap_or_default())
+    }
+
     /// The image the pod template of staging's `shop` Deployment runs.
     async fn staging_image(&self) -> Result<Option<String>> {
         let deployments: Api<Deployment> = Api::namespaced(self.cluster.client()?, STAGING);
@@ -769,14 +785,7 @@ async fn unready_unpullable_and_conflicting_releases_fail_with_the_reason() -> R
             &Patch::Apply(&theirs),
         )
         .await?;
-    let img = image("conflict", "baton/acme_shop");
-    let commit = world.commit("staging", &[("config.yaml", CONFIG_MAP.to_owned())])?;
-    let promotion = world
-        .promote("staging", STAGING, &commit, &img, PromotionAction::Promote)
-        .await?;
-    let (ty, data) = world.verdict(&promotion).await?;
-    assert_eq!(ty, EventType::DeploymentFailed, "{data:?}");
-    let reason = data.reason.unwrap_or_default();
+    let reason = world.config_map_release_fails("conflict").await?;
     assert!(reason.contains("409") && reason.contains("force_conflicts"), "{reason}");
     let kept = config_maps.get("shop-settings").await?;
     assert_eq!(
@@ -810,14 +819,7 @@ async fn a_release_naming_another_apps_object_is_refused_and_the_object_left_alo
         .await?;
 
     // acme/shop's release declares the same ConfigMap.
-    let img = image("takeover", "baton/acme_shop");
-    let commit = world.commit("staging", &[("config.yaml", CONFIG_MAP.to_owned())])?;
-    let promotion = world
-        .promote("staging", STAGING, &commit, &img, PromotionAction::Promote)
-        .await?;
-    let (ty, data) = world.verdict(&promotion).await?;
-    assert_eq!(ty, EventType::DeploymentFailed, "{data:?}");
-    let reason = data.reason.unwrap_or_default();
+    let reason = world.config_map_release_fails("takeover").await?;
     assert!(
         reason.contains("ConfigMap/shop-settings") && reason.contains("belongs to app `acme_cart`"),
         "{reason}"
