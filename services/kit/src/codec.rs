@@ -395,6 +395,25 @@ mod tests {
     }
 
     #[test]
+    fn hostile_escapes_are_refused_naming_the_byte() {
+        for (value, at) in [("%", 0), ("ab%4", 2), ("%zz", 0), ("a%%41", 1), ("%4g", 0)] {
+            let problem = percent_decode(value).unwrap_err();
+            assert!(problem.contains(&format!("byte {at}")), "{value}: {problem}");
+        }
+        // Well-formed escapes of bytes that are not UTF-8.
+        assert!(percent_decode("%ff%fe").unwrap_err().contains("not valid UTF-8"));
+        assert!(percent_decode("\"unterminated").is_err());
+        // Every control character and the binding's specials survive a round trip.
+        let hostile: String = (0u8..0x20).map(char::from).chain("\u{7f} \"%€".chars()).collect();
+        let encoded = percent_encode(&hostile);
+        assert!(
+            encoded.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'"'),
+            "{encoded}"
+        );
+        assert_eq!(percent_decode(&encoded).unwrap(), hostile);
+    }
+
+    #[test]
     fn binary_round_trip_keeps_everything() {
         let event = sample();
         let (headers, payload) = encode_binary(&event);

@@ -108,16 +108,6 @@ impl HandlerError {
     pub fn reason(&self) -> String {
         self.source.to_string()
     }
-
-    /// The same failure, counted as permanent: for a caller that knows retrying cannot help
-    /// (e.g. the last attempt).
-    #[must_use]
-    pub fn into_permanent(self) -> Self {
-        Self {
-            kind: ErrorKind::Permanent,
-            ..self
-        }
-    }
 }
 
 #[cfg(test)]
@@ -153,11 +143,12 @@ mod tests {
     }
 
     #[test]
-    fn a_message_is_a_source_too_and_permanence_can_be_forced() {
+    fn a_message_is_a_source_too() {
         let e = HandlerError::transient("nats_unavailable", format!("stream {} is away", "BATON"));
         assert_eq!(e.kind(), ErrorKind::Transient);
-        let e = e.into_permanent();
-        assert_eq!(e.to_string(), "permanent: stream BATON is away");
+        assert_eq!(e.to_string(), "transient: stream BATON is away");
         assert_eq!(e.metric_label(), "nats_unavailable");
+        let e = HandlerError::permanent("invalid_input", "no customData");
+        assert_eq!((e.is_transient(), e.reason().as_str()), (false, "no customData"));
     }
 }

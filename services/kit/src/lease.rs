@@ -30,11 +30,6 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The KV key the lease is held on.
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
     /// Releases the lease and waits until the store has it (only if it is still ours: a lease
     /// taken over after expiry is not).
     #[tracing::instrument(level = "debug", skip_all)]
@@ -220,10 +215,5 @@ impl Locks {
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(LockError::Lost(lease.key.clone())),
             Err(e) => Err(LockError::Store(e.to_string())),
         }
-    }
-
-    /// Releases `lease` and waits for it: the same as [`Lease::release`].
-    pub async fn release(&self, lease: Lease) {
-        lease.release().await;
     }
 }

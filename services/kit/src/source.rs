@@ -2,7 +2,7 @@
 //! (later reads fetch only new objects), from which the builder and the tester check out a
 //! fresh workspace at the exact commit, the promoter and the deployer read a folder's files at
 //! a commit ([`Sources::files_at`]), the promoter and the listener walk the commits between two
-//! heads ([`Sources::commits_between`]), and the listener lists a remote's refs without
+//! heads ([`commits_in`]), and the listener lists a remote's refs without
 //! fetching ([`Sources::ls_remote`]). Credentials for private repositories come from the common
 //! `source.credentials` config, are offered to every remote operation, and never reach a log.
 //!
@@ -413,25 +413,6 @@ impl Sources {
                 commit: commit.to_owned(),
                 folder: dir.to_owned(),
             })
-    }
-
-    /// The commits of `url` reachable from `head` but not from `since`, newest first, at most
-    /// `limit` (see [`commits_in`]). Blocking.
-    ///
-    /// # Errors
-    /// As [`Sources::mirror_with`].
-    pub fn commits_between(
-        &self,
-        url: &str,
-        head: &str,
-        since: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<CommitInfo>, SourceError> {
-        let mirror = self.mirror_with(url, head)?;
-        let local = |e: git2::Error| SourceError::Local(e.message().to_owned());
-        let head = git2::Oid::from_str(head).map_err(local)?;
-        let since = since.and_then(|s| git2::Oid::from_str(s).ok());
-        commits_in(&mirror, head, since, limit).map_err(local)
     }
 
     /// The refs `url` advertises, without fetching anything (`git ls-remote`), with the
