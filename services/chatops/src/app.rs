@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::post;
 use baton_kit::StageRunner;
+use baton_kit::command::CommandClient;
 use baton_kit::service::{self, Env, Runtime, Service};
 use baton_kit::settings::Settings;
 use baton_schemas::config::chatops::ChatopsSettings;
@@ -68,7 +69,7 @@ impl Service for Application {
         metrics.register(&runtime.metrics);
         let state = InboundState {
             config: Arc::clone(&chatops),
-            client: runtime.client.clone(),
+            commands: CommandClient::new(runtime.client.clone(), chatops.command_timeout),
             state: runtime.topology.state.clone(),
             http,
             metrics,

@@ -41,8 +41,8 @@ use crate::signature::{self, SignatureError};
 pub struct InboundState {
     /// The resolved settings.
     pub config: Arc<Chatops>,
-    /// Commands go to the promoter over this connection.
-    pub client: async_nats::Client,
+    /// Commands go to the promoter through this client (its timeout: `command_timeout`).
+    pub commands: CommandClient,
     /// The `baton-state` bucket (`status` reads the promoter's current releases).
     pub state: kv::Store,
     /// Posts to `response_url`.
@@ -406,8 +406,7 @@ fn unanswered() -> SlackReply {
 
 /// Sends the command to the promoter and turns its reply into the chat answer.
 async fn forward(state: &InboundState, verb: Verb, request: CommandRequest, mention: &str) -> SlackReply {
-    let commands = CommandClient::new(state.client.clone(), state.config.command_timeout);
-    let reply = match commands.send(verb, &request).await {
+    let reply = match state.commands.send(verb, &request).await {
         Ok(reply) => reply,
         Err(e) => {
             tracing::warn!(verb = %verb, error = %e, "a chat command got no usable answer from the promoter");
