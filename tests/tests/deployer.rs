@@ -841,3 +841,31 @@ async fn a_release_naming_another_apps_object_is_refused_and_the_object_left_alo
     );
     world.stop().await
 }
+
+/// A rollout the runner would cancel before its verdict is refused at start, naming the field,
+/// before anything is reached (no NATS listens at the address given).
+#[tokio::test]
+async fn a_handler_deadline_not_longer_than_the_rollout_timeout_is_refused_at_start() -> Result<()> {
+    for (rollout_timeout, case) in [
+        (Duration::from_secs(600), "equal to the default 10m handler deadline"),
+        (Duration::from_secs(1800), "longer than the handler deadline"),
+    ] {
+        let common = app::common("nats://127.0.0.1:1");
+        let service = DeployerSettings {
+            rollout_timeout,
+            ..Default::default()
+        };
+        let refused = app::spawn::<baton_deployer::Application>(common, service, &|_| None, &CancellationToken::new())
+            .await
+            .err()
+            .with_context(|| format!("{case}: accepted"))?;
+        match refused {
+            baton_deployer::StartError::Config(e) => {
+                let message = e.to_string();
+                assert!(message.contains("runner.handler_deadline"), "{case}: {message}");
+            }
+            other => panic!("{case}: refused for another reason: {other}"),
+        }
+    }
+    Ok(())
+}
