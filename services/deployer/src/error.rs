@@ -152,7 +152,7 @@ impl Classify for ClusterError {
 }
 
 /// Whether retrying may help with what the Kubernetes API answered, and its metric label.
-pub fn classify(error: &kube::Error) -> (ErrorKind, &'static str) {
+fn classify(error: &kube::Error) -> (ErrorKind, &'static str) {
     use ErrorKind::{Permanent, Transient};
     match error {
         kube::Error::Api(status) => match status.code {

@@ -649,7 +649,7 @@ where
 }
 
 /// A pod as the deployer reports it.
-pub fn report(pod: &Pod) -> PodReport {
+fn report(pod: &Pod) -> PodReport {
     let status = pod.status.as_ref();
     let containers = status.and_then(|s| s.container_statuses.clone()).unwrap_or_default();
     let ready = status
@@ -839,6 +839,27 @@ mod tests {
         assert_eq!(db.kind, WorkloadKind::StatefulSet);
         assert_eq!(db.selector.map(|s| s.to_string()).as_deref(), Some("tier in (db)"));
         assert_eq!(Workload::of(&parsed[1]), None, "a ConfigMap has no rollout");
+    }
+
+    #[test]
+    fn a_selector_that_selects_everything_or_cannot_be_read_follows_no_pods() {
+        // Following it would watch every pod of the namespace, other apps' among them, and let
+        // their crash loops judge this release: the workload is judged by its status alone.
+        for selector in [
+            "{}",
+            "{matchLabels: {}}",
+            "{matchExpressions: [{key: app, operator: Near, values: [shop]}]}",
+            "{matchLabels: [app, shop]}",
+            "everything",
+        ] {
+            let yaml = format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: shop}}\nspec:\n  selector: {selector}\n"
+            );
+            let parsed =
+                crate::manifests::parse("f", &[("app.yaml".to_owned(), yaml.into_bytes())]).expect("a manifest");
+            let workload = Workload::of(&parsed[0]).expect("still a workload, judged by its status");
+            assert_eq!(workload.selector, None, "selector {selector}");
+        }
     }
 
     #[test]
