@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use baton_kit::{Handler, HandlerError, Incoming, Outgoing, Stage, StageRunner, events, fabric};
-use baton_schemas::config::{JetStreamSettings, RunnerSettings};
+use baton_schemas::config::RunnerSettings;
 use baton_schemas::{CdEvent, EventType, subjects};
 use futures::StreamExt;
 use serde_json::json;
@@ -69,15 +69,12 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let server = baton_tests::NatsServer::start()?;
     runtime.block_on(async move {
-        let client = async_nats::connect(server.url()).await?;
-        let topology = fabric::provision(&client, &JetStreamSettings::default(), Duration::from_secs(3600)).await?;
+        let topology = server.topology().await?;
         let settings = RunnerSettings {
             concurrency: 1024,
             ..RunnerSettings::default()
         };
-        let runner_client = async_nats::connect(server.url()).await?;
-        let runner_topology =
-            fabric::provision(&runner_client, &JetStreamSettings::default(), Duration::from_secs(3600)).await?;
+        let runner_topology = server.topology().await?;
         let handled_at: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
         let runner = StageRunner::new(
             Stage::new("builder", [EventType::ChangeMerged]),
@@ -90,7 +87,11 @@ fn main() -> Result<()> {
         let stop = tokio_util::sync::CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(runner.run(async move { token.cancelled().await }));
-        let mut outputs = client.subscribe(subjects::event_filter(EventType::BuildQueued)).await?;
+        let mut outputs = topology
+            .jetstream
+            .client()
+            .subscribe(subjects::event_filter(EventType::BuildQueued))
+            .await?;
         let js = topology.jetstream.clone();
 
         // Warm-up.

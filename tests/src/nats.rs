@@ -16,10 +16,12 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use baton_kit::fabric::{self, Topology};
+use baton_schemas::config::JetStreamSettings;
 use tempfile::TempDir;
 
 use crate::HarnessError;
-use crate::net::{connect_loopback, http_get, reserve_ports};
+use crate::net::{connect_loopback, http_get, on_free_ports};
 use crate::process::{LogFile, Process, Program};
 
 /// Environment variable naming the `nats-server` executable; when unset, `PATH` is searched.
@@ -39,9 +41,6 @@ const NATS_SERVER: Program = Program {
 
 /// How long a freshly spawned server may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// Fresh-port attempts in [`NatsServer::start`]: another process may take a port between our
-/// probe and the server's bind.
-const START_ATTEMPTS: usize = 5;
 /// How long [`NatsServer::start_again`] keeps retrying the same port if it is briefly taken.
 const REBIND_WINDOW: Duration = Duration::from_secs(5);
 /// How long [`NatsServer::stop`] waits for a graceful exit before it kills.
@@ -117,10 +116,7 @@ impl NatsServer {
         let store_dir = temp_dir.path().join("store");
         let ports_dir = temp_dir.path().join("ports");
         for dir in [&store_dir, &ports_dir] {
-            fs::create_dir(dir).map_err(|source| HarnessError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+            crate::create_dir(dir)?;
         }
         let mut server = Self {
             binary,
@@ -134,22 +130,28 @@ impl NatsServer {
             config,
         };
 
-        let mut attempt = 1;
-        loop {
-            let [port, monitor_port] = reserve_ports().map_err(HarnessError::FreePort)?;
+        on_free_ports(|[port, monitor_port]| {
             server.port = port;
             server.monitor_port = monitor_port;
-            match server.launch() {
-                Err(HarnessError::Exited { .. }) if attempt < START_ATTEMPTS => attempt += 1,
-                Err(error) => return Err(error),
-                Ok(()) => return Ok(server),
-            }
-        }
+            server.launch()
+        })?;
+        Ok(server)
     }
 
     /// The URL clients connect to: `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Baton's streams and buckets provisioned on this server with the default JetStream
+    /// settings, handled events remembered for an hour, on a connection of its own (one per
+    /// call, as each replica has its own).
+    ///
+    /// # Errors
+    /// When the server cannot be reached or refuses the topology.
+    pub async fn topology(&self) -> anyhow::Result<Topology> {
+        let client = async_nats::connect(self.url()).await?;
+        Ok(fabric::provision(&client, &JetStreamSettings::default(), Duration::from_secs(3600)).await?)
     }
 
     /// The client port; unchanged by restarts.

@@ -6,8 +6,13 @@ use std::io::{self, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
+use crate::HarnessError;
+
 /// Timeout of one probe's connect, write or read.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Fresh-port attempts in [`on_free_ports`]: another process may take a port between our probe
+/// and the server's bind.
+const START_ATTEMPTS: usize = 5;
 
 /// Returns a port on 127.0.0.1 that was free a moment ago (bind to port 0, read, release).
 ///
@@ -34,6 +39,21 @@ pub(crate) fn reserve_ports<const N: usize>() -> io::Result<[u16; N]> {
         listeners.push(listener);
     }
     Ok(ports)
+}
+
+/// Runs `launch` on `N` distinct free ports, and again on fresh ones (up to [`START_ATTEMPTS`]
+/// runs in all) while the server it starts exits at once, as one does when another process took
+/// a port between the probe and its bind.
+pub(crate) fn on_free_ports<const N: usize>(
+    mut launch: impl FnMut([u16; N]) -> Result<(), HarnessError>,
+) -> Result<(), HarnessError> {
+    let mut attempt = 1;
+    loop {
+        match launch(reserve_ports().map_err(HarnessError::FreePort)?) {
+            Err(HarnessError::Exited { .. }) if attempt < START_ATTEMPTS => attempt += 1,
+            result => return result,
+        }
+    }
 }
 
 /// `GET path` over HTTP/1.0 on 127.0.0.1:`port`; returns the status code and the body.

@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 use crate::HarnessError;
-use crate::net::{http_get, reserve_ports};
+use crate::net::{http_get, on_free_ports};
 use crate::process::{self, LogFile, Process, Program};
 
 /// Environment variable naming the `docker-registry` executable; when unset, `PATH` is searched.
@@ -63,8 +63,6 @@ const SKOPEO: Program = Program {
 
 /// How long a freshly spawned registry may take to answer `GET /v2/`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// Fresh-port attempts: another process may take the port between our probe and the bind.
-const START_ATTEMPTS: usize = 5;
 /// Pause between readiness probes.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// The `created` time of the busybox base: fixed, so its digest is the same on every run.
@@ -103,10 +101,7 @@ impl RegistryServer {
         let binary = DOCKER_REGISTRY.locate()?;
         let temp_dir = crate::temp_dir("baton-registry-")?;
         let storage_dir = temp_dir.path().join("storage");
-        fs::create_dir(&storage_dir).map_err(|source| HarnessError::Io {
-            path: storage_dir.clone(),
-            source,
-        })?;
+        crate::create_dir(&storage_dir)?;
         let mut server = Self {
             process: None,
             port: 0,
@@ -114,16 +109,11 @@ impl RegistryServer {
             log_path: temp_dir.path().join("registry.log"),
             temp_dir,
         };
-        let mut attempt = 1;
-        loop {
-            let [port] = reserve_ports().map_err(HarnessError::FreePort)?;
+        on_free_ports(|[port]| {
             server.port = port;
-            match server.launch(&binary) {
-                Err(HarnessError::Exited { .. }) if attempt < START_ATTEMPTS => attempt += 1,
-                Err(error) => return Err(error),
-                Ok(()) => return Ok(server),
-            }
-        }
+            server.launch(&binary)
+        })?;
+        Ok(server)
     }
 
     /// `127.0.0.1:<port>`: the registry part of image references.

@@ -33,8 +33,7 @@ struct Fabric {
 impl Fabric {
     async fn start() -> Result<Self> {
         let server = NatsServer::start()?;
-        let client = async_nats::connect(server.url()).await?;
-        let topology = fabric::provision(&client, &JetStreamSettings::default(), Duration::from_secs(3600)).await?;
+        let topology = server.topology().await?;
         Ok(Self { server, topology })
     }
 
@@ -56,8 +55,7 @@ impl Fabric {
 
     /// A topology on a connection of its own, as a separate replica would have.
     async fn replica(&self) -> Result<Topology> {
-        let client = async_nats::connect(self.server.url()).await?;
-        Ok(fabric::provision(&client, &JetStreamSettings::default(), Duration::from_secs(3600)).await?)
+        self.server.topology().await
     }
 }
 

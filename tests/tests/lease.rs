@@ -9,13 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use baton_kit::fabric::{self, Topology};
 use baton_kit::lease::{LockError, Locks};
-use baton_schemas::config::JetStreamSettings;
 use baton_tests::NatsServer;
-
-async fn topology(server: &NatsServer) -> Result<Topology> {
-    let client = async_nats::connect(server.url()).await?;
-    Ok(fabric::provision(&client, &JetStreamSettings::default(), Duration::from_secs(3600)).await?)
-}
 
 /// Leases held as `owner` for a minute, waiting at most `wait` for a busy one.
 fn locks(topology: &Topology, owner: &str, wait: Duration) -> Locks {
@@ -25,7 +19,7 @@ fn locks(topology: &Topology, owner: &str, wait: Duration) -> Locks {
 #[tokio::test]
 async fn a_dropped_lease_is_released_at_once_and_a_busy_one_names_its_holder() -> Result<()> {
     let server = NatsServer::start()?;
-    let topology = topology(&server).await?;
+    let topology = server.topology().await?;
     let first = locks(&topology, "replica-a", Duration::from_millis(300));
     let second = locks(&topology, "replica-b", Duration::from_millis(300));
 
@@ -63,7 +57,7 @@ async fn a_dropped_lease_is_released_at_once_and_a_busy_one_names_its_holder() -
 #[tokio::test]
 async fn an_expired_lease_is_taken_over() -> Result<()> {
     let server = NatsServer::start()?;
-    let topology = topology(&server).await?;
+    let topology = server.topology().await?;
     let short = Locks::new(
         topology.locks.clone(),
         "dead-replica",
@@ -88,7 +82,7 @@ async fn an_expired_lease_is_taken_over() -> Result<()> {
 #[tokio::test]
 async fn a_failing_lock_store_is_reported_not_retried_forever() -> Result<()> {
     let server = NatsServer::start()?;
-    let topology = topology(&server).await?;
+    let topology = server.topology().await?;
     let locks = locks(&topology, "replica-a", Duration::from_secs(60));
     // The bucket's stream is gone: every KV operation fails at once.
     let client = async_nats::connect(server.url()).await?;
