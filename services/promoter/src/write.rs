@@ -143,8 +143,14 @@ impl ReleaseManager {
             }
         }
         let previous = current.as_ref().map(|c| c.value.clone());
-        let next = match write.action {
-            PromotionAction::Promote | PromotionAction::Rollback => Current {
+        // A pin or unpin changes only the pin of what the environment runs; anything else (or a
+        // pin of an environment with no record yet) records this write as what it runs.
+        let next = match (write.action, previous.clone()) {
+            (PromotionAction::Pin | PromotionAction::Unpin, Some(mut c)) => {
+                c.pinned = write.pinned.clone();
+                c
+            }
+            _ => Current {
                 release: release.release.clone(),
                 promotion: write.promotion.clone(),
                 config_commit: committed.commit.clone(),
@@ -152,21 +158,6 @@ impl ReleaseManager {
                 healthy_since: None,
                 last_healthy: previous.as_ref().and_then(|p| p.last_healthy.clone()),
                 pinned: write.pinned.clone(),
-            },
-            PromotionAction::Pin | PromotionAction::Unpin => match previous.clone() {
-                Some(mut c) => {
-                    c.pinned = write.pinned.clone();
-                    c
-                }
-                None => Current {
-                    release: release.release.clone(),
-                    promotion: write.promotion.clone(),
-                    config_commit: committed.commit.clone(),
-                    action: write.action,
-                    healthy_since: None,
-                    last_healthy: None,
-                    pinned: write.pinned.clone(),
-                },
             },
         };
         // Under the environment's lock: nobody else writes this key now.
