@@ -249,6 +249,26 @@ impl World {
         baton_tests::events::of(&self.js, ty).await
     }
 
+    /// Nothing was promoted: no `environment.modified`, and the config repo has only its seed.
+    async fn assert_nothing_promoted(&self) -> Result<()> {
+        assert!(self.events(EventType::EnvironmentModified).await?.is_empty());
+        assert_eq!(self.config(&["rev-list", "--count", "main"])?, "1", "nothing committed");
+        Ok(())
+    }
+
+    /// The reason of the first `baton-promotion.held` of `release`, once there is one.
+    async fn held_reason(&self, release: &str) -> Result<String> {
+        let held = self
+            .wait_for(EventType::PromotionHeld, 1, |e| {
+                e.context.chain_id.as_deref() == Some(release)
+            })
+            .await?;
+        Ok(held[0].subject.content["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+
     /// Waits for `count` events of type `ty` matching `pred`; a timeout quotes the dead
     /// letters' reasons, which say why a promoter gave an event up.
     async fn wait_for(&self, ty: EventType, count: usize, pred: impl Fn(&CdEvent) -> bool) -> Result<Vec<CdEvent>> {
@@ -987,26 +1007,28 @@ async fn manifests_without_the_app_image_hold_the_release_with_what_to_fix() -> 
         DEPLOYMENT.replace("127.0.0.1:5000/baton/acme_shop:dev", "nginx:1.27"),
     )?;
     let release = world.tests_passed("no-app-image").await?;
-    let held = world
-        .wait_for(EventType::PromotionHeld, 1, |e| {
-            e.context.chain_id.as_deref() == Some(release.as_str())
-        })
-        .await?;
-    let reason = held[0].subject.content["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let reason = world.held_reason(&release).await?;
     assert!(
         reason.contains("no container") && reason.contains("image: 127.0.0.1:5000/baton/acme_shop"),
         "{reason}"
     );
     assert_eq!(world.events(EventType::ReleaseCreated).await?.len(), 1);
-    assert!(world.events(EventType::EnvironmentModified).await?.is_empty());
-    assert_eq!(
-        world.config(&["rev-list", "--count", "main"])?,
-        "1",
-        "nothing committed"
-    );
+    world.assert_nothing_promoted().await?;
+    world.stop().await
+}
+
+/// A pipeline file whose `manifests` names the repository's root would put every YAML file of
+/// the app repo (its manifests folder included) into the config repo: the release is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_file_naming_the_repository_root_as_manifests_is_held() -> Result<()> {
+    let world = World::start(TWO_STAGES, 1).await?;
+    let app = world.app_repo();
+    let pipeline = std::fs::read_to_string(app.join(".baton.yaml"))?.replace("manifests: deploy", "manifests: /");
+    std::fs::write(app.join(".baton.yaml"), pipeline)?;
+    let release = world.tests_passed("root-as-manifests").await?;
+    let reason = world.held_reason(&release).await?;
+    assert!(reason.contains("the manifests directory ``"), "{reason}");
+    world.assert_nothing_promoted().await?;
     world.stop().await
 }
 
