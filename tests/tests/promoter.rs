@@ -1189,3 +1189,38 @@ environments:
     assert_eq!(head, commits[1], "production ends on the second release");
     world.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_reused_for_another_release_is_a_command_of_its_own() -> Result<()> {
+    let world = World::start(STAGING_AUTO, 1).await?;
+    let first = world.tests_passed("first").await?;
+    world.promotion(&first, "staging").await?;
+    let second = world.tests_passed("second").await?;
+    world.promotion(&second, "staging").await?;
+    // A client (careless or hostile) sends one request id for two different promotions.
+    let promote = |release: &str| CommandRequest {
+        actor: "alice".into(),
+        release: Some(release.into()),
+        environment: Some("staging".into()),
+        request_id: Some("request-1".into()),
+        ..Default::default()
+    };
+    let back = world.command("promote", promote(&first)).await?;
+    assert!(back.ok, "{back:?}");
+    let forward = world.command("promote", promote(&second)).await?;
+    assert!(forward.ok, "{forward:?}");
+    assert_ne!(
+        back.config_commit, forward.config_commit,
+        "the second request is not taken for the first one already done"
+    );
+    let file: ReleaseFile =
+        yaml_serde::from_str(&world.config_file("main", &format!("staging/{DIR}/{RELEASE_FILE}"))?)?;
+    assert_eq!(
+        file.release.release, second,
+        "staging runs what the last request asked for"
+    );
+    // The very same request again is the same command: it finds its commit, nothing new.
+    let again = world.command("promote", promote(&second)).await?;
+    assert_eq!(again.config_commit, forward.config_commit);
+    world.stop().await
+}

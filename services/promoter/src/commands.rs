@@ -86,11 +86,24 @@ pub async fn execute(promoter: &ReleaseManager, verb: &str, body: &[u8]) -> Comm
         .request_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // The command's id (and every promotion id derived from it) names what is asked, not only
+    // the caller's request id: a resent request is the same command and finds its earlier
+    // work, but a request id reused for another verb, release, environment or app is a command
+    // of its own instead of one that finds another's commit and reports it as done.
+    let id = derive_id(&[
+        "command",
+        verb.as_str(),
+        &request_id,
+        request.release.as_deref().unwrap_or_default(),
+        request.environment.as_deref().unwrap_or_default(),
+        request.app.as_deref().unwrap_or_default(),
+    ]);
     let command = Command {
         promoter,
         verb,
         request,
-        id: request_id,
+        request_id,
+        id,
         now: promoter.now(),
     };
     match command.run().await {
@@ -105,7 +118,7 @@ pub async fn execute(promoter: &ReleaseManager, verb: &str, body: &[u8]) -> Comm
                 EventType::CommandRejected,
                 derive_id(&["command.rejected", &command.id, command.verb.as_str()]),
                 app.as_deref().unwrap_or("config"),
-                &command.id,
+                &command.request_id,
                 serde_json::to_value(CommandRejectedContent {
                     verb: command.verb.as_str().to_owned(),
                     actor: command.request.actor.clone(),
@@ -174,6 +187,9 @@ struct Command<'a> {
     promoter: &'a ReleaseManager,
     verb: Verb,
     request: CommandRequest,
+    /// The caller's request id (or a fresh one): the subject of what the command records.
+    request_id: String,
+    /// What the command's own ids derive from: the request id and what is asked.
     id: String,
     /// When the command arrived: everything it decides and records is as of then.
     now: DateTime<Utc>,
