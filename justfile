@@ -200,7 +200,11 @@ test: setup
     set -euo pipefail
     {{ tool_path }}
     profile=default
-    if [[ "${CI:-}" == "true" ]]; then profile=ci; fi
+    if [[ "${CI:-}" == "true" ]]; then
+        profile=ci
+        # A clean checkout builds once: incremental caches would only take disk space.
+        export CARGO_INCREMENTAL=0
+    fi
     # The service binaries the CLI and multi-replica suites run as processes, built with the
     # rest rather than from inside a test (which then finds them current).
     cargo build --workspace --bins
