@@ -328,12 +328,16 @@ async fn a_healthy_release_is_deployed_then_upgraded_and_pruned() -> Result<()> 
             assert_eq!(spec.containers[0].image.as_deref(), Some(first.reference.as_str()));
         }
     }
-    let managers = shop.metadata.managed_fields.unwrap_or_default();
-    assert!(
-        managers
-            .iter()
-            .any(|m| m.manager.as_deref() == Some("baton") && m.operation.as_deref() == Some("Apply"))
-    );
+    // Applied by the app's own field manager, not one shared by every app.
+    let managers: Vec<_> = shop
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.operation.as_deref() == Some("Apply"))
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(managers, [format!("baton/{DIR}")]);
 
     // Someone copies the app's labels onto an object of their own: not Baton's to prune.
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), STAGING);
@@ -838,6 +842,69 @@ async fn a_release_naming_another_apps_object_is_refused_and_the_object_left_alo
         live.data.unwrap_or_default().get("greeting").map(String::as_str),
         Some("the cart's"),
         "nothing of the release was applied over it"
+    );
+    world.stop().await
+}
+
+/// Objects an earlier Baton applied with the one field manager all apps shared (`baton`) are
+/// handed to the app's own manager when its next release names them, so the release changes what
+/// the earlier one set instead of conflicting with it, and leftovers of the shared manager are
+/// still pruned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_of_the_shared_field_manager_are_adopted_by_the_apps_own() -> Result<()> {
+    let mut world = World::start().await?;
+    world.start_deployer(None).await?;
+    let client = world.cluster.client()?;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": STAGING}});
+    namespaces
+        .patch(STAGING, &PatchParams::apply("test"), &Patch::Apply(&namespace))
+        .await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client, STAGING);
+    let labels = json!({"baton.dev/app": DIR, "baton.dev/environment": "staging"});
+    for (name, greeting) in [
+        ("shop-settings", "from the earlier release"),
+        ("shop-legacy", "gone next"),
+    ] {
+        let earlier = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": labels},
+            "data": {"greeting": greeting},
+        });
+        config_maps
+            .patch(name, &PatchParams::apply("baton"), &Patch::Apply(&earlier))
+            .await?;
+    }
+
+    let img = image("adopted", "baton/acme_shop");
+    let commit = world.commit("staging", &[("config.yaml", CONFIG_MAP.to_owned())])?;
+    let promotion = world
+        .promote("staging", STAGING, &commit, &img, PromotionAction::Promote)
+        .await?;
+    let (ty, data) = world.verdict(&promotion).await?;
+    assert!(
+        matches!(ty, EventType::ServiceDeployed | EventType::ServiceUpgraded),
+        "{ty}: {data:?}"
+    );
+    assert_eq!(
+        data.pruned,
+        ["ConfigMap/shop-legacy"],
+        "the shared manager's leftover is pruned"
+    );
+    let live = config_maps.get("shop-settings").await?;
+    let managers: Vec<_> = live
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(managers, [format!("baton/{DIR}")], "adopted, the shared entry gone");
+    assert_eq!(
+        live.data.unwrap_or_default().get("greeting").map(String::as_str),
+        Some("hello"),
+        "the release's value, not a conflict"
     );
     world.stop().await
 }

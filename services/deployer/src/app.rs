@@ -12,7 +12,7 @@ use baton_schemas::config::deployer::DeployerSettings;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, MAX_FIELD_MANAGER_BASE};
 use crate::handler::{Deployer, HANDLES};
 use crate::rollout::Limits;
 
@@ -76,8 +76,15 @@ impl Service for Application {
             )
             .into());
         }
-        if own.field_manager.trim().is_empty() {
-            return Err(ConfigError::invalid("field_manager", "name the field manager, e.g. baton").into());
+        if own.field_manager.trim().is_empty() || own.field_manager.contains('/') {
+            return Err(ConfigError::invalid("field_manager", "name the field manager without `/`, e.g. baton").into());
+        }
+        if own.field_manager.len() > MAX_FIELD_MANAGER_BASE {
+            return Err(ConfigError::invalid(
+                "field_manager",
+                format!("at most {MAX_FIELD_MANAGER_BASE} characters: each app applies as `<field_manager>/<app>`"),
+            )
+            .into());
         }
         let credentials = baton_kit::source::resolve_credentials(&own.source.credentials, env)?;
         let client = kube_client(own).await?;
@@ -91,7 +98,7 @@ impl Service for Application {
             // A replica waits for another's rollout of the same app and namespace at most as
             // long as a rollout may take.
             locks: Locks::new(
-                runtime.topology.locks.clone(),
+                &runtime.topology,
                 format!("{SERVICE}-{replica}"),
                 own.lock_lease,
                 own.rollout_timeout + own.lock_lease,

@@ -7,10 +7,12 @@ use std::sync::Mutex;
 
 use baton_kit::error::{Classify as _, ErrorKind};
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::Scope;
+use sha2::Digest as _;
 
 use crate::error::ClusterError;
 use crate::manifests::{APP_LABEL, ENVIRONMENT_LABEL, MANAGED_BY, Manifest};
@@ -32,6 +34,12 @@ fn is_forbidden(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(status) if status.code == 403)
 }
 
+/// The longest field manager name the apiserver accepts.
+const MAX_FIELD_MANAGER: usize = 128;
+
+/// The longest configured `field_manager`: room for `/` and an app's hash after it.
+pub const MAX_FIELD_MANAGER_BASE: usize = 64;
+
 /// Namespaced kinds Baton prunes besides those of the current release.
 const PRUNABLE: &[(&str, &str, &str)] = &[
     ("", "v1", "ConfigMap"),
@@ -51,6 +59,15 @@ const PRUNABLE: &[(&str, &str, &str)] = &[
     ("autoscaling", "v2", "HorizontalPodAutoscaler"),
     ("policy", "v1", "PodDisruptionBudget"),
 ];
+
+/// What one prune deletes from: the namespace, the app's objects (by label selector and field
+/// manager), less the release's own.
+struct PruneScope<'a> {
+    namespace: &'a str,
+    selector: &'a str,
+    app_manager: &'a str,
+    keep: &'a BTreeSet<String>,
+}
 
 /// A cluster and what the deployer learned about its kinds.
 pub struct Cluster {
@@ -72,7 +89,8 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    /// The cluster behind `client`; applies as `field_manager`, forcing conflicts if `force`.
+    /// The cluster behind `client`; applies each app as its own field manager under
+    /// `field_manager` (see [`Cluster::manager_of`]), forcing conflicts if `force`.
     pub fn new(client: Client, field_manager: impl Into<String>, force: bool) -> Self {
         Self {
             client,
@@ -86,6 +104,27 @@ impl Cluster {
     /// The client.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The field manager that applies `app` (its label token): `<field_manager>/<app>`. One
+    /// manager per app means the apiserver itself keeps apps apart: another app's apply of a
+    /// field this app set is a conflict, not a silent take-over. The apiserver allows 128
+    /// characters; past that the app is named by a hash of it instead, still one per app
+    /// (`field_manager` itself is at most 64, checked at start).
+    pub fn manager_of(&self, app: &str) -> String {
+        let name = format!("{}/{app}", self.field_manager);
+        if name.len() <= MAX_FIELD_MANAGER {
+            return name;
+        }
+        let digest = hex::encode(sha2::Sha256::digest(app.as_bytes()));
+        format!("{}/{}", self.field_manager, &digest[..32])
+    }
+
+    /// Whether a managedFields entry's manager applied `app`: its own manager, or the one shared
+    /// manager every app was applied with before each had its own (objects of such releases are
+    /// adopted by [`Cluster::check_owners`] when a release names them, and pruned by either).
+    fn applied_for(&self, manager: Option<&str>, app_manager: &str) -> bool {
+        manager.is_some_and(|m| m == app_manager || m == self.field_manager)
     }
 
     /// The API resource of a kind, and whether it is namespaced.
@@ -166,9 +205,10 @@ impl Cluster {
     pub async fn apply(
         &self,
         namespace: &str,
+        app: &str,
         manifests: &[(Manifest, ApiResource, bool)],
     ) -> Result<Vec<String>, ClusterError> {
-        let mut params = PatchParams::apply(&self.field_manager);
+        let mut params = PatchParams::apply(&self.manager_of(app));
         if self.force {
             params = params.force();
         }
@@ -221,15 +261,31 @@ impl Cluster {
         app: &str,
         manifests: &[(Manifest, ApiResource, bool)],
     ) -> Result<(), ClusterError> {
+        let app_manager = self.manager_of(app);
         let owners = futures::future::join_all(manifests.iter().map(|(manifest, resource, namespaced)| {
             let api = self.api(resource, *namespaced, namespace);
+            let app_manager = app_manager.as_str();
             async move {
-                let live = api
+                let reading = || format!("reading {} ({})", manifest.display(), manifest.file);
+                let Some(live) = api
                     .get_opt(&manifest.name)
                     .await
-                    .map_err(|e| ClusterError::api(format!("reading {} ({})", manifest.display(), manifest.file), e))?;
-                let owner = live.and_then(|o| o.metadata.labels.and_then(|mut l| l.remove(APP_LABEL)));
-                Ok::<_, ClusterError>(owner.filter(|owner| owner != app).map(|owner| (manifest, owner)))
+                    .map_err(|e| ClusterError::api(reading(), e))?
+                else {
+                    return Ok(None);
+                };
+                let owner = live.metadata.labels.as_ref().and_then(|l| l.get(APP_LABEL)).cloned();
+                if let Some(owner) = owner.filter(|owner| owner != app) {
+                    return Ok(Some((manifest, owner)));
+                }
+                if let Some(adopted) = self.adopted(&live, app_manager) {
+                    api.patch(&manifest.name, &PatchParams::default(), &Patch::Merge(adopted))
+                        .await
+                        .map_err(|e| {
+                            ClusterError::api(format!("adopting {} ({})", manifest.display(), manifest.file), e)
+                        })?;
+                }
+                Ok::<_, ClusterError>(None)
             }
         }))
         .await;
@@ -247,8 +303,47 @@ impl Cluster {
         Ok(())
     }
 
-    /// Deletes the objects labelled as this app's in this environment, applied by Baton's field
-    /// manager, that are not in `keep`
+    /// The merge patch that hands `live`'s managedFields entries of the shared manager to
+    /// `app_manager` (an entry the app's manager already has for the same operation and
+    /// subresource wins, and the shared one is dropped), or `None` when it has none. The
+    /// patch carries the object's resourceVersion, so it applies to what was read or not at all.
+    fn adopted(&self, live: &DynamicObject, app_manager: &str) -> Option<serde_json::Value> {
+        let entries = live.metadata.managed_fields.as_ref()?;
+        if !entries
+            .iter()
+            .any(|e| e.manager.as_deref() == Some(self.field_manager.as_str()))
+        {
+            return None;
+        }
+        let has_own = |shared: &ManagedFieldsEntry| {
+            entries.iter().any(|e| {
+                e.manager.as_deref() == Some(app_manager)
+                    && e.operation == shared.operation
+                    && e.subresource == shared.subresource
+            })
+        };
+        let kept: Vec<ManagedFieldsEntry> = entries
+            .iter()
+            .filter_map(|e| {
+                if e.manager.as_deref() != Some(self.field_manager.as_str()) {
+                    return Some(e.clone());
+                }
+                (!has_own(e)).then(|| ManagedFieldsEntry {
+                    manager: Some(app_manager.to_owned()),
+                    ..e.clone()
+                })
+            })
+            .collect();
+        Some(serde_json::json!({
+            "metadata": {
+                "resourceVersion": live.metadata.resource_version,
+                "managedFields": kept,
+            }
+        }))
+    }
+
+    /// Deletes the objects labelled as this app's in this environment, applied by the app's field
+    /// manager (or the one all apps once shared), that are not in `keep`
     /// (`Kind/name`), among the kinds of `applied` and the usual namespaced kinds. Returns what
     /// was deleted.
     ///
@@ -259,6 +354,7 @@ impl Cluster {
     pub async fn prune(
         &self,
         namespace: &str,
+        app: &str,
         selector: &str,
         applied: &[(Manifest, ApiResource, bool)],
     ) -> Result<Vec<String>, ClusterError> {
@@ -273,11 +369,18 @@ impl Cluster {
                 kinds.insert(m.kind.clone(), (g.to_owned(), v.to_owned(), m.kind.clone()));
             }
         }
+        let app_manager = self.manager_of(app);
+        let scope = PruneScope {
+            namespace,
+            selector,
+            app_manager: &app_manager,
+            keep: &keep,
+        };
         // Every kind is listed (and its leftovers deleted) at once.
         let per_kind = futures::future::join_all(
             kinds
                 .into_values()
-                .map(|(group, version, kind)| self.prune_kind(namespace, selector, &keep, group, version, kind)),
+                .map(|(group, version, kind)| self.prune_kind(&scope, group, version, kind)),
         )
         .await;
         let mut pruned = Vec::new();
@@ -290,9 +393,7 @@ impl Cluster {
 
     async fn prune_kind(
         &self,
-        namespace: &str,
-        selector: &str,
-        keep: &BTreeSet<String>,
+        scope: &PruneScope<'_>,
         group: String,
         version: String,
         kind: String,
@@ -321,8 +422,8 @@ impl Cluster {
         if !namespaced {
             return Ok(Vec::new());
         }
-        let api = self.api(&resource, true, namespace);
-        let listed = match api.list(&ListParams::default().labels(selector)).await {
+        let api = self.api(&resource, true, scope.namespace);
+        let listed = match api.list(&ListParams::default().labels(scope.selector)).await {
             Ok(list) => list,
             Err(kube::Error::Api(status)) if status.code == 403 || status.code == 404 => return Ok(Vec::new()),
             Err(e) => return Err(ClusterError::api(format!("listing {kind}"), e)),
@@ -333,7 +434,7 @@ impl Cluster {
                 continue;
             };
             let display = format!("{kind}/{name}");
-            if keep.contains(&display) {
+            if scope.keep.contains(&display) {
                 continue;
             }
             // Only what Baton applied: the labels alone can be copied onto anything (a
@@ -343,7 +444,7 @@ impl Cluster {
                 .managed_fields
                 .iter()
                 .flatten()
-                .any(|entry| entry.manager.as_deref() == Some(self.field_manager.as_str()));
+                .any(|entry| self.applied_for(entry.manager.as_deref(), scope.app_manager));
             if !applied_by_us {
                 let object = display.as_str();
                 tracing::info!(

@@ -245,7 +245,7 @@ impl Deployer {
         self.cluster
             .check_owners(&promotion.namespace, &token, &resolved)
             .await?;
-        let applied = self.cluster.apply(&promotion.namespace, &resolved).await?;
+        let applied = self.cluster.apply(&promotion.namespace, &token, &resolved).await?;
         tracing::info!(app = %promotion.app, environment = %promotion.environment, applied = applied.len(), "applied");
         let selector = format!("{APP_LABEL}={token},{ENVIRONMENT_LABEL}={}", promotion.environment);
         let workloads: Vec<Workload> = resolved.iter().filter_map(|(m, _, _)| Workload::of(m)).collect();
@@ -254,7 +254,7 @@ impl Deployer {
         // A failed prune is retried with the whole promotion, as before the watch.
         let waiting = Instant::now();
         let (pruned, verdict) = tokio::join!(
-            self.cluster.prune(&promotion.namespace, &selector, &resolved),
+            self.cluster.prune(&promotion.namespace, &token, &selector, &resolved),
             rollout::watch(
                 self.cluster.client(),
                 &promotion.namespace,
@@ -525,7 +525,7 @@ impl Interrupt for Guard<'_> {
         let locks = &self.deployer.locks;
         if self.renewed.elapsed() >= locks.lease_time() / 3 {
             // Lost to another replica that took the namespace over: the event is retried.
-            locks.renew(&mut self.lease).await?;
+            locks.renew(&self.lease).await?;
             self.renewed = Instant::now();
         }
         let latest = self
