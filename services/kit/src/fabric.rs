@@ -255,6 +255,9 @@ pub async fn provision(
             history: 1,
             storage: stream::StorageType::File,
             num_replicas: settings.replicas,
+            // Per-message TTL: the server removes a lease its holder stopped renewing
+            // (crate::lease), leaving a delete marker for a second.
+            limit_markers: Some(Duration::from_secs(1)),
             ..Default::default()
         },
     )

@@ -1,20 +1,31 @@
 //! Leases: one replica at a time works on a thing (the promoter on an environment's config,
 //! the deployer on a namespace), across every replica of every service. A lease is a key in
-//! the JetStream KV bucket `baton-locks`, taken with compare-and-set, naming its owner and when
-//! it expires; a replica that dies holding one only delays the next holder until the lease runs
-//! out, then another replica takes it over (again with compare-and-set, so only one does). A
-//! holder doing long work renews its lease.
+//! the JetStream KV bucket `baton-locks`, taken with compare-and-set, naming its owner and
+//! purpose, and written with a per-message TTL: the *server* removes a lease its holder stopped
+//! renewing, so expiry is judged by one clock, not by comparing the clocks of different
+//! replicas. A replica that dies holding one only delays the next holder until the lease runs
+//! out. A holder doing long work renews its lease ([`Locks::hold`] does it in the background),
+//! and every renewal and [`Lease::check`] is a compare-and-set on the revision the holder last
+//! wrote, so a holder that was paused past its lease learns that it lost it before it writes.
 //!
 //! A [`Lease`] is a guard: dropping it releases the lease in the background, so a handler that
 //! is cancelled (a deadline, a shutdown) or returns early on any path frees the environment at
 //! once instead of holding it until the lease expires. [`Lease::release`] does the same and
 //! waits for it.
 
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
+use async_nats::HeaderMap;
+use async_nats::header::{NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_TTL};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::{self, kv};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::fabric::Topology;
 
 /// How many times in a row the lock store may fail before [`Locks::acquire`] gives up.
 const STORE_ATTEMPTS: u32 = 5;
@@ -24,18 +35,38 @@ const STORE_ATTEMPTS: u32 = 5;
 pub struct Lease {
     kv: kv::Store,
     key: String,
-    revision: u64,
+    /// The revision this holder last wrote; shared so renewing needs only `&Lease` and the work
+    /// a lease guards can check it while [`Locks::hold`] renews it.
+    revision: Arc<AtomicU64>,
     purpose: String,
     released: bool,
 }
 
 impl Lease {
+    /// Whether the lease is still this holder's: the key's latest revision is the one it last
+    /// wrote (taken or renewed). Call it before a write that must not happen once another
+    /// replica may have taken over, e.g. after work that could outlast the lease.
+    ///
+    /// # Errors
+    /// [`LockError::Lost`] when it expired (and perhaps was taken over); [`LockError::Store`].
+    pub async fn check(&self) -> Result<(), LockError> {
+        match self.kv.entry(&self.key).await {
+            Ok(Some(entry)) if entry.revision == self.revision() && entry.operation == kv::Operation::Put => Ok(()),
+            Ok(_) => Err(LockError::Lost(self.key.clone())),
+            Err(e) => Err(LockError::Store(e.to_string())),
+        }
+    }
+
     /// Releases the lease and waits until the store has it (only if it is still ours: a lease
     /// taken over after expiry is not).
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn release(mut self) {
         self.released = true;
-        delete(&self.kv, &self.key, self.revision).await;
+        delete(&self.kv, &self.key, self.revision()).await;
+    }
+
+    fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
     }
 }
 
@@ -48,7 +79,7 @@ impl Drop for Lease {
             tracing::debug!(key = %self.key, "no runtime to release the lease on; it expires instead");
             return;
         };
-        let (kv, key, revision) = (self.kv.clone(), std::mem::take(&mut self.key), self.revision);
+        let (kv, key, revision) = (self.kv.clone(), std::mem::take(&mut self.key), self.revision());
         runtime.spawn(async move { delete(&kv, &key, revision).await });
     }
 }
@@ -59,12 +90,17 @@ async fn delete(kv: &kv::Store, key: &str, revision: u64) {
     }
 }
 
-/// What a lease records.
+/// What a lease records. `expires_at` is the holder's estimate, shown to whoever waits; the
+/// server's TTL (`ttl_seconds`) is what ends the lease. A record without `ttl_seconds` was
+/// written by a Baton whose leases had no TTL: the server never removes it, so it is taken over
+/// once its `expires_at` passed, as such leases always were.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LeaseRecord {
     owner: String,
     purpose: String,
     expires_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ttl_seconds: Option<u64>,
 }
 
 /// The lock could not be taken.
@@ -89,6 +125,7 @@ pub enum LockError {
 /// The leases of one replica.
 #[derive(Debug, Clone)]
 pub struct Locks {
+    jetstream: jetstream::Context,
     kv: kv::Store,
     owner: String,
     lease: Duration,
@@ -96,10 +133,12 @@ pub struct Locks {
 }
 
 impl Locks {
-    /// Locks held as `owner` (unique per replica) for `lease`, waiting at most `wait` for one.
-    pub fn new(kv: kv::Store, owner: impl Into<String>, lease: Duration, wait: Duration) -> Self {
+    /// Locks in `topology`'s lease bucket held as `owner` (unique per replica) for `lease`,
+    /// waiting at most `wait` for one.
+    pub fn new(topology: &Topology, owner: impl Into<String>, lease: Duration, wait: Duration) -> Self {
         Self {
-            kv,
+            jetstream: topology.jetstream.clone(),
+            kv: topology.locks.clone(),
             owner: owner.into(),
             lease,
             wait,
@@ -107,7 +146,7 @@ impl Locks {
     }
 
     /// Takes the lease `key` (a KV key, e.g. `env.staging`) for `purpose`, waiting while
-    /// another live replica holds it, and taking over a lease that expired.
+    /// another replica holds it: until the server removes a lease its holder stopped renewing.
     ///
     /// # Errors
     /// [`LockError::Busy`] after `wait`; [`LockError::Store`] when KV fails.
@@ -118,7 +157,7 @@ impl Locks {
         let held = |revision: u64| Lease {
             kv: self.kv.clone(),
             key: key.to_owned(),
-            revision,
+            revision: Arc::new(AtomicU64::new(revision)),
             purpose: purpose.to_owned(),
             released: false,
         };
@@ -135,11 +174,11 @@ impl Locks {
             }
         };
         loop {
-            let value = self.record(purpose);
-            match self.kv.create(key, value.clone()).await {
+            // Revision 0: only if the key has never been written or was removed by its TTL.
+            match self.write(key, purpose, 0).await {
                 Ok(revision) => return Ok(held(revision)),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(e) => {
+                Err(Written::Conflict) => {}
+                Err(Written::Failed(e)) => {
                     store_failed(&e)?;
                     continue;
                 }
@@ -147,18 +186,23 @@ impl Locks {
             let holder = match self.kv.entry(key).await {
                 Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
                     let current: Option<LeaseRecord> = serde_json::from_slice(&entry.value).ok();
-                    let expired = current.as_ref().is_none_or(|c| c.expires_at <= Utc::now());
-                    if expired {
-                        match self.kv.update(key, value, entry.revision).await {
+                    // Only a record the server will never remove is judged by the clock.
+                    let stale = current
+                        .as_ref()
+                        .is_none_or(|c| c.ttl_seconds.is_none() && c.expires_at <= Utc::now());
+                    if stale {
+                        match self.write(key, purpose, entry.revision).await {
                             Ok(revision) => {
-                                if let Some(c) = &current {
-                                    tracing::warn!(key, previous = %c.owner, "took over an expired lease");
-                                }
+                                tracing::warn!(
+                                    key,
+                                    previous = %current.map(|c| c.owner).unwrap_or_default(),
+                                    "took over a lease that had no expiry on the server"
+                                );
                                 return Ok(held(revision));
                             }
                             // Another replica took it over first: look again.
-                            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
-                            Err(e) => store_failed(&e)?,
+                            Err(Written::Conflict) => {}
+                            Err(Written::Failed(e)) => store_failed(&e)?,
                         }
                         continue;
                     }
@@ -166,8 +210,17 @@ impl Locks {
                         .map(|c| format!("{} {}", c.owner, c.purpose))
                         .unwrap_or_default()
                 }
-                // Deleted or gone between our create and this read: try again at once.
-                Ok(_) => continue,
+                // Released (a delete marker) or removed by its TTL: take it over the marker.
+                Ok(Some(entry)) => match self.write(key, purpose, entry.revision).await {
+                    Ok(revision) => return Ok(held(revision)),
+                    Err(Written::Conflict) => continue,
+                    Err(Written::Failed(e)) => {
+                        store_failed(&e)?;
+                        continue;
+                    }
+                },
+                // Gone between our write and this read: try again at once.
+                Ok(None) => continue,
                 Err(e) => {
                     store_failed(&e)?;
                     continue;
@@ -184,13 +237,40 @@ impl Locks {
         }
     }
 
-    fn record(&self, purpose: &str) -> bytes::Bytes {
+    /// The lease's TTL on the server: the lease time in whole seconds (NATS's unit), at least one.
+    fn ttl(&self) -> Duration {
+        Duration::from_secs((self.lease.as_secs() + u64::from(self.lease.subsec_nanos() > 0)).max(1))
+    }
+
+    /// Writes a lease record for `purpose` to `key` with the lease's TTL, only if the key's last
+    /// revision is `expected` (0: no message). async-nats's `create` and `update` cannot give a
+    /// TTL to every write (re-creating over a delete marker, renewing), so this publishes as
+    /// they do, with both headers.
+    async fn write(&self, key: &str, purpose: &str, expected: u64) -> Result<u64, Written> {
+        let ttl = self.ttl();
         let record = LeaseRecord {
             owner: self.owner.clone(),
             purpose: purpose.to_owned(),
-            expires_at: Utc::now() + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::seconds(30)),
+            expires_at: Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(30)),
+            ttl_seconds: Some(ttl.as_secs()),
         };
-        serde_json::to_vec(&record).expect("a lease serializes").into()
+        let value: bytes::Bytes = serde_json::to_vec(&record).expect("a lease serializes").into();
+        // Baton's contexts have no JetStream domain, so the bucket's own prefix is the subject's.
+        let subject = format!("{}{key}", self.kv.put_prefix.as_ref().unwrap_or(&self.kv.prefix));
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
+        headers.insert(NATS_MESSAGE_TTL, ttl.as_secs().to_string().as_str());
+        let written = async {
+            self.jetstream
+                .publish_with_headers(subject, headers, value)
+                .await?
+                .await
+        };
+        match written.await {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(Written::Conflict),
+            Err(e) => Err(Written::Failed(e.to_string())),
+        }
     }
 
     /// How long a lease lasts unless renewed.
@@ -201,19 +281,44 @@ impl Locks {
     /// Extends `lease` by a full lease time from now (call well within it, e.g. every third).
     ///
     /// # Errors
-    /// [`LockError::Lost`] when another replica took it over; [`LockError::Store`].
-    pub async fn renew(&self, lease: &mut Lease) -> Result<(), LockError> {
-        match self
-            .kv
-            .update(&lease.key, self.record(&lease.purpose), lease.revision)
-            .await
-        {
+    /// [`LockError::Lost`] when it expired or another replica took it over; [`LockError::Store`].
+    pub async fn renew(&self, lease: &Lease) -> Result<(), LockError> {
+        match self.write(&lease.key, &lease.purpose, lease.revision()).await {
             Ok(revision) => {
-                lease.revision = revision;
+                lease.revision.store(revision, Ordering::Release);
                 Ok(())
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(LockError::Lost(lease.key.clone())),
-            Err(e) => Err(LockError::Store(e.to_string())),
+            Err(Written::Conflict) => Err(LockError::Lost(lease.key.clone())),
+            Err(Written::Failed(e)) => Err(LockError::Store(e)),
         }
     }
+
+    /// Runs `work` while holding `lease`, renewing it every third of the lease time. When a
+    /// renewal finds the lease lost (the holder was paused past it, or the store failed for
+    /// that long), `work` is dropped at once and the loss returned. A holder that was paused
+    /// (stopped, starved) may resume with its work ready before the renewal tick, so `work`
+    /// still calls [`Lease::check`] before each write it must not make without the lease.
+    ///
+    /// # Errors
+    /// [`LockError::Lost`] or [`LockError::Store`] from a renewal.
+    pub async fn hold<F: Future>(&self, lease: &Lease, work: F) -> Result<F::Output, LockError> {
+        let period = (self.lease / 3).max(Duration::from_millis(10));
+        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return Ok(done),
+                _ = renewals.tick() => self.renew(lease).await?,
+            }
+        }
+    }
+}
+
+/// Why a conditional write of a lease did not happen.
+enum Written {
+    /// The key's last revision was not the one expected.
+    Conflict,
+    /// The store failed.
+    Failed(String),
 }

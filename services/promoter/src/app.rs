@@ -84,7 +84,7 @@ impl Application {
             sources.clone(),
         );
         let locks = Locks::new(
-            runtime.topology.locks.clone(),
+            &runtime.topology,
             format!("{SERVICE}-{replica}"),
             own.lock_lease,
             own.lock_wait,

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use baton_kit::Outgoing;
+use baton_kit::lease::Lease;
 use baton_kit::source::{TreeFile, files_in};
 use baton_schemas::EventType;
 use baton_schemas::environments::Environment;
@@ -58,7 +59,13 @@ impl ReleaseManager {
                 &format!("{} {}", write.action.as_str(), release.release),
             )
             .await?;
-        let result = self.write_locked(release, env, write).await;
+        // Renewed while the render and the push run, however long they take.
+        let result = self
+            .locks
+            .hold(&lease, self.write_locked(release, env, write, &lease))
+            .await
+            .map_err(PromoteError::from)
+            .and_then(|written| written);
         // Released and waited for before the caller publishes and acks, not left to the drop's
         // background task: a replica stopping right after would otherwise lose the release and
         // hold the environment until the lease expires, and this replica's next write to the
@@ -67,11 +74,14 @@ impl ReleaseManager {
         result
     }
 
+    /// The write itself; `lease` is checked before the push and before recording, the writes a
+    /// holder that lost the environment (paused past its lease) must not make.
     async fn write_locked(
         &self,
         release: &ReleaseData,
         env: &Environment,
         write: Write,
+        lease: &Lease,
     ) -> Result<Outcome<PromotionData>, PromoteError> {
         let dir = app_dir(&env.name, &release.app);
         let current = self.state.current(&release.app, &env.name).await?;
@@ -119,6 +129,7 @@ impl ReleaseManager {
             message,
         };
         let repo = Arc::clone(&self.repo);
+        lease.check().await?;
         let committed = self.blocking(move || Ok(repo.commit(&change)?)).await?;
         // A retry whose commit an earlier attempt pushed, after which the environment moved on
         // (a later promotion committed while this one's lease had lapsed): announce it again,
@@ -160,7 +171,9 @@ impl ReleaseManager {
                 pinned: write.pinned.clone(),
             },
         };
-        // Under the environment's lock: nobody else writes this key now.
+        // Under the environment's lease, checked again now: no other promotion writes this key
+        // (a health report of the same promotion may; it changes only the health).
+        lease.check().await?;
         self.state
             .put(&state::current_key(&release.app, &env.name), &next)
             .await?;
