@@ -242,6 +242,13 @@ impl Stack {
 
         say_if(
             narrate,
+            "Provisioning the streams, buckets and every stage's consumer, as `baton admin provision` does",
+        );
+        let admin = async_nats::connect(nats.url()).await?;
+        baton_kit::provision::apply(&admin, &baton_kit::provision::Plan::new(&common(&nats)?)).await?;
+        admin.drain().await?;
+        say_if(
+            narrate,
             "Starting Baton: listener, builder, tester, promoter, deployer and the chat-ops bot",
         );
         let env = |name: &str| match name {

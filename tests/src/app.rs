@@ -18,8 +18,10 @@
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
-use baton_kit::service::{Env, Service, StartError};
+use baton_kit::provision;
+use baton_kit::service::{self, Env, Service, StartError};
 use baton_kit::settings::Settings;
 use baton_schemas::config::CommonSettings;
 use tokio::task::JoinHandle;
@@ -46,14 +48,22 @@ pub struct Running {
 /// Builds service `S` from `common` and its own `config` (secrets looked up through `env`) and
 /// runs it until `stop` is cancelled.
 ///
+/// First it does what the admin's provisioning step does before a service starts
+/// ([`provision_for`]), when the server lets a connection without a user manage JetStream
+/// (every harness server but the permission suite's, which provisions as its admin user).
+///
 /// # Errors
-/// When the service refuses its settings or cannot connect, provision or bind.
+/// When provisioning is refused, or the service refuses its settings or cannot connect, find
+/// its topology or bind.
 pub async fn spawn<S: Service>(
     common: CommonSettings,
     config: S::Config,
     env: Env<'_>,
     stop: &CancellationToken,
 ) -> Result<Running, StartError> {
+    if common.nats.user.is_none() && common.nats.credentials_file.is_none() {
+        provision_for::<S>(&common).await?;
+    }
     let settings = Settings {
         common,
         service: config,
@@ -63,4 +73,28 @@ pub async fn spawn<S: Service>(
     let addr = service.local_addr();
     let task = tokio::spawn(service.run_until_stopped(stop.clone()));
     Ok(Running { addr, task })
+}
+
+/// Provisions on `common.nats.url`, as the admin's `baton admin provision` would before `S`
+/// starts: the streams and buckets, and `S`'s stage consumer (if it has one) tuned by
+/// `common.runner`; a new consumer on a stream with events for it replays them, as a stage's
+/// first start would see them. Nothing is done when no server answers at once: the service's
+/// own start then reports what is wrong (its config is checked before NATS is reached).
+///
+/// # Errors
+/// [`StartError::Fabric`] when the server refuses the topology.
+pub async fn provision_for<S: Service>(common: &CommonSettings) -> Result<(), StartError> {
+    let Ok(client) = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(common.nats.url.as_str())
+        .await
+    else {
+        return Ok(());
+    };
+    let mut plan = provision::Plan::streams_only(common).with_history(provision::History::Replay);
+    if let Some(stage) = provision::stage(service::short_name::<S>()) {
+        plan.consumers.push((*stage, common.runner.clone()));
+    }
+    provision::apply(&client, &plan).await?;
+    Ok(())
 }

@@ -17,7 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use baton_kit::fabric::{self, Topology};
-use baton_schemas::config::JetStreamSettings;
+use baton_kit::provision;
+use baton_schemas::config::{CommonSettings, JetStreamSettings};
 use tempfile::TempDir;
 
 use crate::HarnessError;
@@ -152,6 +153,19 @@ impl NatsServer {
     pub async fn topology(&self) -> anyhow::Result<Topology> {
         let client = async_nats::connect(self.url()).await?;
         Ok(fabric::provision(&client, &JetStreamSettings::default(), Duration::from_secs(3600)).await?)
+    }
+
+    /// What the admin's provisioning step does before Baton's services start
+    /// ([`provision::apply`]): the streams and buckets `common` names and the durable consumer
+    /// of every stage, tuned by `common.runner`. A consumer created on a stream that already
+    /// holds events for it replays them, as a stage's first start would see them.
+    ///
+    /// # Errors
+    /// When the server cannot be reached or refuses the topology.
+    pub async fn provision(&self, common: &CommonSettings) -> anyhow::Result<Topology> {
+        let client = async_nats::connect(self.url()).await?;
+        let plan = provision::Plan::new(common).with_history(provision::History::Replay);
+        Ok(provision::apply(&client, &plan).await?.topology)
     }
 
     /// The client port; unchanged by restarts.

@@ -1,6 +1,7 @@
 //! The event fabric against a real nats-server: stage runners talking through JetStream,
 //! redelivery and deduplication, retries and dead letters, schema rejection, deadlines,
-//! broker restarts, graceful shutdown, provisioning and the operations endpoint.
+//! broker restarts, graceful shutdown, provisioning (and a service's refusal to run on a topology
+//! not provisioned for it, and a re-created consumer's history) and the operations endpoint.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,16 +10,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use async_nats::jetstream::consumer::{self, pull};
 use async_nats::jetstream::stream::Stream as JsStream;
-use baton_kit::fabric::{self, Topology};
+use baton_kit::fabric::{self, FabricError, Topology};
 use baton_kit::metrics::Metrics;
+use baton_kit::provision::{self, ConsumerChange, History, Plan};
 use baton_kit::runner::{self, backoff};
+use baton_kit::service::Runtime;
 use baton_kit::{Handler, HandlerError, Incoming, Outgoing, Stage, StageRunner, codec, events};
 use baton_schemas::config::{JetStreamSettings, RunnerSettings, TelemetrySettings};
 use baton_schemas::{CdEvent, EventType, subjects};
 use baton_tests::{NatsServer, eventually, eventually_every};
 use cloudevents::AttributesReader;
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -807,6 +810,187 @@ async fn provisioning_is_idempotent_and_updates_without_losing_data() -> Result<
     );
     t.logs.put("run-1/build.log", &mut "line 1\n".as_bytes()).await?;
     Ok(())
+}
+
+/// A service only checks what the admin provisioned, and refuses to start naming what is missing
+/// or provisioned otherwise, and how to fix it; once provisioned, it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_refuses_an_unprovisioned_topology_naming_what_is_missing() -> Result<()> {
+    let server = NatsServer::start()?;
+    let mut common = baton_schemas::config::CommonSettings::default();
+    common.nats.url = server.url();
+    let refused = Runtime::start("baton-builder", &common)
+        .await
+        .err()
+        .context("a service started on a server with no streams")?;
+    let message = refused.to_string();
+    assert!(!refused.is_transient(), "{message}");
+    for piece in [
+        "stream BATON_EVENTS",
+        "stream BATON_DEADLETTER",
+        "key-value bucket baton-handled",
+        "key-value bucket baton-state",
+        "key-value bucket baton-locks",
+        "object store baton-logs",
+        "baton admin provision",
+    ] {
+        assert!(message.contains(piece), "names {piece}: {message}");
+    }
+    let admin = async_nats::connect(server.url()).await?;
+    let names: Vec<String> = async_nats::jetstream::new(admin.clone())
+        .stream_names()
+        .try_collect()
+        .await?;
+    assert!(names.is_empty(), "the check created nothing: {names:?}");
+
+    // Streams, but no consumer: the stage is refused, naming its consumer.
+    provision::apply(&admin, &Plan::streams_only(&common)).await?;
+    let runtime = Runtime::start("baton-builder", &common).await?;
+    let handler = || TestHandler::new(|_| async { Ok(vec![]) });
+    let refused = runtime
+        .stage("builder", [EventType::ChangeMerged], handler())
+        .await
+        .err()
+        .context("a stage started without its consumer")?
+        .to_string();
+    assert!(
+        refused.contains("missing consumer builder of stream BATON_EVENTS")
+            && refused.contains("baton admin provision"),
+        "{refused}"
+    );
+
+    // A consumer that filters other types, or redelivers sooner than the runner heartbeats, is
+    // provisioned otherwise than the stage needs.
+    provision::apply(&admin, &Plan::new(&common)).await?;
+    let refused = runtime
+        .stage("builder", [EventType::ArtifactPublished], handler())
+        .await
+        .err()
+        .context("a stage whose consumer filters other types")?
+        .to_string();
+    assert!(
+        refused.contains("consumer builder of stream BATON_EVENTS is provisioned otherwise")
+            && refused.contains("baton.events.*.artifact.published"),
+        "{refused}"
+    );
+    let mut patient = common.clone();
+    patient.runner.ack_wait = Duration::from_secs(60);
+    let refused = Runtime::start("baton-builder", &patient)
+        .await?
+        .stage("builder", [EventType::ChangeMerged], handler())
+        .await
+        .err()
+        .context("a stage heartbeating slower than its consumer's ack_wait")?
+        .to_string();
+    assert!(
+        refused.contains("ack_wait 30s, shorter than this service's runner.ack_wait 1m"),
+        "{refused}"
+    );
+    runtime.stage("builder", [EventType::ChangeMerged], handler()).await?;
+    Ok(())
+}
+
+/// A stage consumer created on a stream that already holds its events (a stage added later, a
+/// consumer deleted): provisioning refuses until the operator says whether it skips them or
+/// replays them, and does exactly that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_consumer_never_replays_history_unless_told_to() -> Result<()> {
+    let server = NatsServer::start()?;
+    let mut common = baton_schemas::config::CommonSettings::default();
+    common.nats.url = server.url();
+    let admin = async_nats::connect(server.url()).await?;
+    let plan = Plan::new(&common);
+    let first = provision::apply(&admin, &plan).await?;
+    assert!(
+        first.consumers.iter().all(|(_, c)| *c == ConsumerChange::Created),
+        "{:?}",
+        first.consumers
+    );
+    let js = first.topology.jetstream.clone();
+    for id in ["h-1", "h-2", "h-3"] {
+        events::publish(&js, &change_merged(id)).await?;
+    }
+    let again = provision::apply(&admin, &plan).await?;
+    assert!(
+        again.consumers.iter().all(|(_, c)| *c == ConsumerChange::Updated),
+        "an existing consumer keeps its position: {:?}",
+        again.consumers
+    );
+    let pending = |name: &'static str| {
+        let js = js.clone();
+        async move {
+            anyhow::Ok(
+                js.get_stream("BATON_EVENTS")
+                    .await?
+                    .consumer_info(name)
+                    .await?
+                    .num_pending,
+            )
+        }
+    };
+    assert_eq!(pending("builder").await?, 3);
+
+    js.delete_consumer_from_stream("builder", "BATON_EVENTS").await?;
+    let refused = provision::apply(&admin, &plan)
+        .await
+        .err()
+        .context("a consumer re-created over its history without the operator's word")?;
+    let message = refused.to_string();
+    assert!(
+        matches!(refused, FabricError::ConsumerHistory { ref consumer, sequence: 3, .. } if consumer == "builder"),
+        "{message}"
+    );
+    assert!(
+        message.contains("--consumer-history skip") && message.contains("--consumer-history replay"),
+        "{message}"
+    );
+    assert!(
+        js.get_stream("BATON_EVENTS")
+            .await?
+            .consumer_info("builder")
+            .await
+            .is_err(),
+        "nothing was created"
+    );
+    // The tester's consumer, whose stream holds nothing for it, was not in the way.
+    assert_eq!(pending("tester").await?, 0);
+
+    let skipped = provision::apply(&admin, &plan.clone().with_history(History::Skip)).await?;
+    assert!(
+        skipped
+            .consumers
+            .contains(&("builder", ConsumerChange::CreatedSkippingHistory))
+    );
+    assert_eq!(pending("builder").await?, 0, "history skipped");
+    events::publish(&js, &change_merged("h-4")).await?;
+    assert_eq!(pending("builder").await?, 1, "a new event is delivered");
+
+    js.delete_consumer_from_stream("builder", "BATON_EVENTS").await?;
+    let replayed = provision::apply(&admin, &plan.with_history(History::Replay)).await?;
+    assert!(
+        replayed
+            .consumers
+            .contains(&("builder", ConsumerChange::CreatedReplaying))
+    );
+    assert_eq!(pending("builder").await?, 4, "history replayed");
+    Ok(())
+}
+
+/// The stage table provisioning creates consumers from is the one the services declare.
+#[test]
+fn provisioning_knows_every_stage_as_its_service_declares_it() {
+    let declared: [(&str, &[EventType]); 5] = [
+        (baton_builder::app::STAGE, &[EventType::ChangeMerged]),
+        (baton_tester::app::STAGE, &[EventType::ArtifactPublished]),
+        (baton_promoter::app::STAGE, &baton_promoter::handler::HANDLES),
+        (baton_deployer::app::STAGE, &baton_deployer::handler::HANDLES),
+        (baton_chatops::app::STAGE, &baton_chatops::outbound::HANDLES),
+    ];
+    for (name, handles) in declared {
+        let stage = provision::stage(name).unwrap_or_else(|| panic!("no stage {name} in provision::STAGES"));
+        assert_eq!(stage.handles, handles, "{name}");
+    }
+    assert_eq!(provision::STAGES.len(), declared.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,6 +279,12 @@ impl World {
         // Build the binaries before any server runs, so the build has both cores.
         service_binary("baton-listener")?;
         let nats = NatsServer::start()?;
+        // What the admin provisions before the fleet starts, tuned as every replica's runner
+        // (the `runner` section `start_fleet` writes).
+        let mut common = baton_schemas::config::CommonSettings::default();
+        common.runner.concurrency = 2;
+        common.runner.ack_wait = Duration::from_secs(10);
+        nats.provision(&common).await?;
         let client = async_nats::connect(nats.url()).await?;
         let js = jetstream::new(client);
         let dir = tempfile::Builder::new().prefix("baton-replicas-").tempdir()?;

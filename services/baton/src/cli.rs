@@ -142,11 +142,55 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         config_dir: std::path::PathBuf,
     },
+    /// Administration with the NATS admin user (deploy/README.md).
+    Admin {
+        /// What to do.
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Print shell completions, e.g. `baton completions bash > /etc/bash_completion.d/baton`.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// The admin's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create or update Baton's streams, key-value buckets, log object store and every stage's
+    /// durable consumer (services only check them at start). Run it before the services start,
+    /// and again after changing their `jetstream` or `runner` settings; it never deletes.
+    Provision {
+        /// The directory of the services' config files (listener.yaml, builder.yaml, …): each
+        /// present file provisions its stage's consumer with its `runner` settings, and all must
+        /// name the same streams. Default: every stage, with the default settings.
+        #[arg(long)]
+        config_dir: Option<std::path::PathBuf>,
+        /// A consumer missing on a stream that already holds events for it (a stage added
+        /// later, or a consumer deleted) is refused unless this says what it does with them:
+        /// `skip` starts it after the newest event, `replay` hands it every one again.
+        #[arg(long, value_enum)]
+        consumer_history: Option<ConsumerHistory>,
+    },
+}
+
+/// What a consumer created over existing events does with them (`--consumer-history`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConsumerHistory {
+    /// Start after the newest event; events published while it was missing are not handled.
+    Skip,
+    /// Handle every event on the stream again.
+    Replay,
+}
+
+impl From<ConsumerHistory> for baton_kit::provision::History {
+    fn from(history: ConsumerHistory) -> Self {
+        match history {
+            ConsumerHistory::Skip => Self::Skip,
+            ConsumerHistory::Replay => Self::Replay,
+        }
+    }
 }
 
 /// A vote on a pending promotion (`approve`, `decline`).

@@ -3,9 +3,12 @@
 //! runs in every environment, sends the promoter's operator commands (approve, decline,
 //! promote, rollback, pin, unpin, mark-bad) with the caller's identity, and prints build and
 //! test logs. Human output by default, coloured on a terminal; `-o json|yaml` for scripts.
+//! `baton admin provision` is the admin's provisioning step, and `baton up` runs every service
+//! in one process for local use.
 
 #![allow(clippy::print_stdout, reason = "a command line prints its results")]
 
+pub mod admin;
 pub mod cli;
 pub mod log;
 pub mod render;
@@ -24,7 +27,7 @@ pub enum CliError {
     /// Not found (release, app, run).
     #[error("{0}")]
     NotFound(String),
-    /// The promoter refused the command.
+    /// The promoter refused the command, or provisioning an operator's choice.
     #[error("{0}")]
     Refused(String),
     /// A service's config file is invalid (`baton up`): the file and field at fault.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use baton_kit::command::{CommandClient, CommandError};
+use baton_kit::provision::History;
 use baton_schemas::EventType;
 use baton_schemas::commands::{CommandRequest, Verb};
 use baton_schemas::release::ReleaseData;
@@ -15,11 +16,11 @@ use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 
 use crate::CliError;
-use crate::cli::{Cli, Command, Output};
+use crate::cli::{AdminCommand, Cli, Command, Output};
 use crate::log::{self, Query, Record};
 use crate::render::{self, Style, Tone};
 
-/// The events stream Baton's services provision by default.
+/// The events stream Baton provisions by default.
 const EVENTS_STREAM: &str = "BATON_EVENTS";
 /// The KV bucket of small state.
 const STATE_BUCKET: &str = "baton-state";
@@ -67,6 +68,16 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Releases { app } => releases(&js, style, &app).await,
         Command::Status { app } => status(&js, style, app.as_deref()).await,
         Command::Logs { run, step, follow } => logs(&client, &js, &run, step.as_deref(), follow).await,
+        Command::Admin {
+            command:
+                AdminCommand::Provision {
+                    config_dir,
+                    consumer_history,
+                },
+        } => {
+            let history = consumer_history.map_or(History::Refuse, History::from);
+            crate::admin::provision(&client, config_dir.as_deref(), history, style.output).await
+        }
         Command::Completions { .. } | Command::Up { .. } => Ok(()),
         Command::Approve(vote) => command(&client, style, Verb::Approve, vote.request()?).await,
         Command::Decline(vote) => command(&client, style, Verb::Decline, vote.request()?).await,

@@ -2,7 +2,9 @@
 //! config file its own binary would (`<dir>/listener.yaml`, `builder.yaml`, `tester.yaml`,
 //! `promoter.yaml`, `deployer.yaml`, `chatops.yaml`; a missing file leaves that service out),
 //! with `BATON_*` environment overrides, and `--nats` (when given) replaces every file's
-//! `nats.url`. SIGINT/SIGTERM stops them all, each draining its work.
+//! `nats.url`. Before starting them it provisions what they need, as `baton admin provision
+//! --config-dir <dir>` would, connected as the first file's `nats` section says (services only
+//! check the topology). SIGINT/SIGTERM stops them all, each draining its work.
 
 use std::future::Future;
 use std::path::Path;
@@ -83,6 +85,18 @@ async fn start<S: Service>(dir: &Path, nats: Option<&str>, stop: CancellationTok
 /// A service's config is invalid ([`CliError::Config`]) or it cannot start, or a service stops
 /// with an error ([`CliError::Service`]).
 pub async fn up(dir: &Path, nats: Option<&str>) -> Result<(), CliError> {
+    if let Some((plan, common)) = crate::admin::plan_from_dir(dir)? {
+        let mut settings = common.nats;
+        if let Some(url) = nats {
+            url.clone_into(&mut settings.url);
+        }
+        let client = baton_kit::fabric::connect(&settings, "baton-up")
+            .await
+            .map_err(|e| CliError::Nats(service::chain(&e)))?;
+        crate::admin::apply(&client, &plan).await?;
+        // Everything it sent was answered; closing it cannot lose anything.
+        let _ = client.drain().await;
+    }
     let stop = baton_kit::shutdown::on_signal();
     let mut running: JoinSet<Stopped> = JoinSet::new();
     let mut started = Vec::new();

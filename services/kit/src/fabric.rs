@@ -1,7 +1,10 @@
-//! The NATS fabric: connecting, provisioning the JetStream topology, and publishing events.
+//! The NATS fabric: connecting, the JetStream topology's streams and buckets, and publishing
+//! events.
 //!
-//! Provisioning is idempotent and never destroys data: streams and buckets are created when
-//! missing and updated in place when their settings changed. Publishing always waits for the
+//! [`provision`] creates the streams, KV buckets and object store, or updates them in place when
+//! their settings changed; it is idempotent and never destroys data. Only an admin may run it:
+//! it is a part of [`crate::provision::apply`], the provisioning step, while services bind to
+//! what was provisioned with [`crate::provision::check`]. Publishing always waits for the
 //! JetStream ack and sets `Nats-Msg-Id` to the CloudEvent id, so a retried publish is stored once.
 
 use std::time::Duration;
@@ -44,6 +47,40 @@ pub enum FabricError {
         #[source]
         source: async_nats::Error,
     },
+    /// A service found pieces of the topology missing: it refuses to start (it may not create
+    /// them).
+    #[error("the JetStream topology is not provisioned: missing {}; {}", missing.join(", "), crate::provision::FIX)]
+    Unprovisioned {
+        /// Each missing piece, e.g. `stream BATON_EVENTS`, `consumer builder of stream BATON_EVENTS`.
+        missing: Vec<String>,
+    },
+    /// A provisioned piece does not fit the service: it refuses to start.
+    #[error(
+        "{what} is provisioned otherwise than this service needs ({differs}); {}",
+        crate::provision::FIX
+    )]
+    Misprovisioned {
+        /// The piece, e.g. `consumer builder of stream BATON_EVENTS`.
+        what: String,
+        /// How it differs.
+        differs: String,
+    },
+    /// Provisioning would create a durable consumer on a stream that already holds events for
+    /// it, and the operator has not said whether it skips or replays them.
+    #[error(
+        "consumer {consumer} is missing while stream {stream} holds events for it (the newest at sequence {sequence}): \
+         created from the start it would handle every one again. Run `baton admin provision` again with \
+         --consumer-history skip (start after the newest; events published since it went missing are not handled: \
+         push again or promote by hand) or --consumer-history replay (handle them all again)"
+    )]
+    ConsumerHistory {
+        /// The consumer (stage) name.
+        consumer: String,
+        /// The events stream.
+        stream: String,
+        /// Sequence of the newest event the consumer would receive.
+        sequence: u64,
+    },
     /// JetStream did not acknowledge a publish (NATS down, timeout, no stream).
     #[error("JetStream did not acknowledge the event published on {subject}: {source}")]
     Publish {
@@ -56,9 +93,13 @@ pub enum FabricError {
 }
 
 impl FabricError {
-    /// Whether trying again later may succeed. Every fabric error is: NATS comes back.
+    /// Whether trying again later may succeed: NATS comes back, but a topology that is missing,
+    /// provisioned otherwise or waiting for an operator's choice stays so until someone acts.
     pub fn is_transient(&self) -> bool {
-        true
+        match self {
+            Self::Connect { .. } | Self::Provision { .. } | Self::Publish { .. } => true,
+            Self::Unprovisioned { .. } | Self::Misprovisioned { .. } | Self::ConsumerHistory { .. } => false,
+        }
     }
 
     /// A short label for metrics.
@@ -66,6 +107,9 @@ impl FabricError {
         match self {
             Self::Connect { .. } => "connect",
             Self::Provision { .. } => "provision",
+            Self::Unprovisioned { .. } => "unprovisioned",
+            Self::Misprovisioned { .. } => "misprovisioned",
+            Self::ConsumerHistory { .. } => "consumer_history",
             Self::Publish { .. } => "publish",
         }
     }
@@ -210,7 +254,9 @@ pub fn deadletter_stream_config(s: &JetStreamSettings) -> stream::Config {
     }
 }
 
-/// Creates or updates the whole topology. Safe to call from every replica at every start.
+/// Creates or updates the streams, KV buckets and object store (not the consumers: see
+/// [`crate::provision::apply`]). Needs an admin's connection; services call
+/// [`crate::provision::check`] instead.
 ///
 /// # Errors
 /// When JetStream refuses a configuration (e.g. more replicas than servers) or is unreachable.

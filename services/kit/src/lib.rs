@@ -5,8 +5,10 @@
 //! - [`error`]: the one failure shape (transient or permanent, a metric label, the source);
 //! - [`command`]: the client of the promoter's operator commands (CLI and chat-ops);
 //! - [`codec`]: CloudEvents over NATS in binary mode (structured mode accepted on input);
-//! - [`fabric`]: connecting to NATS and provisioning the JetStream topology (events stream,
+//! - [`fabric`]: connecting to NATS, the JetStream topology's streams (events stream,
 //!   dead-letter stream, KV buckets, log object store), and publishing with `Nats-Msg-Id`;
+//! - [`provision`]: the admin's provisioning step (streams, buckets and every stage's durable
+//!   consumer) and the start-time check every service makes instead of provisioning;
 //! - [`events`]: turning a CDEvent into a published, validated, traced CloudEvent;
 //! - [`runner`]: the stage runner — durable pull consumer, validation, idempotency, retries
 //!   with backoff, dead letters, heartbeats, deadlines and graceful drain;
@@ -26,6 +28,7 @@ pub mod fabric;
 pub mod health;
 pub mod lease;
 pub mod metrics;
+pub mod provision;
 pub mod runner;
 pub mod secret;
 pub mod service;

@@ -43,7 +43,7 @@ pub use crate::error::HandlerError;
 use crate::events::{self, Outgoing};
 use crate::fabric::{self, FabricError, Topology};
 use crate::metrics::{Metrics, StageMetrics};
-use crate::telemetry;
+use crate::{provision, telemetry};
 
 /// Most events asked for in one pull.
 const MAX_PULL: usize = 256;
@@ -182,6 +182,9 @@ pub enum RunnerError {
         #[source]
         source: async_nats::Error,
     },
+    /// The durable consumer is not provisioned as the stage needs (or cannot be read).
+    #[error(transparent)]
+    Topology(#[from] FabricError),
 }
 
 /// Delay before redelivery attempt `delivered + 1`: `initial * 2^(delivered-1)`, capped.
@@ -234,27 +237,22 @@ impl<H: Handler> StageRunner<H> {
         }
     }
 
-    /// Creates (or updates) the durable consumer. Called by [`StageRunner::run`]; call it
-    /// earlier to be sure the consumer exists before events are published.
+    /// Creates (or updates) the durable consumer as [`provision::apply`] would, from the start
+    /// of the stream when it is new. Needs a connection allowed to manage consumers (an admin's,
+    /// or a server without users); a service's own user may only [`check_consumer`] it.
+    ///
+    /// [`check_consumer`]: Self::check_consumer
     ///
     /// # Errors
     /// When JetStream refuses the consumer.
     pub async fn ensure_consumer(&self) -> Result<consumer::Consumer<pull::Config>, RunnerError> {
         let inner = &self.inner;
-        let config = pull::Config {
-            durable_name: Some(inner.stage.name.clone()),
-            description: Some(format!("Baton stage {}", inner.stage.name)),
-            filter_subjects: inner.stage.handles.iter().map(|t| subjects::event_filter(*t)).collect(),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: inner.settings.ack_wait,
-            // The runner counts deliveries itself so it can dead-letter before giving up.
-            max_deliver: -1,
-            // Only matters the first time the durable consumer is created: every event already on
-            // the stream was meant for this stage, so none is skipped (see docs/decisions.md).
-            deliver_policy: consumer::DeliverPolicy::All,
-            max_ack_pending: i64::try_from(inner.settings.concurrency.saturating_mul(4).max(64)).unwrap_or(i64::MAX),
-            ..Default::default()
-        };
+        let config = provision::consumer_config(
+            &inner.stage.name,
+            &inner.stage.handles,
+            &inner.settings,
+            consumer::DeliverPolicy::All,
+        );
         inner
             .topology
             .events
@@ -266,12 +264,29 @@ impl<H: Handler> StageRunner<H> {
             })
     }
 
+    /// The provisioned durable consumer, checked against the stage ([`provision::check_consumer`]):
+    /// one `CONSUMER.INFO`. Called by [`StageRunner::run`]; call it earlier to refuse to start
+    /// before anything else is set up.
+    ///
+    /// # Errors
+    /// [`RunnerError::Topology`] naming what is missing or wrong, and how to provision it.
+    pub async fn check_consumer(&self) -> Result<consumer::Consumer<pull::Config>, RunnerError> {
+        let inner = &self.inner;
+        Ok(provision::check_consumer(
+            &inner.topology,
+            &inner.stage.name,
+            &inner.stage.handles,
+            &inner.settings,
+        )
+        .await?)
+    }
+
     /// Consumes until `shutdown` resolves, then drains in-flight work within the grace period.
     ///
     /// # Errors
-    /// When the consumer cannot be created.
+    /// When the consumer is not provisioned as the stage needs.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunnerError> {
-        let consumer = self.ensure_consumer().await?;
+        let consumer = self.check_consumer().await?;
         let inner = Arc::clone(&self.inner);
         let permits = Arc::new(Semaphore::new(inner.settings.concurrency.max(1)));
         let hard_stop = CancellationToken::new();
@@ -664,9 +679,7 @@ async fn dead_letter<H>(
     .await
     {
         Ok(_) => ack(message, AckKind::Term, Outcome::GaveUp(label)).await,
-        Err(e @ FabricError::Publish { .. })
-        | Err(e @ FabricError::Connect { .. })
-        | Err(e @ FabricError::Provision { .. }) => {
+        Err(e) => {
             tracing::error!(error = %e, "cannot dead-letter the event, handing it back");
             ack(
                 message,

@@ -4,8 +4,8 @@
 //! run until a shutdown token is cancelled. Its binary is [`main`] behind the
 //! [`service_main!`](crate::service_main) macro, so every `main.rs` is the same three lines, and
 //! `baton up` starts any list of services through the same trait. Inside `build`, a service uses
-//! [`Runtime::start`] (connect to NATS, provision the topology, set up metrics),
-//! [`Runtime::stage`] (its stage runner and durable consumer) and [`Runtime::bind`]; its
+//! [`Runtime::start`] (connect to NATS, check the provisioned topology, set up metrics),
+//! [`Runtime::stage`] (its stage runner, its durable consumer checked) and [`Runtime::bind`]; its
 //! `run_until_stopped` uses [`Runtime::serve`] (an HTTP router beside whatever work the service
 //! does, one shutdown for both, then a NATS drain) or [`Runtime::serve_stage`].
 //!
@@ -81,7 +81,7 @@ use crate::health::{self, HealthState};
 use crate::metrics::Metrics;
 use crate::runner::{Handler, RunnerError, Stage, StageRunner};
 use crate::settings::{self, ConfigError, EXIT_INVALID_CONFIG, ServiceArgs, Settings};
-use crate::{shutdown, telemetry, tls};
+use crate::{provision, shutdown, telemetry, tls};
 
 /// How a service reads its secrets and other environment values: `std::env::var` in `main`, a
 /// map in tests.
@@ -98,11 +98,12 @@ pub trait Service: Sized + Send + 'static {
     /// The service's own config sections (beside the common ones).
     type Config: DeserializeOwned + Serialize + Default + Send + 'static;
 
-    /// Validates the config (secrets included), connects, provisions and binds `http.listen`.
+    /// Validates the config (secrets included), connects, checks the provisioned topology and
+    /// binds `http.listen`.
     ///
     /// # Errors
-    /// [`StartError::Config`] before anything is bound; the others when NATS, the port or
-    /// another dependency fails.
+    /// [`StartError::Config`] before anything is bound; the others when NATS, the topology, the
+    /// port or another dependency fails.
     fn build(settings: Settings<Self::Config>, env: Env<'_>) -> impl Future<Output = Result<Self, StartError>>;
 
     /// The bound address of its HTTP endpoint (useful when `http.listen` has port 0).
@@ -127,7 +128,7 @@ pub enum StartError {
     /// Invalid configuration: `main` exits with code 64.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// NATS unreachable or the topology refused.
+    /// NATS unreachable, or the topology missing or provisioned otherwise than the service needs.
     #[error(transparent)]
     Fabric(#[from] FabricError),
     /// The stage runner could not create its consumer or keep consuming.
@@ -195,14 +196,16 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Connects (retrying up to `nats.connect_timeout`) and provisions the topology.
+    /// Connects (retrying up to `nats.connect_timeout`) and binds to the provisioned topology
+    /// ([`provision::check`]: one `INFO` per stream and bucket; a service never creates them).
     ///
     /// # Errors
-    /// When NATS cannot be reached or refuses the topology.
+    /// When NATS cannot be reached, or the topology is not provisioned (the error names what is
+    /// missing and how to provision it).
     pub async fn start(service: &str, settings: &CommonSettings) -> Result<Self, FabricError> {
         let client = fabric::connect(&settings.nats, service).await?;
-        let topology = fabric::provision(&client, &settings.jetstream, settings.runner.remember_handled).await?;
-        tracing::info!(nats = %settings.nats.url, stream = %settings.jetstream.events_stream, "connected and provisioned");
+        let topology = provision::check(&client, &settings.jetstream).await?;
+        tracing::info!(nats = %settings.nats.url, stream = %settings.jetstream.events_stream, "connected, topology provisioned");
         Ok(Self {
             service: service.to_owned(),
             client,
@@ -214,11 +217,12 @@ impl Runtime {
         })
     }
 
-    /// The stage runner of `stage`, whose durable consumer exists once this returns, so events
-    /// published from now on are not missed.
+    /// The stage runner of `stage`, once its provisioned durable consumer is found to filter
+    /// exactly `handles` ([`provision::check_consumer`]).
     ///
     /// # Errors
-    /// When JetStream refuses the consumer.
+    /// When the consumer is missing or provisioned otherwise (naming what differs and how to
+    /// provision it), or cannot be read.
     pub async fn stage<H: Handler>(
         &self,
         stage: &str,
@@ -233,7 +237,7 @@ impl Runtime {
             self.metrics.clone(),
         )
         .with_grace_period(self.grace);
-        runner.ensure_consumer().await?;
+        runner.check_consumer().await?;
         Ok(runner)
     }
 
