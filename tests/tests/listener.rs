@@ -136,6 +136,16 @@ impl TestApp {
         .await
     }
 
+    /// Asserts that /metrics shows every one of `lines`.
+    async fn assert_metrics(&self, lines: &[&str]) -> Result<()> {
+        let url = format!("http://{}/metrics", self.addr);
+        let metrics = self.http.get(url).send().await?.text().await?;
+        for line in lines {
+            assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
+        }
+        Ok(())
+    }
+
     async fn stop(self) -> Result<()> {
         self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.task).await???;
@@ -161,6 +171,26 @@ fn github_headers(body: &[u8], event: &str, delivery: &str) -> Vec<(String, Stri
         ("X-GitHub-Delivery", delivery),
         ("X-Hub-Signature-256", &format!("sha256={}", hmac_hex(body))),
     ])
+}
+
+/// Headers of a signed generic push.
+fn generic_headers(body: &[u8], delivery: &str) -> Vec<(String, String)> {
+    json_headers(&[
+        ("X-Baton-Delivery", delivery),
+        ("X-Baton-Signature", &format!("sha256={}", hmac_hex(body))),
+    ])
+}
+
+/// A generic push body moving `git_ref` of acme/scripted to `sha`.
+fn generic_push(git_ref: &str, sha: &str) -> String {
+    json!({
+        "ref": git_ref,
+        "before": "0000000000000000000000000000000000000000",
+        "after": sha,
+        "repository": {"full_name": "acme/scripted", "clone_url": "https://example.com/acme/scripted.git"},
+        "head_commit": {"id": sha, "message": "scripted", "author": {"name": "CI"}}
+    })
+    .to_string()
 }
 
 fn data(event: &CdEvent) -> PushData {
@@ -240,18 +270,8 @@ async fn gitlab_gitea_bitbucket_and_generic_pushes_are_recorded() -> Result<()> 
     let (status, answer) = app.post("bitbucket", &headers, body).await?;
     assert_eq!(status, 202, "{answer}");
 
-    let generic = json!({
-        "ref": "refs/heads/main",
-        "before": "0000000000000000000000000000000000000000",
-        "after": "1111111111111111111111111111111111111111",
-        "repository": {"full_name": "acme/scripted", "clone_url": "https://example.com/acme/scripted.git"},
-        "head_commit": {"id": "1111111111111111111111111111111111111111", "message": "scripted", "author": {"name": "CI"}}
-    })
-    .to_string();
-    let headers = json_headers(&[
-        ("X-Baton-Delivery", "gen-1"),
-        ("X-Baton-Signature", &format!("sha256={}", hmac_hex(generic.as_bytes()))),
-    ]);
+    let generic = generic_push("refs/heads/main", "1111111111111111111111111111111111111111");
+    let headers = generic_headers(generic.as_bytes(), "gen-1");
     let (status, answer) = app.post("generic", &headers, generic.as_bytes()).await?;
     assert_eq!(status, 202, "{answer}");
 
@@ -338,6 +358,141 @@ async fn the_same_delivery_twice_is_one_event() -> Result<()> {
         a1["accepted"][0]["release"], a2["accepted"][0]["release"],
         "the redelivery reports the same release"
     );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(app.pushes().await?.len(), 1);
+    app.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_push_replayed_under_a_new_delivery_id_starts_no_second_release() -> Result<()> {
+    let app = TestApp::start().await?;
+    let body = GITHUB_PUSH.as_bytes();
+    let (s1, first) = app.post("github", &github_headers(body, "push", "first"), body).await?;
+    assert_eq!(s1, 202, "{first}");
+    assert_eq!(first["accepted"][0]["already_released"], false, "{first}");
+    let release = first["accepted"][0]["release"].clone();
+
+    // The same signed body, captured and sent again under a delivery id of the sender's choice.
+    let (s2, replay) = app
+        .post("github", &github_headers(body, "push", "replay"), body)
+        .await?;
+    assert_eq!(s2, 202, "the host gets a 2xx so it does not retry forever: {replay}");
+    let answer = &replay["accepted"][0];
+    assert_eq!(
+        answer["release"], release,
+        "the answer names the first release: {replay}"
+    );
+    assert_eq!(answer["event"], "github:first:refs/heads/main", "{replay}");
+    assert_eq!(answer["duplicate"], true, "{replay}");
+    assert_eq!(answer["already_released"], true, "{replay}");
+    let reason = answer["reason"].as_str().unwrap_or_default();
+    let fixture: Value = serde_json::from_str(GITHUB_PUSH)?;
+    let short = &fixture["after"].as_str().unwrap()[..7];
+    assert!(
+        reason.contains(&format!("commit {short} of refs/heads/main was released already"))
+            && reason.contains(release.as_str().unwrap())
+            && reason.contains("(delivery first)"),
+        "{replay}"
+    );
+
+    // The first delivery redelivered is still a plain duplicate of its own release.
+    let (s3, again) = app.post("github", &github_headers(body, "push", "first"), body).await?;
+    assert_eq!(s3, 202, "{again}");
+    assert_eq!(again["accepted"][0]["duplicate"], true, "{again}");
+    assert_eq!(again["accepted"][0]["already_released"], false, "{again}");
+    assert!(again["accepted"][0].get("reason").is_none(), "{again}");
+    assert_eq!(again["accepted"][0]["release"], release);
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pushes = app.pushes().await?;
+    assert_eq!(pushes.len(), 1, "one release of the commit");
+    assert_eq!(pushes[0].1.context.chain_id.as_deref(), release.as_str());
+
+    app.assert_metrics(&[
+        "baton_webhook_requests_total{provider=\"github\",outcome=\"accepted\"} 1",
+        "baton_webhook_requests_total{provider=\"github\",outcome=\"already_released\"} 1",
+        "baton_webhook_requests_total{provider=\"github\",outcome=\"duplicate\"} 1",
+    ])
+    .await?;
+    app.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_commit_pushed_to_two_tracked_branches_is_a_release_on_each() -> Result<()> {
+    let config = CONFIG.replace("BITBUCKET_REPO", &bitbucket_repo()).replace(
+        "    branches: [main]\n    clone_url",
+        "    branches: [main, \"release/*\"]\n    clone_url",
+    );
+    let app = TestApp::start_with(&config, |_| {}).await?;
+    let sha = "3333333333333333333333333333333333333333";
+    let mut releases = Vec::new();
+    for (git_ref, delivery) in [("refs/heads/main", "m-1"), ("refs/heads/release/1.x", "r-1")] {
+        let body = generic_push(git_ref, sha);
+        let (status, answer) = app
+            .post("generic", &generic_headers(body.as_bytes(), delivery), body.as_bytes())
+            .await?;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer["accepted"][0]["already_released"], false, "{answer}");
+        releases.push(answer["accepted"][0]["release"].clone());
+    }
+    assert_ne!(releases[0], releases[1], "each branch releases the commit");
+    // A replay on one branch is refused; the other branch's release is not what it names.
+    let body = generic_push("refs/heads/release/1.x", sha);
+    let (status, answer) = app
+        .post("generic", &generic_headers(body.as_bytes(), "r-2"), body.as_bytes())
+        .await?;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"][0]["already_released"], true, "{answer}");
+    assert_eq!(answer["accepted"][0]["release"], releases[1], "{answer}");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pushes = app.pushes().await?;
+    assert_eq!(
+        pushes.iter().map(|(_, e)| data(e).git_ref).collect::<Vec<_>>(),
+        vec!["refs/heads/main", "refs/heads/release/1.x"]
+    );
+    app.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_left_unpublished_is_released_by_the_next_push_of_its_commit() -> Result<()> {
+    let app = TestApp::start().await?;
+    let sha = "4444444444444444444444444444444444444444";
+    // What a push leaves when JetStream refused its event after the commit was claimed.
+    let first_event = baton_listener::push::event_id("generic", "lost", "refs/heads/main");
+    let unfinished = baton_listener::push::CommitRecord {
+        release: baton_listener::push::release_id(&first_event),
+        event: first_event.clone(),
+        delivery: "lost".into(),
+        provider: "generic".into(),
+        git_ref: "refs/heads/main".into(),
+        sha: sha.into(),
+        at: chrono::Utc::now(),
+        published: false,
+    };
+    let state = app.js.get_key_value("baton-state").await?;
+    let key = baton_listener::push::commit_key("acme/scripted", "refs/heads/main", sha);
+    state.create(&key, serde_json::to_vec(&unfinished)?.into()).await?;
+
+    let body = generic_push("refs/heads/main", sha);
+    let (status, answer) = app
+        .post("generic", &generic_headers(body.as_bytes(), "next"), body.as_bytes())
+        .await?;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        answer["accepted"][0]["release"],
+        unfinished.release.as_str(),
+        "{answer}"
+    );
+    assert_eq!(answer["accepted"][0]["already_released"], false, "{answer}");
+    let pushes = app.wait_for_pushes(1).await?;
+    assert_eq!(pushes[0].1.context.id, first_event, "published under the claim's id");
+
+    // Now it is released: a further push of the commit is not.
+    let (_, answer) = app
+        .post("generic", &generic_headers(body.as_bytes(), "later"), body.as_bytes())
+        .await?;
+    assert_eq!(answer["accepted"][0]["already_released"], true, "{answer}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(app.pushes().await?.len(), 1);
     app.stop().await
@@ -449,14 +604,7 @@ async fn bad_requests_are_refused_with_a_clear_reason_and_no_event() -> Result<(
     assert!(app.pushes().await?.is_empty(), "no request above produced an event");
 
     // Operators see it all on /metrics.
-    let metrics = app
-        .http
-        .get(format!("http://{}/metrics", app.addr))
-        .send()
-        .await?
-        .text()
-        .await?;
-    for line in [
+    app.assert_metrics(&[
         "baton_webhook_requests_total{provider=\"github\",outcome=\"unauthorized\"} 2",
         "baton_webhook_requests_total{provider=\"gitlab\",outcome=\"unauthorized\"} 1",
         "baton_webhook_requests_total{provider=\"github\",outcome=\"not_found\"} 1",
@@ -467,9 +615,8 @@ async fn bad_requests_are_refused_with_a_clear_reason_and_no_event() -> Result<(
         "baton_webhook_requests_total{provider=\"github\",outcome=\"bad_request\"} 1",
         "baton_webhook_requests_total{provider=\"github\",outcome=\"ping\"} 1",
         "baton_webhook_rejected_signatures_total{provider=\"github\",outcome=\"rejected\"} 2",
-    ] {
-        assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
-    }
+    ])
+    .await?;
     app.stop().await
 }
 
@@ -632,5 +779,46 @@ async fn polling_emits_one_event_per_new_head() -> Result<()> {
     // Several more intervals pass: nothing new, nothing more.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert_eq!(app.pushes().await?.len(), 2);
+
+    // The branch is forced back to the first commit, released already: no release. The
+    // poller remembers the move, so the next push is described from there.
+    git(
+        &work,
+        &["push", "--force", "origin", &format!("{first}:refs/heads/main")],
+    )?;
+    let state = app.js.get_key_value("baton-state").await?;
+    eventually(Duration::from_secs(30), "the poller saw main move back", async || {
+        let mut keys = state.keys().await?;
+        while let Some(key) = futures::StreamExt::next(&mut keys).await {
+            let key = key?;
+            if key.starts_with("poll.acme_polled.") {
+                let seen = state.get(&key).await?.unwrap_or_default();
+                return Ok(if seen == first.as_bytes() {
+                    Ok(())
+                } else {
+                    Err(String::from_utf8_lossy(&seen).into_owned())
+                });
+            }
+        }
+        Ok(Err("no poll state yet".into()))
+    })
+    .await?;
+    assert_eq!(
+        app.pushes().await?.len(),
+        2,
+        "moving back to a released commit starts no release"
+    );
+
+    git(&work, &["reset", "--hard", &first])?;
+    std::fs::write(work.join("README"), "four\n")?;
+    git(&work, &["commit", "-am", "fourth"])?;
+    git(&work, &["push", "--force", "origin", "main"])?;
+    let pushes = app.wait_for_pushes(3).await?;
+    assert_eq!(pushes.len(), 3);
+    assert_eq!(
+        data(&pushes[2].1).before,
+        first,
+        "described from where main moved back to"
+    );
     app.stop().await
 }

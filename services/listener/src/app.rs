@@ -49,6 +49,7 @@ impl Service for Application {
         let state = WebhookState {
             repositories: repositories.clone(),
             jetstream: runtime.topology.jetstream.clone(),
+            state: runtime.topology.state.clone(),
             settings: Arc::new(settings.service.webhook.clone()),
             metrics: webhook_metrics,
         };

@@ -1,8 +1,10 @@
 //! Polling mode, for remotes that cannot send webhooks: every `poll.interval` the listener lists
 //! the remote's refs (the kit's [`Sources::ls_remote`]), compares each tracked ref with the last
 //! sha it saw (kept in JetStream KV, so replicas and restarts agree), fetches what changed into
-//! the kit's cached mirror to read its commits, and emits the same `change.merged` a webhook
-//! would. Private remotes are reached with the credentials of `source.credentials`.
+//! the kit's cached mirror to read its commits, and records the push as a webhook's is
+//! ([`push::record`]): a `change.merged`, unless the new head was released on that ref already
+//! (a ref moved back to an earlier commit). Private remotes are reached with the credentials of
+//! `source.credentials`.
 //!
 //! The event id is derived from the ref and the old and new sha, so two replicas polling the
 //! same remote, or a crash between publishing and remembering, never start a second release.
@@ -12,10 +14,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use baton_kit::source::{self, RemoteRef, SourceError, Sources};
-use baton_kit::{Outgoing, events};
 use baton_schemas::payloads::{CommitInfo, RepositoryInfo};
 use baton_schemas::subjects::sanitize_token;
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Repository;
@@ -40,9 +40,9 @@ pub enum PollError {
     /// The last-seen state could not be read or written.
     #[error("state bucket: {0}")]
     State(String),
-    /// The event could not be published.
+    /// The push could not be recorded (state bucket or JetStream).
     #[error(transparent)]
-    Publish(#[from] events::PublishError),
+    Record(#[from] push::RecordError),
     /// The blocking git task failed.
     #[error("git task: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -100,7 +100,8 @@ impl Poller {
         }
     }
 
-    /// One look at the remote. Returns how many new heads were published.
+    /// One look at the remote. Returns how many new heads were published (a head released on
+    /// its ref already is remembered, not published).
     ///
     /// # Errors
     /// When the remote cannot be listed or fetched, or NATS does not acknowledge.
@@ -129,10 +130,14 @@ impl Poller {
             let push = self.describe(&r, before.clone()).await?;
             if push::accept(&self.repo, &push).is_ok() {
                 let delivery = format!("{}..{}", push.before, push.after);
-                let event: Outgoing =
-                    push::change_merged(&self.repo, PROVIDER, &delivery, &push).expect("push events serialize");
-                events::publish(&self.jetstream, &event).await?;
-                published += 1;
+                match push::record(&self.state, &self.jetstream, &self.repo, PROVIDER, &delivery, &push).await? {
+                    push::Recorded::Published { .. } => published += 1,
+                    push::Recorded::AlreadyReleased(first) => tracing::info!(
+                        repository = %self.repo.name, delivery = %delivery, git_ref = %push.git_ref, sha = %push.after,
+                        chain.id = %first.release, first.event = %first.event, first.delivery = %first.delivery,
+                        "polled head was released on this ref already; no new release"
+                    ),
+                }
             }
             self.state
                 .put(&key, r.sha.clone().into())
@@ -171,8 +176,7 @@ impl Poller {
 
 /// KV key of the last sha seen for one ref (KV keys allow only a few characters, refs many).
 fn state_key(repo: &str, git_ref: &str) -> String {
-    let digest = Sha256::digest(git_ref.as_bytes());
-    format!("poll.{}.{}", sanitize_token(repo), hex::encode(&digest[..12]))
+    format!("poll.{}.{}", sanitize_token(repo), push::ref_token(git_ref))
 }
 
 type Head = (String, String, String);

@@ -3,20 +3,20 @@
 //! Order of checks: the provider in the path (404), the body size (413), its content type and
 //! JSON (415/400), the repository (404), the signature over the raw bytes (401), the event
 //! type (202 "ignored" for anything but a push), then each pushed ref (202 "ignored" for
-//! deletions and untracked refs). Accepted pushes are published as `change.merged`; the answer
-//! is 202 once JetStream has acknowledged every one of them, or 503 if it did not in time, so
-//! the host retries (the deterministic event id makes the retry harmless).
+//! deletions and untracked refs). Accepted pushes are recorded ([`push::record`]): published as
+//! `change.merged` unless their commit was released on that ref already. The answer is 202 once
+//! every one is recorded, or 503 if NATS did not answer in time, so the host retries (the
+//! deterministic event id makes the retry harmless).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use baton_kit::events;
 use baton_schemas::config::listener::WebhookSettings;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,6 +35,8 @@ pub struct WebhookState {
     pub repositories: Repositories,
     /// Where events are published.
     pub jetstream: jetstream::Context,
+    /// The `baton-state` bucket, where each released commit is claimed per ref.
+    pub state: kv::Store,
     /// Body limit, generic signature header, publish timeout.
     pub settings: Arc<WebhookSettings>,
     /// Request counters.
@@ -46,8 +48,8 @@ pub struct WebhookState {
 pub struct RequestLabels {
     /// `github`, `gitlab`, … or `unknown`.
     pub provider: String,
-    /// `accepted`, `duplicate`, `ignored`, `ping`, `unauthorized`, `not_found`, `bad_request`,
-    /// `unsupported_media_type`, `too_large`, `unavailable`.
+    /// `accepted`, `duplicate`, `already_released`, `ignored`, `ping`, `unauthorized`,
+    /// `not_found`, `bad_request`, `unsupported_media_type`, `too_large`, `unavailable`.
     pub outcome: String,
 }
 
@@ -126,7 +128,7 @@ pub enum WebhookError {
     /// A required field of the push is missing or malformed.
     #[error(transparent)]
     Payload(#[from] PayloadError),
-    /// JetStream did not acknowledge in time.
+    /// NATS (the state bucket or JetStream) did not record the push in time.
     #[error("Baton cannot record the push right now ({0}); retry the delivery")]
     Unavailable(String),
 }
@@ -162,15 +164,25 @@ impl IntoResponse for WebhookError {
     }
 }
 
-/// One published push in the answer.
+/// One recorded push in the answer.
 #[derive(Debug, Serialize)]
 struct AcceptedPush {
+    /// The event on the stream that started the release.
     event: String,
+    /// The release (`chainId`).
     release: String,
     #[serde(rename = "ref")]
     git_ref: String,
     sha: String,
+    /// Whether the release existed before this request: a redelivery, or a commit released
+    /// on this ref already.
     duplicate: bool,
+    /// Whether another push released this commit on this ref already, so this one published
+    /// nothing.
+    already_released: bool,
+    /// Why nothing was published, for an already released commit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -281,52 +293,66 @@ async fn handle(
     };
 
     let mut answer = Answer::default();
-    let mut outgoing = Vec::new();
+    let mut accepted = Vec::new();
     for p in &pushes {
         match push::accept(repo, p) {
-            Ok(()) => outgoing
-                .push(push::change_merged(repo, provider.as_str(), &delivery_id, p).expect("push events serialize")),
+            Ok(()) => accepted.push(p),
             Err(push::Ignored(reason)) => answer.ignored.push(reason),
         }
     }
-    if outgoing.is_empty() {
+    if accepted.is_empty() {
         tracing::info!(repository = %repo.name, delivery = %delivery_id, reasons = ?answer.ignored, "push ignored");
         return Ok((StatusCode::ACCEPTED, "ignored", answer));
     }
     let timeout = state.settings.publish_timeout;
-    let mut all_duplicates = true;
-    for out in outgoing {
-        let published = tokio::time::timeout(timeout, events::publish(&state.jetstream, &out))
-            .await
-            .map_err(|_| {
-                WebhookError::Unavailable(format!(
-                    "JetStream did not acknowledge within {}",
-                    fmt_duration(timeout)
-                ))
-            })?
-            .map_err(|e| WebhookError::Unavailable(e.to_string()))?;
-        let (_, ack) = published;
-        all_duplicates &= ack.duplicate;
-        let release = out.event.context.chain_id.clone().unwrap_or_default();
-        tracing::info!(
-            repository = %repo.name, delivery = %delivery_id, event.id = %out.event.context.id, chain.id = %release,
-            sha = %out.event.subject.id, duplicate = ack.duplicate, "push recorded"
-        );
+    let (mut any_new, mut any_released) = (false, false);
+    for p in accepted {
+        let recorded = tokio::time::timeout(
+            timeout,
+            push::record(&state.state, &state.jetstream, repo, provider.as_str(), &delivery_id, p),
+        )
+        .await
+        .map_err(|_| WebhookError::Unavailable(format!("NATS did not answer within {}", fmt_duration(timeout))))?
+        .map_err(|e| WebhookError::Unavailable(e.to_string()))?;
+        let (event, release, duplicate, reason) = match recorded {
+            push::Recorded::Published {
+                event,
+                release,
+                duplicate,
+            } => {
+                tracing::info!(
+                    repository = %repo.name, delivery = %delivery_id, event.id = %event, chain.id = %release,
+                    git_ref = %p.git_ref, sha = %p.after, duplicate, "push recorded"
+                );
+                any_new |= !duplicate;
+                (event, release, duplicate, None)
+            }
+            push::Recorded::AlreadyReleased(first) => {
+                tracing::info!(
+                    repository = %repo.name, delivery = %delivery_id, git_ref = %p.git_ref, sha = %p.after,
+                    chain.id = %first.release, first.event = %first.event, first.delivery = %first.delivery,
+                    first.at = %first.at, "push of an already released commit recorded; no new release"
+                );
+                any_released = true;
+                let reason = first.reason();
+                (first.event, first.release, true, Some(reason))
+            }
+        };
         answer.accepted.push(AcceptedPush {
-            event: out.event.context.id.clone(),
+            event,
             release,
-            git_ref: out
-                .event
-                .custom_data
-                .as_ref()
-                .and_then(|d| d["ref"].as_str())
-                .unwrap_or_default()
-                .to_owned(),
-            sha: out.event.subject.id.clone(),
-            duplicate: ack.duplicate,
+            git_ref: p.git_ref.clone(),
+            sha: p.after.clone(),
+            duplicate,
+            already_released: reason.is_some(),
+            reason,
         });
     }
-    let outcome = if all_duplicates { "duplicate" } else { "accepted" };
+    let outcome = match (any_new, any_released) {
+        (true, _) => "accepted",
+        (false, true) => "already_released",
+        (false, false) => "duplicate",
+    };
     Ok((StatusCode::ACCEPTED, outcome, answer))
 }
 
