@@ -44,7 +44,7 @@ pub fn event_id(provider: &str, delivery_id: &str, git_ref: &str) -> String {
     format!("{provider}:{delivery_id}:{git_ref}")
 }
 
-/// The release id a push starts: fresh for every push, yet the same for a redelivery of it.
+/// The release id an event starts: one per event id, so the same for a redelivery of a push.
 pub fn release_id(event_id: &str) -> String {
     uuid::Uuid::new_v5(
         &uuid::Uuid::NAMESPACE_URL,
