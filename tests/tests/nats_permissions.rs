@@ -3,13 +3,19 @@
 //! service's event types, lets each publish its own, and lets every real service do its work
 //! with its own user: the whole release story from a signed push to a healthy Deployment, with
 //! the listener, builder, tester, promoter, deployer and chat-ops bot each connected as itself,
-//! and not one permissions violation in the server's log.
+//! and not one permissions violation in the server's log. Only the admin user may change the
+//! topology: every service user and the operator are refused each way of creating, updating,
+//! sealing, purging or deleting a stream or bucket and of creating, changing, deleting or
+//! pulling from a stage's durable consumer, and a service refuses to start before the admin has
+//! provisioned.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use baton_kit::fabric::Topology;
+use baton_kit::provision::{self, Plan};
 use baton_schemas::config::CommonSettings;
 use baton_schemas::{EventType, subjects};
 use baton_tests::{NatsServer, app, events, eventually_every, repos};
@@ -31,8 +37,20 @@ fn users() -> Vec<&'static str> {
             users.push(ty.emitted_by());
         }
     }
-    users.extend(["chatops", "operator"]);
+    users.extend(["chatops", "operator", "admin"]);
     users
+}
+
+/// The users that must not change the topology: every service's and the operator's.
+fn unprivileged() -> Vec<&'static str> {
+    users().into_iter().filter(|u| *u != "admin").collect()
+}
+
+/// Provisions what Baton's services need with `common`'s settings, as the admin user would
+/// (`baton admin provision`).
+async fn provision_as_admin(nats: &SecuredNats, common: &CommonSettings) -> Result<Topology> {
+    let admin = baton_kit::fabric::connect(&nats.common("admin")?.nats, "baton-admin").await?;
+    Ok(provision::apply(&admin, &Plan::new(common)).await?.topology)
 }
 
 /// A nats-server with auth.conf (or a cluster of them) and a fresh random password per user,
@@ -173,10 +191,7 @@ async fn connect_to(
 async fn each_service_may_publish_only_its_own_event_types() -> Result<()> {
     baton_kit::tls::install_crypto_provider();
     let nats = SecuredNats::start()?;
-    // The topology, provisioned the way every service does it at start, as the promoter.
-    let promoter = baton_kit::fabric::connect(&nats.common("promoter")?.nats, "provision").await?;
-    let settings = CommonSettings::default();
-    baton_kit::fabric::provision(&promoter, &settings.jetstream, settings.runner.remember_handled).await?;
+    provision_as_admin(&nats, &CommonSettings::default()).await?;
 
     // A wrong password is refused outright.
     let wrong = async_nats::ConnectOptions::with_user_and_password("builder".into(), "not-the-password".into())
@@ -343,6 +358,8 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
         "SLACK_SECRET" => Some(SLACK_SECRET.to_owned()),
         _ => None,
     };
+    // The admin provisions first; then each service finds what it needs with its own user.
+    provision_as_admin(&nats, &nats.common("builder")?).await?;
     let stop = CancellationToken::new();
     let listener = app::spawn::<baton_listener::Application>(
         nats.common("listener")?,
@@ -529,27 +546,29 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
     Ok(())
 }
 
-/// Production's topology: three servers with the same auth.conf, and the kit's own provisioning
+/// Production's topology: three servers with the same auth.conf, and the admin's provisioning
 /// with `jetstream.replicas: 3` (what the base's `BATON_JETSTREAM__REPLICAS=3` sets) gives every
 /// stream and bucket three replicas; a service's publishes still go through with one server down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_keeps_r3_streams_for_the_same_users() -> Result<()> {
     let mut nats = SecuredNats::cluster(3)?;
-    let mut common = nats.common("builder")?;
+    let mut common = nats.common("admin")?;
     common.jetstream.replicas = 3;
-    let builder = baton_kit::fabric::connect(&common.nats, "builder").await?;
+    let admin = baton_kit::fabric::connect(&common.nats, "baton-admin").await?;
     // The cluster elects its JetStream leader shortly after the routes connect.
-    let topology = eventually_every(
+    eventually_every(
         Duration::from_millis(500),
         Duration::from_secs(60),
         "the cluster's JetStream to take the provisioning",
         async || {
-            let provisioned =
-                baton_kit::fabric::provision(&builder, &common.jetstream, common.runner.remember_handled).await;
-            Ok(provisioned.map_err(|e| e.to_string()))
+            let provisioned = provision::apply(&admin, &Plan::new(&common)).await;
+            Ok(provisioned.map(|_| ()).map_err(|e| e.to_string()))
         },
     )
     .await?;
+    // The builder binds to it with its own user, as it does at start.
+    let builder = baton_kit::fabric::connect(&nats.common("builder")?.nats, "builder").await?;
+    let topology = provision::check(&builder, &common.jetstream).await?;
     let operator = baton_kit::fabric::connect(&nats.common("operator")?.nats, "operator").await?;
     let js = async_nats::jetstream::new(operator);
     for stream in [
@@ -595,5 +614,299 @@ async fn a_three_node_cluster_keeps_r3_streams_for_the_same_users() -> Result<()
     .await?;
     let events = js.get_stream("BATON_EVENTS").await?.info().await?.state.messages;
     assert_eq!(events, 2, "both events are stored");
+    Ok(())
+}
+
+/// One way of changing the topology: what it is, the JetStream API subject it is requested on,
+/// and a request body that would do it.
+struct Change {
+    what: String,
+    subject: String,
+    body: Value,
+}
+
+/// Every way a user could change Baton's topology: create, update (seal; a bucket cut to one
+/// message), purge and delete each of the six streams, create a stream of its own, and create,
+/// update, delete and pull from each stage's durable consumer. `for_user`'s own consumer is
+/// included: a stage's consumer is the admin's too (it may only INFO, pull from and ack it).
+fn changes(streams: &[(String, Value)], for_user: &str) -> Vec<Change> {
+    let api = |s: String| format!("$JS.API.{s}");
+    let mut changes = Vec::new();
+    for (name, config) in streams {
+        let mut sealed = config.clone();
+        sealed["sealed"] = json!(true);
+        let mut shrunk = config.clone();
+        shrunk["max_msgs"] = json!(1);
+        shrunk["max_msgs_per_subject"] = json!(1);
+        changes.extend([
+            Change {
+                what: format!("create stream {name}"),
+                subject: api(format!("STREAM.CREATE.{name}")),
+                body: config.clone(),
+            },
+            Change {
+                what: format!("seal stream {name}"),
+                subject: api(format!("STREAM.UPDATE.{name}")),
+                body: sealed,
+            },
+            Change {
+                what: format!("cut stream {name} to one message"),
+                subject: api(format!("STREAM.UPDATE.{name}")),
+                body: shrunk,
+            },
+            Change {
+                what: format!("purge stream {name}"),
+                subject: api(format!("STREAM.PURGE.{name}")),
+                body: json!({}),
+            },
+            Change {
+                what: format!("delete stream {name}"),
+                subject: api(format!("STREAM.DELETE.{name}")),
+                body: json!({}),
+            },
+        ]);
+    }
+    changes.push(Change {
+        what: "create a stream of its own".into(),
+        subject: api("STREAM.CREATE.MINE".into()),
+        body: json!({"name": "MINE", "subjects": ["mine.>"]}),
+    });
+    for stage in provision::STAGES {
+        let c = stage.name;
+        let config = json!({"durable_name": c, "ack_policy": "explicit", "filter_subjects": ["baton.events.>"]});
+        let request = json!({"stream_name": "BATON_EVENTS", "config": config});
+        changes.extend([
+            Change {
+                what: format!("create or update consumer {c}"),
+                subject: api(format!("CONSUMER.CREATE.BATON_EVENTS.{c}")),
+                body: request.clone(),
+            },
+            Change {
+                what: format!("create or update consumer {c} with a filter"),
+                subject: api(format!("CONSUMER.CREATE.BATON_EVENTS.{c}.baton.events.>")),
+                body: request.clone(),
+            },
+            Change {
+                what: format!("create or update durable {c} (legacy API)"),
+                subject: api(format!("CONSUMER.DURABLE.CREATE.BATON_EVENTS.{c}")),
+                body: request,
+            },
+            Change {
+                what: format!("delete consumer {c}"),
+                subject: api(format!("CONSUMER.DELETE.BATON_EVENTS.{c}")),
+                body: json!({}),
+            },
+        ]);
+        if c != for_user {
+            changes.push(Change {
+                what: format!("pull from consumer {c}"),
+                subject: api(format!("CONSUMER.MSG.NEXT.BATON_EVENTS.{c}")),
+                body: json!({"batch": 1, "no_wait": true}),
+            });
+        }
+    }
+    changes
+}
+
+/// The stream configurations and message counts, and every stage consumer's configuration and
+/// position, as the admin reads them: what no other user may change.
+async fn topology_state(js: &async_nats::jetstream::Context) -> Result<Vec<(String, Value)>> {
+    let mut state = Vec::new();
+    for name in STREAMS {
+        let info = js.get_stream(name).await?.info().await?.clone();
+        let mut config = serde_json::to_value(&info.config)?;
+        config["messages"] = json!(info.state.messages);
+        state.push((name.to_owned(), config));
+    }
+    let events = js.get_stream("BATON_EVENTS").await?;
+    for stage in provision::STAGES {
+        let info = events.consumer_info(stage.name).await?;
+        let mut config = serde_json::to_value(&info.config)?;
+        config["delivered"] = json!(info.delivered.stream_sequence);
+        config["pending"] = json!(info.num_pending);
+        state.push((format!("consumer {}", stage.name), config));
+    }
+    Ok(state)
+}
+
+const STREAMS: [&str; 6] = [
+    "BATON_EVENTS",
+    "BATON_DEADLETTER",
+    "KV_baton-handled",
+    "KV_baton-state",
+    "KV_baton-locks",
+    "OBJ_baton-logs",
+];
+
+/// Only the admin changes the topology. Before it has provisioned, a service refuses to start,
+/// naming what is missing. Afterwards every service user and the operator are refused, by the
+/// server, every way of creating, updating, sealing, purging or deleting a stream or bucket and
+/// of creating, changing, deleting or pulling from a stage's consumer (table-driven: each change
+/// for each user), and nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_user_but_the_admin_may_change_the_topology() -> Result<()> {
+    baton_kit::tls::install_crypto_provider();
+    let nats = SecuredNats::start()?;
+
+    // Before provisioning: the builder refuses to start, naming the fix; its look was allowed.
+    let refused = app::spawn::<baton_builder::Application>(
+        nats.common("builder")?,
+        Default::default(),
+        &|_| None,
+        &CancellationToken::new(),
+    )
+    .await
+    .err()
+    .context("the builder started with nothing provisioned")?;
+    let message = baton_kit::service::chain(&refused);
+    assert!(
+        message.contains("missing stream BATON_EVENTS") && message.contains("baton admin provision"),
+        "{message}"
+    );
+    // Nor could a service have provisioned it itself.
+    let builder = baton_kit::fabric::connect(&nats.common("builder")?.nats, "builder").await?;
+    let denied = provision::apply(&builder, &Plan::new(&CommonSettings::default())).await;
+    assert!(denied.is_err(), "the builder provisioned the topology");
+
+    let js = provision_as_admin(&nats, &CommonSettings::default()).await?.jetstream;
+    // Something in the streams, each written by the user whose it is.
+    let bound = |user: &'static str| {
+        let nats = &nats;
+        async move {
+            let client = baton_kit::fabric::connect(&nats.common(user)?.nats, user).await?;
+            anyhow::Ok(provision::check(&client, &CommonSettings::default().jetstream).await?)
+        }
+    };
+    let listener = bound("listener").await?.jetstream;
+    for id in ["kept-1", "kept-2"] {
+        listener
+            .publish(subjects::event_subject("acme/shop", EventType::ChangeMerged), id.into())
+            .await?
+            .await?;
+    }
+    bound("promoter")
+        .await?
+        .state
+        .put("promoter.current.shop", "rel-1".into())
+        .await?;
+    bound("builder")
+        .await?
+        .logs
+        .put("run-1/build.log", &mut "line 1\n".as_bytes())
+        .await?;
+    let before = topology_state(&js).await?;
+    let configs: Vec<(String, Value)> = before
+        .iter()
+        .filter(|(name, _)| STREAMS.contains(&name.as_str()))
+        .map(|(name, config)| {
+            let mut config = config.clone();
+            if let Some(c) = config.as_object_mut() {
+                c.remove("messages");
+            }
+            (name.clone(), config)
+        })
+        .collect();
+
+    let mut unrefused = Vec::new();
+    for user in unprivileged() {
+        let (client, errors) = connect_as(&nats, user).await?;
+        let changes = changes(&configs, user);
+        for change in &changes {
+            client
+                .publish(change.subject.clone(), serde_json::to_vec(&change.body)?.into())
+                .await?;
+        }
+        client.flush().await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let errors = errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|e| e.to_ascii_lowercase())
+            .collect::<Vec<_>>();
+        for change in changes {
+            let refusal = format!("permissions violation for publish to \"{}\"", change.subject).to_ascii_lowercase();
+            if !errors.iter().any(|e| e.contains(&refusal)) {
+                unrefused.push(format!("{user}: {} ({})", change.what, change.subject));
+            }
+        }
+    }
+    assert!(
+        unrefused.is_empty(),
+        "the server must refuse these:\n{}",
+        unrefused.join("\n")
+    );
+
+    // A temporary consumer named like a stage's, through the subject the operator's and the
+    // promoter's temporary consumers use, does not reach the stage's consumer either.
+    for user in ["operator", "promoter"] {
+        let (client, _) = connect_as(&nats, user).await?;
+        let request = json!({"stream_name": "BATON_EVENTS", "config": {"name": "builder", "filter_subjects": ["baton.events.>"]}});
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.request(
+                "$JS.API.CONSUMER.CREATE.BATON_EVENTS",
+                serde_json::to_vec(&request)?.into(),
+            ),
+        )
+        .await;
+    }
+    let after = topology_state(&js).await?;
+    for ((name, was), (_, is)) in before.iter().zip(&after) {
+        assert_eq!(was, is, "{name} changed");
+    }
+    Ok(())
+}
+
+/// A retried run's step log is stored beside the earlier attempt's, never over it: replacing an
+/// object makes the object store purge the old one's chunks, which the builder's user may not
+/// (a purge cannot be confined to one object by permissions). Each attempt's log is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_runs_step_log_is_kept_beside_the_first_with_the_builders_user() -> Result<()> {
+    let nats = SecuredNats::start()?;
+    provision_as_admin(&nats, &CommonSettings::default()).await?;
+    let client = baton_kit::fabric::connect(&nats.common("builder")?.nats, "builder").await?;
+    let topology = provision::check(&client, &CommonSettings::default().jetstream).await?;
+    let runner = baton_kit::steps::StepRunner::new(&topology);
+    let workspace = tempfile::tempdir()?;
+    let step = baton_schemas::pipeline::Step {
+        name: "compile".into(),
+        run: "n=$(cat attempts 2>/dev/null || echo 0); n=$((n+1)); echo $n > attempts; echo attempt $n".into(),
+        env: Default::default(),
+        timeout: Duration::from_secs(30),
+        workdir: None,
+    };
+    let mut objects = Vec::new();
+    for _ in 0..3 {
+        let outcome = runner
+            .run(baton_kit::steps::StepRequest {
+                run_id: "build-1",
+                step: &step,
+                workspace: workspace.path(),
+                extra_env: &Default::default(),
+                secrets: &[],
+            })
+            .await;
+        let log = outcome
+            .log
+            .map_err(|e| anyhow::anyhow!("the log was not stored: {e}"))?;
+        objects.push(log.object);
+    }
+    assert_eq!(
+        objects,
+        ["build-1/compile.log", "build-1/compile.2.log", "build-1/compile.3.log"]
+    );
+    // Read as people read them, with the operator's CLI user.
+    let operator = baton_kit::fabric::connect(&nats.common("operator")?.nats, "operator").await?;
+    let logs = provision::check(&operator, &CommonSettings::default().jetstream)
+        .await?
+        .logs;
+    for (n, object) in objects.iter().enumerate() {
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut logs.get(object).await?, &mut text).await?;
+        assert_eq!(text, format!("attempt {}\n", n + 1), "{object}");
+    }
+    let violations = nats.violations()?;
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
     Ok(())
 }

@@ -29,6 +29,16 @@ const LOGS_BUCKET: &str = "baton-logs";
 /// Longest an operator command waits for the promoter's answer.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Which attempt of `step` in `run` the log object `name` holds: 1 for `<run>/<step>.log`, `n`
+/// for `<run>/<step>.<n>.log`; `None` for another step's log.
+fn log_attempt(name: &str, run: &str, step: &str) -> Option<u32> {
+    let rest = name.strip_prefix(&format!("{run}/{step}."))?;
+    if rest == "log" {
+        return Some(1);
+    }
+    rest.strip_suffix(".log")?.parse().ok().filter(|n| *n >= 2)
+}
+
 /// Runs the parsed command line.
 ///
 /// # Errors
@@ -497,24 +507,28 @@ async fn logs(
         .get_object_store(LOGS_BUCKET)
         .await
         .map_err(|e| CliError::Nats(format!("no log store {LOGS_BUCKET} on this server: {e}")))?;
-    let mut names: Vec<String> = match step {
-        Some(step) => vec![format!("{run}/{step}.log")],
-        None => {
-            let mut list = store
-                .list()
-                .await
-                .map_err(|e| CliError::Nats(format!("cannot list logs: {e}")))?;
-            let mut names = Vec::new();
-            while let Some(info) = list.next().await {
-                let info = info.map_err(|e| CliError::Nats(format!("cannot list logs: {e}")))?;
-                if info.name.starts_with(&format!("{run}/")) {
-                    names.push(info.name);
-                }
-            }
-            names
+    let mut list = store
+        .list()
+        .await
+        .map_err(|e| CliError::Nats(format!("cannot list logs: {e}")))?;
+    let mut names = Vec::new();
+    while let Some(info) = list.next().await {
+        let info = info.map_err(|e| CliError::Nats(format!("cannot list logs: {e}")))?;
+        if info.name.starts_with(&format!("{run}/")) {
+            names.push(info.name);
         }
-    };
+    }
     names.sort();
+    if let Some(step) = step {
+        // A retried run keeps each attempt's log: `<step>.log`, then `<step>.<n>.log` (n ≥ 2);
+        // the step's log is the latest attempt's.
+        let latest = names
+            .iter()
+            .filter_map(|name| log_attempt(name, run, step).map(|attempt| (attempt, name)))
+            .max()
+            .map(|(_, name)| name.clone());
+        names = vec![latest.unwrap_or_else(|| format!("{run}/{step}.log"))];
+    }
     if names.is_empty() {
         return Err(CliError::NotFound(format!(
             "no logs for run {run}; run ids are in build and test events (`baton events --type build.finished`)"
@@ -537,4 +551,23 @@ async fn logs(
         print!("{text}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_attempt;
+
+    #[test]
+    fn a_steps_log_attempts_are_told_apart_from_other_steps() {
+        assert_eq!(log_attempt("build-1/compile.log", "build-1", "compile"), Some(1));
+        assert_eq!(log_attempt("build-1/compile.3.log", "build-1", "compile"), Some(3));
+        assert_eq!(log_attempt("build-1/compile.x.log", "build-1", "compile"), None);
+        assert_eq!(
+            log_attempt("build-1/compile.1.log", "build-1", "compile"),
+            None,
+            "the first has no number"
+        );
+        assert_eq!(log_attempt("build-1/lint.log", "build-1", "compile"), None);
+        assert_eq!(log_attempt("build-12/compile.log", "build-1", "compile"), None);
+    }
 }

@@ -386,6 +386,12 @@ impl Spool {
             .await
             .map_err(|e| spool_error(e.to_string()))?;
         let sha256 = hex::encode(self.hasher.finalize());
+        let object = unused_name(store, object).await.map_err(|reason| LogError::Store {
+            bucket: bucket.to_owned(),
+            object: object.to_owned(),
+            reason,
+        })?;
+        let object = object.as_str();
         let meta = ObjectMetadata {
             name: object.to_owned(),
             description: Some("Baton step log".to_owned()),
@@ -412,6 +418,25 @@ impl Spool {
             sha256,
         })
     }
+}
+
+/// `object`, or when an object of that name exists (the log of an earlier attempt of the same
+/// run, retried), `<object without .log>.<n>.log` with the first `n` from 2 that is free.
+/// Storing over an existing object would replace it, and the object store then purges the old
+/// object's chunks, which the builder's and tester's NATS users may not do
+/// (`deploy/base/nats/auth.conf`): a purge's subject filter cannot be confined by permissions,
+/// so a user allowed one could empty the whole log store. Every attempt's log is kept instead.
+async fn unused_name(store: &ObjectStore, object: &str) -> Result<String, String> {
+    let stem = object.strip_suffix(".log").unwrap_or(object);
+    let mut candidate = object.to_owned();
+    for n in 2u32.. {
+        match store.info(&candidate).await {
+            Err(e) if e.kind() == async_nats::jetstream::object_store::InfoErrorKind::NotFound => return Ok(candidate),
+            Err(e) => return Err(format!("cannot look up {candidate}: {e}")),
+            Ok(_) => candidate = format!("{stem}.{n}.log"),
+        }
+    }
+    unreachable!("an unused name is found before u32 runs out")
 }
 
 /// The last [`TAIL_LINES`] lines, each cut at [`TAIL_LINE_BYTES`]; buffers are reused so a flood
