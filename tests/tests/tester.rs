@@ -260,3 +260,37 @@ async fn every_kind_of_run_gives_the_right_outcome_and_counts() -> Result<()> {
     );
     t.stop().await
 }
+
+/// A step can put anything at its report's path. A FIFO there (here through a symlink) used to
+/// block the tester's reading thread forever, so no `testsuiterun.finished` ever came; now the
+/// run errors at once, naming the path and what it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_at_the_report_path_errors_the_run_instead_of_hanging_it() -> Result<()> {
+    let t = TestTester::start().await?;
+    let pipes = tempfile::tempdir()?;
+    let fifo = pipes.path().join("junit.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status()?;
+    anyhow::ensure!(made.success(), "mkfifo {}: {made}", fifo.display());
+    let pipeline = format!(
+        "test:\n  steps:\n    - {{name: unit, run: 'ln -s {} junit.xml', junit: junit.xml}}\n",
+        fifo.display()
+    );
+    let (release, _) = t.publish("fifo", &[(".baton.yaml", &pipeline)]).await?;
+    let Ok(finished) = tokio::time::timeout(Duration::from_secs(30), t.finished(&release)).await else {
+        // Open the FIFO's other end so a reader blocked on it sees its end and the runtime can
+        // shut down; then fail. (On a plain thread, waited for a while: with no reader the
+        // open would block.)
+        let (opened, open) = std::sync::mpsc::channel();
+        std::thread::spawn(move || opened.send(std::fs::OpenOptions::new().write(true).open(fifo)));
+        let _ = open.recv_timeout(Duration::from_secs(5));
+        anyhow::bail!("no testsuiterun.finished: reading the report blocked on the FIFO");
+    };
+    let (_, data) = finished?;
+    assert_eq!(data.outcome, Some(Outcome::Error), "{data:?}");
+    let reason = data.reason.unwrap_or_default();
+    assert!(
+        reason.contains("junit.xml is a FIFO (named pipe), not a regular file"),
+        "{reason}"
+    );
+    t.stop().await
+}

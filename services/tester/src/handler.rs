@@ -25,6 +25,9 @@ use crate::junit::{self, FailureKind, JunitLimits};
 
 /// Default bound of a whole suite when `.baton.yaml` sets none.
 pub const DEFAULT_SUITE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How much longer than [`JunitLimits::max_read_time`] the run waits for a report's reader before
+/// giving up on it: the reader stops itself at the limit unless a read never returns.
+const JUNIT_READ_GRACE: Duration = Duration::from_secs(5);
 /// Failed cases carried in the event (the reports themselves stay in the workspace logs).
 const MAX_FAILED_CASES: usize = 50;
 
@@ -241,10 +244,23 @@ impl Tester {
     async fn read_junit(&self, workspace: &Path, report: &str) -> Result<junit::JunitSummary, String> {
         let path = inside(workspace, report)?;
         let limits = self.junit.clone();
-        tokio::task::spawn_blocking(move || junit::read_report(&path, &limits))
-            .await
-            .map_err(|e| format!("could not be read: {e}"))?
-            .map_err(|e| e.to_string())
+        let time_limit = limits.max_read_time;
+        let reading = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || junit::read_report(&path, &limits)
+        });
+        // The reader checks its time limit between reads; one read stuck in the kernel (a hung
+        // file system) is bounded here instead, leaving only its thread behind.
+        match tokio::time::timeout(time_limit.saturating_add(JUNIT_READ_GRACE), reading).await {
+            Ok(read) => read
+                .map_err(|e| format!("could not be read: {e}"))?
+                .map_err(|e| e.to_string()),
+            Err(_) => Err(junit::JunitError::TimedOut {
+                path: Some(path),
+                limit: time_limit,
+            }
+            .to_string()),
+        }
     }
 }
 

@@ -12,16 +12,25 @@
 //! report is streamed and memory stays bounded by [`JunitLimits`]: text and CDATA bodies are
 //! read in chunks and only a bounded prefix of a failed case's message and output is kept;
 //! passing cases keep nothing. One tag (with its attributes) is parsed whole, up to
-//! [`JunitLimits::max_tag_bytes`]. A file larger than [`JunitLimits::max_bytes`] is refused.
+//! [`JunitLimits::max_tag_bytes`]. A file larger than [`JunitLimits::max_bytes`] is refused, and
+//! so is a read that takes longer than [`JunitLimits::max_read_time`].
+//!
+//! The report's path is written by the test step, so it is untrusted: only a regular file is
+//! read. A FIFO, device or socket (or a symlink to one) would block the reading thread forever or
+//! read without end, so [`read_report`] opens without blocking, checks what it opened, and
+//! refuses anything else with [`JunitError::NotAFile`].
 //!
 //! The report's bytes come in through `source` (read-ahead, line counting, the size and tag
 //! limits), what is kept of a failed case is held by `capture` (bounded prefixes cut at character
 //! boundaries), and `parser` turns the XML into the summary.
 
-use std::fs::File;
+use std::fs::{FileType, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use nix::fcntl::OFlag;
 
 use quick_xml::reader::Reader;
 
@@ -54,6 +63,9 @@ pub struct JunitLimits {
     /// failure `message` attribute with a megabyte of assertion diff, say). Text and CDATA are
     /// streamed and not subject to this.
     pub max_tag_bytes: usize,
+    /// How long reading one report may take. A report is read from a regular file, which never
+    /// blocks for long, but a slow or stalled file system must not hold the tester either.
+    pub max_read_time: Duration,
 }
 
 impl Default for JunitLimits {
@@ -64,6 +76,7 @@ impl Default for JunitLimits {
             max_message_bytes: 2 * 1024,
             max_output_bytes: 4 * 1024,
             max_tag_bytes: 16 * 1024 * 1024,
+            max_read_time: Duration::from_secs(60),
         }
     }
 }
@@ -149,6 +162,30 @@ pub enum JunitError {
         /// The path looked at.
         path: PathBuf,
     },
+    /// The report path names something other than a regular file: a FIFO, a device, a socket
+    /// or a directory, directly or through a symlink. Reading one could block forever.
+    #[error(
+        "JUnit report {} is {kind}, not a regular file; the test step must write the report as a file",
+        .path.display()
+    )]
+    NotAFile {
+        /// The path looked at.
+        path: PathBuf,
+        /// What the path is, for the message: `a FIFO (named pipe)`, `a character device`, ….
+        kind: &'static str,
+    },
+    /// Reading the report took longer than [`JunitLimits::max_read_time`].
+    #[error(
+        "JUnit report {} was not read within its time limit of {} s",
+        display_source(.path.as_deref()),
+        .limit.as_secs_f64()
+    )]
+    TimedOut {
+        /// The report's path, if it was read from a file.
+        path: Option<PathBuf>,
+        /// [`JunitLimits::max_read_time`].
+        limit: Duration,
+    },
     /// The report is larger than [`JunitLimits::max_bytes`].
     #[error(
         "JUnit report {} is too large: at least {bytes} bytes, the limit is {limit} bytes",
@@ -193,6 +230,8 @@ impl JunitError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Missing { .. } => "missing",
+            Self::NotAFile { .. } => "not_a_file",
+            Self::TimedOut { .. } => "timed_out",
             Self::TooLarge { .. } => "too_large",
             Self::Malformed { .. } => "malformed",
             Self::Io { .. } => "io",
@@ -202,8 +241,11 @@ impl JunitError {
     /// Attaches the report's path to an error raised while parsing its contents.
     fn with_path(mut self, report: &Path) -> Self {
         match &mut self {
-            Self::Missing { .. } => {}
-            Self::TooLarge { path, .. } | Self::Malformed { path, .. } | Self::Io { path, .. } => {
+            Self::Missing { .. } | Self::NotAFile { .. } => {}
+            Self::TimedOut { path, .. }
+            | Self::TooLarge { path, .. }
+            | Self::Malformed { path, .. }
+            | Self::Io { path, .. } => {
                 *path = Some(report.to_path_buf());
             }
         }
@@ -216,7 +258,11 @@ fn display_source(path: Option<&Path>) -> std::path::Display<'_> {
 }
 
 /// Reads the JUnit report at `path`, streaming it: memory use is bounded by `limits`, not by the
-/// file's size.
+/// file's size, and so is the time it takes.
+///
+/// Only a regular file (or a symlink to one) is read. The file is opened with `O_NONBLOCK`, so a
+/// FIFO or device swapped in at the path cannot block the open, and what was opened is checked
+/// with `fstat` before a byte is read: there is no window between the check and the read.
 ///
 /// ```no_run
 /// use baton_tester::junit::{JunitLimits, read_report};
@@ -242,13 +288,23 @@ pub fn read_report(path: &Path, limits: &JunitLimits) -> Result<JunitSummary, Ju
             }
         }
     };
-    let metadata = std::fs::metadata(path).map_err(io_error)?;
-    if metadata.is_dir() {
-        return Err(io_error(io::Error::new(
-            io::ErrorKind::IsADirectory,
-            "the report path is a directory",
-        )));
-    }
+    let not_a_file = |file_type: FileType| match non_file_kind(file_type) {
+        Some(kind) => Err(JunitError::NotAFile {
+            path: path.to_path_buf(),
+            kind,
+        }),
+        None => Ok(()),
+    };
+    // Refuse what is plainly not a file before opening it: opening a device can have effects.
+    not_a_file(std::fs::metadata(path).map_err(io_error)?.file_type())?;
+    // The path may have changed since: open without blocking, then judge what was opened.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(io_error)?;
+    let metadata = file.metadata().map_err(io_error)?;
+    not_a_file(metadata.file_type())?;
     if metadata.len() > limits.max_bytes {
         return Err(JunitError::TooLarge {
             path: Some(path.to_path_buf()),
@@ -256,12 +312,32 @@ pub fn read_report(path: &Path, limits: &JunitLimits) -> Result<JunitSummary, Ju
             limit: limits.max_bytes,
         });
     }
-    let file = File::open(path).map_err(io_error)?;
     parse_report(BufReader::new(file), limits).map_err(|error| error.with_path(path))
 }
 
+/// What a non-regular file is, for [`JunitError::NotAFile`]; `None` for a regular file.
+fn non_file_kind(file_type: FileType) -> Option<&'static str> {
+    if file_type.is_file() {
+        None
+    } else if file_type.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if file_type.is_char_device() {
+        Some("a character device")
+    } else if file_type.is_block_device() {
+        Some("a block device")
+    } else if file_type.is_socket() {
+        Some("a socket")
+    } else if file_type.is_dir() {
+        Some("a directory")
+    } else {
+        Some("an unknown kind of file")
+    }
+}
+
 /// Parses a JUnit report from `reader`, streaming it. A stream longer than
-/// [`JunitLimits::max_bytes`] is refused with [`JunitError::TooLarge`].
+/// [`JunitLimits::max_bytes`] is refused with [`JunitError::TooLarge`], and one still being read
+/// after [`JunitLimits::max_read_time`] with [`JunitError::TimedOut`] (checked between reads: a
+/// single read that never returns is the caller's to bound).
 pub fn parse_report<R: BufRead>(reader: R, limits: &JunitLimits) -> Result<JunitSummary, JunitError> {
     parse_with_stats(reader, limits).map(|(summary, _)| summary)
 }
@@ -286,6 +362,7 @@ struct ParseStats {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
     use std::io::{BufWriter, Write as _};
 
     use super::*;
@@ -563,9 +640,77 @@ mod tests {
 
         let not_a_file = read_report(dir.path(), &JunitLimits::default()).unwrap_err();
         assert!(
-            matches!(not_a_file, JunitError::Io { path: Some(_), .. }),
+            matches!(
+                not_a_file,
+                JunitError::NotAFile {
+                    kind: "a directory",
+                    ..
+                }
+            ),
             "{not_a_file:?}"
         );
+    }
+
+    /// `read_report` on a thread, waited for a few seconds at most: a report path that blocks
+    /// the reader fails the test instead of hanging it.
+    fn read_report_promptly(path: &Path) -> Result<JunitSummary, JunitError> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let path = path.to_path_buf();
+        std::thread::spawn(move || sender.send(read_report(&path, &JunitLimits::default())));
+        receiver
+            .recv_timeout(Duration::from_secs(5))
+            .expect("reading the report blocked")
+    }
+
+    #[test]
+    fn a_fifo_or_device_at_the_report_path_is_refused_promptly() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("junit.xml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let error = read_report_promptly(&fifo).unwrap_err();
+        assert!(
+            matches!(&error, JunitError::NotAFile { path, kind: "a FIFO (named pipe)" } if *path == fifo),
+            "{error:?}"
+        );
+        assert_eq!(error.metric_label(), "not_a_file");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "JUnit report {} is a FIFO (named pipe), not a regular file; the test step must write the report as a file",
+                fifo.display()
+            )
+        );
+
+        // Through a symlink, the path named is the one the step declared.
+        let link = dir.path().join("reports.xml");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        let error = read_report_promptly(&link).unwrap_err();
+        assert!(
+            matches!(&error, JunitError::NotAFile { path, kind: "a FIFO (named pipe)" } if *path == link),
+            "{error:?}"
+        );
+
+        // A device reads without end (or nothing at all): refused the same way.
+        let device = dir.path().join("zero.xml");
+        std::os::unix::fs::symlink("/dev/zero", &device).unwrap();
+        let error = read_report_promptly(&device).unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                JunitError::NotAFile {
+                    kind: "a character device",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+
+        // A symlink to a regular file is still read.
+        let report = dir.path().join("surefire.xml");
+        std::fs::write(&report, SUREFIRE).unwrap();
+        let latest = dir.path().join("latest.xml");
+        std::os::unix::fs::symlink(&report, &latest).unwrap();
+        assert_eq!(read_report_promptly(&latest).unwrap(), parse_ok(SUREFIRE));
     }
 
     /// Roughly 55 MB: many passing cases with large `<system-out>` (half CDATA, half escaped

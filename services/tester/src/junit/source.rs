@@ -1,10 +1,12 @@
 //! The report's bytes as the XML parser and the text pump read them: a read-ahead buffer that
 //! can peek past a read's end, counts lines for error positions and stops a report over
-//! [`JunitLimits::max_bytes`] or a tag over [`JunitLimits::max_tag_bytes`]; and the reading of
-//! what stopped it back into a [`JunitError`].
+//! [`JunitLimits::max_bytes`], a tag over [`JunitLimits::max_tag_bytes`] or a read still going
+//! after [`JunitLimits::max_read_time`]; and the reading of what stopped it back into a
+//! [`JunitError`].
 
 use std::io::{self, BufRead, Read};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{JunitError, JunitLimits};
 
@@ -30,6 +32,10 @@ pub(super) struct Source<R> {
     line: u64,
     max_bytes: u64,
     max_tag_bytes: u64,
+    max_read_time: Duration,
+    /// When reading must be over: [`JunitLimits::max_read_time`] after the source was made
+    /// (`None` when that is too far off to represent).
+    deadline: Option<Instant>,
     /// Where the markup being parsed started, while the XML parser reads one.
     pub(super) tag_start: Option<u64>,
     /// Why reading stopped, when it stopped on a limit rather than an I/O error.
@@ -40,6 +46,7 @@ pub(super) struct Source<R> {
 enum Stop {
     TooLarge,
     TagTooLarge,
+    TimedOut,
 }
 
 impl Stop {
@@ -47,6 +54,7 @@ impl Stop {
         io::Error::other(match self {
             Self::TooLarge => "the JUnit report exceeds its size limit",
             Self::TagTooLarge => "a tag in the JUnit report exceeds its size limit",
+            Self::TimedOut => "the JUnit report was not read within its time limit",
         })
     }
 }
@@ -64,6 +72,8 @@ impl<R: Read> Source<R> {
             line: 1,
             max_bytes: limits.max_bytes,
             max_tag_bytes: u64::try_from(limits.max_tag_bytes).unwrap_or(u64::MAX),
+            max_read_time: limits.max_read_time,
+            deadline: Instant::now().checked_add(limits.max_read_time),
             tag_start: None,
             stop: None,
         }
@@ -90,10 +100,14 @@ impl<R: Read> Source<R> {
         Ok(&self.buffer[self.pos..self.filled])
     }
 
-    /// Reads once into the free end of `buffer`.
+    /// Reads once into the free end of `buffer`, unless the time to read is up.
     fn read_more(&mut self) -> io::Result<()> {
         if let Some(stop) = self.stop {
             return Err(stop.io_error());
+        }
+        if self.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            self.stop = Some(Stop::TimedOut);
+            return Err(Stop::TimedOut.io_error());
         }
         loop {
             match self.inner.read(&mut self.buffer[self.filled..]) {
@@ -203,6 +217,10 @@ pub(super) fn stream_error<R>(source: &Source<R>, error: io::Error, at: Position
             "a tag is larger than the limit of {} bytes (JunitLimits::max_tag_bytes)",
             source.max_tag_bytes
         )),
+        Some(Stop::TimedOut) => JunitError::TimedOut {
+            path: None,
+            limit: source.max_read_time,
+        },
         None if error.kind() == io::ErrorKind::InvalidData => at.malformed(format!("invalid text: {error}")),
         None => JunitError::Io {
             path: None,
@@ -214,6 +232,7 @@ pub(super) fn stream_error<R>(source: &Source<R>, error: io::Error, at: Position
 #[cfg(test)]
 mod tests {
     use std::io::{self, BufReader, Read};
+    use std::time::{Duration, Instant};
 
     use crate::junit::tests::{FIXTURES, PYTEST, malformed, parse, parse_ok};
     use crate::junit::{JunitError, JunitLimits, parse_report};
@@ -259,6 +278,34 @@ mod tests {
             text.starts_with("malformed JUnit report <stream>, line 5 (byte "),
             "{text}"
         );
+    }
+
+    /// A byte every few milliseconds: a report that would take minutes to read.
+    struct Slow<'a>(&'a [u8]);
+
+    impl Read for Slow<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(5));
+            Trickle(self.0).read(out).inspect(|&n| self.0 = &self.0[n..])
+        }
+    }
+
+    #[test]
+    fn a_read_past_the_time_limit_is_refused() {
+        let limits = JunitLimits {
+            max_read_time: Duration::from_millis(100),
+            ..JunitLimits::default()
+        };
+        let started = Instant::now();
+        match parse_report(BufReader::with_capacity(1, Slow(PYTEST.as_bytes())), &limits) {
+            Err(error @ JunitError::TimedOut { path: None, limit }) => {
+                assert_eq!(limit, limits.max_read_time);
+                assert_eq!(error.metric_label(), "timed_out");
+                assert!(error.to_string().contains("time limit of 0.1 s"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
 
     #[test]
