@@ -13,6 +13,8 @@
 
 use baton_schemas::commands::{CommandRequest, Verb};
 
+use crate::mrkdwn::code;
+
 /// The usage text `help` and every grammar mistake show.
 pub const USAGE: &str = "\
 Baton understands:
@@ -47,7 +49,7 @@ pub enum Intent {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{problem}\n\n{USAGE}")]
 pub struct GrammarError {
-    /// What is wrong.
+    /// What is wrong, as mrkdwn: the words the user typed are quoted through [`crate::mrkdwn`].
     pub problem: String,
 }
 
@@ -70,7 +72,7 @@ pub fn parse(text: &str) -> Result<Intent, GrammarError> {
     let verb_lower = verb.to_ascii_lowercase();
     let arity = |min: usize, max: Option<usize>, shape: &str| -> Result<(), GrammarError> {
         if args.len() < min || max.is_some_and(|m| args.len() > m) {
-            return Err(wrong(format!("`{verb_lower}` takes {shape}")));
+            return Err(wrong(format!("{} takes {shape}", code(&verb_lower))));
         }
         Ok(())
     };
@@ -141,7 +143,7 @@ pub fn parse(text: &str) -> Result<Intent, GrammarError> {
                 },
             )
         }
-        _ => Err(wrong(format!("Baton does not know `{verb}`."))),
+        _ => Err(wrong(format!("Baton does not know {}.", code(verb)))),
     }
 }
 
@@ -156,7 +158,8 @@ pub fn button(action_id: &str, value: &str) -> Result<Intent, GrammarError> {
         "decline" => Verb::Decline,
         other => {
             return Err(wrong(format!(
-                "the button `{other}` is not one of Baton's (approve, decline)"
+                "the button {} is not one of Baton's (approve, decline)",
+                code(other)
             )));
         }
     };
@@ -236,6 +239,20 @@ mod tests {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains("/baton approve <release>"), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn mistakes_quote_the_user_s_words_as_inert_text() {
+        use crate::mrkdwn::tests::{HOSTILE, assert_inert};
+        for word in HOSTILE {
+            let problem = parse(&format!("{word} r1")).unwrap_err().problem;
+            assert_inert(&problem, &[]);
+            assert!(problem.starts_with("Baton does not know `"), "{problem}");
+        }
+        let problem = parse("deploy`<!here>`").unwrap_err().problem;
+        assert_eq!(problem, "Baton does not know `deployˋ&lt;!here&gt;ˋ`.");
+        let problem = button("<!channel>", "{}").unwrap_err().problem;
+        assert!(problem.starts_with("the button `&lt;!channel&gt;` is not"), "{problem}");
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! Slack waits 3 s for an answer. A promoter answer slower than `answer_within` is acknowledged
 //! at once and posted to the request's `response_url` when it arrives; for button clicks (whose
 //! HTTP answer Slack does not show) the outcome always goes to `response_url`.
+//!
+//! Replies are mrkdwn: what the user typed, Slack's user name, the promoter's answer and the
+//! state read for `status` go in through [`crate::mrkdwn`]; only the mention of the person who
+//! asked and the configured `contact` are written as they are.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +26,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use baton_kit::command::{CommandClient, CommandError};
-use baton_schemas::commands::{CommandRequest, Verb};
+use baton_schemas::commands::{CommandReply, CommandRequest, Verb};
 use baton_schemas::subjects::sanitize_token;
 use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -34,6 +38,7 @@ use sha2::{Digest, Sha256};
 
 use crate::commands::{self, Intent, USAGE};
 use crate::config::Chatops;
+use crate::mrkdwn::{bold, code, escape, mention};
 use crate::signature::{self, SignatureError};
 
 /// Everything the endpoints need.
@@ -346,10 +351,13 @@ fn unknown_user(config: &Chatops, sender: &Sender) -> SlackReply {
         .map(|n| format!("{n} ({})", sender.user_id))
         .unwrap_or_else(|| sender.user_id.clone());
     tracing::info!(slack.user = %sender.user_id, "request from a Slack user with no Baton identity refused");
+    // `contact` is the operator's own mrkdwn (it may link a channel): written as it is.
     SlackReply::ephemeral(format!(
-        "Sorry, Baton does not know you yet: Slack user {who} has no Baton identity, so Baton cannot \
-         act for you. Ask {} to add `{}: <your identity>` under `users` in the chat-ops bot's config.",
-        config.contact, sender.user_id
+        "Sorry, Baton does not know you yet: Slack user {} has no Baton identity, so Baton cannot \
+         act for you. Ask {} to add {} under `users` in the chat-ops bot's config.",
+        escape(&who),
+        config.contact,
+        code(&format!("{}: <your identity>", sender.user_id))
     ))
 }
 
@@ -372,7 +380,7 @@ async fn act(
     request.actor = actor;
     request.request_id = Some(request_id);
     tracing::info!(verb = %verb, actor = %request.actor, slack.user = %sender.user_id, "forwarding a chat command to the promoter");
-    let mention = format!("<@{}>", sender.user_id);
+    let mention = mention(&sender.user_id);
     let work = {
         let state = state.clone();
         tokio::spawn(async move { forward(&state, verb, request, &mention).await })
@@ -423,23 +431,32 @@ async fn forward(state: &InboundState, verb: Verb, request: CommandRequest, ment
             });
         }
     };
+    answer(verb, &request, mention, &reply)
+}
+
+/// The chat answer to the promoter's `reply`: accepted decisions for the channel, refusals for
+/// the requester.
+fn answer(verb: Verb, request: &CommandRequest, mention: &str, reply: &CommandReply) -> SlackReply {
     let subject = match (&request.release, &request.app, &request.environment) {
-        (Some(release), _, Some(env)) if request.app.is_none() => format!("release `{release}` into `{env}`"),
-        (Some(release), None, None) => format!("release `{release}`"),
-        (_, Some(app), Some(env)) => format!("`{app}` in `{env}`"),
+        (Some(release), _, Some(env)) if request.app.is_none() => {
+            format!("release {} into {}", code(release), code(env))
+        }
+        (Some(release), None, None) => format!("release {}", code(release)),
+        (_, Some(app), Some(env)) => format!("{} in {}", code(app), code(env)),
         _ => String::new(),
     };
+    // The promoter's answer repeats what was asked (release names, reasons): text, not mrkdwn.
     if reply.ok {
         tracing::info!(verb = %verb, actor = %request.actor, "chat command accepted");
         SlackReply::in_channel(format!(
             "{mention} ({}) {} {subject}: {}",
-            request.actor,
+            escape(&request.actor),
             past_tense(verb),
-            reply.message
+            escape(&reply.message)
         ))
     } else {
         tracing::info!(verb = %verb, actor = %request.actor, reason = %reply.message, "chat command refused by the promoter");
-        SlackReply::ephemeral(format!("Baton refused to {verb} {subject}: {}", reply.message))
+        SlackReply::ephemeral(format!("Baton refused to {verb} {subject}: {}", escape(&reply.message)))
     }
 }
 
@@ -492,30 +509,36 @@ async fn status(state: &InboundState, app: &str) -> SlackReply {
         };
         lines.push(describe_current(env, &value));
     }
+    listing(app, &lines)
+}
+
+/// The answer to `status <app>`: one line per environment (from [`describe_current`]).
+fn listing(app: &str, lines: &[String]) -> SlackReply {
     if lines.is_empty() {
         return SlackReply::ephemeral(format!(
-            "No environment runs `{app}`: check the name (as the git host names it, e.g. acme/shop), \
-             or wait for its first release to pass its tests"
+            "No environment runs {}: check the name (as the git host names it, e.g. acme/shop), \
+             or wait for its first release to pass its tests",
+            code(app)
         ));
     }
-    SlackReply::ephemeral(format!("*{app}*\n{}", lines.join("\n")))
+    SlackReply::ephemeral(format!("{}\n{}", bold(app), lines.join("\n")))
 }
 
 fn describe_current(env: &str, current: &Value) -> String {
     let release = current["release"].as_str().unwrap_or("?");
     let health = match current["healthy_since"].as_str() {
-        Some(since) => format!("healthy since {since}"),
+        Some(since) => format!("healthy since {}", escape(since)),
         None => "not reported healthy yet".to_owned(),
     };
     let pin = match &current["pinned"] {
         Value::Object(pin) => format!(
             " — pinned by {}: {}",
-            pin.get("by").and_then(Value::as_str).unwrap_or("?"),
-            pin.get("reason").and_then(Value::as_str).unwrap_or("")
+            escape(pin.get("by").and_then(Value::as_str).unwrap_or("?")),
+            escape(pin.get("reason").and_then(Value::as_str).unwrap_or(""))
         ),
         _ => String::new(),
     };
-    format!("• `{env}`: release `{release}`, {health}{pin}")
+    format!("• {}: release {}, {health}{pin}", code(env), code(release))
 }
 
 async fn post_response(http: &reqwest::Client, url: &str, reply: &SlackReply, timeout: Duration) {
@@ -549,6 +572,85 @@ mod tests {
             &serde_json::json!({"release": "r2", "healthy_since": null, "pinned": null}),
         );
         assert_eq!(line, "• `staging`: release `r2`, not reported healthy yet");
+    }
+
+    #[test]
+    fn user_text_in_replies_cannot_ping_link_or_break_out() {
+        use crate::mrkdwn::tests::{HOSTILE, assert_inert};
+        let [here, channel, link, user, escaped] = HOSTILE;
+        let own = mention("U0ALICE");
+        for (release, app, environment) in [
+            (Some(format!("r1`{here}`")), None, Some(channel.to_owned())),
+            (Some(link.to_owned()), None, None),
+            (None, Some(format!("*{user}*")), Some(escaped.to_owned())),
+        ] {
+            let request = CommandRequest {
+                actor: here.into(),
+                release,
+                app,
+                environment,
+                ..CommandRequest::default()
+            };
+            for ok in [true, false] {
+                let reply = CommandReply {
+                    ok,
+                    message: format!("unknown release `{link}`: {channel}"),
+                    config_commit: None,
+                    approval: None,
+                    release: None,
+                };
+                let text = answer(Verb::Approve, &request, &own, &reply).text;
+                assert!(
+                    !ok || text.starts_with("<@U0ALICE> (&lt;!here&gt;) approved "),
+                    "{text}"
+                );
+                assert!(
+                    text.ends_with(": unknown release `&lt;https://evil|view diff&gt;`: &lt;!channel&gt;"),
+                    "{text}"
+                );
+                assert_inert(&text, &[&own]);
+            }
+        }
+
+        let config = Chatops {
+            signing_secret: baton_kit::secret::Secret::new("s"),
+            users: Default::default(),
+            contact: "<#C024BE7LR|platform-team>".into(),
+            incoming_webhook_url: None,
+            max_request_age: Duration::from_secs(300),
+            command_timeout: Duration::from_secs(10),
+            answer_within: Duration::from_millis(2500),
+            post_timeout: Duration::from_secs(10),
+            max_body_bytes: 1024,
+        };
+        let sender = Sender {
+            user_id: "U0MALLORY".into(),
+            user_name: Some(format!("{here} {link}")),
+        };
+        let text = unknown_user(&config, &sender).text;
+        assert!(
+            text.contains("Slack user &lt;!here&gt; &lt;https://evil|view diff&gt; (U0MALLORY)"),
+            "{text}"
+        );
+        assert!(text.contains("`U0MALLORY: &lt;your identity&gt;`"), "{text}");
+        assert!(
+            text.contains("Ask <#C024BE7LR|platform-team> to add"),
+            "the operator's link works: {text}"
+        );
+        assert_inert(&text, &[&config.contact]);
+
+        let line = describe_current(
+            &format!("prod`{here}"),
+            &serde_json::json!({"release": link, "healthy_since": escaped, "pinned": {"by": user, "reason": channel}}),
+        );
+        assert_eq!(
+            line,
+            "• `prodˋ&lt;!here&gt;`: release `&lt;https://evil|view diff&gt;`, healthy since &amp;lt; — pinned by &lt;@U123&gt;: &lt;!channel&gt;"
+        );
+        for app in HOSTILE {
+            assert_inert(&listing(app, std::slice::from_ref(&line)).text, &[]);
+            assert_inert(&listing(app, &[]).text, &[]);
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod inbound;
 pub mod messages;
+pub mod mrkdwn;
 pub mod outbound;
 pub mod signature;
 

@@ -1,11 +1,15 @@
 //! Slack messages (`text` + `blocks`) for the events the bot posts: approval requests with
-//! Approve/Decline buttons, their outcome, and release news. Pure functions of the events.
+//! Approve/Decline buttons, their outcome, and release news. Pure functions of the events. Every
+//! text taken from an event (names, commits, reasons, the changelog) goes in through
+//! [`crate::mrkdwn`], so none of it can ping, link or reformat the message.
 
 use baton_schemas::extensions::ReleaseQuarantinedContent;
 use baton_schemas::payloads::Person;
 use baton_schemas::release::{ApprovalData, DeploymentData};
 use baton_schemas::{CdEvent, EventType};
 use serde_json::{Value, json};
+
+use crate::mrkdwn::{bold, code, escape};
 
 /// Changelog entries shown in an approval request; the rest are counted.
 const CHANGELOG_SHOWN: usize = 5;
@@ -42,15 +46,17 @@ pub fn for_event(ty: EventType, event: &CdEvent) -> Result<Option<Value>, Messag
     }))
 }
 
+/// Who a person is, as mrkdwn: `name <email>`, escaped.
 fn person(p: Option<&Person>) -> String {
     let Some(p) = p else { return "unknown".to_owned() };
-    match (&p.name, &p.email, &p.username) {
+    let plain = match (&p.name, &p.email, &p.username) {
         (Some(name), Some(email), _) => format!("{name} <{email}>"),
         (Some(name), None, _) => name.clone(),
         (None, Some(email), _) => email.clone(),
         (None, None, Some(user)) => user.clone(),
-        (None, None, None) => "unknown".to_owned(),
-    }
+        (None, None, None) => return "unknown".to_owned(),
+    };
+    escape(&plain).into_owned()
 }
 
 fn short(sha: &str) -> &str {
@@ -71,48 +77,57 @@ pub fn approval_request(a: &ApprovalData) -> Value {
         baton_schemas::release::ApprovalKind::BreakGlass => "Break-glass approval needed (freeze window)",
     };
     let headline = format!(
-        "{kind}: release `{}` of *{}* into *{}*",
-        r.release, a.app, a.environment
+        "{kind}: release {} of {} into {}",
+        code(&r.release),
+        bold(&a.app),
+        bold(&a.environment)
     );
     let mut changes: Vec<String> = r
         .changelog
         .iter()
         .take(CHANGELOG_SHOWN)
-        .map(|c| format!("• `{}` {} — {}", short(&c.commit), c.summary, person(Some(&c.author))))
+        .map(|c| {
+            format!(
+                "• {} {} — {}",
+                code(short(&c.commit)),
+                escape(&c.summary),
+                person(Some(&c.author))
+            )
+        })
         .collect();
     if r.changelog.len() > CHANGELOG_SHOWN {
         changes.push(format!("…and {} more", r.changelog.len() - CHANGELOG_SHOWN));
     }
     if changes.is_empty() {
-        changes.push(format!("• `{}`", short(&r.commit)));
+        changes.push(format!("• {}", code(short(&r.commit))));
     }
     let running = match (&a.current_release, &a.current_image) {
-        (Some(release), Some(image)) => format!("release `{release}`, `{image}`"),
-        (None, Some(image)) => format!("`{image}`"),
-        (Some(release), None) => format!("release `{release}`"),
+        (Some(release), Some(image)) => format!("release {}, {}", code(release), code(image)),
+        (None, Some(image)) => code(image),
+        (Some(release), None) => format!("release {}", code(release)),
         (None, None) => "nothing yet".to_owned(),
     };
     let approvers = if a.approvers.is_empty() {
         "nobody is allowed (check environments.yaml)".to_owned()
     } else {
-        a.approvers.join(", ")
+        escape(&a.approvers.join(", ")).into_owned()
     };
     let details = format!(
-        "*Commit* `{}` by {}, pushed by {}\n*Changes*\n{}\n*Image* `{}`\n*Running now* {}\n*Needs* {} approval(s) from {}\n*Expires* {}\n*Asked by* {}",
-        short(&r.commit),
+        "*Commit* {} by {}, pushed by {}\n*Changes*\n{}\n*Image* {}\n*Running now* {}\n*Needs* {} approval(s) from {}\n*Expires* {}\n*Asked by* {}",
+        code(short(&r.commit)),
         person(r.author.as_ref()),
         person(r.pushed_by.as_ref()),
         changes.join("\n"),
-        r.image.reference,
+        code(&r.image.reference),
         running,
         a.required,
         approvers,
         a.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        a.requested_by,
+        escape(&a.requested_by),
     );
     let value = json!({"release": r.release, "environment": a.environment}).to_string();
     json!({
-        "text": format!("{headline} — `/baton approve {} {}`", r.release, a.environment),
+        "text": format!("{headline} — {}", code(&format!("/baton approve {} {}", r.release, a.environment))),
         "blocks": [
             section(headline),
             section(details),
@@ -133,11 +148,15 @@ pub fn approval_request(a: &ApprovalData) -> Value {
 /// The outcome of an approval request.
 pub fn approval_closed(a: &ApprovalData, status: &str) -> Value {
     let text = format!(
-        "Approval of release `{}` of *{}* into *{}*: {status}{}",
-        a.release.release,
-        a.app,
-        a.environment,
-        a.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+        "Approval of release {} of {} into {}: {}{}",
+        code(&a.release.release),
+        bold(&a.app),
+        bold(&a.environment),
+        escape(status),
+        a.reason
+            .as_deref()
+            .map(|r| format!(" ({})", escape(r)))
+            .unwrap_or_default()
     );
     json!({"text": text, "blocks": [section(text.clone())]})
 }
@@ -152,19 +171,31 @@ pub fn deployment(ty: EventType, d: &DeploymentData) -> Value {
         _ => "FAILED to roll out in",
     };
     let mut text = format!(
-        "Release `{}` of *{}* {what} *{}* (`{}`, image `{}`)",
-        d.release, d.app, d.environment, d.namespace, d.image
+        "Release {} of {} {what} {} ({}, image {})",
+        code(&d.release),
+        bold(&d.app),
+        bold(&d.environment),
+        code(&d.namespace),
+        code(&d.image)
     );
     if let Some(reason) = &d.reason {
-        text.push_str(&format!("\n*Why* {reason}"));
+        text.push_str(&format!("\n*Why* {}", escape(reason)));
     }
+    // A pod's reason and message come from the cluster, and a container writes its own
+    // termination message: escaped like any other text.
     for pod in &d.failing_pods {
         text.push_str(&format!(
-            "\n• pod `{}` {}{}{}, {} restart(s)",
-            pod.name,
-            pod.phase,
-            pod.reason.as_deref().map(|r| format!(" {r}")).unwrap_or_default(),
-            pod.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default(),
+            "\n• pod {} {}{}{}, {} restart(s)",
+            code(&pod.name),
+            escape(&pod.phase),
+            pod.reason
+                .as_deref()
+                .map(|r| format!(" {}", escape(r)))
+                .unwrap_or_default(),
+            pod.message
+                .as_deref()
+                .map(|m| format!(": {}", escape(m)))
+                .unwrap_or_default(),
             pod.restarts
         ));
     }
@@ -174,8 +205,11 @@ pub fn deployment(ty: EventType, d: &DeploymentData) -> Value {
 /// A release marked bad.
 pub fn quarantined(release: &str, q: &ReleaseQuarantinedContent) -> Value {
     let text = format!(
-        "Release `{release}` of *{}* is quarantined by {}: {} — it will never be promoted again",
-        q.app, q.actor, q.reason
+        "Release {} of {} is quarantined by {}: {} — it will never be promoted again",
+        code(release),
+        bold(&q.app),
+        escape(&q.actor),
+        escape(&q.reason)
     );
     json!({"text": text, "blocks": [section(text.clone())]})
 }
@@ -183,6 +217,7 @@ pub fn quarantined(release: &str, q: &ReleaseQuarantinedContent) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mrkdwn::tests::{HOSTILE, assert_inert};
     use baton_schemas::payloads::ImageInfo;
     use baton_schemas::release::{ApprovalKind, ChangeEntry, PodReport, PromotionAction, ReleaseData};
 
@@ -244,7 +279,7 @@ mod tests {
             "r1",
             "sha256:new",
             "sha256:old",
-            "ada <ada@example.com>",
+            "ada &lt;ada@example.com&gt;",
             "pushed by bob",
             "change 4",
             "and 2 more",
@@ -261,9 +296,40 @@ mod tests {
         assert!(crate::commands::button("approve", buttons[0]["value"].as_str().unwrap()).is_ok());
     }
 
-    #[test]
-    fn a_failure_names_the_reason_and_the_pods() {
-        let d = DeploymentData {
+    /// The message's mrkdwn: its fallback `text` and each section's text.
+    fn mrkdwn_of(message: &Value) -> Vec<String> {
+        let mut texts = vec![message["text"].as_str().unwrap().to_owned()];
+        for block in message["blocks"].as_array().unwrap() {
+            if block["text"]["type"] == "mrkdwn" {
+                texts.push(block["text"]["text"].as_str().unwrap().to_owned());
+            }
+        }
+        texts
+    }
+
+    /// Every hostile text, each in its own field, reaches Slack as inert text; `shown` is what
+    /// must be seen of it (escaped, so it reads as typed).
+    fn assert_all_inert(message: &Value, shown: &[&str]) {
+        let texts = mrkdwn_of(message);
+        for text in &texts {
+            assert_inert(text, &[]);
+        }
+        let all = texts.join("\n");
+        for needle in shown {
+            assert!(all.contains(needle), "{needle}: {all}");
+        }
+    }
+
+    fn hostile_person(name: &str) -> Person {
+        Person {
+            name: Some(name.into()),
+            email: Some("<mailto:boss@example.com|boss@example.com>".into()),
+            username: None,
+        }
+    }
+
+    fn deployment_data() -> DeploymentData {
+        DeploymentData {
             promotion: "p".into(),
             action: PromotionAction::Promote,
             app: "acme/shop".into(),
@@ -284,7 +350,94 @@ mod tests {
                 restarts: 4,
             }],
             rollout_wait_ms: None,
+        }
+    }
+
+    #[test]
+    fn user_text_in_an_approval_request_cannot_ping_link_or_break_out() {
+        let [here, channel, link, user, escaped] = HOSTILE;
+        let mut a = approval();
+        a.app = format!("acme/{here}* into *production");
+        a.environment = channel.into();
+        a.release.release = format!("r1` {link} `");
+        a.release.commit = user.into();
+        a.release.author = Some(hostile_person(escaped));
+        a.release.pushed_by = Some(hostile_person(here));
+        a.release.image.reference = format!("reg/shop{channel}");
+        for (i, change) in a.release.changelog.iter_mut().enumerate() {
+            change.summary = HOSTILE[i % HOSTILE.len()].into();
+            change.author = hostile_person(link);
+        }
+        a.current_release = Some(link.into());
+        a.current_image = Some(user.into());
+        a.approvers = vec![here.into(), user.into()];
+        a.requested_by = channel.into();
+        let m = approval_request(&a);
+        assert_all_inert(
+            &m,
+            &[
+                "*acme/&lt;!here&gt;∗ into ∗production*",
+                "*&lt;!channel&gt;*",
+                "`r1ˋ &lt;https://evil|view diff&gt; ˋ`",
+                "&amp;lt; &lt;&lt;mailto:boss@example.com|boss@example.com&gt;&gt;",
+                "• `000000000000` &lt;!here&gt; —",
+                "`&lt;https://evil|view diff&gt;`, `&lt;@U123&gt;`",
+                "from &lt;!here&gt;, &lt;@U123&gt;",
+                "*Asked by* &lt;!channel&gt;",
+            ],
+        );
+        // The buttons still name the release as it is: they are data, not mrkdwn.
+        let value: Value = serde_json::from_str(m["blocks"][2]["elements"][0]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(value["release"], a.release.release);
+
+        a.reason = Some(format!("{link} {here}"));
+        assert_all_inert(
+            &approval_closed(&a, "<!everyone>"),
+            &["&lt;!everyone&gt; (&lt;https://evil|view diff&gt; &lt;!here&gt;)"],
+        );
+    }
+
+    #[test]
+    fn user_text_in_release_news_cannot_ping_link_or_break_out() {
+        let [here, channel, link, user, escaped] = HOSTILE;
+        let mut d = deployment_data();
+        d.app = here.into();
+        d.environment = channel.into();
+        d.release = format!("`{link}`");
+        d.namespace = user.into();
+        d.image = escaped.into();
+        d.reason = Some(format!("{here}\n*Approved by* the CTO"));
+        d.failing_pods[0].name = link.into();
+        d.failing_pods[0].reason = Some(user.into());
+        d.failing_pods[0].message = Some(format!("{channel} see {link}"));
+        for ty in [EventType::ServiceDeployed, EventType::DeploymentFailed] {
+            assert_all_inert(
+                &deployment(ty, &d),
+                &[
+                    "Release `ˋ&lt;https://evil|view diff&gt;ˋ` of *&lt;!here&gt;*",
+                    "*&lt;!channel&gt;* (`&lt;@U123&gt;`, image `&amp;lt;`)",
+                    "*Why* &lt;!here&gt;",
+                    "• pod `&lt;https://evil|view diff&gt;` Running &lt;@U123&gt;: &lt;!channel&gt; see",
+                ],
+            );
+        }
+
+        let q = ReleaseQuarantinedContent {
+            app: format!("shop*{here}"),
+            actor: user.into(),
+            reason: format!("{link} {escaped}"),
         };
+        assert_all_inert(
+            &quarantined(&format!("r`{channel}"), &q),
+            &[
+                "Release `rˋ&lt;!channel&gt;` of *shop∗&lt;!here&gt;* is quarantined by &lt;@U123&gt;: &lt;https://evil|view diff&gt; &amp;lt; —",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_failure_names_the_reason_and_the_pods() {
+        let d = deployment_data();
         let text = deployment(EventType::DeploymentFailed, &d)["text"]
             .as_str()
             .unwrap()
