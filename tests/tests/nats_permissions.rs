@@ -630,7 +630,11 @@ struct Change {
 /// update, delete and pull from each stage's durable consumer. `for_user`'s own consumer is
 /// included: a stage's consumer is the admin's too (it may only INFO, pull from and ack it).
 fn changes(streams: &[(String, Value)], for_user: &str) -> Vec<Change> {
-    let api = |s: String| format!("$JS.API.{s}");
+    let change = |what: String, subject: String, body: Value| Change {
+        what,
+        subject: format!("$JS.API.{subject}"),
+        body,
+    };
     let mut changes = Vec::new();
     for (name, config) in streams {
         let mut sealed = config.clone();
@@ -639,70 +643,66 @@ fn changes(streams: &[(String, Value)], for_user: &str) -> Vec<Change> {
         shrunk["max_msgs"] = json!(1);
         shrunk["max_msgs_per_subject"] = json!(1);
         changes.extend([
-            Change {
-                what: format!("create stream {name}"),
-                subject: api(format!("STREAM.CREATE.{name}")),
-                body: config.clone(),
-            },
-            Change {
-                what: format!("seal stream {name}"),
-                subject: api(format!("STREAM.UPDATE.{name}")),
-                body: sealed,
-            },
-            Change {
-                what: format!("cut stream {name} to one message"),
-                subject: api(format!("STREAM.UPDATE.{name}")),
-                body: shrunk,
-            },
-            Change {
-                what: format!("purge stream {name}"),
-                subject: api(format!("STREAM.PURGE.{name}")),
-                body: json!({}),
-            },
-            Change {
-                what: format!("delete stream {name}"),
-                subject: api(format!("STREAM.DELETE.{name}")),
-                body: json!({}),
-            },
+            change(
+                format!("create stream {name}"),
+                format!("STREAM.CREATE.{name}"),
+                config.clone(),
+            ),
+            change(format!("seal stream {name}"), format!("STREAM.UPDATE.{name}"), sealed),
+            change(
+                format!("cut stream {name} to one message"),
+                format!("STREAM.UPDATE.{name}"),
+                shrunk,
+            ),
+            change(
+                format!("purge stream {name}"),
+                format!("STREAM.PURGE.{name}"),
+                json!({}),
+            ),
+            change(
+                format!("delete stream {name}"),
+                format!("STREAM.DELETE.{name}"),
+                json!({}),
+            ),
         ]);
     }
-    changes.push(Change {
-        what: "create a stream of its own".into(),
-        subject: api("STREAM.CREATE.MINE".into()),
-        body: json!({"name": "MINE", "subjects": ["mine.>"]}),
-    });
+    changes.push(change(
+        "create a stream of its own".into(),
+        "STREAM.CREATE.MINE".into(),
+        json!({"name": "MINE", "subjects": ["mine.>"]}),
+    ));
     for stage in provision::STAGES {
         let c = stage.name;
         let config = json!({"durable_name": c, "ack_policy": "explicit", "filter_subjects": ["baton.events.>"]});
         let request = json!({"stream_name": "BATON_EVENTS", "config": config});
         changes.extend([
-            Change {
-                what: format!("create or update consumer {c}"),
-                subject: api(format!("CONSUMER.CREATE.BATON_EVENTS.{c}")),
-                body: request.clone(),
-            },
-            Change {
-                what: format!("create or update consumer {c} with a filter"),
-                subject: api(format!("CONSUMER.CREATE.BATON_EVENTS.{c}.baton.events.>")),
-                body: request.clone(),
-            },
-            Change {
-                what: format!("create or update durable {c} (legacy API)"),
-                subject: api(format!("CONSUMER.DURABLE.CREATE.BATON_EVENTS.{c}")),
-                body: request,
-            },
-            Change {
-                what: format!("delete consumer {c}"),
-                subject: api(format!("CONSUMER.DELETE.BATON_EVENTS.{c}")),
-                body: json!({}),
-            },
+            change(
+                format!("create or update consumer {c}"),
+                format!("CONSUMER.CREATE.BATON_EVENTS.{c}"),
+                request.clone(),
+            ),
+            change(
+                format!("create or update consumer {c} with a filter"),
+                format!("CONSUMER.CREATE.BATON_EVENTS.{c}.baton.events.>"),
+                request.clone(),
+            ),
+            change(
+                format!("create or update durable {c} (legacy API)"),
+                format!("CONSUMER.DURABLE.CREATE.BATON_EVENTS.{c}"),
+                request,
+            ),
+            change(
+                format!("delete consumer {c}"),
+                format!("CONSUMER.DELETE.BATON_EVENTS.{c}"),
+                json!({}),
+            ),
         ]);
         if c != for_user {
-            changes.push(Change {
-                what: format!("pull from consumer {c}"),
-                subject: api(format!("CONSUMER.MSG.NEXT.BATON_EVENTS.{c}")),
-                body: json!({"batch": 1, "no_wait": true}),
-            });
+            changes.push(change(
+                format!("pull from consumer {c}"),
+                format!("CONSUMER.MSG.NEXT.BATON_EVENTS.{c}"),
+                json!({"batch": 1, "no_wait": true}),
+            ));
         }
     }
     changes
