@@ -78,6 +78,8 @@ struct World {
     dir: tempfile::TempDir,
     replicas: Vec<Replica>,
     lease: Duration,
+    /// How long a replica waits for a busy environment (20 s unless a test shortens it).
+    lock_wait: Duration,
     /// The promoters' clock when the test drives time; the system clock otherwise.
     clock: Option<Arc<ManualClock>>,
 }
@@ -126,6 +128,7 @@ impl World {
             dir,
             replicas: Vec::new(),
             lease,
+            lock_wait: Duration::from_secs(20),
             clock,
         };
         for _ in 0..replicas {
@@ -144,7 +147,7 @@ impl World {
         service.config_repo.url = format!("file://{}", self.config_bare().display());
         service.tick = Duration::from_millis(100);
         service.lock_lease = self.lease;
-        service.lock_wait = Duration::from_secs(20);
+        service.lock_wait = self.lock_wait;
         Ok(Settings {
             common,
             service,
@@ -154,6 +157,7 @@ impl World {
 
     async fn start_replica(&mut self) -> Result<()> {
         let settings = self.settings()?;
+        baton_tests::app::provision_for::<baton_promoter::Application>(&settings.common).await?;
         let app = match &self.clock {
             Some(clock) => {
                 baton_promoter::Application::build_with_clock(settings, &|_| None, Arc::clone(clock) as _).await?
@@ -584,10 +588,18 @@ async fn an_unanswered_request_expires_and_a_newer_release_supersedes_a_waiting_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_racing_releases_with_two_replicas_make_ten_fast_forward_commits() -> Result<()> {
     let world = World::start(TWO_STAGES, 2).await?;
+    // Ten sibling commits (each on its own branch from one base), so none is older than another
+    // and every one may enter staging, in whichever order the replicas take them.
+    let app = world.app_repo();
+    let base = git(&app, &["rev-parse", "HEAD"])?;
     let mut releases = Vec::new();
     for i in 0..10 {
-        releases.push(world.tests_passed(&format!("race-{i}")).await?);
+        git(&app, &["checkout", "-q", "-B", &format!("race-{i}"), &base])?;
+        let case = format!("race-{i}");
+        let sha = world.commit_app(&case)?;
+        releases.push(world.publish_test(&case, &sha, Outcome::Success, false).await?);
     }
+    git(&app, &["checkout", "-q", "main"])?;
     let promotions = world.wait_for(EventType::EnvironmentModified, 10, |_| true).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let promotions_now = world.events(EventType::EnvironmentModified).await?;
@@ -1222,5 +1234,191 @@ async fn a_request_id_reused_for_another_release_is_a_command_of_its_own() -> Re
     // The very same request again is the same command: it finds its commit, nothing new.
     let again = world.command("promote", promote(&second)).await?;
     assert_eq!(again.config_commit, forward.config_commit);
+    world.stop().await
+}
+
+/// A quarantine follows the commit and the image, not only the release id: the same commit
+/// released again under another id (a replayed push) and the same image under another commit
+/// (a rebuild that reproduced it) are held as quarantined, naming the release that was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_commit_or_image_stays_quarantined_under_another_release() -> Result<()> {
+    let world = World::start(STAGING_AUTO, 1).await?;
+    let bad = world.tests_passed("bad").await?;
+    world.promotion(&bad, "staging").await?;
+    let marked = world
+        .command(
+            "mark-bad",
+            CommandRequest {
+                actor: "alice".into(),
+                release: Some(bad.clone()),
+                reason: Some("corrupts orders".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(marked.ok, "{marked:?}");
+    let sha = git(&world.app_repo(), &["rev-parse", "HEAD"])?;
+
+    // The same commit, under a new release id and a new image.
+    let replayed = world
+        .publish_test("bad-replayed", &sha, Outcome::Success, false)
+        .await?;
+    let reason = world.held_reason(&replayed).await?;
+    assert!(
+        reason.contains(&format!("quarantined with release {bad}")) && reason.contains("corrupts orders"),
+        "{reason}"
+    );
+
+    // The same image, built from another commit.
+    let other = world.commit_app("bad-rebuilt")?;
+    let rebuilt = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"bad-rebuilt").to_string();
+    Verdict {
+        digest_seed: "bad",
+        ..Verdict::shop(&other, &world.app_repo(), "bad-rebuilt", &rebuilt)
+    }
+    .publish(&world.js)
+    .await?;
+    let reason = world.held_reason(&rebuilt).await?;
+    assert!(reason.contains(&format!("quarantined with release {bad}")), "{reason}");
+    assert_eq!(
+        world.events(EventType::EnvironmentModified).await?.len(),
+        1,
+        "only the first release was promoted"
+    );
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_commit_whose_tests_finish_later_does_not_replace_a_newer_one() -> Result<()> {
+    let world = World::start(STAGING_AUTO, 1).await?;
+    // Two pushes in a row; the newer one's tests finish first.
+    let older_sha = world.commit_app("older")?;
+    let newer_sha = world.commit_app("newer")?;
+    let newer = world.publish_test("newer", &newer_sha, Outcome::Success, false).await?;
+    let staging = world.promotion(&newer, "staging").await?;
+    let older = world.publish_test("older", &older_sha, Outcome::Success, false).await?;
+    let held = world
+        .wait_for(EventType::PromotionHeld, 1, |e| {
+            e.context.chain_id.as_deref() == Some(older.as_str())
+        })
+        .await?;
+    let reason = held[0].subject.content["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("is older than") && reason.contains(&newer) && reason.contains("baton promote"),
+        "{reason}"
+    );
+    assert_eq!(
+        world.events(EventType::EnvironmentModified).await?.len(),
+        1,
+        "staging keeps the newer release"
+    );
+    let file: ReleaseFile =
+        yaml_serde::from_str(&world.config_file("main", &format!("staging/{DIR}/{RELEASE_FILE}"))?)?;
+    assert_eq!(file.release.release, newer);
+    assert_eq!(file.promotion, staging.promotion);
+
+    // An operator can still move staging back, explicitly, and it is recorded as theirs.
+    let back = world
+        .command(
+            "promote",
+            CommandRequest {
+                actor: "alice".into(),
+                release: Some(older.clone()),
+                environment: Some("staging".into()),
+                reason: Some("the newer one misbehaves".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(back.ok && back.config_commit.is_some(), "{back:?}");
+    let moved = world.promotion(&older, "staging").await?;
+    assert_eq!(moved.actor, "alice");
+    world.stop().await
+}
+
+const MANUAL_PRODUCTION: &str = "\
+environments:
+  - name: production
+    namespace: shop-production
+    policy: manual
+    approvals: {required: 1, users: [alice, bob]}
+";
+
+/// A world with one promoter replica that waits at most half a second for a busy environment,
+/// and a release of `case` waiting for its approval into production.
+async fn awaiting_approval(case: &str) -> Result<(World, String)> {
+    let mut world = World::start_with(MANUAL_PRODUCTION, 0, Duration::from_secs(30), None).await?;
+    world.lock_wait = Duration::from_millis(500);
+    world.start_replica().await?;
+    let release = world.tests_passed(case).await?;
+    world.wait_for(EventType::ApprovalCreated, 1, |_| true).await?;
+    Ok((world, release))
+}
+
+/// The final approval arrives while the promotion cannot be made; the vote is answered and
+/// recorded, and the promotion is carried out by itself once it can, exactly once.
+async fn approved_then_carried_out(world: &World, release: &str) -> Result<()> {
+    let approved = world.command("approve", vote("alice", release)).await?;
+    assert!(
+        approved.ok && approved.message.contains("retries it by itself"),
+        "{approved:?}"
+    );
+    world
+        .wait_for(EventType::ApprovalClosed, 1, |e| {
+            e.subject.content["status"] == "approved"
+        })
+        .await?;
+    assert!(
+        world.events(EventType::EnvironmentModified).await?.is_empty(),
+        "not yet"
+    );
+    let again = world.command("approve", vote("bob", release)).await?;
+    assert!(!again.ok && again.message.contains("closed"), "{again:?}");
+    Ok(())
+}
+
+/// Then: the promotion arrives once, at a commit of its own that production's release file
+/// names.
+async fn promoted_once(world: &World, release: &str) -> Result<()> {
+    let promotion = world.promotion(release, "production").await?;
+    let file: ReleaseFile = yaml_serde::from_str(
+        &world.config_file(&promotion.config_commit, &format!("production/{DIR}/{RELEASE_FILE}"))?,
+    )?;
+    assert_eq!(file.release.release, release);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        world.events(EventType::EnvironmentModified).await?.len(),
+        1,
+        "exactly once"
+    );
+    assert_eq!(world.config(&["rev-list", "--count", "main"])?, "2", "one commit");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_meeting_a_busy_environment_is_carried_out_once_it_frees() -> Result<()> {
+    let (world, release) = awaiting_approval("busy").await?;
+    // Another replica holds production past the promoter's lock_wait.
+    let topology = world.nats.topology().await?;
+    let other = baton_kit::lease::Locks::new(&topology, "other-replica", Duration::from_secs(60), Duration::ZERO);
+    let held = other.acquire("env.production", "promote something else").await?;
+    approved_then_carried_out(&world, &release).await?;
+    held.release().await;
+    promoted_once(&world, &release).await?;
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_whose_push_fails_is_carried_out_once_the_config_repo_takes_it() -> Result<()> {
+    let (world, release) = awaiting_approval("push-fails").await?;
+    // The config repo's branch is locked (as by a stuck git process): every push fails.
+    let lock = world.config_bare().join("refs/heads/main.lock");
+    std::fs::write(&lock, "")?;
+    approved_then_carried_out(&world, &release).await?;
+    std::fs::remove_file(&lock)?;
+    promoted_once(&world, &release).await?;
     world.stop().await
 }

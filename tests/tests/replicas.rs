@@ -752,10 +752,22 @@ impl Ledger {
             self.count(EventType::ChangeMerged),
             releases.len()
         );
+        // The one hold expected: pushes follow each other on one branch, and a release whose
+        // tests finished after a newer commit's promotion is older than what runs.
+        for r in self
+            .records
+            .iter()
+            .filter(|r| r.event_type() == Some(EventType::PromotionHeld))
+        {
+            let reason = r.event.subject.content["reason"].as_str().unwrap_or_default();
+            ensure!(
+                reason.contains("automation never moves an environment back"),
+                "an unexpected hold: {reason}"
+            );
+        }
         for ty in [
             EventType::DeploymentFailed,
             EventType::ReleaseQuarantined,
-            EventType::PromotionHeld,
             EventType::ServiceRolledBack,
         ] {
             ensure!(
@@ -936,10 +948,24 @@ async fn promoter_replicas_racing_on_one_environment_never_interleave() -> Resul
     // Both apps' releases contend for the one lease `env.staging`: published all at once, as
     // testers finishing together would.
     let shop = world.dir.path().join("shop");
+    // Sibling commits (each on its own branch from one base): none is older than another, so
+    // every release may enter staging in whichever order the replicas take them.
+    let base = git(&shop, &["rev-parse", "HEAD"])?;
+    let branch = git(&shop, &["rev-parse", "--abbrev-ref", "HEAD"])?;
     let mut releases = Vec::new();
     let mut published = Vec::new();
     for i in 0..PER_APP {
         for app in APPS {
+            git(
+                &shop,
+                &[
+                    "checkout",
+                    "-q",
+                    "-B",
+                    &format!("race-{}-{i}", app.replace('/', "-")),
+                    &base,
+                ],
+            )?;
             write(&shop.join("src/greeting.txt"), &format!("hello {app} {i}\n"))?;
             git(&shop, &["commit", "-qam", &format!("{app} {i}")])?;
             let sha = git(&shop, &["rev-parse", "HEAD"])?;
@@ -948,6 +974,7 @@ async fn promoter_replicas_racing_on_one_environment_never_interleave() -> Resul
             releases.push((app, release));
         }
     }
+    git(&shop, &["checkout", "-q", &branch])?;
     for publish in futures::future::join_all(published).await {
         publish?;
     }

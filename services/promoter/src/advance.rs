@@ -10,10 +10,10 @@ use baton_schemas::release::{ApprovalKind, PromotionAction};
 use chrono::{DateTime, Utc};
 
 use crate::error::PromoteError;
-use crate::gates::{self, Decision, Facts, Move, Previous, Wait};
+use crate::gates::{self, Decision, Facts, Move, Newer, Previous, Wait};
 use crate::manager::{Outcome, ReleaseManager, derive_id};
 use crate::policy::Policy;
-use crate::state::{self, Scheduled};
+use crate::state::{self, Scheduled, Trigger};
 use crate::write::Write;
 
 /// What happened to a request to move a release into an environment.
@@ -53,7 +53,7 @@ impl ReleaseManager {
         } = request;
         let before = policy.file.previous_before(&env.name);
         let (quarantined, current, current_before) = tokio::try_join!(
-            self.state.bad(&release.release),
+            self.state.bad(release),
             self.state.current(&release.app, &env.name),
             async {
                 match before {
@@ -62,6 +62,20 @@ impl ReleaseManager {
                 }
             },
         )?;
+        let mut newer_running = match (request.trigger, &current) {
+            (Trigger::Auto, Some(running)) if running.value.release != release.release => {
+                self.newer_running(release, &running.value.release).await?
+            }
+            _ => None,
+        };
+        // A retry of a promotion whose commit was pushed before a crash, then overtaken: it goes
+        // on, finds its commit and announces it, and the environment keeps the later release.
+        if newer_running.is_some() {
+            let (repo, id) = (std::sync::Arc::clone(&self.repo), promotion.to_owned());
+            if self.blocking(move || Ok(repo.promotion_commit(&id)?)).await?.is_some() {
+                newer_running = None;
+            }
+        }
         let facts = Facts {
             quarantined: quarantined.as_ref(),
             current: current.as_ref().map(|c| &c.value),
@@ -69,6 +83,7 @@ impl ReleaseManager {
                 env,
                 current: current_before.as_ref().map(|c| &c.value),
             }),
+            newer_running: newer_running.as_ref(),
         };
         let decision = gates::promotion(request, &facts, now);
         match decision {
@@ -157,7 +172,7 @@ impl ReleaseManager {
     }
 
     /// Not promoted, and not by itself later: the reason on the stream and to the caller.
-    fn stop(&self, request: Move<'_>, cause: &str, reason: String) -> Outcome<Advance> {
+    pub(crate) fn stop(&self, request: Move<'_>, cause: &str, reason: String) -> Outcome<Advance> {
         Outcome {
             events: vec![self.held(request, cause, &reason, None)],
             value: Advance::Held(reason),
@@ -191,5 +206,48 @@ impl ReleaseManager {
             events: vec![self.held(request, cause, &format!("waiting for the {waiting_for}"), Some(at))],
             value: Advance::Scheduled(at, waiting_for),
         })
+    }
+}
+
+impl ReleaseManager {
+    /// The release `running` when its commit, in the app's repository, descends from
+    /// `release`'s: `release` is older than what runs. Unrelated or equal commits, or a running
+    /// release the state no longer knows, are not "newer".
+    ///
+    /// # Errors
+    /// [`PromoteError`] when the state or the app repository cannot be read.
+    async fn newer_running(
+        &self,
+        release: &baton_schemas::release::ReleaseData,
+        running: &str,
+    ) -> Result<Option<Newer>, PromoteError> {
+        let Some(running) = self.state.release(running).await? else {
+            return Ok(None);
+        };
+        if running.commit == release.commit || running.repository != release.repository {
+            return Ok(None);
+        }
+        let (sources, url, newer, older) = (
+            self.sources.clone(),
+            release.repository.clone(),
+            running.commit.clone(),
+            release.commit.clone(),
+        );
+        let descends = self
+            .blocking(move || {
+                let mirror = sources.mirror_with(&url, &newer)?;
+                let oid = |sha: &str| git2::Oid::from_str(sha);
+                Ok(match (oid(&newer), oid(&older)) {
+                    (Ok(newer), Ok(older)) if mirror.find_commit(older).is_ok() => {
+                        mirror.graph_descendant_of(newer, older).unwrap_or(false)
+                    }
+                    _ => false,
+                })
+            })
+            .await?;
+        Ok(descends.then(|| Newer {
+            release: running.release.clone(),
+            commit: running.commit.clone(),
+        }))
     }
 }

@@ -12,10 +12,10 @@ use serde_json::json;
 
 use crate::advance::Advance;
 use crate::error::PromoteError;
-use crate::gates::{self, Asking};
+use crate::gates::{self, Asking, Move};
 use crate::manager::{AUTOMATION, Outcome, ReleaseManager, derive_id};
 use crate::policy::Policy;
-use crate::state::{self, Closure, PendingApproval};
+use crate::state::{self, Closure, PendingApproval, Trigger};
 
 impl ReleaseManager {
     /// Opens an approval request for `release` into `env` (expiring `expires_after` from `now`),
@@ -96,6 +96,7 @@ impl ReleaseManager {
             promotion: derive_id(&["promote", &approval]),
             cause: cause.to_owned(),
             closed: None,
+            promotion_pending: false,
         };
         if let Some(open) = existing.as_ref().filter(|e| e.value.closed.is_none()) {
             let why = format!("superseded by release {}", release.release);
@@ -202,6 +203,137 @@ impl ReleaseManager {
             at: now,
         });
         Ok(self.state.compare_and_set(key, &closed, Some(pending.revision)).await?)
+    }
+}
+
+impl ReleaseManager {
+    /// Carries out the promotion an approved request (`key`, as read) is owed: the move with the
+    /// approval as its trigger, its events published, then the request's outbox mark cleared.
+    /// Idempotent by the promotion id (a retry finds the commit an earlier attempt pushed, and
+    /// the events' ids are derived). A failure that retrying cannot mend ends here as a
+    /// `baton-promotion.held` with the reason; a transient one is returned and leaves the mark
+    /// for the timers. A `retry` (by the timers) first checks that the environment still runs
+    /// what the approvers saw it run: one that moved on meanwhile is not moved under them.
+    ///
+    /// # Errors
+    /// A transient [`PromoteError`]; the promotion is then still owed.
+    pub(crate) async fn carry_out(
+        &self,
+        policy: &Policy,
+        key: &str,
+        pending: &PendingApproval,
+        retry: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Advance, PromoteError> {
+        let data = &pending.data;
+        let release = &data.release;
+        let trigger = Trigger::Approved {
+            approval: data.approval.clone(),
+            break_glass: data.kind == ApprovalKind::BreakGlass,
+        };
+        let cause = derive_id(&["approval.closed", &data.approval]);
+        let advanced = match policy.environment(&data.environment) {
+            Err(e) => Err(e),
+            Ok(env) => {
+                let request = Move {
+                    release,
+                    env,
+                    trigger: &trigger,
+                    promotion: &pending.promotion,
+                };
+                let moved_on = if retry {
+                    self.state
+                        .current(&release.app, &env.name)
+                        .await?
+                        .map(|c| c.value.release)
+                        .filter(|running| *running != release.release && Some(running) != data.current_release.as_ref())
+                } else {
+                    None
+                };
+                match moved_on {
+                    Some(running) => Ok(self.stop(
+                        request,
+                        &cause,
+                        format!(
+                            "`{}` moved on to release {running} after release {} was approved to replace {}; ask for a new approval",
+                            env.name,
+                            release.release,
+                            data.current_release.as_deref().unwrap_or("nothing")
+                        ),
+                    )),
+                    None => self.advance(policy, request, &cause, now).await,
+                }
+            }
+        };
+        let mut outcome = match advanced {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_transient() => return Err(e),
+            // Nothing to retry (the environment left the policy, say): recorded and done.
+            Err(e) => Outcome {
+                events: vec![self.held_approved(pending, &cause, &e.to_string())],
+                value: Advance::Held(e.to_string()),
+            },
+        };
+        if retry {
+            // The vote and the closure, in case the command's own publish of them failed (same
+            // ids: published twice, kept once).
+            let closed = pending.closed.as_ref().map(|c| c.reason.as_str()).unwrap_or_default();
+            let voter = data.votes.last().map(|v| v.actor.as_str()).unwrap_or(AUTOMATION);
+            let answers = [
+                self.approval_updated(pending, voter, "approved"),
+                self.approval_closed(pending, "approved", "approved", voter, closed),
+            ];
+            outcome.events.splice(0..0, answers);
+        }
+        self.publish(&outcome.events).await?;
+        self.promotion_done(key, data).await?;
+        Ok(outcome.value)
+    }
+
+    /// `baton-promotion.held` of an approved request whose environment cannot be named.
+    fn held_approved(&self, pending: &PendingApproval, cause: &str, reason: &str) -> Outgoing {
+        let data = &pending.data;
+        self.event(
+            EventType::PromotionHeld,
+            derive_id(&["held", &pending.promotion, reason]),
+            &data.app,
+            &data.release.release,
+            serde_json::to_value(baton_schemas::extensions::PromotionHeldContent {
+                app: data.app.clone(),
+                environment: data.environment.clone(),
+                reason: reason.to_owned(),
+                retry_at: None,
+            })
+            .expect("serializes"),
+            Some(&data.release.release),
+            Some(cause),
+            None,
+        )
+    }
+
+    /// Clears the outbox mark of `approval` under `key`, unless the record is another request
+    /// by now (a newer release's).
+    async fn promotion_done(&self, key: &str, data: &ApprovalData) -> Result<(), PromoteError> {
+        for _ in 0..5 {
+            let Some(mut current) = self.state.get::<PendingApproval>(key).await? else {
+                return Ok(());
+            };
+            if current.value.data.approval != data.approval || !current.value.promotion_pending {
+                return Ok(());
+            }
+            current.value.promotion_pending = false;
+            if self
+                .state
+                .compare_and_set(key, &current.value, Some(current.revision))
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(PromoteError::ApprovalContended {
+            app: data.app.clone(),
+            environment: data.environment.clone(),
+        })
     }
 }
 

@@ -271,24 +271,25 @@ impl Command<'_> {
                     reply.message = format!("declined: release {} will not enter `{env_name}`", release.release);
                 }
                 Tally::Approved => {
+                    // The request is closed and owes its promotion (one write): the vote and
+                    // the closure go out first, then the promotion is carried out. If that
+                    // fails, the timers carry it out; the vote is not asked for again.
                     events.push(promoter.approval_closed(next, "approved", "approved", actor, closed_because));
-                    let env = policy.environment(env_name)?;
-                    let trigger = Trigger::Approved {
-                        approval: next.data.approval.clone(),
-                        break_glass: next.data.kind == ApprovalKind::BreakGlass,
-                    };
-                    let cause = derive_id(&["approval.closed", &next.data.approval]);
-                    let request = Move {
-                        release: &release,
-                        env,
-                        trigger: &trigger,
-                        promotion: &next.promotion,
-                    };
-                    let advanced = promoter.advance(&policy, request, &cause, self.now).await?;
-                    events.extend(advanced.events);
-                    reply.message = describe(&advanced.value, &release, &env.name);
-                    if let Advance::Promoted(commit) = &advanced.value {
-                        reply.config_commit = Some(commit.clone());
+                    promoter.publish(&std::mem::take(&mut events)).await?;
+                    match promoter.carry_out(&policy, &key, next, false, self.now).await {
+                        Ok(advanced) => {
+                            reply.message = describe(&advanced, &release, env_name);
+                            if let Advance::Promoted(commit) = &advanced {
+                                reply.config_commit = Some(commit.clone());
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(release = %release.release, environment = env_name, error = %e, "approved promotion not carried out yet; the timers retry it");
+                            reply.message = format!(
+                                "approved: release {} enters `{env_name}` as soon as it can ({e}); Baton retries it by itself",
+                                release.release
+                            );
+                        }
                     }
                 }
                 Tally::Open { approvals, required } => {
@@ -361,7 +362,7 @@ impl Command<'_> {
         let policy = policy.value;
         let env = policy.environment(env_name)?;
         let before = policy.file.previous_before(&env.name);
-        let (quarantined, current_before) = tokio::try_join!(promoter.state.bad(&release.release), async {
+        let (quarantined, current_before) = tokio::try_join!(promoter.state.bad(&release), async {
             match before {
                 Some(before) => promoter.state.current(&release.app, &before.name).await,
                 None => Ok(None),
@@ -454,7 +455,7 @@ impl Command<'_> {
             {
                 continue;
             }
-            let bad = promoter.state.bad(&file.release.release).await?;
+            let bad = promoter.state.bad(&file.release).await?;
             if bad.is_some() {
                 if self.request.release.is_some() {
                     return Err(refused(format!(

@@ -329,6 +329,17 @@ impl ConfigRepo {
         Ok(files.into_iter().filter(|(path, _)| path != RELEASE_FILE).collect())
     }
 
+    /// The commit of promotion `id` on the branch (among the recent ones), if it was made.
+    ///
+    /// # Errors
+    /// [`RepoError`].
+    pub fn promotion_commit(&self, id: &str) -> Result<Option<String>, RepoError> {
+        let mut guard = self.lock();
+        let repo = self.open()?;
+        let head = self.sync(&repo, &mut guard)?;
+        find_promotion(&repo, head, id)
+    }
+
     /// Commits `change` and pushes it fast-forward, unless a commit of the same promotion is
     /// already on the branch.
     ///

@@ -10,7 +10,9 @@
 //! 2. `R` declares no tests and `E` does not `allow_untested` → held.
 //! 3. An automatic move finds `E` already running `R` (put there by another promotion) →
 //!    nothing to do. A retry of the same promotion goes on, and finds its commit.
-//! 4. An automatic move into a pinned `E` → held.
+//! 4. An automatic move into a pinned `E` → held. An automatic move of a release whose commit
+//!    is an ancestor of the commit `E` runs → held: automation never moves an environment back
+//!    in the app's history (an operator's `promote` or `rollback` can).
 //! 5. An automatic move into a `manual` `E` → an approval request. An operator's `promote`
 //!    into a frozen `E` is refused (with the hint to ask for break-glass), into a `manual` one
 //!    it asks for approval. An approved move has had its human decision and goes on.
@@ -54,6 +56,18 @@ pub struct Facts<'a> {
     pub current: Option<&'a Current>,
     /// The environment before this one in promotion order, if any.
     pub previous: Option<Previous<'a>>,
+    /// What the environment runs when its commit descends from the release's: the release
+    /// would move the environment back in the app's history. Read only for automatic moves.
+    pub newer_running: Option<&'a Newer>,
+}
+
+/// A release an environment runs whose commit descends from the one of a release asking in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Newer {
+    /// The release running.
+    pub release: String,
+    /// Its commit.
+    pub commit: String,
 }
 
 /// The environment before the one a release would enter, and what it runs for the app.
@@ -168,6 +182,8 @@ pub enum Hold {
         /// The environment before.
         previous: String,
     },
+    /// The environment runs a release of a newer commit (a descendant of this one's).
+    OlderThanRunning(Newer),
 }
 
 impl Hold {
@@ -175,8 +191,11 @@ impl Hold {
     pub fn message(&self, release: &ReleaseData, env: &str) -> String {
         match self {
             Self::Quarantined(bad) => format!(
-                "release {} is quarantined ({}, by {}): it is never promoted again",
-                release.release, bad.reason, bad.actor
+                "release {} {} ({}, by {}): it is never promoted again",
+                release.release,
+                quarantined_as(bad, release),
+                bad.reason,
+                bad.actor
             ),
             Self::Untested => format!(
                 "commit {} declares no test steps and `{env}` requires tested releases (set `allow_untested: true` to allow them)",
@@ -190,8 +209,28 @@ impl Hold {
                 "release {} is not running healthy in `{previous}`, so it cannot soak there before `{env}`",
                 release.release
             ),
+            Self::OlderThanRunning(newer) => format!(
+                "commit {} of release {} is older than commit {} of release {}, which `{env}` runs: automation never moves an environment back; `baton promote` or `baton rollback` can",
+                short(&release.commit),
+                release.release,
+                short(&newer.commit),
+                newer.release
+            ),
         }
     }
+}
+
+/// "is quarantined", or for a record of another release, what the two share.
+fn quarantined_as(bad: &BadRelease, release: &ReleaseData) -> String {
+    if bad.release.is_empty() || bad.release == release.release {
+        return "is quarantined".to_owned();
+    }
+    format!(
+        "is quarantined with release {}, which has its commit {} or its image {}",
+        bad.release,
+        short(&release.commit),
+        release.image.digest
+    )
 }
 
 /// The gates of a move, in the order of the module documentation.
@@ -218,6 +257,9 @@ pub fn promotion(request: Move<'_>, facts: &Facts<'_>, now: DateTime<Utc>) -> De
     }
     if automatic && let Some(pin) = facts.current.and_then(|c| c.pinned.clone()) {
         return Decision::Hold(Hold::Pinned(pin));
+    }
+    if automatic && let Some(newer) = facts.newer_running {
+        return Decision::Hold(Hold::OlderThanRunning(newer.clone()));
     }
     let frozen = env
         .freeze
@@ -303,8 +345,10 @@ impl OperatorRefusal {
     pub fn message(&self, release: &ReleaseData, env: &str) -> String {
         match self {
             Self::Quarantined(bad) => format!(
-                "release {} is quarantined ({}); it is never promoted again",
-                release.release, bad.reason
+                "release {} {} ({}); it is never promoted again",
+                release.release,
+                quarantined_as(bad, release),
+                bad.reason
             ),
             Self::NotHealthyBefore { previous } => format!(
                 "release {} is not running healthy in `{previous}`, the environment before `{env}`: promote it there first",
@@ -540,6 +584,8 @@ pub fn vote(
         reason,
         at: now,
     });
+    // Closed as approved and owed its promotion, in the same write.
+    request.promotion_pending = tally == Tally::Approved;
     Ok(Voted { request, tally })
 }
 

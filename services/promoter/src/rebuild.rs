@@ -102,7 +102,17 @@ pub async fn rebuild(promoter: &Arc<ReleaseManager>, now: chrono::DateTime<chron
         state.put(&state::release_key(id), release).await?;
     }
     for (id, bad) in &rebuilt.bad {
-        state.put(&state::bad_key(id), bad).await?;
+        // Also under its commit and image, when the release is known.
+        match rebuilt.releases.get(id) {
+            Some(release) => {
+                for key in state::bad_keys(release) {
+                    state.put(&key, bad).await?;
+                }
+            }
+            None => {
+                state.put(&state::bad_key(id), bad).await?;
+            }
+        }
     }
     for ((app, env), current) in &rebuilt.current {
         state.put(&state::current_key(app, env), current).await?;
@@ -219,6 +229,7 @@ fn apply(rebuilt: &mut Rebuilt, event: &CdEvent) {
                 actor: content["actor"].as_str().unwrap_or_default().to_owned(),
                 reason: content["reason"].as_str().unwrap_or_default().to_owned(),
                 at,
+                release: event.subject.id.clone(),
             });
         }
         EventType::EnvironmentModified => {
@@ -285,6 +296,7 @@ fn apply(rebuilt: &mut Rebuilt, event: &CdEvent) {
                         .unwrap_or_default(),
                     data,
                     closed: None,
+                    promotion_pending: false,
                 },
             );
         }

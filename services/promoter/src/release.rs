@@ -128,7 +128,8 @@ impl ReleaseManager {
         })
     }
 
-    /// Quarantines `release` (as of `now`): never promoted again.
+    /// Quarantines `release` (as of `now`): never promoted again, nor any other release of its
+    /// app commit or its image digest.
     ///
     /// # Errors
     /// [`PromoteError`].
@@ -140,14 +141,19 @@ impl ReleaseManager {
         cause: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Outgoing, PromoteError> {
-        let key = state::bad_key(&release.release);
         let record = BadRelease {
             actor: actor.to_owned(),
             reason: reason.to_owned(),
             at: now,
+            release: release.release.clone(),
         };
-        // The first reason stays.
-        self.state.compare_and_set(&key, &record, None).await?;
+        // Under the release, its commit and its image; the first reason stays under each.
+        let [a, b, c] = state::bad_keys(release);
+        tokio::try_join!(
+            self.state.compare_and_set(&a, &record, None),
+            self.state.compare_and_set(&b, &record, None),
+            self.state.compare_and_set(&c, &record, None),
+        )?;
         Ok(self.event(
             EventType::ReleaseQuarantined,
             derive_id(&["quarantined", &release.release]),

@@ -138,6 +138,12 @@ pub struct PendingApproval {
     pub cause: String,
     /// Set once the request is closed.
     pub closed: Option<Closure>,
+    /// Approved, and its promotion not carried through yet: the outbox of an approval. Set in
+    /// the same compare-and-set that closes the request, cleared once the promotion is
+    /// committed and announced, scheduled, or held with its reason on the stream; the timers
+    /// carry out what is still set (a busy lease, a failed push, a crash in between).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promotion_pending: bool,
 }
 
 /// How an approval request ended.
@@ -179,6 +185,10 @@ pub struct BadRelease {
     pub reason: String,
     /// When.
     pub at: DateTime<Utc>,
+    /// The release quarantined. The record is kept under its id, its app's commit and its
+    /// image digest, so another release of the same commit or image is quarantined too.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub release: String,
 }
 
 /// The last valid `environments.yaml`.
@@ -204,6 +214,20 @@ pub fn release_key(release: &str) -> String {
 /// Key of a quarantine record.
 pub fn bad_key(release: &str) -> String {
     format!("{PREFIX}.bad.{}", sanitize_token(release))
+}
+
+/// Keys of the quarantine record of `release`: by release id, by the app's commit and by the
+/// image digest, in that order.
+pub fn bad_keys(release: &ReleaseData) -> [String; 3] {
+    [
+        bad_key(&release.release),
+        format!(
+            "{PREFIX}.bad-commit.{}.{}",
+            sanitize_token(&release.app),
+            sanitize_token(&release.commit)
+        ),
+        format!("{PREFIX}.bad-digest.{}", sanitize_token(&release.image.digest)),
+    ]
 }
 
 /// Key of what `env` runs for `app`.
@@ -333,12 +357,19 @@ impl State {
         Ok(self.get(&release_key(id)).await?.map(|v| v.value))
     }
 
-    /// The quarantine record of `release`.
+    /// The quarantine record that covers `release`: its own, or one of another release of the
+    /// same app commit or the same image digest (a replayed push, or the same image rebuilt).
     ///
     /// # Errors
     /// [`StateError`].
-    pub async fn bad(&self, release: &str) -> Result<Option<BadRelease>, StateError> {
-        Ok(self.get(&bad_key(release)).await?.map(|v| v.value))
+    pub async fn bad(&self, release: &ReleaseData) -> Result<Option<BadRelease>, StateError> {
+        let [by_release, by_commit, by_digest] = bad_keys(release);
+        let (a, b, c) = tokio::try_join!(
+            self.get::<BadRelease>(&by_release),
+            self.get::<BadRelease>(&by_commit),
+            self.get::<BadRelease>(&by_digest),
+        )?;
+        Ok(a.or(b).or(c).map(|v| v.value))
     }
 
     /// What `env` runs for `app`.

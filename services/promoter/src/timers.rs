@@ -1,5 +1,6 @@
 //! What happens by itself as time passes: promotions waiting for a soak or a freeze window to
-//! end are carried out, and approval requests past their expiry are closed. Every replica
+//! end are carried out, approval requests past their expiry are closed, and approved
+//! promotions a failure left owed are carried out. Every replica
 //! ticks; promotions are idempotent and taken under the environment's lock, and closing a
 //! request is compare-and-set, so replicas never do the same thing twice.
 
@@ -45,19 +46,27 @@ pub async fn tick(promoter: &ReleaseManager) -> Result<(), PromoteError> {
             due.push(s.value);
         }
     }
-    let mut expired = Vec::new();
+    let (mut expired, mut owed) = (Vec::new(), Vec::new());
     for key in promoter.state.keys(&format!("{}.approval.", state::PREFIX)).await? {
-        if let Some(p) = promoter.state.get::<PendingApproval>(&key).await?
-            && gates::expired(&p.value, now)
-        {
-            expired.push((key, p));
+        match promoter.state.get::<PendingApproval>(&key).await? {
+            Some(p) if gates::expired(&p.value, now) => expired.push((key, p)),
+            Some(p) if p.value.promotion_pending => owed.push((key, p.value)),
+            _ => {}
         }
     }
-    if due.is_empty() && expired.is_empty() {
+    if due.is_empty() && expired.is_empty() && owed.is_empty() {
         return Ok(());
     }
     let policy = promoter.policy().await?;
     promoter.publish(&policy.events).await?;
+    // Approved promotions a failure left owed (each is idempotent by its promotion id).
+    for (key, pending) in owed {
+        let (release, environment) = (&pending.data.release.release, &pending.data.environment);
+        match promoter.carry_out(&policy.value, &key, &pending, true, now).await {
+            Ok(outcome) => tracing::info!(%release, %environment, ?outcome, "approved promotion carried out"),
+            Err(e) => tracing::warn!(%release, %environment, error = %e, "approved promotion still owed; next tick"),
+        }
+    }
     for (key, pending) in expired {
         let reason = gates::expiry_reason(&pending.value);
         if promoter.close_approval(&key, &pending, "expired", &reason, now).await? {

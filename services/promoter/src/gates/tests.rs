@@ -127,6 +127,7 @@ fn quarantine() -> BadRelease {
         actor: "baton-promoter".to_owned(),
         reason: "rollout in `staging` failed".to_owned(),
         at: at("2025-02-21T09:00:00Z"),
+        release: String::new(),
     }
 }
 
@@ -151,6 +152,14 @@ fn promote(actor: &str) -> Decision {
     })
 }
 
+/// A newer release the environment runs (its commit descends from the release's).
+fn newer() -> Newer {
+    Newer {
+        release: "release-newer".into(),
+        commit: "b".repeat(40),
+    }
+}
+
 /// Everything a move's decision reads, owned.
 struct Given {
     release: ReleaseData,
@@ -159,6 +168,8 @@ struct Given {
     before: Option<(Environment, Option<Current>)>,
     quarantined: Option<BadRelease>,
     current: Option<Current>,
+    /// What the environment runs, when its commit descends from the release's.
+    newer: Option<Newer>,
     trigger: Trigger,
     now: DateTime<Utc>,
 }
@@ -172,6 +183,7 @@ impl Given {
             before: None,
             quarantined: None,
             current: None,
+            newer: None,
             trigger: Trigger::Auto,
             now: wednesday(),
         }
@@ -212,6 +224,7 @@ impl Given {
             quarantined: self.quarantined.as_ref(),
             current: self.current.as_ref(),
             previous: self.previous(),
+            newer_running: self.newer.as_ref(),
         }
     }
 
@@ -331,6 +344,23 @@ fn every_gate_of_a_move_decides_as_the_policy_says() {
                 });
             }),
             Decision::Hold(Hold::Pinned(pin())),
+        ),
+        (
+            "history: an automatic move of an older commit than the environment runs is held",
+            Given::staging().with(|g| {
+                g.current = Some(running("release-newer", "promotion-0", None));
+                g.newer = Some(newer());
+            }),
+            Decision::Hold(Hold::OlderThanRunning(newer())),
+        ),
+        (
+            "history: an operator may move an environment back to an older commit",
+            Given::staging().with(|g| {
+                g.trigger = operator();
+                g.current = Some(running("release-newer", "promotion-0", None));
+                g.newer = Some(newer());
+            }),
+            promote("alice"),
         ),
         (
             "pin: an approved move enters a pinned environment and keeps the pin",
@@ -681,6 +711,7 @@ fn request(release_id: &str, kind: ApprovalKind, votes: &[(&str, &str)], closed:
             reason: format!("it was {status}"),
             at: wednesday() - minutes(1),
         }),
+        promotion_pending: false,
     }
 }
 
