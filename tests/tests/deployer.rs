@@ -181,6 +181,36 @@ impl World {
         Ok(published.sequence)
     }
 
+    /// Staging alone in the config repo's policy (`policy` its settings after the namespace),
+    /// the app repo with its pipeline file and a Deployment, and a promoter on both. Returns
+    /// the promoter and the app's first commit.
+    async fn with_promoter(&self, policy: &str) -> Result<(app::Running, String)> {
+        let config = self.dir.path().join("config");
+        std::fs::write(
+            config.join("environments.yaml"),
+            format!("environments:\n  - name: staging\n    namespace: {STAGING}\n    {policy}\n"),
+        )?;
+        git(&config, &["commit", "-qam", "staging"])?;
+        git(&config, &["push", "-q", "origin", "main"])?;
+        let commit = repos::app_repo(
+            &self.dir.path().join("app"),
+            &[
+                (".baton.yaml", "manifests: deploy\n"),
+                (
+                    "deploy/deployment.yaml",
+                    &deployment("127.0.0.1:5000/baton/acme_shop:dev", ""),
+                ),
+            ],
+        )?;
+        let mut settings = baton_schemas::config::promoter::PromoterSettings::default();
+        settings.config_repo.url = format!("file://{}", self.dir.path().join("config.git").display());
+        settings.tick = Duration::from_millis(100);
+        let promoter =
+            app::spawn::<baton_promoter::Application>(app::common(&self.nats.url()), settings, &|_| None, &self.stop)
+                .await?;
+        Ok((promoter, commit))
+    }
+
     /// Promotes a release of only `CONFIG_MAP` into staging (image tag `case`), expects the
     /// deployer to fail it, and returns the reason.
     async fn config_map_release_fails(&self, case: &str) -> Result<String> {
@@ -581,36 +611,9 @@ fn tests_passed<'a>(world: &World, case: &'a str, commit: &'a str, release: &'a 
 async fn with_the_promoter_a_crash_looping_release_is_rolled_back_to_the_previous_digest() -> Result<()> {
     let mut world = World::start().await?;
     world.start_deployer(None).await?;
-    // The config repo's policy: one automatic environment.
-    let config = world.dir.path().join("config");
-    std::fs::write(
-        config.join("environments.yaml"),
-        format!("environments:\n  - name: staging\n    namespace: {STAGING}\n    policy: auto\n"),
-    )?;
-    git(&config, &["commit", "-qam", "staging"])?;
-    git(&config, &["push", "-q", "origin", "main"])?;
-    // The app: its pipeline file and manifests.
+    // One automatic environment.
+    let (promoter, good_commit) = world.with_promoter("policy: auto").await?;
     let app = world.dir.path().join("app");
-    let good_commit = repos::app_repo(
-        &app,
-        &[
-            (".baton.yaml", "manifests: deploy\n"),
-            (
-                "deploy/deployment.yaml",
-                &deployment("127.0.0.1:5000/baton/acme_shop:dev", ""),
-            ),
-        ],
-    )?;
-    let mut promoter_settings = baton_schemas::config::promoter::PromoterSettings::default();
-    promoter_settings.config_repo.url = format!("file://{}", world.dir.path().join("config.git").display());
-    promoter_settings.tick = Duration::from_millis(100);
-    let promoter = app::spawn::<baton_promoter::Application>(
-        app::common(&world.nats.url()),
-        promoter_settings,
-        &|_| None,
-        &world.stop,
-    )
-    .await?;
 
     let good_release = "release-good";
     let good = tests_passed(&world, "good", &good_commit, good_release);
@@ -681,6 +684,81 @@ async fn with_the_promoter_a_crash_looping_release_is_rolled_back_to_the_previou
     let quarantined = world.events(EventType::ReleaseQuarantined).await?;
     assert_eq!(quarantined.len(), 1);
     assert_eq!(quarantined[0].subject.id, bad_release);
+    world.stop.cancel();
+    promoter.task.await??;
+    world.stop().await
+}
+
+/// Issue 15's first hole, end to end: two operator promotions of different releases into a
+/// manual environment, each through its own approval, each reach the cluster (the second once
+/// found the first's commit and was reported done while the cluster kept the first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_promoter_two_operator_promotions_through_approvals_each_reach_the_cluster() -> Result<()> {
+    use baton_schemas::commands::{CommandRequest, Verb};
+    let mut world = World::start().await?;
+    world.start_deployer(None).await?;
+    let (promoter, first_commit) = world
+        .with_promoter("policy: manual\n    approvals: {required: 1, users: [alice, bob]}")
+        .await?;
+    let app = world.dir.path().join("app");
+    std::fs::write(app.join("deploy/config.yaml"), CONFIG_MAP)?;
+    git(&app, &["add", "."])?;
+    git(&app, &["commit", "-qm", "second"])?;
+    let second_commit = git(&app, &["rev-parse", "HEAD"])?;
+    let first = tests_passed(&world, "first", &first_commit, "release-first");
+    let second = tests_passed(&world, "second", &second_commit, "release-second");
+    first.publish(&world.js).await?;
+    second.publish(&world.js).await?;
+    baton_tests::events::wait_for(
+        &world.js,
+        EventType::ApprovalCreated,
+        2,
+        Duration::from_secs(30),
+        |_| true,
+    )
+    .await?;
+
+    let commands =
+        baton_kit::command::CommandClient::new(async_nats::connect(world.nats.url()).await?, Duration::from_secs(30));
+    for (verdict, deployed) in [
+        (&first, EventType::ServiceDeployed),
+        (&second, EventType::ServiceUpgraded),
+    ] {
+        let release = verdict.release;
+        let asked = commands
+            .send(
+                Verb::Promote,
+                &CommandRequest {
+                    actor: "bob".into(),
+                    release: Some(release.into()),
+                    environment: Some("staging".into()),
+                    reason: Some("ship it".into()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        assert!(asked.ok && asked.approval.is_some(), "{asked:?}");
+        let approved = commands
+            .send(
+                Verb::Approve,
+                &CommandRequest {
+                    actor: "alice".into(),
+                    release: Some(release.into()),
+                    environment: Some("staging".into()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        assert!(approved.ok && approved.config_commit.is_some(), "{approved:?}");
+        baton_tests::events::wait_for_release(&world.js, deployed, release, Duration::from_secs(60))
+            .await
+            .with_context(|| format!("{release} never reached the cluster"))?;
+        assert_eq!(
+            world.staging_image().await?.as_deref(),
+            Some(verdict.image().reference.as_str()),
+            "the cluster runs {release}"
+        );
+    }
     world.stop.cancel();
     promoter.task.await??;
     world.stop().await
