@@ -39,8 +39,8 @@ impl Service for Application {
     const NAME: &'static str = SERVICE;
     type Config = ChatopsSettings;
 
-    /// Validates the config (secrets included), connects to NATS, provisions the topology,
-    /// creates the durable consumer when an incoming webhook is configured, and binds
+    /// Validates the config (secrets included), connects to NATS, checks the provisioned
+    /// topology (and the durable consumer when an incoming webhook is configured), and binds
     /// `http.listen`.
     async fn build(settings: Settings<ChatopsSettings>, env: Env<'_>) -> Result<Self, StartError> {
         let chatops = Arc::new(config::resolve(&settings.service, env)?);

@@ -51,8 +51,8 @@ impl Service for Application {
     const NAME: &'static str = SERVICE;
     type Config = DeployerSettings;
 
-    /// Validates the config, builds the Kubernetes client, connects to NATS, provisions,
-    /// creates the durable consumer and binds `http.listen`.
+    /// Validates the config, builds the Kubernetes client, connects to NATS, checks the
+    /// provisioned topology and durable consumer, and binds `http.listen`.
     async fn build(settings: Settings<DeployerSettings>, env: Env<'_>) -> Result<Self, StartError> {
         let own = &settings.service;
         for (field, value) in [

@@ -119,8 +119,8 @@ impl Service for Application {
     const NAME: &'static str = SERVICE;
     type Config = PromoterSettings;
 
-    /// Validates the config, connects, provisions, creates the durable consumer and binds
-    /// `http.listen`.
+    /// Validates the config, connects, checks the provisioned topology and durable consumer,
+    /// and binds `http.listen`.
     async fn build(settings: Settings<PromoterSettings>, env: Env<'_>) -> Result<Self, StartError> {
         Self::build_with_clock(settings, env, Arc::new(SystemClock)).await
     }

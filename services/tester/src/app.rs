@@ -29,8 +29,8 @@ impl Service for Application {
     const NAME: &'static str = SERVICE;
     type Config = TesterSettings;
 
-    /// Validates the config, connects, provisions, creates the durable consumer and binds
-    /// `http.listen`.
+    /// Validates the config, connects, checks the provisioned topology and durable consumer,
+    /// and binds `http.listen`.
     async fn build(settings: Settings<TesterSettings>, env: Env<'_>) -> Result<Self, StartError> {
         let credentials = baton_kit::source::resolve_credentials(&settings.service.source.credentials, env)?;
         let runtime = Runtime::start(SERVICE, &settings.common).await?;
