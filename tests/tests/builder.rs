@@ -333,3 +333,75 @@ async fn a_registry_that_is_down_is_retried_then_reported() -> Result<()> {
     let _ = &b.nats;
     b.stop().await
 }
+
+/// The repositories the registry holds (from its storage: the folders with a `_manifests`).
+fn repositories(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok) {
+            let path = entry.path();
+            if path.join("_manifests").is_dir() {
+                found.push(path.strip_prefix(root).unwrap_or(&path).display().to_string());
+            } else if path.is_dir() && !entry.file_name().to_string_lossy().starts_with('_') {
+                walk(root, &path, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(root, root, &mut found);
+    found.sort();
+    found
+}
+
+/// `image.name` stays under `registry.repository_prefix` (the default, `baton`, here): any app
+/// could otherwise push into any repository the builder can write to. A name outside the prefix
+/// fails the build with the reason in `build.finished`, and nothing reaches the registry; a name
+/// under it is used as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_name_outside_the_repository_prefix_fails_the_build() -> Result<()> {
+    let b = TestBuilder::start().await?;
+    let dir = tempfile::tempdir()?;
+    let repo = AppRepo::new(dir.path())?;
+    let named = |name: &str| GOOD.replace("image:\n", &format!("image:\n  name: '{name}'\n"));
+    let registry_host = format!("{}/x", b.registry.address());
+    // (case, image.name, what the reason must say)
+    let cases = [
+        (
+            "sibling",
+            "other-team/app",
+            "outside this builder's repository prefix `baton`",
+        ),
+        ("climbing", "../other-app", "its part `..` is not"),
+        ("other registry", registry_host.as_str(), "names a registry"),
+        ("uppercase", "baton/Shop", "its part `Shop` is not"),
+    ];
+    let mut releases = Vec::new();
+    for (case, name, _) in &cases {
+        let sha = repo.commit(&[
+            (".baton.yaml", &named(name)),
+            ("src/app", case),
+            ("src/static.txt", "s"),
+        ])?;
+        releases.push(b.push(&repo.url(), &sha, case).await?);
+    }
+    for ((case, name, expected), release) in cases.iter().zip(&releases) {
+        let build = b.finished(release).await?;
+        assert_eq!(build.outcome, Some(Outcome::Failure), "{case}: {build:?}");
+        let reason = build.reason.clone().unwrap_or_default();
+        assert!(
+            reason.starts_with(&format!(".baton.yaml: image.name: `{name}`")) && reason.contains(expected),
+            "{case}: `{reason}` should mention `{expected}`"
+        );
+        assert!(build.steps.is_empty(), "{case}: refused before any step ran");
+        assert_eq!(b.published_for(release).await?, 0, "{case}");
+    }
+    let stored = b.registry.storage_dir().join("docker/registry/v2/repositories");
+    assert_eq!(repositories(&stored), Vec::<String>::new(), "nothing was pushed");
+
+    // A name under the prefix is the repository.
+    let sha = repo.commit(&[(".baton.yaml", &named("baton/custom/app"))])?;
+    let build = b.finished(&b.push(&repo.url(), &sha, "under").await?).await?;
+    assert_eq!(build.outcome, Some(Outcome::Success), "{build:?}");
+    assert_eq!(build.image.context("image")?.repository, "baton/custom/app");
+    assert_eq!(repositories(&stored), ["baton/custom/app"]);
+    b.stop().await
+}

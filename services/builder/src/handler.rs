@@ -32,7 +32,7 @@ pub struct Builder {
     pub steps: StepRunner,
     /// Where images go.
     pub registry: Registry,
-    /// Repository prefix in the registry.
+    /// Repository prefix in the registry: every image goes under it, `image.name` included.
     pub repository_prefix: String,
     /// For publishing `build.queued`/`build.started` as they happen.
     pub jetstream: jetstream::Context,
@@ -96,6 +96,17 @@ impl Builder {
                 )));
             }
         };
+        // Where the image goes is decided before anything runs: a name outside the registry
+        // prefix fails the build as any other mistake in the pipeline file does.
+        let image = match &pipeline.image {
+            Some(spec) => {
+                match crate::config::image_repository(&self.repository_prefix, &data.app, spec.name.as_deref()) {
+                    Ok(repository) => Some((spec, repository)),
+                    Err(e) => return Ok(Attempt::Failed(format!("{PIPELINE_FILE}: {e}"))),
+                }
+            }
+            None => None,
+        };
         self.announce(announced, events::started(incoming, data)).await?;
         let no_extra_env = BTreeMap::new();
         for step in &pipeline.build.steps {
@@ -117,13 +128,9 @@ impl Builder {
                 )));
             }
         }
-        let Some(spec) = &pipeline.image else {
+        let Some((spec, repository)) = image else {
             return Ok(Attempt::Built { image: None });
         };
-        let repository = spec
-            .name
-            .clone()
-            .unwrap_or_else(|| crate::config::repository_for(&self.repository_prefix, &data.app));
         let job = image::ImageJob {
             spec,
             workspace: workspace.path(),
