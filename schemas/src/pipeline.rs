@@ -116,7 +116,9 @@ pub struct TestStep {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageSpec {
-    /// Repository name in the registry; default: the application's name, lower-cased.
+    /// Repository name in the registry, under the builder's `registry.repository_prefix`
+    /// (`<prefix>/...`; a name outside it fails the build); default: `<prefix>/<app>`,
+    /// lower-cased.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// `scratch`, or the reference of the base image whose layers are reused by digest.

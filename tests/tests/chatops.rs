@@ -487,7 +487,7 @@ async fn bad_requests_are_refused_without_a_5xx_and_record_nothing() -> Result<(
         typo["text"]
             .as_str()
             .unwrap_or_default()
-            .contains("/baton approve <release>"),
+            .contains("/baton approve &lt;release&gt;"),
         "{typo}"
     );
 

@@ -15,15 +15,16 @@ use baton_schemas::commands::{CommandRequest, Verb};
 
 use crate::mrkdwn::code;
 
-/// The usage text `help` and every grammar mistake show.
+/// The usage text `help` and every grammar mistake show, as mrkdwn: the placeholders' angle
+/// brackets are escaped (`&lt;app&gt;`), since Slack reads `<…>` as a link or a mention.
 pub const USAGE: &str = "\
 Baton understands:
-• `/baton approve <release> [environment]` — approve a pending promotion
-• `/baton decline <release> [environment|-] [reason…]` — decline it (`-` leaves the environment out)
-• `/baton status <app>` — what runs where
-• `/baton rollback <app> <environment> [release]` — back to an earlier release (default: the previous good one), and pin
-• `/baton pin <app> <environment> [reason…]` — automatic promotion leaves the environment alone
-• `/baton unpin <app> <environment>` — let releases in again
+• `/baton approve &lt;release&gt; [environment]` — approve a pending promotion
+• `/baton decline &lt;release&gt; [environment|-] [reason…]` — decline it (`-` leaves the environment out)
+• `/baton status &lt;app&gt;` — what runs where
+• `/baton rollback &lt;app&gt; &lt;environment&gt; [release]` — back to an earlier release (default: the previous good one), and pin
+• `/baton pin &lt;app&gt; &lt;environment&gt; [reason…]` — automatic promotion leaves the environment alone
+• `/baton unpin &lt;app&gt; &lt;environment&gt;` — let releases in again
 • `/baton help` — this text";
 
 /// What a user asked for.
@@ -80,7 +81,7 @@ pub fn parse(text: &str) -> Result<Intent, GrammarError> {
     match verb_lower.as_str() {
         "help" => Ok(Intent::Help),
         "approve" => {
-            arity(1, Some(2), "`<release> [environment]`")?;
+            arity(1, Some(2), "`&lt;release&gt; [environment]`")?;
             command(
                 Verb::Approve,
                 CommandRequest {
@@ -91,7 +92,7 @@ pub fn parse(text: &str) -> Result<Intent, GrammarError> {
             )
         }
         "decline" => {
-            arity(1, None, "`<release> [environment|-] [reason…]`")?;
+            arity(1, None, "`&lt;release&gt; [environment|-] [reason…]`")?;
             command(
                 Verb::Decline,
                 CommandRequest {
@@ -103,13 +104,13 @@ pub fn parse(text: &str) -> Result<Intent, GrammarError> {
             )
         }
         "status" => {
-            arity(1, Some(1), "`<app>`, e.g. `/baton status acme/shop`")?;
+            arity(1, Some(1), "`&lt;app&gt;`, e.g. `/baton status acme/shop`")?;
             Ok(Intent::Status {
                 app: args[0].to_owned(),
             })
         }
         "rollback" => {
-            arity(2, Some(3), "`<app> <environment> [release]`")?;
+            arity(2, Some(3), "`&lt;app&gt; &lt;environment&gt; [release]`")?;
             command(
                 Verb::Rollback,
                 CommandRequest {
@@ -121,7 +122,7 @@ pub fn parse(text: &str) -> Result<Intent, GrammarError> {
             )
         }
         "pin" => {
-            arity(2, None, "`<app> <environment> [reason…]`")?;
+            arity(2, None, "`&lt;app&gt; &lt;environment&gt; [reason…]`")?;
             command(
                 Verb::Pin,
                 CommandRequest {
@@ -133,7 +134,7 @@ pub fn parse(text: &str) -> Result<Intent, GrammarError> {
             )
         }
         "unpin" => {
-            arity(2, Some(2), "`<app> <environment>`")?;
+            arity(2, Some(2), "`&lt;app&gt; &lt;environment&gt;`")?;
             command(
                 Verb::Unpin,
                 CommandRequest {
@@ -237,7 +238,7 @@ mod tests {
             "deploy x",
         ] {
             let e = parse(text).unwrap_err().to_string();
-            assert!(e.contains("/baton approve <release>"), "{text}: {e}");
+            assert!(e.contains("/baton approve &lt;release&gt;"), "{text}: {e}");
         }
     }
 
