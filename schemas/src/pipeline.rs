@@ -78,6 +78,49 @@ pub struct Step {
     /// Directory to run in, relative to the repository root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// Outbound network access. Without it (the default) the step has no network at all; with
+    /// it, the step reaches the outside through user-mode networking, and the host's own
+    /// loopback (NATS, the registry, the Kubernetes API, every service port) stays unreachable.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
+    /// What the step may use, each within the service's maxima (`steps.limits` of the builder's
+    /// or tester's config); what it leaves out is the maximum. Asking for more fails the build
+    /// naming the field.
+    #[serde(default, skip_serializing_if = "StepResources::is_empty")]
+    pub limits: StepResources,
+    /// Secrets the step needs, by name. Each must be granted to the repository in the service's
+    /// config (`steps.secrets`); it is set as an environment variable of that name for this step
+    /// only, and masked in its log. A name not granted fails the build naming it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+}
+
+/// Resources one step asks for (each optional: the service's maximum when left out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct StepResources {
+    /// Address space one process may map, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Processes (and threads) the step may run at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    /// CPU seconds one process may use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<u64>,
+    /// Files one process may hold open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
+    /// Bytes the step may add to its workspace (and one file may grow to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+}
+
+impl StepResources {
+    /// Whether the step asks for nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn default_step_timeout() -> Duration {

@@ -875,6 +875,9 @@ async fn a_retried_runs_step_log_is_kept_beside_the_first_with_the_builders_user
         env: Default::default(),
         timeout: Duration::from_secs(30),
         workdir: None,
+        network: false,
+        limits: Default::default(),
+        secrets: Vec::new(),
     };
     let mut objects = Vec::new();
     for _ in 0..3 {
@@ -885,6 +888,8 @@ async fn a_retried_runs_step_log_is_kept_beside_the_first_with_the_builders_user
                 workspace: workspace.path(),
                 extra_env: &Default::default(),
                 secrets: &[],
+                secret_env: &Default::default(),
+                limits: None,
             })
             .await;
         let log = outcome

@@ -76,6 +76,9 @@ fn step(name: &str, run: &str) -> Step {
         env: BTreeMap::new(),
         timeout: WAIT,
         workdir: None,
+        network: false,
+        limits: Default::default(),
+        secrets: Vec::new(),
     }
 }
 
@@ -94,6 +97,8 @@ async fn run_in(
             workspace,
             extra_env,
             secrets,
+            secret_env: &BTreeMap::new(),
+            limits: None,
         })
         .await
 }
@@ -468,6 +473,8 @@ async fn resource_limits_are_enforced() -> Result<()> {
         cpu_seconds: 1,
         memory_bytes: 64 * 1024 * 1024,
         open_files: 16,
+        processes: 0,
+        disk_bytes: 0,
     };
     let runner = bench.runner().with_limits(limits);
 

@@ -60,16 +60,22 @@ impl Default for RegistrySettings {
     }
 }
 
-/// Resource limits applied to every build and test step (rlimits).
+/// The most a build or test step may use: what a step gets unless its `limits` in
+/// `.baton.yaml` ask for less, and more than which it may not ask. 0 leaves a limit unset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct StepLimits {
-    /// CPU seconds one step may use.
+    /// CPU seconds one process of a step may use.
     pub cpu_seconds: u64,
-    /// Address space one step may map, in bytes.
+    /// Address space one process of a step may map, in bytes.
     pub memory_bytes: u64,
-    /// Open files one step may hold.
+    /// Files one process of a step may hold open.
     pub open_files: u64,
+    /// Processes (and threads) of the steps' user at once (`RLIMIT_NPROC`: steps that run as the
+    /// same user share it).
+    pub processes: u64,
+    /// Bytes a step may add to its workspace, and the largest file it may write.
+    pub disk_bytes: u64,
 }
 
 impl Default for StepLimits {
@@ -78,6 +84,8 @@ impl Default for StepLimits {
             cpu_seconds: 3600,
             memory_bytes: 8 * 1024 * 1024 * 1024,
             open_files: 4096,
+            processes: 1024,
+            disk_bytes: 10 * 1024 * 1024 * 1024,
         }
     }
 }

@@ -118,6 +118,8 @@ impl Builder {
                     workspace: workspace.path(),
                     extra_env: &no_extra_env,
                     secrets: &[],
+                    secret_env: &BTreeMap::new(),
+                    limits: None,
                 })
                 .await;
             data.steps.push(outcome.report(&step.name));

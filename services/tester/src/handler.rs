@@ -200,6 +200,7 @@ impl Tester {
         data: &mut TestData,
     ) -> Verdict {
         let mut verdict = Verdict::success();
+        let no_secrets = BTreeMap::new();
         for group in groups(steps) {
             let outcomes: Vec<StepOutcome> = futures::future::join_all(group.iter().map(|t| {
                 self.steps.run(StepRequest {
@@ -208,6 +209,8 @@ impl Tester {
                     workspace,
                     extra_env: env,
                     secrets: &[],
+                    secret_env: &no_secrets,
+                    limits: None,
                 })
             }))
             .await;
@@ -365,6 +368,9 @@ mod tests {
                 env: BTreeMap::new(),
                 timeout: Duration::from_secs(1),
                 workdir: None,
+                network: false,
+                limits: baton_schemas::pipeline::StepResources::default(),
+                secrets: Vec::new(),
             },
             junit: None,
             independent,

@@ -90,9 +90,9 @@ pub(super) struct Masker {
 }
 
 impl Masker {
-    pub(super) fn new(secrets: &[Secret]) -> Result<Self, String> {
+    pub(super) fn new<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Result<Self, String> {
         let mut values: Vec<&[u8]> = secrets
-            .iter()
+            .into_iter()
             .flat_map(|secret| secret.expose().split(|b| *b == b'\n'))
             .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
             .filter(|value| value.len() >= MIN_MASKED_LEN)

@@ -32,6 +32,8 @@
 //!         workspace: std::path::Path::new("/var/cache/baton/ws/build-42"),
 //!         extra_env: &BTreeMap::new(),
 //!         secrets: &[],
+//!         secret_env: &BTreeMap::new(),
+//!         limits: None,
 //!     })
 //!     .await;
 //! let report = outcome.report(&step.name); // what `build.finished` carries
@@ -121,6 +123,12 @@ pub struct StepRequest<'a> {
     /// Values masked as `***` wherever they appear in the output (each line of a multi-line
     /// secret is masked on its own; values shorter than [`MIN_MASKED_LEN`] are not masked).
     pub secrets: &'a [Secret],
+    /// Secrets granted to this step (its `secrets` in `.baton.yaml`): set as environment
+    /// variables of their names for this step only, and masked like [`StepRequest::secrets`].
+    pub secret_env: &'a BTreeMap<String, Secret>,
+    /// This step's limits (its `limits` in `.baton.yaml`, checked within the service's maxima);
+    /// `None`: the runner's.
+    pub limits: Option<&'a ResourceLimits>,
 }
 
 /// How a step ended, its duration, its stored log and its last lines.
@@ -328,7 +336,7 @@ impl StepRunner {
                 subjects::log_subject(request.run_id, &request.step.name),
             )
         });
-        let (masker, masking_error) = match Masker::new(request.secrets) {
+        let (masker, masking_error) = match Masker::new(request.secrets.iter().chain(request.secret_env.values())) {
             Ok(masker) => (masker, None),
             Err(reason) => (Masker::default(), Some(StepError::Masking { reason })),
         };
@@ -408,6 +416,9 @@ mod tests {
             env: BTreeMap::new(),
             timeout: Duration::from_secs(30),
             workdir: None,
+            network: false,
+            limits: baton_schemas::pipeline::StepResources::default(),
+            secrets: Vec::new(),
         }
     }
 
@@ -420,6 +431,8 @@ mod tests {
                 workspace: workspace.path(),
                 extra_env: &BTreeMap::new(),
                 secrets,
+                secret_env: &BTreeMap::new(),
+                limits: None,
             })
             .await
     }

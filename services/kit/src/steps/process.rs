@@ -3,6 +3,7 @@
 //! stdout and stderr read from one pipe into the step's log until every writer has closed it.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -26,11 +27,12 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// Longest wait for the kernel to hand back a killed step's exit status.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Per-process rlimits every process of a step runs under, so one runaway step cannot starve
-/// the builder. They are rlimits, not a cgroup: each process of the step gets the full amount.
-/// Wall-clock time is bounded separately, by the step's `timeout`. A value of 0 leaves that
-/// limit as the builder's own. A limit above the builder's own hard limit is lowered to it (a
-/// process cannot raise its hard limits).
+/// The limits a step runs under, so one runaway step cannot starve the service. CPU time,
+/// memory, open files and processes are rlimits, not a cgroup: each process of the step gets the
+/// full amount of the first three, and the processes count everything its user runs. The
+/// workspace's disk use is watched while the step runs. Wall-clock time is bounded separately,
+/// by the step's `timeout`. A value of 0 leaves that limit as the service's own. A limit above
+/// the service's own hard limit is lowered to it (a process cannot raise its hard limits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResourceLimits {
     /// CPU seconds one process may use (`ulimit -t`, soft and hard): past them it is killed.
@@ -39,6 +41,12 @@ pub struct ResourceLimits {
     pub memory_bytes: u64,
     /// File descriptors one process may hold (`ulimit -n`).
     pub open_files: u64,
+    /// Processes and threads of the step's user (`ulimit -p`, `RLIMIT_NPROC`); a fork beyond
+    /// them fails.
+    pub processes: u64,
+    /// Bytes the step may add to its workspace (watched while it runs; past them it is
+    /// killed), and the largest file it may write (`ulimit -f`).
+    pub disk_bytes: u64,
 }
 
 impl Default for ResourceLimits {
@@ -60,6 +68,8 @@ impl From<&StepLimits> for ResourceLimits {
             cpu_seconds: limits.cpu_seconds,
             memory_bytes: limits.memory_bytes,
             open_files: limits.open_files,
+            processes: limits.processes,
+            disk_bytes: limits.disk_bytes,
         }
     }
 }
@@ -87,7 +97,10 @@ impl StepRunner {
         let mut command = tokio::process::Command::new("/bin/sh");
         command
             .arg("-c")
-            .arg(wrapper_script(&self.limits, &HardLimits::current()))
+            .arg(wrapper_script(
+                request.limits.unwrap_or(&self.limits),
+                &HardLimits::current(),
+            ))
             .arg("sh")
             .arg(&request.step.run)
             .current_dir(&workdir)
@@ -96,6 +109,12 @@ impl StepRunner {
             .env("HOME", &workspace)
             .envs(&request.step.env)
             .envs(request.extra_env)
+            .envs(
+                request
+                    .secret_env
+                    .iter()
+                    .map(|(name, value)| (name, std::ffi::OsStr::from_bytes(value.expose()))),
+            )
             .stdin(Stdio::null())
             .stdout(output.0)
             .stderr(output.1)
@@ -218,6 +237,8 @@ struct HardLimits {
     cpu_seconds: Option<u64>,
     memory_bytes: Option<u64>,
     open_files: Option<u64>,
+    processes: Option<u64>,
+    file_bytes: Option<u64>,
 }
 
 impl HardLimits {
@@ -231,6 +252,8 @@ impl HardLimits {
             cpu_seconds: hard(Resource::RLIMIT_CPU),
             memory_bytes: hard(Resource::RLIMIT_AS),
             open_files: hard(Resource::RLIMIT_NOFILE),
+            processes: hard(Resource::RLIMIT_NPROC),
+            file_bytes: hard(Resource::RLIMIT_FSIZE),
         }
     }
 }
@@ -254,6 +277,12 @@ fn wrapper_script(limits: &ResourceLimits, hard: &HardLimits) -> String {
             clamp(limits.memory_bytes, hard.memory_bytes).map(|b| (b / 1024).max(1)),
         ),
         ("-n", clamp(limits.open_files, hard.open_files)),
+        ("-p", clamp(limits.processes, hard.processes)),
+        // `ulimit -f` counts 512-byte blocks in dash (Debian's /bin/sh); never 0 either.
+        (
+            "-f",
+            clamp(limits.disk_bytes, hard.file_bytes).map(|b| (b / 512).max(1)),
+        ),
     ];
     for (flag, value) in settings {
         if let Some(value) = value {
@@ -274,21 +303,27 @@ mod tests {
             cpu_seconds: 60,
             memory_bytes: 1 << 30,
             open_files: 100_000,
+            processes: 200,
+            disk_bytes: 1 << 20,
         };
         let hard = HardLimits {
             cpu_seconds: None,
             memory_bytes: None,
             open_files: Some(4096),
+            processes: Some(100),
+            file_bytes: None,
         };
         assert_eq!(
             wrapper_script(&limits, &hard),
             "ulimit -t 60 || exit 125; ulimit -v 1048576 || exit 125; ulimit -n 4096 || exit 125; \
-             exec /bin/sh -c -- \"$1\""
+             ulimit -p 100 || exit 125; ulimit -f 2048 || exit 125; exec /bin/sh -c -- \"$1\""
         );
         let unlimited = ResourceLimits {
             cpu_seconds: 0,
             memory_bytes: 0,
             open_files: 0,
+            processes: 0,
+            disk_bytes: 0,
         };
         assert_eq!(wrapper_script(&unlimited, &hard), "exec /bin/sh -c -- \"$1\"");
     }
