@@ -1,5 +1,5 @@
-//! The builder's own config sections: where images go, where sources are cached, and the
-//! credentials for private repositories. Schema: `schemas/json/config/builder.json`.
+//! The builder's own config sections: where images go, where sources are cached, the
+//! credentials for private repositories, and how build steps run. Schema: `schemas/json/config/builder.json`.
 //!
 //! ```yaml
 //! registry:
@@ -11,12 +11,20 @@
 //!     - url_prefix: https://github.com/acme/
 //!       username: x-access-token
 //!       token_env: GITHUB_TOKEN
+//! limits:                             # the most a step may use
+//!   memory_bytes: 8589934592
+//! steps:
+//!   executor: sandbox                 # or unsandboxed
+//!   secrets:
+//!     NPM_TOKEN:
+//!       value_env: NPM_TOKEN          # or file: /run/secrets/npm-token
+//!       repositories: [acme/*]
 //! ```
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::SourceSettings;
+use super::{SourceSettings, StepsSettings};
 
 /// The builder's sections of its config file.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -26,8 +34,10 @@ pub struct BuilderSettings {
     pub registry: RegistrySettings,
     /// Source checkouts.
     pub source: SourceSettings,
-    /// Resource limits of every build step.
+    /// The most a build step may use (its `limits` in `.baton.yaml` ask for less).
     pub limits: StepLimits,
+    /// How build steps run: the executor, granted secrets, the sandbox's user.
+    pub steps: StepsSettings,
 }
 
 /// The registry images are pushed to.

@@ -12,6 +12,7 @@ pub mod listener;
 pub mod promoter;
 pub mod tester;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -255,4 +256,79 @@ pub struct GitCredential {
     /// the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_key_file: Option<PathBuf>,
+}
+
+/// How the builder and the tester run the steps of `.baton.yaml` (`steps:` in both configs): the
+/// executor, the secrets granted to repositories, and who steps run as in the sandbox. The
+/// maxima of a step's resources are the service's `limits` section beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct StepsSettings {
+    /// How steps are isolated. `sandbox` unless the host cannot run one and the operator accepts
+    /// that every step can then read the service's environment, files and network.
+    pub executor: StepExecutor,
+    /// Secrets steps may ask for by name (their `secrets` in `.baton.yaml`), each granted to the
+    /// repositories it lists. The name is the environment variable the step sees.
+    pub secrets: BTreeMap<String, StepSecret>,
+    /// Who steps run as and what else of the host they see, with `executor: sandbox`.
+    pub sandbox: SandboxSettings,
+}
+
+/// How steps run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StepExecutor {
+    /// Each step in its own user, PID, mount, network, IPC and UTS namespaces (bubblewrap),
+    /// seeing only the host's toolchain read-only, its workspace and a private `/tmp`. The
+    /// service refuses to start when the sandbox cannot run.
+    #[default]
+    Sandbox,
+    /// Steps run as the service's own user with only their environment cleared: they can read
+    /// its files and `/proc`, reach its network and outlive their step. For hosts where the
+    /// sandbox cannot run; logged at start and shown by `/readyz`.
+    Unsandboxed,
+}
+
+/// One secret steps may be granted: where its value is read from at start, and the
+/// repositories whose steps may ask for it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct StepSecret {
+    /// Environment variable of the service holding the value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_env: Option<String>,
+    /// File holding the value (one trailing newline ignored), e.g. a mounted Kubernetes Secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Full names of the repositories granted the secret (`acme/shop`), or globs of them: `*`
+    /// and `?` match within one part of the name (`acme/*` grants `acme/shop`, not
+    /// `acme/team/shop`), a `**` part matches any number of parts. Case is ignored, as git hosts
+    /// ignore it.
+    pub repositories: Vec<String>,
+}
+
+/// Who steps run as in the sandbox, and what of the host they see besides its system
+/// directories.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// Host uid steps run as when the service runs as root (otherwise steps run as the
+    /// service's own uid, mapped in a user namespace). Not 0. Default: `nobody`.
+    pub uid: u32,
+    /// Host gid steps run as when the service runs as root. Not 0. Default: `nogroup`.
+    pub gid: u32,
+    /// Extra absolute host paths mounted read-only into every step (e.g. `/opt/toolchains`).
+    /// Whatever is under them every step of every repository can read: never a directory
+    /// holding the service's config or secrets.
+    pub read_only_paths: Vec<PathBuf>,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        Self {
+            uid: 65534,
+            gid: 65534,
+            read_only_paths: Vec::new(),
+        }
+    }
 }
