@@ -55,10 +55,12 @@ use crate::fabric::Topology;
 use crate::secret::Secret;
 
 mod log;
+mod policy;
 mod process;
 mod workdir;
 
 pub use log::{LogError, LogRef};
+pub use policy::{PolicyError, StepGrant, StepPolicy, StepProblem};
 pub use process::ResourceLimits;
 pub use workdir::{WorkdirError, resolve_workdir};
 
