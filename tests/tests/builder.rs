@@ -53,6 +53,12 @@ struct TestBuilder {
 
 impl TestBuilder {
     async fn start() -> Result<Self> {
+        Self::start_with("", &|_| None).await
+    }
+
+    /// A builder whose config adds `config` (YAML sections beside `registry`), reading its
+    /// secrets through `env`.
+    async fn start_with(config: &str, env: baton_kit::service::Env<'_>) -> Result<Self> {
         baton_kit::tls::install_crypto_provider();
         let nats = NatsServer::start()?;
         let registry = RegistryServer::start()?;
@@ -61,12 +67,12 @@ impl TestBuilder {
         common.runner.backoff_initial = Duration::from_millis(100);
         common.runner.ack_wait = Duration::from_secs(5);
         let service = yaml_serde::from_str(&format!(
-            "registry:\n  address: {}\n  insecure: true\n",
+            "registry:\n  address: {}\n  insecure: true\n{config}",
             registry.address()
         ))?;
         let stop = CancellationToken::new();
         let task = Some(
-            app::spawn::<baton_builder::Application>(common, service, &|_| None, &stop)
+            app::spawn::<baton_builder::Application>(common, service, env, &stop)
                 .await?
                 .task,
         );
@@ -403,5 +409,96 @@ async fn an_image_name_outside_the_repository_prefix_fails_the_build() -> Result
     assert_eq!(build.outcome, Some(Outcome::Success), "{build:?}");
     assert_eq!(build.image.context("image")?.repository, "baton/custom/app");
     assert_eq!(repositories(&stored), ["baton/custom/app"]);
+    b.stop().await
+}
+
+/// The value of the secret `SHOP_TOKEN` the builder grants to `acme/shop`.
+const SHOP_TOKEN: &str = "s3cr3t-shop-t0ken";
+
+/// A builder granting `SHOP_TOKEN` to `acme/shop` (the app every push of this suite is) and
+/// `OTHER_TOKEN` to other repositories only, with memory at most 8 GiB per step.
+async fn granting_builder() -> Result<TestBuilder> {
+    TestBuilder::start_with(
+        "limits:\n  memory_bytes: 8589934592\nsteps:\n  secrets:\n    SHOP_TOKEN:\n      value_env: SHOP_TOKEN_VALUE\n      repositories: [acme/shop]\n    OTHER_TOKEN:\n      value_env: OTHER_TOKEN_VALUE\n      repositories: [acme/other, acme/shop-*]\n",
+        &|name| match name {
+            "SHOP_TOKEN_VALUE" => Some(SHOP_TOKEN.to_owned()),
+            "OTHER_TOKEN_VALUE" => Some("other-t0ken-value".to_owned()),
+            _ => None,
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_asking_above_the_maxima_or_for_an_ungranted_secret_fails_the_build_naming_the_field() -> Result<()> {
+    let b = granting_builder().await?;
+    let dir = tempfile::tempdir()?;
+    let repo = AppRepo::new(dir.path())?;
+    // (case, its pipeline, the reason it must fail with)
+    let cases = [
+        (
+            "above the maximum",
+            "build:\n  steps:\n    - {name: first, run: 'true'}\n    - name: compile\n      run: make\n      limits: {memory_bytes: 17179869184}\n",
+            ".baton.yaml: build.steps[1] (compile): limits.memory_bytes 17179869184 is above this builder's maximum 8589934592",
+        ),
+        (
+            "not granted",
+            "build:\n  steps:\n    - name: publish\n      run: 'true'\n      secrets: [OTHER_TOKEN]\n",
+            ".baton.yaml: build.steps[0] (publish): secret OTHER_TOKEN is not granted to acme/shop (grants are in the builder's steps.secrets)",
+        ),
+        (
+            "reserved name",
+            "build:\n  steps:\n    - name: publish\n      run: 'true'\n      secrets: [BATON_TOKEN]\n",
+            ".baton.yaml: build.steps[0] (publish): secrets[0] \"BATON_TOKEN\" is set by Baton for every step",
+        ),
+        (
+            "unknown limit",
+            "build:\n  steps:\n    - name: compile\n      run: make\n      limits: {memroy_bytes: 1}\n",
+            "memroy_bytes",
+        ),
+    ];
+    let mut releases = Vec::new();
+    for (name, pipeline, _) in &cases {
+        let sha = repo.commit(&[(".baton.yaml", pipeline)])?;
+        releases.push(b.push(&repo.url(), &sha, name).await?);
+    }
+    for ((name, _, expected), release) in cases.iter().zip(&releases) {
+        let build = b.finished(release).await?;
+        assert_eq!(build.outcome, Some(Outcome::Failure), "{name}: {build:?}");
+        let reason = build.reason.clone().unwrap_or_default();
+        assert!(reason.contains(expected), "{name}: `{reason}` should say `{expected}`");
+        assert!(build.steps.is_empty(), "{name}: no step runs: {:?}", build.steps);
+    }
+    let unknown = b.finished(&releases[3]).await?.reason.unwrap_or_default();
+    assert!(unknown.contains("build.steps[0].limits"), "{unknown}");
+    b.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_secret_reaches_its_step_only_and_is_masked_in_its_log() -> Result<()> {
+    let b = granting_builder().await?;
+    let dir = tempfile::tempdir()?;
+    let repo = AppRepo::new(dir.path())?;
+    let sha = repo.commit(&[(
+        ".baton.yaml",
+        &format!(
+            "build:\n  steps:\n    - name: publish\n      run: 'test \"$SHOP_TOKEN\" = {SHOP_TOKEN} && echo \"token: $SHOP_TOKEN\" && test \"$(ulimit -n)\" = 64'\n      secrets: [SHOP_TOKEN]\n      limits: {{open_files: 64}}\n    - name: after\n      run: 'test -z \"${{SHOP_TOKEN:-}}\" && test \"$(ulimit -n)\" != 64 && echo clean'\n"
+        ),
+    )])?;
+    let build = b.finished(&b.push(&repo.url(), &sha, "granted").await?).await?;
+    assert_eq!(build.outcome, Some(Outcome::Success), "{build:?}");
+    let [publish, after] = build.steps.as_slice() else {
+        panic!("two steps ran: {:?}", build.steps);
+    };
+    assert_eq!(publish.tail, vec!["token: ***"], "{publish:?}");
+    assert_eq!(after.tail, vec!["clean"], "{after:?}");
+
+    // The stored log is masked too.
+    let log = publish.log.clone().context("the log is stored")?;
+    let mut object = b.js.get_object_store(&log.bucket).await?.get(&log.object).await?;
+    let mut stored = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut object, &mut stored).await?;
+    assert!(stored.contains("token: ***"), "{stored}");
+    assert!(!stored.contains(SHOP_TOKEN), "{stored}");
     b.stop().await
 }

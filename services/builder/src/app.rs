@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use baton_kit::service::{self, Env, Runtime, Service, StageService};
 use baton_kit::settings::Settings;
-use baton_kit::steps::StepRunner;
+use baton_kit::steps::{StepPolicy, StepRunner};
 use baton_schemas::EventType;
 use baton_schemas::config::builder::BuilderSettings;
 use tokio_util::sync::CancellationToken;
@@ -31,11 +31,12 @@ impl Service for Application {
     const NAME: &'static str = SERVICE;
     type Config = BuilderSettings;
 
-    /// Validates the config (credentials included), connects, provisions, creates the durable
-    /// consumer and binds `http.listen`.
+    /// Validates the config (credentials and step secrets included), connects, checks the
+    /// provisioned topology and durable consumer, and binds `http.listen`.
     async fn build(settings: Settings<BuilderSettings>, env: Env<'_>) -> Result<Self, StartError> {
         let credentials = config::credentials(&settings.service, env)?;
         let password = config::registry_password(&settings.service, env)?;
+        let policy = StepPolicy::resolve("builder", &settings.service.steps, &settings.service.limits, env)?;
         let runtime = Runtime::start(SERVICE, &settings.common).await?;
         let (cache_dir, cache) = service::cache_dir(settings.service.source.cache_dir.as_deref(), SERVICE)?;
         let registry = Registry::new(
@@ -47,6 +48,7 @@ impl Service for Application {
         let builder = Builder {
             sources: Sources::new(cache_dir, credentials),
             steps: StepRunner::new(&runtime.topology).with_limits((&settings.service.limits).into()),
+            policy,
             registry,
             repository_prefix: settings.service.registry.repository_prefix.clone(),
             jetstream: runtime.topology.jetstream.clone(),

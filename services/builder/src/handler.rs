@@ -2,19 +2,22 @@
 //! of its `.baton.yaml`, assemble the image and push it, emitting `build.queued`,
 //! `build.started`, then `artifact.packaged`, `artifact.published` and `build.finished`.
 //!
-//! A build that fails because of the commit (an invalid pipeline file, a failing step, a
-//! missing file, a base image that does not exist) is *handled*: it ends with `build.finished`
-//! and outcome `failure` and the reason, and nothing further happens for that commit. A failure
-//! of the machinery (an unreachable repository, a registry that is down) is *transient*: the
-//! event is retried with backoff, and only when retries are exhausted does the build end with
-//! outcome `error`.
+//! Each build step runs with the limits and secrets the builder's [`StepPolicy`] gives it; every
+//! step is checked before any runs.
+//!
+//! A build that fails because of the commit (an invalid pipeline file, a step asking for more
+//! than the builder allows, a failing step, a missing file, a base image that does not exist) is
+//! *handled*: it ends with `build.finished` and outcome `failure` and the reason, and nothing
+//! further happens for that commit. A failure of the machinery (an unreachable repository, a
+//! registry that is down) is *transient*: the event is retried with backoff, and only when
+//! retries are exhausted does the build end with outcome `error`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_nats::jetstream;
 use baton_kit::events::InFlight;
-use baton_kit::steps::{StepRequest, StepRunner};
+use baton_kit::steps::{StepPolicy, StepRequest, StepRunner};
 use baton_kit::{Handler, HandlerError, Incoming, Outgoing};
 use baton_schemas::payloads::{BuildData, ImageInfo, Outcome, PushData};
 use baton_schemas::pipeline::{PIPELINE_FILE, Pipeline};
@@ -30,6 +33,9 @@ pub struct Builder {
     pub sources: Sources,
     /// Runs the build steps and keeps their logs.
     pub steps: StepRunner,
+    /// What each build step may have: limits within the maxima, the secrets granted to its
+    /// repository.
+    pub policy: StepPolicy,
     /// Where images go.
     pub registry: Registry,
     /// Repository prefix in the registry: every image goes under it, `image.name` included.
@@ -107,9 +113,15 @@ impl Builder {
             }
             None => None,
         };
+        // So is a step asking for more than this builder allows: every step is checked before
+        // any runs.
+        let grants = match self.policy.allow_all(&data.app, "build.steps", &pipeline.build.steps) {
+            Ok(grants) => grants,
+            Err(e) => return Ok(Attempt::Failed(format!("{PIPELINE_FILE}: {e}"))),
+        };
         self.announce(announced, events::started(incoming, data)).await?;
         let no_extra_env = BTreeMap::new();
-        for step in &pipeline.build.steps {
+        for (step, grant) in pipeline.build.steps.iter().zip(&grants) {
             let outcome = self
                 .steps
                 .run(StepRequest {
@@ -118,8 +130,8 @@ impl Builder {
                     workspace: workspace.path(),
                     extra_env: &no_extra_env,
                     secrets: &[],
-                    secret_env: &BTreeMap::new(),
-                    limits: None,
+                    secret_env: &grant.secrets,
+                    limits: Some(&grant.limits),
                 })
                 .await;
             data.steps.push(outcome.report(&step.name));

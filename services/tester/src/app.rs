@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use baton_kit::service::{self, Env, Runtime, Service, StageService};
 use baton_kit::settings::Settings;
 use baton_kit::source::Sources;
-use baton_kit::steps::StepRunner;
+use baton_kit::steps::{StepPolicy, StepRunner};
 use baton_schemas::EventType;
 use baton_schemas::config::tester::TesterSettings;
 use tokio_util::sync::CancellationToken;
@@ -29,15 +29,17 @@ impl Service for Application {
     const NAME: &'static str = SERVICE;
     type Config = TesterSettings;
 
-    /// Validates the config, connects, checks the provisioned topology and durable consumer,
+    /// Validates the config (step secrets included), connects, checks the provisioned topology and durable consumer,
     /// and binds `http.listen`.
     async fn build(settings: Settings<TesterSettings>, env: Env<'_>) -> Result<Self, StartError> {
         let credentials = baton_kit::source::resolve_credentials(&settings.service.source.credentials, env)?;
+        let policy = StepPolicy::resolve("tester", &settings.service.steps, &settings.service.limits, env)?;
         let runtime = Runtime::start(SERVICE, &settings.common).await?;
         let (cache_dir, cache) = service::cache_dir(settings.service.source.cache_dir.as_deref(), SERVICE)?;
         let tester = Tester {
             sources: Sources::new(cache_dir, credentials),
             steps: StepRunner::new(&runtime.topology).with_limits((&settings.service.limits).into()),
+            policy,
             jetstream: runtime.topology.jetstream.clone(),
             junit: JunitLimits {
                 max_bytes: settings.service.junit_max_bytes,

@@ -5,7 +5,9 @@
 //! outcome (`success`, `failure`, `error`, `cancel`), the counts and the failed cases.
 //!
 //! Steps run in the order written; consecutive steps marked `independent: true` run together.
-//! The suite's `timeout` bounds the whole run: steps still running then are killed.
+//! The suite's `timeout` bounds the whole run: steps still running then are killed. Each step
+//! runs with the limits and secrets the tester's [`StepPolicy`] gives it; every step is checked
+//! before any runs, and one asking for more than the tester allows fails the run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use baton_kit::source::Sources;
-use baton_kit::steps::{StepOutcome, StepRequest, StepRunner};
+use baton_kit::steps::{StepGrant, StepOutcome, StepPolicy, StepRequest, StepRunner};
 use baton_kit::{Handler, HandlerError, Incoming, Outgoing, events as kit_events};
 use baton_schemas::EventType;
 use baton_schemas::payloads::{BuildData, FailedTestCase, Outcome, TestCounts, TestData};
@@ -38,6 +40,9 @@ pub struct Tester {
     pub sources: Sources,
     /// Runs the test steps and keeps their logs.
     pub steps: StepRunner,
+    /// What each test step may have: limits within the maxima, the secrets granted to its
+    /// repository.
+    pub policy: StepPolicy,
     /// For publishing `testsuiterun.started` as it happens.
     pub jetstream: jetstream::Context,
     /// Bounds on JUnit reports.
@@ -168,6 +173,13 @@ impl Tester {
                 reason: Some("no tests declared".into()),
             });
         }
+        // Every step is checked before any runs; one asking for more than this tester allows
+        // fails the run, naming the field.
+        let steps = pipeline.test.steps.iter().map(|t| &t.step);
+        let grants = match self.policy.allow_all(&data.app, "test.steps", steps) {
+            Ok(grants) => grants,
+            Err(e) => return Ok(Verdict::failure(format!("{PIPELINE_FILE}: {e}"))),
+        };
         let mut env = BTreeMap::new();
         if let Some(image) = &data.image {
             env.insert("BATON_IMAGE".to_owned(), image.reference.clone());
@@ -179,7 +191,7 @@ impl Tester {
         );
         let suite_timeout = pipeline.test.timeout.unwrap_or(DEFAULT_SUITE_TIMEOUT);
         let run = data.run.clone();
-        let suite = self.run_steps(&pipeline.test.steps, workspace.path(), &env, &run, data);
+        let suite = self.run_steps(&pipeline.test.steps, &grants, workspace.path(), &env, &run, data);
         match tokio::time::timeout(suite_timeout, suite).await {
             Ok(verdict) => Ok(verdict),
             Err(_) => Ok(Verdict::failure(format!(
@@ -189,28 +201,32 @@ impl Tester {
         }
     }
 
-    /// Runs the steps group by group (consecutive independent steps together) and reads their
-    /// JUnit reports. Stops at the first group with a failing step.
+    /// Runs the steps group by group (consecutive independent steps together), each with its
+    /// grant (`grants[i]` is `steps[i]`'s), and reads their JUnit reports. Stops at the first
+    /// group with a failing step.
     async fn run_steps(
         &self,
         steps: &[TestStep],
+        grants: &[StepGrant],
         workspace: &Path,
         env: &BTreeMap<String, String>,
         run: &str,
         data: &mut TestData,
     ) -> Verdict {
         let mut verdict = Verdict::success();
-        let no_secrets = BTreeMap::new();
+        let mut first = 0;
         for group in groups(steps) {
-            let outcomes: Vec<StepOutcome> = futures::future::join_all(group.iter().map(|t| {
+            let granted = &grants[first..first + group.len()];
+            first += group.len();
+            let outcomes: Vec<StepOutcome> = futures::future::join_all(group.iter().zip(granted).map(|(t, grant)| {
                 self.steps.run(StepRequest {
                     run_id: run,
                     step: &t.step,
                     workspace,
                     extra_env: env,
                     secrets: &[],
-                    secret_env: &no_secrets,
-                    limits: None,
+                    secret_env: &grant.secrets,
+                    limits: Some(&grant.limits),
                 })
             }))
             .await;
