@@ -21,11 +21,17 @@ struct TestTester {
 
 impl TestTester {
     async fn start() -> Result<Self> {
+        Self::start_with(Default::default(), &|_| None).await
+    }
+
+    /// A tester with `config`, reading its secrets through `env`.
+    async fn start_with(
+        config: baton_schemas::config::tester::TesterSettings,
+        env: baton_kit::service::Env<'_>,
+    ) -> Result<Self> {
         let nats = NatsServer::start()?;
         let stop = CancellationToken::new();
-        let tester =
-            app::spawn::<baton_tester::Application>(app::common(&nats.url()), Default::default(), &|_| None, &stop)
-                .await?;
+        let tester = app::spawn::<baton_tester::Application>(app::common(&nats.url()), config, env, &stop).await?;
         let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
         let repo = tempfile::tempdir()?;
         git(repo.path(), &["init", "-q", "-b", "main"])?;
@@ -292,5 +298,57 @@ async fn a_fifo_at_the_report_path_errors_the_run_instead_of_hanging_it() -> Res
         reason.contains("junit.xml is a FIFO (named pipe), not a regular file"),
         "{reason}"
     );
+    t.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_steps_get_their_own_grants_and_one_asking_too_much_fails_the_run() -> Result<()> {
+    const PACT_TOKEN: &str = "pact-t0ken-value";
+    let config = yaml_serde::from_str(
+        "limits:\n  processes: 512\nsteps:\n  secrets:\n    PACT_TOKEN:\n      value_env: PACT\n      repositories: [acme/*]\n",
+    )?;
+    let t = TestTester::start_with(config, &|name| (name == "PACT").then(|| PACT_TOKEN.to_owned())).await?;
+
+    // Independent steps run together, each with its own grant.
+    let (release, _) = t
+        .publish(
+            "granted",
+            &[(
+                ".baton.yaml",
+                &format!(
+                    "test:\n  steps:\n    - {{name: first, run: 'test -z \"${{PACT_TOKEN:-}}\"'}}\n    - {{name: without, run: 'test -z \"${{PACT_TOKEN:-}}\" && echo none', independent: true}}\n    - name: contract\n      run: 'test \"$PACT_TOKEN\" = {PACT_TOKEN} && echo \"pact: $PACT_TOKEN\"'\n      secrets: [PACT_TOKEN]\n      independent: true\n"
+                ),
+            )],
+        )
+        .await?;
+    let (_, test) = t.finished(&release).await?;
+    assert_eq!(test.outcome, Some(Outcome::Success), "{test:?}");
+    let tails: Vec<_> = test.steps.iter().map(|s| (s.name.as_str(), s.tail.clone())).collect();
+    assert_eq!(
+        tails,
+        [
+            ("first", vec![]),
+            ("without", vec!["none".to_owned()]),
+            ("contract", vec!["pact: ***".to_owned()])
+        ]
+    );
+
+    let (release, _) = t
+        .publish(
+            "too-much",
+            &[(
+                ".baton.yaml",
+                "test:\n  steps:\n    - {name: unit, run: 'true'}\n    - name: load\n      run: 'true'\n      limits: {processes: 100000}\n",
+            )],
+        )
+        .await?;
+    let (event, test) = t.finished(&release).await?;
+    assert_eq!(test.outcome, Some(Outcome::Failure), "{test:?}");
+    assert_eq!(
+        test.reason.as_deref(),
+        Some(".baton.yaml: test.steps[1] (load): limits.processes 100000 is above this tester's maximum 512")
+    );
+    assert!(test.steps.is_empty(), "no step runs: {:?}", test.steps);
+    assert_eq!(event.subject.content["outcome"], "failure");
     t.stop().await
 }

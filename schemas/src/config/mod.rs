@@ -302,7 +302,7 @@ pub struct StepSecret {
     pub file: Option<PathBuf>,
     /// Full names of the repositories granted the secret (`acme/shop`), or globs of them: `*`
     /// and `?` match within one part of the name (`acme/*` grants `acme/shop`, not
-    /// `acme/team/shop`), a `**` part matches any number of parts. Case is ignored, as git hosts
+    /// `acme/team/shop`), a `**` part matches one or more whole parts. Case is ignored, as git hosts
     /// ignore it.
     pub repositories: Vec<String>,
 }
