@@ -1,8 +1,10 @@
 //! The operations endpoint every service serves: `/healthz` (the process is alive), `/readyz`
-//! (NATS is connected and the events stream answers) and `/metrics` (Prometheus text).
+//! (NATS is connected and the events stream answers, followed by the warnings an operator must
+//! see, such as steps running unsandboxed) and `/metrics` (Prometheus text).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -27,14 +29,39 @@ pub struct HealthState {
 
 /// The router with the three operations routes; services may merge their own routes into it.
 pub fn router(state: HealthState) -> Router {
+    router_with_warnings(state, Vec::new())
+}
+
+/// [`router`], with `/readyz` adding each of `warnings` as a line `warning: …` after its
+/// verdict, ready or not: what the service runs without that an operator must know about.
+pub fn router_with_warnings(state: HealthState, warnings: Vec<String>) -> Router {
+    let readiness = Readiness {
+        warnings: warnings.into(),
+        state: state.clone(),
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz).with_state(readiness))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
+/// What `/readyz` needs: the health state and the warnings it repeats.
+#[derive(Debug, Clone)]
+struct Readiness {
+    state: HealthState,
+    warnings: Arc<[String]>,
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
+    let (status, mut body) = verdict(&readiness.state).await;
+    for warning in readiness.warnings.iter() {
+        body.push_str(&format!("warning: {warning}\n"));
+    }
+    (status, body)
+}
+
+async fn verdict(state: &HealthState) -> (StatusCode, String) {
     if state.client.connection_state() != async_nats::connection::State::Connected {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -193,6 +193,8 @@ pub struct Runtime {
     grace: Duration,
     /// `http.listen`.
     listen: SocketAddr,
+    /// What `/readyz` repeats after its verdict (e.g. steps running unsandboxed).
+    readiness_warnings: Vec<String>,
 }
 
 impl Runtime {
@@ -214,7 +216,14 @@ impl Runtime {
             runner: settings.runner.clone(),
             grace: settings.shutdown.grace_period,
             listen: settings.http.listen,
+            readiness_warnings: Vec::new(),
         })
+    }
+
+    /// Adds a warning `/readyz` repeats after its verdict for as long as the service runs: what
+    /// it runs without that an operator must know about.
+    pub fn warn_in_readiness(&mut self, warning: impl Into<String>) {
+        self.readiness_warnings.push(warning.into());
     }
 
     /// The stage runner of `stage`, once its provisioned durable consumer is found to filter
@@ -274,7 +283,7 @@ impl Runtime {
     /// The operations endpoint (`/healthz`, `/readyz`, `/metrics`); merge a service's own
     /// routes into it.
     pub fn router(&self) -> Router {
-        health::router(self.health_state())
+        health::router_with_warnings(self.health_state(), self.readiness_warnings.clone())
     }
 
     /// Flushes and drains the NATS connection: the last step of a graceful shutdown.
