@@ -57,11 +57,13 @@ use crate::secret::Secret;
 mod log;
 mod policy;
 mod process;
+mod sandbox;
 mod workdir;
 
 pub use log::{LogError, LogRef};
 pub use policy::{PolicyError, StepGrant, StepPolicy, StepProblem};
 pub use process::ResourceLimits;
+pub use sandbox::{Executor, Sandbox, SandboxError, WORKSPACE};
 pub use workdir::{WorkdirError, resolve_workdir};
 
 use log::{LiveLog, LogSink, Masker};
@@ -93,8 +95,10 @@ pub struct StepRunner {
     store: Option<ObjectStore>,
     /// Name of the object store bucket, for [`LogRef::bucket`].
     bucket: String,
-    /// Limits applied to every step.
+    /// Limits applied to every step that brings none of its own.
     limits: ResourceLimits,
+    /// How steps are isolated.
+    executor: Executor,
     /// Longest storing one log may take, so a NATS outage cannot hold a finished step.
     store_timeout: Duration,
 }
@@ -105,6 +109,7 @@ impl fmt::Debug for StepRunner {
             .field("live", &self.live.is_some())
             .field("bucket", &self.store.as_ref().map(|_| &self.bucket))
             .field("limits", &self.limits)
+            .field("executor", &self.executor.name())
             .field("store_timeout", &self.store_timeout)
             .finish()
     }
@@ -181,6 +186,13 @@ pub enum StepStatus {
     },
     /// It ran longer than its `timeout`; its whole process group was killed.
     TimedOut,
+    /// It went past one of its limits and was killed.
+    LimitExceeded {
+        /// The limit, as the config and `.baton.yaml` name it (`disk_bytes`).
+        limit: &'static str,
+        /// What it did.
+        detail: String,
+    },
     /// It could not be run at all (a workdir outside the workspace, a shell that cannot start):
     /// the step's fault or Baton's, but not the command's.
     Error(StepError),
@@ -199,6 +211,7 @@ impl StepStatus {
             Self::Succeeded => "succeeded",
             Self::Failed { .. } => "failed",
             Self::TimedOut => "timed_out",
+            Self::LimitExceeded { .. } => "limit_exceeded",
             Self::Error(_) => "error",
         }
     }
@@ -208,7 +221,7 @@ impl StepStatus {
         match self {
             Self::Succeeded => Some(0),
             Self::Failed { exit_code, .. } => *exit_code,
-            Self::TimedOut | Self::Error(_) => None,
+            Self::TimedOut | Self::LimitExceeded { .. } | Self::Error(_) => None,
         }
     }
 }
@@ -225,6 +238,7 @@ impl fmt::Display for StepStatus {
             } => write!(f, "killed by signal {signal}"),
             Self::Failed { .. } => f.write_str("failed"),
             Self::TimedOut => f.write_str("timed out"),
+            Self::LimitExceeded { limit, detail } => write!(f, "exceeded its limit {limit}: {detail}"),
             Self::Error(e) => write!(f, "not run: {e}"),
         }
     }
@@ -255,6 +269,12 @@ pub enum StepError {
         /// Why.
         reason: String,
     },
+    /// The sandbox could not be set up for it.
+    #[error("cannot set up the step's sandbox: {reason}")]
+    Sandbox {
+        /// Why.
+        reason: String,
+    },
     /// The secrets could not be prepared for masking, so the step is not run rather than risk
     /// printing them.
     #[error("cannot prepare secret masking: {reason}")]
@@ -273,6 +293,7 @@ impl StepError {
             Self::Output { .. } => "output",
             Self::Wait { .. } => "wait",
             Self::Masking { .. } => "masking",
+            Self::Sandbox { .. } => "sandbox",
         }
     }
 }
@@ -286,6 +307,7 @@ impl StepRunner {
             store: Some(topology.logs.clone()),
             bucket: topology.settings.logs_bucket.clone(),
             limits: ResourceLimits::default(),
+            executor: Executor::Unsandboxed,
             store_timeout: DEFAULT_STORE_TIMEOUT,
         }
     }
@@ -298,6 +320,7 @@ impl StepRunner {
             store: None,
             bucket: String::new(),
             limits: ResourceLimits::default(),
+            executor: Executor::Unsandboxed,
             store_timeout: DEFAULT_STORE_TIMEOUT,
         }
     }
@@ -307,6 +330,19 @@ impl StepRunner {
     pub fn with_limits(mut self, limits: ResourceLimits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// The same runner running steps with `executor` (the services' default, set from their
+    /// `steps.executor`, is the sandbox; a runner is [`Executor::Unsandboxed`] until told).
+    #[must_use]
+    pub fn with_executor(mut self, executor: Executor) -> Self {
+        self.executor = executor;
+        self
+    }
+
+    /// How steps run.
+    pub fn executor(&self) -> &Executor {
+        &self.executor
     }
 
     /// The same runner with another bound on storing one log (default 2 minutes): past it the

@@ -2,9 +2,11 @@
 //! process group of its own that is killed when the step ends, times out or is dropped, its
 //! stdout and stderr read from one pipe into the step's log until every writer has closed it.
 
+use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 
 use super::log::LogSink;
+use super::sandbox::{EtcFiles, Executor, Spec, WORKSPACE, disk_usage};
 use super::workdir::resolve_workdir;
 use super::{STEP_PATH, StepError, StepRequest, StepRunner, StepStatus};
 
@@ -81,6 +84,7 @@ impl StepRunner {
             Ok(dirs) => dirs,
             Err(error) => return StepStatus::Error(error.into()),
         };
+        let limits = request.limits.unwrap_or(&self.limits);
         let (reader, writer) = match std::io::pipe() {
             Ok(pipe) => pipe,
             Err(e) => return StepStatus::Error(StepError::Output { reason: e.to_string() }),
@@ -94,32 +98,65 @@ impl StepRunner {
             Err(e) => return StepStatus::Error(StepError::Output { reason: e.to_string() }),
         };
 
-        let mut command = tokio::process::Command::new("/bin/sh");
-        command
-            .arg("-c")
-            .arg(wrapper_script(
-                request.limits.unwrap_or(&self.limits),
-                &HardLimits::current(),
-            ))
-            .arg("sh")
-            .arg(&request.step.run)
-            .current_dir(&workdir)
-            .env_clear()
-            .env("PATH", STEP_PATH)
-            .env("HOME", &workspace)
-            .envs(&request.step.env)
-            .envs(request.extra_env)
-            .envs(
+        let args: Vec<OsString> = vec![
+            "-c".into(),
+            wrapper_script(limits, &HardLimits::current()).into(),
+            "sh".into(),
+            request.step.run.clone().into(),
+        ];
+        let home: OsString = match &self.executor {
+            Executor::Sandbox(_) => WORKSPACE.into(),
+            Executor::Unsandboxed => workspace.clone().into_os_string(),
+        };
+        // Later entries win: the step's own variables may set PATH or HOME.
+        let env: Vec<(OsString, OsString)> = [("PATH".into(), STEP_PATH.into()), ("HOME".into(), home)]
+            .into_iter()
+            .chain(request.step.env.iter().map(|(k, v)| (k.into(), v.into())))
+            .chain(request.extra_env.iter().map(|(k, v)| (k.into(), v.into())))
+            .chain(
                 request
                     .secret_env
                     .iter()
-                    .map(|(name, value)| (name, std::ffi::OsStr::from_bytes(value.expose()))),
+                    .map(|(k, v)| (k.into(), std::ffi::OsStr::from_bytes(v.expose()).to_owned())),
             )
+            .collect();
+        let (mut command, handshake, _etc) = match &self.executor {
+            Executor::Unsandboxed => {
+                let mut command = tokio::process::Command::new("/bin/sh");
+                command.args(args).current_dir(&workdir).env_clear().envs(env);
+                (command, None, None)
+            }
+            Executor::Sandbox(sandbox) => {
+                let relative = workdir.strip_prefix(&workspace).unwrap_or(Path::new(""));
+                let spec = Spec {
+                    workspace: &workspace,
+                    workdir: relative,
+                    network: request.step.network,
+                    args,
+                    env,
+                };
+                let prepared = sandbox
+                    .prepare(&workspace)
+                    .and_then(|()| EtcFiles::write(sandbox.host_ids(), spec.network))
+                    .and_then(|files| sandbox.command(&spec, &files).map(|c| (c, files)));
+                match prepared {
+                    Ok((c, files)) => (c.command, c.network, Some(files)),
+                    Err(e) => return StepStatus::Error(StepError::Sandbox { reason: e.to_string() }),
+                }
+            }
+        };
+        command
             .stdin(Stdio::null())
             .stdout(output.0)
             .stderr(output.1)
             .process_group(0)
             .kill_on_drop(true);
+        // What the workspace holds before the step: its disk limit counts what the step adds.
+        let disk = (limits.disk_bytes > 0).then(|| DiskWatch {
+            root: workspace.clone(),
+            before: disk_usage(&workspace),
+            limit: limits.disk_bytes,
+        });
         let spawned = command.spawn();
         // The command holds the pipe's write ends: drop them, or the output never ends.
         drop(command);
@@ -128,32 +165,61 @@ impl StepRunner {
             Err(e) => return StepStatus::Error(StepError::Spawn { reason: e.to_string() }),
         };
         let mut group = ProcessGroup::of(child.id());
-        tracing::debug!(pid = ?child.id(), workdir = %workdir.display(), "step started");
+        tracing::debug!(pid = ?child.id(), workdir = %workdir.display(), executor = self.executor.name(), "step started");
+        let _network = match (handshake, &self.executor) {
+            (Some(handshake), Executor::Sandbox(sandbox)) => match handshake.complete(sandbox.slirp()).await {
+                Ok(network) => Some(network),
+                Err(e) => {
+                    group.kill();
+                    let _ = tokio::time::timeout(REAP_TIMEOUT, child.wait()).await;
+                    return StepStatus::Error(StepError::Sandbox {
+                        reason: format!("its network did not start: {e}"),
+                    });
+                }
+            },
+            _ => None,
+        };
 
         let deadline = tokio::time::Instant::now() + request.step.timeout;
         let stop_reading = CancellationToken::new();
         let (status, output_abandoned) = {
             let pump = pump_output(reader, sink, stop_reading.clone());
             tokio::pin!(pump);
+            let over_disk = watch_disk(disk);
+            tokio::pin!(over_disk);
             let mut output_ended = false;
             let exited = tokio::select! {
-                exited = tokio::time::timeout_at(deadline, child.wait()) => exited,
+                exited = tokio::time::timeout_at(deadline, child.wait()) => Ended::Exited(exited),
                 () = &mut pump => {
                     output_ended = true;
-                    tokio::time::timeout_at(deadline, child.wait()).await
+                    tokio::select! {
+                        exited = tokio::time::timeout_at(deadline, child.wait()) => Ended::Exited(exited),
+                        used = &mut over_disk => Ended::OverDisk(used),
+                    }
                 }
+                used = &mut over_disk => Ended::OverDisk(used),
             };
             // Whatever happened, nothing of the step outlives it: background processes it left
-            // behind hold its output open and use the builder's resources.
+            // behind hold its output open and use the service's resources.
             group.kill();
             let status = match exited {
-                Ok(Ok(exit)) => exit_status(exit),
-                Ok(Err(e)) => StepStatus::Error(StepError::Wait { reason: e.to_string() }),
-                Err(_elapsed) => {
+                Ended::Exited(Ok(Ok(exit))) => exit_status(exit),
+                Ended::Exited(Ok(Err(e))) => StepStatus::Error(StepError::Wait { reason: e.to_string() }),
+                Ended::Exited(Err(_elapsed)) => {
                     if tokio::time::timeout(REAP_TIMEOUT, child.wait()).await.is_err() {
                         tracing::warn!("killed step did not exit within {REAP_TIMEOUT:?}");
                     }
                     StepStatus::TimedOut
+                }
+                Ended::OverDisk(used) => {
+                    let _ = tokio::time::timeout(REAP_TIMEOUT, child.wait()).await;
+                    StepStatus::LimitExceeded {
+                        limit: "disk_bytes",
+                        detail: format!(
+                            "it added {used} bytes to its workspace, over its {} bytes",
+                            limits.disk_bytes
+                        ),
+                    }
                 }
             };
             let mut abandoned = false;
@@ -168,7 +234,72 @@ impl StepRunner {
         if output_abandoned {
             sink.note("baton: output written after the step ended was not captured");
         }
+        // Killed by a signal (directly, or as the shell reports it): perhaps by one of its limits.
+        let killed = matches!(status, StepStatus::Failed { signal: Some(_), .. })
+            || matches!(status, StepStatus::Failed { exit_code: Some(code), .. } if code > 128);
+        if killed {
+            sink.note(&format!("baton: the step ran under these limits: {}", describe(limits)));
+        }
         status
+    }
+}
+
+/// How waiting for a step ended.
+enum Ended {
+    Exited(Result<std::io::Result<ExitStatus>, tokio::time::error::Elapsed>),
+    /// The workspace grew past the disk limit by this many bytes.
+    OverDisk(u64),
+}
+
+/// The workspace's disk limit: what it held before the step, and how much the step may add.
+struct DiskWatch {
+    root: std::path::PathBuf,
+    before: u64,
+    limit: u64,
+}
+
+/// How often the workspace's size is measured while a step with a disk limit runs. A step
+/// writing faster than the disk can be measured overshoots by at most what it writes in this
+/// time, and no single file of it grows past the limit (`ulimit -f`).
+const DISK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Ends (with what the step added) once the workspace grew past its limit; never without one.
+async fn watch_disk(watch: Option<DiskWatch>) -> u64 {
+    let Some(watch) = watch else {
+        return std::future::pending().await;
+    };
+    let watch = std::sync::Arc::new(watch);
+    loop {
+        tokio::time::sleep(DISK_INTERVAL).await;
+        let measured = std::sync::Arc::clone(&watch);
+        let Ok(now) = tokio::task::spawn_blocking(move || disk_usage(&measured.root)).await else {
+            continue;
+        };
+        let added = now.saturating_sub(watch.before);
+        if added > watch.limit {
+            return added;
+        }
+    }
+}
+
+/// The limits as a step's log reads them.
+fn describe(limits: &ResourceLimits) -> String {
+    let mut parts = Vec::new();
+    for (name, value) in [
+        ("cpu_seconds", limits.cpu_seconds),
+        ("memory_bytes", limits.memory_bytes),
+        ("open_files", limits.open_files),
+        ("processes", limits.processes),
+        ("disk_bytes", limits.disk_bytes),
+    ] {
+        if value > 0 {
+            parts.push(format!("{name} {value}"));
+        }
+    }
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(", ")
     }
 }
 
