@@ -74,6 +74,8 @@ async fn released(nats: &NatsServer, dir: &Path) -> Result<(String, tokio_util::
     common.http.listen = "127.0.0.1:0".parse()?;
     let mut service = PromoterSettings::default();
     service.config_repo.url = format!("file://{}", dir.join("config.git").display());
+    // The admin's provisioning step, before the promoter starts.
+    baton_tests::app::provision_for::<baton_promoter::Application>(&common).await?;
     let promoter = baton_promoter::Application::build(
         Settings {
             common,
