@@ -110,6 +110,11 @@ setup:
     if [[ -z "${BUSYBOX_BIN:-}" ]] && ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
         apt_missing+=(busybox-static)
     fi
+    # The step sandbox (docs/builder.md): bubblewrap for the namespaces, slirp4netns for the
+    # network of a step that declares one, setpriv (util-linux) to drop to the step's user.
+    if ! command -v bwrap >/dev/null 2>&1; then apt_missing+=(bubblewrap); fi
+    if ! command -v slirp4netns >/dev/null 2>&1; then apt_missing+=(slirp4netns); fi
+    if ! command -v setpriv >/dev/null 2>&1; then apt_missing+=(util-linux); fi
     if (( ${#apt_missing[@]} > 0 )); then
         if ! command -v apt-get >/dev/null 2>&1; then
             echo "error: missing ${apt_missing[*]} and apt-get is unavailable; install them with your package manager" >&2
