@@ -283,7 +283,10 @@ impl Tester {
     }
 }
 
-/// The report's path, refused when it would leave the workspace.
+/// The report's path, refused when it would leave the workspace: as written, and once the
+/// symlinks on the way are followed (a step can leave a symlink to any file of the host at the
+/// report's path, or a directory symlink before it). The step's processes are gone by then (in
+/// the sandbox, all of them), so nothing changes the path between this check and the read.
 fn inside(workspace: &Path, report: &str) -> Result<PathBuf, String> {
     let relative = Path::new(report);
     if relative.is_absolute()
@@ -293,7 +296,16 @@ fn inside(workspace: &Path, report: &str) -> Result<PathBuf, String> {
     {
         return Err(format!("`{report}` must be a path inside the repository"));
     }
-    Ok(workspace.join(relative))
+    let joined = workspace.join(relative);
+    let root = std::fs::canonicalize(workspace).map_err(|e| format!("the workspace cannot be read: {e}"))?;
+    match std::fs::canonicalize(&joined) {
+        Ok(real) if real.starts_with(&root) => Ok(real),
+        Ok(_) => Err(format!(
+            "`{report}` leads outside the repository through a symlink; a report must be a file of the repository"
+        )),
+        // Missing (or unreadable): the reader says so, naming the path as declared.
+        Err(_) => Ok(joined),
+    }
 }
 
 fn groups(steps: &[TestStep]) -> Vec<&[TestStep]> {
@@ -411,8 +423,26 @@ mod tests {
 
     #[test]
     fn reports_stay_inside_the_workspace() {
-        assert!(inside(Path::new("/ws"), "target/junit.xml").is_ok());
-        assert!(inside(Path::new("/ws"), "../junit.xml").is_err());
-        assert!(inside(Path::new("/ws"), "/etc/junit.xml").is_err());
+        let ws = tempfile::tempdir().unwrap();
+        let ws = ws.path();
+        assert!(inside(ws, "target/junit.xml").is_ok());
+        assert!(inside(ws, "../junit.xml").is_err());
+        assert!(inside(ws, "/etc/junit.xml").is_err());
+        // Through symlinks a step left: to a file of the host, or a directory outside.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret.xml"), "<testsuite/>").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret.xml"), ws.join("report.xml")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), ws.join("reports")).unwrap();
+        for report in ["report.xml", "reports/secret.xml"] {
+            let refused = inside(ws, report).unwrap_err();
+            assert!(refused.contains("leads outside the repository"), "{report}: {refused}");
+        }
+        // A symlink that stays inside is followed.
+        std::fs::write(ws.join("real.xml"), "<testsuite/>").unwrap();
+        std::os::unix::fs::symlink("real.xml", ws.join("latest.xml")).unwrap();
+        assert_eq!(
+            inside(ws, "latest.xml").unwrap(),
+            std::fs::canonicalize(ws.join("real.xml")).unwrap()
+        );
     }
 }
