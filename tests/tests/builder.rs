@@ -44,6 +44,8 @@ impl AppRepo {
 }
 
 struct TestBuilder {
+    /// The builder's operations endpoint.
+    addr: std::net::SocketAddr,
     nats: NatsServer,
     registry: RegistryServer,
     js: async_nats::jetstream::Context,
@@ -71,13 +73,11 @@ impl TestBuilder {
             registry.address()
         ))?;
         let stop = CancellationToken::new();
-        let task = Some(
-            app::spawn::<baton_builder::Application>(common, service, env, &stop)
-                .await?
-                .task,
-        );
+        let running = app::spawn::<baton_builder::Application>(common, service, env, &stop).await?;
+        let task = Some(running.task);
         let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
         Ok(Self {
+            addr: running.addr,
             nats,
             registry,
             js,
@@ -501,4 +501,67 @@ async fn a_granted_secret_reaches_its_step_only_and_is_masked_in_its_log() -> Re
     assert!(stored.contains("token: ***"), "{stored}");
     assert!(!stored.contains(SHOP_TOKEN), "{stored}");
     b.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsandboxed_builder_says_so_in_its_readiness() -> Result<()> {
+    let sandboxed = TestBuilder::start().await?;
+    let unsandboxed = TestBuilder::start_with("steps:\n  executor: unsandboxed\n", &|_| None).await?;
+    let readyz = async |b: &TestBuilder| -> Result<(u16, String)> {
+        let response = reqwest::get(format!("http://{}/readyz", b.addr)).await?;
+        Ok((response.status().as_u16(), response.text().await?))
+    };
+    assert_eq!(readyz(&sandboxed).await?, (200, "ready\n".to_owned()));
+    let (status, body) = readyz(&unsandboxed).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        format!("ready\nwarning: {}\n", baton_kit::steps::UNSANDBOXED_WARNING)
+    );
+    assert!(body.contains("steps.executor is unsandboxed"), "{body}");
+    sandboxed.stop().await?;
+    unsandboxed.stop().await
+}
+
+/// Without bubblewrap the builder refuses to start (exit 64, before connecting anywhere), naming
+/// `steps.executor`, why, and the two ways out; `unsandboxed` gets past the check.
+#[test]
+fn a_builder_that_cannot_sandbox_refuses_to_start() -> Result<()> {
+    let binary = baton_tests::process::service_binary("baton-builder")?;
+    let dir = tempfile::tempdir()?;
+    let run = |config: &str| -> Result<(Option<i32>, String)> {
+        let file = dir.path().join("builder.yaml");
+        // Nothing listens on port 1: a start that got past the check fails to connect instead.
+        std::fs::write(
+            &file,
+            format!("nats:\n  url: nats://127.0.0.1:1\n  connect_timeout: 1s\n{config}"),
+        )?;
+        let out = std::process::Command::new(&binary)
+            .arg("--config")
+            .arg(&file)
+            .env_clear()
+            // No bwrap (nor anything else) on this PATH.
+            .env("PATH", dir.path().join("empty"))
+            .env("HOME", dir.path())
+            .output()?;
+        Ok((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    };
+    let (code, stderr) = run("")?;
+    assert_eq!(code, Some(64), "{stderr}");
+    for words in [
+        "steps.executor",
+        "`bwrap` is not installed",
+        "apt-get install bubblewrap",
+        "steps.executor: unsandboxed",
+    ] {
+        assert!(stderr.contains(words), "`{words}` in:\n{stderr}");
+    }
+    let (code, stderr) = run("steps:\n  executor: unsandboxed\n")?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("steps.executor is unsandboxed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cannot connect to NATS"), "{stderr}");
+    Ok(())
 }

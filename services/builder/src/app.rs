@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use baton_kit::service::{self, Env, Runtime, Service, StageService};
 use baton_kit::settings::Settings;
-use baton_kit::steps::{StepPolicy, StepRunner};
+use baton_kit::steps::{StepPolicy, StepRunner, start_executor};
 use baton_schemas::EventType;
 use baton_schemas::config::builder::BuilderSettings;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +37,13 @@ impl Service for Application {
         let credentials = config::credentials(&settings.service, env)?;
         let password = config::registry_password(&settings.service, env)?;
         let policy = StepPolicy::resolve("builder", &settings.service.steps, &settings.service.limits, env)?;
-        let runtime = Runtime::start(SERVICE, &settings.common).await?;
+        // The sandbox is proven before anything connects: a host that cannot run it refuses to
+        // start (exit 64) rather than fail every build.
+        let (executor, unsandboxed) = start_executor(&settings.service.steps).await?;
+        let mut runtime = Runtime::start(SERVICE, &settings.common).await?;
+        if let Some(warning) = unsandboxed {
+            runtime.warn_in_readiness(warning);
+        }
         let (cache_dir, cache) = service::cache_dir(settings.service.source.cache_dir.as_deref(), SERVICE)?;
         let registry = Registry::new(
             &settings.service.registry.address,
@@ -47,7 +53,9 @@ impl Service for Application {
         );
         let builder = Builder {
             sources: Sources::new(cache_dir, credentials),
-            steps: StepRunner::new(&runtime.topology).with_limits((&settings.service.limits).into()),
+            steps: StepRunner::new(&runtime.topology)
+                .with_limits((&settings.service.limits).into())
+                .with_executor(executor),
             policy,
             registry,
             repository_prefix: settings.service.registry.repository_prefix.clone(),

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use baton_kit::service::{self, Env, Runtime, Service, StageService};
 use baton_kit::settings::Settings;
 use baton_kit::source::Sources;
-use baton_kit::steps::{StepPolicy, StepRunner};
+use baton_kit::steps::{StepPolicy, StepRunner, start_executor};
 use baton_schemas::EventType;
 use baton_schemas::config::tester::TesterSettings;
 use tokio_util::sync::CancellationToken;
@@ -34,11 +34,19 @@ impl Service for Application {
     async fn build(settings: Settings<TesterSettings>, env: Env<'_>) -> Result<Self, StartError> {
         let credentials = baton_kit::source::resolve_credentials(&settings.service.source.credentials, env)?;
         let policy = StepPolicy::resolve("tester", &settings.service.steps, &settings.service.limits, env)?;
-        let runtime = Runtime::start(SERVICE, &settings.common).await?;
+        // The sandbox is proven before anything connects: a host that cannot run it refuses to
+        // start (exit 64) rather than fail every build.
+        let (executor, unsandboxed) = start_executor(&settings.service.steps).await?;
+        let mut runtime = Runtime::start(SERVICE, &settings.common).await?;
+        if let Some(warning) = unsandboxed {
+            runtime.warn_in_readiness(warning);
+        }
         let (cache_dir, cache) = service::cache_dir(settings.service.source.cache_dir.as_deref(), SERVICE)?;
         let tester = Tester {
             sources: Sources::new(cache_dir, credentials),
-            steps: StepRunner::new(&runtime.topology).with_limits((&settings.service.limits).into()),
+            steps: StepRunner::new(&runtime.topology)
+                .with_limits((&settings.service.limits).into())
+                .with_executor(executor),
             policy,
             jetstream: runtime.topology.jetstream.clone(),
             junit: JunitLimits {

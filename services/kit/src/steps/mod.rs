@@ -61,7 +61,7 @@ mod sandbox;
 mod workdir;
 
 pub use log::{LogError, LogRef};
-pub use policy::{PolicyError, StepGrant, StepPolicy, StepProblem};
+pub use policy::{PolicyError, StepGrant, StepPolicy, StepProblem, UNSANDBOXED_WARNING, start_executor};
 pub use process::ResourceLimits;
 pub use sandbox::{Executor, Sandbox, SandboxError, WORKSPACE};
 pub use workdir::{WorkdirError, resolve_workdir};

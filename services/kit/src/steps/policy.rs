@@ -6,6 +6,10 @@
 //! granted, fails the run with the field named as the user wrote it. The check is pure: no I/O,
 //! no clock, the same answer for the same pipeline.
 //!
+//! At start the same config also chooses how steps run: [`start_executor`] builds the executor
+//! `steps.executor` names and proves the sandbox works on this host (or refuses to start, naming
+//! `steps.executor` and the fix), and words the warning an unsandboxed service keeps showing.
+//!
 //! ```no_run
 //! # fn example(steps: &[baton_schemas::pipeline::Step]) -> Result<(), Box<dyn std::error::Error>> {
 //! use baton_kit::steps::StepPolicy;
@@ -23,12 +27,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::path::{Component, PathBuf};
 
-use baton_schemas::config::StepsSettings;
 use baton_schemas::config::builder::StepLimits;
+use baton_schemas::config::{SandboxSettings, StepExecutor, StepsSettings};
 use baton_schemas::pipeline::Step;
 
-use super::ResourceLimits;
+use super::{Executor, ResourceLimits, Sandbox};
 use crate::secret::Secret;
 use crate::settings::ConfigError;
 
@@ -339,6 +344,77 @@ impl StepPolicy {
         }
         Ok(granted)
     }
+}
+
+/// What an unsandboxed service logs at start and `/readyz` repeats.
+pub const UNSANDBOXED_WARNING: &str = "steps.executor is unsandboxed: steps run as this service's own user without isolation, so any .baton.yaml can read the service's environment and files (its NATS, registry and git credentials), reach its network and leave processes behind; set steps.executor: sandbox once the host can run bubblewrap";
+
+/// The executor `steps.executor` names, ready to run steps: with `sandbox` (the default), once a
+/// trial step ran in it; with `unsandboxed`, after logging [`UNSANDBOXED_WARNING`], which it
+/// returns too for `/readyz`.
+///
+/// # Errors
+/// `steps.sandbox.*` invalid, or `steps.executor`: the sandbox cannot run here, saying why and
+/// how to fix it (install bubblewrap, allow user namespaces, or choose `unsandboxed`).
+pub async fn start_executor(settings: &StepsSettings) -> Result<(Executor, Option<&'static str>), ConfigError> {
+    let (run_as, read_only) = sandbox_settings(&settings.sandbox)?;
+    match settings.executor {
+        StepExecutor::Sandbox => {
+            let executor = Executor::Sandbox(Sandbox::new(run_as, read_only));
+            executor.check().await.map_err(|e| {
+                ConfigError::invalid(
+                    "steps.executor",
+                    format!("`sandbox` cannot run steps on this host: {}", crate::service::chain(&e)),
+                )
+            })?;
+            tracing::info!("steps run in the sandbox");
+            Ok((executor, None))
+        }
+        StepExecutor::Unsandboxed => {
+            tracing::warn!("{UNSANDBOXED_WARNING}");
+            Ok((Executor::Unsandboxed, Some(UNSANDBOXED_WARNING)))
+        }
+    }
+}
+
+/// The sandbox's host uid and gid and its extra read-only paths, checked.
+fn sandbox_settings(settings: &SandboxSettings) -> Result<((u32, u32), Vec<PathBuf>), ConfigError> {
+    for (field, id) in [("steps.sandbox.uid", settings.uid), ("steps.sandbox.gid", settings.gid)] {
+        if id == 0 {
+            return Err(ConfigError::invalid(
+                field,
+                "steps must not run as root: choose an unprivileged id (default 65534, nobody)",
+            ));
+        }
+        if id == u32::MAX {
+            return Err(ConfigError::invalid(
+                field,
+                "4294967295 is not an id (the kernel reads it as \"none\"): choose an unprivileged id (default 65534, nobody)",
+            ));
+        }
+    }
+    for (i, path) in settings.read_only_paths.iter().enumerate() {
+        let field = format!("steps.sandbox.read_only_paths[{i}]");
+        if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(ConfigError::invalid(
+                field,
+                format!("{} must be an absolute path without `..`", path.display()),
+            ));
+        }
+        if path.parent().is_none() {
+            return Err(ConfigError::invalid(
+                field,
+                "`/` would show every step the service's config, secrets and caches: name the directories steps need",
+            ));
+        }
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(ConfigError::invalid(
+                field,
+                format!("cannot use {}: {e}", path.display()),
+            ));
+        }
+    }
+    Ok(((settings.uid, settings.gid), settings.read_only_paths.clone()))
 }
 
 /// Whether `name` may name a secret: an environment variable name (`[A-Za-z_][A-Za-z0-9_]*`)
@@ -861,6 +937,45 @@ mod tests {
             // Values never appear in messages.
             assert!(!error.to_string().contains("npm-token-value"), "{error}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_sandbox_settings_are_checked_before_the_sandbox_is() {
+        let cases = [
+            ("executor: unsandboxed\nsandbox:\n  uid: 0\n", "steps.sandbox.uid"),
+            ("executor: unsandboxed\nsandbox:\n  gid: 0\n", "steps.sandbox.gid"),
+            (
+                "executor: unsandboxed\nsandbox:\n  uid: 4294967295\n",
+                "steps.sandbox.uid",
+            ),
+            (
+                "executor: unsandboxed\nsandbox:\n  read_only_paths: [opt/tools]\n",
+                "steps.sandbox.read_only_paths[0]",
+            ),
+            (
+                "executor: unsandboxed\nsandbox:\n  read_only_paths: [/usr, /opt/../etc]\n",
+                "steps.sandbox.read_only_paths[1]",
+            ),
+            (
+                "executor: unsandboxed\nsandbox:\n  read_only_paths: [/]\n",
+                "steps.sandbox.read_only_paths[0]",
+            ),
+            (
+                "executor: unsandboxed\nsandbox:\n  read_only_paths: [/nonexistent/tools]\n",
+                "steps.sandbox.read_only_paths[0]",
+            ),
+        ];
+        for (yaml, field) in cases {
+            let error = start_executor(&settings(yaml)).await.unwrap_err();
+            assert_eq!(error.field(), Some(field), "{yaml}: {error}");
+        }
+        let (executor, warning) = start_executor(&settings(
+            "executor: unsandboxed\nsandbox:\n  read_only_paths: [/usr]\n",
+        ))
+        .await
+        .unwrap();
+        assert_eq!(executor.name(), "unsandboxed");
+        assert_eq!(warning, Some(UNSANDBOXED_WARNING));
     }
 
     #[test]
