@@ -19,7 +19,7 @@ use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 
 use super::log::LogSink;
-use super::sandbox::{EtcFiles, Executor, Spec, WORKSPACE, disk_usage};
+use super::sandbox::{EtcFiles, Executor, Network, STARTED_FD, Sandbox, Spec, WORKSPACE, disk_usage};
 use super::workdir::resolve_workdir;
 use super::{STEP_PATH, StepError, StepRequest, StepRunner, StepStatus};
 
@@ -89,24 +89,21 @@ impl StepRunner {
             Ok(pipe) => pipe,
             Err(e) => return StepStatus::Error(StepError::Output { reason: e.to_string() }),
         };
-        let output = match writer.try_clone() {
-            Ok(stderr) => (Stdio::from(writer), Stdio::from(stderr)),
-            Err(e) => return StepStatus::Error(StepError::Output { reason: e.to_string() }),
-        };
         let reader = match pipe::Receiver::from_owned_fd(OwnedFd::from(reader)) {
             Ok(reader) => reader,
             Err(e) => return StepStatus::Error(StepError::Output { reason: e.to_string() }),
         };
-
+        let sandboxed = matches!(self.executor, Executor::Sandbox(_));
         let args: Vec<OsString> = vec![
             "-c".into(),
-            wrapper_script(limits, &HardLimits::current()).into(),
+            wrapper_script(limits, &HardLimits::current(), sandboxed).into(),
             "sh".into(),
             request.step.run.clone().into(),
         ];
-        let home: OsString = match &self.executor {
-            Executor::Sandbox(_) => WORKSPACE.into(),
-            Executor::Unsandboxed => workspace.clone().into_os_string(),
+        let home: OsString = if sandboxed {
+            WORKSPACE.into()
+        } else {
+            workspace.clone().into_os_string()
         };
         // Later entries win: the step's own variables may set PATH or HOME.
         let env: Vec<(OsString, OsString)> = [("PATH".into(), STEP_PATH.into()), ("HOME".into(), home)]
@@ -120,65 +117,36 @@ impl StepRunner {
                     .map(|(k, v)| (k.into(), std::ffi::OsStr::from_bytes(v.expose()).to_owned())),
             )
             .collect();
-        let (mut command, handshake, _etc) = match &self.executor {
-            Executor::Unsandboxed => {
-                let mut command = tokio::process::Command::new("/bin/sh");
-                command.args(args).current_dir(&workdir).env_clear().envs(env);
-                (command, None, None)
-            }
-            Executor::Sandbox(sandbox) => {
-                let relative = workdir.strip_prefix(&workspace).unwrap_or(Path::new(""));
-                let spec = Spec {
-                    workspace: &workspace,
-                    workdir: relative,
-                    network: request.step.network,
-                    args,
-                    env,
-                };
-                let prepared = sandbox
-                    .prepare(&workspace)
-                    .and_then(|()| EtcFiles::write(sandbox.host_ids(), spec.network))
-                    .and_then(|files| sandbox.command(&spec, &files).map(|c| (c, files)));
-                match prepared {
-                    Ok((c, files)) => (c.command, c.network, Some(files)),
-                    Err(e) => return StepStatus::Error(StepError::Sandbox { reason: e.to_string() }),
-                }
-            }
-        };
-        command
-            .stdin(Stdio::null())
-            .stdout(output.0)
-            .stderr(output.1)
-            .process_group(0)
-            .kill_on_drop(true);
         // What the workspace holds before the step: its disk limit counts what the step adds.
         let disk = (limits.disk_bytes > 0).then(|| DiskWatch {
             root: workspace.clone(),
             before: disk_usage(&workspace),
             limit: limits.disk_bytes,
         });
-        let spawned = command.spawn();
-        // The command holds the pipe's write ends: drop them, or the output never ends.
-        drop(command);
-        let mut child = match spawned {
-            Ok(child) => child,
-            Err(e) => return StepStatus::Error(StepError::Spawn { reason: e.to_string() }),
+        let launch = Launch {
+            workspace: &workspace,
+            workdir: &workdir,
+            network: request.step.network,
+            args: &args,
+            env: &env,
+            output: &writer,
         };
-        let mut group = ProcessGroup::of(child.id());
+        let started = match &self.executor {
+            Executor::Unsandboxed => launch.unsandboxed(),
+            Executor::Sandbox(sandbox) => launch.sandboxed(sandbox, sink).await,
+        };
+        // The launch holds the pipe's write ends: drop them, or the output never ends.
+        drop(writer);
+        let Started {
+            mut child,
+            mut group,
+            _network,
+            _etc,
+        } = match started {
+            Ok(started) => started,
+            Err(error) => return StepStatus::Error(error),
+        };
         tracing::debug!(pid = ?child.id(), workdir = %workdir.display(), executor = self.executor.name(), "step started");
-        let _network = match (handshake, &self.executor) {
-            (Some(handshake), Executor::Sandbox(sandbox)) => match handshake.complete(sandbox.slirp()).await {
-                Ok(network) => Some(network),
-                Err(e) => {
-                    group.kill();
-                    let _ = tokio::time::timeout(REAP_TIMEOUT, child.wait()).await;
-                    return StepStatus::Error(StepError::Sandbox {
-                        reason: format!("its network did not start: {e}"),
-                    });
-                }
-            },
-            _ => None,
-        };
 
         let deadline = tokio::time::Instant::now() + request.step.timeout;
         let stop_reading = CancellationToken::new();
@@ -241,6 +209,146 @@ impl StepRunner {
             sink.note(&format!("baton: the step ran under these limits: {}", describe(limits)));
         }
         status
+    }
+}
+
+/// How many times a sandbox that fails to set itself up is started again before the step is
+/// given up: bubblewrap now and then fails to configure a new network namespace's loopback
+/// under load, before the step's command ever runs.
+const SANDBOX_ATTEMPTS: u32 = 3;
+/// Longest a sandbox may take to start the step's command.
+const SANDBOX_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What starting the step needs.
+struct Launch<'a> {
+    workspace: &'a Path,
+    workdir: &'a Path,
+    network: bool,
+    args: &'a [OsString],
+    env: &'a [(OsString, OsString)],
+    /// The write end of the output pipe, cloned into each start.
+    output: &'a std::io::PipeWriter,
+}
+
+/// A started step: its process, its process group, and what lives as long as it does.
+struct Started {
+    child: tokio::process::Child,
+    group: ProcessGroup,
+    _network: Option<Network>,
+    _etc: Option<EtcFiles>,
+}
+
+impl Launch<'_> {
+    /// stdout and stderr of one start: both the one pipe.
+    fn output(&self) -> Result<(Stdio, Stdio), StepError> {
+        let clone = || {
+            self.output
+                .try_clone()
+                .map_err(|e| StepError::Output { reason: e.to_string() })
+        };
+        Ok((Stdio::from(clone()?), Stdio::from(clone()?)))
+    }
+
+    fn spawn(&self, mut command: tokio::process::Command) -> Result<(tokio::process::Child, ProcessGroup), StepError> {
+        let (stdout, stderr) = self.output()?;
+        command
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .map_err(|e| StepError::Spawn { reason: e.to_string() })?;
+        let group = ProcessGroup::of(child.id());
+        Ok((child, group))
+    }
+
+    fn unsandboxed(&self) -> Result<Started, StepError> {
+        let mut command = tokio::process::Command::new("/bin/sh");
+        command
+            .args(self.args)
+            .current_dir(self.workdir)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let (child, group) = self.spawn(command)?;
+        Ok(Started {
+            child,
+            group,
+            _network: None,
+            _etc: None,
+        })
+    }
+
+    /// Starts the step in `sandbox`: again when the sandbox fails to set itself up (the step's
+    /// wrapper never reported that it runs), at most [`SANDBOX_ATTEMPTS`] times in all.
+    async fn sandboxed(&self, sandbox: &Sandbox, sink: &mut LogSink) -> Result<Started, StepError> {
+        let failed = |reason: String| StepError::Sandbox { reason };
+        sandbox
+            .prepare(self.workspace)
+            .map_err(|e| failed(format!("cannot hand the workspace to the step's user: {e}")))?;
+        let relative = self.workdir.strip_prefix(self.workspace).unwrap_or(Path::new(""));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let etc = EtcFiles::write(sandbox.host_ids(), self.network).map_err(|e| failed(e.to_string()))?;
+            let (marker_read, marker_write) = std::io::pipe().map_err(|e| failed(e.to_string()))?;
+            let spec = Spec {
+                workspace: self.workspace,
+                workdir: relative,
+                network: self.network,
+                args: self.args.to_vec(),
+                env: self.env.to_vec(),
+                started: OwnedFd::from(marker_write),
+            };
+            let built = sandbox.command(spec, &etc).map_err(|e| failed(e.to_string()))?;
+            let (mut child, mut group) = self.spawn(built.command)?;
+            let network = match built.network {
+                Some(handshake) => handshake.complete(sandbox.slirp()).await.map(Some),
+                None => Ok(None),
+            };
+            let why = match network {
+                Ok(network) => match started(marker_read).await {
+                    Ok(()) => {
+                        return Ok(Started {
+                            child,
+                            group,
+                            _network: network,
+                            _etc: Some(etc),
+                        });
+                    }
+                    Err(why) => why,
+                },
+                Err(e) => format!("its network did not start: {e}"),
+            };
+            group.kill();
+            let _ = tokio::time::timeout(REAP_TIMEOUT, child.wait()).await;
+            if attempt >= SANDBOX_ATTEMPTS {
+                return Err(failed(format!(
+                    "{why} ({attempt} attempts; the log has bubblewrap's own words)"
+                )));
+            }
+            tracing::warn!(attempt, %why, "the step's sandbox did not start; starting it again");
+            sink.note(&format!("baton: the sandbox did not start ({why}); starting it again"));
+        }
+    }
+}
+
+/// Waits for the step's wrapper to report, on the marker pipe, that it runs inside the sandbox.
+async fn started(mut marker: std::io::PipeReader) -> Result<(), String> {
+    let read = tokio::task::spawn_blocking(move || {
+        let mut byte = [0_u8; 1];
+        std::io::Read::read(&mut marker, &mut byte)
+    });
+    match tokio::time::timeout(SANDBOX_START_TIMEOUT, read).await {
+        Ok(Ok(Ok(1))) => Ok(()),
+        Ok(Ok(Ok(_))) => Err("it ended before the step's command ran".to_owned()),
+        Ok(Ok(Err(e))) => Err(format!("its start could not be followed: {e}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "it did not start the step's command within {}",
+            humantime::format_duration(SANDBOX_START_TIMEOUT)
+        )),
     }
 }
 
@@ -393,13 +501,20 @@ impl HardLimits {
 /// cannot raise them), sends stderr into the same pipe as stdout and `exec`s a fresh shell on
 /// the command. The command is passed as `$1`, never pasted into the script, so no quoting in it
 /// can change the script.
-fn wrapper_script(limits: &ResourceLimits, hard: &HardLimits) -> String {
+fn wrapper_script(limits: &ResourceLimits, hard: &HardLimits, marker: bool) -> String {
     let clamp = |wanted: u64, hard: Option<u64>| match (wanted, hard) {
         (0, _) => None,
         (wanted, Some(hard)) => Some(wanted.min(hard)),
         (wanted, None) => Some(wanted),
     };
     let mut script = String::new();
+    if marker {
+        // Inside the sandbox: say that the step's command is about to run, and close the pipe
+        // so the command itself never holds it.
+        script.push_str(&format!(
+            "printf . >&{STARTED_FD} && exec {STARTED_FD}>&- || exit 125; "
+        ));
+    }
     let settings = [
         ("-t", clamp(limits.cpu_seconds, hard.cpu_seconds)),
         // `ulimit -v` counts KiB; round down, but never to 0 (which would forbid everything).
@@ -445,7 +560,7 @@ mod tests {
             file_bytes: None,
         };
         assert_eq!(
-            wrapper_script(&limits, &hard),
+            wrapper_script(&limits, &hard, false),
             "ulimit -t 60 || exit 125; ulimit -v 1048576 || exit 125; ulimit -n 4096 || exit 125; \
              ulimit -p 100 || exit 125; ulimit -f 2048 || exit 125; exec /bin/sh -c -- \"$1\""
         );
@@ -456,6 +571,10 @@ mod tests {
             processes: 0,
             disk_bytes: 0,
         };
-        assert_eq!(wrapper_script(&unlimited, &hard), "exec /bin/sh -c -- \"$1\"");
+        assert_eq!(wrapper_script(&unlimited, &hard, false), "exec /bin/sh -c -- \"$1\"");
+        assert_eq!(
+            wrapper_script(&unlimited, &hard, true),
+            "printf . >&5 && exec 5>&- || exit 125; exec /bin/sh -c -- \"$1\""
+        );
     }
 }

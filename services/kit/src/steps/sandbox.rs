@@ -194,61 +194,56 @@ impl Sandbox {
                 .await
                 .map_err(|e| missing(Path::new(SETPRIV), "util-linux", e))?;
         }
-        let workspace = tempfile::tempdir().map_err(|e| SandboxError::Trial {
-            reason: format!("no temporary directory: {e}"),
-            hint: "make the system's temporary directory writable",
-        })?;
-        self.prepare(workspace.path()).map_err(|e| SandboxError::Trial {
-            reason: format!("cannot hand the workspace to the step's user: {e}"),
-            hint: "run the service as root, or as the user that owns its cache",
-        })?;
-        let workspace_path = workspace.path();
-        let trial = |network: bool| async move {
-            let files = EtcFiles::write(self.host_ids(), network)?;
-            let spec = Spec {
-                workspace: workspace_path,
-                workdir: Path::new(""),
+        // Trial steps, run as every step is (with the same retries of a sandbox that fails to
+        // set itself up): one without network, one with.
+        let runner = super::StepRunner::offline().with_executor(Executor::Sandbox(self.clone()));
+        for network in [false, true] {
+            let workspace = tempfile::tempdir().map_err(|e| SandboxError::Trial {
+                reason: format!("no temporary directory: {e}"),
+                hint: "make the system's temporary directory writable",
+            })?;
+            let step = baton_schemas::pipeline::Step {
+                name: "sandbox-trial".to_owned(),
+                run: "echo ok > trial".to_owned(),
+                env: std::collections::BTreeMap::new(),
+                timeout: Duration::from_secs(30),
+                workdir: None,
                 network,
-                args: vec!["-c".into(), "echo ok > trial".into()],
-                env: vec![("PATH".into(), super::STEP_PATH.into())],
+                limits: baton_schemas::pipeline::StepResources::default(),
+                secrets: Vec::new(),
             };
-            let mut command = self.command(&spec, &files)?;
-            command
-                .command
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true);
-            let child = command.command.spawn()?;
-            drop(command.command);
-            let _network = match command.network {
-                Some(handshake) => Some(handshake.complete(&self.slirp).await?),
-                None => None,
-            };
-            let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-                .await
-                .map_err(|_| std::io::Error::other("it did not end within 10 s"))??;
-            if output.status.success() && workspace_path.join("trial").exists() {
-                Ok(())
-            } else {
-                Err(std::io::Error::other(format!(
-                    "{}: {}",
-                    output.status,
-                    String::from_utf8_lossy(&output.stderr).trim()
-                )))
+            let outcome = runner
+                .run(super::StepRequest {
+                    run_id: "sandbox-trial",
+                    step: &step,
+                    workspace: workspace.path(),
+                    extra_env: &std::collections::BTreeMap::new(),
+                    secrets: &[],
+                    secret_env: &std::collections::BTreeMap::new(),
+                    limits: None,
+                })
+                .await;
+            if !outcome.status.succeeded() || !workspace.path().join("trial").exists() {
+                let reason = format!("{}: {}", outcome.status, outcome.tail.join(" / "));
+                return Err(SandboxError::Trial {
+                    reason: if network {
+                        format!("with network: {reason}")
+                    } else {
+                        reason
+                    },
+                    hint: match (network, self.privileged) {
+                        (true, _) => "slirp4netns needs /dev/net/tun",
+                        (false, true) => {
+                            "bubblewrap needs to create mount, PID and network namespaces (a container needs CAP_SYS_ADMIN, or run the service as a non-root user with user namespaces allowed)"
+                        }
+                        (false, false) => {
+                            "bubblewrap needs unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, a seccomp profile that allows creating namespaces, and a /proc without masked paths)"
+                        }
+                    },
+                });
             }
-        };
-        trial(false).await.map_err(|e| SandboxError::Trial {
-            reason: e.to_string(),
-            hint: if self.privileged {
-                "bubblewrap needs to create mount, PID and network namespaces (a container needs CAP_SYS_ADMIN, or run the service as a non-root user with user namespaces allowed)"
-            } else {
-                "bubblewrap needs unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, and a seccomp profile that allows unshare/clone of namespaces)"
-            },
-        })?;
-        trial(true).await.map_err(|e| SandboxError::Trial {
-            reason: format!("with network: {e}"),
-            hint: "slirp4netns needs /dev/net/tun",
-        })
+        }
+        Ok(())
     }
 
     /// Hands the workspace to the step's user (when the service is root and the step is not):
@@ -267,7 +262,7 @@ impl Sandbox {
 
     /// The bubblewrap command running `/bin/sh` with `spec.args` in the sandbox, and the network
     /// handshake to complete once it is spawned, if the step has a network.
-    pub(super) fn command(&self, spec: &Spec<'_>, files: &EtcFiles) -> std::io::Result<SandboxCommand> {
+    pub(super) fn command(&self, spec: Spec<'_>, files: &EtcFiles) -> std::io::Result<SandboxCommand> {
         let mut args: Vec<OsString> = Vec::new();
         let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
         push(&[
@@ -337,22 +332,22 @@ impl Sandbox {
         args.extend(["--chdir".into(), inside.into_os_string()]);
 
         let mut command = tokio::process::Command::new(&self.bwrap);
+        let mut fds = vec![FdMapping {
+            parent_fd: spec.started,
+            child_fd: STARTED_FD,
+        }];
         let network = if spec.network {
             let (info_read, info_write) = std::io::pipe()?;
             let (block_read, block_write) = std::io::pipe()?;
             args.extend(["--info-fd", "3", "--block-fd", "4"].iter().map(OsString::from));
-            command
-                .fd_mappings(vec![
-                    FdMapping {
-                        parent_fd: OwnedFd::from(info_write),
-                        child_fd: 3,
-                    },
-                    FdMapping {
-                        parent_fd: OwnedFd::from(block_read),
-                        child_fd: 4,
-                    },
-                ])
-                .map_err(std::io::Error::other)?;
+            fds.push(FdMapping {
+                parent_fd: OwnedFd::from(info_write),
+                child_fd: 3,
+            });
+            fds.push(FdMapping {
+                parent_fd: OwnedFd::from(block_read),
+                child_fd: 4,
+            });
             Some(Handshake {
                 info: info_read,
                 block: block_write,
@@ -360,6 +355,7 @@ impl Sandbox {
         } else {
             None
         };
+        command.fd_mappings(fds).map_err(std::io::Error::other)?;
         args.push("--".into());
         if self.privileged {
             let (uid, gid) = self.run_as;
@@ -377,17 +373,15 @@ impl Sandbox {
             ]);
         }
         args.push("/bin/sh".into());
-        args.extend(spec.args.iter().cloned());
-        command
-            .args(args)
-            .env_clear()
-            .envs(spec.env.iter().map(|(k, v)| (k, v)));
+        args.extend(spec.args);
+        command.args(args).env_clear().envs(spec.env);
         Ok(SandboxCommand { command, network })
     }
 }
 
 /// What runs in the sandbox: `/bin/sh` with `args`, in `workdir` (relative to the workspace),
-/// with `env` (and `HOME` the workspace inside), with or without network.
+/// with `env` (and `HOME` the workspace inside), with or without network. `started` is the
+/// write end of the pipe the step's wrapper reports on, as [`STARTED_FD`], that it runs.
 #[derive(Debug)]
 pub(super) struct Spec<'a> {
     pub(super) workspace: &'a Path,
@@ -395,7 +389,11 @@ pub(super) struct Spec<'a> {
     pub(super) network: bool,
     pub(super) args: Vec<OsString>,
     pub(super) env: Vec<(OsString, OsString)>,
+    pub(super) started: OwnedFd,
 }
+
+/// The descriptor the step's wrapper writes one byte to once it runs inside the sandbox.
+pub(super) const STARTED_FD: i32 = 5;
 
 /// The bubblewrap command, and the network handshake to complete once it is spawned.
 #[derive(Debug)]
@@ -413,7 +411,7 @@ pub(super) struct Handshake {
 
 /// The step's user-mode network: slirp4netns, killed when this is dropped.
 #[derive(Debug)]
-pub(super) struct Network {
+pub(crate) struct Network {
     _slirp: tokio::process::Child,
 }
 
