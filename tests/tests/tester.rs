@@ -273,22 +273,11 @@ async fn every_kind_of_run_gives_the_right_outcome_and_counts() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_at_the_report_path_errors_the_run_instead_of_hanging_it() -> Result<()> {
     let t = TestTester::start().await?;
-    let pipes = tempfile::tempdir()?;
-    let fifo = pipes.path().join("junit.fifo");
-    let made = std::process::Command::new("mkfifo").arg(&fifo).status()?;
-    anyhow::ensure!(made.success(), "mkfifo {}: {made}", fifo.display());
-    let pipeline = format!(
-        "test:\n  steps:\n    - {{name: unit, run: 'ln -s {} junit.xml', junit: junit.xml}}\n",
-        fifo.display()
-    );
-    let (release, _) = t.publish("fifo", &[(".baton.yaml", &pipeline)]).await?;
+    // The step makes the FIFO in its workspace, where the report is declared.
+    let pipeline = "test:\n  steps:\n    - {name: unit, run: 'mkfifo junit.xml', junit: junit.xml}\n";
+    let (release, _) = t.publish("fifo", &[(".baton.yaml", pipeline)]).await?;
+    // Reading the report would block for good (nobody writes the FIFO): a regression fails here.
     let Ok(finished) = tokio::time::timeout(Duration::from_secs(30), t.finished(&release)).await else {
-        // Open the FIFO's other end so a reader blocked on it sees its end and the runtime can
-        // shut down; then fail. (On a plain thread, waited for a while: with no reader the
-        // open would block.)
-        let (opened, open) = std::sync::mpsc::channel();
-        std::thread::spawn(move || opened.send(std::fs::OpenOptions::new().write(true).open(fifo)));
-        let _ = open.recv_timeout(Duration::from_secs(5));
         anyhow::bail!("no testsuiterun.finished: reading the report blocked on the FIFO");
     };
     let (_, data) = finished?;
