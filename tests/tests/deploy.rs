@@ -633,6 +633,25 @@ fn each_services_configmap_loads_through_its_own_settings_loader() -> Result<()>
                 assert_eq!(container[probe]["httpGet"]["port"], "http", "{at}: {probe}");
             }
 
+            // The step sandbox's needs (deploy/README.md, "The step sandbox") in the builder and
+            // tester only; every other pod keeps the runtime's seccomp profile.
+            if matches!(service, "builder" | "tester") {
+                assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "Unconfined", "{at}");
+                assert_eq!(container["securityContext"]["procMount"], "Unmasked", "{at}");
+                let tun = pod["volumes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|v| v["hostPath"]["path"] == "/dev/net/tun")
+                    .context("a /dev/net/tun volume")?;
+                assert_eq!(tun["hostPath"]["type"], "CharDevice", "{at}");
+            } else {
+                assert_eq!(
+                    pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+                    "{at}"
+                );
+                assert!(container["securityContext"]["procMount"].is_null(), "{at}");
+            }
             // Non-root, read-only root filesystem; what it writes is an emptyDir.
             assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{at}");
             assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true, "{at}");
