@@ -8,6 +8,8 @@ use std::path::Path;
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretSlice};
 
+use crate::settings::ConfigError;
+
 /// A secret value. Compare it with constant-time functions (e.g. HMAC verification), never `==`.
 #[derive(Clone)]
 pub struct Secret(SecretSlice<u8>);
@@ -55,6 +57,53 @@ impl Secret {
         }
         Ok(Self::new(bytes.as_slice()))
     }
+}
+
+/// One way a config may name a secret: the field as the config spells it (for errors, e.g.
+/// `source.credentials[0].token_env`) and what it says there.
+#[derive(Debug, Clone, Copy)]
+pub struct Named<'a, T: ?Sized> {
+    /// The field's full name.
+    pub field: &'a str,
+    /// Its value, when set.
+    pub value: Option<&'a T>,
+}
+
+impl Secret {
+    /// The secret a config names by an environment variable or by a file, at most one of the
+    /// two; `None` when it names neither (each caller says what that means for it).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file field when both are set, or the field whose variable is
+    /// unset or empty, or whose file cannot be read or is empty.
+    pub fn from_config(
+        by_env: Named<'_, str>,
+        by_file: Named<'_, Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, ConfigError> {
+        match (by_env.value, by_file.value) {
+            (Some(_), Some(_)) => Err(ConfigError::invalid(
+                by_file.field,
+                format!(
+                    "set either {} or {}, not both",
+                    last_part(by_env.field),
+                    last_part(by_file.field)
+                ),
+            )),
+            (Some(var), None) => Self::from_env(var, env)
+                .map(Some)
+                .map_err(|m| ConfigError::invalid(by_env.field, m)),
+            (None, Some(path)) => Self::from_file(path)
+                .map(Some)
+                .map_err(|m| ConfigError::invalid(by_file.field, m)),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// `token_env` of `source.credentials[0].token_env`.
+fn last_part(field: &str) -> &str {
+    field.rsplit('.').next().unwrap_or(field)
 }
 
 impl fmt::Debug for Secret {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use baton_schemas::config::GitCredential;
 use baton_schemas::payloads::{CommitInfo, Person};
 
-use crate::secret::Secret;
+use crate::secret::{Named, Secret};
 use crate::settings::ConfigError;
 use sha2::{Digest, Sha256};
 
@@ -49,21 +49,18 @@ pub fn resolve_credentials(
                 "must be the start of repository URLs, e.g. https://github.com/acme/",
             ));
         }
-        let token = match (&c.token_env, &c.token_file) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::invalid(
-                    field("token_file"),
-                    "set either token_env or token_file, not both",
-                ));
-            }
-            (Some(var), None) => {
-                Some(Secret::from_env(var, env).map_err(|m| ConfigError::invalid(field("token_env"), m))?)
-            }
-            (None, Some(path)) => {
-                Some(Secret::from_file(path).map_err(|m| ConfigError::invalid(field("token_file"), m))?)
-            }
-            (None, None) => None,
-        };
+        let (token_env, token_file) = (field("token_env"), field("token_file"));
+        let token = Secret::from_config(
+            Named {
+                field: &token_env,
+                value: c.token_env.as_deref(),
+            },
+            Named {
+                field: &token_file,
+                value: c.token_file.as_deref(),
+            },
+            env,
+        )?;
         // libgit2 is built with HTTPS only (git2's `https` feature): an SSH key would be read
         // and then never used, so it is refused here rather than failing at every fetch.
         if c.ssh_key_file.is_some() {

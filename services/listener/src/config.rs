@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use baton_kit::secret::Secret;
+use baton_kit::secret::{Named, Secret};
 use baton_kit::settings::ConfigError;
 use baton_schemas::config::listener::{ListenerSettings, PollConfig};
 use baton_schemas::subjects::sanitize_token;
@@ -104,21 +104,18 @@ pub fn resolve(settings: &ListenerSettings, env: &dyn Fn(&str) -> Option<String>
                 "set `provider` (to receive webhooks) or `poll` (to poll the remote), or both",
             ));
         }
-        let secret = match (&r.secret_env, &r.secret_file) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::invalid(
-                    field("secret_file"),
-                    "set either secret_env or secret_file, not both",
-                ));
-            }
-            (Some(var), None) => {
-                Some(Secret::from_env(var, env).map_err(|m| ConfigError::invalid(field("secret_env"), m))?)
-            }
-            (None, Some(path)) => {
-                Some(Secret::from_file(path).map_err(|m| ConfigError::invalid(field("secret_file"), m))?)
-            }
-            (None, None) => None,
-        };
+        let (secret_env, secret_file) = (field("secret_env"), field("secret_file"));
+        let secret = Secret::from_config(
+            Named {
+                field: &secret_env,
+                value: r.secret_env.as_deref(),
+            },
+            Named {
+                field: &secret_file,
+                value: r.secret_file.as_deref(),
+            },
+            env,
+        )?;
         if r.provider.is_some() && secret.is_none() && !r.insecure {
             return Err(ConfigError::invalid(
                 field("secret_env"),

@@ -34,7 +34,7 @@ use baton_schemas::config::{SandboxSettings, StepExecutor, StepsSettings};
 use baton_schemas::pipeline::Step;
 
 use super::{Executor, ResourceLimits, Sandbox};
-use crate::secret::Secret;
+use crate::secret::{Named, Secret};
 use crate::settings::ConfigError;
 
 /// Names a secret may not have: the service sets them for every step.
@@ -197,24 +197,24 @@ impl StepPolicy {
             if let Err(why) = check_secret_name(name) {
                 return Err(ConfigError::invalid(field(""), format!("{name:?} {why}")));
             }
-            let value = match (&secret.value_env, &secret.file) {
-                (Some(_), Some(_)) => {
-                    return Err(ConfigError::invalid(
-                        field(".file"),
-                        "set either value_env or file, not both",
-                    ));
-                }
-                (Some(var), None) => {
-                    Secret::from_env(var, env).map_err(|m| ConfigError::invalid(field(".value_env"), m))?
-                }
-                (None, Some(path)) => Secret::from_file(path).map_err(|m| ConfigError::invalid(field(".file"), m))?,
-                (None, None) => {
-                    return Err(ConfigError::invalid(
-                        field(".value_env"),
-                        "a secret needs a value: set value_env (a variable of the service) or file",
-                    ));
-                }
-            };
+            let (value_env, file) = (field(".value_env"), field(".file"));
+            let value = Secret::from_config(
+                Named {
+                    field: &value_env,
+                    value: secret.value_env.as_deref(),
+                },
+                Named {
+                    field: &file,
+                    value: secret.file.as_deref(),
+                },
+                env,
+            )?
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    &value_env,
+                    "a secret needs a value: set value_env (a variable of the service) or file",
+                )
+            })?;
             if secret.repositories.is_empty() {
                 return Err(ConfigError::invalid(
                     field(".repositories"),
