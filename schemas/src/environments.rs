@@ -95,6 +95,137 @@ pub struct Environment {
     /// Whether a release whose commit declares no test steps may enter this environment.
     #[serde(default)]
     pub allow_untested: bool,
+    /// Who may give each operator command in this environment. A verb left out has its
+    /// default ([`EnvironmentsFile::grantees`]; `baton policy show` prints every one).
+    #[serde(default, skip_serializing_if = "Grants::is_empty")]
+    pub grants: Grants,
+}
+
+/// The operator commands an environment grants, each to people and groups.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Grants {
+    /// `promote` a release into the environment (it still passes the gates and approvals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promote: Option<Grant>,
+    /// `rollback` the environment to an earlier release.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Grant>,
+    /// `pin` the environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin: Option<Grant>,
+    /// `unpin` it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unpin: Option<Grant>,
+    /// `mark-bad`: quarantine a release (granted in any environment, it holds for every one).
+    #[serde(rename = "mark-bad", skip_serializing_if = "Option::is_none")]
+    pub mark_bad: Option<Grant>,
+    /// `unquarantine`: lift a quarantine (granted in any environment, it holds for every one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unquarantine: Option<Grant>,
+    /// Ask for a break-glass promotion during a freeze.
+    #[serde(rename = "break-glass", skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<Grant>,
+}
+
+impl Grants {
+    /// Whether nothing is granted explicitly.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn get(&self, verb: GrantedVerb) -> Option<&Grant> {
+        match verb {
+            GrantedVerb::Promote => self.promote.as_ref(),
+            GrantedVerb::Rollback => self.rollback.as_ref(),
+            GrantedVerb::Pin => self.pin.as_ref(),
+            GrantedVerb::Unpin => self.unpin.as_ref(),
+            GrantedVerb::MarkBad => self.mark_bad.as_ref(),
+            GrantedVerb::Unquarantine => self.unquarantine.as_ref(),
+            GrantedVerb::BreakGlass => self.break_glass.as_ref(),
+        }
+    }
+}
+
+/// People and groups granted a verb.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Grant {
+    /// People, by name.
+    pub users: Vec<String>,
+    /// Groups: the top-level `groups` here, and the `groups` of people in `people.yaml`.
+    pub groups: Vec<String>,
+}
+
+/// A verb `grants` can give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GrantedVerb {
+    /// `promote`.
+    Promote,
+    /// `rollback`.
+    Rollback,
+    /// `pin`.
+    Pin,
+    /// `unpin`.
+    Unpin,
+    /// `mark-bad`.
+    MarkBad,
+    /// `unquarantine`.
+    Unquarantine,
+    /// A break-glass `promote` during a freeze.
+    BreakGlass,
+}
+
+impl GrantedVerb {
+    /// Every verb, in the order `baton policy show` prints them.
+    pub const ALL: &'static [Self] = &[
+        Self::Promote,
+        Self::Rollback,
+        Self::Pin,
+        Self::Unpin,
+        Self::MarkBad,
+        Self::Unquarantine,
+        Self::BreakGlass,
+    ];
+
+    /// As `grants` spells it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Promote => "promote",
+            Self::Rollback => "rollback",
+            Self::Pin => "pin",
+            Self::Unpin => "unpin",
+            Self::MarkBad => "mark-bad",
+            Self::Unquarantine => "unquarantine",
+            Self::BreakGlass => "break-glass",
+        }
+    }
+
+    /// Whether the verb acts on a release rather than on one environment: granted in any
+    /// environment, it holds for the release everywhere.
+    pub const fn is_release_wide(self) -> bool {
+        matches!(self, Self::MarkBad | Self::Unquarantine)
+    }
+}
+
+/// Who holds a verb in an environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grantees {
+    /// People, by name (empty with `everyone`).
+    pub users: BTreeSet<String>,
+    /// Groups, by name.
+    pub groups: BTreeSet<String>,
+    /// Everyone in `people.yaml` (the default where nobody approves).
+    pub everyone: bool,
+    /// Where it comes from, as `baton policy show` prints it.
+    pub source: &'static str,
+}
+
+impl Grantees {
+    /// Whether `person`, a member of `groups`, holds the verb.
+    pub fn include(&self, person: &str, groups: &BTreeSet<&str>) -> bool {
+        self.everyone || self.users.contains(person) || self.groups.iter().any(|g| groups.contains(g.as_str()))
+    }
 }
 
 /// How releases enter an environment.
@@ -226,6 +357,18 @@ impl EnvironmentsFile {
                     ));
                 }
             }
+            for verb in GrantedVerb::ALL {
+                if let Some(grant) = env.grants.get(*verb)
+                    && grant.users.is_empty()
+                    && grant.groups.is_empty()
+                {
+                    return Err((
+                        at(&format!("grants.{}", verb.as_str())),
+                        "grants the verb to nobody: list `users` or `groups`, or leave the verb out for its default"
+                            .into(),
+                    ));
+                }
+            }
             if approvals.expires_after.is_zero() {
                 return Err((at("approvals.expires_after"), "must be longer than 0s".into()));
             }
@@ -272,6 +415,56 @@ impl EnvironmentsFile {
     pub fn previous_before(&self, name: &str) -> Option<&Environment> {
         let i = self.environments.iter().position(|e| e.name == name)?;
         i.checked_sub(1).and_then(|p| self.environments.get(p))
+    }
+
+    /// Who holds `verb` in `env`: what `grants` says, or the default.
+    ///
+    /// Defaults: `promote`, `rollback`, `pin`, `unpin` and `break-glass` go to the environment's
+    /// approvers; `mark-bad` to anyone who may approve in any environment; `unquarantine` to the
+    /// approvers of the last environment (lifting a quarantine lets a release reach it). Where
+    /// that names nobody (every environment automatic), the verb goes to everyone in
+    /// `people.yaml`: a signed command by a listed person.
+    pub fn grantees(&self, env: &Environment, verb: GrantedVerb) -> Grantees {
+        if let Some(grant) = env.grants.get(verb) {
+            return Grantees {
+                users: grant.users.iter().cloned().collect(),
+                groups: grant.groups.iter().cloned().collect(),
+                everyone: false,
+                source: "granted",
+            };
+        }
+        let of = |envs: &[&Environment], source| {
+            let users: BTreeSet<String> = envs.iter().flat_map(|e| e.approvals.users.iter().cloned()).collect();
+            let groups: BTreeSet<String> = envs.iter().flat_map(|e| e.approvals.groups.iter().cloned()).collect();
+            let everyone = users.is_empty() && groups.is_empty();
+            Grantees {
+                users,
+                groups,
+                everyone,
+                source: if everyone {
+                    "default: everyone in people.yaml (nobody approves here)"
+                } else {
+                    source
+                },
+            }
+        };
+        let manual = |e: &&Environment| {
+            e.policy == PromotionPolicy::Manual || !e.approvals.users.is_empty() || !e.approvals.groups.is_empty()
+        };
+        match verb {
+            GrantedVerb::MarkBad => {
+                let all: Vec<&Environment> = self.environments.iter().filter(manual).collect();
+                of(&all, "default: anyone who may approve in any environment")
+            }
+            GrantedVerb::Unquarantine => {
+                let last: Vec<&Environment> = self.environments.last().into_iter().filter(manual).collect();
+                of(&last, "default: the approvers of the last environment")
+            }
+            _ => {
+                let this: Vec<&Environment> = std::iter::once(env).filter(manual).collect();
+                of(&this, "default: the environment's approvers")
+            }
+        }
     }
 
     /// Everyone who may approve promotions into `env`.
@@ -454,5 +647,35 @@ mod tests {
         assert_eq!(window.active_until(start + chrono::Duration::hours(30)), Some(end));
         assert_eq!(window.active_until(end), None);
         assert_eq!(window.active_until(end + chrono::Duration::days(2)), None);
+    }
+
+    #[test]
+    fn every_verb_has_grantees_and_their_source() {
+        let file = EnvironmentsFile::parse(
+            "environments:\n  - {name: staging, namespace: s, policy: auto}\n  - name: production\n    namespace: p\n    policy: manual\n    approvals: {users: [alice], groups: [sre]}\n    grants:\n      rollback: {users: [oncall]}\ngroups:\n  sre: [carol]\n",
+        )
+        .unwrap();
+        let (staging, production) = (file.get("staging").unwrap(), file.get("production").unwrap());
+        let none = BTreeSet::new();
+        let sre = BTreeSet::from(["sre"]);
+        // Explicit.
+        let rollback = file.grantees(production, GrantedVerb::Rollback);
+        assert_eq!(rollback.source, "granted");
+        assert!(rollback.include("oncall", &none) && !rollback.include("alice", &none));
+        // The environment's approvers, by name or group.
+        let pin = file.grantees(production, GrantedVerb::Pin);
+        assert!(pin.include("alice", &none) && pin.include("carol", &sre) && !pin.include("bob", &none));
+        // Nobody approves staging: everyone listed in people.yaml.
+        assert!(file.grantees(staging, GrantedVerb::Rollback).everyone);
+        // Release-wide verbs: approvers anywhere, and the last environment's.
+        assert!(file.grantees(staging, GrantedVerb::MarkBad).include("alice", &none));
+        assert!(!file.grantees(staging, GrantedVerb::MarkBad).everyone);
+        assert!(file.grantees(staging, GrantedVerb::Unquarantine).include("carol", &sre));
+        // A grant to nobody is refused.
+        let empty = EnvironmentsFile::parse(
+            "environments:\n  - name: staging\n    namespace: s\n    policy: auto\n    grants:\n      pin: {users: []}\n",
+        )
+        .unwrap_err();
+        assert_eq!(empty.field, "environments[0].grants.pin");
     }
 }

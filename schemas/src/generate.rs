@@ -66,6 +66,13 @@ pub fn generated_files() -> Vec<GeneratedFile> {
         json!("`environments.yaml` at the root of the config repo: ordered environments and their promotion policy."),
     );
     files.push(file("environments.json", &Value::Object(environments)));
+    let mut people = schema_value::<crate::people::PeopleFile>();
+    people.insert("$id".into(), json!(format!("{SCHEMA_BASE}/people.json")));
+    people.insert(
+        "description".into(),
+        json!("`people.yaml` at the root of the config repo: who may act (their SSH keys, e-mails, git-host logins, chat ids, groups) and the bots that speak for them."),
+    );
+    files.push(file("people.json", &Value::Object(people)));
     let mut settings = schema_value::<CommonSettings>();
     settings.insert("$id".into(), json!(format!("{SCHEMA_BASE}/config/service-common.json")));
     files.push(file("config/service-common.json", &Value::Object(settings)));

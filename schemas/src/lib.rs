@@ -13,6 +13,7 @@ pub mod cdevent;
 pub mod commands;
 pub mod config;
 pub mod environments;
+pub mod people;
 pub mod extensions;
 pub mod generate;
 pub mod payloads;
