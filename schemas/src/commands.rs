@@ -11,10 +11,16 @@
 //! | `rollback` | `app`, `environment` (+ `release`, default: the previous one) | restores an earlier release's manifests and pins |
 //! | `pin` / `unpin` | `app`, `environment` | automatic promotion leaves a pinned environment alone |
 //! | `mark-bad` | `release` | quarantines the release: never promoted again |
+//! | `unquarantine` | `release` | lifts a quarantine: the release may be promoted again |
+//!
+//! A command is signed (DESIGN.md §4, "Signed commands"): the NATS header `Baton-Signature`
+//! holds an SSH signature over the exact body bytes, and the body carries `issuedAt` and a
+//! `nonce` so it cannot be replayed. The signing and verifying are `baton_kit::signing`'s.
 
 use std::fmt;
 use std::str::FromStr;
 
+use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +44,8 @@ pub enum Verb {
     Unpin,
     /// Quarantine a release.
     MarkBad,
+    /// Lift a release's quarantine.
+    Unquarantine,
 }
 
 impl Verb {
@@ -50,6 +58,7 @@ impl Verb {
         Self::Pin,
         Self::Unpin,
         Self::MarkBad,
+        Self::Unquarantine,
     ];
 
     /// The verb as it appears in the subject, e.g. `mark-bad`.
@@ -62,6 +71,7 @@ impl Verb {
             Self::Pin => "pin",
             Self::Unpin => "unpin",
             Self::MarkBad => "mark-bad",
+            Self::Unquarantine => "unquarantine",
         }
     }
 }
@@ -87,8 +97,22 @@ impl FromStr for Verb {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CommandRequest {
-    /// Who is asking: a Baton identity (the chat-ops bot maps chat users to identities).
+    /// Who is asking: a person of `people.yaml`, whose key (or whose bot's key) signed the
+    /// command.
     pub actor: String,
+    /// When the command was signed (RFC 3339): the promoter refuses one issued too long ago,
+    /// so a captured command cannot be sent again later. Optional here only so that a missing
+    /// one is refused with this field named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<DateTime<Utc>>,
+    /// A value used once: the promoter refuses a nonce it has already seen within the
+    /// `issuedAt` window, so a captured command cannot be replayed at once either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// The chat user a bot speaks for (e.g. a Slack user id): the promoter checks that it
+    /// belongs to `actor` in `people.yaml`. Absent when a person signs for themself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_id: Option<String>,
     /// The application (`rollback`, `pin`, `unpin`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,

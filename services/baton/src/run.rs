@@ -181,6 +181,7 @@ pub(crate) fn request(
         reason,
         break_glass: false,
         request_id: Some(uuid::Uuid::new_v4().to_string()),
+        ..CommandRequest::default()
     })
 }
 

@@ -469,6 +469,7 @@ fn past_tense(verb: Verb) -> &'static str {
         Verb::Pin => "pinned",
         Verb::Unpin => "unpinned",
         Verb::MarkBad => "marked bad",
+        Verb::Unquarantine => "unquarantined",
     }
 }
 

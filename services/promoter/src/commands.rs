@@ -207,6 +207,11 @@ impl Command<'_> {
             Verb::Pin => self.pin(true).await,
             Verb::Unpin => self.pin(false).await,
             Verb::MarkBad => self.mark_bad().await,
+            Verb::Unquarantine => Err(Refusal::Refused {
+                reason: "`unquarantine` is not handled by this promoter yet".into(),
+                app: self.request.app.clone(),
+                release: self.request.release.clone(),
+            }),
         }
     }
 
