@@ -115,6 +115,8 @@ setup:
     if ! command -v bwrap >/dev/null 2>&1; then apt_missing+=(bubblewrap); fi
     if ! command -v slirp4netns >/dev/null 2>&1; then apt_missing+=(slirp4netns); fi
     if ! command -v setpriv >/dev/null 2>&1; then apt_missing+=(util-linux); fi
+    # Signed commands (baton_kit::signing) are checked against OpenSSH: ssh-keygen -Y, ssh-agent.
+    if ! command -v ssh-keygen >/dev/null 2>&1 || ! command -v ssh-agent >/dev/null 2>&1; then apt_missing+=(openssh-client); fi
     if (( ${#apt_missing[@]} > 0 )); then
         if ! command -v apt-get >/dev/null 2>&1; then
             echo "error: missing ${apt_missing[*]} and apt-get is unavailable; install them with your package manager" >&2

@@ -3,7 +3,8 @@
 //! - [`service`]: the [`service::Service`] trait every service implements, its `main`, start-up
 //!   ([`service::Runtime`]) and serving with one shutdown;
 //! - [`error`]: the one failure shape (transient or permanent, a metric label, the source);
-//! - [`command`]: the client of the promoter's operator commands (CLI and chat-ops);
+//! - [`command`], [`signing`]: the client of the promoter's operator commands (CLI and
+//!   chat-ops) and their SSH signatures;
 //! - [`codec`]: CloudEvents over NATS in binary mode (structured mode accepted on input);
 //! - [`fabric`]: connecting to NATS, the JetStream topology's streams (events stream,
 //!   dead-letter stream, KV buckets, log object store), and publishing with `Nats-Msg-Id`;
@@ -34,6 +35,7 @@ pub mod secret;
 pub mod service;
 pub mod settings;
 pub mod shutdown;
+pub mod signing;
 pub mod source;
 pub mod steps;
 pub mod telemetry;
