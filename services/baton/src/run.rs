@@ -196,7 +196,7 @@ async fn command(
         CliError::Nats(match e {
             CommandError::NoPromoter => format!("{e}; start baton-promoter against this NATS"),
             CommandError::Timeout(_) => format!("{e}; try again"),
-            CommandError::Request(_) | CommandError::Reply(_) => e.to_string(),
+            CommandError::Request(_) | CommandError::Reply(_) | CommandError::Sign(_) => e.to_string(),
         })
     })?;
     match style.output {

@@ -428,6 +428,9 @@ async fn forward(state: &InboundState, verb: Verb, request: CommandRequest, ment
                 ),
                 CommandError::Request(_) => "Baton's promoter did not answer; try again".into(),
                 CommandError::Reply(_) => "Baton's promoter answered something unexpected; try again".into(),
+                CommandError::Sign(_) => {
+                    "Baton could not sign the command; an operator should check the bot's signing key".into()
+                }
             });
         }
     };
