@@ -19,6 +19,8 @@
 //!   nobody allowed is [`VerifyError::UnknownKey`] with that key's fingerprint, so the person
 //!   can be told what to add to `people.yaml`.
 //! - Keys are compared by their key data, never by comment.
+//! - A signature hashed with sha256 verifies too: `PROTOCOL.sshsig` allows sha256 and sha512,
+//!   and `ssh-keygen -Y verify` accepts both; Baton signs with sha512.
 //! - An `authorized_keys` line with options ([`parse_authorized_key`]) is **refused**: options
 //!   (`from=`, `command=`, `restrict`, …) limit SSH logins and mean nothing to a signed command,
 //!   and silently dropping a `from=` would grant more than the line says.
@@ -790,6 +792,18 @@ mod tests {
         let header = header_from_pem(&forged.to_pem(LineEnding::LF).unwrap());
         let e = verify(BODY, &header, &[alice.public_key().clone()]).unwrap_err();
         assert!(matches!(e, VerifyError::BadSignature { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_signature_hashed_with_sha256_verifies_too() {
+        let alice = key(1, "alice");
+        let sha256 = SshSig::sign(&alice, NAMESPACE, HashAlg::Sha256, BODY).unwrap();
+        let header = header_from_pem(&sha256.to_pem(LineEnding::LF).unwrap());
+        assert!(verify(BODY, &header, &[alice.public_key().clone()]).is_ok());
+        assert!(matches!(
+            verify(b"{}", &header, &[alice.public_key().clone()]),
+            Err(VerifyError::BadSignature { .. })
+        ));
     }
 
     #[test]
