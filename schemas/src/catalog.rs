@@ -132,6 +132,8 @@ catalog! {
     /// A release was marked bad (by an operator, or after its rollout failed): it is never
     /// promoted again.
     ReleaseQuarantined => (BatonExtension, "dev.cdeventsx", "baton-release", "quarantined", "0.1.0", "baton-release-quarantined.json", "promoter"),
+    /// A release's quarantine was lifted by a person granted `unquarantine`.
+    ReleaseUnquarantined => (BatonExtension, "dev.cdeventsx", "baton-release", "unquarantined", "0.1.0", "baton-release-unquarantined.json", "promoter"),
     /// A promotion is waiting or refused (pinned, frozen, soaking, quarantined, untested), with
     /// the reason and, when it will happen by itself, when.
     PromotionHeld => (BatonExtension, "dev.cdeventsx", "baton-promotion", "held", "0.1.0", "baton-promotion-held.json", "promoter"),

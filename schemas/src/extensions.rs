@@ -61,6 +61,21 @@ pub struct ReleaseQuarantinedContent {
     pub reason: String,
 }
 
+/// Content of `dev.cdeventsx.baton-release.unquarantined.0.1.0`: a quarantine was lifted; the
+/// release may be promoted again. The subject id is the release id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReleaseUnquarantinedContent {
+    /// The application.
+    pub app: String,
+    /// The person who lifted it (proven by their signature).
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// Why it had been quarantined.
+    pub quarantined_for: String,
+}
+
 /// Content of `dev.cdeventsx.baton-promotion.held.0.1.0`: a release does not enter an
 /// environment now. The subject id is the release id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -84,10 +99,23 @@ pub struct PromotionHeldContent {
 pub struct CommandRejectedContent {
     /// The verb, e.g. `approve`.
     pub verb: String,
-    /// Who sent it.
+    /// Who the command says sent it (claimed; `person` is who was proven).
     pub actor: String,
     /// Why it was refused.
     pub reason: String,
+    /// When the sender was not proven: the check that failed (`unsigned`, `unknown_key`,
+    /// `not_the_actor`, `bot_may_not_speak`, `stale`, `replayed_nonce`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    /// The person the signature proved, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
+    /// The fingerprint of the key that signed, as `ssh-keygen -l` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+    /// How it came: `cli` (signed by the person), or the name of the bot that signed for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 /// Content of `dev.cdeventsx.baton-policy.rejected.0.1.0`: `environments.yaml` in the config

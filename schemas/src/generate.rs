@@ -11,7 +11,7 @@ use crate::catalog::{EventType, Vocabulary};
 use crate::config::CommonSettings;
 use crate::extensions::{
     CommandRejectedContent, DeploymentFailedContent, DeploymentStartedContent, PolicyRejectedContent,
-    PromotionHeldContent, ReleaseCreatedContent, ReleaseQuarantinedContent,
+    PromotionHeldContent, ReleaseCreatedContent, ReleaseQuarantinedContent, ReleaseUnquarantinedContent,
 };
 
 /// Base URI of the schemas Baton publishes.
@@ -126,6 +126,7 @@ fn extension_content_schema(ty: EventType) -> Map<String, Value> {
         EventType::ReleaseCreated => schema_value::<ReleaseCreatedContent>(),
         EventType::DeploymentFailed => schema_value::<DeploymentFailedContent>(),
         EventType::ReleaseQuarantined => schema_value::<ReleaseQuarantinedContent>(),
+        EventType::ReleaseUnquarantined => schema_value::<ReleaseUnquarantinedContent>(),
         EventType::PromotionHeld => schema_value::<PromotionHeldContent>(),
         EventType::CommandRejected => schema_value::<CommandRejectedContent>(),
         EventType::PolicyRejected => schema_value::<PolicyRejectedContent>(),

@@ -52,6 +52,10 @@ const EXTENSIONS: &[(&str, &str)] = &[
         include_str!("../json/events/baton-release-quarantined.json"),
     ),
     (
+        "baton-release-unquarantined.json",
+        include_str!("../json/events/baton-release-unquarantined.json"),
+    ),
+    (
         "baton-promotion-held.json",
         include_str!("../json/events/baton-promotion-held.json"),
     ),

@@ -36,6 +36,7 @@ pub mod deployment;
 mod error;
 pub mod events;
 pub mod kube;
+pub mod people;
 mod nats;
 mod net;
 pub mod process;

@@ -19,6 +19,7 @@ use baton_schemas::payloads::ImageInfo;
 use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData};
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::kube::KubeCluster;
+use baton_tests::people::{Person, people_yaml};
 use baton_tests::promotion::{self, Promotion};
 use baton_tests::verdict::Verdict;
 use baton_tests::{NatsServer, app, eventually_every, git, repos};
@@ -190,7 +191,11 @@ impl World {
             config.join("environments.yaml"),
             format!("environments:\n  - name: staging\n    namespace: {STAGING}\n    {policy}\n"),
         )?;
-        git(&config, &["commit", "-qam", "staging"])?;
+        // The people whose signed commands the promoter accepts.
+        let people: Vec<_> = ["alice", "bob"].into_iter().map(|n| Person::new(n).entry()).collect();
+        std::fs::write(config.join("people.yaml"), people_yaml(&people))?;
+        git(&config, &["add", "."])?;
+        git(&config, &["commit", "-qm", "staging"])?;
         git(&config, &["push", "-q", "origin", "main"])?;
         let commit = repos::app_repo(
             &self.dir.path().join("app"),
@@ -718,17 +723,18 @@ async fn with_the_promoter_two_operator_promotions_through_approvals_each_reach_
     )
     .await?;
 
-    let commands =
-        baton_kit::command::CommandClient::new(async_nats::connect(world.nats.url()).await?, Duration::from_secs(30));
+    let client = async_nats::connect(world.nats.url()).await?;
+    let (alice, bob) = (Person::new("alice"), Person::new("bob"));
     for (verdict, deployed) in [
         (&first, EventType::ServiceDeployed),
         (&second, EventType::ServiceUpgraded),
     ] {
         let release = verdict.release;
-        let asked = commands
+        let asked = bob
             .send(
+                &client,
                 Verb::Promote,
-                &CommandRequest {
+                CommandRequest {
                     actor: "bob".into(),
                     release: Some(release.into()),
                     environment: Some("staging".into()),
@@ -738,10 +744,11 @@ async fn with_the_promoter_two_operator_promotions_through_approvals_each_reach_
             )
             .await?;
         assert!(asked.ok && asked.approval.is_some(), "{asked:?}");
-        let approved = commands
+        let approved = alice
             .send(
+                &client,
                 Verb::Approve,
-                &CommandRequest {
+                CommandRequest {
                     actor: "alice".into(),
                     release: Some(release.into()),
                     environment: Some("staging".into()),

@@ -18,7 +18,7 @@
 use baton_kit::service::Service as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use baton_kit::settings::Settings;
@@ -28,7 +28,8 @@ use baton_schemas::config::CommonSettings;
 use baton_schemas::config::promoter::PromoterSettings;
 use baton_schemas::payloads::Outcome;
 use baton_schemas::release::{ApprovalData, PromotionAction, PromotionData, RELEASE_FILE, ReleaseData, ReleaseFile};
-use baton_schemas::{CdEvent, EventType, subjects};
+use baton_schemas::{CdEvent, EventType};
+use baton_tests::people::{Person, people_yaml};
 use baton_tests::repos::{self, STAGING_AUTO, TWO_STAGES};
 use baton_tests::verdict::Verdict;
 use baton_tests::{NatsServer, deployment, git, promotion};
@@ -108,7 +109,22 @@ impl World {
         let js = async_nats::jetstream::new(client.clone());
         let dir = tempfile::tempdir()?;
         let root = dir.path();
-        repos::config_repo(root, "config-edit", environments)?;
+        let config = repos::config_repo(root, "config-edit", environments)?;
+        // Everyone the suite's commands come from signs with their own key.
+        let people: Vec<_> = ["alice", "bob", "erin", "mallory"]
+            .into_iter()
+            .map(|name| {
+                let mut entry = Person::new(name).entry();
+                if name == "erin" {
+                    entry.emails = vec!["ada@example.com".into()];
+                }
+                entry
+            })
+            .collect();
+        std::fs::write(config.join("people.yaml"), people_yaml(&people))?;
+        git(&config, &["add", "people.yaml"])?;
+        git(&config, &["commit", "-qm", "people"])?;
+        git(&config, &["push", "-q", "origin", "main"])?;
         // The app repo with its pipeline file and manifests.
         repos::app_repo(
             &root.join("app"),
@@ -256,7 +272,8 @@ impl World {
     /// Nothing was promoted: no `environment.modified`, and the config repo has only its seed.
     async fn assert_nothing_promoted(&self) -> Result<()> {
         assert!(self.events(EventType::EnvironmentModified).await?.is_empty());
-        assert_eq!(self.config(&["rev-list", "--count", "main"])?, "1", "nothing committed");
+        // The seed: environments.yaml, then people.yaml.
+        assert_eq!(self.config(&["rev-list", "--count", "main"])?, "2", "nothing committed");
         Ok(())
     }
 
@@ -314,29 +331,18 @@ impl World {
         deployment::publish(&self.js, promotion, failure).await
     }
 
-    /// Sends a command; waits for a replica to answer (one that just started may still be
-    /// rebuilding its state).
-    async fn command(&self, verb: &str, request: CommandRequest) -> Result<CommandReply> {
-        let body = serde_json::to_vec(&request)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match self
-                .client
-                .request(subjects::command_subject("promoter", verb), body.clone().into())
-                .await
-            {
-                Ok(reply) => return Ok(serde_json::from_slice(&reply.payload)?),
-                Err(e)
-                    if e.kind() == async_nats::client::RequestErrorKind::NoResponders && Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
+    /// Sends a command signed by its actor's key; waits for a replica to answer (one that just
+    /// started may still be rebuilding its state).
+    async fn command(&self, verb: &str, mut request: CommandRequest) -> Result<CommandReply> {
+        // Issued as of the promoters' clock, which a test may have moved.
+        if let Some(clock) = &self.clock {
+            request.issued_at = Some(clock.now());
         }
+        Person::new(&request.actor.clone())
+            .send(&self.client, verb.parse().map_err(anyhow::Error::msg)?, request)
+            .await
     }
 
-    /// Stops every replica (the world stays).
     async fn stop_replicas(&mut self) -> Result<()> {
         for r in self.replicas.drain(..) {
             r.stop.cancel();
@@ -612,10 +618,11 @@ async fn ten_racing_releases_with_two_replicas_make_ten_fast_forward_commits() -
     let mut expected = releases.clone();
     expected.sort();
     assert_eq!(promoted, expected, "every release promoted once");
-    // History: the seed plus one commit per release, each the only child of the one before.
+    // History: the seed (environments.yaml, people.yaml) plus one commit per release, each the
+    // only child of the one before.
     let log = world.config(&["rev-list", "--parents", "main"])?;
     let lines: Vec<Vec<&str>> = log.lines().map(|l| l.split(' ').collect()).collect();
-    assert_eq!(lines.len(), 11, "{log}");
+    assert_eq!(lines.len(), 12, "{log}");
     for pair in lines.windows(2) {
         assert_eq!(pair[0].len(), 2, "no merge commits: {log}");
         assert_eq!(
@@ -862,7 +869,7 @@ async fn a_lock_left_by_a_dead_replica_and_a_commit_pushed_before_a_crash_give_o
     let promotion = world.promotion(&release, "staging").await?;
     assert_eq!(
         world.config(&["rev-list", "--count", "main"])?,
-        "2",
+        "3",
         "one commit after the lease expired"
     );
 
@@ -877,7 +884,7 @@ async fn a_lock_left_by_a_dead_replica_and_a_commit_pushed_before_a_crash_give_o
         redone.config_commit, pushed.commit,
         "the commit pushed before the crash is the promotion"
     );
-    assert_eq!(world.config(&["rev-list", "--count", "main"])?, "3", "no second commit");
+    assert_eq!(world.config(&["rev-list", "--count", "main"])?, "4", "no second commit");
     assert_ne!(redone.config_commit, promotion.config_commit);
     world.stop().await
 }
@@ -899,7 +906,7 @@ async fn a_retried_promotion_overtaken_by_a_later_one_leaves_the_environment_to_
     assert_eq!(redone.config_commit, pushed.commit);
     assert_eq!(
         world.config(&["rev-list", "--count", "main"])?,
-        "3",
+        "4",
         "no further commit"
     );
     // Staging still runs the later release, as the config repo says: its healthy report moves
@@ -1394,7 +1401,7 @@ async fn promoted_once(world: &World, release: &str) -> Result<()> {
         1,
         "exactly once"
     );
-    assert_eq!(world.config(&["rev-list", "--count", "main"])?, "2", "one commit");
+    assert_eq!(world.config(&["rev-list", "--count", "main"])?, "3", "one commit");
     Ok(())
 }
 

@@ -96,6 +96,7 @@ impl Application {
                 State::new(runtime.topology.state.clone()),
                 locks,
                 runtime.topology.jetstream.clone(),
+                runtime.topology.handled.clone(),
                 own.auto_rollback,
             )
             .with_events_stream(settings.common.jetstream.events_stream.clone())

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use baton_schemas::EventType;
 use baton_schemas::commands::{CommandReply, CommandRequest, PROMOTER, Verb};
+use baton_schemas::environments::GrantedVerb;
 use baton_schemas::extensions::CommandRejectedContent;
+use baton_schemas::people::PeopleFile;
 use baton_schemas::release::{ApprovalKind, Pin, PromotionAction, ReleaseData};
 use baton_schemas::subjects::COMMANDS_PREFIX;
 use chrono::{DateTime, Utc};
@@ -17,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::advance::Advance;
 use crate::error::PromoteError;
 use crate::gates::{self, Ballot, Move, OperatorGate, Previous, Tally, VoteRefusal};
+use crate::identity::{Caller, Unproven};
 use crate::manager::{ReleaseManager, app_dir, derive_id};
 use crate::policy::Policy;
 use crate::state::{self, PendingApproval, Scheduled, StateError, Trigger, Versioned};
@@ -47,7 +50,12 @@ pub async fn serve(
                 let client = client.clone();
                 running.spawn(async move {
                     let verb = message.subject.rsplit('.').next().unwrap_or_default().to_owned();
-                    let reply = execute(&promoter, &verb, &message.payload).await;
+                    let signature = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(baton_kit::signing::SIGNATURE_HEADER))
+                        .map(|v| v.as_str().to_owned());
+                    let reply = execute(&promoter, &verb, &message.payload, signature.as_deref()).await;
                     if let Some(to) = message.reply {
                         let body = serde_json::to_vec(&reply).expect("a reply serializes");
                         if let Err(e) = client.publish(to, body.into()).await {
@@ -64,9 +72,10 @@ pub async fn serve(
     Ok(())
 }
 
-/// Carries out one command, as of one reading of the clock, and says how it went. Refusals are
-/// recorded as events.
-pub async fn execute(promoter: &ReleaseManager, verb: &str, body: &[u8]) -> CommandReply {
+/// Carries out one command (`body`, its exact bytes, signed as `signature` says), as of one
+/// reading of the clock, and says how it went. Refusals are recorded as events, a command whose
+/// sender is not proven ([`crate::identity`]) among them.
+pub async fn execute(promoter: &ReleaseManager, verb: &str, body: &[u8], signature: Option<&str>) -> CommandReply {
     let verb: Verb = match verb.parse() {
         Ok(v) => v,
         Err(message) => return CommandReply::refused(message),
@@ -82,6 +91,21 @@ pub async fn execute(promoter: &ReleaseManager, verb: &str, body: &[u8]) -> Comm
     if request.actor.trim().is_empty() {
         return CommandReply::refused("`actor` is required: every command is recorded with who sent it");
     }
+    let now = promoter.now();
+    let people = match promoter.people().await {
+        Ok(people) => {
+            if let Err(e) = promoter.publish(&people.events).await {
+                tracing::warn!(error = %e, "could not record an invalid people.yaml");
+            }
+            people.value
+        }
+        Err(e) => return CommandReply::refused(format!("could not do it now ({e}); try again")),
+    };
+    let caller = match promoter.authenticate(&people, body, signature, &request, now).await {
+        Ok(Ok(caller)) => caller,
+        Ok(Err(unproven)) => return refuse_unproven(promoter, verb, &request, &unproven).await,
+        Err(e) => return CommandReply::refused(format!("could not do it now ({e}); try again")),
+    };
     let request_id = request
         .request_id
         .clone()
@@ -102,9 +126,11 @@ pub async fn execute(promoter: &ReleaseManager, verb: &str, body: &[u8]) -> Comm
         promoter,
         verb,
         request,
+        caller,
+        people,
         request_id,
         id,
-        now: promoter.now(),
+        now,
     };
     match command.run().await {
         Ok((reply, events)) => match promoter.publish(&events).await {
@@ -123,6 +149,10 @@ pub async fn execute(promoter: &ReleaseManager, verb: &str, body: &[u8]) -> Comm
                     verb: command.verb.as_str().to_owned(),
                     actor: command.request.actor.clone(),
                     reason: reason.clone(),
+                    check: None,
+                    person: Some(command.caller.person.clone()),
+                    key_fingerprint: Some(command.caller.fingerprint.clone()),
+                    channel: Some(command.caller.channel.clone()),
                 })
                 .expect("serializes"),
                 release.as_deref(),
@@ -139,6 +169,50 @@ pub async fn execute(promoter: &ReleaseManager, verb: &str, body: &[u8]) -> Comm
         }
         Err(Refusal::Failed(e)) => CommandReply::refused(format!("could not do it now ({e}); try again")),
     }
+}
+
+/// Records a command whose sender is not proven, with what it claimed and the check that
+/// failed, and answers it.
+async fn refuse_unproven(
+    promoter: &ReleaseManager,
+    verb: Verb,
+    request: &CommandRequest,
+    unproven: &Unproven,
+) -> CommandReply {
+    let reason = unproven.to_string();
+    let request_id = request
+        .request_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let event = promoter.event(
+        EventType::CommandRejected,
+        derive_id(&[
+            "command.unproven",
+            &request_id,
+            verb.as_str(),
+            request.nonce.as_deref().unwrap_or_default(),
+        ]),
+        request.app.as_deref().unwrap_or("config"),
+        &request_id,
+        serde_json::to_value(CommandRejectedContent {
+            verb: verb.as_str().to_owned(),
+            actor: request.actor.clone(),
+            reason: reason.clone(),
+            check: Some(unproven.check().to_owned()),
+            person: None,
+            key_fingerprint: None,
+            channel: None,
+        })
+        .expect("serializes"),
+        request.release.as_deref(),
+        None,
+        Some(serde_json::to_value(request).expect("serializes")),
+    );
+    if let Err(e) = promoter.publish(&[event]).await {
+        tracing::warn!(error = %e, "could not record an unproven command");
+    }
+    tracing::warn!(%verb, claimed = %request.actor, check = unproven.check(), %reason, "command refused: sender not proven");
+    CommandReply::refused(reason)
 }
 
 /// Why a command did not happen.
@@ -187,6 +261,10 @@ struct Command<'a> {
     promoter: &'a ReleaseManager,
     verb: Verb,
     request: CommandRequest,
+    /// Who sent it, proven by its signature.
+    caller: Caller,
+    /// `people.yaml` in force: groups, and the people behind commits and pushes.
+    people: PeopleFile,
     /// The caller's request id (or a fresh one): the subject of what the command records.
     request_id: String,
     /// What the command's own ids derive from: the request id and what is asked.
@@ -199,6 +277,7 @@ type Done = (CommandReply, Vec<baton_kit::Outgoing>);
 
 impl Command<'_> {
     async fn run(&self) -> Result<Done, Refusal> {
+        self.authorise().await?;
         match self.verb {
             Verb::Approve => self.vote(true).await,
             Verb::Decline => self.vote(false).await,
@@ -207,12 +286,90 @@ impl Command<'_> {
             Verb::Pin => self.pin(true).await,
             Verb::Unpin => self.pin(false).await,
             Verb::MarkBad => self.mark_bad().await,
-            Verb::Unquarantine => Err(Refusal::Refused {
-                reason: "`unquarantine` is not handled by this promoter yet".into(),
-                app: self.request.app.clone(),
-                release: self.request.release.clone(),
-            }),
+            Verb::Unquarantine => self.unquarantine().await,
         }
+    }
+
+    /// Whether the proven caller holds the verb (`grants` in environments.yaml, or its
+    /// default): in the environment named, or for `mark-bad` and `unquarantine` in any
+    /// environment. Votes are judged by the approval rules instead.
+    async fn authorise(&self) -> Result<(), Refusal> {
+        let verb = match self.verb {
+            Verb::Approve | Verb::Decline => return Ok(()),
+            Verb::Promote if self.request.break_glass => GrantedVerb::BreakGlass,
+            Verb::Promote => GrantedVerb::Promote,
+            Verb::Rollback => GrantedVerb::Rollback,
+            Verb::Pin => GrantedVerb::Pin,
+            Verb::Unpin => GrantedVerb::Unpin,
+            Verb::MarkBad => GrantedVerb::MarkBad,
+            Verb::Unquarantine => GrantedVerb::Unquarantine,
+        };
+        let policy = self.promoter.policy().await?.value;
+        let person = self.caller.person.as_str();
+        let mut groups = self.people.groups_of(person);
+        groups.extend(
+            policy
+                .file
+                .groups
+                .iter()
+                .filter(|(_, members)| members.iter().any(|m| m == person))
+                .map(|(g, _)| g.as_str()),
+        );
+        let (granted, source) = if verb.is_release_wide() {
+            let mut sources = Vec::new();
+            let granted = policy.file.environments.iter().any(|env| {
+                let grantees = policy.file.grantees(env, verb);
+                sources.push(format!("`{}`: {}", env.name, grantees.source));
+                grantees.include(person, &groups)
+            });
+            (granted, sources.join("; "))
+        } else {
+            let env = policy.environment(self.required(&self.request.environment, "environment")?)?;
+            let grantees = policy.file.grantees(env, verb);
+            (
+                grantees.include(person, &groups),
+                format!("`{}`: {}", env.name, grantees.source),
+            )
+        };
+        if granted {
+            return Ok(());
+        }
+        Err(Refusal::Refused {
+            reason: format!(
+                "{person} may not {} here ({source}); environments.yaml `grants.{}` says who may",
+                verb.as_str(),
+                verb.as_str()
+            ),
+            app: self.request.app.clone(),
+            release: self.request.release.clone(),
+        })
+    }
+
+    /// Lifts a release's quarantine (under its id, its commit and its image), recorded as
+    /// `baton-release.unquarantined`.
+    async fn unquarantine(&self) -> Result<Done, Refusal> {
+        let promoter = self.promoter;
+        let release = self.release().await?;
+        let Some(bad) = promoter.state.bad(&release).await? else {
+            return Err(refuse(
+                format!("release {} is not quarantined", release.release),
+                Some(&release),
+            ));
+        };
+        let reason = self
+            .request
+            .reason
+            .clone()
+            .unwrap_or_else(|| format!("lifted by {}", self.caller.person));
+        let event = promoter
+            .unquarantine(&release, &bad, &self.caller.person, &reason)
+            .await?;
+        let mut reply = CommandReply::ok(format!(
+            "release {} is no longer quarantined (it was: {}); it moves on with the next event that concerns it",
+            release.release, bad.reason
+        ));
+        reply.release = Some(release.release);
+        Ok((reply, vec![event]))
     }
 
     fn required<'r>(&self, value: &'r Option<String>, field: &str) -> Result<&'r str, Refusal> {

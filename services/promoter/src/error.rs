@@ -73,6 +73,9 @@ pub enum PromoteError {
         /// The environment.
         environment: String,
     },
+    /// The store of commands' nonces failed.
+    #[error("the store of command nonces failed: {0}")]
+    Nonces(String),
     /// Another replica changed the environment's approval request while this one replaced it.
     #[error("the approval request for {app} into `{environment}` changed meanwhile; retrying")]
     ApprovalContended {
@@ -182,6 +185,7 @@ impl Classify for PromoteError {
             | Self::CurrentContended { .. }
             | Self::ApprovalContended { .. }
             | Self::VotesContended
+            | Self::Nonces(_)
             | Self::NoValidPolicy(_) => ErrorKind::Transient,
             Self::Unhandled(_)
             | Self::MissingCustomData { .. }
@@ -212,6 +216,7 @@ impl Classify for PromoteError {
             Self::CurrentContended { .. } => "state_contended",
             Self::ApprovalContended { .. } | Self::VotesContended => "approval_contended",
             Self::NoValidPolicy(_) => "no_valid_policy",
+            Self::Nonces(_) => "nonce_store",
             Self::Unhandled(_) => "unhandled_event",
             Self::MissingCustomData { .. } | Self::NoChainId => "invalid_input",
             Self::NoImage => "no_image",

@@ -24,6 +24,7 @@ pub mod configrepo;
 pub mod error;
 pub mod gates;
 pub mod handler;
+pub mod identity;
 pub mod manager;
 pub mod policy;
 pub mod rebuild;

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use baton_kit::Outgoing;
 use baton_kit::lease::Locks;
 use baton_kit::source::Sources;
@@ -42,6 +42,9 @@ pub struct ReleaseManager {
     pub(crate) state: State,
     pub(crate) locks: Locks,
     pub(crate) jetstream: jetstream::Context,
+    /// Nonces of signed commands already seen (keys `promoter.nonce.*` of `baton-handled`,
+    /// kept as long as that bucket keeps entries: far longer than a command stays fresh).
+    pub(crate) nonces: kv::Store,
     pub(crate) source: String,
     pub(crate) auto_rollback: bool,
     events_stream: String,
@@ -78,6 +81,7 @@ impl ReleaseManager {
         state: State,
         locks: Locks,
         jetstream: jetstream::Context,
+        nonces: kv::Store,
         auto_rollback: bool,
     ) -> Self {
         Self {
@@ -86,6 +90,7 @@ impl ReleaseManager {
             state,
             locks,
             jetstream,
+            nonces,
             source: "/baton/promoter".to_owned(),
             auto_rollback,
             events_stream: "BATON_EVENTS".to_owned(),

@@ -5,7 +5,7 @@
 use baton_kit::Outgoing;
 use baton_kit::source::{commits_in, describe_commit};
 use baton_schemas::EventType;
-use baton_schemas::extensions::{ReleaseCreatedContent, ReleaseQuarantinedContent};
+use baton_schemas::extensions::{ReleaseCreatedContent, ReleaseQuarantinedContent, ReleaseUnquarantinedContent};
 use baton_schemas::payloads::{Person, TestData};
 use baton_schemas::release::{ChangeEntry, ReleaseData};
 use chrono::{DateTime, Utc};
@@ -167,6 +167,43 @@ impl ReleaseManager {
             .expect("serializes"),
             Some(&release.release),
             cause,
+            None,
+        ))
+    }
+}
+
+impl ReleaseManager {
+    /// Lifts `release`'s quarantine `bad`: its records under the release, its commit and its
+    /// image are removed (each only if it is still the one read), and the lifting is recorded.
+    ///
+    /// # Errors
+    /// [`PromoteError`] when the state cannot be written.
+    pub async fn unquarantine(
+        &self,
+        release: &ReleaseData,
+        bad: &BadRelease,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Outgoing, PromoteError> {
+        for key in state::bad_keys(release) {
+            if let Some(record) = self.state.get::<BadRelease>(&key).await? {
+                self.state.delete_at(&key, record.revision).await?;
+            }
+        }
+        Ok(self.event(
+            EventType::ReleaseUnquarantined,
+            derive_id(&["unquarantined", &release.release, &bad.at.to_rfc3339()]),
+            &release.app,
+            &release.release,
+            serde_json::to_value(ReleaseUnquarantinedContent {
+                app: release.app.clone(),
+                actor: actor.to_owned(),
+                reason: reason.to_owned(),
+                quarantined_for: bad.reason.clone(),
+            })
+            .expect("serializes"),
+            Some(&release.release),
+            None,
             None,
         ))
     }

@@ -248,6 +248,9 @@ pub fn scheduled_key(app: &str, env: &str) -> String {
 /// Key of the last valid policy.
 pub const POLICY_KEY: &str = "promoter.policy";
 
+/// Key of the last valid `people.yaml` (a [`PolicyRecord`]).
+pub const PEOPLE_KEY: &str = "promoter.people";
+
 impl State {
     /// State in `kv`.
     pub fn new(kv: kv::Store) -> Self {
