@@ -12,6 +12,7 @@
 //! | `pin` / `unpin` | `app`, `environment` | automatic promotion leaves a pinned environment alone |
 //! | `mark-bad` | `release` | quarantines the release: never promoted again |
 //! | `unquarantine` | `release` | lifts a quarantine: the release may be promoted again |
+//! | `whoami` | nothing | says which person, key and channel the promoter proves the command came from; records nothing |
 //!
 //! A command is signed (DESIGN.md §4, "Signed commands"): the NATS header `Baton-Signature`
 //! holds an SSH signature over the exact body bytes, and the body carries `issuedAt` and a
@@ -46,6 +47,8 @@ pub enum Verb {
     MarkBad,
     /// Lift a release's quarantine.
     Unquarantine,
+    /// Ask who the promoter sees behind the signature (read-only).
+    Whoami,
 }
 
 impl Verb {
@@ -59,6 +62,7 @@ impl Verb {
         Self::Unpin,
         Self::MarkBad,
         Self::Unquarantine,
+        Self::Whoami,
     ];
 
     /// The verb as it appears in the subject, e.g. `mark-bad`.
@@ -72,6 +76,7 @@ impl Verb {
             Self::Unpin => "unpin",
             Self::MarkBad => "mark-bad",
             Self::Unquarantine => "unquarantine",
+            Self::Whoami => "whoami",
         }
     }
 }

@@ -473,6 +473,7 @@ fn past_tense(verb: Verb) -> &'static str {
         Verb::Unpin => "unpinned",
         Verb::MarkBad => "marked bad",
         Verb::Unquarantine => "unquarantined",
+        Verb::Whoami => "asked who they are",
     }
 }
 

@@ -287,15 +287,30 @@ impl Command<'_> {
             Verb::Unpin => self.pin(false).await,
             Verb::MarkBad => self.mark_bad().await,
             Verb::Unquarantine => self.unquarantine().await,
+            Verb::Whoami => Ok((self.whoami(), Vec::new())),
         }
+    }
+
+    /// Who the promoter proved the command came from, for `baton whoami`: the person, the key's
+    /// fingerprint and the channel. Read-only: it records nothing.
+    fn whoami(&self) -> CommandReply {
+        let Caller {
+            person,
+            fingerprint,
+            channel,
+        } = &self.caller;
+        CommandReply::ok(format!(
+            "you are {person} (people.yaml): key {fingerprint}, channel {channel}"
+        ))
     }
 
     /// Whether the proven caller holds the verb (`grants` in environments.yaml, or its
     /// default): in the environment named, or for `mark-bad` and `unquarantine` in any
-    /// environment. Votes are judged by the approval rules instead.
+    /// environment. Votes are judged by the approval rules instead; `whoami` changes nothing and
+    /// needs no grant.
     async fn authorise(&self) -> Result<(), Refusal> {
         let verb = match self.verb {
-            Verb::Approve | Verb::Decline => return Ok(()),
+            Verb::Approve | Verb::Decline | Verb::Whoami => return Ok(()),
             Verb::Promote if self.request.break_glass => GrantedVerb::BreakGlass,
             Verb::Promote => GrantedVerb::Promote,
             Verb::Rollback => GrantedVerb::Rollback,
