@@ -1,12 +1,14 @@
-//! The chat-ops bot's own config sections: how it proves requests come from Slack, who the chat
-//! users are in Baton, and where it posts approval requests and release news. Schema:
-//! `schemas/json/config/chatops.json`.
+//! The chat-ops bot's own config sections: how it proves requests come from Slack, the key it
+//! signs the promoter's commands with, where it reads who the chat users are (`people.yaml` in
+//! the config repo, the one place that maps chat ids to people), and where it posts approval
+//! requests and release news. Schema: `schemas/json/config/chatops.json`.
 //!
 //! ```yaml
 //! signing_secret_env: SLACK_SIGNING_SECRET   # or signing_secret_file: /run/secrets/slack
-//! users:
-//!   U024BE7LH: alice      # Slack user id → Baton identity (as environments.yaml names people)
-//!   U0G9QF9C6: bob
+//! signing_key_file: /run/secrets/baton-chatops/signing-key   # listed under bots in people.yaml
+//! people:
+//!   repository: https://git.example.com/acme/baton-config.git
+//!   branch: main
 //! contact: "#platform-team"
 //! incoming_webhook_url_env: SLACK_WEBHOOK_URL
 //! ```
@@ -17,6 +19,8 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use super::SourceSettings;
 
 /// The chat-ops bot's sections of its config file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -30,8 +34,18 @@ pub struct ChatopsSettings {
     /// File holding the signing secret (trailing newline ignored), e.g. a mounted Secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signing_secret_file: Option<PathBuf>,
-    /// Slack user id (`U…`, as Slack sends it in `user_id`) → Baton identity. Only mapped users
-    /// can act; the identity is the `actor` the promoter checks against `environments.yaml`.
+    /// The bot's OpenSSH private key (unencrypted), which signs every command it forwards to
+    /// the promoter. Its public key is listed under `bots.<name>.keys` in `people.yaml`; the bot
+    /// refuses to start without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_key_file: Option<PathBuf>,
+    /// Where `people.yaml` is read: who each chat user is (`people.<name>.chat`).
+    pub people: PeopleSource,
+    /// Git access to the config repo (credentials for a private one, the mirror's cache).
+    pub source: SourceSettings,
+    /// No longer read: chat users are mapped in `people.yaml` (`people.<name>.chat`). Kept so
+    /// that a config still holding the old map is refused naming it, with the entries to move.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub users: BTreeMap<String, String>,
     /// Whom an unmapped user is told to ask for access (a person, a channel), e.g.
     /// `#platform-team`.
@@ -75,6 +89,9 @@ impl Default for ChatopsSettings {
         Self {
             signing_secret_env: None,
             signing_secret_file: None,
+            signing_key_file: None,
+            people: PeopleSource::default(),
+            source: SourceSettings::default(),
             users: BTreeMap::new(),
             contact: "a Baton administrator".to_owned(),
             incoming_webhook_url: None,
@@ -85,6 +102,32 @@ impl Default for ChatopsSettings {
             answer_within: Duration::from_millis(2500),
             post_timeout: Duration::from_secs(10),
             max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Where the bot reads `people.yaml`: the config repo the promoter owns, at its branch's head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeopleSource {
+    /// The config repo's URL (the promoter's `config_repo.url`). Required.
+    pub repository: String,
+    /// The branch whose head holds `people.yaml`.
+    pub branch: String,
+    /// How long a read of `people.yaml` is used before the head is looked at again. A chat user
+    /// the file does not list makes the bot look again at once, so a newly added chat id works
+    /// at the next request.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub refresh: Duration,
+}
+
+impl Default for PeopleSource {
+    fn default() -> Self {
+        Self {
+            repository: String::new(),
+            branch: "main".to_owned(),
+            refresh: Duration::from_secs(30),
         }
     }
 }

@@ -11,12 +11,14 @@ use baton_kit::StageRunner;
 use baton_kit::command::CommandClient;
 use baton_kit::service::{self, Env, Runtime, Service};
 use baton_kit::settings::Settings;
+use baton_kit::source::Sources;
 use baton_schemas::config::chatops::ChatopsSettings;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
 use crate::inbound::{self, InboundState};
 use crate::outbound::{ChatStage, HANDLES};
+use crate::people::People;
 
 /// The service name: NATS connection name, OTel `service.name`.
 pub const SERVICE: &str = "baton-chatops";
@@ -33,17 +35,28 @@ pub struct Application {
     router: Router,
     runtime: Runtime,
     runner: Option<StageRunner<ChatStage>>,
+    /// The config repo's mirror, when in a temporary directory (removed on drop).
+    _cache: Option<tempfile::TempDir>,
 }
 
 impl Service for Application {
     const NAME: &'static str = SERVICE;
     type Config = ChatopsSettings;
 
-    /// Validates the config (secrets included), connects to NATS, checks the provisioned
-    /// topology (and the durable consumer when an incoming webhook is configured), and binds
-    /// `http.listen`.
+    /// Validates the config (secrets and the signing key included), connects to NATS, checks
+    /// the provisioned topology (and the durable consumer when an incoming webhook is
+    /// configured), and binds `http.listen`. `people.yaml` is read at the first request.
     async fn build(settings: Settings<ChatopsSettings>, env: Env<'_>) -> Result<Self, StartError> {
         let chatops = Arc::new(config::resolve(&settings.service, env)?);
+        let signer = config::load_signer(&chatops.signing_key_file)?;
+        tracing::info!(key = %signer.fingerprint(), "commands are signed with this key (list it under bots in people.yaml)");
+        let (cache_dir, cache) = service::cache_dir(chatops.cache_dir.as_deref(), SERVICE)?;
+        let people = People::new(
+            Sources::new(cache_dir, chatops.credentials.clone()),
+            chatops.people_repository.clone(),
+            chatops.people_branch.clone(),
+            chatops.people_refresh,
+        );
         // reqwest's rustls needs the process's provider (idempotent; `main` installs it too).
         baton_kit::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
@@ -69,7 +82,8 @@ impl Service for Application {
         metrics.register(&runtime.metrics);
         let state = InboundState {
             config: Arc::clone(&chatops),
-            commands: CommandClient::new(runtime.client.clone(), chatops.command_timeout),
+            commands: CommandClient::new(runtime.client.clone(), chatops.command_timeout).with_signer(signer),
+            people: Arc::new(people),
             state: runtime.topology.state.clone(),
             http,
             metrics,
@@ -87,6 +101,7 @@ impl Service for Application {
             router,
             runtime,
             runner,
+            _cache: cache,
         })
     }
 

@@ -1,22 +1,39 @@
 //! Turns the bot's config sections into what it runs with: the signing secret and the
-//! incoming-webhook URL read, every mistake reported with the field at fault (exit code 64).
-//! Without a signing secret the bot does not start — fail closed: an unverified request must
-//! never become an approval.
+//! incoming-webhook URL read, the key it signs commands with, where `people.yaml` is read, every
+//! mistake reported with the field at fault (exit code 64). Without a signing secret or a
+//! signing key the bot does not start — fail closed: an unverified request must never become an
+//! approval, and the promoter refuses an unsigned command.
+//!
+//! [`resolve`] checks that the key file is named; [`load_signer`] reads it, when the bot is
+//! built, so that a config can be checked where the key is not mounted (the deploy suite).
 
-use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use baton_kit::secret::Secret;
 use baton_kit::settings::ConfigError;
+use baton_kit::signing::Signer;
+use baton_kit::source::Credential;
 use baton_schemas::config::chatops::ChatopsSettings;
+use baton_schemas::people::PEOPLE_FILE;
 
 /// The bot's settings, resolved.
 #[derive(Debug, Clone)]
 pub struct Chatops {
     /// The Slack signing secret every inbound request is verified with.
     pub signing_secret: Secret,
-    /// Slack user id → Baton identity.
-    pub users: BTreeMap<String, String>,
+    /// The OpenSSH private key every forwarded command is signed with ([`load_signer`]).
+    pub signing_key_file: PathBuf,
+    /// The config repo holding `people.yaml`.
+    pub people_repository: String,
+    /// Its branch.
+    pub people_branch: String,
+    /// How long a read of `people.yaml` is used.
+    pub people_refresh: Duration,
+    /// Git credentials for the config repo.
+    pub credentials: Vec<Credential>,
+    /// Where the config repo's mirror is cached (`None`: a temporary directory).
+    pub cache_dir: Option<PathBuf>,
     /// Whom unmapped users are told to ask.
     pub contact: String,
     /// Where approval requests and release news go (`None`: nowhere). A secret: it holds a token.
@@ -31,16 +48,6 @@ pub struct Chatops {
     pub post_timeout: Duration,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-}
-
-impl Chatops {
-    /// The Baton identity of a Slack user, if mapped.
-    pub fn identity(&self, slack_user: &str) -> Option<&str> {
-        self.users
-            .get(slack_user)
-            .map(String::as_str)
-            .filter(|i| !i.trim().is_empty())
-    }
 }
 
 /// Resolves and validates the settings, reading secrets through `env`.
@@ -66,14 +73,38 @@ pub fn resolve(settings: &ChatopsSettings, env: &dyn Fn(&str) -> Option<String>)
             ));
         }
     };
-    for (slack, identity) in &settings.users {
-        if slack.trim().is_empty() || identity.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                format!("users.{slack}"),
-                "map a Slack user id (e.g. U024BE7LH) to a Baton identity (e.g. alice); neither may be empty",
-            ));
-        }
+    if !settings.users.is_empty() {
+        return Err(ConfigError::invalid("users", users_moved(settings)));
     }
+    let signing_key_file = settings.signing_key_file.clone().ok_or_else(|| {
+        ConfigError::invalid(
+            "signing_key_file",
+            "the bot signs every command it forwards with its own SSH key, and the promoter refuses \
+             unsigned ones: make one (`ssh-keygen -t ed25519 -N '' -C baton-chatops -f chatops-key`), \
+             name the private key file here, and list the public key under `bots.chatops.keys` in \
+             people.yaml",
+        )
+    })?;
+    let people = &settings.people;
+    if people.repository.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            "people.repository",
+            format!(
+                "the bot reads who each chat user is from {PEOPLE_FILE} in the config repo: set the \
+                 repository URL the promoter's config_repo.url names"
+            ),
+        ));
+    }
+    if people.branch.trim().is_empty() {
+        return Err(ConfigError::invalid("people.branch", "name the branch, e.g. main"));
+    }
+    if people.refresh.is_zero() {
+        return Err(ConfigError::invalid(
+            "people.refresh",
+            "must be longer than 0s, e.g. 30s",
+        ));
+    }
+    let credentials = baton_kit::source::resolve_credentials(&settings.source.credentials, env)?;
     let url = match (
         &settings.incoming_webhook_url,
         &settings.incoming_webhook_url_env,
@@ -127,7 +158,12 @@ pub fn resolve(settings: &ChatopsSettings, env: &dyn Fn(&str) -> Option<String>)
     }
     Ok(Chatops {
         signing_secret,
-        users: settings.users.clone(),
+        signing_key_file,
+        people_repository: people.repository.trim().to_owned(),
+        people_branch: people.branch.trim().to_owned(),
+        people_refresh: people.refresh,
+        credentials,
+        cache_dir: settings.source.cache_dir.clone(),
         contact: settings.contact.clone(),
         incoming_webhook_url,
         max_request_age: settings.max_request_age,
@@ -138,15 +174,45 @@ pub fn resolve(settings: &ChatopsSettings, env: &dyn Fn(&str) -> Option<String>)
     })
 }
 
+/// The refusal of the old `users` map: chat ids are `people.yaml`'s now, and each entry to move.
+fn users_moved(settings: &ChatopsSettings) -> String {
+    let moves: Vec<String> = settings
+        .users
+        .iter()
+        .map(|(chat, person)| format!("add {chat} to people.{person}.chat"))
+        .collect();
+    format!(
+        "chat users are mapped in {PEOPLE_FILE} in the config repo now, where the promoter checks \
+         them too: {}; then remove `users` from this config",
+        moves.join(", ")
+    )
+}
+
+/// Reads the bot's signing key named by `signing_key_file`.
+///
+/// # Errors
+/// `signing_key_file` when the file cannot be read, is not an OpenSSH private key, or is
+/// protected by a passphrase.
+pub fn load_signer(path: &Path) -> Result<Signer, ConfigError> {
+    Signer::from_key_file(path).map_err(|e| ConfigError::invalid("signing_key_file", e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn settings() -> ChatopsSettings {
-        ChatopsSettings {
+        let mut s = ChatopsSettings {
             signing_secret_env: Some("SLACK_SIGNING_SECRET".into()),
+            signing_key_file: Some("/run/secrets/chatops-key".into()),
             ..ChatopsSettings::default()
-        }
+        };
+        s.people.repository = "https://git.example.com/acme/config.git".into();
+        s
+    }
+
+    fn with_secret(k: &str) -> Option<String> {
+        (k == "SLACK_SIGNING_SECRET").then(|| "s3cret".to_owned())
     }
 
     #[test]
@@ -159,8 +225,80 @@ mod tests {
     }
 
     #[test]
+    fn the_signing_key_and_the_people_repository_are_required() {
+        let resolved = resolve(&settings(), &with_secret).unwrap();
+        assert_eq!(
+            (resolved.people_branch.as_str(), resolved.people_refresh),
+            ("main", Duration::from_secs(30))
+        );
+        let mut s = settings();
+        s.signing_key_file = None;
+        let e = resolve(&s, &with_secret).unwrap_err();
+        assert_eq!(e.field(), Some("signing_key_file"));
+        assert!(e.to_string().contains("bots.chatops.keys"), "{e}");
+        let mut s = settings();
+        s.people.repository = " ".into();
+        assert_eq!(
+            resolve(&s, &with_secret).unwrap_err().field(),
+            Some("people.repository")
+        );
+        let mut s = settings();
+        s.people.refresh = Duration::ZERO;
+        assert_eq!(resolve(&s, &with_secret).unwrap_err().field(), Some("people.refresh"));
+    }
+
+    #[test]
+    fn the_old_users_map_is_refused_saying_where_each_entry_goes() {
+        let mut s = settings();
+        s.users = [
+            ("U1".to_owned(), "alice".to_owned()),
+            ("U2".to_owned(), "bob".to_owned()),
+        ]
+        .into();
+        let e = resolve(&s, &with_secret).unwrap_err();
+        assert_eq!(e.field(), Some("users"));
+        let message = e.to_string();
+        assert!(
+            message.contains("add U1 to people.alice.chat, add U2 to people.bob.chat"),
+            "{message}"
+        );
+        // The signing secret is still checked first: a config without one is refused for it.
+        s.signing_secret_env = None;
+        assert_eq!(resolve(&s, &|_| None).unwrap_err().field(), Some("signing_secret_env"));
+    }
+
+    #[test]
+    fn an_unreadable_or_encrypted_key_names_the_field() {
+        use std::process::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let e = load_signer(&dir.path().join("absent")).unwrap_err();
+        assert_eq!(e.field(), Some("signing_key_file"));
+        let keygen = |name: &str, passphrase: &str| {
+            let path = dir.path().join(name);
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-C", "baton-chatops", "-N", passphrase, "-f"])
+                .arg(&path)
+                .output()
+                .expect("ssh-keygen runs (just setup installs openssh-client)");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            path
+        };
+        let locked = keygen("locked", "a passphrase");
+        let e = load_signer(&locked).unwrap_err();
+        assert_eq!(e.field(), Some("signing_key_file"));
+        assert!(e.to_string().contains("passphrase"), "{e}");
+        let e = load_signer(&locked.with_extension("pub")).unwrap_err();
+        assert_eq!(e.field(), Some("signing_key_file"));
+        let open = keygen("open", "");
+        let signer = load_signer(&open).unwrap();
+        let public = std::fs::read_to_string(open.with_extension("pub")).unwrap();
+        let listed = baton_kit::signing::parse_authorized_key(&public).unwrap();
+        assert_eq!(signer.public_key().key_data(), listed.key_data());
+    }
+
+    #[test]
     fn a_webhook_url_must_be_http_and_stays_secret() {
-        let env = |k: &str| (k == "SLACK_SIGNING_SECRET").then(|| "s3cret".to_owned());
+        let env = with_secret;
         let mut s = settings();
         s.incoming_webhook_url = Some("hooks.slack.com/services/T/B/token".into());
         assert_eq!(resolve(&s, &env).unwrap_err().field(), Some("incoming_webhook_url"));

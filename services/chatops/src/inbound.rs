@@ -1,12 +1,13 @@
 //! `POST /slack/commands` and `POST /slack/interactions`.
 //!
 //! Order of checks: the body size (413), Slack's signature and the replay window over the raw
-//! bytes (401), the form (400), the Slack user's Baton identity (200 with an ephemeral refusal),
-//! the grammar (200 with the usage). Only then is the intent forwarded to the promoter, whose
-//! answer becomes the chat reply: `in_channel` when a decision was accepted, `ephemeral` for
-//! refusals and errors. Nothing here answers 5xx: when the promoter does not answer, the user is
-//! told to try again. Nothing reaches the promoter unless the request verified and the user is
-//! mapped.
+//! bytes (401), the form (400), the person the Slack user is in `people.yaml` (200 with an
+//! ephemeral refusal saying how to get listed), the grammar (200 with the usage). Only then is
+//! the intent forwarded to the promoter, signed by the bot, with that person as `actor` and the
+//! Slack user id as `chatId`; the promoter's answer becomes the chat reply: `in_channel` when a
+//! decision was accepted, `ephemeral` for refusals and errors. Nothing here answers 5xx: when
+//! the promoter or the config repo does not answer, the user is told to try again. Nothing
+//! reaches the promoter unless the request verified and the user is mapped.
 //!
 //! Slack waits 3 s for an answer. A promoter answer slower than `answer_within` is acknowledged
 //! at once and posted to the request's `response_url` when it arrives; for button clicks (whose
@@ -39,6 +40,7 @@ use sha2::{Digest, Sha256};
 use crate::commands::{self, Intent, USAGE};
 use crate::config::Chatops;
 use crate::mrkdwn::{bold, code, escape, mention};
+use crate::people::People;
 use crate::signature::{self, SignatureError};
 
 /// Everything the endpoints need.
@@ -46,8 +48,11 @@ use crate::signature::{self, SignatureError};
 pub struct InboundState {
     /// The resolved settings.
     pub config: Arc<Chatops>,
-    /// Commands go to the promoter through this client (its timeout: `command_timeout`).
+    /// Commands go to the promoter through this client, signed with the bot's key (its
+    /// timeout: `command_timeout`).
     pub commands: CommandClient,
+    /// Who each Slack user is.
+    pub people: Arc<People>,
     /// The `baton-state` bucket (`status` reads the promoter's current releases).
     pub state: kv::Store,
     /// Posts to `response_url`.
@@ -71,8 +76,10 @@ pub struct ChatLabels {
 pub struct ChatMetrics {
     /// Chat requests by endpoint and outcome.
     pub requests: Family<ChatLabels, Counter>,
-    /// Requests from Slack users with no Baton identity (answered with a refusal).
+    /// Requests from Slack users `people.yaml` lists for nobody (answered with a refusal).
     pub unknown_users: Counter,
+    /// Requests answered "try again" because `people.yaml` could not be read.
+    pub people_unreadable: Counter,
 }
 
 impl ChatMetrics {
@@ -86,8 +93,13 @@ impl ChatMetrics {
             );
             r.register(
                 "chat_unknown_users",
-                "Signed Slack requests refused because the user has no Baton identity",
+                "Signed Slack requests refused because people.yaml lists the user for nobody",
                 self.unknown_users.clone(),
+            );
+            r.register(
+                "chat_people_unreadable",
+                "Signed Slack requests answered with try again because people.yaml could not be read",
+                self.people_unreadable.clone(),
             );
         });
     }
@@ -272,9 +284,9 @@ async fn slash(state: &InboundState, headers: &HeaderMap, body: Body) -> Result<
     };
     let text = field(&fields, "text").unwrap_or_default();
     let response_url = field(&fields, "response_url").map(str::to_owned);
-    let Some(actor) = state.config.identity(&sender.user_id).map(str::to_owned) else {
-        state.metrics.unknown_users.inc();
-        return Ok(unknown_user(&state.config, &sender));
+    let actor = match person(state, &sender).await {
+        Ok(actor) => actor,
+        Err(reply) => return Ok(reply),
     };
     let intent = match commands::parse(text) {
         Ok(intent) => intent,
@@ -320,9 +332,9 @@ async fn interact(state: &InboundState, headers: &HeaderMap, body: Body) -> Resu
     };
     let response_url = payload["response_url"].as_str().map(str::to_owned);
     // Slack does not show the HTTP answer to a click: refusals go to `response_url` too.
-    let Some(actor) = state.config.identity(&sender.user_id).map(str::to_owned) else {
-        state.metrics.unknown_users.inc();
-        return Ok(tell(state, response_url, unknown_user(&state.config, &sender)));
+    let actor = match person(state, &sender).await {
+        Ok(actor) => actor,
+        Err(reply) => return Ok(tell(state, response_url, reply)),
     };
     let intent = match commands::button(action_id, value) {
         Ok(intent) => intent,
@@ -344,20 +356,39 @@ fn tell(state: &InboundState, response_url: Option<String>, reply: SlackReply) -
     reply
 }
 
+/// The person `sender` is by `people.yaml`, or the reply refusing them.
+async fn person(state: &InboundState, sender: &Sender) -> Result<String, SlackReply> {
+    match state.people.person(&sender.user_id).await {
+        Ok(Some(person)) => Ok(person),
+        Ok(None) => {
+            state.metrics.unknown_users.inc();
+            Err(unknown_user(&state.config, sender))
+        }
+        Err(e) => {
+            state.metrics.people_unreadable.inc();
+            tracing::warn!(error = %e, reason = e.metric_label(), "cannot read people.yaml to find a Slack user");
+            Err(SlackReply::ephemeral(
+                "Baton cannot read people.yaml in the config repo to find who you are; try again",
+            ))
+        }
+    }
+}
+
 fn unknown_user(config: &Chatops, sender: &Sender) -> SlackReply {
     let who = sender
         .user_name
         .as_deref()
         .map(|n| format!("{n} ({})", sender.user_id))
         .unwrap_or_else(|| sender.user_id.clone());
-    tracing::info!(slack.user = %sender.user_id, "request from a Slack user with no Baton identity refused");
+    tracing::info!(slack.user = %sender.user_id, "request from a Slack user people.yaml lists for nobody refused");
     // `contact` is the operator's own mrkdwn (it may link a channel): written as it is.
     SlackReply::ephemeral(format!(
-        "Sorry, Baton does not know you yet: Slack user {} has no Baton identity, so Baton cannot \
-         act for you. Ask {} to add {} under `users` in the chat-ops bot's config.",
+        "Sorry, Baton does not know you yet: people.yaml in the config repo lists Slack user {} \
+         for nobody, so Baton cannot act for you. Add your chat id under your name's `chat` there \
+         ({}), or ask {} to.",
         escape(&who),
+        code(&format!("people: {{<your name>: {{chat: [{}]}}}}", sender.user_id)),
         config.contact,
-        code(&format!("{}: <your identity>", sender.user_id))
     ))
 }
 
@@ -378,6 +409,8 @@ async fn act(
         Intent::Command { verb, request } => (verb, request),
     };
     request.actor = actor;
+    // The promoter checks that people.yaml lists this Slack user for the actor.
+    request.chat_id = Some(sender.user_id.clone());
     request.request_id = Some(request_id);
     tracing::info!(verb = %verb, actor = %request.actor, slack.user = %sender.user_id, "forwarding a chat command to the promoter");
     let mention = mention(&sender.user_id);
@@ -619,7 +652,12 @@ mod tests {
 
         let config = Chatops {
             signing_secret: baton_kit::secret::Secret::new("s"),
-            users: Default::default(),
+            signing_key_file: "chatops-key".into(),
+            people_repository: "https://git.example.com/config.git".into(),
+            people_branch: "main".into(),
+            people_refresh: Duration::from_secs(30),
+            credentials: vec![],
+            cache_dir: None,
             contact: "<#C024BE7LR|platform-team>".into(),
             incoming_webhook_url: None,
             max_request_age: Duration::from_secs(300),
@@ -637,9 +675,12 @@ mod tests {
             text.contains("Slack user &lt;!here&gt; &lt;https://evil|view diff&gt; (U0MALLORY)"),
             "{text}"
         );
-        assert!(text.contains("`U0MALLORY: &lt;your identity&gt;`"), "{text}");
         assert!(
-            text.contains("Ask <#C024BE7LR|platform-team> to add"),
+            text.contains("`people: {&lt;your name&gt;: {chat: [U0MALLORY]}}`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("or ask <#C024BE7LR|platform-team> to."),
             "the operator's link works: {text}"
         );
         assert_inert(&text, &[&config.contact]);
