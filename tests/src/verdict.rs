@@ -34,6 +34,8 @@ pub struct Verdict<'a> {
     pub outcome: Outcome,
     /// The commit declared no tests (an untested release).
     pub untested: bool,
+    /// Who pushed the commit, as the listener recorded it.
+    pub pushed_by: Option<baton_schemas::payloads::Person>,
 }
 
 impl<'a> Verdict<'a> {
@@ -52,6 +54,7 @@ impl<'a> Verdict<'a> {
             release,
             outcome: Outcome::Success,
             untested: false,
+            pushed_by: None,
         }
     }
 
@@ -91,7 +94,7 @@ impl<'a> Verdict<'a> {
             counts: TestCounts::default(),
             failed_cases: vec![],
             steps: vec![],
-            pushed_by: None,
+            pushed_by: self.pushed_by.clone(),
         };
         let event = CdEvent::new(
             EventType::TestSuiteRunFinished,

@@ -1429,3 +1429,268 @@ async fn an_approval_whose_push_fails_is_carried_out_once_the_config_repo_takes_
     promoted_once(&world, &release).await?;
     world.stop().await
 }
+
+impl World {
+    /// Replaces the config repo's people.yaml with `entries`.
+    fn set_people(&self, entries: &[baton_tests::people::Entry]) -> Result<()> {
+        let work = self.dir.path().join("config-edit");
+        git(&work, &["pull", "-q", "origin", "main"])?;
+        std::fs::write(work.join("people.yaml"), people_yaml(entries))?;
+        git(&work, &["commit", "-qam", "people"])?;
+        git(&work, &["push", "-q", "origin", "main"])?;
+        Ok(())
+    }
+
+    /// The `check` of the last `baton-command.rejected` claiming `actor`.
+    async fn rejected_check(&self, actor: &str) -> Result<String> {
+        let rejected = self
+            .wait_for(EventType::CommandRejected, 1, |e| e.subject.content["actor"] == actor)
+            .await?;
+        let last = rejected.last().context("one")?;
+        Ok(last.subject.content["check"].as_str().unwrap_or_default().to_owned())
+    }
+}
+
+fn everyone(extra: Vec<baton_tests::people::Entry>) -> Vec<baton_tests::people::Entry> {
+    let mut entries: Vec<_> = ["alice", "bob", "erin", "mallory"]
+        .into_iter()
+        .map(|name| {
+            let mut entry = Person::new(name).entry();
+            if name == "erin" {
+                entry.emails = vec!["ada@example.com".into()];
+            }
+            if name == "alice" {
+                entry.chat = vec!["U-ALICE".into()];
+            }
+            entry
+        })
+        .collect();
+    entries.extend(extra);
+    entries
+}
+
+/// Spoofed commands, each refused with the check named and recorded as `baton-command.rejected`,
+/// the release untouched: unsigned, an unknown key, bob's key claiming alice, a replayed nonce,
+/// a stale issuedAt, a bot speaking through a chat id not the actor's, and a key removed from
+/// people.yaml.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_commands_are_refused_naming_the_check_and_recorded() -> Result<()> {
+    use baton_schemas::commands::Verb;
+    use baton_tests::people::{Entry, send_signed};
+    let world = World::start(TWO_STAGES, 1).await?;
+    let bot = Person::new("chatops");
+    world.set_people(&everyone(vec![Entry {
+        speaks_for: Some(vec!["*".into()]),
+        ..bot.entry()
+    }]))?;
+    let release = world.tests_passed("spoofed").await?;
+    let staging = world.promotion(&release, "staging").await?;
+    world.deployer_reports(&staging, None).await?;
+    world.wait_for(EventType::ApprovalCreated, 1, |_| true).await?;
+    let approve = |actor: &str| vote(actor, &release);
+    let (alice, bob) = (Person::new("alice"), Person::new("bob"));
+
+    // Unsigned.
+    let body = serde_json::to_vec(&CommandRequest {
+        issued_at: Some(chrono::Utc::now()),
+        nonce: Some("n-1".into()),
+        ..approve("alice")
+    })?;
+    let reply = send_signed(&world.client, Verb::Approve, body, None).await?;
+    assert!(!reply.ok && reply.message.starts_with("unsigned"), "{reply:?}");
+    assert_eq!(world.rejected_check("alice").await?, "unsigned");
+
+    // A key people.yaml does not list: the refusal says how to add it.
+    let stranger = Person::new("zed");
+    let reply = stranger.send(&world.client, Verb::Approve, approve("zed")).await?;
+    assert!(
+        !reply.ok && reply.message.contains("unknown key") && reply.message.contains("people.yaml"),
+        "{reply:?}"
+    );
+    assert_eq!(world.rejected_check("zed").await?, "unknown_key");
+
+    // Bob's key, claiming alice.
+    let reply = bob.send(&world.client, Verb::Approve, approve("alice")).await?;
+    assert!(
+        !reply.ok && reply.message.contains("signed with bob's key, but claims to be alice"),
+        "{reply:?}"
+    );
+
+    // A stale issuedAt.
+    let stale = CommandRequest {
+        issued_at: Some(chrono::Utc::now() - chrono::Duration::minutes(10)),
+        ..approve("alice")
+    };
+    let reply = alice.send(&world.client, Verb::Approve, stale).await?;
+    assert!(!reply.ok && reply.message.starts_with("stale"), "{reply:?}");
+
+    // The bot speaking for alice through a chat id that is not hers.
+    let through_bob = CommandRequest {
+        chat_id: Some("U-BOB".into()),
+        ..approve("alice")
+    };
+    let (body, signature) = bot.sign(through_bob)?;
+    let reply = send_signed(&world.client, Verb::Approve, body, Some(signature)).await?;
+    assert!(
+        !reply.ok && reply.message.contains("may not speak for alice"),
+        "{reply:?}"
+    );
+
+    // A replayed command: the same bytes and signature twice (the first one counts).
+    let (body, signature) = alice.sign(approve("alice"))?;
+    let first = send_signed(&world.client, Verb::Approve, body.clone(), Some(signature.clone())).await?;
+    assert!(first.ok, "{first:?}");
+    let replayed = send_signed(&world.client, Verb::Approve, body, Some(signature)).await?;
+    assert!(!replayed.ok && replayed.message.starts_with("replayed"), "{replayed:?}");
+    assert_eq!(world.rejected_check("alice").await?, "replayed_nonce");
+
+    // Every refusal recorded, the release untouched: only alice's one vote counted.
+    let updated = world.events(EventType::ApprovalUpdated).await?;
+    assert_eq!(updated.len(), 1, "one vote: {updated:?}");
+    assert!(world.events(EventType::ApprovalClosed).await?.is_empty());
+    let rejected = world.events(EventType::CommandRejected).await?;
+    let checks: Vec<&str> = rejected
+        .iter()
+        .filter_map(|e| e.subject.content["check"].as_str())
+        .collect();
+    for check in [
+        "unsigned",
+        "unknown_key",
+        "not_the_actor",
+        "stale",
+        "bot_may_not_speak",
+        "replayed_nonce",
+    ] {
+        assert!(checks.contains(&check), "{check} in {checks:?}");
+    }
+
+    // Bob's key removed from people.yaml: his next command is refused.
+    world.set_people(
+        &everyone(vec![])
+            .into_iter()
+            .filter(|e| e.name != "bob")
+            .collect::<Vec<_>>(),
+    )?;
+    let reply = bob.send(&world.client, Verb::Approve, approve("bob")).await?;
+    assert!(!reply.ok && reply.message.contains("unknown key"), "{reply:?}");
+    assert!(
+        world.events(EventType::ApprovalClosed).await?.is_empty(),
+        "still one approval of two"
+    );
+    world.stop().await
+}
+
+/// Who may do what: a rollback by someone not granted it is refused; self-approval is judged
+/// against every person behind the release, through any of their e-mail addresses and as the
+/// pusher; whoever asked for a break-glass promotion cannot approve it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_authorised_per_verb_and_nobody_approves_their_own_change() -> Result<()> {
+    use baton_schemas::payloads::Person as GitPerson;
+    let world = World::start(TWO_STAGES, 1).await?;
+    let mut people = everyone(vec![]);
+    for entry in &mut people {
+        match entry.name.as_str() {
+            // Bob commits as ada@example.com too (another of his addresses, in another case).
+            "bob" => entry.emails = vec!["bob@corp.example".into(), "ADA@example.com".into()],
+            "erin" => entry.emails = vec![],
+            "alice" => entry.logins = vec!["alice-gh".into()],
+            _ => {}
+        }
+    }
+    world.set_people(&people)?;
+    let sha = world.commit_app("pushed-by-alice")?;
+    let release = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"pushed-by-alice").to_string();
+    Verdict {
+        pushed_by: Some(GitPerson {
+            name: Some("Alice".into()),
+            email: None,
+            username: Some("alice-gh".into()),
+        }),
+        ..Verdict::shop(&sha, &world.app_repo(), "pushed-by-alice", &release)
+    }
+    .publish(&world.js)
+    .await?;
+    let staging = world.promotion(&release, "staging").await?;
+    world.deployer_reports(&staging, None).await?;
+    world.wait_for(EventType::ApprovalCreated, 1, |_| true).await?;
+
+    // Bob authored it under another address; alice pushed it.
+    for who in ["bob", "alice"] {
+        let refused = world.command("approve", vote(who, &release)).await?;
+        assert!(
+            !refused.ok && refused.message.contains("authored or pushed"),
+            "{who}: {refused:?}"
+        );
+    }
+    // Mallory may not roll production back (only its approvers may).
+    let rollback = world
+        .command(
+            "rollback",
+            CommandRequest {
+                actor: "mallory".into(),
+                app: Some(APP.into()),
+                environment: Some("production".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(
+        !rollback.ok
+            && rollback.message.contains("mallory may not rollback")
+            && rollback.message.contains("grants.rollback"),
+        "{rollback:?}"
+    );
+    assert!(
+        world.events(EventType::ApprovalUpdated).await?.is_empty(),
+        "no vote counted"
+    );
+    world.stop().await
+}
+
+/// A command signed by OpenSSH's own `ssh-keygen -Y sign` is accepted: an independent signer
+/// interoperates with the promoter's verification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_signed_by_ssh_keygen_is_accepted() -> Result<()> {
+    use baton_schemas::commands::Verb;
+    use baton_tests::people::{Entry, send_signed};
+    let world = World::start(STAGING_AUTO, 1).await?;
+    let keys = tempfile::tempdir()?;
+    let key = keys.path().join("olivia");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "olivia@laptop", "-f"])
+        .arg(&key)
+        .status()
+        .context("ssh-keygen (Debian openssh-client; `just setup` installs it)")?;
+    anyhow::ensure!(made.success(), "ssh-keygen: {made}");
+    let public = std::fs::read_to_string(key.with_extension("pub"))?;
+    world.set_people(&everyone(vec![Entry {
+        name: "olivia".into(),
+        key: public.trim().to_owned(),
+        ..Entry::default()
+    }]))?;
+    let release = world.tests_passed("olivia").await?;
+    world.promotion(&release, "staging").await?;
+    let request = CommandRequest {
+        actor: "olivia".into(),
+        app: Some(APP.into()),
+        environment: Some("staging".into()),
+        reason: Some("hold it".into()),
+        issued_at: Some(chrono::Utc::now()),
+        nonce: Some(uuid::Uuid::new_v4().to_string()),
+        ..Default::default()
+    };
+    let body = serde_json::to_vec(&request)?;
+    let file = keys.path().join("command.json");
+    std::fs::write(&file, &body)?;
+    let signed = std::process::Command::new("ssh-keygen")
+        .args(["-Y", "sign", "-n", "baton-command", "-f"])
+        .arg(&key)
+        .arg(&file)
+        .output()?;
+    anyhow::ensure!(signed.status.success(), "{}", String::from_utf8_lossy(&signed.stderr));
+    let armored = std::fs::read_to_string(keys.path().join("command.json.sig"))?;
+    let header: String = armored.lines().filter(|l| !l.starts_with("-----")).collect();
+    let reply = send_signed(&world.client, Verb::Pin, body, Some(header)).await?;
+    assert!(reply.ok, "{reply:?}");
+    world.stop().await
+}

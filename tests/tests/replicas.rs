@@ -1062,6 +1062,7 @@ async fn tests_passed(world: &World, app: &str, sha: String, release: String) ->
         release: &release,
         outcome: Outcome::Success,
         untested: false,
+        pushed_by: None,
     }
     .publish(&world.js)
     .await

@@ -3,11 +3,12 @@
 //! (approval, promotion, pin, quarantine), each refused one as `baton-command.rejected` with the
 //! actor and the reason; either way the requester gets a [`CommandReply`].
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use baton_schemas::EventType;
 use baton_schemas::commands::{CommandReply, CommandRequest, PROMOTER, Verb};
-use baton_schemas::environments::GrantedVerb;
+use baton_schemas::environments::{EnvironmentsFile, GrantedVerb};
 use baton_schemas::extensions::CommandRejectedContent;
 use baton_schemas::people::PeopleFile;
 use baton_schemas::release::{ApprovalKind, Pin, PromotionAction, ReleaseData};
@@ -304,6 +305,32 @@ impl Command<'_> {
         ))
     }
 
+    /// The people behind `release`: its commit's author, every author of its changelog and its
+    /// pusher, as people.yaml maps their e-mails (and logins, for the pusher) — or as the
+    /// deprecated `people` of environments.yaml maps e-mails.
+    fn involved(&self, policy: &EnvironmentsFile, release: &ReleaseData) -> BTreeSet<String> {
+        let by_email = |email: &str| {
+            self.people.by_email(email).map(str::to_owned).or_else(|| {
+                policy
+                    .people
+                    .iter()
+                    .find(|(_, p)| p.emails.iter().any(|e| e.eq_ignore_ascii_case(email)))
+                    .map(|(name, _)| name.clone())
+            })
+        };
+        let mut involved = BTreeSet::new();
+        let authors = release.author.iter().chain(release.changelog.iter().map(|c| &c.author));
+        for person in authors {
+            involved.extend(person.email.as_deref().and_then(by_email));
+        }
+        if let Some(pusher) = &release.pushed_by {
+            involved.extend(pusher.email.as_deref().and_then(by_email));
+            let login = pusher.username.as_deref().or(pusher.name.as_deref());
+            involved.extend(login.and_then(|login| self.people.by_login(login)).map(str::to_owned));
+        }
+        involved
+    }
+
     /// Whether the proven caller holds the verb (`grants` in environments.yaml, or its
     /// default): in the environment named, or for `mark-bad` and `unquarantine` in any
     /// environment. Votes are judged by the approval rules instead; `whoami` changes nothing and
@@ -413,10 +440,12 @@ impl Command<'_> {
         let policy = promoter.policy().await?;
         let mut events = policy.events;
         let policy = policy.value;
+        let involved = self.involved(&policy.file, &release);
         let ballot = Ballot {
-            actor: &self.request.actor,
+            actor: &self.caller.person,
             approve,
             comment: self.request.reason.as_deref(),
+            involved: &involved,
         };
         let actor = ballot.actor;
         // Retried when another replica records a vote on the same request meanwhile.

@@ -27,6 +27,8 @@
 //! [`approval_request`] (not asked twice), [`vote`] (allowed approvers, no self-approval, one
 //! vote each, the quorum, a decline) and [`expired`].
 
+use std::collections::BTreeSet;
+
 use baton_schemas::environments::{Environment, EnvironmentsFile, PromotionPolicy};
 use baton_schemas::release::{ApprovalKind, ApprovalVote, Pin, ReleaseData};
 use chrono::{DateTime, Utc};
@@ -443,12 +445,15 @@ fn approvals(votes: &[ApprovalVote]) -> usize {
 /// One person's vote on an approval request.
 #[derive(Debug, Clone, Copy)]
 pub struct Ballot<'a> {
-    /// Who votes (their identity).
+    /// Who votes (their identity, proven by their signature).
     pub actor: &'a str,
     /// Approve, or decline.
     pub approve: bool,
     /// Their comment (a decline's reason).
     pub comment: Option<&'a str>,
+    /// The people behind the release: its commit's author, every author of its changelog and
+    /// the pusher, as `people.yaml` maps their e-mails and logins.
+    pub involved: &'a BTreeSet<String>,
 }
 
 /// A vote that counts: the request with it, and where that leaves the request.
@@ -488,8 +493,11 @@ pub enum VoteRefusal {
         /// Who is.
         approvers: Vec<String>,
     },
-    /// The voter authored the release's commit and the environment forbids self-approval.
+    /// The voter authored or pushed a commit of the release and the environment forbids
+    /// self-approval.
     OwnChange,
+    /// The voter asked for the break-glass promotion they would approve.
+    OwnBreakGlass,
     /// The voter voted on this request before.
     AlreadyVoted {
         /// How (`approved` or `rejected`).
@@ -511,8 +519,11 @@ impl VoteRefusal {
                 approvers.join(", ")
             ),
             Self::OwnChange => format!(
-                "{actor} authored commit {} and may not approve their own change into `{env}` (approvals.author_may_approve is false)",
-                release.commit
+                "{actor} authored or pushed a commit of release {} (its author, its changelog's authors and its pusher, as people.yaml maps their e-mails and logins) and may not approve their own change into `{env}` (approvals.author_may_approve is false)",
+                release.release
+            ),
+            Self::OwnBreakGlass => format!(
+                "{actor} asked for this break-glass promotion into `{env}` and may not approve it: someone else must"
             ),
             Self::AlreadyVoted { decision } => format!("{actor} already {decision} this request"),
         }
@@ -545,11 +556,17 @@ pub fn vote(
             approvers: approvers.into_iter().map(str::to_owned).collect(),
         });
     }
-    if !env.approvals.author_may_approve
-        && let Some(author) = &release.author
-        && policy.is_author(actor, author.email.as_deref(), author.name.as_deref())
-    {
-        return Err(VoteRefusal::OwnChange);
+    if !env.approvals.author_may_approve {
+        let author = release
+            .author
+            .as_ref()
+            .is_some_and(|a| policy.is_author(actor, a.email.as_deref(), a.name.as_deref()));
+        if author || ballot.involved.contains(actor) {
+            return Err(VoteRefusal::OwnChange);
+        }
+    }
+    if pending.data.kind == ApprovalKind::BreakGlass && pending.data.requested_by == actor {
+        return Err(VoteRefusal::OwnBreakGlass);
     }
     if let Some(earlier) = pending.data.votes.iter().find(|v| v.actor == actor) {
         return Err(VoteRefusal::AlreadyVoted {

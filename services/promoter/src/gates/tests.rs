@@ -910,10 +910,12 @@ fn every_vote_rule_decides_as_the_policy_says() {
     let now = wednesday();
     for row in rows {
         let rule = row.rule;
+        let nobody = std::collections::BTreeSet::new();
         let ballot = Ballot {
             actor: row.voter,
             approve: row.approve,
             comment: row.comment,
+            involved: &nobody,
         };
         let voted = vote(row.policy, &row.request, &release(RELEASE), ballot, now);
         let got = voted.clone().map(|v| {
