@@ -7,8 +7,13 @@
 //!
 //! Requests are signed here with Slack's documented algorithm, computed independently of the
 //! bot (HMAC-SHA256 over `v0:<timestamp>:<body>`).
+//!
+//! The promoter accepts only signed commands: the bot signs with its own key, listed in the
+//! config repo's `people.yaml` as the bot `chatops` speaking for everyone, and finds who a
+//! Slack user is in that same file. The spoofing cases (the bot speaking for a Slack user the
+//! file does not give the actor, a bot key the file does not list) are refused by the promoter
+//! and recorded.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,10 +23,13 @@ use anyhow::{Context as _, Result};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use baton_schemas::commands::{CommandRequest, Verb};
+use baton_schemas::config::CommonSettings;
 use baton_schemas::config::chatops::ChatopsSettings;
 use baton_schemas::config::promoter::PromoterSettings;
 use baton_schemas::release::PromotionData;
 use baton_schemas::{CdEvent, EventType};
+use baton_tests::people::{Entry, Person, people_yaml};
 use baton_tests::verdict::Verdict;
 use baton_tests::{NatsServer, app, deployment, eventually, git, promotion, repos};
 use hmac::{Hmac, Mac};
@@ -33,6 +41,8 @@ use tokio_util::sync::CancellationToken;
 const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const ALICE: &str = "U0ALICE";
 const BOB: &str = "U0BOB";
+/// The bot's name in `people.yaml` (its key derived from it).
+const BOT: &str = "chatops";
 
 /// What the fake Slack received, and whether its incoming webhook is "down".
 #[derive(Default)]
@@ -66,6 +76,9 @@ struct World {
     slack_url: String,
     bot: String,
     http: reqwest::Client,
+    /// The common settings and the bot's own, for another bot ([`World::another_bot`]).
+    common: CommonSettings,
+    chatops: ChatopsSettings,
     stops: Vec<CancellationToken>,
     tasks: Vec<tokio::task::JoinHandle<Result<(), baton_kit::service::StartError>>>,
 }
@@ -81,7 +94,11 @@ impl World {
         let js = async_nats::jetstream::new(client);
         let dir = tempfile::tempdir()?;
         let root = dir.path();
-        repos::config_repo(root, "config-edit", repos::TWO_STAGES)?;
+        let config = repos::config_repo(root, "config-edit", repos::TWO_STAGES)?;
+        std::fs::write(config.join("people.yaml"), people_yaml(&people(ALICE)))?;
+        git(&config, &["add", "people.yaml"])?;
+        git(&config, &["commit", "-qm", "people"])?;
+        git(&config, &["push", "-q", "origin", "main"])?;
         repos::app_repo(
             &root.join("app"),
             &[
@@ -119,17 +136,23 @@ impl World {
         let promoter =
             app::spawn::<baton_promoter::Application>(common.clone(), promoter, &|_| None, &promoter_stop).await?;
 
-        let chatops = ChatopsSettings {
+        let key = root.join("chatops-key");
+        Person::new(BOT).write_private_key(&key)?;
+        let mut chatops = ChatopsSettings {
             signing_secret_env: Some("SLACK_SIGNING_SECRET".into()),
-            users: BTreeMap::from([(ALICE.into(), "alice".into()), (BOB.into(), "bob".into())]),
+            signing_key_file: Some(key),
             contact: "#platform-team".into(),
             incoming_webhook_url: Some(format!("{slack_url}/services/T0/B0/token")),
             answer_within,
             ..ChatopsSettings::default()
         };
-        let env = |k: &str| (k == "SLACK_SIGNING_SECRET").then(|| SECRET.to_owned());
+        chatops.people.repository = format!("file://{}", root.join("config.git").display());
+        // Longer than any test: a read of people.yaml stays in use, unless a Slack user is not
+        // in it (then the bot looks again at once).
+        chatops.people.refresh = Duration::from_secs(600);
         let bot_stop = CancellationToken::new();
-        let bot = app::spawn::<baton_chatops::Application>(common, chatops, &env, &bot_stop).await?;
+        let bot =
+            app::spawn::<baton_chatops::Application>(common.clone(), chatops.clone(), &slack_secret, &bot_stop).await?;
 
         Ok(Self {
             _nats: nats,
@@ -139,6 +162,8 @@ impl World {
             slack_url,
             bot: format!("http://{}", bot.addr),
             http: reqwest::Client::new(),
+            common,
+            chatops,
             // The promoter first: `stop_promoter` stops it alone.
             stops: vec![promoter_stop, bot_stop],
             tasks: vec![promoter.task, bot.task],
@@ -147,6 +172,33 @@ impl World {
 
     fn app_repo(&self) -> PathBuf {
         self.dir.path().join("app")
+    }
+
+    /// Commits `people.yaml` listing `entries` to the config repo, over the promoter's commits.
+    fn commit_people(&self, entries: &[Entry]) -> Result<()> {
+        let config = self.dir.path().join("config-edit");
+        git(&config, &["pull", "-q", "--rebase", "origin", "main"])?;
+        std::fs::write(config.join("people.yaml"), people_yaml(entries))?;
+        git(&config, &["commit", "-qam", "people"])?;
+        git(&config, &["push", "-q", "origin", "main"])?;
+        Ok(())
+    }
+
+    /// Another bot like the first, signing with `key`'s key and posting nothing; returns its
+    /// URL. It stops with the world.
+    async fn another_bot(&mut self, key: &Person) -> Result<String> {
+        let path = self.dir.path().join(format!("{}-key", key.name));
+        key.write_private_key(&path)?;
+        let chatops = ChatopsSettings {
+            signing_key_file: Some(path),
+            incoming_webhook_url: None,
+            ..self.chatops.clone()
+        };
+        let stop = CancellationToken::new();
+        let bot = app::spawn::<baton_chatops::Application>(self.common.clone(), chatops, &slack_secret, &stop).await?;
+        self.stops.push(stop);
+        self.tasks.push(bot.task);
+        Ok(format!("http://{}", bot.addr))
     }
 
     fn response_url(&self) -> String {
@@ -198,9 +250,14 @@ impl World {
 
     /// POSTs `body` to the bot with the given headers.
     async fn post(&self, path: &str, body: Vec<u8>, headers: &[(&str, String)]) -> Result<(u16, String)> {
+        self.post_to(&self.bot, path, body, headers).await
+    }
+
+    /// POSTs `body` to the bot at `bot` with the given headers.
+    async fn post_to(&self, bot: &str, path: &str, body: Vec<u8>, headers: &[(&str, String)]) -> Result<(u16, String)> {
         let mut request = self
             .http
-            .post(format!("{}{path}", self.bot))
+            .post(format!("{bot}{path}"))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body);
         for (k, v) in headers {
@@ -212,9 +269,15 @@ impl World {
 
     /// POSTs `body` signed as Slack signs, at `timestamp`.
     async fn signed_at(&self, path: &str, body: &str, timestamp: i64) -> Result<(u16, String)> {
+        self.signed_to(&self.bot, path, body, timestamp).await
+    }
+
+    /// POSTs `body` to the bot at `bot`, signed as Slack signs, at `timestamp`.
+    async fn signed_to(&self, bot: &str, path: &str, body: &str, timestamp: i64) -> Result<(u16, String)> {
         let ts = timestamp.to_string();
         let signature = slack_signature(SECRET.as_bytes(), &ts, body.as_bytes());
-        self.post(
+        self.post_to(
+            bot,
             path,
             body.as_bytes().to_vec(),
             &[("X-Slack-Request-Timestamp", ts), ("X-Slack-Signature", signature)],
@@ -228,8 +291,14 @@ impl World {
 
     /// A signed `/baton <text>` from `user`, answered as Slack JSON.
     async fn slash(&self, user: &str, text: &str) -> Result<Value> {
+        self.slash_to(&self.bot, user, text).await
+    }
+
+    /// A signed `/baton <text>` from `user` to the bot at `bot`, answered as Slack JSON.
+    async fn slash_to(&self, bot: &str, user: &str, text: &str) -> Result<Value> {
+        let form = slash_form(user, text, &self.response_url());
         let (status, body) = self
-            .signed("/slack/commands", &slash_form(user, text, &self.response_url()))
+            .signed_to(bot, "/slack/commands", &form, chrono::Utc::now().timestamp())
             .await?;
         anyhow::ensure!(status == 200, "{status}: {body}");
         Ok(serde_json::from_str(&body)?)
@@ -271,6 +340,33 @@ impl World {
         }
         Ok(())
     }
+}
+
+fn slack_secret(name: &str) -> Option<String> {
+    (name == "SLACK_SIGNING_SECRET").then(|| SECRET.to_owned())
+}
+
+/// `people.yaml`'s entries: alice (Slack user `alice_chat`), bob (`U0BOB`), erin (who authors
+/// every app commit), and the bot, which may speak for everyone.
+fn people(alice_chat: &str) -> Vec<Entry> {
+    vec![
+        Entry {
+            chat: vec![alice_chat.into()],
+            ..Person::new("alice").entry()
+        },
+        Entry {
+            chat: vec![BOB.into()],
+            ..Person::new("bob").entry()
+        },
+        Entry {
+            emails: vec!["ada@example.com".into()],
+            ..Person::new("erin").entry()
+        },
+        Entry {
+            speaks_for: Some(vec!["*".into()]),
+            ..Person::new(BOT).entry()
+        },
+    ]
 }
 
 /// Slack's algorithm, written out here independently of the bot.
@@ -723,4 +819,123 @@ async fn slow_or_absent_promoter_answers_go_to_response_url_and_never_fail_the_r
     );
     assert_eq!(world.approvals_updated().await?, 1, "only Alice's vote was recorded");
     world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_promoter_refuses_the_bot_speaking_through_another_s_chat_id_and_an_unlisted_bot() -> Result<()> {
+    let mut world = World::start(false).await?;
+    let release = world.release_waiting_for_approval("one").await?;
+    let rejected = |check: &'static str| {
+        move |e: &CdEvent| e.subject.content["check"] == check && e.subject.content["actor"] == "alice"
+    };
+
+    // The bot has read people.yaml: Slack user U0ALICE is alice.
+    let status = world.slash(ALICE, "status acme/shop").await?;
+    assert!(
+        status["text"].as_str().unwrap_or_default().contains("`staging`"),
+        "{status}"
+    );
+    // Alice moves to another Slack user; U0ALICE is nobody's now. The bot's read still says
+    // alice, so it speaks for alice through U0ALICE: the promoter reads the file at the head,
+    // refuses, and records it.
+    world.commit_people(&people("U0ALICE2"))?;
+    let stale = world.slash(ALICE, &format!("approve {release} production")).await?;
+    assert_eq!(stale["response_type"], "ephemeral", "{stale}");
+    let text = stale["text"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("Baton refused to approve")
+            && text.contains("the bot chatops may not speak for alice through chat id U0ALICE"),
+        "{stale}"
+    );
+    let refused = world
+        .wait_for(EventType::CommandRejected, 1, rejected("bot_may_not_speak"))
+        .await?;
+    let claimed = refused[0].custom_data.as_ref().context("the request, as claimed")?;
+    assert_eq!(claimed["chatId"], ALICE, "{claimed}");
+
+    // The bot's own key, forging alice through bob's Slack id: refused the same way.
+    let bot = baton_kit::signing::Signer::from_key_file(&world.dir.path().join("chatops-key"))?;
+    let forged = CommandRequest {
+        actor: "alice".into(),
+        chat_id: Some(BOB.into()),
+        release: Some(release.clone()),
+        environment: Some("production".into()),
+        ..CommandRequest::default()
+    };
+    let client = async_nats::connect(world._nats.url()).await?;
+    let reply = baton_kit::command::CommandClient::new(client, Duration::from_secs(10))
+        .with_signer(bot)
+        .send(Verb::Approve, &forged)
+        .await?;
+    assert!(
+        !reply.ok && reply.message.contains("through chat id U0BOB"),
+        "{reply:?}"
+    );
+    world
+        .wait_for(EventType::CommandRejected, 2, rejected("bot_may_not_speak"))
+        .await?;
+
+    // A bot whose key people.yaml does not list: alice's request through it is refused as
+    // signed by an unknown key, and recorded.
+    let rogue = world.another_bot(&Person::new("rogue")).await?;
+    let unlisted = world
+        .slash_to(&rogue, "U0ALICE2", &format!("approve {release} production"))
+        .await?;
+    assert_eq!(unlisted["response_type"], "ephemeral", "{unlisted}");
+    assert!(
+        unlisted["text"].as_str().unwrap_or_default().contains("unknown key"),
+        "{unlisted}"
+    );
+    world
+        .wait_for(EventType::CommandRejected, 1, rejected("unknown_key"))
+        .await?;
+    assert_eq!(world.approvals_updated().await?, 0, "no vote was recorded");
+
+    // Alice's new Slack user, through the listed bot: the bot finds it at once (a user it does
+    // not know makes it read people.yaml again), and the promoter records her vote.
+    let approved = world
+        .slash("U0ALICE2", &format!("approve {release} production"))
+        .await?;
+    assert_eq!(approved["response_type"], "in_channel", "{approved}");
+    let updated = world.wait_for(EventType::ApprovalUpdated, 1, |_| true).await?;
+    assert_eq!(updated[0].subject.content["responder"], "urn:baton:user:alice");
+    world.stop().await
+}
+
+#[tokio::test]
+async fn the_bot_does_not_start_without_a_readable_signing_key() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let encrypted = dir.path().join("locked");
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "a passphrase", "-f"])
+        .arg(&encrypted)
+        .output()?;
+    anyhow::ensure!(keygen.status.success(), "ssh-keygen: {keygen:?}");
+    for (key, says) in [
+        (None, "bots.chatops.keys"),
+        (Some(dir.path().join("absent")), "cannot read"),
+        (Some(encrypted.with_extension("pub")), "not an OpenSSH private key"),
+        (Some(encrypted), "passphrase"),
+    ] {
+        let mut chatops = ChatopsSettings {
+            signing_secret_env: Some("SLACK_SIGNING_SECRET".into()),
+            signing_key_file: key.clone(),
+            ..ChatopsSettings::default()
+        };
+        chatops.people.repository = format!("file://{}", dir.path().join("config.git").display());
+        // Checked before NATS is reached: no server runs here.
+        let started = app::spawn::<baton_chatops::Application>(
+            app::common("nats://127.0.0.1:1"),
+            chatops,
+            &slack_secret,
+            &CancellationToken::new(),
+        )
+        .await;
+        let Err(baton_kit::service::StartError::Config(e)) = started else {
+            anyhow::bail!("{key:?}: {started:?}");
+        };
+        assert_eq!(e.field(), Some("signing_key_file"), "{key:?}: {e}");
+        assert!(e.to_string().contains(says), "{key:?}: {e}");
+    }
+    Ok(())
 }
