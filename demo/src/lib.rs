@@ -3,7 +3,9 @@
 //! a config repo (staging automatic, production approved by alice), the sample app `acme/shop`
 //! with its `.baton.yaml`, and every Baton service (listener, builder, tester, promoter,
 //! deployer, chat-ops bot) in this process; plus what a git host and Slack would send: signed
-//! push webhooks and signed slash commands.
+//! push webhooks and signed slash commands. The config repo's `people.yaml` lists alice, with
+//! her Slack user id, and the chat-ops bot, with a key the demo generates, allowed to speak for
+//! her: her chat approval reaches the promoter signed by the bot.
 
 #![allow(clippy::print_stdout, reason = "the demo narrates on the terminal")]
 
@@ -21,6 +23,7 @@ use baton_schemas::config::CommonSettings;
 use baton_schemas::{CdEvent, EventType, subjects};
 use baton_tests::NatsServer;
 use baton_tests::kube::{KubeCluster, NodeSimulator};
+use baton_tests::people::{Entry, Person, people_yaml};
 use baton_tests::registry::RegistryServer;
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
@@ -53,6 +56,8 @@ pub const APP: &str = "acme/shop";
 pub const WEBHOOK_SECRET: &str = "demo-webhook-secret";
 pub const SLACK_SECRET: &str = "demo-slack-signing-secret";
 pub const SLACK_USER: &str = "U0DEMOALICE";
+/// The chat-ops bot's name in `people.yaml`.
+pub const CHAT_BOT: &str = "chatops";
 
 /// `git` in `dir` (an independent client, as a developer would use it).
 pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
@@ -155,6 +160,37 @@ fn settings<T: serde::de::DeserializeOwned>(nats: &NatsServer, yaml: &str) -> Re
     })
 }
 
+/// The chat-ops bot's identity: a new key, written to `<dir>/chatops-key` for its config's
+/// `signing_key_file`, and its `people.yaml` entry, speaking for alice.
+fn chat_bot(dir: &Path) -> Result<(PathBuf, Entry)> {
+    let bot = Person::generate(CHAT_BOT);
+    let key = dir.join("chatops-key");
+    bot.write_private_key(&key)?;
+    let entry = Entry {
+        speaks_for: Some(vec!["alice".into()]),
+        ..bot.entry()
+    };
+    Ok((key, entry))
+}
+
+/// `person`'s `people.yaml` entry with `chat_id`: the bot may speak for them through it.
+fn in_chat(person: &Person, chat_id: &str) -> Entry {
+    Entry {
+        chat: vec![chat_id.into()],
+        ..person.entry()
+    }
+}
+
+/// The chat-ops bot's config: the Slack signing secret, its signing key, and `people.yaml` read
+/// from the config repo at `config_repo`.
+fn chatops_config(key: &Path, config_repo: &Path) -> String {
+    format!(
+        "signing_secret_env: DEMO_SLACK_SECRET\nsigning_key_file: '{}'\npeople: {{repository: 'file://{}'}}\n",
+        key.display(),
+        config_repo.display()
+    )
+}
+
 /// The running stack.
 pub struct Stack {
     /// NATS.
@@ -211,7 +247,7 @@ impl Stack {
         let dir = temp.path().to_owned();
         say_if(
             narrate,
-            "Creating the config repo (staging automatic, production needs alice's approval) and the sample app acme/shop",
+            "Creating the config repo (staging automatic, production needs alice's approval; people.yaml lists alice and the chat-ops bot's new key) and the sample app acme/shop",
         );
         git(&dir, &["init", "-q", "--bare", "-b", "main", "config.git"])?;
         git(&dir, &["clone", "-q", "config.git", "config"])?;
@@ -229,8 +265,14 @@ impl Stack {
       users: [alice]
 ",
         )?;
+        let alice = Person::generate("alice");
+        let (bot_key, bot) = chat_bot(&dir)?;
+        write(
+            &dir.join("config/people.yaml"),
+            &people_yaml(&[in_chat(&alice, SLACK_USER), bot]),
+        )?;
         git(&dir.join("config"), &["add", "."])?;
-        git(&dir.join("config"), &["commit", "-qm", "environments"])?;
+        git(&dir.join("config"), &["commit", "-qm", "environments and people"])?;
         git(&dir.join("config"), &["push", "-q", "origin", "main"])?;
         git(&dir, &["init", "-q", "--bare", "-b", "main", "shop.git"])?;
         git(&dir, &["clone", "-q", "shop.git", "shop"])?;
@@ -300,10 +342,7 @@ impl Stack {
         ))
         .await?;
         let chatops = Box::pin(baton_chatops::Application::build(
-            settings(
-                &nats,
-                &format!("signing_secret_env: DEMO_SLACK_SECRET\nusers: {{{SLACK_USER}: alice}}\n"),
-            )?,
+            settings(&nats, &chatops_config(&bot_key, &dir.join("config.git")))?,
             &env,
         ))
         .await?;
