@@ -140,6 +140,9 @@ catalog! {
     /// An operator command was refused (not allowed, duplicate, unknown release, closed
     /// request), recorded with the actor and the reason.
     CommandRejected => (BatonExtension, "dev.cdeventsx", "baton-command", "rejected", "0.1.0", "baton-command-rejected.json", "promoter"),
+    /// An operator command was accepted from a proven sender: who (the person, the key's
+    /// fingerprint, the channel) and what they asked; what it did follows as its own events.
+    CommandAccepted => (BatonExtension, "dev.cdeventsx", "baton-command", "accepted", "0.1.0", "baton-command-accepted.json", "promoter"),
     /// The config repo's `environments.yaml` is invalid; the promoter keeps the last valid one.
     PolicyRejected => (BatonExtension, "dev.cdeventsx", "baton-policy", "rejected", "0.1.0", "baton-policy-rejected.json", "promoter"),
 }

@@ -118,6 +118,21 @@ pub struct CommandRejectedContent {
     pub channel: Option<String>,
 }
 
+/// Content of `dev.cdeventsx.baton-command.accepted.0.1.0`: an operator command from a proven
+/// sender was accepted. The subject id is the caller's request id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommandAcceptedContent {
+    /// The verb, e.g. `approve`.
+    pub verb: String,
+    /// The person the signature proved (the command's actor).
+    pub person: String,
+    /// The fingerprint of the key that signed, as `ssh-keygen -l` prints it.
+    pub key_fingerprint: String,
+    /// `cli` (signed by the person), or the name of the bot that signed for them.
+    pub channel: String,
+}
+
 /// Content of `dev.cdeventsx.baton-policy.rejected.0.1.0`: `environments.yaml` in the config
 /// repo is invalid. The subject id is the config-repo commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

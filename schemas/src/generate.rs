@@ -10,8 +10,9 @@ use serde_json::{Map, Value, json};
 use crate::catalog::{EventType, Vocabulary};
 use crate::config::CommonSettings;
 use crate::extensions::{
-    CommandRejectedContent, DeploymentFailedContent, DeploymentStartedContent, PolicyRejectedContent,
-    PromotionHeldContent, ReleaseCreatedContent, ReleaseQuarantinedContent, ReleaseUnquarantinedContent,
+    CommandAcceptedContent, CommandRejectedContent, DeploymentFailedContent, DeploymentStartedContent,
+    PolicyRejectedContent, PromotionHeldContent, ReleaseCreatedContent, ReleaseQuarantinedContent,
+    ReleaseUnquarantinedContent,
 };
 
 /// Base URI of the schemas Baton publishes.
@@ -129,6 +130,7 @@ fn extension_content_schema(ty: EventType) -> Map<String, Value> {
         EventType::ReleaseUnquarantined => schema_value::<ReleaseUnquarantinedContent>(),
         EventType::PromotionHeld => schema_value::<PromotionHeldContent>(),
         EventType::CommandRejected => schema_value::<CommandRejectedContent>(),
+        EventType::CommandAccepted => schema_value::<CommandAcceptedContent>(),
         EventType::PolicyRejected => schema_value::<PolicyRejectedContent>(),
         EventType::DeploymentStarted => schema_value::<DeploymentStartedContent>(),
         EventType::DeploymentSuperseded => schema_value::<DeploymentFailedContent>(),

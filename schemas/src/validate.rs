@@ -64,6 +64,10 @@ const EXTENSIONS: &[(&str, &str)] = &[
         include_str!("../json/events/baton-command-rejected.json"),
     ),
     (
+        "baton-command-accepted.json",
+        include_str!("../json/events/baton-command-accepted.json"),
+    ),
+    (
         "baton-policy-rejected.json",
         include_str!("../json/events/baton-policy-rejected.json"),
     ),

@@ -1544,9 +1544,16 @@ async fn spoofed_commands_are_refused_naming_the_check_and_recorded() -> Result<
     assert!(!replayed.ok && replayed.message.starts_with("replayed"), "{replayed:?}");
     assert_eq!(world.rejected_check("alice").await?, "replayed_nonce");
 
-    // Every refusal recorded, the release untouched: only alice's one vote counted.
+    // Every refusal recorded, the release untouched: only alice's one vote counted, recorded
+    // with who she was proven to be.
     let updated = world.events(EventType::ApprovalUpdated).await?;
     assert_eq!(updated.len(), 1, "one vote: {updated:?}");
+    let accepted = world.events(EventType::CommandAccepted).await?;
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    let content = &accepted[0].subject.content;
+    assert_eq!(content["person"], "alice");
+    assert_eq!(content["channel"], "cli");
+    assert_eq!(content["keyFingerprint"], alice.signer().fingerprint().as_str());
     assert!(world.events(EventType::ApprovalClosed).await?.is_empty());
     let rejected = world.events(EventType::CommandRejected).await?;
     let checks: Vec<&str> = rejected

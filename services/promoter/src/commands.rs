@@ -9,7 +9,7 @@ use std::sync::Arc;
 use baton_schemas::EventType;
 use baton_schemas::commands::{CommandReply, CommandRequest, PROMOTER, Verb};
 use baton_schemas::environments::{EnvironmentsFile, GrantedVerb};
-use baton_schemas::extensions::CommandRejectedContent;
+use baton_schemas::extensions::{CommandAcceptedContent, CommandRejectedContent};
 use baton_schemas::people::PeopleFile;
 use baton_schemas::release::{ApprovalKind, Pin, PromotionAction, ReleaseData};
 use baton_schemas::subjects::COMMANDS_PREFIX;
@@ -107,6 +107,11 @@ pub async fn execute(promoter: &ReleaseManager, verb: &str, body: &[u8], signatu
         Ok(Err(unproven)) => return refuse_unproven(promoter, verb, &request, &unproven).await,
         Err(e) => return CommandReply::refused(format!("could not do it now ({e}); try again")),
     };
+    // `whoami` only asks what the signature proves: answered now, with nothing looked up or
+    // recorded.
+    if verb == Verb::Whoami {
+        return whoami(&caller);
+    }
     let request_id = request
         .request_id
         .clone()
@@ -134,12 +139,16 @@ pub async fn execute(promoter: &ReleaseManager, verb: &str, body: &[u8], signatu
         now,
     };
     match command.run().await {
-        Ok((reply, events)) => match promoter.publish(&events).await {
-            Ok(()) => reply,
-            Err(e) => CommandReply::refused(format!(
-                "done, but recording it failed ({e}); send the same request again"
-            )),
-        },
+        Ok((reply, mut events)) => {
+            // Who asked, proven, ahead of what it did.
+            events.insert(0, command.accepted());
+            match promoter.publish(&events).await {
+                Ok(()) => reply,
+                Err(e) => CommandReply::refused(format!(
+                    "done, but recording it failed ({e}); send the same request again"
+                )),
+            }
+        }
         Err(Refusal::Refused { reason, app, release }) => {
             let event = promoter.event(
                 EventType::CommandRejected,
@@ -216,6 +225,19 @@ async fn refuse_unproven(
     CommandReply::refused(reason)
 }
 
+/// Who the promoter proved a command came from, for `baton whoami`: the person, the key's
+/// fingerprint and the channel.
+fn whoami(caller: &Caller) -> CommandReply {
+    let Caller {
+        person,
+        fingerprint,
+        channel,
+    } = caller;
+    CommandReply::ok(format!(
+        "you are {person} (people.yaml): key {fingerprint}, channel {channel}"
+    ))
+}
+
 /// Why a command did not happen.
 enum Refusal {
     /// The command is not allowed or makes no sense: recorded.
@@ -288,21 +310,29 @@ impl Command<'_> {
             Verb::Unpin => self.pin(false).await,
             Verb::MarkBad => self.mark_bad().await,
             Verb::Unquarantine => self.unquarantine().await,
-            Verb::Whoami => Ok((self.whoami(), Vec::new())),
+            // Answered by `execute` before a command is made; the same answer here.
+            Verb::Whoami => Ok((whoami(&self.caller), Vec::new())),
         }
     }
 
-    /// Who the promoter proved the command came from, for `baton whoami`: the person, the key's
-    /// fingerprint and the channel. Read-only: it records nothing.
-    fn whoami(&self) -> CommandReply {
-        let Caller {
-            person,
-            fingerprint,
-            channel,
-        } = &self.caller;
-        CommandReply::ok(format!(
-            "you are {person} (people.yaml): key {fingerprint}, channel {channel}"
-        ))
+    /// `baton-command.accepted`: the proven sender and what they asked.
+    fn accepted(&self) -> baton_kit::Outgoing {
+        self.promoter.event(
+            EventType::CommandAccepted,
+            derive_id(&["command.accepted", &self.id]),
+            self.request.app.as_deref().unwrap_or("config"),
+            &self.request_id,
+            serde_json::to_value(CommandAcceptedContent {
+                verb: self.verb.as_str().to_owned(),
+                person: self.caller.person.clone(),
+                key_fingerprint: self.caller.fingerprint.clone(),
+                channel: self.caller.channel.clone(),
+            })
+            .expect("serializes"),
+            self.request.release.as_deref(),
+            None,
+            Some(serde_json::to_value(&self.request).expect("serializes")),
+        )
     }
 
     /// The people behind `release`: its commit's author, every author of its changelog and its
