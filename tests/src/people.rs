@@ -1,6 +1,7 @@
 //! People for the suites: an SSH key per name (ed25519, derived from the name, so every run of a
-//! suite has the same keys), the `people.yaml` that lists them, and promoter commands signed as
-//! them, as the CLI signs them.
+//! suite has the same keys; or a random one, for the demo), the `people.yaml` that lists them,
+//! promoter commands signed as them, as the CLI signs them, and their private key as a file for
+//! the CLI's `--key`.
 //!
 //! ```no_run
 //! # async fn example(client: &async_nats::Client) -> anyhow::Result<()> {
@@ -15,6 +16,9 @@
 //! # Ok(()) }
 //! ```
 
+use std::path::Path;
+use std::sync::Arc;
+
 use anyhow::{Context as _, Result};
 use baton_kit::signing::{SIGNATURE_HEADER, Signer};
 use baton_schemas::commands::{CommandReply, CommandRequest, PROMOTER, Verb};
@@ -28,6 +32,9 @@ pub struct Person {
     /// The name `people.yaml` and `environments.yaml` know them by.
     pub name: String,
     signer: Signer,
+    /// The private key behind `signer`, for a tool that reads it from a file (the `baton` CLI's
+    /// `--key`).
+    private_key: Arc<PrivateKey>,
 }
 
 /// A person's entry in `people.yaml`.
@@ -53,12 +60,46 @@ impl Person {
     /// `name`, with the key derived from it.
     pub fn new(name: &str) -> Self {
         let seed: [u8; 32] = Sha256::digest(format!("baton-tests:{name}").as_bytes()).into();
-        let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
-        let signer = Signer::from_private_key(key).expect("an unencrypted key");
+        Self::with_seed(name, &seed)
+    }
+
+    /// `name`, with a new random key (the demo's people, whose keys must not be guessable from
+    /// their names).
+    pub fn generate(name: &str) -> Self {
+        Self::with_seed(name, &rand::random())
+    }
+
+    fn with_seed(name: &str, seed: &[u8; 32]) -> Self {
+        let key = PrivateKey::from(Ed25519Keypair::from_seed(seed));
+        let signer = Signer::from_private_key(key.clone()).expect("an unencrypted key");
         Self {
             name: name.to_owned(),
             signer,
+            private_key: Arc::new(key),
         }
+    }
+
+    /// Writes their private key to `path` as an unencrypted OpenSSH key file, readable by the
+    /// owner only (as `ssh-keygen` writes one), for `baton --key` or `ssh-add`.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn write_private_key(&self, path: &Path) -> Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let text = self
+            .private_key
+            .to_openssh(ssh_key::LineEnding::LF)
+            .context("encoding the private key")?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        file.write_all(text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// Their signer.
@@ -146,6 +187,68 @@ pub async fn send_signed(
     }
 }
 
+/// An `ssh-agent -D` of its own, on a socket in a temporary directory, holding the keys
+/// [`SshAgent::add`]ed: what the CLI signs through when it has no key file. Killed when dropped.
+#[derive(Debug)]
+pub struct SshAgent {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl SshAgent {
+    /// Starts one and waits for its socket.
+    ///
+    /// # Errors
+    /// When `ssh-agent` cannot run (`just setup` installs openssh-client) or makes no socket.
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let child = std::process::Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(dir.path().join("agent.sock"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("running ssh-agent (`just setup` installs openssh-client)")?;
+        let agent = Self { child, dir };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !agent.socket().exists() {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "ssh-agent made no socket in 10 s");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(agent)
+    }
+
+    /// Its socket: the `SSH_AUTH_SOCK` of a program that signs through it.
+    pub fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    /// Adds `person`'s key (`ssh-add`); the agent lists its keys in the order they were added.
+    ///
+    /// # Errors
+    /// When `ssh-add` fails.
+    pub fn add(&self, person: &Person) -> Result<()> {
+        let key = self.dir.path().join(format!("{}.key", person.name));
+        person.write_private_key(&key)?;
+        let status = std::process::Command::new("ssh-add")
+            .arg("-q")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", self.socket())
+            .status()
+            .context("running ssh-add")?;
+        anyhow::ensure!(status.success(), "ssh-add {} failed: {status}", key.display());
+        Ok(())
+    }
+}
+
+impl Drop for SshAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The `people.yaml` listing `entries` (people, and bots: entries with `speaks_for`).
 pub fn people_yaml(entries: &[Entry]) -> String {
     let list = |values: &[String]| {
@@ -208,5 +311,23 @@ mod tests {
         let (body, signature) = alice.sign(CommandRequest::default()).unwrap();
         let key = baton_kit::signing::parse_authorized_key(&alice.key_line()).unwrap();
         baton_kit::signing::verify(&body, &signature, &[key]).expect("verifies");
+    }
+
+    #[test]
+    fn a_written_private_key_signs_as_the_person() {
+        let dir = tempfile::tempdir().unwrap();
+        let alice = Person::generate("alice");
+        let path = dir.path().join("alice");
+        alice.write_private_key(&path).unwrap();
+        let from_file = Signer::from_key_file(&path).unwrap();
+        assert_eq!(from_file.fingerprint(), alice.signer().fingerprint());
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "owner only");
+        assert_ne!(
+            Person::generate("alice").key_line(),
+            alice.key_line(),
+            "a new key each time"
+        );
     }
 }
