@@ -1,6 +1,8 @@
 //! The command line: every subcommand, flag and environment variable of `baton`.
 
-use baton_schemas::commands::CommandRequest;
+use std::path::PathBuf;
+
+use baton_schemas::commands::{CommandRequest, Verb};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Baton from a terminal: the event log, release traces, where releases run, approvals and the
@@ -92,7 +94,7 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
-        actor: Actor,
+        signing: Signing,
     },
     /// Roll an environment back to the previous (or a named) release, and pin it.
     Rollback {
@@ -107,7 +109,7 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
-        actor: Actor,
+        signing: Signing,
     },
     /// Pin an environment: automatic promotion leaves it alone.
     Pin(PinArgs),
@@ -121,7 +123,28 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
-        actor: Actor,
+        signing: Signing,
+    },
+    /// Lift a release's quarantine: it may be promoted again.
+    Unquarantine {
+        /// The release id.
+        release: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        signing: Signing,
+    },
+    /// Which person, key and channel the promoter sees behind your signature (read-only).
+    Whoami {
+        #[command(flatten)]
+        signing: Signing,
+    },
+    /// Who may do what, from environments.yaml.
+    Policy {
+        /// What to show.
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// The log of a build or test run (its run id is in the build/test events).
     Logs {
@@ -152,6 +175,20 @@ pub enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// The `policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Per environment, every verb environments.yaml grants (promote, rollback, pin, unpin,
+    /// mark-bad, unquarantine, break-glass): who holds it, and whether `grants` says so or a
+    /// default does. Reads the file, not the promoter: run it in an up-to-date clone of the config
+    /// repo, or name the file.
+    Show {
+        /// The environments.yaml to read.
+        #[arg(long, default_value = "environments.yaml")]
+        file: PathBuf,
     },
 }
 
@@ -205,17 +242,7 @@ pub struct Vote {
     #[arg(long)]
     pub reason: Option<String>,
     #[command(flatten)]
-    pub actor: Actor,
-}
-
-impl Vote {
-    /// The promoter command request.
-    ///
-    /// # Errors
-    /// [`CliError::Usage`](crate::CliError::Usage) when no identity is known.
-    pub fn request(self) -> Result<CommandRequest, crate::CliError> {
-        crate::run::request(&self.actor, Some(self.release), self.environment, None, self.reason)
-    }
+    pub signing: Signing,
 }
 
 /// An application's environment to pin or unpin.
@@ -229,33 +256,106 @@ pub struct PinArgs {
     #[arg(long)]
     pub reason: Option<String>,
     #[command(flatten)]
-    pub actor: Actor,
+    pub signing: Signing,
 }
 
-impl PinArgs {
-    /// The promoter command request.
-    ///
-    /// # Errors
-    /// [`CliError::Usage`](crate::CliError::Usage) when no identity is known.
-    pub fn request(self) -> Result<CommandRequest, crate::CliError> {
-        crate::run::request(&self.actor, None, Some(self.environment), Some(self.app), self.reason)
-    }
+/// Who sends a promoter command, and the key that proves it (DESIGN.md §4, "Signed commands";
+/// [`crate::signing`] says how the key is found).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Signing {
+    /// Who you are: your name in the config repo's people.yaml (default: $BATON_ACTOR, else
+    /// $USER). The promoter accepts it only with a key people.yaml lists for that name.
+    #[arg(long, env = "BATON_ACTOR", value_name = "NAME")]
+    pub actor: Option<String>,
+    /// The private key to sign with (an unencrypted OpenSSH key file; a key with a passphrase
+    /// signs through the ssh-agent). Without it, the ssh-agent at SSH_AUTH_SOCK signs.
+    #[arg(long, env = "BATON_SIGNING_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Which of the ssh-agent's keys signs, by its fingerprint as `ssh-add -l` prints it
+    /// (default: the first key the agent lists). With --key, the fingerprint that key must have.
+    #[arg(long, env = "BATON_SIGNING_KEY_FINGERPRINT", value_name = "SHA256:…")]
+    pub key_fingerprint: Option<String>,
+    /// Gone: the actor is --actor NAME, proven by the signing key.
+    #[arg(long = "as", hide = true, value_name = "NAME")]
+    pub removed_as: Option<String>,
 }
 
-/// Who is acting: recorded with every decision.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Actor {
-    /// Your Baton identity (default: $BATON_ACTOR, else $USER).
-    #[arg(long = "as", env = "BATON_ACTOR")]
-    pub name: Option<String>,
-}
-
-impl Actor {
-    /// The identity to record.
-    pub fn resolve(&self) -> Option<String> {
-        self.name
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .filter(|n| !n.trim().is_empty())
+impl Command {
+    /// The promoter command this subcommand sends, if it sends one: its verb, the request
+    /// without its actor (filled in from [`Signing`] once the key is found), and who signs it.
+    pub fn promoter_command(&self) -> Option<(Verb, CommandRequest, &Signing)> {
+        let request =
+            |release: Option<&String>, environment: Option<&String>, app: Option<&String>, reason: &Option<String>| {
+                CommandRequest {
+                    app: app.cloned(),
+                    release: release.cloned(),
+                    environment: environment.cloned(),
+                    reason: reason.clone(),
+                    request_id: Some(uuid::Uuid::new_v4().to_string()),
+                    ..CommandRequest::default()
+                }
+            };
+        Some(match self {
+            Self::Approve(vote) | Self::Decline(vote) => {
+                let verb = if matches!(self, Self::Approve(_)) {
+                    Verb::Approve
+                } else {
+                    Verb::Decline
+                };
+                let r = request(Some(&vote.release), vote.environment.as_ref(), None, &vote.reason);
+                (verb, r, &vote.signing)
+            }
+            Self::Promote {
+                release,
+                environment,
+                break_glass,
+                reason,
+                signing,
+            } => {
+                let mut r = request(Some(release), Some(environment), None, reason);
+                r.break_glass = *break_glass;
+                (Verb::Promote, r, signing)
+            }
+            Self::Rollback {
+                app,
+                environment,
+                release,
+                reason,
+                signing,
+            } => (
+                Verb::Rollback,
+                request(release.as_ref(), Some(environment), Some(app), reason),
+                signing,
+            ),
+            Self::Pin(pin) | Self::Unpin(pin) => {
+                let verb = if matches!(self, Self::Pin(_)) {
+                    Verb::Pin
+                } else {
+                    Verb::Unpin
+                };
+                let r = request(None, Some(&pin.environment), Some(&pin.app), &pin.reason);
+                (verb, r, &pin.signing)
+            }
+            Self::MarkBad {
+                release,
+                reason,
+                signing,
+            } => (Verb::MarkBad, request(Some(release), None, None, reason), signing),
+            Self::Unquarantine {
+                release,
+                reason,
+                signing,
+            } => (Verb::Unquarantine, request(Some(release), None, None, reason), signing),
+            Self::Whoami { signing } => (Verb::Whoami, request(None, None, None, &None), signing),
+            Self::Events { .. }
+            | Self::Trace { .. }
+            | Self::Releases { .. }
+            | Self::Status { .. }
+            | Self::Logs { .. }
+            | Self::Up { .. }
+            | Self::Admin { .. }
+            | Self::Policy { .. }
+            | Self::Completions { .. } => return None,
+        })
     }
 }

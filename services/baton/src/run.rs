@@ -16,9 +16,10 @@ use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 
 use crate::CliError;
-use crate::cli::{AdminCommand, Cli, Command, Output};
+use crate::cli::{AdminCommand, Cli, Command, Output, PolicyCommand};
 use crate::log::{self, Query, Record};
 use crate::render::{self, Style, Tone};
+use crate::signing::{self, Chosen};
 
 /// The events stream Baton provisions by default.
 const EVENTS_STREAM: &str = "BATON_EVENTS";
@@ -57,6 +58,20 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         let nats = nats.or(std::env::var("BATON_NATS_URL").ok().map(|_| cli.nats.as_str()));
         return crate::up::up(config_dir, nats).await;
     }
+    if let Command::Policy {
+        command: PolicyCommand::Show { file },
+    } = &cli.command
+    {
+        return crate::policy::show(file, style);
+    }
+    let env = |name: &str| std::env::var(name).ok();
+    // A command is signed before anything is reached: no key, no connection.
+    if let Some((verb, mut request, who)) = cli.command.promoter_command() {
+        request.actor = signing::actor(who, &env)?;
+        let chosen = signing::signer(who, &env)?;
+        let client = connect(&cli.nats, nats_auth(&cli, &env)?).await?;
+        return command(&client, style, verb, request, chosen).await;
+    }
     // Flags are checked before anything is reached.
     if let Command::Events {
         event_type: Some(t), ..
@@ -64,7 +79,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     {
         parse_type(t)?;
     }
-    let auth = nats_auth(&cli, &|name| std::env::var(name).ok())?;
+    let auth = nats_auth(&cli, &env)?;
     let client = connect(&cli.nats, auth).await?;
     let js = jetstream::new(client.clone());
     match cli.command {
@@ -88,36 +103,19 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let history = consumer_history.map_or(History::Refuse, History::from);
             crate::admin::provision(&client, config_dir.as_deref(), history, style.output).await
         }
-        Command::Completions { .. } | Command::Up { .. } => Ok(()),
-        Command::Approve(vote) => command(&client, style, Verb::Approve, vote.request()?).await,
-        Command::Decline(vote) => command(&client, style, Verb::Decline, vote.request()?).await,
-        Command::Promote {
-            release,
-            environment,
-            break_glass,
-            reason,
-            actor,
-        } => {
-            let mut request = request(&actor, Some(release), Some(environment), None, reason)?;
-            request.break_glass = break_glass;
-            command(&client, style, Verb::Promote, request).await
-        }
-        Command::Rollback {
-            app,
-            environment,
-            release,
-            reason,
-            actor,
-        } => {
-            let request = request(&actor, release, Some(environment), Some(app), reason)?;
-            command(&client, style, Verb::Rollback, request).await
-        }
-        Command::Pin(pin) => command(&client, style, Verb::Pin, pin.request()?).await,
-        Command::Unpin(pin) => command(&client, style, Verb::Unpin, pin.request()?).await,
-        Command::MarkBad { release, reason, actor } => {
-            let request = request(&actor, Some(release), None, None, reason)?;
-            command(&client, style, Verb::MarkBad, request).await
-        }
+        // Answered above, before connecting.
+        Command::Completions { .. }
+        | Command::Up { .. }
+        | Command::Policy { .. }
+        | Command::Approve(_)
+        | Command::Decline(_)
+        | Command::Promote { .. }
+        | Command::Rollback { .. }
+        | Command::Pin(_)
+        | Command::Unpin(_)
+        | Command::MarkBad { .. }
+        | Command::Unquarantine { .. }
+        | Command::Whoami { .. } => Ok(()),
     }
 }
 
@@ -161,46 +159,26 @@ async fn connect(url: &str, auth: Option<(String, String)>) -> Result<async_nats
     }
 }
 
-pub(crate) fn request(
-    actor: &crate::cli::Actor,
-    release: Option<String>,
-    environment: Option<String>,
-    app: Option<String>,
-    reason: Option<String>,
-) -> Result<CommandRequest, CliError> {
-    let actor = actor.resolve().ok_or_else(|| {
-        CliError::Usage(
-            "who are you? every decision is recorded with an identity: pass --as NAME or set BATON_ACTOR".into(),
-        )
-    })?;
-    Ok(CommandRequest {
-        actor,
-        app,
-        release,
-        environment,
-        reason,
-        break_glass: false,
-        request_id: Some(uuid::Uuid::new_v4().to_string()),
-        ..CommandRequest::default()
-    })
-}
-
+/// Sends `request` as `verb`, signed with `chosen`'s key, and prints the promoter's answer.
 async fn command(
     client: &async_nats::Client,
     style: Style,
     verb: Verb,
     request: CommandRequest,
+    chosen: Chosen,
 ) -> Result<(), CliError> {
-    let commands = CommandClient::new(client.clone(), COMMAND_TIMEOUT);
-    let reply = commands.send(verb, &request).await.map_err(|e| {
-        CliError::Nats(match e {
-            CommandError::NoPromoter => format!("{e}; start baton-promoter against this NATS"),
-            CommandError::Timeout(_) => format!("{e}; try again"),
-            CommandError::Request(_) | CommandError::Reply(_) | CommandError::Sign(_) => e.to_string(),
-        })
+    let commands = CommandClient::new(client.clone(), COMMAND_TIMEOUT).with_signer(chosen.signer.clone());
+    let reply = commands.send(verb, &request).await.map_err(|e| match e {
+        CommandError::Sign(e) => CliError::Sign(e),
+        CommandError::NoPromoter => CliError::Nats(format!("{e}; start baton-promoter against this NATS")),
+        CommandError::Timeout(_) => CliError::Nats(format!("{e}; try again")),
+        CommandError::Request(_) | CommandError::Reply(_) => CliError::Nats(e.to_string()),
     })?;
+    let hint = (!reply.ok).then(|| chosen.refusal_hint()).flatten();
     match style.output {
         Output::Json | Output::Yaml => println!("{}", render::document(style.output, &reply)),
+        // whoami's answer is the message itself: who the promoter sees.
+        _ if verb == Verb::Whoami && reply.ok => println!("{}", reply.message),
         _ => {
             let mark = if reply.ok {
                 style.tone(Tone::Good, "ok")
@@ -210,6 +188,9 @@ async fn command(
             println!("{mark}: {}", reply.message);
             if let Some(commit) = &reply.config_commit {
                 println!("config commit: {commit}");
+            }
+            if let Some(hint) = &hint {
+                println!("note: {hint}");
             }
         }
     }

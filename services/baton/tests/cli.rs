@@ -1,8 +1,11 @@
 //! The `baton` binary against a real nats-server with a real promoter, config repo and app repo:
 //! a release is created and promoted to staging, and the CLI shows it in the event log, its
-//! trace, the app's releases and the status, sends an approval (refused with the reason, exit
-//! 4) and pins the environment; unreachable NATS, an unknown release and invalid flags are
-//! one-line errors with a fix and a non-zero exit.
+//! trace, the app's releases and the status, sends signed commands (an approval refused with the
+//! reason, exit 4; a pin; a quarantine and its lifting) and asks the promoter who it sees
+//! (`whoami`); a command without a key never leaves, and one signed by a key people.yaml does not
+//! list is refused with how to add it; `policy show` prints every verb's holders and where that
+//! comes from; unreachable NATS, an unknown release and invalid flags are one-line errors with a
+//! fix and a non-zero exit.
 
 use baton_kit::service::Service as _;
 use std::path::Path;
@@ -17,6 +20,7 @@ use baton_schemas::config::promoter::PromoterSettings;
 use baton_schemas::payloads::{ImageInfo, Outcome, TestCounts, TestData};
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::NatsServer;
+use baton_tests::people::{Person, SshAgent, people_yaml};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -30,12 +34,22 @@ struct Run {
     stderr: String,
 }
 
+/// Runs `baton` with nothing to sign with: no key and no ssh-agent, whatever this machine has.
 fn baton(nats: &str, args: &[&str]) -> Run {
+    baton_with(nats, args, &[])
+}
+
+/// Runs `baton` with `env` set on top of [`baton`]'s environment.
+fn baton_with(nats: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_baton"))
         .args(args)
         .env("BATON_NATS_URL", nats)
         .env("BATON_ACTOR", "carol")
         .env("NO_COLOR", "1")
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("BATON_SIGNING_KEY")
+        .env_remove("BATON_SIGNING_KEY_FINGERPRINT")
+        .envs(env.iter().copied())
         .output()
         .expect("run baton");
     Run {
@@ -45,8 +59,32 @@ fn baton(nats: &str, args: &[&str]) -> Run {
     }
 }
 
-/// A promoter with a config repo (staging automatic, production by alice's approval) and an
-/// app repo whose tests passed: returns the release id once staging has it.
+/// `baton` signing as `who`, whose private key is `<dir>/<who>.key` ([`write_keys`]).
+fn signed(nats: &str, dir: &Path, who: &str, args: &[&str]) -> Run {
+    let key = dir.join(format!("{who}.key")).display().to_string();
+    let mut all = args.to_vec();
+    all.extend(["--actor", who, "--key", &key]);
+    baton(nats, &all)
+}
+
+/// The people of the suite: alice and carol are in people.yaml, mallory is not.
+fn people() -> [Person; 3] {
+    [Person::new("alice"), Person::new("carol"), Person::new("mallory")]
+}
+
+/// Writes each person's private key to `<dir>/<name>.key` and returns the people.yaml listing
+/// alice and carol.
+fn write_keys(dir: &Path) -> Result<String> {
+    let [alice, carol, mallory] = people();
+    for person in [&alice, &carol, &mallory] {
+        person.write_private_key(&dir.join(format!("{}.key", person.name)))?;
+    }
+    Ok(people_yaml(&[alice.entry(), carol.entry()]))
+}
+
+/// A promoter with a config repo (staging automatic, production by alice's approval; alice and
+/// carol in people.yaml, their keys in `dir`) and an app repo whose tests passed: returns the
+/// release id once staging has it.
 async fn released(nats: &NatsServer, dir: &Path) -> Result<(String, tokio_util::sync::CancellationToken)> {
     git(dir, &["init", "-q", "--bare", "-b", "main", "config.git"])?;
     git(dir, &["clone", "-q", "config.git", "seed"])?;
@@ -54,6 +92,7 @@ async fn released(nats: &NatsServer, dir: &Path) -> Result<(String, tokio_util::
         dir.join("seed/environments.yaml"),
         "environments:\n  - {name: staging, namespace: shop-staging, policy: auto}\n  - name: production\n    namespace: shop-production\n    policy: manual\n    approvals: {users: [alice]}\n",
     )?;
+    std::fs::write(dir.join("seed/people.yaml"), write_keys(dir)?)?;
     git(&dir.join("seed"), &["add", "."])?;
     git(&dir.join("seed"), &["commit", "-qm", "environments"])?;
     git(&dir.join("seed"), &["push", "-q", "origin", "main"])?;
@@ -182,13 +221,16 @@ async fn the_cli_shows_the_log_a_trace_releases_and_status_and_sends_commands() 
     let status = baton(&url, &["status", "-o", "yaml"]);
     assert!(status.stdout.contains("environment: staging"), "{}", status.stdout);
 
-    // Commands carry the actor; a refusal says why and exits 4.
-    let approve = baton(&url, &["approve", &release, "--env", "production"]);
+    // Commands are signed and carry the actor; a refusal says why and exits 4.
+    let d = dir.path();
+    let approve = signed(&url, d, "carol", &["approve", &release, "--env", "production"]);
     assert_eq!(approve.code, Some(4), "{}{}", approve.stdout, approve.stderr);
     assert!(approve.stdout.contains("refused"), "{}", approve.stdout);
-    let pin = baton(
+    let pin = signed(
         &url,
-        &["pin", "acme/shop", "staging", "--reason", "demo day", "--as", "alice"],
+        d,
+        "alice",
+        &["pin", "acme/shop", "staging", "--reason", "demo day"],
     );
     assert_eq!(pin.code, Some(0), "{}{}", pin.stdout, pin.stderr);
     assert!(pin.stdout.contains("pinned"), "{}", pin.stdout);
@@ -198,6 +240,82 @@ async fn the_cli_shows_the_log_a_trace_releases_and_status_and_sends_commands() 
         "{}",
         rejected.stdout
     );
+
+    // Who the promoter sees: the person, the key and the channel; nothing is recorded.
+    let [alice, _, mallory] = people();
+    let recorded = || -> Result<usize> {
+        let all = baton(&url, &["events", "-o", "json"]);
+        let all: Value = serde_json::from_str(&all.stdout).context("-o json is JSON")?;
+        Ok(all.as_array().map_or(0, Vec::len))
+    };
+    let before = recorded()?;
+    let whoami = signed(&url, d, "alice", &["whoami"]);
+    assert_eq!(whoami.code, Some(0), "{}{}", whoami.stdout, whoami.stderr);
+    for word in ["alice", &alice.signer().fingerprint(), "cli"] {
+        assert!(whoami.stdout.contains(word), "`{word}` in: {}", whoami.stdout);
+    }
+    let as_json = signed(&url, d, "alice", &["whoami", "-o", "json"]);
+    let reply: Value = serde_json::from_str(&as_json.stdout).context("whoami -o json is JSON")?;
+    assert_eq!(reply["ok"], true, "{}", as_json.stdout);
+    assert_eq!(recorded()?, before, "whoami records nothing");
+
+    // Without a key nothing is sent: the error names the three ways to give one.
+    let keyless = baton(&url, &["unpin", "acme/shop", "staging", "--actor", "alice"]);
+    assert_eq!(keyless.code, Some(2), "{}{}", keyless.stdout, keyless.stderr);
+    assert_eq!(keyless.stderr.lines().count(), 1, "{}", keyless.stderr);
+    for way in ["--key FILE", "BATON_SIGNING_KEY", "ssh-agent"] {
+        assert!(keyless.stderr.contains(way), "names {way}: {}", keyless.stderr);
+    }
+    let gone = baton(&url, &["unpin", "acme/shop", "staging", "--as", "alice"]);
+    assert_eq!(gone.code, Some(2), "{}", gone.stderr);
+    assert!(gone.stderr.contains("--actor alice"), "{}", gone.stderr);
+
+    // A key people.yaml does not list: refused, saying how to add it; whoami prints just that.
+    let mallory_key = d.join("mallory.key").display().to_string();
+    let unknown = baton(
+        &url,
+        &[
+            "unpin",
+            "acme/shop",
+            "staging",
+            "--actor",
+            "alice",
+            "--key",
+            &mallory_key,
+        ],
+    );
+    assert_eq!(unknown.code, Some(4), "{}{}", unknown.stdout, unknown.stderr);
+    let stranger = signed(&url, d, "mallory", &["whoami"]);
+    assert_eq!(stranger.code, Some(4), "{}{}", stranger.stdout, stranger.stderr);
+    for run in [&unknown, &stranger] {
+        for word in [&mallory.signer().fingerprint(), "people.yaml", "keys"] {
+            assert!(run.stdout.contains(word), "`{word}` in: {}", run.stdout);
+        }
+    }
+    let status = baton(&url, &["status", "acme/shop"]);
+    assert!(
+        status.stdout.contains("yes: demo day"),
+        "still pinned: {}",
+        status.stdout
+    );
+
+    // Through the ssh-agent: its first key signs, and a refusal says how to pick another.
+    let agent = SshAgent::start()?;
+    agent.add(&mallory)?;
+    agent.add(&alice)?;
+    let socket = agent.socket().display().to_string();
+    let through_agent = [("SSH_AUTH_SOCK", socket.as_str()), ("BATON_ACTOR", "alice")];
+    let first = baton_with(&url, &["whoami"], &through_agent);
+    assert_eq!(first.code, Some(4), "{}{}", first.stdout, first.stderr);
+    assert!(
+        first.stdout.contains("the first of the 2 keys") && first.stdout.contains("--key-fingerprint"),
+        "{}",
+        first.stdout
+    );
+    let fingerprint = alice.signer().fingerprint();
+    let picked = baton_with(&url, &["whoami", "--key-fingerprint", &fingerprint], &through_agent);
+    assert_eq!(picked.code, Some(0), "{}{}", picked.stdout, picked.stderr);
+    assert!(picked.stdout.contains(&fingerprint), "{}", picked.stdout);
 
     // A run's stored logs (as the step executor stores them: `<run>/<step>.log`).
     let js = async_nats::jetstream::new(async_nats::connect(&url).await?);
@@ -235,7 +353,99 @@ async fn the_cli_shows_the_log_a_trace_releases_and_status_and_sends_commands() 
     assert_eq!(bad.code, Some(2), "clap usage error");
     let completions = baton(&url, &["completions", "bash"]);
     assert!(completions.stdout.contains("baton"), "completions");
+
+    // A quarantine, and lifting it.
+    let bad = signed(&url, d, "alice", &["mark-bad", &release, "--reason", "leaks memory"]);
+    assert_eq!(bad.code, Some(0), "{}{}", bad.stdout, bad.stderr);
+    let lifted = signed(&url, d, "alice", &["unquarantine", &release, "--reason", "false alarm"]);
+    assert_eq!(lifted.code, Some(0), "{}{}", lifted.stdout, lifted.stderr);
+    assert!(lifted.stdout.contains("no longer quarantined"), "{}", lifted.stdout);
+    let again = signed(&url, d, "alice", &["unquarantine", &release]);
+    assert_eq!(again.code, Some(4), "{}", again.stdout);
+    assert!(again.stdout.contains("is not quarantined"), "{}", again.stdout);
     stop.cancel();
+    Ok(())
+}
+
+#[test]
+fn policy_show_prints_every_verb_with_who_holds_it_and_why() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("environments.yaml"),
+        "environments:\n  - {name: staging, namespace: shop-staging, policy: auto}\n  - name: production\n    namespace: shop-production\n    policy: manual\n    approvals: {users: [alice], groups: [sre]}\n    grants:\n      rollback: {users: [bob]}\ngroups:\n  sre: [carol]\n",
+    )?;
+    // In a clone of the config repo, the file there; no NATS is needed.
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["policy", "show"])
+        .current_dir(dir.path())
+        .env("BATON_NATS_URL", "nats://127.0.0.1:1")
+        .env("NO_COLOR", "1")
+        .output()?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let row = |env: &str, verb: &str| {
+        shown
+            .lines()
+            .find(|line| line.split_whitespace().take(2).eq([env, verb]))
+            .unwrap_or_else(|| panic!("no row {env} {verb} in:\n{shown}"))
+            .to_owned()
+    };
+    for verb in [
+        "promote",
+        "rollback",
+        "pin",
+        "unpin",
+        "mark-bad",
+        "unquarantine",
+        "break-glass",
+    ] {
+        row("staging", verb);
+        row("production", verb);
+    }
+    let rollback = row("production", "rollback");
+    assert!(rollback.contains("bob") && rollback.contains("granted"), "{rollback}");
+    let promote = row("production", "promote");
+    assert!(
+        promote.contains("alice, group sre") && promote.contains("default: the environment's approvers"),
+        "{promote}"
+    );
+    assert!(
+        row("staging", "pin").contains("everyone in people.yaml"),
+        "automatic: everyone"
+    );
+    assert!(
+        row("staging", "mark-bad").contains("default: anyone who may approve in any environment"),
+        "{shown}"
+    );
+
+    let file = dir.path().join("environments.yaml").display().to_string();
+    let json = baton("nats://127.0.0.1:1", &["policy", "show", "--file", &file, "-o", "json"]);
+    let rows: Value = serde_json::from_str(&json.stdout).context("-o json is JSON")?;
+    assert_eq!(rows.as_array().map(Vec::len), Some(14), "{}", json.stdout);
+    assert_eq!(rows[7]["environment"], "production");
+    assert_eq!(rows[8]["verb"], "rollback");
+    assert_eq!(rows[8]["users"], json!(["bob"]));
+    assert_eq!(rows[8]["source"], "granted");
+
+    let missing = baton(
+        "nats://127.0.0.1:1",
+        &["policy", "show", "--file", "/nonexistent/environments.yaml"],
+    );
+    assert_eq!(missing.code, Some(2), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("clone of the config repo"),
+        "{}",
+        missing.stderr
+    );
+    std::fs::write(dir.path().join("bad.yaml"), "environments:\n  - {name: staging}\n")?;
+    let bad = dir.path().join("bad.yaml").display().to_string();
+    let invalid = baton("nats://127.0.0.1:1", &["policy", "show", "--file", &bad]);
+    assert_eq!(invalid.code, Some(64), "{}", invalid.stderr);
+    assert!(
+        invalid.stderr.contains("namespace"),
+        "names the field: {}",
+        invalid.stderr
+    );
     Ok(())
 }
 
@@ -257,6 +467,7 @@ async fn baton_up_runs_the_configured_services_in_one_process() -> Result<()> {
         dir.path().join("seed/environments.yaml"),
         "environments:\n  - {name: staging, namespace: shop-staging, policy: auto}\n",
     )?;
+    std::fs::write(dir.path().join("seed/people.yaml"), write_keys(dir.path())?)?;
     git(&dir.path().join("seed"), &["add", "."])?;
     git(&dir.path().join("seed"), &["commit", "-qm", "environments"])?;
     git(&dir.path().join("seed"), &["push", "-q", "origin", "main"])?;
@@ -283,7 +494,7 @@ async fn baton_up_runs_the_configured_services_in_one_process() -> Result<()> {
     // The promoter inside `baton up` answers commands.
     let deadline = Instant::now() + Duration::from_secs(30);
     let answered = loop {
-        let run = baton(&nats.url(), &["mark-bad", "no-such-release"]);
+        let run = signed(&nats.url(), dir.path(), "alice", &["mark-bad", "no-such-release"]);
         if run.code == Some(4) {
             break run;
         }
