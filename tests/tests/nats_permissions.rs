@@ -18,6 +18,7 @@ use baton_kit::fabric::Topology;
 use baton_kit::provision::{self, Plan};
 use baton_schemas::config::CommonSettings;
 use baton_schemas::{EventType, subjects};
+use baton_tests::people::{Entry, Person, people_yaml};
 use baton_tests::{NatsServer, app, events, eventually_every, repos};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -329,7 +330,25 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
             ("deploy/deployment.yaml", &repos::shop_deployment("baton/shop:dev")),
         ],
     )?;
-    repos::config_repo(dir.path(), "config-seed", repos::STAGING_AUTO)?;
+    let config = repos::config_repo(dir.path(), "config-seed", repos::STAGING_AUTO)?;
+    // The bot finds who Slack user U0ALICE is in people.yaml, and signs with its own key.
+    let bot = Person::new("chatops");
+    let people = [
+        Entry {
+            chat: vec!["U0ALICE".into()],
+            ..Person::new("alice").entry()
+        },
+        Entry {
+            speaks_for: Some(vec!["*".into()]),
+            ..bot.entry()
+        },
+    ];
+    std::fs::write(config.join("people.yaml"), people_yaml(&people))?;
+    baton_tests::git(&config, &["add", "people.yaml"])?;
+    baton_tests::git(&config, &["commit", "-qm", "people"])?;
+    baton_tests::git(&config, &["push", "-q", "origin", "main"])?;
+    let bot_key = dir.path().join("chatops-key");
+    bot.write_private_key(&bot_key)?;
 
     // Slack's incoming webhook: records what the bot posts.
     let posted = Arc::new(Mutex::new(Vec::<Value>::new()));
@@ -406,7 +425,9 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
     let chatops = app::spawn::<baton_chatops::Application>(
         nats.common("chatops")?,
         yaml_serde::from_str(&format!(
-            "signing_secret_env: SLACK_SECRET\nusers: {{U0ALICE: alice}}\nincoming_webhook_url: {hook_url}\n"
+            "signing_secret_env: SLACK_SECRET\nsigning_key_file: {}\npeople: {{repository: 'file://{}'}}\nincoming_webhook_url: {hook_url}\n",
+            bot_key.display(),
+            dir.path().join("config.git").display()
         ))?,
         &env,
         &stop,
