@@ -1,24 +1,28 @@
-//! The end-to-end suite (`tests/tests/story.rs`): the demo's story as assertions, on the same local stack (real NATS,
-//! registry, Kubernetes control plane with simulated nodes, git repos, every service):
+//! The end-to-end suite (`tests/tests/story.rs`): the demo's story as assertions, on the same
+//! local stack (real NATS, registry, Kubernetes control plane with simulated nodes, git repos,
+//! every service):
 //!
 //! - a push becomes a release that reaches staging automatically and production through a signed
-//!   chat approval; a failing test stops its release before staging; a crash-looping release is
-//!   rolled back to the previous digest;
+//!   chat approval (the bot signs it with its own key, for alice, whose Slack id people.yaml
+//!   lists); a failing test stops its release before staging; a crash-looping release is rolled
+//!   back to the previous digest;
 //! - every release's log is a complete, ordered chain: one chainId from the push on, every event
-//!   but the push linked to the event that caused it, and each of them valid against the
-//!   official schema of its type (CDEvents 0.5.1, the 0.6 draft for approvals, Baton's own);
+//!   but the push and the records of people's commands linked to the event that caused it, and
+//!   each of them valid against the official schema of its type (CDEvents 0.5.1, the 0.6 draft
+//!   for approvals, Baton's own);
 //! - the cluster runs the right digests, and the config repo's history is the releases'.
 
 use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
 use baton::log::Record;
-use baton_demo::{DEPLOYMENT, Stack, git, in_env, of, write};
+use baton_demo::{CHAT_BOT, DEPLOYMENT, Stack, git, in_env, of, write};
 use baton_schemas::EventType;
 use baton_schemas::payloads::ImageInfo;
 use baton_schemas::release::{PromotionAction, PromotionData, ReleaseData};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
+use serde_json::json;
 
 async fn image_in(stack: &Stack, namespace: &str) -> Result<String> {
     let deployments: Api<Deployment> = Api::namespaced(stack.cluster.client()?, namespace);
@@ -44,8 +48,23 @@ async fn the_release_story_end_to_end() -> Result<()> {
     stack
         .wait_for("the approval request", of(&first, EventType::ApprovalCreated))
         .await?;
+    // The bot signs it with its own key and names alice's Slack user: the promoter accepts it
+    // for alice because people.yaml lets the bot speak for her through that id.
     let answer = stack.slash(&format!("approve {first} production")).await?;
     assert!(answer.contains("approved"), "{answer}");
+    let accepted = stack
+        .wait_for("the approval's record", of(&first, EventType::CommandAccepted))
+        .await?;
+    let proven = &accepted.event.subject.content;
+    assert_eq!(
+        (&proven["verb"], &proven["person"], &proven["channel"]),
+        (&json!("approve"), &json!("alice"), &json!(CHAT_BOT)),
+        "{proven}"
+    );
+    let vote = stack
+        .wait_for("alice's vote", of(&first, EventType::ApprovalUpdated))
+        .await?;
+    assert_eq!(vote.event.subject.content["responder"], "urn:baton:user:alice");
     stack
         .wait_for(
             "production",
@@ -102,6 +121,10 @@ async fn the_release_story_end_to_end() -> Result<()> {
             .with_context(|| format!("{ty} {}", record.event.context.id))?;
         if ty == EventType::ChangeMerged {
             assert!(record.event.context.links.is_none(), "a push starts its chain");
+            continue;
+        }
+        if matches!(ty, EventType::CommandAccepted | EventType::CommandRejected) {
+            // A person's command: caused by no event.
             continue;
         }
         let links = record.event.context.links.clone().unwrap_or_default();
