@@ -5,7 +5,8 @@
 //! deployer, chat-ops bot) in this process; plus what a git host and Slack would send: signed
 //! push webhooks and signed slash commands. The config repo's `people.yaml` lists alice, with
 //! her Slack user id, and the chat-ops bot, with a key the demo generates, allowed to speak for
-//! her: her chat approval reaches the promoter signed by the bot.
+//! her: her chat approval reaches the promoter signed by the bot. Her own key, for the `baton`
+//! commands the demo suggests at the end, is written next to the repos ([`Stack::cli_key`]).
 
 #![allow(clippy::print_stdout, reason = "the demo narrates on the terminal")]
 
@@ -173,6 +174,17 @@ fn chat_bot(dir: &Path) -> Result<(PathBuf, Entry)> {
     Ok((key, entry))
 }
 
+/// alice's key file for the `baton` CLI, in the stack's directory.
+const CLI_KEY: &str = "alice-key";
+
+/// alice at a terminal: a new key, written to `<dir>/alice-key` for `baton --key` (or
+/// `BATON_SIGNING_KEY`); her `people.yaml` entry lists its public half.
+fn cli_user(dir: &Path) -> Result<Person> {
+    let alice = Person::generate("alice");
+    alice.write_private_key(&dir.join(CLI_KEY))?;
+    Ok(alice)
+}
+
 /// `person`'s `people.yaml` entry with `chat_id`: the bot may speak for them through it.
 fn in_chat(person: &Person, chat_id: &str) -> Entry {
     Entry {
@@ -265,7 +277,7 @@ impl Stack {
       users: [alice]
 ",
         )?;
-        let alice = Person::generate("alice");
+        let alice = cli_user(&dir)?;
         let (bot_key, bot) = chat_bot(&dir)?;
         write(
             &dir.join("config/people.yaml"),
@@ -424,6 +436,12 @@ impl Stack {
     /// The config repo (bare).
     pub fn config_repo(&self) -> PathBuf {
         self.temp.path().join("config.git")
+    }
+
+    /// alice's private key, which `people.yaml` lists for her: what `baton` signs her commands
+    /// with (`--key`, or `BATON_SIGNING_KEY`).
+    pub fn cli_key(&self) -> PathBuf {
+        self.temp.path().join(CLI_KEY)
     }
 
     /// Waits (up to 3 minutes) for an event matching `pred`.

@@ -9,7 +9,7 @@
 //!    automatically to the previous digest, quarantined, and staging pinned.
 //!
 //! It ends with `baton trace` of each release and keeps everything running for `baton`
-//! commands until Ctrl-C (or stops at once with `--down`).
+//! commands, signed with alice's key, until Ctrl-C (or stops at once with `--down`).
 
 #![allow(clippy::print_stdout, reason = "the demo narrates on the terminal")]
 
@@ -117,10 +117,15 @@ async fn main() -> Result<()> {
         let cli = std::env::current_exe()?.with_file_name("baton");
         let cli = cli.display();
         println!("  export BATON_NATS_URL={}", stack.nats.url());
+        println!(
+            "  export BATON_ACTOR=alice BATON_SIGNING_KEY={}   # alice's key, listed in the config repo's people.yaml",
+            stack.cli_key().display()
+        );
         println!("  {cli} events                # the whole log, then: {cli} events --follow");
         println!("  {cli} status                # what runs where (staging is pinned after the rollback)");
         println!("  {cli} trace {first}");
-        println!("  {cli} unpin acme/shop staging --as alice");
+        println!("  {cli} whoami                # who the promoter sees behind the signature");
+        println!("  {cli} unpin acme/shop staging   # signed with alice's key");
         println!(
             "  KUBECONFIG={} kubectl get deploy -A   # if you have kubectl",
             stack.cluster.kubeconfig_path().display()
