@@ -31,6 +31,9 @@ struct Refusal {
 /// connect instead of being taken for a refusal.
 const NO_NATS: (&str, &str) = ("BATON_NATS_URL", "nats://127.0.0.1:1");
 
+/// For the chat-ops bot: a Slack signing secret, so a row reaches what it is about.
+const SLACK_SECRET: (&str, &str) = ("SLACK_SIGNING_SECRET", "not-a-real-secret");
+
 const REFUSALS: &[Refusal] = &[
     Refusal {
         binary: "baton-listener",
@@ -164,6 +167,20 @@ const REFUSALS: &[Refusal] = &[
         config: "users:\n  U1: alice\n",
         env: &[NO_NATS],
         names: &["signing_secret_env", "signing_secret_file"],
+    },
+    Refusal {
+        binary: "baton-chatops",
+        case: "no signing key: the promoter refuses unsigned commands",
+        config: "signing_secret_env: SLACK_SIGNING_SECRET\npeople: {repository: 'file:///srv/config.git'}\n",
+        env: &[NO_NATS, SLACK_SECRET],
+        names: &["signing_key_file", "people.yaml"],
+    },
+    Refusal {
+        binary: "baton-chatops",
+        case: "the old users map, which people.yaml replaces",
+        config: "signing_secret_env: SLACK_SIGNING_SECRET\nusers:\n  U1: alice\n",
+        env: &[NO_NATS, SLACK_SECRET],
+        names: &["users", "people.alice.chat"],
     },
     Refusal {
         binary: "baton-chatops",
