@@ -1142,6 +1142,17 @@ environments:
     let request: ApprovalData = world.wait_for(EventType::ApprovalCreated, 1, |_| true).await?[0].custom_data_as()?;
     assert_eq!(request.kind, baton_schemas::release::ApprovalKind::BreakGlass);
     assert_eq!(request.requested_by, "bob");
+    // Whoever asked for the break-glass may not approve it.
+    let own = world
+        .command(
+            "approve",
+            CommandRequest {
+                environment: Some("staging".into()),
+                ..vote("bob", &release)
+            },
+        )
+        .await?;
+    assert!(!own.ok && own.message.contains("asked for this break-glass"), "{own:?}");
     let approved = world
         .command(
             "approve",

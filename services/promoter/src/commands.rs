@@ -9,7 +9,7 @@ use std::sync::Arc;
 use baton_schemas::EventType;
 use baton_schemas::commands::{CommandReply, CommandRequest, PROMOTER, Verb};
 use baton_schemas::environments::{EnvironmentsFile, GrantedVerb};
-use baton_schemas::extensions::CommandRejectedContent;
+use baton_schemas::extensions::{CommandAcceptedContent, CommandRejectedContent};
 use baton_schemas::people::PeopleFile;
 use baton_schemas::release::{ApprovalKind, Pin, PromotionAction, ReleaseData};
 use baton_schemas::subjects::COMMANDS_PREFIX;
@@ -139,12 +139,16 @@ pub async fn execute(promoter: &ReleaseManager, verb: &str, body: &[u8], signatu
         now,
     };
     match command.run().await {
-        Ok((reply, events)) => match promoter.publish(&events).await {
-            Ok(()) => reply,
-            Err(e) => CommandReply::refused(format!(
-                "done, but recording it failed ({e}); send the same request again"
-            )),
-        },
+        Ok((reply, mut events)) => {
+            // Who asked, proven, ahead of what it did.
+            events.insert(0, command.accepted());
+            match promoter.publish(&events).await {
+                Ok(()) => reply,
+                Err(e) => CommandReply::refused(format!(
+                    "done, but recording it failed ({e}); send the same request again"
+                )),
+            }
+        }
         Err(Refusal::Refused { reason, app, release }) => {
             let event = promoter.event(
                 EventType::CommandRejected,
@@ -309,6 +313,26 @@ impl Command<'_> {
             // Answered by `execute` before a command is made; the same answer here.
             Verb::Whoami => Ok((whoami(&self.caller), Vec::new())),
         }
+    }
+
+    /// `baton-command.accepted`: the proven sender and what they asked.
+    fn accepted(&self) -> baton_kit::Outgoing {
+        self.promoter.event(
+            EventType::CommandAccepted,
+            derive_id(&["command.accepted", &self.id]),
+            self.request.app.as_deref().unwrap_or("config"),
+            &self.request_id,
+            serde_json::to_value(CommandAcceptedContent {
+                verb: self.verb.as_str().to_owned(),
+                person: self.caller.person.clone(),
+                key_fingerprint: self.caller.fingerprint.clone(),
+                channel: self.caller.channel.clone(),
+            })
+            .expect("serializes"),
+            self.request.release.as_deref(),
+            None,
+            Some(serde_json::to_value(&self.request).expect("serializes")),
+        )
     }
 
     /// The people behind `release`: its commit's author, every author of its changelog and its

@@ -962,7 +962,11 @@ fn vote_refusals_tell_the_voter_why() {
         ),
         (
             VoteRefusal::OwnChange,
-            "erin authored commit 0123456789abcdef0123456789abcdef01234567 and may not approve their own change into `production` (approvals.author_may_approve is false)",
+            "erin authored or pushed a commit of release release-new (its author, its changelog's authors and its pusher, as people.yaml maps their e-mails and logins) and may not approve their own change into `production` (approvals.author_may_approve is false)",
+        ),
+        (
+            VoteRefusal::OwnBreakGlass,
+            "erin asked for this break-glass promotion into `production` and may not approve it: someone else must",
         ),
         (
             VoteRefusal::AlreadyVoted {
