@@ -11,7 +11,7 @@ nats_server_version := "2.12.8"
 machete_version := "0.9.2"
 
 # Benchmarks `just bench` knows, space-separated.
-bench_targets := "fabric listener builder deployer steps e2e"
+bench_targets := "fabric listener builder deployer steps commands e2e"
 
 # Python snippet printing 1 when python3 is a distribution's Python that refuses `pip install`
 # outside a venv (PEP 668), else 0.
