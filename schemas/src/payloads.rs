@@ -68,6 +68,10 @@ pub struct CommitInfo {
     pub timestamp: Option<String>,
     /// The author.
     pub author: Person,
+    /// The committer, when Baton read the commit itself (the git hosts' push payloads name only
+    /// the author).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committer: Option<Person>,
     /// Web page of the commit, when the host gives one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,

@@ -72,6 +72,9 @@ pub struct ChangeEntry {
     pub summary: String,
     /// The author.
     pub author: Person,
+    /// The committer, when it is not the author.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committer: Option<Person>,
 }
 
 /// What a config-repo commit of the promoter did to an environment.

@@ -41,6 +41,7 @@ impl Push<'_> {
             message: "change".into(),
             timestamp: None,
             author: ada.clone(),
+            committer: None,
             url: None,
         };
         let data = PushData {

@@ -1599,8 +1599,8 @@ async fn spoofed_commands_are_refused_naming_the_check_and_recorded() -> Result<
 }
 
 /// Who may do what: a rollback by someone not granted it is refused; self-approval is judged
-/// against every person behind the release, through any of their e-mail addresses and as the
-/// pusher; whoever asked for a break-glass promotion cannot approve it.
+/// against every person behind the release, through any of their e-mail addresses, as a
+/// committer and as the pusher; whoever asked for a break-glass promotion cannot approve it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_are_authorised_per_verb_and_nobody_approves_their_own_change() -> Result<()> {
     use baton_schemas::payloads::Person as GitPerson;
@@ -1610,12 +1610,24 @@ async fn commands_are_authorised_per_verb_and_nobody_approves_their_own_change()
         match entry.name.as_str() {
             // Bob commits as ada@example.com too (another of his addresses, in another case).
             "bob" => entry.emails = vec!["bob@corp.example".into(), "ADA@example.com".into()],
-            "erin" => entry.emails = vec![],
+            "erin" => entry.emails = vec!["erin@corp.example".into()],
             "alice" => entry.logins = vec!["alice-gh".into()],
             _ => {}
         }
     }
     world.set_people(&people)?;
+    // An earlier commit of the change, committed (not authored) by erin.
+    let app = world.app_repo();
+    std::fs::write(app.join("deploy/configmap.yaml"), configmap("committed-by-erin"))?;
+    let committed = std::process::Command::new("git")
+        .args(["commit", "-qam", "committed by erin"])
+        .current_dir(&app)
+        .env("GIT_AUTHOR_NAME", "Ada")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+        .env("GIT_COMMITTER_NAME", "Erin")
+        .env("GIT_COMMITTER_EMAIL", "Erin@Corp.Example")
+        .status()?;
+    anyhow::ensure!(committed.success(), "git commit: {committed}");
     let sha = world.commit_app("pushed-by-alice")?;
     let release = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"pushed-by-alice").to_string();
     Verdict {
@@ -1632,8 +1644,8 @@ async fn commands_are_authorised_per_verb_and_nobody_approves_their_own_change()
     world.deployer_reports(&staging, None).await?;
     world.wait_for(EventType::ApprovalCreated, 1, |_| true).await?;
 
-    // Bob authored it under another address; alice pushed it.
-    for who in ["bob", "alice"] {
+    // Bob authored it under another address; alice pushed it; erin committed a commit of it.
+    for who in ["bob", "alice", "erin"] {
         let refused = world.command("approve", vote(who, &release)).await?;
         assert!(
             !refused.ok && refused.message.contains("authored or pushed"),

@@ -256,6 +256,7 @@ mod tests {
                         commit: format!("{i:040}"),
                         summary: format!("change {i}"),
                         author: person("ada"),
+                        committer: None,
                     })
                     .collect(),
                 created_at: chrono::Utc::now(),

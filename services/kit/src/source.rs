@@ -251,6 +251,14 @@ pub fn describe_commit(repo: &git2::Repository, oid: git2::Oid) -> Result<Commit
             email: author.email().ok().map(str::to_owned),
             username: None,
         },
+        committer: {
+            let committer = commit.committer();
+            Some(Person {
+                name: committer.name().ok().map(str::to_owned),
+                email: committer.email().ok().map(str::to_owned),
+                username: None,
+            })
+        },
         url: None,
     })
 }

@@ -110,6 +110,7 @@ pub fn change_merged(
         message: String::new(),
         timestamp: None,
         author: Person::default(),
+        committer: None,
         url: None,
     });
     let source = repository

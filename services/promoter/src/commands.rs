@@ -335,8 +335,8 @@ impl Command<'_> {
         )
     }
 
-    /// The people behind `release`: its commit's author, every author of its changelog and its
-    /// pusher, as people.yaml maps their e-mails (and logins, for the pusher) — or as the
+    /// The people behind `release`: its commit's author, every author and committer of its
+    /// changelog and its pusher, as people.yaml maps their e-mails (and logins, for the pusher) — or as the
     /// deprecated `people` of environments.yaml maps e-mails.
     fn involved(&self, policy: &EnvironmentsFile, release: &ReleaseData) -> BTreeSet<String> {
         let by_email = |email: &str| {
@@ -349,7 +349,12 @@ impl Command<'_> {
             })
         };
         let mut involved = BTreeSet::new();
-        let authors = release.author.iter().chain(release.changelog.iter().map(|c| &c.author));
+        let authors = release.author.iter().chain(
+            release
+                .changelog
+                .iter()
+                .flat_map(|c| std::iter::once(&c.author).chain(&c.committer)),
+        );
         for person in authors {
             involved.extend(person.email.as_deref().and_then(by_email));
         }

@@ -223,6 +223,7 @@ fn commit_story(
         .map(|c| ChangeEntry {
             summary: summary(&c.message),
             commit: c.id,
+            committer: c.committer.filter(|committer| *committer != c.author),
             author: c.author,
         })
         .collect();

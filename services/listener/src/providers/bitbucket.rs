@@ -107,6 +107,7 @@ fn commit(commit: &Field<'_>) -> Result<CommitInfo, PayloadError> {
         message: commit.get("message").text()?.to_owned(),
         timestamp: commit.get("date").optional_str(),
         author: author(&commit.get("author")),
+        committer: None,
         url: commit.get("links").get("html").get("href").optional_str(),
     })
 }

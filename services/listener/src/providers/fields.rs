@@ -210,6 +210,7 @@ pub(super) fn standard_commit(commit: &Field<'_>) -> Result<CommitInfo, PayloadE
             email: author.get("email").optional_str(),
             username: author.get("username").optional_str(),
         },
+        committer: None,
         url: commit.get("url").optional_str(),
     })
 }
@@ -289,6 +290,7 @@ mod tests {
             message: String::new(),
             timestamp: None,
             author: Person::default(),
+            committer: None,
             url: None,
         }
     }
