@@ -1724,3 +1724,35 @@ async fn a_command_signed_by_ssh_keygen_is_accepted() -> Result<()> {
     assert!(reply.ok, "{reply:?}");
     world.stop().await
 }
+
+/// An invalid people.yaml is refused with the field at fault and recorded; the last valid one
+/// stays in force, so the people it lists still act.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_people_file_is_refused_and_the_last_valid_one_stays() -> Result<()> {
+    let world = World::start(STAGING_AUTO, 1).await?;
+    let release = world.tests_passed("people").await?;
+    world.promotion(&release, "staging").await?;
+    let pin = |reason: &str| CommandRequest {
+        actor: "alice".into(),
+        app: Some(APP.into()),
+        environment: Some("staging".into()),
+        reason: Some(reason.into()),
+        ..Default::default()
+    };
+    // A command while the file is valid: it becomes the last valid one.
+    assert!(world.command("pin", pin("first")).await?.ok);
+    let work = world.dir.path().join("config-edit");
+    git(&work, &["pull", "-q", "origin", "main"])?;
+    std::fs::write(work.join("people.yaml"), "people:\n  alice:\n    keys: ['not a key']\n")?;
+    git(&work, &["commit", "-qam", "a broken people.yaml"])?;
+    git(&work, &["push", "-q", "origin", "main"])?;
+    let unpinned = world.command("unpin", pin("second")).await?;
+    assert!(unpinned.ok, "alice's key is still in force: {unpinned:?}");
+    let rejected = world
+        .wait_for(EventType::PolicyRejected, 1, |e| {
+            e.subject.content["file"] == "people.yaml"
+        })
+        .await?;
+    assert_eq!(rejected[0].subject.content["field"], "people.alice.keys[0]");
+    world.stop().await
+}
