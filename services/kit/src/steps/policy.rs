@@ -350,29 +350,33 @@ impl StepPolicy {
 pub const UNSANDBOXED_WARNING: &str = "steps.executor is unsandboxed: steps run as this service's own user without isolation, so any .baton.yaml can read the service's environment and files (its NATS, registry and git credentials), reach its network and leave processes behind; set steps.executor: sandbox once the host can run bubblewrap";
 
 /// The executor `steps.executor` names, ready to run steps: with `sandbox` (the default), once a
-/// trial step ran in it; with `unsandboxed`, after logging [`UNSANDBOXED_WARNING`], which it
-/// returns too for `/readyz`.
+/// trial step ran in it (and the warning for `/readyz` when one with network could not: steps
+/// that declare `network: true` will fail); with `unsandboxed`, after logging
+/// [`UNSANDBOXED_WARNING`], which it returns too for `/readyz`.
 ///
 /// # Errors
 /// `steps.sandbox.*` invalid, or `steps.executor`: the sandbox cannot run here, saying why and
 /// how to fix it (install bubblewrap, allow user namespaces, or choose `unsandboxed`).
-pub async fn start_executor(settings: &StepsSettings) -> Result<(Executor, Option<&'static str>), ConfigError> {
+pub async fn start_executor(settings: &StepsSettings) -> Result<(Executor, Option<String>), ConfigError> {
     let (run_as, read_only) = sandbox_settings(&settings.sandbox)?;
     match settings.executor {
         StepExecutor::Sandbox => {
             let executor = Executor::Sandbox(Sandbox::new(run_as, read_only));
-            executor.check().await.map_err(|e| {
+            let warning = executor.check().await.map_err(|e| {
                 ConfigError::invalid(
                     "steps.executor",
                     format!("`sandbox` cannot run steps on this host: {}", crate::service::chain(&e)),
                 )
             })?;
-            tracing::info!("steps run in the sandbox");
-            Ok((executor, None))
+            match &warning {
+                Some(warning) => tracing::warn!("steps run in the sandbox, but {warning}"),
+                None => tracing::info!("steps run in the sandbox"),
+            }
+            Ok((executor, warning))
         }
         StepExecutor::Unsandboxed => {
             tracing::warn!("{UNSANDBOXED_WARNING}");
-            Ok((Executor::Unsandboxed, Some(UNSANDBOXED_WARNING)))
+            Ok((Executor::Unsandboxed, Some(UNSANDBOXED_WARNING.to_owned())))
         }
     }
 }
@@ -975,7 +979,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(executor.name(), "unsandboxed");
-        assert_eq!(warning, Some(UNSANDBOXED_WARNING));
+        assert_eq!(warning.as_deref(), Some(UNSANDBOXED_WARNING));
     }
 
     #[test]

@@ -85,15 +85,17 @@ impl Executor {
         }
     }
 
-    /// Whether steps can run: for the sandbox, a trivial step is run in one (without and, when
-    /// `network` is asked, with its network), so a host without bubblewrap, user namespaces or
-    /// slirp4netns is found at start rather than at the first build.
+    /// Whether steps can run: for the sandbox, a trivial step is run in one, then one with
+    /// network, so a host without bubblewrap or namespaces is found at start rather than at the
+    /// first build. A host that runs sandboxes but cannot give them a network (no slirp4netns
+    /// or `/dev/net/tun`) still runs every step that declares none: that is returned as a
+    /// warning (steps with `network: true` will fail, and why) rather than refused.
     ///
     /// # Errors
     /// [`SandboxError`] saying what is missing and how to fix it.
-    pub async fn check(&self) -> Result<(), SandboxError> {
+    pub async fn check(&self) -> Result<Option<String>, SandboxError> {
         let Self::Sandbox(sandbox) = self else {
-            return Ok(());
+            return Ok(None);
         };
         sandbox.check().await
     }
@@ -167,7 +169,7 @@ impl Sandbox {
         }
     }
 
-    async fn check(&self) -> Result<(), SandboxError> {
+    async fn check(&self) -> Result<Option<String>, SandboxError> {
         let missing = |program: &Path, package, source| SandboxError::Missing {
             program: program.display().to_string(),
             package,
@@ -185,10 +187,6 @@ impl Sandbox {
             .status()
             .await
             .map_err(|e| missing(&self.bwrap, "bubblewrap", e))?;
-        version(&self.slirp)
-            .status()
-            .await
-            .map_err(|e| missing(&self.slirp, "slirp4netns", e))?;
         if self.privileged {
             tokio::fs::metadata(SETPRIV)
                 .await
@@ -225,25 +223,22 @@ impl Sandbox {
                 .await;
             if !outcome.status.succeeded() || !workspace.path().join("trial").exists() {
                 let reason = format!("{}: {}", outcome.status, outcome.tail.join(" / "));
+                if network {
+                    return Ok(Some(format!(
+                        "steps that declare `network: true` will fail: a trial step with network did not run ({reason}); install slirp4netns and give the service /dev/net/tun"
+                    )));
+                }
                 return Err(SandboxError::Trial {
-                    reason: if network {
-                        format!("with network: {reason}")
+                    reason,
+                    hint: if self.privileged {
+                        "bubblewrap needs to create mount, PID and network namespaces (a container needs CAP_SYS_ADMIN, or run the service as a non-root user with user namespaces allowed)"
                     } else {
-                        reason
-                    },
-                    hint: match (network, self.privileged) {
-                        (true, _) => "slirp4netns needs /dev/net/tun",
-                        (false, true) => {
-                            "bubblewrap needs to create mount, PID and network namespaces (a container needs CAP_SYS_ADMIN, or run the service as a non-root user with user namespaces allowed)"
-                        }
-                        (false, false) => {
-                            "bubblewrap needs unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, a seccomp profile that allows creating namespaces, and a /proc without masked paths)"
-                        }
+                        "bubblewrap needs unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, a seccomp profile that allows creating namespaces, and a /proc without masked paths)"
                     },
                 });
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Hands the workspace to the step's user (when the service is root and the step is not):
