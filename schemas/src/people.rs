@@ -34,8 +34,9 @@ pub const PEOPLE_FILE: &str = "people.yaml";
 /// `speaks_for` entry meaning every person of the file.
 pub const EVERYONE: &str = "*";
 
-/// Key types a listed key may have (what OpenSSH writes in `authorized_keys`).
-const KEY_TYPES: &[&str] = &[
+/// Key types a listed key may have (what OpenSSH writes in `authorized_keys`): the ones the
+/// kit's signature verification accepts.
+pub const KEY_TYPES: &[&str] = &[
     "ssh-ed25519",
     "ecdsa-sha2-nistp256",
     "ecdsa-sha2-nistp384",

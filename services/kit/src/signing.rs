@@ -573,16 +573,8 @@ pub enum AuthorizedKeyError {
 }
 
 /// The key types [`parse_authorized_key`] accepts: those whose SSHSIG signatures [`verify`]
-/// checks.
-const ACCEPTED_TYPES: &[&str] = &[
-    "ssh-ed25519",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "ssh-rsa",
-    "sk-ssh-ed25519@openssh.com",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-];
+/// checks, the same list `people.yaml` is checked against.
+const ACCEPTED_TYPES: &[&str] = baton_schemas::people::KEY_TYPES;
 
 /// Parses one OpenSSH `authorized_keys` line, `TYPE BASE64 [COMMENT]`
 /// (`ssh-ed25519 AAAA… alice@laptop`), into its public key. Leading and trailing spaces are
