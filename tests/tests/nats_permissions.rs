@@ -592,14 +592,7 @@ async fn a_three_node_cluster_keeps_r3_streams_for_the_same_users() -> Result<()
     let topology = provision::check(&builder, &common.jetstream).await?;
     let operator = baton_kit::fabric::connect(&nats.common("operator")?.nats, "operator").await?;
     let js = async_nats::jetstream::new(operator);
-    for stream in [
-        "BATON_EVENTS",
-        "BATON_DEADLETTER",
-        "KV_baton-handled",
-        "KV_baton-state",
-        "KV_baton-locks",
-        "OBJ_baton-logs",
-    ] {
+    for stream in STREAMS {
         let info = js.get_stream(stream).await?.info().await?.clone();
         assert_eq!(info.config.num_replicas, 3, "{stream}");
         let cluster = info.cluster.context("cluster info")?;
