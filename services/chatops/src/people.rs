@@ -5,7 +5,7 @@
 //! A read is used for `people.refresh` (30 s by default). A chat id the read does not list
 //! makes the bot look at the head again at once, so a chat id just added works at the next
 //! request. Looking again costs one `ls-remote`; the file is read only when the head moved, and
-//! concurrent look-ups share one read. An invalid file is refused (its field at fault logged)
+//! concurrent look-ups share one look, whether it succeeds or fails. An invalid file is refused (its field at fault logged)
 //! and the last valid one stays in use, as the promoter does; a missing file maps nobody. When
 //! the repository cannot be reached, the last read stays in use. The bot's mapping only fills
 //! the command's `actor`: a stale one cannot widen anything, because the promoter judges the
@@ -52,14 +52,17 @@ impl PeopleError {
 }
 
 /// One read of the file.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Read {
     /// The commit it was read at.
     head: String,
     /// Its content, or the last valid one when the file at `head` is invalid.
     people: Arc<PeopleFile>,
-    /// When the head was last looked at.
+    /// When the head was last looked at successfully: the read is used for `refresh` from then.
     at: Instant,
+    /// When the head was last looked at, successfully or not: look-ups that waited for that
+    /// look share its outcome instead of each asking the repository again.
+    looked: Instant,
 }
 
 /// `people.yaml` of one branch of the config repo, read at its head and cached.
@@ -107,13 +110,16 @@ impl People {
         let reading = self.reading.lock().await;
         // Another look-up may have looked at the head while this one waited.
         let read = match self.last() {
-            Some(read) if read.at >= asked => read,
+            Some(read) if read.looked >= asked => read,
             last => match self.look_again(last.as_deref()).await {
                 Ok(read) => read,
                 Err(e) => match last {
                     Some(last) => {
                         tracing::warn!(error = %e, commit = %last.head, "cannot look at the config repo's head: {PEOPLE_FILE} as last read stays in use");
-                        last
+                        self.keep(Read {
+                            looked: Instant::now(),
+                            ..Read::clone(&last)
+                        })
                     }
                     None => return Err(e),
                 },
@@ -131,11 +137,13 @@ impl People {
         let at_head = tokio::task::spawn_blocking(move || read_at_head(&sources, &url, &branch, known.as_deref()))
             .await
             .map_err(PeopleError::Task)??;
+        let now = Instant::now();
         let read = match at_head {
             AtHead::Unchanged(head) => Read {
                 head,
                 people: Arc::clone(&last.expect("unchanged from a read").people),
-                at: Instant::now(),
+                at: now,
+                looked: now,
             },
             AtHead::Moved { head, text } => {
                 let people = match text.map(|t| PeopleFile::parse(&t)).transpose() {
@@ -151,13 +159,19 @@ impl People {
                 Read {
                     head,
                     people,
-                    at: Instant::now(),
+                    at: now,
+                    looked: now,
                 }
             }
         };
+        Ok(self.keep(read))
+    }
+
+    /// Keeps `read` as the last one and returns it.
+    fn keep(&self, read: Read) -> Arc<Read> {
         let read = Arc::new(read);
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&read));
-        Ok(read)
+        read
     }
 }
 
