@@ -280,6 +280,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_malformed_first_file_is_refused_and_odd_chat_ids_match_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let people = seeded(dir.path(), PEOPLE_FILE, "people: [alice\n", Duration::from_secs(3600));
+        let e = people.person("U1").await.unwrap_err();
+        assert_eq!(e.metric_label(), "invalid_people", "{e}");
+        assert!(e.to_string().starts_with(PEOPLE_FILE), "{e}");
+
+        commit(dir.path(), PEOPLE_FILE, "people:\n  alice:\n    chat: [U1]\n");
+        for odd in ["", " U1", "U1\n", "u1", "*", "U1,U2", "<@U1>"] {
+            assert_eq!(people.person(odd).await.unwrap(), None, "{odd:?}");
+        }
+        assert_eq!(people.person("U1").await.unwrap().as_deref(), Some("alice"));
+    }
+
+    #[tokio::test]
     async fn a_hit_is_used_for_the_refresh_then_the_head_is_read_again() {
         let dir = tempfile::tempdir().unwrap();
         let alice = "people:\n  alice:\n    chat: [U1]\n";
