@@ -817,8 +817,7 @@ async fn provisioning_is_idempotent_and_updates_without_losing_data() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_refuses_an_unprovisioned_topology_naming_what_is_missing() -> Result<()> {
     let server = NatsServer::start()?;
-    let mut common = baton_schemas::config::CommonSettings::default();
-    common.nats.url = server.url();
+    let common = baton_tests::app::common(&server.url());
     let refused = Runtime::start("baton-builder", &common)
         .await
         .err()
@@ -896,8 +895,7 @@ async fn a_service_refuses_an_unprovisioned_topology_naming_what_is_missing() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recreated_consumer_never_replays_history_unless_told_to() -> Result<()> {
     let server = NatsServer::start()?;
-    let mut common = baton_schemas::config::CommonSettings::default();
-    common.nats.url = server.url();
+    let common = baton_tests::app::common(&server.url());
     let admin = async_nats::connect(server.url()).await?;
     let plan = Plan::new(&common);
     let first = provision::apply(&admin, &plan).await?;
