@@ -16,15 +16,13 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use baton_kit::signing::{self, VerifyError};
-use baton_schemas::EventType;
 use baton_schemas::commands::CommandRequest;
-use baton_schemas::extensions::PolicyRejectedContent;
 use baton_schemas::people::{PEOPLE_FILE, PeopleFile, Signer};
 use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::PromoteError;
-use crate::manager::{Outcome, ReleaseManager, derive_id};
+use crate::manager::{Outcome, ReleaseManager};
 use crate::state::{self, PolicyRecord};
 
 /// How far a command's `issuedAt` may be from the promoter's clock, either way.
@@ -166,21 +164,12 @@ impl ReleaseManager {
             Err(error) => {
                 let last = self.state.get::<PolicyRecord>(state::PEOPLE_KEY).await?;
                 tracing::error!(%error, commit, "people.yaml is invalid; keeping the last valid one");
-                let event = self.event(
-                    EventType::PolicyRejected,
-                    derive_id(&["people-rejected", &commit]),
-                    "config",
+                let event = self.policy_rejected(
+                    "people-rejected",
+                    PEOPLE_FILE,
                     &commit,
-                    serde_json::to_value(PolicyRejectedContent {
-                        file: PEOPLE_FILE.to_owned(),
-                        field: error.field.clone(),
-                        reason: error.to_string(),
-                        policy_in_force: last.as_ref().map(|l| l.value.commit.clone()),
-                    })
-                    .expect("serializes"),
-                    None,
-                    None,
-                    None,
+                    &error,
+                    last.as_ref().map(|l| l.value.commit.clone()),
                 );
                 let value = last
                     .and_then(|l| PeopleFile::parse(&l.value.text).ok())

@@ -4,9 +4,11 @@
 
 use std::sync::Arc;
 
+use baton_kit::Outgoing;
 use baton_schemas::EventType;
 use baton_schemas::environments::{ENVIRONMENTS_FILE, Environment, EnvironmentsFile};
 use baton_schemas::extensions::PolicyRejectedContent;
+use baton_schemas::userfile::FileError;
 
 use crate::error::PromoteError;
 use crate::gates::UnknownEnvironment;
@@ -47,7 +49,7 @@ impl ReleaseManager {
         let text = bytes.map(|b| String::from_utf8_lossy(&b).into_owned());
         let parsed = match &text {
             Some(text) => EnvironmentsFile::parse(text),
-            None => Err(baton_schemas::userfile::FileError::in_field(
+            None => Err(FileError::in_field(
                 ENVIRONMENTS_FILE,
                 "",
                 "the config repo has no environments.yaml at its root: add one (see docs/promoter.md)",
@@ -77,22 +79,13 @@ impl ReleaseManager {
             }
             Err(error) => {
                 let last = self.last_valid_policy().await?;
-                let content = PolicyRejectedContent {
-                    file: ENVIRONMENTS_FILE.to_owned(),
-                    field: error.field.clone(),
-                    reason: error.to_string(),
-                    policy_in_force: last.as_ref().map(|p| p.commit.clone()),
-                };
                 tracing::error!(%error, commit, "environments.yaml is invalid; keeping the last valid policy");
-                let event = self.event(
-                    EventType::PolicyRejected,
-                    derive_id(&["policy-rejected", &commit]),
-                    "config",
+                let event = self.policy_rejected(
+                    "policy-rejected",
+                    ENVIRONMENTS_FILE,
                     &commit,
-                    serde_json::to_value(content).expect("serializes"),
-                    None,
-                    None,
-                    None,
+                    &error,
+                    last.as_ref().map(|p| p.commit.clone()),
                 );
                 match last {
                     Some(policy) => Ok(Outcome {
@@ -107,6 +100,35 @@ impl ReleaseManager {
                 }
             }
         }
+    }
+
+    /// A `baton-policy.rejected` event: `file` at config commit `commit` is invalid (`error`
+    /// names the field at fault), and the one read at `in_force` stays in force. Its id is
+    /// derived from `kind` and `commit`, so the same refusal is recorded once.
+    pub(crate) fn policy_rejected(
+        &self,
+        kind: &str,
+        file: &str,
+        commit: &str,
+        error: &FileError,
+        in_force: Option<String>,
+    ) -> Outgoing {
+        let content = PolicyRejectedContent {
+            file: file.to_owned(),
+            field: error.field.clone(),
+            reason: error.to_string(),
+            policy_in_force: in_force,
+        };
+        self.event(
+            EventType::PolicyRejected,
+            derive_id(&[kind, commit]),
+            "config",
+            commit,
+            serde_json::to_value(content).expect("serializes"),
+            None,
+            None,
+            None,
+        )
     }
 
     async fn last_valid_policy(&self) -> Result<Option<Policy>, PromoteError> {
