@@ -889,14 +889,9 @@ async fn unready_unpullable_and_conflicting_releases_fail_with_the_reason() -> R
 async fn a_release_naming_another_apps_object_is_refused_and_the_object_left_alone() -> Result<()> {
     let mut world = World::start().await?;
     world.start_deployer(None).await?;
-    let client = world.cluster.client()?;
+    world.cluster.create_namespace(STAGING).await?;
     // Another app's ConfigMap, as the deployer labels the objects it applies for `acme/cart`.
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": STAGING}});
-    namespaces
-        .patch(STAGING, &PatchParams::apply("test"), &Patch::Apply(&namespace))
-        .await?;
-    let config_maps: Api<ConfigMap> = Api::namespaced(client, STAGING);
+    let config_maps: Api<ConfigMap> = Api::namespaced(world.cluster.client()?, STAGING);
     let theirs = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -939,13 +934,8 @@ async fn a_release_naming_another_apps_object_is_refused_and_the_object_left_alo
 async fn objects_of_the_shared_field_manager_are_adopted_by_the_apps_own() -> Result<()> {
     let mut world = World::start().await?;
     world.start_deployer(None).await?;
-    let client = world.cluster.client()?;
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": STAGING}});
-    namespaces
-        .patch(STAGING, &PatchParams::apply("test"), &Patch::Apply(&namespace))
-        .await?;
-    let config_maps: Api<ConfigMap> = Api::namespaced(client, STAGING);
+    world.cluster.create_namespace(STAGING).await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(world.cluster.client()?, STAGING);
     let labels = json!({"baton.dev/app": DIR, "baton.dev/environment": "staging"});
     for (name, greeting) in [
         ("shop-settings", "from the earlier release"),
