@@ -204,12 +204,12 @@ impl World {
         self.config(&["show", &format!("{rev}:{path}")])
     }
 
-    /// Replaces environments.yaml through a clone, as a person would.
-    fn push_environments(&self, text: &str) -> Result<()> {
+    /// Replaces the config repo's `file` with `text` through a clone, as a person would.
+    fn push_config(&self, file: &str, text: &str, message: &str) -> Result<()> {
         let edit = self.dir.path().join("config-edit");
         git(&edit, &["pull", "-q", "--rebase", "origin", "main"])?;
-        std::fs::write(edit.join("environments.yaml"), text)?;
-        git(&edit, &["commit", "-qam", "edit environments"])?;
+        std::fs::write(edit.join(file), text)?;
+        git(&edit, &["commit", "-qam", message])?;
         git(&edit, &["push", "-q", "origin", "main"])?;
         Ok(())
     }
@@ -835,7 +835,11 @@ async fn an_invalid_environments_file_is_refused_and_the_last_valid_policy_stays
     let world = World::start(TWO_STAGES, 1).await?;
     let first = world.tests_passed("first").await?;
     world.promotion(&first, "staging").await?;
-    world.push_environments("environments:\n  - name: staging\n    namespace: Bad_Namespace\n    policy: auto\n")?;
+    world.push_config(
+        "environments.yaml",
+        "environments:\n  - name: staging\n    namespace: Bad_Namespace\n    policy: auto\n",
+        "edit environments",
+    )?;
     let second = world.tests_passed("second").await?;
     let rejected = world.wait_for(EventType::PolicyRejected, 1, |_| true).await?;
     let content = &rejected[0].subject.content;
@@ -1444,12 +1448,7 @@ async fn an_approval_whose_push_fails_is_carried_out_once_the_config_repo_takes_
 impl World {
     /// Replaces the config repo's people.yaml with `entries`.
     fn set_people(&self, entries: &[baton_tests::people::Entry]) -> Result<()> {
-        let work = self.dir.path().join("config-edit");
-        git(&work, &["pull", "-q", "origin", "main"])?;
-        std::fs::write(work.join("people.yaml"), people_yaml(entries))?;
-        git(&work, &["commit", "-qam", "people"])?;
-        git(&work, &["push", "-q", "origin", "main"])?;
-        Ok(())
+        self.push_config("people.yaml", &people_yaml(entries), "people")
     }
 
     /// The `check` of the last `baton-command.rejected` claiming `actor`.
@@ -1741,11 +1740,11 @@ async fn an_invalid_people_file_is_refused_and_the_last_valid_one_stays() -> Res
     };
     // A command while the file is valid: it becomes the last valid one.
     assert!(world.command("pin", pin("first")).await?.ok);
-    let work = world.dir.path().join("config-edit");
-    git(&work, &["pull", "-q", "origin", "main"])?;
-    std::fs::write(work.join("people.yaml"), "people:\n  alice:\n    keys: ['not a key']\n")?;
-    git(&work, &["commit", "-qam", "a broken people.yaml"])?;
-    git(&work, &["push", "-q", "origin", "main"])?;
+    world.push_config(
+        "people.yaml",
+        "people:\n  alice:\n    keys: ['not a key']\n",
+        "a broken people.yaml",
+    )?;
     let unpinned = world.command("unpin", pin("second")).await?;
     assert!(unpinned.ok, "alice's key is still in force: {unpinned:?}");
     let rejected = world
