@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use baton_kit::fabric::{self, Topology};
 use baton_kit::lease::{LockError, Locks};
 use baton_tests::NatsServer;
@@ -118,6 +118,47 @@ async fn expiry_is_judged_by_the_server_not_by_a_holders_clock() -> Result<()> {
     match other.acquire("env.production", "promote r2").await {
         Err(LockError::Busy { holder, .. }) => assert!(holder.contains("replica-with-a-slow-clock"), "{holder}"),
         other => panic!("a lease the server still holds must be busy, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// A record the server never removes (written without a TTL by an older Baton, or not a lease
+/// record at all) is judged by its `expires_at`: one still running is busy, one past it or
+/// unreadable is taken over, and the lease taken is an ordinary one.
+#[tokio::test]
+async fn a_record_without_a_ttl_is_taken_over_once_it_expired_or_if_unreadable() -> Result<()> {
+    let server = NatsServer::start()?;
+    let topology = server.topology().await?;
+    let old = |expires_at: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "owner": "old-replica",
+            "purpose": "promote r1",
+            "expires_at": expires_at,
+        }))
+    };
+    let other = locks(&topology, "live-replica", Duration::from_millis(300));
+
+    topology
+        .locks
+        .create("env.staging", old("2999-01-01T00:00:00Z")?.into())
+        .await?;
+    match other.acquire("env.staging", "promote r2").await {
+        Err(LockError::Busy { holder, .. }) => assert!(holder.contains("old-replica"), "{holder}"),
+        other => panic!("an old lease still running must be busy, got {other:?}"),
+    }
+
+    topology
+        .locks
+        .create("env.production", old("2020-01-01T00:00:00Z")?.into())
+        .await?;
+    topology.locks.create("env.qa", "not a lease".into()).await?;
+    for key in ["env.production", "env.qa"] {
+        let lease = other.acquire(key, "promote r2").await?;
+        lease.check().await?;
+        let record: serde_json::Value = serde_json::from_slice(&topology.locks.get(key).await?.context("a lease")?)?;
+        assert_eq!(record["owner"], "live-replica", "{key}: {record}");
+        lease.release().await;
+        assert!(topology.locks.get(key).await?.is_none(), "{key}");
     }
     Ok(())
 }
