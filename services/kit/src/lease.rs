@@ -173,16 +173,27 @@ impl Locks {
                 Ok(())
             }
         };
+        // The revision the next write expects: 0 (the key was never written or was removed by
+        // its TTL) unless the last look found a delete marker or a stale record to write over.
+        let mut expected = 0;
+        // The owner of the stale record being taken over, if that is what the write does.
+        let mut stale_owner: Option<String> = None;
         loop {
-            // Revision 0: only if the key has never been written or was removed by its TTL.
-            match self.write(key, purpose, 0).await {
-                Ok(revision) => return Ok(held(revision)),
+            match self.write(key, purpose, expected).await {
+                Ok(revision) => {
+                    if let Some(previous) = stale_owner {
+                        tracing::warn!(key, %previous, "took over a lease that had no expiry on the server");
+                    }
+                    return Ok(held(revision));
+                }
+                // Another replica wrote first, or the key is held: look again.
                 Err(Written::Conflict) => {}
                 Err(Written::Failed(e)) => {
                     store_failed(&e)?;
                     continue;
                 }
             }
+            (expected, stale_owner) = (0, None);
             let holder = match self.kv.entry(key).await {
                 Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
                     let current: Option<LeaseRecord> = serde_json::from_slice(&entry.value).ok();
@@ -191,19 +202,8 @@ impl Locks {
                         .as_ref()
                         .is_none_or(|c| c.ttl_seconds.is_none() && c.expires_at <= Utc::now());
                     if stale {
-                        match self.write(key, purpose, entry.revision).await {
-                            Ok(revision) => {
-                                tracing::warn!(
-                                    key,
-                                    previous = %current.map(|c| c.owner).unwrap_or_default(),
-                                    "took over a lease that had no expiry on the server"
-                                );
-                                return Ok(held(revision));
-                            }
-                            // Another replica took it over first: look again.
-                            Err(Written::Conflict) => {}
-                            Err(Written::Failed(e)) => store_failed(&e)?,
-                        }
+                        expected = entry.revision;
+                        stale_owner = Some(current.map(|c| c.owner).unwrap_or_default());
                         continue;
                     }
                     current
@@ -211,14 +211,10 @@ impl Locks {
                         .unwrap_or_default()
                 }
                 // Released (a delete marker) or removed by its TTL: take it over the marker.
-                Ok(Some(entry)) => match self.write(key, purpose, entry.revision).await {
-                    Ok(revision) => return Ok(held(revision)),
-                    Err(Written::Conflict) => continue,
-                    Err(Written::Failed(e)) => {
-                        store_failed(&e)?;
-                        continue;
-                    }
-                },
+                Ok(Some(entry)) => {
+                    expected = entry.revision;
+                    continue;
+                }
                 // Gone between our write and this read: try again at once.
                 Ok(None) => continue,
                 Err(e) => {
