@@ -1481,8 +1481,8 @@ fn everyone(extra: Vec<baton_tests::people::Entry>) -> Vec<baton_tests::people::
 
 /// Spoofed commands, each refused with the check named and recorded as `baton-command.rejected`,
 /// the release untouched: unsigned, an unknown key, bob's key claiming alice, a replayed nonce,
-/// a stale issuedAt, a bot speaking through a chat id not the actor's, and a key removed from
-/// people.yaml.
+/// a stale issuedAt, a bot speaking through a chat id not the actor's, a body changed after it
+/// was signed, and a key removed from people.yaml.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_commands_are_refused_naming_the_check_and_recorded() -> Result<()> {
     use baton_schemas::commands::Verb;
@@ -1554,6 +1554,20 @@ async fn spoofed_commands_are_refused_naming_the_check_and_recorded() -> Result<
     assert!(!replayed.ok && replayed.message.starts_with("replayed"), "{replayed:?}");
     assert_eq!(world.rejected_check("alice").await?, "replayed_nonce");
 
+    // Bob's signature over a body changed after he signed it (another environment).
+    let (body, signature) = bob.sign(approve("bob"))?;
+    let mut forged: serde_json::Value = serde_json::from_slice(&body)?;
+    forged["environment"] = "staging".into();
+    let reply = send_signed(
+        &world.client,
+        Verb::Approve,
+        serde_json::to_vec(&forged)?,
+        Some(signature),
+    )
+    .await?;
+    assert!(!reply.ok && reply.message.starts_with("bad signature"), "{reply:?}");
+    assert_eq!(world.rejected_check("bob").await?, "bad_signature");
+
     // Every refusal recorded, the release untouched: only alice's one vote counted, recorded
     // with who she was proven to be.
     let updated = world.events(EventType::ApprovalUpdated).await?;
@@ -1577,6 +1591,7 @@ async fn spoofed_commands_are_refused_naming_the_check_and_recorded() -> Result<
         "stale",
         "bot_may_not_speak",
         "replayed_nonce",
+        "bad_signature",
     ] {
         assert!(checks.contains(&check), "{check} in {checks:?}");
     }
