@@ -96,7 +96,16 @@ fn step(name: &str, run: &str) -> Step {
     }
 }
 
-async fn run(runner: &StepRunner, host: &Host, step: &Step, secrets: &BTreeMap<String, Secret>) -> StepOutcome {
+async fn run(runner: &StepRunner, host: &Host, step: &Step) -> StepOutcome {
+    run_with_secrets(runner, host, step, &BTreeMap::new()).await
+}
+
+async fn run_with_secrets(
+    runner: &StepRunner,
+    host: &Host,
+    step: &Step,
+    secrets: &BTreeMap<String, Secret>,
+) -> StepOutcome {
     runner
         .run(StepRequest {
             run_id: "sandbox-run",
@@ -237,7 +246,7 @@ async fn a_hostile_step_reaches_nothing_of_the_service() -> Result<()> {
         ),
     ];
     for (what, probe, _) in &probes {
-        let outcome = run(&runner, &host, &step("probe", probe), &BTreeMap::new()).await;
+        let outcome = run(&runner, &host, &step("probe", probe)).await;
         refused(what, &outcome)?;
     }
     ensure!(!host.path("cache/pwned").exists(), "the cache was written");
@@ -247,7 +256,7 @@ async fn a_hostile_step_reaches_nothing_of_the_service() -> Result<()> {
     );
     let unsandboxed = StepRunner::offline().with_limits(limits());
     for (what, probe, _) in probes.iter().filter(|(_, _, control)| *control) {
-        let outcome = run(&unsandboxed, &host, &step("control", probe), &BTreeMap::new()).await;
+        let outcome = run(&unsandboxed, &host, &step("control", probe)).await;
         ensure!(
             outcome.status.succeeded(),
             "{what}: the probe does not work even unsandboxed: {}",
@@ -255,13 +264,7 @@ async fn a_hostile_step_reaches_nothing_of_the_service() -> Result<()> {
         );
     }
     // The step sees its own processes only.
-    let outcome = run(
-        &runner,
-        &host,
-        &step("ps", "ls /proc | grep -c '^[0-9]'"),
-        &BTreeMap::new(),
-    )
-    .await;
+    let outcome = run(&runner, &host, &step("ps", "ls /proc | grep -c '^[0-9]'")).await;
     ensure!(outcome.status.succeeded(), "{}", said(&outcome));
     let count: u32 = outcome.tail.first().context("a count")?.trim().parse()?;
     ensure!(count < 8, "the step sees {count} processes");
@@ -282,7 +285,6 @@ async fn nothing_a_step_starts_outlives_it_and_its_limits_hold() -> Result<()> {
             "leave",
             &format!("setsid sleep {marker} & (sh -c 'sleep {marker}1 &' &); sleep 0.2; echo left"),
         ),
-        &BTreeMap::new(),
     )
     .await;
     ensure!(outcome.status.succeeded(), "{}", said(&outcome));
@@ -298,13 +300,7 @@ async fn nothing_a_step_starts_outlives_it_and_its_limits_hold() -> Result<()> {
 
     // A fork bomb: bounded by its processes, ended with the step; the service still forks.
     let started = Instant::now();
-    let bomb = run(
-        &runner,
-        &host,
-        &step("bomb", "b() { b | b & }; b; sleep 2"),
-        &BTreeMap::new(),
-    )
-    .await;
+    let bomb = run(&runner, &host, &step("bomb", "b() { b | b & }; b; sleep 2")).await;
     ensure!(
         started.elapsed() < Duration::from_secs(30),
         "the bomb ran {:?}",
@@ -323,20 +319,13 @@ async fn nothing_a_step_starts_outlives_it_and_its_limits_hold() -> Result<()> {
             "hog",
             "python3 -c \"x = bytearray(2 * 1024 * 1024 * 1024); print(len(x))\"",
         ),
-        &BTreeMap::new(),
     )
     .await;
     ensure!(!hog.status.succeeded(), "the hog got its memory: {}", said(&hog));
     ensure!(said(&hog).contains("MemoryError"), "{}", said(&hog));
 
     // A disk filler: one big file stops at the limit, many files are stopped by the watch.
-    let one = run(
-        &runner,
-        &host,
-        &step("fill-one", "head -c 100000000 /dev/zero > big"),
-        &BTreeMap::new(),
-    )
-    .await;
+    let one = run(&runner, &host, &step("fill-one", "head -c 100000000 /dev/zero > big")).await;
     ensure!(!one.status.succeeded(), "one big file: {}", said(&one));
     let many = run(
         &runner,
@@ -345,7 +334,6 @@ async fn nothing_a_step_starts_outlives_it_and_its_limits_hold() -> Result<()> {
             "fill-many",
             "i=0; while [ $i -lt 400 ]; do head -c 1000000 /dev/zero > f$i || exit 1; i=$((i+1)); sleep 0.01; done",
         ),
-        &BTreeMap::new(),
     )
     .await;
     ensure!(
@@ -371,7 +359,7 @@ async fn a_sandboxed_step_still_does_real_work() -> Result<()> {
     let control = "printf 'int main(void) { return 42; }\\n' > m.c && cc m.c -o m && { ./m; echo exit $?; } \
                    && echo built > out.txt && test \"$API_TOKEN\" = s3cr3t-t0ken-value && echo \"token $API_TOKEN\" \
                    && echo home $HOME && id -u";
-    let outcome = run(&runner, &host, &step("control", control), &secrets).await;
+    let outcome = run_with_secrets(&runner, &host, &step("control", control), &secrets).await;
     ensure!(outcome.status.succeeded(), "{:?}: {}", outcome.status, said(&outcome));
     ensure!(outcome.tail.iter().any(|l| l == "exit 42"), "{}", said(&outcome));
     ensure!(
@@ -405,24 +393,18 @@ async fn with_network_a_step_reaches_out_but_never_the_hosts_loopback() -> Resul
     networked.network = true;
     for address in ["127.0.0.1", "10.0.2.2"] {
         networked.run = connect(address, loopback.local_addr()?.port());
-        let outcome = run(&runner, &host, &networked, &BTreeMap::new()).await;
+        let outcome = run(&runner, &host, &networked).await;
         refused(&format!("the host's loopback as {address}"), &outcome)?;
     }
     // Without network, nothing at all: not even the host's other addresses.
     let outside = outside_address().context("this host has no address but loopback")?;
     let reachable = TcpListener::bind((outside, 0))?;
     let port = reachable.local_addr()?.port();
-    let offline = run(
-        &runner,
-        &host,
-        &step("offline", &connect(&outside.to_string(), port)),
-        &BTreeMap::new(),
-    )
-    .await;
+    let offline = run(&runner, &host, &step("offline", &connect(&outside.to_string(), port))).await;
     refused("the network without `network: true`", &offline)?;
     // With it, the step reaches out.
     networked.run = connect(&outside.to_string(), port);
-    let online = run(&runner, &host, &networked, &BTreeMap::new()).await;
+    let online = run(&runner, &host, &networked).await;
     ensure!(online.status.succeeded(), "{:?}: {}", online.status, said(&online));
     ensure!(said(&online).contains("connected"));
     Ok(())
