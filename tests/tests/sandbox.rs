@@ -323,6 +323,11 @@ async fn nothing_a_step_starts_outlives_it_and_its_limits_hold() -> Result<()> {
     .await;
     ensure!(!hog.status.succeeded(), "the hog got its memory: {}", said(&hog));
     ensure!(said(&hog).contains("MemoryError"), "{}", said(&hog));
+    ensure!(
+        said(&hog).contains("reached its limit memory_bytes"),
+        "the limit is named: {}",
+        said(&hog)
+    );
 
     // A disk filler: one big file stops at the limit, many files are stopped by the watch.
     let one = run(&runner, &host, &step("fill-one", "head -c 100000000 /dev/zero > big")).await;

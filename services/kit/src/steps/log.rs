@@ -263,6 +263,16 @@ impl LogSink {
         }
     }
 
+    /// Whether one of the last lines (the tail) contains `needle`.
+    pub(super) fn tail_mentions(&self, needle: &str) -> bool {
+        let needle = needle.as_bytes();
+        self.lines
+            .tail
+            .lines
+            .iter()
+            .any(|line| line.windows(needle.len()).any(|w| w == needle))
+    }
+
     /// Adds a line of Baton's own (after the step's output, which it completes first).
     pub(super) fn note(&mut self, text: &str) {
         let lines = &mut self.lines;

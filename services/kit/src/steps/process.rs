@@ -202,11 +202,24 @@ impl StepRunner {
         if output_abandoned {
             sink.note("baton: output written after the step ended was not captured");
         }
-        // Killed by a signal (directly, or as the shell reports it): perhaps by one of its limits.
-        let killed = matches!(status, StepStatus::Failed { signal: Some(_), .. })
-            || matches!(status, StepStatus::Failed { exit_code: Some(code), .. } if code > 128);
-        if killed {
-            sink.note(&format!("baton: the step ran under these limits: {}", describe(limits)));
+        if matches!(status, StepStatus::Failed { .. }) {
+            // A limit the step's own words point at (a failed allocation, fork or open, a file
+            // cut at its size) is named; a step killed by a signal (directly, or as the shell
+            // reports it) may have met any of them.
+            let hit = LIMIT_WORDS
+                .iter()
+                .find(|(_, words)| words.iter().any(|w| sink.tail_mentions(w)))
+                .map(|(limit, _)| *limit);
+            let killed = matches!(status, StepStatus::Failed { signal: Some(_), .. })
+                || matches!(status, StepStatus::Failed { exit_code: Some(code), .. } if code > 128);
+            if let Some(limit) = hit {
+                sink.note(&format!(
+                    "baton: the step reached its limit {limit}; it ran under these limits: {}",
+                    describe(limits)
+                ));
+            } else if killed {
+                sink.note(&format!("baton: the step ran under these limits: {}", describe(limits)));
+            }
         }
         status
     }
@@ -351,6 +364,17 @@ async fn started(mut marker: std::io::PipeReader) -> Result<(), String> {
         )),
     }
 }
+
+/// What a step's processes print when they meet a limit, by the limit's name.
+const LIMIT_WORDS: &[(&str, &[&str])] = &[
+    (
+        "memory_bytes",
+        &["Cannot allocate memory", "MemoryError", "out of memory", "bad_alloc"],
+    ),
+    ("processes", &["Cannot fork", "fork: Resource temporarily unavailable"]),
+    ("open_files", &["Too many open files"]),
+    ("disk_bytes", &["File size limit exceeded", "File too large"]),
+];
 
 /// How waiting for a step ended.
 enum Ended {
