@@ -287,15 +287,12 @@ pub async fn check(client: &Client, settings: &JetStreamSettings) -> Result<Topo
         what: format!("{what} (reading it)"),
         source: e,
     };
-    // Asked at once: a service's start waits for one round trip, not six.
-    let (events, deadletter, handled, state, locks, logs) = tokio::join!(
-        js.get_stream(&settings.events_stream),
-        js.get_stream(&settings.deadletter_stream),
-        js.get_key_value(HANDLED_BUCKET),
-        js.get_key_value(STATE_BUCKET),
-        js.get_key_value(LOCKS_BUCKET),
-        js.get_object_store(&settings.logs_bucket),
-    );
+    let events = js.get_stream(&settings.events_stream).await;
+    let deadletter = js.get_stream(&settings.deadletter_stream).await;
+    let handled = js.get_key_value(HANDLED_BUCKET).await;
+    let state = js.get_key_value(STATE_BUCKET).await;
+    let locks = js.get_key_value(LOCKS_BUCKET).await;
+    let logs = js.get_object_store(&settings.logs_bucket).await;
     macro_rules! present {
         ($result:expr, $what:expr) => {
             match $result {
