@@ -54,16 +54,18 @@ use baton_schemas::subjects;
 use crate::fabric::Topology;
 use crate::secret::Secret;
 
+mod executor;
 mod log;
 mod policy;
 mod process;
 mod sandbox;
 mod workdir;
 
+pub use executor::Executor;
 pub use log::{LogError, LogRef};
 pub use policy::{PolicyError, StepGrant, StepPolicy, StepProblem, UNSANDBOXED_WARNING, start_executor};
 pub use process::ResourceLimits;
-pub use sandbox::{Executor, Sandbox, SandboxError, WORKSPACE};
+pub use sandbox::{Sandbox, SandboxError, WORKSPACE};
 pub use workdir::{WorkdirError, resolve_workdir};
 
 use log::{LiveLog, LogSink, Masker};

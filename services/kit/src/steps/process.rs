@@ -18,8 +18,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 
+use super::Executor;
 use super::log::LogSink;
-use super::sandbox::{EtcFiles, Executor, Network, STARTED_FD, Sandbox, Spec, WORKSPACE, disk_usage};
+use super::sandbox::{EtcFiles, Network, STARTED_FD, Sandbox, Spec, WORKSPACE, disk_usage};
 use super::workdir::resolve_workdir;
 use super::{STEP_PATH, StepError, StepRequest, StepRunner, StepStatus};
 

@@ -66,41 +66,6 @@ const SLIRP_DNS: &str = "10.0.2.3";
 /// Longest wait for the sandbox's network to be ready.
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How steps run.
-#[derive(Debug, Clone)]
-pub enum Executor {
-    /// Each step in its own sandbox (the default).
-    Sandbox(Sandbox),
-    /// Each step as a child of the service, with only a cleared environment and rlimits
-    /// (`steps.executor: unsandboxed`): for hosts that cannot sandbox, and trusted code only.
-    Unsandboxed,
-}
-
-impl Executor {
-    /// `sandbox` or `unsandboxed`, as the config says it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Sandbox(_) => "sandbox",
-            Self::Unsandboxed => "unsandboxed",
-        }
-    }
-
-    /// Whether steps can run: for the sandbox, a trivial step is run in one, then one with
-    /// network, so a host without bubblewrap or namespaces is found at start rather than at the
-    /// first build. A host that runs sandboxes but cannot give them a network (no slirp4netns
-    /// or `/dev/net/tun`) still runs every step that declares none: that is returned as a
-    /// warning (steps with `network: true` will fail, and why) rather than refused.
-    ///
-    /// # Errors
-    /// [`SandboxError`] saying what is missing and how to fix it.
-    pub async fn check(&self) -> Result<Option<String>, SandboxError> {
-        let Self::Sandbox(sandbox) = self else {
-            return Ok(None);
-        };
-        sandbox.check().await
-    }
-}
-
 /// The sandbox cannot run steps on this host.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -169,7 +134,7 @@ impl Sandbox {
         }
     }
 
-    async fn check(&self) -> Result<Option<String>, SandboxError> {
+    pub(super) async fn check(&self) -> Result<Option<String>, SandboxError> {
         let missing = |program: &Path, package, source| SandboxError::Missing {
             program: program.display().to_string(),
             package,
@@ -194,7 +159,7 @@ impl Sandbox {
         }
         // Trial steps, run as every step is (with the same retries of a sandbox that fails to
         // set itself up): one without network, one with.
-        let runner = super::StepRunner::offline().with_executor(Executor::Sandbox(self.clone()));
+        let runner = super::StepRunner::offline().with_executor(super::Executor::Sandbox(self.clone()));
         for network in [false, true] {
             let workspace = tempfile::tempdir().map_err(|e| SandboxError::Trial {
                 reason: format!("no temporary directory: {e}"),
