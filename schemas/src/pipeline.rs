@@ -93,6 +93,11 @@ pub struct Step {
     /// only, and masked in its log. A name not granted fails the build naming it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// The container image the step runs in (`registry/toolchain@sha256:…`), when the service
+    /// runs steps as Pods (`steps.executor: kubernetes`); default: the service's `steps.kubernetes.image`.
+    /// Other executors refuse a step that names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// Resources one step asks for (each optional: the service's maximum when left out).

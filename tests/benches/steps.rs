@@ -29,6 +29,7 @@ fn step(network: bool) -> Step {
         network,
         limits: Default::default(),
         secrets: Vec::new(),
+        image: None,
     }
 }
 
@@ -41,6 +42,7 @@ async fn measure(runner: &StepRunner, step: &Step, runs: usize) -> Result<Vec<Du
         let outcome = runner
             .run(StepRequest {
                 run_id: "bench",
+                app: "bench/steps",
                 step,
                 workspace: workspace.path(),
                 extra_env: &BTreeMap::new(),

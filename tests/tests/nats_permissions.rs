@@ -892,12 +892,14 @@ async fn a_retried_runs_step_log_is_kept_beside_the_first_with_the_builders_user
         network: false,
         limits: Default::default(),
         secrets: Vec::new(),
+        image: None,
     };
     let mut objects = Vec::new();
     for _ in 0..3 {
         let outcome = runner
             .run(baton_kit::steps::StepRequest {
                 run_id: "build-1",
+                app: "acme/shop",
                 step: &step,
                 workspace: workspace.path(),
                 extra_env: &Default::default(),

@@ -93,6 +93,7 @@ fn step(name: &str, run: &str) -> Step {
         network: false,
         limits: Default::default(),
         secrets: Vec::new(),
+        image: None,
     }
 }
 
@@ -109,6 +110,7 @@ async fn run_with_secrets(
     runner
         .run(StepRequest {
             run_id: "sandbox-run",
+            app: "acme/shop",
             step,
             workspace: &host.workspace,
             extra_env: &BTreeMap::new(),
@@ -427,6 +429,7 @@ async fn a_workspace_under_a_private_directory_is_usable() -> Result<()> {
     let outcome = runner
         .run(StepRequest {
             run_id: "private",
+            app: "acme/shop",
             step: &step("write", "echo ok > written && cat written"),
             workspace,
             extra_env: &BTreeMap::new(),

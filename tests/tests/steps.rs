@@ -79,6 +79,7 @@ fn step(name: &str, run: &str) -> Step {
         network: false,
         limits: Default::default(),
         secrets: Vec::new(),
+        image: None,
     }
 }
 
@@ -93,6 +94,7 @@ async fn run_in(
     runner
         .run(StepRequest {
             run_id,
+            app: "acme/shop",
             step,
             workspace,
             extra_env,

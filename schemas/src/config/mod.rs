@@ -272,6 +272,8 @@ pub struct StepsSettings {
     pub secrets: BTreeMap<String, StepSecret>,
     /// Who steps run as and what else of the host they see, with `executor: sandbox`.
     pub sandbox: SandboxSettings,
+    /// Where and how steps run as Pods, with `executor: kubernetes`.
+    pub kubernetes: KubernetesStepsSettings,
 }
 
 /// How steps run.
@@ -287,6 +289,11 @@ pub enum StepExecutor {
     /// its files and `/proc`, reach its network and outlive their step. For hosts where the
     /// sandbox cannot run; logged at start and shown by `/readyz`.
     Unsandboxed,
+    /// Each step as a Pod of its own in the app's build namespace (`steps.kubernetes`): non-root,
+    /// read-only root filesystem, no capabilities, no ServiceAccount token, egress only where the
+    /// step declares `network: true`. The workspace reaches the pod, and its outputs come back,
+    /// over the service's workspace server with a token valid for that step only.
+    Kubernetes,
 }
 
 /// One secret steps may be granted: where its value is read from at start, and the
@@ -331,4 +338,166 @@ impl Default for SandboxSettings {
             read_only_paths: Vec::new(),
         }
     }
+}
+
+/// How steps run as Pods (`steps.kubernetes`, with `steps.executor: kubernetes`). Each app's
+/// steps run in its build namespace, `namespace_prefix` + the app's name as a DNS label
+/// (`acme/shop` → `baton-build-acme-shop`), which the platform creates together with the
+/// RoleBinding that lets the service work in it (`deploy/build-namespaces`); the service
+/// reconciles the quota, limit range and network policies inside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesStepsSettings {
+    /// A kubeconfig file to reach the cluster with. Default: the in-cluster config of the
+    /// service's pod, else `$KUBECONFIG` or `~/.kube/config`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Prefix of the build namespaces. Default: `baton-build-` for the builder, `baton-test-`
+    /// for the tester, so the two stages' quotas never count each other's pods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace_prefix: Option<String>,
+    /// The default step image (a toolchain with `/bin/sh`), best pinned by digest
+    /// (`registry/toolchain@sha256:…`); a step may name its own (`image` in `.baton.yaml`).
+    /// Required with `executor: kubernetes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Image of the containers moving the workspace in and the outputs out: needs `/bin/sh`,
+    /// `tar` and `wget` (busybox has all three).
+    pub helper_image: String,
+    /// The non-root uid and gid every container of a step runs as.
+    pub run_as: RunAs,
+    /// Where the service serves workspaces to its step pods.
+    pub workspace: WorkspaceServerSettings,
+    /// Where the service's own pods are: the only destination, besides DNS, that step pods
+    /// without `network: true` may reach (the default-deny NetworkPolicy's egress rule).
+    pub service: ServicePeers,
+    /// The build namespace's ResourceQuota (`spec.hard`: resource name to quantity, e.g.
+    /// `pods: "10"`, `requests.memory: 16Gi`): what all steps of one app may hold at once. A pod
+    /// beyond it is refused and its step fails with the quota's reason.
+    pub quota: BTreeMap<String, String>,
+    /// The build namespace's LimitRange defaults per container (resource name to quantity, e.g.
+    /// `cpu: "2"`): the request and limit of what a step does not set itself (its cpu, and its
+    /// memory or disk when it has no such limit).
+    pub limit_range: BTreeMap<String, String>,
+    /// Per-app overrides of `quota` and `limit_range`, by the app's name (`acme/shop`): the keys
+    /// given replace the defaults' values, the others are kept.
+    pub apps: BTreeMap<String, AppStepOverrides>,
+    /// Longest a step's pod may wait to be scheduled (or for its image): past it the step fails
+    /// with the scheduler's (or the kubelet's) message.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub schedule_timeout: Duration,
+    /// Time added to a step's `timeout` for moving its workspace in and its outputs out: the
+    /// pod's `activeDeadlineSeconds` is the sum.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub transfer_timeout: Duration,
+    /// This replica's name on its pods (label `baton.dev/instance`): at start a service deletes
+    /// the pods of its own instance left by its previous life. Default: `$HOSTNAME` (the pod's
+    /// name, stable for a StatefulSet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}
+
+impl Default for KubernetesStepsSettings {
+    fn default() -> Self {
+        let quantities = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        Self {
+            kubeconfig: None,
+            namespace_prefix: None,
+            image: None,
+            helper_image: "docker.io/library/busybox:1.37".to_owned(),
+            run_as: RunAs::default(),
+            workspace: WorkspaceServerSettings::default(),
+            service: ServicePeers::default(),
+            quota: quantities(&[
+                ("pods", "10"),
+                ("requests.cpu", "8"),
+                ("requests.memory", "16Gi"),
+                ("limits.cpu", "16"),
+                ("limits.memory", "32Gi"),
+                ("requests.ephemeral-storage", "50Gi"),
+            ]),
+            limit_range: quantities(&[("cpu", "2"), ("memory", "4Gi"), ("ephemeral-storage", "10Gi")]),
+            apps: BTreeMap::new(),
+            schedule_timeout: Duration::from_secs(120),
+            transfer_timeout: Duration::from_secs(120),
+            instance: None,
+        }
+    }
+}
+
+/// The uid and gid of a step's containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunAs {
+    /// The uid (`runAsUser`). Not 0. Default: 65532 (distroless `nonroot`).
+    pub uid: u32,
+    /// The gid (`runAsGroup` and `fsGroup`). Not 0. Default: 65532.
+    pub gid: u32,
+}
+
+impl Default for RunAs {
+    fn default() -> Self {
+        Self { uid: 65532, gid: 65532 }
+    }
+}
+
+/// The service's workspace server: step pods fetch their workspace from it and send their
+/// outputs back, each with a token valid for its own step only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkspaceServerSettings {
+    /// Address the server listens on.
+    pub listen: SocketAddr,
+    /// How step pods reach it, e.g. `http://baton-builder.baton.svc:8091` (a Service in front
+    /// of the service's pods). Required with `executor: kubernetes`. Its port is the one the
+    /// network policy lets step pods reach.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl Default for WorkspaceServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8091)),
+            url: None,
+        }
+    }
+}
+
+/// Which pods are the service's, as the build namespace's network policy selects them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServicePeers {
+    /// Labels of the namespace the service runs in (a `namespaceSelector`). Not empty.
+    /// Default: `kubernetes.io/metadata.name: baton`.
+    pub namespace_labels: BTreeMap<String, String>,
+    /// Labels of the service's pods (a `podSelector`). Default (when empty):
+    /// `app.kubernetes.io/name: baton-builder` or `baton-tester`.
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+impl Default for ServicePeers {
+    fn default() -> Self {
+        Self {
+            namespace_labels: BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), "baton".to_owned())]),
+            pod_labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// One app's own quota and limit range values, replacing the defaults' values of the keys given.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppStepOverrides {
+    /// Replaces these keys of `steps.kubernetes.quota`.
+    pub quota: BTreeMap<String, String>,
+    /// Replaces these keys of `steps.kubernetes.limit_range`.
+    pub limit_range: BTreeMap<String, String>,
 }

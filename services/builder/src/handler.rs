@@ -126,6 +126,7 @@ impl Builder {
                 .steps
                 .run(StepRequest {
                     run_id: &data.run,
+                    app: &data.app,
                     step,
                     workspace: workspace.path(),
                     extra_env: &no_extra_env,

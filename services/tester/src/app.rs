@@ -36,7 +36,7 @@ impl Service for Application {
         let policy = StepPolicy::resolve("tester", &settings.service.steps, &settings.service.limits, env)?;
         // The sandbox is proven before anything connects: a host that cannot run it refuses to
         // start (exit 64) rather than fail every build.
-        let (executor, unsandboxed) = start_executor(&settings.service.steps).await?;
+        let (executor, unsandboxed) = start_executor("tester", &settings.service.steps, env).await?;
         let mut runtime = Runtime::start(SERVICE, &settings.common).await?;
         if let Some(warning) = unsandboxed {
             runtime.warn_in_readiness(warning);

@@ -221,6 +221,7 @@ impl Tester {
             let outcomes: Vec<StepOutcome> = futures::future::join_all(group.iter().zip(granted).map(|(t, grant)| {
                 self.steps.run(StepRequest {
                     run_id: run,
+                    app: &data.app,
                     step: &t.step,
                     workspace,
                     extra_env: env,
@@ -399,6 +400,7 @@ mod tests {
                 network: false,
                 limits: baton_schemas::pipeline::StepResources::default(),
                 secrets: Vec::new(),
+                image: None,
             },
             junit: None,
             independent,

@@ -28,6 +28,7 @@
 //! let outcome = runner
 //!     .run(StepRequest {
 //!         run_id: "build-42",
+//!         app: "acme/shop",
 //!         step,
 //!         workspace: std::path::Path::new("/var/cache/baton/ws/build-42"),
 //!         extra_env: &BTreeMap::new(),
@@ -65,7 +66,7 @@ pub use executor::Executor;
 pub use log::{LogError, LogRef};
 pub use policy::{PolicyError, StepGrant, StepPolicy, StepProblem, UNSANDBOXED_WARNING, start_executor};
 pub use process::ResourceLimits;
-pub use sandbox::{Sandbox, SandboxError, WORKSPACE};
+pub use sandbox::{BindMount, ContainerSpec, Sandbox, SandboxError, WORKSPACE, disk_usage};
 pub use workdir::{WorkdirError, resolve_workdir};
 
 use log::{LiveLog, LogSink, Masker};
@@ -122,6 +123,9 @@ impl fmt::Debug for StepRunner {
 pub struct StepRequest<'a> {
     /// The build or test run: names the live log subject and the stored log object.
     pub run_id: &'a str,
+    /// The app the run is of (`acme/shop`): with the kubernetes executor, its build namespace
+    /// and the `baton.dev/app` label of the step's pod.
+    pub app: &'a str,
     /// The step from `.baton.yaml`.
     pub step: &'a Step,
     /// The checked-out repository; the step runs in it (or its `workdir`) and may not leave it.
@@ -459,6 +463,7 @@ mod tests {
             network: false,
             limits: baton_schemas::pipeline::StepResources::default(),
             secrets: Vec::new(),
+            image: None,
         }
     }
 
@@ -467,6 +472,7 @@ mod tests {
         StepRunner::offline()
             .run(StepRequest {
                 run_id: "run-1",
+                app: "acme/shop",
                 step,
                 workspace: workspace.path(),
                 extra_env: &BTreeMap::new(),

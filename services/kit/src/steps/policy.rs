@@ -35,6 +35,7 @@ use baton_schemas::pipeline::Step;
 
 use super::{Executor, ResourceLimits, Sandbox};
 use crate::secret::{Named, Secret};
+use crate::service::Env;
 use crate::settings::ConfigError;
 
 /// Names a secret may not have: the service sets them for every step.
@@ -53,6 +54,8 @@ pub struct StepPolicy {
     maxima: ResourceLimits,
     /// Each secret by name: its value and who may have it.
     grants: BTreeMap<String, Grant>,
+    /// How steps run: only Pods can run a step in an `image` of its own.
+    executor: StepExecutor,
 }
 
 impl fmt::Debug for StepPolicy {
@@ -61,6 +64,7 @@ impl fmt::Debug for StepPolicy {
             .field("service", &self.service)
             .field("maxima", &self.maxima)
             .field("grants", &self.grants)
+            .field("executor", &self.executor)
             .finish()
     }
 }
@@ -151,6 +155,14 @@ pub enum StepProblem {
         /// The name.
         name: String,
     },
+    /// An `image` for a step under an executor that runs steps on the service's host.
+    #[error(
+        "image needs steps.executor: kubernetes in the {service}'s config (steps run on its host here, not in images)"
+    )]
+    ImageNeedsKubernetes {
+        /// `builder` or `tester`.
+        service: &'static str,
+    },
     /// A secret the service does not grant the repository (or does not have at all).
     #[error("secret {name} is not granted to {repository} (grants are in the {service}'s steps.secrets)")]
     NotGranted {
@@ -172,6 +184,7 @@ impl StepProblem {
             Self::Duplicate { .. } => "duplicate_secret",
             Self::ShadowsEnv { .. } => "secret_shadows_env",
             Self::NotGranted { .. } => "secret_not_granted",
+            Self::ImageNeedsKubernetes { .. } => "image_needs_kubernetes",
         }
     }
 }
@@ -237,6 +250,7 @@ impl StepPolicy {
             service,
             maxima: maxima.into(),
             grants,
+            executor: settings.executor,
         })
     }
 
@@ -246,16 +260,21 @@ impl StepPolicy {
     }
 
     /// Checks one step of `repository` (its full name, e.g. `acme/shop`) at `at` (e.g.
-    /// `build.steps[1]`): its limits against the maxima, its secrets against the grants.
+    /// `build.steps[1]`): its image against the executor, its limits against the maxima, its
+    /// secrets against the grants.
     ///
     /// # Errors
-    /// The first limit above its maximum, or the first secret the step may not have.
+    /// An image the executor cannot run steps in, the first limit above its maximum, or the
+    /// first secret the step may not have.
     pub fn allow(&self, repository: &str, at: &str, step: &Step) -> Result<StepGrant, PolicyError> {
         let refuse = |problem| PolicyError {
             at: at.to_owned(),
             step: quoted(&step.name),
             problem,
         };
+        if step.image.is_some() && self.executor != StepExecutor::Kubernetes {
+            return Err(refuse(StepProblem::ImageNeedsKubernetes { service: self.service }));
+        }
         let limits = self.limits(step).map_err(refuse)?;
         let secrets = self.secrets(repository, step).map_err(refuse)?;
         Ok(StepGrant { limits, secrets })
@@ -357,7 +376,11 @@ pub const UNSANDBOXED_WARNING: &str = "steps.executor is unsandboxed: steps run 
 /// # Errors
 /// `steps.sandbox.*` invalid, or `steps.executor`: the sandbox cannot run here, saying why and
 /// how to fix it (install bubblewrap, allow user namespaces, or choose `unsandboxed`).
-pub async fn start_executor(settings: &StepsSettings) -> Result<(Executor, Option<String>), ConfigError> {
+pub async fn start_executor(
+    service: &'static str,
+    settings: &StepsSettings,
+    env: Env<'_>,
+) -> Result<(Executor, Option<String>), ConfigError> {
     let (run_as, read_only) = sandbox_settings(&settings.sandbox)?;
     match settings.executor {
         StepExecutor::Sandbox => {
@@ -377,6 +400,13 @@ pub async fn start_executor(settings: &StepsSettings) -> Result<(Executor, Optio
         StepExecutor::Unsandboxed => {
             tracing::warn!("{UNSANDBOXED_WARNING}");
             Ok((Executor::Unsandboxed, Some(UNSANDBOXED_WARNING.to_owned())))
+        }
+        StepExecutor::Kubernetes => {
+            let _ = (service, env);
+            Err(ConfigError::invalid(
+                "steps.executor",
+                "`kubernetes` cannot run steps in this version of Baton: choose sandbox or unsandboxed",
+            ))
         }
     }
 }
@@ -583,6 +613,7 @@ mod tests {
             network: false,
             limits,
             secrets: secrets.iter().map(|s| (*s).to_owned()).collect(),
+            image: None,
         }
     }
 
@@ -803,6 +834,36 @@ mod tests {
     }
 
     #[test]
+    fn an_image_is_refused_unless_steps_run_as_pods() {
+        let with_image = Step {
+            image: Some("registry.example/toolchain:1".into()),
+            ..step(StepResources::default(), &[])
+        };
+        let error = policy().allow("acme/shop", "build.steps[0]", &with_image).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "build.steps[0] (compile): image needs steps.executor: kubernetes in the builder's config (steps run on its host here, not in images)"
+        );
+        assert_eq!(error.metric_label(), "image_needs_kubernetes");
+        let unsandboxed = StepPolicy::resolve(
+            "tester",
+            &settings("executor: unsandboxed\n"),
+            &StepLimits::default(),
+            &env,
+        )
+        .unwrap();
+        assert!(unsandboxed.allow("acme/shop", "test.steps[0]", &with_image).is_err());
+        let pods = StepPolicy::resolve(
+            "tester",
+            &settings("executor: kubernetes\n"),
+            &StepLimits::default(),
+            &env,
+        )
+        .unwrap();
+        assert!(pods.allow("acme/shop", "test.steps[0]", &with_image).is_ok());
+    }
+
+    #[test]
     fn every_step_is_checked_before_any_runs() {
         let policy = policy();
         let steps = [
@@ -970,12 +1031,14 @@ mod tests {
             ),
         ];
         for (yaml, field) in cases {
-            let error = start_executor(&settings(yaml)).await.unwrap_err();
+            let error = start_executor("builder", &settings(yaml), &env).await.unwrap_err();
             assert_eq!(error.field(), Some(field), "{yaml}: {error}");
         }
-        let (executor, warning) = start_executor(&settings(
-            "executor: unsandboxed\nsandbox:\n  read_only_paths: [/usr]\n",
-        ))
+        let (executor, warning) = start_executor(
+            "builder",
+            &settings("executor: unsandboxed\nsandbox:\n  read_only_paths: [/usr]\n"),
+            &env,
+        )
         .await
         .unwrap();
         assert_eq!(executor.name(), "unsandboxed");

@@ -25,6 +25,12 @@
 //!   `network: true` gets user-mode networking from `slirp4netns` (as rootless containers do),
 //!   with the host's loopback unreachable (`--disable-host-loopback`): it reaches the outside,
 //!   never NATS, the registry, the Kubernetes API or any other port of the host.
+//!
+//! The same bubblewrap arguments also run a container rather than a step
+//! ([`Sandbox::container_command`], [`ContainerSpec`]): an image's root filesystem as `/`
+//! instead of the host's system directories, volumes bound in, the command without a shell, the
+//! container's own uid and gid, and the host's network. The test harness's node simulator runs
+//! pods' containers so.
 
 use std::ffi::OsString;
 use std::io::Read as _;
@@ -174,10 +180,12 @@ impl Sandbox {
                 network,
                 limits: baton_schemas::pipeline::StepResources::default(),
                 secrets: Vec::new(),
+                image: None,
             };
             let outcome = runner
                 .run(super::StepRequest {
                     run_id: "sandbox-trial",
+                    app: "sandbox-trial",
                     step: &step,
                     workspace: workspace.path(),
                     extra_env: &std::collections::BTreeMap::new(),
@@ -223,73 +231,41 @@ impl Sandbox {
     /// The bubblewrap command running `/bin/sh` with `spec.args` in the sandbox, and the network
     /// handshake to complete once it is spawned, if the step has a network.
     pub(super) fn command(&self, spec: Spec<'_>, files: &EtcFiles) -> std::io::Result<SandboxCommand> {
-        let mut args: Vec<OsString> = Vec::new();
-        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-        push(&[
-            "--die-with-parent",
-            "--new-session",
-            "--unshare-ipc",
-            "--unshare-pid",
-            "--unshare-net",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-            "--hostname",
-            HOSTNAME,
-        ]);
+        let mut bwrap = Bwrap::new(HOSTNAME, true);
         if !self.privileged {
-            let (uid, gid) = self.host_ids();
-            push(&["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]);
-            args.extend([
-                "--uid".into(),
-                uid.to_string().into(),
-                "--gid".into(),
-                gid.to_string().into(),
-            ]);
+            bwrap.user_namespace(self.host_ids());
         }
         for dir in SYSTEM_DIRS {
             match std::fs::symlink_metadata(dir) {
                 Ok(meta) if meta.file_type().is_symlink() => {
                     let target = std::fs::read_link(dir)?;
-                    args.extend(["--symlink".into(), target.into_os_string(), (*dir).into()]);
+                    bwrap.push(["--symlink".into(), target.into_os_string(), (*dir).into()]);
                 }
-                Ok(meta) if meta.is_dir() => args.extend(["--ro-bind".into(), (*dir).into(), (*dir).into()]),
+                Ok(meta) if meta.is_dir() => bwrap.bind(Path::new(dir), Path::new(dir), true),
                 _ => {}
             }
         }
         // Directories bubblewrap makes for a mount point are root's and private (0700): `/etc`
         // must be readable by a step that is not root.
-        args.extend(["--perms", "0755", "--dir", "/etc"].iter().map(OsString::from));
+        bwrap.push(["--perms", "0755", "--dir", "/etc"].map(OsString::from));
         for entry in ETC_ENTRIES {
-            args.extend(["--ro-bind-try".into(), (*entry).into(), (*entry).into()]);
+            bwrap.push(["--ro-bind-try", entry, entry].map(OsString::from));
         }
         for path in &self.read_only {
-            args.extend([
+            bwrap.push([
                 "--ro-bind-try".into(),
                 path.clone().into_os_string(),
                 path.clone().into_os_string(),
             ]);
         }
         for (name, file) in files.binds() {
-            args.extend(["--ro-bind".into(), file.into_os_string(), format!("/etc/{name}").into()]);
+            bwrap.bind(&file, &Path::new("/etc").join(name), true);
         }
+        bwrap.kernel_filesystems();
         let tmp = TMP_BYTES.to_string();
-        args.extend(
-            [
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "--size",
-                tmp.as_str(),
-                "--tmpfs",
-                "/tmp",
-            ]
-            .iter()
-            .map(OsString::from),
-        );
-        args.extend(["--bind".into(), spec.workspace.as_os_str().to_owned(), WORKSPACE.into()]);
-        let inside = Path::new(WORKSPACE).join(spec.workdir);
-        args.extend(["--chdir".into(), inside.into_os_string()]);
+        bwrap.push(["--size", tmp.as_str(), "--tmpfs", "/tmp"].map(OsString::from));
+        bwrap.bind(spec.workspace, Path::new(WORKSPACE), false);
+        bwrap.chdir(&Path::new(WORKSPACE).join(spec.workdir));
 
         let mut command = tokio::process::Command::new(&self.bwrap);
         let mut fds = vec![FdMapping {
@@ -299,7 +275,7 @@ impl Sandbox {
         let network = if spec.network {
             let (info_read, info_write) = std::io::pipe()?;
             let (block_read, block_write) = std::io::pipe()?;
-            args.extend(["--info-fd", "3", "--block-fd", "4"].iter().map(OsString::from));
+            bwrap.push(["--info-fd", "3", "--block-fd", "4"].map(OsString::from));
             fds.push(FdMapping {
                 parent_fd: OwnedFd::from(info_write),
                 child_fd: 3,
@@ -316,27 +292,354 @@ impl Sandbox {
             None
         };
         command.fd_mappings(fds).map_err(std::io::Error::other)?;
-        args.push("--".into());
+        let mut argv: Vec<OsString> = Vec::new();
         if self.privileged {
-            let (uid, gid) = self.run_as;
-            args.extend([
-                SETPRIV.into(),
-                "--reuid".into(),
-                uid.to_string().into(),
-                "--regid".into(),
-                gid.to_string().into(),
-                "--clear-groups".into(),
-                "--no-new-privs".into(),
-                "--inh-caps=-all".into(),
-                "--bounding-set=-all".into(),
-                "--".into(),
-            ]);
+            argv.extend(setpriv(self.run_as));
         }
-        args.push("/bin/sh".into());
-        args.extend(spec.args);
-        command.args(args).env_clear().envs(spec.env);
+        argv.push("/bin/sh".into());
+        argv.extend(spec.args);
+        command.args(bwrap.then_run(argv)).env_clear().envs(spec.env);
         Ok(SandboxCommand { command, network })
     }
+
+    /// The command running one container, as a container runtime runs it: see [`ContainerSpec`]
+    /// for what the container gets and what it does not. The command's environment is the
+    /// container's (nothing of the service's); its stdio is the caller's to set, and killing it
+    /// (SIGKILL) kills every process of the container, as the PID namespace ends with it.
+    ///
+    /// Before building the command, the container's root filesystem is made ready: the mount
+    /// points of its volumes, `/proc`, `/dev` and its working directory are created where they
+    /// are missing (a working directory inside a volume in the volume, owned by the container's
+    /// user), symlinks in the image resolved inside the root filesystem, never on the host.
+    ///
+    /// # Errors
+    /// When a path of the spec is not absolute or leaves the root filesystem, or a mount point
+    /// or the working directory cannot be created.
+    pub fn container_command(&self, spec: &ContainerSpec) -> std::io::Result<tokio::process::Command> {
+        let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+        if spec.argv.is_empty() {
+            return Err(invalid("a container needs a command".to_owned()));
+        }
+        let mut mounts = Vec::with_capacity(spec.mounts.len());
+        for mount in &spec.mounts {
+            let target = resolve_in(&spec.rootfs, &mount.target)?;
+            let host = spec.rootfs.join(target.strip_prefix("/").unwrap_or(&target));
+            if std::fs::symlink_metadata(&host).is_err() {
+                if std::fs::metadata(&mount.source)?.is_dir() {
+                    std::fs::create_dir_all(&host)?;
+                } else {
+                    if let Some(parent) = host.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::write(&host, b"")?;
+                }
+            }
+            mounts.push((mount, target));
+        }
+        for dir in ["proc", "dev"] {
+            std::fs::create_dir_all(spec.rootfs.join(dir))?;
+        }
+        let workdir = resolve_in(&spec.rootfs, &spec.workdir)?;
+        // The deepest volume holding the working directory (a later mount hides an earlier one).
+        let holder = mounts
+            .iter()
+            .rev()
+            .filter(|(_, target)| workdir.starts_with(target))
+            .max_by_key(|(_, target)| target.components().count());
+        let host_workdir = match holder {
+            Some((mount, target)) => mount.source.join(workdir.strip_prefix(target).unwrap_or(Path::new(""))),
+            None => spec.rootfs.join(workdir.strip_prefix("/").unwrap_or(&workdir)),
+        };
+        create_owned_dirs(&host_workdir, spec.user)?;
+
+        let (uid, gid) = spec.user;
+        let mut bwrap = Bwrap::new(&spec.hostname, false);
+        // Root in the container is the service's root, with the capabilities a container runtime
+        // grants by default; anyone else gets a user namespace mapping only its own ids, as
+        // which bubblewrap is started (`setpriv`, below): on the host, the container's
+        // processes are that uid.
+        let root = self.privileged && uid == 0;
+        if root {
+            bwrap.push(["--cap-drop", "ALL"].map(OsString::from));
+            for capability in ROOT_CAPABILITIES {
+                bwrap.push(["--cap-add", capability].map(OsString::from));
+            }
+        } else {
+            bwrap.user_namespace(spec.user);
+        }
+        bwrap.bind(&spec.rootfs, Path::new("/"), spec.read_only_root);
+        bwrap.kernel_filesystems();
+        for (mount, target) in &mounts {
+            bwrap.bind(&mount.source, target, mount.read_only);
+        }
+        bwrap.chdir(&workdir);
+        let bwrap_args = bwrap.then_run(spec.argv.clone());
+
+        // The environment is the container's, so every program of the chain is named by its
+        // host path.
+        let program = which(&self.bwrap)?;
+        let mut chain: Vec<OsString> = Vec::new();
+        if let Some(cgroup) = &spec.cgroup {
+            chain.extend([
+                HOST_SHELL.into(),
+                "-c".into(),
+                r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#.into(),
+                "sh".into(),
+                cgroup.clone().into_os_string(),
+            ]);
+        }
+        if self.privileged && !root {
+            chain.extend(setpriv((uid, gid)));
+        }
+        chain.push(program.into_os_string());
+        chain.extend(bwrap_args);
+        let mut command = tokio::process::Command::new(&chain[0]);
+        command
+            .args(&chain[1..])
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)));
+        Ok(command)
+    }
+}
+
+/// What a container is, for [`Sandbox::container_command`]: an image's root filesystem as `/`,
+/// volumes bound into it, a command with its environment, working directory and user.
+///
+/// It gets PID, IPC, UTS and mount namespaces of its own, a minimal `/dev` and a `/proc` of its
+/// PID namespace, and, unless it runs as root, a user namespace mapping only its own uid and gid.
+/// It shares the host's network namespace: nothing isolates or polices its network (no
+/// NetworkPolicy is enforced, every port of the host is reachable). It is not in a cgroup unless
+/// [`cgroup`](Self::cgroup) names one.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// The container's own root filesystem directory (an unpacked image). Mount points and the
+    /// working directory are created in it: give every container its own copy (hard links are
+    /// enough with [`read_only_root`](Self::read_only_root)).
+    pub rootfs: PathBuf,
+    /// Whether `/` is mounted read-only (`readOnlyRootFilesystem`); volumes keep their own mode.
+    pub read_only_root: bool,
+    /// Host files or directories bound into the container, in order (a later one may be inside
+    /// an earlier one).
+    pub mounts: Vec<BindMount>,
+    /// The command and its arguments (`command` + `args`); `argv[0]` without a `/` is looked up
+    /// in the container's `PATH`. Nothing is run through a shell.
+    pub argv: Vec<OsString>,
+    /// The container's whole environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// The absolute working directory inside the container, created if missing.
+    pub workdir: PathBuf,
+    /// uid and gid of its processes. When the service runs as root, a uid other than 0 is the
+    /// same uid on the host (`setpriv` drops to it, on the host, before bubblewrap starts: the
+    /// image need not contain `setpriv`); otherwise the container's processes are the service's
+    /// user on the host and appear as this uid inside.
+    pub user: (u32, u32),
+    /// The hostname it sees.
+    pub hostname: String,
+    /// A cgroup directory (v1 or v2) the container's processes join before anything of it runs,
+    /// so its limits (memory) hold from the first instruction.
+    pub cgroup: Option<PathBuf>,
+}
+
+/// A host path bound into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// The host file or directory.
+    pub source: PathBuf,
+    /// The absolute path inside the container.
+    pub target: PathBuf,
+    /// Whether the container may only read it.
+    pub read_only: bool,
+}
+
+/// The shell that puts a container into its cgroup before it starts.
+const HOST_SHELL: &str = "/bin/sh";
+/// The capabilities a container running as root keeps: a container runtime's defaults.
+const ROOT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+/// Most symlinks followed while resolving one path inside a root filesystem.
+const MAX_SYMLINKS: u32 = 40;
+
+/// The arguments of one bubblewrap invocation, shared by steps and containers: the namespaces,
+/// then mounts in order, then the command.
+struct Bwrap {
+    args: Vec<OsString>,
+}
+
+impl Bwrap {
+    /// Own PID, IPC, UTS (named `hostname`) and cgroup namespaces, a new session, ending with
+    /// the service; an own network namespace (only loopback) with `own_network`.
+    fn new(hostname: &str, own_network: bool) -> Self {
+        let mut bwrap = Self { args: Vec::new() };
+        bwrap.push(["--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid"].map(OsString::from));
+        if own_network {
+            bwrap.push(["--unshare-net".into()]);
+        }
+        bwrap.push(["--unshare-uts", "--unshare-cgroup-try", "--hostname", hostname].map(OsString::from));
+        bwrap
+    }
+
+    fn push<I: IntoIterator<Item = OsString>>(&mut self, items: I) {
+        self.args.extend(items);
+    }
+
+    /// A user namespace mapping only `ids` (uid, gid), no capabilities, no nested namespaces.
+    fn user_namespace(&mut self, (uid, gid): (u32, u32)) {
+        self.push(["--unshare-user", "--disable-userns", "--cap-drop", "ALL"].map(OsString::from));
+        self.push([
+            "--uid".into(),
+            uid.to_string().into(),
+            "--gid".into(),
+            gid.to_string().into(),
+        ]);
+    }
+
+    fn bind(&mut self, source: &Path, target: &Path, read_only: bool) {
+        let flag = if read_only { "--ro-bind" } else { "--bind" };
+        self.push([
+            flag.into(),
+            source.as_os_str().to_owned(),
+            target.as_os_str().to_owned(),
+        ]);
+    }
+
+    /// `/proc` of the PID namespace and a minimal `/dev`.
+    fn kernel_filesystems(&mut self) {
+        self.push(["--proc", "/proc", "--dev", "/dev"].map(OsString::from));
+    }
+
+    fn chdir(&mut self, dir: &Path) {
+        self.push(["--chdir".into(), dir.as_os_str().to_owned()]);
+    }
+
+    /// The arguments, ending with `argv` as the command.
+    fn then_run(mut self, argv: Vec<OsString>) -> Vec<OsString> {
+        self.args.push("--".into());
+        self.args.extend(argv);
+        self.args
+    }
+}
+
+/// `setpriv` dropping to `(uid, gid)`: no supplementary groups, no capabilities, `no_new_privs`;
+/// then the command that follows.
+fn setpriv((uid, gid): (u32, u32)) -> Vec<OsString> {
+    vec![
+        SETPRIV.into(),
+        "--reuid".into(),
+        uid.to_string().into(),
+        "--regid".into(),
+        gid.to_string().into(),
+        "--clear-groups".into(),
+        "--no-new-privs".into(),
+        "--inh-caps=-all".into(),
+        "--bounding-set=-all".into(),
+        "--".into(),
+    ]
+}
+
+/// `program` as a host path: itself when it names one, else found on the service's `PATH`.
+fn which(program: &Path) -> std::io::Result<PathBuf> {
+    if program.components().count() > 1 {
+        return Ok(program.to_path_buf());
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("`{}` is not on PATH", program.display()),
+            )
+        })
+}
+
+/// `path` (absolute, inside the root filesystem `root`) with every symlink of the image resolved
+/// as the container would see it: absolute links from `root`, never above it. The result is
+/// absolute, inside the container.
+fn resolve_in(root: &Path, path: &Path) -> std::io::Result<PathBuf> {
+    use std::path::Component;
+    if !path.is_absolute() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("`{}` is not an absolute path", path.display()),
+        ));
+    }
+    let mut resolved = PathBuf::from("/");
+    let mut pending: Vec<OsString> = path
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut links = 0;
+    while let Some(name) = pending.pop() {
+        if name == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&name);
+        let host = root.join(candidate.strip_prefix("/").unwrap_or(&candidate));
+        match std::fs::symlink_metadata(&host) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(std::io::Error::other(format!(
+                        "too many symlinks resolving `{}`",
+                        path.display()
+                    )));
+                }
+                let target = std::fs::read_link(&host)?;
+                if target.is_absolute() {
+                    resolved = PathBuf::from("/");
+                }
+                pending.extend(target.components().rev().filter_map(|c| match c {
+                    Component::Normal(name) => Some(name.to_owned()),
+                    Component::ParentDir => Some("..".into()),
+                    _ => None,
+                }));
+            }
+            _ => resolved = candidate,
+        }
+    }
+    Ok(resolved)
+}
+
+/// Creates `dir` and its missing parents, the new ones owned by `(uid, gid)` (when the service
+/// may give them away).
+fn create_owned_dirs(dir: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut current = dir;
+    while std::fs::symlink_metadata(current).is_err() {
+        missing.push(current.to_path_buf());
+        match current.parent() {
+            Some(parent) => current = parent,
+            None => break,
+        }
+    }
+    for path in missing.into_iter().rev() {
+        std::fs::create_dir(&path)?;
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
 }
 
 /// What runs in the sandbox: `/bin/sh` with `args`, in `workdir` (relative to the workspace),
@@ -520,7 +823,7 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
 
 /// Bytes the files under `root` take on disk (symlinks not followed); entries that vanish
 /// while it counts are skipped.
-pub(super) fn disk_usage(root: &Path) -> u64 {
+pub fn disk_usage(root: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
     let mut total: u64 = 0;
     let mut pending = vec![root.to_path_buf()];
@@ -536,4 +839,79 @@ pub(super) fn disk_usage(root: &Path) -> u64 {
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_inside_the_root_filesystem() -> std::io::Result<()> {
+        let root = tempfile::tempdir()?;
+        std::fs::create_dir_all(root.path().join("run/secrets"))?;
+        std::os::unix::fs::symlink("/run", root.path().join("var-run"))?;
+        std::os::unix::fs::symlink("../../..", root.path().join("run/secrets/up"))?;
+        let resolve = |path: &str| resolve_in(root.path(), Path::new(path));
+        assert_eq!(resolve("/var-run/secrets/token")?, Path::new("/run/secrets/token"));
+        assert_eq!(
+            resolve("/run/secrets/up/etc")?,
+            Path::new("/etc"),
+            "never above the root"
+        );
+        assert_eq!(resolve("/../../etc/passwd")?, Path::new("/etc/passwd"));
+        assert!(resolve("relative").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_container_command_creates_its_mount_points_and_working_directory() -> std::io::Result<()> {
+        let root = tempfile::tempdir()?;
+        let volume = tempfile::tempdir()?;
+        let file = volume.path().join("hosts");
+        std::fs::write(&file, "127.0.0.1 localhost\n")?;
+        let spec = ContainerSpec {
+            rootfs: root.path().to_owned(),
+            read_only_root: true,
+            mounts: vec![
+                BindMount {
+                    source: volume.path().to_owned(),
+                    target: PathBuf::from("/workspace"),
+                    read_only: false,
+                },
+                BindMount {
+                    source: file,
+                    target: PathBuf::from("/etc/hosts"),
+                    read_only: true,
+                },
+            ],
+            argv: vec!["sh".into(), "-c".into(), "true".into()],
+            env: vec![("PATH".into(), "/bin".into())],
+            workdir: PathBuf::from("/workspace/src/app"),
+            user: (65532, 65532),
+            hostname: "pod".to_owned(),
+            cgroup: None,
+        };
+        let command = Sandbox::new((65534, 65534), Vec::new()).container_command(&spec)?;
+        assert!(root.path().join("workspace").is_dir());
+        assert!(root.path().join("etc/hosts").is_file());
+        assert!(root.path().join("proc").is_dir() && root.path().join("dev").is_dir());
+        assert!(
+            volume.path().join("src/app").is_dir(),
+            "inside the volume, not the image"
+        );
+        let args: Vec<_> = command
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let line = args.join(" ");
+        assert!(
+            line.contains(&format!("--ro-bind {} /", root.path().display())),
+            "{line}"
+        );
+        assert!(line.contains("--chdir /workspace/src/app"), "{line}");
+        assert!(!line.contains("--unshare-net"), "the host's network: {line}");
+        assert!(line.ends_with("-- sh -c true"), "{line}");
+        Ok(())
+    }
 }
