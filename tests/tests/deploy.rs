@@ -19,8 +19,8 @@ use baton_schemas::config::deployer::DeployerSettings;
 use baton_schemas::config::listener::ListenerSettings;
 use baton_schemas::config::promoter::PromoterSettings;
 use baton_schemas::config::tester::TesterSettings;
-use baton_schemas::config::{CommonSettings, JetStreamSettings};
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use baton_schemas::config::{CommonSettings, JetStreamSettings, StepExecutor, StepsSettings};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{Discovery, Scope};
 use serde_json::Value;
@@ -125,7 +125,9 @@ fn render_all() -> Result<Vec<Rendering>> {
         "overlays/dev",
         "overlays/production",
         "rbac",
+        "rbac/steps",
         "environments/example",
+        "build-namespaces/example",
     ] {
         ensure!(
             names.contains(&expected),
@@ -169,14 +171,13 @@ fn gvk(object: &Value) -> Result<GroupVersionKind> {
     Ok(GroupVersionKind::gvk(group, version, kind))
 }
 
-/// Server-side applies `object` as field manager `baton-deploy-test`, as a dry run unless `for_real`.
-async fn apply(client: &kube::Client, discovery: &Discovery, object: &Value, for_real: bool) -> Result<(), String> {
+/// The API of `object`'s kind, in its namespace when the kind is namespaced.
+fn api_for(client: &kube::Client, discovery: &Discovery, object: &Value) -> Result<Api<DynamicObject>, String> {
     let gvk = gvk(object).map_err(|e| e.to_string())?;
     let (resource, caps) = discovery
         .resolve_gvk(&gvk)
         .ok_or_else(|| format!("the apiserver does not serve {}/{}", gvk.group, gvk.kind))?;
-    let name = object["metadata"]["name"].as_str().ok_or("no metadata.name")?;
-    let api: Api<DynamicObject> = match caps.scope {
+    Ok(match caps.scope {
         Scope::Cluster => Api::all_with(client.clone(), &resource),
         // A namespaced object without a namespace goes where kubectl would put it.
         Scope::Namespaced => Api::namespaced_with(
@@ -184,7 +185,29 @@ async fn apply(client: &kube::Client, discovery: &Discovery, object: &Value, for
             object["metadata"]["namespace"].as_str().unwrap_or("default"),
             &resource,
         ),
+    })
+}
+
+/// Creates `object` as a dry run (nothing is stored, everything up to storing is checked,
+/// authorization first), as whoever `client` authenticates.
+async fn create_dry_run(
+    client: &kube::Client,
+    discovery: &Discovery,
+    object: &Value,
+) -> Result<Result<(), kube::Error>> {
+    let api = api_for(client, discovery, object).map_err(anyhow::Error::msg)?;
+    let object: DynamicObject = serde_json::from_value(object.clone())?;
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
     };
+    Ok(api.create(&params, &object).await.map(drop))
+}
+
+/// Server-side applies `object` as field manager `baton-deploy-test`, as a dry run unless `for_real`.
+async fn apply(client: &kube::Client, discovery: &Discovery, object: &Value, for_real: bool) -> Result<(), String> {
+    let api = api_for(client, discovery, object)?;
+    let name = object["metadata"]["name"].as_str().ok_or("no metadata.name")?;
     let mut params = PatchParams::apply("baton-deploy-test");
     if !for_real {
         params = params.dry_run();
@@ -399,26 +422,326 @@ async fn every_manifest_passes_server_side_dry_run_on_the_real_apiserver() -> Re
                     deployments.list(&ListParams::default()).await.map(drop),
                 ),
             ] {
-                match outcome {
-                    Ok(()) => assert!(may_deploy, "baton-{service} may {what} in {namespace}"),
-                    Err(kube::Error::Api(status)) if status.code == 403 => {
-                        assert!(
-                            !may_deploy,
-                            "the deployer may not {what} in {namespace}: {}",
-                            status.message
-                        );
-                    }
-                    Err(e) => bail!("baton-{service} {what} in {namespace}: {e}"),
-                }
+                expect_access(may_deploy, outcome, &format!("baton-{service}"), what, namespace)?;
             }
         }
+    }
+    step_runners_rights(&cluster, &discovery, &renderings, env_namespace).await
+}
+
+/// `outcome` of `who` trying `what` in `namespace` is what `allowed` says: done, or refused
+/// with 403 Forbidden (any other error fails).
+fn expect_access(
+    allowed: bool,
+    outcome: Result<(), kube::Error>,
+    who: &str,
+    what: &str,
+    namespace: &str,
+) -> Result<()> {
+    match outcome {
+        Ok(()) => ensure!(allowed, "{who} may {what} in {namespace}"),
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            ensure!(!allowed, "{who} may not {what} in {namespace}: {}", status.message);
+        }
+        Err(e) => bail!("{who} {what} in {namespace}: {e}"),
     }
     Ok(())
 }
 
+/// Whether `client`'s identity may `verb` `resource` (`pods`, or `pods/log` for a subresource) of
+/// API group `group`, in `namespace` or cluster-wide: the apiserver's own authorizer answers
+/// (SelfSubjectAccessReview).
+async fn may(client: &kube::Client, verb: &str, group: &str, resource: &str, namespace: Option<&str>) -> Result<bool> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((resource, subresource)) => (resource, Some(subresource.to_owned())),
+        None => (resource, None),
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.to_owned()),
+                group: Some(group.to_owned()),
+                resource: Some(resource.to_owned()),
+                subresource,
+                namespace: namespace.map(str::to_owned),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await?;
+    Ok(answer.status.is_some_and(|status| status.allowed))
+}
+
+/// ClusterRole baton-step-runner's rules, as (verb, API group, resource): what the builder and
+/// tester do in their build namespaces.
+const STEP_RUNNER_RIGHTS: &[(&str, &str, &str)] = &[
+    ("create", "", "pods"),
+    ("get", "", "pods"),
+    ("list", "", "pods"),
+    ("watch", "", "pods"),
+    ("delete", "", "pods"),
+    ("get", "", "pods/log"),
+    ("create", "", "secrets"),
+    ("get", "", "secrets"),
+    ("list", "", "secrets"),
+    ("delete", "", "secrets"),
+    ("patch", "", "secrets"),
+    ("get", "", "resourcequotas"),
+    ("create", "", "resourcequotas"),
+    ("patch", "", "resourcequotas"),
+    ("get", "", "limitranges"),
+    ("create", "", "limitranges"),
+    ("patch", "", "limitranges"),
+    ("get", "networking.k8s.io", "networkpolicies"),
+    ("create", "networking.k8s.io", "networkpolicies"),
+    ("patch", "networking.k8s.io", "networkpolicies"),
+    ("get", "", "serviceaccounts"),
+    ("patch", "", "serviceaccounts"),
+];
+
+/// What a step runner may not do even in its own build namespace: get into or change a running
+/// step, mint tokens or make accounts, grant rights, or run workloads other than step pods.
+const STEP_RUNNER_REFUSED: &[(&str, &str, &str)] = &[
+    ("update", "", "pods"),
+    ("patch", "", "pods"),
+    ("create", "", "pods/exec"),
+    ("create", "", "pods/attach"),
+    ("create", "", "pods/portforward"),
+    ("create", "", "serviceaccounts"),
+    ("create", "", "serviceaccounts/token"),
+    ("delete", "", "resourcequotas"),
+    ("delete", "", "limitranges"),
+    ("delete", "networking.k8s.io", "networkpolicies"),
+    ("create", "rbac.authorization.k8s.io", "roles"),
+    ("create", "rbac.authorization.k8s.io", "rolebindings"),
+    ("bind", "rbac.authorization.k8s.io", "clusterroles"),
+    ("escalate", "rbac.authorization.k8s.io", "roles"),
+    ("create", "apps", "deployments"),
+    ("create", "batch", "jobs"),
+    ("create", "", "configmaps"),
+];
+
+/// The builder's and tester's Kubernetes rights with deploy/rbac/steps and one app's build
+/// namespaces (deploy/build-namespaces/example) applied for real, tried with each service's own
+/// token: step pods, their Secrets and network policies in its own build namespace and nowhere
+/// else (not the other stage's, not a namespace labelled as a build namespace that binds
+/// nothing, not `default`, `kube-system`, Baton's own or an environment's), Secrets read nowhere
+/// else, namespaces read but never created, and no binding of any role anywhere.
+async fn step_runners_rights(
+    cluster: &baton_tests::kube::KubeCluster,
+    discovery: &Discovery,
+    renderings: &[Rendering],
+    env_namespace: &str,
+) -> Result<()> {
+    let admin = cluster.client()?;
+    for name in ["rbac/steps", "build-namespaces/example"] {
+        let rendering = renderings
+            .iter()
+            .find(|r| r.name == name)
+            .with_context(|| format!("deploy/{name}"))?;
+        for object in &rendering.objects {
+            apply(&admin, discovery, object, true)
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
+    }
+    let example = renderings
+        .iter()
+        .find(|r| r.name == "build-namespaces/example")
+        .context("build-namespaces/example")?;
+    let build_namespace = |stage: &str| -> Result<String> {
+        example
+            .of_kind("Namespace")
+            .find(|n| n["metadata"]["labels"]["baton.dev/build-namespace"] == stage)
+            .and_then(|n| n["metadata"]["name"].as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("deploy/build-namespaces/example: no namespace of the {stage}"))
+    };
+    // Another app's build namespace as the platform labels it, but without its RoleBinding: the
+    // labels alone grant nothing.
+    let unbound = |stage: &str| format!("baton-{stage}-unbound");
+    for stage in ["builder", "tester"] {
+        let namespace = serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": unbound(stage),
+                         "labels": {"baton.dev/build-namespace": stage, "baton.dev/app": "other"}}
+        });
+        apply(&admin, discovery, &namespace, true)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+
+    for (stage, other_stage) in [("builder", "tester"), ("tester", "builder")] {
+        let who = format!("baton-{stage}");
+        let own = build_namespace(stage)?;
+        let as_service = cluster.client_for_token(&cluster.service_account_token("baton", &who).await?)?;
+        let elsewhere = [
+            build_namespace(other_stage)?,
+            unbound(stage),
+            "baton".to_owned(),
+            "default".to_owned(),
+            "kube-system".to_owned(),
+            env_namespace.to_owned(),
+        ];
+        for namespace in std::iter::once(&own).chain(&elsewhere) {
+            let allowed = *namespace == own;
+            for (what, object, allowed) in [
+                ("create a step pod", step_pod(namespace), allowed),
+                (
+                    "create a Secret",
+                    serde_json::json!({
+                        "apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": "rights-check", "namespace": namespace},
+                        "stringData": {"BATON_WORKSPACE_TOKEN": "0123"}
+                    }),
+                    allowed,
+                ),
+                (
+                    "create a NetworkPolicy",
+                    serde_json::json!({
+                        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                        "metadata": {"name": "baton-default-deny", "namespace": namespace},
+                        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+                    }),
+                    allowed,
+                ),
+                // Never a binding, not even in its own build namespace: no way to more rights.
+                (
+                    "bind ClusterRole admin to itself",
+                    binding("RoleBinding", Some(namespace), &who),
+                    false,
+                ),
+            ] {
+                let outcome = create_dry_run(&as_service, discovery, &object).await?;
+                expect_access(allowed, outcome, &who, what, namespace)?;
+            }
+            let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(as_service.clone(), namespace);
+            let outcome = secrets.list(&ListParams::default()).await.map(drop);
+            expect_access(allowed, outcome, &who, "list Secrets", namespace)?;
+            for &(verb, group, resource) in STEP_RUNNER_RIGHTS {
+                ensure!(
+                    may(&as_service, verb, group, resource, Some(namespace)).await? == allowed,
+                    "{who} {} {verb} {resource} in {namespace}",
+                    if allowed { "may not" } else { "may" }
+                );
+            }
+        }
+        for &(verb, group, resource) in STEP_RUNNER_REFUSED {
+            ensure!(
+                !may(&as_service, verb, group, resource, Some(&own)).await?,
+                "{who} may {verb} {resource} in its build namespace {own}"
+            );
+        }
+
+        // Namespaces: read, so the reaper finds the build namespaces by label; never made,
+        // changed or removed.
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(as_service.clone());
+        let labelled = namespaces
+            .list(&ListParams::default().labels(&format!("baton.dev/build-namespace={stage}")))
+            .await
+            .with_context(|| format!("{who} lists its build namespaces"))?;
+        let mut found: Vec<String> = labelled.items.into_iter().filter_map(|n| n.metadata.name).collect();
+        let mut expected = vec![own.clone(), unbound(stage)];
+        found.sort();
+        expected.sort();
+        assert_eq!(found, expected, "{who}'s build namespaces by label");
+        for verb in ["get", "list", "watch"] {
+            ensure!(
+                may(&as_service, verb, "", "namespaces", None).await?,
+                "{who} may not {verb} namespaces"
+            );
+        }
+        for verb in ["create", "update", "patch", "delete"] {
+            ensure!(
+                !may(&as_service, verb, "", "namespaces", None).await?,
+                "{who} may {verb} namespaces"
+            );
+        }
+        let namespace = serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "baton-build-new"}
+        });
+        let outcome = create_dry_run(&as_service, discovery, &namespace).await?;
+        expect_access(false, outcome, &who, "create a namespace", "the cluster")?;
+        let outcome = create_dry_run(&as_service, discovery, &binding("ClusterRoleBinding", None, &who)).await?;
+        expect_access(
+            false,
+            outcome,
+            &who,
+            "bind ClusterRole admin cluster-wide",
+            "the cluster",
+        )?;
+        ensure!(
+            !may(&as_service, "list", "", "secrets", None).await?,
+            "{who} may list Secrets cluster-wide"
+        );
+    }
+
+    // The other services run no steps: no pods in build namespaces, no namespaces read.
+    for service in ["listener", "promoter", "deployer", "chatops"] {
+        let who = format!("baton-{service}");
+        let as_service = cluster.client_for_token(&cluster.service_account_token("baton", &who).await?)?;
+        for stage in ["builder", "tester"] {
+            let namespace = build_namespace(stage)?;
+            ensure!(
+                !may(&as_service, "create", "", "pods", Some(&namespace)).await?,
+                "{who} may create pods in {namespace}"
+            );
+        }
+        ensure!(
+            !may(&as_service, "list", "", "namespaces", None).await?,
+            "{who} may list namespaces"
+        );
+    }
+    Ok(())
+}
+
+/// A pod in `namespace` shaped as the kubernetes executor's step pods: non-root, no token, no
+/// capabilities, read-only root filesystem, the runtime's seccomp profile, a deadline.
+fn step_pod(namespace: &str) -> Value {
+    let locked_down = serde_json::json!({
+        "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}
+    });
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "rights-check", "namespace": namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "baton", "baton.dev/component": "step"}},
+        "spec": {
+            "restartPolicy": "Never", "automountServiceAccountToken": false, "enableServiceLinks": false,
+            "activeDeadlineSeconds": 720,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                                "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "step", "image": "registry.example.com/baton/toolchain:0.1.0",
+                            "command": ["/bin/sh", "-c", "true"], "securityContext": locked_down}]
+        }
+    })
+}
+
+/// A RoleBinding in `namespace` (or a ClusterRoleBinding) of ClusterRole `admin` to ServiceAccount
+/// `baton/<account>`: what an account able to bind roles would grant itself.
+fn binding(kind: &str, namespace: Option<&str>, account: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+        "metadata": {"name": format!("{account}-escalation"), "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": "baton"}]
+    })
+}
+
+/// The pod address [`PodEnvironment`] gives a variable from `fieldRef: status.podIP`.
+const POD_IP: &str = "10.244.1.7";
+
 /// The environment a container gets: `BATON_*` and other variables from its `envFrom`
-/// ConfigMaps and `env` literals, and a stand-in value for each variable a Secret provides
-/// (remembered, so a config naming a secret variable the pod is not given fails).
+/// ConfigMaps and `env` literals (with `$(VAR)` references to the variables before them
+/// expanded, as the kubelet does), [`POD_IP`] for the pod's address, and a stand-in value for
+/// each variable a Secret provides (remembered, so a config naming a secret variable the pod is
+/// not given fails).
 struct PodEnvironment {
     vars: BTreeMap<String, String>,
     from_secrets: BTreeMap<String, (String, String)>,
@@ -442,7 +765,14 @@ impl PodEnvironment {
         for var in container["env"].as_array().into_iter().flatten() {
             let name = var["name"].as_str().context("env name")?.to_owned();
             if let Some(value) = var["value"].as_str() {
-                vars.insert(name, value.to_owned());
+                let mut expanded = value.to_owned();
+                for (known, known_value) in &vars {
+                    expanded = expanded.replace(&format!("$({known})"), known_value);
+                }
+                vars.insert(name, expanded);
+            } else if let Some(field) = var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                ensure!(field == "status.podIP", "{name}: no stand-in for fieldRef {field}");
+                vars.insert(name, POD_IP.to_owned());
             } else if let Some(secret) = var["valueFrom"]["secretKeyRef"].as_object() {
                 let secret_name = secret["name"].as_str().context("secret name")?.to_owned();
                 let key = secret["key"].as_str().context("secret key")?.to_owned();
@@ -461,6 +791,140 @@ impl PodEnvironment {
     fn pairs(&self) -> Vec<(String, String)> {
         self.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
+}
+
+/// A builder or tester running steps as Pods (`steps.executor: kubernetes`): its config agrees
+/// with the manifests around it. The workspace server listens on the container's `workspace`
+/// port, which its Service exposes and its namespace's NetworkPolicy opens to step pods of its
+/// stage's build namespaces only; the pods it names as its own (`service.*_labels`, the egress
+/// rule of every build namespace) are this Deployment's in this namespace; the URL step pods
+/// are given reaches this very pod whenever there may be more than one; and the build
+/// namespaces of deploy/build-namespaces/example are `namespace_prefix` + the app, binding the
+/// step runner's role to this pod's ServiceAccount.
+fn step_pods_agree_with_the_manifests(
+    at: &str,
+    stage: &str,
+    steps: &StepsSettings,
+    deployment: &Value,
+    rendering: &Rendering,
+    renderings: &[Rendering],
+) -> Result<()> {
+    let settings = &steps.kubernetes;
+    ensure!(settings.image.is_some(), "{at}: steps.kubernetes.image");
+    ensure!(settings.kubeconfig.is_none(), "{at}: in the cluster, no kubeconfig");
+    let template = &deployment["spec"]["template"];
+    let container = &template["spec"]["containers"][0];
+    let port = container["ports"]
+        .as_array()
+        .and_then(|ports| ports.iter().find(|p| p["name"] == "workspace"))
+        .and_then(|p| p["containerPort"].as_u64())
+        .with_context(|| format!("{at}: a container port `workspace`"))?;
+    assert_eq!(
+        port,
+        u64::from(settings.workspace.listen.port()),
+        "{at}: workspace.listen"
+    );
+    assert!(
+        settings.workspace.listen.ip().is_unspecified(),
+        "{at}: workspace.listen"
+    );
+
+    // The URL: the pod's own address while replicas may be more than one (a step's token is
+    // known only to the replica driving it), else the Service may do.
+    let url = settings.workspace.url.as_deref().context("workspace.url")?;
+    let own = format!("http://{POD_IP}:{port}");
+    let service = rendering
+        .named("Service", &format!("baton-{stage}"))
+        .with_context(|| format!("{at}: no Service baton-{stage}"))?;
+    let service_port = service["spec"]["ports"]
+        .as_array()
+        .and_then(|ports| ports.iter().find(|p| p["targetPort"] == "workspace"))
+        .and_then(|p| p["port"].as_u64())
+        .with_context(|| format!("{at}: Service baton-{stage} exposes no port `workspace`"))?;
+    if deployment["spec"]["replicas"] == 1 {
+        let through_service = format!("http://baton-{stage}.baton.svc:{service_port}");
+        assert!(url == own || url == through_service, "{at}: workspace.url {url}");
+    } else {
+        assert_eq!(
+            url, own,
+            "{at}: workspace.url with replicas {}",
+            deployment["spec"]["replicas"]
+        );
+    }
+
+    // Which pods and namespace are the service's, as build namespaces' policies select them.
+    let pod_labels = &template["metadata"]["labels"];
+    let services_namespace = rendering.of_kind("Namespace").next().context("the namespace")?;
+    for (key, value) in &settings.service.namespace_labels {
+        assert_eq!(
+            services_namespace["metadata"]["labels"][key], *value,
+            "{at}: service.namespace_labels {key}"
+        );
+    }
+    ensure!(!settings.service.pod_labels.is_empty(), "{at}: service.pod_labels");
+    for (key, value) in &settings.service.pod_labels {
+        assert_eq!(pod_labels[key], *value, "{at}: service.pod_labels {key}");
+    }
+
+    // The namespace's NetworkPolicy lets step pods of the stage's build namespaces in on that
+    // port, and nothing else from them.
+    let admitted = rendering.of_kind("NetworkPolicy").any(|policy| {
+        let selects_this_pod = policy["spec"]["podSelector"]["matchLabels"]
+            .as_object()
+            .is_some_and(|labels| labels.iter().all(|(key, value)| pod_labels[key] == *value));
+        selects_this_pod
+            && policy["spec"]["ingress"].as_array().into_iter().flatten().any(|rule| {
+                let from_build_namespaces = rule["from"].as_array().into_iter().flatten().any(|peer| {
+                    peer["namespaceSelector"]["matchLabels"]["baton.dev/build-namespace"] == stage
+                        && peer["podSelector"]["matchLabels"]["baton.dev/component"] == "step"
+                });
+                let to_workspace = rule["ports"]
+                    .as_array()
+                    .is_some_and(|ports| ports.iter().all(|p| p["port"] == port && p["protocol"] == "TCP"));
+                from_build_namespaces && to_workspace
+            })
+    });
+    ensure!(
+        admitted,
+        "{at}: no NetworkPolicy admits the {stage}'s step pods to port {port}"
+    );
+
+    // deploy/build-namespaces/example: the stage's namespace per app, bound to this account.
+    let example = renderings
+        .iter()
+        .find(|r| r.name == "build-namespaces/example")
+        .context("build-namespaces/example")?;
+    let prefix = settings
+        .namespace_prefix
+        .as_deref()
+        .with_context(|| format!("{at}: steps.kubernetes.namespace_prefix"))?;
+    let mut namespaces = 0;
+    for namespace in example
+        .of_kind("Namespace")
+        .filter(|n| n["metadata"]["labels"]["baton.dev/build-namespace"] == stage)
+    {
+        let name = namespace["metadata"]["name"].as_str().context("name")?;
+        let app = namespace["metadata"]["labels"]["baton.dev/app"]
+            .as_str()
+            .context("app")?;
+        assert_eq!(name, format!("{prefix}{app}"), "{at}: namespace_prefix");
+        let bound = example.of_kind("RoleBinding").any(|binding| {
+            binding["metadata"]["namespace"] == name
+                && binding["roleRef"]["kind"] == "ClusterRole"
+                && binding["roleRef"]["name"] == "baton-step-runner"
+                && binding["subjects"].as_array().is_some_and(|subjects| {
+                    subjects.iter().any(|s| {
+                        s["kind"] == "ServiceAccount"
+                            && s["name"] == template["spec"]["serviceAccountName"]
+                            && s["namespace"] == services_namespace["metadata"]["name"]
+                    })
+                })
+        });
+        ensure!(bound, "{at}: {name} binds baton-step-runner to no baton-{stage}");
+        namespaces += 1;
+    }
+    assert_eq!(namespaces, 1, "{at}: the example's {stage} namespaces");
+    Ok(())
 }
 
 /// Loads a config file through the kit's loader (the one every service's `main` uses) with the
@@ -545,42 +1009,44 @@ fn each_services_configmap_loads_through_its_own_settings_loader() -> Result<()>
             let lookup = |name: &str| env.get(name);
 
             // Each service's own loader and the checks its `build` makes before binding a port.
-            let (common, writable): (CommonSettings, Vec<PathBuf>) = match service {
+            let (common, writable, steps): (CommonSettings, Vec<PathBuf>, Option<StepsSettings>) = match service {
                 "listener" => {
                     let s = load::<ListenerSettings>(&file, &env).with_context(|| at.clone())?;
                     baton_listener::config::resolve(&s.service, &lookup).with_context(|| at.clone())?;
-                    (s.common, s.service.webhook.poll_cache_dir.into_iter().collect())
+                    (s.common, s.service.webhook.poll_cache_dir.into_iter().collect(), None)
                 }
                 "builder" => {
                     let s = load::<BuilderSettings>(&file, &env).with_context(|| at.clone())?;
                     baton_builder::config::credentials(&s.service, &lookup).with_context(|| at.clone())?;
                     baton_builder::config::registry_password(&s.service, &lookup).with_context(|| at.clone())?;
-                    (s.common, s.service.source.cache_dir.into_iter().collect())
+                    let writable = s.service.source.cache_dir.into_iter().collect();
+                    (s.common, writable, Some(s.service.steps))
                 }
                 "tester" => {
                     let s = load::<TesterSettings>(&file, &env).with_context(|| at.clone())?;
                     baton_kit::source::resolve_credentials(&s.service.source.credentials, &lookup)
                         .with_context(|| at.clone())?;
-                    (s.common, s.service.source.cache_dir.into_iter().collect())
+                    let writable = s.service.source.cache_dir.into_iter().collect();
+                    (s.common, writable, Some(s.service.steps))
                 }
                 "promoter" => {
                     let s = load::<PromoterSettings>(&file, &env).with_context(|| at.clone())?;
                     ensure!(!s.service.config_repo.url.is_empty(), "{at}: config_repo.url");
                     baton_kit::source::resolve_credentials(&s.service.source.credentials, &lookup)
                         .with_context(|| at.clone())?;
-                    (s.common, s.service.source.cache_dir.into_iter().collect())
+                    (s.common, s.service.source.cache_dir.into_iter().collect(), None)
                 }
                 "deployer" => {
                     let s = load::<DeployerSettings>(&file, &env).with_context(|| at.clone())?;
                     ensure!(s.service.kubeconfig.is_none(), "{at}: in the cluster, no kubeconfig");
                     baton_kit::source::resolve_credentials(&s.service.source.credentials, &lookup)
                         .with_context(|| at.clone())?;
-                    (s.common, s.service.source.cache_dir.into_iter().collect())
+                    (s.common, s.service.source.cache_dir.into_iter().collect(), None)
                 }
                 "chatops" => {
                     let s = load::<ChatopsSettings>(&file, &env).with_context(|| at.clone())?;
                     baton_chatops::config::resolve(&s.service, &lookup).with_context(|| at.clone())?;
-                    (s.common, Vec::new())
+                    (s.common, Vec::new(), None)
                 }
                 other => bail!("{at}: unknown service {other}"),
             };
@@ -633,9 +1099,26 @@ fn each_services_configmap_loads_through_its_own_settings_loader() -> Result<()>
                 assert_eq!(container[probe]["httpGet"]["port"], "http", "{at}: {probe}");
             }
 
-            // The step sandbox's needs (deploy/README.md, "The step sandbox") in the builder and
-            // tester only; every other pod keeps the runtime's seccomp profile.
-            if matches!(service, "builder" | "tester") {
+            // Production runs steps as Pods, dev in the sandbox (its clusters have no build
+            // namespaces).
+            let executor = steps.as_ref().map(|steps| steps.executor);
+            match rendering.name.as_str() {
+                "overlays/production" if steps.is_some() => {
+                    assert_eq!(executor, Some(StepExecutor::Kubernetes), "{at}");
+                }
+                "overlays/dev" | "base" if steps.is_some() => {
+                    assert_eq!(executor, Some(StepExecutor::Sandbox), "{at}");
+                }
+                _ => {}
+            }
+            let runs_step_pods = executor == Some(StepExecutor::Kubernetes);
+            if let Some(steps) = steps.as_ref().filter(|_| runs_step_pods) {
+                step_pods_agree_with_the_manifests(&at, service, steps, deployment, rendering, &renderings)?;
+            }
+
+            // The step sandbox's needs (deploy/README.md, "The step sandbox") only where steps run
+            // in the sandbox; every other pod keeps the runtime's seccomp profile and confinement.
+            if executor == Some(StepExecutor::Sandbox) {
                 assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "Unconfined", "{at}");
                 assert_eq!(container["securityContext"]["procMount"], "Unmasked", "{at}");
                 let tun = pod["volumes"]
@@ -651,6 +1134,23 @@ fn each_services_configmap_loads_through_its_own_settings_loader() -> Result<()>
                     "{at}"
                 );
                 assert!(container["securityContext"]["procMount"].is_null(), "{at}");
+                assert!(
+                    pod["volumes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .all(|v| v.get("hostPath").is_none()),
+                    "{at}: a hostPath volume"
+                );
+                let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+                assert!(
+                    annotations
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .all(|(key, _)| !key.starts_with("container.apparmor.security.beta.kubernetes.io/")),
+                    "{at}: AppArmor annotations {annotations}"
+                );
             }
             // Non-root, read-only root filesystem; what it writes is an emptyDir.
             assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{at}");
@@ -674,12 +1174,16 @@ fn each_services_configmap_loads_through_its_own_settings_loader() -> Result<()>
                 );
             }
 
-            // Only the deployer carries a Kubernetes token.
+            // Only the deployer, and a builder or tester running steps as Pods, carry a Kubernetes
+            // token.
             let automount = pod["automountServiceAccountToken"].as_bool();
             let account = pod["serviceAccountName"].as_str().context("serviceAccountName")?;
             assert_eq!(account, name, "{at}: its own ServiceAccount");
             if service == "deployer" {
                 assert_ne!(automount, Some(false), "{at}: the deployer needs its token");
+            } else if runs_step_pods {
+                // Its ServiceAccount mounts none by default; the pod asks for it.
+                assert_eq!(automount, Some(true), "{at}: running step pods needs its token");
             } else {
                 assert_eq!(automount, Some(false), "{at}: no Kubernetes API access");
                 let sa = rendering
@@ -701,8 +1205,20 @@ fn each_services_configmap_loads_through_its_own_settings_loader() -> Result<()>
             checked += 1;
         }
         // No Baton namespace object grants Kubernetes API rights: only deploy/rbac does, per
-        // environment namespace.
-        if rendering.name != "rbac" && rendering.name != "environments/example" {
+        // environment namespace and per build namespace, and the step runner's ClusterRole is
+        // never bound cluster-wide.
+        for binding in rendering.of_kind("ClusterRoleBinding") {
+            assert_eq!(
+                binding["roleRef"]["name"],
+                "baton-build-namespace-reader",
+                "deploy/{}: {}",
+                rendering.name,
+                kind_and_name(binding)
+            );
+        }
+        if !["rbac", "rbac/steps", "environments/example", "build-namespaces/example"]
+            .contains(&rendering.name.as_str())
+        {
             for kind in ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"] {
                 assert_eq!(
                     rendering.of_kind(kind).count(),
