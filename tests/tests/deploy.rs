@@ -552,6 +552,58 @@ async fn step_runners_rights(
                 .map_err(anyhow::Error::msg)?;
         }
     }
+    // The ClusterRoles grant exactly what the services need, not one verb more.
+    let roles = renderings
+        .iter()
+        .find(|r| r.name == "rbac/steps")
+        .context("rbac/steps")?;
+    for (role, expected) in [
+        ("baton-step-runner", STEP_RUNNER_RIGHTS),
+        (
+            "baton-build-namespace-reader",
+            &[
+                ("get", "", "namespaces"),
+                ("list", "", "namespaces"),
+                ("watch", "", "namespaces"),
+            ][..],
+        ),
+    ] {
+        let rules = roles
+            .named("ClusterRole", role)
+            .and_then(|r| r["rules"].as_array())
+            .with_context(|| format!("deploy/rbac/steps: ClusterRole {role}"))?;
+        let mut granted = Vec::new();
+        for rule in rules {
+            let strings = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            };
+            ensure!(
+                rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none(),
+                "{role}: {rule}"
+            );
+            for group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    for verb in strings("verbs") {
+                        granted.push((verb, group.clone(), resource.clone()));
+                    }
+                }
+            }
+        }
+        let mut expected: Vec<(String, String, String)> = expected
+            .iter()
+            .map(|(verb, group, resource)| ((*verb).to_owned(), (*group).to_owned(), (*resource).to_owned()))
+            .collect();
+        granted.sort();
+        expected.sort();
+        assert_eq!(granted, expected, "ClusterRole {role}");
+    }
+
     let example = renderings
         .iter()
         .find(|r| r.name == "build-namespaces/example")
