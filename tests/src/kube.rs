@@ -66,7 +66,9 @@ use crate::{HarnessError, create_dir, write_file};
 use binaries::Binaries;
 use components::Start;
 use credentials::Credentials;
-pub use nodesim::{NodeSimulator, NodeSimulatorConfig, SIMULATE_ANNOTATION, SIMULATED_NODE_LABEL, SimulatedBehaviour};
+pub use nodesim::{
+    Execution, NodeSimulator, NodeSimulatorConfig, SIMULATE_ANNOTATION, SIMULATED_NODE_LABEL, SimulatedBehaviour,
+};
 pub use process::ControlPlaneComponent;
 use process::Processes;
 

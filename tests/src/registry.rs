@@ -192,23 +192,82 @@ impl RegistryServer {
     /// # Errors
     /// When busybox or skopeo is missing, or skopeo fails.
     pub fn push_busybox_base(&self, repository: &str, tag: &str) -> Result<String, HarnessError> {
-        // Not looked for on `PATH`: the image needs the static build, which a `busybox` there
-        // may not be.
-        let busybox = std::env::var_os(BUSYBOX_BIN_ENV)
-            .filter(|value| !value.is_empty())
-            .map_or_else(|| PathBuf::from(DEFAULT_BUSYBOX), PathBuf::from);
-        let program = fs::read(&busybox).map_err(|error| HarnessError::ProgramNotFound {
-            program: "busybox",
-            reason: format!("cannot read {}: {error}", busybox.display()),
-            fix: format!(
-                "Install it with `just setup` (Debian package `busybox-static`) or set {BUSYBOX_BIN_ENV} to its path"
-            ),
-        })?;
-
+        let program = read_busybox()?;
         let mut layer = Vec::new();
         tar_entry(&mut layer, "bin/", b'5', 0o755, b"", "");
         tar_entry(&mut layer, "bin/busybox", b'0', 0o755, &program, "");
         tar_entry(&mut layer, "bin/sh", b'2', 0o777, b"", "busybox");
+        self.push_single_layer(repository, tag, layer, "baton-test-busybox", "busybox-static in /bin")
+    }
+
+    /// Pushes a busybox image a pod can work in to `<repository>:<tag>` and returns its
+    /// reference pinned by digest (`127.0.0.1:<port>/<repository>@sha256:…`): the layer of
+    /// [`push_busybox_base`](Self::push_busybox_base) plus a symlink in `/bin` for every applet
+    /// `busybox --list` names (`sh`, `tar`, `wget`, `mkdir`, `cp`, `cat`, `env`, `sleep`, `head`,
+    /// `dd`, `id`, …), a world-writable `/tmp` (mode 1777), and `/etc/passwd` and `/etc/group`
+    /// knowing `root`, `nonroot` (uid and gid 65532, the non-root user of distroless images)
+    /// and `nobody` (65534). Reproducible as the base is: the same busybox gives the same digest.
+    ///
+    /// # Errors
+    /// When busybox or skopeo is missing, busybox cannot list its applets, or skopeo fails.
+    pub fn push_busybox_toolchain(&self, repository: &str, tag: &str) -> Result<String, HarnessError> {
+        let busybox = busybox_path();
+        let program = read_busybox()?;
+        let listing = process::run(Command::new(&busybox).arg("--list"))?;
+        let mut applets: Vec<String> = String::from_utf8_lossy(&listing)
+            .lines()
+            .map(str::trim)
+            .filter(|name| !name.is_empty() && *name != "busybox" && !name.contains('/'))
+            .map(str::to_owned)
+            .collect();
+        applets.sort();
+        applets.dedup();
+        let mut layer = Vec::new();
+        tar_entry(&mut layer, "bin/", b'5', 0o755, b"", "");
+        tar_entry(&mut layer, "bin/busybox", b'0', 0o755, &program, "");
+        for applet in &applets {
+            tar_entry(&mut layer, &format!("bin/{applet}"), b'2', 0o777, b"", "busybox");
+        }
+        tar_entry(&mut layer, "etc/", b'5', 0o755, b"", "");
+        tar_entry(
+            &mut layer,
+            "etc/passwd",
+            b'0',
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\n\
+              nonroot:x:65532:65532:nonroot:/home/nonroot:/bin/sh\n\
+              nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+            "",
+        );
+        tar_entry(
+            &mut layer,
+            "etc/group",
+            b'0',
+            0o644,
+            b"root:x:0:\nnonroot:x:65532:\nnobody:x:65534:\n",
+            "",
+        );
+        tar_entry(&mut layer, "tmp/", b'5', 0o1777, b"", "");
+        let digest = self.push_single_layer(
+            repository,
+            tag,
+            layer,
+            "baton-test-toolchain",
+            "busybox-static in /bin with every applet, /tmp, /etc/passwd",
+        )?;
+        Ok(format!("{}/{repository}@{digest}", self.address()))
+    }
+
+    /// Pushes an image of the one uncompressed tar `layer` (ended here) to `<repository>:<tag>`
+    /// through an OCI layout and skopeo, titled `title`; returns its manifest digest.
+    fn push_single_layer(
+        &self,
+        repository: &str,
+        tag: &str,
+        mut layer: Vec<u8>,
+        title: &str,
+        created_by: &str,
+    ) -> Result<String, HarnessError> {
         layer.resize(layer.len() + 1024, 0);
         let diff_id = sha256(&layer);
         let config = serde_json::to_vec(&json!({
@@ -218,10 +277,10 @@ impl RegistryServer {
             "config": {
                 "Env": [BASE_PATH_ENV],
                 "Cmd": ["/bin/sh"],
-                "Labels": {"org.opencontainers.image.title": "baton-test-busybox"},
+                "Labels": {"org.opencontainers.image.title": title},
             },
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            "history": [{"created": EPOCH, "created_by": "baton-tests: busybox-static in /bin"}],
+            "history": [{"created": EPOCH, "created_by": format!("baton-tests: {created_by}")}],
         }))
         .expect("JSON serializes");
         let manifest = serde_json::to_vec(&json!({
@@ -305,6 +364,25 @@ impl RegistryServer {
         self.process = Some(process);
         Ok(())
     }
+}
+
+/// The static busybox the test images are made of: `$BUSYBOX_BIN` or [`DEFAULT_BUSYBOX`]. Not
+/// looked for on `PATH`: the images need the static build, which a `busybox` there may not be.
+fn busybox_path() -> PathBuf {
+    std::env::var_os(BUSYBOX_BIN_ENV)
+        .filter(|value| !value.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_BUSYBOX), PathBuf::from)
+}
+
+fn read_busybox() -> Result<Vec<u8>, HarnessError> {
+    let busybox = busybox_path();
+    fs::read(&busybox).map_err(|error| HarnessError::ProgramNotFound {
+        program: "busybox",
+        reason: format!("cannot read {}: {error}", busybox.display()),
+        fix: format!(
+            "Install it with `just setup` (Debian package `busybox-static`) or set {BUSYBOX_BIN_ENV} to its path"
+        ),
+    })
 }
 
 fn sha256(bytes: &[u8]) -> String {

@@ -13,8 +13,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use baton_tests::eventually_every;
 use baton_tests::kube::{
-    ControlPlaneComponent, DEPLOYER_USER, KubeCluster, NodeSimulator, NodeSimulatorConfig, SIMULATE_ANNOTATION,
+    ControlPlaneComponent, DEPLOYER_USER, Execution, KubeCluster, NodeSimulator, NodeSimulatorConfig,
+    SIMULATE_ANNOTATION,
 };
+use baton_tests::registry::RegistryServer;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
@@ -718,5 +720,409 @@ async fn server_side_apply_tracks_field_managers_and_conflicts() -> Result<()> {
         again.metadata.generation, created.metadata.generation,
         "re-applying changes nothing"
     );
+    Ok(())
+}
+
+/// A cluster whose simulated node executes pods, the registry its images come from, and the
+/// toolchain image (busybox with every applet) pushed there, pinned by digest.
+struct ExecutingCluster {
+    cluster: KubeCluster,
+    nodes: NodeSimulator,
+    image: String,
+    image_cache: tempfile::TempDir,
+    _registry: RegistryServer,
+}
+
+impl ExecutingCluster {
+    async fn start(namespace: &str) -> Result<Self> {
+        let registry = RegistryServer::start()?;
+        let image = registry.push_busybox_toolchain("baton/toolchain", "1")?;
+        let image_cache = tempfile::Builder::new().prefix("baton-image-cache-").tempdir()?;
+        let cluster = KubeCluster::start().await?;
+        let nodes = NodeSimulator::start(
+            cluster.client()?,
+            NodeSimulatorConfig {
+                execution: Some(Execution::new(registry.address(), image_cache.path())),
+                ..NodeSimulatorConfig::default()
+            },
+        )
+        .await?;
+        cluster.create_namespace(namespace).await?;
+        Ok(Self {
+            cluster,
+            nodes,
+            image,
+            image_cache,
+            _registry: registry,
+        })
+    }
+
+    fn pods(&self, namespace: &str) -> Result<Api<Pod>> {
+        Ok(Api::namespaced(self.cluster.client()?, namespace))
+    }
+}
+
+/// A pod (restartPolicy Never) from the JSON of its spec.
+fn executed_pod(name: &str, spec: serde_json::Value) -> Result<Pod> {
+    let mut spec = spec;
+    spec["restartPolicy"] = json!("Never");
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name },
+        "spec": spec,
+    }))?)
+}
+
+/// Waits until the pod's phase is `Succeeded` or `Failed`.
+async fn wait_for_end(api: &Api<Pod>, name: &str) -> Result<Pod> {
+    eventually_every(POLL, ROLLOUT_TIMEOUT, &format!("pod {name} to end"), || async {
+        let pod = api.get(name).await?;
+        let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+        Ok(if phase == "Succeeded" || phase == "Failed" {
+            Ok(pod)
+        } else {
+            Err(format!("{:?}", pod.status))
+        })
+    })
+    .await
+}
+
+/// The terminated state of the pod's container `name` (init containers included).
+fn terminated(pod: &Pod, name: &str) -> Result<k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    let status = pod.status.as_ref().context("no status")?;
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find(|c| c.name == name)
+        .and_then(|c| c.state.as_ref()?.terminated.clone())
+        .with_context(|| format!("container {name} has not terminated: {status:?}"))
+}
+
+#[tokio::test]
+async fn an_executed_pod_runs_its_init_container_then_its_container_and_serves_their_logs() -> Result<()> {
+    let env = ExecutingCluster::start("exec").await?;
+    let api = env.pods("exec")?;
+    let pod = executed_pod(
+        "hello",
+        json!({
+            "volumes": [{ "name": "workspace", "emptyDir": {} }],
+            "initContainers": [{
+                "name": "prepare",
+                "image": env.image,
+                "command": ["/bin/sh", "-c", "echo prepared by $(POD) > /workspace/greeting"],
+                "env": [{ "name": "POD", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }],
+                "volumeMounts": [{ "name": "workspace", "mountPath": "/workspace" }],
+            }],
+            "containers": [{
+                "name": "main",
+                "image": env.image,
+                "command": ["sh", "-c", "cat greeting; for i in 1 2 3; do echo line $i; sleep 1; done"],
+                "workingDir": "/workspace",
+                "volumeMounts": [{ "name": "workspace", "mountPath": "/workspace" }],
+            }],
+        }),
+    )?;
+    api.create(&PostParams::default(), &pod).await?;
+
+    // Followed through the real apiserver while the container runs: lines arrive as written.
+    let running = eventually_every(POLL, ROLLOUT_TIMEOUT, "container main to run", || async {
+        let pod = api.get("hello").await?;
+        let running = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .and_then(|c| c.state.as_ref()?.running.clone());
+        Ok(running.ok_or_else(|| format!("{:?}", pod.status)))
+    })
+    .await?;
+    ensure!(running.started_at.is_some());
+    let mut lines = futures::AsyncBufReadExt::lines(
+        api.log_stream(
+            "hello",
+            &kube::api::LogParams {
+                container: Some("main".to_owned()),
+                follow: true,
+                ..kube::api::LogParams::default()
+            },
+        )
+        .await?,
+    );
+    let mut followed = Vec::new();
+    while let Some(line) = futures::TryStreamExt::try_next(&mut lines).await? {
+        followed.push(line);
+    }
+    assert_eq!(followed, ["prepared by hello", "line 1", "line 2", "line 3"]);
+
+    let pod = wait_for_end(&api, "hello").await?;
+    let status = pod.status.clone().context("status")?;
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"), "{status:?}");
+    for name in ["prepare", "main"] {
+        let end = terminated(&pod, name)?;
+        assert_eq!((end.exit_code, end.reason.as_deref()), (0, Some("Completed")), "{name}");
+        ensure!(end.started_at.is_some() && end.finished_at.is_some());
+    }
+    let main = status
+        .container_statuses
+        .as_ref()
+        .and_then(|c| c.first())
+        .context("main")?;
+    let digest = env.image.split_once('@').map(|(_, d)| d).context("a pinned image")?;
+    ensure!(
+        main.image_id.ends_with(digest),
+        "imageID {} names the image's digest",
+        main.image_id
+    );
+
+    // Logs of an ended container, whole and tailed; the init container's too.
+    let whole = api
+        .logs(
+            "hello",
+            &kube::api::LogParams {
+                container: Some("main".to_owned()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert_eq!(whole, "prepared by hello\nline 1\nline 2\nline 3\n");
+    let tail = api
+        .logs(
+            "hello",
+            &kube::api::LogParams {
+                container: Some("main".to_owned()),
+                tail_lines: Some(2),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert_eq!(tail, "line 2\nline 3\n");
+    let limited = api
+        .logs(
+            "hello",
+            &kube::api::LogParams {
+                container: Some("main".to_owned()),
+                limit_bytes: Some(8),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert_eq!(limited, "prepared");
+    let init_log = api
+        .logs(
+            "hello",
+            &kube::api::LogParams {
+                container: Some("prepare".to_owned()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert_eq!(init_log, "");
+    ensure!(
+        env.image_cache.path().read_dir()?.count() == 1,
+        "the image was unpacked once"
+    );
+    ensure!(env.nodes.kubelet_port().is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn executed_pods_fail_with_the_kubelets_reasons() -> Result<()> {
+    let env = ExecutingCluster::start("fail").await?;
+    let api = env.pods("fail")?;
+    let container = |command: &str| json!({ "name": "main", "image": env.image, "command": ["sh", "-c", command] });
+    let mut oom = container("head -c 300m /dev/zero | tail");
+    oom["resources"] = json!({ "limits": { "memory": "32Mi" } });
+    let mut filler = container("dd if=/dev/zero of=/workspace/fill bs=1024 count=4096; sleep 60");
+    filler["volumeMounts"] = json!([{ "name": "workspace", "mountPath": "/workspace" }]);
+    let pods = [
+        (
+            "failing",
+            json!({ "containers": [container("echo about to fail; exit 3")] }),
+        ),
+        ("oom", json!({ "containers": [oom] })),
+        (
+            "slow",
+            json!({ "activeDeadlineSeconds": 2, "containers": [container("sleep 60")] }),
+        ),
+        (
+            "filler",
+            json!({
+                "volumes": [{ "name": "workspace", "emptyDir": { "sizeLimit": "1Mi" } }],
+                "containers": [filler],
+            }),
+        ),
+    ];
+    for (name, spec) in pods {
+        api.create(&PostParams::default(), &executed_pod(name, spec)?).await?;
+    }
+
+    let failing = wait_for_end(&api, "failing").await?;
+    assert_eq!(failing.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed"));
+    let end = terminated(&failing, "main")?;
+    assert_eq!((end.exit_code, end.reason.as_deref()), (3, Some("Error")));
+    let log = api.logs("failing", &kube::api::LogParams::default()).await?;
+    assert_eq!(log, "about to fail\n");
+
+    let oom = wait_for_end(&api, "oom").await?;
+    let end = terminated(&oom, "main")?;
+    assert_eq!(
+        (end.exit_code, end.reason.as_deref()),
+        (137, Some("OOMKilled")),
+        "{end:?}"
+    );
+
+    let slow = wait_for_end(&api, "slow").await?;
+    let status = slow.status.clone().context("status")?;
+    assert_eq!(
+        (
+            status.phase.as_deref(),
+            status.reason.as_deref(),
+            status.message.as_deref()
+        ),
+        (
+            Some("Failed"),
+            Some("DeadlineExceeded"),
+            Some("Pod was active on the node longer than the specified deadline")
+        )
+    );
+
+    let filler = wait_for_end(&api, "filler").await?;
+    let status = filler.status.clone().context("status")?;
+    assert_eq!(
+        (
+            status.phase.as_deref(),
+            status.reason.as_deref(),
+            status.message.as_deref()
+        ),
+        (
+            Some("Failed"),
+            Some("Evicted"),
+            Some("Usage of EmptyDir volume \"workspace\" exceeds the limit \"1Mi\". ")
+        )
+    );
+    Ok(())
+}
+
+/// The host processes whose command line is exactly `argv`, with their real uid.
+fn host_processes(argv: &[&str]) -> Vec<(u32, u32)> {
+    let wanted: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            if cmdline != wanted {
+                return None;
+            }
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((pid, uid))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_executed_pod_gets_its_secrets_and_runs_as_its_security_context_says() -> Result<()> {
+    let env = ExecutingCluster::start("secure").await?;
+    let api = env.pods("secure")?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.cluster.client()?, "secure");
+    let secret = |name: &str, value: &str| -> Result<k8s_openapi::api::core::v1::Secret> {
+        Ok(serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "stringData": { "token": value },
+        }))?)
+    };
+    // The volume's secret exists; the variable's comes later: a missing volume's secret would
+    // keep the pod in ContainerCreating, a missing variable's makes the container wait with
+    // CreateContainerConfigError until it exists.
+    secrets.create(&PostParams::default(), &secret("step-files", "f1le")?).await?;
+    let script = "echo \"token=$TOKEN\"; echo \"file=$(cat /secret/token)\"; echo \"uid=$(id -u) gid=$(id -g)\"; \
+                  touch /tmp/x 2>&1 || true; exec sleep 1234.5";
+    let pod = executed_pod(
+        "secure",
+        json!({
+            "securityContext": { "runAsUser": 65532, "runAsGroup": 65532, "runAsNonRoot": true },
+            "volumes": [{ "name": "credentials", "secret": { "secretName": "step-files" } }],
+            "containers": [{
+                "name": "main",
+                "image": env.image,
+                "command": ["sh", "-c", script],
+                "env": [{ "name": "TOKEN", "valueFrom": { "secretKeyRef": { "name": "step-secret", "key": "token" } } }],
+                "securityContext": { "readOnlyRootFilesystem": true },
+                "volumeMounts": [{ "name": "credentials", "mountPath": "/secret", "readOnly": true }],
+            }],
+        }),
+    )?;
+    api.create(&PostParams::default(), &pod).await?;
+    // No secret yet: the container waits as a kubelet makes it wait.
+    eventually_every(
+        POLL,
+        ROLLOUT_TIMEOUT,
+        "the container to wait for its secret",
+        || async {
+            let pod = api.get("secure").await?;
+            let waiting = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .and_then(|c| c.state.as_ref()?.waiting.clone());
+            Ok(match waiting {
+                Some(w) if w.reason.as_deref() == Some("CreateContainerConfigError") => Ok(()),
+                other => Err(format!("{other:?}")),
+            })
+        },
+    )
+    .await?;
+    secrets.create(&PostParams::default(), &secret("step-secret", "s3cret")?).await?;
+
+    let log = eventually_every(POLL, ROLLOUT_TIMEOUT, "the container to report", || async {
+        let log = api
+            .logs("secure", &kube::api::LogParams::default())
+            .await
+            .unwrap_or_default();
+        Ok(if log.contains("uid=") && log.lines().count() >= 4 {
+            Ok(log)
+        } else {
+            Err(log)
+        })
+    })
+    .await?;
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        lines[..3],
+        ["token=s3cret", "file=f1le", "uid=65532 gid=65532"],
+        "{log}"
+    );
+    ensure!(
+        lines[3].contains("Read-only file system"),
+        "readOnlyRootFilesystem refuses a write: {log}"
+    );
+
+    // On the host, the container's process is that uid, and deleting the pod kills it.
+    let processes = host_processes(&["sleep", "1234.5"]);
+    ensure!(!processes.is_empty(), "the container's sleep runs on the host");
+    ensure!(processes.iter().all(|(_, uid)| *uid == 65532), "{processes:?}");
+    api.delete("secure", &kube::api::DeleteParams::default()).await?;
+    eventually_every(POLL, ROLLOUT_TIMEOUT, "the pod's processes to end", || async {
+        let left = host_processes(&["sleep", "1234.5"]);
+        Ok(if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        })
+    })
+    .await?;
     Ok(())
 }

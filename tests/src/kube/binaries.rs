@@ -20,7 +20,7 @@ const ETCD: Program = Program {
     fallbacks: &["/usr/bin/etcd"],
 };
 /// openssl, which makes the cluster's keys and certificates.
-const OPENSSL: Program = Program {
+pub(super) const OPENSSL: Program = Program {
     name: "openssl",
     env: None,
     install: "Debian package `openssl`",

@@ -136,6 +136,8 @@ impl Start<'_> {
                 // rejects as loopback every ten seconds; nothing in a test cluster needs it.
                 "--endpoint-reconciler-type=none".to_owned(),
                 "--allow-privileged=true".to_owned(),
+                // Simulated nodes that execute pods serve their logs on 127.0.0.1, their InternalIP.
+                "--kubelet-preferred-address-types=InternalIP".to_owned(),
                 "--profiling=false".to_owned(),
             ];
             let component = ControlPlaneComponent::ApiServer;

@@ -47,9 +47,14 @@
 //! `kubelet` watches pods and posts their status, and `plan` decides, as a pure function of the
 //! pod and the time since it was picked up, what that status is.
 
+mod cgroup;
+mod execution;
+mod image;
 mod kubelet;
+mod logs;
 mod node;
 mod plan;
+mod workload;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,6 +64,9 @@ use kube::Client;
 use tokio::task::JoinHandle;
 
 use crate::HarnessError;
+pub use execution::Execution;
+use execution::Executor;
+use logs::LogServer;
 use node::SimulatedNode;
 pub use plan::SimulatedBehaviour;
 use plan::Timing;
@@ -101,6 +109,10 @@ pub struct NodeSimulatorConfig {
     /// How often node leases and node status are renewed (a kubelet renews its lease every 10 s;
     /// the node-lifecycle controller marks a node unknown after 40 s).
     pub heartbeat_interval: Duration,
+    /// When set, pods without the [`SIMULATE_ANNOTATION`] are executed for real (see
+    /// [`Execution`] and the module `execution`): their nodes register InternalIP 127.0.0.1 and
+    /// the port of a kubelet log server, so `pods/log` through the apiserver works.
+    pub execution: Option<Execution>,
 }
 
 impl Default for NodeSimulatorConfig {
@@ -117,6 +129,7 @@ impl Default for NodeSimulatorConfig {
             back_off_base: Duration::from_millis(500),
             back_off_cap: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(5),
+            execution: None,
         }
     }
 }
@@ -140,8 +153,13 @@ pub struct NodeSimulator {
     /// Names of the registered nodes.
     node_names: Vec<String>,
     /// The heartbeat and the pod driver; aborted on drop (the pod driver's per-pod tasks go
-    /// with it).
+    /// with it, and with them every executed container's processes).
     tasks: Vec<JoinHandle<()>>,
+    /// The kubelet log server of executed pods.
+    log_server: Option<LogServer>,
+    /// Executed pods' volumes, root filesystems and logs, and the log server's certificate;
+    /// removed on drop.
+    _work_dir: Option<tempfile::TempDir>,
 }
 
 impl NodeSimulator {
@@ -170,12 +188,22 @@ impl NodeSimulator {
         let mut node_names: Vec<String> = table.keys().cloned().collect();
         node_names.sort();
 
+        let (executor, log_server, work_dir) = match &config.execution {
+            Some(execution) => {
+                let (executor, server, dir) = start_execution(execution).await?;
+                (Some(executor), Some(server), Some(dir))
+            }
+            None => (None, None, None),
+        };
+        let kubelet_port = log_server.as_ref().map(|server| server.port);
         for name in &node_names {
-            node::register_node(&client, &table[name], &config).await?;
+            node::register_node(&client, &table[name], &config, kubelet_port).await?;
         }
         let mut simulator = Self {
             node_names,
             tasks: Vec::new(),
+            log_server,
+            _work_dir: work_dir,
         };
         simulator.tasks.push(tokio::spawn(node::heartbeat(
             client.clone(),
@@ -186,6 +214,7 @@ impl NodeSimulator {
             client.clone(),
             Arc::clone(&table),
             config.timing(),
+            executor,
         )));
         node::wait_until_schedulable(&client, &simulator.node_names).await?;
         Ok(simulator)
@@ -195,6 +224,28 @@ impl NodeSimulator {
     pub fn node_names(&self) -> &[String] {
         &self.node_names
     }
+
+    /// The port of the kubelet log server (HTTPS on 127.0.0.1) when pods are executed.
+    pub fn kubelet_port(&self) -> Option<u16> {
+        self.log_server.as_ref().map(|server| server.port)
+    }
+}
+
+/// The executor of real pods, its log server (with a fresh self-signed certificate) and the
+/// directory both work in.
+async fn start_execution(execution: &Execution) -> Result<(Arc<Executor>, LogServer, tempfile::TempDir), HarnessError> {
+    let work_dir = crate::temp_dir("baton-nodesim-")?;
+    let io = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| HarnessError::Io { path, source }
+    };
+    let executor = Executor::new(execution, work_dir.path().join("pods")).map_err(io(work_dir.path()))?;
+    std::fs::set_permissions(work_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(io(work_dir.path()))?;
+    let openssl = super::binaries::OPENSSL.locate()?;
+    let (cert, key) = super::pki::self_signed_localhost(&openssl, work_dir.path())?;
+    let server = LogServer::start(executor.logs.clone(), &cert, &key).await?;
+    Ok((Arc::new(executor), server, work_dir))
 }
 
 impl Drop for NodeSimulator {

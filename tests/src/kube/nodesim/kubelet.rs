@@ -17,9 +17,10 @@ use serde_json::json;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::POLL_INTERVAL;
+use super::execution::{Executor, run_pod};
 use super::node::SimulatedNode;
 use super::plan::{Clock, PodPlan, Timing};
+use super::{POLL_INTERVAL, SIMULATE_ANNOTATION};
 
 /// Attempts at deleting a terminating pod before giving up on it (with a warning).
 const DELETE_ATTEMPTS: u32 = 10;
@@ -34,7 +35,13 @@ struct TrackedPod {
 }
 
 /// Watches all pods and drives those bound to a simulated node until they are deleted.
-pub(super) async fn drive_pods(client: Client, nodes: Arc<HashMap<String, SimulatedNode>>, timing: Timing) {
+/// With an `executor`, pods without the simulate annotation are executed instead.
+pub(super) async fn drive_pods(
+    client: Client,
+    nodes: Arc<HashMap<String, SimulatedNode>>,
+    timing: Timing,
+    executor: Option<Arc<Executor>>,
+) {
     let pods: Api<Pod> = Api::all(client.clone());
     let mut events = std::pin::pin!(watcher::watcher(pods, watcher::Config::default()).default_backoff());
     // Dropping the set (when this task is aborted) aborts every pod's task.
@@ -49,7 +56,15 @@ pub(super) async fn drive_pods(client: Client, nodes: Arc<HashMap<String, Simula
                 if let (Some(listed), Some(uid)) = (listed.as_mut(), pod.uid()) {
                     listed.insert(uid);
                 }
-                observe_pod(&client, &nodes, &timing, pod, &mut tasks, &mut tracked);
+                observe_pod(
+                    &client,
+                    &nodes,
+                    &timing,
+                    executor.as_ref(),
+                    pod,
+                    &mut tasks,
+                    &mut tracked,
+                );
             }
             Ok(Event::InitDone) => {
                 // Pods that vanished while the watch was down.
@@ -58,14 +73,22 @@ pub(super) async fn drive_pods(client: Client, nodes: Arc<HashMap<String, Simula
                         let keep = listed.contains(uid);
                         if !keep {
                             pod.task.abort();
+                            if let Some(executor) = &executor {
+                                executor.forget(uid);
+                            }
                         }
                         keep
                     });
                 }
             }
             Ok(Event::Delete(pod)) => {
-                if let Some(gone) = pod.uid().and_then(|uid| tracked.remove(&uid)) {
-                    gone.task.abort();
+                if let Some(uid) = pod.uid() {
+                    if let Some(gone) = tracked.remove(&uid) {
+                        gone.task.abort();
+                    }
+                    if let Some(executor) = &executor {
+                        executor.forget(&uid);
+                    }
                 }
             }
             Err(error) => tracing::warn!(%error, "node simulator's pod watch failed; retrying"),
@@ -78,6 +101,7 @@ fn observe_pod(
     client: &Client,
     nodes: &HashMap<String, SimulatedNode>,
     timing: &Timing,
+    executor: Option<&Arc<Executor>>,
     pod: Pod,
     tasks: &mut JoinSet<()>,
     tracked: &mut HashMap<String, TrackedPod>,
@@ -121,6 +145,19 @@ fn observe_pod(
         .and_then(|status| status.phase.as_deref())
         .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
     if finished {
+        return;
+    }
+    if let Some(executor) = executor
+        && !pod.annotations().contains_key(SIMULATE_ANNOTATION)
+    {
+        let task = tasks.spawn(run_pod(Arc::clone(executor), client.clone(), pod));
+        tracked.insert(
+            uid,
+            TrackedPod {
+                task,
+                terminating: false,
+            },
+        );
         return;
     }
     let plan = PodPlan::of(&pod, node.internal_ip(), node.allocate_pod_ip());

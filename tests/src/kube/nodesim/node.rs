@@ -65,8 +65,9 @@ impl SimulatedNode {
     }
 }
 
-/// The Node a kubelet would register for `node`.
-fn node_object(node: &SimulatedNode, config: &NodeSimulatorConfig) -> Node {
+/// The Node a kubelet would register for `node`: at 127.0.0.1 with its log server's port
+/// `kubelet_port` when pods are executed.
+fn node_object(node: &SimulatedNode, config: &NodeSimulatorConfig, kubelet_port: Option<u16>) -> Node {
     let quantity = |value: &str| Quantity(value.to_owned());
     let capacity = BTreeMap::from([
         ("cpu".to_owned(), quantity(&config.cpu)),
@@ -101,7 +102,11 @@ fn node_object(node: &SimulatedNode, config: &NodeSimulatorConfig) -> Node {
             addresses: Some(vec![
                 NodeAddress {
                     type_: "InternalIP".to_owned(),
-                    address: node.internal_ip(),
+                    address: if kubelet_port.is_some() {
+                        "127.0.0.1".to_owned()
+                    } else {
+                        node.internal_ip()
+                    },
                 },
                 NodeAddress {
                     type_: "Hostname".to_owned(),
@@ -109,7 +114,9 @@ fn node_object(node: &SimulatedNode, config: &NodeSimulatorConfig) -> Node {
                 },
             ]),
             daemon_endpoints: Some(NodeDaemonEndpoints {
-                kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint { port: 10250 }),
+                kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint {
+                    port: kubelet_port.map_or(10250, i32::from),
+                }),
             }),
             node_info: Some(NodeSystemInfo {
                 architecture: "amd64".to_owned(),
@@ -168,10 +175,11 @@ pub(super) async fn register_node(
     client: &Client,
     node: &SimulatedNode,
     config: &NodeSimulatorConfig,
+    kubelet_port: Option<u16>,
 ) -> Result<(), HarnessError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let api_error = |action: String| move |source| HarnessError::Api { action, source };
-    let mut object = node_object(node, config);
+    let mut object = node_object(node, config, kubelet_port);
     let now = Timestamp::now();
     for condition in object
         .status
