@@ -56,6 +56,7 @@ use crate::fabric::Topology;
 use crate::secret::Secret;
 
 mod executor;
+mod kubernetes;
 mod log;
 mod policy;
 mod process;
@@ -63,6 +64,7 @@ mod sandbox;
 mod workdir;
 
 pub use executor::Executor;
+pub use kubernetes::Kubernetes;
 pub use log::{LogError, LogRef};
 pub use policy::{PolicyError, StepGrant, StepPolicy, StepProblem, UNSANDBOXED_WARNING, start_executor};
 pub use process::ResourceLimits;
@@ -281,6 +283,48 @@ pub enum StepError {
         /// Why.
         reason: String,
     },
+    /// Its build namespace (kubernetes executor) is missing, not labelled for the service, or
+    /// not the service's to use.
+    #[error("cannot run steps in namespace {namespace}: {reason}")]
+    Namespace {
+        /// The build namespace.
+        namespace: String,
+        /// Why, and the fix.
+        reason: String,
+    },
+    /// The build namespace's ResourceQuota refused its pod: too many steps of the app at once,
+    /// or too much asked.
+    #[error("the build namespace's quota refused the step's pod: {reason}")]
+    Quota {
+        /// The apiserver's words.
+        reason: String,
+    },
+    /// Its pod could not be scheduled within `steps.kubernetes.schedule_timeout`.
+    #[error("the step's pod could not be scheduled: {reason}")]
+    Unschedulable {
+        /// The scheduler's message.
+        reason: String,
+    },
+    /// An image of its pod could not be pulled.
+    #[error("image {image} cannot be pulled: {reason}")]
+    Image {
+        /// The image reference.
+        image: String,
+        /// The kubelet's words.
+        reason: String,
+    },
+    /// The workspace did not reach its pod, or its outputs did not come back.
+    #[error("the workspace did not move: {reason}")]
+    Workspace {
+        /// Why, with the helper's last words.
+        reason: String,
+    },
+    /// The Kubernetes API failed otherwise.
+    #[error("Kubernetes: {reason}")]
+    Kubernetes {
+        /// Why.
+        reason: String,
+    },
     /// The secrets could not be prepared for masking, so the step is not run rather than risk
     /// printing them.
     #[error("cannot prepare secret masking: {reason}")]
@@ -300,6 +344,12 @@ impl StepError {
             Self::Wait { .. } => "wait",
             Self::Masking { .. } => "masking",
             Self::Sandbox { .. } => "sandbox",
+            Self::Namespace { .. } => "namespace",
+            Self::Quota { .. } => "quota",
+            Self::Unschedulable { .. } => "unschedulable",
+            Self::Image { .. } => "image",
+            Self::Workspace { .. } => "workspace",
+            Self::Kubernetes { .. } => "kubernetes",
         }
     }
 }
@@ -388,7 +438,13 @@ impl StepRunner {
 
         let status = match masking_error {
             Some(error) => StepStatus::Error(error),
-            None => self.execute(&request, &mut sink).await,
+            None => match &self.executor {
+                Executor::Kubernetes(pods) => {
+                    let limits = request.limits.unwrap_or(&self.limits);
+                    Box::pin(pods.execute(&request, limits, &mut sink)).await
+                }
+                Executor::Sandbox(_) | Executor::Unsandboxed => self.execute(&request, &mut sink).await,
+            },
         };
         let duration = started.elapsed();
         match &status {

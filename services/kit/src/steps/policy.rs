@@ -8,7 +8,9 @@
 //!
 //! At start the same config also chooses how steps run: [`start_executor`] builds the executor
 //! `steps.executor` names and proves the sandbox works on this host (or refuses to start, naming
-//! `steps.executor` and the fix), and words the warning an unsandboxed service keeps showing.
+//! `steps.executor` and the fix), starts the kubernetes executor from `steps.kubernetes`, and
+//! words the warning an unsandboxed service keeps showing. A step naming its own `image` is
+//! refused unless steps run as pods.
 //!
 //! ```no_run
 //! # fn example(steps: &[baton_schemas::pipeline::Step]) -> Result<(), Box<dyn std::error::Error>> {
@@ -33,7 +35,7 @@ use baton_schemas::config::builder::StepLimits;
 use baton_schemas::config::{SandboxSettings, StepExecutor, StepsSettings};
 use baton_schemas::pipeline::Step;
 
-use super::{Executor, ResourceLimits, Sandbox};
+use super::{Executor, Kubernetes, ResourceLimits, Sandbox};
 use crate::secret::{Named, Secret};
 use crate::service::Env;
 use crate::settings::ConfigError;
@@ -371,11 +373,15 @@ pub const UNSANDBOXED_WARNING: &str = "steps.executor is unsandboxed: steps run 
 /// The executor `steps.executor` names, ready to run steps: with `sandbox` (the default), once a
 /// trial step ran in it (and the warning for `/readyz` when one with network could not: steps
 /// that declare `network: true` will fail); with `unsandboxed`, after logging
-/// [`UNSANDBOXED_WARNING`], which it returns too for `/readyz`.
+/// [`UNSANDBOXED_WARNING`], which it returns too for `/readyz`; with `kubernetes`, once
+/// [`Kubernetes::start`] resolved `steps.kubernetes`, built its client, bound its workspace
+/// server and reaped what this instance left. `service` (`builder` or `tester`) names the
+/// service in messages and on its pods; `env` is the service's environment (`$HOSTNAME`).
 ///
 /// # Errors
-/// `steps.sandbox.*` invalid, or `steps.executor`: the sandbox cannot run here, saying why and
-/// how to fix it (install bubblewrap, allow user namespaces, or choose `unsandboxed`).
+/// `steps.sandbox.*` or `steps.kubernetes.*` invalid or incomplete, or `steps.executor`: the
+/// sandbox cannot run here, saying why and how to fix it (install bubblewrap, allow user
+/// namespaces, or choose `unsandboxed`).
 pub async fn start_executor(
     service: &'static str,
     settings: &StepsSettings,
@@ -402,11 +408,8 @@ pub async fn start_executor(
             Ok((Executor::Unsandboxed, Some(UNSANDBOXED_WARNING.to_owned())))
         }
         StepExecutor::Kubernetes => {
-            let _ = (service, env);
-            Err(ConfigError::invalid(
-                "steps.executor",
-                "`kubernetes` cannot run steps in this version of Baton: choose sandbox or unsandboxed",
-            ))
+            let executor = Kubernetes::start(service, &settings.kubernetes, env).await?;
+            Ok((Executor::Kubernetes(executor), None))
         }
     }
 }

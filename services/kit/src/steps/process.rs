@@ -135,6 +135,10 @@ impl StepRunner {
         let started = match &self.executor {
             Executor::Unsandboxed => launch.unsandboxed(),
             Executor::Sandbox(sandbox) => launch.sandboxed(sandbox, sink).await,
+            // Dispatched by `StepRunner::run` to its pods; never started on this host.
+            Executor::Kubernetes(_) => Err(StepError::Spawn {
+                reason: "the kubernetes executor runs steps as pods, not on the service's host".to_owned(),
+            }),
         };
         // The launch holds the pipe's write ends: drop them, or the output never ends.
         drop(writer);

@@ -1,0 +1,602 @@
+//! The workspace as a tar archive, both ways. Packing is plain (symlinks stored as symlinks, never
+//! followed). Unpacking reads HOSTILE input: the archive comes back from a pod that ran
+//! untrusted code, so it is unpacked into a fresh directory under a byte cap and an entry cap;
+//! absolute paths, `..`, device files, FIFOs and hard links to anything but a file already
+//! unpacked are refused; no path is ever written through a symlink (every parent is checked to be
+//! a real directory, files are created exclusively); modes lose setuid, setgid and sticky bits.
+//! Only an archive unpacked whole replaces the workspace's contents.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tar::EntryType;
+
+/// Bytes of file content and number of entries an archive may unpack to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Caps {
+    /// Sum of the sizes of its files.
+    pub(super) bytes: u64,
+    /// Number of entries (files, directories, links).
+    pub(super) entries: u64,
+}
+
+/// Why an archive was refused.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ArchiveError {
+    /// An entry's path leaves the directory or is not plain.
+    #[error("entry {path:?} is refused: {why}")]
+    Path {
+        /// The path as the archive names it.
+        path: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// An entry of a kind a workspace never holds.
+    #[error("entry {path:?} is refused: a {kind} has no place in a workspace")]
+    Kind {
+        /// The path.
+        path: String,
+        /// The kind, e.g. `character device`.
+        kind: &'static str,
+    },
+    /// More bytes than the cap.
+    #[error("the outputs hold more than {cap} bytes")]
+    TooLarge {
+        /// The cap.
+        cap: u64,
+    },
+    /// More entries than the cap.
+    #[error("the outputs hold more than {cap} entries")]
+    TooManyEntries {
+        /// The cap.
+        cap: u64,
+    },
+    /// Reading the archive or writing the files failed.
+    #[error("cannot unpack the outputs: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Writes `workspace`'s contents as a tar archive to `out`, paths relative (`./src/main.rs`),
+/// symlinks stored as symlinks.
+///
+/// # Errors
+/// When a file cannot be read or the archive written.
+pub(super) fn pack(workspace: &Path, out: impl Write) -> io::Result<()> {
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    builder.mode(tar::HeaderMode::Complete);
+    builder.append_dir_all(".", workspace)?;
+    builder.into_inner()?.flush()
+}
+
+/// Bytes of file content and number of entries under `root` (symlinks not followed).
+///
+/// # Errors
+/// When a directory cannot be read.
+pub(super) fn measure(root: &Path) -> io::Result<(u64, u64)> {
+    let (mut bytes, mut entries) = (0_u64, 0_u64);
+    let mut pending = vec![root.to_owned()];
+    while let Some(directory) = pending.pop() {
+        for entry in fs::read_dir(&directory)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            entries += 1;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.is_file() {
+                bytes = bytes.saturating_add(meta.len());
+            }
+        }
+    }
+    Ok((bytes, entries))
+}
+
+/// What an unpacked archive held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Unpacked {
+    /// Bytes of file content.
+    pub(super) bytes: u64,
+    /// Entries.
+    pub(super) entries: u64,
+}
+
+/// Unpacks `archive` into `into` (an empty directory), within `caps`.
+///
+/// # Errors
+/// The first entry refused, or a cap exceeded. `into` then holds part of the archive: the
+/// caller throws it away.
+pub(super) fn unpack(archive: impl Read, into: &Path, caps: Caps) -> Result<Unpacked, ArchiveError> {
+    let mut archive = tar::Archive::new(archive);
+    let mut unpacked = Unpacked { bytes: 0, entries: 0 };
+    // Directory modes and times are set once everything inside them is written.
+    let mut directories: Vec<(PathBuf, u32, Option<SystemTime>)> = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
+        ) {
+            continue;
+        }
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let Some(relative) = plain_path(&raw)? else {
+            // `.` itself: the directory unpacked into.
+            continue;
+        };
+        unpacked.entries += 1;
+        if unpacked.entries > caps.entries {
+            return Err(ArchiveError::TooManyEntries { cap: caps.entries });
+        }
+        let target = into.join(&relative);
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        let mtime = entry
+            .header()
+            .mtime()
+            .ok()
+            .map(|seconds| SystemTime::UNIX_EPOCH + Duration::from_secs(seconds));
+        ensure_parents(into, &relative, &raw)?;
+        match kind {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                if kind == EntryType::GNUSparse {
+                    return Err(ArchiveError::Kind {
+                        path: raw,
+                        kind: "sparse file",
+                    });
+                }
+                let size = entry.header().size()?;
+                if unpacked.bytes.saturating_add(size) > caps.bytes {
+                    return Err(ArchiveError::TooLarge { cap: caps.bytes });
+                }
+                let mut file = create_exclusive(&target, mode, &raw)?;
+                let copied = io::copy(&mut (&mut entry).take(size), &mut file)?;
+                unpacked.bytes += copied;
+                if let Some(mtime) = mtime {
+                    file.set_modified(mtime)?;
+                }
+            }
+            EntryType::Directory => {
+                match fs::symlink_metadata(&target) {
+                    Ok(meta) if meta.is_dir() => {}
+                    Ok(_) => {
+                        return Err(ArchiveError::Path {
+                            path: raw,
+                            why: "it would replace another entry",
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&target)?,
+                    Err(e) => return Err(e.into()),
+                }
+                directories.push((target, mode, mtime));
+            }
+            EntryType::Symlink => {
+                let link = entry.link_name_bytes().ok_or(ArchiveError::Path {
+                    path: raw.clone(),
+                    why: "a symlink without a target",
+                })?;
+                let link = PathBuf::from(String::from_utf8_lossy(&link).into_owned());
+                // Written as is and never followed here: where it points is the step's business,
+                // inside the workspace it is unpacked into.
+                std::os::unix::fs::symlink(&link, &target).map_err(|e| exists_refused(e, &raw))?;
+            }
+            EntryType::Link => {
+                let link = entry.link_name_bytes().ok_or(ArchiveError::Path {
+                    path: raw.clone(),
+                    why: "a hard link without a target",
+                })?;
+                let link = String::from_utf8_lossy(&link).into_owned();
+                let Some(source) = plain_path(&link)? else {
+                    return Err(ArchiveError::Path {
+                        path: raw,
+                        why: "a hard link to the directory itself",
+                    });
+                };
+                // Only to a regular file unpacked before, reached without symlinks.
+                ensure_parents(into, &source, &raw).map_err(|_| ArchiveError::Path {
+                    path: raw.clone(),
+                    why: "a hard link to something outside the outputs",
+                })?;
+                let source = into.join(source);
+                match fs::symlink_metadata(&source) {
+                    Ok(meta) if meta.file_type().is_file() => {
+                        fs::hard_link(&source, &target).map_err(|e| exists_refused(e, &raw))?;
+                    }
+                    _ => {
+                        return Err(ArchiveError::Path {
+                            path: raw,
+                            why: "a hard link to something that is not a file of the outputs",
+                        });
+                    }
+                }
+            }
+            EntryType::Char => {
+                return Err(ArchiveError::Kind {
+                    path: raw,
+                    kind: "character device",
+                });
+            }
+            EntryType::Block => {
+                return Err(ArchiveError::Kind {
+                    path: raw,
+                    kind: "block device",
+                });
+            }
+            EntryType::Fifo => {
+                return Err(ArchiveError::Kind {
+                    path: raw,
+                    kind: "FIFO",
+                });
+            }
+            _ => {
+                return Err(ArchiveError::Kind {
+                    path: raw,
+                    kind: "entry of an unknown type",
+                });
+            }
+        }
+    }
+    for (directory, mode, mtime) in directories.into_iter().rev() {
+        fs::set_permissions(&directory, fs::Permissions::from_mode(mode | 0o700))?;
+        if let Some(mtime) = mtime {
+            File::open(&directory)?.set_modified(mtime)?;
+        }
+    }
+    Ok(unpacked)
+}
+
+/// Replaces everything in `workspace` with everything in `fresh` (on the same filesystem), then
+/// removes `fresh`. Nothing is followed: symlinks are removed or moved as links.
+///
+/// # Errors
+/// When an entry cannot be removed or moved.
+pub(super) fn replace_contents(workspace: &Path, fresh: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(workspace)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(entry.path())?;
+        } else {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    for entry in fs::read_dir(fresh)? {
+        let entry = entry?;
+        fs::rename(entry.path(), workspace.join(entry.file_name()))?;
+    }
+    fs::remove_dir(fresh)
+}
+
+/// `raw` as a plain relative path (`None` for `.` itself).
+///
+/// # Errors
+/// An absolute path, a `..`, or nothing at all.
+fn plain_path(raw: &str) -> Result<Option<PathBuf>, ArchiveError> {
+    let refuse = |why| ArchiveError::Path {
+        path: raw.to_owned(),
+        why,
+    };
+    if raw.is_empty() || raw.contains('\0') {
+        return Err(refuse("an empty path"));
+    }
+    let mut plain = PathBuf::new();
+    for component in Path::new(raw).components() {
+        match component {
+            Component::Normal(part) => plain.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(refuse("`..` would leave the workspace")),
+            Component::RootDir | Component::Prefix(_) => return Err(refuse("an absolute path")),
+        }
+    }
+    Ok((!plain.as_os_str().is_empty()).then_some(plain))
+}
+
+/// Makes sure every parent of `relative` under `root` is a real directory (creating missing
+/// ones), never a symlink: nothing is ever written through one.
+fn ensure_parents(root: &Path, relative: &Path, raw: &str) -> Result<(), ArchiveError> {
+    let mut at = root.to_owned();
+    let Some(parent) = relative.parent() else {
+        return Ok(());
+    };
+    for part in parent.components() {
+        at.push(part);
+        match fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_dir() => {}
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(ArchiveError::Path {
+                    path: raw.to_owned(),
+                    why: "it would be written through a symlink",
+                });
+            }
+            Ok(_) => {
+                return Err(ArchiveError::Path {
+                    path: raw.to_owned(),
+                    why: "its parent is not a directory",
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&at)?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A new file at `path`, never an existing one and never through a symlink.
+fn create_exclusive(path: &Path, mode: u32, raw: &str) -> Result<File, ArchiveError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode | 0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| exists_refused(e, raw))
+        .and_then(|file| {
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+            Ok(file)
+        })
+}
+
+/// An entry whose path is taken: refused (an archive never names one path twice).
+fn exists_refused(error: io::Error, raw: &str) -> ArchiveError {
+    if error.kind() == io::ErrorKind::AlreadyExists {
+        ArchiveError::Path {
+            path: raw.to_owned(),
+            why: "the archive names this path twice",
+        }
+    } else {
+        error.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAPS: Caps = Caps {
+        bytes: 1 << 20,
+        entries: 1000,
+    };
+
+    /// A tar archive written entry by entry with raw headers, so every hostile shape can be made.
+    struct Crafted(tar::Builder<Vec<u8>>);
+
+    impl Crafted {
+        fn new() -> Self {
+            Self(tar::Builder::new(Vec::new()))
+        }
+
+        fn header(kind: EntryType, path: &str, size: u64) -> tar::Header {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_size(size);
+            header.set_mode(0o644);
+            // Written into the raw name field: `set_path` itself refuses `..` and absolute paths.
+            let name = &mut header.as_old_mut().name;
+            name[..path.len()].copy_from_slice(path.as_bytes());
+            header.set_cksum();
+            header
+        }
+
+        fn file(mut self, path: &str, content: &[u8]) -> Self {
+            let header = Self::header(EntryType::Regular, path, content.len() as u64);
+            self.0.append(&header, content).unwrap();
+            self
+        }
+
+        fn dir(mut self, path: &str) -> Self {
+            let header = Self::header(EntryType::Directory, path, 0);
+            self.0.append(&header, io::empty()).unwrap();
+            self
+        }
+
+        fn link(mut self, kind: EntryType, path: &str, target: &str) -> Self {
+            let mut header = Self::header(kind, path, 0);
+            let link = &mut header.as_old_mut().linkname;
+            link[..target.len()].copy_from_slice(target.as_bytes());
+            header.set_cksum();
+            self.0.append(&header, io::empty()).unwrap();
+            self
+        }
+
+        fn special(mut self, kind: EntryType, path: &str) -> Self {
+            let header = Self::header(kind, path, 0);
+            self.0.append(&header, io::empty()).unwrap();
+            self
+        }
+
+        fn bytes(self) -> Vec<u8> {
+            self.0.into_inner().unwrap()
+        }
+    }
+
+    fn unpack_crafted(archive: Crafted, caps: Caps) -> (tempfile::TempDir, Result<Unpacked, ArchiveError>) {
+        let outer = tempfile::tempdir().unwrap();
+        let into = outer.path().join("fresh");
+        fs::create_dir(&into).unwrap();
+        let result = unpack(archive.bytes().as_slice(), &into, caps);
+        (outer, result)
+    }
+
+    fn refusal(archive: Crafted, caps: Caps) -> String {
+        let (outer, result) = unpack_crafted(archive, caps);
+        let error = result.expect_err("the archive was unpacked").to_string();
+        // Nothing was written beside the fresh directory.
+        let beside: Vec<_> = fs::read_dir(outer.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(beside, ["fresh"], "{error}");
+        error
+    }
+
+    #[test]
+    fn a_workspace_comes_back_whole() {
+        let workspace = tempfile::tempdir().unwrap();
+        fs::create_dir_all(workspace.path().join("src/nested")).unwrap();
+        fs::write(workspace.path().join("src/nested/main.rs"), "fn main() {}\n").unwrap();
+        fs::write(workspace.path().join("run.sh"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(workspace.path().join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("src/nested/main.rs", workspace.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", workspace.path().join("outside")).unwrap();
+        let mut archive = Vec::new();
+        pack(workspace.path(), &mut archive).unwrap();
+
+        let target = tempfile::tempdir().unwrap();
+        fs::write(target.path().join("stale"), "old").unwrap();
+        let fresh = target.path().join(".fresh");
+        let parent = tempfile::tempdir().unwrap();
+        let fresh_dir = parent.path().join("fresh");
+        fs::create_dir(&fresh_dir).unwrap();
+        let unpacked = unpack(archive.as_slice(), &fresh_dir, CAPS).unwrap();
+        assert_eq!(unpacked.bytes, 23);
+        assert_eq!(unpacked.entries, 6);
+        assert!(!fresh.exists());
+        replace_contents(target.path(), &fresh_dir).unwrap();
+        assert!(!fresh_dir.exists());
+        assert!(!target.path().join("stale").exists());
+        assert_eq!(
+            fs::read_to_string(target.path().join("src/nested/main.rs")).unwrap(),
+            "fn main() {}\n"
+        );
+        let mode = fs::metadata(target.path().join("run.sh")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        // Symlinks come back as symlinks, never as what they point at.
+        assert_eq!(
+            fs::read_link(target.path().join("link")).unwrap(),
+            Path::new("src/nested/main.rs")
+        );
+        assert_eq!(
+            fs::read_link(target.path().join("outside")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+    }
+
+    #[test]
+    fn paths_leaving_the_directory_are_refused() {
+        for path in [
+            "/etc/passwd",
+            "../escape",
+            "a/../../escape",
+            "./../escape",
+            "a/b/../../../x",
+        ] {
+            let error = refusal(Crafted::new().file(path, b"x"), CAPS);
+            assert!(error.contains("is refused"), "{path}: {error}");
+        }
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_symlink() {
+        // A symlink to the outside, then a file "inside" it.
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().to_str().unwrap().to_owned();
+        let error = refusal(
+            Crafted::new()
+                .link(EntryType::Symlink, "out", &target)
+                .file("out/planted", b"x"),
+            CAPS,
+        );
+        assert!(error.contains("through a symlink"), "{error}");
+        assert!(!outside.path().join("planted").exists());
+        // A symlink, then a file of the same name (which would write where it points).
+        let error = refusal(
+            Crafted::new()
+                .link(EntryType::Symlink, "f", &format!("{target}/planted"))
+                .file("f", b"x"),
+            CAPS,
+        );
+        assert!(error.contains("twice"), "{error}");
+        assert!(!outside.path().join("planted").exists());
+        // A symlinked directory named again as a directory, then written into.
+        let error = refusal(
+            Crafted::new()
+                .link(EntryType::Symlink, "d", &target)
+                .dir("d")
+                .file("d/x", b"x"),
+            CAPS,
+        );
+        assert!(error.contains("replace another entry"), "{error}");
+    }
+
+    #[test]
+    fn hard_links_reach_only_files_unpacked_before() {
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        let error = refusal(
+            Crafted::new().link(EntryType::Link, "l", outside.path().to_str().unwrap()),
+            CAPS,
+        );
+        assert!(error.contains("absolute"), "{error}");
+        let error = refusal(Crafted::new().link(EntryType::Link, "l", "../x"), CAPS);
+        assert!(error.contains(".."), "{error}");
+        let error = refusal(
+            Crafted::new()
+                .link(EntryType::Symlink, "s", "/etc")
+                .link(EntryType::Link, "l", "s/passwd"),
+            CAPS,
+        );
+        assert!(error.contains("outside the outputs"), "{error}");
+        let error = refusal(
+            Crafted::new()
+                .link(EntryType::Symlink, "s", "/etc/passwd")
+                .link(EntryType::Link, "l", "s"),
+            CAPS,
+        );
+        assert!(error.contains("not a file"), "{error}");
+        let (dir, result) = unpack_crafted(Crafted::new().file("a", b"same").link(EntryType::Link, "b", "a"), CAPS);
+        result.unwrap();
+        assert_eq!(fs::read(dir.path().join("fresh/b")).unwrap(), b"same");
+    }
+
+    #[test]
+    fn devices_and_fifos_are_refused() {
+        for (kind, name) in [
+            (EntryType::Char, "character device"),
+            (EntryType::Block, "block device"),
+            (EntryType::Fifo, "FIFO"),
+        ] {
+            let error = refusal(Crafted::new().special(kind, "dev"), CAPS);
+            assert!(error.contains(name), "{error}");
+        }
+    }
+
+    #[test]
+    fn caps_bound_bytes_and_entries() {
+        let big = Crafted::new().file("a", &[7; 600]).file("b", &[7; 600]);
+        let error = refusal(
+            big,
+            Caps {
+                bytes: 1000,
+                entries: 10,
+            },
+        );
+        assert!(error.contains("more than 1000 bytes"), "{error}");
+        let mut many = Crafted::new();
+        for i in 0..11 {
+            many = many.file(&format!("f{i}"), b"");
+        }
+        let error = refusal(
+            many,
+            Caps {
+                bytes: 1000,
+                entries: 10,
+            },
+        );
+        assert!(error.contains("more than 10 entries"), "{error}");
+    }
+
+    #[test]
+    fn special_bits_are_dropped() {
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_path("suid").unwrap();
+        header.set_size(1);
+        header.set_mode(0o4755);
+        header.set_cksum();
+        archive.append(&header, &b"x"[..]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        unpack(archive.into_inner().unwrap().as_slice(), dir.path(), CAPS).unwrap();
+        let mode = fs::metadata(dir.path().join("suid")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o755);
+    }
+}
