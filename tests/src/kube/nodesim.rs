@@ -5,8 +5,13 @@
 //! and status so the node-lifecycle controller keeps them Ready, and drives every pod the
 //! scheduler binds to them (or that names one of them in `spec.nodeName`) the way a kubelet
 //! would: status `Pending`/`ContainerCreating`, then per container what the pod asks for.
-//! Containers never run; probes are not executed. Rollouts therefore succeed or fail through
-//! the real Deployment controller, with the states a user would see on a real cluster.
+//! By default containers never run; probes are not executed. Rollouts therefore succeed or fail
+//! through the real Deployment controller, with the states a user would see on a real cluster.
+//!
+//! With [`NodeSimulatorConfig::execution`] set, pods without [`SIMULATE_ANNOTATION`] are
+//! executed for real instead: images pulled from the test registry, containers run as sandboxed
+//! processes, statuses and logs as a kubelet gives them (see [`Execution`] and
+//! `docs/testing-kubernetes.md`). The simulator does not isolate or police their network.
 //!
 //! # What a container does
 //!
@@ -45,7 +50,10 @@
 //!
 //! The simulator is split along its seams: `node` registers the nodes and keeps them alive,
 //! `kubelet` watches pods and posts their status, and `plan` decides, as a pure function of the
-//! pod and the time since it was picked up, what that status is.
+//! pod and the time since it was picked up, what that status is. Executed pods go through
+//! `execution` (their lifecycle), `image` (pulling and unpacking), `workload` (their command,
+//! user and quantities, decided without I/O), `cgroup` (memory limits) and `logs` (the kubelet
+//! log server).
 
 mod cgroup;
 mod execution;

@@ -296,6 +296,9 @@ mod tests {
                 let mut header = tar::Header::new_gnu();
                 header.set_size(data.len() as u64);
                 header.set_mode(0o644);
+                header.set_uid(0);
+                header.set_gid(0);
+                header.set_mtime(0);
                 header.set_cksum();
                 builder.append_data(&mut header, name, *data)?;
             }

@@ -97,23 +97,29 @@ pub(super) fn quantity_bytes(quantity: &str) -> Option<u64> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(quantity.len());
     let (number, suffix) = quantity.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let factor: f64 = match suffix {
-        "" => 1.0,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0_f64.powi(2),
-        "Gi" => 1024.0_f64.powi(3),
-        "Ti" => 1024.0_f64.powi(4),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "m" => 1e-3,
-        exponent if exponent.starts_with(['e', 'E']) => 10f64.powi(exponent[1..].parse().ok()?),
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    // number = digits / 10^fraction.len(), in integers so no precision is lost.
+    let digits: u128 = format!("{whole}{fraction}").parse().ok()?;
+    let scale = 10_u128.checked_pow(u32::try_from(fraction.len()).ok()?)?;
+    let (numerator, denominator): (u128, u128) = match suffix {
+        "" => (1, 1),
+        "Ki" => (1 << 10, 1),
+        "Mi" => (1 << 20, 1),
+        "Gi" => (1 << 30, 1),
+        "Ti" => (1 << 40, 1),
+        "k" => (1_000, 1),
+        "M" => (1_000_000, 1),
+        "G" => (1_000_000_000, 1),
+        "T" => (1_000_000_000_000, 1),
+        "m" => (1, 1_000),
+        exponent if exponent.starts_with(['e', 'E']) => (10_u128.checked_pow(exponent[1..].parse().ok()?)?, 1),
         _ => return None,
     };
-    let bytes = (number * factor).ceil();
-    (bytes.is_finite() && bytes >= 0.0).then(|| bytes as u64)
+    let bytes = digits.checked_mul(numerator)?.div_ceil(scale.checked_mul(denominator)?);
+    u64::try_from(bytes).ok()
 }
 
 #[cfg(test)]
