@@ -812,7 +812,7 @@ async fn an_executed_pod_runs_its_init_container_then_its_container_and_serves_t
             "initContainers": [{
                 "name": "prepare",
                 "image": env.image,
-                "command": ["/bin/sh", "-c", "echo prepared by $(POD) > /workspace/greeting"],
+                "command": ["/bin/sh", "-c", "echo prepared by $(POD) > /workspace/greeting; echo greeting written"],
                 "env": [{ "name": "POD", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }],
                 "volumeMounts": [{ "name": "workspace", "mountPath": "/workspace" }],
             }],
@@ -877,49 +877,23 @@ async fn an_executed_pod_runs_its_init_container_then_its_container_and_serves_t
         main.image_id
     );
 
-    // Logs of an ended container, whole and tailed; the init container's too.
-    let whole = api
-        .logs(
-            "hello",
-            &kube::api::LogParams {
-                container: Some("main".to_owned()),
-                ..Default::default()
-            },
-        )
-        .await?;
-    assert_eq!(whole, "prepared by hello\nline 1\nline 2\nline 3\n");
-    let tail = api
-        .logs(
-            "hello",
-            &kube::api::LogParams {
-                container: Some("main".to_owned()),
-                tail_lines: Some(2),
-                ..Default::default()
-            },
-        )
-        .await?;
-    assert_eq!(tail, "line 2\nline 3\n");
-    let limited = api
-        .logs(
-            "hello",
-            &kube::api::LogParams {
-                container: Some("main".to_owned()),
-                limit_bytes: Some(8),
-                ..Default::default()
-            },
-        )
-        .await?;
-    assert_eq!(limited, "prepared");
-    let init_log = api
-        .logs(
-            "hello",
-            &kube::api::LogParams {
-                container: Some("prepare".to_owned()),
-                ..Default::default()
-            },
-        )
-        .await?;
-    assert_eq!(init_log, "");
+    // Logs of an ended container, whole, tailed and cut; the init container's too.
+    let logs = async |container: &str, tail_lines: Option<i64>, limit_bytes: Option<i64>| {
+        let params = kube::api::LogParams {
+            container: Some(container.to_owned()),
+            tail_lines,
+            limit_bytes,
+            ..kube::api::LogParams::default()
+        };
+        api.logs("hello", &params).await
+    };
+    assert_eq!(
+        logs("main", None, None).await?,
+        "prepared by hello\nline 1\nline 2\nline 3\n"
+    );
+    assert_eq!(logs("main", Some(2), None).await?, "line 2\nline 3\n");
+    assert_eq!(logs("main", None, Some(8)).await?, "prepared");
+    assert_eq!(logs("prepare", None, None).await?, "greeting written\n");
     ensure!(
         env.image_cache.path().read_dir()?.count() == 1,
         "the image was unpacked once"
@@ -1046,7 +1020,9 @@ async fn an_executed_pod_gets_its_secrets_and_runs_as_its_security_context_says(
     // The volume's secret exists; the variable's comes later: a missing volume's secret would
     // keep the pod in ContainerCreating, a missing variable's makes the container wait with
     // CreateContainerConfigError until it exists.
-    secrets.create(&PostParams::default(), &secret("step-files", "f1le")?).await?;
+    secrets
+        .create(&PostParams::default(), &secret("step-files", "f1le")?)
+        .await?;
     let script = "echo \"token=$TOKEN\"; echo \"file=$(cat /secret/token)\"; echo \"uid=$(id -u) gid=$(id -g)\"; \
                   touch /tmp/x 2>&1 || true; exec sleep 1234.5";
     let pod = executed_pod(
@@ -1085,7 +1061,9 @@ async fn an_executed_pod_gets_its_secrets_and_runs_as_its_security_context_says(
         },
     )
     .await?;
-    secrets.create(&PostParams::default(), &secret("step-secret", "s3cret")?).await?;
+    secrets
+        .create(&PostParams::default(), &secret("step-secret", "s3cret")?)
+        .await?;
 
     let log = eventually_every(POLL, ROLLOUT_TIMEOUT, "the container to report", || async {
         let log = api
