@@ -96,7 +96,7 @@ impl Kubernetes {
         settings: &KubernetesStepsSettings,
         env: Env<'_>,
     ) -> Result<Self, ConfigError> {
-        let resolved = PodSettings::resolve(service, settings, env)?;
+        let mut resolved = PodSettings::resolve(service, settings, env)?;
         let client = client(settings.kubeconfig.as_deref()).await?;
         let listener = tokio::net::TcpListener::bind(resolved.listen).await.map_err(|e| {
             ConfigError::invalid(
@@ -105,6 +105,7 @@ impl Kubernetes {
             )
         })?;
         let listening = server::bound(&listener).unwrap_or(resolved.listen);
+        resolved.listening_on(listening.port());
         let transfers = Arc::new(Transfers::default());
         let serving = tokio::spawn(server::serve(listener, server::router(Arc::clone(&transfers))));
         let kubernetes = Self(Arc::new(Inner {
@@ -360,7 +361,8 @@ async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ConfigError> 
 /// Why the apiserver refused to create a step's object, as the step's error.
 fn creation_refused(error: kube::Error, kind: &str, namespace: &str) -> StepError {
     match error {
-        kube::Error::Api(status) if status.code == 403 && status.message.contains("exceeded quota") => {
+        // "exceeded quota: …", or "status unknown for quota: …" while a new quota is first counted.
+        kube::Error::Api(status) if status.code == 403 && status.message.contains("quota") => {
             StepError::Quota { reason: status.message }
         }
         kube::Error::Api(status) if status.code == 403 => StepError::Namespace {

@@ -196,6 +196,18 @@ impl PodSettings {
         })
     }
 
+    /// The server is listening on `port`: with `listen` on port 0 (tests), the port the system
+    /// chose is the one the network policy allows.
+    pub(super) fn listening_on(&mut self, port: u16) {
+        if self.listen.port() != port {
+            self.ports.retain(|p| *p != self.listen.port());
+            self.listen.set_port(port);
+            if !self.ports.contains(&port) {
+                self.ports.push(port);
+            }
+        }
+    }
+
     /// The build namespace of `app`: the prefix and the app as a DNS label.
     pub(super) fn namespace(&self, app: &str) -> String {
         let room = MAX_NAME - self.namespace_prefix.len();
@@ -490,6 +502,10 @@ mod tests {
         let resolved = PodSettings::resolve("builder", &settings(yaml), &env).unwrap();
         assert_eq!(resolved.ports, [443, 9000]);
         assert_eq!(resolved.url, "https://ws.baton.svc");
+        let yaml = "image: i\nworkspace:\n  listen: 127.0.0.1:0\n  url: http://ws:8091\n";
+        let mut resolved = PodSettings::resolve("builder", &settings(yaml), &env).unwrap();
+        resolved.listening_on(41234);
+        assert_eq!(resolved.ports, [8091, 41234]);
     }
 
     #[test]
