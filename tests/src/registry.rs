@@ -447,6 +447,48 @@ mod tests {
     }
 
     #[test]
+    fn the_toolchain_image_has_every_applet_and_its_users() -> anyhow::Result<()> {
+        let registry = RegistryServer::start()?;
+        let reference = registry.push_busybox_toolchain("baton/toolchain", "1")?;
+        let (repository, digest) = reference.split_once('@').expect("pinned by digest");
+        assert_eq!(repository, format!("{}/baton/toolchain", registry.address()));
+        assert_eq!(
+            registry.push_busybox_toolchain("baton/toolchain", "2")?,
+            format!("{repository}@{digest}"),
+            "reproducible"
+        );
+        let config = registry.skopeo_inspect(&reference, false)?;
+        assert_eq!(
+            config["config"]["Labels"]["org.opencontainers.image.title"],
+            "baton-test-toolchain"
+        );
+
+        // The layer as skopeo stored it, listed by tar: another reader than the one that wrote it.
+        let manifest = registry.skopeo_inspect(&reference, true)?;
+        let layer = manifest["layers"][0]["digest"].as_str().expect("a layer").to_owned();
+        let (hex_prefix, hex_digest) = (&layer[7..9], &layer[7..]);
+        let blob = registry.storage_dir().join(format!(
+            "docker/registry/v2/blobs/sha256/{hex_prefix}/{hex_digest}/data"
+        ));
+        let listing = process::run(Command::new("tar").arg("-tvzf").arg(&blob))?;
+        let listing = String::from_utf8_lossy(&listing);
+        for entry in [
+            "bin/sh -> busybox",
+            "bin/wget -> busybox",
+            "bin/tar -> busybox",
+            "etc/passwd",
+            "etc/group",
+        ] {
+            assert!(listing.contains(entry), "{entry} in {listing}");
+        }
+        assert!(
+            listing.contains("drwxrwxrwt"),
+            "a sticky, world-writable /tmp: {listing}"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn drop_and_kill_stop_the_process() -> anyhow::Result<()> {
         let mut registry = RegistryServer::start()?;
         let temp_dir = registry.temp_dir.path().to_owned();

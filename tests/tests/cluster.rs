@@ -1023,20 +1023,32 @@ async fn an_executed_pod_gets_its_secrets_and_runs_as_its_security_context_says(
     secrets
         .create(&PostParams::default(), &secret("step-files", "f1le")?)
         .await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(env.cluster.client()?, "secure");
+    let settings = json!({ "metadata": { "name": "settings" }, "data": { "mode": "strict" } });
+    config_maps
+        .create(&PostParams::default(), &serde_json::from_value(settings)?)
+        .await?;
     let script = "echo \"token=$TOKEN\"; echo \"file=$(cat /secret/token)\"; echo \"uid=$(id -u) gid=$(id -g)\"; \
-                  touch /tmp/x 2>&1 || true; exec sleep 1234.5";
+                  echo \"config=$CFG_mode/$(cat /config/mode)\"; touch /tmp/x 2>&1 || true; exec sleep 1234.5";
     let pod = executed_pod(
         "secure",
         json!({
             "securityContext": { "runAsUser": 65532, "runAsGroup": 65532, "runAsNonRoot": true },
-            "volumes": [{ "name": "credentials", "secret": { "secretName": "step-files" } }],
+            "volumes": [
+                { "name": "credentials", "secret": { "secretName": "step-files" } },
+                { "name": "settings", "configMap": { "name": "settings" } },
+            ],
             "containers": [{
                 "name": "main",
                 "image": env.image,
                 "command": ["sh", "-c", script],
                 "env": [{ "name": "TOKEN", "valueFrom": { "secretKeyRef": { "name": "step-secret", "key": "token" } } }],
                 "securityContext": { "readOnlyRootFilesystem": true },
-                "volumeMounts": [{ "name": "credentials", "mountPath": "/secret", "readOnly": true }],
+                "envFrom": [{ "prefix": "CFG_", "configMapRef": { "name": "settings" } }],
+                "volumeMounts": [
+                    { "name": "credentials", "mountPath": "/secret", "readOnly": true },
+                    { "name": "settings", "mountPath": "/config", "readOnly": true },
+                ],
             }],
         }),
     )?;
@@ -1070,7 +1082,7 @@ async fn an_executed_pod_gets_its_secrets_and_runs_as_its_security_context_says(
             .logs("secure", &kube::api::LogParams::default())
             .await
             .unwrap_or_default();
-        Ok(if log.contains("uid=") && log.lines().count() >= 4 {
+        Ok(if log.contains("uid=") && log.lines().count() >= 5 {
             Ok(log)
         } else {
             Err(log)
@@ -1079,12 +1091,17 @@ async fn an_executed_pod_gets_its_secrets_and_runs_as_its_security_context_says(
     .await?;
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(
-        lines[..3],
-        ["token=s3cret", "file=f1le", "uid=65532 gid=65532"],
+        lines[..4],
+        [
+            "token=s3cret",
+            "file=f1le",
+            "uid=65532 gid=65532",
+            "config=strict/strict"
+        ],
         "{log}"
     );
     ensure!(
-        lines[3].contains("Read-only file system"),
+        lines[4].contains("Read-only file system"),
         "readOnlyRootFilesystem refuses a write: {log}"
     );
 

@@ -563,7 +563,18 @@ impl PodContext<'_> {
             match self.try_volumes(&volumes).await {
                 Ok(dirs) => return dirs,
                 Err(message) => {
-                    tracing::debug!(pod = %self.reporter.name, %message, "volumes not ready");
+                    // A kubelet tells this in a FailedMount event; the simulator, which posts
+                    // no events, in the waiting containers' message.
+                    let message = format!("MountVolume.SetUp failed: {message}");
+                    self.reporter
+                        .update(|state| {
+                            for record in state.init.iter_mut().chain(state.main.iter_mut()) {
+                                if let State::Waiting { message: waiting, .. } = &mut record.state {
+                                    *waiting = Some(message.clone());
+                                }
+                            }
+                        })
+                        .await;
                     tokio::time::sleep(CONFIG_RETRY).await;
                 }
             }

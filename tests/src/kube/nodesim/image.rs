@@ -46,7 +46,7 @@ pub(super) struct ImageStore {
     /// Registries (`host:port`) the simulator may pull from, over plain HTTP.
     registries: Vec<String>,
     http: reqwest::Client,
-    /// One lock per manifest digest, so two pods of one image unpack it once.
+    /// One lock per manifest digest, so two pods of one image unpack it once in this process.
     unpacking: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
@@ -138,16 +138,28 @@ impl ImageStore {
                     .ok_or_else(|| fail("a layer has no digest".to_owned()))?;
                 layers.push(self.blob(&base, layer_digest).await.map_err(fail)?);
             }
-            let staging = self.cache.join(format!("{}.unpacking", digest.replace(':', "-")));
-            let (dir2, staging2) = (dir.clone(), staging.clone());
+            // Unpacked beside the cache entry and renamed into place: another process sharing
+            // the cache (test binaries run one test per process) sees all of it or nothing,
+            // and whichever rename comes second finds the entry there and drops its own.
+            let cache = self.cache.clone();
+            let target = dir.clone();
             tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                let _ = std::fs::remove_dir_all(&staging2);
-                std::fs::create_dir_all(staging2.join("rootfs"))?;
+                let staging = tempfile::Builder::new().prefix(".unpacking-").tempdir_in(&cache)?;
+                std::fs::set_permissions(staging.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+                std::fs::create_dir(staging.path().join("rootfs"))?;
                 for layer in &layers {
-                    unpack_layer(layer, &staging2.join("rootfs"))?;
+                    unpack_layer(layer, &staging.path().join("rootfs"))?;
                 }
-                std::fs::write(staging2.join("config.json"), &config)?;
-                std::fs::rename(&staging2, &dir2)
+                std::fs::write(staging.path().join("config.json"), &config)?;
+                match std::fs::rename(staging.path(), &target) {
+                    Ok(()) => {
+                        // Renamed away: nothing is left for the guard to remove.
+                        let _ = staging.keep();
+                        Ok(())
+                    }
+                    Err(_) if target.join("rootfs").is_dir() => Ok(()),
+                    Err(error) => Err(error),
+                }
             })
             .await
             .map_err(|e| fail(e.to_string()))?
