@@ -429,9 +429,10 @@ pub struct ContainerSpec {
     /// The absolute working directory inside the container, created if missing.
     pub workdir: PathBuf,
     /// uid and gid of its processes. When the service runs as root, a uid other than 0 is the
-    /// same uid on the host (`setpriv` drops to it, on the host, before bubblewrap starts: the
-    /// image need not contain `setpriv`); otherwise the container's processes are the service's
-    /// user on the host and appear as this uid inside.
+    /// same uid and gid on the host (`setpriv` drops to them, on the host, before bubblewrap
+    /// starts: the image need not contain `setpriv`), and uid 0 is the service's root with gid
+    /// 0 whatever the gid says; when the service is not root, the container's processes are the
+    /// service's user on the host and appear as these ids inside.
     pub user: (u32, u32),
     /// The hostname it sees.
     pub hostname: String,

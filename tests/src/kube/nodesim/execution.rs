@@ -9,7 +9,9 @@
 //! As a kubelet with `restartPolicy: Never` it never restarts a container; the pod ends
 //! `Succeeded` when every container exited 0, else `Failed`. `activeDeadlineSeconds` kills
 //! everything (`DeadlineExceeded`), an emptyDir over its `sizeLimit` evicts the pod (`Evicted`),
-//! a memory limit is a cgroup (`OOMKilled`). A Secret or ConfigMap an environment variable needs
+//! a memory limit is a cgroup: a container in which the OOM killer killed a process ends with
+//! reason `OOMKilled` and its main process's exit code (137 when the main process was the one
+//! killed). A Secret or ConfigMap an environment variable needs
 //! and that does not exist yet leaves the container waiting with `CreateContainerConfigError`,
 //! tried again every second. Deleting the pod kills its processes.
 //!

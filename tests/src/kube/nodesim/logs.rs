@@ -3,8 +3,8 @@
 //! `--kubelet-certificate-authority`, does not verify it) answers
 //! `GET /containerLogs/{namespace}/{pod}/{container}` with the file's bytes, as the apiserver's
 //! `pods/log` asks a kubelet: `follow=true` streams until the container ends, `tailLines` keeps
-//! the last lines, `limitBytes` stops after that many bytes. `previous` and `timestamps` are not
-//! supported (containers are never restarted, and lines carry no timestamps).
+//! the last lines, `limitBytes` stops after that many bytes. `previous`, `timestamps`, `sinceSeconds`
+//! and `sinceTime` are ignored (containers are never restarted, and lines carry no times).
 //!
 //! The server speaks HTTP/1.1 without keep-alive: one request per connection, the body ending
 //! when the connection closes.
