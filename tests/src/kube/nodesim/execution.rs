@@ -43,7 +43,8 @@ use super::image::{ImageStore, PulledImage};
 use super::logs::{LogBook, LogWriterGuard};
 use super::workload::{command_line, expand, must_be_non_root, quantity_bytes, user};
 
-/// How pods are executed; see the [module documentation](self).
+/// How pods are executed: pulled from which registries, unpacked where. What execution does is
+/// told in the [simulator's documentation](super) and `docs/testing-kubernetes.md`.
 #[derive(Debug, Clone)]
 pub struct Execution {
     /// Registries (`host:port`, e.g. [`RegistryServer::address`](crate::registry::RegistryServer::address))
