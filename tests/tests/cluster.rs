@@ -852,9 +852,27 @@ async fn an_executed_pod_runs_its_init_container_then_its_container_and_serves_t
         .await?,
     );
     let mut followed = Vec::new();
+    let mut running_at_first_line = None;
     while let Some(line) = futures::TryStreamExt::try_next(&mut lines).await? {
+        if running_at_first_line.is_none() {
+            // The container still has seconds to go: the line came live, not from its end.
+            let pod = api.get("hello").await?;
+            running_at_first_line = Some(
+                pod.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c.first())
+                    .and_then(|c| c.state.as_ref()?.running.as_ref())
+                    .is_some(),
+            );
+        }
         followed.push(line);
     }
+    assert_eq!(
+        running_at_first_line,
+        Some(true),
+        "the first line arrived while the container ran"
+    );
     assert_eq!(followed, ["prepared by hello", "line 1", "line 2", "line 3"]);
 
     let pod = wait_for_end(&api, "hello").await?;
