@@ -2,8 +2,10 @@
 //! controller-manager, scheduler): the build namespace it reconciles, the locked-down pod it
 //! creates as the apiserver stores it, the steps that fail before running (a namespace missing or
 //! not a build namespace, a pod the quota refuses, a pod no node can take) each with its reason,
-//! and the reaper deleting what a previous life of the service left. Pods that actually run, on
-//! the node simulator executing them, are the end-to-end suites' business.
+//! the reaper deleting what a previous life of the service left, and steps that run on the node
+//! simulator executing pods (busybox from the test registry): the workspace in and the outputs
+//! back, the log masked, no ServiceAccount token, an exit code, a timeout and an OOM kill. The
+//! simulator does not enforce NetworkPolicies, so the policies are asserted by their content.
 //!
 //! Each test starts its own cluster, so they run in parallel and share nothing. The executor
 //! talks to the apiserver as the cluster's admin here; the RBAC it gets in production is tested
@@ -13,7 +15,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use baton_kit::steps::{Executor, StepError, StepOutcome, StepRequest, StepRunner, StepStatus, start_executor};
+use baton_kit::steps::{
+    Executor, ResourceLimits, StepError, StepOutcome, StepRequest, StepRunner, StepStatus, start_executor,
+};
 use baton_schemas::config::StepsSettings;
 use baton_schemas::pipeline::Step;
 use baton_tests::eventually_every;
@@ -76,26 +80,37 @@ fn step(name: &str) -> Step {
     }
 }
 
-async fn run(executor: &Executor, step: &Step) -> Result<StepOutcome> {
-    let workspace = tempfile::tempdir()?;
-    std::fs::write(workspace.path().join("README"), "hello\n")?;
+/// Runs `step` of build-42 of acme/shop in `workspace`, granted `NPM_TOKEN`.
+async fn run_in(
+    executor: &Executor,
+    step: &Step,
+    workspace: &std::path::Path,
+    limits: Option<&ResourceLimits>,
+) -> StepOutcome {
     let secret_env = BTreeMap::from([(
         "NPM_TOKEN".to_owned(),
         baton_kit::secret::Secret::new("npm-secret-value"),
     )]);
-    Ok(StepRunner::offline()
+    StepRunner::offline()
         .with_executor(executor.clone())
         .run(StepRequest {
             run_id: "build-42",
             app: APP,
             step,
-            workspace: workspace.path(),
+            workspace,
             extra_env: &BTreeMap::new(),
             secrets: &[],
             secret_env: &secret_env,
-            limits: None,
+            limits,
         })
-        .await)
+        .await
+}
+
+/// Runs `step` in a fresh workspace.
+async fn run(executor: &Executor, step: &Step) -> Result<StepOutcome> {
+    let workspace = tempfile::tempdir()?;
+    std::fs::write(workspace.path().join("README"), "hello\n")?;
+    Ok(run_in(executor, step, workspace.path(), None).await)
 }
 
 fn step_error(outcome: &StepOutcome) -> Result<&StepError> {
@@ -103,6 +118,12 @@ fn step_error(outcome: &StepOutcome) -> Result<&StepError> {
         StepStatus::Error(error) => Ok(error),
         other => anyhow::bail!("expected the step not to run, it {other}: {:?}", outcome.tail),
     }
+}
+
+/// Fails unless the step ended as `expected`, showing its log's tail.
+fn ended_as(outcome: &StepOutcome, expected: &StepStatus) -> Result<()> {
+    ensure!(&outcome.status == expected, "{:?}: {:?}", outcome.status, outcome.tail);
+    Ok(())
 }
 
 /// Waits until no step pod or Secret is left in the namespace.
@@ -465,4 +486,104 @@ async fn the_reaper_deletes_what_this_instance_left_and_long_ended_pods() -> Res
     .await?;
     ensure!(left == ["theirs"]);
     Ok(())
+}
+
+/// A free port on 127.0.0.1 for the workspace server: pods of the executing simulator share the
+/// host's network, so they reach it on loopback.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_runs_in_its_pod_on_the_workspace_and_its_outputs_come_back() -> Result<()> {
+    let registry = baton_tests::registry::RegistryServer::start()?;
+    let image = registry.push_busybox_toolchain("baton/toolchain", "1")?;
+    let image_cache = tempfile::Builder::new().prefix("baton-image-cache-").tempdir()?;
+    let cluster = KubeCluster::start().await?;
+    let _nodes = baton_tests::kube::NodeSimulator::start(
+        cluster.client()?,
+        baton_tests::kube::NodeSimulatorConfig {
+            execution: Some(baton_tests::kube::Execution::new(
+                registry.address(),
+                image_cache.path(),
+            )),
+            ..baton_tests::kube::NodeSimulatorConfig::default()
+        },
+    )
+    .await?;
+    build_namespace(&cluster, NAMESPACE).await?;
+    let port = free_port()?;
+    let settings = format!(
+        "executor: kubernetes\nkubernetes:\n  kubeconfig: {}\n  image: {image}\n  helper_image: {image}\n  \
+         instance: {INSTANCE}\n  schedule_timeout: 60s\n  transfer_timeout: 60s\n  \
+         workspace:\n    listen: 127.0.0.1:{port}\n    url: http://127.0.0.1:{port}\n",
+        cluster.kubeconfig_path().display()
+    );
+    let (executor, _) = start_executor("builder", &yaml_serde::from_str(&settings)?, &|_| None).await?;
+
+    let workspace = tempfile::tempdir()?;
+    std::fs::write(workspace.path().join("input.txt"), "from the service\n")?;
+    let run_step =
+        async |step: &Step, limits: Option<&ResourceLimits>| run_in(&executor, step, workspace.path(), limits).await;
+    let write = Step {
+        run: "cat input.txt; echo \"uid $(id -u) $GREETING $NPM_TOKEN\"; mkdir -p reports && echo '<testsuite/>' > reports/junit.xml; \
+              ls /var/run/secrets/kubernetes.io 2>&1 | head -1"
+            .to_owned(),
+        ..step("write")
+    };
+    let outcome = run_step(&write, None).await;
+    ended_as(&outcome, &StepStatus::Succeeded)?;
+    ensure!(outcome.tail[0] == "from the service", "{:?}", outcome.tail);
+    // Its uid, its env, its secret masked in the log.
+    ensure!(outcome.tail[1] == "uid 65532 hello ***", "{:?}", outcome.tail);
+    // No ServiceAccount token in the pod.
+    ensure!(outcome.tail[2].contains("No such file"), "{:?}", outcome.tail);
+    ensure!(
+        std::fs::read_to_string(workspace.path().join("reports/junit.xml"))? == "<testsuite/>\n",
+        "the outputs did not come back"
+    );
+    ensure!(workspace.path().join("input.txt").exists());
+
+    let failing = Step {
+        run: "echo about to fail; exit 3".to_owned(),
+        ..step("fail")
+    };
+    let outcome = run_step(&failing, None).await;
+    let exited = StepStatus::Failed {
+        exit_code: Some(3),
+        signal: None,
+    };
+    ended_as(&outcome, &exited)?;
+    ensure!(outcome.tail == ["about to fail"], "{:?}", outcome.tail);
+
+    // The service's own clock ends a step past its timeout.
+    let slow = Step {
+        run: "echo started; sleep 60".to_owned(),
+        timeout: Duration::from_secs(3),
+        ..step("slow")
+    };
+    let outcome = run_step(&slow, None).await;
+    ended_as(&outcome, &StepStatus::TimedOut)?;
+    ensure!(outcome.tail[0] == "started", "{:?}", outcome.tail);
+    ensure!(outcome.duration < Duration::from_secs(30), "{:?}", outcome.duration);
+
+    // Past its memory limit, the kernel kills it: the limit is named.
+    let hog = Step {
+        run: "awk 'BEGIN { s = \"x\"; while (1) s = s s }'".to_owned(),
+        ..step("hog")
+    };
+    let limits = ResourceLimits {
+        memory_bytes: 64 << 20,
+        ..ResourceLimits::default()
+    };
+    let outcome = run_step(&hog, Some(&limits)).await;
+    let StepStatus::LimitExceeded { limit, .. } = &outcome.status else {
+        anyhow::bail!(
+            "expected the memory limit, got {:?}: {:?}",
+            outcome.status,
+            outcome.tail
+        );
+    };
+    ensure!(*limit == "memory_bytes", "{limit}");
+    nothing_left(&cluster.client()?).await
 }

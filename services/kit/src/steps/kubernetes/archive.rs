@@ -5,6 +5,10 @@
 //! unpacked are refused; no path is ever written through a symlink (every parent is checked to be
 //! a real directory, files are created exclusively); modes lose setuid, setgid and sticky bits.
 //! Only an archive unpacked whole replaces the workspace's contents.
+//!
+//! The outputs travel as base64 of the archive ([`Base64Reader`] decodes them as they are
+//! unpacked): the pod sends them with busybox `wget --post-file`, which sends its file as a
+//! string and so stops at the first NUL byte, and a tar archive is full of them.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -92,6 +96,91 @@ pub(super) fn measure(root: &Path) -> io::Result<(u64, u64)> {
         }
     }
     Ok((bytes, entries))
+}
+
+/// Decodes base64 (standard alphabet, `=` padding, line breaks and spaces ignored, as `base64`
+/// writes it) from `inner` as it is read. Anything else in the text is an error.
+#[derive(Debug)]
+pub(super) struct Base64Reader<R> {
+    inner: R,
+    /// Decoded bytes not handed out yet.
+    pending: [u8; 3],
+    pending_len: usize,
+    pending_at: usize,
+    /// Whether the padding (the end of the data) was read.
+    ended: bool,
+}
+
+impl<R: io::BufRead> Base64Reader<R> {
+    pub(super) fn new(inner: R) -> Self {
+        Self {
+            inner,
+            pending: [0; 3],
+            pending_len: 0,
+            pending_at: 0,
+            ended: false,
+        }
+    }
+
+    /// The next 4 significant characters decoded into `pending`; `false` at the end.
+    fn fill(&mut self) -> io::Result<bool> {
+        let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+        let mut quad = [0_u8; 4];
+        let mut count = 0;
+        let mut padding = 0;
+        while count < 4 {
+            let mut byte = [0_u8; 1];
+            if self.inner.read(&mut byte)? == 0 {
+                if count == 0 {
+                    return Ok(false);
+                }
+                return Err(invalid("the base64 text ends in the middle of a group".to_owned()));
+            }
+            let value = match byte[0] {
+                b'A'..=b'Z' => byte[0] - b'A',
+                b'a'..=b'z' => byte[0] - b'a' + 26,
+                b'0'..=b'9' => byte[0] - b'0' + 52,
+                b'+' => 62,
+                b'/' => 63,
+                b'=' if count >= 2 => {
+                    padding += 1;
+                    0
+                }
+                b'\n' | b'\r' | b' ' | b'\t' => continue,
+                other => return Err(invalid(format!("byte {other:#04x} is not base64"))),
+            };
+            if self.ended || (padding > 0 && byte[0] != b'=') {
+                return Err(invalid("base64 text goes on after its padding".to_owned()));
+            }
+            quad[count] = value;
+            count += 1;
+        }
+        let bits =
+            (u32::from(quad[0]) << 18) | (u32::from(quad[1]) << 12) | (u32::from(quad[2]) << 6) | u32::from(quad[3]);
+        let [_, high, middle, low] = bits.to_be_bytes();
+        self.pending = [high, middle, low];
+        self.pending_len = 3 - padding;
+        self.pending_at = 0;
+        self.ended = padding > 0;
+        Ok(true)
+    }
+}
+
+impl<R: io::BufRead> Read for Base64Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut written = 0;
+        while written < buf.len() {
+            if self.pending_at == self.pending_len && !self.fill()? {
+                break;
+            }
+            let available = &self.pending[self.pending_at..self.pending_len];
+            let n = available.len().min(buf.len() - written);
+            buf[written..written + n].copy_from_slice(&available[..n]);
+            self.pending_at += n;
+            written += n;
+        }
+        Ok(written)
+    }
 }
 
 /// What an unpacked archive held.
@@ -350,7 +439,7 @@ fn exists_refused(error: io::Error, raw: &str) -> ArchiveError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const CAPS: Caps = Caps {
@@ -583,6 +672,51 @@ mod tests {
             },
         );
         assert!(error.contains("more than 10 entries"), "{error}");
+    }
+
+    /// Base64 as busybox `base64` writes it: lines of 76 characters.
+    pub(in crate::steps::kubernetes) fn base64(bytes: &[u8]) -> Vec<u8> {
+        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut text = Vec::new();
+        for chunk in bytes.chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let bits = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    text.push(ALPHABET[((bits >> (18 - 6 * i)) & 63) as usize]);
+                } else {
+                    text.push(b'=');
+                }
+            }
+            if text.len() % 77 == 76 {
+                text.push(b'\n');
+            }
+        }
+        text.push(b'\n');
+        text
+    }
+
+    #[test]
+    fn base64_is_decoded_as_it_is_read() {
+        for length in [0, 1, 2, 3, 4, 5, 57, 58, 1000] {
+            let bytes: Vec<u8> = (0..length).map(|i: u32| i.wrapping_mul(7).to_le_bytes()[0]).collect();
+            let mut decoded = Vec::new();
+            Base64Reader::new(base64(&bytes).as_slice())
+                .read_to_end(&mut decoded)
+                .unwrap();
+            assert_eq!(decoded, bytes, "{length}");
+        }
+        let mut decoded = Vec::new();
+        Base64Reader::new(&b"aGVsbG8=\n"[..]).read_to_end(&mut decoded).unwrap();
+        assert_eq!(decoded, b"hello");
+        for bad in [&b"aGVs*G8="[..], b"aGVsbG8", b"aGVsbG8=aGVs", b"a==="] {
+            let mut sink = Vec::new();
+            assert!(
+                Base64Reader::new(bad).read_to_end(&mut sink).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub(super) const WORKSPACE_OUT: &str = "workspace-out";
 /// Grace the kubelet gives a deleted pod's containers: a step that is deleted is over.
 const TERMINATION_GRACE_SECONDS: i64 = 5;
 /// Memory of the helpers beyond what they hold of the workspace: busybox `wget --post-file`
-/// reads the whole archive into memory.
+/// reads the whole (base64) archive into memory.
 const HELPER_MEMORY: u64 = 256 << 20;
 /// What a step without a disk limit is assumed to add to its workspace, for the sending
 /// helper's memory.
@@ -229,14 +229,15 @@ impl StepPod<'_> {
         }
     }
 
-    /// Memory of `workspace-out`: it holds the whole archive of the outputs.
+    /// Memory of `workspace-out`: it holds the whole archive of the outputs, as base64.
     fn out_memory(&self) -> u64 {
         let added = if self.limits.disk_bytes > 0 {
             self.limits.disk_bytes
         } else {
             UNLIMITED_OUTPUTS
         };
-        HELPER_MEMORY.saturating_add(self.workspace_bytes).saturating_add(added)
+        let archive = self.workspace_bytes.saturating_add(added);
+        HELPER_MEMORY.saturating_add(archive.saturating_add(archive / 2))
     }
 
     fn mounts() -> Vec<VolumeMount> {
@@ -404,7 +405,8 @@ fn workspace_in_script() -> String {
 }
 
 /// `workspace-out`: asks until the service saw the step end (`ready`; `wait` means ask again),
-/// then sends `/workspace` back. Ten failed asks in a row give up.
+/// then sends `/workspace` back as base64 of a tar archive (busybox `wget --post-file` stops at
+/// the first NUL byte). Ten failed asks in a row give up.
 fn workspace_out_script() -> String {
     format!(
         "set -u; failures=0; \
@@ -417,9 +419,10 @@ fn workspace_out_script() -> String {
              sleep 2; \
            fi; \
          done; \
-         rm -f /tmp/.baton-outputs.tar; \
+         rm -f /tmp/.baton-outputs.tar /tmp/.baton-outputs.b64; \
          tar -c -f /tmp/.baton-outputs.tar -C {WORKSPACE_MOUNT} . && \
-         wget -q -O /dev/null --header \"Authorization: Bearer ${TOKEN_KEY}\" --post-file /tmp/.baton-outputs.tar \"${URL_VAR}/v1/workspace\""
+         base64 /tmp/.baton-outputs.tar > /tmp/.baton-outputs.b64 && rm -f /tmp/.baton-outputs.tar && \
+         wget -q -O /dev/null --header \"Authorization: Bearer ${TOKEN_KEY}\" --post-file /tmp/.baton-outputs.b64 \"${URL_VAR}/v1/workspace\""
     )
 }
 

@@ -9,7 +9,7 @@
 //! direction gets 409, an unknown, dropped or expired one 401, and every refusal is logged. The
 //! ticket is dropped with the step, and its token dies with it.
 //!
-//! The outputs are hostile: they are spooled under a byte cap, unpacked by
+//! The outputs are hostile: they are spooled under a byte cap, decoded from base64 and unpacked by
 //! [`archive::unpack`] into a fresh directory beside the workspace, and replace the workspace's
 //! contents only when whole.
 
@@ -277,7 +277,8 @@ async fn ready(State(transfers): State<Arc<Transfers>>, headers: HeaderMap) -> R
     }
 }
 
-/// `POST /v1/workspace`: the outputs, once per token and only after the step ended.
+/// `POST /v1/workspace`: the outputs (base64 of a tar archive), once per token and only after
+/// the step ended.
 async fn give_back(
     State(transfers): State<Arc<Transfers>>,
     headers: HeaderMap,
@@ -319,11 +320,13 @@ async fn give_back(
 
 /// Spools the outputs under the cap, unpacks them beside the workspace and swaps them in.
 async fn receive(transfer: &Transfer, body: Body) -> Result<Unpacked, TransferError> {
-    let cap = transfer
+    // The archive's size, as base64 (4 characters for 3 bytes, and line breaks).
+    let archive = transfer
         .caps
         .bytes
         .saturating_add(transfer.caps.entries.saturating_mul(ARCHIVE_OVERHEAD_PER_ENTRY))
         .saturating_add(1 << 20);
+    let cap = archive.saturating_add(archive / 2);
     let spool = tempfile::tempfile().map_err(|_| TransferError::Internal)?;
     let mut spool = tokio::fs::File::from_std(spool);
     let mut received: u64 = 0;
@@ -348,7 +351,12 @@ async fn receive(transfer: &Transfer, body: Body) -> Result<Unpacked, TransferEr
             .prefix(".baton-outputs-")
             .tempdir_in(parent)
             .map_err(|e| TransferError::Refused(format!("no room beside the workspace: {e}")))?;
-        let unpacked = archive::unpack(std::io::BufReader::new(spool), fresh.path(), caps).map_err(|e| match e {
+        let unpacked = archive::unpack(
+            archive::Base64Reader::new(std::io::BufReader::new(spool)),
+            fresh.path(),
+            caps,
+        )
+        .map_err(|e| match e {
             archive::ArchiveError::TooLarge { cap } => TransferError::TooLarge { cap },
             other => TransferError::Refused(other.to_string()),
         })?;
@@ -423,7 +431,7 @@ mod tests {
         std::fs::write(dir.path().join("report.xml"), "<testsuite/>").unwrap();
         let mut archive = Vec::new();
         archive::pack(dir.path(), &mut archive).unwrap();
-        archive
+        archive::tests::base64(&archive)
     }
 
     #[tokio::test]
@@ -533,7 +541,9 @@ mod tests {
         header.set_cksum();
         let mut hostile = tar::Builder::new(Vec::new());
         hostile.append(&header, &b"x"[..]).unwrap();
-        let response = server.post(ticket.token(), hostile.into_inner().unwrap()).await;
+        let response = server
+            .post(ticket.token(), archive::tests::base64(&hostile.into_inner().unwrap()))
+            .await;
         assert_eq!(response.status(), 400);
         assert!(ticket.outputs().await.unwrap_err().contains(".."));
         assert_eq!(
