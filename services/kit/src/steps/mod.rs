@@ -17,7 +17,10 @@
 //!
 //! The process (`/bin/sh` under rlimits in a process group of its own, its exit or timeout) is
 //! `process`, the directory it runs in is checked by `workdir`, and `log` handles its output
-//! (masking, the live log, the spool and the stored log, the tail).
+//! (masking, the live log, the spool and the stored log, the tail). How the process is isolated
+//! is the [`Executor`]: on the host in `sandbox` (or not, `unsandboxed`), or, with `kubernetes`,
+//! as a Pod of its own in the app's build namespace (`kubernetes`), whose `step` container's log
+//! feeds the same masking, live log and store, and whose end maps to the same [`StepStatus`].
 //!
 //! ```no_run
 //! # async fn example(topology: &baton_kit::fabric::Topology, step: &baton_schemas::pipeline::Step) {
@@ -192,7 +195,8 @@ pub enum StepStatus {
         /// or 11 (`SIGSEGV`) for a shell that ran out of address space.
         signal: Option<i32>,
     },
-    /// It ran longer than its `timeout`; its whole process group was killed.
+    /// It ran longer than its `timeout`; its whole process group was killed (or its pod
+    /// deleted, or the pod reached its `activeDeadlineSeconds`).
     TimedOut,
     /// It went past one of its limits and was killed.
     LimitExceeded {
@@ -420,7 +424,8 @@ impl StepRunner {
     }
 
     /// Runs one step to its end (or its timeout) and stores its log. Never fails: everything that
-    /// can go wrong is in the outcome. Dropping the future kills the step's process group.
+    /// can go wrong is in the outcome. Dropping the future kills the step's process group (or
+    /// deletes its pod).
     #[tracing::instrument(skip_all, fields(run = %request.run_id, step = %request.step.name))]
     pub async fn run(&self, request: StepRequest<'_>) -> StepOutcome {
         let started = Instant::now();
