@@ -362,7 +362,7 @@ pub struct KubernetesStepsSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Image of the containers moving the workspace in and the outputs out: needs `/bin/sh`,
-    /// `tar` and `wget` (busybox has all three).
+    /// `tar`, `base64` and `wget` (busybox has all four).
     pub helper_image: String,
     /// The non-root uid and gid every container of a step runs as.
     pub run_as: RunAs,
@@ -455,8 +455,10 @@ impl Default for RunAs {
 pub struct WorkspaceServerSettings {
     /// Address the server listens on.
     pub listen: SocketAddr,
-    /// How step pods reach it, e.g. `http://baton-builder.baton.svc:8091` (a Service in front
-    /// of the service's pods). Required with `executor: kubernetes`. Its port is the one the
+    /// How step pods reach THIS replica's server, e.g. `http://10.1.2.3:8091` (from the pod's
+    /// IP, `http://$(POD_IP):8091` in a Deployment): a step's token and state live only in the
+    /// replica driving it, so a Service in front of several replicas would send pods to the
+    /// wrong one. Required with `executor: kubernetes`. Its port (and `listen`'s) is what the
     /// network policy lets step pods reach.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
