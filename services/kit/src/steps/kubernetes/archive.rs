@@ -18,6 +18,9 @@ use std::time::{Duration, SystemTime};
 
 use tar::EntryType;
 
+/// Bytes of a long name or PAX header an archive may give one entry (a path is at most 4 KiB).
+const MAX_LONG_NAMES: u64 = 64 << 10;
+
 /// Bytes of file content and number of entries an archive may unpack to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Caps {
@@ -202,16 +205,16 @@ pub(super) fn unpack(archive: impl Read, into: &Path, caps: Caps) -> Result<Unpa
     let mut unpacked = Unpacked { bytes: 0, entries: 0 };
     // Directory modes and times are set once everything inside them is written.
     let mut directories: Vec<(PathBuf, u32, Option<SystemTime>)> = Vec::new();
-    for entry in archive.entries()? {
+    // Raw: the tar crate would read a long name or PAX header of any size into memory.
+    let mut long = LongNames::default();
+    for entry in archive.entries()?.raw(true) {
         let mut entry = entry?;
         let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
-        ) {
+        if long.read(kind, &mut entry)? {
             continue;
         }
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let (path_bytes, link_bytes) = long.take(&entry);
+        let raw = String::from_utf8_lossy(&path_bytes).into_owned();
         let Some(relative) = plain_path(&raw)? else {
             // `.` itself: the directory unpacked into.
             continue;
@@ -262,7 +265,7 @@ pub(super) fn unpack(archive: impl Read, into: &Path, caps: Caps) -> Result<Unpa
                 directories.push((target, mode, mtime));
             }
             EntryType::Symlink => {
-                let link = entry.link_name_bytes().ok_or(ArchiveError::Path {
+                let link = link_bytes.ok_or(ArchiveError::Path {
                     path: raw.clone(),
                     why: "a symlink without a target",
                 })?;
@@ -272,7 +275,7 @@ pub(super) fn unpack(archive: impl Read, into: &Path, caps: Caps) -> Result<Unpa
                 std::os::unix::fs::symlink(&link, &target).map_err(|e| exists_refused(e, &raw))?;
             }
             EntryType::Link => {
-                let link = entry.link_name_bytes().ok_or(ArchiveError::Path {
+                let link = link_bytes.ok_or(ArchiveError::Path {
                     path: raw.clone(),
                     why: "a hard link without a target",
                 })?;
@@ -334,6 +337,67 @@ pub(super) fn unpack(archive: impl Read, into: &Path, caps: Caps) -> Result<Unpa
         }
     }
     Ok(unpacked)
+}
+
+/// The long path and link name an archive gives its next entry in entries of their own (GNU
+/// `././@LongLink`, PAX `path` and `linkpath`), read only up to [`MAX_LONG_NAMES`] bytes.
+#[derive(Debug, Default)]
+struct LongNames {
+    path: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+}
+
+impl LongNames {
+    /// Reads `entry` when it only names the next one (or is a PAX global header, ignored):
+    /// `true` then.
+    fn read(&mut self, kind: EntryType, entry: &mut impl Read) -> Result<bool, ArchiveError> {
+        if !matches!(
+            kind,
+            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
+        ) {
+            return Ok(false);
+        }
+        let mut data = Vec::new();
+        entry.take(MAX_LONG_NAMES + 1).read_to_end(&mut data)?;
+        if data.len() as u64 > MAX_LONG_NAMES {
+            return Err(ArchiveError::Path {
+                path: format!("{kind:?}"),
+                why: "a long name or extended header of more than 64 KiB",
+            });
+        }
+        let trimmed = |mut name: Vec<u8>| {
+            while name.last() == Some(&0) {
+                name.pop();
+            }
+            name
+        };
+        match kind {
+            EntryType::GNULongName => self.path = Some(trimmed(data)),
+            EntryType::GNULongLink => self.link = Some(trimmed(data)),
+            EntryType::XHeader => {
+                for extension in tar::PaxExtensions::new(&data) {
+                    let extension = extension?;
+                    match extension.key_bytes() {
+                        b"path" => self.path = Some(extension.value_bytes().to_vec()),
+                        b"linkpath" => self.link = Some(extension.value_bytes().to_vec()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    /// The path and link name of `entry`: the long ones read before it, else its header's.
+    fn take<R: Read>(&mut self, entry: &tar::Entry<'_, R>) -> (Vec<u8>, Option<Vec<u8>>) {
+        let path = self.path.take().unwrap_or_else(|| entry.path_bytes().into_owned());
+        let link = self
+            .link
+            .take()
+            .or_else(|| entry.link_name_bytes().map(std::borrow::Cow::into_owned));
+        (path, link)
+    }
 }
 
 /// Replaces everything in `workspace` with everything in `fresh` (on the same filesystem), then
@@ -672,6 +736,56 @@ pub(super) mod tests {
             },
         );
         assert!(error.contains("more than 10 entries"), "{error}");
+    }
+
+    #[test]
+    fn long_names_are_read_within_a_cap() {
+        // Names longer than a header holds come in entries of their own: GNU and PAX both.
+        let deep = format!("{}/file", "d".repeat(150));
+        let target = format!("{}/target", "t".repeat(150));
+        let mut gnu = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_mode(0o644);
+        gnu.append_data(&mut header, &deep, &b"ok"[..]).unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(EntryType::Symlink);
+        header.set_size(0);
+        gnu.append_link(&mut header, "link", &target).unwrap();
+        let mut pax = tar::Builder::new(Vec::new());
+        pax.append_pax_extensions([("path", "pax/named/by/its/extension".as_bytes())])
+            .unwrap();
+        let mut header = tar::Header::new_ustar();
+        header.set_path("short").unwrap();
+        header.set_size(3);
+        header.set_mode(0o644);
+        header.set_cksum();
+        pax.append(&header, &b"pax"[..]).unwrap();
+        for (archive, path, content) in [
+            (gnu, deep.as_str(), &b"ok"[..]),
+            (pax, "pax/named/by/its/extension", b"pax"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            unpack(archive.into_inner().unwrap().as_slice(), dir.path(), CAPS).unwrap();
+            assert_eq!(fs::read(dir.path().join(path)).unwrap(), content);
+            if content == b"ok" {
+                assert_eq!(fs::read_link(dir.path().join("link")).unwrap(), Path::new(&target));
+            }
+        }
+
+        // A long name or extended header of a gigabyte would be read into memory whole: refused
+        // once past the cap, before the rest is read.
+        for kind in [EntryType::GNULongName, EntryType::GNULongLink, EntryType::XHeader] {
+            // The entry claims 4 MiB of name, and they follow.
+            let header = Crafted::header(kind, "././@LongLink", 4 << 20);
+            let mut bytes = header.as_bytes().to_vec();
+            bytes.extend(std::iter::repeat_n(b'a', 4 << 20));
+            let outer = tempfile::tempdir().unwrap();
+            let error = unpack(bytes.as_slice(), outer.path(), CAPS)
+                .expect_err("a 4 MiB name was read")
+                .to_string();
+            assert!(error.contains("more than 64 KiB"), "{kind:?}: {error}");
+        }
     }
 
     /// Base64 as busybox `base64` writes it: lines of 76 characters.
