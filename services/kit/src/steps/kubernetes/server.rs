@@ -11,7 +11,8 @@
 //!
 //! The outputs are hostile: they are spooled under a byte cap, decoded from base64 and unpacked by
 //! [`archive::unpack`] into a fresh directory beside the workspace, and replace the workspace's
-//! contents only when whole.
+//! contents only when whole and while the step still holds its ticket (outputs that arrive after
+//! it gave up waiting never touch a workspace it moved on from).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -99,6 +100,11 @@ impl Transfers {
             transfer,
             outputs: Some(receiver),
         }
+    }
+
+    /// Whether `transfer`'s step still holds its ticket.
+    fn is_open(&self, transfer: &Arc<Transfer>) -> bool {
+        self.lock().iter().any(|open| Arc::ptr_eq(open, transfer))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Transfer>>> {
@@ -293,7 +299,7 @@ async fn give_back(
         tracing::warn!(pod = %transfer.pod, "second sending of outputs refused");
         return Err(TransferError::AlreadyReturned);
     }
-    let result = receive(&transfer, body).await;
+    let result = receive(&transfers, &transfer, body).await;
     let told = match &result {
         Ok(unpacked) => Ok(*unpacked),
         Err(e) => Err(e.to_string()),
@@ -318,8 +324,9 @@ async fn give_back(
     }
 }
 
-/// Spools the outputs under the cap, unpacks them beside the workspace and swaps them in.
-async fn receive(transfer: &Transfer, body: Body) -> Result<Unpacked, TransferError> {
+/// Spools the outputs under the cap, unpacks them beside the workspace and swaps them in, unless
+/// the step let go of its workspace meanwhile (it timed out waiting, or was dropped).
+async fn receive(transfers: &Arc<Transfers>, transfer: &Arc<Transfer>, body: Body) -> Result<Unpacked, TransferError> {
     // The archive's size, as base64 (4 characters for 3 bytes, and line breaks).
     let archive = transfer
         .caps
@@ -343,10 +350,10 @@ async fn receive(transfer: &Transfer, body: Body) -> Result<Unpacked, TransferEr
     }
     spool.rewind().await.map_err(|_| TransferError::Internal)?;
     let spool = spool.into_std().await;
-    let workspace = transfer.workspace.clone();
-    let caps = transfer.caps;
+    let (transfers, transfer) = (Arc::clone(transfers), Arc::clone(transfer));
     tokio::task::spawn_blocking(move || {
-        let parent = workspace.parent().unwrap_or(&workspace);
+        let (workspace, caps) = (&transfer.workspace, transfer.caps);
+        let parent = workspace.parent().unwrap_or(workspace);
         let fresh = tempfile::Builder::new()
             .prefix(".baton-outputs-")
             .tempdir_in(parent)
@@ -360,7 +367,10 @@ async fn receive(transfer: &Transfer, body: Body) -> Result<Unpacked, TransferEr
             archive::ArchiveError::TooLarge { cap } => TransferError::TooLarge { cap },
             other => TransferError::Refused(other.to_string()),
         })?;
-        archive::replace_contents(&workspace, fresh.path())
+        if !transfers.is_open(&transfer) {
+            return Err(TransferError::Unknown);
+        }
+        archive::replace_contents(workspace, fresh.path())
             .map_err(|e| TransferError::Refused(format!("cannot replace the workspace: {e}")))?;
         Ok(unpacked)
     })
@@ -511,6 +521,42 @@ mod tests {
         let response = server.get("/v1/workspace", expired.token()).await;
         assert_eq!(response.status(), 401);
         assert!(response.text().await.unwrap().contains("expired"));
+    }
+
+    #[tokio::test]
+    async fn outputs_arriving_after_the_step_let_go_leave_the_workspace_alone() {
+        use tokio::io::AsyncReadExt as _;
+
+        let server = server().await;
+        let workspace = workspace();
+        let ticket = server
+            .transfers
+            .open("pod-1", workspace.path(), CAPS, Duration::from_secs(60));
+        ticket.step_ended();
+        // The upload starts while the step holds its ticket and ends after it let go of it.
+        let body = outputs();
+        let (first, rest) = body.split_at(body.len() / 2);
+        let address = server.base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let head = format!(
+            "POST /v1/workspace HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            ticket.token(),
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(first).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(ticket);
+        stream.write_all(rest).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 401"), "{response}");
+        assert!(!workspace.path().join("report.xml").exists());
+        assert_eq!(
+            std::fs::read_to_string(workspace.path().join("input.txt")).unwrap(),
+            "in\n"
+        );
     }
 
     #[tokio::test]
