@@ -26,7 +26,8 @@
 //!
 //! The module follows the cluster's seams: `binaries` finds the executables, `process` owns the
 //! running components, `components` starts each piece and knows when it is ready, `credentials`
-//! and `pki` make who may talk to it, and [`nodesim`] plays the kubelets.
+//! and `pki` make who may talk to it, [`nodesim`] plays the kubelets, and [`steps`] is what suites
+//! of steps as Pods share (an executing cluster, `deploy/`'s step RBAC applied from its files).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), baton_tests::HarnessError> {
@@ -48,6 +49,7 @@ mod credentials;
 pub mod nodesim;
 mod pki;
 mod process;
+pub mod steps;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -22,7 +22,8 @@ use baton_schemas::config::StepsSettings;
 use baton_schemas::pipeline::Step;
 use baton_tests::eventually_every;
 use baton_tests::kube::KubeCluster;
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota, Secret, ServiceAccount};
+use baton_tests::kube::steps::{self, ExecutingCluster, label_build_namespace};
+use k8s_openapi::api::core::v1::{LimitRange, Pod, ResourceQuota, Secret, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -59,11 +60,7 @@ async fn executor(cluster: &KubeCluster, extra: &str) -> Result<Executor> {
 /// The build namespace as the platform makes it (deploy/build-namespaces).
 async fn build_namespace(cluster: &KubeCluster, name: &str) -> Result<()> {
     cluster.create_namespace(name).await?;
-    let label = json!({"metadata": {"labels": {"baton.dev/build-namespace": "builder", "baton.dev/app": "acme-shop"}}});
-    Api::<Namespace>::all(cluster.client()?)
-        .patch(name, &PatchParams::default(), &Patch::Merge(&label))
-        .await?;
-    Ok(())
+    label_build_namespace(cluster, name, "builder", "acme-shop").await
 }
 
 fn step(name: &str) -> Step {
@@ -128,19 +125,7 @@ fn ended_as(outcome: &StepOutcome, expected: &StepStatus) -> Result<()> {
 
 /// Waits until no step pod or Secret is left in the namespace.
 async fn nothing_left(client: &Client) -> Result<()> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
-    let steps = ListParams::default().labels("baton.dev/component=step");
-    eventually_every(POLL, WAIT, "the step's pod and Secret to be deleted", async || {
-        let pods = pods.list(&steps).await?.items.len();
-        let secrets = secrets.list(&steps).await?.items.len();
-        Ok(if pods + secrets == 0 {
-            Ok(())
-        } else {
-            Err(format!("{pods} pods and {secrets} secrets left"))
-        })
-    })
-    .await
+    steps::nothing_left(client, NAMESPACE).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,29 +481,10 @@ fn free_port() -> Result<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_runs_in_its_pod_on_the_workspace_and_its_outputs_come_back() -> Result<()> {
-    let registry = baton_tests::registry::RegistryServer::start()?;
-    let image = registry.push_busybox_toolchain("baton/toolchain", "1")?;
-    let image_cache = tempfile::Builder::new().prefix("baton-image-cache-").tempdir()?;
-    let cluster = KubeCluster::start().await?;
-    let _nodes = baton_tests::kube::NodeSimulator::start(
-        cluster.client()?,
-        baton_tests::kube::NodeSimulatorConfig {
-            execution: Some(baton_tests::kube::Execution::new(
-                registry.address(),
-                image_cache.path(),
-            )),
-            ..baton_tests::kube::NodeSimulatorConfig::default()
-        },
-    )
-    .await?;
-    build_namespace(&cluster, NAMESPACE).await?;
-    let port = free_port()?;
-    let settings = format!(
-        "executor: kubernetes\nkubernetes:\n  kubeconfig: {}\n  image: {image}\n  helper_image: {image}\n  \
-         instance: {INSTANCE}\n  schedule_timeout: 60s\n  transfer_timeout: 60s\n  \
-         workspace:\n    listen: 127.0.0.1:{port}\n    url: http://127.0.0.1:{port}\n",
-        cluster.kubeconfig_path().display()
-    );
+    let executing = ExecutingCluster::start().await?;
+    let cluster = &executing.cluster;
+    build_namespace(cluster, NAMESPACE).await?;
+    let settings = executing.steps_yaml(cluster.kubeconfig_path(), INSTANCE, free_port()?);
     let (executor, _) = start_executor("builder", &yaml_serde::from_str(&settings)?, &|_| None).await?;
 
     let workspace = tempfile::tempdir()?;
