@@ -13,8 +13,10 @@
 //!   and NATS passwords) and not its own pod's workspace token, in its environment, in any
 //!   process's environment or command line it can read, or in any file under `/`. Its egress is
 //!   what the NetworkPolicies on the apiserver say: the simulator does not enforce policies, so
-//!   their content is asserted, and the pod of a `network: true` step carries the label the
-//!   policy opening the network selects.
+//!   their content is asserted: default deny, egress to DNS and to the workspace server only,
+//!   whose selectors (from production's config) pick the builder's pods as deploy/ runs them;
+//!   and only the pod of a `network: true` step carries the label the policy opening the network
+//!   selects.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,11 +30,13 @@ use baton_kit::service::StartError;
 use baton_schemas::EventType;
 use baton_schemas::config::CommonSettings;
 use baton_schemas::payloads::{BuildData, ImageInfo, Outcome, StepReport, TestData};
-use baton_tests::kube::steps::{ExecutingCluster, deploy_step_runner, nothing_left};
+use baton_tests::kube::steps::{
+    ExecutingCluster, SERVICES_NAMESPACE, deploy_objects, deploy_step_runner, nothing_left,
+};
 use baton_tests::process::{LogFile, Process, service_binary};
 use baton_tests::push::Push;
 use baton_tests::{NatsServer, app, eventually_every, free_port, repos};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -512,9 +516,10 @@ impl ProcessWorld {
         })
     }
 
-    /// Starts the builder (instance `builder-0`, its workspace server on `workspace_port`).
-    async fn builder(&self, workspace_port: u16) -> Result<BuilderProcess> {
-        let steps = self.world.steps_yaml(&self.kubeconfig, "builder-0", workspace_port);
+    /// Starts the builder (instance `builder-0`, its workspace server on `workspace_port`),
+    /// adding `kubernetes` (lines indented under `steps.kubernetes`) to its steps settings.
+    async fn builder(&self, workspace_port: u16, kubernetes: &str) -> Result<BuilderProcess> {
+        let steps = self.world.steps_yaml(&self.kubeconfig, "builder-0", workspace_port) + kubernetes;
         BuilderProcess::start(self.dir.path(), &self.nats, &self.world, &steps).await
     }
 }
@@ -527,7 +532,7 @@ async fn a_builder_killed_mid_step_deletes_its_pod_when_it_restarts_and_builds_a
     let pipeline = "build:\n  steps:\n    - name: slow\n      run: 'echo started; sleep 30; echo done > done.txt'\n      \
                     timeout: 120s\nimage:\n  base: scratch\n  add:\n    - {from: done.txt, to: /done.txt}\n";
     let (url, sha) = shop(w.dir.path(), &[(".baton.yaml", pipeline)])?;
-    let mut builder = w.builder(free_port()).await?;
+    let mut builder = w.builder(free_port(), "").await?;
     let seen = Seen::start(client, BUILD_NAMESPACE);
     let release = push(js, &url, &sha, "killed").await?;
 
@@ -673,7 +678,15 @@ async fn a_hostile_step_finds_no_token_nor_secret_and_its_egress_is_denied_by_po
     );
     let (url, sha) = shop(w.dir.path(), &[(".baton.yaml", &pipeline)])?;
     let workspace_port = free_port();
-    let builder = w.builder(workspace_port).await?;
+    // Where the builder's pods are, as production's config says (its overlay's
+    // steps.kubernetes.service): the workspace server's egress rule is made of it.
+    let production = deploy_objects("overlays/production/builder.yaml", None)?;
+    let service = &production.first().context("no production config")?["steps"]["kubernetes"]["service"];
+    ensure!(
+        service.is_object(),
+        "production's builder names no service: {production:?}"
+    );
+    let builder = w.builder(workspace_port, &format!("  service: {service}\n")).await?;
     let seen = Seen::start(client, BUILD_NAMESPACE);
     let release = push(js, &url, &sha, "hostile").await?;
     let build = build_finished(js, &release).await?;
@@ -699,6 +712,18 @@ async fn a_hostile_step_finds_no_token_nor_secret_and_its_egress_is_denied_by_po
     let secret = seen.secret(&pod_name).context("the pod's Secret was not seen")?;
     let token = String::from_utf8(secret.data.unwrap_or_default()["BATON_WORKSPACE_TOKEN"].0.clone())?;
     ensure!(token.len() == 64, "{token}");
+
+    // The pod hands that token to its helper containers only.
+    let spec = pod.spec.clone().context("a pod without a spec")?;
+    let holders: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .filter(|c| c.env.iter().flatten().any(|e| e.name == "BATON_WORKSPACE_TOKEN"))
+        .map(|c| c.name.as_str())
+        .collect();
+    ensure!(holders == ["workspace-in", "workspace-out"], "{holders:?}");
 
     // Environments and command lines: the controls are there, the secrets are not.
     let dumped = dumped_bytes(&log);
@@ -740,10 +765,29 @@ async fn a_hostile_step_finds_no_token_nor_secret_and_its_egress_is_denied_by_po
         "the first rule is not DNS: {deny:#}"
     );
     ensure!(
-        egress[1]["to"][0]["podSelector"] == json!({"matchLabels": {"app.kubernetes.io/name": "baton-builder"}})
-            && egress[1]["ports"] == json!([{"protocol": "TCP", "port": workspace_port}]),
-        "the second rule is not the workspace server: {deny:#}"
+        egress[1]["ports"] == json!([{"protocol": "TCP", "port": workspace_port}]),
+        "the second rule is not the workspace server's port: {deny:#}"
     );
+    // ... and its peers are the builder's pods as deploy/ runs them: the selectors match the
+    // labels of namespace `baton` as the apiserver holds it (from deploy/base/namespace.yaml)
+    // and of the pods of deploy/base's builder Deployment.
+    let peer = &egress[1]["to"][0];
+    let baton = Api::<Namespace>::all(client.clone()).get(SERVICES_NAMESPACE).await?;
+    let deployment = deploy_objects("base/services/builder.yaml", Some("Deployment"))?;
+    let deployment = deployment.first().context("no builder Deployment in deploy/base")?;
+    for (selector, labels) in [
+        ("namespaceSelector", serde_json::to_value(baton.metadata.labels)?),
+        (
+            "podSelector",
+            deployment["spec"]["template"]["metadata"]["labels"].clone(),
+        ),
+    ] {
+        let wanted = peer[selector]["matchLabels"].as_object().context("no matchLabels")?;
+        ensure!(
+            !wanted.is_empty() && wanted.iter().all(|(key, value)| labels[key] == *value),
+            "{selector} {wanted:?} does not select {labels}"
+        );
+    }
     let open = serde_json::to_value(policies.get("baton-step-network").await?.spec)?;
     ensure!(
         open["podSelector"] == json!({"matchLabels": {"baton.dev/network": "true"}}),

@@ -133,7 +133,8 @@ fn deploy_dir() -> PathBuf {
 }
 
 /// What the platform does for `service` (`builder` or `tester`) before it runs steps as pods,
-/// from `deploy/`'s own files, as the cluster's admin: namespace `baton` with the service's
+/// from `deploy/`'s own files, as the cluster's admin: namespace `baton`
+/// (`deploy/base/namespace.yaml`, with its labels) and in it the service's
 /// ServiceAccount (the `ServiceAccount` of `deploy/base/services/<service>.yaml`), the
 /// ClusterRoles and binding of `deploy/rbac/steps`, and the build namespace of `acme/shop`
 /// (`deploy/build-namespaces/example/<service>.yaml`). Returns a kubeconfig authenticating as
@@ -143,11 +144,8 @@ fn deploy_dir() -> PathBuf {
 /// When a file cannot be read or parsed, or the apiserver refuses an object.
 pub async fn deploy_step_runner(cluster: &KubeCluster, service: &str) -> anyhow::Result<PathBuf> {
     let admin = cluster.client()?;
-    let services = Api::<Namespace>::all(admin.clone());
-    if services.get_opt(SERVICES_NAMESPACE).await?.is_none() {
-        cluster.create_namespace(SERVICES_NAMESPACE).await?;
-    }
     let deploy = deploy_dir();
+    apply_file(&admin, &deploy.join("base/namespace.yaml"), None).await?;
     let base = deploy.join(format!("base/services/{service}.yaml"));
     apply_file(&admin, &base, Some("ServiceAccount")).await?;
     for file in ["rbac/steps/step-runner.yaml", "rbac/steps/build-namespace-reader.yaml"] {
@@ -158,6 +156,25 @@ pub async fn deploy_step_runner(cluster: &KubeCluster, service: &str) -> anyhow:
     let account = format!("baton-{service}");
     let token = cluster.service_account_token(SERVICES_NAMESPACE, &account).await?;
     Ok(cluster.write_kubeconfig(&account, &token)?)
+}
+
+/// The documents of the YAML file `path` under `deploy/` (say `base/services/builder.yaml`) that
+/// are objects of kind `kind` (all of them with `None`), as JSON: what a test compares the
+/// apiserver's objects or a service's settings with.
+///
+/// # Errors
+/// When the file cannot be read or parsed.
+pub fn deploy_objects(path: &str, kind: Option<&str>) -> anyhow::Result<Vec<serde_json::Value>> {
+    let path = deploy_dir().join(path);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut objects = Vec::new();
+    for document in yaml_serde::Deserializer::from_str(&text) {
+        let object: serde_json::Value = serde::Deserialize::deserialize(document)?;
+        if kind.is_none_or(|kind| object["kind"] == kind) {
+            objects.push(object);
+        }
+    }
+    Ok(objects)
 }
 
 /// Server-side applies every object of the YAML file `path` (only those of kind `only`, when
