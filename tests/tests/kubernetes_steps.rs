@@ -60,7 +60,7 @@ async fn executor(cluster: &KubeCluster, extra: &str) -> Result<Executor> {
 /// The build namespace as the platform makes it (deploy/build-namespaces).
 async fn build_namespace(cluster: &KubeCluster, name: &str) -> Result<()> {
     cluster.create_namespace(name).await?;
-    label_build_namespace(cluster, name, "builder", "acme-shop").await
+    label_build_namespace(cluster, name, "builder", APP).await
 }
 
 fn step(name: &str) -> Step {
@@ -394,8 +394,8 @@ async fn a_pod_beyond_the_quota_is_refused_with_the_quotas_words() -> Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_foreign_namespace_fails_naming_the_fix() -> Result<()> {
     let cluster = KubeCluster::start().await?;
-    let executor = executor(&cluster, "").await?;
-    let outcome = run(&executor, &step("compile")).await?;
+    let refused = executor(&cluster, "").await?;
+    let outcome = run(&refused, &step("compile")).await?;
     let StepError::Namespace { namespace, reason } = step_error(&outcome)? else {
         anyhow::bail!("expected a namespace error, got {:?}", outcome.status);
     };
@@ -406,16 +406,37 @@ async fn a_missing_or_foreign_namespace_fails_naming_the_fix() -> Result<()> {
     );
     // A namespace of that name that the platform did not make a build namespace is not used.
     cluster.create_namespace(NAMESPACE).await?;
-    let outcome = run(&executor, &step("compile")).await?;
+    let outcome = run(&refused, &step("compile")).await?;
     let StepError::Namespace { reason, .. } = step_error(&outcome)? else {
         anyhow::bail!("expected a namespace error, got {:?}", outcome.status);
     };
     ensure!(reason.contains("baton.dev/build-namespace=builder"), "{reason}");
+    // Nor is the build namespace of another app whose name maps to the same one (`acme/Shop`):
+    // the namespace names its app, and the fix is a namespace of this app's own.
+    label_build_namespace(&cluster, NAMESPACE, "builder", "acme/Shop").await?;
+    let outcome = run(&refused, &step("compile")).await?;
+    let StepError::Namespace { reason, .. } = step_error(&outcome)? else {
+        anyhow::bail!("expected a namespace error, got {:?}", outcome.status);
+    };
+    ensure!(
+        reason.contains("\"acme/Shop\"") && reason.contains("steps.kubernetes.apps.\"acme/shop\".namespace"),
+        "{reason}"
+    );
     let pods: Api<Pod> = Api::namespaced(cluster.client()?, NAMESPACE);
     ensure!(
         pods.list(&ListParams::default()).await?.items.is_empty(),
         "a pod was created"
     );
+    // With its own namespace the app's steps go there.
+    let own = executor(
+        &cluster,
+        &format!("  apps:\n    {APP}:\n      namespace: baton-build-acme-shop-own\n"),
+    )
+    .await?;
+    let Executor::Kubernetes(kubernetes) = &own else {
+        anyhow::bail!("not the kubernetes executor");
+    };
+    ensure!(kubernetes.namespace(APP) == "baton-build-acme-shop-own");
     Ok(())
 }
 

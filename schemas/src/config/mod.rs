@@ -498,6 +498,11 @@ impl Default for ServicePeers {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppStepOverrides {
+    /// The app's build namespace, instead of `namespace_prefix` + its name as a DNS label: for
+    /// apps whose names differ only where a namespace cannot (`acme/shop_api` and
+    /// `acme/shop-api` both make `…-acme-shop-api`), which the executor refuses to mix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Replaces these keys of `steps.kubernetes.quota`.
     pub quota: BTreeMap<String, String>,
     /// Replaces these keys of `steps.kubernetes.limit_range`.

@@ -92,13 +92,18 @@ impl ExecutingCluster {
     }
 }
 
-/// Labels namespace `name` as `service`'s (`builder` or `tester`) build namespace of the app
-/// whose label form is `app`, as the platform's copy of deploy/build-namespaces does.
+/// Labels namespace `name` as `service`'s (`builder` or `tester`) build namespace of `app` (as
+/// the listener names it, `acme/shop`) and annotates it with the app, as the platform's copy of
+/// deploy/build-namespaces does.
 ///
 /// # Errors
 /// When the apiserver refuses the patch.
 pub async fn label_build_namespace(cluster: &KubeCluster, name: &str, service: &str, app: &str) -> anyhow::Result<()> {
-    let labels = json!({"metadata": {"labels": {"baton.dev/build-namespace": service, "baton.dev/app": app}}});
+    let label = app.replace('/', "-");
+    let labels = json!({"metadata": {
+        "labels": {"baton.dev/build-namespace": service, "baton.dev/app": label},
+        "annotations": {"baton.dev/app": app},
+    }});
     Api::<Namespace>::all(cluster.client()?)
         .patch(name, &PatchParams::default(), &Patch::Merge(&labels))
         .await?;

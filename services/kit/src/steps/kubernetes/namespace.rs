@@ -1,6 +1,7 @@
 //! An app's build namespace, made ready for its steps. The platform creates the namespace (label
 //! `baton.dev/build-namespace: builder|tester`) and the RoleBinding that lets the service work in
-//! it (`deploy/build-namespaces`); the service checks it is there and labelled for it, then
+//! it (`deploy/build-namespaces`), annotated `baton.dev/app` with the one app it is for; the
+//! service checks it is there, labelled for it and for this app, then
 //! applies (server-side, as `baton-builder` or `baton-tester`) what steps run under: the
 //! ResourceQuota and LimitRange `baton-steps`, the NetworkPolicies `baton-default-deny` (no
 //! ingress; egress only to DNS and the service's workspace server) and `baton-step-network`
@@ -86,6 +87,9 @@ impl Reconciled {
     }
 }
 
+/// Annotation of a build namespace naming, as written, the one app whose steps run in it.
+pub(super) const APP_ANNOTATION: &str = "baton.dev/app";
+
 /// Checks the namespace and applies every object of it.
 async fn reconcile(client: &Client, settings: &PodSettings, app: &str, namespace: &str) -> Result<(), StepError> {
     let missing = |reason: String| StepError::Namespace {
@@ -106,6 +110,24 @@ async fn reconcile(client: &Client, settings: &PodSettings, app: &str, namespace
                     labels::BUILD_NAMESPACE,
                     settings.service
                 )));
+            }
+            // Two apps may map to one name (`acme/shop_api`, `acme/shop-api`): the namespace
+            // says whose it is, so one app's steps never run under another's quota and policies.
+            let owner = found
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(APP_ANNOTATION))
+                .map(String::as_str);
+            if owner != Some(app) {
+                return Err(missing(match owner {
+                    Some(other) => format!(
+                        "it is the build namespace of app {other:?} (annotation {APP_ANNOTATION}), not of {app:?}: two apps whose names differ only where a namespace name cannot map to one namespace; give this one its own with steps.kubernetes.apps.\"{app}\".namespace"
+                    ),
+                    None => format!(
+                        "it does not name its app: annotate it {APP_ANNOTATION}={app:?} (deploy/build-namespaces does)"
+                    ),
+                }));
             }
         }
         Err(kube::Error::Api(status)) if status.code == 404 => {

@@ -146,6 +146,21 @@ impl PodSettings {
         check_quantities(&field("quota"), &settings.quota)?;
         check_quantities(&field("limit_range"), &settings.limit_range)?;
         for (app, overrides) in &settings.apps {
+            if let Some(namespace) = &overrides.namespace
+                && (namespace.len() > MAX_NAME
+                    || !namespace.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    || !namespace.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    || !namespace
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+            {
+                return Err(ConfigError::invalid(
+                    field(&format!("apps.{app}.namespace")),
+                    format!(
+                        "{namespace:?} is not a namespace name: lowercase letters, digits and `-`, starting and ending with a letter or digit, at most {MAX_NAME} characters"
+                    ),
+                ));
+            }
             check_quantities(&field(&format!("apps.{app}.quota")), &overrides.quota)?;
             check_quantities(&field(&format!("apps.{app}.limit_range")), &overrides.limit_range)?;
         }
@@ -210,6 +225,9 @@ impl PodSettings {
 
     /// The build namespace of `app`: the prefix and the app as a DNS label.
     pub(super) fn namespace(&self, app: &str) -> String {
+        if let Some(namespace) = self.apps.get(app).and_then(|o| o.namespace.clone()) {
+            return namespace;
+        }
         let room = MAX_NAME - self.namespace_prefix.len();
         format!("{}{}", self.namespace_prefix, dns_label(app, room, "app"))
     }
@@ -454,6 +472,10 @@ mod tests {
             (
                 "image: i\nrun_as:\n  uid: 0\nworkspace:\n  url: http://x\n",
                 "steps.kubernetes.run_as.uid",
+            ),
+            (
+                "image: i\napps:\n  acme/shop:\n    namespace: Build_Shop\nworkspace:\n  url: http://x\n",
+                "steps.kubernetes.apps.acme/shop.namespace",
             ),
             (
                 "image: i\nrun_as:\n  gid: 0\nworkspace:\n  url: http://x\n",
