@@ -478,7 +478,9 @@ impl Default for WorkspaceServerSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct ServicePeers {
     /// Labels of the namespace the service runs in (a `namespaceSelector`). Not empty.
-    /// Default: `kubernetes.io/metadata.name: baton`.
+    /// Default: `kubernetes.io/metadata.name: baton`, a label Kubernetes sets on every namespace
+    /// from 1.21 on; on older clusters label the namespace yourself (`deploy/` labels its own
+    /// `baton.dev/services: "true"` and selects that).
     pub namespace_labels: BTreeMap<String, String>,
     /// Labels of the service's pods (a `podSelector`). Default (when empty):
     /// `app.kubernetes.io/name: baton-builder` or `baton-tester`.
