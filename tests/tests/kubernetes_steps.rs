@@ -574,3 +574,72 @@ async fn a_step_runs_in_its_pod_on_the_workspace_and_its_outputs_come_back() -> 
     ensure!(*limit == "memory_bytes", "{limit}");
     nothing_left(&cluster.client()?).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_steps_log_streams_live_and_is_stored_whole_and_masked() -> Result<()> {
+    use futures::StreamExt as _;
+    use tokio::io::AsyncReadExt as _;
+
+    let nats = baton_tests::NatsServer::start()?;
+    let client = async_nats::connect(nats.url()).await?;
+    let topology = baton_kit::fabric::provision(
+        &client,
+        &baton_schemas::config::JetStreamSettings::default(),
+        Duration::from_secs(3600),
+    )
+    .await?;
+    let executing = ExecutingCluster::start().await?;
+    let cluster = &executing.cluster;
+    build_namespace(cluster, NAMESPACE).await?;
+    let settings = executing.steps_yaml(cluster.kubeconfig_path(), INSTANCE, free_port()?);
+    let (executor, _) = start_executor("builder", &yaml_serde::from_str(&settings)?, &|_| None).await?;
+
+    let mut live = client
+        .subscribe(baton_schemas::subjects::log_subject("build-42", "chatty"))
+        .await?;
+    client.flush().await?;
+    let chatty = Step {
+        run: "for i in 1 2 3; do echo \"line $i $NPM_TOKEN\"; sleep 1; done".to_owned(),
+        ..step("chatty")
+    };
+    let workspace = tempfile::tempdir()?;
+    let runner = StepRunner::new(&topology).with_executor(executor.clone());
+    let secret_env = BTreeMap::from([(
+        "NPM_TOKEN".to_owned(),
+        baton_kit::secret::Secret::new("npm-secret-value"),
+    )]);
+    let path = workspace.path().to_owned();
+    let running = tokio::spawn(async move {
+        runner
+            .run(StepRequest {
+                run_id: "build-42",
+                app: APP,
+                step: &chatty,
+                workspace: &path,
+                extra_env: &BTreeMap::new(),
+                secrets: &[],
+                secret_env: &secret_env,
+                limits: None,
+            })
+            .await
+    });
+    // The first line arrives while the step still runs (it sleeps two more seconds after it).
+    let first = tokio::time::timeout(WAIT, live.next())
+        .await
+        .context("no live line")?
+        .context("the subscription ended")?;
+    ensure!(!running.is_finished(), "the first line came only after the step ended");
+    ensure!(first.payload.as_ref() == b"line 1 ***", "{:?}", first.payload);
+    let outcome = running.await?;
+    ended_as(&outcome, &StepStatus::Succeeded)?;
+    let log = outcome
+        .log
+        .clone()
+        .map_err(|e| anyhow::anyhow!("log not stored: {e}"))?;
+    ensure!(log.object == "build-42/chatty.log", "{}", log.object);
+    let mut stored = Vec::new();
+    topology.logs.get(&log.object).await?.read_to_end(&mut stored).await?;
+    let stored = String::from_utf8(stored)?;
+    ensure!(stored == "line 1 ***\nline 2 ***\nline 3 ***\n", "{stored:?}");
+    nothing_left(&cluster.client()?).await
+}
