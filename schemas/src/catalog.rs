@@ -102,6 +102,9 @@ catalog! {
     ArtifactPackaged => (CdEvents051, "dev.cdevents", "artifact", "packaged", "0.3.0", "artifactpackaged.json", "builder"),
     /// The OCI image is in the registry; the subject id is its purl, pinned by digest.
     ArtifactPublished => (CdEvents051, "dev.cdevents", "artifact", "published", "0.3.0", "artifactpublished.json", "builder"),
+    /// The pushed image is signed and its provenance attested in the registry; `signature` is
+    /// the cosign signature, `customData` names the key and the `.sig`/`.att` manifests.
+    ArtifactSigned => (CdEvents051, "dev.cdevents", "artifact", "signed", "0.3.0", "artifactsigned.json", "builder"),
     /// The tester started the test suite of a commit.
     TestSuiteRunStarted => (CdEvents051, "dev.cdevents", "testsuiterun", "started", "0.3.0", "testsuiterunstarted.json", "tester"),
     /// The test suite finished with an outcome (success, failure, error, cancel).

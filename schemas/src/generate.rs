@@ -45,6 +45,7 @@ pub fn generated_files() -> Vec<GeneratedFile> {
     }
     files.push(payload::<crate::payloads::PushData>("push"));
     files.push(payload::<crate::payloads::BuildData>("build"));
+    files.push(payload::<crate::payloads::SignedData>("signed"));
     files.push(payload::<crate::payloads::TestData>("test"));
     files.push(payload::<crate::release::ReleaseData>("release"));
     files.push(payload::<crate::release::PromotionData>("promotion"));

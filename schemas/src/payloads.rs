@@ -126,6 +126,33 @@ pub struct BuildData {
     pub pushed_by: Option<Person>,
 }
 
+/// `customData` of `artifact.signed`: which image of which commit was signed, with which key,
+/// and where the evidence is (the manifests of the image's `sha256-<hex>.sig` and `.att` tags).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignedData {
+    /// The application.
+    pub app: String,
+    /// The commit built (full sha).
+    pub commit: String,
+    /// URL the source was fetched from.
+    pub repository: String,
+    /// The build's run id.
+    pub run: String,
+    /// The image signed, by digest.
+    pub image: ImageInfo,
+    /// `sha256:<hex>` of the signing public key's DER (SubjectPublicKeyInfo): which key of the
+    /// config repo's `keys/` verifies the evidence.
+    pub key_id: String,
+    /// The builder id the provenance names.
+    pub builder_id: String,
+    /// Digest of the `sha256-<hex>.sig` manifest holding the signature.
+    pub signature_manifest: String,
+    /// Digest of the `sha256-<hex>.att` manifest holding the provenance attestation (the
+    /// tester's attestation is appended later, giving that tag a new manifest).
+    pub attestation_manifest: String,
+}
+
 /// How a build or test run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]

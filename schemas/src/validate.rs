@@ -28,7 +28,7 @@ macro_rules! cdevents_files {
 
 const CDEVENTS_051: &[(&str, &str)] = cdevents_files!("0.5.1":
     "changemerged.json", "buildqueued.json", "buildstarted.json", "buildfinished.json",
-    "artifactpackaged.json", "artifactpublished.json", "testsuiterunstarted.json",
+    "artifactpackaged.json", "artifactpublished.json", "artifactsigned.json", "testsuiterunstarted.json",
     "testsuiterunfinished.json", "environmentmodified.json", "servicedeployed.json",
     "serviceupgraded.json", "servicerolledback.json",
 );

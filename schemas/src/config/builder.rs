@@ -1,10 +1,14 @@
-//! The builder's own config sections: where images go, where sources are cached, the
-//! credentials for private repositories, and how build steps run. Schema: `schemas/json/config/builder.json`.
+//! The builder's own config sections: where images go, the key that signs them, where sources
+//! are cached, the credentials for private repositories, and how build steps run. Schema:
+//! `schemas/json/config/builder.json`.
 //!
 //! ```yaml
 //! registry:
 //!   address: registry.example.com     # host[:port] images are pushed to
 //!   repository_prefix: baton          # images are <address>/<prefix>/<app>
+//! signing:
+//!   key_file: /run/secrets/baton-builder-signing.pem   # ECDSA P-256, PEM
+//!   builder_id: https://baton.dev/builder/v1
 //! source:
 //!   cache_dir: /var/cache/baton-builder
 //!   credentials:
@@ -21,10 +25,15 @@
 //!       repositories: [acme/*]
 //! ```
 
+use std::path::PathBuf;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{SourceSettings, StepsSettings};
+
+/// The builder id recorded in provenance unless `signing.builder_id` says otherwise.
+pub const DEFAULT_BUILDER_ID: &str = "https://baton.dev/builder/v1";
 
 /// The builder's sections of its config file.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -32,6 +41,8 @@ use super::{SourceSettings, StepsSettings};
 pub struct BuilderSettings {
     /// The registry images are pushed to.
     pub registry: RegistrySettings,
+    /// The key every pushed image is signed, and its provenance attested, with.
+    pub signing: SigningSettings,
     /// Source checkouts.
     pub source: SourceSettings,
     /// The most a build step may use (its `limits` in `.baton.yaml` ask for less).
@@ -66,6 +77,34 @@ impl Default for RegistrySettings {
             insecure: false,
             username: None,
             password_env: None,
+        }
+    }
+}
+
+/// How the builder signs what it pushes: a cosign signature (`sha256-<hex>.sig`) and an SLSA
+/// provenance attestation (`sha256-<hex>.att`) for every image, with one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct SigningSettings {
+    /// The ECDSA P-256 private key, PEM (`PRIVATE KEY` or `EC PRIVATE KEY`, unencrypted).
+    /// Required while `enabled`: without it the builder refuses to start. Its public half
+    /// (`openssl ec -in KEY -pubout`) goes into the config repo as `keys/<name>.pem`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Sign and attest every image. Turning it off is logged at start and reported by
+    /// `/readyz`: environments that require evidence then hold every release.
+    pub enabled: bool,
+    /// Who built the image, as provenance's `runDetails.builder.id`: what a promoter's
+    /// `evidence.provenance.builders` lists.
+    pub builder_id: String,
+}
+
+impl Default for SigningSettings {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            enabled: true,
+            builder_id: DEFAULT_BUILDER_ID.to_owned(),
         }
     }
 }
