@@ -23,6 +23,12 @@
 //!         cron: "0 18 * * FRI"     # starts Friday 18:00 …
 //!         duration: 62h            # … and ends Monday 08:00
 //!         timezone: Europe/Berlin
+//!     evidence:                    # what the image must prove (keys: keys/<name>.pem here)
+//!       signed_by: [builder-2026]
+//!       provenance:
+//!         builders: [https://baton.dev/builder/v1]
+//!       tests:
+//!         signed_by: [tester-2026]
 //! groups:
 //!   sre: [carol, dave]
 //! people:
@@ -99,6 +105,111 @@ pub struct Environment {
     /// default ([`EnvironmentsFile::grantees`]; `baton policy show` prints every one).
     #[serde(default, skip_serializing_if = "Grants::is_empty")]
     pub grants: Grants,
+    /// What a release must prove before it enters: signatures, provenance and a passing test
+    /// attestation, read from the registry and verified with the config repo's `keys/`.
+    /// Without it, nothing is asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<EvidencePolicy>,
+}
+
+/// The folder of the config repo holding the public keys evidence is verified with:
+/// `keys/<name>.pem`, one PEM `PUBLIC KEY` (ECDSA P-256) each.
+pub const KEYS_DIR: &str = "keys";
+
+/// The evidence an environment requires of a release's image, each piece verified with public
+/// keys named here and kept in the config repo (`keys/<name>.pem`), so that adding or rotating a
+/// key is a reviewed commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvidencePolicy {
+    /// The image must carry a cosign signature by one of these keys; the provenance must be
+    /// signed by one of them too.
+    pub signed_by: Vec<String>,
+    /// An SLSA provenance attestation (signed by one of `signed_by`) must say the image was
+    /// built by a listed builder, from the release's commit, of a listed repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<ProvenancePolicy>,
+    /// A test-result attestation, signed by one of these keys, must say the tests PASSED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestsPolicy>,
+}
+
+/// Where an image must have been built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProvenancePolicy {
+    /// Builder ids accepted (the builder's `signing.builder_id`, e.g.
+    /// `https://baton.dev/builder/v1`).
+    pub builders: Vec<String>,
+    /// Source repositories accepted (URLs). Empty: the release's own repository only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<String>,
+}
+
+/// Whose test verdicts count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestsPolicy {
+    /// The keys a test-result attestation may be signed with (the testers').
+    pub signed_by: Vec<String>,
+}
+
+impl EvidencePolicy {
+    /// Every key name the policy uses, each once, in order.
+    pub fn key_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        let tests = self.tests.iter().flat_map(|t| t.signed_by.iter());
+        for name in self.signed_by.iter().chain(tests) {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        if self.signed_by.is_empty() {
+            return Err(("signed_by".into(), "name at least one key (a file keys/<name>.pem)".into()));
+        }
+        let named = |field: &str, names: &[String]| {
+            for (k, name) in names.iter().enumerate() {
+                if !is_key_name(name) {
+                    return Err((
+                        format!("{field}[{k}]"),
+                        format!(
+                            "`{name}` is not a key name: letters, digits, `.`, `_` and `-`, naming the file {KEYS_DIR}/<name>.pem"
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        };
+        named("signed_by", &self.signed_by)?;
+        if let Some(provenance) = &self.provenance
+            && provenance.builders.is_empty()
+        {
+            return Err((
+                "provenance.builders".into(),
+                "name at least one builder id, e.g. https://baton.dev/builder/v1".into(),
+            ));
+        }
+        if let Some(tests) = &self.tests {
+            if tests.signed_by.is_empty() {
+                return Err(("tests.signed_by".into(), "name at least one tester's key".into()));
+            }
+            named("tests.signed_by", &tests.signed_by)?;
+        }
+        Ok(())
+    }
+}
+
+/// A key name: the file name of `keys/<name>.pem` without its extension.
+fn is_key_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The operator commands an environment grants, each to people and groups.
@@ -369,6 +480,11 @@ impl EnvironmentsFile {
                     ));
                 }
             }
+            if let Some(evidence) = &env.evidence {
+                evidence
+                    .check()
+                    .map_err(|(field, message)| (at(&format!("evidence.{field}")), message))?;
+            }
             if approvals.expires_after.is_zero() {
                 return Err((at("approvals.expires_after"), "must be longer than 0s".into()));
             }
@@ -561,6 +677,9 @@ mod tests {
         assert_eq!(file.previous_before("production").unwrap().name, "staging");
         assert!(file.is_author("alice", Some("Alice@Example.com"), None));
         assert!(!file.is_author("carol", Some("alice@example.com"), Some("Alice")));
+        let evidence = prod.evidence.as_ref().unwrap();
+        assert_eq!(evidence.key_names(), ["builder-2026", "tester-2026"]);
+        assert!(file.get("staging").unwrap().evidence.is_none());
     }
 
     #[test]
@@ -616,6 +735,26 @@ mod tests {
                 "environments:\n  - name: a\n    namespace: a\n    policy: auto\n    colour: blue",
                 "environments[0]",
                 "unknown field `colour`",
+            ),
+            (
+                "environments:\n  - name: a\n    namespace: a\n    policy: auto\n    evidence: {signed_by: []}",
+                "environments[0].evidence.signed_by",
+                "at least one key",
+            ),
+            (
+                "environments:\n  - name: a\n    namespace: a\n    policy: auto\n    evidence: {signed_by: [../etc/passwd]}",
+                "environments[0].evidence.signed_by[0]",
+                "not a key name",
+            ),
+            (
+                "environments:\n  - name: a\n    namespace: a\n    policy: auto\n    evidence: {signed_by: [b], provenance: {builders: []}}",
+                "environments[0].evidence.provenance.builders",
+                "builder id",
+            ),
+            (
+                "environments:\n  - name: a\n    namespace: a\n    policy: auto\n    evidence: {signed_by: [b], tests: {signed_by: [t/x]}}",
+                "environments[0].evidence.tests.signed_by[0]",
+                "not a key name",
             ),
         ];
         for (text, field, words) in cases {

@@ -147,6 +147,51 @@ pub struct PromotionData {
     /// Whether a freeze window was overridden by an approved break-glass request.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub break_glass: bool,
+    /// The evidence verified before the commit, when the environment requires evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<EvidenceRecord>,
+}
+
+/// What the promoter verified of an image before moving an environment to it (the
+/// environment's `evidence` in `environments.yaml`), or that break-glass skipped the check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EvidenceRecord {
+    /// The cosign signature that verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureRecord>,
+    /// The attestations that verified (provenance, test result).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attestations: Vec<AttestationRecord>,
+    /// Set when a break-glass command moved the environment without verifying: who, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+/// A verified image signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignatureRecord {
+    /// The key's name (`keys/<name>.pem` in the config repo).
+    pub key: String,
+    /// The key's id, `sha256:<hex>` of its DER public key.
+    pub key_id: String,
+    /// Digest of the `sha256-<hex>.sig` manifest it was read from.
+    pub manifest: String,
+}
+
+/// A verified attestation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AttestationRecord {
+    /// Its in-toto predicate type.
+    pub predicate_type: String,
+    /// The signing key's name.
+    pub key: String,
+    /// The key's id.
+    pub key_id: String,
+    /// Digest of the `sha256-<hex>.att` manifest it was read from.
+    pub manifest: String,
 }
 
 /// The file `<environment>/<app>/.baton-release.yaml` in the config repo: the release whose
@@ -168,6 +213,10 @@ pub struct ReleaseFile {
     /// Set while the environment is pinned (automatic promotion leaves it alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinned: Option<Pin>,
+    /// The evidence verified before the manifests were written, when the environment requires
+    /// evidence (a pin or unpin writes no manifests and records none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<EvidenceRecord>,
 }
 
 /// A pin on an environment.

@@ -70,6 +70,7 @@ impl Promotion<'_> {
             reason: None,
             pinned: false,
             break_glass: false,
+            evidence: None,
         }
     }
 }

@@ -14,6 +14,10 @@
 //!       username: baton
 //!       token_env: GIT_TOKEN
 //! auto_rollback: true
+//! registry:                     # where environments' `evidence` is read (the images' registry)
+//!   address: registry.example.com
+//!   username: baton-promoter
+//!   password_env: REGISTRY_PASSWORD
 //! ```
 
 use std::time::Duration;
@@ -22,6 +26,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::SourceSettings;
+use super::tester::EvidenceRegistrySettings;
 
 /// The promoter's sections of its config file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -49,6 +54,9 @@ pub struct PromoterSettings {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub lock_wait: Duration,
+    /// The registry the images are in: the evidence an environment requires (signatures,
+    /// attestations) is read from it before a promotion.
+    pub registry: EvidenceRegistrySettings,
 }
 
 impl Default for PromoterSettings {
@@ -60,6 +68,7 @@ impl Default for PromoterSettings {
             tick: Duration::from_secs(1),
             lock_lease: Duration::from_secs(30),
             lock_wait: Duration::from_secs(20),
+            registry: EvidenceRegistrySettings::default(),
         }
     }
 }

@@ -104,6 +104,7 @@ impl ReleaseManager {
             // the release files' times follow the config repo's order.
             at: self.now(),
             pinned: write.pinned.clone(),
+            evidence: None,
         };
         let mut message = format!(
             "{} {} release {} to {}\n\nRelease: {}\nApp commit: {}\nImage: {}\nActor: {}\n",
@@ -227,6 +228,7 @@ impl ReleaseManager {
             reason: write.reason.clone(),
             pinned: write.pinned.is_some(),
             break_glass: write.break_glass,
+            evidence: None,
         }
     }
 
