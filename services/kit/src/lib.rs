@@ -25,6 +25,7 @@ pub mod codec;
 pub mod command;
 pub mod error;
 pub mod events;
+pub mod evidence;
 pub mod fabric;
 pub mod health;
 pub mod lease;
