@@ -20,15 +20,6 @@ pub struct Subject {
     pub digest: String,
 }
 
-impl Subject {
-    /// The digest's hex, without `sha256:` (`None` for another algorithm or a malformed one).
-    pub fn sha256_hex(&self) -> Option<&str> {
-        self.digest
-            .strip_prefix("sha256:")
-            .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-    }
-}
-
 /// The simple-signing payload for `subject`, byte for byte as cosign writes it:
 /// `{"critical":{"identity":{"docker-reference":…},"image":{"docker-manifest-digest":…},"type":"cosign container image signature"},"optional":null}`.
 pub fn simple_signing_payload(subject: &Subject) -> Vec<u8> {

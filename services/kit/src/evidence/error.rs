@@ -25,6 +25,12 @@ pub enum EvidenceError {
         /// What was found instead, or what is broken.
         reason: String,
     },
+    /// The image digest is not `sha256:<64 lower-case hex>`, so it has no cosign tag.
+    #[error("`{digest}` is not a sha256 manifest digest (`sha256:` and 64 lower-case hex digits)")]
+    Digest {
+        /// The digest as given.
+        digest: String,
+    },
     /// The registry failed or refused a request.
     #[error("{operation} in {registry}/{repository} failed: {message}; {}", registry_hint(*.transient))]
     Registry {
@@ -69,7 +75,7 @@ impl EvidenceError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Registry { transient, .. } => *transient,
-            Self::KeyFile { .. } | Self::Key { .. } | Self::Malformed { .. } => false,
+            Self::KeyFile { .. } | Self::Key { .. } | Self::Digest { .. } | Self::Malformed { .. } => false,
         }
     }
 
@@ -78,7 +84,7 @@ impl EvidenceError {
         match self {
             Self::KeyFile { .. } | Self::Key { .. } => "signing_key",
             Self::Registry { .. } => "evidence_registry",
-            Self::Malformed { .. } => "evidence_malformed",
+            Self::Digest { .. } | Self::Malformed { .. } => "evidence_malformed",
         }
     }
 }

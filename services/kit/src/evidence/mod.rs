@@ -19,6 +19,7 @@ pub mod dsse;
 mod error;
 pub mod keys;
 pub mod statement;
+pub mod store;
 pub mod verify;
 
 pub use cosign::{ImageSignature, Subject, sign_image, simple_signing_payload};
@@ -29,6 +30,7 @@ pub use statement::{
     BATON_BUILD_TYPE, BaseImageRecord, BuildRecord, ResourceDescriptor, SLSA_PROVENANCE_V1, STATEMENT_V1, Statement,
     StepRecord, TEST_RESULT_V0_1, TestOutcome, TestRecord, provenance, test_result,
 };
+pub use store::{Evidence, EvidenceStore};
 pub use verify::{
     ProvenanceRequirement, Refusal, check_provenance, check_test_result, open_envelope, verify_image_signature,
 };
