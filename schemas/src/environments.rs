@@ -169,7 +169,10 @@ impl EvidencePolicy {
 
     fn check(&self) -> Result<(), (String, String)> {
         if self.signed_by.is_empty() {
-            return Err(("signed_by".into(), "name at least one key (a file keys/<name>.pem)".into()));
+            return Err((
+                "signed_by".into(),
+                "name at least one key (a file keys/<name>.pem)".into(),
+            ));
         }
         let named = |field: &str, names: &[String]| {
             for (k, name) in names.iter().enumerate() {

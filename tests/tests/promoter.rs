@@ -21,6 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use baton_kit::evidence::{
+    BuildRecord, EvidenceStore, SLSA_PROVENANCE_V1, SigningKey, Subject, TEST_RESULT_V0_1, TestOutcome, TestRecord,
+    provenance, seal, sign_image, test_result,
+};
 use baton_kit::settings::Settings;
 use baton_promoter::clock::{Clock as _, ManualClock};
 use baton_schemas::commands::{CommandReply, CommandRequest};
@@ -83,6 +87,8 @@ struct World {
     lock_wait: Duration,
     /// The promoters' clock when the test drives time; the system clock otherwise.
     clock: Option<Arc<ManualClock>>,
+    /// The registry the promoters read evidence from (plain HTTP), when a test has one.
+    registry: Option<String>,
 }
 
 impl World {
@@ -146,6 +152,7 @@ impl World {
             lease,
             lock_wait: Duration::from_secs(20),
             clock,
+            registry: None,
         };
         for _ in 0..replicas {
             world.start_replica().await?;
@@ -164,6 +171,10 @@ impl World {
         service.tick = Duration::from_millis(100);
         service.lock_lease = self.lease;
         service.lock_wait = self.lock_wait;
+        if let Some(address) = &self.registry {
+            service.registry.address = address.clone();
+            service.registry.insecure = true;
+        }
         Ok(Settings {
             common,
             service,
@@ -274,6 +285,18 @@ impl World {
         assert!(self.events(EventType::EnvironmentModified).await?.is_empty());
         // The seed: environments.yaml, then people.yaml.
         assert_eq!(self.config(&["rev-list", "--count", "main"])?, "2", "nothing committed");
+        Ok(())
+    }
+
+    /// Nothing was promoted: no `environment.modified`, and the config repo has only its `seed`
+    /// commits (environments.yaml, people.yaml, and what the test added).
+    async fn assert_nothing_promoted_but(&self, seed: usize) -> Result<()> {
+        assert!(self.events(EventType::EnvironmentModified).await?.is_empty());
+        assert_eq!(
+            self.config(&["rev-list", "--count", "main"])?,
+            seed.to_string(),
+            "nothing committed"
+        );
         Ok(())
     }
 
@@ -1769,4 +1792,357 @@ async fn an_invalid_people_file_is_refused_and_the_last_valid_one_stays() -> Res
         .await?;
     assert_eq!(rejected[0].subject.content["field"], "people.alice.keys[0]");
     world.stop().await
+}
+
+/// `environments.yaml` for the evidence suite: one automatic environment that requires a
+/// signature by `builder`, provenance from Baton's builder and a passing test attestation by
+/// `tester`.
+const EVIDENCED: &str = "\
+environments:
+  - name: staging
+    namespace: shop-staging
+    policy: auto
+    evidence:
+      signed_by: [builder]
+      provenance:
+        builders: [https://baton.dev/builder/v1]
+      tests:
+        signed_by: [tester]
+";
+
+/// How a case's evidence differs from what the builder and tester attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attached {
+    /// Signature, provenance and a passing test result, as Baton writes them.
+    Whole,
+    /// Attestations, but no signature.
+    NoSignature,
+    /// Everything signed by a key the config repo does not list.
+    OtherKey,
+    /// The signed payload changed after signing.
+    TamperedSignature,
+    /// The provenance statement changed after sealing.
+    TamperedAttestation,
+    /// Provenance of another commit.
+    OtherCommit,
+    /// Provenance by a builder the environment does not list.
+    UnknownBuilder,
+    /// The test result is FAILED.
+    FailingTests,
+}
+
+/// A world with a registry, the builder's, the tester's and a stranger's keys, and the
+/// builder's and tester's public keys in the config repo.
+struct Evidenced {
+    world: World,
+    registry: baton_tests::registry::RegistryServer,
+    builder: baton_tests::keys::SigningKeyFile,
+    tester: baton_tests::keys::SigningKeyFile,
+    stranger: baton_tests::keys::SigningKeyFile,
+}
+
+impl Evidenced {
+    async fn start() -> Result<Self> {
+        let registry = baton_tests::registry::RegistryServer::start()?;
+        let mut world = World::start(EVIDENCED, 0).await?;
+        world.registry = Some(registry.address());
+        let (builder, tester, stranger) = (
+            baton_tests::keys::SigningKeyFile::generate()?,
+            baton_tests::keys::SigningKeyFile::generate()?,
+            baton_tests::keys::SigningKeyFile::generate()?,
+        );
+        let this = Self {
+            world,
+            registry,
+            builder,
+            tester,
+            stranger,
+        };
+        this.put_key("builder", this.builder.public_pem(), "keys: builder")?;
+        this.put_key("tester", this.tester.public_pem(), "keys: tester")?;
+        let mut this = this;
+        this.world.start_replica().await?;
+        Ok(this)
+    }
+
+    /// Commits `keys/<name>.pem` to the config repo, as a reviewed change would.
+    fn put_key(&self, name: &str, pem: &str, message: &str) -> Result<()> {
+        let edit = self.world.dir.path().join("config-edit");
+        git(&edit, &["pull", "-q", "--rebase", "origin", "main"])?;
+        std::fs::create_dir_all(edit.join("keys"))?;
+        std::fs::write(edit.join(format!("keys/{name}.pem")), pem)?;
+        git(&edit, &["add", "keys"])?;
+        git(&edit, &["commit", "-qm", message])?;
+        git(&edit, &["push", "-q", "origin", "main"])?;
+        Ok(())
+    }
+
+    fn key(file: &baton_tests::keys::SigningKeyFile) -> Result<SigningKey> {
+        Ok(SigningKey::from_pem_file(file.path())?)
+    }
+
+    /// A new app commit whose manifests run `baton/shop-<case>`, its image pushed to the
+    /// registry (a real busybox image) with the evidence `attached`, and the tester's verdict
+    /// naming it. Returns the release id and the image's digest.
+    async fn release(&self, case: &str, attached: Attached) -> Result<(String, String)> {
+        let repository = format!("baton/shop-{case}");
+        let app = self.world.app_repo();
+        std::fs::write(
+            app.join("deploy/deployment.yaml"),
+            DEPLOYMENT.replace("127.0.0.1:5000/baton/acme_shop:dev", &format!("{repository}:dev")),
+        )?;
+        let sha = self.world.commit_app(case)?;
+        let digest = self.registry.push_busybox_base(&repository, "dev")?;
+        self.attach(&repository, &digest, &sha, attached).await?;
+        let release = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, case.as_bytes()).to_string();
+        let address = self.registry.address();
+        let verdict = Verdict {
+            registry: &address,
+            image_repository: &repository,
+            ..Verdict::shop(&sha, &app, case, &release)
+        };
+        let mut event = verdict.event()?;
+        let mut image = verdict.image();
+        image.reference = format!("{address}/{repository}@{digest}");
+        image.purl = image
+            .purl
+            .replace(&image.digest.replace(':', "%3A"), &digest.replace(':', "%3A"));
+        image.digest = digest.clone();
+        if let Some(data) = event.event.custom_data.as_mut() {
+            data["image"] = serde_json::to_value(&image)?;
+        }
+        baton_kit::events::publish(&self.world.js, &event).await?;
+        Ok((release, digest))
+    }
+
+    /// Attaches the evidence of `repository@digest`, built from `commit`, as `attached` says.
+    async fn attach(&self, repository: &str, digest: &str, commit: &str, attached: Attached) -> Result<()> {
+        let store = EvidenceStore::new(&self.registry.address(), true, None, None);
+        let subject = Subject {
+            name: format!("{}/{repository}", self.registry.address()),
+            digest: digest.to_owned(),
+        };
+        let builder = Self::key(if attached == Attached::OtherKey {
+            &self.stranger
+        } else {
+            &self.builder
+        })?;
+        let tester = Self::key(if attached == Attached::OtherKey {
+            &self.stranger
+        } else {
+            &self.tester
+        })?;
+        if attached != Attached::NoSignature {
+            let mut signature = sign_image(&builder, &subject);
+            if attached == Attached::TamperedSignature {
+                signature.payload = String::from_utf8(signature.payload)?
+                    .replace(repository, "baton/elsewhere")
+                    .into_bytes();
+            }
+            store.attach_signature(repository, &subject, &signature).await?;
+        }
+        let now = chrono::Utc::now();
+        let build = BuildRecord {
+            builder_id: if attached == Attached::UnknownBuilder {
+                "https://ci.example.com/rogue".into()
+            } else {
+                "https://baton.dev/builder/v1".into()
+            },
+            repository: format!("file://{}", self.world.app_repo().display()),
+            git_ref: "refs/heads/main".into(),
+            commit: if attached == Attached::OtherCommit {
+                "f".repeat(40)
+            } else {
+                commit.to_owned()
+            },
+            pipeline_digest: format!("sha256:{}", "0".repeat(64)),
+            base_image: None,
+            steps: vec![],
+            run_id: format!("build-{commit}"),
+            started: now,
+            finished: now,
+        };
+        let mut sealed = seal(&builder, &provenance(&subject, &build));
+        if attached == Attached::TamperedAttestation {
+            // Another statement's payload under this one's signature.
+            let other = BuildRecord {
+                git_ref: "refs/heads/evil".into(),
+                ..build.clone()
+            };
+            sealed.payload = seal(&builder, &provenance(&subject, &other)).payload;
+        }
+        store
+            .attach_attestation(repository, &subject, &sealed, SLSA_PROVENANCE_V1)
+            .await?;
+        let verdict = TestRecord {
+            tester_id: "https://baton.dev/tester/v1".into(),
+            result: if attached == Attached::FailingTests {
+                TestOutcome::Failed
+            } else {
+                TestOutcome::Passed
+            },
+            configuration: vec![],
+            passed_tests: vec!["checkout".into()],
+            warned_tests: vec![],
+            failed_tests: if attached == Attached::FailingTests {
+                vec!["payment".into()]
+            } else {
+                vec![]
+            },
+            counts: Default::default(),
+            run_id: format!("test-{commit}"),
+        };
+        store
+            .attach_attestation(
+                repository,
+                &subject,
+                &seal(&tester, &test_result(&subject, &verdict)),
+                TEST_RESULT_V0_1,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fully_evidenced_release_promotes_and_its_release_file_records_the_evidence() -> Result<()> {
+    let e = Evidenced::start().await?;
+    let (release, digest) = e.release("whole", Attached::Whole).await?;
+    let promotion = e.world.promotion(&release, "staging").await?;
+    assert_eq!(promotion.release.image.digest, digest);
+    let file: ReleaseFile =
+        yaml_serde::from_str(&e.world.config_file("main", &format!("staging/{DIR}/{RELEASE_FILE}"))?)?;
+    let evidence = file.evidence.context("the release file records the evidence")?;
+    let signature = evidence.signature.context("the signature")?;
+    assert_eq!(signature.key, "builder");
+    assert!(signature.manifest.starts_with("sha256:"), "{signature:?}");
+    let kinds: Vec<(&str, &str)> = evidence
+        .attestations
+        .iter()
+        .map(|a| (a.predicate_type.as_str(), a.key.as_str()))
+        .collect();
+    assert_eq!(kinds, [(SLSA_PROVENANCE_V1, "builder"), (TEST_RESULT_V0_1, "tester")]);
+    assert!(evidence.attestations.iter().all(|a| a.manifest.starts_with("sha256:")));
+    assert_eq!(
+        promotion.evidence.as_ref().and_then(|e| e.signature.as_ref()),
+        Some(&signature)
+    );
+    let message = e.world.config(&["log", "-1", "--format=%B", "main"])?;
+    assert!(
+        message.contains("Evidence: verified: signature by builder"),
+        "{message}"
+    );
+    e.world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_without_valid_evidence_is_held_naming_the_check() -> Result<()> {
+    let e = Evidenced::start().await?;
+    let cases = [
+        ("unsigned", Attached::NoSignature, "`signature`"),
+        ("other-key", Attached::OtherKey, "`signature`"),
+        ("tampered-sig", Attached::TamperedSignature, "`signature`"),
+        ("tampered-att", Attached::TamperedAttestation, "`attestation.signature`"),
+        ("other-commit", Attached::OtherCommit, "`provenance.commit`"),
+        ("rogue-builder", Attached::UnknownBuilder, "`provenance.builder`"),
+        ("failing", Attached::FailingTests, "`tests.result`"),
+    ];
+    for (case, attached, check) in cases {
+        let (release, _) = e.release(case, attached).await?;
+        let reason = e.world.held_reason(&release).await?;
+        assert!(reason.contains(check), "{case}: {reason}");
+        assert!(reason.contains("`staging` requires evidence"), "{case}: {reason}");
+    }
+    // The seed: environments.yaml, people.yaml and the two keys.
+    e.world.assert_nothing_promoted_but(4).await?;
+    e.world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_promote_and_rollback_pass_the_gate_and_only_break_glass_skips_it() -> Result<()> {
+    let e = Evidenced::start().await?;
+    let (good, _) = e.release("good", Attached::Whole).await?;
+    e.world.promotion(&good, "staging").await?;
+    let (unsigned, _) = e.release("unsigned", Attached::NoSignature).await?;
+    e.world.held_reason(&unsigned).await?;
+    let promote = |breaking: bool| CommandRequest {
+        actor: "alice".into(),
+        release: Some(unsigned.clone()),
+        environment: Some("staging".into()),
+        break_glass: breaking,
+        ..Default::default()
+    };
+    let refused = e.world.command("promote", promote(false)).await?;
+    assert!(!refused.ok && refused.message.contains("`signature`"), "{refused:?}");
+
+    let broken = e.world.command("promote", promote(true)).await?;
+    assert!(broken.ok, "{broken:?}");
+    let promotion = e.world.promotion(&unsigned, "staging").await?;
+    assert!(promotion.break_glass);
+    let file: ReleaseFile =
+        yaml_serde::from_str(&e.world.config_file("main", &format!("staging/{DIR}/{RELEASE_FILE}"))?)?;
+    let skipped = file
+        .evidence
+        .and_then(|e| e.skipped)
+        .context("break-glass is recorded")?;
+    assert!(skipped.contains("break-glass by alice"), "{skipped}");
+    let message = e.world.config(&["log", "-1", "--format=%B", "main"])?;
+    assert!(message.contains("Evidence: skipped (break-glass by alice"), "{message}");
+    let accepted = e
+        .world
+        .wait_for(EventType::CommandAccepted, 1, |ev| {
+            ev.subject.content["verb"] == "promote"
+        })
+        .await?;
+    assert!(
+        accepted
+            .iter()
+            .any(|ev| ev.custom_data.as_ref().is_some_and(|d| d["breakGlass"] == true)),
+        "the accepted command records break-glass"
+    );
+
+    // A rollback from the unsigned release to the good one passes the gate; one back to the
+    // unsigned release is held like a promotion.
+    let rollback = |release: &str, breaking: bool| CommandRequest {
+        actor: "alice".into(),
+        app: Some(APP.into()),
+        release: Some(release.into()),
+        environment: Some("staging".into()),
+        break_glass: breaking,
+        ..Default::default()
+    };
+    let back = e.world.command("rollback", rollback(&good, false)).await?;
+    assert!(back.ok, "{back:?}");
+    let held = e.world.command("rollback", rollback(&unsigned, false)).await?;
+    assert!(!held.ok && held.message.contains("`signature`"), "{held:?}");
+    e.world
+        .wait_for(EventType::PromotionHeld, 2, |ev| {
+            ev.context.chain_id.as_deref() == Some(unsigned.as_str())
+        })
+        .await?;
+    let forced = e.world.command("rollback", rollback(&unsigned, true)).await?;
+    assert!(forced.ok, "{forced:?}");
+    e.world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_by_a_config_commit_takes_effect_at_the_next_check() -> Result<()> {
+    let e = Evidenced::start().await?;
+    // The builder's new key signs, but the config repo still lists the old one: held.
+    let rotated = baton_tests::keys::SigningKeyFile::generate()?;
+    let builder = Evidenced { builder: rotated, ..e };
+    let (first, _) = builder.release("before", Attached::Whole).await?;
+    let reason = builder.world.held_reason(&first).await?;
+    assert!(reason.contains("`signature`"), "{reason}");
+    // The rotation is a commit; the next release signed with the new key goes through.
+    builder.put_key("builder", builder.builder.public_pem(), "keys: rotate builder")?;
+    let (second, _) = builder.release("after", Attached::Whole).await?;
+    builder.world.promotion(&second, "staging").await?;
+    // An invalid key file is refused naming it, and the last valid key stays in force.
+    builder.put_key("builder", "not a key\n", "keys: break builder")?;
+    let (third, _) = builder.release("invalid", Attached::Whole).await?;
+    builder.world.promotion(&third, "staging").await?;
+    let rejected = builder.world.wait_for(EventType::PolicyRejected, 1, |_| true).await?;
+    assert_eq!(rejected[0].subject.content["file"], "keys/builder.pem");
+    builder.world.stop().await
 }

@@ -99,12 +99,19 @@ impl ReleaseManager {
                 events: Vec::new(),
                 value: Advance::AlreadyThere,
             }),
-            Decision::AskApproval { requested_by } => {
+            Decision::AskApproval {
+                requested_by,
+                break_glass,
+            } => {
                 self.request_approval(
                     policy,
                     release,
                     env,
-                    ApprovalKind::Promotion,
+                    if break_glass {
+                        ApprovalKind::BreakGlass
+                    } else {
+                        ApprovalKind::Promotion
+                    },
                     &requested_by,
                     None,
                     cause,
@@ -147,12 +154,26 @@ impl ReleaseManager {
 
     /// `baton-promotion.held` for the move: why, and when it is retried by itself, if it is.
     fn held(&self, request: Move<'_>, cause: &str, reason: &str, retry_at: Option<DateTime<Utc>>) -> Outgoing {
-        let Move {
-            release,
-            env,
-            promotion,
-            ..
-        } = request;
+        self.held_event(
+            request.release,
+            &request.env.name,
+            request.promotion,
+            cause,
+            reason,
+            retry_at,
+        )
+    }
+
+    /// `baton-promotion.held` for promotion `promotion` of `release` into `environment`.
+    pub(crate) fn held_event(
+        &self,
+        release: &baton_schemas::release::ReleaseData,
+        environment: &str,
+        promotion: &str,
+        cause: &str,
+        reason: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Outgoing {
         self.event(
             EventType::PromotionHeld,
             derive_id(&["held", promotion, reason]),
@@ -160,7 +181,7 @@ impl ReleaseManager {
             &release.release,
             serde_json::to_value(PromotionHeldContent {
                 app: release.app.clone(),
-                environment: env.name.clone(),
+                environment: environment.to_owned(),
                 reason: reason.to_owned(),
                 retry_at: retry_at.map(|t| t.to_rfc3339()),
             })

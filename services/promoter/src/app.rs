@@ -16,9 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::configrepo::ConfigRepo;
+use crate::evidence::EvidenceRegistry;
 use crate::handler::{HANDLES, PromoterStage};
 use crate::manager::ReleaseManager;
 use crate::state::State;
+use baton_kit::evidence::EvidenceStore;
 
 /// The service name: NATS connection name, OTel `service.name`.
 pub const SERVICE: &str = "baton-promoter";
@@ -68,6 +70,31 @@ impl Application {
             return Err(ConfigError::invalid("lock_lease", "must be longer than 0s, e.g. 30s").into());
         }
         let credentials = baton_kit::source::resolve_credentials(&own.source.credentials, env)?;
+        let registry = &own.registry;
+        if registry.address.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "registry.address",
+                "name the registry the images are in (host[:port]): evidence is read from it",
+            )
+            .into());
+        }
+        let password = registry
+            .password_env
+            .as_deref()
+            .map(|var| {
+                baton_kit::secret::Secret::from_env(var, env)
+                    .map_err(|m| ConfigError::invalid("registry.password_env", m))
+            })
+            .transpose()?;
+        let evidence = EvidenceRegistry {
+            address: registry.address.clone(),
+            store: EvidenceStore::new(
+                &registry.address,
+                registry.insecure,
+                registry.username.clone(),
+                password,
+            ),
+        };
         let runtime = Runtime::start(SERVICE, &settings.common).await?;
         let (cache_dir, cache) = service::cache_dir(own.source.cache_dir.as_deref(), SERVICE)?;
         let sources = Sources::new(PathBuf::from(&cache_dir), credentials);
@@ -98,6 +125,7 @@ impl Application {
                 runtime.topology.jetstream.clone(),
                 runtime.topology.handled.clone(),
                 own.auto_rollback,
+                evidence,
             )
             .with_events_stream(settings.common.jetstream.events_stream.clone())
             .with_clock(clock),

@@ -375,6 +375,7 @@ impl Command<'_> {
             Verb::Approve | Verb::Decline | Verb::Whoami => return Ok(()),
             Verb::Promote if self.request.break_glass => GrantedVerb::BreakGlass,
             Verb::Promote => GrantedVerb::Promote,
+            Verb::Rollback if self.request.break_glass => GrantedVerb::BreakGlass,
             Verb::Rollback => GrantedVerb::Rollback,
             Verb::Pin => GrantedVerb::Pin,
             Verb::Unpin => GrantedVerb::Unpin,
@@ -641,6 +642,7 @@ impl Command<'_> {
             OperatorGate::Gates => {
                 let trigger = Trigger::Operator {
                     actor: self.request.actor.clone(),
+                    break_glass: self.request.break_glass,
                 };
                 let promotion = derive_id(&["operator-promote", &self.id, &env.name]);
                 let request = Move {
@@ -653,6 +655,10 @@ impl Command<'_> {
             }
         };
         if let Advance::Held(reason) = &advanced.value {
+            // The hold is the release's, as `baton status` shows it, and the refusal the command's.
+            if let Err(e) = promoter.publish(&advanced.events).await {
+                tracing::warn!(error = %e, "could not record a held promotion");
+            }
             return Err(refuse(reason.clone(), Some(&release)));
         }
         events.extend(advanced.events);
@@ -724,7 +730,7 @@ impl Command<'_> {
             .clone()
             .unwrap_or_else(|| format!("rolled back by {}", self.request.actor));
         let promotion = derive_id(&["operator-rollback", &self.id]);
-        let written = promoter
+        let rolled_back = promoter
             .rollback(
                 &env,
                 &release,
@@ -733,9 +739,23 @@ impl Command<'_> {
                 &reason,
                 &promotion,
                 "",
+                self.request.break_glass,
                 self.now,
             )
-            .await?;
+            .await;
+        let written = match rolled_back {
+            Ok(written) => written,
+            // The environment requires evidence the target's image lacks: held, like a promotion.
+            Err(e @ PromoteError::EvidenceRefused { .. }) => {
+                let reason = e.to_string();
+                let held = promoter.held_event(&release, &env.name, &promotion, "", &reason, None);
+                if let Err(e) = promoter.publish(&[held]).await {
+                    tracing::warn!(error = %e, "could not record a held rollback");
+                }
+                return Err(refused(reason));
+            }
+            Err(e) => return Err(e.into()),
+        };
         events.extend(written.events);
         let mut reply = CommandReply::ok(format!(
             "`{}` rolled back to release {} (image {}) and pinned; `baton unpin {app} {}` resumes automatic promotion",

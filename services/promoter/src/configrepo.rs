@@ -193,6 +193,9 @@ pub struct ConfigRepo {
     guard: Mutex<Option<git2::Oid>>,
 }
 
+/// The remote head and the bytes of files there, in the order asked (`None` where absent).
+pub type FilesAtHead = (String, Vec<Option<Vec<u8>>>);
+
 impl ConfigRepo {
     /// The repo at `url`, cloned into `workdir` on first use; `sources` supplies credentials.
     pub fn new(
@@ -229,6 +232,24 @@ impl ConfigRepo {
         let head = self.sync(&repo, &mut guard)?;
         let bytes = file_in(&repo, head, path).map_err(local("reading a file at the head"))?;
         Ok((head.to_string(), bytes))
+    }
+
+    /// Fetches and returns the remote head and the bytes of each of `paths` there (`None` where
+    /// absent), all read at that one commit.
+    ///
+    /// # Errors
+    /// [`RepoError`].
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub fn read_files_at_head(&self, paths: &[String]) -> Result<FilesAtHead, RepoError> {
+        let mut guard = self.lock();
+        let repo = self.open()?;
+        let head = self.sync(&repo, &mut guard)?;
+        let files = paths
+            .iter()
+            .map(|path| file_in(&repo, head, path))
+            .collect::<Result<_, _>>()
+            .map_err(local("reading a file at the head"))?;
+        Ok((head.to_string(), files))
     }
 
     /// The `.baton-release.yaml` files at the remote head: `(dir, file)` for every

@@ -12,8 +12,9 @@
 //! - **permanent, the input**: an event without what the promoter needs (dead-lettered), a
 //!   command naming an environment the policy does not define (refused, and recorded).
 //! - **permanent, the release**: it cannot be deployed as it is (no pipeline file, no manifests,
-//!   manifests without the app's image, its commit gone from its repository). A promotion of it
-//!   is held, with the error's message as the reason on `baton-promotion.held`.
+//!   manifests without the app's image, its commit gone from its repository), or the
+//!   environment requires evidence its image does not have. A promotion of it is held, with the
+//!   error's message as the reason on `baton-promotion.held`.
 
 use baton_kit::error::{BoxError, Classify, ErrorKind, HandlerError};
 use baton_kit::events::PublishError;
@@ -153,6 +154,21 @@ pub enum PromoteError {
     /// The release's manifests cannot be pinned to its image.
     #[error("{0}")]
     Render(#[from] RenderError),
+    /// The environment requires evidence the image does not have: the move is held.
+    #[error("`{environment}` requires evidence of image {image}, and the check `{check}` failed: {reason}")]
+    EvidenceRefused {
+        /// The environment.
+        environment: String,
+        /// The image, by digest reference.
+        image: String,
+        /// The check that failed (`signature`, `provenance.commit`, `tests.result`, …).
+        check: &'static str,
+        /// What was found.
+        reason: String,
+    },
+    /// The registry could not be asked for the image's evidence.
+    #[error("cannot read the image's evidence: {0}")]
+    EvidenceStore(#[source] baton_kit::evidence::EvidenceError),
 }
 
 impl PromoteError {
@@ -175,6 +191,7 @@ impl Classify for PromoteError {
     fn kind(&self) -> ErrorKind {
         match self {
             Self::ConfigRepo(e) => ErrorKind::transient_if(e.is_transient()),
+            Self::EvidenceStore(e) => ErrorKind::transient_if(e.is_transient()),
             Self::AppRepo(e) => e.kind(),
             Self::State(_)
             | Self::Lock(_)
@@ -197,7 +214,8 @@ impl Classify for PromoteError {
             | Self::InvalidPipeline(_)
             | Self::NoManifestsDir { .. }
             | Self::MissingManifestsDir { .. }
-            | Self::Render(_) => ErrorKind::Permanent,
+            | Self::Render(_)
+            | Self::EvidenceRefused { .. } => ErrorKind::Permanent,
         }
     }
 
@@ -226,6 +244,8 @@ impl Classify for PromoteError {
             Self::InvalidPipeline(_) => "invalid_pipeline_file",
             Self::NoManifestsDir { .. } | Self::MissingManifestsDir { .. } => "missing_manifests",
             Self::Render(_) => "invalid_manifest",
+            Self::EvidenceRefused { .. } => "evidence_refused",
+            Self::EvidenceStore(e) => e.metric_label(),
         }
     }
 }

@@ -20,7 +20,8 @@
 //!    (held if it does not) for `soak`; until then the move waits.
 //! 7. Freeze: inside a window the move waits for the window's end, unless it is an approved
 //!    break-glass promotion.
-//! 8. Promote.
+//! 8. Promote. When `E` requires evidence, the write verifies it first ([`crate::evidence`]);
+//!    a break-glass promotion skips that, and is recorded so.
 //!
 //! An operator's `promote` command first passes [`operator_promote`] (not quarantined, healthy
 //! in the environment before, break-glass during a freeze). Approval requests follow
@@ -99,6 +100,9 @@ pub enum Decision {
     AskApproval {
         /// Who asked: the operator, or the promoter itself.
         requested_by: String,
+        /// An operator's break-glass `promote`: a break-glass request, whose approval skips the
+        /// evidence gate.
+        break_glass: bool,
     },
     /// Not yet: scheduled, and carried out by itself once the wait is over.
     Wait(Wait),
@@ -120,8 +124,11 @@ pub enum Decision {
 pub struct Promotion {
     /// Who decided: the promoter, the approval request, or the operator.
     pub actor: String,
-    /// An approved break-glass promotion (it ignored a freeze window).
+    /// A break-glass promotion: approved (it ignores a freeze window), or an operator's
+    /// `promote` with `breakGlass`. Either skips the evidence gate.
     pub break_glass: bool,
+    /// A freeze window was open: the break-glass promotion overrode it.
+    pub frozen: bool,
     /// The environment's pin, kept through a promotion an approval let in.
     pub pinned: Option<Pin>,
 }
@@ -129,8 +136,11 @@ pub struct Promotion {
 impl Promotion {
     /// Why, in words, when the promotion is out of the ordinary.
     pub fn reason(&self) -> Option<String> {
-        self.break_glass
-            .then(|| "break-glass promotion during a freeze window".to_owned())
+        match (self.break_glass, self.frozen) {
+            (true, true) => Some("break-glass promotion during a freeze window".to_owned()),
+            (true, false) => Some("break-glass promotion: the evidence gate is skipped".to_owned()),
+            (false, _) => None,
+        }
     }
 }
 
@@ -272,15 +282,17 @@ pub fn promotion(request: Move<'_>, facts: &Facts<'_>, now: DateTime<Utc>) -> De
         Trigger::Auto if manual => {
             return Decision::AskApproval {
                 requested_by: AUTOMATION.to_owned(),
+                break_glass: false,
             };
         }
-        Trigger::Operator { actor } => {
+        Trigger::Operator { actor, break_glass } => {
             if let Some((window, until)) = frozen {
                 return Decision::Frozen { window, until };
             }
             if manual {
                 return Decision::AskApproval {
                     requested_by: actor.clone(),
+                    break_glass: *break_glass,
                 };
             }
         }
@@ -302,9 +314,10 @@ pub fn promotion(request: Move<'_>, facts: &Facts<'_>, now: DateTime<Utc>) -> De
             });
         }
     }
-    let break_glass = matches!(trigger, Trigger::Approved { break_glass: true, .. });
+    let approved_break_glass = matches!(trigger, Trigger::Approved { break_glass: true, .. });
+    let in_window = frozen.is_some();
     if let Some((window, until)) = frozen
-        && !break_glass
+        && !approved_break_glass
     {
         return Decision::Wait(Wait::Freeze { window, until });
     }
@@ -312,9 +325,10 @@ pub fn promotion(request: Move<'_>, facts: &Facts<'_>, now: DateTime<Utc>) -> De
         actor: match trigger {
             Trigger::Auto => AUTOMATION.to_owned(),
             Trigger::Approved { approval, .. } => format!("approval {approval}"),
-            Trigger::Operator { actor } => actor.clone(),
+            Trigger::Operator { actor, .. } => actor.clone(),
         },
-        break_glass,
+        break_glass: approved_break_glass || matches!(trigger, Trigger::Operator { break_glass: true, .. }),
+        frozen: in_window,
         pinned: facts.current.and_then(|c| c.pinned.clone()),
     })
 }

@@ -12,13 +12,14 @@ use std::sync::Arc;
 
 use baton_kit::{Handler, HandlerError, Incoming, Outgoing};
 use baton_schemas::EventType;
+use baton_schemas::environments::Environment;
 use baton_schemas::payloads::TestData;
-use baton_schemas::release::{DeploymentData, Pin};
+use baton_schemas::release::{DeploymentData, Pin, PromotionAction, PromotionData, ReleaseData};
 use chrono::{DateTime, Utc};
 
 use crate::error::PromoteError;
 use crate::gates::Move;
-use crate::manager::{AUTOMATION, ReleaseManager, derive_id};
+use crate::manager::{AUTOMATION, Outcome, ReleaseManager, derive_id};
 use crate::state::Trigger;
 use crate::write::Write;
 
@@ -167,7 +168,7 @@ impl PromoterStage {
                     "release {} failed its rollout in `{}` ({reason}); rolled back to {}",
                     failed.release, env.name, release.release
                 );
-                promoter
+                let rolled_back = promoter
                     .rollback(
                         &env,
                         &release,
@@ -176,9 +177,27 @@ impl PromoterStage {
                         &why,
                         &promotion,
                         event.id(),
+                        false,
                         now,
                     )
-                    .await?
+                    .await;
+                match rolled_back {
+                    Ok(written) => written,
+                    // The environment requires evidence the healthy release's image lacks (now:
+                    // a key was rotated, say): held, and pinned so automation leaves it alone.
+                    Err(e @ PromoteError::EvidenceRefused { .. }) => {
+                        let held = e.to_string();
+                        events.push(promoter.held_event(&release, &env.name, &promotion, event.id(), &held, None));
+                        let why = format!(
+                            "release {} failed its rollout in `{}` ({reason}); the rollback to {} is held: {held}",
+                            failed.release, env.name, release.release
+                        );
+                        promoter
+                            .pin_after_failure(&failed, &env, promotion, why, event.id(), now)
+                            .await?
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             _ => {
                 // Nothing healthy to go back to: pin, so automation leaves it alone.
@@ -187,28 +206,45 @@ impl PromoterStage {
                     failed.release, env.name
                 );
                 promoter
-                    .write(
-                        &failed,
-                        &env,
-                        Write {
-                            action: baton_schemas::release::PromotionAction::Pin,
-                            promotion,
-                            actor: AUTOMATION.into(),
-                            reason: Some(why.clone()),
-                            pinned: Some(Pin {
-                                by: AUTOMATION.into(),
-                                reason: why,
-                                at: now,
-                            }),
-                            break_glass: false,
-                            restore_from: None,
-                            cause: event.id().to_owned(),
-                        },
-                    )
+                    .pin_after_failure(&failed, &env, promotion, why, event.id(), now)
                     .await?
             }
         };
         events.extend(written.events);
         Ok(events)
+    }
+}
+
+impl ReleaseManager {
+    /// Pins `env` on the `failed` release (a pin changes no manifest), so automation leaves it
+    /// alone: what a failed rollout gets when it cannot be rolled back.
+    async fn pin_after_failure(
+        &self,
+        failed: &ReleaseData,
+        env: &Environment,
+        promotion: String,
+        why: String,
+        cause: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome<PromotionData>, PromoteError> {
+        self.write(
+            failed,
+            env,
+            Write {
+                action: PromotionAction::Pin,
+                promotion,
+                actor: AUTOMATION.into(),
+                reason: Some(why.clone()),
+                pinned: Some(Pin {
+                    by: AUTOMATION.into(),
+                    reason: why,
+                    at: now,
+                }),
+                break_glass: false,
+                restore_from: None,
+                cause: cause.to_owned(),
+            },
+        )
+        .await
     }
 }

@@ -10,7 +10,9 @@
 //! environment at a time (a lease in JetStream KV), and announced as `environment.modified` for
 //! the deployer. When the deployer reports a release healthy the next environment is
 //! evaluated; when it reports a failed rollout the promoter rolls the environment back to its
-//! last healthy release, quarantines the failed one and pins the environment.
+//! last healthy release, quarantines the failed one and pins the environment. An environment
+//! may require evidence of the image (signatures, provenance, a passing test attestation, read
+//! from the registry and verified with the config repo's keys) before any commit moves it.
 //!
 //! Operators (the `baton` CLI, the chat-ops bot) send commands by NATS request/reply on
 //! `baton.cmd.promoter.<verb>`: approve, decline, promote, rollback, pin, unpin, mark-bad.
@@ -22,6 +24,7 @@ pub mod clock;
 pub mod commands;
 pub mod configrepo;
 pub mod error;
+pub mod evidence;
 pub mod gates;
 pub mod handler;
 pub mod identity;

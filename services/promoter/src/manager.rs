@@ -3,7 +3,8 @@
 //! and the pieces every decision uses: deterministic ids, events, publishing, and the
 //! environments' health. The decisions themselves are in [`crate::gates`]; creating releases
 //! in [`crate::release`], moving them in [`crate::advance`], approval requests in
-//! [`crate::approvals`] and config-repo commits in [`crate::write`].
+//! [`crate::approvals`], the evidence gate in [`crate::evidence`] and config-repo commits in
+//! [`crate::write`].
 
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +19,7 @@ use chrono::{DateTime, Utc};
 use crate::clock::{Clock, SystemClock};
 use crate::configrepo::ConfigRepo;
 use crate::error::PromoteError;
+use crate::evidence::EvidenceRegistry;
 use crate::policy::Policy;
 use crate::state::{self, Current, HealthyRelease, State};
 
@@ -52,6 +54,8 @@ pub struct ReleaseManager {
     pub(crate) policy: Mutex<Option<Policy>>,
     /// Read once per operation; the decisions take that instant as an input.
     clock: Arc<dyn Clock>,
+    /// Where environments' evidence is read.
+    pub(crate) registry: EvidenceRegistry,
 }
 
 /// A deterministic id for a decision derived from `parts`.
@@ -75,6 +79,7 @@ pub(crate) fn short(id: &str) -> &str {
 
 impl ReleaseManager {
     /// A release manager over these parts, reading the time from the system clock.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         repo: Arc<ConfigRepo>,
         sources: Sources,
@@ -83,6 +88,7 @@ impl ReleaseManager {
         jetstream: jetstream::Context,
         nonces: kv::Store,
         auto_rollback: bool,
+        registry: EvidenceRegistry,
     ) -> Self {
         Self {
             repo,
@@ -96,6 +102,7 @@ impl ReleaseManager {
             events_stream: "BATON_EVENTS".to_owned(),
             policy: Mutex::new(None),
             clock: Arc::new(SystemClock),
+            registry,
         }
     }
 

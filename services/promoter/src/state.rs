@@ -124,6 +124,9 @@ pub enum Trigger {
     Operator {
         /// Who.
         actor: String,
+        /// Sent with `breakGlass`: the move skips the evidence gate (and is recorded so).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        break_glass: bool,
     },
 }
 
@@ -250,6 +253,11 @@ pub const POLICY_KEY: &str = "promoter.policy";
 
 /// Key of the last valid `people.yaml` (a [`PolicyRecord`]).
 pub const PEOPLE_KEY: &str = "promoter.people";
+
+/// Key of the last valid public key `keys/<name>.pem` (a [`PolicyRecord`]).
+pub fn key_key(name: &str) -> String {
+    format!("promoter.key.{name}")
+}
 
 impl State {
     /// State in `kv`.

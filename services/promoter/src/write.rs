@@ -2,7 +2,8 @@
 //! environment, made under the environment's lease — the app's manifests at the release's
 //! commit with its images pinned by digest (or, for a rollback, an earlier commit's manifests
 //! byte for byte) and `.baton-release.yaml` — then what the environment runs is recorded and the
-//! commit is announced as `environment.modified`.
+//! commit is announced as `environment.modified`. A write that moves an environment requiring
+//! evidence to a digest passes [`crate::evidence`]'s gate first, and records what verified.
 
 use std::sync::Arc;
 
@@ -12,7 +13,9 @@ use baton_kit::source::{TreeFile, files_in};
 use baton_schemas::EventType;
 use baton_schemas::environments::Environment;
 use baton_schemas::pipeline::{PIPELINE_FILE, Pipeline};
-use baton_schemas::release::{Pin, PromotionAction, PromotionData, RELEASE_FILE, ReleaseData, ReleaseFile};
+use baton_schemas::release::{
+    EvidenceRecord, Pin, PromotionAction, PromotionData, RELEASE_FILE, ReleaseData, ReleaseFile,
+};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -21,6 +24,25 @@ use crate::error::PromoteError;
 use crate::manager::{Outcome, ReleaseManager, app_dir, derive_id, short};
 use crate::render;
 use crate::state::{self, Current, Scheduled};
+
+/// The commit message's `Evidence:` line: what verified, or who skipped it.
+fn describe_evidence(evidence: &EvidenceRecord) -> String {
+    if let Some(skipped) = &evidence.skipped {
+        return format!("skipped ({skipped})");
+    }
+    let mut verified: Vec<String> = evidence
+        .signature
+        .iter()
+        .map(|s| format!("signature by {} ({})", s.key, s.manifest))
+        .collect();
+    verified.extend(
+        evidence
+            .attestations
+            .iter()
+            .map(|a| format!("{} by {} ({})", a.predicate_type, a.key, a.manifest)),
+    );
+    format!("verified: {}", verified.join(", "))
+}
 
 /// One config-repo write: what it does and how it is recorded.
 #[derive(Debug, Clone)]
@@ -50,6 +72,24 @@ impl ReleaseManager {
         env: &Environment,
         write: Write,
     ) -> Result<Outcome<PromotionData>, PromoteError> {
+        // The evidence gate, before the lease: a move to a digest of an environment that
+        // requires evidence verifies it first (or records that break-glass skipped it).
+        let evidence = match (&env.evidence, write.action.changes_manifests()) {
+            (Some(policy), true) => Some(
+                Box::pin(self.verify_evidence(
+                    policy,
+                    release,
+                    &env.name,
+                    write.break_glass.then_some(write.actor.as_str()),
+                ))
+                .await?,
+            ),
+            _ => None,
+        };
+        let (evidence, mut events) = match evidence {
+            Some(outcome) => (Some(outcome.value), outcome.events),
+            None => (None, Vec::new()),
+        };
         // The guard frees the environment when dropped: also at once when the handler is
         // cancelled (its deadline, a shutdown) in the middle of the write.
         let lease = self
@@ -62,7 +102,7 @@ impl ReleaseManager {
         // Renewed while the render and the push run, however long they take.
         let result = self
             .locks
-            .hold(&lease, self.write_locked(release, env, write, &lease))
+            .hold(&lease, self.write_locked(release, env, write, evidence, &lease))
             .await
             .map_err(PromoteError::from)
             .and_then(|written| written);
@@ -71,7 +111,11 @@ impl ReleaseManager {
         // hold the environment until the lease expires, and this replica's next write to the
         // environment (another app's promotion in the same tick) would find its own lease.
         lease.release().await;
-        result
+        result.map(|mut written| {
+            events.append(&mut written.events);
+            written.events = events;
+            written
+        })
     }
 
     /// The write itself; `lease` is checked before the push and before recording, the writes a
@@ -81,6 +125,7 @@ impl ReleaseManager {
         release: &ReleaseData,
         env: &Environment,
         write: Write,
+        evidence: Option<EvidenceRecord>,
         lease: &Lease,
     ) -> Result<Outcome<PromotionData>, PromoteError> {
         let dir = app_dir(&env.name, &release.app);
@@ -104,7 +149,7 @@ impl ReleaseManager {
             // the release files' times follow the config repo's order.
             at: self.now(),
             pinned: write.pinned.clone(),
-            evidence: None,
+            evidence: evidence.clone(),
         };
         let mut message = format!(
             "{} {} release {} to {}\n\nRelease: {}\nApp commit: {}\nImage: {}\nActor: {}\n",
@@ -119,6 +164,9 @@ impl ReleaseManager {
         );
         if let Some(reason) = &write.reason {
             message.push_str(&format!("Reason: {reason}\n"));
+        }
+        if let Some(evidence) = &evidence {
+            message.push_str(&format!("Evidence: {}\n", describe_evidence(evidence)));
         }
         let change = Change {
             promotion: write.promotion.clone(),
@@ -146,7 +194,7 @@ impl ReleaseManager {
                     app = %release.app, environment = %env.name, promotion = %write.promotion,
                     "a retried promotion's commit was followed by a later one; the environment keeps the later"
                 );
-                let data = self.promotion_data(release, env, &write, &dir, &committed.commit, None);
+                let data = self.promotion_data(release, env, &write, &dir, &committed.commit, None, evidence);
                 let event = self.modified_event(release, env, &write, &data);
                 return Ok(Outcome {
                     value: data,
@@ -191,6 +239,7 @@ impl ReleaseManager {
             &dir,
             &committed.commit,
             previous.map(|p| p.release).filter(|p| *p != release.release),
+            evidence,
         );
         tracing::info!(
             app = %release.app, environment = %env.name, release = %release.release,
@@ -204,6 +253,7 @@ impl ReleaseManager {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn promotion_data(
         &self,
         release: &ReleaseData,
@@ -212,6 +262,7 @@ impl ReleaseManager {
         dir: &str,
         commit: &str,
         previous_release: Option<String>,
+        evidence: Option<EvidenceRecord>,
     ) -> PromotionData {
         PromotionData {
             promotion: write.promotion.clone(),
@@ -228,7 +279,7 @@ impl ReleaseManager {
             reason: write.reason.clone(),
             pinned: write.pinned.is_some(),
             break_glass: write.break_glass,
-            evidence: None,
+            evidence,
         }
     }
 
@@ -292,7 +343,7 @@ impl ReleaseManager {
     }
 
     /// Rolls `env` back to `target` (the manifests of `from_commit`, byte for byte) and pins it,
-    /// as decided `now`.
+    /// as decided `now`; `break_glass` skips the evidence gate (and is recorded).
     ///
     /// # Errors
     /// [`PromoteError`].
@@ -306,6 +357,7 @@ impl ReleaseManager {
         reason: &str,
         promotion: &str,
         cause: &str,
+        break_glass: bool,
         now: DateTime<Utc>,
     ) -> Result<Outcome<PromotionData>, PromoteError> {
         self.write(
@@ -321,7 +373,7 @@ impl ReleaseManager {
                     reason: reason.to_owned(),
                     at: now,
                 }),
-                break_glass: false,
+                break_glass,
                 restore_from: Some(from_commit.to_owned()),
                 cause: cause.to_owned(),
             },

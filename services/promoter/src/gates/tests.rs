@@ -134,6 +134,14 @@ fn quarantine() -> BadRelease {
 fn operator() -> Trigger {
     Trigger::Operator {
         actor: "alice".to_owned(),
+        break_glass: false,
+    }
+}
+
+fn operator_breaking_glass() -> Trigger {
+    Trigger::Operator {
+        actor: "alice".to_owned(),
+        break_glass: true,
     }
 }
 
@@ -148,6 +156,7 @@ fn promote(actor: &str) -> Decision {
     Decision::Promote(Promotion {
         actor: actor.to_owned(),
         break_glass: false,
+        frozen: false,
         pinned: None,
     })
 }
@@ -263,6 +272,7 @@ fn every_gate_of_a_move_decides_as_the_policy_says() {
             Given::production(),
             Decision::AskApproval {
                 requested_by: AUTOMATION.to_owned(),
+                break_glass: false,
             },
         ),
         (
@@ -272,6 +282,7 @@ fn every_gate_of_a_move_decides_as_the_policy_says() {
                 .with(|g| g.now = saturday()),
             Decision::AskApproval {
                 requested_by: AUTOMATION.to_owned(),
+                break_glass: false,
             },
         ),
         (
@@ -279,7 +290,26 @@ fn every_gate_of_a_move_decides_as_the_policy_says() {
             Given::production().with(|g| g.trigger = operator()),
             Decision::AskApproval {
                 requested_by: "alice".to_owned(),
+                break_glass: false,
             },
+        ),
+        (
+            "manual: an operator's break-glass promote into a manual environment asks for a break-glass approval",
+            Given::production().with(|g| g.trigger = operator_breaking_glass()),
+            Decision::AskApproval {
+                requested_by: "alice".to_owned(),
+                break_glass: true,
+            },
+        ),
+        (
+            "break-glass: an operator's break-glass promote into an auto environment promotes, skipping the evidence gate",
+            Given::staging().with(|g| g.trigger = operator_breaking_glass()),
+            Decision::Promote(Promotion {
+                actor: "alice".to_owned(),
+                break_glass: true,
+                frozen: false,
+                pinned: None,
+            }),
         ),
         (
             "quorum: an approved move into a manual environment promotes in the request's name",
@@ -374,6 +404,7 @@ fn every_gate_of_a_move_decides_as_the_policy_says() {
             Decision::Promote(Promotion {
                 actor: "approval A1".to_owned(),
                 break_glass: false,
+                frozen: false,
                 pinned: Some(pin()),
             }),
         ),
@@ -509,6 +540,7 @@ fn every_gate_of_a_move_decides_as_the_policy_says() {
             Decision::Promote(Promotion {
                 actor: "approval A1".to_owned(),
                 break_glass: true,
+                frozen: true,
                 pinned: None,
             }),
         ),
@@ -574,16 +606,21 @@ fn holds_and_waits_read_as_the_operator_is_told() {
         freeze.describe("production"),
         "freeze window weekend of `production` until 2025-03-03 08:00:00 UTC"
     );
-    let promotion = |break_glass| Promotion {
+    let promotion = |break_glass, frozen| Promotion {
         actor: "approval A1".to_owned(),
         break_glass,
+        frozen,
         pinned: None,
     };
     assert_eq!(
-        promotion(true).reason().as_deref(),
+        promotion(true, true).reason().as_deref(),
         Some("break-glass promotion during a freeze window")
     );
-    assert_eq!(promotion(false).reason(), None);
+    assert_eq!(
+        promotion(true, false).reason().as_deref(),
+        Some("break-glass promotion: the evidence gate is skipped")
+    );
+    assert_eq!(promotion(false, false).reason(), None);
 }
 
 #[test]
