@@ -4,7 +4,8 @@
 //! HTTP itself) accepts an image Baton signed and refuses an unsigned one and one signed by
 //! another key; a Python verifier of DSSE (`tests/scripts/verify_dsse.py`) checks the envelope
 //! and the SLSA provenance Baton attached; skopeo reads the `.sig` and `.att` manifests as
-//! stored; keys made by `openssl` load, or are refused naming what they are.
+//! stored; keys made by `openssl` load, or are refused naming what they are; a registry refusing
+//! pushes fails the attachment for good, an unreachable one transiently.
 //!
 //! Debian's skopeo (1.9) cannot verify sigstore signatures: its containers/image carries a
 //! Debian-local change that refuses every `sigstoreSigned` policy ("sigstore disabled"), so the
@@ -412,5 +413,36 @@ fn keys_made_by_openssl_load_and_others_are_refused_naming_what_they_are() -> Re
     }
     let missing = SigningKey::from_pem_file(&dir.join("absent.pem")).unwrap_err();
     assert!(missing.to_string().contains("absent.pem"), "{missing}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_registry_refusing_evidence_fails_permanently_and_an_unreachable_one_transiently() -> Result<()> {
+    let mut fixture = Fixture::start()?;
+    let key = SigningKey::from_pem_file(&sec1_key(fixture.dir.path(), "baton.pem")?)?;
+    let subject = fixture.push("acme/shop")?;
+    let signature = sign_image(&key, &subject);
+
+    fixture.server.restart_read_only(true)?;
+    let refused = fixture
+        .store
+        .attach_signature("acme/shop", &subject, &signature)
+        .await
+        .unwrap_err();
+    assert!(!refused.is_transient(), "{refused}");
+    assert_eq!(refused.metric_label(), "evidence_registry");
+    // Reading still works: nothing is there yet.
+    let evidence = fixture.store.fetch("acme/shop", &subject.digest).await?;
+    assert!(evidence.signatures.is_empty() && evidence.signature_manifest.is_none());
+
+    fixture.server.kill()?;
+    let unreachable = fixture
+        .store
+        .attach_signature("acme/shop", &subject, &signature)
+        .await
+        .unwrap_err();
+    assert!(unreachable.is_transient(), "{unreachable}");
+    let unreachable = fixture.store.fetch("acme/shop", &subject.digest).await.unwrap_err();
+    assert!(unreachable.is_transient(), "{unreachable}");
     Ok(())
 }
