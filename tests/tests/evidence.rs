@@ -5,7 +5,8 @@
 //! another key; a Python verifier of DSSE (`tests/scripts/verify_dsse.py`) checks the envelope
 //! and the SLSA provenance Baton attached; skopeo reads the `.sig` and `.att` manifests as
 //! stored; keys made by `openssl` load, or are refused naming what they are; a registry refusing
-//! pushes fails the attachment for good, an unreachable one transiently.
+//! pushes fails the attachment for good, an unreachable one transiently; what a hostile registry
+//! serves (oversized or mislabelled layers, an oversized manifest) is read within bounds.
 //!
 //! Debian's skopeo (1.9) cannot verify sigstore signatures: its containers/image carries a
 //! Debian-local change that refuses every `sigstoreSigned` policy ("sigstore disabled"), so the
@@ -444,5 +445,106 @@ async fn a_registry_refusing_evidence_fails_permanently_and_an_unreachable_one_t
     assert!(unreachable.is_transient(), "{unreachable}");
     let unreachable = fixture.store.fetch("acme/shop", &subject.digest).await.unwrap_err();
     assert!(unreachable.is_transient(), "{unreachable}");
+    Ok(())
+}
+
+/// Uploads `data` as a blob of `repository` straight over the registry API; its digest.
+async fn put_blob(registry: &str, repository: &str, data: Vec<u8>) -> Result<String> {
+    use sha2::Digest as _;
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&data)));
+    let client = reqwest::Client::new();
+    let started = client
+        .post(format!("{registry}/v2/{repository}/blobs/uploads/"))
+        .send()
+        .await?;
+    ensure!(started.status() == 202, "upload not started: {}", started.status());
+    let location = started.headers()["location"].to_str()?.to_owned();
+    let location = if location.starts_with("http") {
+        location
+    } else {
+        format!("{registry}{location}")
+    };
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let put = client
+        .put(format!("{location}{separator}digest={digest}"))
+        .body(data)
+        .send()
+        .await?;
+    ensure!(put.status() == 201, "blob refused: {}", put.text().await?);
+    Ok(digest)
+}
+
+/// Puts `manifest` (OCI) at `repository:tag` straight over the registry API.
+async fn put_manifest(registry: &str, repository: &str, tag: &str, manifest: &Value) -> Result<()> {
+    let response = reqwest::Client::new()
+        .put(format!("{registry}/v2/{repository}/manifests/{tag}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(serde_json::to_vec(manifest)?)
+        .send()
+        .await?;
+    ensure!(response.status() == 201, "manifest refused: {}", response.text().await?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn evidence_a_hostile_registry_serves_is_read_within_bounds() -> Result<()> {
+    let fixture = Fixture::start()?;
+    let registry = fixture.server.url();
+    let key = SigningKey::from_pem_file(&sec1_key(fixture.dir.path(), "baton.pem")?)?;
+    let subject = fixture.push("acme/shop")?;
+    let hex = subject.digest.trim_start_matches("sha256:");
+    let signature = sign_image(&key, &subject);
+
+    let config = put_blob(&registry, "acme/shop", b"{}".to_vec()).await?;
+    let payload = put_blob(&registry, "acme/shop", signature.payload.clone()).await?;
+    let big = put_blob(&registry, "acme/shop", vec![b'x'; 70 * 1024]).await?;
+    let simple_signing = "application/vnd.dev.cosign.simplesigning.v1+json";
+    let annotations = serde_json::json!({"dev.cosignproject.cosign/signature": signature.signature});
+    let layer = |media_type: &str, digest: &str, size: usize| serde_json::json!({"mediaType": media_type, "digest": digest, "size": size, "annotations": annotations});
+    let manifest = |layers: Vec<Value>| {
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
+            "layers": layers,
+        })
+    };
+    put_manifest(
+        &registry,
+        "acme/shop",
+        &format!("sha256-{hex}.sig"),
+        &manifest(vec![
+            // Larger than any signature payload: never downloaded.
+            layer(simple_signing, &big, 70 * 1024),
+            // Not a signature layer.
+            layer("text/plain", &payload, signature.payload.len()),
+            // Claims fewer bytes than the blob holds: the read stops there.
+            layer(simple_signing, &big, 100),
+            layer(simple_signing, &payload, signature.payload.len()),
+        ]),
+    )
+    .await?;
+    let evidence = fixture.store.fetch("acme/shop", &subject.digest).await?;
+    assert_eq!(
+        evidence.signatures,
+        [signature.clone()],
+        "only the real signature is read"
+    );
+    verify_image_signature(&evidence.signatures[0], &subject, &[key.public_key()])?;
+
+    // A manifest over the cap (a 300 KiB annotation) is refused whole, for good.
+    let mut padded = layer(simple_signing, &payload, signature.payload.len());
+    padded["annotations"]["padding"] = "p".repeat(300 * 1024).into();
+    put_manifest(
+        &registry,
+        "acme/shop",
+        &format!("sha256-{hex}.att"),
+        &manifest(vec![padded]),
+    )
+    .await?;
+    let refused = fixture.store.fetch("acme/shop", &subject.digest).await.unwrap_err();
+    assert!(!refused.is_transient(), "{refused}");
+    assert_eq!(refused.metric_label(), "evidence_malformed");
+    assert!(refused.to_string().contains("more than the 262144 read"), "{refused}");
     Ok(())
 }
