@@ -23,6 +23,7 @@ use baton_kit::settings::Settings;
 use baton_schemas::config::CommonSettings;
 use baton_schemas::{CdEvent, EventType, subjects};
 use baton_tests::NatsServer;
+use baton_tests::keys::SigningKeyFile;
 use baton_tests::kube::{KubeCluster, NodeSimulator};
 use baton_tests::people::{Entry, Person, people_yaml};
 use baton_tests::registry::RegistryServer;
@@ -322,18 +323,32 @@ impl Stack {
     ))
     .await?;
         let webhook = format!("http://{}/webhooks/generic", listener.local_addr());
+        // Images are signed and verdicts attested, as users get it (the keys are read at start).
+        let (builder_key, tester_key) = (SigningKeyFile::generate()?, SigningKeyFile::generate()?);
         let builder = Box::pin(baton_builder::Application::build(
             settings(
                 &nats,
                 &format!(
-                    "registry: {{address: '{}', insecure: true, repository_prefix: baton}}\n",
-                    registry.address()
+                    "registry: {{address: '{}', insecure: true, repository_prefix: baton}}\n{}",
+                    registry.address(),
+                    builder_key.signing_section()
                 ),
             )?,
             &env,
         ))
         .await?;
-        let tester = Box::pin(baton_tester::Application::build(settings(&nats, "{}")?, &env)).await?;
+        let tester = Box::pin(baton_tester::Application::build(
+            settings(
+                &nats,
+                &format!(
+                    "registry: {{address: '{}', insecure: true}}\n{}",
+                    registry.address(),
+                    tester_key.signing_section()
+                ),
+            )?,
+            &env,
+        ))
+        .await?;
         let promoter = Box::pin(baton_promoter::Application::build(
             settings(
                 &nats,

@@ -15,7 +15,8 @@
 //! services published, read back from the stream and awaited), [`eventually`] (polling until a
 //! condition holds, quoting what was last seen), [`push`], [`verdict`], [`promotion`] and
 //! [`deployment`] (what the listener, the tester, the promoter and the deployer publish, for
-//! suites that run a stage without the ones around it), and [`process::service_binary`] (Baton's own binaries, built if needed, for suites
+//! suites that run a stage without the ones around it), [`keys`] (signing keys for the builder
+//! and the tester), and [`process::service_binary`] (Baton's own binaries, built if needed, for suites
 //! that run them as processes).
 //!
 //! The harness is synchronous and std-only where it can be, so it works from any test, async or
@@ -35,6 +36,7 @@ pub mod app;
 pub mod deployment;
 mod error;
 pub mod events;
+pub mod keys;
 pub mod kube;
 mod nats;
 mod net;

@@ -83,6 +83,8 @@ pub struct RegistryServer {
     storage_dir: PathBuf,
     /// The registry's output, quoted in errors.
     log_path: PathBuf,
+    /// Whether it runs in Distribution's read-only mode (reads served, every write refused).
+    read_only: bool,
     /// Owns the config, the storage and the log; removed on drop, after the process is gone.
     temp_dir: TempDir,
 }
@@ -107,6 +109,7 @@ impl RegistryServer {
             port: 0,
             storage_dir,
             log_path: temp_dir.path().join("registry.log"),
+            read_only: false,
             temp_dir,
         };
         on_free_ports(|[port]| {
@@ -151,6 +154,19 @@ impl RegistryServer {
             Some(mut process) => process.kill(),
             None => Ok(()),
         }
+    }
+
+    /// Restarts the registry on the same port and storage, in Distribution's read-only mode
+    /// (`storage.maintenance.readonly`: pulls, `HEAD`s and `GET`s are served, every push is
+    /// refused with 405) or back out of it: a registry refusing pushes for real.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start), when it does not come back.
+    pub fn restart_read_only(&mut self, read_only: bool) -> Result<(), HarnessError> {
+        let binary = DOCKER_REGISTRY.locate()?;
+        self.kill()?;
+        self.read_only = read_only;
+        self.launch(&binary)
     }
 
     /// How many blobs (layers, configs and manifests: Distribution stores all three as blobs)
@@ -340,10 +356,11 @@ impl RegistryServer {
             "version: 0.1\n\
              log:\n  level: warn\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {storage:?}\n  delete:\n    enabled: true\n  \
-             maintenance:\n    uploadpurging:\n      enabled: false\n\
+             maintenance:\n    uploadpurging:\n      enabled: false\n    readonly:\n      enabled: {read_only}\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: baton-test-registry\n",
             storage = self.storage_dir.display().to_string(),
             port = self.port,
+            read_only = self.read_only,
         );
         fs::write(&config_path, config).map_err(|source| HarnessError::Io {
             path: config_path.clone(),

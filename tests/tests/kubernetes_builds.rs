@@ -103,9 +103,12 @@ impl Stages {
     /// A builder pushing to `world`'s registry; `steps` is its `steps:` section (unindented),
     /// none for the default (the sandbox).
     async fn builder(&mut self, world: &ExecutingCluster, steps: Option<&str>) -> Result<()> {
+        // Signing on, as users get it (the key is read at start).
+        let key = baton_tests::keys::SigningKeyFile::generate()?;
         let config = format!(
-            "registry:\n  address: {}\n  insecure: true\n{}",
+            "registry:\n  address: {}\n  insecure: true\n{}{}",
             world.registry.address(),
+            key.signing_section(),
             steps.map(steps_section).unwrap_or_default()
         );
         let running = app::spawn::<baton_builder::Application>(
@@ -119,11 +122,11 @@ impl Stages {
         Ok(())
     }
 
-    /// A tester whose `steps:` section is `steps`.
+    /// A tester whose `steps:` section is `steps`, attesting nothing (what it runs is the point).
     async fn tester(&mut self, steps: &str) -> Result<()> {
         let running = app::spawn::<baton_tester::Application>(
             app::common(&self.nats.url()),
-            yaml_serde::from_str(&steps_section(steps))?,
+            yaml_serde::from_str(&format!("signing: {{enabled: false}}\n{}", steps_section(steps)))?,
             &|_| None,
             &self.stop,
         )

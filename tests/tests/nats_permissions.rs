@@ -18,6 +18,7 @@ use baton_kit::fabric::Topology;
 use baton_kit::provision::{self, Plan};
 use baton_schemas::config::CommonSettings;
 use baton_schemas::{EventType, subjects};
+use baton_tests::keys::SigningKeyFile;
 use baton_tests::people::{Entry, Person, people_yaml};
 use baton_tests::{NatsServer, app, events, eventually_every, repos};
 use hmac::{Hmac, Mac};
@@ -390,18 +391,31 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
     )
     .await?;
     let webhook = format!("http://{}/webhooks/generic", listener.addr);
+    // Signing on, as users get it: the builder publishes artifact.signed as its own user too.
+    // (The services read their keys at start.)
+    let (builder_key, tester_key) = (SigningKeyFile::generate()?, SigningKeyFile::generate()?);
     let builder = app::spawn::<baton_builder::Application>(
         nats.common("builder")?,
         yaml_serde::from_str(&format!(
-            "registry:\n  address: {}\n  insecure: true\n",
-            registry.address()
+            "registry:\n  address: {}\n  insecure: true\n{}",
+            registry.address(),
+            builder_key.signing_section()
         ))?,
         &env,
         &stop,
     )
     .await?;
-    let tester =
-        app::spawn::<baton_tester::Application>(nats.common("tester")?, Default::default(), &env, &stop).await?;
+    let tester = app::spawn::<baton_tester::Application>(
+        nats.common("tester")?,
+        yaml_serde::from_str(&format!(
+            "registry:\n  address: {}\n  insecure: true\n{}",
+            registry.address(),
+            tester_key.signing_section()
+        ))?,
+        &env,
+        &stop,
+    )
+    .await?;
     let promoter = app::spawn::<baton_promoter::Application>(
         nats.common("promoter")?,
         yaml_serde::from_str(&format!(
@@ -763,9 +777,10 @@ async fn no_user_but_the_admin_may_change_the_topology() -> Result<()> {
     let nats = SecuredNats::start()?;
 
     // Before provisioning: the builder refuses to start, naming the fix; its look was allowed.
+    let key = SigningKeyFile::generate()?;
     let refused = app::spawn::<baton_builder::Application>(
         nats.common("builder")?,
-        Default::default(),
+        yaml_serde::from_str(&key.signing_section())?,
         &|_| None,
         &CancellationToken::new(),
     )

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use baton_schemas::payloads::BuildData;
 use baton_schemas::{CdEvent, EventType};
+use baton_tests::keys::SigningKeyFile;
 use baton_tests::registry::RegistryServer;
 use baton_tests::{NatsServer, app, events, git, repos};
 use hmac::{Hmac, Mac};
@@ -62,18 +63,31 @@ async fn a_signed_push_becomes_a_healthy_deployment_in_staging() -> Result<()> {
         &stop,
     )
     .await?;
+    // Signing on, as users get it (the services read their keys at start).
+    let (builder_key, tester_key) = (SigningKeyFile::generate()?, SigningKeyFile::generate()?);
     let builder = app::spawn::<baton_builder::Application>(
         common(),
         yaml_serde::from_str(&format!(
-            "registry:\n  address: {}\n  insecure: true\n  repository_prefix: baton\n",
-            registry.address()
+            "registry:\n  address: {}\n  insecure: true\n  repository_prefix: baton\n{}",
+            registry.address(),
+            builder_key.signing_section()
         ))?,
         &env,
         &stop,
     )
     .await?;
     let webhook = format!("http://{}/webhooks/generic", listener.addr);
-    let tester = app::spawn::<baton_tester::Application>(common(), Default::default(), &env, &stop).await?;
+    let tester = app::spawn::<baton_tester::Application>(
+        common(),
+        yaml_serde::from_str(&format!(
+            "registry:\n  address: {}\n  insecure: true\n{}",
+            registry.address(),
+            tester_key.signing_section()
+        ))?,
+        &env,
+        &stop,
+    )
+    .await?;
     let promoter = app::spawn::<baton_promoter::Application>(
         common(),
         yaml_serde::from_str(&format!(

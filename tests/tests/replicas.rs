@@ -347,14 +347,27 @@ impl World {
                         "repositories:\n  - {{name: {APP}, provider: generic, secret_env: SHOP_SECRET, branches: [main]}}\n"
                     ),
                     Service::Builder => format!(
-                        "registry: {{address: '{}', insecure: true, repository_prefix: baton}}\nsource: {{cache_dir: '{}'}}\n",
+                        "registry: {{address: '{}', insecure: true, repository_prefix: baton}}\nsource: {{cache_dir: '{}'}}\nsigning: {{key_file: '{}'}}\n",
                         self._registry
                             .as_ref()
                             .context("the builder needs the registry")?
                             .address(),
-                        cache.display()
+                        cache.display(),
+                        signing_key(&root, "builder")?.display()
                     ),
-                    Service::Tester => format!("source: {{cache_dir: '{}'}}\n", cache.display()),
+                    Service::Tester => match &self._registry {
+                        Some(registry) => format!(
+                            "source: {{cache_dir: '{}'}}\nregistry: {{address: '{}', insecure: true}}\nsigning: {{key_file: '{}'}}\n",
+                            cache.display(),
+                            registry.address(),
+                            signing_key(&root, "tester")?.display()
+                        ),
+                        // No registry, so no image to attest.
+                        None => format!(
+                            "source: {{cache_dir: '{}'}}\nsigning: {{enabled: false}}\n",
+                            cache.display()
+                        ),
+                    },
                     Service::Promoter => format!(
                         "config_repo: {{url: 'file://{}'}}\nsource: {{cache_dir: '{}'}}\nlock_lease: 5s\nlock_wait: 20s\n",
                         self.config_repo().display(),
@@ -1162,4 +1175,14 @@ async fn killing_replicas_at_random_during_100_releases_loses_and_duplicates_not
         ledger.count(EventType::DeploymentSuperseded)
     );
     Ok(())
+}
+
+/// `<root>/<service>-signing.pem`, a P-256 key every replica of `service` signs with (made on
+/// first use, so restarted replicas find it).
+fn signing_key(root: &Path, service: &str) -> Result<PathBuf> {
+    let path = root.join(format!("{service}-signing.pem"));
+    if !path.exists() {
+        std::fs::copy(baton_tests::keys::SigningKeyFile::generate()?.path(), &path)?;
+    }
+    Ok(path)
 }
