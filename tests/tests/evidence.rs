@@ -527,7 +527,7 @@ async fn evidence_a_hostile_registry_serves_is_read_within_bounds() -> Result<()
     let evidence = fixture.store.fetch("acme/shop", &subject.digest).await?;
     assert_eq!(
         evidence.signatures,
-        [signature.clone()],
+        std::slice::from_ref(&signature),
         "only the real signature is read"
     );
     verify_image_signature(&evidence.signatures[0], &subject, &[key.public_key()])?;
