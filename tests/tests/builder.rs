@@ -1,16 +1,23 @@
 //! The builder against real servers: a real git repository, nats-server and CNCF Distribution.
 //! Every way a build can go wrong ends in a clear `build.finished` (or a retry when the
-//! machinery is at fault), and the builder keeps serving other builds.
+//! machinery is at fault), and the builder keeps serving other builds. Every image it pushes is
+//! signed and its provenance attested in the registry, read back and verified here through
+//! `baton_kit::evidence`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use baton_kit::evidence::{
+    EvidenceStore, PublicKey, SLSA_PROVENANCE_V1, Subject, open_envelope, verify_image_signature,
+};
 use baton_schemas::EventType;
-use baton_schemas::payloads::{BuildData, Outcome};
+use baton_schemas::payloads::{BuildData, Outcome, SignedData};
+use baton_tests::keys::SigningKeyFile;
 use baton_tests::push::Push;
 use baton_tests::registry::RegistryServer;
 use baton_tests::{NatsServer, app, git};
+use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
 /// An application repository whose commits the tests build.
@@ -51,6 +58,8 @@ struct TestBuilder {
     js: async_nats::jetstream::Context,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<Result<(), baton_builder::StartError>>>,
+    /// The key images are signed with, unless the config turns signing off.
+    key: SigningKeyFile,
 }
 
 impl TestBuilder {
@@ -58,8 +67,9 @@ impl TestBuilder {
         Self::start_with("", &|_| None).await
     }
 
-    /// A builder whose config adds `config` (YAML sections beside `registry`), reading its
-    /// secrets through `env`.
+    /// A builder whose config adds `config` (YAML sections beside `registry`; a `signing`
+    /// section there replaces the one naming [`TestBuilder::key`]), reading its secrets
+    /// through `env`.
     async fn start_with(config: &str, env: baton_kit::service::Env<'_>) -> Result<Self> {
         baton_kit::tls::install_crypto_provider();
         let nats = NatsServer::start()?;
@@ -68,12 +78,11 @@ impl TestBuilder {
         common.runner.max_deliver = 3;
         common.runner.backoff_initial = Duration::from_millis(100);
         common.runner.ack_wait = Duration::from_secs(5);
-        let service = yaml_serde::from_str(&format!(
-            "registry:\n  address: {}\n  insecure: true\n{config}",
-            registry.address()
-        ))?;
+        let key = SigningKeyFile::generate()?;
         let stop = CancellationToken::new();
-        let running = app::spawn::<baton_builder::Application>(common, service, env, &stop).await?;
+        let running =
+            app::spawn::<baton_builder::Application>(common, builder_config(&registry, &key, config)?, env, &stop)
+                .await?;
         let task = Some(running.task);
         let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
         Ok(Self {
@@ -83,7 +92,37 @@ impl TestBuilder {
             js,
             stop,
             task,
+            key,
         })
+    }
+
+    /// Stops the running builder and starts another on the same servers, with `config` and the
+    /// runner's settings changed by `runner`.
+    async fn restart_with(
+        &mut self,
+        config: &str,
+        runner: impl FnOnce(&mut baton_schemas::config::RunnerSettings),
+    ) -> Result<()> {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task).await???;
+        }
+        let mut common = app::common(&self.nats.url());
+        common.runner.max_deliver = 3;
+        common.runner.backoff_initial = Duration::from_millis(100);
+        common.runner.ack_wait = Duration::from_secs(5);
+        runner(&mut common.runner);
+        self.stop = CancellationToken::new();
+        let running = app::spawn::<baton_builder::Application>(
+            common,
+            builder_config(&self.registry, &self.key, config)?,
+            &|_| None,
+            &self.stop,
+        )
+        .await?;
+        self.addr = running.addr;
+        self.task = Some(running.task);
+        Ok(())
     }
 
     /// Publishes the `change.merged` of a push of `sha` from `url`; returns its release id.
@@ -123,11 +162,31 @@ impl TestBuilder {
     }
 }
 
+/// The builder's config: `registry` (the test's), `key` as `signing` unless `config` has its
+/// own `signing` section, and `config`.
+fn builder_config(
+    registry: &RegistryServer,
+    key: &SigningKeyFile,
+    config: &str,
+) -> Result<baton_schemas::config::builder::BuilderSettings> {
+    let signing = if config.contains("signing:") {
+        String::new()
+    } else {
+        key.signing_section()
+    };
+    Ok(yaml_serde::from_str(&format!(
+        "registry:\n  address: {}\n  insecure: true\n{signing}{config}",
+        registry.address()
+    ))?)
+}
+
 const GOOD: &str = "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && cp src/* out/\nimage:\n  base: scratch\n  add:\n    - {from: out/static.txt, to: /srv/static.txt}\n    - {from: out/app, to: /srv/app, mode: '0755'}\n  entrypoint: [/srv/app]\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_commit_gives_the_same_digest_and_a_change_uploads_only_its_layer() -> Result<()> {
-    let b = TestBuilder::start().await?;
+    // Signing off: the blobs counted here are the image's. Each build's evidence is new by design
+    // (its provenance records its own run and times), and is checked by the signing tests.
+    let b = TestBuilder::start_with("signing:\n  enabled: false\n", &|_| None).await?;
     let dir = tempfile::tempdir()?;
     let repo = AppRepo::new(dir.path())?;
     let first = repo.commit(&[
@@ -556,7 +615,8 @@ fn a_builder_that_cannot_sandbox_refuses_to_start() -> Result<()> {
     ] {
         assert!(stderr.contains(words), "`{words}` in:\n{stderr}");
     }
-    let (code, stderr) = run("steps:\n  executor: unsandboxed\n")?;
+    let key = SigningKeyFile::generate()?;
+    let (code, stderr) = run(&format!("steps:\n  executor: unsandboxed\n{}", key.signing_section()))?;
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("WARN") && stderr.contains("steps.executor is unsandboxed"),
@@ -564,4 +624,273 @@ fn a_builder_that_cannot_sandbox_refuses_to_start() -> Result<()> {
     );
     assert!(stderr.contains("cannot connect to NATS"), "{stderr}");
     Ok(())
+}
+
+/// The evidence the registry holds for `image`, read as a promoter would.
+async fn evidence_of(
+    registry: &RegistryServer,
+    image: &baton_schemas::payloads::ImageInfo,
+) -> Result<(baton_kit::evidence::Evidence, Subject)> {
+    let store = EvidenceStore::new(&registry.address(), true, None, None);
+    let evidence = store.fetch(&image.repository, &image.digest).await?;
+    let subject = Subject {
+        name: format!("{}/{}", image.registry, image.repository),
+        digest: image.digest.clone(),
+    };
+    Ok((evidence, subject))
+}
+
+/// A refusal as an error naming its check.
+fn refused(refusal: baton_kit::evidence::Refusal) -> anyhow::Error {
+    anyhow::anyhow!("refused by check `{}`: {}", refusal.check, refusal.reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_image_is_signed_and_its_provenance_names_what_it_was_built_from() -> Result<()> {
+    let b = TestBuilder::start().await?;
+    let base_digest = b.registry.push_busybox_base("base/busybox", "1")?;
+    let dir = tempfile::tempdir()?;
+    let repo = AppRepo::new(dir.path())?;
+    let pipeline = format!(
+        "build:\n  steps:\n    - name: compile\n      run: mkdir -p out && cp src/* out/\n    - name: check\n      run: test -f out/app\n\
+         image:\n  base: {}/base/busybox:1\n  add:\n    - {{from: out/app, to: /srv/app, mode: '0755'}}\n",
+        b.registry.address()
+    );
+    let sha = repo.commit(&[(".baton.yaml", &pipeline), ("src/app", "v1")])?;
+    let release = b.push(&repo.url(), &sha, "signed").await?;
+    let build = b.finished(&release).await?;
+    assert_eq!(build.outcome, Some(Outcome::Success), "{build:?}");
+    let image = build.image.clone().context("the build's image")?;
+
+    // The signature verifies with the builder's public key, over this digest.
+    let public = PublicKey::from_pem(b.key.public_pem())?;
+    let (evidence, subject) = evidence_of(&b.registry, &image).await?;
+    let [signature] = &evidence.signatures[..] else {
+        anyhow::bail!("one signature expected, found {}", evidence.signatures.len())
+    };
+    let key_id = verify_image_signature(signature, &subject, std::slice::from_ref(&public)).map_err(refused)?;
+    assert_eq!(key_id, public.key_id());
+    let other = PublicKey::from_pem(SigningKeyFile::generate()?.public_pem())?;
+    let refusal = verify_image_signature(signature, &subject, &[other]).expect_err("another key verifies nothing");
+    assert_eq!(refusal.check, "signature");
+
+    // The provenance: signed by the same key, about this digest, naming the builder, the
+    // source, the pipeline file's digest, the base's digest, the steps and the run.
+    let [attestation] = &evidence.attestations[..] else {
+        anyhow::bail!("one attestation expected, found {}", evidence.attestations.len())
+    };
+    let (statement, attested_by) =
+        open_envelope(attestation, &subject, std::slice::from_ref(&public), SLSA_PROVENANCE_V1).map_err(refused)?;
+    assert_eq!(attested_by, public.key_id());
+    let predicate = &statement.predicate;
+    assert_eq!(predicate["runDetails"]["builder"]["id"], "https://baton.dev/builder/v1");
+    let source = &predicate["buildDefinition"]["externalParameters"]["source"];
+    assert_eq!(source["repository"], repo.url(), "{predicate:#}");
+    assert_eq!(source["commit"], sha.as_str(), "{predicate:#}");
+    assert_eq!(source["ref"], "refs/heads/main", "{predicate:#}");
+    let pipeline_digest = format!("sha256:{}", hex::encode(Sha256::digest(pipeline.as_bytes())));
+    assert_eq!(
+        predicate["buildDefinition"]["externalParameters"]["pipeline"]["digest"], pipeline_digest,
+        "{predicate:#}"
+    );
+    let dependencies = predicate["buildDefinition"]["resolvedDependencies"]
+        .as_array()
+        .context("resolvedDependencies")?;
+    let base_hex = base_digest.trim_start_matches("sha256:");
+    assert!(
+        dependencies.iter().any(|d| d["digest"]["sha256"] == base_hex
+            && d["uri"].as_str().is_some_and(|uri| uri.contains("base/busybox:1"))),
+        "the base by digest: {predicate:#}"
+    );
+    assert!(
+        dependencies.iter().any(|d| d["digest"]["gitCommit"] == sha.as_str()),
+        "the commit: {predicate:#}"
+    );
+    let steps: Vec<(String, i64, String)> = predicate["runDetails"]["byproducts"]
+        .as_array()
+        .context("byproducts")?
+        .iter()
+        .map(|step| {
+            (
+                step["name"].as_str().unwrap_or_default().to_owned(),
+                step["annotations"]["exitCode"].as_i64().unwrap_or(-1),
+                step["annotations"]["status"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("step/compile".to_owned(), 0, "succeeded".to_owned()),
+            ("step/check".to_owned(), 0, "succeeded".to_owned())
+        ],
+        "{predicate:#}"
+    );
+    let metadata = &predicate["runDetails"]["metadata"];
+    assert_eq!(metadata["invocationId"], build.run.as_str(), "{predicate:#}");
+    let started = chrono::DateTime::parse_from_rfc3339(metadata["startedOn"].as_str().context("startedOn")?)?;
+    let finished = chrono::DateTime::parse_from_rfc3339(metadata["finishedOn"].as_str().context("finishedOn")?)?;
+    assert!(started <= finished, "{predicate:#}");
+
+    // artifact.signed: the image's purl, the signature, the key and the evidence's manifests.
+    let signed =
+        baton_tests::events::wait_for_release(&b.js, EventType::ArtifactSigned, &release, Duration::from_secs(10))
+            .await?;
+    assert_eq!(signed.subject.id, image.purl);
+    assert_eq!(signed.subject.content["signature"], signature.signature.as_str());
+    let data: SignedData = signed.custom_data_as()?;
+    assert_eq!(data.key_id, public.key_id());
+    assert_eq!(data.commit, sha);
+    assert_eq!(data.image.digest, image.digest);
+    assert_eq!(Some(&data.signature_manifest), evidence.signature_manifest.as_ref());
+    assert_eq!(Some(&data.attestation_manifest), evidence.attestation_manifest.as_ref());
+    b.stop().await
+}
+
+/// A builder without a usable key refuses to start (exit 64, before connecting anywhere),
+/// naming `signing.key_file`: no key, a key file that is not there, a key that is not P-256.
+#[test]
+fn a_builder_without_its_signing_key_refuses_to_start_naming_the_field() -> Result<()> {
+    let binary = baton_tests::process::service_binary("baton-builder")?;
+    let dir = tempfile::tempdir()?;
+    let p384 = dir.path().join("p384.pem");
+    baton_tests::process::run(
+        std::process::Command::new("openssl")
+            .args(["ecparam", "-name", "secp384r1", "-genkey", "-noout", "-out"])
+            .arg(&p384),
+    )?;
+    let run = |signing: &str| -> Result<(Option<i32>, String)> {
+        let file = dir.path().join("builder.yaml");
+        // Nothing listens on port 1: a start that got past the check fails to connect instead.
+        std::fs::write(
+            &file,
+            format!(
+                "nats:\n  url: nats://127.0.0.1:1\n  connect_timeout: 1s\nsteps:\n  executor: unsandboxed\n{signing}"
+            ),
+        )?;
+        let out = std::process::Command::new(&binary)
+            .arg("--config")
+            .arg(&file)
+            .env_clear()
+            .env("HOME", dir.path())
+            .output()?;
+        Ok((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    };
+    for (signing, words) in [
+        ("", "is required"),
+        ("signing:\n  key_file: /nonexistent/key.pem\n", "/nonexistent/key.pem"),
+        (
+            &format!("signing:\n  key_file: {:?}\n", p384.display().to_string()),
+            "p384.pem",
+        ),
+    ] {
+        let (code, stderr) = run(signing)?;
+        assert_eq!(code, Some(64), "{signing}: {stderr}");
+        assert!(stderr.contains("signing.key_file"), "{signing}: {stderr}");
+        assert!(stderr.contains(words), "`{words}` in:\n{stderr}");
+    }
+    // Off, it starts (and fails only to connect), saying so.
+    let (code, stderr) = run("signing:\n  enabled: false\n")?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("signing.enabled is false"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cannot connect to NATS"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_signing_off_the_builder_says_so_in_its_readiness_and_pushes_no_signature() -> Result<()> {
+    let b = TestBuilder::start_with("signing:\n  enabled: false\n", &|_| None).await?;
+    let response = reqwest::get(format!("http://{}/readyz", b.addr)).await?;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response.text().await?,
+        format!("ready\nwarning: {}\n", baton_builder::config::UNSIGNED_WARNING)
+    );
+    let dir = tempfile::tempdir()?;
+    let repo = AppRepo::new(dir.path())?;
+    let sha = repo.commit(&[(".baton.yaml", GOOD), ("src/app", "v1"), ("src/static.txt", "static")])?;
+    let release = b.push(&repo.url(), &sha, "unsigned").await?;
+    let build = b.finished(&release).await?;
+    assert_eq!(build.outcome, Some(Outcome::Success), "{build:?}");
+    let (evidence, _) = evidence_of(&b.registry, &build.image.context("the build's image")?).await?;
+    assert!(
+        evidence.signatures.is_empty() && evidence.signature_manifest.is_none(),
+        "{evidence:?}"
+    );
+    assert!(evidence.attestations.is_empty(), "{evidence:?}");
+    assert!(
+        baton_tests::events::of(&b.js, EventType::ArtifactSigned)
+            .await?
+            .is_empty()
+    );
+    assert_eq!(b.published_for(&release).await?, 1);
+    b.stop().await
+}
+
+/// A registry that takes the image but refuses its signature: the image is pushed first by a
+/// builder that does not sign, then the registry goes read-only (Distribution's maintenance
+/// mode: reads served, every push refused with 405) and a signing builder builds the same
+/// commit. Its image push has nothing to write; the signature's push is refused, and the build
+/// is retried, not failed. Once the registry takes pushes again, a retry signs the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_refusing_the_signature_makes_the_build_retry() -> Result<()> {
+    let mut b = TestBuilder::start_with("signing:\n  enabled: false\n", &|_| None).await?;
+    let dir = tempfile::tempdir()?;
+    let repo = AppRepo::new(dir.path())?;
+    let sha = repo.commit(&[(".baton.yaml", GOOD), ("src/app", "v1"), ("src/static.txt", "static")])?;
+    let unsigned = b.finished(&b.push(&repo.url(), &sha, "unsigned").await?).await?;
+    assert_eq!(unsigned.outcome, Some(Outcome::Success), "{unsigned:?}");
+
+    b.registry.restart_read_only(true)?;
+    // Retries enough, and slow enough, to outlast the registry's restart below.
+    b.restart_with("", |runner| {
+        runner.max_deliver = 30;
+        runner.backoff_initial = Duration::from_millis(200);
+        runner.backoff_max = Duration::from_secs(1);
+    })
+    .await?;
+    let release = b.push(&repo.url(), &sha, "refused").await?;
+    let metrics = format!("http://{}/metrics", b.addr);
+    let retried = baton_tests::eventually(Duration::from_secs(30), "a failed attempt to sign", async || {
+        let text = reqwest::get(&metrics).await?.text().await?;
+        Ok(
+            match text
+                .lines()
+                .find(|l| l.contains("evidence_registry") && !l.starts_with('#'))
+            {
+                Some(line) => Ok(line.to_owned()),
+                None => Err(text
+                    .lines()
+                    .filter(|l| l.contains("failure"))
+                    .collect::<Vec<_>>()
+                    .join("\n")),
+            },
+        )
+    })
+    .await?;
+    assert!(retried.contains("transient"), "{retried}");
+    let finished = baton_tests::events::of(&b.js, EventType::BuildFinished).await?;
+    assert!(
+        !finished
+            .iter()
+            .any(|e| e.context.chain_id.as_deref() == Some(release.as_str())),
+        "a refused signature does not end the build"
+    );
+
+    b.registry.restart_read_only(false)?;
+    let build = b.finished(&release).await?;
+    assert_eq!(build.outcome, Some(Outcome::Success), "{build:?}");
+    let image = build.image.context("the build's image")?;
+    assert_eq!(Some(&image.digest), unsigned.image.as_ref().map(|i| &i.digest));
+    let (evidence, subject) = evidence_of(&b.registry, &image).await?;
+    let public = PublicKey::from_pem(b.key.public_pem())?;
+    let [signature] = &evidence.signatures[..] else {
+        anyhow::bail!("one signature expected: {evidence:?}")
+    };
+    verify_image_signature(signature, &subject, &[public]).map_err(refused)?;
+    baton_tests::events::wait_for_release(&b.js, EventType::ArtifactSigned, &release, Duration::from_secs(10)).await?;
+    b.stop().await
 }

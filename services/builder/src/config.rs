@@ -1,6 +1,8 @@
 //! Resolves the builder's config sections: credentials read from their variables and files,
-//! every mistake reported with the field at fault (exit code 64).
+//! the signing key read and checked, every mistake reported with the field at fault (exit code
+//! 64).
 
+use baton_kit::evidence::{EvidenceError, SigningKey};
 use baton_kit::secret::Secret;
 use baton_kit::settings::ConfigError;
 use baton_schemas::config::builder::BuilderSettings;
@@ -41,6 +43,38 @@ pub fn registry_password(
         .as_deref()
         .map(|var| Secret::from_env(var, env).map_err(|m| ConfigError::invalid("registry.password_env", m)))
         .transpose()
+}
+
+/// What `/readyz` repeats, and the start logs, when `signing.enabled` is false.
+pub const UNSIGNED_WARNING: &str = "signing.enabled is false: images are pushed without a signature or provenance, so \
+     environments that require evidence hold every release of this builder; set signing.key_file to an ECDSA P-256 \
+     key and signing.enabled: true";
+
+/// The key images are signed with, or `None` when `signing.enabled` is false.
+///
+/// # Errors
+/// `signing.key_file` when signing is on and the key is not given, cannot be read, or is not an
+/// unencrypted ECDSA P-256 private key in PEM.
+pub fn signing_key(settings: &BuilderSettings) -> Result<Option<SigningKey>, ConfigError> {
+    let signing = &settings.signing;
+    if !signing.enabled {
+        return Ok(None);
+    }
+    let Some(path) = &signing.key_file else {
+        return Err(ConfigError::invalid(
+            "signing.key_file",
+            "is required: every image is signed with this ECDSA P-256 private key (PEM; make one with \
+             `openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt`), or set \
+             signing.enabled: false to push unsigned images",
+        ));
+    };
+    SigningKey::from_pem_file(path).map(Some).map_err(|e| {
+        let problem = match &e {
+            EvidenceError::KeyFile { source, .. } => format!("cannot read `{}`: {source}", path.display()),
+            other => format!("`{}`: {other}", path.display()),
+        };
+        ConfigError::invalid("signing.key_file", problem)
+    })
 }
 
 /// The OCI repository of an application: `<prefix>/<app>`, lower-cased, with every character

@@ -1,11 +1,11 @@
 //! The builder's events: `build.queued`, `build.started`, `build.finished`,
-//! `artifact.packaged` and `artifact.published` (CDEvents 0.5.1), each following the
+//! `artifact.packaged`, `artifact.published` and `artifact.signed` (CDEvents 0.5.1), each following the
 //! `change.merged` that caused it, in the same release (`chainId`), with ids derived from it so
 //! a redelivered push never emits twice.
 
 use baton_kit::{Incoming, Outgoing};
 use baton_schemas::EventType;
-use baton_schemas::payloads::{BuildData, ImageInfo, Outcome};
+use baton_schemas::payloads::{BuildData, ImageInfo, Outcome, SignedData};
 use serde_json::json;
 
 /// The build's subject id: one build per pushed commit event.
@@ -91,4 +91,20 @@ pub fn published(incoming: &Incoming, data: &BuildData, image: &ImageInfo) -> Ou
         json!({}),
         data,
     )
+}
+
+/// `artifact.signed`: the image's signature and provenance are in the registry (subject id: its
+/// purl, as `artifact.published`'s); `signature` is the cosign signature, base64, and
+/// `customData` names the key and the `.sig` and `.att` manifests.
+pub fn signed(incoming: &Incoming, data: &SignedData, signature: &str) -> Outgoing {
+    let e = incoming
+        .follow_up(
+            EventType::ArtifactSigned,
+            "artifact.signed",
+            &data.image.purl,
+            json!({"signature": signature}),
+        )
+        .and_then(|e| e.with_custom_data(data))
+        .expect("builder events serialize");
+    Outgoing::new(incoming.app.clone(), e)
 }

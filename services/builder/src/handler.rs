@@ -1,6 +1,7 @@
 //! The builder's stage: for each `change.merged`, fetch the exact commit, run the build steps
-//! of its `.baton.yaml`, assemble the image and push it, emitting `build.queued`,
-//! `build.started`, then `artifact.packaged`, `artifact.published` and `build.finished`.
+//! of its `.baton.yaml`, assemble the image and push it, sign it and attest its provenance,
+//! emitting `build.queued`, `build.started`, then `artifact.packaged`, `artifact.published`,
+//! `artifact.signed` and `build.finished`.
 //!
 //! Each build step runs with the limits and secrets the builder's [`StepPolicy`] gives it; every
 //! step is checked before any runs.
@@ -9,8 +10,9 @@
 //! than the builder allows, a failing step, a missing file, a base image that does not exist) is
 //! *handled*: it ends with `build.finished` and outcome `failure` and the reason, and nothing
 //! further happens for that commit. A failure of the machinery (an unreachable repository, a
-//! registry that is down) is *transient*: the event is retried with backoff, and only when
-//! retries are exhausted does the build end with outcome `error`.
+//! registry that is down, a registry refusing the image's signature or attestation) is
+//! *transient*: the event is retried with backoff, and only when retries are exhausted does the
+//! build end with outcome `error`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use baton_schemas::payloads::{BuildData, ImageInfo, Outcome, PushData};
 use baton_schemas::pipeline::{PIPELINE_FILE, Pipeline};
 
 use crate::events;
+use crate::evidence::{self, Attested, Attester, BuildFacts};
 use crate::image::{self, Registry};
 use baton_kit::source::Sources;
 
@@ -38,6 +41,8 @@ pub struct Builder {
     pub policy: StepPolicy,
     /// Where images go.
     pub registry: Registry,
+    /// Signs and attests every pushed image; `None` when `signing.enabled` is false.
+    pub attester: Option<Attester>,
     /// Repository prefix in the registry: every image goes under it, `image.name` included.
     pub repository_prefix: String,
     /// For publishing `build.queued`/`build.started` as they happen.
@@ -46,8 +51,12 @@ pub struct Builder {
 
 /// How one build attempt ended, before it becomes events.
 enum Attempt {
-    /// The commit built (and, with an image section, its image is in the registry).
-    Built { image: Option<ImageInfo> },
+    /// The commit built (and, with an image section, its image is in the registry, with its
+    /// evidence when signing is on).
+    Built {
+        image: Option<ImageInfo>,
+        signed: Option<Box<Attested>>,
+    },
     /// The commit cannot be built: the reason, for `build.finished`.
     Failed(String),
 }
@@ -90,9 +99,9 @@ impl Builder {
             Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => return Ok(Attempt::Failed(e.to_string())),
         };
-        let pipeline = match std::fs::read_to_string(workspace.path().join(PIPELINE_FILE)) {
+        let (pipeline, pipeline_digest) = match std::fs::read_to_string(workspace.path().join(PIPELINE_FILE)) {
             Ok(text) => match Pipeline::parse(&text) {
-                Ok(p) => p,
+                Ok(p) => (p, image::sha256_digest(text.as_bytes())),
                 Err(e) => return Ok(Attempt::Failed(e.to_string())),
             },
             Err(_) => {
@@ -120,6 +129,7 @@ impl Builder {
             Err(e) => return Ok(Attempt::Failed(format!("{PIPELINE_FILE}: {e}"))),
         };
         self.announce(announced, events::started(incoming, data)).await?;
+        let started = chrono::Utc::now();
         let no_extra_env = BTreeMap::new();
         for (step, grant) in pipeline.build.steps.iter().zip(&grants) {
             let outcome = self
@@ -144,7 +154,10 @@ impl Builder {
             }
         }
         let Some((spec, repository)) = image else {
-            return Ok(Attempt::Built { image: None });
+            return Ok(Attempt::Built {
+                image: None,
+                signed: None,
+            });
         };
         let job = image::ImageJob {
             spec,
@@ -154,11 +167,32 @@ impl Builder {
             registry: &self.registry,
             repository: &repository,
         };
-        match image::build_and_push(&job).await {
-            Ok(pushed) => Ok(Attempt::Built { image: Some(pushed) }),
-            Err(e) if e.is_transient() => Err(e.into()),
-            Err(e) => Ok(Attempt::Failed(e.to_string())),
-        }
+        let pushed = match image::assemble_and_push(&job).await {
+            Ok(pushed) => pushed,
+            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(e) => return Ok(Attempt::Failed(e.to_string())),
+        };
+        let signed = match &self.attester {
+            Some(attester) => {
+                let facts = BuildFacts {
+                    data,
+                    pipeline_digest: &pipeline_digest,
+                    started,
+                    finished: chrono::Utc::now(),
+                };
+                Some(Box::new(
+                    attester
+                        .sign_and_attest(&pushed, &facts)
+                        .await
+                        .map_err(evidence::attach_failed)?,
+                ))
+            }
+            None => None,
+        };
+        Ok(Attempt::Built {
+            image: Some(pushed.info()),
+            signed,
+        })
     }
 }
 
@@ -177,11 +211,14 @@ impl Handler for Builder {
         announced.confirmed().await.map_err(HandlerError::from)?;
         let mut outputs = Vec::new();
         match attempt {
-            Attempt::Built { image } => {
+            Attempt::Built { image, signed } => {
                 if let Some(image) = &image {
                     data.image = Some(image.clone());
                     outputs.push(events::packaged(&incoming, &data, image, &data.repository));
                     outputs.push(events::published(&incoming, &data, image));
+                }
+                if let Some(signed) = &signed {
+                    outputs.push(events::signed(&incoming, &signed.data, &signed.signature));
                 }
                 data.outcome = Some(Outcome::Success);
                 tracing::info!(app = %data.app, commit = %data.commit, image = ?data.image.as_ref().map(|i| &i.reference), "build succeeded");

@@ -145,6 +145,18 @@ pub struct PushedImage {
     pub mounted_blobs: usize,
     /// Package URL: `pkg:oci/<name>@<digest>?repository_url=<registry>/<repository>&tag=<sha>`.
     pub purl: String,
+    /// The base it was built on, pinned by digest (`None` for `scratch`): what its provenance
+    /// records.
+    pub base: Option<PinnedBase>,
+}
+
+/// A base image as `image.base` names it, and the manifest digest it resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedBase {
+    /// The base as written in `image.base`.
+    pub name: String,
+    /// `sha256:<hex>` of its (linux/amd64) manifest.
+    pub digest: String,
 }
 
 impl PushedImage {
@@ -299,6 +311,10 @@ pub async fn assemble_and_push(job: &ImageJob<'_>) -> Result<PushedImage, ImageE
         uploaded_bytes: stats.uploaded_bytes,
         skipped_blobs: stats.skipped,
         mounted_blobs: stats.mounted,
+        base: base.map(|b| PinnedBase {
+            name: b.name,
+            digest: b.digest,
+        }),
         digest,
         registry: address,
         repository,
@@ -310,7 +326,8 @@ fn is_scratch(base: &str) -> bool {
     base.trim() == SCRATCH
 }
 
-fn sha256_digest(bytes: &[u8]) -> String {
+/// `sha256:<hex>` of `bytes`, as OCI digests (and provenance's) are written.
+pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
