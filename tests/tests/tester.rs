@@ -1,18 +1,29 @@
-//! The tester against a real nats-server and a real git repository: steps that pass, fail,
-//! fail through their JUnit report, hang, or write a broken report each give the right outcome
-//! and counts on the stream.
+//! The tester against a real nats-server, a real git repository and CNCF Distribution: steps
+//! that pass, fail, fail through their JUnit report, hang, or write a broken report each give the
+//! right outcome and counts on the stream, and each verdict is attested on the image in the
+//! registry, signed with the tester's key.
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
+use baton_kit::evidence::{EvidenceStore, PublicKey, Subject, TEST_RESULT_V0_1, open_envelope};
 use baton_kit::{Outgoing, events};
 use baton_schemas::payloads::{BuildData, ImageInfo, Outcome, TestData};
 use baton_schemas::{CdEvent, EventType};
+use baton_tests::keys::SigningKeyFile;
+use baton_tests::registry::RegistryServer;
 use baton_tests::{NatsServer, app, git};
+use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
 struct TestTester {
+    /// The tester's operations endpoint.
+    addr: std::net::SocketAddr,
     _nats: NatsServer,
+    /// Where the (pretend) images are, and their attestations go.
+    registry: RegistryServer,
+    /// The key verdicts are attested with, unless the config says otherwise.
+    key: SigningKeyFile,
     js: async_nats::jetstream::Context,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), baton_tester::StartError>>,
@@ -24,19 +35,31 @@ impl TestTester {
         Self::start_with(Default::default(), &|_| None).await
     }
 
-    /// A tester with `config`, reading its secrets through `env`.
+    /// A tester with `config`, reading its secrets through `env`; its `registry` is the test's
+    /// and, unless `config` names a key or turns signing off, it signs with [`TestTester::key`].
     async fn start_with(
-        config: baton_schemas::config::tester::TesterSettings,
+        mut config: baton_schemas::config::tester::TesterSettings,
         env: baton_kit::service::Env<'_>,
     ) -> Result<Self> {
+        baton_kit::tls::install_crypto_provider();
         let nats = NatsServer::start()?;
+        let registry = RegistryServer::start()?;
+        let key = SigningKeyFile::generate()?;
+        config.registry.address = registry.address();
+        config.registry.insecure = true;
+        if config.signing.key_file.is_none() {
+            config.signing.key_file = Some(key.path().to_owned());
+        }
         let stop = CancellationToken::new();
         let tester = app::spawn::<baton_tester::Application>(app::common(&nats.url()), config, env, &stop).await?;
         let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
         let repo = tempfile::tempdir()?;
         git(repo.path(), &["init", "-q", "-b", "main"])?;
         Ok(Self {
+            addr: tester.addr,
             _nats: nats,
+            registry,
+            key,
             js,
             stop,
             task: tester.task,
@@ -53,16 +76,16 @@ impl TestTester {
         git(self.repo.path(), &["add", "-A"])?;
         git(self.repo.path(), &["commit", "-qm", case, "--allow-empty"])?;
         let sha = git(self.repo.path(), &["rev-parse", "HEAD"])?;
+        // Each case its own digest, so each has its own attestations.
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(case.as_bytes())));
+        let registry = self.registry.address();
         let image = ImageInfo {
-            registry: "127.0.0.1:5000".into(),
+            registry: registry.clone(),
             repository: "baton/acme/shop".into(),
             tag: sha.clone(),
-            digest: format!("sha256:{}", "a".repeat(64)),
-            reference: format!("127.0.0.1:5000/baton/acme/shop@sha256:{}", "a".repeat(64)),
-            purl: format!(
-                "pkg:oci/shop@sha256:{}?repository_url=127.0.0.1:5000/baton/acme/shop&tag={sha}",
-                "a".repeat(64)
-            ),
+            digest: digest.clone(),
+            reference: format!("{registry}/baton/acme/shop@{digest}"),
+            purl: format!("pkg:oci/shop@{digest}?repository_url={registry}/baton/acme/shop&tag={sha}"),
             uploaded_bytes: 0,
         };
         let data = BuildData {
@@ -339,5 +362,120 @@ async fn test_steps_get_their_own_grants_and_one_asking_too_much_fails_the_run()
     );
     assert!(test.steps.is_empty(), "no step runs: {:?}", test.steps);
     assert_eq!(event.subject.content["outcome"], "failure");
+    t.stop().await
+}
+
+/// The test-result attestations on `image`, opened with `key`: (result, passed, failed, counts).
+async fn attested(
+    registry: &RegistryServer,
+    key: &SigningKeyFile,
+    image: &ImageInfo,
+) -> Result<Vec<(String, Vec<String>, Vec<String>, serde_json::Value)>> {
+    let store = EvidenceStore::new(&registry.address(), true, None, None);
+    let evidence = store.fetch(&image.repository, &image.digest).await?;
+    let subject = Subject {
+        name: format!("{}/{}", image.registry, image.repository),
+        digest: image.digest.clone(),
+    };
+    let public = PublicKey::from_pem(key.public_pem())?;
+    let names = |value: &serde_json::Value| -> Vec<String> {
+        value
+            .as_array()
+            .map(|names| names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    evidence
+        .attestations
+        .iter()
+        .map(|envelope| {
+            let (statement, key_id) =
+                open_envelope(envelope, &subject, std::slice::from_ref(&public), TEST_RESULT_V0_1)
+                    .map_err(|r| anyhow::anyhow!("refused by `{}`: {}", r.check, r.reason))?;
+            assert_eq!(key_id, public.key_id());
+            let p = &statement.predicate;
+            Ok((
+                p["result"].as_str().unwrap_or_default().to_owned(),
+                names(&p["passedTests"]),
+                names(&p["failedTests"]),
+                p["baton"]["counts"].clone(),
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_verdict_is_attested_on_the_image_naming_the_failing_case() -> Result<()> {
+    let t = TestTester::start().await?;
+    let (failing, _) = t
+        .publish(
+            "attested-failing",
+            &[
+                (
+                    ".baton.yaml",
+                    "test:\n  steps:\n    - {name: unit, run: 'cp report.src junit.xml', junit: junit.xml}\n",
+                ),
+                ("report.src", FAILING_REPORT),
+            ],
+        )
+        .await?;
+    let (_, data) = t.finished(&failing).await?;
+    assert_eq!(data.outcome, Some(Outcome::Failure), "{data:?}");
+    let image = data.image.clone().context("the tested image")?;
+    let [(result, passed, failed, counts)] = &attested(&t.registry, &t.key, &image).await?[..] else {
+        anyhow::bail!("one test-result attestation expected on {}", image.digest)
+    };
+    assert_eq!(result, "FAILED");
+    assert_eq!(failed, &["cart.Totals.applies_discount"]);
+    assert_eq!(passed, &["cart.Totals.adds_items"]);
+    assert_eq!(counts["tests"], 3, "{counts}");
+    assert_eq!(counts["failed"], 1, "{counts}");
+    assert_eq!(counts["skipped"], 1, "{counts}");
+    assert_eq!(counts["passed"], 1, "{counts}");
+
+    // A passing run is attested PASSED; another key opens neither.
+    let (passing, _) = t
+        .publish(
+            "attested-passing",
+            &[(".baton.yaml", "test:\n  steps:\n    - {name: ok, run: 'true'}\n")],
+        )
+        .await?;
+    let (_, data) = t.finished(&passing).await?;
+    assert_eq!(data.outcome, Some(Outcome::Success), "{data:?}");
+    let image = data.image.clone().context("the tested image")?;
+    let results: Vec<String> = attested(&t.registry, &t.key, &image)
+        .await?
+        .into_iter()
+        .map(|(result, ..)| result)
+        .collect();
+    assert_eq!(results, ["PASSED"]);
+    let stranger = SigningKeyFile::generate()?;
+    assert!(
+        attested(&t.registry, &stranger, &image).await.is_err(),
+        "another key opens it"
+    );
+    t.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tester_with_signing_off_says_so_and_attests_nothing() -> Result<()> {
+    let t = TestTester::start_with(yaml_serde::from_str("signing:\n  enabled: false\n")?, &|_| None).await?;
+    let readyz = reqwest::get(format!("http://{}/readyz", t.addr)).await?.text().await?;
+    assert_eq!(
+        readyz,
+        format!("ready\nwarning: {}\n", baton_tester::config::UNATTESTED_WARNING)
+    );
+    let (release, _) = t
+        .publish(
+            "unattested",
+            &[(".baton.yaml", "test:\n  steps:\n    - {name: ok, run: 'true'}\n")],
+        )
+        .await?;
+    let (_, data) = t.finished(&release).await?;
+    assert_eq!(data.outcome, Some(Outcome::Success), "{data:?}");
+    assert!(
+        attested(&t.registry, &t.key, &data.image.context("the tested image")?)
+            .await?
+            .is_empty()
+    );
     t.stop().await
 }

@@ -11,8 +11,11 @@ use baton_schemas::EventType;
 use baton_schemas::config::tester::TesterSettings;
 use tokio_util::sync::CancellationToken;
 
+use crate::config;
+use crate::evidence::Attester;
 use crate::handler::Tester;
 use crate::junit::JunitLimits;
+use baton_kit::evidence::EvidenceStore;
 
 /// The service name: NATS connection name, OTel `service.name`.
 pub const SERVICE: &str = "baton-tester";
@@ -29,18 +32,35 @@ impl Service for Application {
     const NAME: &'static str = SERVICE;
     type Config = TesterSettings;
 
-    /// Validates the config (step secrets included), connects, checks the provisioned topology and durable consumer,
-    /// and binds `http.listen`.
+    /// Validates the config (step secrets, the signing key and the registry password included),
+    /// connects, checks the provisioned topology and durable consumer, and binds `http.listen`.
     async fn build(settings: Settings<TesterSettings>, env: Env<'_>) -> Result<Self, StartError> {
         let credentials = baton_kit::source::resolve_credentials(&settings.service.source.credentials, env)?;
         let policy = StepPolicy::resolve("tester", &settings.service.steps, &settings.service.limits, env)?;
+        let password = config::registry_password(&settings.service, env)?;
         // The sandbox is proven before anything connects: a host that cannot run it refuses to
         // start (exit 64) rather than fail every build.
         let (executor, unsandboxed) = start_executor("tester", &settings.service.steps, env).await?;
+        // So is the signing key: a tester that could not attest refuses to start (exit 64, naming
+        // `signing.key_file`) rather than hand out verdicts no environment requiring a test attestation accepts.
+        let signing_key = config::signing_key(&settings.service)?;
+        if signing_key.is_none() {
+            tracing::warn!("{}", config::UNATTESTED_WARNING);
+        }
         let mut runtime = Runtime::start(SERVICE, &settings.common).await?;
         if let Some(warning) = unsandboxed {
             runtime.warn_in_readiness(warning);
         }
+        if signing_key.is_none() {
+            runtime.warn_in_readiness(config::UNATTESTED_WARNING);
+        }
+        let registry = &settings.service.registry;
+        let attester = signing_key.map(|key| {
+            let store = EvidenceStore::new(&registry.address, registry.insecure, registry.username.clone(), password);
+            let attester = Attester::new(key, settings.service.signing.tester_id.clone(), store);
+            tracing::info!(key = attester.key_id(), tester = %settings.service.signing.tester_id, "verdicts are attested");
+            attester
+        });
         let (cache_dir, cache) = service::cache_dir(settings.service.source.cache_dir.as_deref(), SERVICE)?;
         let tester = Tester {
             sources: Sources::new(cache_dir, credentials),
@@ -53,6 +73,7 @@ impl Service for Application {
                 max_bytes: settings.service.junit_max_bytes,
                 ..JunitLimits::default()
             },
+            attester,
         };
         let runner = runtime.stage(STAGE, [EventType::ArtifactPublished], tester).await?;
         Ok(Self(StageService::bind(runtime, runner, cache).await?))

@@ -1,8 +1,10 @@
 //! The tester's stage: for each `artifact.published`, check out the same commit (from the
 //! shared cached mirror), run the test steps of its `.baton.yaml` with the kit's step executor
 //! — `BATON_IMAGE`, `BATON_COMMIT` and `BATON_RELEASE` in their environment — read the JUnit
-//! reports they declare, and emit `testsuiterun.started` and `testsuiterun.finished` with the
-//! outcome (`success`, `failure`, `error`, `cancel`), the counts and the failed cases.
+//! reports they declare, attest the verdict on the image (an in-toto test-result attestation
+//! appended to its `.att`, see [`crate::evidence`]), and emit `testsuiterun.started` and
+//! `testsuiterun.finished` with the outcome (`success`, `failure`, `error`, `cancel`), the counts
+//! and the failed cases.
 //!
 //! Steps run in the order written; consecutive steps marked `independent: true` run together.
 //! The suite's `timeout` bounds the whole run: steps still running then are killed. Each step
@@ -23,6 +25,7 @@ use baton_schemas::payloads::{BuildData, FailedTestCase, Outcome, TestCounts, Te
 use baton_schemas::pipeline::{PIPELINE_FILE, Pipeline, TestStep};
 use serde_json::json;
 
+use crate::evidence::{self, Attester, PassedCases};
 use crate::junit::{self, FailureKind, JunitLimits};
 
 /// Default bound of a whole suite when `.baton.yaml` sets none.
@@ -47,6 +50,8 @@ pub struct Tester {
     pub jetstream: jetstream::Context,
     /// Bounds on JUnit reports.
     pub junit: JunitLimits,
+    /// Attests every verdict on its image; `None` when `signing.enabled` is false.
+    pub attester: Option<Attester>,
 }
 
 /// The `environment` of the test run in CDEvents terms: where the tests ran.
@@ -144,7 +149,12 @@ impl Tester {
         )
     }
 
-    async fn run(&self, incoming: &Incoming, data: &mut TestData) -> Result<Verdict, HandlerError> {
+    async fn run(
+        &self,
+        incoming: &Incoming,
+        data: &mut TestData,
+        passed: &mut PassedCases,
+    ) -> Result<Verdict, HandlerError> {
         let workspace = match self
             .sources
             .checkout_workspace(&data.repository, &data.commit, "test-")
@@ -191,7 +201,15 @@ impl Tester {
         );
         let suite_timeout = pipeline.test.timeout.unwrap_or(DEFAULT_SUITE_TIMEOUT);
         let run = data.run.clone();
-        let suite = self.run_steps(&pipeline.test.steps, &grants, workspace.path(), &env, &run, data);
+        let suite = self.run_steps(
+            &pipeline.test.steps,
+            &grants,
+            workspace.path(),
+            &env,
+            &run,
+            data,
+            passed,
+        );
         match tokio::time::timeout(suite_timeout, suite).await {
             Ok(verdict) => Ok(verdict),
             Err(_) => Ok(Verdict::failure(format!(
@@ -202,8 +220,12 @@ impl Tester {
     }
 
     /// Runs the steps group by group (consecutive independent steps together), each with its
-    /// grant (`grants[i]` is `steps[i]`'s), and reads their JUnit reports. Stops at the first
-    /// group with a failing step.
+    /// grant (`grants[i]` is `steps[i]`'s), and reads their JUnit reports (the passed cases'
+    /// names into `passed`). Stops at the first group with a failing step.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one run's parts, borrowed apart so its steps run concurrently"
+    )]
     async fn run_steps(
         &self,
         steps: &[TestStep],
@@ -212,6 +234,7 @@ impl Tester {
         env: &BTreeMap<String, String>,
         run: &str,
         data: &mut TestData,
+        passed: &mut PassedCases,
     ) -> Verdict {
         let mut verdict = Verdict::success();
         let mut first = 0;
@@ -237,6 +260,8 @@ impl Tester {
                     match self.read_junit(workspace, report).await {
                         Ok(summary) => {
                             add_counts(data, &summary);
+                            passed.names.extend(summary.passed_names.iter().cloned());
+                            passed.omitted += summary.passed_names_omitted;
                             if !summary.passed() && verdict.outcome == Outcome::Success {
                                 verdict = Verdict::failure(format!(
                                     "step `{}`: {} of {} tests failed, {} errored",
@@ -365,10 +390,19 @@ impl Handler for Tester {
         announced
             .send(&self.jetstream, &Self::started(&incoming, &data))
             .await?;
-        let verdict = self.run(&incoming, &mut data).await?;
+        let mut passed = PassedCases::default();
+        let verdict = self.run(&incoming, &mut data, &mut passed).await?;
         announced.confirmed().await?;
         data.outcome = Some(verdict.outcome);
         data.reason = verdict.reason;
+        // The verdict is attested before it is announced: `testsuiterun.finished` means the
+        // evidence is in the registry. Without an image there is nothing to attach it to.
+        if let (Some(attester), Some(image)) = (&self.attester, &data.image) {
+            attester
+                .attest(image, &data, &passed)
+                .await
+                .map_err(evidence::attach_failed)?;
+        }
         tracing::info!(app = %data.app, commit = %data.commit, outcome = ?data.outcome, reason = ?data.reason, "tests finished");
         Ok(vec![Self::finished(&incoming, &data)])
     }

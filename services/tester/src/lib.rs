@@ -4,9 +4,13 @@
 //! `BATON_RELEASE` in their environment; per-step and per-suite timeouts; independent steps in
 //! parallel), reads their JUnit reports with bounded memory, and emits
 //! `testsuiterun.started` and `testsuiterun.finished` with the outcome, the counts and the
-//! failed cases, linked to the artifact and in the same release.
+//! failed cases, linked to the artifact and in the same release. Each verdict is attested on
+//! the image too: an in-toto test-result attestation, signed with the tester's key, appended to
+//! the image's `.att` in the registry.
 
 pub mod app;
+pub mod config;
+pub mod evidence;
 pub mod handler;
 pub mod junit;
 

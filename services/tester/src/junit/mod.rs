@@ -54,6 +54,9 @@ pub struct JunitLimits {
     /// (in [`JunitSummary::failed_cases_omitted`]) so a broken build with 10,000 failures stays
     /// a small outcome.
     pub max_failed_cases: usize,
+    /// Names of passed cases kept in [`JunitSummary::passed_names`] (for the test-result
+    /// attestation); later ones are only counted.
+    pub max_passed_names: usize,
     /// Bytes kept of a failure message, and of a failed case's name and class.
     pub max_message_bytes: usize,
     /// Bytes kept of a failed case's output: the failure body (stack trace), then its
@@ -73,6 +76,7 @@ impl Default for JunitLimits {
         Self {
             max_bytes: 256 * 1024 * 1024,
             max_failed_cases: 100,
+            max_passed_names: 1000,
             max_message_bytes: 2 * 1024,
             max_output_bytes: 4 * 1024,
             max_tag_bytes: 16 * 1024 * 1024,
@@ -102,6 +106,20 @@ pub struct JunitSummary {
     pub failed_cases: Vec<FailedCase>,
     /// Failed or errored cases beyond those kept in `failed_cases`.
     pub failed_cases_omitted: u64,
+    /// The names of the first [`JunitLimits::max_passed_names`] passed cases, in report order,
+    /// as [`case_name`] writes them.
+    pub passed_names: Vec<String>,
+    /// Passed cases beyond those named in `passed_names`.
+    pub passed_names_omitted: u64,
+}
+
+/// A case's name as attestations list it: `<class>.<name>` when the report gives a class (JUnit's
+/// `classname`), else its name.
+pub fn case_name(class: Option<&str>, name: &str) -> String {
+    match class {
+        Some(class) if !class.is_empty() => format!("{class}.{name}"),
+        _ => name.to_owned(),
+    }
 }
 
 impl JunitSummary {

@@ -389,7 +389,16 @@ impl<'l> Parser<'l> {
         summary.tests += 1;
         add_time(&mut self.case_time, case.duration);
         let kind = match case.outcome {
-            Outcome::Passed => return,
+            Outcome::Passed => {
+                if summary.passed_names.len() < self.limits.max_passed_names {
+                    summary
+                        .passed_names
+                        .push(super::case_name(case.class.as_deref(), &case.name));
+                } else {
+                    summary.passed_names_omitted += 1;
+                }
+                return;
+            }
             Outcome::Skipped => {
                 summary.skipped += 1;
                 return;
