@@ -240,7 +240,9 @@ lint:
 schemas:
     BATON_BLESS=1 cargo test -p baton-schemas generated_schemas_are_current
 
-# Run a benchmark against a real nats-server, e.g. `just bench fabric`.
+# `setup` runs first: nats-server, the registry, and the Kubernetes binaries the deployer and steps
+# benchmarks start (built once, then cached).
+# Run a benchmark against real servers, e.g. `just bench fabric`.
 bench $target:
     #!/usr/bin/env bash
     set -euo pipefail
