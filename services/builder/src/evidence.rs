@@ -5,6 +5,8 @@
 //! key (`signing.key_file`). The formats and the registry layout are `baton_kit::evidence`'s;
 //! this module decides what the builder records ([`build_record`], pure) and attaches it.
 //!
+//! The signature and the provenance go to two tags and are pushed at once.
+//!
 //! A registry that refuses either push fails the attempt *transiently*: the image is there but
 //! its evidence is not, and a promoter requiring evidence would hold it, so the build is retried
 //! as a failed image push is (the image push itself is then a no-op).
@@ -72,7 +74,7 @@ impl Attester {
         &self.key_id
     }
 
-    /// Signs `image` and attests its provenance, in the registry, in that order.
+    /// Signs `image` and attests its provenance, in the registry.
     ///
     /// # Errors
     /// The registry's refusal of either push, or its absence.
@@ -84,16 +86,16 @@ impl Attester {
     ) -> Result<Attested, EvidenceError> {
         let subject = subject(image);
         let signature = sign_image(&self.key, &subject);
-        let signature_manifest = self
-            .store
-            .attach_signature(&image.repository, &subject, &signature)
-            .await?;
-        let statement = provenance(&subject, &build_record(&self.builder_id, image, facts));
-        let envelope = seal(&self.key, &statement);
-        let attestation_manifest = self
-            .store
-            .attach_attestation(&image.repository, &subject, &envelope, SLSA_PROVENANCE_V1)
-            .await?;
+        let envelope = seal(
+            &self.key,
+            &provenance(&subject, &build_record(&self.builder_id, image, facts)),
+        );
+        // Two tags, two manifests: pushed at once, the build waits for the slower only.
+        let (signature_manifest, attestation_manifest) = tokio::try_join!(
+            self.store.attach_signature(&image.repository, &subject, &signature),
+            self.store
+                .attach_attestation(&image.repository, &subject, &envelope, SLSA_PROVENANCE_V1),
+        )?;
         tracing::info!(%signature_manifest, %attestation_manifest, key = %self.key_id, "image signed and attested");
         Ok(Attested {
             signature: signature.signature,
