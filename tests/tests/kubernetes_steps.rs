@@ -358,7 +358,7 @@ async fn a_pod_no_node_can_take_fails_with_the_schedulers_message() -> Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pod_beyond_the_quota_is_refused_with_the_quotas_words() -> Result<()> {
+async fn a_pod_beyond_the_quota_waits_for_room_then_is_refused_with_the_quotas_words() -> Result<()> {
     let cluster = KubeCluster::start().await?;
     build_namespace(&cluster, NAMESPACE).await?;
     let executor = executor(&cluster, "  quota:\n    pods: '0'\n").await?;
@@ -388,6 +388,36 @@ async fn a_pod_beyond_the_quota_is_refused_with_the_quotas_words() -> Result<()>
         "{reason}"
     );
     ensure!(step_error(&outcome)?.metric_label() == "quota");
+    // It waited for room (up to schedule_timeout) before it failed, and said so.
+    ensure!(
+        outcome
+            .tail
+            .iter()
+            .any(|l| l.contains("waiting for room in the build namespace's quota")),
+        "{:?}",
+        outcome.tail
+    );
+    // Room made while it waits lets its pod in: with no node to take it, it then fails as
+    // unschedulable, not as refused.
+    let waiting = tokio::spawn({
+        let executor = executor.clone();
+        async move { run(&executor, &step("compile")).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    quotas
+        .patch(
+            "baton-steps",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"hard": {"pods": "5"}}})),
+        )
+        .await?;
+    let outcome = waiting.await??;
+    ensure!(
+        matches!(step_error(&outcome)?, StepError::Unschedulable { .. }),
+        "{:?}: {:?}",
+        outcome.status,
+        outcome.tail
+    );
     nothing_left(&cluster.client()?).await
 }
 

@@ -373,7 +373,8 @@ pub struct KubernetesStepsSettings {
     pub service: ServicePeers,
     /// The build namespace's ResourceQuota (`spec.hard`: resource name to quantity, e.g.
     /// `pods: "10"`, `requests.memory: 16Gi`): what all steps of one app may hold at once. A pod
-    /// beyond it is refused and its step fails with the quota's reason.
+    /// beyond it waits for room (as Tekton's `ExceededResourceQuota`) up to `schedule_timeout`,
+    /// then its step fails with the quota's reason.
     pub quota: BTreeMap<String, String>,
     /// The build namespace's LimitRange defaults per container (resource name to quantity, e.g.
     /// `cpu: "2"`): the request and limit of what a step does not set itself (its cpu, and its

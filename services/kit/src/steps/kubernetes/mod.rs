@@ -51,6 +51,9 @@ const UNLIMITED_ADDED_BYTES: u64 = 8 << 30;
 const ADDED_ENTRIES: u64 = 200_000;
 /// How long the log may still stream after the outcome is known.
 const LOG_GRACE: Duration = Duration::from_secs(5);
+/// First and longest pause between asking again for a pod the quota refused.
+const QUOTA_PAUSE_FIRST: Duration = Duration::from_millis(100);
+const QUOTA_PAUSE_LAST: Duration = Duration::from_secs(2);
 /// Longest the deletion of a finished step's pod and Secret is waited for.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -260,10 +263,29 @@ impl Kubernetes {
             .create(&PostParams::default(), &spec.secret(ticket.token(), request.secret_env))
             .await
             .map_err(|e| error(creation_refused(e, "Secret", &namespace)))?;
-        let created = pods
-            .create(&PostParams::default(), &spec.pod())
-            .await
-            .map_err(|e| error(creation_refused(e, "Pod", &namespace)))?;
+        // A quota refusal waits for room (the app's other steps ending, or the quota counting a
+        // pod just deleted), as a pending pod waits for a node: up to `schedule_timeout`.
+        let asked = tokio::time::Instant::now();
+        let mut pause = QUOTA_PAUSE_FIRST;
+        let mut noted = false;
+        let created = loop {
+            match pods.create(&PostParams::default(), &spec.pod()).await {
+                Ok(created) => break created,
+                Err(e) => match creation_refused(e, "Pod", &namespace) {
+                    StepError::Quota { reason } if asked.elapsed() + pause < settings.schedule_timeout => {
+                        if !noted {
+                            sink.note(&format!(
+                                "baton: waiting for room in the build namespace's quota: {reason}"
+                            ));
+                            noted = true;
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(QUOTA_PAUSE_LAST);
+                    }
+                    refused => return Err(error(refused)),
+                },
+            }
+        };
         if let Some(uid) = created.metadata.uid.as_deref() {
             let owner = serde_json::json!({"metadata": {"ownerReferences": [
                 {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid},
