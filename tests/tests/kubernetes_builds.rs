@@ -422,6 +422,11 @@ impl BuilderProcess {
     async fn start(dir: &Path, nats: &NatsServer, world: &ExecutingCluster, steps: &str) -> Result<Self> {
         let port = free_port();
         let config = dir.join("builder.yaml");
+        // The signing key beside the config, so a restarted builder finds it too.
+        let key = dir.join("signing.pem");
+        if !key.exists() {
+            std::fs::copy(baton_tests::keys::SigningKeyFile::generate()?.path(), &key)?;
+        }
         std::fs::write(
             &config,
             format!(
@@ -430,9 +435,11 @@ impl BuilderProcess {
                  runner: {{ack_wait: 10s, backoff_initial: 200ms, backoff_max: 2s}}\n\
                  shutdown: {{grace_period: 2s}}\n\
                  registry: {{address: '{}', insecure: true, username: baton, password_env: BATON_REGISTRY_PASSWORD}}\n\
+                 signing: {{key_file: '{}'}}\n\
                  {}",
                 nats.url(),
                 world.registry.address(),
+                key.display(),
                 steps_section(steps)
             ),
         )?;
