@@ -14,8 +14,12 @@
 //! - [`runner`]: the stage runner — durable pull consumer, validation, idempotency, retries
 //!   with backoff, dead letters, heartbeats, deadlines and graceful drain;
 //! - [`telemetry`], [`metrics`], [`health`]: logs, traces, `/healthz`, `/readyz`, `/metrics`;
-//! - [`steps`], [`source`]: the step executor, and every service's git access (cached mirrors,
-//!   checkouts, a folder's files at a commit, commit walks, `ls-remote`, credentials);
+//! - [`steps`], [`source`]: the step executor (on the host, in a sandbox, or as Pods in build
+//!   namespaces), and every service's git access (cached mirrors, checkouts, a folder's files at
+//!   a commit, commit walks, `ls-remote`, credentials);
+//! - [`evidence`]: image signatures and attestations (cosign's format, in-toto statements in
+//!   DSSE envelopes: SLSA provenance, test results), kept in the registry beside the image and
+//!   verified before promotion;
 //! - [`lease`]: leases in JetStream KV (one promotion per environment, one rollout per
 //!   namespace);
 //! - [`settings`], [`shutdown`], [`tls`]: typed config with exit code 64, SIGTERM/SIGINT, and
