@@ -181,15 +181,6 @@ pub fn purl(registry: &str, repository: &str, digest: &str, tag: &str) -> String
     format!("pkg:oci/{name}@{digest}?repository_url={registry}/{repository}&tag={tag}")
 }
 
-/// Builds the image of `job` and pushes it, tagged with the commit sha; returns it as Baton's
-/// events carry it. [`assemble_and_push`] returns the push's details too.
-///
-/// # Errors
-/// As [`assemble_and_push`].
-pub async fn build_and_push(job: &ImageJob<'_>) -> Result<ImageInfo, ImageError> {
-    assemble_and_push(job).await.map(|image| image.info())
-}
-
 /// Builds the image of `job` and pushes it, tagged with the commit sha.
 ///
 /// # Errors
