@@ -1078,6 +1078,7 @@ fn each_services_configmap_loads_through_its_own_settings_loader() -> Result<()>
                     let s = load::<TesterSettings>(&file, &env).with_context(|| at.clone())?;
                     baton_kit::source::resolve_credentials(&s.service.source.credentials, &lookup)
                         .with_context(|| at.clone())?;
+                    baton_tester::config::registry_password(&s.service, &lookup).with_context(|| at.clone())?;
                     let writable = s.service.source.cache_dir.into_iter().collect();
                     (s.common, writable, Some(s.service.steps))
                 }
