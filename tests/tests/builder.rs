@@ -744,6 +744,17 @@ async fn a_pushed_image_is_signed_and_its_provenance_names_what_it_was_built_fro
     assert_eq!(data.image.digest, image.digest);
     assert_eq!(Some(&data.signature_manifest), evidence.signature_manifest.as_ref());
     assert_eq!(Some(&data.attestation_manifest), evidence.attestation_manifest.as_ref());
+    // `baton trace` and `baton events` show it with the key.
+    let (summary, _) = baton::render::summary(&baton::log::Record {
+        sequence: 1,
+        app: "acme_shop".into(),
+        event: signed,
+    });
+    let key_hex = public.key_id().trim_start_matches("sha256:").to_owned();
+    assert!(
+        summary.starts_with(&format!("signed by key {}", &key_hex[..8])),
+        "{summary}"
+    );
     b.stop().await
 }
 

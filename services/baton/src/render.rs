@@ -130,6 +130,18 @@ pub fn summary(record: &Record) -> (String, Tone) {
             )
         }
         Some(EventType::ArtifactPublished) => (text(&data, &["image", "reference"]), Tone::Good),
+        Some(EventType::ArtifactSigned) => {
+            let digest = |field: &str| text(&data, &[field]).trim_start_matches("sha256:").to_owned();
+            (
+                format!(
+                    "signed by key {} (.sig {}, .att {})",
+                    short(text(&data, &["keyId"]).trim_start_matches("sha256:")),
+                    short(&digest("signatureManifest")),
+                    short(&digest("attestationManifest"))
+                ),
+                Tone::Good,
+            )
+        }
         Some(EventType::ReleaseCreated) => (
             format!("release of commit {}", short(&text(content, &["commit"]))),
             Tone::Plain,
