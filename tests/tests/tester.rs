@@ -479,3 +479,55 @@ async fn a_tester_with_signing_off_says_so_and_attests_nothing() -> Result<()> {
     );
     t.stop().await
 }
+
+/// A registry that refuses the attestation (Distribution's read-only mode: every push refused
+/// with 405) makes the run retry instead of finishing without its evidence; once the registry
+/// takes pushes again, a retry attests the verdict and announces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_refusing_the_attestation_makes_the_run_retry() -> Result<()> {
+    let mut t = TestTester::start().await?;
+    t.registry.restart_read_only(true)?;
+    let (release, _) = t
+        .publish(
+            "refused",
+            &[(".baton.yaml", "test:\n  steps:\n    - {name: ok, run: 'true'}\n")],
+        )
+        .await?;
+    let metrics = format!("http://{}/metrics", t.addr);
+    let retried = baton_tests::eventually(Duration::from_secs(30), "a failed attempt to attest", async || {
+        let text = reqwest::get(&metrics).await?.text().await?;
+        Ok(
+            match text
+                .lines()
+                .find(|l| l.contains("evidence_registry") && !l.starts_with('#'))
+            {
+                Some(line) => Ok(line.to_owned()),
+                None => Err(text
+                    .lines()
+                    .filter(|l| l.contains("failure"))
+                    .collect::<Vec<_>>()
+                    .join("\n")),
+            },
+        )
+    })
+    .await?;
+    assert!(retried.contains("transient"), "{retried}");
+    let finished = baton_tests::events::of(&t.js, EventType::TestSuiteRunFinished).await?;
+    assert!(
+        !finished
+            .iter()
+            .any(|e| e.context.chain_id.as_deref() == Some(release.as_str())),
+        "a refused attestation does not announce the verdict"
+    );
+
+    t.registry.restart_read_only(false)?;
+    let (_, data) = t.finished(&release).await?;
+    assert_eq!(data.outcome, Some(Outcome::Success), "{data:?}");
+    let results: Vec<String> = attested(&t.registry, &t.key, &data.image.context("the tested image")?)
+        .await?
+        .into_iter()
+        .map(|(result, ..)| result)
+        .collect();
+    assert_eq!(results, ["PASSED"]);
+    t.stop().await
+}
