@@ -260,7 +260,7 @@ impl Stack {
         let dir = temp.path().to_owned();
         say_if(
             narrate,
-            "Creating the config repo (staging automatic, production needs alice's approval; people.yaml lists alice and the chat-ops bot's new key) and the sample app acme/shop",
+            "Creating the config repo (staging automatic, production needs alice's approval; people.yaml lists alice and the chat-ops bot's new key; keys/ holds the public halves of the builder's and tester's signing keys) and the sample app acme/shop",
         );
         git(&dir, &["init", "-q", "--bare", "-b", "main", "config.git"])?;
         git(&dir, &["clone", "-q", "config.git", "config"])?;
@@ -278,6 +278,11 @@ impl Stack {
       users: [alice]
 ",
         )?;
+        // Images are signed and verdicts attested, as users get it (the services read their keys
+        // at start); the public halves are in the config repo, where verifiers read them.
+        let (builder_key, tester_key) = (SigningKeyFile::generate()?, SigningKeyFile::generate()?);
+        write(&dir.join("config/keys/builder.pem"), builder_key.public_pem())?;
+        write(&dir.join("config/keys/tester.pem"), tester_key.public_pem())?;
         let alice = cli_user(&dir)?;
         let (bot_key, bot) = chat_bot(&dir)?;
         write(
@@ -285,7 +290,7 @@ impl Stack {
             &people_yaml(&[in_chat(&alice, SLACK_USER), bot]),
         )?;
         git(&dir.join("config"), &["add", "."])?;
-        git(&dir.join("config"), &["commit", "-qm", "environments and people"])?;
+        git(&dir.join("config"), &["commit", "-qm", "environments, people and keys"])?;
         git(&dir.join("config"), &["push", "-q", "origin", "main"])?;
         git(&dir, &["init", "-q", "--bare", "-b", "main", "shop.git"])?;
         git(&dir, &["clone", "-q", "shop.git", "shop"])?;
@@ -323,8 +328,6 @@ impl Stack {
     ))
     .await?;
         let webhook = format!("http://{}/webhooks/generic", listener.local_addr());
-        // Images are signed and verdicts attested, as users get it (the keys are read at start).
-        let (builder_key, tester_key) = (SigningKeyFile::generate()?, SigningKeyFile::generate()?);
         let builder = Box::pin(baton_builder::Application::build(
             settings(
                 &nats,
