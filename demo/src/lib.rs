@@ -19,14 +19,20 @@ use anyhow::{Context as _, Result};
 use baton::cli::Output;
 use baton::log::Record;
 use baton::render::{self, Style};
+use baton_kit::command::CommandClient;
 use baton_kit::settings::Settings;
+use baton_kit::signing::Signer;
+use baton_schemas::commands::{CommandReply, CommandRequest, Verb};
 use baton_schemas::config::CommonSettings;
+use baton_schemas::payloads::Outcome;
+use baton_schemas::release::ReleaseData;
 use baton_schemas::{CdEvent, EventType, subjects};
 use baton_tests::NatsServer;
 use baton_tests::keys::SigningKeyFile;
 use baton_tests::kube::{KubeCluster, NodeSimulator};
 use baton_tests::people::{Entry, Person, people_yaml};
 use baton_tests::registry::RegistryServer;
+use baton_tests::verdict::Verdict;
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -260,10 +266,15 @@ impl Stack {
         let dir = temp.path().to_owned();
         say_if(
             narrate,
-            "Creating the config repo (staging automatic, production needs alice's approval; people.yaml lists alice and the chat-ops bot's new key; keys/ holds the public halves of the builder's and tester's signing keys) and the sample app acme/shop",
+            "Creating the config repo (staging automatic, production needs alice's approval and the image's signature, provenance and passing tests; people.yaml lists alice and the chat-ops bot's new key; keys/ holds the public halves of the builder's and tester's signing keys) and the sample app acme/shop",
         );
         git(&dir, &["init", "-q", "--bare", "-b", "main", "config.git"])?;
         git(&dir, &["clone", "-q", "config.git", "config"])?;
+        // Production lets in only images Baton built and tested here: signed by the builder's
+        // key, with the builder's provenance of the release's commit of acme/shop, and a PASSED
+        // verdict signed by the tester's. Staging asks for nothing, as a team's first stage may:
+        // an operator can try an image there that Baton did not build, and the gate in front of
+        // production is what holds it.
         write(
             &dir.join("config/environments.yaml"),
             "environments:
@@ -276,6 +287,12 @@ impl Stack {
     approvals:
       required: 1
       users: [alice]
+    evidence:
+      signed_by: [builder]
+      provenance:
+        builders: [https://baton.dev/builder/v1]
+      tests:
+        signed_by: [tester]
 ",
         )?;
         // Images are signed and verdicts attested, as users get it (the services read their keys
@@ -355,7 +372,11 @@ impl Stack {
         let promoter = Box::pin(baton_promoter::Application::build(
             settings(
                 &nats,
-                &format!("config_repo: {{url: 'file://{}'}}\n", dir.join("config.git").display()),
+                &format!(
+                    "config_repo: {{url: 'file://{}'}}\nregistry: {{address: '{}', insecure: true}}\n",
+                    dir.join("config.git").display(),
+                    registry.address()
+                ),
             )?,
             &env,
         ))
@@ -529,6 +550,69 @@ impl Stack {
             .to_owned();
         note!(narrate, "  git push → webhook {status} → release {release}");
         Ok(release)
+    }
+
+    /// alice's command to the promoter, signed with her key as `baton` signs it (the
+    /// promoter's answer, accepted or refused).
+    ///
+    /// # Errors
+    /// When the command cannot be signed or the promoter does not answer.
+    pub async fn command(&self, verb: Verb, request: CommandRequest) -> Result<CommandReply> {
+        let client = async_nats::connect(self.nats.url()).await?;
+        let commands =
+            CommandClient::new(client, Duration::from_secs(30)).with_signer(Signer::from_key_file(&self.cli_key())?);
+        let request = CommandRequest {
+            actor: "alice".into(),
+            ..request
+        };
+        Ok(commands.send(verb, &request).await?)
+    }
+
+    /// What someone with the registry's and the event stream's credentials could do without
+    /// Baton: push an image by hand into the repository of `signed`'s image (the app's, in the
+    /// same registry), and announce it as tested with a `testsuiterun.finished` for `signed`'s
+    /// commit, as the tester would, naming a new release. Nothing signs or attests the image.
+    /// Returns the release and the image pinned by digest.
+    ///
+    /// # Errors
+    /// When the image cannot be pushed (busybox, skopeo) or the event published.
+    pub async fn push_by_hand(&self, signed: &ReleaseData, narrate: bool) -> Result<(String, String)> {
+        let repository = signed.image.repository.as_str();
+        let digest = self.registry.push_busybox_base(repository, "by-hand")?;
+        let release = uuid::Uuid::new_v4().to_string();
+        let address = self.registry.address();
+        let shop = format!("file://{}", self.temp.path().join("shop.git").display());
+        let verdict = Verdict {
+            app: APP,
+            commit: &signed.commit,
+            repository: shop,
+            registry: &address,
+            image_repository: repository,
+            case: "by-hand",
+            digest_seed: "by-hand",
+            release: &release,
+            outcome: Outcome::Success,
+            untested: false,
+            pushed_by: None,
+        };
+        let reference = format!("{address}/{repository}@{digest}");
+        let mut image = verdict.image();
+        image.purl = image
+            .purl
+            .replace(&image.digest.replace(':', "%3A"), &digest.replace(':', "%3A"));
+        image.reference.clone_from(&reference);
+        image.digest = digest;
+        let mut event = verdict.event()?;
+        if let Some(data) = event.event.custom_data.as_mut() {
+            data["image"] = serde_json::to_value(&image)?;
+        }
+        let client = async_nats::connect(self.nats.url()).await?;
+        baton_kit::events::publish(&async_nats::jetstream::new(client), &event).await?;
+        note!(
+            narrate,
+            "  pushed {reference} by hand and announced it as tested → release {release}"
+        );
+        Ok((release, reference))
     }
 
     /// A signed Slack slash command, as Slack sends it; returns the bot's answer.

@@ -4,8 +4,14 @@
 //!
 //! - a push becomes a release that reaches staging automatically and production through a signed
 //!   chat approval (the bot signs it with its own key, for alice, whose Slack id people.yaml
-//!   lists); a failing test stops its release before staging; a crash-looping release is rolled
+//!   lists) and production's evidence gate: the builder's signature and provenance and the
+//!   tester's passing verdict, verified with the config repo's keys and recorded in the config
+//!   commit; a failing test stops its release before staging; a crash-looping release is rolled
 //!   back to the previous digest;
+//! - an image pushed by hand to the same registry, announced as tested, runs in staging (which
+//!   asks for no evidence) when alice promotes it there, and is held before production with a
+//!   reason naming the missing signature, though alice approved it: production keeps the signed
+//!   release;
 //! - every release's log is a complete, ordered chain: one chainId from the push on, every event
 //!   but the push and the records of people's commands linked to the event that caused it, and
 //!   each of them valid against the official schema of its type (CDEvents 0.5.1, the 0.6 draft
@@ -16,10 +22,12 @@ use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
 use baton::log::Record;
-use baton_demo::{CHAT_BOT, DEPLOYMENT, Stack, git, in_env, of, write};
+use baton_demo::{APP, CHAT_BOT, DEPLOYMENT, Stack, git, in_env, of, write};
+use baton_kit::evidence::{SLSA_PROVENANCE_V1, TEST_RESULT_V0_1};
 use baton_schemas::EventType;
-use baton_schemas::payloads::ImageInfo;
-use baton_schemas::release::{PromotionAction, PromotionData, ReleaseData};
+use baton_schemas::commands::{CommandRequest, Verb};
+use baton_schemas::release::{PromotionAction, PromotionData, RELEASE_FILE, ReleaseData, ReleaseFile};
+use baton_schemas::subjects::sanitize_token;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use serde_json::json;
@@ -35,9 +43,65 @@ async fn image_in(stack: &Stack, namespace: &str) -> Result<String> {
     Ok(spec.containers[0].image.clone().unwrap_or_default())
 }
 
+/// Step 4 of the story: an image pushed by hand into the app's repository of the same registry
+/// (`signed`'s), announced as tested, runs in staging when alice promotes it there and is held
+/// before production though she approves it, production keeping `signed`. Returns its release.
+async fn hand_pushed_image_is_held(stack: &Stack, signed: &ReleaseData) -> Result<String> {
+    let reference = &signed.image.reference;
+    // Announced as tested, it becomes a release, held from staging by the rollback's pin.
+    let (by_hand, unsigned) = stack.push_by_hand(signed, false).await?;
+    let held_in = |env: &'static str| {
+        let by_hand = by_hand.clone();
+        move |r: &Record| {
+            r.chain() == Some(by_hand.as_str())
+                && r.event_type() == Some(EventType::PromotionHeld)
+                && r.event.subject.content["environment"] == env
+        }
+    };
+    stack.wait_for("the pinned staging", held_in("staging")).await?;
+    // alice promotes it into staging by a signed command: staging asks for no evidence.
+    let promote = CommandRequest {
+        release: Some(by_hand.clone()),
+        environment: Some("staging".into()),
+        ..CommandRequest::default()
+    };
+    let promoted = stack.command(Verb::Promote, promote).await?;
+    assert!(promoted.ok, "{promoted:?}");
+    stack
+        .wait_for(
+            "the hand-pushed image in staging",
+            in_env(
+                &by_hand,
+                "staging",
+                &[EventType::ServiceDeployed, EventType::ServiceUpgraded],
+            ),
+        )
+        .await?;
+    assert_eq!(image_in(stack, "shop-staging").await?, unsigned);
+    // Production asks alice, who approves; the gate still holds it: nothing signed the image.
+    stack
+        .wait_for("its approval request", of(&by_hand, EventType::ApprovalCreated))
+        .await?;
+    let answer = stack.slash(&format!("approve {by_hand} production")).await?;
+    let held = stack.wait_for("production's gate", held_in("production")).await?;
+    let reason = held.event.subject.content["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("`production` requires evidence") && reason.contains("`signature`"),
+        "{reason}"
+    );
+    assert!(answer.contains("`signature`"), "the chat answer says why: {answer}");
+    assert_eq!(
+        image_in(stack, "shop-production").await?,
+        *reference,
+        "production keeps the signed release"
+    );
+
+    Ok(by_hand)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_release_story_end_to_end() -> Result<()> {
-    let mut stack = Stack::start(false).await?;
+    let mut stack = Box::pin(Stack::start(false)).await?;
     let shop = stack.shop();
 
     // 1. Push → staging automatically → production by a signed chat approval.
@@ -99,6 +163,23 @@ async fn the_release_story_end_to_end() -> Result<()> {
         })
         .await?;
 
+    // The cluster runs the first release's digest in both environments.
+    let signed: ReleaseData = stack
+        .wait_for("the first release", of(&first, EventType::ReleaseCreated))
+        .await?
+        .event
+        .custom_data_as()?;
+    let reference = signed.image.reference.clone();
+    assert_eq!(image_in(&stack, "shop-production").await?, reference);
+    assert_eq!(
+        image_in(&stack, "shop-staging").await?,
+        reference,
+        "staging rolled back to the previous digest"
+    );
+
+    // 4. An image pushed by hand, promoted by alice: held before production.
+    let by_hand = Box::pin(hand_pushed_image_is_held(&stack, &signed)).await?;
+
     let events = stack.events();
     // Nothing about the second release after its test verdict.
     let second_types: Vec<EventType> = events
@@ -123,8 +204,14 @@ async fn the_release_story_end_to_end() -> Result<()> {
             assert!(record.event.context.links.is_none(), "a push starts its chain");
             continue;
         }
-        if matches!(ty, EventType::CommandAccepted | EventType::CommandRejected) {
-            // A person's command: caused by no event.
+        let by_alice = ty == EventType::EnvironmentModified
+            && record.event.custom_data.as_ref().is_some_and(|d| d["actor"] == "alice");
+        if matches!(ty, EventType::CommandAccepted | EventType::CommandRejected) || by_alice {
+            // A person's command, or the promotion it made: caused by no event.
+            continue;
+        }
+        if ty == EventType::TestSuiteRunFinished && record.chain() == Some(by_hand.as_str()) {
+            // Announced by hand: no push, no build.
             continue;
         }
         let links = record.event.context.links.clone().unwrap_or_default();
@@ -149,26 +236,12 @@ async fn the_release_story_end_to_end() -> Result<()> {
             EventType::BuildQueued,
             EventType::BuildFinished,
             EventType::ArtifactPublished,
+            EventType::ArtifactSigned,
             EventType::TestSuiteRunFinished,
         ] {
             assert!(kinds.contains(&step), "{release}: {step} in {kinds:?}");
         }
     }
-
-    // The cluster runs the first release's digest in both environments.
-    let created: ReleaseData = events
-        .iter()
-        .find(|r| r.chain() == Some(first.as_str()) && r.event_type() == Some(EventType::ReleaseCreated))
-        .context("release.created")?
-        .event
-        .custom_data_as()?;
-    let ImageInfo { reference, .. } = created.image;
-    assert_eq!(image_in(&stack, "shop-production").await?, reference);
-    assert_eq!(
-        image_in(&stack, "shop-staging").await?,
-        reference,
-        "staging rolled back to the previous digest"
-    );
 
     // The config repo's history is the promotions, one commit each, in order.
     let promotions: Vec<PromotionData> = events
@@ -188,7 +261,48 @@ async fn the_release_story_end_to_end() -> Result<()> {
             (PromotionAction::Promote, "production"),
             (PromotionAction::Promote, "staging"),
             (PromotionAction::Rollback, "staging"),
+            (PromotionAction::Promote, "staging"),
         ]
+    );
+
+    // The production commit records the evidence its gate verified: the builder's signature
+    // (its .sig manifest), the provenance and the tester's verdict (their .att manifest).
+    let production = promotions
+        .iter()
+        .find(|p| p.environment == "production")
+        .context("the production promotion")?;
+    let file: ReleaseFile = yaml_serde::from_str(&git(
+        &stack.config_repo(),
+        &[
+            "show",
+            &format!(
+                "{}:production/{}/{RELEASE_FILE}",
+                production.config_commit,
+                sanitize_token(APP)
+            ),
+        ],
+    )?)?;
+    let evidence = file.evidence.context("the release file records the evidence")?;
+    let signature = evidence.signature.as_ref().context("the signature")?;
+    assert_eq!(signature.key, "builder");
+    let attested: Vec<(&str, &str)> = evidence
+        .attestations
+        .iter()
+        .map(|a| (a.predicate_type.as_str(), a.key.as_str()))
+        .collect();
+    assert_eq!(
+        attested,
+        [(SLSA_PROVENANCE_V1, "builder"), (TEST_RESULT_V0_1, "tester")]
+    );
+    for manifest in std::iter::once(&signature.manifest).chain(evidence.attestations.iter().map(|a| &a.manifest)) {
+        assert!(manifest.starts_with("sha256:"), "{manifest}");
+    }
+    assert_eq!(production.evidence.as_ref(), Some(&evidence));
+    assert!(
+        !promotions
+            .iter()
+            .any(|p| p.release.release == by_hand && p.environment == "production"),
+        "the hand-pushed image never entered production"
     );
     stack.stop().await;
     Ok(())
