@@ -6,7 +6,10 @@
 //!    signed Slack request, and production rolls out;
 //! 2. a commit whose test fails stops before staging;
 //! 3. a commit whose pods crash-loop fails its rollout in staging and is rolled back
-//!    automatically to the previous digest, quarantined, and staging pinned.
+//!    automatically to the previous digest, quarantined, and staging pinned;
+//! 4. an image pushed by hand to the same registry and announced as tested runs in staging when
+//!    alice promotes it there (staging asks for no evidence), but production's evidence gate
+//!    holds it, though she approves it: nothing signed it.
 //!
 //! It ends with `baton trace` of each release and keeps everything running for `baton`
 //! commands, signed with alice's key, until Ctrl-C (or stops at once with `--down`).
@@ -19,6 +22,8 @@ use anyhow::Result;
 use baton::cli::{Cli, Command, Output};
 use baton_demo::{DEPLOYMENT, Stack, in_env, of, say, write};
 use baton_schemas::EventType;
+use baton_schemas::commands::{CommandRequest, Verb};
+use baton_schemas::release::ReleaseData;
 use clap::Parser;
 
 /// Play Baton's release story on local servers.
@@ -37,7 +42,9 @@ async fn main() -> Result<()> {
     let mut stack = Stack::start(true).await?;
     let shop = stack.shop();
 
-    say("1. A push to main: build, test, staging automatically; production waits for an approval");
+    say(
+        "1. A push to main: build, sign, test, staging automatically; production waits for an approval and checks the evidence",
+    );
     let first = stack.push("Say hello", true).await?;
     stack
         .wait_for(
@@ -92,8 +99,37 @@ async fn main() -> Result<()> {
         })
         .await?;
 
+    say(
+        "4. An image pushed by hand to the registry, announced as tested: staging takes it, production's gate does not",
+    );
+    let signed: ReleaseData = stack
+        .wait_for("the first release", of(&first, EventType::ReleaseCreated))
+        .await?
+        .event
+        .custom_data_as()?;
+    let (by_hand, _) = stack.push_by_hand(&signed, true).await?;
+    stack
+        .wait_for("the pinned staging", |r| {
+            r.chain() == Some(by_hand.as_str()) && r.event_type() == Some(EventType::PromotionHeld)
+        })
+        .await?;
+    say("   alice promotes it into staging: baton promote <release> staging (signed with her key)");
+    let promote = CommandRequest {
+        release: Some(by_hand.clone()),
+        environment: Some("staging".into()),
+        ..CommandRequest::default()
+    };
+    let promoted = stack.command(Verb::Promote, promote).await?;
+    println!("  the promoter answers: {}", promoted.message);
+    stack
+        .wait_for("its approval request", of(&by_hand, EventType::ApprovalCreated))
+        .await?;
+    say("   alice approves it for production from chat; the gate verifies its evidence");
+    let answer = stack.slash(&format!("approve {by_hand} production")).await?;
+    println!("  chat answers: {answer}");
+
     say("The story of each release (`baton trace <release>`)");
-    for release in [&first, &second, &third] {
+    for release in [&first, &second, &third, &by_hand] {
         println!();
         baton::run::run(Cli {
             nats: stack.nats.url(),
@@ -122,7 +158,9 @@ async fn main() -> Result<()> {
             stack.cli_key().display()
         );
         println!("  {cli} events                # the whole log, then: {cli} events --follow");
-        println!("  {cli} status                # what runs where (staging is pinned after the rollback)");
+        println!(
+            "  {cli} status                # what runs where (staging runs the hand-pushed image; production the signed release)"
+        );
         println!("  {cli} trace {first}");
         println!("  {cli} whoami                # who the promoter sees behind the signature");
         println!("  {cli} unpin acme/shop staging   # signed with alice's key");
