@@ -1,12 +1,15 @@
 //! The local stack `just demo` runs and the end-to-end suite asserts on: a nats-server with
 //! JetStream, a CNCF Distribution registry, a real Kubernetes control plane with simulated nodes,
-//! a config repo (staging automatic, production approved by alice), the sample app `acme/shop`
+//! a config repo (staging automatic; production approved by alice and requiring the image's
+//! evidence, verified with the builder's and tester's keys under `keys/`), the sample app `acme/shop`
 //! with its `.baton.yaml`, and every Baton service (listener, builder, tester, promoter,
 //! deployer, chat-ops bot) in this process; plus what a git host and Slack would send: signed
 //! push webhooks and signed slash commands. The config repo's `people.yaml` lists alice, with
 //! her Slack user id, and the chat-ops bot, with a key the demo generates, allowed to speak for
 //! her: her chat approval reaches the promoter signed by the bot. Her own key, for the `baton`
-//! commands the demo suggests at the end, is written next to the repos ([`Stack::cli_key`]).
+//! commands the demo suggests at the end, is written next to the repos ([`Stack::cli_key`]);
+//! [`Stack::command`] sends her signed commands, and [`Stack::push_by_hand`] pushes and announces
+//! an image Baton did not build, which production's gate holds.
 
 #![allow(clippy::print_stdout, reason = "the demo narrates on the terminal")]
 
