@@ -2,7 +2,7 @@
 //! the signing key read and checked, every mistake reported with the field at fault (exit code
 //! 64).
 
-use baton_kit::evidence::{EvidenceError, SigningKey};
+use baton_kit::evidence::SigningKey;
 use baton_kit::secret::Secret;
 use baton_kit::settings::ConfigError;
 use baton_schemas::config::builder::BuilderSettings;
@@ -57,24 +57,12 @@ pub const UNSIGNED_WARNING: &str = "signing.enabled is false: images are pushed 
 /// unencrypted ECDSA P-256 private key in PEM.
 pub fn signing_key(settings: &BuilderSettings) -> Result<Option<SigningKey>, ConfigError> {
     let signing = &settings.signing;
-    if !signing.enabled {
-        return Ok(None);
-    }
-    let Some(path) = &signing.key_file else {
-        return Err(ConfigError::invalid(
-            "signing.key_file",
-            "is required: every image is signed with this ECDSA P-256 private key (PEM; make one with \
-             `openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt`), or set \
-             signing.enabled: false to push unsigned images",
-        ));
-    };
-    SigningKey::from_pem_file(path).map(Some).map_err(|e| {
-        let problem = match &e {
-            EvidenceError::KeyFile { source, .. } => format!("cannot read `{}`: {source}", path.display()),
-            other => format!("`{}`: {other}", path.display()),
-        };
-        ConfigError::invalid("signing.key_file", problem)
-    })
+    SigningKey::configured(
+        signing.enabled,
+        signing.key_file.as_deref(),
+        "every image is signed",
+        "to push unsigned images",
+    )
 }
 
 /// The OCI repository of an application: `<prefix>/<app>`, lower-cased, with every character

@@ -2,7 +2,7 @@
 //! password read from its variable, every mistake reported with the field at fault (exit code
 //! 64).
 
-use baton_kit::evidence::{EvidenceError, SigningKey};
+use baton_kit::evidence::SigningKey;
 use baton_kit::secret::Secret;
 use baton_kit::settings::ConfigError;
 use baton_schemas::config::tester::TesterSettings;
@@ -19,27 +19,12 @@ pub const UNATTESTED_WARNING: &str = "signing.enabled is false: verdicts are not
 /// unencrypted ECDSA P-256 private key in PEM.
 pub fn signing_key(settings: &TesterSettings) -> Result<Option<SigningKey>, ConfigError> {
     let signing = &settings.signing;
-    if !signing.enabled {
-        return Ok(None);
-    }
-    let Some(path) = &signing.key_file else {
-        return Err(ConfigError::invalid(
-            "signing.key_file",
-            "is required: every verdict is attested with this ECDSA P-256 private key (PEM; make one with \
-             `openssl ecparam -name prime256v1 -genkey -noout`), or set signing.enabled: false to attest nothing",
-        ));
-    };
-    SigningKey::from_pem_file(path)
-        .map(Some)
-        .map_err(|e| ConfigError::invalid("signing.key_file", key_problem(path, &e)))
-}
-
-/// What is wrong with the key file at `path`, for the start-up error.
-fn key_problem(path: &std::path::Path, error: &EvidenceError) -> String {
-    match error {
-        EvidenceError::KeyFile { source, .. } => format!("cannot read `{}`: {source}", path.display()),
-        other => format!("`{}`: {other}", path.display()),
-    }
+    SigningKey::configured(
+        signing.enabled,
+        signing.key_file.as_deref(),
+        "every verdict is attested",
+        "to attest nothing",
+    )
 }
 
 /// The registry password, if one is configured.

@@ -39,6 +39,43 @@ impl fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
+    /// The key a service's `signing` config names, or `None` when `enabled` is false: the one
+    /// start-up check of the builder and the tester. `signs` says what the key is for (`every
+    /// image is signed`) and `without` what turning signing off does (`to push unsigned images`),
+    /// for the message of a missing key.
+    ///
+    /// # Errors
+    /// `signing.key_file` when signing is on and the key is not given, cannot be read, or is not
+    /// an unencrypted ECDSA P-256 private key in PEM.
+    pub fn configured(
+        enabled: bool,
+        key_file: Option<&std::path::Path>,
+        signs: &str,
+        without: &str,
+    ) -> Result<Option<Self>, crate::settings::ConfigError> {
+        const FIELD: &str = "signing.key_file";
+        if !enabled {
+            return Ok(None);
+        }
+        let Some(path) = key_file else {
+            return Err(crate::settings::ConfigError::invalid(
+                FIELD,
+                format!(
+                    "is required: {signs} with this ECDSA P-256 private key (PEM; make one with \
+                     `openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt`), or set \
+                     signing.enabled: false {without}"
+                ),
+            ));
+        };
+        Self::from_pem_file(path).map(Some).map_err(|e| {
+            let problem = match &e {
+                EvidenceError::KeyFile { source, .. } => format!("cannot read `{}`: {source}", path.display()),
+                other => format!("`{}`: {other}", path.display()),
+            };
+            crate::settings::ConfigError::invalid(FIELD, problem)
+        })
+    }
+
     /// Reads the key from a PEM file (see [`from_pem`](Self::from_pem)).
     ///
     /// # Errors

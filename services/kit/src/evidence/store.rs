@@ -232,10 +232,6 @@ impl EvidenceStore {
             // Signing is deterministic (RFC 6979): a retried build attaches the same layer.
             return Ok(digest);
         }
-        self.client
-            .push_blob(&target, attachment.data, &layer_digest)
-            .await
-            .map_err(|error| self.registry_error(&target, format!("uploading layer {layer_digest}"), &error))?;
         layers.push(layer);
 
         // The config lists the layers as cosign's (an image built from no base with these
@@ -251,9 +247,15 @@ impl EvidenceStore {
         .expect("JSON always serializes");
         let config_digest = sha256_digest(&config);
         let config_size = config.len();
-        self.client
-            .push_blob(&target, config, &config_digest)
-            .await
+        // Both blobs at once: each is a round trip or two to the registry, and the manifest
+        // needs only their digests.
+        let (pushed_layer, pushed_config) = tokio::join!(
+            self.client.push_blob(&target, attachment.data, &layer_digest),
+            self.client.push_blob(&target, config, &config_digest),
+        );
+        pushed_layer
+            .map_err(|error| self.registry_error(&target, format!("uploading layer {layer_digest}"), &error))?;
+        pushed_config
             .map_err(|error| self.registry_error(&target, format!("uploading config {config_digest}"), &error))?;
 
         let manifest = serde_json::to_vec(&json!({
