@@ -66,8 +66,14 @@ pub struct EvidenceStore {
     address: String,
     /// Basic-auth credentials, or anonymous.
     auth: RegistryAuth,
-    /// oci-client, over plain HTTP when the registry is insecure.
+    /// oci-client, over plain HTTP when the registry is insecure: for reads, which store the
+    /// credentials.
     client: Client,
+    /// The client for writes. Anonymous, it is a second client in which no credentials are
+    /// ever stored: once they are (even anonymous ones), oci-client asks `/v2/` for a token
+    /// before every request, a round trip each that an open registry answers with nothing.
+    /// With credentials it is `client` itself.
+    direct: Client,
 }
 
 impl std::fmt::Debug for EvidenceStore {
@@ -103,17 +109,25 @@ impl EvidenceStore {
             _ => RegistryAuth::Anonymous,
         };
         let plain_http = if insecure { vec![address.to_owned()] } else { Vec::new() };
-        let client = Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain_http),
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            use_monolithic_push: true,
-            ..ClientConfig::default()
-        });
+        let make = || {
+            Client::new(ClientConfig {
+                protocol: ClientProtocol::HttpsExcept(plain_http.clone()),
+                connect_timeout: Some(CONNECT_TIMEOUT),
+                read_timeout: Some(READ_TIMEOUT),
+                use_monolithic_push: true,
+                ..ClientConfig::default()
+            })
+        };
+        let client = make();
+        let direct = match auth {
+            RegistryAuth::Anonymous => make(),
+            _ => client.clone(),
+        };
         Self {
             address: address.to_owned(),
             auth,
             client,
+            direct,
         }
     }
 
@@ -250,8 +264,8 @@ impl EvidenceStore {
         // Both blobs at once: each is a round trip or two to the registry, and the manifest
         // needs only their digests.
         let (pushed_layer, pushed_config) = tokio::join!(
-            self.client.push_blob(&target, attachment.data, &layer_digest),
-            self.client.push_blob(&target, config, &config_digest),
+            self.direct.push_blob(&target, attachment.data, &layer_digest),
+            self.direct.push_blob(&target, config, &config_digest),
         );
         pushed_layer
             .map_err(|error| self.registry_error(&target, format!("uploading layer {layer_digest}"), &error))?;
@@ -266,7 +280,7 @@ impl EvidenceStore {
         }))
         .expect("JSON always serializes");
         let manifest_digest = sha256_digest(&manifest);
-        self.client
+        self.direct
             .push_manifest_raw(
                 &target,
                 manifest,
