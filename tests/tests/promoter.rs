@@ -1794,21 +1794,21 @@ async fn an_invalid_people_file_is_refused_and_the_last_valid_one_stays() -> Res
     world.stop().await
 }
 
-/// `environments.yaml` for the evidence suite: one automatic environment that requires a
-/// signature by `builder`, provenance from Baton's builder and a passing test attestation by
-/// `tester`.
-const EVIDENCED: &str = "\
-environments:
-  - name: staging
-    namespace: shop-staging
-    policy: auto
-    evidence:
+/// The `evidence` an environment of the evidence suite requires: a signature by `builder`,
+/// provenance from Baton's builder and a passing test attestation by `tester`.
+const EVIDENCE: &str = "    evidence:
       signed_by: [builder]
       provenance:
         builders: [https://baton.dev/builder/v1]
       tests:
         signed_by: [tester]
 ";
+
+/// `environments.yaml` for the evidence suite: one automatic environment that requires
+/// [`EVIDENCE`].
+fn evidenced_staging() -> String {
+    format!("environments:\n  - name: staging\n    namespace: shop-staging\n    policy: auto\n{EVIDENCE}")
+}
 
 /// How a case's evidence differs from what the builder and tester attach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1843,8 +1843,13 @@ struct Evidenced {
 
 impl Evidenced {
     async fn start() -> Result<Self> {
+        Self::start_with(&evidenced_staging()).await
+    }
+
+    /// An evidenced world whose config repo's `environments.yaml` is `environments`.
+    async fn start_with(environments: &str) -> Result<Self> {
         let registry = baton_tests::registry::RegistryServer::start()?;
-        let mut world = World::start(EVIDENCED, 0).await?;
+        let mut world = World::start(environments, 0).await?;
         world.registry = Some(registry.address());
         let (builder, tester, stranger) = (
             baton_tests::keys::SigningKeyFile::generate()?,
@@ -2055,6 +2060,49 @@ async fn a_release_without_valid_evidence_is_held_naming_the_check() -> Result<(
     }
     // The seed: environments.yaml, people.yaml and the two keys.
     e.world.assert_nothing_promoted_but(4).await?;
+    e.world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_environment_asks_for_approval_only_of_a_release_with_valid_evidence() -> Result<()> {
+    // One manual environment that requires [`EVIDENCE`].
+    let e = Evidenced::start_with(&format!("{MANUAL_PRODUCTION}{EVIDENCE}")).await?;
+    // An unsigned release is held before anyone is asked, the check named.
+    let (unsigned, _) = e.release("unsigned", Attached::NoSignature).await?;
+    let reason = e.world.held_reason(&unsigned).await?;
+    assert!(reason.contains("`signature`"), "{reason}");
+    assert!(reason.contains("`production` requires evidence"), "{reason}");
+    // An operator's promote of it is refused with the reason, and asks nobody either.
+    let promote = CommandRequest {
+        actor: "bob".into(),
+        release: Some(unsigned.clone()),
+        environment: Some("production".into()),
+        ..Default::default()
+    };
+    let refused = e.world.command("promote", promote).await?;
+    assert!(!refused.ok && refused.message.contains("`signature`"), "{refused:?}");
+    assert!(refused.approval.is_none(), "{refused:?}");
+    let early = e.world.command("approve", vote("alice", &unsigned)).await?;
+    assert!(!early.ok && early.message.contains("no approval request"), "{early:?}");
+
+    // A release with valid evidence is asked for and, approved, promoted through the gate.
+    let (good, _) = e.release("good", Attached::Whole).await?;
+    let created = e.world.wait_for(EventType::ApprovalCreated, 1, |_| true).await?;
+    let request: ApprovalData = created[0].custom_data_as()?;
+    assert_eq!(
+        (request.release.release.as_str(), request.environment.as_str()),
+        (good.as_str(), "production")
+    );
+    let approved = e.world.command("approve", vote("alice", &good)).await?;
+    assert!(approved.ok && approved.config_commit.is_some(), "{approved:?}");
+    let promotion = e.world.promotion(&good, "production").await?;
+    assert_eq!(
+        promotion.evidence.and_then(|e| e.signature).map(|s| s.key).as_deref(),
+        Some("builder")
+    );
+    // Nobody was ever asked about the unsigned release.
+    let asked = e.world.events(EventType::ApprovalCreated).await?;
+    assert_eq!(asked.len(), 1, "only the evidenced release was put to a vote");
     e.world.stop().await
 }
 

@@ -33,7 +33,8 @@ pub enum Advance {
 
 impl ReleaseManager {
     /// Moves a release toward an environment under its policy as of `now`: refuse
-    /// (quarantined, untested), hold (pinned), ask (manual), wait (soak, freeze), or promote.
+    /// (quarantined, untested), hold (pinned), ask (manual; held instead when the image fails
+    /// the environment's evidence gate), wait (soak, freeze), or promote.
     /// `cause` is the event (or command) the move answers.
     ///
     /// # Errors
@@ -103,22 +104,29 @@ impl ReleaseManager {
                 requested_by,
                 break_glass,
             } => {
-                self.request_approval(
-                    policy,
-                    release,
-                    env,
-                    if break_glass {
-                        ApprovalKind::BreakGlass
-                    } else {
-                        ApprovalKind::Promotion
-                    },
-                    &requested_by,
-                    None,
-                    cause,
-                    request.promotion,
-                    now,
-                )
-                .await
+                let asked = self
+                    .request_approval(
+                        policy,
+                        release,
+                        env,
+                        if break_glass {
+                            ApprovalKind::BreakGlass
+                        } else {
+                            ApprovalKind::Promotion
+                        },
+                        &requested_by,
+                        None,
+                        cause,
+                        request.promotion,
+                        now,
+                    )
+                    .await;
+                match asked {
+                    // The image cannot pass the environment's evidence gate: held before anyone
+                    // is asked, as the write would hold it after their votes.
+                    Err(e @ PromoteError::EvidenceRefused { .. }) => Ok(self.stop(request, cause, e.to_string())),
+                    asked => asked,
+                }
             }
             Decision::Wait(wait) => self.schedule(request, cause, &wait).await,
             Decision::Promote(promoted) => {

@@ -1,5 +1,6 @@
 //! Approval requests: opening one for a release into an environment (superseding an open
-//! request for an older release, never asking twice for a declined or expired one), closing it,
+//! request for an older release, never asking twice for a declined or expired one, never asking
+//! for an image the environment's evidence gate refuses), closing it,
 //! and the `approval.created/updated/closed` events that record it. Whether a vote counts is
 //! decided in [`crate::gates::vote`]; the `approve` and `decline` commands carry it out.
 
@@ -21,10 +22,13 @@ impl ReleaseManager {
     /// Opens an approval request for `release` into `env` (expiring `expires_after` from `now`),
     /// superseding an open request for an older release. `cause` is the event the request
     /// answers (empty for an operator's command); `asked_by` identifies what asked: the event,
-    /// or the operator's request.
+    /// or the operator's request. A promotion request into an environment that requires
+    /// evidence is opened only once the image's evidence verifies.
     ///
     /// # Errors
-    /// [`PromoteError`].
+    /// [`PromoteError::EvidenceRefused`] naming the failed check (no request is opened; the
+    /// caller holds the move); [`PromoteError::EvidenceStore`] when the registry cannot answer
+    /// now (retried); any other [`PromoteError`].
     #[allow(clippy::too_many_arguments)]
     pub async fn request_approval(
         &self,
@@ -59,6 +63,15 @@ impl ReleaseManager {
                 });
             }
             Asking::Open => {}
+        }
+        // The evidence gate, before anyone is asked: an image that cannot pass it is not put to
+        // a vote. The write checks again (the evidence or the keys may change before the
+        // quorum); a break-glass request asks to skip the gate, so it is not checked here.
+        if kind == ApprovalKind::Promotion
+            && let Some(required) = &env.evidence
+        {
+            let verified = Box::pin(self.verify_evidence(required, release, &env.name, None)).await?;
+            events.extend(verified.events);
         }
         let current = self.state.current(&release.app, &env.name).await?;
         let current_release = match &current {
