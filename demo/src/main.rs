@@ -9,7 +9,7 @@
 //!    automatically to the previous digest, quarantined, and staging pinned;
 //! 4. an image pushed by hand to the same registry and announced as tested runs in staging when
 //!    alice promotes it there (staging asks for no evidence), but production's evidence gate
-//!    holds it, though she approves it: nothing signed it.
+//!    holds it before anyone is asked to approve it: nothing signed it.
 //!
 //! It ends with `baton trace` of each release and keeps everything running for `baton`
 //! commands, signed with alice's key, until Ctrl-C (or stops at once with `--down`).
@@ -121,10 +121,19 @@ async fn main() -> Result<()> {
     };
     let promoted = stack.command(Verb::Promote, promote).await?;
     println!("  the promoter answers: {}", promoted.message);
-    stack
-        .wait_for("its approval request", of(&by_hand, EventType::ApprovalCreated))
+    let held = stack
+        .wait_for("production's gate", |r| {
+            r.chain() == Some(by_hand.as_str())
+                && r.event_type() == Some(EventType::PromotionHeld)
+                && r.event.subject.content["environment"] == "production"
+        })
         .await?;
-    say("   alice approves it for production from chat; the gate verifies its evidence");
+    say("   production's gate verifies its evidence before asking anyone to approve it");
+    println!(
+        "  held: {}",
+        held.event.subject.content["reason"].as_str().unwrap_or_default()
+    );
+    say("   alice tries to approve it from chat anyway");
     let answer = stack.slash(&format!("approve {by_hand} production")).await?;
     println!("  chat answers: {answer}");
 

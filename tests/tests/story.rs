@@ -10,8 +10,8 @@
 //!   back to the previous digest;
 //! - an image pushed by hand to the same registry, announced as tested, runs in staging (which
 //!   asks for no evidence) when alice promotes it there, and is held before production with a
-//!   reason naming the missing signature, though alice approved it: production keeps the signed
-//!   release;
+//!   reason naming the missing signature before anyone is asked to approve it: production keeps
+//!   the signed release;
 //! - every release's log is a complete, ordered chain: one chainId from the push on, every event
 //!   but the push and the records of people's commands linked to the event that caused it, and
 //!   each of them valid against the official schema of its type (CDEvents 0.5.1, the 0.6 draft
@@ -45,7 +45,8 @@ async fn image_in(stack: &Stack, namespace: &str) -> Result<String> {
 
 /// Step 4 of the story: an image pushed by hand into the app's repository of the same registry
 /// (`signed`'s), announced as tested, runs in staging when alice promotes it there and is held
-/// before production though she approves it, production keeping `signed`. Returns its release.
+/// before production before anyone is asked to approve it, production keeping `signed`.
+/// Returns its release.
 async fn hand_pushed_image_is_held(stack: &Stack, signed: &ReleaseData) -> Result<String> {
     let reference = &signed.image.reference;
     // Announced as tested, it becomes a release, held from staging by the rollback's pin.
@@ -78,18 +79,23 @@ async fn hand_pushed_image_is_held(stack: &Stack, signed: &ReleaseData) -> Resul
         )
         .await?;
     assert_eq!(image_in(stack, "shop-staging").await?, unsigned);
-    // Production asks alice, who approves; the gate still holds it: nothing signed the image.
-    stack
-        .wait_for("its approval request", of(&by_hand, EventType::ApprovalCreated))
-        .await?;
-    let answer = stack.slash(&format!("approve {by_hand} production")).await?;
+    // Production's gate holds it before anyone is asked: nothing signed the image, so alice has
+    // nothing to approve.
     let held = stack.wait_for("production's gate", held_in("production")).await?;
     let reason = held.event.subject.content["reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("`production` requires evidence") && reason.contains("`signature`"),
         "{reason}"
     );
-    assert!(answer.contains("`signature`"), "the chat answer says why: {answer}");
+    let answer = stack.slash(&format!("approve {by_hand} production")).await?;
+    assert!(answer.contains("no approval request"), "nothing to approve: {answer}");
+    assert!(
+        !stack
+            .events()
+            .iter()
+            .any(|r| r.chain() == Some(by_hand.as_str()) && r.event_type() == Some(EventType::ApprovalCreated)),
+        "nobody was asked to approve the hand-pushed image"
+    );
     assert_eq!(
         image_in(stack, "shop-production").await?,
         *reference,
