@@ -399,6 +399,8 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(serve(listener, router(Arc::clone(&transfers))));
+        // reqwest builds its TLS config even for plain HTTP, from the process's provider.
+        crate::tls::install_crypto_provider();
         Server {
             transfers,
             base,
