@@ -102,6 +102,28 @@ fn create_dir(path: &Path) -> Result<(), HarnessError> {
     })
 }
 
+/// Waits (up to `timeout`) until the `/metrics` page of the service at `addr` has a sample line
+/// containing `needle`, and returns that line; while it has none, the page's failure lines are
+/// the observation quoted on timeout.
+///
+/// # Errors
+/// When the page cannot be read, or no such line appears in time.
+pub async fn metric_line(addr: std::net::SocketAddr, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+    let url = format!("http://{addr}/metrics");
+    eventually(timeout, &format!("a metric with {needle}"), async || {
+        let text = reqwest::get(&url).await?.text().await?;
+        Ok(match text.lines().find(|l| l.contains(needle) && !l.starts_with('#')) {
+            Some(line) => Ok(line.to_owned()),
+            None => Err(text
+                .lines()
+                .filter(|l| l.contains("failure"))
+                .collect::<Vec<_>>()
+                .join("\n")),
+        })
+    })
+    .await
+}
+
 /// How often [`eventually`] checks.
 const EVENTUALLY_POLL: Duration = Duration::from_millis(50);
 

@@ -864,24 +864,7 @@ async fn a_registry_refusing_the_signature_makes_the_build_retry() -> Result<()>
     })
     .await?;
     let release = b.push(&repo.url(), &sha, "refused").await?;
-    let metrics = format!("http://{}/metrics", b.addr);
-    let retried = baton_tests::eventually(Duration::from_secs(30), "a failed attempt to sign", async || {
-        let text = reqwest::get(&metrics).await?.text().await?;
-        Ok(
-            match text
-                .lines()
-                .find(|l| l.contains("evidence_registry") && !l.starts_with('#'))
-            {
-                Some(line) => Ok(line.to_owned()),
-                None => Err(text
-                    .lines()
-                    .filter(|l| l.contains("failure"))
-                    .collect::<Vec<_>>()
-                    .join("\n")),
-            },
-        )
-    })
-    .await?;
+    let retried = baton_tests::metric_line(b.addr, "evidence_registry", Duration::from_secs(30)).await?;
     assert!(retried.contains("transient"), "{retried}");
     let finished = baton_tests::events::of(&b.js, EventType::BuildFinished).await?;
     assert!(

@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use baton_tests::eventually_every;
+use baton_tests::kube::steps::ExecutingCluster;
 use baton_tests::kube::{
-    ControlPlaneComponent, DEPLOYER_USER, Execution, KubeCluster, NodeSimulator, NodeSimulatorConfig,
-    SIMULATE_ANNOTATION,
+    ControlPlaneComponent, DEPLOYER_USER, KubeCluster, NodeSimulator, NodeSimulatorConfig, SIMULATE_ANNOTATION,
 };
-use baton_tests::registry::RegistryServer;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
@@ -723,43 +722,16 @@ async fn server_side_apply_tracks_field_managers_and_conflicts() -> Result<()> {
     Ok(())
 }
 
-/// A cluster whose simulated node executes pods, the registry its images come from, and the
-/// toolchain image (busybox with every applet) pushed there, pinned by digest.
-struct ExecutingCluster {
-    cluster: KubeCluster,
-    nodes: NodeSimulator,
-    image: String,
-    image_cache: tempfile::TempDir,
-    _registry: RegistryServer,
+/// The harness's executing cluster, with `namespace` created for a test's pods.
+async fn executing(namespace: &str) -> Result<ExecutingCluster> {
+    let env = ExecutingCluster::start().await?;
+    env.cluster.create_namespace(namespace).await?;
+    Ok(env)
 }
 
-impl ExecutingCluster {
-    async fn start(namespace: &str) -> Result<Self> {
-        let registry = RegistryServer::start()?;
-        let image = registry.push_busybox_toolchain("baton/toolchain", "1")?;
-        let image_cache = tempfile::Builder::new().prefix("baton-image-cache-").tempdir()?;
-        let cluster = KubeCluster::start().await?;
-        let nodes = NodeSimulator::start(
-            cluster.client()?,
-            NodeSimulatorConfig {
-                execution: Some(Execution::new(registry.address(), image_cache.path())),
-                ..NodeSimulatorConfig::default()
-            },
-        )
-        .await?;
-        cluster.create_namespace(namespace).await?;
-        Ok(Self {
-            cluster,
-            nodes,
-            image,
-            image_cache,
-            _registry: registry,
-        })
-    }
-
-    fn pods(&self, namespace: &str) -> Result<Api<Pod>> {
-        Ok(Api::namespaced(self.cluster.client()?, namespace))
-    }
+/// The pods of `namespace`, as the cluster admin sees them.
+fn pods(env: &ExecutingCluster, namespace: &str) -> Result<Api<Pod>> {
+    Ok(Api::namespaced(env.cluster.client()?, namespace))
 }
 
 /// A pod (restartPolicy Never) from the JSON of its spec.
@@ -803,22 +775,22 @@ fn terminated(pod: &Pod, name: &str) -> Result<k8s_openapi::api::core::v1::Conta
 
 #[tokio::test]
 async fn an_executed_pod_runs_its_init_container_then_its_container_and_serves_their_logs() -> Result<()> {
-    let env = ExecutingCluster::start("exec").await?;
-    let api = env.pods("exec")?;
+    let env = executing("exec").await?;
+    let api = pods(&env, "exec")?;
     let pod = executed_pod(
         "hello",
         json!({
             "volumes": [{ "name": "workspace", "emptyDir": {} }],
             "initContainers": [{
                 "name": "prepare",
-                "image": env.image,
+                "image": env.toolchain,
                 "command": ["/bin/sh", "-c", "echo prepared by $(POD) > /workspace/greeting; echo greeting written"],
                 "env": [{ "name": "POD", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }],
                 "volumeMounts": [{ "name": "workspace", "mountPath": "/workspace" }],
             }],
             "containers": [{
                 "name": "main",
-                "image": env.image,
+                "image": env.toolchain,
                 "command": ["sh", "-c", "cat greeting; for i in 1 2 3; do echo line $i; sleep 1; done"],
                 "workingDir": "/workspace",
                 "volumeMounts": [{ "name": "workspace", "mountPath": "/workspace" }],
@@ -888,7 +860,11 @@ async fn an_executed_pod_runs_its_init_container_then_its_container_and_serves_t
         .as_ref()
         .and_then(|c| c.first())
         .context("main")?;
-    let digest = env.image.split_once('@').map(|(_, d)| d).context("a pinned image")?;
+    let digest = env
+        .toolchain
+        .split_once('@')
+        .map(|(_, d)| d)
+        .context("a pinned image")?;
     ensure!(
         main.image_id.ends_with(digest),
         "imageID {} names the image's digest",
@@ -913,7 +889,7 @@ async fn an_executed_pod_runs_its_init_container_then_its_container_and_serves_t
     assert_eq!(logs("main", None, Some(8)).await?, "prepared");
     assert_eq!(logs("prepare", None, None).await?, "greeting written\n");
     ensure!(
-        env.image_cache.path().read_dir()?.count() == 1,
+        env.image_cache().read_dir()?.count() == 1,
         "the image was unpacked once"
     );
     ensure!(env.nodes.kubelet_port().is_some());
@@ -922,9 +898,9 @@ async fn an_executed_pod_runs_its_init_container_then_its_container_and_serves_t
 
 #[tokio::test]
 async fn executed_pods_fail_with_the_kubelets_reasons() -> Result<()> {
-    let env = ExecutingCluster::start("fail").await?;
-    let api = env.pods("fail")?;
-    let container = |command: &str| json!({ "name": "main", "image": env.image, "command": ["sh", "-c", command] });
+    let env = executing("fail").await?;
+    let api = pods(&env, "fail")?;
+    let container = |command: &str| json!({ "name": "main", "image": env.toolchain, "command": ["sh", "-c", command] });
     let mut oom = container("head -c 300m /dev/zero | tail");
     oom["resources"] = json!({ "limits": { "memory": "32Mi" } });
     let mut filler = container("dd if=/dev/zero of=/workspace/fill bs=1024 count=4096; sleep 60");
@@ -1026,8 +1002,8 @@ fn host_processes(argv: &[&str]) -> Vec<(u32, u32)> {
 
 #[tokio::test]
 async fn an_executed_pod_gets_its_secrets_and_runs_as_its_security_context_says() -> Result<()> {
-    let env = ExecutingCluster::start("secure").await?;
-    let api = env.pods("secure")?;
+    let env = executing("secure").await?;
+    let api = pods(&env, "secure")?;
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.cluster.client()?, "secure");
     let secret = |name: &str, value: &str| -> Result<k8s_openapi::api::core::v1::Secret> {
         Ok(serde_json::from_value(json!({
@@ -1058,7 +1034,7 @@ async fn an_executed_pod_gets_its_secrets_and_runs_as_its_security_context_says(
             ],
             "containers": [{
                 "name": "main",
-                "image": env.image,
+                "image": env.toolchain,
                 "command": ["sh", "-c", script],
                 "env": [{ "name": "TOKEN", "valueFrom": { "secretKeyRef": { "name": "step-secret", "key": "token" } } }],
                 "securityContext": { "readOnlyRootFilesystem": true },

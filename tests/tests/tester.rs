@@ -493,24 +493,7 @@ async fn a_registry_refusing_the_attestation_makes_the_run_retry() -> Result<()>
             &[(".baton.yaml", "test:\n  steps:\n    - {name: ok, run: 'true'}\n")],
         )
         .await?;
-    let metrics = format!("http://{}/metrics", t.addr);
-    let retried = baton_tests::eventually(Duration::from_secs(30), "a failed attempt to attest", async || {
-        let text = reqwest::get(&metrics).await?.text().await?;
-        Ok(
-            match text
-                .lines()
-                .find(|l| l.contains("evidence_registry") && !l.starts_with('#'))
-            {
-                Some(line) => Ok(line.to_owned()),
-                None => Err(text
-                    .lines()
-                    .filter(|l| l.contains("failure"))
-                    .collect::<Vec<_>>()
-                    .join("\n")),
-            },
-        )
-    })
-    .await?;
+    let retried = baton_tests::metric_line(t.addr, "evidence_registry", Duration::from_secs(30)).await?;
     assert!(retried.contains("transient"), "{retried}");
     let finished = baton_tests::events::of(&t.js, EventType::TestSuiteRunFinished).await?;
     assert!(

@@ -43,7 +43,7 @@ pub struct ExecutingCluster {
     /// and the helper image.
     pub toolchain: String,
     /// Where the simulator unpacks images.
-    _image_cache: TempDir,
+    image_cache: TempDir,
 }
 
 impl ExecutingCluster {
@@ -70,8 +70,13 @@ impl ExecutingCluster {
             cluster,
             registry,
             toolchain,
-            _image_cache: image_cache,
+            image_cache,
         })
+    }
+
+    /// Where the simulator unpacks the images it pulls (one directory per image).
+    pub fn image_cache(&self) -> &Path {
+        self.image_cache.path()
     }
 
     /// `steps:` of a service whose steps run as pods here (a [`StepsSettings`] document, not
