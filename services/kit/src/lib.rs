@@ -19,7 +19,7 @@
 //!   a commit, commit walks, `ls-remote`, credentials);
 //! - [`evidence`]: image signatures and attestations (cosign's format, in-toto statements in
 //!   DSSE envelopes: SLSA provenance, test results), kept in the registry beside the image and
-//!   verified before promotion;
+//!   verified before promotion; [`oci`]: what a registry's error means;
 //! - [`lease`]: leases in JetStream KV (one promotion per environment, one rollout per
 //!   namespace);
 //! - [`settings`], [`shutdown`], [`tls`]: typed config with exit code 64, SIGTERM/SIGINT, and
@@ -34,6 +34,7 @@ pub mod fabric;
 pub mod health;
 pub mod lease;
 pub mod metrics;
+pub mod oci;
 pub mod provision;
 pub mod runner;
 pub mod secret;

@@ -368,7 +368,7 @@ impl EvidenceStore {
     }
 
     fn registry_error(&self, target: &Reference, operation: String, error: &OciDistributionError) -> EvidenceError {
-        let (message, transient) = classify(error);
+        let (message, transient) = crate::oci::describe(error);
         EvidenceError::Registry {
             registry: self.address.clone(),
             repository: target.repository().to_owned(),
@@ -446,52 +446,17 @@ fn is_not_found(error: &OciDistributionError) -> bool {
     }
 }
 
-/// The registry's message for `error`, and whether retrying may help: the network, 5xx
-/// answers, timeouts and rate limits may pass; everything else the registry says is final.
-fn classify(error: &OciDistributionError) -> (String, bool) {
-    let transient = match error {
-        OciDistributionError::ServerError { code, .. } => *code >= 500 || matches!(*code, 408 | 429),
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|error| {
-            matches!(
-                error.code,
-                OciErrorCode::Toomanyrequests | OciErrorCode::BlobUploadUnknown
-            )
-        }),
-        OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => true,
-        _ => false,
-    };
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message = format!("{message}: {text}");
-        }
-        source = cause.source();
-    }
-    if let Some((end, _)) = message.char_indices().nth(500) {
-        message.truncate(end);
-        message.push('…');
-    }
-    (message, transient)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn registry_failures_are_classified() {
+    fn a_missing_manifest_is_told_from_other_failures() {
         let server = |code: u16| OciDistributionError::ServerError {
             code,
             url: "u".into(),
             message: "m".into(),
         };
-        assert!(classify(&server(503)).1);
-        assert!(classify(&server(429)).1);
-        assert!(!classify(&server(405)).1);
-        assert!(classify(&OciDistributionError::IoError(std::io::Error::other("reset"))).1);
-        assert!(!classify(&OciDistributionError::UnauthorizedError { url: "u".into() }).1);
         let unknown =
             serde_json::from_value(json!({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "m"}]})).unwrap();
         assert!(is_not_found(&OciDistributionError::RegistryError {
