@@ -131,6 +131,9 @@ setup:
     fi
     echo "docker-registry: $("${DOCKER_REGISTRY_BIN:-docker-registry}" --version)"
     echo "skopeo: $("${SKOPEO_BIN:-skopeo}" --version)"
+    # The evidence suite's independent signature check: a skopeo whose sigstoreSigned policies
+    # verify (bookworm's refuses them all); Debian trixie's, unpacked into a cache.
+    bash scripts/install-skopeo-sigstore.sh
 
     if ! cargo nextest --version >/dev/null 2>&1; then
         echo "installing cargo-nextest: cargo install cargo-nextest --locked (a few minutes)"

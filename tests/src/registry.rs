@@ -61,6 +61,49 @@ const SKOPEO: Program = Program {
     fallbacks: &[],
 };
 
+/// Environment variable naming a skopeo that verifies sigstore signatures; default
+/// [`skopeo_sigstore`]'s cache.
+pub const SKOPEO_SIGSTORE_BIN_ENV: &str = "SKOPEO_SIGSTORE_BIN";
+/// Environment variable naming the cache `scripts/install-skopeo-sigstore.sh` fills.
+pub const SKOPEO_SIGSTORE_CACHE_ENV: &str = "BATON_SKOPEO_SIGSTORE_CACHE";
+
+/// A skopeo whose `sigstoreSigned` policies verify cosign-format signatures (Debian bookworm's
+/// refuses them all): `$SKOPEO_SIGSTORE_BIN`, else `bin/skopeo` in the cache
+/// `scripts/install-skopeo-sigstore.sh` fills (`$BATON_SKOPEO_SIGSTORE_CACHE`, default
+/// `~/.cache/baton/skopeo-sigstore`: Debian trixie's skopeo with its own loader and libraries).
+///
+/// # Errors
+/// [`HarnessError::ProgramNotFound`] saying how to install it.
+pub fn skopeo_sigstore() -> Result<std::path::PathBuf, HarnessError> {
+    let not_found = |reason: String| HarnessError::ProgramNotFound {
+        program: "skopeo (sigstore)",
+        reason,
+        fix: format!(
+            "Install it with `just setup` (scripts/install-skopeo-sigstore.sh) or set {SKOPEO_SIGSTORE_BIN_ENV} to a skopeo >= 1.10 built with sigstore"
+        ),
+    };
+    let candidate = match std::env::var_os(SKOPEO_SIGSTORE_BIN_ENV).filter(|value| !value.is_empty()) {
+        Some(binary) => std::path::PathBuf::from(binary),
+        None => {
+            let cache = match std::env::var_os(SKOPEO_SIGSTORE_CACHE_ENV).filter(|value| !value.is_empty()) {
+                Some(cache) => std::path::PathBuf::from(cache),
+                None => std::env::var_os("XDG_CACHE_HOME")
+                    .filter(|value| !value.is_empty())
+                    .map(std::path::PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache")))
+                    .ok_or_else(|| not_found("neither XDG_CACHE_HOME nor HOME is set".to_owned()))?
+                    .join("baton/skopeo-sigstore"),
+            };
+            cache.join("bin/skopeo")
+        }
+    };
+    if process::is_executable_file(&candidate) {
+        Ok(candidate)
+    } else {
+        Err(not_found(format!("{} is not an executable file", candidate.display())))
+    }
+}
+
 /// How long a freshly spawned registry may take to answer `GET /v2/`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause between readiness probes.

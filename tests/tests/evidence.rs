@@ -3,14 +3,16 @@
 //! (`tests/scripts/verify_cosign.py`, the `cryptography` package, reading the registry over
 //! HTTP itself) accepts an image Baton signed and refuses an unsigned one and one signed by
 //! another key; a Python verifier of DSSE (`tests/scripts/verify_dsse.py`) checks the envelope
-//! and the SLSA provenance Baton attached; skopeo reads the `.sig` and `.att` manifests as
-//! stored; keys made by `openssl` load, or are refused naming what they are; a registry refusing
-//! pushes fails the attachment for good, an unreachable one transiently; what a hostile registry
-//! serves (oversized or mislabelled layers, an oversized manifest) is read within bounds.
+//! and the SLSA provenance Baton attached; skopeo (containers/image) with a `sigstoreSigned`
+//! policy copies an image Baton signed and refuses an unsigned one and one signed by another key;
+//! skopeo reads the `.sig` and `.att` manifests as stored; keys made by `openssl` load, or are
+//! refused naming what they are; a registry refusing pushes fails the attachment for good, an
+//! unreachable one transiently; what a hostile registry serves (oversized or mislabelled layers,
+//! an oversized manifest) is read within bounds.
 //!
-//! Debian's skopeo (1.9) cannot verify sigstore signatures: its containers/image carries a
-//! Debian-local change that refuses every `sigstoreSigned` policy ("sigstore disabled"), so the
-//! signature itself is checked by the Python verifier instead.
+//! Debian bookworm's skopeo (1.9) refuses every `sigstoreSigned` policy (a Debian-local change,
+//! "sigstore disabled"), so the policy check runs Debian trixie's skopeo 1.18, which `just setup`
+//! installs into a cache (`scripts/install-skopeo-sigstore.sh`, [`skopeo_sigstore`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -22,7 +24,7 @@ use baton_kit::evidence::{
     TEST_RESULT_V0_1, TestOutcome, TestRecord, open_envelope, provenance, seal, sign_image, test_result,
     verify_image_signature,
 };
-use baton_tests::registry::RegistryServer;
+use baton_tests::registry::{RegistryServer, skopeo_sigstore};
 use chrono::{TimeZone, Utc};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -225,6 +227,107 @@ async fn an_independent_verifier_accepts_a_baton_signed_image_and_refuses_unsign
     Ok(())
 }
 
+/// `skopeo copy` of `subject` into a directory, under a policy trusting only images of this
+/// registry signed by `public_pem` (`sigstoreSigned`, cosign's attachments read from the
+/// registry).
+fn skopeo_copy_under_policy(fixture: &Fixture, subject: &Subject, public_pem: &Path, name: &str) -> Result<Output> {
+    let dir = fixture.dir.path().join(name);
+    let registries = dir.join("registries.d");
+    fs::create_dir_all(&registries)?;
+    let registry = fixture.server.address();
+    fs::write(
+        registries.join("baton.yaml"),
+        format!("docker:\n  {registry}:\n    use-sigstore-attachments: true\n"),
+    )?;
+    let policy = dir.join("policy.json");
+    let requirement = serde_json::json!([{
+        "type": "sigstoreSigned",
+        "keyPath": public_pem,
+        "signedIdentity": {"type": "matchRepository"},
+    }]);
+    fs::write(
+        &policy,
+        serde_json::to_vec(&serde_json::json!({
+            "default": [{"type": "reject"}],
+            "transports": {"docker": {registry.clone(): requirement}},
+        }))?,
+    )?;
+    run(Command::new(skopeo_sigstore()?)
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--registries.d")
+        .arg(&registries)
+        .args(["copy", "--src-tls-verify=false", "--retry-times", "0"])
+        .arg(format!("docker://{}@{}", subject.name, subject.digest))
+        .arg(format!("dir:{}", dir.join("copy").display())))
+}
+
+#[tokio::test]
+async fn skopeo_with_a_sigstore_policy_copies_a_baton_signed_image_and_refuses_unsigned_and_foreign_ones() -> Result<()>
+{
+    let fixture = Fixture::start()?;
+    let dir = fixture.dir.path();
+    let baton = SigningKey::from_pem_file(&sec1_key(dir, "baton.pem")?)?;
+    let stranger = SigningKey::from_pem_file(&pkcs8_key(dir, "stranger.pem")?)?;
+    // The public half as openssl derives it, not as Baton writes it.
+    let trusted = openssl_public(dir, &dir.join("baton.pem"))?;
+
+    let signed = fixture.push("acme/shop")?;
+    fixture
+        .store
+        .attach_signature("acme/shop", &signed, &sign_image(&baton, &signed))
+        .await?;
+    let copied = skopeo_copy_under_policy(&fixture, &signed, &trusted, "signed")?;
+    assert!(
+        copied.status.success(),
+        "skopeo refused Baton's signature: {}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    assert!(dir.join("signed/copy/manifest.json").is_file());
+
+    let unsigned = fixture.push("acme/unsigned")?;
+    let refused = skopeo_copy_under_policy(&fixture, &unsigned, &trusted, "unsigned")?;
+    assert!(!refused.status.success(), "skopeo copied an unsigned image");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("no signature exists"), "{stderr}");
+
+    let foreign = fixture.push("acme/foreign")?;
+    fixture
+        .store
+        .attach_signature("acme/foreign", &foreign, &sign_image(&stranger, &foreign))
+        .await?;
+    let refused = skopeo_copy_under_policy(&fixture, &foreign, &trusted, "foreign")?;
+    assert!(
+        !refused.status.success(),
+        "skopeo copied an image signed by another key"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("signature verification failed"), "{stderr}");
+
+    // Baton's own signature, copied under another repository's name, does not pass either: the
+    // payload names the repository it was made for.
+    let elsewhere = fixture.push("acme/elsewhere")?;
+    let copied_signature = sign_image(
+        &baton,
+        &Subject {
+            name: signed.name.clone(),
+            digest: elsewhere.digest.clone(),
+        },
+    );
+    fixture
+        .store
+        .attach_signature("acme/elsewhere", &elsewhere, &copied_signature)
+        .await?;
+    let refused = skopeo_copy_under_policy(&fixture, &elsewhere, &trusted, "elsewhere")?;
+    assert!(
+        !refused.status.success(),
+        "skopeo accepted a signature made for another repository"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("is not accepted"), "{stderr}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_independent_verifier_accepts_the_provenance_and_refuses_a_tampered_one() -> Result<()> {
     let fixture = Fixture::start()?;
@@ -288,7 +391,7 @@ async fn an_independent_verifier_accepts_the_provenance_and_refuses_a_tampered_o
     };
     let second = fixture
         .store
-        .attach_attestation(
+        .append_attestation(
             "acme/shop",
             &subject,
             &seal(&tester, &test_result(&subject, &verdict)),
@@ -312,6 +415,15 @@ async fn an_independent_verifier_accepts_the_provenance_and_refuses_a_tampered_o
         layers
             .iter()
             .all(|layer| layer["mediaType"] == "application/vnd.dsse.envelope.v1+json")
+    );
+    // The manifest's config lists its layers, as cosign's does.
+    let config = fixture
+        .server
+        .skopeo_inspect(&format!("{}:sha256-{hex}.att", subject.name), false)?;
+    assert_eq!(
+        config["rootfs"]["diff_ids"].as_array().map(Vec::len),
+        Some(2),
+        "{config}"
     );
 
     let evidence = fixture.store.fetch("acme/shop", &subject.digest).await?;
@@ -375,6 +487,52 @@ async fn an_independent_verifier_accepts_the_provenance_and_refuses_a_tampered_o
     let refused = verify(&tampered, &"1".repeat(40))?;
     assert!(!refused.status.success(), "the verifier accepted a tampered envelope");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("no signature verifies"));
+
+    // A second build of the same digest (another commit) attaches through the call made for a
+    // first attestation; its guess that the tag is new is wrong here, and the result is the same:
+    // the held layers, then the new one, under a config listing all three.
+    let third = fixture
+        .store
+        .attach_attestation(
+            "acme/shop",
+            &subject,
+            &seal(
+                &builder,
+                &provenance(
+                    &subject,
+                    &BuildRecord {
+                        commit: "9".repeat(40),
+                        ..build.clone()
+                    },
+                ),
+            ),
+            SLSA_PROVENANCE_V1,
+        )
+        .await?;
+    let stored = fixture
+        .server
+        .skopeo_inspect(&format!("{}:sha256-{hex}.att", subject.name), true)?;
+    let predicate_types: Vec<&Value> = stored["layers"]
+        .as_array()
+        .context("layers")?
+        .iter()
+        .map(|layer| &layer["annotations"]["predicateType"])
+        .collect();
+    assert_eq!(
+        predicate_types,
+        [SLSA_PROVENANCE_V1, TEST_RESULT_V0_1, SLSA_PROVENANCE_V1]
+    );
+    let config = fixture
+        .server
+        .skopeo_inspect(&format!("{}:sha256-{hex}.att", subject.name), false)?;
+    assert_eq!(
+        config["rootfs"]["diff_ids"].as_array().map(Vec::len),
+        Some(3),
+        "{config}"
+    );
+    let evidence = fixture.store.fetch("acme/shop", &subject.digest).await?;
+    assert_eq!(evidence.attestation_manifest.as_deref(), Some(third.as_str()));
+    assert_eq!(evidence.attestations.len(), 3);
     Ok(())
 }
 

@@ -1998,7 +1998,7 @@ impl Evidenced {
             run_id: format!("test-{commit}"),
         };
         store
-            .attach_attestation(
+            .append_attestation(
                 repository,
                 &subject,
                 &seal(&tester, &test_result(&subject, &verdict)),

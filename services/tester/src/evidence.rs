@@ -80,7 +80,7 @@ impl Attester {
         );
         let manifest = self
             .store
-            .attach_attestation(&image.repository, &subject, &envelope, TEST_RESULT_V0_1)
+            .append_attestation(&image.repository, &subject, &envelope, TEST_RESULT_V0_1)
             .await?;
         tracing::info!(%manifest, key = %self.key_id, "verdict attested");
         Ok(manifest)

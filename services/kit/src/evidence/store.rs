@@ -95,6 +95,25 @@ struct Attachment<'a> {
     suffix: &'a str,
 }
 
+/// What an attachment expects its tag to hold, to order its uploads (never its result).
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// Nothing yet: the first signature or attestation of an image.
+    NewTag,
+    /// Layers already: an attestation joining the builder's.
+    HeldTag,
+}
+
+/// An envelope as an `.att` layer, annotated with its predicate type.
+fn attestation<'a>(envelope: &Envelope, predicate_type: &str) -> Attachment<'a> {
+    Attachment {
+        data: serde_json::to_vec(envelope).expect("an envelope always serializes"),
+        media_type: DSSE_MEDIA_TYPE,
+        annotations: json!({ PREDICATE_TYPE_ANNOTATION: predicate_type, SIGNATURE_ANNOTATION: "" }),
+        suffix: "att",
+    }
+}
+
 impl EvidenceStore {
     /// The registry at `address` (`host[:port]`), over HTTPS unless `insecure`; with basic
     /// authentication when both `username` and `password` are given, else anonymous.
@@ -150,12 +169,13 @@ impl EvidenceStore {
             annotations: json!({ SIGNATURE_ANNOTATION: sig.signature }),
             suffix: "sig",
         };
-        self.attach(repository, subject, attachment).await
+        self.attach(repository, subject, attachment, Expect::NewTag).await
     }
 
     /// Attaches an attestation of `subject`: the envelope becomes a layer of the
     /// `sha256-<hex>.att` manifest, annotated with its predicate type, after the layers already
-    /// there (the tester's joins the builder's). Returns the manifest's digest.
+    /// there. Made for the first attestation of an image (the builder's provenance): its upload
+    /// assumes the tag is new. Returns the manifest's digest.
     ///
     /// # Errors
     /// As [`attach_signature`](Self::attach_signature).
@@ -166,13 +186,35 @@ impl EvidenceStore {
         envelope: &Envelope,
         predicate_type: &str,
     ) -> Result<String, EvidenceError> {
-        let attachment = Attachment {
-            data: serde_json::to_vec(envelope).expect("an envelope always serializes"),
-            media_type: DSSE_MEDIA_TYPE,
-            annotations: json!({ PREDICATE_TYPE_ANNOTATION: predicate_type, SIGNATURE_ANNOTATION: "" }),
-            suffix: "att",
-        };
-        self.attach(repository, subject, attachment).await
+        self.attach(
+            repository,
+            subject,
+            attestation(envelope, predicate_type),
+            Expect::NewTag,
+        )
+        .await
+    }
+
+    /// [`attach_attestation`](Self::attach_attestation) for an attestation that joins others
+    /// (the tester's after the builder's): the same result, with the upload ordered for a tag
+    /// that already holds layers.
+    ///
+    /// # Errors
+    /// As [`attach_signature`](Self::attach_signature).
+    pub async fn append_attestation(
+        &self,
+        repository: &str,
+        subject: &Subject,
+        envelope: &Envelope,
+        predicate_type: &str,
+    ) -> Result<String, EvidenceError> {
+        self.attach(
+            repository,
+            subject,
+            attestation(envelope, predicate_type),
+            Expect::HeldTag,
+        )
+        .await
     }
 
     /// Everything the registry holds about the image `digest` in `repository`. Absent tags give
@@ -222,19 +264,22 @@ impl EvidenceStore {
     }
 
     /// Puts `attachment` as the last layer of the manifest at `sha256-<hex>.<suffix>`.
+    ///
+    /// For a tag expected to be new (the first signature of a digest, its first attestation),
+    /// the layer and the config of a manifest holding that layer alone are uploaded while the
+    /// current manifest is read: the new manifest is then a single round trip away. When the
+    /// tag holds layers after all, the config listing them all is uploaded after the read (the
+    /// guessed config stays behind, an unreferenced blob the registry's collector removes).
+    /// For a tag expected to hold layers, only the layer is uploaded during the read.
     async fn attach(
         &self,
         repository: &str,
         subject: &Subject,
         attachment: Attachment<'_>,
+        expect: Expect,
     ) -> Result<String, EvidenceError> {
         let hex = digest_hex(&subject.digest)?;
         let target = self.reference(repository, &format!("sha256-{hex}.{}", attachment.suffix));
-        let current = self.current_manifest(&target).await?;
-        let mut layers: Vec<Value> = current
-            .as_ref()
-            .and_then(|(manifest, _)| manifest.get("layers").and_then(Value::as_array).cloned())
-            .unwrap_or_default();
         let layer_digest = sha256_digest(&attachment.data);
         let layer = json!({
             "mediaType": attachment.media_type,
@@ -242,35 +287,47 @@ impl EvidenceStore {
             "digest": layer_digest,
             "annotations": attachment.annotations,
         });
+        let alone = image_config(std::slice::from_ref(&layer));
+        let alone_digest = sha256_digest(&alone);
+        let alone_size = alone.len();
+        let guess = async {
+            match expect {
+                Expect::NewTag => Some(self.direct.push_blob(&target, alone, &alone_digest).await),
+                Expect::HeldTag => None,
+            }
+        };
+        let (current, pushed_layer, pushed_alone) = tokio::join!(
+            self.current_manifest(&target),
+            self.direct.push_blob(&target, attachment.data, &layer_digest),
+            guess,
+        );
+        let current = current?;
+        pushed_layer
+            .map_err(|error| self.registry_error(&target, format!("uploading layer {layer_digest}"), &error))?;
+
+        let mut layers: Vec<Value> = current
+            .as_ref()
+            .and_then(|(manifest, _)| manifest.get("layers").and_then(Value::as_array).cloned())
+            .unwrap_or_default();
         if let Some((_, digest)) = current.filter(|_| layers.contains(&layer)) {
             // Signing is deterministic (RFC 6979): a retried build attaches the same layer.
             return Ok(digest);
         }
         layers.push(layer);
-
-        // The config lists the layers as cosign's (an image built from no base with these
-        // layers) does, so tools that read the manifest as an image find it consistent.
-        let diff_ids: Vec<&Value> = layers.iter().filter_map(|layer| layer.get("digest")).collect();
-        let config = serde_json::to_vec(&json!({
-            "architecture": "",
-            "config": {},
-            "created": "0001-01-01T00:00:00Z",
-            "os": "",
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        }))
-        .expect("JSON always serializes");
-        let config_digest = sha256_digest(&config);
-        let config_size = config.len();
-        // Both blobs at once: each is a round trip or two to the registry, and the manifest
-        // needs only their digests.
-        let (pushed_layer, pushed_config) = tokio::join!(
-            self.direct.push_blob(&target, attachment.data, &layer_digest),
-            self.direct.push_blob(&target, config, &config_digest),
-        );
-        pushed_layer
-            .map_err(|error| self.registry_error(&target, format!("uploading layer {layer_digest}"), &error))?;
-        pushed_config
-            .map_err(|error| self.registry_error(&target, format!("uploading config {config_digest}"), &error))?;
+        let (config_digest, config_size) = if let (1, Some(pushed_alone)) = (layers.len(), pushed_alone) {
+            pushed_alone
+                .map_err(|error| self.registry_error(&target, format!("uploading config {alone_digest}"), &error))?;
+            (alone_digest, alone_size)
+        } else {
+            let config = image_config(&layers);
+            let config_digest = sha256_digest(&config);
+            let config_size = config.len();
+            self.direct
+                .push_blob(&target, config, &config_digest)
+                .await
+                .map_err(|error| self.registry_error(&target, format!("uploading config {config_digest}"), &error))?;
+            (config_digest, config_size)
+        };
 
         let manifest = serde_json::to_vec(&json!({
             "schemaVersion": 2,
@@ -415,6 +472,20 @@ fn layers(manifest: &Value, media_type: &str) -> Vec<Layer> {
             })
         })
         .collect()
+}
+
+/// The config of a manifest holding `layers`, as cosign writes it (an image built from no base
+/// with these layers), so tools that read the manifest as an image find it consistent.
+fn image_config(layers: &[Value]) -> Vec<u8> {
+    let diff_ids: Vec<&Value> = layers.iter().filter_map(|layer| layer.get("digest")).collect();
+    serde_json::to_vec(&json!({
+        "architecture": "",
+        "config": {},
+        "created": "0001-01-01T00:00:00Z",
+        "os": "",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .expect("JSON always serializes")
 }
 
 /// The hex of a `sha256:<hex>` digest.
