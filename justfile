@@ -193,6 +193,36 @@ setup:
     fi
     echo "keda schema: $keda_models (node $(node --version))"
 
+    # ---- the browser suite (tests/tests/web.rs) -------------------------------------------
+    # Debian's chromium, driven by playwright-core through its library API (no browser download:
+    # the suite launches /usr/bin/chromium), and @axe-core/playwright for the accessibility
+    # checks; the npm packages cached outside the repo. CHROMIUM_BIN and BATON_BROWSER_MODULES_DIR
+    # point at your own instead. Bump the versions here and in baton_tests::browser::MODULES_DIR.
+    playwright_core_version=1.65.2
+    axe_playwright_version=4.14.1
+    if [[ -z "${CHROMIUM_BIN:-}" && ! -x /usr/bin/chromium ]]; then
+        if ! command -v apt-get >/dev/null 2>&1; then
+            echo "error: /usr/bin/chromium is missing and apt-get is unavailable; install chromium (or set CHROMIUM_BIN)" >&2
+            exit 1
+        fi
+        sudo_if_needed=()
+        if [[ "$(id -u)" != 0 ]]; then sudo_if_needed=(sudo); fi
+        echo "installing chromium: apt-get install -y chromium"
+        "${sudo_if_needed[@]}" apt-get update -qq
+        "${sudo_if_needed[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+    fi
+    chromium_bin="${CHROMIUM_BIN:-/usr/bin/chromium}"
+    echo "chromium: $chromium_bin ($("$chromium_bin" --version 2>/dev/null))"
+    browser_modules="${BATON_BROWSER_MODULES_DIR:-$baton_cache/browser-playwright-core-$playwright_core_version-axe-$axe_playwright_version}"
+    if [[ ! -f "$browser_modules/node_modules/playwright-core/package.json" \
+        || ! -f "$browser_modules/node_modules/@axe-core/playwright/package.json" ]]; then
+        echo "installing playwright-core $playwright_core_version and @axe-core/playwright $axe_playwright_version: npm install into $browser_modules"
+        mkdir -p "$browser_modules"
+        npm install --silent --no-audit --no-fund --ignore-scripts --prefix "$browser_modules" \
+            "playwright-core@$playwright_core_version" "@axe-core/playwright@$axe_playwright_version"
+    fi
+    echo "browser modules: $browser_modules (playwright-core $(node -p "require('$browser_modules/node_modules/playwright-core/package.json').version"), @axe-core/playwright $(node -p "require('$browser_modules/node_modules/@axe-core/playwright/package.json').version"))"
+
 # It starts nats-server, a registry, Kubernetes with simulated nodes, git repos and every service,
 # narrates, and keeps running for `baton` commands until Ctrl-C.
 # Play Baton's release story end to end on local servers (`just demo --down` stops when done).
