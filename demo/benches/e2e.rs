@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use baton::log::Record;
+use baton_kit::log::Record;
 use baton_demo::{Stack, in_env, of, write};
 use baton_schemas::EventType;
 use baton_schemas::payloads::{BuildData, TestData};

@@ -745,7 +745,7 @@ async fn a_pushed_image_is_signed_and_its_provenance_names_what_it_was_built_fro
     assert_eq!(Some(&data.signature_manifest), evidence.signature_manifest.as_ref());
     assert_eq!(Some(&data.attestation_manifest), evidence.attestation_manifest.as_ref());
     // `baton trace` and `baton events` show it with the key.
-    let (summary, _) = baton::render::summary(&baton::log::Record {
+    let (summary, _) = baton::render::summary(&baton_kit::log::Record {
         sequence: 1,
         app: "acme_shop".into(),
         event: signed,

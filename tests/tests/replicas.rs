@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use async_nats::jetstream;
-use baton::log::{self, Query, Record};
+use baton_kit::log::{self, Query, Record};
 use baton_demo::{DEPLOYMENT, SAMPLE_PIPELINE, write};
 use baton_schemas::EventType;
 use baton_schemas::payloads::Outcome;

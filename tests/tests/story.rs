@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
-use baton::log::Record;
+use baton_kit::log::Record;
 use baton_demo::{APP, CHAT_BOT, DEPLOYMENT, Stack, git, in_env, of, write};
 use baton_kit::evidence::{SLSA_PROVENANCE_V1, TEST_RESULT_V0_1};
 use baton_schemas::EventType;

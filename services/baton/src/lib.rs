@@ -11,7 +11,6 @@
 
 pub mod admin;
 pub mod cli;
-pub mod log;
 pub mod policy;
 pub mod render;
 pub mod run;
@@ -44,6 +43,15 @@ pub enum CliError {
     /// A service could not start or stopped with an error (`baton up`).
     #[error("{0}")]
     Service(String),
+}
+
+impl From<baton_kit::log::LogError> for CliError {
+    fn from(error: baton_kit::log::LogError) -> Self {
+        match error {
+            baton_kit::log::LogError::Since(_) => Self::Usage(error.to_string()),
+            _ => Self::Nats(error.to_string()),
+        }
+    }
 }
 
 impl CliError {

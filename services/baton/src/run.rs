@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::CliError;
 use crate::cli::{AdminCommand, Cli, Command, Output, PolicyCommand};
-use crate::log::{self, Query, Record};
+use baton_kit::log::{self, Query, Record};
 use crate::render::{self, Style, Tone};
 use crate::signing::{self, Chosen};
 

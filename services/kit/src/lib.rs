@@ -20,6 +20,7 @@
 //! - [`evidence`]: image signatures and attestations (cosign's format, in-toto statements in
 //!   DSSE envelopes: SLSA provenance, test results), kept in the registry beside the image and
 //!   verified before promotion; [`oci`]: what a registry's error means;
+//! - [`log`]: reading the event log (replayed, then followed) as the CLI and the web UI do;
 //! - [`lease`]: leases in JetStream KV (one promotion per environment, one rollout per
 //!   namespace);
 //! - [`settings`], [`shutdown`], [`tls`]: typed config with exit code 64, SIGTERM/SIGINT, and
@@ -33,6 +34,7 @@ pub mod evidence;
 pub mod fabric;
 pub mod health;
 pub mod lease;
+pub mod log;
 pub mod metrics;
 pub mod oci;
 pub mod provision;
