@@ -21,6 +21,7 @@
 //!   DSSE envelopes: SLSA provenance, test results), kept in the registry beside the image and
 //!   verified before promotion; [`oci`]: what a registry's error means;
 //! - [`log`]: reading the event log (replayed, then followed) as the CLI and the web UI do;
+//! - [`dora`]: DORA's four key metrics per app and environment, computed from the events;
 //! - [`lease`]: leases in JetStream KV (one promotion per environment, one rollout per
 //!   namespace);
 //! - [`settings`], [`shutdown`], [`tls`]: typed config with exit code 64, SIGTERM/SIGINT, and
@@ -28,6 +29,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod dora;
 pub mod error;
 pub mod events;
 pub mod evidence;
