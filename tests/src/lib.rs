@@ -16,8 +16,9 @@
 //! condition holds, quoting what was last seen), [`push`], [`verdict`], [`promotion`] and
 //! [`deployment`] (what the listener, the tester, the promoter and the deployer publish, for
 //! suites that run a stage without the ones around it), [`keys`] (signing keys for the builder
-//! and the tester), and [`process::service_binary`] (Baton's own binaries, built if needed, for suites
-//! that run them as processes).
+//! and the tester), [`process::service_binary`] (Baton's own binaries, built if needed, for suites
+//! that run them as processes), and [`browser`] (Debian's chromium driven by a Node script, for
+//! suites that check what people see in the web UI).
 //!
 //! The harness is synchronous and std-only where it can be, so it works from any test, async or
 //! not. `just setup` installs every program it runs.
@@ -33,6 +34,7 @@
 //! ```
 
 pub mod app;
+pub mod browser;
 pub mod deployment;
 mod error;
 pub mod events;
