@@ -37,6 +37,18 @@ use serde_json::Value;
 /// long window stays small.
 pub const MAX_BUCKETS: u64 = 1000;
 
+/// The event types the ledger reads; [`DoraLedger::observe`] ignores every other. A reader of
+/// the log may subscribe to these alone.
+pub const EVENT_TYPES: &[EventType] = &[
+    EventType::ChangeMerged,
+    EventType::EnvironmentModified,
+    EventType::ServiceDeployed,
+    EventType::ServiceUpgraded,
+    EventType::ServiceRolledBack,
+    EventType::DeploymentFailed,
+    EventType::ReleaseQuarantined,
+];
+
 /// Seconds in a day: deployment frequency is per day.
 const SECONDS_PER_DAY: f64 = 86_400.0;
 
@@ -161,15 +173,6 @@ impl DoraLedger {
                         PromotionAction::Promote => scope.current = Some(p.release.release),
                         PromotionAction::Rollback => scope.rolled_back_to(&p.release.release, at),
                         PromotionAction::Pin | PromotionAction::Unpin => {}
-                    }
-                }
-            }
-            EventType::DeploymentStarted => {
-                if let Some(d) = view::<DeploymentView>(data) {
-                    let scope = self.scope(&d.app, &d.environment);
-                    match d.action {
-                        PromotionAction::Rollback => scope.rolled_back_to(&d.release, at),
-                        _ => scope.current = Some(d.release),
                     }
                 }
             }

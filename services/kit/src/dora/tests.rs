@@ -512,3 +512,42 @@ fn a_large_history_keeps_a_few_timestamps_per_release_and_environment() {
         "rounds 0..=71 reached app 7 (7 events per app and round)"
     );
 }
+
+#[test]
+fn every_type_it_reads_counts_and_no_other() {
+    let everything = ledger();
+    let mut read_only = DoraLedger::new();
+    for event in fixture()
+        .events
+        .iter()
+        .filter(|e| e.event_type().is_some_and(|t| super::EVENT_TYPES.contains(&t)))
+    {
+        read_only.observe(event);
+    }
+    // The fixture's `baton-deployment.started` events are left out without a difference.
+    assert!(
+        fixture().events.len()
+            > fixture()
+                .events
+                .iter()
+                .filter(|e| e.event_type().is_some_and(|t| super::EVENT_TYPES.contains(&t)))
+                .count()
+    );
+    assert_eq!(
+        report(&read_only, SHOP, "production"),
+        report(&everything, SHOP, "production")
+    );
+    // The fixture uses every type read: leaving one out changes something.
+    for left_out in super::EVENT_TYPES {
+        let mut partial = DoraLedger::new();
+        for event in fixture().events.iter().filter(|e| e.event_type() != Some(*left_out)) {
+            partial.observe(event);
+        }
+        let changed = [SHOP, CART].iter().any(|app| {
+            ["production", "staging"]
+                .iter()
+                .any(|env| report(&partial, app, env) != report(&everything, app, env))
+        });
+        assert!(changed, "{left_out} makes no difference");
+    }
+}
