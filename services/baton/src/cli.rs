@@ -77,6 +77,22 @@ pub enum Command {
         /// Only this application.
         app: Option<String>,
     },
+    /// DORA's four key metrics of an application per environment over a window: deployment
+    /// frequency, lead time for changes, change failure rate and time to restore, computed
+    /// from the event log as docs/dora.md writes them.
+    Dora {
+        /// The application, as the git host names it (e.g. acme/shop).
+        app: String,
+        /// Only this environment.
+        #[arg(long)]
+        environment: Option<String>,
+        /// The window, up to now: e.g. 30d, 12h, 2weeks.
+        #[arg(long, default_value = "30d", value_parser = positive_duration)]
+        window: std::time::Duration,
+        /// The buckets of the series over time (in -o json|yaml): e.g. 1d, 1week.
+        #[arg(long, default_value = "1d", value_parser = positive_duration)]
+        bucket: std::time::Duration,
+    },
     /// Approve a pending promotion.
     Approve(Vote),
     /// Decline a pending promotion: the release stops there.
@@ -176,6 +192,16 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// A duration longer than zero, as humantime writes it (`30d`, `12h`, `2weeks`).
+fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    let duration =
+        humantime::parse_duration(text).map_err(|e| format!("{e}; write a duration such as 30d, 12h or 2weeks"))?;
+    if duration.is_zero() {
+        return Err("it must be longer than zero".into());
+    }
+    Ok(duration)
 }
 
 /// The `policy` subcommands.
@@ -348,6 +374,7 @@ impl Command {
             } => (Verb::Unquarantine, request(Some(release), None, None, reason), signing),
             Self::Whoami { signing } => (Verb::Whoami, request(None, None, None, &None), signing),
             Self::Events { .. }
+            | Self::Dora { .. }
             | Self::Trace { .. }
             | Self::Releases { .. }
             | Self::Status { .. }

@@ -3,9 +3,10 @@
 
 use std::io::IsTerminal;
 
+use baton_kit::dora::DoraReport;
+use baton_kit::log::{Record, short};
 
 use crate::cli::Output;
-use baton_kit::log::{Record, short};
 pub use baton_kit::log::{Tone, kind, summary};
 
 /// Where output goes and how it looks.
@@ -101,4 +102,64 @@ pub fn table(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The DORA figures of an app, one row per environment, under a line naming the app and the
+/// window.
+pub fn dora(reports: &[DoraReport]) -> String {
+    let Some(first) = reports.first() else {
+        return String::new();
+    };
+    let mut out = format!(
+        "{} from {} to {} UTC\n",
+        first.app,
+        first.from.format("%Y-%m-%d %H:%M"),
+        first.to.format("%Y-%m-%d %H:%M")
+    );
+    let mut rows = vec![vec![
+        "ENVIRONMENT".into(),
+        "DEPLOYMENTS".into(),
+        "PER DAY".into(),
+        "LEAD TIME".into(),
+        "CHANGE FAILURE RATE".into(),
+        "TIME TO RESTORE".into(),
+    ]];
+    for r in reports {
+        rows.push(vec![
+            r.environment.clone(),
+            r.deployments.to_string(),
+            format!("{:.2}", r.deployments_per_day),
+            r.lead_time_seconds.map_or_else(no_data, duration),
+            r.change_failure_rate.map_or_else(no_data, |rate| {
+                format!("{:.0}% ({} of {})", rate * 100.0, r.failed_changes, r.changes)
+            }),
+            r.time_to_restore_seconds
+                .map_or_else(no_data, |s| format!("{} ({} restores)", duration(s), r.restores)),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+fn no_data() -> String {
+    "no data".to_owned()
+}
+
+/// Seconds as at most three units, largest first: `1d 2h 29m`, `4h 30m`, `12m 30s`, `45s`.
+pub fn duration(seconds: f64) -> String {
+    // Whole seconds: a duration printed for people needs no fraction.
+    #[allow(clippy::cast_possible_truncation, reason = "rounded, and non-negative durations fit")]
+    let mut left = seconds.max(0.0).round() as u64;
+    if left == 0 {
+        return "0s".to_owned();
+    }
+    let mut parts = Vec::new();
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if left >= size {
+            parts.push(format!("{}{unit}", left / size));
+            left %= size;
+        }
+    }
+    parts.truncate(3);
+    parts.join(" ")
 }

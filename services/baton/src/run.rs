@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use baton_kit::command::{CommandClient, CommandError};
+use baton_kit::dora::{self, DoraLedger, DoraReport};
+use baton_kit::log::{self, Query, Record};
 use baton_kit::provision::History;
 use baton_schemas::EventType;
 use baton_schemas::commands::{CommandRequest, Verb};
@@ -17,7 +19,6 @@ use tokio::io::AsyncReadExt;
 
 use crate::CliError;
 use crate::cli::{AdminCommand, Cli, Command, Output, PolicyCommand};
-use baton_kit::log::{self, Query, Record};
 use crate::render::{self, Style, Tone};
 use crate::signing::{self, Chosen};
 
@@ -89,6 +90,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             event_type,
             since,
         } => events(&js, style, follow, app.as_deref(), event_type.as_deref(), since).await,
+        Command::Dora {
+            app,
+            environment,
+            window,
+            bucket,
+        } => dora(&js, style, &app, environment.as_deref(), window, bucket).await,
         Command::Trace { release } => trace(&js, style, &release).await,
         Command::Releases { app } => releases(&js, style, &app).await,
         Command::Status { app } => status(&js, style, app.as_deref()).await,
@@ -255,6 +262,63 @@ fn parse_type(t: &str) -> Result<EventType, CliError> {
                 .collect();
             CliError::Usage(format!("unknown event type `{t}`; use one of {}", known.join(", ")))
         })
+}
+
+/// The DORA figures of `app` in each of its environments (or `environment`) over the `window`
+/// up to now.
+async fn dora(
+    js: &jetstream::Context,
+    style: Style,
+    app: &str,
+    environment: Option<&str>,
+    window: Duration,
+    bucket: Duration,
+) -> Result<(), CliError> {
+    let too_long = |flag: &str| CliError::Usage(format!("{flag}: too long; write a duration such as 30d"));
+    let to = Utc::now();
+    let from = chrono::TimeDelta::from_std(window)
+        .ok()
+        .and_then(|w| to.checked_sub_signed(w))
+        .ok_or_else(|| too_long("--window"))?;
+    let bucket = chrono::TimeDelta::from_std(bucket).map_err(|_| too_long("--bucket"))?;
+    let query = Query {
+        filters: dora::EVENT_TYPES
+            .iter()
+            .map(|ty| log::filter(Some(app), Some(*ty)))
+            .collect(),
+        ..Query::default()
+    };
+    let mut ledger = DoraLedger::new();
+    log::read(js, EVENTS_STREAM, &query, |record| {
+        ledger.observe(&record.event);
+        true
+    })
+    .await?;
+    let known = ledger.environments(app);
+    if known.is_empty() {
+        return Err(CliError::NotFound(format!(
+            "{app} has never been promoted into an environment, or is not an app Baton knows; `baton status` lists the apps and where they run"
+        )));
+    }
+    let chosen = match environment {
+        Some(env) if known.iter().any(|k| k == env) => vec![env.to_owned()],
+        Some(env) => {
+            return Err(CliError::NotFound(format!(
+                "{app} has never been promoted into {env}; its environments: {}",
+                known.join(", ")
+            )));
+        }
+        None => known,
+    };
+    let reports: Vec<DoraReport> = chosen
+        .iter()
+        .map(|env| ledger.report(app, env, from, to, bucket))
+        .collect();
+    match style.output {
+        Output::Json | Output::Yaml => println!("{}", render::document(style.output, &reports)),
+        Output::Human | Output::Wide => print!("{}", render::dora(&reports)),
+    }
+    Ok(())
 }
 
 /// Every event of `release`, in order.

@@ -5,7 +5,8 @@
 //! (`whoami`); a command without a key never leaves, and one signed by a key people.yaml does not
 //! list is refused with how to add it; `policy show` prints every verb's holders and where that
 //! comes from; unreachable NATS, an unknown release and invalid flags are one-line errors with a
-//! fix and a non-zero exit.
+//! fix and a non-zero exit. `baton dora` prints the DORA figures computed by hand for a fixture
+//! history published into the stream.
 
 use baton_kit::service::Service as _;
 use std::path::Path;
@@ -507,5 +508,287 @@ async fn baton_up_runs_the_configured_services_in_one_process() -> Result<()> {
     assert!(answered.stdout.contains("unknown release"), "{}", answered.stdout);
     up.kill()?;
     up.wait()?;
+    Ok(())
+}
+
+/// A time of the fixture: (day of March, hour, minute).
+type At = (i64, i64, i64);
+
+/// The DORA fixture history of `baton_kit::dora`'s unit tests for `acme/shop` (see the table
+/// there), published as Baton's services publish it, with "Mar 1 00:00" at `anchor`.
+struct DoraHistory {
+    js: async_nats::jetstream::Context,
+    anchor: chrono::DateTime<chrono::Utc>,
+    image: ImageInfo,
+    promotions: u32,
+}
+
+impl DoraHistory {
+    /// Day `day` of the fixture's March at `hour:minute` (day 1 is the anchor; 0 and below are
+    /// February's last days).
+    fn mar(&self, day: i64, hour: i64, minute: i64) -> chrono::DateTime<chrono::Utc> {
+        self.anchor
+            + chrono::TimeDelta::days(day - 1)
+            + chrono::TimeDelta::hours(hour)
+            + chrono::TimeDelta::minutes(minute)
+    }
+
+    async fn publish(&self, mut outgoing: Outgoing, at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+        outgoing.event.context.timestamp = at;
+        events::publish(&self.js, &outgoing).await?;
+        Ok(())
+    }
+
+    /// The push of `release`, its one commit made at `commit` (`None`: no time given).
+    async fn push(&self, release: &str, at: At, commit: Option<At>) -> Result<()> {
+        let sha = format!("{:0>40}", release.trim_start_matches('r'));
+        let push = baton_tests::push::Push {
+            app: "acme/shop",
+            clone_url: "file:///nowhere",
+            commit: &sha,
+            delivery: release,
+        };
+        let mut outgoing = push.event()?;
+        if let Some((d, h, m)) = commit
+            && let Some(data) = outgoing.event.custom_data.as_mut()
+        {
+            let time = json!(self.mar(d, h, m).to_rfc3339());
+            data["commits"][0]["timestamp"] = time.clone();
+            data["headCommit"]["timestamp"] = time;
+        }
+        self.publish(outgoing, self.mar(at.0, at.1, at.2)).await
+    }
+
+    /// The promoter moving `environment` to `release` (`release-<name>`), then the deployer's
+    /// report on it (healthy unless `failure`) at `reported`, if any.
+    async fn promotion(
+        &mut self,
+        environment: &str,
+        release: &str,
+        action: baton_schemas::release::PromotionAction,
+        at: At,
+        reported: Option<(At, Option<&str>)>,
+    ) -> Result<()> {
+        self.promotions += 1;
+        let data = baton_tests::promotion::Promotion {
+            app: "acme/shop",
+            environment,
+            namespace: environment,
+            promotion: format!("dora-{}", self.promotions),
+            release: format!("release-{release}"),
+            image: &self.image,
+            action,
+            config_repository: "file:///config".into(),
+            config_commit: &"c".repeat(40),
+            manifests_path: format!("{environment}/acme_shop"),
+            actor: "baton-promoter",
+        }
+        .data();
+        let modified = baton_tests::promotion::event(&data, &format!("modified-{}", self.promotions))?;
+        self.publish(modified, self.mar(at.0, at.1, at.2)).await?;
+        if let Some(((d, h, m), failure)) = reported {
+            let report = baton_tests::deployment::report(&data, failure)?;
+            self.publish(report, self.mar(d, h, m)).await?;
+        }
+        Ok(())
+    }
+
+    async fn quarantined(&self, release: &str, at: At) -> Result<()> {
+        let release = format!("release-{release}");
+        let content = baton_schemas::extensions::ReleaseQuarantinedContent {
+            app: "acme/shop".into(),
+            actor: "baton-promoter".into(),
+            reason: "rollout in `production` failed".into(),
+        };
+        let event = CdEvent::new(
+            EventType::ReleaseQuarantined,
+            format!("quarantined-{release}"),
+            "/baton/promoter",
+            release.clone(),
+            content,
+        )?
+        .with_chain_id(&release);
+        self.publish(Outgoing::new("acme/shop", event), self.mar(at.0, at.1, at.2))
+            .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dora_prints_the_figures_computed_by_hand_for_the_fixture_history() -> Result<()> {
+    use baton_kit::dora::DoraReport;
+    use baton_schemas::release::PromotionAction::{Promote, Rollback};
+    use chrono::SubsecRound as _;
+
+    let nats = NatsServer::start()?;
+    let url = nats.url();
+    let provisioned = baton(&url, &["admin", "provision"]);
+    assert_eq!(provisioned.code, Some(0), "{}", provisioned.stderr);
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(b"dora")));
+    let mut h = DoraHistory {
+        js: async_nats::jetstream::new(async_nats::connect(&url).await?),
+        // The window `--window 10d` ends when the CLI runs, a moment after now: the fixture's
+        // window [Mar 1, Mar 11) starts here, and its first event inside comes 10 hours later.
+        anchor: chrono::Utc::now().trunc_subsecs(0) - chrono::TimeDelta::days(10),
+        image: ImageInfo {
+            registry: "127.0.0.1:5000".into(),
+            repository: "baton/acme_shop".into(),
+            tag: "dora".into(),
+            digest: digest.clone(),
+            reference: format!("127.0.0.1:5000/baton/acme_shop@{digest}"),
+            purl: format!("pkg:oci/acme_shop@{}", digest.replace(':', "%3A")),
+            uploaded_bytes: 0,
+        },
+        promotions: 0,
+    };
+    let failed = Some("CrashLoopBackOff");
+    // r1: healthy in staging before the window; its first production rollout fails (nothing
+    // ran there yet), and it is quarantined while staging runs it.
+    h.push("r1", (-1, 8, 0), Some((-1, 7, 0))).await?;
+    h.promotion("staging", "r1", Promote, (-1, 9, 0), Some(((-1, 9, 10), None)))
+        .await?;
+    h.promotion("production", "r1", Promote, (1, 10, 0), Some(((1, 10, 20), failed)))
+        .await?;
+    h.quarantined("r1", (1, 10, 21)).await?;
+    // r2: healthy everywhere.
+    h.push("r2", (2, 11, 0), Some((2, 10, 0))).await?;
+    h.promotion("staging", "r2", Promote, (2, 12, 0), Some(((2, 12, 30), None)))
+        .await?;
+    h.promotion("production", "r2", Promote, (2, 14, 0), Some(((2, 14, 30), None)))
+        .await?;
+    // r3: deployed twice in staging (a second promotion of it), rolled back from production.
+    h.push("r3", (4, 9, 0), Some((4, 8, 0))).await?;
+    h.promotion("staging", "r3", Promote, (4, 9, 30), Some(((4, 10, 0), None)))
+        .await?;
+    h.promotion("staging", "r3", Promote, (4, 10, 2), Some(((4, 10, 5), None)))
+        .await?;
+    h.promotion("production", "r3", Promote, (4, 11, 0), Some(((4, 12, 0), None)))
+        .await?;
+    h.promotion("production", "r2", Rollback, (5, 9, 0), Some(((5, 9, 15), None)))
+        .await?;
+    // r4: no commit time; fails in production, quarantined while staging runs it, rolled back.
+    h.push("r4", (7, 8, 0), None).await?;
+    h.promotion("staging", "r4", Promote, (7, 8, 30), Some(((7, 9, 0), None)))
+        .await?;
+    h.promotion("production", "r4", Promote, (7, 10, 0), Some(((7, 10, 30), failed)))
+        .await?;
+    h.quarantined("r4", (7, 10, 31)).await?;
+    h.promotion("production", "r2", Rollback, (7, 10, 32), Some(((7, 10, 40), None)))
+        .await?;
+    // r5: healthy inside the window, rolled back from production after it.
+    h.push("r5", (8, 12, 0), Some((8, 11, 0))).await?;
+    h.promotion("staging", "r5", Promote, (8, 13, 0), Some(((8, 13, 20), None)))
+        .await?;
+    h.promotion("production", "r5", Promote, (10, 20, 0), Some(((10, 22, 0), None)))
+        .await?;
+    h.promotion("production", "r2", Rollback, (11, 9, 0), Some(((11, 9, 30), None)))
+        .await?;
+
+    // The figures computed by hand in baton_kit::dora's tests.
+    let json = baton(
+        &url,
+        &["dora", "acme/shop", "--window", "10d", "--bucket", "5d", "-o", "json"],
+    );
+    assert_eq!(json.code, Some(0), "{}", json.stderr);
+    let reports: Vec<DoraReport> = serde_json::from_str(&json.stdout).context("-o json is the reports")?;
+    let [production, staging] = reports.as_slice() else {
+        anyhow::bail!("one report per environment: {}", json.stdout);
+    };
+    assert_eq!(
+        (production.environment.as_str(), staging.environment.as_str()),
+        ("production", "staging")
+    );
+    let figures = |r: &DoraReport| {
+        (
+            r.deployments,
+            r.lead_time_seconds,
+            r.failed_changes,
+            r.changes,
+            r.change_failure_rate,
+            r.restores,
+            r.time_to_restore_seconds,
+        )
+    };
+    assert_eq!(
+        figures(production),
+        (3, Some(16_200.0), 4, 5, Some(0.8), 2, Some(750.0))
+    );
+    assert_eq!(
+        figures(staging),
+        (4, Some(7_800.0), 1, 4, Some(0.25), 2, Some(95_340.0))
+    );
+    for (report, per_day) in [(production, 0.3), (staging, 0.4)] {
+        assert!((report.deployments_per_day - per_day).abs() < 1e-9, "{report:?}");
+    }
+    let series = |r: &DoraReport| -> Vec<_> {
+        r.series
+            .iter()
+            .map(|b| {
+                (
+                    b.deployments,
+                    b.lead_time_seconds,
+                    b.change_failure_rate,
+                    b.time_to_restore_seconds,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        series(production),
+        [
+            (2, Some(15_300.0), Some(2.0 / 3.0), Some(900.0)),
+            (1, Some(212_400.0), Some(1.0), Some(600.0))
+        ]
+    );
+    assert_eq!(
+        series(staging),
+        [
+            (2, Some(8_100.0), Some(0.0), Some(94_140.0)),
+            (2, Some(6_000.0), Some(0.5), Some(96_540.0))
+        ]
+    );
+
+    // For people: a row per environment, durations in words.
+    let human = baton(&url, &["dora", "acme/shop", "--window", "10d"]);
+    assert_eq!(human.code, Some(0), "{}", human.stderr);
+    let row = |env: &str| {
+        human
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(env))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    for cell in ["3", "0.30", "4h 30m", "80% (4 of 5)", "12m 30s (2 restores)"] {
+        assert!(row("production").contains(cell), "`{cell}` in:\n{}", human.stdout);
+    }
+    for cell in ["4", "0.40", "2h 10m", "25% (1 of 4)", "1d 2h 29m (2 restores)"] {
+        assert!(row("staging").contains(cell), "`{cell}` in:\n{}", human.stdout);
+    }
+    assert!(human.stdout.starts_with("acme/shop from "), "{}", human.stdout);
+    let yaml = baton(&url, &["dora", "acme/shop", "--environment", "staging", "-o", "yaml"]);
+    assert!(yaml.stdout.contains("environment: staging"), "{}", yaml.stdout);
+    assert!(!yaml.stdout.contains("environment: production"), "{}", yaml.stdout);
+
+    // Nothing in the last hour: no data, not zero.
+    let quiet = baton(
+        &url,
+        &["dora", "acme/shop", "--environment", "production", "--window", "1h"],
+    );
+    assert_eq!(quiet.code, Some(0), "{}", quiet.stderr);
+    assert_eq!(quiet.stdout.matches("no data").count(), 3, "{}", quiet.stdout);
+
+    // Errors: an unknown app or environment is not found, saying where to look; a bad window
+    // is a usage error naming the flag.
+    let unknown = baton(&url, &["dora", "acme/nothing"]);
+    assert_eq!(unknown.code, Some(3), "{}", unknown.stderr);
+    assert!(unknown.stderr.contains("baton status"), "{}", unknown.stderr);
+    let nowhere = baton(&url, &["dora", "acme/shop", "--environment", "qa"]);
+    assert_eq!(nowhere.code, Some(3), "{}", nowhere.stderr);
+    assert!(nowhere.stderr.contains("production, staging"), "{}", nowhere.stderr);
+    for window in ["soon", "0s"] {
+        let bad = baton(&url, &["dora", "acme/shop", "--window", window]);
+        assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+        assert!(bad.stderr.contains("--window"), "{}", bad.stderr);
+    }
     Ok(())
 }
