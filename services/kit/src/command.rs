@@ -7,6 +7,10 @@
 //! "Signed commands"): the request gets `issuedAt` (now) and a fresh `nonce`, is serialised
 //! once, and those exact bytes are both signed and sent, the signature in the
 //! [`SIGNATURE_HEADER`] header.
+//!
+//! Each command is sent in a `send baton.cmd.promoter.<verb>` span (kind producer) whose
+//! `traceparent` rides in the request's NATS headers: the promoter joins the release's trace and
+//! links its work to this span, so the person's action shows in the release's timeline.
 
 use std::time::Duration;
 
@@ -14,7 +18,10 @@ use baton_schemas::commands::{CommandReply, CommandRequest, PROMOTER, Verb};
 use baton_schemas::subjects;
 use chrono::{DateTime, Utc};
 
+use tracing::Instrument;
+
 use crate::signing::{SIGNATURE_HEADER, Signer, SigningError};
+use crate::telemetry;
 
 /// Why a command got no reply the caller can use.
 #[derive(Debug, thiserror::Error)]
@@ -89,16 +96,29 @@ impl CommandClient {
             }
         };
         let subject = subjects::command_subject(PROMOTER, verb.as_str());
+        let span = telemetry::messaging_span(
+            telemetry::Messaging::Send,
+            &telemetry::Message {
+                subject: &subject,
+                id: request.request_id.as_deref(),
+                release: request.release.as_deref(),
+                app: request.app.as_deref(),
+                group: None,
+            },
+        );
+        let mut headers = headers.unwrap_or_default();
+        for (name, value) in span.in_scope(telemetry::current_trace_headers) {
+            headers.insert(name.as_str(), value.as_str());
+        }
         // The request carries the timeout itself: the connection's own request timeout (10 s
         // unless configured) would otherwise cut a longer wait short. The outer timeout bounds
         // the send as well, should the connection be stuck.
-        let mut sent = async_nats::Request::new()
+        let sent = async_nats::Request::new()
             .payload(body.into())
+            .headers(headers)
             .timeout(Some(self.timeout));
-        if let Some(headers) = headers {
-            sent = sent.headers(headers);
-        }
-        let message = match tokio::time::timeout(self.timeout, self.client.send_request(subject, sent)).await {
+        let request = tokio::time::timeout(self.timeout, self.client.send_request(subject, sent)).instrument(span);
+        let message = match request.await {
             Ok(Ok(message)) => message,
             Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => return Err(CommandError::NoPromoter),
             Ok(Err(e)) if e.kind() == RequestErrorKind::TimedOut => return Err(CommandError::Timeout(self.timeout)),

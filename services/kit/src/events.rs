@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use async_nats::jetstream;
 use baton_schemas::{CdEvent, EventType, SchemaError, subjects, validate_event};
 use cloudevents::{Event, EventBuilder, EventBuilderV10};
+use tracing::Instrument;
 
 use crate::codec::{self, JSON};
 use crate::fabric::{self, FabricError, Published};
@@ -128,7 +129,8 @@ pub fn to_cloudevent(event: &CdEvent) -> Event {
 }
 
 /// Validates and publishes an event on `baton.events.<app>.<subject>.<predicate>` in binary
-/// mode, carrying the current trace context, and waits for the JetStream ack.
+/// mode, in a `send` span (kind producer) of the current trace whose context the event carries,
+/// and waits for the JetStream ack.
 ///
 /// # Errors
 /// [`PublishError::Invalid`] for an event that breaks its schema (a bug: do not retry),
@@ -168,11 +170,23 @@ pub async fn send(js: &jetstream::Context, outgoing: &Outgoing) -> Result<(Event
         time: Some(&time),
         datacontenttype: JSON,
     });
-    let trace = telemetry::current_trace_headers();
+    let subject = subjects::event_subject(&outgoing.app, ty);
+    // The event carries the context of its own `send` span, so whoever handles it continues the
+    // trace from its publication.
+    let span = telemetry::messaging_span(
+        telemetry::Messaging::Send,
+        &telemetry::Message {
+            subject: &subject,
+            id: Some(&event.context.id),
+            release: event.context.chain_id.as_deref(),
+            app: Some(&outgoing.app),
+            group: None,
+        },
+    );
+    let trace = span.in_scope(telemetry::current_trace_headers);
     for (name, value) in trace.iter().map(|(n, v)| (n, v)).chain(&outgoing.extensions) {
         codec::insert_extension(&mut headers, name, value);
     }
-    let subject = subjects::event_subject(&outgoing.app, ty);
     let sent = fabric::send_raw(
         js,
         &subject,
@@ -180,6 +194,7 @@ pub async fn send(js: &jetstream::Context, outgoing: &Outgoing) -> Result<(Event
         payload,
         &codec::percent_encode(&event.context.id),
     )
+    .instrument(span)
     .await?;
     Ok((ty, sent))
 }

@@ -406,13 +406,15 @@ async fn process<H: Handler>(inner: &Inner<H>, message: Message, hard_stop: &Can
         }
     };
     let type_label = incoming.event_type.as_str();
-    let span = tracing::info_span!(
-        "handle",
-        stage = %inner.stage.name,
-        event.id = %incoming.id(),
-        event.r#type = %type_label,
-        chain.id = incoming.chain_id().unwrap_or(""),
-        delivered,
+    let span = telemetry::messaging_span(
+        telemetry::Messaging::Process,
+        &telemetry::Message {
+            subject: &incoming.subject,
+            id: Some(incoming.id()),
+            release: incoming.chain_id(),
+            app: Some(&incoming.app),
+            group: Some(&inner.stage.name),
+        },
     );
     // Continue the sender's trace when it sent one (and someone records spans).
     if !span.is_disabled()

@@ -1,6 +1,14 @@
 //! Logs and traces: `tracing` with `RUST_LOG`, OpenTelemetry spans (exported over OTLP/gRPC when
-//! an endpoint is configured), and the W3C trace context carried in every event's `traceparent`
-//! and `tracestate` extensions, so one release reads as one trace across services.
+//! an endpoint is configured: `telemetry.otlp_endpoint`, else the standard
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`), and the W3C trace
+//! context carried in every event's `traceparent` and `tracestate` extensions, so one release
+//! reads as one trace across services.
+//!
+//! The spans follow OpenTelemetry's semantic conventions where they exist: messaging spans for
+//! NATS ([`messaging_span`]), HTTP server spans for the webhooks and Slack requests
+//! ([`http_server_spans`]); Baton's own attributes are named in [`attr`]. A stage that acts later
+//! on a release (a timer, an approval, an operator's command) stores the release's
+//! [`traceparent`] and continues it with [`continue_trace`]. docs/telemetry.md lists every span.
 
 use std::collections::HashMap;
 
@@ -8,7 +16,7 @@ use baton_schemas::config::{LogFormat, TelemetrySettings};
 use cloudevents::Event;
 use cloudevents::event::ExtensionValue;
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -47,24 +55,53 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Baton's span attributes beside the semantic conventions' own.
+pub mod attr {
+    /// The release id (the events' `chainId`).
+    pub const RELEASE_ID: &str = "baton.release.id";
+    /// The application, as the git host names it (or its subject token).
+    pub const APP: &str = "baton.app";
+    /// The environment a promotion, approval or rollout is about.
+    pub const ENVIRONMENT: &str = "baton.environment";
+    /// The release's commit (OpenTelemetry's VCS convention).
+    pub const COMMIT: &str = "vcs.ref.head.revision";
+}
+
+/// The standard variables naming the OTLP endpoint, the traces-only one first.
+const OTLP_ENDPOINT_VARS: [&str; 2] = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"];
+
+/// Where spans are exported: `telemetry.otlp_endpoint` (which `BATON_TELEMETRY__OTLP_ENDPOINT`
+/// overrides), else the standard `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` as `env` reads them; `None` (nothing exported) when none is set
+/// or each is empty.
+pub fn otlp_endpoint(settings: &TelemetrySettings, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    settings
+        .otlp_endpoint
+        .clone()
+        .into_iter()
+        .chain(OTLP_ENDPOINT_VARS.iter().filter_map(|name| env(name)))
+        .map(|e| e.trim().to_owned())
+        .find(|e| !e.is_empty())
+}
+
 /// Builds the tracer provider: always present, so trace ids exist and are carried from event
-/// to event; spans are exported only when an OTLP endpoint is configured.
+/// to event; spans are exported only to `endpoint` (see [`otlp_endpoint`]), never without one.
 ///
 /// # Errors
 /// When the OTLP exporter cannot be built.
-pub fn tracer_provider(service: &str, settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
+pub fn tracer_provider(service: &str, endpoint: Option<&str>) -> Result<SdkTracerProvider, TelemetryError> {
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service.to_owned())
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if let Some(endpoint) = &settings.otlp_endpoint {
+    if let Some(endpoint) = endpoint {
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
-            .with_endpoint(endpoint.clone())
+            .with_endpoint(endpoint)
             .build()
             .map_err(|source| TelemetryError::Exporter {
-                endpoint: endpoint.clone(),
+                endpoint: endpoint.to_owned(),
                 source,
             })?;
         builder = builder.with_batch_exporter(exporter);
@@ -73,12 +110,14 @@ pub fn tracer_provider(service: &str, settings: &TelemetrySettings) -> Result<Sd
 }
 
 /// Installs the global subscriber: `RUST_LOG` filter (default `info`), text or JSON lines on
-/// stderr, and the OpenTelemetry layer. `service` becomes the OTel `service.name`.
+/// stderr, and the OpenTelemetry layer exporting to [`otlp_endpoint`] (read from the process
+/// environment). `service` becomes the OTel `service.name`.
 ///
 /// # Errors
 /// When the exporter cannot be built or a subscriber is already installed.
 pub fn init(service: &str, settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
-    let provider = tracer_provider(service, settings)?;
+    let endpoint = otlp_endpoint(settings, &|name| std::env::var(name).ok());
+    let provider = tracer_provider(service, endpoint.as_deref())?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service.to_owned()));
@@ -147,23 +186,190 @@ pub fn current_trace_id() -> String {
         .to_string()
 }
 
+/// The current span's W3C `traceparent`, to store with work done later for the same release
+/// (a scheduled promotion, an approval request); `None` without a span.
+pub fn traceparent() -> Option<String> {
+    current_trace_headers()
+        .into_iter()
+        .find_map(|(key, value)| (key == "traceparent").then_some(value))
+}
+
+/// The span context a stored `traceparent` names (`None` when it is not a valid one).
+pub fn span_context(traceparent: &str) -> Option<SpanContext> {
+    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    let span = cx.span().span_context().clone();
+    span.is_valid().then_some(span)
+}
+
+/// Makes `span` continue the trace a stored `traceparent` names (as a child of that span), when
+/// there is one and someone records spans. Returns whether it does.
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) -> bool {
+    let Some(parent) = traceparent.and_then(span_context) else {
+        return false;
+    };
+    if span.is_disabled() {
+        return false;
+    }
+    span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent))
+        .is_ok()
+}
+
+/// Links `span` to the span a `traceparent` names (e.g. an operator's command, which has its own
+/// trace, linked from the release's trace it acts on).
+pub fn link(span: &tracing::Span, traceparent: &str) {
+    if let Some(other) = span_context(traceparent) {
+        span.add_link(other);
+    }
+}
+
+/// Sets an attribute on the current span (e.g. [`attr::ENVIRONMENT`] once a handler knows it).
+pub fn annotate(key: &'static str, value: impl Into<String>) {
+    tracing::Span::current().set_attribute(key, value.into());
+}
+
+/// Which side of NATS a [`messaging_span`] is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Messaging {
+    /// Publishing a message: `send <subject>`, kind producer.
+    Send,
+    /// Handling a received message: `process <subject>`, kind consumer.
+    Process,
+}
+
+/// What a [`messaging_span`] is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// The NATS subject (`messaging.destination.name`).
+    pub subject: &'a str,
+    /// The message id (`messaging.message.id`): the event id, or none for a command.
+    pub id: Option<&'a str>,
+    /// The release (`baton.release.id`), when the message belongs to one.
+    pub release: Option<&'a str>,
+    /// The application (`baton.app`), when known.
+    pub app: Option<&'a str>,
+    /// The consumer group handling it (`messaging.consumer.group.name`): the stage's durable
+    /// consumer or a command's queue group.
+    pub group: Option<&'a str>,
+}
+
+/// A messaging span for NATS (OpenTelemetry's messaging conventions): `send <subject>` of kind
+/// producer around a publish, `process <subject>` of kind consumer around handling a message,
+/// with `messaging.system=nats`, `messaging.operation.type` and `messaging.destination.name`.
+pub fn messaging_span(operation: Messaging, message: &Message<'_>) -> tracing::Span {
+    let (op, kind) = match operation {
+        Messaging::Send => ("send", "producer"),
+        Messaging::Process => ("process", "consumer"),
+    };
+    let empty = tracing::field::Empty;
+    let span = tracing::info_span!(
+        "messaging",
+        otel.name = %format_args!("{op} {}", message.subject),
+        otel.kind = kind,
+        messaging.system = "nats",
+        messaging.operation.type = op,
+        messaging.destination.name = message.subject,
+        messaging.message.id = empty,
+        messaging.consumer.group.name = empty,
+        baton.release.id = empty,
+        baton.app = empty,
+    );
+    for (field, value) in [
+        ("messaging.message.id", message.id),
+        ("messaging.consumer.group.name", message.group),
+        (attr::RELEASE_ID, message.release),
+        (attr::APP, message.app),
+    ] {
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            span.record(field, value);
+        }
+    }
+    span
+}
+
+/// Wraps every request of a router (put it on the public routes with `route_layer`) in an HTTP
+/// server span (OpenTelemetry's HTTP conventions): `<METHOD> <route>`, kind server, with
+/// `http.request.method`, `http.route`, `url.path` and `http.response.status_code`; a 5xx marks
+/// the span as an error. Such a request starts a trace of its own: Baton trusts no trace context
+/// from outside.
+pub async fn http_server_spans(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| request.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn an_otlp_endpoint_sets_up_export() {
-        let settings = TelemetrySettings {
-            otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+        let provider = tracer_provider("baton-test", Some("http://127.0.0.1:4317")).unwrap();
+        provider.shutdown().unwrap();
+    }
+
+    #[test]
+    fn the_endpoint_is_configured_or_standard_or_none() {
+        let configured = TelemetrySettings {
+            otlp_endpoint: Some("http://collector:4317".into()),
             ..Default::default()
         };
-        let provider = tracer_provider("baton-test", &settings).unwrap();
-        provider.shutdown().unwrap();
+        let standard = |name: &str| (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://otel:4317".to_owned());
+        let traces = |name: &str| match name {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => Some("http://traces:4317".to_owned()),
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://otel:4317".to_owned()),
+            _ => None,
+        };
+        let empty = |_: &str| Some(" ".to_owned());
+        let none = |_: &str| None;
+        let unset = TelemetrySettings::default();
+        assert_eq!(
+            otlp_endpoint(&configured, &standard).as_deref(),
+            Some("http://collector:4317")
+        );
+        assert_eq!(otlp_endpoint(&unset, &standard).as_deref(), Some("http://otel:4317"));
+        assert_eq!(otlp_endpoint(&unset, &traces).as_deref(), Some("http://traces:4317"));
+        assert_eq!(otlp_endpoint(&unset, &empty), None);
+        assert_eq!(otlp_endpoint(&unset, &none), None);
+    }
+
+    #[test]
+    fn a_stored_traceparent_is_read_back_and_garbage_is_not() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let cx = span_context(tp).unwrap();
+        assert_eq!(cx.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(cx.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(span_context("not a traceparent").is_none());
+        assert!(!continue_trace(&tracing::Span::none(), Some(tp)));
+        assert!(!continue_trace(&tracing::Span::current(), None));
     }
 
     #[test]
     fn without_a_span_nothing_is_injected() {
         assert!(current_trace_headers().is_empty());
+        assert_eq!(traceparent(), None);
         assert_eq!(current_trace_id(), "00000000000000000000000000000000");
     }
 }

@@ -425,8 +425,19 @@ impl StepRunner {
 
     /// Runs one step to its end (or its timeout) and stores its log. Never fails: everything that
     /// can go wrong is in the outcome. Dropping the future kills the step's process group (or
-    /// deletes its pod).
-    #[tracing::instrument(skip_all, fields(run = %request.run_id, step = %request.step.name))]
+    /// deletes its pod). Runs in a span `step <name>` whose duration is the step's and whose
+    /// `baton.step.status` is its outcome (an error status unless it succeeded).
+    #[tracing::instrument(
+        name = "step",
+        skip_all,
+        fields(
+            otel.name = %format_args!("step {}", request.step.name),
+            otel.status_code = tracing::field::Empty,
+            run = %request.run_id,
+            step = %request.step.name,
+            baton.step.status = tracing::field::Empty,
+        )
+    )]
     pub async fn run(&self, request: StepRequest<'_>) -> StepOutcome {
         let started = Instant::now();
         let live = self.live.as_ref().map(|client| {
@@ -468,6 +479,11 @@ impl StepRunner {
             Ok(log) => tracing::debug!(object = %log.object, bytes = log.bytes, lines = log.lines, "step log stored"),
             Err(LogError::NotConfigured) => {}
             Err(error) => tracing::warn!(%error, "step log not stored"),
+        }
+        let span = tracing::Span::current();
+        span.record("baton.step.status", status.label());
+        if !matches!(status, StepStatus::Succeeded) {
+            span.record("otel.status_code", "ERROR");
         }
         tracing::info!(status = %status, duration_ms = duration.as_millis(), "step ended");
         StepOutcome {
