@@ -36,6 +36,7 @@ use prometheus_client::metrics::family::Family;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::commands::{self, Intent, USAGE};
 use crate::config::Chatops;
@@ -416,7 +417,8 @@ async fn act(
     let mention = mention(&sender.user_id);
     let work = {
         let state = state.clone();
-        tokio::spawn(async move { forward(&state, verb, request, &mention).await })
+        // In the request's span: the command it sends is linked from the release's trace.
+        tokio::spawn(async move { forward(&state, verb, request, &mention).await }.in_current_span())
     };
     let mut work = work;
     let finished = tokio::time::timeout(state.config.answer_within, &mut work).await;

@@ -17,6 +17,7 @@ use baton_kit::source::{self, RemoteRef, SourceError, Sources};
 use baton_schemas::payloads::{CommitInfo, RepositoryInfo};
 use baton_schemas::subjects::sanitize_token;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Repository;
 use crate::providers::Push;
@@ -130,7 +131,11 @@ impl Poller {
             let push = self.describe(&r, before.clone()).await?;
             if push::accept(&self.repo, &push).is_ok() {
                 let delivery = format!("{}..{}", push.before, push.after);
-                match push::record(&self.state, &self.jetstream, &self.repo, PROVIDER, &delivery, &push).await? {
+                // A polled head starts its release's trace, as a webhook's request does.
+                let span =
+                    tracing::info_span!(parent: None, "poll", otel.name = %format_args!("poll {}", self.repo.name));
+                let recorded = push::record(&self.state, &self.jetstream, &self.repo, PROVIDER, &delivery, &push);
+                match recorded.instrument(span).await? {
                     push::Recorded::Published { .. } => published += 1,
                     push::Recorded::AlreadyReleased(first) => tracing::info!(
                         repository = %self.repo.name, delivery = %delivery, git_ref = %push.git_ref, sha = %push.after,

@@ -20,7 +20,7 @@
 //! commit.
 
 use async_nats::jetstream::{self, kv};
-use baton_kit::{Outgoing, events};
+use baton_kit::{Outgoing, events, telemetry};
 use baton_schemas::payloads::{CommitInfo, Person, PushData};
 use baton_schemas::subjects::sanitize_token;
 use baton_schemas::{CdEvent, EventType};
@@ -290,6 +290,12 @@ pub async fn record(
     push: &Push,
 ) -> Result<Recorded, RecordError> {
     let mut out = change_merged(repo, provider, delivery_id, push).expect("push events serialize");
+    // The span the push arrived in (a webhook's request, a poll) is the release's root.
+    telemetry::annotate(telemetry::attr::APP, repo.name.as_str());
+    telemetry::annotate(telemetry::attr::COMMIT, push.after.as_str());
+    if let Some(release) = &out.event.context.chain_id {
+        telemetry::annotate(telemetry::attr::RELEASE_ID, release.as_str());
+    }
     let ours = CommitRecord {
         release: out.event.context.chain_id.clone().unwrap_or_default(),
         event: out.event.context.id.clone(),
