@@ -222,9 +222,10 @@ impl ReleaseManager {
             trigger: request.trigger.clone(),
             cause: cause.to_owned(),
             waiting_for: waiting_for.clone(),
+            trace: baton_kit::telemetry::traceparent(),
         };
         let existing = self.state.get::<Scheduled>(&key).await?;
-        if existing.as_ref().is_some_and(|e| e.value == record) {
+        if existing.as_ref().is_some_and(|e| e.value.same_as(&record)) {
             return Ok(Outcome {
                 events: Vec::new(),
                 value: Advance::Scheduled(at, waiting_for),

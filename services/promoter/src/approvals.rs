@@ -110,6 +110,7 @@ impl ReleaseManager {
             cause: cause.to_owned(),
             closed: None,
             promotion_pending: false,
+            trace: baton_kit::telemetry::traceparent(),
         };
         if let Some(open) = existing.as_ref().filter(|e| e.value.closed.is_none()) {
             let why = format!("superseded by release {}", release.release);

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use baton_kit::telemetry;
 use baton_schemas::EventType;
 use baton_schemas::commands::{CommandReply, CommandRequest, PROMOTER, Verb};
 use baton_schemas::environments::{EnvironmentsFile, GrantedVerb};
@@ -16,6 +17,7 @@ use baton_schemas::subjects::COMMANDS_PREFIX;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::advance::Advance;
 use crate::error::PromoteError;
@@ -51,12 +53,14 @@ pub async fn serve(
                 let client = client.clone();
                 running.spawn(async move {
                     let verb = message.subject.rsplit('.').next().unwrap_or_default().to_owned();
-                    let signature = message
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(baton_kit::signing::SIGNATURE_HEADER))
-                        .map(|v| v.as_str().to_owned());
-                    let reply = execute(&promoter, &verb, &message.payload, signature.as_deref()).await;
+                    let header = |name: &str| {
+                        message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned())
+                    };
+                    let signature = header(baton_kit::signing::SIGNATURE_HEADER);
+                    let span = command_span(&promoter, &message.subject, &message.payload, header("traceparent")).await;
+                    let reply = execute(&promoter, &verb, &message.payload, signature.as_deref())
+                        .instrument(span)
+                        .await;
                     if let Some(to) = message.reply {
                         let body = serde_json::to_vec(&reply).expect("a reply serializes");
                         if let Err(e) = client.publish(to, body.into()).await {
@@ -71,6 +75,65 @@ pub async fn serve(
     let _ = requests.unsubscribe().await;
     while running.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The span a command is carried out in (`process baton.cmd.promoter.<verb>`, kind consumer):
+/// in the trace of the release it names (or the release its app's environment runs), linked to
+/// the span that sent it (`sent`, its `traceparent`), so the person's action shows in the
+/// release's timeline; in the sender's own trace when no release's trace is known.
+async fn command_span(promoter: &ReleaseManager, subject: &str, body: &[u8], sent: Option<String>) -> tracing::Span {
+    // Only what picks the trace is read here; `execute` reads and judges the whole request.
+    let request = serde_json::from_slice::<CommandRequest>(body).ok();
+    let request = request.as_ref();
+    let (app, environment) = (
+        request.and_then(|r| r.app.as_deref()),
+        request.and_then(|r| r.environment.as_deref()),
+    );
+    let mut release = request.and_then(|r| r.release.clone());
+    if release.is_none()
+        && let (Some(app), Some(env)) = (app, environment)
+    {
+        release = promoter
+            .state
+            .current(app, env)
+            .await
+            .ok()
+            .flatten()
+            .map(|c| c.value.release);
+    }
+    let trace = match &release {
+        Some(release) => promoter.state.trace(release).await.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "cannot read the release's trace; the command keeps its own");
+            None
+        }),
+        None => None,
+    };
+    let span = telemetry::messaging_span(
+        telemetry::Messaging::Process,
+        &telemetry::Message {
+            subject,
+            id: request.and_then(|r| r.request_id.as_deref()),
+            release: release.as_deref(),
+            app,
+            group: Some(QUEUE_GROUP),
+        },
+    );
+    span.in_scope(|| {
+        if let Some(actor) = request.map(|r| r.actor.as_str()).filter(|a| !a.is_empty()) {
+            telemetry::annotate("baton.actor", actor);
+        }
+        if let Some(environment) = environment {
+            telemetry::annotate(telemetry::attr::ENVIRONMENT, environment);
+        }
+    });
+    if telemetry::continue_trace(&span, trace.as_deref()) {
+        if let Some(sent) = &sent {
+            telemetry::link(&span, sent);
+        }
+    } else {
+        telemetry::continue_trace(&span, sent.as_deref());
+    }
+    span
 }
 
 /// Carries out one command (`body`, its exact bytes, signed as `signature` says), as of one

@@ -297,6 +297,7 @@ fn apply(rebuilt: &mut Rebuilt, event: &CdEvent) {
                     data,
                     closed: None,
                     promotion_pending: false,
+                    trace: None,
                 },
             );
         }

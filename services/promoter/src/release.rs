@@ -86,7 +86,20 @@ impl ReleaseManager {
                     changelog,
                     created_at: now,
                 };
-                self.state.put(&state::release_key(chain), &release).await?;
+                // The span handling the tested artifact continues the release's trace; an
+                // operator's command about this release joins it from here.
+                match baton_kit::telemetry::traceparent() {
+                    Some(trace) => {
+                        let (release_key, trace_key) = (state::release_key(chain), state::trace_key(chain));
+                        tokio::try_join!(
+                            self.state.put(&release_key, &release),
+                            self.state.put(&trace_key, &trace),
+                        )?;
+                    }
+                    None => {
+                        self.state.put(&state::release_key(chain), &release).await?;
+                    }
+                }
                 release
             }
         };

@@ -9,6 +9,7 @@
 //! | `promoter.scheduled.<app>.<env>` | a promotion waiting for a soak or a freeze to end |
 //! | `promoter.bad.<release>` | a quarantined release |
 //! | `promoter.policy` | the last valid `environments.yaml` |
+//! | `promoter.trace.<release>` | the release's W3C `traceparent`, so an operator's command joins its trace |
 //!
 //! Everything here can be rebuilt from the event stream and the config repo
 //! ([`crate::rebuild`]).
@@ -147,6 +148,10 @@ pub struct PendingApproval {
     /// carry out what is still set (a busy lease, a failed push, a crash in between).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub promotion_pending: bool,
+    /// The W3C `traceparent` of the span that opened the request: votes, the promotion and the
+    /// expiry continue the release's trace from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// How an approval request ended.
@@ -177,6 +182,20 @@ pub struct Scheduled {
     pub cause: String,
     /// What it waits for.
     pub waiting_for: String,
+    /// The W3C `traceparent` of the span that scheduled it: the promotion carried out when it is
+    /// due continues the release's trace from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+}
+
+impl Scheduled {
+    /// Whether `other` schedules the same promotion (whichever span scheduled it).
+    pub fn same_as(&self, other: &Self) -> bool {
+        Self {
+            trace: other.trace.clone(),
+            ..self.clone()
+        } == *other
+    }
 }
 
 /// A quarantined release.
@@ -246,6 +265,11 @@ pub fn approval_key(app: &str, env: &str) -> String {
 /// Key of the scheduled promotion of `app` into `env`.
 pub fn scheduled_key(app: &str, env: &str) -> String {
     format!("{PREFIX}.scheduled.{}.{env}", sanitize_token(app))
+}
+
+/// Key of the `traceparent` a release's trace is continued from by operators' commands.
+pub fn trace_key(release: &str) -> String {
+    format!("{PREFIX}.trace.{}", sanitize_token(release))
 }
 
 /// Key of the last valid policy.
@@ -366,6 +390,15 @@ impl State {
     /// [`StateError`].
     pub async fn release(&self, id: &str) -> Result<Option<ReleaseData>, StateError> {
         Ok(self.get(&release_key(id)).await?.map(|v| v.value))
+    }
+
+    /// The `traceparent` `release`'s trace is continued from (`None` for a release created
+    /// before traces were kept, or rebuilt from the stream).
+    ///
+    /// # Errors
+    /// [`StateError`].
+    pub async fn trace(&self, release: &str) -> Result<Option<String>, StateError> {
+        Ok(self.get(&trace_key(release)).await?.map(|v| v.value))
     }
 
     /// The quarantine record that covers `release`: its own, or one of another release of the

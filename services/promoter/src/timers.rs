@@ -3,11 +3,17 @@
 //! promotions a failure left owed are carried out. Every replica
 //! ticks; promotions are idempotent and taken under the environment's lock, and closing a
 //! request is compare-and-set, so replicas never do the same thing twice.
+//!
+//! Each of these acts in a span that continues the release's trace from the `traceparent` stored
+//! with the schedule or the approval request, so the release reads as one trace however late its
+//! promotion comes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_kit::telemetry;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::advance::Advance;
 use crate::error::PromoteError;
@@ -62,30 +68,86 @@ pub async fn tick(promoter: &ReleaseManager) -> Result<(), PromoteError> {
     // Approved promotions a failure left owed (each is idempotent by its promotion id).
     for (key, pending) in owed {
         let (release, environment) = (&pending.data.release.release, &pending.data.environment);
-        match promoter.carry_out(&policy.value, &key, &pending, true, now).await {
+        let span = timer_span(
+            "approved promotion owed",
+            release,
+            environment,
+            pending.trace.as_deref(),
+        );
+        match promoter
+            .carry_out(&policy.value, &key, &pending, true, now)
+            .instrument(span)
+            .await
+        {
             Ok(outcome) => tracing::info!(%release, %environment, ?outcome, "approved promotion carried out"),
             Err(e) => tracing::warn!(%release, %environment, error = %e, "approved promotion still owed; next tick"),
         }
     }
     for (key, pending) in expired {
-        let reason = gates::expiry_reason(&pending.value);
-        if promoter.close_approval(&key, &pending, "expired", &reason, now).await? {
-            let event = promoter.approval_closed(&pending.value, "expired", "rejected", AUTOMATION, &reason);
-            promoter.publish(&[event]).await?;
-            tracing::info!(release = %pending.value.data.release.release, environment = %pending.value.data.environment, "approval request expired");
+        let request = &pending.value;
+        let span = timer_span(
+            "approval expiry",
+            &request.data.release.release,
+            &request.data.environment,
+            request.trace.as_deref(),
+        );
+        async {
+            let reason = gates::expiry_reason(request);
+            if promoter.close_approval(&key, &pending, "expired", &reason, now).await? {
+                let event = promoter.approval_closed(request, "expired", "rejected", AUTOMATION, &reason);
+                promoter.publish(&[event]).await?;
+                tracing::info!(release = %request.data.release.release, environment = %request.data.environment, "approval request expired");
+            }
+            Ok::<_, PromoteError>(())
         }
+        .instrument(span)
+        .await?;
     }
     for scheduled in due {
+        let span = timer_span(
+            "scheduled promotion",
+            &scheduled.release,
+            &scheduled.environment,
+            scheduled.trace.as_deref(),
+        );
+        promote_when_due(promoter, &policy.value, &scheduled, now)
+            .instrument(span)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The span a timer acts in: a child of the release's span that stored `trace`.
+fn timer_span(what: &'static str, release: &str, environment: &str, trace: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "timer",
+        otel.name = what,
+        baton.release.id = release,
+        baton.environment = environment,
+    );
+    telemetry::continue_trace(&span, trace);
+    span
+}
+
+/// Evaluates a scheduled promotion that is due, and clears the schedule once it is done with.
+async fn promote_when_due(
+    promoter: &ReleaseManager,
+    policy: &crate::policy::Policy,
+    scheduled: &Scheduled,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), PromoteError> {
+    {
         let Some(release) = promoter.state.release(&scheduled.release).await? else {
-            continue;
+            return Ok(());
         };
-        let Some(env) = policy.value.file.get(&scheduled.environment) else {
-            continue;
+        let Some(env) = policy.file.get(&scheduled.environment) else {
+            return Ok(());
         };
         let env = env.clone();
         let outcome = promoter
             .advance(
-                &policy.value,
+                policy,
                 Move {
                     release: &release,
                     env: &env,

@@ -749,6 +749,7 @@ fn request(release_id: &str, kind: ApprovalKind, votes: &[(&str, &str)], closed:
             at: wednesday() - minutes(1),
         }),
         promotion_pending: false,
+        trace: None,
     }
 }
 
@@ -1073,6 +1074,7 @@ fn a_scheduled_promotion_is_due_at_its_time_and_no_sooner() {
         trigger: Trigger::Auto,
         cause: "cause".to_owned(),
         waiting_for: "freeze window weekend of `production` until 2025-03-03 08:00:00 UTC".to_owned(),
+        trace: None,
     };
     assert!(!due(&scheduled, monday_morning() - chrono::Duration::seconds(1)));
     assert!(due(&scheduled, monday_morning()));
