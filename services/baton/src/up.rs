@@ -79,12 +79,31 @@ async fn start<S: Service>(dir: &Path, nats: Option<&str>, stop: CancellationTok
     )))
 }
 
+/// Logs and traces for every service of this process (`service.name` `baton-up`), as the first
+/// config file's `telemetry` section says: spans go to its `otlp_endpoint`, else to the standard
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, and nowhere without one.
+fn telemetry(dir: &Path) -> Result<Option<baton_kit::telemetry::TelemetryGuard>, CliError> {
+    let Some(path) = SERVICES
+        .iter()
+        .map(|(name, _)| dir.join(format!("{name}.yaml")))
+        .find(|path| path.exists())
+    else {
+        return Ok(None);
+    };
+    let settings = settings::load::<serde_json::Map<String, serde_json::Value>>(Some(&path), std::env::vars())
+        .map_err(|e| CliError::Config(format!("{}: {e}", path.display())))?;
+    baton_kit::telemetry::init("baton-up", &settings.common.telemetry)
+        .map(Some)
+        .map_err(|e| CliError::Service(format!("cannot start telemetry: {}", service::chain(&e))))
+}
+
 /// Starts every configured service and runs them until a signal.
 ///
 /// # Errors
 /// A service's config is invalid ([`CliError::Config`]) or it cannot start, or a service stops
 /// with an error ([`CliError::Service`]).
 pub async fn up(dir: &Path, nats: Option<&str>) -> Result<(), CliError> {
+    let _telemetry = telemetry(dir)?;
     if let Some((plan, common)) = crate::admin::plan_from_dir(dir)? {
         let mut settings = common.nats;
         if let Some(url) = nats {
