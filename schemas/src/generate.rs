@@ -84,6 +84,7 @@ pub fn generated_files() -> Vec<GeneratedFile> {
     files.push(service_config::<crate::config::promoter::PromoterSettings>("promoter"));
     files.push(service_config::<crate::config::deployer::DeployerSettings>("deployer"));
     files.push(service_config::<crate::config::chatops::ChatopsSettings>("chatops"));
+    files.push(service_config::<crate::config::web::WebSettings>("web"));
     files
 }
 

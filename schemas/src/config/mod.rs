@@ -11,6 +11,7 @@ pub mod deployer;
 pub mod listener;
 pub mod promoter;
 pub mod tester;
+pub mod web;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

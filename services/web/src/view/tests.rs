@@ -1,0 +1,139 @@
+//! The view from a handful of events and state entries, with a fixed clock.
+
+use baton_kit::log::Record;
+use baton_schemas::{CdEvent, EventType};
+use serde_json::{Value, json};
+
+use super::*;
+
+fn record(sequence: u64, ty: EventType, chain: &str, content: Value, data: Value) -> Record {
+    let event = CdEvent::new(ty, format!("e-{sequence}"), "/baton/promoter", "s", content)
+        .unwrap()
+        .with_chain_id(chain)
+        .with_custom_data(data)
+        .unwrap();
+    Record {
+        sequence,
+        app: "acme_shop".into(),
+        event,
+    }
+}
+
+fn story(view: &mut View) {
+    view.observe(&record(
+        1,
+        EventType::ChangeMerged,
+        "rel-aaaaaaaa-1",
+        json!({}),
+        json!({"app": "acme/shop", "after": "c0ffee00112233", "ref": "refs/heads/main", "commits": []}),
+    ));
+    view.observe(&record(
+        2,
+        EventType::EnvironmentModified,
+        "rel-aaaaaaaa-1",
+        json!({}),
+        json!({"app": "acme/shop", "environment": "staging", "action": "promote", "actor": "baton-promoter",
+               "configCommit": "cfg1", "manifestsPath": "staging/acme_shop"}),
+    ));
+    view.observe(&record(
+        3,
+        EventType::ServiceDeployed,
+        "rel-aaaaaaaa-1",
+        json!({}),
+        json!({"app": "acme/shop", "environment": "staging", "image": "r/acme_shop@sha256:1"}),
+    ));
+    view.observe(&record(
+        4,
+        EventType::DeploymentFailed,
+        "rel-aaaaaaab-2",
+        json!({"environment": "production", "reason": "CrashLoopBackOff"}),
+        json!({"app": "acme/shop", "environment": "production"}),
+    ));
+}
+
+#[test]
+fn a_release_is_found_by_its_id_or_a_unique_prefix() {
+    let mut view = View::new(1000);
+    story(&mut view);
+    let first = view.release_named("rel-aaaaaaaa-1").unwrap();
+    assert_eq!(view.release_named("rel-aaaaaaaa").unwrap(), first);
+    assert_eq!(view.release_named("rel-aaa"), Err(Lookup::TooShort));
+    assert!(matches!(view.release_named("rel-aaaaaaa"), Err(Lookup::Ambiguous(ids)) if ids.len() == 2));
+    assert_eq!(view.release_named("rel-zzzzzzzz"), Err(Lookup::NotFound));
+    assert_eq!(view.releases[first as usize].commit.as_deref(), Some("c0ffee00112233"));
+    assert_eq!(view.releases[first as usize].sequences, [1, 2, 3]);
+}
+
+#[test]
+fn events_are_filtered_newest_first() {
+    let mut view = View::new(1000);
+    story(&mut view);
+    let all = view.events(&EventFilter::default(), 10);
+    assert_eq!(all.iter().map(|e| e.sequence).collect::<Vec<_>>(), [4, 3, 2, 1]);
+    assert_eq!(all[0].app, "acme/shop");
+    assert!(all[0].failed);
+    let staging = EventFilter {
+        environment: Some("staging".into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(view.events(&staging, 10).len(), 2);
+    let by_app = EventFilter {
+        app: Some("acme/shop".into()),
+        ty: Some(EventType::ServiceDeployed),
+        ..EventFilter::default()
+    };
+    assert_eq!(view.events(&by_app, 10)[0].sequence, 3);
+    assert!(by_app.admits(&view.events(&by_app, 10)[0]));
+    let unknown = EventFilter {
+        app: Some("other".into()),
+        ..EventFilter::default()
+    };
+    assert!(view.events(&unknown, 10).is_empty());
+}
+
+#[test]
+fn old_rows_leave_memory_but_releases_stay() {
+    let mut view = View::new(2);
+    story(&mut view);
+    assert_eq!(view.len(), 2);
+    let release = EventFilter {
+        release: Some("rel-aaaaaaaa-1".into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(view.events(&release, 10).len(), 1, "only its rows still in memory");
+    assert_eq!(view.releases.len(), 2);
+}
+
+#[test]
+fn the_matrix_joins_events_and_the_promoters_state() {
+    let mut view = View::new(1000);
+    story(&mut view);
+    view.apply_state(
+        "promoter.current.acme_shop.staging",
+        Some(br#"{"release":"rel-aaaaaaaa-1","config_commit":"cfg1","healthy_since":"2024-05-01T10:00:00Z","pinned":{"by":"alice","reason":"hotfix <b>","at":"2024-05-01T11:00:00Z"}}"#),
+    );
+    view.apply_state(
+        "promoter.policy",
+        Some(br#"{"commit":"c","text":"environments:\n  - name: staging\n    namespace: shop-staging\n    policy: auto\n  - name: production\n    namespace: shop-production\n    policy: manual\n    approvals: {users: [bob]}\n"}"#),
+    );
+    let now = "2024-05-01T12:00:00Z".parse().unwrap();
+    let matrix = view.matrix(now);
+    assert_eq!(matrix.environments, ["staging", "production"]);
+    let staging = &matrix.apps[0].cells[0];
+    assert_eq!(matrix.apps[0].app, "acme/shop");
+    assert_eq!(staging.health, "healthy");
+    assert_eq!(
+        staging.release.as_ref().unwrap().commit.as_deref(),
+        Some("c0ffee00112233")
+    );
+    assert_eq!(staging.pinned.as_ref().unwrap().reason, "hotfix <b>");
+    let production = &matrix.apps[0].cells[1];
+    assert!(production.release.is_none(), "{production:?}");
+    view.apply_state("promoter.current.acme_shop.staging", None);
+    assert_eq!(
+        view.matrix(now).apps[0].cells[0].health,
+        "healthy",
+        "the events still say so"
+    );
+    assert!(view.matrix(now).apps[0].cells[0].pinned.is_none());
+}
