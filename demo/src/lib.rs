@@ -213,6 +213,17 @@ fn chatops_config(key: &Path, config_repo: &Path) -> String {
     )
 }
 
+/// Logs and traces for the stack's services (`service.name` `baton-demo`): spans go to the
+/// collector `BATON_TELEMETRY__OTLP_ENDPOINT` or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// names, and nowhere without one. `None` when the process installed its own subscriber.
+fn telemetry() -> Option<baton_kit::telemetry::TelemetryGuard> {
+    let settings = baton_schemas::config::TelemetrySettings {
+        otlp_endpoint: std::env::var("BATON_TELEMETRY__OTLP_ENDPOINT").ok(),
+        ..Default::default()
+    };
+    baton_kit::telemetry::init_with_filter("baton-demo", &settings, "warn").ok()
+}
+
 /// The running stack.
 pub struct Stack {
     /// NATS.
@@ -234,6 +245,9 @@ pub struct Stack {
     tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
     http: reqwest::Client,
     pushes: u32,
+    /// The services' traces, flushed when the stack stops (`None` when the process had its own
+    /// subscriber already).
+    _telemetry: Option<baton_kit::telemetry::TelemetryGuard>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -252,6 +266,7 @@ impl Stack {
     /// When a server or service cannot start (the harness errors name `just setup`).
     pub async fn start(narrate: bool) -> Result<Self> {
         baton_kit::tls::install_crypto_provider();
+        let telemetry = telemetry();
         let nats = NatsServer::start()?;
         let registry = RegistryServer::start()?;
         let cluster = KubeCluster::start().await?;
@@ -467,6 +482,7 @@ impl Stack {
             tasks,
             http: reqwest::Client::new(),
             pushes: 0,
+            _telemetry: telemetry,
         })
     }
 

@@ -116,12 +116,30 @@ pub fn tracer_provider(service: &str, endpoint: Option<&str>) -> Result<SdkTrace
 /// # Errors
 /// When the exporter cannot be built or a subscriber is already installed.
 pub fn init(service: &str, settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
+    init_with_filter(service, settings, "info")
+}
+
+/// [`init`] logging what `default_filter` lets through when `RUST_LOG` is unset (the demo,
+/// which narrates on the terminal, logs only warnings by default). Spans at `info` and above are
+/// recorded whatever the logs show.
+///
+/// # Errors
+/// As [`init`].
+pub fn init_with_filter(
+    service: &str,
+    settings: &TelemetrySettings,
+    default_filter: &str,
+) -> Result<TelemetryGuard, TelemetryError> {
     let endpoint = otlp_endpoint(settings, &|name| std::env::var(name).ok());
     let provider = tracer_provider(service, endpoint.as_deref())?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service.to_owned()));
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Spans are recorded at `info` and above whatever the logs show, so the trace context is
+    // carried (and exported) even when `RUST_LOG` asks for warnings only.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service.to_owned()))
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let fmt = match settings.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -130,8 +148,7 @@ pub fn init(service: &str, settings: &TelemetrySettings) -> Result<TelemetryGuar
             .boxed(),
     };
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInitialised)?;
