@@ -171,6 +171,9 @@ async fn main() -> Result<()> {
             "  {cli} status                # what runs where (staging runs the hand-pushed image; production the signed release)"
         );
         println!("  {cli} trace {first}");
+        println!(
+            "  # traces: each release is one OpenTelemetry trace, sent to the OTLP/gRPC collector named by OTEL_EXPORTER_OTLP_ENDPOINT (or BATON_TELEMETRY__OTLP_ENDPOINT) when `just demo` starts, e.g. Jaeger's on :4317, viewed at :16686; see docs/telemetry.md"
+        );
         println!("  {cli} whoami                # who the promoter sees behind the signature");
         println!("  {cli} unpin acme/shop staging   # signed with alice's key");
         println!(
