@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use baton_kit::log::{self, Record};
 use baton_schemas::EventType;
-use baton_schemas::payloads::{PushData, StepReport};
+use baton_schemas::payloads::{CommitInfo, StepReport};
 use baton_schemas::release::ReleaseData;
 use baton_schemas::subjects::sanitize_token;
 use chrono::{DateTime, Utc};
@@ -346,22 +346,25 @@ fn changelog(records: &[Record]) -> Vec<Change> {
             })
             .collect();
     }
-    records
+    // The push's commits, oldest first; each read on its own, so one odd commit does not hide
+    // the others.
+    let commits = records
         .iter()
         .find(|r| r.event_type() == Some(EventType::ChangeMerged))
-        .and_then(|r| r.event.custom_data_as::<PushData>().ok())
-        .map(|push| {
-            push.commits
-                .into_iter()
-                .rev()
-                .map(|c| Change {
-                    summary: c.message.lines().next().unwrap_or_default().to_owned(),
-                    commit: c.id,
-                    author: person(&c.author),
-                })
-                .collect()
+        .and_then(|r| r.event.custom_data.as_ref())
+        .and_then(|d| d.get("commits"))
+        .and_then(Value::as_array);
+    commits
+        .into_iter()
+        .flatten()
+        .rev()
+        .filter_map(|c| serde_json::from_value::<CommitInfo>(c.clone()).ok())
+        .map(|c| Change {
+            summary: c.message.lines().next().unwrap_or_default().to_owned(),
+            commit: c.id,
+            author: person(&c.author),
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 fn person(p: &baton_schemas::payloads::Person) -> String {

@@ -1,0 +1,360 @@
+//! baton-web against a real nats-server and a real config repo: the view built from published
+//! events (caught up before `/readyz` says ready, then followed live, also over server-sent
+//! events), the JSON API's answers, 400s naming the parameter, 404s, 405 for anything but GET,
+//! the security headers, a commit message `<img src=x onerror=alert(1)>` rendered inert, and a
+//! Secret's data never shown in a manifest diff.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use async_nats::jetstream;
+use baton_kit::{codec, events};
+use baton_schemas::config::web::WebSettings;
+use baton_schemas::{CdEvent, EventType, subjects};
+use baton_tests::{NatsServer, app};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const XSS: &str = "<img src=x onerror=alert(1)>";
+const RELEASE: &str = "rel-00000001-shop";
+const OLD_RELEASE: &str = "rel-00000000-shop";
+/// The Secret's password in the config repo, base64 (`hunter2`).
+const PASSWORD: &str = "aHVudGVyMg==";
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    baton_tests::git(dir, args).map_err(anyhow::Error::msg)
+}
+
+/// A config repo where staging runs the release (2 replicas) and production the old one (1),
+/// both with a Secret; returns its URL and the commit.
+fn config_repo(root: &Path) -> Result<(String, String)> {
+    git(root, &["init", "-q", "--bare", "-b", "main", "config.git"])?;
+    git(root, &["clone", "-q", "config.git", "work"])?;
+    let work = root.join("work");
+    for (env, replicas, password) in [("staging", 2, PASSWORD), ("production", 1, "b2xkLXBhc3M=")] {
+        let dir = work.join(env).join("acme_shop");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("deployment.yaml"),
+            format!("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: shop\nspec:\n  replicas: {replicas}\n"),
+        )?;
+        std::fs::write(
+            dir.join("secret.yaml"),
+            format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ndata:\n  password: {password}\n"),
+        )?;
+        std::fs::write(dir.join(".baton-release.yaml"), "release: {}\n")?;
+    }
+    git(&work, &["add", "."])?;
+    git(
+        &work,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-qm",
+            "manifests",
+        ],
+    )?;
+    git(&work, &["push", "-q", "origin", "main"])?;
+    let commit = git(&work, &["rev-parse", "HEAD"])?.trim().to_owned();
+    Ok((root.join("config.git").display().to_string(), commit))
+}
+
+/// Publishes `ty` for the release as the services would (binary mode), without the schema
+/// check: the fixtures carry only the fields the web reads.
+async fn publish(
+    js: &jetstream::Context,
+    id: &str,
+    ty: EventType,
+    chain: &str,
+    content: Value,
+    data: Value,
+) -> Result<()> {
+    let event = CdEvent::new(ty, id, format!("/baton/{}", ty.emitted_by()), "acme/shop", content)?
+        .with_chain_id(chain)
+        .with_custom_data(data)?;
+    let (headers, payload) = codec::encode_binary(&events::to_cloudevent(&event));
+    js.publish_with_headers(subjects::event_subject("acme/shop", ty), headers, payload)
+        .await?
+        .await?;
+    Ok(())
+}
+
+async fn story(js: &jetstream::Context, config_commit: &str) -> Result<()> {
+    publish(
+        js,
+        "e1",
+        EventType::ChangeMerged,
+        RELEASE,
+        json!({}),
+        json!({"app": "acme/shop", "after": "c0ffee0011223344556677889900aabbccddeeff", "ref": "refs/heads/main",
+               "pusher": {"username": "alice"},
+               "commits": [{"id": "c0ffee0011223344556677889900aabbccddeeff", "message": format!("{XSS}\n\nbody"),
+                            "author": {"name": "Alice"}}]}),
+    )
+    .await?;
+    publish(
+        js,
+        "e2",
+        EventType::BuildFinished,
+        RELEASE,
+        json!({}),
+        json!({"app": "acme/shop", "commit": "c0ffee0011223344556677889900aabbccddeeff", "run": "build-1",
+               "outcome": "success", "repository": "file:///shop",
+               "steps": [{"name": "compile", "status": "succeeded", "durationMs": 10,
+                          "log": {"bucket": "baton-logs", "object": "build-1/compile.log", "bytes": 30, "lines": 2}}]}),
+    )
+    .await?;
+    publish(
+        js,
+        "e3",
+        EventType::EnvironmentModified,
+        RELEASE,
+        json!({}),
+        json!({"app": "acme/shop", "environment": "staging", "action": "promote", "actor": "baton-promoter",
+               "configCommit": config_commit, "manifestsPath": "staging/acme_shop", "pinned": false}),
+    )
+    .await?;
+    publish(
+        js,
+        "e4",
+        EventType::ServiceDeployed,
+        RELEASE,
+        json!({}),
+        json!({"app": "acme/shop", "environment": "staging", "image": "127.0.0.1:5000/baton/acme_shop@sha256:ab"}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `text` as the templates escape it.
+fn escaped(text: &str) -> String {
+    text.replace('<', "&#60;").replace('>', "&#62;")
+}
+
+async fn get(http: &reqwest::Client, base: &str, path: &str) -> Result<reqwest::Response> {
+    Ok(http.get(format!("{base}{path}")).send().await?)
+}
+
+async fn json_of(http: &reqwest::Client, base: &str, path: &str) -> Result<Value> {
+    let response = get(http, base, path).await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    if !status.is_success() {
+        bail!("{path}: {status} {body}");
+    }
+    Ok(body)
+}
+
+async fn ready(http: &reqwest::Client, base: &str) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let response = get(http, base, "/readyz").await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("not ready after 20s: {}", response.text().await?);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_web_shows_what_the_log_and_the_state_hold_safely() -> Result<()> {
+    baton_kit::tls::install_crypto_provider();
+    let nats = NatsServer::start()?;
+    let common = app::common(&nats.url());
+    let topology = nats.provision(&common).await?;
+    let js = topology.jetstream.clone();
+    let root = tempfile::tempdir()?;
+    let (repo, config_commit) = config_repo(root.path())?;
+
+    // Before the web starts: the story so far, the promoter's state, a step's log.
+    story(&js, &config_commit).await?;
+    let current = |release: &str| {
+        json!({"release": release, "promotion": "p", "config_commit": config_commit, "action": "promote",
+               "healthy_since": "2024-05-01T10:00:00Z", "last_healthy": null, "pinned": null})
+    };
+    topology
+        .state
+        .put(
+            "promoter.current.acme_shop.staging",
+            serde_json::to_vec(&current(RELEASE))?.into(),
+        )
+        .await?;
+    topology
+        .state
+        .put(
+            "promoter.current.acme_shop.production",
+            serde_json::to_vec(&current(OLD_RELEASE))?.into(),
+        )
+        .await?;
+    topology
+        .logs
+        .put("build-1/compile.log", &mut format!("compiling\n{XSS}\n").as_bytes())
+        .await?;
+
+    let mut settings = WebSettings::default();
+    settings.config_repo.url = repo;
+    settings.source.cache_dir = Some(root.path().join("cache"));
+    let stop = CancellationToken::new();
+    let web = app::spawn::<baton_web::Application>(common, settings, &|_| None, &stop).await?;
+    let base = format!("http://{}", web.addr);
+    let http = reqwest::Client::new();
+    ready(&http, &base).await?;
+
+    // Caught up: the matrix and the event log.
+    let matrix = json_of(&http, &base, "/api/matrix").await?;
+    let row = &matrix["apps"][0];
+    assert_eq!(row["app"], "acme/shop", "{matrix}");
+    let staging = row["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["environment"] == "staging")
+        .unwrap();
+    assert_eq!(staging["release"]["id"], RELEASE, "{matrix}");
+    assert_eq!(staging["health"], "healthy", "{matrix}");
+    let production = row["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["environment"] == "production")
+        .unwrap();
+    assert_eq!(production["release"]["id"], OLD_RELEASE, "{matrix}");
+    let events = json_of(&http, &base, "/api/events?limit=2").await?;
+    let sequences: Vec<u64> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequences, [4, 3], "newest first: {events}");
+    let deployed = json_of(&http, &base, "/api/events?type=service.deployed&app=acme/shop").await?;
+    assert_eq!(deployed["events"].as_array().unwrap().len(), 1, "{deployed}");
+    let apps = json_of(&http, &base, "/api/apps").await?;
+    assert_eq!(apps[0]["latestRelease"], RELEASE, "{apps}");
+
+    // The release: its timeline, the XSS commit escaped, the diff without the Secret's data.
+    let release = json_of(&http, &base, &format!("/api/releases/{}", &RELEASE[..12])).await?;
+    assert_eq!(release["id"], RELEASE);
+    assert_eq!(release["timeline"].as_array().unwrap().len(), 4, "{release}");
+    assert_eq!(release["changelog"][0]["summary"], XSS);
+    assert_eq!(release["logs"][0]["url"], "/logs/build%2D1/compile", "{release}");
+    let diff = release["diff"].to_string();
+    assert!(
+        !diff.contains(PASSWORD) && !diff.contains("b2xkLXBhc3M="),
+        "a Secret's data in the diff: {diff}"
+    );
+    let production_diff = release["diff"]["content"]
+        .as_array()
+        .context("diffs")?
+        .iter()
+        .find(|d| d["environment"] == "production")
+        .context("production's diff")?;
+    let lines: Vec<String> = production_diff["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| {
+            f["hunks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|h| h.as_array().unwrap().iter())
+        })
+        .map(|l| format!("{}{}", l["tag"].as_str().unwrap(), l["text"].as_str().unwrap()))
+        .collect();
+    assert!(
+        lines.contains(&"+  replicas: 2".to_owned()) && lines.contains(&"-  replicas: 1".to_owned()),
+        "{lines:?}"
+    );
+    let page = get(&http, &base, &format!("/releases/{RELEASE}")).await?;
+    assert_eq!(page.status(), 200);
+    let headers = page.headers().clone();
+    let html = page.text().await?;
+    assert!(html.contains(&escaped(XSS)), "the commit message is shown escaped");
+    assert!(!html.contains("<img"), "no markup from a commit message");
+    assert!(!html.contains(PASSWORD), "no Secret data on the page");
+    assert!(html.contains("id=\"timeline\"") && html.contains("data-type=\"service.deployed\""));
+    assert_eq!(
+        headers["content-security-policy"],
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert!(
+        !html.contains("<script>") && !html.contains(" style="),
+        "no inline script or style"
+    );
+    let log = get(&http, &base, "/logs/build-1/compile").await?.text().await?;
+    assert!(log.contains(&escaped(XSS)) && !log.contains("<img"), "{log}");
+
+    // Bad requests name their parameter; unknown things are 404; only GET is allowed.
+    for (path, parameter) in [
+        ("/api/events?limit=0", "limit"),
+        ("/api/events?type=service.exploded", "type"),
+        ("/api/events?since=yesterday", "since"),
+        ("/api/events?colour=red", "colour"),
+    ] {
+        let response = get(&http, &base, path).await?;
+        assert_eq!(response.status(), 400, "{path}");
+        let body: Value = response.json().await?;
+        assert_eq!(body["parameter"], parameter, "{path}: {body}");
+    }
+    let page = get(&http, &base, "/events?limit=ten").await?;
+    assert_eq!(page.status(), 400);
+    assert!(page.text().await?.contains("`limit`"));
+    let missing = get(&http, &base, "/releases/rel-99999999").await?;
+    assert_eq!(missing.status(), 404);
+    assert!(missing.text().await?.contains("rel-99999999"));
+    assert_eq!(get(&http, &base, "/api/releases/rel-99999999").await?.status(), 404);
+    assert_eq!(get(&http, &base, "/nowhere").await?.status(), 404);
+    assert_eq!(get(&http, &base, "/api/nowhere").await?.status(), 404);
+    for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let response = http
+            .request(method.clone(), format!("{base}/api/matrix"))
+            .send()
+            .await?;
+        assert_eq!(response.status(), 405, "{method}");
+        assert_eq!(response.headers()["allow"], "GET, HEAD");
+    }
+
+    // Live: a new event reaches the live stream and the view within a second or two.
+    let mut live = get(&http, &base, "/events/live?app=acme/shop&type=baton-deployment.failed").await?;
+    assert_eq!(live.status(), 200);
+    publish(
+        &js,
+        "e5",
+        EventType::DeploymentFailed,
+        RELEASE,
+        json!({"environment": "production", "app": "acme/shop", "artifactId": "pkg:oci/shop", "reason": "CrashLoopBackOff"}),
+        json!({"app": "acme/shop", "environment": "production"}),
+    )
+    .await?;
+    let mut received = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !received.contains("CrashLoopBackOff") {
+        let chunk = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), live.chunk())
+            .await
+            .context("no live event within 5s")??
+            .context("the live stream ended")?;
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        received.contains("event: baton") && received.contains("\"sequence\":5"),
+        "{received}"
+    );
+    let failed = json_of(&http, &base, "/api/events?type=baton-deployment.failed").await?;
+    assert_eq!(failed["events"][0]["sequence"], 5, "{failed}");
+    assert_eq!(failed["events"][0]["failed"], true);
+
+    drop(live);
+    stop.cancel();
+    web.task.await??;
+    Ok(())
+}
