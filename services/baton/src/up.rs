@@ -1,10 +1,10 @@
 //! `baton up`: every Baton service in one process, for local use. Each service reads the same
 //! config file its own binary would (`<dir>/listener.yaml`, `builder.yaml`, `tester.yaml`,
-//! `promoter.yaml`, `deployer.yaml`, `chatops.yaml`; a missing file leaves that service out),
-//! with `BATON_*` environment overrides, and `--nats` (when given) replaces every file's
-//! `nats.url`. Before starting them it provisions what they need, as `baton admin provision
-//! --config-dir <dir>` would, connected as the first file's `nats` section says (services only
-//! check the topology). SIGINT/SIGTERM stops them all, each draining its work.
+//! `promoter.yaml`, `deployer.yaml`, `chatops.yaml`, `web.yaml`; a missing file leaves that
+//! service out), with `BATON_*` environment overrides, and `--nats` (when given) replaces every
+//! file's `nats.url`. Before starting them it provisions what they need, as `baton admin
+//! provision --config-dir <dir>` would, connected as the first file's `nats` section says
+//! (services only check the topology). SIGINT/SIGTERM stops them all, each draining its work.
 
 use std::future::Future;
 use std::path::Path;
@@ -31,7 +31,7 @@ type Starter = for<'a> fn(
 ) -> Pin<Box<dyn Future<Output = Result<Started, CliError>> + 'a>>;
 
 /// The services `baton up` knows, in start order.
-const SERVICES: [(&str, Starter); 6] = [
+const SERVICES: [(&str, Starter); 7] = [
     ("listener", |dir, nats, stop| {
         Box::pin(start::<baton_listener::Application>(dir, nats, stop))
     }),
@@ -49,6 +49,9 @@ const SERVICES: [(&str, Starter); 6] = [
     }),
     ("chatops", |dir, nats, stop| {
         Box::pin(start::<baton_chatops::Application>(dir, nats, stop))
+    }),
+    ("web", |dir, nats, stop| {
+        Box::pin(start::<baton_web::Application>(dir, nats, stop))
     }),
 ];
 
