@@ -7,6 +7,10 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 # the harness quotes it in its "not found" error (`baton_tests::PINNED_NATS_SERVER_VERSION`).
 nats_server_version := "2.12.8"
 
+# The PyPI packages of the telemetry suite's OTLP receiver (tests/scripts/otlp_receiver.py).
+otlp_proto_version := "1.45.2"
+grpcio_version := "1.85.1"
+
 # The unused-dependency checker `just lint` installs if missing.
 machete_version := "0.9.2"
 
@@ -95,6 +99,13 @@ setup:
     if [[ -z "${NATS_SERVER_BIN:-}" ]] && ! PATH="$user_path" command -v nats-server >/dev/null 2>&1; then
         echo "hint: $(dirname "$nats_server") is not on your PATH; for cargo test/nextest outside just run"
         echo "      export PATH=\"\$PATH:$(dirname "$nats_server")\"   (or export NATS_SERVER_BIN=$nats_server)"
+    fi
+
+    # The telemetry suite (tests/tests/telemetry.rs): a real OTLP/gRPC receiver,
+    # tests/scripts/otlp_receiver.py, built on OpenTelemetry's protobufs and gRPC.
+    if ! python3 -c "import grpc, opentelemetry.proto" >/dev/null 2>&1; then
+        echo "installing the OTLP receiver's modules: opentelemetry-proto {{ otlp_proto_version }}, grpcio {{ grpcio_version }}"
+        pip_install "opentelemetry-proto=={{ otlp_proto_version }}" "grpcio=={{ grpcio_version }}"
     fi
 
     # The registry suite (tests/tests/image.rs): a real CNCF Distribution registry, skopeo as an
