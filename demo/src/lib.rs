@@ -3,13 +3,14 @@
 //! a config repo (staging automatic; production approved by alice and requiring the image's
 //! evidence, verified with the builder's and tester's keys under `keys/`), the sample app `acme/shop`
 //! with its `.baton.yaml`, and every Baton service (listener, builder, tester, promoter,
-//! deployer, chat-ops bot) in this process; plus what a git host and Slack would send: signed
-//! push webhooks and signed slash commands. The config repo's `people.yaml` lists alice, with
-//! her Slack user id, and the chat-ops bot, with a key the demo generates, allowed to speak for
-//! her: her chat approval reaches the promoter signed by the bot. Her own key, for the `baton`
-//! commands the demo suggests at the end, is written next to the repos ([`Stack::cli_key`]);
-//! [`Stack::command`] sends her signed commands, and [`Stack::push_by_hand`] pushes and announces
-//! an image Baton did not build, which production's gate holds.
+//! deployer, chat-ops bot, and the web UI, [`Stack::web_url`]) in this process; plus what a git
+//! host and Slack would send: signed push webhooks and signed slash commands. The config repo's
+//! `people.yaml` lists alice, with her Slack user id, and the chat-ops bot, with a key the demo
+//! generates, allowed to speak for her: her chat approval reaches the promoter signed by the bot.
+//! Her own key, for the `baton` commands the demo suggests at the end, is written next to the
+//! repos ([`Stack::cli_key`]); [`Stack::command`] sends her signed commands, and
+//! [`Stack::push_by_hand`] pushes and announces an image Baton did not build, which production's
+//! gate holds.
 
 #![allow(clippy::print_stdout, reason = "the demo narrates on the terminal")]
 
@@ -20,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use baton::cli::Output;
-use baton::log::Record;
 use baton::render::{self, Style};
 use baton_kit::command::CommandClient;
+use baton_kit::log::Record;
 use baton_kit::settings::Settings;
 use baton_kit::signing::Signer;
 use baton_schemas::commands::{CommandReply, CommandRequest, Verb};
@@ -224,6 +225,28 @@ fn telemetry() -> Option<baton_kit::telemetry::TelemetryGuard> {
     baton_kit::telemetry::init_with_filter("baton-demo", &settings, "warn").ok()
 }
 
+/// Waits (up to a minute) until the web at `base` answers `/readyz` with 200: its view has
+/// caught up with the event log.
+async fn web_ready(http: &reqwest::Client, base: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = match http.get(format!("{base}/readyz")).send().await {
+            Ok(response) if response.status().is_success() => return Ok(()),
+            Ok(response) => format!(
+                "{}: {}",
+                response.status(),
+                response.text().await.unwrap_or_default().trim()
+            ),
+            Err(e) => e.to_string(),
+        };
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the web UI at {base} was not ready within a minute ({answer})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The running stack.
 pub struct Stack {
     /// NATS.
@@ -239,6 +262,8 @@ pub struct Stack {
     pub webhook: String,
     /// The chat-ops bot's slash-command URL.
     pub chat: String,
+    /// The web UI's base URL.
+    web: String,
     /// Every event published so far, in order.
     pub seen: Seen,
     stop: CancellationToken,
@@ -255,6 +280,7 @@ impl std::fmt::Debug for Stack {
         f.debug_struct("Stack")
             .field("webhook", &self.webhook)
             .field("chat", &self.chat)
+            .field("web", &self.web)
             .finish_non_exhaustive()
     }
 }
@@ -344,7 +370,7 @@ impl Stack {
         admin.drain().await?;
         say_if(
             narrate,
-            "Starting Baton: listener, builder, tester, promoter, deployer and the chat-ops bot",
+            "Starting Baton: listener, builder, tester, promoter, deployer, the chat-ops bot and the web UI",
         );
         let env = |name: &str| match name {
             "DEMO_WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.to_owned()),
@@ -387,15 +413,15 @@ impl Stack {
             &env,
         ))
         .await?;
+        // The promoter writes the config repo and checks images in the registry; the web reads
+        // both (manifest diffs, layers): the same two sections.
+        let repo_and_registry = format!(
+            "config_repo: {{url: 'file://{}'}}\nregistry: {{address: '{}', insecure: true}}\n",
+            dir.join("config.git").display(),
+            registry.address()
+        );
         let promoter = Box::pin(baton_promoter::Application::build(
-            settings(
-                &nats,
-                &format!(
-                    "config_repo: {{url: 'file://{}'}}\nregistry: {{address: '{}', insecure: true}}\n",
-                    dir.join("config.git").display(),
-                    registry.address()
-                ),
-            )?,
+            settings(&nats, &repo_and_registry)?,
             &env,
         ))
         .await?;
@@ -416,6 +442,13 @@ impl Stack {
         ))
         .await?;
         let chat = format!("http://{}/slack/commands", chatops.local_addr());
+        // The web reads what the others write: the event log, the promoter's state, the logs.
+        let web = Box::pin(baton_web::Application::build(
+            settings(&nats, &repo_and_registry)?,
+            &env,
+        ))
+        .await?;
+        let web_url = format!("http://{}", web.local_addr());
         let mut tasks: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
         let s = stop.clone();
         tasks.push(tokio::spawn(async move { Ok(listener.run_until_stopped(s).await?) }));
@@ -429,7 +462,11 @@ impl Stack {
         tasks.push(tokio::spawn(async move { Ok(deployer.run_until_stopped(s).await?) }));
         let s = stop.clone();
         tasks.push(tokio::spawn(async move { Ok(chatops.run_until_stopped(s).await?) }));
-        note!(narrate, "  webhook: {webhook}\n  chat:    {chat}");
+        let s = stop.clone();
+        tasks.push(tokio::spawn(async move { Ok(web.run_until_stopped(s).await?) }));
+        let http = reqwest::Client::new();
+        web_ready(&http, &web_url).await?;
+        note!(narrate, "  webhook: {webhook}\n  chat:    {chat}\n  web UI:  {web_url}");
 
         // The narrator: every event as it happens, the way `baton events --follow` prints it.
         let seen: Seen = Arc::new(Mutex::new(Vec::new()));
@@ -477,10 +514,11 @@ impl Stack {
             temp,
             webhook,
             chat,
+            web: web_url,
             seen,
             stop,
             tasks,
-            http: reqwest::Client::new(),
+            http,
             pushes: 0,
             _telemetry: telemetry,
         })
@@ -489,6 +527,13 @@ impl Stack {
     /// The app's working clone.
     pub fn shop(&self) -> PathBuf {
         self.temp.path().join("shop")
+    }
+
+    /// The web UI's base URL (`http://127.0.0.1:<port>`, no trailing slash): the matrix at `/`,
+    /// the JSON API under `/api/`. Its view has caught up with the event log as it was when the
+    /// stack started, and follows it since.
+    pub fn web_url(&self) -> &str {
+        &self.web
     }
 
     /// The config repo (bare).

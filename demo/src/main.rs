@@ -11,8 +11,9 @@
 //!    alice promotes it there (staging asks for no evidence), but production's evidence gate
 //!    holds it before anyone is asked to approve it: nothing signed it.
 //!
-//! It ends with `baton trace` of each release and keeps everything running for `baton`
-//! commands, signed with alice's key, until Ctrl-C (or stops at once with `--down`).
+//! It ends with `baton trace` of each release, prints the web UI's URL and keeps everything
+//! running for the browser and for `baton` commands, signed with alice's key, until Ctrl-C (or
+//! stops at once with `--down`).
 
 #![allow(clippy::print_stdout, reason = "the demo narrates on the terminal")]
 
@@ -158,6 +159,10 @@ async fn main() -> Result<()> {
     if args.down {
         say("Stopping (--down)");
     } else {
+        say(&format!(
+            "The web UI: {}   (the environment matrix; each release's timeline, the live event log, DORA metrics)",
+            stack.web_url()
+        ));
         say("Everything keeps running. In another terminal:");
         let cli = std::env::current_exe()?.with_file_name("baton");
         let cli = cli.display();
