@@ -19,9 +19,10 @@ use baton_schemas::config::web::WebSettings;
 use tokio_util::sync::CancellationToken;
 
 use crate::layers::Layers;
+use crate::metrics::{self, WebMetrics};
 use crate::shared::Shared;
 use crate::view::View;
-use crate::{api, config, follow, http, live, pages};
+use crate::{api, config, dora, follow, http, live, pages};
 
 /// The service name: NATS connection name, OTel `service.name`.
 pub const SERVICE: &str = "baton-web";
@@ -47,6 +48,8 @@ impl Service for Application {
     async fn build(settings: Settings<WebSettings>, env: Env<'_>) -> Result<Self, StartError> {
         let web = config::resolve(&settings.service, env)?;
         let runtime = Runtime::start(SERVICE, &settings.common).await?;
+        let metrics = WebMetrics::default();
+        metrics.register(&runtime.metrics);
         let (config_repo, cache) = match web.config_repo {
             Some(repo) => {
                 let (dir, cache) = service::cache_dir(web.cache_dir.as_deref(), SERVICE)?;
@@ -64,6 +67,7 @@ impl Service for Application {
             runtime.topology.logs.clone(),
             config_repo,
             registry,
+            metrics,
         ));
         let router = router(&runtime, Arc::clone(&shared));
         let (listener, addr) = runtime.bind().await?;
@@ -111,13 +115,14 @@ impl Service for Application {
 }
 
 /// Every route: the operations endpoint, the pages, the live stream, the JSON API; behind the
-/// readiness gate and the security headers.
+/// failure counter, the readiness gate and the security headers.
 fn router(runtime: &Runtime, shared: Arc<Shared>) -> Router {
     let web = Router::new()
         .route("/", get(pages::matrix))
         .route("/releases/{id}", get(pages::release))
         .route("/events", get(pages::events))
         .route("/events/live", get(live::stream))
+        .route("/dora", get(dora::page))
         .route("/logs/{run}/{step}", get(pages::log))
         .route("/static/live.js", get(pages::live_js))
         .route("/static/style.css", get(pages::style_css))
@@ -125,6 +130,7 @@ fn router(runtime: &Runtime, shared: Arc<Shared>) -> Router {
         .route("/api/apps", get(api::apps))
         .route("/api/events", get(api::events))
         .route("/api/releases/{id}", get(api::release))
+        .route("/api/dora", get(dora::api))
         .route("/api/logs/{run}/{step}", get(api::log))
         .route("/api", get(api::not_found))
         .route("/api/{*rest}", get(api::not_found))
@@ -133,6 +139,10 @@ fn router(runtime: &Runtime, shared: Arc<Shared>) -> Router {
     runtime
         .router()
         .merge(web)
+        .layer(middleware::from_fn_with_state(
+            shared.metrics.clone(),
+            metrics::count_failures,
+        ))
         .layer(middleware::from_fn_with_state(shared, readiness))
         .layer(middleware::from_fn(http::guard))
 }

@@ -1,5 +1,6 @@
 //! Keeping the view current: an ordered consumer on the events stream from its first message
-//! (the catch-up), then live, observing each event once; and a watch on the promoter's keys of
+//! (the catch-up), then live, observing each event once (into the view, and into the DORA
+//! ledger when it is one of the types DORA reads); and a watch on the promoter's keys of
 //! the state bucket (every retained revision, then each change). Neither leaves anything on the
 //! server: both are ephemeral consumers that the server removes when the service goes.
 
@@ -9,6 +10,7 @@ use std::time::Instant;
 
 use async_nats::jetstream::consumer::{self, pull::OrderedConfig};
 use async_nats::jetstream::kv;
+use baton_kit::dora;
 use baton_kit::log::Record;
 use baton_kit::service::StartError;
 use baton_schemas::subjects;
@@ -77,6 +79,9 @@ pub async fn events(shared: Arc<Shared>, stop: CancellationToken) -> Result<(), 
             drop(view);
             if let Some(out) = out {
                 let _ = shared.live.send(Arc::new(out));
+            }
+            if record.event_type().is_some_and(|ty| dora::EVENT_TYPES.contains(&ty)) {
+                shared.dora_mut().observe(&record.event);
             }
         }
         shared.progress.observed.store(sequence, Ordering::Relaxed);

@@ -11,6 +11,8 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
 
+use crate::metrics::Failure;
+
 /// The Content-Security-Policy of every answer: scripts, styles and images only from this
 /// origin (never inline), connections (the live event stream) only back to it, no plugins, no
 /// framing, no forms.
@@ -92,7 +94,7 @@ impl WebError {
         }
     }
 
-    /// The error's metric label.
+    /// The error's metric label: the `reason` of `baton_web_failed_requests_total`.
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::BadParameter { .. } => "bad_parameter",
@@ -129,7 +131,9 @@ impl IntoResponse for ApiError {
         if let Some(name) = self.0.parameter() {
             body["parameter"] = json!(name);
         }
-        (self.0.status(), Json(body)).into_response()
+        let mut response = (self.0.status(), Json(body)).into_response();
+        response.extensions_mut().insert(Failure::of(&self.0));
+        response
     }
 }
 
@@ -153,10 +157,12 @@ impl IntoResponse for PageError {
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             message: self.0.to_string(),
         };
-        match askama::Template::render(&page) {
+        let mut response = match askama::Template::render(&page) {
             Ok(html) => (status, Html(html)).into_response(),
             Err(_) => (status, self.0.to_string()).into_response(),
-        }
+        };
+        response.extensions_mut().insert(Failure::of(&self.0));
+        response
     }
 }
 

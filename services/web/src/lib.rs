@@ -7,20 +7,24 @@
 //!
 //! It builds its view incrementally ([`view`]): an ordered consumer replays the events stream
 //! from its first message and then follows it, and a watch follows the promoter's keys
-//! ([`follow`]); no request re-reads the stream. Pages are rendered on the server ([`pages`],
-//! askama templates escaped by default, SVG charts), with one small script for live updates
+//! ([`follow`]); the same consumer feeds the DORA ledger ([`dora`]); no request re-reads the
+//! stream. Pages are rendered on the server ([`pages`],
+//! askama templates escaped by default, SVG charts made on the server by [`chart`]), with one small script for live updates
 //! ([`live`], server-sent events). It changes nothing: every method but GET is refused, and the
 //! buttons to act stay in chat and the CLI.
 
 pub mod api;
 pub mod app;
+pub mod chart;
 pub mod config;
 pub mod diff;
+pub mod dora;
 pub mod follow;
 pub mod http;
 pub mod layers;
 pub mod live;
 pub mod logs;
+pub mod metrics;
 pub mod pages;
 pub mod query;
 pub mod release;

@@ -1,19 +1,22 @@
 //! What every request handler shares: the view behind a read-write lock (written only by the
-//! followers, one event or key at a time; read by requests), the live feed of new events, how
-//! far the catch-up has come, and the clients of the stream, the log store, the config repo and
-//! the registry that a release page reads on demand.
+//! followers, one event or key at a time; read by requests), the DORA ledger fed by the same
+//! consumer, the live feed of new events, how far the catch-up has come, the web's own metrics,
+//! and the clients of the stream, the log store, the config repo and the registry that a release
+//! page reads on demand.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::stream::Stream;
+use baton_kit::dora::DoraLedger;
 use baton_kit::source::Sources;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigRepo;
 use crate::layers::Layers;
+use crate::metrics::WebMetrics;
 use crate::view::{EventOut, View};
 
 /// How many new events a slow live subscriber may fall behind before it skips some.
@@ -22,6 +25,11 @@ pub const LIVE_BACKLOG: usize = 1024;
 /// Shared by every handler.
 pub struct Shared {
     view: RwLock<View>,
+    /// DORA's figures, kept current from the same events as the view (its own lock: a DORA
+    /// report never holds up the matrix or the event log).
+    dora: RwLock<DoraLedger>,
+    /// Requests the web failed, by reason.
+    pub metrics: WebMetrics,
     /// New events as they are observed, for the live event log.
     pub live: broadcast::Sender<Arc<EventOut>>,
     /// How far the catch-up has come.
@@ -93,9 +101,12 @@ impl Shared {
         logs: ObjectStore,
         config_repo: Option<(Sources, ConfigRepo)>,
         registry: Option<Layers>,
+        metrics: WebMetrics,
     ) -> Self {
         Self {
             view: RwLock::new(view),
+            dora: RwLock::new(DoraLedger::new()),
+            metrics,
             live: broadcast::channel(LIVE_BACKLOG).0,
             progress: Progress::default(),
             events,
@@ -115,5 +126,15 @@ impl Shared {
     /// The view, to update.
     pub fn write(&self) -> RwLockWriteGuard<'_, View> {
         self.view.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The DORA ledger, to report from.
+    pub fn dora(&self) -> RwLockReadGuard<'_, DoraLedger> {
+        self.dora.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The DORA ledger, to feed.
+    pub fn dora_mut(&self) -> RwLockWriteGuard<'_, DoraLedger> {
+        self.dora.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
