@@ -19,6 +19,7 @@ use baton_schemas::config::deployer::DeployerSettings;
 use baton_schemas::config::listener::ListenerSettings;
 use baton_schemas::config::promoter::PromoterSettings;
 use baton_schemas::config::tester::TesterSettings;
+use baton_schemas::config::web::WebSettings;
 use baton_schemas::config::{CommonSettings, JetStreamSettings, StepExecutor, StepsSettings};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
@@ -405,7 +406,9 @@ async fn every_manifest_passes_server_side_dry_run_on_the_real_apiserver() -> Re
         .next()
         .and_then(|n| n["metadata"]["name"].as_str())
         .context("the example's namespace")?;
-    for service in ["listener", "builder", "tester", "promoter", "chatops", "deployer"] {
+    for service in [
+        "listener", "builder", "tester", "promoter", "chatops", "deployer", "web",
+    ] {
         let token = cluster
             .service_account_token("baton", &format!("baton-{service}"))
             .await?;
@@ -736,7 +739,7 @@ async fn step_runners_rights(
     }
 
     // The other services run no steps: no pods in build namespaces, no namespaces read.
-    for service in ["listener", "promoter", "deployer", "chatops"] {
+    for service in ["listener", "promoter", "deployer", "chatops", "web"] {
         let who = format!("baton-{service}");
         let as_service = cluster.client_for_token(&cluster.service_account_token("baton", &who).await?)?;
         for stage in ["builder", "tester"] {
@@ -1101,6 +1104,11 @@ fn each_services_configmap_loads_through_its_own_settings_loader() -> Result<()>
                     baton_chatops::config::resolve(&s.service, &lookup).with_context(|| at.clone())?;
                     (s.common, Vec::new(), None)
                 }
+                "web" => {
+                    let s = load::<WebSettings>(&file, &env).with_context(|| at.clone())?;
+                    let web = baton_web::config::resolve(&s.service, &lookup).with_context(|| at.clone())?;
+                    (s.common, web.cache_dir.into_iter().collect(), None)
+                }
                 other => bail!("{at}: unknown service {other}"),
             };
 
@@ -1282,7 +1290,7 @@ fn each_services_configmap_loads_through_its_own_settings_loader() -> Result<()>
             }
         }
     }
-    assert_eq!(checked, 18, "six services in base, dev and production");
+    assert_eq!(checked, 21, "seven services in base, dev and production");
     Ok(())
 }
 
