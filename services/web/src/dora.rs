@@ -404,20 +404,17 @@ pub struct DoraPage {
 pub async fn page(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Result<Html<String>, PageError> {
     let params = Params::parse(raw.as_deref(), DORA_PARAMS)?;
     let query = dora_query(&params, Utc::now())?;
-    let (pairs, reports) = {
+    let single = query.app.is_some() && query.environment.is_some();
+    let (all, reports) = {
         let ledger = shared.dora();
-        let pairs = scopes(&ledger, &query)?;
-        let single = query.app.is_some() && query.environment.is_some();
-        // The overview shows each pair's figures over the whole window: no series needed.
+        // The overview shows each pair's figures over the whole window: one bucket is enough.
         let bucket = if single { query.bucket } else { query.to - query.from };
-        let reports: Vec<DoraReport> = pairs
+        let reports: Vec<DoraReport> = scopes(&ledger, &query)?
             .iter()
             .map(|(app, env)| ledger.report(app, env, query.from, query.to, bucket))
             .collect();
-        let all = ledger.scopes();
-        (all, reports)
+        (ledger.scopes(), reports)
     };
-    let single = query.app.is_some() && query.environment.is_some();
     let scope = single
         .then(|| reports.first().map(|r| (r.app.clone(), r.environment.clone())))
         .flatten();
@@ -436,7 +433,7 @@ pub async fn page(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) ->
         })
         .collect();
     let environments = match &scope {
-        Some((app, current)) => pairs
+        Some((app, current)) => all
             .iter()
             .filter(|(a, _)| a == app)
             .map(|(_, e)| Link {
@@ -661,5 +658,32 @@ mod tests {
         assert!(html.contains("data-metric=\"lead-time\" data-value=\"\""), "{html}");
         assert_eq!(html.matches("<svg class=\"chart\"").count(), 4);
         assert!(!html.contains(" style="), "no inline style");
+
+        let overview = DoraPage {
+            title: "DORA metrics".to_owned(),
+            figures: None,
+            scope: None,
+            overview: vec![OverviewRow {
+                app: report.app.clone(),
+                environment: report.environment.clone(),
+                href: url(Some(&report.app), Some(&report.environment), "30d"),
+                figures: figures(&report, report.to - report.from),
+            }],
+            ..page
+        };
+        let html = overview.render().unwrap();
+        assert!(
+            !html.contains("id=\"dora\"") && html.contains("id=\"dora-overview\""),
+            "{html}"
+        );
+        assert!(
+            html.contains("<tr data-app=\"acme/&#60;b&#62;shop&#60;/b&#62;\" data-environment=\"production\">"),
+            "{html}"
+        );
+        assert!(
+            html.contains("href=\"/dora?app=acme%2F%3Cb%3Eshop%3C%2Fb%3E&#38;environment=production&#38;window=30d\""),
+            "{html}"
+        );
+        assert!(!html.contains("<svg"), "the overview has no charts: {html}");
     }
 }

@@ -2,7 +2,9 @@
 //! events (caught up before `/readyz` says ready, then followed live, also over server-sent
 //! events), the JSON API's answers, 400s naming the parameter, 404s, 405 for anything but GET,
 //! the security headers, a commit message `<img src=x onerror=alert(1)>` rendered inert, and a
-//! Secret's data never shown in a manifest diff.
+//! Secret's data never shown in a manifest diff; and DORA's figures for a small published
+//! history, in `/api/dora` and on the page, equal to a ledger fed the same events and to the
+//! values computed by hand from docs/dora.md's formulas.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -354,6 +356,243 @@ async fn the_web_shows_what_the_log_and_the_state_hold_safely() -> Result<()> {
     assert_eq!(failed["events"][0]["failed"], true);
 
     drop(live);
+    stop.cancel();
+    web.task.await??;
+    Ok(())
+}
+
+/// A small history of `acme/cart` in production, from `2024-03-01T00:00:00Z` (T):
+///
+/// | release | push (first commit) | production |
+/// | --- | --- | --- |
+/// | r1 | T+09:00 (08:00) | promoted 10:00, deployed 11:00: lead 3h |
+/// | r2 | T+2d 09:00 (07:00) | promoted 10:00, failed 10:30; rolled back to r1 10:40, healthy 10:50: a restore of 20m |
+/// | r3 | T+6d 09:00 (08:00) | promoted 10:00, deployed 13:00: lead 5h |
+///
+/// Over `[T, T+10d)`: 2 deployments (0.2 a day), lead time median(3h, 5h) = 4h, 1 failed of 3
+/// changes, time to restore 20m. In buckets of 5 days: (1, 3h, 1/2, 20m) then (1, 5h, 0, none).
+async fn dora_history(js: &jetstream::Context) -> Result<Vec<CdEvent>> {
+    use baton_schemas::payloads::{ImageInfo, PushData};
+    use baton_schemas::release::PromotionAction::{Promote, Rollback};
+    use baton_tests::{deployment, promotion, push};
+
+    let t = |day: i64, hour: i64, minute: i64| -> chrono::DateTime<chrono::Utc> {
+        "2024-03-01T00:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap()
+            + chrono::TimeDelta::days(day)
+            + chrono::TimeDelta::hours(hour)
+            + chrono::TimeDelta::minutes(minute)
+    };
+    let image = ImageInfo {
+        registry: "127.0.0.1:5000".into(),
+        repository: "baton/acme_cart".into(),
+        tag: "dora".into(),
+        digest: format!("sha256:{}", "cd".repeat(32)),
+        reference: format!("127.0.0.1:5000/baton/acme_cart@sha256:{}", "cd".repeat(32)),
+        purl: format!("pkg:oci/acme_cart@sha256%3A{}", "cd".repeat(32)),
+        uploaded_bytes: 0,
+    };
+    let mut history = Vec::new();
+    let mut promotions = 0;
+    let mut promotion = |release: &str, action, at, reported: Option<(_, Option<&str>)>| -> Result<()> {
+        promotions += 1;
+        let data = promotion::Promotion {
+            app: "acme/cart",
+            environment: "production",
+            namespace: "cart-production",
+            promotion: format!("p{promotions}"),
+            release: format!("release-{release}"),
+            image: &image,
+            action,
+            config_repository: "file:///config".into(),
+            config_commit: &"c".repeat(40),
+            manifests_path: "production/acme_cart".into(),
+            actor: "baton-promoter",
+        }
+        .data();
+        history.push((promotion::event(&data, &format!("modified-{promotions}"))?, at));
+        if let Some((reported, failure)) = reported {
+            history.push((deployment::report(&data, failure)?, reported));
+        }
+        Ok(())
+    };
+    let mut pushes = Vec::new();
+    for (release, at, commit) in [
+        ("r1", t(0, 9, 0), t(0, 8, 0)),
+        ("r2", t(2, 9, 0), t(2, 7, 0)),
+        ("r3", t(6, 9, 0), t(6, 8, 0)),
+    ] {
+        let sha = format!("{:0>40}", &release[1..]);
+        let mut outgoing = push::Push {
+            app: "acme/cart",
+            clone_url: "file:///cart",
+            commit: &sha,
+            delivery: release,
+        }
+        .event()?;
+        let mut data: PushData = outgoing.event.custom_data_as()?;
+        data.head_commit.timestamp = Some(commit.to_rfc3339());
+        data.commits = vec![data.head_commit.clone()];
+        outgoing.event = outgoing.event.with_custom_data(data)?;
+        pushes.push((outgoing, at));
+    }
+    let mut pushes = pushes.into_iter();
+    let mut next_push = || pushes.next().context("a push");
+    let first = next_push()?;
+    let second = next_push()?;
+    let third = next_push()?;
+    promotion("r1", Promote, t(0, 10, 0), Some((t(0, 11, 0), None)))?;
+    promotion(
+        "r2",
+        Promote,
+        t(2, 10, 0),
+        Some((t(2, 10, 30), Some("CrashLoopBackOff"))),
+    )?;
+    promotion("r1", Rollback, t(2, 10, 40), Some((t(2, 10, 50), None)))?;
+    promotion("r3", Promote, t(6, 10, 0), Some((t(6, 13, 0), None)))?;
+    // In time order: each push before its promotions.
+    let mut ordered = vec![first];
+    ordered.extend(history.drain(..2));
+    ordered.push(second);
+    ordered.extend(history.drain(..4));
+    ordered.push(third);
+    ordered.append(&mut history);
+    let mut published = Vec::new();
+    for (mut outgoing, at) in ordered {
+        outgoing.event.context.timestamp = at;
+        events::publish(js, &outgoing).await?;
+        published.push(outgoing.event);
+    }
+    Ok(published)
+}
+
+#[tokio::test]
+async fn dora_figures_of_a_published_history_are_the_ledgers_and_the_hand_computed() -> Result<()> {
+    use baton_kit::dora::{DoraBucket, DoraLedger, DoraReport};
+
+    baton_kit::tls::install_crypto_provider();
+    let nats = NatsServer::start()?;
+    let common = app::common(&nats.url());
+    let topology = nats.provision(&common).await?;
+    let history = dora_history(&topology.jetstream).await?;
+    let stop = CancellationToken::new();
+    let web = app::spawn::<baton_web::Application>(common, WebSettings::default(), &|_| None, &stop).await?;
+    let base = format!("http://{}", web.addr);
+    let http = reqwest::Client::new();
+    ready(&http, &base).await?;
+
+    let until = "2024-03-11T00:00:00Z";
+    let query = format!("app=acme%2Fcart&environment=production&window=10d&until={until}&bucket=5d");
+    let report: DoraReport = serde_json::from_value(json_of(&http, &base, &format!("/api/dora?{query}")).await?)?;
+
+    // The same events through a ledger of our own: the same report.
+    let mut ledger = DoraLedger::new();
+    for event in &history {
+        ledger.observe(event);
+    }
+    let to = until.parse::<chrono::DateTime<chrono::Utc>>()?;
+    let from = to - chrono::TimeDelta::days(10);
+    assert_eq!(
+        report,
+        ledger.report("acme/cart", "production", from, to, chrono::TimeDelta::days(5))
+    );
+    // And the values computed by hand (see `dora_history`).
+    assert_eq!((report.from, report.to), (from, to));
+    assert_eq!(report.deployments, 2);
+    assert!((report.deployments_per_day - 0.2).abs() < 1e-9, "{report:?}");
+    assert_eq!(report.lead_time_seconds, Some(4.0 * 3600.0));
+    assert_eq!((report.failed_changes, report.changes), (1, 3));
+    assert_eq!(report.change_failure_rate, Some(1.0 / 3.0));
+    assert_eq!((report.restores, report.time_to_restore_seconds), (1, Some(1200.0)));
+    let middle = from + chrono::TimeDelta::days(5);
+    let bucket = |start, end, deployments, lead: f64, rate, restore| DoraBucket {
+        start,
+        end,
+        deployments,
+        lead_time_seconds: Some(lead * 3600.0),
+        change_failure_rate: Some(rate),
+        time_to_restore_seconds: restore,
+    };
+    assert_eq!(
+        report.series,
+        [
+            bucket(from, middle, 1, 3.0, 0.5, Some(1200.0)),
+            bucket(middle, to, 1, 5.0, 0.0, None)
+        ]
+    );
+    // Without an environment: a list, one report per environment; the token names the app too.
+    let all = json_of(
+        &http,
+        &base,
+        &format!("/api/dora?app=acme_cart&window=10d&until={until}"),
+    )
+    .await?;
+    assert_eq!(all.as_array().map(Vec::len), Some(1), "{all}");
+    assert_eq!(all[0]["changeFailureRate"], json!(1.0 / 3.0));
+
+    // The page: each figure's number in its unit, a chart each, the links to the other windows.
+    let page = get(&http, &base, &format!("/dora?{query}")).await?;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await?;
+    for (metric, value) in [
+        ("deployment-frequency", report.deployments_per_day.to_string()),
+        ("lead-time", "14400".to_owned()),
+        ("change-failure-rate", (1.0_f64 / 3.0).to_string()),
+        ("time-to-restore", "1200".to_owned()),
+    ] {
+        assert!(
+            html.contains(&format!("data-metric=\"{metric}\" data-value=\"{value}\"")),
+            "{metric} = {value} in {html}"
+        );
+    }
+    assert_eq!(html.matches("<svg class=\"chart\"").count(), 4, "{html}");
+    assert!(html.contains("2 buckets of 5d from Mar 1 to Mar 11"), "{html}");
+    assert!(!html.contains(" style="), "no inline style");
+    let overview = get(&http, &base, "/dora").await?.text().await?;
+    assert!(
+        overview.contains("<tr data-app=\"acme/cart\" data-environment=\"production\">"),
+        "{overview}"
+    );
+    let matrix = get(&http, &base, "/").await?.text().await?;
+    assert!(
+        matrix.contains("href=\"/dora?app=acme%2Fcart\""),
+        "the matrix links to DORA: {matrix}"
+    );
+
+    // Bad parameters are 400s naming them; apps and environments without figures are 404s.
+    for (path, parameter) in [
+        ("/api/dora?window=soon", "window"),
+        ("/api/dora?window=30d&bucket=1m", "bucket"),
+        ("/api/dora?until=later", "until"),
+        ("/api/dora?apps=acme", "apps"),
+    ] {
+        let response = get(&http, &base, path).await?;
+        assert_eq!(response.status(), 400, "{path}");
+        let body: Value = response.json().await?;
+        assert_eq!(body["parameter"], parameter, "{path}: {body}");
+    }
+    let page = get(&http, &base, "/dora?window=0s").await?;
+    assert_eq!(page.status(), 400);
+    assert!(page.text().await?.contains("`window`"));
+    let missing = get(&http, &base, "/api/dora?app=acme/none").await?;
+    assert_eq!(missing.status(), 404);
+    assert!(
+        missing.text().await?.contains("acme/cart"),
+        "names the apps with figures"
+    );
+    assert_eq!(
+        get(&http, &base, "/dora?app=acme/cart&environment=qa").await?.status(),
+        404
+    );
+
+    // The failures are counted by reason.
+    let metrics = get(&http, &base, "/metrics").await?.text().await?;
+    for line in [
+        "baton_web_failed_requests_total{reason=\"bad_parameter\"} 5",
+        "baton_web_failed_requests_total{reason=\"not_found\"} 2",
+    ] {
+        assert!(metrics.contains(line), "`{line}` in:\n{metrics}");
+    }
+
     stop.cancel();
     web.task.await??;
     Ok(())
