@@ -126,6 +126,7 @@ fn router(runtime: &Runtime, shared: Arc<Shared>) -> Router {
         .route("/logs/{run}/{step}", get(pages::log))
         .route("/static/live.js", get(pages::live_js))
         .route("/static/style.css", get(pages::style_css))
+        .route("/static/favicon.svg", get(pages::favicon))
         .route("/api/matrix", get(api::matrix))
         .route("/api/apps", get(api::apps))
         .route("/api/events", get(api::events))

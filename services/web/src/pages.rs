@@ -251,6 +251,8 @@ pub async fn not_found(uri: axum::http::Uri) -> PageError {
 pub const LIVE_JS: &str = include_str!("../static/live.js");
 /// The one style sheet.
 pub const STYLE_CSS: &str = include_str!("../static/style.css");
+/// The icon every page names (without one, browsers ask for `/favicon.ico` and get a 404).
+pub const FAVICON_SVG: &str = include_str!("../static/favicon.svg");
 
 /// `GET /static/live.js`.
 pub async fn live_js() -> Response {
@@ -272,6 +274,18 @@ pub async fn style_css() -> Response {
             (header::CACHE_CONTROL, "max-age=300"),
         ],
         STYLE_CSS,
+    )
+        .into_response()
+}
+
+/// `GET /static/favicon.svg`.
+pub async fn favicon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        FAVICON_SVG,
     )
         .into_response()
 }
