@@ -106,7 +106,17 @@ fn telemetry(dir: &Path) -> Result<Option<baton_kit::telemetry::TelemetryGuard>,
 /// A service's config is invalid ([`CliError::Config`]) or it cannot start, or a service stops
 /// with an error ([`CliError::Service`]).
 pub async fn up(dir: &Path, nats: Option<&str>) -> Result<(), CliError> {
-    let _telemetry = telemetry(dir)?;
+    let telemetry = telemetry(dir)?;
+    let result = run(dir, nats).await;
+    // The last spans are flushed before the process exits.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
+    result
+}
+
+/// [`up`] once telemetry is installed.
+async fn run(dir: &Path, nats: Option<&str>) -> Result<(), CliError> {
     if let Some((plan, common)) = crate::admin::plan_from_dir(dir)? {
         let mut settings = common.nats;
         if let Some(url) = nats {

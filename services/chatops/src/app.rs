@@ -94,7 +94,10 @@ impl Service for Application {
                 .route("/slack/interactions", post(inbound::interaction))
                 // Each request is an HTTP server span; the commands it sends are linked from the
                 // release's trace.
-                .route_layer(axum::middleware::from_fn(baton_kit::telemetry::http_server_spans))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    "chatops",
+                    baton_kit::telemetry::http_server_spans,
+                ))
                 .with_state(state),
         );
         let (listener, addr) = runtime.bind().await?;

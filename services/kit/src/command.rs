@@ -103,7 +103,8 @@ impl CommandClient {
                 id: request.request_id.as_deref(),
                 release: request.release.as_deref(),
                 app: request.app.as_deref(),
-                group: None,
+                environment: request.environment.as_deref(),
+                ..telemetry::Message::default()
             },
         );
         let mut headers = headers.unwrap_or_default();

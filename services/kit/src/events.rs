@@ -173,14 +173,13 @@ pub async fn send(js: &jetstream::Context, outgoing: &Outgoing) -> Result<(Event
     let subject = subjects::event_subject(&outgoing.app, ty);
     // The event carries the context of its own `send` span, so whoever handles it continues the
     // trace from its publication.
+    let message = telemetry::Message::event(&subject, event);
     let span = telemetry::messaging_span(
         telemetry::Messaging::Send,
         &telemetry::Message {
-            subject: &subject,
-            id: Some(&event.context.id),
-            release: event.context.chain_id.as_deref(),
-            app: Some(&outgoing.app),
-            group: None,
+            app: message.app.or(Some(&outgoing.app)),
+            service: telemetry::service_of(event),
+            ..message
         },
     );
     let trace = span.in_scope(telemetry::current_trace_headers);

@@ -406,14 +406,16 @@ async fn process<H: Handler>(inner: &Inner<H>, message: Message, hard_stop: &Can
         }
     };
     let type_label = incoming.event_type.as_str();
+    // The stage's span for the event carries the release's attributes the event names, so each
+    // stage's part of a release's trace can be found by release, app, environment and commit.
+    let about = telemetry::Message::event(&incoming.subject, &incoming.cdevent);
     let span = telemetry::messaging_span(
         telemetry::Messaging::Process,
         &telemetry::Message {
-            subject: &incoming.subject,
-            id: Some(incoming.id()),
-            release: incoming.chain_id(),
-            app: Some(&incoming.app),
+            app: about.app.or(Some(&incoming.app)),
             group: Some(&inner.stage.name),
+            service: Some(&inner.stage.name),
+            ..about
         },
     );
     // Continue the sender's trace when it sent one (and someone records spans).

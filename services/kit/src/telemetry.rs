@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 
+use baton_schemas::CdEvent;
 use baton_schemas::config::{LogFormat, TelemetrySettings};
 use cloudevents::Event;
 use cloudevents::event::ExtensionValue;
@@ -41,10 +42,22 @@ pub enum TelemetryError {
     AlreadyInitialised,
 }
 
-/// Keeps the tracer provider alive; dropping it flushes pending spans.
+/// Keeps the tracer provider alive; dropping it flushes pending spans (blocking the thread until
+/// they are exported: in async code prefer [`TelemetryGuard::shutdown`]).
 #[derive(Debug)]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+}
+
+impl TelemetryGuard {
+    /// Flushes pending spans and shuts the provider down on a blocking thread. The OTLP/gRPC
+    /// exporter's connection is driven by the async runtime, so a flush that blocked the
+    /// runtime's only thread (a current-thread runtime, as the CLI's) would wait for it forever.
+    pub async fn shutdown(self) {
+        if let Err(e) = tokio::task::spawn_blocking(move || drop(self)).await {
+            tracing::debug!(error = %e, "tracer provider shutdown");
+        }
+    }
 }
 
 impl Drop for TelemetryGuard {
@@ -65,6 +78,9 @@ pub mod attr {
     pub const ENVIRONMENT: &str = "baton.environment";
     /// The release's commit (OpenTelemetry's VCS convention).
     pub const COMMIT: &str = "vcs.ref.head.revision";
+    /// The Baton service a span is in (`listener`, `builder`, …): under `baton up` every span's
+    /// `service.name` is the same.
+    pub const SERVICE: &str = "baton.service";
 }
 
 /// The standard variables naming the OTLP endpoint, the traces-only one first.
@@ -220,7 +236,8 @@ pub fn span_context(traceparent: &str) -> Option<SpanContext> {
 }
 
 /// Makes `span` continue the trace a stored `traceparent` names (as a child of that span), when
-/// there is one and someone records spans. Returns whether it does.
+/// there is one and someone records spans. Returns whether it does: call it before `span` is
+/// first entered, as a started span's parent cannot change.
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) -> bool {
     let Some(parent) = traceparent.and_then(span_context) else {
         return false;
@@ -255,7 +272,7 @@ pub enum Messaging {
 }
 
 /// What a [`messaging_span`] is about.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Message<'a> {
     /// The NATS subject (`messaging.destination.name`).
     pub subject: &'a str,
@@ -265,14 +282,79 @@ pub struct Message<'a> {
     pub release: Option<&'a str>,
     /// The application (`baton.app`), when known.
     pub app: Option<&'a str>,
+    /// The environment (`baton.environment`) a promotion, approval, rollout or command is about.
+    pub environment: Option<&'a str>,
+    /// The release's commit (`vcs.ref.head.revision`), when the message names it.
+    pub commit: Option<&'a str>,
     /// The consumer group handling it (`messaging.consumer.group.name`): the stage's durable
     /// consumer or a command's queue group.
     pub group: Option<&'a str>,
+    /// The Baton service sending or handling it (`baton.service`, e.g. `builder`), which tells
+    /// the stages apart where one process runs them all (`baton up`, the demo).
+    pub service: Option<&'a str>,
+}
+
+impl<'a> Message<'a> {
+    /// A message carrying `event` on `subject`: its id, its release (the `chainId`), and the app,
+    /// environment and commit its `customData` names (see [`release_attributes`]).
+    pub fn event(subject: &'a str, event: &'a CdEvent) -> Self {
+        let facts = release_attributes(event);
+        Self {
+            subject,
+            id: Some(&event.context.id),
+            release: event.context.chain_id.as_deref(),
+            app: facts.app,
+            environment: facts.environment,
+            commit: facts.commit,
+            group: None,
+            service: None,
+        }
+    }
+}
+
+/// What an event's `customData` says about the release it belongs to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReleaseAttributes<'a> {
+    /// Its `app`.
+    pub app: Option<&'a str>,
+    /// Its `environment` (promotions, approvals, rollouts).
+    pub environment: Option<&'a str>,
+    /// Its `commit`, its release's (`release.commit`), or a push's new head (`after`).
+    pub commit: Option<&'a str>,
+}
+
+/// Reads the app, environment and commit from an event's `customData`, where it names them
+/// (every Baton payload names its app; the commit is top-level in the builder's and tester's,
+/// inside the release in a promotion or approval, the new head in a push).
+pub fn release_attributes(event: &CdEvent) -> ReleaseAttributes<'_> {
+    let Some(data) = event.custom_data.as_ref() else {
+        return ReleaseAttributes::default();
+    };
+    fn text(value: Option<&serde_json::Value>) -> Option<&str> {
+        value.and_then(serde_json::Value::as_str).filter(|v| !v.is_empty())
+    }
+    ReleaseAttributes {
+        app: text(data.get("app")),
+        environment: text(data.get("environment")),
+        commit: text(data.get("commit"))
+            .or_else(|| text(data.get("release").and_then(|r| r.get("commit"))))
+            .or_else(|| text(data.get("after"))),
+    }
+}
+
+/// The Baton service that emitted an event, from its source (`/baton/<service>`).
+pub fn service_of(event: &CdEvent) -> Option<&str> {
+    event
+        .context
+        .source
+        .strip_prefix("/baton/")
+        .filter(|s| !s.is_empty() && !s.contains('/'))
 }
 
 /// A messaging span for NATS (OpenTelemetry's messaging conventions): `send <subject>` of kind
 /// producer around a publish, `process <subject>` of kind consumer around handling a message,
-/// with `messaging.system=nats`, `messaging.operation.type` and `messaging.destination.name`.
+/// with `messaging.system=nats`, `messaging.operation.type` and `messaging.destination.name`,
+/// and the release's attributes the message names.
 pub fn messaging_span(operation: Messaging, message: &Message<'_>) -> tracing::Span {
     let (op, kind) = match operation {
         Messaging::Send => ("send", "producer"),
@@ -288,14 +370,20 @@ pub fn messaging_span(operation: Messaging, message: &Message<'_>) -> tracing::S
         messaging.destination.name = message.subject,
         messaging.message.id = empty,
         messaging.consumer.group.name = empty,
+        baton.service = empty,
         baton.release.id = empty,
         baton.app = empty,
+        baton.environment = empty,
+        vcs.ref.head.revision = empty,
     );
     for (field, value) in [
         ("messaging.message.id", message.id),
         ("messaging.consumer.group.name", message.group),
+        (attr::SERVICE, message.service),
         (attr::RELEASE_ID, message.release),
         (attr::APP, message.app),
+        (attr::ENVIRONMENT, message.environment),
+        (attr::COMMIT, message.commit),
     ] {
         if let Some(value) = value.filter(|v| !v.is_empty()) {
             span.record(field, value);
@@ -304,12 +392,14 @@ pub fn messaging_span(operation: Messaging, message: &Message<'_>) -> tracing::S
     span
 }
 
-/// Wraps every request of a router (put it on the public routes with `route_layer`) in an HTTP
-/// server span (OpenTelemetry's HTTP conventions): `<METHOD> <route>`, kind server, with
-/// `http.request.method`, `http.route`, `url.path` and `http.response.status_code`; a 5xx marks
-/// the span as an error. Such a request starts a trace of its own: Baton trusts no trace context
-/// from outside.
+/// Wraps every request of a router in an HTTP server span (OpenTelemetry's HTTP conventions):
+/// `<METHOD> <route>`, kind server, with `http.request.method`, `http.route`, `url.path` and
+/// `http.response.status_code`, and the service answering as `baton.service`; a 5xx marks the
+/// span as an error. Such a request starts a trace of its own: Baton trusts no trace context from
+/// outside. Put it on the public routes with
+/// `route_layer(axum::middleware::from_fn_with_state("<service>", http_server_spans))`.
 pub async fn http_server_spans(
+    axum::extract::State(service): axum::extract::State<&'static str>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -323,6 +413,7 @@ pub async fn http_server_spans(
         otel.name = %format_args!("{method} {route}"),
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
+        baton.service = service,
         http.request.method = %method,
         http.route = %route,
         url.path = %request.uri().path(),
@@ -381,6 +472,73 @@ mod tests {
         assert!(span_context("not a traceparent").is_none());
         assert!(!continue_trace(&tracing::Span::none(), Some(tp)));
         assert!(!continue_trace(&tracing::Span::current(), None));
+    }
+
+    fn event_with(source: &str, data: Option<serde_json::Value>) -> CdEvent {
+        let event = CdEvent::new(
+            baton_schemas::EventType::ChangeMerged,
+            "evt-1",
+            source,
+            "subject-1",
+            serde_json::json!({}),
+        )
+        .unwrap()
+        .with_chain_id("rel-1");
+        match data {
+            Some(data) => event.with_custom_data(data).unwrap(),
+            None => event,
+        }
+    }
+
+    #[test]
+    fn an_events_release_attributes_come_from_its_chain_id_and_custom_data() {
+        let build = event_with(
+            "/baton/builder",
+            Some(serde_json::json!({"app": "acme/shop", "commit": "c0ffee", "run": "r"})),
+        );
+        let promotion = event_with(
+            "/baton/promoter",
+            Some(serde_json::json!({"app": "acme/shop", "environment": "production", "release": {"commit": "beef"}})),
+        );
+        let rollout = event_with(
+            "/baton/deployer",
+            Some(serde_json::json!({"app": "acme/shop", "environment": "staging", "release": "rel-1"})),
+        );
+        let push = event_with(
+            "/baton/listener",
+            Some(serde_json::json!({"app": "acme/shop", "after": "f00d"})),
+        );
+        let bare = event_with("elsewhere", None);
+        let attributes = |app, environment, commit| ReleaseAttributes {
+            app,
+            environment,
+            commit,
+        };
+        assert_eq!(
+            release_attributes(&build),
+            attributes(Some("acme/shop"), None, Some("c0ffee"))
+        );
+        assert_eq!(
+            release_attributes(&promotion),
+            attributes(Some("acme/shop"), Some("production"), Some("beef"))
+        );
+        assert_eq!(
+            release_attributes(&rollout),
+            attributes(Some("acme/shop"), Some("staging"), None)
+        );
+        assert_eq!(
+            release_attributes(&push),
+            attributes(Some("acme/shop"), None, Some("f00d"))
+        );
+        assert_eq!(release_attributes(&bare), ReleaseAttributes::default());
+
+        let message = Message::event("baton.events.acme_shop.x", &promotion);
+        assert_eq!(
+            (message.id, message.release, message.environment, message.commit),
+            (Some("evt-1"), Some("rel-1"), Some("production"), Some("beef"))
+        );
+        assert_eq!(service_of(&build), Some("builder"));
+        assert_eq!(service_of(&bare), None);
     }
 
     #[test]

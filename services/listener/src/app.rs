@@ -57,7 +57,10 @@ impl Service for Application {
             Router::new()
                 .route("/webhooks/{provider}", post(webhook::receive))
                 // Each request is an HTTP server span; a push starts the release's trace there.
-                .route_layer(axum::middleware::from_fn(baton_kit::telemetry::http_server_spans))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    "listener",
+                    baton_kit::telemetry::http_server_spans,
+                ))
                 .with_state(state),
         );
         let (pollers, cache) = if repositories.polled().next().is_some() {

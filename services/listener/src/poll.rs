@@ -132,8 +132,12 @@ impl Poller {
             if push::accept(&self.repo, &push).is_ok() {
                 let delivery = format!("{}..{}", push.before, push.after);
                 // A polled head starts its release's trace, as a webhook's request does.
-                let span =
-                    tracing::info_span!(parent: None, "poll", otel.name = %format_args!("poll {}", self.repo.name));
+                let span = tracing::info_span!(
+                    parent: None,
+                    "poll",
+                    otel.name = %format_args!("poll {}", self.repo.name),
+                    baton.service = "listener",
+                );
                 let recorded = push::record(&self.state, &self.jetstream, &self.repo, PROVIDER, &delivery, &push);
                 match recorded.instrument(span).await? {
                     push::Recorded::Published { .. } => published += 1,

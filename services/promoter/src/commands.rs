@@ -101,12 +101,17 @@ async fn command_span(promoter: &ReleaseManager, subject: &str, body: &[u8], sen
             .flatten()
             .map(|c| c.value.release);
     }
-    let trace = match &release {
-        Some(release) => promoter.state.trace(release).await.unwrap_or_else(|e| {
-            tracing::debug!(error = %e, "cannot read the release's trace; the command keeps its own");
-            None
-        }),
-        None => None,
+    // The release's trace, and what it is (its app and commit, for the span's attributes).
+    let (trace, data) = match &release {
+        Some(release) => {
+            let (trace, data) = tokio::join!(promoter.state.trace(release), promoter.state.release(release));
+            let trace = trace.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "cannot read the release's trace; the command keeps its own");
+                None
+            });
+            (trace, data.ok().flatten())
+        }
+        None => (None, None),
     };
     let span = telemetry::messaging_span(
         telemetry::Messaging::Process,
@@ -114,24 +119,24 @@ async fn command_span(promoter: &ReleaseManager, subject: &str, body: &[u8], sen
             subject,
             id: request.and_then(|r| r.request_id.as_deref()),
             release: release.as_deref(),
-            app,
+            app: app.or(data.as_ref().map(|d| d.app.as_str())),
+            commit: data.as_ref().map(|d| d.commit.as_str()),
+            environment,
             group: Some(QUEUE_GROUP),
+            service: Some(PROMOTER),
         },
     );
-    span.in_scope(|| {
-        if let Some(actor) = request.map(|r| r.actor.as_str()).filter(|a| !a.is_empty()) {
-            telemetry::annotate("baton.actor", actor);
-        }
-        if let Some(environment) = environment {
-            telemetry::annotate(telemetry::attr::ENVIRONMENT, environment);
-        }
-    });
+    // The parent is set before the span is first entered: entering it starts it, and a started
+    // span's parent cannot change.
     if telemetry::continue_trace(&span, trace.as_deref()) {
         if let Some(sent) = &sent {
             telemetry::link(&span, sent);
         }
     } else {
         telemetry::continue_trace(&span, sent.as_deref());
+    }
+    if let Some(actor) = request.map(|r| r.actor.as_str()).filter(|a| !a.is_empty()) {
+        span.in_scope(|| telemetry::annotate("baton.actor", actor));
     }
     span
 }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_kit::telemetry;
+use baton_schemas::commands::PROMOTER;
+use baton_schemas::release::ReleaseData;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -74,6 +76,7 @@ pub async fn tick(promoter: &ReleaseManager) -> Result<(), PromoteError> {
             environment,
             pending.trace.as_deref(),
         );
+        record_release(&span, &pending.data.release);
         match promoter
             .carry_out(&policy.value, &key, &pending, true, now)
             .instrument(span)
@@ -91,6 +94,7 @@ pub async fn tick(promoter: &ReleaseManager) -> Result<(), PromoteError> {
             &request.data.environment,
             request.trace.as_deref(),
         );
+        record_release(&span, &request.data.release);
         async {
             let reason = gates::expiry_reason(request);
             if promoter.close_approval(&key, &pending, "expired", &reason, now).await? {
@@ -117,17 +121,27 @@ pub async fn tick(promoter: &ReleaseManager) -> Result<(), PromoteError> {
     Ok(())
 }
 
-/// The span a timer acts in: a child of the release's span that stored `trace`.
+/// The span a timer acts in: a child of the release's span that stored `trace`. Its app and
+/// commit are recorded once the release is read ([`record_release`]).
 fn timer_span(what: &'static str, release: &str, environment: &str, trace: Option<&str>) -> tracing::Span {
     let span = tracing::info_span!(
         parent: None,
         "timer",
         otel.name = what,
+        baton.service = PROMOTER,
         baton.release.id = release,
         baton.environment = environment,
+        baton.app = tracing::field::Empty,
+        vcs.ref.head.revision = tracing::field::Empty,
     );
     telemetry::continue_trace(&span, trace);
     span
+}
+
+/// Records the release's app and commit on a [`timer_span`].
+fn record_release(span: &tracing::Span, release: &ReleaseData) {
+    span.record(telemetry::attr::APP, release.app.as_str());
+    span.record(telemetry::attr::COMMIT, release.commit.as_str());
 }
 
 /// Evaluates a scheduled promotion that is due, and clears the schedule once it is done with.
@@ -141,6 +155,7 @@ async fn promote_when_due(
         let Some(release) = promoter.state.release(&scheduled.release).await? else {
             return Ok(());
         };
+        record_release(&tracing::Span::current(), &release);
         let Some(env) = policy.file.get(&scheduled.environment) else {
             return Ok(());
         };
