@@ -40,6 +40,9 @@ pub const SERVICE_PACKAGES: [&str; 6] = [
     "baton-chatops",
 ];
 
+/// The CLI's package: its `baton` binary runs every service in one process (`baton up`).
+pub const CLI_PACKAGE: &str = "baton";
+
 /// An installed program the harness needs, and how to get it.
 #[derive(Debug, Clone, Copy)]
 pub struct Program {
@@ -120,9 +123,9 @@ pub(crate) fn is_executable_file(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
-/// The path of Baton service binary `name` (one of [`SERVICE_PACKAGES`]), built with
-/// `cargo build --bins` of every service package into the target directory (and profile) the
-/// running test binary comes from. The build runs once per test process; when the binaries are up
+/// The path of Baton service binary `name` (one of [`SERVICE_PACKAGES`], or [`CLI_PACKAGE`]'s
+/// `baton`, which runs them all with `baton up`), built with `cargo build --bins` of every service
+/// package and the CLI into the target directory (and profile) the running test binary comes from. The build runs once per test process; when the binaries are up
 /// to date it only checks.
 ///
 /// # Errors
@@ -155,7 +158,12 @@ fn build_services() -> Result<PathBuf, HarnessError> {
     build
         .args(["build", "--quiet", "--bins", "--target-dir"])
         .arg(target_dir)
-        .args(SERVICE_PACKAGES.iter().flat_map(|package| ["-p", package]))
+        .args(
+            SERVICE_PACKAGES
+                .iter()
+                .chain([&CLI_PACKAGE])
+                .flat_map(|package| ["-p", package]),
+        )
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     if profile_dir.file_name().is_some_and(|profile| profile == "release") {
         build.arg("--release");
