@@ -13,6 +13,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
@@ -90,6 +92,8 @@ struct World {
     _keys: (SigningKeyFile, SigningKeyFile),
     listener_port: u16,
     chatops_port: u16,
+    /// What the chat-ops bot posted to Slack's incoming webhook (a local stand-in).
+    posts: Arc<AtomicUsize>,
     http: reqwest::Client,
 }
 
@@ -144,6 +148,21 @@ impl World {
         git(&shop, &["commit", "-qm", "the shop"])?;
         git(&shop, &["push", "-q", "origin", "main"])?;
 
+        // Slack's incoming webhook, so the chat-ops bot runs its stage: it posts the approval
+        // request and the rollouts, each handled in the release's trace.
+        let posts = Arc::new(AtomicUsize::new(0));
+        let slack = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let incoming_webhook = format!("http://{}/services/T0/B0/token", slack.local_addr()?);
+        let counter = Arc::clone(&posts);
+        let router = axum::Router::new().route(
+            "/services/T0/B0/token",
+            axum::routing::post(async move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                "ok"
+            }),
+        );
+        tokio::spawn(async move { axum::serve(slack, router).await });
+
         let (builder_key, tester_key) = (SigningKeyFile::generate()?, SigningKeyFile::generate()?);
         let (listener_port, chatops_port) = (free_port(), free_port());
         let telemetry = endpoint.map_or_else(String::new, |e| format!("telemetry: {{otlp_endpoint: '{e}'}}\n"));
@@ -177,7 +196,7 @@ impl World {
                     cluster.kubeconfig_path().display()
                 ),
                 _ => format!(
-                    "signing_secret_env: SLACK_SECRET\nsigning_key_file: '{}'\npeople: {{repository: 'file://{}'}}\n",
+                    "signing_secret_env: SLACK_SECRET\nsigning_key_file: '{}'\npeople: {{repository: 'file://{}'}}\nincoming_webhook_url: '{incoming_webhook}'\n",
                     root.join("chatops-key").display(),
                     root.join("config.git").display()
                 ),
@@ -198,6 +217,7 @@ impl World {
             _keys: (builder_key, tester_key),
             listener_port,
             chatops_port,
+            posts,
             http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
         })
     }
@@ -264,8 +284,8 @@ impl World {
         Ok(())
     }
 
-    /// Commits, pushes and sends the signed webhook; returns the release id.
-    async fn push(&self, n: u32) -> Result<String> {
+    /// Commits, pushes and sends the signed webhook; returns the release id and its commit.
+    async fn push(&self, n: u32) -> Result<(String, String)> {
         let shop = self.dir.path().join("shop");
         write(&shop.join("src/greeting.txt"), &format!("hello {n}\n"))?;
         git(&shop, &["commit", "-qam", &format!("greeting {n}")])?;
@@ -302,10 +322,10 @@ impl World {
             response.text().await?
         );
         let answer: Value = response.json().await?;
-        Ok(answer["accepted"][0]["release"]
+        let release = answer["accepted"][0]["release"]
             .as_str()
-            .context("the listener names the release")?
-            .to_owned())
+            .context("the listener names the release")?;
+        Ok((release.to_owned(), after))
     }
 
     /// alice's `/baton approve <release> production`, signed as Slack signs it; the bot's answer.
@@ -339,16 +359,16 @@ impl World {
         Ok(answer["text"].as_str().unwrap_or_default().to_owned())
     }
 
-    /// Waits until `release` has an event of type suffix `ty` (in `env`, if given) on the stream.
-    async fn wait_for(&self, release: &str, ty: &str, env: Option<&str>, processes: &[Process]) -> Result<()> {
+    /// Waits until `release` has an event of one of `types` (in `env`, if given) on the stream.
+    async fn wait_for(&self, release: &str, types: &[&str], env: Option<&str>, processes: &[Process]) -> Result<()> {
         let client = async_nats::connect(self.nats.url()).await?;
         let js = async_nats::jetstream::new(client);
-        let what = format!("{ty} of release {release}");
+        let what = format!("{} of release {release}", types.join(" or "));
         eventually_every(Duration::from_millis(250), DEADLINE, &what, async || {
             let mut found = false;
             let _ = baton_kit::log::read(&js, "BATON_EVENTS", &baton_kit::log::Query::default(), |r| {
                 found |= r.event.context.chain_id.as_deref() == Some(release)
-                    && r.event.context.ty.contains(ty)
+                    && types.iter().any(|ty| r.event.context.ty.contains(ty))
                     && env
                         .is_none_or(|e| serde_json::to_string(&r.event).is_ok_and(|t| t.contains(&format!("\"{e}\""))));
                 true
@@ -388,34 +408,77 @@ fn stop(processes: &mut [Process]) -> Result<()> {
     Ok(())
 }
 
+/// A release the story played: its id and commit.
+struct Played {
+    release: String,
+    commit: String,
+}
+
 /// Plays the story: a push reaches staging, alice approves it from chat, production rolls out.
-async fn play(world: &World, processes: &[Process], n: u32) -> Result<String> {
+async fn play(world: &World, processes: &[Process], n: u32) -> Result<Played> {
     world.wait_ready(processes).await?;
-    let release = world.push(n).await?;
-    world.wait_for(&release, "approval.created", None, processes).await?;
+    let (release, commit) = world.push(n).await?;
+    world.wait_for(&release, &["approval.created"], None, processes).await?;
     let answer = world.approve_from_chat(&release).await?;
+    ensure!(
+        answer.contains("approved") && answer.contains(&release),
+        "the chat answered: {answer}"
+    );
+    // The first release into an environment is deployed there; a later one upgrades it.
     world
-        .wait_for(&release, "service.deployed", Some("production"), processes)
+        .wait_for(
+            &release,
+            &["service.deployed", "service.upgraded"],
+            Some("production"),
+            processes,
+        )
         .await?;
-    eprintln!("release {release}; the chat answered: {answer}");
-    Ok(release)
+    ensure!(
+        world.posts.load(Ordering::SeqCst) > 0,
+        "the chat-ops bot posted nothing to chat"
+    );
+    Ok(Played { release, commit })
 }
 
 fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
     span["attributes"][key].as_str()
 }
 
-/// The release's spans are one trace holding every stage and the chat approval, in one tree.
-fn assert_one_trace(spans: &[Value], release: &str, separate: bool) -> Result<()> {
+/// The release's spans are one trace holding every stage and the chat approval, in one tree; each
+/// stage's spans name the release, its app, its commit and the environment where they are about
+/// one, and the service they are in.
+fn assert_one_trace(spans: &[Value], played: &Played, separate: bool) -> Result<()> {
+    let (release, commit) = (played.release.as_str(), played.commit.as_str());
+    // A command's `send` span names the release it acts on, in the trace of the person's request
+    // (the chat command): the release's trace links to it.
+    let of_release = |s: &&Value| {
+        attr(s, "baton.release.id") == Some(release)
+            && !(s["kind"] == "SPAN_KIND_PRODUCER"
+                && attr(s, "messaging.destination.name").is_some_and(|d| d.starts_with("baton.cmd.")))
+    };
     let traces: std::collections::BTreeSet<&str> = spans
         .iter()
-        .filter(|s| attr(s, "baton.release.id") == Some(release))
+        .filter(of_release)
         .filter_map(|s| s["trace_id"].as_str())
         .collect();
     ensure!(
         traces.len() == 1,
-        "release {release} is in {} traces: {traces:?}",
-        traces.len()
+        "release {release} is in {} traces: {}",
+        traces.len(),
+        {
+            let names = |trace: &str| -> Vec<String> {
+                spans
+                    .iter()
+                    .filter(|s| s["trace_id"] == trace && of_release(s))
+                    .map(|s| format!("{} ({})", s["name"], s["service"]))
+                    .collect()
+            };
+            traces
+                .iter()
+                .map(|t| format!("{t}: {:?}", names(t)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
     );
     let trace = *traces.first().context("the release has spans")?;
     let in_trace: Vec<&Value> = spans.iter().filter(|s| s["trace_id"] == trace).collect();
@@ -430,15 +493,63 @@ fn assert_one_trace(spans: &[Value], release: &str, separate: bool) -> Result<()
         "the listener's webhook request starts the trace: {root}"
     );
     ensure!(attr(root, "http.route") == Some("/webhooks/{provider}"));
+    ensure!(
+        attr(root, "baton.release.id") == Some(release)
+            && attr(root, "baton.app") == Some(APP)
+            && attr(root, "vcs.ref.head.revision") == Some(commit)
+            && attr(root, "baton.service") == Some("listener"),
+        "the push names its release, app, commit and service: {root}"
+    );
     for stage in ["builder", "tester", "promoter", "deployer", "chatops"] {
-        let process = in_trace.iter().find(|s| {
-            s["kind"] == "SPAN_KIND_CONSUMER"
-                && attr(s, "messaging.system") == Some("nats")
-                && attr(s, "messaging.consumer.group.name") == Some(stage)
-        });
-        let process = process.with_context(|| format!("no span of the {stage} in the release's trace"))?;
-        if separate {
-            ensure!(process["service"] == format!("baton-{stage}"), "{process}");
+        let processed: Vec<&&Value> = in_trace
+            .iter()
+            .filter(|s| {
+                s["kind"] == "SPAN_KIND_CONSUMER"
+                    && attr(s, "messaging.system") == Some("nats")
+                    && attr(s, "messaging.consumer.group.name") == Some(stage)
+            })
+            .collect();
+        ensure!(!processed.is_empty(), "no span of the {stage} in the release's trace");
+        for process in &processed {
+            if separate {
+                ensure!(process["service"] == format!("baton-{stage}"), "{process}");
+            }
+            ensure!(
+                attr(process, "baton.service") == Some(stage)
+                    && attr(process, "baton.release.id") == Some(release)
+                    && attr(process, "baton.app") == Some(APP),
+                "the {stage}'s span names its service, the release and the app: {process}"
+            );
+            ensure!(
+                attr(process, "vcs.ref.head.revision").is_none_or(|c| c == commit),
+                "the {stage}'s span names another commit: {process}"
+            );
+        }
+        let with = |key: &str| processed.iter().filter(|s| attr(s, key).is_some()).count();
+        // A push, a build, a promotion and an approval name the commit; a rollout's outcome does not.
+        match stage {
+            "builder" | "tester" | "deployer" => ensure!(
+                with("vcs.ref.head.revision") == processed.len(),
+                "each of the {stage}'s spans names the commit: {processed:?}"
+            ),
+            _ => ensure!(
+                with("vcs.ref.head.revision") > 0,
+                "a span of the {stage} names the commit: {processed:?}"
+            ),
+        }
+        // Promotions, approvals and rollouts name their environment; a build or a test does not.
+        let environments: std::collections::BTreeSet<&str> =
+            processed.iter().filter_map(|s| attr(s, "baton.environment")).collect();
+        match stage {
+            "builder" | "tester" => ensure!(environments.is_empty(), "{processed:?}"),
+            "deployer" => ensure!(
+                environments == ["production", "staging"].into() && with("baton.environment") == processed.len(),
+                "each of the deployer's spans names its environment: {processed:?}"
+            ),
+            _ => ensure!(
+                environments.contains("production"),
+                "a span of the {stage} names production: {processed:?}"
+            ),
         }
     }
     if separate {
@@ -462,7 +573,15 @@ fn assert_one_trace(spans: &[Value], release: &str, separate: bool) -> Result<()
         .iter()
         .find(|s| s["name"] == "process baton.cmd.promoter.approve")
         .context("the chat approval is in the release's trace")?;
-    ensure!(attr(approval, "baton.actor") == Some("alice"), "{approval}");
+    ensure!(
+        attr(approval, "baton.actor") == Some("alice")
+            && attr(approval, "baton.environment") == Some("production")
+            && attr(approval, "baton.release.id") == Some(release)
+            && attr(approval, "baton.app") == Some(APP)
+            && attr(approval, "vcs.ref.head.revision") == Some(commit)
+            && attr(approval, "baton.service") == Some("promoter"),
+        "{approval}"
+    );
     let link = &approval["links"][0];
     let sender = spans
         .iter()
@@ -473,7 +592,10 @@ fn assert_one_trace(spans: &[Value], release: &str, separate: bool) -> Result<()
         .iter()
         .find(|s| s["trace_id"] == sender["trace_id"] && s["parent_span_id"] == "")
         .context("the chat request has a root")?;
-    ensure!(request_root["name"] == "POST /slack/commands", "{request_root}");
+    ensure!(
+        request_root["name"] == "POST /slack/commands" && attr(request_root, "baton.service") == Some("chatops"),
+        "{request_root}"
+    );
     if separate {
         ensure!(sender["service"] == "baton-chatops");
     }
@@ -509,6 +631,13 @@ async fn each_release_is_one_trace_with_every_service_as_separate_processes_and_
     let spans = receiver.spans()?;
     assert_one_trace(&spans, &first, true)?;
     assert_one_trace(&spans, &second, false)?;
+    // Every stage's publishes name the service that sent them.
+    for span in spans.iter().filter(|s| s["kind"] == "SPAN_KIND_PRODUCER") {
+        let subject = attr(span, "messaging.destination.name").unwrap_or_default();
+        if subject.starts_with("baton.events.") {
+            ensure!(attr(span, "baton.service").is_some(), "{span}");
+        }
+    }
     Ok(())
 }
 
@@ -520,12 +649,13 @@ async fn nothing_is_exported_without_an_endpoint() -> Result<()> {
     let receiver = Receiver::start(scratch.path(), Some(4317))?;
     let world = Box::pin(World::start(None)).await?;
     let mut each = world.spawn_each()?;
-    let release = play(&world, &each, 1).await?;
+    let played = play(&world, &each, 1).await?;
     stop(&mut each)?;
     let spans = receiver.spans()?;
     ensure!(
         spans.is_empty(),
-        "release {release}: {} spans exported without an endpoint",
+        "release {}: {} spans exported without an endpoint",
+        played.release,
         spans.len()
     );
     Ok(())
