@@ -147,7 +147,10 @@ impl View {
     /// The matrix at `now`.
     pub fn matrix(&self, now: DateTime<Utc>) -> Matrix {
         let order = self.environment_order();
+        // An app is a row once it has a release: events recorded under a name that is no app
+        // (a refused command naming none is recorded under `config`) make no row.
         let mut apps: Vec<AppId> = (0..self.apps.len())
+            .filter(|a| !self.apps[*a].releases.is_empty())
             .map(|a| AppId::try_from(a).unwrap_or(AppId::MAX))
             .collect();
         apps.sort_by(|a, b| self.apps[*a as usize].name.cmp(&self.apps[*b as usize].name));

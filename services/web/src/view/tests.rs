@@ -137,3 +137,22 @@ fn the_matrix_joins_events_and_the_promoters_state() {
     );
     assert!(view.matrix(now).apps[0].cells[0].pinned.is_none());
 }
+
+#[test]
+fn events_of_no_app_make_no_matrix_row() {
+    let mut view = View::new(1000);
+    story(&mut view);
+    // A refused command naming no app is recorded under `config`, outside any release.
+    let event = CdEvent::new(EventType::CommandRejected, "e-9", "/baton/promoter", "s", json!({}))
+        .unwrap()
+        .with_custom_data(json!({"app": "config", "actor": "mallory", "reason": "unknown release"}))
+        .unwrap();
+    view.observe(&Record {
+        sequence: 9,
+        app: "config".into(),
+        event,
+    });
+    let matrix = view.matrix(chrono::Utc::now());
+    let rows: Vec<&str> = matrix.apps.iter().map(|row| row.app.as_str()).collect();
+    assert_eq!(rows, ["acme/shop"]);
+}
