@@ -148,6 +148,13 @@ catalog! {
     CommandAccepted => (BatonExtension, "dev.cdeventsx", "baton-command", "accepted", "0.1.0", "baton-command-accepted.json", "promoter"),
     /// The config repo's `environments.yaml` is invalid; the promoter keeps the last valid one.
     PolicyRejected => (BatonExtension, "dev.cdeventsx", "baton-policy", "rejected", "0.1.0", "baton-policy-rejected.json", "promoter"),
+    /// The live objects of an app in an environment no longer match the manifests of its
+    /// current config commit (a managed field changed, an applied object missing, an object with
+    /// the app's labels the release does not have); reported once per drift.
+    EnvironmentDrifted => (BatonExtension, "dev.cdeventsx", "baton-environment", "drifted", "0.1.0", "baton-environment-drifted.json", "deployer"),
+    /// A reported drift ended: healed by the deployer, undone by hand, or replaced by a new
+    /// rollout.
+    EnvironmentSynced => (BatonExtension, "dev.cdeventsx", "baton-environment", "synced", "0.1.0", "baton-environment-synced.json", "deployer"),
 }
 
 impl fmt::Display for EventType {

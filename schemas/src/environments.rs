@@ -8,6 +8,7 @@
 //!   - name: staging
 //!     namespace: shop-staging
 //!     policy: auto                 # promote every tested release at once
+//!     drift: heal                  # put back what someone changed in the cluster by hand
 //!   - name: production
 //!     namespace: shop-production
 //!     policy: manual               # wait for approvals
@@ -110,6 +111,43 @@ pub struct Environment {
     /// Without it, nothing is asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<EvidencePolicy>,
+    /// What the deployer does when the live objects of an app differ from the manifests of the
+    /// environment's current config commit: `report` (the default), `heal` or `ignore`.
+    #[serde(default, skip_serializing_if = "DriftPolicy::is_default")]
+    pub drift: DriftPolicy,
+}
+
+/// What the deployer does about drift: live objects that differ from the manifests of the
+/// environment's current config commit (a field Baton manages changed, an applied object
+/// missing, an object with the app's labels that the release does not have).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftPolicy {
+    /// Report it (`baton-environment.drifted`, `baton status`, chat) and leave the cluster as it
+    /// is: a person decides (`baton sync`, or a new promotion).
+    #[default]
+    Report,
+    /// Report it and re-apply the current config commit through the normal apply path, rollout
+    /// health judged; never while a newer promotion of the app is rolling out.
+    Heal,
+    /// Neither look nor report.
+    Ignore,
+}
+
+impl DriftPolicy {
+    /// Whether this is the default (`report`), left out when written.
+    pub fn is_default(&self) -> bool {
+        *self == Self::Report
+    }
+
+    /// The word in `environments.yaml`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Report => "report",
+            Self::Heal => "heal",
+            Self::Ignore => "ignore",
+        }
+    }
 }
 
 /// The folder of the config repo holding the public keys evidence is verified with:

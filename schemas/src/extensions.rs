@@ -148,3 +148,35 @@ pub struct PolicyRejectedContent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_in_force: Option<String>,
 }
+
+/// Content of `dev.cdeventsx.baton-environment.drifted.0.1.0`: the live objects of an app in an
+/// environment differ from the manifests of its current config commit. The subject id is the
+/// release the environment runs; `customData` ([`crate::drift::DriftData`]) names every object
+/// and field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvironmentDriftedContent {
+    /// The environment.
+    pub environment: String,
+    /// The application.
+    pub app: String,
+    /// The objects that drifted, as `Kind/name`.
+    pub objects: Vec<String>,
+    /// What the deployer does about it: `report`, `heal` (the environment's `drift` policy).
+    pub policy: String,
+}
+
+/// Content of `dev.cdeventsx.baton-environment.synced.0.1.0`: a reported drift ended. The
+/// subject id is the release the environment runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvironmentSyncedContent {
+    /// The environment.
+    pub environment: String,
+    /// The application.
+    pub app: String,
+    /// How it ended: `healed` (the deployer re-applied the config commit, rollout healthy),
+    /// `resolved` (the live objects match again without Baton applying anything), `rolled-out`
+    /// (a new promotion's rollout replaced them).
+    pub how: String,
+}

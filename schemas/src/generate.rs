@@ -11,7 +11,7 @@ use crate::catalog::{EventType, Vocabulary};
 use crate::config::CommonSettings;
 use crate::extensions::{
     CommandAcceptedContent, CommandRejectedContent, DeploymentFailedContent, DeploymentStartedContent,
-    PolicyRejectedContent, PromotionHeldContent, ReleaseCreatedContent, ReleaseQuarantinedContent,
+    EnvironmentDriftedContent, EnvironmentSyncedContent, PolicyRejectedContent, PromotionHeldContent, ReleaseCreatedContent, ReleaseQuarantinedContent,
     ReleaseUnquarantinedContent,
 };
 
@@ -52,6 +52,8 @@ pub fn generated_files() -> Vec<GeneratedFile> {
     files.push(payload::<crate::release::ApprovalData>("approval"));
     files.push(payload::<crate::release::DeploymentData>("deployment"));
     files.push(payload::<crate::release::ReleaseFile>("release-file"));
+    files.push(payload::<crate::drift::DriftData>("drift"));
+    files.push(payload::<crate::drift::DriftRecord>("drift-record"));
     files.push(payload::<crate::commands::CommandRequest>("command-request"));
     files.push(payload::<crate::commands::CommandReply>("command-reply"));
     let mut pipeline = schema_value::<crate::pipeline::Pipeline>();
@@ -136,6 +138,8 @@ fn extension_content_schema(ty: EventType) -> Map<String, Value> {
         EventType::PolicyRejected => schema_value::<PolicyRejectedContent>(),
         EventType::DeploymentStarted => schema_value::<DeploymentStartedContent>(),
         EventType::DeploymentSuperseded => schema_value::<DeploymentFailedContent>(),
+        EventType::EnvironmentDrifted => schema_value::<EnvironmentDriftedContent>(),
+        EventType::EnvironmentSynced => schema_value::<EnvironmentSyncedContent>(),
         other => unreachable!("{other} is not a Baton extension event"),
     }
 }

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod cdevent;
 pub mod commands;
 pub mod config;
+pub mod drift;
 pub mod environments;
 pub mod extensions;
 pub mod generate;

@@ -79,6 +79,14 @@ const EXTENSIONS: &[(&str, &str)] = &[
         "baton-deployment-superseded.json",
         include_str!("../json/events/baton-deployment-superseded.json"),
     ),
+    (
+        "baton-environment-drifted.json",
+        include_str!("../json/events/baton-environment-drifted.json"),
+    ),
+    (
+        "baton-environment-synced.json",
+        include_str!("../json/events/baton-environment-synced.json"),
+    ),
 ];
 
 /// The schema text of an event type.
