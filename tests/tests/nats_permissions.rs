@@ -2,8 +2,9 @@
 //! (the file every overlay's NATS StatefulSet includes) refuses a service publishing another
 //! service's event types, lets each publish its own, and lets every real service do its work
 //! with its own user: the whole release story from a signed push to a healthy Deployment, with
-//! the listener, builder, tester, promoter, deployer and chat-ops bot each connected as itself,
-//! and not one permissions violation in the server's log. Only the admin user may change the
+//! the listener, builder, tester, promoter, deployer, chat-ops bot and the read-only web UI each
+//! connected as itself, and not one permissions violation in the server's log; the web's user
+//! may read what the web shows and nothing more. Only the admin user may change the
 //! topology: every service user and the operator are refused each way of creating, updating,
 //! sealing, purging or deleting a stream or bucket and of creating, changing, deleting or
 //! pulling from a stage's durable consumer, and a service refuses to start before the admin has
@@ -39,7 +40,7 @@ fn users() -> Vec<&'static str> {
             users.push(ty.emitted_by());
         }
     }
-    users.extend(["chatops", "operator", "admin"]);
+    users.extend(["chatops", "web", "operator", "admin"]);
     users
 }
 
@@ -128,6 +129,12 @@ impl SecuredNats {
         c.runner.backoff_initial = Duration::from_millis(200);
         baton_kit::settings::validate_common(&c)?;
         Ok(c)
+    }
+
+    /// The provisioned topology, as a service connected as `user` binds to it at start.
+    async fn bound(&self, user: &str) -> Result<Topology> {
+        let client = baton_kit::fabric::connect(&self.common(user)?.nats, user).await?;
+        Ok(provision::check(&client, &CommonSettings::default().jetstream).await?)
     }
 
     fn password(&self, user: &str) -> Result<String> {
@@ -448,6 +455,19 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
     )
     .await?;
     let chat = format!("http://{}/slack/commands", chatops.addr);
+    // The web UI, read only, on its own user: the config repo's manifests and the registry's
+    // layers beside what NATS holds.
+    let web = app::spawn::<baton_web::Application>(
+        nats.common("web")?,
+        yaml_serde::from_str(&format!(
+            "config_repo: {{url: 'file://{}'}}\nregistry: {{address: '{}', insecure: true}}\n",
+            dir.path().join("config.git").display(),
+            registry.address()
+        ))?,
+        &env,
+        &stop,
+    )
+    .await?;
 
     // The push, signed as a git host would.
     let body = json!({
@@ -568,8 +588,52 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
         .await?;
     assert!(answer.to_string().contains("staging"), "status names staging: {answer}");
 
+    // The web shows the release in staging, its events read back from the stream, and the
+    // build's step log from the object store.
+    let base = format!("http://{}", web.addr);
+    let web_json = |path: String| {
+        let http = http.clone();
+        async move {
+            let response = http.get(&path).send().await?;
+            let status = response.status();
+            let text = response.text().await?;
+            Ok::<_, anyhow::Error>(if status.is_success() {
+                Ok(serde_json::from_str::<Value>(&text)?)
+            } else {
+                Err(format!("GET {path}: {status}: {text}"))
+            })
+        }
+    };
+    eventually_every(
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+        "the web to show the release in staging",
+        async || {
+            Ok(match web_json(format!("{base}/api/matrix")).await? {
+                Ok(matrix) if matrix.to_string().contains(&release) => Ok(()),
+                Ok(matrix) => Err(format!("the matrix: {matrix}")),
+                Err(e) => Err(e),
+            })
+        },
+    )
+    .await?;
+    let page = web_json(format!("{base}/api/releases/{release}"))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let kinds = each(&page["timeline"], "type");
+    assert!(
+        kinds.iter().any(|k| k.contains("service.deployed")),
+        "the timeline reaches the deployment: {kinds:?}"
+    );
+    let logs = each(&page["logs"], "url");
+    let build_log = logs.first().with_context(|| format!("a build step's log: {page}"))?;
+    let log = web_json(format!("{base}/api{build_log}"))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    assert!(log["text"].is_string(), "the step log reads back: {log}");
+
     stop.cancel();
-    for service in [listener, builder, tester, promoter, deployer, chatops] {
+    for service in [listener, builder, tester, promoter, deployer, chatops, web] {
         service.task.await??;
     }
     let violations = nats.violations()?;
@@ -579,6 +643,15 @@ async fn every_service_does_its_work_with_its_own_user() -> Result<()> {
         violations.join("\n")
     );
     Ok(())
+}
+
+/// The string `key` of each object in the array `list` (none when it is not an array).
+fn each<'a>(list: &'a Value, key: &str) -> Vec<&'a str> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item[key].as_str())
+        .collect()
 }
 
 /// Production's topology: three servers with the same auth.conf, and the admin's provisioning
@@ -799,26 +872,19 @@ async fn no_user_but_the_admin_may_change_the_topology() -> Result<()> {
 
     let js = provision_as_admin(&nats, &CommonSettings::default()).await?.jetstream;
     // Something in the streams, each written by the user whose it is.
-    let bound = |user: &'static str| {
-        let nats = &nats;
-        async move {
-            let client = baton_kit::fabric::connect(&nats.common(user)?.nats, user).await?;
-            anyhow::Ok(provision::check(&client, &CommonSettings::default().jetstream).await?)
-        }
-    };
-    let listener = bound("listener").await?.jetstream;
+    let listener = nats.bound("listener").await?.jetstream;
     for id in ["kept-1", "kept-2"] {
         listener
             .publish(subjects::event_subject("acme/shop", EventType::ChangeMerged), id.into())
             .await?
             .await?;
     }
-    bound("promoter")
+    nats.bound("promoter")
         .await?
         .state
         .put("promoter.current.shop", "rel-1".into())
         .await?;
-    bound("builder")
+    nats.bound("builder")
         .await?
         .logs
         .put("run-1/build.log", &mut "line 1\n".as_bytes())
@@ -868,7 +934,7 @@ async fn no_user_but_the_admin_may_change_the_topology() -> Result<()> {
 
     // A temporary consumer named like a stage's, through the subject the operator's and the
     // promoter's temporary consumers use, does not reach the stage's consumer either.
-    for user in ["operator", "promoter"] {
+    for user in ["operator", "promoter", "web"] {
         let (client, _) = connect_as(&nats, user).await?;
         let request = json!({"stream_name": "BATON_EVENTS", "config": {"name": "builder", "filter_subjects": ["baton.events.>"]}});
         let _ = tokio::time::timeout(
@@ -944,5 +1010,174 @@ async fn a_retried_runs_step_log_is_kept_beside_the_first_with_the_builders_user
     }
     let violations = nats.violations()?;
     assert!(violations.is_empty(), "{}", violations.join("\n"));
+    Ok(())
+}
+
+/// The web UI's user reads what the web shows and nothing more. baton-web, connected as `web`,
+/// catches up with the event log, follows the promoter's keys, reads a release's events by
+/// sequence and a step log of several megabytes from the object store, with no permissions
+/// violation in the server's log. The same user is refused, by the server, publishing an event,
+/// sending a command, writing a key or an object, purging or deleting the events stream or one
+/// of its messages, pulling from or deleting a stage's consumer, and listening to the live
+/// events or the commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_user_reads_what_the_web_shows_and_changes_nothing() -> Result<()> {
+    baton_kit::tls::install_crypto_provider();
+    let nats = SecuredNats::start()?;
+    let js = provision_as_admin(&nats, &CommonSettings::default()).await?.jetstream;
+    // What the services wrote, each as its own user: a test verdict, the promoter's state, and
+    // a step log larger than the web shows (it reads the first 4 MiB).
+    let tester = nats.bound("tester").await?;
+    let verdict =
+        baton_tests::verdict::Verdict::shop("0123456789abcdef", Path::new("/nowhere"), "web", "web-release-1");
+    verdict.publish(&tester.jetstream).await?;
+    let line = "a line of the unit step's log, long enough to fill the chunks quickly\n";
+    let log = line.repeat(6 * 1024 * 1024 / line.len());
+    tester.logs.put("test-web/unit.log", &mut log.as_bytes()).await?;
+    nats.bound("promoter")
+        .await?
+        .state
+        .put("promoter.current.acme_shop.staging", "web-release-1".into())
+        .await?;
+
+    let stop = CancellationToken::new();
+    let web = app::spawn::<baton_web::Application>(
+        nats.common("web")?,
+        baton_schemas::config::web::WebSettings::default(),
+        &|_| None,
+        &stop,
+    )
+    .await?;
+    let base = format!("http://{}", web.addr);
+    let http = reqwest::Client::new();
+    eventually_every(
+        Duration::from_millis(100),
+        Duration::from_secs(30),
+        "the web's view to catch up",
+        async || {
+            let response = http.get(format!("{base}/readyz")).send().await?;
+            let status = response.status();
+            Ok(if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("{status}: {}", response.text().await?))
+            })
+        },
+    )
+    .await?;
+    let get = |path: &str| {
+        let (http, url) = (http.clone(), format!("{base}{path}"));
+        async move {
+            let response = http.get(&url).send().await?;
+            let status = response.status();
+            let text = response.text().await?;
+            anyhow::ensure!(status.is_success(), "GET {url}: {status}: {text}");
+            anyhow::Ok(text)
+        }
+    };
+    let events: Value = serde_json::from_str(&get("/api/events").await?)?;
+    assert!(
+        events.to_string().contains("testsuiterun.finished"),
+        "the event log shows the verdict: {events}"
+    );
+    // A release's events are read from the stream by sequence.
+    let release: Value = serde_json::from_str(&get("/api/releases/web-release-1").await?)?;
+    assert!(
+        release["timeline"].as_array().is_some_and(|t| !t.is_empty()),
+        "the release page reads its events: {release}"
+    );
+    // A push consumer the client does not answer stalls: the read would never end.
+    let shown = tokio::time::timeout(Duration::from_secs(30), get("/api/logs/test-web/unit"))
+        .await
+        .map_err(|_| anyhow::anyhow!("the log was not read in 30 s; violations: {:?}", nats.violations()))??;
+    let shown: Value = serde_json::from_str(&shown)?;
+    let text = shown["text"].as_str().context("the log's text")?;
+    assert_eq!(shown["truncated"], true, "a log over 4 MiB is cut");
+    assert!(
+        text.len() >= 4 * 1024 * 1024 - line.len() && log.starts_with(text),
+        "the web read the log's first 4 MiB ({} bytes shown)",
+        text.len()
+    );
+    let violations = nats.violations()?;
+    assert!(
+        violations.is_empty(),
+        "the web needed a permission auth.conf does not grant:\n{}",
+        violations.join("\n")
+    );
+
+    // Everything else is refused by the server.
+    let stored = nats.stored_events().await?;
+    let (client, errors) = connect_as(&nats, "web").await?;
+    let mut as_web = async_nats::jetstream::new(client.clone());
+    as_web.set_timeout(Duration::from_secs(2));
+    let event = subjects::event_subject("acme/shop", EventType::ReleaseCreated);
+    let acked = match as_web.publish(event.clone(), "a release by the web".into()).await {
+        Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(acked.is_err(), "the web published an event");
+    let command = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.request("baton.cmd.promoter.approve", "{}".into()),
+    )
+    .await;
+    assert!(
+        !matches!(command, Ok(Ok(_))),
+        "the web's command was answered: {command:?}"
+    );
+    let refused_publishes = [
+        "$KV.baton-state.promoter.current.acme_shop.staging",
+        "$O.baton-logs.C.web",
+        "$JS.API.STREAM.PURGE.BATON_EVENTS",
+        "$JS.API.STREAM.DELETE.BATON_EVENTS",
+        "$JS.API.STREAM.MSG.DELETE.BATON_EVENTS",
+        "$JS.API.STREAM.UPDATE.BATON_EVENTS",
+        "$JS.API.CONSUMER.MSG.NEXT.BATON_EVENTS.promoter",
+        "$JS.API.CONSUMER.DELETE.BATON_EVENTS.deployer",
+        "$JS.API.CONSUMER.CREATE.BATON_EVENTS.builder",
+    ];
+    for subject in refused_publishes {
+        client.publish(subject, "{}".into()).await?;
+    }
+    let refused_subscriptions = ["baton.events.>", "baton.cmd.promoter.*", "_INBOX_promoter.>"];
+    let mut subscriptions = Vec::new();
+    for subject in refused_subscriptions {
+        subscriptions.push(client.subscribe(subject).await?);
+    }
+    client.flush().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let errors: Vec<String> = errors
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|e| e.to_ascii_lowercase())
+        .collect();
+    let refused = |what: &str, subject: &str| {
+        let refusal = format!("permissions violation for {what} \"{subject}\"").to_ascii_lowercase();
+        errors.iter().any(|e| e.contains(&refusal))
+    };
+    let mut unrefused: Vec<String> = [event.as_str(), "baton.cmd.promoter.approve"]
+        .into_iter()
+        .chain(refused_publishes)
+        .filter(|s| !refused("publish to", s))
+        .map(|s| format!("publish to {s}"))
+        .collect();
+    unrefused.extend(
+        refused_subscriptions
+            .into_iter()
+            .filter(|s| !refused("subscription to", s))
+            .map(|s| format!("subscription to {s}")),
+    );
+    assert!(
+        unrefused.is_empty(),
+        "the server must refuse the web user these:\n{}\nit said {errors:?}",
+        unrefused.join("\n")
+    );
+    assert_eq!(nats.stored_events().await?, stored, "the events stream is as it was");
+    let events_stream = js.get_stream("BATON_EVENTS").await?.info().await?.clone();
+    assert!(!events_stream.config.sealed, "the events stream is not sealed");
+
+    stop.cancel();
+    web.task.await??;
     Ok(())
 }
