@@ -10,7 +10,7 @@
 //! Her own key, for the `baton` commands the demo suggests at the end, is written next to the
 //! repos ([`Stack::cli_key`]); [`Stack::command`] sends her signed commands, and
 //! [`Stack::push_by_hand`] pushes and announces an image Baton did not build, which production's
-//! gate holds.
+//! gate holds. The release story played on it, one function per step, is [`story`].
 
 #![allow(clippy::print_stdout, reason = "the demo narrates on the terminal")]
 
@@ -62,6 +62,8 @@ fn say_if(narrate: bool, text: &str) {
         say(text);
     }
 }
+
+pub mod story;
 
 /// The application of the story.
 pub const APP: &str = "acme/shop";
@@ -270,6 +272,9 @@ pub struct Stack {
     tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
     http: reqwest::Client,
     pushes: u32,
+    /// Whether the stack says what it does and prints every event (`just demo`) or keeps quiet
+    /// (the suites): the story's steps narrate by it.
+    narrate: bool,
     /// The services' traces, flushed when the stack stops (`None` when the process had its own
     /// subscriber already).
     _telemetry: Option<baton_kit::telemetry::TelemetryGuard>,
@@ -520,8 +525,14 @@ impl Stack {
             tasks,
             http,
             pushes: 0,
+            narrate,
             _telemetry: telemetry,
         })
+    }
+
+    /// Whether the stack narrates: started by `just demo` rather than a suite.
+    pub fn narrates(&self) -> bool {
+        self.narrate
     }
 
     /// The app's working clone.

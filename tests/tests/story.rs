@@ -1,6 +1,6 @@
-//! The end-to-end suite (`tests/tests/story.rs`): the demo's story as assertions, on the same
-//! local stack (real NATS, registry, Kubernetes control plane with simulated nodes, git repos,
-//! every service):
+//! The end-to-end suite (`tests/tests/story.rs`): the demo's story ([`baton_demo::story`], the
+//! steps `just demo` plays) as assertions, on the same local stack (real NATS, registry,
+//! Kubernetes control plane with simulated nodes, git repos, every service):
 //!
 //! - a push becomes a release that reaches staging automatically and production through a signed
 //!   chat approval (the bot signs it with its own key, for alice, whose Slack id people.yaml
@@ -21,11 +21,10 @@
 use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
-use baton_kit::log::Record;
-use baton_demo::{APP, CHAT_BOT, DEPLOYMENT, Stack, git, in_env, of, write};
+use baton_demo::{APP, CHAT_BOT, Stack, git, in_env, of, story};
 use baton_kit::evidence::{SLSA_PROVENANCE_V1, TEST_RESULT_V0_1};
+use baton_kit::log::Record;
 use baton_schemas::EventType;
-use baton_schemas::commands::{CommandRequest, Verb};
 use baton_schemas::release::{PromotionAction, PromotionData, RELEASE_FILE, ReleaseData, ReleaseFile};
 use baton_schemas::subjects::sanitize_token;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -43,57 +42,39 @@ async fn image_in(stack: &Stack, namespace: &str) -> Result<String> {
     Ok(spec.containers[0].image.clone().unwrap_or_default())
 }
 
-/// Step 4 of the story: an image pushed by hand into the app's repository of the same registry
-/// (`signed`'s), announced as tested, runs in staging when alice promotes it there and is held
-/// before production before anyone is asked to approve it, production keeping `signed`.
-/// Returns its release.
-async fn hand_pushed_image_is_held(stack: &Stack, signed: &ReleaseData) -> Result<String> {
+/// Step 4 of the story ([`story::hand_pushed_image_held`]): the image pushed by hand into the
+/// app's repository of the same registry (`signed`'s), announced as tested, runs in staging when
+/// alice promotes it there and is held before production before anyone is asked to approve it,
+/// production keeping `signed`. Returns its release.
+async fn hand_pushed_image_is_held(stack: &mut Stack, signed: &ReleaseData) -> Result<String> {
     let reference = &signed.image.reference;
-    // Announced as tested, it becomes a release, held from staging by the rollback's pin.
-    let (by_hand, unsigned) = stack.push_by_hand(signed, false).await?;
-    let held_in = |env: &'static str| {
-        let by_hand = by_hand.clone();
-        move |r: &Record| {
-            r.chain() == Some(by_hand.as_str())
-                && r.event_type() == Some(EventType::PromotionHeld)
-                && r.event.subject.content["environment"] == env
-        }
-    };
-    stack.wait_for("the pinned staging", held_in("staging")).await?;
-    // alice promotes it into staging by a signed command: staging asks for no evidence.
-    let promote = CommandRequest {
-        release: Some(by_hand.clone()),
-        environment: Some("staging".into()),
-        ..CommandRequest::default()
-    };
-    let promoted = stack.command(Verb::Promote, promote).await?;
-    assert!(promoted.ok, "{promoted:?}");
+    let by_hand = story::hand_pushed_image_held(stack, signed).await?;
+    // alice's promotion into staging ran it there: staging asks for no evidence.
     stack
         .wait_for(
             "the hand-pushed image in staging",
             in_env(
-                &by_hand,
+                &by_hand.release,
                 "staging",
                 &[EventType::ServiceDeployed, EventType::ServiceUpgraded],
             ),
         )
         .await?;
-    assert_eq!(image_in(stack, "shop-staging").await?, unsigned);
+    assert_eq!(image_in(stack, "shop-staging").await?, by_hand.image);
     // Production's gate holds it before anyone is asked: nothing signed the image, so alice has
     // nothing to approve.
-    let held = stack.wait_for("production's gate", held_in("production")).await?;
-    let reason = held.event.subject.content["reason"].as_str().unwrap_or_default();
+    let reason = &by_hand.held;
     assert!(
         reason.contains("`production` requires evidence") && reason.contains("`signature`"),
         "{reason}"
     );
-    let answer = stack.slash(&format!("approve {by_hand} production")).await?;
+    let answer = &by_hand.answer;
     assert!(answer.contains("no approval request"), "nothing to approve: {answer}");
     assert!(
         !stack
             .events()
             .iter()
-            .any(|r| r.chain() == Some(by_hand.as_str()) && r.event_type() == Some(EventType::ApprovalCreated)),
+            .any(|r| r.chain() == Some(by_hand.release.as_str()) && r.event_type() == Some(EventType::ApprovalCreated)),
         "nobody was asked to approve the hand-pushed image"
     );
     assert_eq!(
@@ -102,26 +83,20 @@ async fn hand_pushed_image_is_held(stack: &Stack, signed: &ReleaseData) -> Resul
         "production keeps the signed release"
     );
 
-    Ok(by_hand)
+    Ok(by_hand.release)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_release_story_end_to_end() -> Result<()> {
     let mut stack = Box::pin(Stack::start(false)).await?;
-    let shop = stack.shop();
 
     // 1. Push → staging automatically → production by a signed chat approval.
-    let first = stack.push("Say hello", false).await?;
-    stack
-        .wait_for("staging", in_env(&first, "staging", &[EventType::ServiceDeployed]))
-        .await?;
-    stack
-        .wait_for("the approval request", of(&first, EventType::ApprovalCreated))
-        .await?;
+    let story::Approved {
+        release: first,
+        data: signed,
+    } = story::approved_into_production(&mut stack).await?;
     // The bot signs it with its own key and names alice's Slack user: the promoter accepts it
     // for alice because people.yaml lets the bot speak for her through that id.
-    let answer = stack.slash(&format!("approve {first} production")).await?;
-    assert!(answer.contains("approved"), "{answer}");
     let accepted = stack
         .wait_for("the approval's record", of(&first, EventType::CommandAccepted))
         .await?;
@@ -135,46 +110,14 @@ async fn the_release_story_end_to_end() -> Result<()> {
         .wait_for("alice's vote", of(&first, EventType::ApprovalUpdated))
         .await?;
     assert_eq!(vote.event.subject.content["responder"], "urn:baton:user:alice");
-    stack
-        .wait_for(
-            "production",
-            in_env(&first, "production", &[EventType::ServiceDeployed]),
-        )
-        .await?;
 
-    // 2. A failing test stops the release before staging.
-    write(&shop.join("src/greeting.txt"), "goodbye\n")?;
-    let second = stack.push("Say goodbye", false).await?;
-    let verdict = stack
-        .wait_for("the failing tests", of(&second, EventType::TestSuiteRunFinished))
-        .await?;
-    assert_eq!(verdict.event.subject.content["outcome"], "failure");
+    // 2. A failing test stops the release before staging (the step checks the verdict).
+    let second = story::failing_test_stops(&mut stack).await?;
 
     // 3. A crash-looping release is rolled back to the previous digest.
-    write(&shop.join("src/greeting.txt"), "hello again\n")?;
-    write(
-        &shop.join("deploy/deployment.yaml"),
-        &DEPLOYMENT.replace(
-            "      labels: {app: shop}\n    spec:",
-            "      labels: {app: shop}\n      annotations: {baton.dev/simulate: crashloop}\n    spec:",
-        ),
-    )?;
-    let third = stack.push("Crash on start", false).await?;
-    stack
-        .wait_for("the failed rollout", of(&third, EventType::DeploymentFailed))
-        .await?;
-    stack
-        .wait_for("the rollback", |r| {
-            r.chain() == Some(first.as_str()) && r.event_type() == Some(EventType::ServiceRolledBack)
-        })
-        .await?;
+    let third = story::crash_loop_rolled_back(&mut stack, &first).await?;
 
     // The cluster runs the first release's digest in both environments.
-    let signed: ReleaseData = stack
-        .wait_for("the first release", of(&first, EventType::ReleaseCreated))
-        .await?
-        .event
-        .custom_data_as()?;
     let reference = signed.image.reference.clone();
     assert_eq!(image_in(&stack, "shop-production").await?, reference);
     assert_eq!(
@@ -184,7 +127,7 @@ async fn the_release_story_end_to_end() -> Result<()> {
     );
 
     // 4. An image pushed by hand, promoted by alice: held before production.
-    let by_hand = Box::pin(hand_pushed_image_is_held(&stack, &signed)).await?;
+    let by_hand = Box::pin(hand_pushed_image_is_held(&mut stack, &signed)).await?;
 
     let events = stack.events();
     // Nothing about the second release after its test verdict.

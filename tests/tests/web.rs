@@ -15,14 +15,13 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use baton_demo::{APP, DEPLOYMENT, Stack, git, in_env, of, write};
+use baton_demo::{APP, DEPLOYMENT, Stack, git, of, story, write};
 use baton_kit::log::{self, Query, Record};
 use baton_kit::{Outgoing, events};
-use baton_schemas::commands::{CommandRequest, Verb};
 use baton_schemas::config::JetStreamSettings;
 use baton_schemas::config::web::WebSettings;
 use baton_schemas::payloads::{ImageInfo, PushData};
-use baton_schemas::release::{PromotionAction, RELEASE_FILE, ReleaseData, ReleaseFile};
+use baton_schemas::release::{PromotionAction, RELEASE_FILE, ReleaseFile};
 use baton_schemas::subjects::sanitize_token;
 use baton_schemas::{CdEvent, EventType};
 use baton_tests::browser::Browser;
@@ -51,69 +50,15 @@ struct Story {
     xss: String,
 }
 
-/// The demo's story (tests/tests/story.rs asserts each step; here it only has to happen),
-/// then the XSS push.
+/// The demo's story ([`baton_demo::story`]; tests/tests/story.rs asserts each step, here it
+/// only has to happen), then the XSS push.
 async fn play(stack: &mut Stack) -> Result<Story> {
-    let shop = stack.shop();
-    // 1. A push reaches staging automatically and production by alice's chat approval.
-    let first = stack.push("Say hello", false).await?;
-    stack
-        .wait_for("the approval request", of(&first, EventType::ApprovalCreated))
-        .await?;
-    let answer = stack.slash(&format!("approve {first} production")).await?;
-    anyhow::ensure!(answer.contains("approved"), "{answer}");
-    stack
-        .wait_for(
-            "production",
-            in_env(&first, "production", &[EventType::ServiceDeployed]),
-        )
-        .await?;
-    // 2. A failing test.
-    write(&shop.join("src/greeting.txt"), "goodbye\n")?;
-    let failing = stack.push("Say goodbye", false).await?;
-    stack
-        .wait_for("the failing tests", of(&failing, EventType::TestSuiteRunFinished))
-        .await?;
-    // 3. A crash-looping release, rolled back.
-    write(&shop.join("src/greeting.txt"), "hello again\n")?;
-    write(
-        &shop.join("deploy/deployment.yaml"),
-        &DEPLOYMENT.replace(
-            "      labels: {app: shop}\n    spec:",
-            "      labels: {app: shop}\n      annotations: {baton.dev/simulate: crashloop}\n    spec:",
-        ),
-    )?;
-    let crashing = stack.push("Crash on start", false).await?;
-    stack
-        .wait_for("the rollback", |r| {
-            r.chain() == Some(first.as_str()) && r.event_type() == Some(EventType::ServiceRolledBack)
-        })
-        .await?;
-    stack
-        .wait_for("its quarantine", of(&crashing, EventType::ReleaseQuarantined))
-        .await?;
-    // 4. An image pushed by hand, promoted into staging by alice, held before production.
-    let signed: ReleaseData = stack
-        .wait_for("the first release", of(&first, EventType::ReleaseCreated))
-        .await?
-        .event
-        .custom_data_as()?;
-    let (by_hand, _) = stack.push_by_hand(&signed, false).await?;
-    let promote = CommandRequest {
-        release: Some(by_hand.clone()),
-        environment: Some("staging".into()),
-        ..CommandRequest::default()
-    };
-    let promoted = stack.command(Verb::Promote, promote).await?;
-    anyhow::ensure!(promoted.ok, "{promoted:?}");
-    stack
-        .wait_for("production's gate", |r| {
-            r.chain() == Some(by_hand.as_str())
-                && r.event_type() == Some(EventType::PromotionHeld)
-                && r.event.subject.content["environment"] == "production"
-        })
-        .await?;
+    let first = story::approved_into_production(stack).await?;
+    let failing = story::failing_test_stops(stack).await?;
+    let crashing = story::crash_loop_rolled_back(stack, &first.release).await?;
+    story::hand_pushed_image_held(stack, &first.data).await?;
     // The XSS push: a healthy app again, the message in its changelog.
+    let shop = stack.shop();
     write(&shop.join("deploy/deployment.yaml"), DEPLOYMENT)?;
     write(&shop.join("src/greeting.txt"), "hello, safely\n")?;
     let xss = stack.push(XSS, false).await?;
@@ -121,7 +66,7 @@ async fn play(stack: &mut Stack) -> Result<Story> {
         .wait_for("the XSS release's tests", of(&xss, EventType::TestSuiteRunFinished))
         .await?;
     Ok(Story {
-        first,
+        first: first.release,
         failing,
         crashing,
         xss,
@@ -460,6 +405,10 @@ async fn dora_figures_match_a_history_computed_by_hand() -> Result<()> {
     for outgoing in fixture(origin)? {
         events::publish(&js, &outgoing).await?;
     }
+    // A baton-web of its own rather than the demo stack's: the figures are computed by hand
+    // for exactly this history, at these times, so its stream must hold nothing else (the
+    // story's events would add deployments and failures to acme/shop's), and the history
+    // needs no registry, cluster or other service.
     let stop = CancellationToken::new();
     let base = start_web(&nats, WebSettings::default(), &stop).await?;
     caught_up(&base, &nats).await?;
