@@ -372,8 +372,10 @@ impl View {
     pub fn observe(&mut self, record: &Record) {
         self.last_sequence = self.last_sequence.max(record.sequence);
         let app = self.app_id(&record.app);
+        // An event that names no app (a command's record) gives the subject token back: it must
+        // not undo the name (`acme/shop`) an earlier event taught.
         let name = facts::app_name(record);
-        if *self.apps[app as usize].name != *name {
+        if name != record.app && *self.apps[app as usize].name != *name {
             self.apps[app as usize].name = name.into();
         }
         let environment = facts::environment(record).map(|e| self.environment_id(e));

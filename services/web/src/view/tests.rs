@@ -139,6 +139,24 @@ fn the_matrix_joins_events_and_the_promoters_state() {
 }
 
 #[test]
+fn an_event_naming_no_app_keeps_the_apps_name() {
+    let mut view = View::new(1000);
+    story(&mut view);
+    // A refused command is recorded under the app's token and names no app: the row keeps the
+    // name the release's events gave it, not the token.
+    view.observe(&record(
+        5,
+        EventType::CommandRejected,
+        "rel-aaaaaaab-2",
+        json!({"actor": "alice", "person": "alice", "verb": "approve", "reason": "no approval request"}),
+        json!({"actor": "alice", "environment": "production", "release": "rel-aaaaaaab-2"}),
+    ));
+    let matrix = view.matrix(chrono::Utc::now());
+    let rows: Vec<&str> = matrix.apps.iter().map(|row| row.app.as_str()).collect();
+    assert_eq!(rows, ["acme/shop"]);
+}
+
+#[test]
 fn events_of_no_app_make_no_matrix_row() {
     let mut view = View::new(1000);
     story(&mut view);
