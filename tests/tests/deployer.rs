@@ -4,7 +4,9 @@
 //! (`service.deployed`), a second one is an upgrade that prunes what it dropped, a crash-looping
 //! one fails with the pods' states, bad manifests fail without applying anything, another
 //! namespace is refused, RBAC from `deploy/` confines the deployer, a redelivered promotion is
-//! not reported twice, and the later of two promotions wins.
+//! not reported twice, and the later of two promotions wins. Drift: a Deployment's image changed
+//! with a plain client and a deleted ConfigMap are reported once each (an autoscaler's replicas
+//! are not drift), and with `drift: heal` put back, rollout healthy.
 //!
 //! The promotions are published here the way the promoter publishes them.
 
@@ -14,7 +16,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use async_nats::jetstream::consumer;
 use baton_kit::events;
-use baton_schemas::config::deployer::DeployerSettings;
+use baton_schemas::config::deployer::{DeployerSettings, DriftSettings};
+use baton_schemas::drift::{DriftData, DriftKind, DriftRecord, SyncState};
 use baton_schemas::payloads::ImageInfo;
 use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData};
 use baton_schemas::{CdEvent, EventType};
@@ -105,6 +108,11 @@ impl World {
 
     /// Starts the deployer with `kubeconfig` (default: the admin's).
     async fn start_deployer(&mut self, kubeconfig: Option<PathBuf>) -> Result<()> {
+        self.start_deployer_with(kubeconfig, DriftSettings::default()).await
+    }
+
+    /// Starts the deployer with `kubeconfig` (default: the admin's) looking for drift as `drift` says.
+    async fn start_deployer_with(&mut self, kubeconfig: Option<PathBuf>, drift: DriftSettings) -> Result<()> {
         let mut common = app::common(&self.nats.url());
         common.runner.backoff_initial = Duration::from_millis(100);
         let service = DeployerSettings {
@@ -113,6 +121,7 @@ impl World {
             poll_interval: Duration::from_millis(200),
             crashloop_restarts: 2,
             image_pull_grace: Duration::from_secs(3),
+            drift,
             ..Default::default()
         };
         let deployer = app::spawn::<baton_deployer::Application>(common, service, &|_| None, &self.stop).await?;
@@ -1010,4 +1019,229 @@ async fn a_handler_deadline_not_longer_than_the_rollout_timeout_is_refused_at_st
         }
     }
     Ok(())
+}
+
+/// The `drift` record of acme/shop in staging, if the deployer wrote one.
+async fn drift_record(world: &World) -> Result<Option<DriftRecord>> {
+    let kv = world.js.get_key_value("baton-state").await?;
+    Ok(kv
+        .get(baton_schemas::drift::drift_key(APP, "staging"))
+        .await?
+        .map(|b| serde_json::from_slice(&b))
+        .transpose()?)
+}
+
+/// Commits staging's `environments.yaml` with `drift: <policy>`.
+fn drift_policy(world: &World, policy: &str) -> Result<()> {
+    let config = world.dir.path().join("config");
+    std::fs::write(
+        config.join("environments.yaml"),
+        format!("environments:\n  - name: staging\n    namespace: {STAGING}\n    policy: auto\n    drift: {policy}\n"),
+    )?;
+    git(&config, &["add", "environments.yaml"])?;
+    git(&config, &["commit", "-qm", "drift policy"])?;
+    git(&config, &["push", "-q", "origin", "main"])?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_reported_once_an_autoscalers_replicas_are_not_drift_and_heal_puts_the_release_back() -> Result<()> {
+    let mut world = World::start().await?;
+    drift_policy(&world, "report")?;
+    world
+        .start_deployer_with(
+            None,
+            DriftSettings {
+                interval: Duration::from_secs(2),
+                ..DriftSettings::default()
+            },
+        )
+        .await?;
+    let client = world.cluster.client()?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), STAGING);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), STAGING);
+
+    // The release leaves `replicas` to an autoscaler.
+    let v1 = image("v1", "baton/acme_shop");
+    let commit = world.commit(
+        "staging",
+        &[
+            (
+                "deployment.yaml",
+                deployment(&v1.reference, "").replace("  replicas: 2\n", ""),
+            ),
+            ("config.yaml", CONFIG_MAP.to_owned()),
+        ],
+    )?;
+    let promotion = world
+        .promote("staging", STAGING, &commit, &v1, PromotionAction::Promote)
+        .await?;
+    let (ty, data) = world.verdict(&promotion).await?;
+    assert_eq!(ty, EventType::ServiceDeployed, "{data:?}");
+    let synced = eventually_every(
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+        "a synced record",
+        async || {
+            Ok(match drift_record(&world).await? {
+                Some(r) if r.state == SyncState::Synced => Ok(r),
+                other => Err(format!("{other:?}")),
+            })
+        },
+    )
+    .await;
+    let synced = match synced {
+        Ok(synced) => synced,
+        Err(e) => {
+            let reports: Vec<_> = world
+                .events(EventType::EnvironmentDrifted)
+                .await?
+                .into_iter()
+                .map(|e| e.custom_data)
+                .collect();
+            anyhow::bail!("{e:#}; drift reported: {reports:#?}");
+        }
+    };
+    assert_eq!(synced.config_commit, commit);
+
+    // An autoscaler scales it: a field Baton does not set, owned by another manager.
+    let by = |manager: &str| PatchParams {
+        field_manager: Some(manager.to_owned()),
+        ..Default::default()
+    };
+    deployments
+        .patch(
+            "shop",
+            &by("horizontal-pod-autoscaler"),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await?;
+    // Two passes and the watch see it: still in sync.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(drift_record(&world).await?.map(|r| r.state), Some(SyncState::Synced));
+    assert!(
+        world.events(EventType::EnvironmentDrifted).await?.is_empty(),
+        "replicas are the autoscaler's"
+    );
+
+    // A plain client changes the image: reported, naming the field, both values and who.
+    let changed_at = std::time::Instant::now();
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "shop", "image": "nginx:drift"}]}}}});
+    deployments
+        .patch("shop", &by("kubectl-set"), &Patch::Strategic(patch))
+        .await?;
+    let drifted = baton_tests::events::wait_for(
+        &world.js,
+        EventType::EnvironmentDrifted,
+        1,
+        Duration::from_secs(10),
+        |_| true,
+    )
+    .await
+    .context("the changed image was never reported")?
+    .remove(0);
+    assert!(
+        changed_at.elapsed() < Duration::from_secs(3),
+        "reported within the interval: {:?}",
+        changed_at.elapsed()
+    );
+    let data: DriftData = drifted.custom_data_as()?;
+    assert_eq!(
+        (data.app.as_str(), data.environment.as_str(), data.policy.as_str()),
+        (APP, "staging", "report")
+    );
+    assert_eq!(data.config_commit, commit);
+    assert_eq!(data.objects.len(), 1, "{data:?}");
+    let object = &data.objects[0];
+    assert_eq!(
+        (object.object.as_str(), object.kind),
+        ("Deployment/shop", DriftKind::Changed)
+    );
+    let image_field = object
+        .fields
+        .iter()
+        .find(|f| f.path == "spec.template.spec.containers[name=shop].image")
+        .with_context(|| format!("{:?}", object.fields))?;
+    assert_eq!(image_field.expected, Some(json!(v1.reference)));
+    assert_eq!(image_field.live, Some(json!("nginx:drift")));
+    assert_eq!(image_field.changed_by.as_deref(), Some("kubectl-set"));
+    assert!(image_field.changed_at.is_some());
+    assert!(
+        !object.fields.iter().any(|f| f.path.contains("replicas")),
+        "{:?}",
+        object.fields
+    );
+    assert_eq!(
+        drifted.context.chain_id.as_deref(),
+        Some(promotion.release.release.as_str())
+    );
+
+    // Reported once, not at every pass.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        world.events(EventType::EnvironmentDrifted).await?.len(),
+        1,
+        "reported once"
+    );
+    let record = drift_record(&world).await?.context("record")?;
+    assert_eq!(
+        (record.state, record.objects.clone()),
+        (SyncState::Drifted, vec!["Deployment/shop".to_owned()])
+    );
+    assert_eq!(
+        world.staging_image().await?.as_deref(),
+        Some("nginx:drift"),
+        "report changes nothing"
+    );
+
+    // A deleted ConfigMap: the drift changed, so it is reported again.
+    config_maps.delete("shop-settings", &Default::default()).await?;
+    let again = baton_tests::events::wait_for(
+        &world.js,
+        EventType::EnvironmentDrifted,
+        2,
+        Duration::from_secs(10),
+        |_| true,
+    )
+    .await
+    .context("the deleted ConfigMap was never reported")?
+    .remove(1);
+    let data: DriftData = again.custom_data_as()?;
+    let missing: Vec<_> = data.objects.iter().map(|o| (o.object.as_str(), o.kind)).collect();
+    assert_eq!(
+        missing,
+        [
+            ("ConfigMap/shop-settings", DriftKind::Missing),
+            ("Deployment/shop", DriftKind::Changed)
+        ]
+    );
+
+    // With `heal`, the release is put back through the apply path, rollout healthy.
+    drift_policy(&world, "heal")?;
+    let healed = baton_tests::events::wait_for(
+        &world.js,
+        EventType::EnvironmentSynced,
+        1,
+        Duration::from_secs(60),
+        |_| true,
+    )
+    .await
+    .context("the drift was never healed")?
+    .remove(0);
+    assert_eq!(healed.subject.content["how"], "healed");
+    let data: DriftData = healed.custom_data_as()?;
+    assert!(data.rollout_wait_ms.is_some(), "the heal's rollout was judged");
+    assert_eq!(world.staging_image().await?.as_deref(), Some(v1.reference.as_str()));
+    assert!(config_maps.get_opt("shop-settings").await?.is_some(), "recreated");
+    let shop = deployments.get("shop").await?;
+    assert_eq!(
+        shop.spec.and_then(|s| s.replicas),
+        Some(3),
+        "the autoscaler's replicas stay"
+    );
+    assert_eq!(drift_record(&world).await?.map(|r| r.state), Some(SyncState::Synced));
+    // The heal is no promotion: nothing reported as deployed again.
+    assert_eq!(world.events(EventType::ServiceDeployed).await?.len(), 1);
+    assert!(world.events(EventType::ServiceUpgraded).await?.is_empty());
+    world.stop().await
 }

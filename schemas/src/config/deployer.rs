@@ -8,6 +8,9 @@
 //! rollout_timeout: 5m
 //! crashloop_restarts: 3
 //! image_pull_grace: 1m
+//! drift:
+//!   interval: 1m                      # a full comparison of every app this often
+//!   watch: true                       # and at once when a watched object changes
 //! ```
 
 use std::path::PathBuf;
@@ -51,6 +54,38 @@ pub struct DeployerSettings {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub lock_lease: Duration,
+    /// Drift detection: how often the live objects of every app are compared with the manifests
+    /// of its environment's current config commit, and whether changes are watched in between.
+    pub drift: DriftSettings,
+}
+
+/// How the deployer looks for drift (the environment's `drift` policy in `environments.yaml`
+/// says what it does about it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct DriftSettings {
+    /// A full pass over every app and environment this often: the backstop for what a watch
+    /// missed (a watch restarted, an object of a kind not watched). `0s` turns drift detection
+    /// off.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub interval: Duration,
+    /// Watch the objects Baton applied and compare an app as soon as one of its objects changes
+    /// or is deleted, rather than only at the next pass.
+    pub watch: bool,
+    /// Objects compared at once (a server-side apply dry run each): bounds the load a pass puts
+    /// on the apiserver.
+    pub concurrency: usize,
+}
+
+impl Default for DriftSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(60),
+            watch: true,
+            concurrency: 32,
+        }
+    }
 }
 
 impl Default for DeployerSettings {
@@ -65,6 +100,7 @@ impl Default for DeployerSettings {
             image_pull_grace: Duration::from_secs(60),
             poll_interval: Duration::from_millis(500),
             lock_lease: Duration::from_secs(30),
+            drift: DriftSettings::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use baton_kit::lease::Locks;
 use baton_kit::service::{self, Env, Runtime, Service, StageService};
@@ -13,6 +14,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, MAX_FIELD_MANAGER_BASE};
+use crate::detect::Detector;
 use crate::handler::{Deployer, HANDLES};
 use crate::rollout::Limits;
 
@@ -25,7 +27,11 @@ pub const STAGE: &str = "deployer";
 
 /// A built deployer, connected, not yet consuming.
 #[derive(Debug)]
-pub struct Application(StageService<Deployer>);
+pub struct Application {
+    service: StageService<Deployer>,
+    /// Drift detection, run beside the stage.
+    detector: Arc<Detector>,
+}
 
 /// A kube client from the configured kubeconfig, or inferred (in-cluster, `$KUBECONFIG`).
 async fn kube_client(settings: &DeployerSettings) -> Result<kube::Client, StartError> {
@@ -111,17 +117,46 @@ impl Service for Application {
                 poll_interval: own.poll_interval,
             },
         };
+        if own.drift.concurrency == 0 {
+            return Err(
+                ConfigError::invalid("drift.concurrency", "compare at least 1 object at a time, e.g. 32").into(),
+            );
+        }
+        // A heal never waits for a rollout: a held lease is a promotion in progress.
+        let heal_locks = Locks::new(
+            &runtime.topology,
+            format!("{SERVICE}-{replica}-drift"),
+            own.lock_lease,
+            Duration::ZERO,
+        );
+        let detector = Arc::new(Detector::new(
+            deployer.clone(),
+            own.drift.clone(),
+            heal_locks,
+            runtime.topology.locks.clone(),
+            &runtime.metrics,
+        ));
         let runner = runtime.stage(STAGE, HANDLES, deployer).await?;
-        Ok(Self(StageService::bind(runtime, runner, cache).await?))
+        Ok(Self {
+            service: StageService::bind(runtime, runner, cache).await?,
+            detector,
+        })
     }
 
     fn local_addr(&self) -> SocketAddr {
-        self.0.local_addr()
+        self.service.local_addr()
     }
 
-    /// Consumes until `shutdown` is cancelled, finishing or handing back in-flight rollouts
-    /// within the grace period, then drains the NATS connection.
+    /// Consumes and looks for drift until `shutdown` is cancelled, finishing or handing back
+    /// in-flight rollouts within the grace period, then drains the NATS connection.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
-        self.0.run_until_stopped(shutdown).await
+        let drift = Arc::clone(&self.detector).run(shutdown.clone());
+        let stage = async {
+            let result = self.service.run_until_stopped(shutdown.clone()).await;
+            shutdown.cancel();
+            result
+        };
+        let ((), result) = tokio::join!(drift, stage);
+        result
     }
 }

@@ -120,10 +120,15 @@ impl Cluster {
         format!("{}/{}", self.field_manager, &digest[..32])
     }
 
+    /// The field manager every app was applied with before each had its own.
+    pub fn shared_manager(&self) -> &str {
+        &self.field_manager
+    }
+
     /// Whether a managedFields entry's manager applied `app`: its own manager, or the one shared
     /// manager every app was applied with before each had its own (objects of such releases are
     /// adopted by [`Cluster::check_owners`] when a release names them, and pruned by either).
-    fn applied_for(&self, manager: Option<&str>, app_manager: &str) -> bool {
+    pub fn applied_for(&self, manager: Option<&str>, app_manager: &str) -> bool {
         manager.is_some_and(|m| m == app_manager || m == self.field_manager)
     }
 
@@ -197,7 +202,9 @@ impl Cluster {
     }
 
     /// Server-side applies every manifest into `namespace`: first all as a dry run (unless there is
-    /// only one), then for real. Returns the objects applied.
+    /// only one), then for real. Returns the objects applied. `take_back` forces conflicts (as
+    /// `force_conflicts` does for every apply): a heal takes back the fields the release sets
+    /// that someone changed by hand.
     ///
     /// # Errors
     /// [`ClusterError`]; a rejected object is named with the apiserver's message.
@@ -207,9 +214,10 @@ impl Cluster {
         namespace: &str,
         app: &str,
         manifests: &[(Manifest, ApiResource, bool)],
+        take_back: bool,
     ) -> Result<Vec<String>, ClusterError> {
         let mut params = PatchParams::apply(&self.manager_of(app));
-        if self.force {
+        if self.force || take_back {
             params = params.force();
         }
         // The dry run makes a release all or nothing; a release of one object is that already.
@@ -359,16 +367,12 @@ impl Cluster {
         applied: &[(Manifest, ApiResource, bool)],
     ) -> Result<Vec<String>, ClusterError> {
         let keep: BTreeSet<String> = applied.iter().map(|(m, _, _)| m.display()).collect();
-        let mut kinds: BTreeMap<String, (String, String, String)> = PRUNABLE
-            .iter()
-            .map(|(g, v, k)| ((*k).to_owned(), ((*g).to_owned(), (*v).to_owned(), (*k).to_owned())))
-            .collect();
-        for (m, _, namespaced) in applied {
-            if *namespaced {
-                let (g, v) = m.group_version();
-                kinds.insert(m.kind.clone(), (g.to_owned(), v.to_owned(), m.kind.clone()));
-            }
-        }
+        let kinds = Self::listed_kinds(
+            applied
+                .iter()
+                .filter(|(_, _, namespaced)| *namespaced)
+                .map(|(m, _, _)| m),
+        );
         let app_manager = self.manager_of(app);
         let scope = PruneScope {
             namespace,
@@ -379,7 +383,7 @@ impl Cluster {
         // Every kind is listed (and its leftovers deleted) at once.
         let per_kind = futures::future::join_all(
             kinds
-                .into_values()
+                .into_iter()
                 .map(|(group, version, kind)| self.prune_kind(&scope, group, version, kind)),
         )
         .await;
@@ -391,13 +395,15 @@ impl Cluster {
         Ok(pruned)
     }
 
-    async fn prune_kind(
+    /// The API of a kind Baton lists (to prune, or to look for drift) in `namespace`, or `None`
+    /// when the apiserver does not serve it (remembered) or it is not namespaced.
+    pub(crate) async fn listable(
         &self,
-        scope: &PruneScope<'_>,
-        group: String,
-        version: String,
-        kind: String,
-    ) -> Result<Vec<String>, ClusterError> {
+        group: &str,
+        version: &str,
+        kind: &str,
+        namespace: &str,
+    ) -> Option<Api<DynamicObject>> {
         let key = format!("{group}/{version}/{kind}");
         let unserved = |this: &Self| {
             this.unserved
@@ -406,23 +412,110 @@ impl Cluster {
                 .contains(&key)
         };
         if unserved(self) {
-            return Ok(Vec::new());
+            return None;
         }
-        let (resource, namespaced) = match self.resolve(&group, &version, &kind).await {
+        let (resource, namespaced) = match self.resolve(group, version, kind).await {
             Ok(found) => found,
             Err(e) if e.kind() == ErrorKind::Permanent => {
                 self.unserved
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(key.clone());
-                return Ok(Vec::new());
+                return None;
             }
-            Err(_) => return Ok(Vec::new()),
+            Err(_) => return None,
         };
-        if !namespaced {
-            return Ok(Vec::new());
+        namespaced.then(|| self.api(&resource, true, namespace))
+    }
+
+    /// The prunable kinds and the namespaced kinds of `applied`, as (group, version, kind).
+    pub fn listed_kinds<'a>(applied: impl IntoIterator<Item = &'a Manifest>) -> Vec<(String, String, String)> {
+        let mut kinds: BTreeMap<String, (String, String, String)> = PRUNABLE
+            .iter()
+            .map(|(g, v, k)| ((*k).to_owned(), ((*g).to_owned(), (*v).to_owned(), (*k).to_owned())))
+            .collect();
+        for m in applied {
+            let (g, v) = m.group_version();
+            kinds.insert(m.kind.clone(), (g.to_owned(), v.to_owned(), m.kind.clone()));
         }
-        let api = self.api(&resource, true, scope.namespace);
+        kinds.into_values().collect()
+    }
+
+    /// Every object of `kinds` in `namespace` matching `selector`, as (kind, object), every kind
+    /// listed at once; kinds not served or not listable by the deployer are skipped.
+    ///
+    /// # Errors
+    /// [`ClusterError::Api`] when a list fails otherwise.
+    pub async fn labelled(
+        &self,
+        namespace: &str,
+        selector: &str,
+        kinds: &[(String, String, String)],
+    ) -> Result<Vec<(String, DynamicObject)>, ClusterError> {
+        let per_kind = futures::future::join_all(kinds.iter().map(|(group, version, kind)| async move {
+            let Some(api) = self.listable(group, version, kind, namespace).await else {
+                return Ok(Vec::new());
+            };
+            match api.list(&ListParams::default().labels(selector)).await {
+                Ok(list) => Ok(list.items.into_iter().map(|o| (kind.clone(), o)).collect()),
+                Err(kube::Error::Api(status)) if status.code == 403 || status.code == 404 => Ok(Vec::new()),
+                Err(e) => Err(ClusterError::api(format!("listing {kind}"), e)),
+            }
+        }))
+        .await;
+        let mut out = Vec::new();
+        for listed in per_kind {
+            out.extend(listed?);
+        }
+        Ok(out)
+    }
+
+    /// What server-side applying `manifest` as `app`'s field manager, forced, would make of the
+    /// live object: the apiserver's dry run, which changes nothing. Fields other managers own
+    /// that the manifest does not set keep their live values.
+    ///
+    /// # Errors
+    /// [`ClusterError::Api`] naming the object.
+    pub async fn dry_run(
+        &self,
+        namespace: &str,
+        app: &str,
+        manifest: &Manifest,
+        resource: &ApiResource,
+    ) -> Result<DynamicObject, ClusterError> {
+        let params = PatchParams::apply(&self.manager_of(app)).force().dry_run();
+        self.api(resource, true, namespace)
+            .patch(&manifest.name, &params, &Patch::Apply(&manifest.object))
+            .await
+            .map_err(|e| ClusterError::api(format!("comparing {} ({})", manifest.display(), manifest.file), e))
+    }
+
+    /// The live object of `manifest`, if there is one.
+    ///
+    /// # Errors
+    /// [`ClusterError::Api`] naming the object.
+    pub async fn live(
+        &self,
+        namespace: &str,
+        manifest: &Manifest,
+        resource: &ApiResource,
+    ) -> Result<Option<DynamicObject>, ClusterError> {
+        self.api(resource, true, namespace)
+            .get_opt(&manifest.name)
+            .await
+            .map_err(|e| ClusterError::api(format!("reading {} ({})", manifest.display(), manifest.file), e))
+    }
+
+    async fn prune_kind(
+        &self,
+        scope: &PruneScope<'_>,
+        group: String,
+        version: String,
+        kind: String,
+    ) -> Result<Vec<String>, ClusterError> {
+        let Some(api) = self.listable(&group, &version, &kind, scope.namespace).await else {
+            return Ok(Vec::new());
+        };
         let listed = match api.list(&ListParams::default().labels(scope.selector)).await {
             Ok(list) => list,
             Err(kube::Error::Api(status)) if status.code == 403 || status.code == 404 => return Ok(Vec::new()),

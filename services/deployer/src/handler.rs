@@ -21,6 +21,7 @@ use crate::manifests::{
     self, APP_LABEL, COMMIT_ANNOTATION, ENVIRONMENT_LABEL, MANAGED_BY, Manifest, PROMOTION_ANNOTATION, RELEASE_LABEL,
 };
 use crate::rollout::{self, Interrupt, Limits, Verdict, Workload};
+use kube::core::ApiResource;
 
 /// The event types the deployer consumes.
 pub const HANDLES: [EventType; 1] = [EventType::EnvironmentModified];
@@ -62,12 +63,59 @@ pub struct Deployer {
     pub limits: Limits,
 }
 
-fn latest_key(app: &str, env: &str) -> String {
+pub(crate) fn latest_key(app: &str, env: &str) -> String {
     format!("deployer.latest.{}.{env}", sanitize_token(app))
 }
 
 fn deployed_key(app: &str, env: &str) -> String {
     format!("deployer.deployed.{}.{env}", sanitize_token(app))
+}
+
+/// The key prefix of [`applied_key`]: every app and environment the deployer applied.
+pub(crate) const APPLIED_PREFIX: &str = "deployer.applied";
+
+/// The promotion whose objects an app's environment runs (the last one applied), as
+/// [`PromotionData`]: what drift detection compares the live objects with.
+pub(crate) fn applied_key(app: &str, env: &str) -> String {
+    format!("{APPLIED_PREFIX}.{}.{env}", sanitize_token(app))
+}
+
+/// The rollout lease of an app in a namespace (KV `baton-locks`): one rollout, or heal, at a
+/// time.
+pub(crate) fn lease_key(namespace: &str, app: &str) -> String {
+    format!("deploy.{namespace}.{}", sanitize_token(app))
+}
+
+/// The label selector of an app's objects in an environment.
+pub(crate) fn selector(token: &str, environment: &str) -> String {
+    format!("{APP_LABEL}={token},{ENVIRONMENT_LABEL}={environment}")
+}
+
+/// The labels and annotations Baton stamps on every object of `promotion`.
+fn stamps(promotion: &PromotionData) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let labels = BTreeMap::from([
+        (MANAGED_BY.to_owned(), "baton".to_owned()),
+        (APP_LABEL.to_owned(), sanitize_token(&promotion.app)),
+        (ENVIRONMENT_LABEL.to_owned(), promotion.environment.clone()),
+        (RELEASE_LABEL.to_owned(), sanitize_label(&promotion.release.release)),
+    ]);
+    let annotations = BTreeMap::from([
+        (PROMOTION_ANNOTATION.to_owned(), promotion.promotion.clone()),
+        (COMMIT_ANNOTATION.to_owned(), promotion.config_commit.clone()),
+    ]);
+    (labels, annotations)
+}
+
+/// What one pass of the apply path did.
+pub(crate) struct Rollout {
+    /// The objects applied, `Kind/name`.
+    pub(crate) applied: Vec<String>,
+    /// The objects pruned.
+    pub(crate) pruned: Vec<String>,
+    /// How the rollout went.
+    pub(crate) verdict: Verdict,
+    /// How long the rollout was waited for, in milliseconds.
+    pub(crate) waited: u64,
 }
 
 impl Handler for Deployer {
@@ -175,10 +223,12 @@ impl Deployer {
                 },
             }
         }
-        let lease_key = format!("deploy.{}.{}", promotion.namespace, sanitize_token(&promotion.app));
         let lease = self
             .locks
-            .acquire(&lease_key, &format!("rollout of {}", promotion.promotion))
+            .acquire(
+                &lease_key(&promotion.namespace, &promotion.app),
+                &format!("rollout of {}", promotion.promotion),
+            )
             .await?;
         Ok(Claim::Ours {
             key,
@@ -214,18 +264,31 @@ impl Deployer {
         let (announced, manifests) = tokio::join!(announce, self.manifests(promotion));
         announced?;
         let manifests = manifests?;
+        let Rollout {
+            applied,
+            pruned,
+            verdict,
+            waited,
+        } = self.apply_and_watch(promotion, manifests, guard, false).await?;
+        Ok(match verdict {
+            Verdict::Healthy => vec![self.healthy(event, promotion, applied, pruned, waited).await?],
+            Verdict::Failed { reason, pods } => vec![self.failed(event, promotion, &reason, pods, applied)],
+            Verdict::Superseded => {
+                let newer = self.latest(promotion).await.unwrap_or_default();
+                vec![self.superseded(event, promotion, &newer)]
+            }
+        })
+    }
+
+    /// Resolves and stamps the release's objects (namespace, Baton's labels and annotations):
+    /// what applying `promotion` sends, and what drift is judged against.
+    pub(crate) async fn resolve(
+        &self,
+        promotion: &PromotionData,
+        manifests: Vec<Manifest>,
+    ) -> Result<Vec<(Manifest, ApiResource, bool)>, DeployError> {
+        let (labels, annotations) = stamps(promotion);
         let mut resolved = Vec::with_capacity(manifests.len());
-        let token = sanitize_token(&promotion.app);
-        let labels = BTreeMap::from([
-            (MANAGED_BY.to_owned(), "baton".to_owned()),
-            (APP_LABEL.to_owned(), token.clone()),
-            (ENVIRONMENT_LABEL.to_owned(), promotion.environment.clone()),
-            (RELEASE_LABEL.to_owned(), sanitize_label(&promotion.release.release)),
-        ]);
-        let annotations = BTreeMap::from([
-            (PROMOTION_ANNOTATION.to_owned(), promotion.promotion.clone()),
-            (COMMIT_ANNOTATION.to_owned(), promotion.config_commit.clone()),
-        ]);
         for mut manifest in manifests {
             manifests::check_namespace(&manifest, &promotion.namespace)?;
             let (group, version) = manifest.group_version();
@@ -242,12 +305,40 @@ impl Deployer {
             manifests::stamp(&mut manifest, Some(&promotion.namespace), &labels, &annotations);
             resolved.push((manifest, resource, namespaced));
         }
+        Ok(resolved)
+    }
+
+    /// The normal apply path, shared by promotions and healing: applies the release's objects
+    /// (all checked by a dry run first), records them as what the environment runs, prunes what
+    /// the release no longer has and watches the rollout until a verdict. A heal takes back the
+    /// fields the release sets that another manager changed (server-side apply's force); the
+    /// fields it does not set stay theirs.
+    pub(crate) async fn apply_and_watch(
+        &self,
+        promotion: &PromotionData,
+        manifests: Vec<Manifest>,
+        guard: &mut Guard<'_>,
+        heal: bool,
+    ) -> Result<Rollout, DeployError> {
+        let resolved = self.resolve(promotion, manifests).await?;
+        let token = sanitize_token(&promotion.app);
         self.cluster
             .check_owners(&promotion.namespace, &token, &resolved)
             .await?;
-        let applied = self.cluster.apply(&promotion.namespace, &token, &resolved).await?;
+        let applied = self
+            .cluster
+            .apply(&promotion.namespace, &token, &resolved, heal)
+            .await?;
         tracing::info!(app = %promotion.app, environment = %promotion.environment, applied = applied.len(), "applied");
-        let selector = format!("{APP_LABEL}={token},{ENVIRONMENT_LABEL}={}", promotion.environment);
+        // What the environment runs now: drift is judged against it.
+        self.state
+            .put(
+                applied_key(&promotion.app, &promotion.environment),
+                serde_json::to_vec(promotion).expect("serializes").into(),
+            )
+            .await
+            .map_err(|e| DeployError::state("recording the applied promotion", e))?;
+        let selector = selector(&token, &promotion.environment);
         let workloads: Vec<Workload> = resolved.iter().filter_map(|(m, _, _)| Workload::of(m)).collect();
         // What the release no longer has is deleted while its pods come up, as `kubectl apply
         // --prune` followed by `kubectl rollout status` would, without waiting for one another.
@@ -267,13 +358,11 @@ impl Deployer {
         let waited = u64::try_from(waiting.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (pruned, verdict) = (pruned?, verdict?);
         tracing::info!(app = %promotion.app, environment = %promotion.environment, pruned = pruned.len(), "pruned");
-        Ok(match verdict {
-            Verdict::Healthy => vec![self.healthy(event, promotion, applied, pruned, waited).await?],
-            Verdict::Failed { reason, pods } => vec![self.failed(event, promotion, &reason, pods, applied)],
-            Verdict::Superseded => {
-                let newer = self.latest(promotion).await.unwrap_or_default();
-                vec![self.superseded(event, promotion, &newer)]
-            }
+        Ok(Rollout {
+            applied,
+            pruned,
+            verdict,
+            waited,
         })
     }
 
@@ -324,7 +413,7 @@ impl Deployer {
 
     /// The folder's files at the promotion's commit, parsed.
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn manifests(&self, promotion: &PromotionData) -> Result<Vec<Manifest>, DeployError> {
+    pub(crate) async fn manifests(&self, promotion: &PromotionData) -> Result<Vec<Manifest>, DeployError> {
         let sources = self.sources.clone();
         let (url, commit, folder) = (
             promotion.config_repository.clone(),
@@ -509,13 +598,14 @@ enum Claim {
 
 /// During a rollout: renews the lease, and stops the watch when a later promotion arrived.
 /// Holds the lease, so dropping the guard (the handler cancelled) releases it.
-struct Guard<'a> {
-    deployer: &'a Deployer,
-    key: String,
+pub(crate) struct Guard<'a> {
+    pub(crate) deployer: &'a Deployer,
+    /// The `baton-state` key of the app's newest promotion in the environment.
+    pub(crate) key: String,
     /// The promotion rolling out; the newest one recorded only ever moves on to later ones.
-    promotion: String,
-    lease: Lease,
-    renewed: Instant,
+    pub(crate) promotion: String,
+    pub(crate) lease: Lease,
+    pub(crate) renewed: Instant,
 }
 
 impl Interrupt for Guard<'_> {

@@ -13,6 +13,8 @@
 
 pub mod app;
 pub mod cluster;
+pub mod detect;
+pub mod drift;
 pub mod error;
 pub mod handler;
 pub mod manifests;
