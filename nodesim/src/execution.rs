@@ -47,8 +47,7 @@ use super::workload::{command_line, expand, must_be_non_root, quantity_bytes, us
 /// told in the [simulator's documentation](super) and `docs/testing-kubernetes.md`.
 #[derive(Debug, Clone)]
 pub struct Execution {
-    /// Registries (`host:port`, e.g. [`RegistryServer::address`](crate::registry::RegistryServer::address))
-    /// images may be pulled from, over plain HTTP. An image elsewhere fails with `ErrImagePull`.
+    /// Registries (`host:port`, e.g. the test harness's `RegistryServer::address`) images may be pulled from, over plain HTTP. An image elsewhere fails with `ErrImagePull`.
     pub registries: Vec<String>,
     /// Where pulled images are unpacked, one root filesystem per manifest digest; may be shared
     /// by several simulators (and outlive them) to pull each image once.

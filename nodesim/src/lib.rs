@@ -1,4 +1,7 @@
-//! The node simulator: the kubelets of a test cluster.
+//! The node simulator: the kubelets of a local Kubernetes control plane, shared by the test
+//! harness (`baton_tests::kube`), `just demo` and `just dev` (crate `baton-demo`). A real
+//! control plane runs everything but the kubelet; this crate plays that part, so Deployments
+//! roll out, or fail to, through the real controllers on one machine.
 //!
 //! A [`NodeSimulator`] registers nodes the way a kubelet does (a Node with capacity, addresses,
 //! system info and a `Ready` condition, plus a Lease in `kube-node-lease`), renews their leases
@@ -52,10 +55,12 @@
 //! `kubelet` watches pods and posts their status, and `plan` decides, as a pure function of the
 //! pod and the time since it was picked up, what that status is. Executed pods go through
 //! `execution` (their lifecycle), `image` (pulling and unpacking), `workload` (their command,
-//! user and quantities, decided without I/O), `cgroup` (memory limits) and `logs` (the kubelet
-//! log server).
+//! user and quantities, decided without I/O), `cgroup` (memory limits) `logs` (the kubelet
+//! log server) and `certificate` (its self-signed certificate).
 
+mod certificate;
 mod cgroup;
+mod error;
 mod execution;
 mod image;
 mod kubelet;
@@ -71,7 +76,7 @@ use std::time::Duration;
 use kube::Client;
 use tokio::task::JoinHandle;
 
-use crate::HarnessError;
+pub use error::SimulatorError;
 pub use execution::Execution;
 use execution::Executor;
 use logs::LogServer;
@@ -79,6 +84,9 @@ use node::SimulatedNode;
 pub use plan::SimulatedBehaviour;
 use plan::Timing;
 
+/// The Kubernetes release the simulated kubelets report (`nodeInfo.kubeletVersion`): the one
+/// `scripts/build-kubernetes.sh` builds and the local control planes run.
+pub const KUBERNETES_VERSION: &str = "1.20.2";
 /// Pod annotation choosing what every container of the pod does; see the
 /// [module documentation](self) for the values.
 pub const SIMULATE_ANNOTATION: &str = "baton.dev/simulate";
@@ -179,9 +187,9 @@ impl NodeSimulator {
     ///
     /// # Errors
     /// When the apiserver refuses a node or lease, or the nodes stay tainted `not-ready`.
-    pub async fn start(client: Client, config: NodeSimulatorConfig) -> Result<Self, HarnessError> {
+    pub async fn start(client: Client, config: NodeSimulatorConfig) -> Result<Self, SimulatorError> {
         if config.nodes == 0 || config.nodes > MAX_NODES {
-            return Err(HarnessError::InvalidSimulatorConfig(format!(
+            return Err(SimulatorError::InvalidConfig(format!(
                 "nodes must be between 1 and {MAX_NODES}, not {}",
                 config.nodes
             )));
@@ -241,17 +249,24 @@ impl NodeSimulator {
 
 /// The executor of real pods, its log server (with a fresh self-signed certificate) and the
 /// directory both work in.
-async fn start_execution(execution: &Execution) -> Result<(Arc<Executor>, LogServer, tempfile::TempDir), HarnessError> {
-    let work_dir = crate::temp_dir("baton-nodesim-")?;
+async fn start_execution(
+    execution: &Execution,
+) -> Result<(Arc<Executor>, LogServer, tempfile::TempDir), SimulatorError> {
+    let work_dir = tempfile::Builder::new()
+        .prefix("baton-nodesim-")
+        .tempdir()
+        .map_err(|source| SimulatorError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
     let io = |path: &std::path::Path| {
         let path = path.to_owned();
-        move |source| HarnessError::Io { path, source }
+        move |source| SimulatorError::Io { path, source }
     };
     let executor = Executor::new(execution, work_dir.path().join("pods")).map_err(io(work_dir.path()))?;
     std::fs::set_permissions(work_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .map_err(io(work_dir.path()))?;
-    let openssl = super::binaries::OPENSSL.locate()?;
-    let (cert, key) = super::pki::self_signed_localhost(&openssl, work_dir.path())?;
+    let (cert, key) = certificate::self_signed_localhost(work_dir.path())?;
     let server = LogServer::start(executor.logs.clone(), &cert, &key).await?;
     Ok((Arc::new(executor), server, work_dir))
 }

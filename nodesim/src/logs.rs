@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::HarnessError;
+use crate::SimulatorError;
 
 /// How often a followed log is read again while its container runs.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
@@ -100,10 +100,10 @@ impl Drop for LogServer {
 impl LogServer {
     /// Serves `book` over HTTPS on a free port of 127.0.0.1, with the certificate and key (PEM)
     /// at `cert` and `key`.
-    pub(super) async fn start(book: LogBook, cert: &Path, key: &Path) -> Result<Self, HarnessError> {
+    pub(super) async fn start(book: LogBook, cert: &Path, key: &Path) -> Result<Self, SimulatorError> {
         use rustls::pki_types::pem::PemObject as _;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let tls_error = |what: String| HarnessError::Io {
+        let tls_error = |what: String| SimulatorError::Io {
             path: cert.to_owned(),
             source: std::io::Error::other(what),
         };
@@ -119,8 +119,10 @@ impl LogServer {
             .with_single_cert(certs, key)
             .map_err(|e| tls_error(e.to_string()))?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(HarnessError::FreePort)?;
-        let port = listener.local_addr().map_err(HarnessError::FreePort)?.port();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(SimulatorError::FreePort)?;
+        let port = listener.local_addr().map_err(SimulatorError::FreePort)?.port();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {

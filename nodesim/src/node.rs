@@ -19,9 +19,9 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
 
-use super::super::KUBERNETES_VERSION;
 use super::{NodeSimulatorConfig, POLL_INTERVAL, SIMULATED_NODE_LABEL};
-use crate::HarnessError;
+use crate::KUBERNETES_VERSION;
+use crate::SimulatorError;
 
 /// Namespace of node leases (the kubelet's heartbeat).
 const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -176,9 +176,9 @@ pub(super) async fn register_node(
     node: &SimulatedNode,
     config: &NodeSimulatorConfig,
     kubelet_port: Option<u16>,
-) -> Result<(), HarnessError> {
+) -> Result<(), SimulatorError> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let api_error = |action: String| move |source| HarnessError::Api { action, source };
+    let api_error = |action: String| move |source| SimulatorError::Api { action, source };
     let mut object = node_object(node, config, kubelet_port);
     let now = Timestamp::now();
     for condition in object
@@ -263,13 +263,13 @@ pub(super) async fn heartbeat(client: Client, node_names: Vec<String>, interval:
 }
 
 /// Waits until every node is Ready and free of the `not-ready`/`unreachable` taints.
-pub(super) async fn wait_until_schedulable(client: &Client, node_names: &[String]) -> Result<(), HarnessError> {
+pub(super) async fn wait_until_schedulable(client: &Client, node_names: &[String]) -> Result<(), SimulatorError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let deadline = Instant::now() + SCHEDULABLE_TIMEOUT;
     loop {
         let mut waiting_for = Vec::new();
         for name in node_names {
-            let node = nodes.get(name).await.map_err(|source| HarnessError::Api {
+            let node = nodes.get(name).await.map_err(|source| SimulatorError::Api {
                 action: format!("reading node {name}"),
                 source,
             })?;
@@ -290,7 +290,7 @@ pub(super) async fn wait_until_schedulable(client: &Client, node_names: &[String
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(HarnessError::Timeout {
+            return Err(SimulatorError::Timeout {
                 what: format!(
                     "the node-lifecycle controller to lift the not-ready taint from {}",
                     waiting_for.join(", ")

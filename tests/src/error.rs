@@ -135,9 +135,9 @@ pub enum HarnessError {
         #[source]
         source: kube::Error,
     },
-    /// A [`NodeSimulatorConfig`](crate::kube::NodeSimulatorConfig) that cannot work.
-    #[error("invalid node simulator configuration: {0}")]
-    InvalidSimulatorConfig(String),
+    /// The node simulator could not start its nodes.
+    #[error("the node simulator could not start")]
+    NodeSimulator(#[from] baton_nodesim::SimulatorError),
     /// Something the harness waits for (nodes becoming schedulable, a namespace's service
     /// account) did not happen in time.
     #[error("timed out after {timeout:?} waiting for {what}")]

@@ -17,7 +17,8 @@
 //!
 //! The kubelet is the one part that does not run: a [`NodeSimulator`] registers nodes and plays
 //! their kubelets, so pods go Running and Ready, or crash-loop, or fail to pull, and rollouts
-//! succeed or fail through the real Deployment controller. See [`nodesim`] for its conventions.
+//! succeed or fail through the real Deployment controller. See [`baton_nodesim`] (its own
+//! crate, which the demo shares) for its conventions.
 //!
 //! The binaries come from `$BATON_K8S_BIN_DIR`, else the cache `scripts/build-kubernetes.sh`
 //! fills (`$BATON_K8S_CACHE/bin`, default `~/.cache/baton/k8s-1.20.2/bin`); etcd is `$ETCD_BIN`,
@@ -26,7 +27,7 @@
 //!
 //! The module follows the cluster's seams: `binaries` finds the executables, `process` owns the
 //! running components, `components` starts each piece and knows when it is ready, `credentials`
-//! and `pki` make who may talk to it, [`nodesim`] plays the kubelets, and [`steps`] is what suites
+//! and `pki` make who may talk to it, [`baton_nodesim`] plays the kubelets, and [`steps`] is what suites
 //! of steps as Pods share (an executing cluster, `deploy/`'s step RBAC applied from its files).
 //!
 //! ```no_run
@@ -46,7 +47,6 @@
 mod binaries;
 mod components;
 mod credentials;
-pub mod nodesim;
 mod pki;
 mod process;
 pub mod steps;
@@ -65,17 +65,16 @@ use tokio::time::Instant;
 
 use crate::process::LOG_TAIL_LINES;
 use crate::{HarnessError, create_dir, write_file};
+pub use baton_nodesim::{
+    Execution, KUBERNETES_VERSION, NodeSimulator, NodeSimulatorConfig, SIMULATE_ANNOTATION, SIMULATED_NODE_LABEL,
+    SimulatedBehaviour,
+};
 use binaries::Binaries;
 use components::Start;
 use credentials::Credentials;
-pub use nodesim::{
-    Execution, NodeSimulator, NodeSimulatorConfig, SIMULATE_ANNOTATION, SIMULATED_NODE_LABEL, SimulatedBehaviour,
-};
 pub use process::ControlPlaneComponent;
 use process::Processes;
 
-/// The Kubernetes release the harness runs; `scripts/build-kubernetes.sh` builds the same one.
-pub const KUBERNETES_VERSION: &str = "1.20.2";
 /// Environment variable naming a directory holding kube-apiserver, kube-controller-manager and
 /// kube-scheduler; overrides the cache.
 pub const K8S_BIN_DIR_ENV: &str = "BATON_K8S_BIN_DIR";
@@ -329,14 +328,14 @@ impl KubeCluster {
     /// # Panics
     /// Outside a Tokio runtime.
     pub async fn simulate_nodes(&self, count: usize) -> Result<NodeSimulator, HarnessError> {
-        NodeSimulator::start(
+        Ok(NodeSimulator::start(
             self.client()?,
             NodeSimulatorConfig {
                 nodes: count,
                 ..NodeSimulatorConfig::default()
             },
         )
-        .await
+        .await?)
     }
 
     /// The log file of `component` (stdout and stderr); removed on drop.

@@ -129,37 +129,6 @@ impl Pki {
     }
 }
 
-/// A self-signed serving certificate for 127.0.0.1 (the node simulator's kubelet log server,
-/// which the apiserver does not verify without `--kubelet-certificate-authority`), written to
-/// `dir`; returns the certificate's and the key's paths.
-pub(super) fn self_signed_localhost(openssl: &Path, dir: &Path) -> Result<(PathBuf, PathBuf), HarnessError> {
-    let (cert, key) = (dir.join("kubelet.crt"), dir.join("kubelet.key"));
-    run_openssl(
-        openssl,
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &display(&key),
-            "-out",
-            &display(&cert),
-            "-days",
-            VALIDITY_DAYS,
-            "-subj",
-            "/CN=baton-node-simulator",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-    )?;
-    Ok((cert, key))
-}
-
 fn display(path: &Path) -> String {
     path.display().to_string()
 }
