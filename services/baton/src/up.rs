@@ -5,15 +5,26 @@
 //! file's `nats.url`. Before starting them it provisions what they need, as `baton admin
 //! provision --config-dir <dir>` would, connected as the first file's `nats` section says
 //! (services only check the topology). SIGINT/SIGTERM stops them all, each draining its work.
+//!
+//! A service whose file (and environment) sets no `http.listen` listens on a free port of
+//! 127.0.0.1 rather than every one on the default 8080; the addresses are printed once all have
+//! started. Their logs share stderr, each line prefixed with its service ([`logs`]). A service
+//! that cannot start, or stops with an error, stops the others and fails `baton up` with its
+//! name (exit 1).
+
+mod logs;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 
 use baton_kit::service::{self, Service, StartError};
 use baton_kit::settings;
+use baton_schemas::config::LogFormat;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::CliError;
 
@@ -67,25 +78,67 @@ async fn start<S: Service>(dir: &Path, nats: Option<&str>, stop: CancellationTok
     if let Some(url) = nats {
         settings.common.nats.url = url.to_owned();
     }
+    if !listen_configured(&path, std::env::var_os(LISTEN_ENV).is_some())? {
+        settings.common.http.listen = SocketAddr::new(settings.common.http.listen.ip(), 0);
+    }
     for warning in &settings.warnings {
         println!("{name}: warning: {warning}");
     }
+    let span = tracing::info_span!(target: logs::SERVICE_SPAN_TARGET, "service", name);
     let env = |name: &str| std::env::var(name).ok();
-    let app = S::build(settings, &env).await.map_err(|e| match e {
-        StartError::Config(e) => CliError::Config(format!("{}: {e}", path.display())),
-        e => CliError::Service(format!("{name} cannot start: {}", service::chain(&e))),
-    })?;
+    let app = S::build(settings, &env)
+        .instrument(span.clone())
+        .await
+        .map_err(|e| match e {
+            StartError::Config(e) => CliError::Config(format!("{}: {e}", path.display())),
+            e => CliError::Service(format!("{name} cannot start: {}", service::chain(&e))),
+        })?;
     let line = format!("{name:<9} http://{}", app.local_addr());
     Ok(Some((
         line,
-        Box::pin(async move { (name, app.run_until_stopped(stop).await) }),
+        Box::pin(async move { (name, app.run_until_stopped(stop).instrument(span).await) }),
     )))
+}
+
+/// The variable that sets `http.listen` over every file.
+const LISTEN_ENV: &str = "BATON_HTTP__LISTEN";
+
+/// Whether the service's file at `path` sets `http.listen`, or the environment does
+/// (`in_env`). Otherwise `baton up` picks a free port, as several services in one process
+/// cannot all take the default one.
+fn listen_configured(path: &Path, in_env: bool) -> Result<bool, CliError> {
+    if in_env {
+        return Ok(true);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::Config(format!("{}: {e}", path.display())))?;
+    let tree: serde_json::Value =
+        yaml_serde::from_str(&text).map_err(|e| CliError::Config(format!("{}: {e}", path.display())))?;
+    Ok(tree.pointer("/http/listen").is_some_and(|listen| !listen.is_null()))
+}
+
+/// What flushes the last spans when `baton up` stops: the kit's telemetry for JSON logs, else
+/// up's own prefixed text lines ([`logs`]).
+enum Telemetry {
+    /// JSON lines, as each service's binary writes them.
+    Json(baton_kit::telemetry::TelemetryGuard),
+    /// Text lines prefixed with their service.
+    Prefixed(logs::LogGuard),
+}
+
+impl Telemetry {
+    async fn shutdown(self) {
+        match self {
+            Self::Json(guard) => guard.shutdown().await,
+            Self::Prefixed(guard) => guard.shutdown().await,
+        }
+    }
 }
 
 /// Logs and traces for every service of this process (`service.name` `baton-up`), as the first
 /// config file's `telemetry` section says: spans go to its `otlp_endpoint`, else to the standard
-/// `OTEL_EXPORTER_OTLP_ENDPOINT`, and nowhere without one.
-fn telemetry(dir: &Path) -> Result<Option<baton_kit::telemetry::TelemetryGuard>, CliError> {
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, and nowhere without one; text logs are prefixed with their
+/// service, JSON logs are the services' own.
+fn telemetry(dir: &Path) -> Result<Option<Telemetry>, CliError> {
     let Some(path) = SERVICES
         .iter()
         .map(|(name, _)| dir.join(format!("{name}.yaml")))
@@ -95,9 +148,13 @@ fn telemetry(dir: &Path) -> Result<Option<baton_kit::telemetry::TelemetryGuard>,
     };
     let settings = settings::load::<serde_json::Map<String, serde_json::Value>>(Some(&path), std::env::vars())
         .map_err(|e| CliError::Config(format!("{}: {e}", path.display())))?;
-    baton_kit::telemetry::init("baton-up", &settings.common.telemetry)
-        .map(Some)
-        .map_err(|e| CliError::Service(format!("cannot start telemetry: {}", service::chain(&e))))
+    let telemetry = &settings.common.telemetry;
+    match telemetry.log_format {
+        LogFormat::Json => baton_kit::telemetry::init("baton-up", telemetry).map(Telemetry::Json),
+        LogFormat::Text => logs::init(telemetry).map(Telemetry::Prefixed),
+    }
+    .map(Some)
+    .map_err(|e| CliError::Service(format!("cannot start telemetry: {}", service::chain(&e))))
 }
 
 /// Starts every configured service and runs them until a signal.
@@ -133,9 +190,18 @@ async fn run(dir: &Path, nats: Option<&str>) -> Result<(), CliError> {
     let mut running: JoinSet<Stopped> = JoinSet::new();
     let mut started = Vec::new();
     for (_, starter) in SERVICES {
-        if let Some((line, run)) = starter(dir, nats, stop.clone()).await? {
-            started.push(line);
-            running.spawn(run);
+        match starter(dir, nats, stop.clone()).await {
+            Ok(Some((line, run))) => {
+                started.push(line);
+                running.spawn(run);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Those already running stop as on a signal, draining their work.
+                stop.cancel();
+                while running.join_next().await.is_some() {}
+                return Err(e);
+            }
         }
     }
     if started.is_empty() {
