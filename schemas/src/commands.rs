@@ -10,6 +10,8 @@
 //! | `promote` | `release`, `environment` | promotes under the environment's policy (`break_glass` asks to override a freeze) |
 //! | `rollback` | `app`, `environment` (+ `release`, default: the previous one) | restores an earlier release's manifests and pins |
 //! | `pin` / `unpin` | `app`, `environment` | automatic promotion leaves a pinned environment alone |
+//! | `sync` | `app`, `environment` | applies the environment's current config commit again (undoes drift) |
+//! | `restore` | `environment` | applies every app of the environment from the config repo's head again, namespace included |
 //! | `mark-bad` | `release` | quarantines the release: never promoted again |
 //! | `unquarantine` | `release` | lifts a quarantine: the release may be promoted again |
 //! | `whoami` | nothing | says which person, key and channel the promoter proves the command came from; records nothing |
@@ -43,6 +45,10 @@ pub enum Verb {
     Pin,
     /// Lift a pin.
     Unpin,
+    /// Apply an app's current config commit in an environment again.
+    Sync,
+    /// Apply every app of an environment from the config repo's head again.
+    Restore,
     /// Quarantine a release.
     MarkBad,
     /// Lift a release's quarantine.
@@ -60,6 +66,8 @@ impl Verb {
         Self::Rollback,
         Self::Pin,
         Self::Unpin,
+        Self::Sync,
+        Self::Restore,
         Self::MarkBad,
         Self::Unquarantine,
         Self::Whoami,
@@ -74,6 +82,8 @@ impl Verb {
             Self::Rollback => "rollback",
             Self::Pin => "pin",
             Self::Unpin => "unpin",
+            Self::Sync => "sync",
+            Self::Restore => "restore",
             Self::MarkBad => "mark-bad",
             Self::Unquarantine => "unquarantine",
             Self::Whoami => "whoami",
@@ -118,7 +128,7 @@ pub struct CommandRequest {
     /// belongs to `actor` in `people.yaml`. Absent when a person signs for themself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_id: Option<String>,
-    /// The application (`rollback`, `pin`, `unpin`).
+    /// The application (`rollback`, `pin`, `unpin`, `sync`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
     /// The release id (`approve`, `decline`, `promote`, `mark-bad`; optional for `rollback`).

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::release::PromotionData;
 use crate::subjects::sanitize_token;
 
 /// What stands in for a Secret's values in a drift report.
@@ -83,8 +84,10 @@ pub struct DriftData {
     pub promotion: String,
     /// The config-repo commit the live objects were compared with.
     pub config_commit: String,
-    /// The environment's `drift` policy: `report` or `heal`.
-    pub policy: String,
+    /// The environment's `drift` policy (`report` or `heal`) when drift detection reports;
+    /// absent when an operator's `sync` or `restore` put the environment back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// The objects that differ (empty on `synced`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<DriftedObject>,
@@ -97,6 +100,26 @@ pub struct DriftData {
     /// milliseconds (on `synced` after a heal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_wait_ms: Option<u64>,
+}
+
+impl DriftData {
+    /// About the app and environment of `promotion` (the one last applied there), detected at
+    /// `detected_at`: no policy, objects, end or rollout yet.
+    pub fn of(promotion: &PromotionData, detected_at: DateTime<Utc>) -> Self {
+        Self {
+            app: promotion.app.clone(),
+            environment: promotion.environment.clone(),
+            namespace: promotion.namespace.clone(),
+            release: promotion.release.release.clone(),
+            promotion: promotion.promotion.clone(),
+            config_commit: promotion.config_commit.clone(),
+            policy: None,
+            objects: Vec::new(),
+            detected_at,
+            synced_at: None,
+            rollout_wait_ms: None,
+        }
+    }
 }
 
 /// What the deployer keeps in `baton-state` under [`drift_key`]: whether the app's live objects

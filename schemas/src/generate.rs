@@ -11,8 +11,8 @@ use crate::catalog::{EventType, Vocabulary};
 use crate::config::CommonSettings;
 use crate::extensions::{
     CommandAcceptedContent, CommandRejectedContent, DeploymentFailedContent, DeploymentStartedContent,
-    EnvironmentDriftedContent, EnvironmentSyncedContent, PolicyRejectedContent, PromotionHeldContent, ReleaseCreatedContent, ReleaseQuarantinedContent,
-    ReleaseUnquarantinedContent,
+    EnvironmentDriftedContent, EnvironmentSyncedContent, PolicyRejectedContent, PromotionHeldContent,
+    ReleaseCreatedContent, ReleaseQuarantinedContent, ReleaseUnquarantinedContent,
 };
 
 /// Base URI of the schemas Baton publishes.

@@ -90,12 +90,25 @@ pub enum PromotionAction {
     Pin,
     /// The pin was lifted.
     Unpin,
+    /// An operator asked for the environment's current config commit to be applied again
+    /// (`baton sync`): no new commit, the same release and digest.
+    Sync,
+    /// An operator asked for the whole environment to be recreated from the config repo's head
+    /// (`baton restore`): one per app, no new commit, the same releases and digests.
+    Restore,
 }
 
 impl PromotionAction {
-    /// Whether the deployer has something to apply (a pin changes no manifest).
+    /// Whether the deployer has something to apply (a pin changes no manifest; a sync or a
+    /// restore applies the manifests already committed).
     pub const fn changes_manifests(self) -> bool {
-        matches!(self, Self::Promote | Self::Rollback)
+        matches!(self, Self::Promote | Self::Rollback | Self::Sync | Self::Restore)
+    }
+
+    /// Whether it re-applies the config commit the environment already has, rather than moving
+    /// the environment to another release (`sync`, `restore`).
+    pub const fn reapplies(self) -> bool {
+        matches!(self, Self::Sync | Self::Restore)
     }
 
     /// The word used in commit messages and replies.
@@ -105,6 +118,8 @@ impl PromotionAction {
             Self::Rollback => "rollback",
             Self::Pin => "pin",
             Self::Unpin => "unpin",
+            Self::Sync => "sync",
+            Self::Restore => "restore",
         }
     }
 }

@@ -1147,7 +1147,7 @@ async fn drift_is_reported_once_an_autoscalers_replicas_are_not_drift_and_heal_p
     );
     let data: DriftData = drifted.custom_data_as()?;
     assert_eq!(
-        (data.app.as_str(), data.environment.as_str(), data.policy.as_str()),
+        (data.app.as_str(), data.environment.as_str(), data.policy.as_deref().unwrap_or_default()),
         (APP, "staging", "report")
     );
     assert_eq!(data.config_commit, commit);
@@ -1243,5 +1243,167 @@ async fn drift_is_reported_once_an_autoscalers_replicas_are_not_drift_and_heal_p
     // The heal is no promotion: nothing reported as deployed again.
     assert_eq!(world.events(EventType::ServiceDeployed).await?.len(), 1);
     assert!(world.events(EventType::ServiceUpgraded).await?.is_empty());
+    world.stop().await
+}
+
+/// `baton status` of acme/shop, as the CLI prints it.
+fn baton_status(world: &World) -> Result<String> {
+    let out = std::process::Command::new(baton_tests::process::service_binary("baton")?)
+        .args(["--nats", &world.nats.url(), "status", APP])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "baton status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_promoter_drift_shows_in_status_sync_puts_it_back_and_restore_recreates_a_deleted_namespace()
+-> Result<()> {
+    use baton_schemas::commands::{CommandRequest, Verb};
+    let mut world = World::start().await?;
+    world
+        .start_deployer_with(
+            None,
+            DriftSettings {
+                interval: Duration::from_secs(2),
+                ..DriftSettings::default()
+            },
+        )
+        .await?;
+    let (promoter, commit) = world.with_promoter("policy: auto").await?;
+    let good = tests_passed(&world, "good", &commit, "release-good");
+    good.publish(&world.js).await?;
+    baton_tests::events::wait_for_release(
+        &world.js,
+        EventType::ServiceDeployed,
+        "release-good",
+        Duration::from_secs(60),
+    )
+    .await
+    .context("the release was never deployed")?;
+    let digest = good.image().reference.clone();
+
+    // Someone sets the image by hand: drifted, and `baton status` says so.
+    let client = world.cluster.client()?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), STAGING);
+    let by_hand = PatchParams {
+        field_manager: Some("kubectl-set".into()),
+        ..Default::default()
+    };
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "shop", "image": "nginx:drift"}]}}}});
+    deployments.patch("shop", &by_hand, &Patch::Strategic(patch)).await?;
+    baton_tests::events::wait_for(
+        &world.js,
+        EventType::EnvironmentDrifted,
+        1,
+        Duration::from_secs(10),
+        |_| true,
+    )
+    .await
+    .context("the drift was never reported")?;
+    let status = baton_status(&world)?;
+    assert!(status.lines().next().unwrap_or_default().contains("SYNC"), "{status}");
+    assert!(status.contains("drifted: Deployment/shop"), "{status}");
+
+    // `baton sync` puts the config commit back: the same digest, no new release or deployment.
+    let nats = async_nats::connect(world.nats.url()).await?;
+    let alice = Person::new("alice");
+    let synced = alice
+        .send(
+            &nats,
+            Verb::Sync,
+            CommandRequest {
+                actor: "alice".into(),
+                app: Some(APP.into()),
+                environment: Some("staging".into()),
+                reason: Some("someone edited production".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(synced.ok, "{synced:?}");
+    let event = baton_tests::events::wait_for(
+        &world.js,
+        EventType::EnvironmentSynced,
+        1,
+        Duration::from_secs(60),
+        |e| e.subject.content["how"] == "synced",
+    )
+    .await
+    .context("the sync never finished")?
+    .remove(0);
+    assert_eq!(event.context.chain_id.as_deref(), Some("release-good"));
+    assert_eq!(world.staging_image().await?.as_deref(), Some(digest.as_str()));
+    let status = baton_status(&world)?;
+    assert!(status.contains("synced") && !status.contains("drifted"), "{status}");
+    assert_eq!(
+        world.events(EventType::ServiceDeployed).await?.len(),
+        1,
+        "no new deployment"
+    );
+    assert!(
+        world.events(EventType::ServiceUpgraded).await?.is_empty(),
+        "no new deployment"
+    );
+
+    // The namespace is lost; `baton restore` recreates the environment from git.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces.delete(STAGING, &Default::default()).await?;
+    eventually_every(
+        Duration::from_millis(250),
+        Duration::from_secs(60),
+        "the namespace to be gone",
+        async || {
+            Ok(match namespaces.get_opt(STAGING).await? {
+                None => Ok(()),
+                Some(ns) => Err(format!("{:?}", ns.status)),
+            })
+        },
+    )
+    .await?;
+    let restored = alice
+        .send(
+            &nats,
+            Verb::Restore,
+            CommandRequest {
+                actor: "alice".into(),
+                environment: Some("staging".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(restored.ok, "{restored:?}");
+    baton_tests::events::wait_for(
+        &world.js,
+        EventType::EnvironmentSynced,
+        1,
+        Duration::from_secs(90),
+        |e| e.subject.content["how"] == "restored",
+    )
+    .await
+    .context("the restore never finished")?;
+    let modified: Vec<PromotionData> = world
+        .events(EventType::EnvironmentModified)
+        .await?
+        .iter()
+        .map(CdEvent::custom_data_as)
+        .collect::<Result<_, _>>()?;
+    let restores: Vec<_> = modified
+        .iter()
+        .filter(|p| p.action == PromotionAction::Restore)
+        .collect();
+    assert_eq!(restores.len(), 1, "one event per app");
+    assert_eq!(
+        restores[0].release.image.reference, digest,
+        "the recorded digest, no rebuild"
+    );
+    assert_eq!(world.staging_image().await?.as_deref(), Some(digest.as_str()));
+    let shop = deployments.get("shop").await?;
+    assert_eq!(shop.status.and_then(|s| s.available_replicas), Some(2), "it runs again");
+    world.stop.cancel();
+    promoter.task.await??;
     world.stop().await
 }

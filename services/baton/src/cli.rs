@@ -127,6 +127,31 @@ pub enum Command {
         #[command(flatten)]
         signing: Signing,
     },
+    /// Apply an app's current config commit in an environment again: puts back what was changed
+    /// in the cluster by hand (drift). Same grant as `rollback`.
+    Sync {
+        /// The application.
+        app: String,
+        /// The environment.
+        environment: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        signing: Signing,
+    },
+    /// Recreate an environment from the config repo's head: every app applied again with the
+    /// same digests, no rebuild, no new promotion; works when the namespace is gone. Same grant
+    /// as `rollback`.
+    Restore {
+        /// The environment.
+        environment: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        signing: Signing,
+    },
     /// Pin an environment: automatic promotion leaves it alone.
     Pin(PinArgs),
     /// Lift a pin.
@@ -353,6 +378,17 @@ impl Command {
                 request(release.as_ref(), Some(environment), Some(app), reason),
                 signing,
             ),
+            Self::Sync {
+                app,
+                environment,
+                reason,
+                signing,
+            } => (Verb::Sync, request(None, Some(environment), Some(app), reason), signing),
+            Self::Restore {
+                environment,
+                reason,
+                signing,
+            } => (Verb::Restore, request(None, Some(environment), None, reason), signing),
             Self::Pin(pin) | Self::Unpin(pin) => {
                 let verb = if matches!(self, Self::Pin(_)) {
                     Verb::Pin

@@ -10,6 +10,7 @@ use baton_kit::log::{self, Query, Record};
 use baton_kit::provision::History;
 use baton_schemas::EventType;
 use baton_schemas::commands::{CommandRequest, Verb};
+use baton_schemas::drift::{DriftRecord, SyncState, drift_key};
 use baton_schemas::release::ReleaseData;
 use baton_schemas::subjects::{self, sanitize_token};
 use chrono::Utc;
@@ -118,6 +119,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         | Command::Decline(_)
         | Command::Promote { .. }
         | Command::Rollback { .. }
+        | Command::Sync { .. }
+        | Command::Restore { .. }
         | Command::Pin(_)
         | Command::Unpin(_)
         | Command::MarkBad { .. }
@@ -433,6 +436,40 @@ async fn current(js: &jetstream::Context, app: Option<&str>) -> Result<Vec<(Stri
     Ok(out)
 }
 
+/// The deployer's drift record of each row's app and environment (`None`: not compared yet,
+/// or its environment ignores drift).
+async fn drift_records(js: &jetstream::Context, rows: &[(String, String, Value)]) -> Vec<Option<DriftRecord>> {
+    let Ok(kv) = js.get_key_value(STATE_BUCKET).await else {
+        return vec![None; rows.len()];
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for (app, env, _) in rows {
+        let record = kv
+            .get(drift_key(app, env))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<DriftRecord>(&b).ok());
+        out.push(record);
+    }
+    out
+}
+
+/// The SYNC column: `synced`, `drifted: <objects>` (with a failed heal's reason), or `-`.
+fn sync_column(record: Option<&DriftRecord>) -> String {
+    match record {
+        None => "-".to_owned(),
+        Some(r) if r.state == SyncState::Synced => SyncState::Synced.as_str().to_owned(),
+        Some(r) => {
+            let mut cell = format!("{}: {}", r.state.as_str(), r.objects.join(", "));
+            if let Some(failed) = &r.heal_failed {
+                cell.push_str(&format!(" (heal failed: {failed})"));
+            }
+            cell
+        }
+    }
+}
+
 async fn status(js: &jetstream::Context, style: Style, app: Option<&str>) -> Result<(), CliError> {
     let rows = current(js, app).await?;
     if rows.is_empty() {
@@ -443,10 +480,12 @@ async fn status(js: &jetstream::Context, style: Style, app: Option<&str>) -> Res
             None => "nothing has been promoted yet".into(),
         }));
     }
+    let drift = drift_records(js, &rows).await;
     if matches!(style.output, Output::Json | Output::Yaml) {
         let doc: Vec<Value> = rows
             .iter()
-            .map(|(a, e, c)| json!({"app": a, "environment": e, "state": c}))
+            .zip(&drift)
+            .map(|((a, e, c), d)| json!({"app": a, "environment": e, "state": c, "sync": d}))
             .collect();
         println!("{}", render::document(style.output, &doc));
         return Ok(());
@@ -457,8 +496,9 @@ async fn status(js: &jetstream::Context, style: Style, app: Option<&str>) -> Res
         "RELEASE".into(),
         "HEALTHY SINCE".into(),
         "PINNED".into(),
+        "SYNC".into(),
     ]];
-    for (app, env, c) in rows {
+    for ((app, env, c), d) in rows.into_iter().zip(drift) {
         table.push(vec![
             app,
             env,
@@ -467,6 +507,7 @@ async fn status(js: &jetstream::Context, style: Style, app: Option<&str>) -> Res
             c["pinned"]["reason"]
                 .as_str()
                 .map_or_else(|| "-".to_owned(), |r| format!("yes: {r}")),
+            sync_column(d.as_ref()),
         ]);
     }
     print!("{}", render::table(&table));

@@ -506,6 +506,8 @@ fn past_tense(verb: Verb) -> &'static str {
         Verb::Rollback => "rolled back",
         Verb::Pin => "pinned",
         Verb::Unpin => "unpinned",
+        Verb::Sync => "synced",
+        Verb::Restore => "restored",
         Verb::MarkBad => "marked bad",
         Verb::Unquarantine => "unquarantined",
         Verb::Whoami => "asked who they are",

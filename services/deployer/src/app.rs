@@ -109,6 +109,7 @@ impl Service for Application {
                 own.lock_lease,
                 own.rollout_timeout + own.lock_lease,
             ),
+            leases: runtime.topology.locks.clone(),
             jetstream: runtime.topology.jetstream.clone(),
             limits: Limits {
                 timeout: own.rollout_timeout,
@@ -133,7 +134,6 @@ impl Service for Application {
             deployer.clone(),
             own.drift.clone(),
             heal_locks,
-            runtime.topology.locks.clone(),
             &runtime.metrics,
         ));
         let runner = runtime.stage(STAGE, HANDLES, deployer).await?;

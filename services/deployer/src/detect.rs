@@ -155,8 +155,6 @@ pub struct Detector {
     settings: DriftSettings,
     /// Heals take the rollout lease without waiting: a held lease is a rollout in progress.
     heal_locks: Locks,
-    /// The lease bucket, read to tell whether a rollout holds an app's lease.
-    leases: kv::Store,
     metrics: DriftMetrics,
     /// Parsed manifests by config repo, commit and folder (a commit never changes).
     manifests: Mutex<HashMap<String, Arc<Vec<Manifest>>>>,
@@ -171,19 +169,12 @@ pub struct Detector {
 
 impl Detector {
     /// Drift detection for `deployer`'s apps, with `heal_locks` (the deployer's leases, taken
-    /// without waiting) in the lease bucket `leases`, its metrics registered in `metrics`.
-    pub fn new(
-        deployer: Deployer,
-        settings: DriftSettings,
-        heal_locks: Locks,
-        leases: kv::Store,
-        metrics: &Metrics,
-    ) -> Self {
+    /// without waiting), its metrics registered in `metrics`.
+    pub fn new(deployer: Deployer, settings: DriftSettings, heal_locks: Locks, metrics: &Metrics) -> Self {
         Self {
             deployer,
             settings,
             heal_locks,
-            leases,
             metrics: DriftMetrics::register(metrics),
             manifests: Mutex::new(HashMap::new()),
             policies: Mutex::new(HashMap::new()),
@@ -535,18 +526,11 @@ impl Detector {
         {
             return Ok(true);
         }
-        let lease = self
-            .leases
-            .entry(lease_key(&promotion.namespace, &promotion.app))
-            .await
-            .map_err(|e| DeployError::state("reading the rollout lease", e))?;
-        // A lease record names when it expires; one past it is a holder that stopped.
-        Ok(lease.filter(|e| e.operation == kv::Operation::Put).is_some_and(|e| {
-            serde_json::from_slice::<serde_json::Value>(&e.value)
-                .ok()
-                .and_then(|v| v.get("expires_at")?.as_str()?.parse::<chrono::DateTime<Utc>>().ok())
-                .is_none_or(|expires| expires > Utc::now())
-        }))
+        Ok(self
+            .deployer
+            .rollout_holder(&promotion.namespace, &promotion.app)
+            .await?
+            .is_some())
     }
 
     /// Compares one app's live objects (`listed`: those carrying its labels) with its release,
@@ -917,19 +901,12 @@ impl Detector {
         synced_at: Option<chrono::DateTime<Utc>>,
         rollout_wait_ms: Option<u64>,
     ) -> DriftData {
-        let promotion = &target.promotion;
         DriftData {
-            app: promotion.app.clone(),
-            environment: promotion.environment.clone(),
-            namespace: promotion.namespace.clone(),
-            release: promotion.release.release.clone(),
-            promotion: promotion.promotion.clone(),
-            config_commit: promotion.config_commit.clone(),
-            policy: target.policy.as_str().to_owned(),
+            policy: Some(target.policy.as_str().to_owned()),
             objects,
-            detected_at: record.since,
             synced_at,
             rollout_wait_ms,
+            ..DriftData::of(&target.promotion, record.since)
         }
     }
 

@@ -8,7 +8,8 @@ use async_nats::jetstream::{self, kv};
 use baton_kit::lease::{Lease, Locks};
 use baton_kit::source::Sources;
 use baton_kit::{Handler, HandlerError, Incoming, Outgoing};
-use baton_schemas::extensions::{DeploymentFailedContent, DeploymentStartedContent};
+use baton_schemas::drift::{DriftData, DriftRecord, SyncState, drift_key};
+use baton_schemas::extensions::{DeploymentFailedContent, DeploymentStartedContent, EnvironmentSyncedContent};
 use baton_schemas::release::{DeploymentData, PodReport, PromotionAction, PromotionData};
 use baton_schemas::subjects::sanitize_token;
 use baton_schemas::{CdEvent, EventType};
@@ -57,6 +58,8 @@ pub struct Deployer {
     pub state: kv::Store,
     /// One rollout per app and namespace.
     pub locks: Locks,
+    /// The lease bucket the locks live in: read to tell whether a rollout holds an app's lease.
+    pub leases: kv::Store,
     /// For progress events published during a rollout.
     pub jetstream: jetstream::Context,
     /// How rollouts are judged.
@@ -142,6 +145,13 @@ impl Handler for Deployer {
 
 impl Deployer {
     async fn deploy(&self, event: &Incoming, promotion: &PromotionData) -> Result<Vec<Outgoing>, DeployError> {
+        // A sync or restore never takes over from a rollout under way: it would put back what
+        // that promotion is replacing.
+        if promotion.action.reapplies()
+            && let Some(holder) = self.rollout_holder(&promotion.namespace, &promotion.app).await?
+        {
+            return Ok(vec![self.superseded(event, promotion, &holder)]);
+        }
         // The namespace is made ready while the lease is decided: a rollout needs it, and
         // making sure of it twice (for a promotion that turns out superseded) is harmless.
         let namespace = self
@@ -165,7 +175,7 @@ impl Deployer {
         // A later promotion recorded while we waited for the lease is applied by its own
         // handler, maybe already: applying ours now would put the older release back.
         let result = match self.latest(promotion).await.filter(|l| *l != promotion.promotion) {
-            Some(newer) => Ok(vec![self.superseded(event, promotion, &newer)]),
+            Some(newer) => Ok(vec![self.superseded(event, promotion, &format!("promotion {newer}"))]),
             None => self.roll_out(event, promotion, &mut guard).await,
         };
         // Released and waited for before the verdict is acked, not left to the drop: a replica
@@ -198,7 +208,7 @@ impl Deployer {
                     return Ok(Claim::Superseded(vec![self.superseded(
                         event,
                         promotion,
-                        &latest.promotion,
+                        &format!("promotion {}", latest.promotion),
                     )]));
                 }
                 _ => {}
@@ -269,13 +279,17 @@ impl Deployer {
             pruned,
             verdict,
             waited,
-        } = self.apply_and_watch(promotion, manifests, guard, false).await?;
+        } = self
+            // A sync or restore takes back what was changed by hand, as a heal does.
+            .apply_and_watch(promotion, manifests, guard, promotion.action.reapplies())
+            .await?;
         Ok(match verdict {
+            Verdict::Healthy if promotion.action.reapplies() => vec![self.resynced(event, promotion, waited).await?],
             Verdict::Healthy => vec![self.healthy(event, promotion, applied, pruned, waited).await?],
             Verdict::Failed { reason, pods } => vec![self.failed(event, promotion, &reason, pods, applied)],
             Verdict::Superseded => {
                 let newer = self.latest(promotion).await.unwrap_or_default();
-                vec![self.superseded(event, promotion, &newer)]
+                vec![self.superseded(event, promotion, &format!("promotion {newer}"))]
             }
         })
     }
@@ -310,15 +324,15 @@ impl Deployer {
 
     /// The normal apply path, shared by promotions and healing: applies the release's objects
     /// (all checked by a dry run first), records them as what the environment runs, prunes what
-    /// the release no longer has and watches the rollout until a verdict. A heal takes back the
-    /// fields the release sets that another manager changed (server-side apply's force); the
-    /// fields it does not set stay theirs.
+    /// the release no longer has and watches the rollout until a verdict. With `take_back` (a
+    /// heal, a sync, a restore) it takes back the fields the release sets that another manager
+    /// changed (server-side apply's force); the fields it does not set stay theirs.
     pub(crate) async fn apply_and_watch(
         &self,
         promotion: &PromotionData,
         manifests: Vec<Manifest>,
         guard: &mut Guard<'_>,
-        heal: bool,
+        take_back: bool,
     ) -> Result<Rollout, DeployError> {
         let resolved = self.resolve(promotion, manifests).await?;
         let token = sanitize_token(&promotion.app);
@@ -327,7 +341,7 @@ impl Deployer {
             .await?;
         let applied = self
             .cluster
-            .apply(&promotion.namespace, &token, &resolved, heal)
+            .apply(&promotion.namespace, &token, &resolved, take_back)
             .await?;
         tracing::info!(app = %promotion.app, environment = %promotion.environment, applied = applied.len(), "applied");
         // What the environment runs now: drift is judged against it.
@@ -364,6 +378,31 @@ impl Deployer {
             verdict,
             waited,
         })
+    }
+
+    /// Who holds the rollout lease of `app` in `namespace` (a rollout or a heal under way), if
+    /// anyone does. A record past its expiry is a holder that stopped.
+    pub(crate) async fn rollout_holder(&self, namespace: &str, app: &str) -> Result<Option<String>, DeployError> {
+        let lease = self
+            .leases
+            .entry(lease_key(namespace, app))
+            .await
+            .map_err(|e| DeployError::state("reading the rollout lease", e))?;
+        Ok(lease.filter(|e| e.operation == kv::Operation::Put).and_then(|e| {
+            let record: serde_json::Value = serde_json::from_slice(&e.value).ok()?;
+            let expires = record
+                .get("expires_at")?
+                .as_str()?
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .ok();
+            expires.is_none_or(|at| at > chrono::Utc::now()).then(|| {
+                record
+                    .get("purpose")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("a rollout")
+                    .to_owned()
+            })
+        }))
     }
 
     /// Whether `latest` is a later promotion than `promotion` (stream sequence `sequence`): its
@@ -528,6 +567,66 @@ impl Deployer {
         ))
     }
 
+    /// A sync or restore rolled out healthy: the environment matches its config commit again,
+    /// recorded as `baton-environment.synced` (not as a deployment: no release moved) and in the
+    /// drift record `baton status` reads.
+    async fn resynced(
+        &self,
+        incoming: &Incoming,
+        promotion: &PromotionData,
+        waited_ms: u64,
+    ) -> Result<Outgoing, DeployError> {
+        let now = chrono::Utc::now();
+        let record = DriftRecord {
+            state: SyncState::Synced,
+            config_commit: promotion.config_commit.clone(),
+            objects: Vec::new(),
+            fingerprint: String::new(),
+            since: now,
+            heal_failed: None,
+        };
+        self.state
+            .put(
+                drift_key(&promotion.app, &promotion.environment),
+                serde_json::to_vec(&record).expect("serializes").into(),
+            )
+            .await
+            .map_err(|e| DeployError::state("recording the environment in sync", e))?;
+        let how = if promotion.action == PromotionAction::Restore {
+            "restored"
+        } else {
+            "synced"
+        };
+        tracing::info!(app = %promotion.app, environment = %promotion.environment, commit = %promotion.config_commit, how, "in sync again");
+        let content = EnvironmentSyncedContent {
+            environment: promotion.environment.clone(),
+            app: promotion.app.clone(),
+            how: how.to_owned(),
+        };
+        let data = DriftData {
+            synced_at: Some(now),
+            rollout_wait_ms: Some(waited_ms),
+            ..DriftData::of(promotion, now)
+        };
+        let id = uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            format!("baton:deployer:{}:synced", promotion.promotion).as_bytes(),
+        )
+        .to_string();
+        let event = CdEvent::new(
+            EventType::EnvironmentSynced,
+            id,
+            incoming.stage_source.clone(),
+            promotion.release.release.clone(),
+            content,
+        )
+        .and_then(|e| e.with_custom_data(&data))
+        .expect("deployer events serialize")
+        .caused_by(incoming.id())
+        .with_chain_id(incoming.chain_id().unwrap_or(&promotion.release.release));
+        Ok(Outgoing::new(promotion.app.clone(), event))
+    }
+
     fn failed(
         &self,
         incoming: &Incoming,
@@ -553,8 +652,9 @@ impl Deployer {
         )
     }
 
+    /// `baton-deployment.superseded`: `newer` (e.g. `promotion <id>`) took over.
     fn superseded(&self, incoming: &Incoming, promotion: &PromotionData, newer: &str) -> Outgoing {
-        let reason = format!("superseded by promotion {newer} of the same environment");
+        let reason = format!("superseded by {newer} of the same environment");
         let content = serde_json::to_value(DeploymentFailedContent {
             environment: promotion.environment.clone(),
             app: promotion.app.clone(),

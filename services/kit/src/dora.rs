@@ -172,7 +172,11 @@ impl DoraLedger {
                     match p.action {
                         PromotionAction::Promote => scope.current = Some(p.release.release),
                         PromotionAction::Rollback => scope.rolled_back_to(&p.release.release, at),
-                        PromotionAction::Pin | PromotionAction::Unpin => {}
+                        // A pin, a sync or a restore moves the environment to no other release.
+                        PromotionAction::Pin
+                        | PromotionAction::Unpin
+                        | PromotionAction::Sync
+                        | PromotionAction::Restore => {}
                     }
                 }
             }
@@ -365,7 +369,8 @@ impl Scope {
     /// environment failing but fails no change (the release rolled back to was not a new one).
     fn rollout_failed(&mut self, release: String, action: PromotionAction, at: DateTime<Utc>) {
         match action {
-            PromotionAction::Rollback => self.outage(at),
+            // Re-applying what ran (a rollback, a sync, a restore) fails no new change.
+            PromotionAction::Rollback | PromotionAction::Sync | PromotionAction::Restore => self.outage(at),
             _ => {
                 self.fail(&release, at);
                 self.current = Some(release);

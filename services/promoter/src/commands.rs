@@ -12,7 +12,7 @@ use baton_schemas::commands::{CommandReply, CommandRequest, PROMOTER, Verb};
 use baton_schemas::environments::{EnvironmentsFile, GrantedVerb};
 use baton_schemas::extensions::{CommandAcceptedContent, CommandRejectedContent};
 use baton_schemas::people::PeopleFile;
-use baton_schemas::release::{ApprovalKind, Pin, PromotionAction, ReleaseData};
+use baton_schemas::release::{ApprovalKind, Pin, PromotionAction, PromotionData, ReleaseData, ReleaseFile};
 use baton_schemas::subjects::COMMANDS_PREFIX;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -23,7 +23,7 @@ use crate::advance::Advance;
 use crate::error::PromoteError;
 use crate::gates::{self, Ballot, Move, OperatorGate, Previous, Tally, VoteRefusal};
 use crate::identity::{Caller, Unproven};
-use crate::manager::{ReleaseManager, app_dir, derive_id};
+use crate::manager::{ReleaseManager, app_dir, derive_id, short};
 use crate::policy::Policy;
 use crate::state::{self, PendingApproval, Scheduled, StateError, Trigger, Versioned};
 use crate::write::Write;
@@ -374,6 +374,7 @@ impl Command<'_> {
             Verb::Decline => self.vote(false).await,
             Verb::Promote => self.promote().await,
             Verb::Rollback => self.rollback().await,
+            Verb::Sync | Verb::Restore => self.reapply().await,
             Verb::Pin => self.pin(true).await,
             Verb::Unpin => self.pin(false).await,
             Verb::MarkBad => self.mark_bad().await,
@@ -444,7 +445,8 @@ impl Command<'_> {
             Verb::Promote if self.request.break_glass => GrantedVerb::BreakGlass,
             Verb::Promote => GrantedVerb::Promote,
             Verb::Rollback if self.request.break_glass => GrantedVerb::BreakGlass,
-            Verb::Rollback => GrantedVerb::Rollback,
+            // Putting back what the config repo says is a rollback's kind of act.
+            Verb::Rollback | Verb::Sync | Verb::Restore => GrantedVerb::Rollback,
             Verb::Pin => GrantedVerb::Pin,
             Verb::Unpin => GrantedVerb::Unpin,
             Verb::MarkBad => GrantedVerb::MarkBad,
@@ -831,6 +833,96 @@ impl Command<'_> {
         ));
         reply.config_commit = Some(written.value.config_commit);
         reply.release = Some(release.release);
+        Ok((reply, events))
+    }
+
+    /// `sync` (one app) and `restore` (every app of the environment): announces the manifests at
+    /// the config repo's head again, one `environment.modified` per app, so the deployer applies
+    /// them as they are: no commit, no new promotion of a release, the same digests.
+    async fn reapply(&self) -> Result<Done, Refusal> {
+        let promoter = self.promoter;
+        let env_name = self.required(&self.request.environment, "environment")?;
+        let app = match self.verb {
+            Verb::Sync => Some(self.required(&self.request.app, "app")?.to_owned()),
+            _ => None,
+        };
+        let policy = promoter.policy().await?;
+        let mut events = policy.events;
+        let env = policy.value.environment(env_name)?.clone();
+        let repo = Arc::clone(&promoter.repo);
+        let (head, files) = promoter.blocking(move || Ok(repo.release_files_at_head()?)).await?;
+        let wanted = app.as_deref().map(|a| app_dir(&env.name, a));
+        let prefix = format!("{}/", env.name);
+        let apps: Vec<(String, ReleaseFile)> = files
+            .into_iter()
+            .filter(|(dir, _)| dir.starts_with(&prefix) && wanted.as_ref().is_none_or(|w| w == dir))
+            .collect();
+        if apps.is_empty() {
+            return Err(Refusal::Refused {
+                reason: match &app {
+                    Some(a) => format!(
+                        "{a} has never been promoted to `{}`: there is nothing to sync",
+                        env.name
+                    ),
+                    None => format!(
+                        "nothing has been promoted to `{}`: there is nothing to restore",
+                        env.name
+                    ),
+                },
+                app,
+                release: None,
+            });
+        }
+        let action = if self.verb == Verb::Sync {
+            PromotionAction::Sync
+        } else {
+            PromotionAction::Restore
+        };
+        let reason = self
+            .request
+            .reason
+            .clone()
+            .unwrap_or_else(|| format!("{} by {}", action.as_str(), self.request.actor));
+        let mut named = Vec::new();
+        for (dir, file) in apps {
+            let promotion = derive_id(&[action.as_str(), &self.id, &dir]);
+            let release = file.release;
+            named.push(format!("{} (release {})", release.app, release.release));
+            let data = PromotionData {
+                promotion: promotion.clone(),
+                action,
+                app: release.app.clone(),
+                environment: env.name.clone(),
+                namespace: env.namespace.clone(),
+                release: release.clone(),
+                previous_release: None,
+                config_repository: promoter.repo.url().to_owned(),
+                config_commit: head.clone(),
+                manifests_path: dir,
+                actor: self.request.actor.clone(),
+                reason: Some(reason.clone()),
+                pinned: file.pinned.is_some(),
+                break_glass: false,
+                evidence: None,
+            };
+            events.push(promoter.event(
+                EventType::EnvironmentModified,
+                derive_id(&["environment.modified", &promotion]),
+                &release.app,
+                &env.name,
+                serde_json::json!({"name": env.name}),
+                Some(&release.release),
+                None,
+                Some(serde_json::to_value(&data).expect("serializes")),
+            ));
+        }
+        let mut reply = CommandReply::ok(format!(
+            "`{}`: applying config commit {} again for {}; `baton status` shows when it is in sync",
+            env.name,
+            short(&head),
+            named.join(", ")
+        ));
+        reply.config_commit = Some(head);
         Ok((reply, events))
     }
 

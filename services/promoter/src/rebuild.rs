@@ -248,6 +248,8 @@ fn apply(rebuilt: &mut Rebuilt, event: &CdEvent) {
                     c.pinned = pinned;
                     c
                 }
+                // Re-applied as it was: the environment's release and pin are unchanged.
+                (PromotionAction::Sync | PromotionAction::Restore, Some(c)) => c,
                 (_, previous) => Current {
                     release: data.release.release.clone(),
                     promotion: data.promotion.clone(),

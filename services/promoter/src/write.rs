@@ -137,7 +137,8 @@ impl ReleaseManager {
                 let (from, dir) = (write.restore_from.clone().unwrap_or_default(), dir.clone());
                 Some(self.blocking(move || Ok(repo.files_at(&from, &dir)?)).await?)
             }
-            PromotionAction::Pin | PromotionAction::Unpin => None,
+            // A sync or restore is no write: the promoter announces it without a commit.
+            PromotionAction::Pin | PromotionAction::Unpin | PromotionAction::Sync | PromotionAction::Restore => None,
         };
         let file = ReleaseFile {
             release: release.clone(),
