@@ -245,6 +245,20 @@ demo *args: setup
     echo "the baton CLI: $(pwd)/target/debug/baton"
     exec target/debug/baton-demo {{ args }}
 
+# It starts nats-server, a registry with a busybox base image, Kubernetes with simulated nodes, a
+# config repo (staging automatic, production by your approval) and every service, polling each
+# repository named, e.g. `just dev ~/src/myapp`; prints what to do next and runs until Ctrl-C.
+# Run Baton on this machine for your own repositories.
+dev *repositories: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    {{ tool_path }}
+    repositories=()
+    for repository in {{ repositories }}; do repositories+=("$(cd "{{ invocation_directory() }}" && realpath "$repository")"); done
+    cargo build -q -p baton-demo -p baton
+    echo "the baton CLI: $(pwd)/target/debug/baton"
+    exec target/debug/baton-dev "${repositories[@]}"
+
 # Run every test against real servers with nextest, then the doc tests (CI=true: `ci` profile).
 test: setup
     #!/usr/bin/env bash

@@ -64,6 +64,7 @@ fn say_if(narrate: bool, text: &str) {
     }
 }
 
+pub mod dev;
 pub mod story;
 
 /// The application of the story.
@@ -250,6 +251,48 @@ async fn web_ready(http: &reqwest::Client, base: &str) -> Result<()> {
     }
 }
 
+/// The servers under every local platform, `just demo`'s and `just dev`'s alike: NATS with
+/// JetStream, a registry, and a Kubernetes control plane whose two simulated nodes
+/// ([`baton_nodesim`]) run every pod healthy unless its image says otherwise.
+#[derive(Debug)]
+pub struct Servers {
+    /// NATS.
+    pub nats: NatsServer,
+    /// The registry images are pushed to.
+    pub registry: RegistryServer,
+    /// The Kubernetes control plane.
+    pub cluster: KubeCluster,
+    /// The kubelets of its nodes; they stop when dropped.
+    pub nodes: NodeSimulator,
+}
+
+impl Servers {
+    /// Starts them on free ports; with `narrate`, prints where they listen.
+    ///
+    /// # Errors
+    /// When a server cannot start (the harness's errors name `just setup`).
+    pub async fn start(narrate: bool) -> Result<Self> {
+        let nats = NatsServer::start()?;
+        let registry = RegistryServer::start()?;
+        let cluster = KubeCluster::start().await?;
+        let nodes = cluster.simulate_nodes(2).await?;
+        note!(narrate, "  nats:     {}", nats.url());
+        note!(narrate, "  registry: {}", registry.address());
+        note!(
+            narrate,
+            "  kubernetes: {} (kubeconfig {})",
+            cluster.server_url(),
+            cluster.kubeconfig_path().display()
+        );
+        Ok(Self {
+            nats,
+            registry,
+            cluster,
+            nodes,
+        })
+    }
+}
+
 /// The running stack.
 pub struct Stack {
     /// NATS.
@@ -299,18 +342,12 @@ impl Stack {
     pub async fn start(narrate: bool) -> Result<Self> {
         baton_kit::tls::install_crypto_provider();
         let telemetry = telemetry();
-        let nats = NatsServer::start()?;
-        let registry = RegistryServer::start()?;
-        let cluster = KubeCluster::start().await?;
-        let _nodes = cluster.simulate_nodes(2).await?;
-        note!(narrate, "  nats:     {}", nats.url());
-        note!(narrate, "  registry: {}", registry.address());
-        note!(
-            narrate,
-            "  kubernetes: {} (kubeconfig {})",
-            cluster.server_url(),
-            cluster.kubeconfig_path().display()
-        );
+        let Servers {
+            nats,
+            registry,
+            cluster,
+            nodes: _nodes,
+        } = Servers::start(narrate).await?;
 
         let temp = tempfile::Builder::new().prefix("baton-demo-").tempdir()?;
         let dir = temp.path().to_owned();
