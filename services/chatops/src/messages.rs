@@ -3,6 +3,7 @@
 //! text taken from an event (names, commits, reasons, the changelog) goes in through
 //! [`crate::mrkdwn`], so none of it can ping, link or reformat the message.
 
+use baton_schemas::drift::{DriftData, DriftKind};
 use baton_schemas::extensions::ReleaseQuarantinedContent;
 use baton_schemas::payloads::Person;
 use baton_schemas::release::{ApprovalData, DeploymentData};
@@ -41,6 +42,10 @@ pub fn for_event(ty: EventType, event: &CdEvent) -> Result<Option<Value>, Messag
             let content: ReleaseQuarantinedContent = serde_json::from_value(event.subject.content.clone())
                 .map_err(|_| MessageError(format!("{ty} without app, actor and reason")))?;
             quarantined(&event.subject.id, &content)
+        }
+        EventType::EnvironmentDrifted | EventType::EnvironmentSynced => {
+            let how = event.subject.content["how"].as_str().unwrap_or("resolved");
+            drift(ty, how, &event.custom_data_as().map_err(|_| data("deployer's drift"))?)
         }
         _ => return Ok(None),
     }))
@@ -198,6 +203,65 @@ pub fn deployment(ty: EventType, d: &DeploymentData) -> Value {
                 .unwrap_or_default(),
             pod.restarts
         ));
+    }
+    json!({"text": text, "blocks": [section(text.clone())]})
+}
+
+/// Fields of a drifted object shown; the rest are counted.
+const DRIFT_FIELDS_SHOWN: usize = 5;
+
+/// Drift news: which objects of an app differ from its config commit (each changed field old →
+/// new, and who changed it), what the environment's policy does about it; or that it is in sync
+/// again, and how.
+pub fn drift(ty: EventType, how: &str, d: &DriftData) -> Value {
+    let mut text = if ty == EventType::EnvironmentDrifted {
+        let policy = match d.policy.as_deref() {
+            Some("heal") => "Baton puts the release back (`drift: heal`)",
+            _ => "left as it is: `baton sync` puts the release back",
+        };
+        format!(
+            "{} in {} ({}) DRIFTED from config commit {}: {policy}",
+            bold(&d.app),
+            bold(&d.environment),
+            code(&d.namespace),
+            code(short(&d.config_commit))
+        )
+    } else {
+        format!(
+            "{} in {} is in sync with config commit {} again ({})",
+            bold(&d.app),
+            bold(&d.environment),
+            code(short(&d.config_commit)),
+            escape(how)
+        )
+    };
+    for object in &d.objects {
+        let kind = match object.kind {
+            DriftKind::Changed => "changed",
+            DriftKind::Missing => "missing",
+            DriftKind::Extra => "not in the release",
+        };
+        text.push_str(&format!("\n• {} {kind}", code(&object.object)));
+        for field in object.fields.iter().take(DRIFT_FIELDS_SHOWN) {
+            let value = |v: &Option<Value>| v.as_ref().map_or_else(|| "(none)".to_owned(), |v| code(&v.to_string()));
+            text.push_str(&format!(
+                "\n    {}: {} → {}{}",
+                code(&field.path),
+                value(&field.expected),
+                value(&field.live),
+                field
+                    .changed_by
+                    .as_deref()
+                    .map(|m| format!(" by {}", escape(m)))
+                    .unwrap_or_default()
+            ));
+        }
+        if object.fields.len() > DRIFT_FIELDS_SHOWN {
+            text.push_str(&format!(
+                "\n    and {} more field(s)",
+                object.fields.len() - DRIFT_FIELDS_SHOWN
+            ));
+        }
     }
     json!({"text": text, "blocks": [section(text.clone())]})
 }
@@ -433,6 +497,77 @@ mod tests {
             &[
                 "Release `rˋ&lt;!channel&gt;` of *shop∗&lt;!here&gt;* is quarantined by &lt;@U123&gt;: &lt;https://evil|view diff&gt; &amp;lt; —",
             ],
+        );
+    }
+
+    #[test]
+    fn drift_news_names_the_fields_old_to_new_and_who_and_user_text_stays_inert() {
+        use baton_schemas::drift::{DriftedObject, FieldDrift, REDACTED};
+        let [here, _, link, user, _] = HOSTILE;
+        let at = chrono::DateTime::from_timestamp(0, 0).unwrap();
+        let d = DriftData {
+            app: "acme/shop".into(),
+            environment: "production".into(),
+            namespace: "shop-prod".into(),
+            release: "r1".into(),
+            promotion: "p1".into(),
+            config_commit: "0123456789abcdef".into(),
+            policy: Some("report".into()),
+            objects: vec![
+                DriftedObject {
+                    object: "Deployment/shop".into(),
+                    kind: DriftKind::Changed,
+                    fields: vec![FieldDrift {
+                        path: "spec.template.spec.containers[name=shop].image".into(),
+                        expected: Some(Value::String("shop@sha256:aa".into())),
+                        live: Some(Value::String(link.into())),
+                        changed_by: Some(user.into()),
+                        changed_at: None,
+                    }],
+                },
+                DriftedObject {
+                    object: format!("Secret/{here}"),
+                    kind: DriftKind::Changed,
+                    fields: vec![FieldDrift {
+                        path: "data.password".into(),
+                        expected: Some(Value::String(REDACTED.into())),
+                        live: Some(Value::String(REDACTED.into())),
+                        changed_by: None,
+                        changed_at: None,
+                    }],
+                },
+                DriftedObject {
+                    object: "ConfigMap/settings".into(),
+                    kind: DriftKind::Missing,
+                    fields: Vec::new(),
+                },
+            ],
+            detected_at: at,
+            synced_at: None,
+            rollout_wait_ms: None,
+        };
+        assert_all_inert(
+            &drift(EventType::EnvironmentDrifted, "", &d),
+            &[
+                "*acme/shop* in *production* (`shop-prod`) DRIFTED from config commit `0123456789ab`: left as it is: `baton sync` puts the release back",
+                "• `Deployment/shop` changed",
+                "`spec.template.spec.containers[name=shop].image`: `\"shop@sha256:aa\"` → `\"&lt;https://evil|view diff&gt;\"` by &lt;@U123&gt;",
+                "• `Secret/&lt;!here&gt;` changed",
+                "`data.password`: `\"&lt;redacted&gt;\"` → `\"&lt;redacted&gt;\"`",
+                "• `ConfigMap/settings` missing",
+            ],
+        );
+        let synced = drift(
+            EventType::EnvironmentSynced,
+            "healed",
+            &DriftData {
+                objects: Vec::new(),
+                ..d
+            },
+        );
+        assert_eq!(
+            synced["text"],
+            "*acme/shop* in *production* is in sync with config commit `0123456789ab` again (healed)"
         );
     }
 

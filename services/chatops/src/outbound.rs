@@ -13,7 +13,7 @@ use baton_schemas::EventType;
 use crate::messages;
 
 /// The event types the bot posts about.
-pub const HANDLES: [EventType; 7] = [
+pub const HANDLES: [EventType; 9] = [
     EventType::ApprovalCreated,
     EventType::ApprovalClosed,
     EventType::ServiceDeployed,
@@ -21,6 +21,8 @@ pub const HANDLES: [EventType; 7] = [
     EventType::ServiceRolledBack,
     EventType::DeploymentFailed,
     EventType::ReleaseQuarantined,
+    EventType::EnvironmentDrifted,
+    EventType::EnvironmentSynced,
 ];
 
 /// The stage handler.

@@ -89,6 +89,8 @@ pub const STAGES: &[StageConsumer] = &[
             EventType::ServiceRolledBack,
             EventType::DeploymentFailed,
             EventType::ReleaseQuarantined,
+            EventType::EnvironmentDrifted,
+            EventType::EnvironmentSynced,
         ],
     },
 ];
