@@ -1147,7 +1147,11 @@ async fn drift_is_reported_once_an_autoscalers_replicas_are_not_drift_and_heal_p
     );
     let data: DriftData = drifted.custom_data_as()?;
     assert_eq!(
-        (data.app.as_str(), data.environment.as_str(), data.policy.as_deref().unwrap_or_default()),
+        (
+            data.app.as_str(),
+            data.environment.as_str(),
+            data.policy.as_deref().unwrap_or_default()
+        ),
         (APP, "staging", "report")
     );
     assert_eq!(data.config_commit, commit);
@@ -1405,5 +1409,138 @@ async fn with_the_promoter_drift_shows_in_status_sync_puts_it_back_and_restore_r
     assert_eq!(shop.status.and_then(|s| s.available_replicas), Some(2), "it runs again");
     world.stop.cancel();
     promoter.task.await??;
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_detection_and_heal_never_fight_a_promotion_under_way() -> Result<()> {
+    let mut world = World::start().await?;
+    drift_policy(&world, "heal")?;
+    world
+        .start_deployer_with(
+            None,
+            DriftSettings {
+                interval: Duration::from_secs(1),
+                ..DriftSettings::default()
+            },
+        )
+        .await?;
+    let v1 = image("v1", "baton/acme_shop");
+    let first = world.promote_deployment(&v1, PromotionAction::Promote).await?;
+    assert_eq!(world.verdict(&first).await?.0, EventType::ServiceDeployed);
+    eventually_every(
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+        "a synced record",
+        async || {
+            Ok(match drift_record(&world).await? {
+                Some(r) if r.state == SyncState::Synced => Ok(()),
+                other => Err(format!("{other:?}")),
+            })
+        },
+    )
+    .await?;
+
+    // A promotion whose pods never become ready: its rollout stays under way, the cluster
+    // differs from the first release the whole time.
+    let slow = image("slow", "baton/acme_shop-never-ready");
+    let commit = world.commit(
+        "staging",
+        &[
+            ("deployment.yaml", deployment(&slow.reference, "")),
+            ("config.yaml", CONFIG_MAP.to_owned()),
+        ],
+    )?;
+    let second = world
+        .promote("staging", STAGING, &commit, &slow, PromotionAction::Promote)
+        .await?;
+    baton_tests::events::wait_for(
+        &world.js,
+        EventType::DeploymentStarted,
+        2,
+        Duration::from_secs(30),
+        |_| true,
+    )
+    .await
+    .context("the second rollout never started")?;
+    // While it rolls out, someone edits one of its objects: judged only once the rollout is
+    // over, never healed under it.
+    let config_maps: Api<ConfigMap> = Api::namespaced(world.cluster.client()?, STAGING);
+    let by_hand = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..Default::default()
+    };
+    eventually_every(
+        Duration::from_millis(100),
+        Duration::from_secs(30),
+        "the second's ConfigMap",
+        async || {
+            Ok(config_maps
+                .get_opt("shop-settings")
+                .await?
+                .map(|_| ())
+                .ok_or_else(|| "not yet".to_owned()))
+        },
+    )
+    .await?;
+    config_maps
+        .patch(
+            "shop-settings",
+            &by_hand,
+            &Patch::Merge(json!({"data": {"greeting": "edited"}})),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        world.events(EventType::EnvironmentDrifted).await?.is_empty(),
+        "a rollout under way is not drift"
+    );
+    assert!(
+        world.events(EventType::EnvironmentSynced).await?.is_empty(),
+        "nothing healed"
+    );
+    assert_eq!(
+        world.staging_image().await?.as_deref(),
+        Some(slow.reference.as_str()),
+        "the first release was not put back"
+    );
+
+    assert_eq!(
+        config_maps
+            .get("shop-settings")
+            .await?
+            .data
+            .unwrap_or_default()
+            .get("greeting")
+            .map(String::as_str),
+        Some("edited"),
+        "not healed under the rollout"
+    );
+
+    // A third promotion takes over (without the ConfigMap, which it prunes); once it is healthy
+    // the environment is in sync with it.
+    let fast = image("fast", "baton/acme_shop");
+    let third = world.promote_deployment(&fast, PromotionAction::Promote).await?;
+    assert_eq!(world.verdict(&second).await?.0, EventType::DeploymentSuperseded);
+    assert_eq!(world.verdict(&third).await?.0, EventType::ServiceUpgraded);
+    let record = eventually_every(
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+        "in sync with the third",
+        async || {
+            Ok(match drift_record(&world).await? {
+                Some(r) if r.state == SyncState::Synced && r.config_commit == third.config_commit => Ok(r),
+                other => Err(format!("{other:?}")),
+            })
+        },
+    )
+    .await?;
+    assert!(record.heal_failed.is_none());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        world.events(EventType::EnvironmentDrifted).await?.is_empty(),
+        "never drifted"
+    );
+    assert_eq!(world.staging_image().await?.as_deref(), Some(fast.reference.as_str()));
     world.stop().await
 }
