@@ -7,12 +7,16 @@
 //!   `people.yaml` listing the user with a key generated for them (`<user>-key`);
 //! - `kubeconfig`, the control plane's admin kubeconfig, for the deployer and for `kubectl`;
 //! - `configs/`, every service's config file, each on its own port, the listener polling each
-//!   repository the user named.
+//!   repository the user named and taking signed webhooks for it (`webhook-secret`);
+//! - `env`, the shell variables the `baton` CLI and the quickstart read: `BATON_NATS_URL`,
+//!   `BATON_ACTOR`, `BATON_SIGNING_KEY`, `KUBECONFIG`, the registry, web UI and webhook
+//!   addresses and the webhook secret, and `PATH` with the CLI's directory first.
 //!
 //! Then it runs every service from `configs/` the way `baton up --config-dir configs` does, and
 //! keeps all of it running until Ctrl-C, which removes the directory. [`Platform::next_steps`]
 //! says what to do next.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -55,6 +59,10 @@ pub struct Platform {
     apps: Vec<(String, PathBuf)>,
     /// Who approves production.
     user: String,
+    /// Each service's port on 127.0.0.1.
+    ports: BTreeMap<&'static str, u16>,
+    /// The secret the listener checks generic webhooks with.
+    webhook_secret: String,
     /// Holds the config repo, the kubeconfig, the configs and the user's key.
     dir: tempfile::TempDir,
 }
@@ -109,12 +117,17 @@ impl Platform {
         git(&root.join("config"), &["commit", "-qm", "environments and people"])?;
         git(&root.join("config"), &["push", "-q", "origin", "main"])?;
 
+        let webhook_secret = uuid::Uuid::new_v4().simple().to_string();
+        write(&root.join("webhook-secret"), &webhook_secret)?;
+
         let keys = (SigningKeyFile::generate()?, SigningKeyFile::generate()?);
         let platform = Self {
             servers,
             keys,
             apps,
             user: options.user,
+            ports: SERVICES.into_iter().map(|service| (service, free_port())).collect(),
+            webhook_secret,
             dir,
         };
         for service in SERVICES {
@@ -123,6 +136,7 @@ impl Platform {
                 &platform.service_config(service),
             )?;
         }
+        write(&platform.env_file(), &platform.env())?;
         Ok(platform)
     }
 
@@ -139,6 +153,51 @@ impl Platform {
     /// The user's private key, listed in `people.yaml`.
     pub fn user_key(&self) -> PathBuf {
         self.dir().join(format!("{}-key", self.user))
+    }
+
+    /// The shell variables for the CLI and the quickstart, `export`ed: `source` it.
+    pub fn env_file(&self) -> PathBuf {
+        self.dir().join("env")
+    }
+
+    /// `http://127.0.0.1:<port>` of `service`.
+    fn url(&self, service: &str) -> String {
+        format!("http://127.0.0.1:{}", self.ports[service])
+    }
+
+    /// The web UI's base URL.
+    pub fn web_url(&self) -> String {
+        self.url("web")
+    }
+
+    /// The listener's generic webhook URL.
+    pub fn webhook_url(&self) -> String {
+        format!("{}/webhooks/generic", self.url("listener"))
+    }
+
+    /// The text of [`env_file`](Self::env_file).
+    fn env(&self) -> String {
+        let cli_dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+            .map(|dir| format!("{}:", dir.display()))
+            .unwrap_or_default();
+        let variables = [
+            ("BATON_NATS_URL", self.servers.nats.url()),
+            ("BATON_ACTOR", self.user.clone()),
+            ("BATON_SIGNING_KEY", self.user_key().display().to_string()),
+            ("KUBECONFIG", self.dir().join("kubeconfig").display().to_string()),
+            ("BATON_DEV_REGISTRY", self.servers.registry.address()),
+            ("BATON_DEV_WEB", self.web_url()),
+            ("BATON_DEV_WEBHOOK", self.webhook_url()),
+            ("BATON_DEV_WEBHOOK_SECRET", self.webhook_secret.clone()),
+        ];
+        let mut text = String::new();
+        for (name, value) in variables {
+            let _ = writeln!(text, "export {name}='{value}'");
+        }
+        let _ = writeln!(text, "export PATH=\"{cli_dir}$PATH\"");
+        text
     }
 
     /// The base image for `.baton.yaml`'s `image.base`: busybox in the platform's registry.
@@ -166,8 +225,9 @@ impl Platform {
                 for (name, path) in &self.apps {
                     let _ = writeln!(
                         repositories,
-                        "  - {{name: {name}, branches: [main], poll: {{url: 'file://{}', interval: {POLL_INTERVAL}}}}}",
-                        path.display()
+                        "  - {{name: {name}, branches: [main], poll: {{url: 'file://{}', interval: {POLL_INTERVAL}}}, provider: generic, secret_file: '{}'}}",
+                        path.display(),
+                        self.dir().join("webhook-secret").display()
                     );
                 }
                 if self.apps.is_empty() {
@@ -199,15 +259,13 @@ impl Platform {
         format!(
             "nats: {{url: '{}'}}\nhttp: {{listen: '127.0.0.1:{}'}}\n{own}",
             self.servers.nats.url(),
-            free_port()
+            self.ports[service]
         )
     }
 
-    /// What to do next, for the terminal.
-    pub fn next_steps(&self) -> String {
-        let cli = std::env::current_exe()
-            .map(|exe| exe.with_file_name("baton").display().to_string())
-            .unwrap_or_else(|_| "baton".into());
+    /// What to do next, for the terminal; `env_file` is the copy of
+    /// [`env_file`](Self::env_file) the user is told to `source`.
+    pub fn next_steps(&self, env_file: &Path) -> String {
         let mut text = String::new();
         let _ = writeln!(text, "The platform runs; its files are in {}", self.dir().display());
         let _ = writeln!(
@@ -223,6 +281,13 @@ impl Platform {
         );
         let _ = writeln!(text, "  kubeconfig:  {}", self.dir().join("kubeconfig").display());
         let _ = writeln!(text, "  configs:     {}", self.configs().display());
+        let _ = writeln!(text, "  web UI:      {}", self.web_url());
+        let _ = writeln!(
+            text,
+            "  webhook:     {}   (generic, secret in {})",
+            self.webhook_url(),
+            self.dir().join("webhook-secret").display()
+        );
         for (name, path) in &self.apps {
             let _ = writeln!(
                 text,
@@ -233,18 +298,17 @@ impl Platform {
         let _ = writeln!(text, "In another terminal:");
         let _ = writeln!(
             text,
-            "  export BATON_NATS_URL={} BATON_ACTOR={} BATON_SIGNING_KEY={}",
-            self.servers.nats.url(),
-            self.user,
-            self.user_key().display()
+            "  source {}   # the CLI on PATH, BATON_NATS_URL, BATON_ACTOR={}, BATON_SIGNING_KEY, KUBECONFIG",
+            env_file.display(),
+            self.user
         );
         let _ = writeln!(
             text,
             "  git commit -am 'my change'      # on main: the listener picks it up within {POLL_INTERVAL}"
         );
-        let _ = writeln!(text, "  {cli} events --follow         # every event as it happens");
-        let _ = writeln!(text, "  {cli} status                  # what runs where");
-        let _ = writeln!(text, "  {cli} approve <release> --env production");
+        let _ = writeln!(text, "  baton events --follow           # every event as it happens");
+        let _ = writeln!(text, "  baton status                    # what runs where");
+        let _ = writeln!(text, "  baton approve <release> --env production");
         let _ = writeln!(text, "Ctrl-C stops everything and removes {}.", self.dir().display());
         text
     }
