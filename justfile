@@ -15,7 +15,7 @@ grpcio_version := "1.85.1"
 machete_version := "0.9.2"
 
 # Benchmarks `just bench` knows, space-separated.
-bench_targets := "fabric listener builder deployer steps commands e2e web"
+bench_targets := "fabric listener builder deployer steps commands e2e web drift"
 
 # Python snippet printing 1 when python3 is a distribution's Python that refuses `pip install`
 # outside a venv (PEP 668), else 0.

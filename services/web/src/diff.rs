@@ -2,7 +2,9 @@
 //! too), each document re-written in one canonical form with the values of every `Secret`'s
 //! `data` and `stringData` replaced by `<redacted>` (the keys stay, so a diff still shows that a
 //! key was added or removed), and the canonical texts are compared line by line. A file that is
-//! not valid YAML is not shown at all: what cannot be read cannot be redacted.
+//! not valid YAML is not shown at all: what cannot be read cannot be redacted. Nor is a file
+//! with a key given twice in one mapping: read as a JSON value, the last `kind` would win, so
+//! `kind: Secret` followed by `kind: ConfigMap` would show the Secret's data.
 
 use serde::Deserialize as _;
 use serde::Serialize;
@@ -44,7 +46,13 @@ pub fn canonical(path: &str, bytes: &[u8]) -> String {
         return unreadable();
     };
     let mut out = String::new();
-    for document in yaml_serde::Deserializer::from_str(text) {
+    // The same documents read twice: as YAML values, which refuse a repeated key, and as JSON
+    // values, which are redacted and written.
+    let checked = yaml_serde::Deserializer::from_str(text);
+    for (document, check) in yaml_serde::Deserializer::from_str(text).zip(checked) {
+        if yaml_serde::Value::deserialize(check).is_err() {
+            return unreadable();
+        }
         let Ok(mut value) = Value::deserialize(document) else {
             return unreadable();
         };
@@ -171,6 +179,22 @@ mod tests {
         let list = r#"{"kind":"List","items":[{"kind":"Secret","data":{"k":"c2VjcmV0"}}]}"#;
         let text = canonical("list.json", list.as_bytes());
         assert!(!text.contains("c2VjcmV0") && text.contains(REDACTED), "{text}");
+    }
+
+    #[test]
+    fn a_repeated_key_hides_the_file_rather_than_a_secret_as_another_kind() {
+        for hostile in [
+            "kind: Secret\ndata:\n  password: aHVudGVyMg==\nkind: ConfigMap\n",
+            r#"{"kind":"Secret","stringData":{"token":"s3cr3t-t0ken"},"kind":"ConfigMap"}"#,
+            "kind: ConfigMap\n---\nkind: Secret\nmetadata: {name: db}\ndata: {password: aHVudGVyMg==}\nkind: List\n",
+        ] {
+            let text = canonical("hostile.yaml", hostile.as_bytes());
+            assert!(
+                !text.contains("aHVudGVyMg==") && !text.contains("s3cr3t-t0ken"),
+                "{hostile:?} shows a secret: {text}"
+            );
+            assert!(text.contains("not shown"), "{text}");
+        }
     }
 
     #[test]
