@@ -257,6 +257,21 @@ fn holds(set: &Value, path: &[String]) -> bool {
     true
 }
 
+/// The largest value, as JSON, a report carries. A larger one (anyone who can edit an object can
+/// put a megabyte in one field) stands as its size and a digest, so the report stays small
+/// enough to publish and another live value still makes another fingerprint.
+const MAX_REPORTED_VALUE: usize = 1024;
+
+fn bounded(value: &mut Option<Value>) {
+    if let Some(v) = value {
+        let text = v.to_string();
+        if text.len() > MAX_REPORTED_VALUE {
+            let digest = hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8]);
+            *v = Value::String(format!("<{} bytes, sha256 {digest}...>", text.len()));
+        }
+    }
+}
+
 /// Replaces a Secret's values (`data`, `stringData`) in a field drift with [`REDACTED`].
 pub fn redact(kind: &str, field: &mut FieldDrift) {
     if kind != "Secret" || !(field.path.starts_with("data") || field.path.starts_with("stringData")) {
@@ -297,6 +312,8 @@ pub fn compare_object(
                     changed_at: owner.and_then(|(_, t)| t),
                 };
                 redact(kind, &mut field);
+                bounded(&mut field.expected);
+                bounded(&mut field.live);
                 field
             },
         )

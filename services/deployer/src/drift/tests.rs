@@ -129,6 +129,25 @@ fn a_secrets_values_are_redacted_both_ways() {
     assert!(!text.contains("c2VjcmV0") && !text.contains("aHVudGVyMg=="), "{text}");
 }
 
+#[test]
+fn a_huge_live_value_is_reported_by_size_and_digest_and_still_changes_the_fingerprint() {
+    let configmap = |value: &str| json!({"kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"page": value}});
+    let expected = configmap("hello");
+    let (one, other) = ("a".repeat(1 << 20), "b".repeat(1 << 20));
+    let first = compare_object("ConfigMap", "ConfigMap/c", &expected, &configmap(&one), &[], &[]).unwrap();
+    let second = compare_object("ConfigMap", "ConfigMap/c", &expected, &configmap(&other), &[], &[]).unwrap();
+    let text = serde_json::to_string(&first).unwrap();
+    assert!(text.len() < 2 * MAX_REPORTED_VALUE, "{} bytes reported", text.len());
+    assert_eq!(first.fields[0].path, "data.page");
+    assert_eq!(first.fields[0].expected, Some(json!("hello")));
+    let live = first.fields[0].live.as_ref().and_then(Value::as_str).unwrap();
+    assert!(
+        live.starts_with(&format!("<{} bytes, sha256 ", one.len() + 2)),
+        "{live}"
+    );
+    assert_ne!(fingerprint(&[first]), fingerprint(&[second]));
+}
+
 fn at(seconds: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(seconds, 0).unwrap()
 }
