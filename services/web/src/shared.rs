@@ -11,7 +11,7 @@ use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::stream::Stream;
 use baton_kit::dora::DoraLedger;
 use baton_kit::source::Sources;
-use tokio::sync::broadcast;
+use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigRepo;
@@ -21,6 +21,10 @@ use crate::view::{EventOut, View};
 
 /// How many new events a slow live subscriber may fall behind before it skips some.
 pub const LIVE_BACKLOG: usize = 1024;
+/// How many live streams may be open at once: each holds a connection and a subscription for as
+/// long as the client keeps it, so without a bound anyone could open them until the server runs
+/// out of sockets or memory.
+pub const MAX_LIVE_STREAMS: usize = 256;
 
 /// Shared by every handler.
 pub struct Shared {
@@ -32,6 +36,8 @@ pub struct Shared {
     pub metrics: WebMetrics,
     /// New events as they are observed, for the live event log.
     pub live: broadcast::Sender<Arc<EventOut>>,
+    /// One permit per open live stream, [`MAX_LIVE_STREAMS`] in all.
+    pub live_slots: Arc<Semaphore>,
     /// How far the catch-up has come.
     pub progress: Progress,
     /// The events stream: a release page fetches its events by sequence.
@@ -108,6 +114,7 @@ impl Shared {
             dora: RwLock::new(DoraLedger::new()),
             metrics,
             live: broadcast::channel(LIVE_BACKLOG).0,
+            live_slots: Arc::new(Semaphore::new(MAX_LIVE_STREAMS)),
             progress: Progress::default(),
             events,
             logs,

@@ -597,3 +597,56 @@ async fn dora_figures_of_a_published_history_are_the_ledgers_and_the_hand_comput
     web.task.await??;
     Ok(())
 }
+
+/// Live streams hold a connection each for as long as the client likes: past
+/// [`MAX_LIVE_STREAMS`] one more is a 503 with the security headers, not another held open, and
+/// a stream's slot is given back when its client goes away.
+#[tokio::test]
+async fn live_streams_are_bounded_and_give_their_slot_back() -> Result<()> {
+    use baton_web::shared::MAX_LIVE_STREAMS;
+
+    let nats = NatsServer::start()?;
+    let common = app::common(&nats.url());
+    nats.provision(&common).await?;
+    let stop = CancellationToken::new();
+    let web = app::spawn::<baton_web::Application>(common, WebSettings::default(), &|_| None, &stop).await?;
+    let base = format!("http://{}", web.addr);
+    let http = reqwest::Client::new();
+    ready(&http, &base).await?;
+
+    let mut open = Vec::with_capacity(MAX_LIVE_STREAMS);
+    for _ in 0..MAX_LIVE_STREAMS {
+        let live = get(&http, &base, "/events/live").await?;
+        assert_eq!(live.status(), 200);
+        open.push(live);
+    }
+    let refused = get(&http, &base, "/events/live?app=acme/shop").await?;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("content-security-policy"));
+    let body: Value = refused.json().await?;
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("live streams are open"),
+        "{body}"
+    );
+
+    drop(open.pop());
+    let start = Instant::now();
+    loop {
+        let live = get(&http, &base, "/events/live").await?;
+        if live.status() == 200 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("a closed stream's slot was not given back: {}", live.status());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    drop(open);
+    stop.cancel();
+    web.task.await??;
+    Ok(())
+}
