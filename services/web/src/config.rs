@@ -58,6 +58,12 @@ pub fn resolve(settings: &WebSettings, env: &dyn Fn(&str) -> Option<String>) -> 
     let config_repo = if url.is_empty() {
         None
     } else {
+        if url_has_secret(url) {
+            return Err(ConfigError::invalid(
+                "config_repo.url",
+                "write the URL without user and token (git errors name the URL, and the release page shows them); give them in source.credentials",
+            ));
+        }
         let branch = settings.config_repo.branch.trim();
         if branch.is_empty() {
             return Err(ConfigError::invalid("config_repo.branch", "name the branch, e.g. main"));
@@ -112,6 +118,19 @@ pub fn resolve(settings: &WebSettings, env: &dyn Fn(&str) -> Option<String>) -> 
     })
 }
 
+/// Whether `url` carries a secret in its user part: any user of an HTTP(S) URL (a token alone
+/// is a user), a user with a password otherwise (`ssh://git@host/` names only a user).
+fn url_has_secret(url: &str) -> bool {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let Some((user, _)) = authority.rsplit_once('@') else {
+        return false;
+    };
+    matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") || user.contains(':')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +171,32 @@ mod tests {
         let mut s = WebSettings::default();
         s.view.max_events = 10;
         assert_eq!(resolve(&s, &|_| None).unwrap_err().field(), Some("view.max_events"));
+    }
+
+    /// A token in the config repo's URL would reach the release page in a git error (a hostile
+    /// event naming a commit that is not there is enough): such a URL is refused.
+    #[test]
+    fn a_config_repo_url_with_a_token_is_refused() {
+        for url in [
+            "https://x-access-token:ghp_s3cret@github.com/acme/config.git",
+            "https://ghp_s3cret@github.com/acme/config.git",
+            "ssh://git:s3cret@git.example.com/acme/config.git",
+        ] {
+            let mut s = WebSettings::default();
+            s.config_repo.url = url.into();
+            let error = resolve(&s, &|_| None).unwrap_err();
+            assert_eq!(error.field(), Some("config_repo.url"), "{url}");
+            assert!(!error.to_string().contains("s3cret"), "{error}");
+        }
+        for url in [
+            "ssh://git@git.example.com/acme/config.git",
+            "git@git.example.com:acme/config.git",
+            "https://git.example.com/acme/config.git",
+            "file:///srv/git/config.git",
+        ] {
+            let mut s = WebSettings::default();
+            s.config_repo.url = url.into();
+            assert!(resolve(&s, &|_| None).is_ok(), "{url}");
+        }
     }
 }
