@@ -21,6 +21,10 @@ pub const ALL_DEADLETTERS: &str = "baton.deadletter.>";
 pub const LOGS_PREFIX: &str = "baton.logs";
 /// Request/reply commands.
 pub const COMMANDS_PREFIX: &str = "baton.cmd";
+/// The app token of events that concern no app: a command naming none (`restore`) or only a
+/// release nobody created. Given as the app, it is the token as it is ([`event_subject`]); `~`
+/// is outside what [`sanitize_token`] makes of any app's name, so no app's events share it.
+pub const NO_APP: &str = "~no-app";
 
 /// Turns any name into one valid NATS subject token.
 ///
@@ -45,14 +49,15 @@ pub fn sanitize_token(name: &str) -> String {
         .collect()
 }
 
-/// The subject an event of type `ty` for application `app` is published on.
+/// The subject an event of type `ty` for application `app` is published on ([`NO_APP`] for
+/// none).
 pub fn event_subject(app: &str, ty: EventType) -> String {
-    format!(
-        "{EVENTS_PREFIX}.{}.{}.{}",
-        sanitize_token(app),
-        ty.subject(),
-        ty.predicate()
-    )
+    let token = if app == NO_APP {
+        NO_APP.to_owned()
+    } else {
+        sanitize_token(app)
+    };
+    format!("{EVENTS_PREFIX}.{token}.{}.{}", ty.subject(), ty.predicate())
 }
 
 /// A filter matching events of type `ty` for every application.
@@ -118,6 +123,14 @@ mod tests {
             event_subject("shop", EventType::ReleaseCreated),
             "baton.events.shop.baton-release.created"
         );
+    }
+
+    #[test]
+    fn no_app_is_never_an_apps_token() {
+        assert_ne!(sanitize_token(NO_APP), NO_APP, "no app's name sanitizes to it");
+        let subject = event_subject(NO_APP, EventType::CommandRejected);
+        assert_eq!(subject, "baton.events.~no-app.baton-command.rejected");
+        assert_eq!(app_of(&subject), Some(NO_APP));
     }
 
     #[test]

@@ -798,6 +798,87 @@ async fn a_failed_rollout_rolls_back_byte_for_byte_pins_and_quarantines() -> Res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_apps_first_failed_rollout_is_held_unpinned_and_the_next_healthy_release_reaches_it() -> Result<()> {
+    let world = World::start(TWO_STAGES, 1).await?;
+    let first = world.tests_passed("first").await?;
+    let first_promotion = world.promotion(&first, "staging").await?;
+    world
+        .deployer_reports(&first_promotion, Some("pods crash-looping"))
+        .await?;
+
+    // Nothing ran healthy in staging before: held with the reason, quarantined, not pinned.
+    let reason = world.held_reason(&first).await?;
+    for words in ["pods crash-looping", "not pinned", "next healthy release"] {
+        assert!(reason.contains(words), "`{words}` in: {reason}");
+    }
+    world.wait_for(EventType::ReleaseQuarantined, 1, |_| true).await?;
+    let kv = world.js.get_key_value("baton-state").await?;
+    let current: serde_json::Value = serde_json::from_slice(
+        &kv.get(format!("promoter.current.{DIR}.staging"))
+            .await?
+            .context("staging's current state")?,
+    )?;
+    assert!(current["pinned"].is_null(), "staging is not pinned: {current}");
+    let modified = world.events(EventType::EnvironmentModified).await?;
+    assert!(
+        modified.iter().all(|e| e
+            .custom_data_as::<PromotionData>()
+            .is_ok_and(|p| p.action == PromotionAction::Promote)),
+        "no pin or rollback was written: {modified:?}"
+    );
+
+    // The next release that passes its tests is promoted into staging, and runs healthy there.
+    let fixed = world.tests_passed("fixed").await?;
+    let fixed_promotion = world.promotion(&fixed, "staging").await?;
+    assert!(!fixed_promotion.pinned);
+    world.deployer_reports(&fixed_promotion, None).await?;
+    world
+        .wait_for(EventType::ApprovalCreated, 1, |e| {
+            e.context.chain_id.as_deref() == Some(fixed.as_str())
+        })
+        .await?;
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_is_recorded_under_the_app_it_concerns_and_never_under_an_invented_one() -> Result<()> {
+    let world = World::start(TWO_STAGES, 1).await?;
+    let release = world.tests_passed("known").await?;
+    world.promotion(&release, "staging").await?;
+
+    // A release nobody created: refused, recorded under the token of no app, in no timeline.
+    let unknown = "0badf00d-0000-5000-8000-000000000000";
+    let refused = world.command("mark-bad", vote("alice", unknown)).await?;
+    assert!(
+        !refused.ok && refused.message.contains("unknown release"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.release, None, "no release was acted on");
+    // A release the promoter knows: under its app, in its timeline.
+    let marked = world.command("mark-bad", vote("alice", &release)).await?;
+    assert!(marked.ok, "{marked:?}");
+
+    let rejected = baton_tests::events::with_subjects(&world.js, EventType::CommandRejected).await?;
+    let [(subject, event)] = rejected.as_slice() else {
+        anyhow::bail!("one refusal: {rejected:?}");
+    };
+    assert_eq!(
+        baton_schemas::subjects::app_of(subject),
+        Some(baton_schemas::subjects::NO_APP),
+        "{subject}"
+    );
+    assert_eq!(event.context.chain_id, None, "an unknown release has no timeline");
+    let accepted = baton_tests::events::with_subjects(&world.js, EventType::CommandAccepted).await?;
+    let (subject, event) = accepted
+        .iter()
+        .find(|(_, e)| e.custom_data.as_ref().is_some_and(|d| d["release"] == release.as_str()))
+        .context("the accepted mark-bad")?;
+    assert_eq!(baton_schemas::subjects::app_of(subject), Some(DIR), "{subject}");
+    assert_eq!(event.context.chain_id.as_deref(), Some(release.as_str()));
+    world.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untested_releases_and_freeze_windows_are_held_with_the_reason() -> Result<()> {
     let frozen = "\
 environments:

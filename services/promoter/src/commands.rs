@@ -13,7 +13,7 @@ use baton_schemas::environments::{EnvironmentsFile, GrantedVerb};
 use baton_schemas::extensions::{CommandAcceptedContent, CommandRejectedContent};
 use baton_schemas::people::PeopleFile;
 use baton_schemas::release::{ApprovalKind, Pin, PromotionAction, PromotionData, ReleaseData, ReleaseFile};
-use baton_schemas::subjects::COMMANDS_PREFIX;
+use baton_schemas::subjects::{COMMANDS_PREFIX, NO_APP};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -209,7 +209,7 @@ pub async fn execute(promoter: &ReleaseManager, verb: &str, body: &[u8], signatu
     match command.run().await {
         Ok((reply, mut events)) => {
             // Who asked, proven, ahead of what it did.
-            events.insert(0, command.accepted());
+            events.insert(0, command.accepted().await);
             match promoter.publish(&events).await {
                 Ok(()) => reply,
                 Err(e) => CommandReply::refused(format!(
@@ -218,10 +218,11 @@ pub async fn execute(promoter: &ReleaseManager, verb: &str, body: &[u8], signatu
             }
         }
         Err(Refusal::Refused { reason, app, release }) => {
+            let (app, release) = filed_under(promoter, app.as_deref(), release.as_deref()).await;
             let event = promoter.event(
                 EventType::CommandRejected,
                 derive_id(&["command.rejected", &command.id, command.verb.as_str()]),
-                app.as_deref().unwrap_or("config"),
+                &app,
                 &command.request_id,
                 serde_json::to_value(CommandRejectedContent {
                     verb: command.verb.as_str().to_owned(),
@@ -262,6 +263,7 @@ async fn refuse_unproven(
         .request_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let (app, release) = filed_under(promoter, request.app.as_deref(), request.release.as_deref()).await;
     let event = promoter.event(
         EventType::CommandRejected,
         derive_id(&[
@@ -270,7 +272,7 @@ async fn refuse_unproven(
             verb.as_str(),
             request.nonce.as_deref().unwrap_or_default(),
         ]),
-        request.app.as_deref().unwrap_or("config"),
+        &app,
         &request_id,
         serde_json::to_value(CommandRejectedContent {
             verb: verb.as_str().to_owned(),
@@ -282,7 +284,7 @@ async fn refuse_unproven(
             channel: None,
         })
         .expect("serializes"),
-        request.release.as_deref(),
+        release.as_deref(),
         None,
         Some(serde_json::to_value(request).expect("serializes")),
     );
@@ -291,6 +293,26 @@ async fn refuse_unproven(
     }
     tracing::warn!(%verb, claimed = %request.actor, check = unproven.check(), %reason, "command refused: sender not proven");
     CommandReply::refused(reason)
+}
+
+/// What a command's record (`baton-command.accepted` or `.rejected`) is filed under: the app
+/// token of its subject, and the release whose timeline (`chainId`) it joins. The release only
+/// when the promoter knows it: an id it never created has no timeline. The app as the command
+/// names it, else as that release names it, else [`NO_APP`]: never an app the command did not
+/// concern.
+async fn filed_under(promoter: &ReleaseManager, app: Option<&str>, release: Option<&str>) -> (String, Option<String>) {
+    let known = match release {
+        Some(id) => promoter.state.release(id).await.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "cannot read the release a command names; its record joins no timeline");
+            None
+        }),
+        None => None,
+    };
+    let app = app
+        .map(str::to_owned)
+        .or_else(|| known.as_ref().map(|r| r.app.clone()))
+        .unwrap_or_else(|| NO_APP.to_owned());
+    (app, known.map(|r| r.release))
 }
 
 /// Who the promoter proved a command came from, for `baton whoami`: the person, the key's
@@ -385,11 +407,17 @@ impl Command<'_> {
     }
 
     /// `baton-command.accepted`: the proven sender and what they asked.
-    fn accepted(&self) -> baton_kit::Outgoing {
+    async fn accepted(&self) -> baton_kit::Outgoing {
+        let (app, release) = filed_under(
+            self.promoter,
+            self.request.app.as_deref(),
+            self.request.release.as_deref(),
+        )
+        .await;
         self.promoter.event(
             EventType::CommandAccepted,
             derive_id(&["command.accepted", &self.id]),
-            self.request.app.as_deref().unwrap_or("config"),
+            &app,
             &self.request_id,
             serde_json::to_value(CommandAcceptedContent {
                 verb: self.verb.as_str().to_owned(),
@@ -398,7 +426,7 @@ impl Command<'_> {
                 channel: self.caller.channel.clone(),
             })
             .expect("serializes"),
-            self.request.release.as_deref(),
+            release.as_deref(),
             None,
             Some(serde_json::to_value(&self.request).expect("serializes")),
         )

@@ -6,7 +6,9 @@
 //!   environment is marked healthy and the next environment is evaluated;
 //!   `service.rolledback` → marked healthy, nothing moves on;
 //! - `baton-deployment.failed` → the failed release is quarantined and, with `auto_rollback`,
-//!   the environment is rolled back to its last healthy release and pinned.
+//!   the environment is rolled back to its last healthy release and pinned; with no healthy
+//!   release to go back to (a new app's first rollout), it is held with the reason and left
+//!   unpinned, so the next healthy release reaches it.
 
 use std::sync::Arc;
 
@@ -200,14 +202,15 @@ impl PromoterStage {
                 }
             }
             _ => {
-                // Nothing healthy to go back to: pin, so automation leaves it alone.
+                // Nothing healthy to go back to (a new app's first rollout there): a pin would
+                // only keep out the release that fixes it. Held with the reason, unpinned; the
+                // next release that passes its tests is promoted here as usual.
                 let why = format!(
-                    "release {} failed its rollout in `{}` ({reason}) and no earlier release ran healthy there",
-                    failed.release, env.name
+                    "release {} failed its rollout in `{}` ({reason}); no earlier release ran healthy there to roll back to, so `{}` is not pinned: the next healthy release is promoted into it",
+                    failed.release, env.name, env.name
                 );
-                promoter
-                    .pin_after_failure(&failed, &env, promotion, why, event.id(), now)
-                    .await?
+                events.push(promoter.held_event(&failed, &env.name, &promotion, event.id(), &why, None));
+                return Ok(events);
             }
         };
         events.extend(written.events);
