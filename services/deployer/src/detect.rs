@@ -191,7 +191,7 @@ impl Detector {
             shutdown.cancelled().await;
             return;
         }
-        let (changed, mut changes) = mpsc::channel::<(String, String)>(1024);
+        let (changed, mut changes) = mpsc::channel::<(String, String, String)>(1024);
         let mut watches = tokio::task::JoinSet::new();
         let mut watching: HashSet<(String, String, String, String)> = HashSet::new();
         let mut tick = tokio::time::interval(self.settings.interval);
@@ -220,8 +220,8 @@ impl Detector {
                     while let Ok(more) = changes.try_recv() {
                         apps.insert(more);
                     }
-                    for (app, environment) in apps {
-                        if let Err(e) = self.check_one(&app, &environment).await {
+                    for (namespace, app, environment) in apps {
+                        if let Err(e) = self.check_one(&namespace, &app, &environment).await {
                             tracing::warn!(error = %e, app, environment, "drift check failed; the next pass tries again");
                         }
                     }
@@ -231,8 +231,8 @@ impl Detector {
         watches.abort_all();
     }
 
-    /// Follows the objects of `kind` carrying Baton's app label in `namespace`, sending the app
-    /// and environment of each change and deletion to `changed`.
+    /// Follows the objects of `kind` carrying Baton's app label in `namespace`, sending the
+    /// namespace, app and environment of each change and deletion to `changed`.
     async fn watch(
         &self,
         watches: &mut tokio::task::JoinSet<()>,
@@ -240,11 +240,12 @@ impl Detector {
         group: &str,
         version: &str,
         kind: &str,
-        changed: mpsc::Sender<(String, String)>,
+        changed: mpsc::Sender<(String, String, String)>,
     ) {
         let Some(api) = self.deployer.cluster.listable(group, version, kind, namespace).await else {
             return;
         };
+        let namespace = namespace.to_owned();
         let config = watcher::Config::default().labels(APP_LABEL);
         let mut stream = watcher::watcher(api, config).default_backoff().boxed();
         watches.spawn(async move {
@@ -260,7 +261,10 @@ impl Detector {
                 };
                 let labels = object.metadata.labels.unwrap_or_default();
                 if let (Some(app), Some(env)) = (labels.get(APP_LABEL), labels.get(ENVIRONMENT_LABEL))
-                    && changed.send((app.clone(), env.clone())).await.is_err()
+                    && changed
+                        .send((namespace.clone(), app.clone(), env.clone()))
+                        .await
+                        .is_err()
                 {
                     return;
                 }
@@ -354,8 +358,10 @@ impl Detector {
         Ok(summary)
     }
 
-    /// Compares one app in one environment (`app` as its label token), as the watch asks.
-    async fn check_one(&self, app: &str, environment: &str) -> Result<(), DeployError> {
+    /// Compares one app in one environment (`app` as its label token), as the watch of
+    /// `namespace` asks. The labels that ask are anyone's to write: an object in another
+    /// namespace than the environment's asks nothing.
+    async fn check_one(&self, namespace: &str, app: &str, environment: &str) -> Result<(), DeployError> {
         let Some(bytes) = self
             .deployer
             .state
@@ -368,6 +374,9 @@ impl Detector {
         let Ok(promotion) = serde_json::from_slice::<PromotionData>(&bytes) else {
             return Ok(());
         };
+        if promotion.namespace != namespace {
+            return Ok(());
+        }
         let Some(target) = self.target(promotion).await? else {
             return Ok(());
         };
