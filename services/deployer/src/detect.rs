@@ -285,6 +285,7 @@ impl Detector {
         for url in repos {
             self.read_head(url).await;
         }
+        self.forget_unused(&applied);
         let mut by_namespace: BTreeMap<String, Vec<Target>> = BTreeMap::new();
         for promotion in applied {
             match self.target(promotion).await {
@@ -358,6 +359,37 @@ impl Detector {
         Ok(summary)
     }
 
+    /// Drops what the caches hold for promotions no longer applied and commits no longer at a
+    /// config repo's head: each promotion adds to them, and a deployer runs for months.
+    fn forget_unused(&self, applied: &[PromotionData]) {
+        let manifests: HashSet<String> = applied.iter().map(manifests_key).collect();
+        let promotions: HashSet<&str> = applied.iter().map(|p| p.promotion.as_str()).collect();
+        let heads = self
+            .heads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let policies: HashSet<String> = applied
+            .iter()
+            .map(|p| {
+                let commit = heads.get(&p.config_repository).unwrap_or(&p.config_commit);
+                policy_key(p, commit)
+            })
+            .collect();
+        self.manifests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|key, _| manifests.contains(key));
+        self.policies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|key, _| policies.contains(key));
+        self.clean
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|_, (_, promotion)| promotions.contains(promotion.as_str()));
+    }
+
     /// Compares one app in one environment (`app` as its label token), as the watch of
     /// `namespace` asks. The labels that ask are anyone's to write: an object in another
     /// namespace than the environment's asks nothing.
@@ -420,10 +452,7 @@ impl Detector {
         if policy == DriftPolicy::Ignore {
             return Ok(None);
         }
-        let key = format!(
-            "{}\0{}\0{}",
-            promotion.config_repository, promotion.config_commit, promotion.manifests_path
-        );
+        let key = manifests_key(&promotion);
         let cached = self
             .manifests
             .lock()
@@ -485,7 +514,7 @@ impl Detector {
             .get(&promotion.config_repository)
             .cloned()
             .unwrap_or_else(|| promotion.config_commit.clone());
-        let key = format!("{}\0{commit}\0{}", promotion.config_repository, promotion.environment);
+        let key = policy_key(promotion, &commit);
         if let Some(p) = self
             .policies
             .lock()
@@ -966,6 +995,21 @@ impl Detector {
             tracing::warn!(error = %e, "could not publish a drift report");
         }
     }
+}
+
+/// The key of a promotion's parsed manifests in [`Detector`]'s cache: its config repo, commit
+/// and folder.
+fn manifests_key(promotion: &PromotionData) -> String {
+    format!(
+        "{}\0{}\0{}",
+        promotion.config_repository, promotion.config_commit, promotion.manifests_path
+    )
+}
+
+/// The key of an environment's `drift` policy at `commit` of its config repo in [`Detector`]'s
+/// cache.
+fn policy_key(promotion: &PromotionData, commit: &str) -> String {
+    format!("{}\0{commit}\0{}", promotion.config_repository, promotion.environment)
 }
 
 fn to_json(object: &DynamicObject) -> serde_json::Value {
