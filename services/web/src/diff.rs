@@ -11,6 +11,9 @@ use serde::Serialize;
 use serde_json::Value;
 use similar::{ChangeTag, TextDiff};
 
+/// Longest one file's diff may compute before settling for a coarser answer.
+const DIFF_DEADLINE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// What a redacted value reads as.
 pub const REDACTED: &str = "<redacted>";
 
@@ -137,9 +140,11 @@ pub fn compare(release: &[(String, String)], environment: &[(String, String)]) -
         .collect()
 }
 
-/// The changes from `old` to `new`, with context.
+/// The changes from `old` to `new`, with context. The diff is bounded in time: past
+/// [`DIFF_DEADLINE`] it settles for a coarser (still correct) answer, so two large, unlike
+/// manifests cannot hold a request.
 fn hunks(old: &str, new: &str) -> Vec<Vec<DiffLine>> {
-    let diff = TextDiff::from_lines(old, new);
+    let diff = TextDiff::configure().timeout(DIFF_DEADLINE).diff_lines(old, new);
     diff.grouped_ops(CONTEXT)
         .iter()
         .map(|group| {

@@ -19,6 +19,10 @@ use crate::view::Image;
 const CACHE: usize = 512;
 /// The largest manifest read.
 const MANIFEST_LIMIT: usize = 1024 * 1024;
+/// Most image indexes followed from an image to its manifest (an index of indexes is legal,
+/// a long chain is not something a build pushes).
+const MAX_INDEX_DEPTH: usize = 4;
+
 /// Manifests and indexes the web reads.
 const MEDIA_TYPES: &[&str] = &[
     "application/vnd.oci.image.manifest.v1+json",
@@ -172,6 +176,7 @@ impl Layers {
             return Ok(layers);
         }
         let mut digest = image.digest.clone();
+        let mut indexes_followed = 0;
         // An index: the first platform's manifest (Baton's builder pushes single manifests).
         let layers = loop {
             let manifest = self.manifest(&image.repository, &digest).await?;
@@ -180,6 +185,13 @@ impl Layers {
                 .and_then(Value::as_array)
                 .and_then(|m| m.first())
             {
+                // Whoever can push to the registry could chain indexes: follow a few at most.
+                indexes_followed += 1;
+                if indexes_followed > MAX_INDEX_DEPTH {
+                    return Err(LayersError::Malformed(format!(
+                        "more than {MAX_INDEX_DEPTH} image indexes in a row"
+                    )));
+                }
                 match first.get("digest").and_then(Value::as_str) {
                     Some(next) if next != digest => {
                         digest = next.to_owned();
