@@ -64,7 +64,8 @@ pub enum Command {
     /// The timeline of one release from commit to production: each stage, its duration, who
     /// approved, and where it runs now.
     Trace {
-        /// The release id (the chainId; `baton releases <app>` lists them).
+        /// The release id (the chainId; `baton releases <app>` lists them), or a unique prefix
+        /// of it of at least 4 characters, such as the 8 `baton events` shows.
         release: String,
     },
     /// The releases of an application, newest first, and where each runs.
@@ -99,7 +100,7 @@ pub enum Command {
     Decline(Vote),
     /// Promote a release into an environment (its policy still applies).
     Promote {
-        /// The release id.
+        /// The release id, or a unique prefix of it (at least 4 characters).
         release: String,
         /// The environment.
         environment: String,
@@ -118,7 +119,8 @@ pub enum Command {
         app: String,
         /// The environment.
         environment: String,
-        /// The release to go back to (default: the newest earlier one not quarantined).
+        /// The release to go back to, its id or a unique prefix of it (default: the newest
+        /// earlier one not quarantined).
         #[arg(long)]
         release: Option<String>,
         /// Why (recorded).
@@ -158,7 +160,7 @@ pub enum Command {
     Unpin(PinArgs),
     /// Quarantine a release: it is never promoted again.
     MarkBad {
-        /// The release id.
+        /// The release id, or a unique prefix of it (at least 4 characters).
         release: String,
         /// Why (recorded).
         #[arg(long)]
@@ -168,7 +170,7 @@ pub enum Command {
     },
     /// Lift a release's quarantine: it may be promoted again.
     Unquarantine {
-        /// The release id.
+        /// The release id, or a unique prefix of it (at least 4 characters).
         release: String,
         /// Why (recorded).
         #[arg(long)]
@@ -187,9 +189,10 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// The log of a build or test run (its run id is in the build/test events).
+    /// The log of a build or test run (`baton events` shows its run id on the build/test events).
     Logs {
-        /// The run id, e.g. build-… or test-….
+        /// The run id, build-<uuid> or test-<uuid>, or a unique prefix of it such as the
+        /// `test-5cc719e8` `baton events` shows.
         run: String,
         /// Only this step.
         #[arg(long)]
@@ -284,7 +287,7 @@ impl From<ConsumerHistory> for baton_kit::provision::History {
 /// A vote on a pending promotion (`approve`, `decline`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Vote {
-    /// The release id.
+    /// The release id, or a unique prefix of it (at least 4 characters).
     pub release: String,
     /// The environment (needed when the release waits in several).
     #[arg(long = "env")]

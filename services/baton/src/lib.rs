@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod ids;
 pub mod policy;
 pub mod render;
 pub mod run;
@@ -29,9 +30,14 @@ pub enum CliError {
     /// Not found (release, app, run).
     #[error("{0}")]
     NotFound(String),
-    /// The promoter refused the command, or provisioning an operator's choice.
+    /// Provisioning refused an operator's choice.
     #[error("{0}")]
     Refused(String),
+    /// The promoter refused the command; its answer is printed already, once, on stdout (as
+    /// `refused: <reason>`, or the reply document with `-o json|yaml`), so `main` prints nothing
+    /// more.
+    #[error("{0}")]
+    CommandRefused(String),
     /// A config file is invalid (a service's, for `baton up`; environments.yaml, for `baton
     /// policy show`): the file and field at fault.
     #[error("{0}")]
@@ -55,6 +61,12 @@ impl From<baton_kit::log::LogError> for CliError {
 }
 
 impl CliError {
+    /// Whether the error is printed already (a promoter's refusal, on stdout): `main` then
+    /// only exits with [`Self::exit_code`].
+    pub fn is_printed(&self) -> bool {
+        matches!(self, Self::CommandRefused(_))
+    }
+
     /// The process exit code: 1 a service failed, 2 usage (no signing key among them), 3 not
     /// found, 4 refused, 64 an invalid config file (as the services' own binaries), 69
     /// (unavailable) for NATS.
@@ -64,7 +76,7 @@ impl CliError {
             Self::Config(_) => 64,
             Self::Usage(_) | Self::Sign(_) => 2,
             Self::NotFound(_) => 3,
-            Self::Refused(_) => 4,
+            Self::Refused(_) | Self::CommandRefused(_) => 4,
             Self::Nats(_) => 69,
         }
     }

@@ -10,7 +10,9 @@ async fn main() {
     baton_kit::tls::install_crypto_provider();
     let cli = Cli::parse();
     if let Err(e) = baton::run::run(cli).await {
-        eprintln!("baton: {e}");
+        if !e.is_printed() {
+            eprintln!("baton: {e}");
+        }
         std::process::exit(e.exit_code());
     }
 }

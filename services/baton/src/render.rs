@@ -47,9 +47,28 @@ impl Style {
     }
 }
 
-/// One event as a line (human or wide).
+/// The build or test run an event is about (`run` in its data), when it is about one.
+pub fn run(record: &Record) -> Option<&str> {
+    record
+        .event
+        .custom_data
+        .as_ref()?
+        .get("run")?
+        .as_str()
+        .filter(|r| !r.is_empty())
+}
+
+/// One event as a line (human or wide). An event of a build or test run ends with its run id
+/// (`run test-5cc719e8`, in full with `wide`), which `baton logs` takes.
 pub fn line(style: &Style, record: &Record) -> String {
-    let (summary, tone) = summary(record);
+    let (mut summary, tone) = summary(record);
+    if let Some(run) = run(record) {
+        let shown = match style.output {
+            Output::Wide => run.to_owned(),
+            _ => crate::ids::short_run(run),
+        };
+        summary = format!("{summary} (run {shown})");
+    }
     let time = record.time().format("%Y-%m-%d %H:%M:%S");
     let chain = record.chain().unwrap_or("-");
     match style.output {

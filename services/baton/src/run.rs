@@ -1,6 +1,6 @@
 //! Carrying out each subcommand.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -20,6 +20,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::CliError;
 use crate::cli::{AdminCommand, Cli, Command, Output, PolicyCommand};
+use crate::ids::{self, IdKind, Typed};
 use crate::render::{self, Style, Tone};
 use crate::signing::{self, Chosen};
 
@@ -67,19 +68,38 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         return crate::policy::show(file, style);
     }
     let env = |name: &str| std::env::var(name).ok();
-    // A command is signed before anything is reached: no key, no connection.
+    // A command's ids are checked and it is signed before anything is reached: no valid id or
+    // no key, no connection.
     if let Some((verb, mut request, who)) = cli.command.promoter_command() {
+        let release = request
+            .release
+            .as_deref()
+            .map(|r| Typed::parse(IdKind::Release, r))
+            .transpose()?;
         request.actor = signing::actor(who, &env)?;
         let chosen = signing::signer(who, &env)?;
         let client = connect(&cli.nats, nats_auth(&cli, &env)?).await?;
+        // The signed body carries the whole id: a prefix is resolved here, never by the promoter.
+        request.release = match release {
+            Some(typed) => Some(created_release(&jetstream::new(client.clone()), typed).await?),
+            None => None,
+        };
         return command(&client, style, verb, request, chosen).await;
     }
-    // Flags are checked before anything is reached.
-    if let Command::Events {
-        event_type: Some(t), ..
-    } = &cli.command
-    {
-        parse_type(t)?;
+    // Flags and ids are checked before anything is reached.
+    match &cli.command {
+        Command::Events {
+            event_type: Some(t), ..
+        } => {
+            parse_type(t)?;
+        }
+        Command::Trace { release } => {
+            Typed::parse(IdKind::Release, release)?;
+        }
+        Command::Logs { run, .. } => {
+            Typed::parse(IdKind::Run, run)?;
+        }
+        _ => {}
     }
     let auth = nats_auth(&cli, &env)?;
     let client = connect(&cli.nats, auth).await?;
@@ -207,8 +227,29 @@ async fn command(
     if reply.ok {
         Ok(())
     } else {
-        Err(CliError::Refused(format!("{verb}: {}", reply.message)))
+        // Printed above: `main` does not print it again.
+        Err(CliError::CommandRefused(format!("{verb}: {}", reply.message)))
     }
+}
+
+/// The whole id of the release `typed` names: as typed when whole, else the one release the
+/// promoter created (`baton-release.created`) whose id starts so.
+async fn created_release(js: &jetstream::Context, typed: Typed) -> Result<String, CliError> {
+    let prefix = match typed {
+        Typed::Full(id) => return Ok(id),
+        Typed::Prefix(prefix) => prefix,
+    };
+    let query = Query {
+        filters: vec![log::filter(None, Some(EventType::ReleaseCreated))],
+        ..Query::default()
+    };
+    let mut known = Vec::new();
+    log::read(js, EVENTS_STREAM, &query, |record| {
+        known.extend(record.chain().map(str::to_owned));
+        true
+    })
+    .await?;
+    ids::resolve(IdKind::Release, &prefix, known.iter().map(String::as_str))
 }
 
 async fn events(
@@ -324,21 +365,29 @@ async fn dora(
     Ok(())
 }
 
-/// Every event of `release`, in order.
-async fn chain(js: &jetstream::Context, release: &str) -> Result<Vec<Record>, CliError> {
+/// The release `typed` names (resolved among every release of the log when it is a prefix)
+/// and its events, in order.
+async fn chain(js: &jetstream::Context, typed: Typed) -> Result<(String, Vec<Record>), CliError> {
     let mut found = Vec::new();
+    let (Typed::Full(wanted) | Typed::Prefix(wanted)) = &typed;
     log::read(js, EVENTS_STREAM, &Query::default(), |record| {
-        if record.chain() == Some(release) {
+        if record.chain().is_some_and(|c| c.starts_with(wanted.as_str())) {
             found.push(record);
         }
         true
     })
     .await?;
-    Ok(found)
+    let release = match &typed {
+        Typed::Full(id) => id.clone(),
+        Typed::Prefix(prefix) => ids::resolve(IdKind::Release, prefix, found.iter().filter_map(Record::chain))?,
+    };
+    found.retain(|r| r.chain() == Some(release.as_str()));
+    Ok((release, found))
 }
 
 async fn trace(js: &jetstream::Context, style: Style, release: &str) -> Result<(), CliError> {
-    let records = chain(js, release).await?;
+    let (release, records) = chain(js, Typed::parse(IdKind::Release, release)?).await?;
+    let release = release.as_str();
     let Some(first) = records.first() else {
         return Err(CliError::NotFound(format!(
             "no event belongs to release {release}; `baton releases <app>` lists releases"
@@ -567,6 +616,45 @@ async fn releases(js: &jetstream::Context, style: Style, app: &str) -> Result<()
     Ok(())
 }
 
+/// The event types that carry a run id (`run` in their data).
+const RUN_EVENTS: [EventType; 5] = [
+    EventType::BuildQueued,
+    EventType::BuildStarted,
+    EventType::BuildFinished,
+    EventType::TestSuiteRunStarted,
+    EventType::TestSuiteRunFinished,
+];
+
+/// The whole id of the run `typed` names: as typed when whole, else the one run of the build
+/// and test events, or of the stored logs, whose id starts so.
+async fn run_id(js: &jetstream::Context, typed: Typed) -> Result<String, CliError> {
+    let prefix = match typed {
+        Typed::Full(id) => return Ok(id),
+        Typed::Prefix(prefix) => prefix,
+    };
+    let query = Query {
+        filters: RUN_EVENTS.iter().map(|ty| log::filter(None, Some(*ty))).collect(),
+        ..Query::default()
+    };
+    let mut known = BTreeSet::new();
+    log::read(js, EVENTS_STREAM, &query, |record| {
+        known.extend(render::run(&record).map(str::to_owned));
+        true
+    })
+    .await?;
+    // Logs stored without their events (or after the events aged out of the stream).
+    if let Ok(store) = js.get_object_store(LOGS_BUCKET).await
+        && let Ok(mut list) = store.list().await
+    {
+        while let Some(Ok(info)) = list.next().await {
+            if let Some((run, _)) = info.name.split_once('/') {
+                known.insert(run.to_owned());
+            }
+        }
+    }
+    ids::resolve(IdKind::Run, &prefix, known.iter().map(String::as_str))
+}
+
 async fn logs(
     client: &async_nats::Client,
     js: &jetstream::Context,
@@ -574,6 +662,8 @@ async fn logs(
     step: Option<&str>,
     follow: bool,
 ) -> Result<(), CliError> {
+    let run = run_id(js, Typed::parse(IdKind::Run, run)?).await?;
+    let run = run.as_str();
     if follow {
         let subject = subjects::log_subject(run, step.unwrap_or("*"));
         let subject = if step.is_none() {

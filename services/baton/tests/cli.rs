@@ -25,6 +25,13 @@ use baton_tests::people::{Person, SshAgent, people_yaml};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+/// The test run of the suite's release: `baton events` shows it as `test-5cc719e8`.
+const RUN: &str = "test-5cc719e8-2b0f-5d3e-9a41-0c6f1e2d3b4a";
+/// The suite's release: `baton events` shows it as `11111111`.
+const RELEASE: &str = "11111111-2222-3333-4444-555555555555";
+/// A well-formed release id nobody created.
+const NOBODYS_RELEASE: &str = "0badf00d-0000-5000-8000-000000000000";
+
 fn git(dir: &Path, args: &[&str]) -> Result<String> {
     baton_tests::git(dir, args).map_err(anyhow::Error::msg)
 }
@@ -83,6 +90,41 @@ fn write_keys(dir: &Path) -> Result<String> {
     Ok(people_yaml(&[alice.entry(), carol.entry()]))
 }
 
+/// The tester's `testsuiterun.finished` of `run` for `sha` of the app repo at `app`, in release
+/// `release`.
+fn tests_finished(
+    release: &str,
+    run: &str,
+    outcome: Outcome,
+    sha: &str,
+    app: &Path,
+    image: Option<ImageInfo>,
+) -> Result<CdEvent> {
+    let data = TestData {
+        app: "acme/shop".into(),
+        commit: sha.to_owned(),
+        repository: format!("file://{}", app.display()),
+        image,
+        run: run.into(),
+        outcome: Some(outcome),
+        reason: None,
+        no_tests_declared: false,
+        counts: TestCounts::default(),
+        failed_cases: vec![],
+        steps: vec![],
+        pushed_by: None,
+    };
+    Ok(CdEvent::new(
+        EventType::TestSuiteRunFinished,
+        format!("finished-{run}"),
+        "/baton/tester",
+        format!("acme/shop@{sha}"),
+        json!({"environment": {"id": "baton-tester"}, "testSuite": {"id": "s"}, "outcome": outcome}),
+    )?
+    .with_chain_id(release)
+    .with_custom_data(data)?)
+}
+
 /// A promoter with a config repo (staging automatic, production by alice's approval; alice and
 /// carol in people.yaml, their keys in `dir`) and an app repo whose tests passed: returns the
 /// release id once staging has it.
@@ -138,30 +180,8 @@ async fn released(nats: &NatsServer, dir: &Path) -> Result<(String, tokio_util::
         purl: format!("pkg:oci/acme_shop@{}", digest.replace(':', "%3A")),
         uploaded_bytes: 0,
     };
-    let release = "11111111-2222-3333-4444-555555555555".to_owned();
-    let data = TestData {
-        app: "acme/shop".into(),
-        commit: sha.clone(),
-        repository: format!("file://{}", app.display()),
-        image: Some(image),
-        run: "test-cli".into(),
-        outcome: Some(Outcome::Success),
-        reason: None,
-        no_tests_declared: false,
-        counts: TestCounts::default(),
-        failed_cases: vec![],
-        steps: vec![],
-        pushed_by: None,
-    };
-    let event = CdEvent::new(
-        EventType::TestSuiteRunFinished,
-        "finished-cli",
-        "/baton/tester",
-        format!("acme/shop@{sha}"),
-        json!({"environment": {"id": "baton-tester"}, "testSuite": {"id": "s"}, "outcome": "success"}),
-    )?
-    .with_chain_id(&release)
-    .with_custom_data(data)?;
+    let release = RELEASE.to_owned();
+    let event = tests_finished(&release, RUN, Outcome::Success, &sha, &app, Some(image))?;
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
     events::publish(&js, &Outgoing::new("acme/shop", event)).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -322,21 +342,29 @@ async fn the_cli_shows_the_log_a_trace_releases_and_status_and_sends_commands() 
     let js = async_nats::jetstream::new(async_nats::connect(&url).await?);
     let store = js.get_object_store("baton-logs").await?;
     let mut log: &[u8] = b"running unit tests\nall 3 passed\n";
-    store.put("test-cli/unit.log", &mut log).await?;
-    let logs = baton(&url, &["logs", "test-cli"]);
+    store.put(format!("{RUN}/unit.log").as_str(), &mut log).await?;
+    let logs = baton(&url, &["logs", RUN]);
     assert_eq!(logs.code, Some(0), "{}", logs.stderr);
     assert!(
-        logs.stdout.contains("==> test-cli/unit.log <==") && logs.stdout.contains("all 3 passed"),
+        logs.stdout.contains(&format!("==> {RUN}/unit.log <==")) && logs.stdout.contains("all 3 passed"),
         "{}",
         logs.stdout
     );
-    let one = baton(&url, &["logs", "test-cli", "--step", "unit"]);
+    // The short run id `baton events` shows is taken as it is.
+    let one = baton(&url, &["logs", "test-5cc719e8", "--step", "unit"]);
     assert_eq!(one.stdout, "running unit tests\nall 3 passed\n");
-    let none = baton(&url, &["logs", "build-nothing"]);
+    let none = baton(&url, &["logs", "build-0badf00d"]);
     assert_eq!(none.code, Some(3), "{}", none.stderr);
+    let malformed = baton(&url, &["logs", "build-nothing"]);
+    assert_eq!(malformed.code, Some(2), "{}", malformed.stderr);
+    assert!(
+        malformed.stderr.contains("build- or test- and a UUID"),
+        "{}",
+        malformed.stderr
+    );
 
     // Errors: one line, a fix, non-zero.
-    let unknown = baton(&url, &["trace", "no-such-release"]);
+    let unknown = baton(&url, &["trace", NOBODYS_RELEASE]);
     assert_eq!(unknown.code, Some(3));
     assert!(unknown.stderr.contains("baton releases"), "{}", unknown.stderr);
     let flag = baton(&url, &["events", "--type", "service.exploded"]);
@@ -364,6 +392,111 @@ async fn the_cli_shows_the_log_a_trace_releases_and_status_and_sends_commands() 
     let again = signed(&url, d, "alice", &["unquarantine", &release]);
     assert_eq!(again.code, Some(4), "{}", again.stdout);
     assert!(again.stdout.contains("is not quarantined"), "{}", again.stdout);
+    stop.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_taken_by_a_unique_prefix_checked_before_sending_and_refusals_printed_once() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let (release, stop) = released(&nats, dir.path()).await?;
+    let (url, d) = (nats.url(), dir.path());
+    let rejected = || -> Result<Vec<Value>> {
+        let out = baton(&url, &["events", "--type", "baton-command.rejected", "-o", "json"]);
+        let all: Value = serde_json::from_str(&out.stdout).context("-o json is JSON")?;
+        Ok(all.as_array().cloned().unwrap_or_default())
+    };
+
+    // The human log shows the run id, and the 8 characters of the release it shows are taken
+    // back by `trace` and by a signed command, which carries the whole id.
+    let events = baton(&url, &["events", "--app", "acme/shop"]);
+    assert!(events.stdout.contains("(run test-5cc719e8)"), "{}", events.stdout);
+    assert!(events.stdout.contains("11111111 "), "{}", events.stdout);
+    let trace = baton(&url, &["trace", "11111111"]);
+    assert_eq!(trace.code, Some(0), "{}", trace.stderr);
+    assert!(
+        trace.stdout.contains(&format!("release {release} of")),
+        "{}",
+        trace.stdout
+    );
+    let approve = signed(&url, d, "carol", &["approve", "11111111", "--env", "production"]);
+    assert_eq!(approve.code, Some(4), "{}{}", approve.stdout, approve.stderr);
+    assert!(!approve.stdout.contains("unknown release"), "{}", approve.stdout);
+    // The refusal is printed once, on stdout; nothing repeats it on stderr.
+    assert_eq!(approve.stdout.matches("refused").count(), 1, "{}", approve.stdout);
+    assert_eq!(approve.stderr, "", "printed once");
+    let recorded = rejected()?;
+    let [refusal] = recorded.as_slice() else {
+        anyhow::bail!("one refusal: {recorded:?}");
+    };
+    assert_eq!(
+        refusal["event"]["customData"]["release"],
+        release.as_str(),
+        "signed in full"
+    );
+    assert_eq!(refusal["app"], "acme_shop", "filed under the release's app");
+
+    // A prefix of two releases is refused naming both; nothing is sent.
+    let sha = git(&d.join("app"), &["rev-parse", "HEAD"])?;
+    let twin = "11111111-aaaa-5aaa-8aaa-aaaaaaaaaaaa";
+    let failed = tests_finished(
+        twin,
+        "test-0badf00d-0000-5000-8000-000000000000",
+        Outcome::Failure,
+        &sha,
+        &d.join("app"),
+        None,
+    )?;
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await?);
+    events::publish(&js, &Outgoing::new("acme/shop", failed)).await?;
+    let ambiguous = baton(&url, &["trace", "1111"]);
+    assert_eq!(ambiguous.code, Some(2), "{}", ambiguous.stderr);
+    assert!(
+        ambiguous.stderr.contains(&release) && ambiguous.stderr.contains(twin),
+        "names the candidates: {}",
+        ambiguous.stderr
+    );
+    // Only created releases are candidates for a command: the twin never was one.
+    let mark = signed(&url, d, "alice", &["mark-bad", "1111", "--reason", "by prefix"]);
+    assert_eq!(mark.code, Some(0), "{}{}", mark.stdout, mark.stderr);
+    let nothing = signed(&url, d, "alice", &["unquarantine", "ffff"]);
+    assert_eq!(nothing.code, Some(3), "{}", nothing.stderr);
+    assert!(nothing.stderr.contains("baton releases"), "{}", nothing.stderr);
+
+    // A malformed id never leaves: refused before NATS is even reached, saying what an id is.
+    for (args, sends) in [
+        (&["approve", "5cc"][..], true),
+        (&["promote", "no-such-release", "staging"], true),
+        (&["rollback", "acme/shop", "staging", "--release", "v1.2"], true),
+        (&["trace", "no-such-release"], false),
+        (&["logs", "5cc719e8"], false),
+    ] {
+        let away = if sends {
+            signed("nats://127.0.0.1:1", d, "alice", args)
+        } else {
+            baton("nats://127.0.0.1:1", args)
+        };
+        assert_eq!(away.code, Some(2), "{args:?}: {}", away.stderr);
+        assert!(away.stderr.contains("UUID"), "{args:?}: {}", away.stderr);
+    }
+    assert_eq!(rejected()?.len(), 1, "nothing more was recorded");
+
+    // A release nobody created: the promoter refuses it, recorded under no app.
+    let unknown = signed(&url, d, "alice", &["mark-bad", NOBODYS_RELEASE]);
+    assert_eq!(unknown.code, Some(4), "{}{}", unknown.stdout, unknown.stderr);
+    assert!(unknown.stdout.contains("unknown release"), "{}", unknown.stdout);
+    let recorded = rejected()?;
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert_eq!(recorded[1]["app"], baton_schemas::subjects::NO_APP);
+    let human = baton(&url, &["events", "--type", "baton-command.rejected"]);
+    assert!(
+        human.stdout.contains(&format!(
+            "mark-bad by alice refused: unknown release `{NOBODYS_RELEASE}`"
+        )),
+        "{}",
+        human.stdout
+    );
     stop.cancel();
     Ok(())
 }
@@ -495,7 +628,7 @@ async fn baton_up_runs_the_configured_services_in_one_process() -> Result<()> {
     // The promoter inside `baton up` answers commands.
     let deadline = Instant::now() + Duration::from_secs(30);
     let answered = loop {
-        let run = signed(&nats.url(), dir.path(), "alice", &["mark-bad", "no-such-release"]);
+        let run = signed(&nats.url(), dir.path(), "alice", &["mark-bad", NOBODYS_RELEASE]);
         if run.code == Some(4) {
             break run;
         }
