@@ -165,6 +165,9 @@ pub struct Detector {
     heads: Mutex<HashMap<String, String>>,
     /// Objects compared clean: `namespace/Kind/name` → (resourceVersion, promotion).
     clean: Mutex<HashMap<String, (String, String)>>,
+    /// `drift.concurrency` permits: objects compared at once across every app of a pass, not
+    /// per app (a namespace's apps are compared together).
+    comparing: tokio::sync::Semaphore,
 }
 
 impl Detector {
@@ -173,13 +176,14 @@ impl Detector {
     pub fn new(deployer: Deployer, settings: DriftSettings, heal_locks: Locks, metrics: &Metrics) -> Self {
         Self {
             deployer,
-            settings,
             heal_locks,
             metrics: DriftMetrics::register(metrics),
             manifests: Mutex::new(HashMap::new()),
             policies: Mutex::new(HashMap::new()),
             heads: Mutex::new(HashMap::new()),
             clean: Mutex::new(HashMap::new()),
+            comparing: tokio::sync::Semaphore::new(settings.concurrency.max(1)),
+            settings,
         }
     }
 
@@ -625,6 +629,7 @@ impl Detector {
         for (manifest, resource, _) in &resolved {
             let found = live.get(&manifest.display()).cloned();
             comparisons.push(async move {
+                let _permit = self.comparing.acquire().await.expect("the semaphore is never closed");
                 let object = match found {
                     Some(o) => Some(o),
                     // Its labels may have been taken off: looked up by name.
@@ -669,10 +674,8 @@ impl Detector {
                 Ok(drifted)
             });
         }
-        let compared = futures::stream::iter(comparisons)
-            .buffer_unordered(self.settings.concurrency.max(1))
-            .try_collect::<Vec<_>>()
-            .await?;
+        // At most `drift.concurrency` at once, by the permits each takes.
+        let compared = futures::future::try_join_all(comparisons).await?;
         let mut objects: Vec<DriftedObject> = compared.into_iter().flatten().collect();
         objects.extend(drift::extras(&labelled, &release));
         objects.sort_by(|a, b| a.object.cmp(&b.object));
