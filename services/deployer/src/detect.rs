@@ -209,8 +209,12 @@ impl Detector {
                             for (namespace, kinds) in &summary.watched {
                                 for (group, version, kind) in kinds {
                                     let key = (namespace.clone(), group.clone(), version.clone(), kind.clone());
-                                    if watching.insert(key) {
-                                        self.watch(&mut watches, namespace, group, version, kind, changed.clone()).await;
+                                    // A watch that could not start (the apiserver did not answer
+                                    // which resource the kind is) is tried again after the next pass.
+                                    if !watching.contains(&key)
+                                        && self.watch(&mut watches, namespace, group, version, kind, changed.clone()).await
+                                    {
+                                        watching.insert(key);
                                     }
                                 }
                             }
@@ -236,7 +240,8 @@ impl Detector {
     }
 
     /// Follows the objects of `kind` carrying Baton's app label in `namespace`, sending the
-    /// namespace, app and environment of each change and deletion to `changed`.
+    /// namespace, app and environment of each change and deletion to `changed`. Whether the watch
+    /// started: not for a kind the apiserver does not serve or could not say it serves.
     async fn watch(
         &self,
         watches: &mut tokio::task::JoinSet<()>,
@@ -245,9 +250,9 @@ impl Detector {
         version: &str,
         kind: &str,
         changed: mpsc::Sender<(String, String, String)>,
-    ) {
+    ) -> bool {
         let Some(api) = self.deployer.cluster.listable(group, version, kind, namespace).await else {
-            return;
+            return false;
         };
         let namespace = namespace.to_owned();
         let config = watcher::Config::default().labels(APP_LABEL);
@@ -274,6 +279,7 @@ impl Detector {
                 }
             }
         });
+        true
     }
 
     /// Compares every app the deployer applied, namespace by namespace (each kind listed once
