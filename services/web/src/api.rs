@@ -50,6 +50,8 @@ pub async fn apps(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) ->
     let mut apps: Vec<AppOut> = view
         .apps
         .iter()
+        // Records of commands that concern no app are filed under a token that is no app's.
+        .filter(|a| &*a.token != baton_schemas::subjects::NO_APP)
         .map(|a| AppOut {
             app: a.name.to_string(),
             token: a.token.to_string(),

@@ -355,6 +355,46 @@ async fn the_web_shows_what_the_log_and_the_state_hold_safely() -> Result<()> {
     assert_eq!(failed["events"][0]["sequence"], 5, "{failed}");
     assert_eq!(failed["events"][0]["failed"], true);
 
+    // A command concerning no app is recorded under subjects::NO_APP: it is in the log, but it
+    // is no app of /api/apps.
+    let refused = CdEvent::new(
+        EventType::CommandRejected,
+        "e-no-app",
+        "/baton/promoter",
+        "restore",
+        json!({}),
+    )?
+    .with_custom_data(json!({"actor": "mallory", "verb": "restore"}))?;
+    let (headers, payload) = codec::encode_binary(&events::to_cloudevent(&refused));
+    js.publish_with_headers(
+        format!(
+            "{}.{}.baton-command.rejected",
+            subjects::EVENTS_PREFIX,
+            subjects::NO_APP
+        ),
+        headers,
+        payload,
+    )
+    .await?
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rejected = json_of(&http, &base, "/api/events?type=baton-command.rejected").await?;
+        if rejected["events"].as_array().is_some_and(|e| !e.is_empty()) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the refused command never reached the view");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let apps = json_of(&http, &base, "/api/apps").await?;
+    let names: Vec<&str> = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["app"].as_str())
+        .collect();
+    assert_eq!(names, ["acme/shop"], "{apps}");
+
     drop(live);
     stop.cancel();
     web.task.await??;

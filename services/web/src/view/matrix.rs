@@ -147,8 +147,8 @@ impl View {
     /// The matrix at `now`.
     pub fn matrix(&self, now: DateTime<Utc>) -> Matrix {
         let order = self.environment_order();
-        // An app is a row once it has a release: events recorded under a name that is no app
-        // (a refused command naming none is recorded under `config`) make no row.
+        // An app is a row once it has a release: events recorded under a token that is no app
+        // (a command concerning no app goes under `subjects::NO_APP`) make no row.
         let mut apps: Vec<AppId> = (0..self.apps.len())
             .filter(|a| !self.apps[*a].releases.is_empty())
             .map(|a| AppId::try_from(a).unwrap_or(AppId::MAX))

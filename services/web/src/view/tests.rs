@@ -160,14 +160,15 @@ fn an_event_naming_no_app_keeps_the_apps_name() {
 fn events_of_no_app_make_no_matrix_row() {
     let mut view = View::new(1000);
     story(&mut view);
-    // A refused command naming no app is recorded under `config`, outside any release.
+    // A refused command concerning no app is recorded under `subjects::NO_APP`, outside any
+    // release.
     let event = CdEvent::new(EventType::CommandRejected, "e-9", "/baton/promoter", "s", json!({}))
         .unwrap()
-        .with_custom_data(json!({"app": "config", "actor": "mallory", "reason": "unknown release"}))
+        .with_custom_data(json!({"actor": "mallory", "reason": "unknown release"}))
         .unwrap();
     view.observe(&Record {
         sequence: 9,
-        app: "config".into(),
+        app: baton_schemas::subjects::NO_APP.into(),
         event,
     });
     let matrix = view.matrix(chrono::Utc::now());
