@@ -10,6 +10,14 @@
 //! rollback), or `baton-deployment.failed` with the reason and the failing pods; progress as
 //! `baton-deployment.started`; and `baton-deployment.superseded` when a newer promotion of the
 //! same environment took over. One rollout per app and namespace at a time (a lease in KV).
+//!
+//! Beside the stage it keeps checking that the cluster follows the config repo ([`detect`],
+//! decided by [`drift`]): the live objects of every app it applied are compared with the
+//! manifests of that environment's config commit, on a watch and in a periodic full pass; a
+//! drift is reported once as `baton-environment.drifted`, its end as `baton-environment.synced`,
+//! and the environment's `drift: heal` re-applies the config commit. An operator's `sync` or
+//! `restore` (`environment.modified` with those actions) is applied like a promotion and reported
+//! as `baton-environment.synced`.
 
 pub mod app;
 pub mod cluster;
