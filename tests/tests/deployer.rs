@@ -1277,7 +1277,10 @@ async fn with_the_promoter_drift_shows_in_status_sync_puts_it_back_and_restore_r
             },
         )
         .await?;
-    let (promoter, commit) = world.with_promoter("policy: auto").await?;
+    // Only alice holds `rollback` there, which `sync` and `restore` need too.
+    let (promoter, commit) = world
+        .with_promoter("policy: auto\n    grants:\n      rollback: {users: [alice]}")
+        .await?;
     let good = tests_passed(&world, "good", &commit, "release-good");
     good.publish(&world.js).await?;
     baton_tests::events::wait_for_release(
@@ -1315,6 +1318,22 @@ async fn with_the_promoter_drift_shows_in_status_sync_puts_it_back_and_restore_r
     // `baton sync` puts the config commit back: the same digest, no new release or deployment.
     let nats = async_nats::connect(world.nats.url()).await?;
     let alice = Person::new("alice");
+    let refused = Person::new("bob")
+        .send(
+            &nats,
+            Verb::Sync,
+            CommandRequest {
+                actor: "bob".into(),
+                app: Some(APP.into()),
+                environment: Some("staging".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(
+        !refused.ok && refused.message.contains("grants.rollback"),
+        "sync needs the rollback grant: {refused:?}"
+    );
     let synced = alice
         .send(
             &nats,
