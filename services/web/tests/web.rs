@@ -645,6 +645,7 @@ async fn dora_figures_of_a_published_history_are_the_ledgers_and_the_hand_comput
 async fn live_streams_are_bounded_and_give_their_slot_back() -> Result<()> {
     use baton_web::shared::MAX_LIVE_STREAMS;
 
+    baton_kit::tls::install_crypto_provider();
     let nats = NatsServer::start()?;
     let common = app::common(&nats.url());
     nats.provision(&common).await?;
