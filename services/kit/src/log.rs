@@ -356,6 +356,37 @@ pub fn summary(record: &Record) -> (String, Tone) {
             Tone::Bad,
         ),
         Some(EventType::PolicyRejected) => (text(content, &["reason"]), Tone::Bad),
+        Some(EventType::EnvironmentDrifted) => {
+            let objects: Vec<&str> = content["objects"]
+                .as_array()
+                .map(|o| o.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let shown = objects.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+            let more = objects.len().saturating_sub(3);
+            (
+                format!(
+                    "{} drifted: {} object{} ({shown}{}), policy {}",
+                    text(content, &["environment"]),
+                    objects.len(),
+                    if objects.len() == 1 { "" } else { "s" },
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    },
+                    text(content, &["policy"])
+                ),
+                Tone::Bad,
+            )
+        }
+        Some(EventType::EnvironmentSynced) => (
+            format!(
+                "{} in sync again ({})",
+                text(content, &["environment"]),
+                text(content, &["how"])
+            ),
+            Tone::Good,
+        ),
         _ => (record.event.subject.id.clone(), Tone::Dim),
     }
 }

@@ -1,7 +1,7 @@
 //! Keeping the view current: an ordered consumer on the events stream from its first message
 //! (the catch-up), then live, observing each event once (into the view, and into the DORA
-//! ledger when it is one of the types DORA reads); and a watch on the promoter's keys of
-//! the state bucket (every retained revision, then each change). Neither leaves anything on the
+//! ledger when it is one of the types DORA reads); and a watch on the promoter's keys and the
+//! deployer's drift records in the state bucket (every retained revision, then each change). Neither leaves anything on the
 //! server: both are ephemeral consumers that the server removes when the service goes.
 
 use std::sync::Arc;
@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::shared::Shared;
 
-/// The promoter's keys the web reads.
-const STATE_KEYS: &str = "promoter.>";
+/// The keys of the state bucket the web reads: the promoter's, and the deployer's drift records.
+const STATE_KEYS: [&str; 2] = ["promoter.>", "deployer.drift.>"];
 
 /// Follows the events stream until `stop` is cancelled.
 ///
@@ -100,21 +100,23 @@ pub async fn events(shared: Arc<Shared>, stop: CancellationToken) -> Result<(), 
 /// # Errors
 /// When the bucket cannot be watched.
 pub async fn state(shared: Arc<Shared>, kv: kv::Store, stop: CancellationToken) -> Result<(), StartError> {
-    let filter = format!("{}{STATE_KEYS}", kv.prefix);
-    let any = kv
-        .stream
-        .info_with_subjects(&filter)
-        .await
-        .map_err(|e| StartError::failed("cannot read the state bucket", e))?
-        .try_next()
-        .await
-        .map_err(|e| StartError::failed("cannot read the state bucket", e))?
-        .is_some();
+    let mut any = false;
+    for keys in STATE_KEYS {
+        any |= kv
+            .stream
+            .info_with_subjects(format!("{}{keys}", kv.prefix))
+            .await
+            .map_err(|e| StartError::failed("cannot read the state bucket", e))?
+            .try_next()
+            .await
+            .map_err(|e| StartError::failed("cannot read the state bucket", e))?
+            .is_some();
+    }
     if !any {
         shared.progress.state_loaded.store(true, Ordering::Release);
     }
     let mut entries = kv
-        .watch_with_history(STATE_KEYS)
+        .watch_many_with_history(STATE_KEYS)
         .await
         .map_err(|e| StartError::failed("cannot watch the state bucket", e))?;
     loop {

@@ -6,8 +6,8 @@
 //! its approvals), the event log with filters and live updates, and DORA metrics.
 //!
 //! It builds its view incrementally ([`view`]): an ordered consumer replays the events stream
-//! from its first message and then follows it, and a watch follows the promoter's keys
-//! ([`follow`]); the same consumer feeds the DORA ledger ([`dora`]); no request re-reads the
+//! from its first message and then follows it, and a watch follows the promoter's keys and the
+//! deployer's drift records ([`follow`]); the same consumer feeds the DORA ledger ([`dora`]); no request re-reads the
 //! stream. Pages are rendered on the server ([`pages`],
 //! askama templates escaped by default, SVG charts made on the server by [`chart`]), with one small script for live updates
 //! ([`live`], server-sent events). It changes nothing: every method but GET is refused, and the

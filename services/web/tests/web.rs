@@ -195,6 +195,16 @@ async fn the_web_shows_what_the_log_and_the_state_hold_safely() -> Result<()> {
             serde_json::to_vec(&current(OLD_RELEASE))?.into(),
         )
         .await?;
+    // The deployer's drift record of staging, with hostile object names and heal failure.
+    let drift = json!({"state": "drifted", "configCommit": config_commit, "objects": ["Deployment/shop", XSS],
+                       "fingerprint": "f", "since": "2024-05-01T11:00:00Z", "healFailed": XSS});
+    topology
+        .state
+        .put(
+            baton_schemas::drift::drift_key("acme/shop", "staging"),
+            serde_json::to_vec(&drift)?.into(),
+        )
+        .await?;
     topology
         .logs
         .put("build-1/compile.log", &mut format!("compiling\n{XSS}\n").as_bytes())
@@ -228,6 +238,15 @@ async fn the_web_shows_what_the_log_and_the_state_hold_safely() -> Result<()> {
         .find(|c| c["environment"] == "production")
         .unwrap();
     assert_eq!(production["release"]["id"], OLD_RELEASE, "{matrix}");
+    assert_eq!(staging["sync"]["state"], "drifted", "{matrix}");
+    assert_eq!(staging["sync"]["objects"][1], XSS, "{matrix}");
+    assert!(production.get("sync").is_none(), "{matrix}");
+    let html = get(&http, &base, "/").await?.text().await?;
+    assert!(html.contains("drifted: 2 objects"), "{html}");
+    assert!(
+        html.contains(&format!("heal failed: {}", escaped(XSS))) && !html.contains("<img"),
+        "{html}"
+    );
     let events = json_of(&http, &base, "/api/events?limit=2").await?;
     let sequences: Vec<u64> = events["events"]
         .as_array()

@@ -1,5 +1,6 @@
 //! The environment matrix: one row per app, one cell per environment, each cell saying what runs
-//! there and what stands in the way of the next release. Computed from the view at `now` (freeze
+//! there, whether its live objects still match (the deployer's drift record) and what stands in
+//! the way of the next release. Computed from the view at `now` (freeze
 //! windows and expiries depend on it), a pure function so it is unit-tested with a fixed clock.
 
 use baton_schemas::EventType;
@@ -59,6 +60,37 @@ pub struct MatrixCell {
     /// The promotion held, and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held: Option<HeldPromotion>,
+    /// Whether the live objects match the config commit, as the deployer last found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
+    /// A `sync` or `restore` of the running release under way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reapplying: Option<Reapply>,
+}
+
+/// The deployer's drift record of a cell.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// `synced` or `drifted`.
+    pub state: &'static str,
+    /// The objects that differ, as `Kind/name` (empty when synced).
+    pub objects: Vec<String>,
+    /// Since when.
+    pub since: DateTime<Utc>,
+    /// Why the last heal did not end the drift, if it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heal_failed: Option<String>,
+}
+
+/// A `sync` or `restore` not yet reported synced.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Reapply {
+    /// `sync` or `restore`.
+    pub action: String,
+    /// When it was committed.
+    pub at: DateTime<Utc>,
 }
 
 /// A release in a cell.
@@ -193,7 +225,7 @@ impl View {
                 .is_some_and(|id| Some(&*self.releases[id as usize].id) == release_id)
         });
         let health = match rollout_of_current.map(|r| r.ty) {
-            Some(EventType::ServiceDeployed | EventType::ServiceUpgraded | EventType::ServiceRolledBack) => "healthy",
+            _ if rollout_of_current.is_some_and(super::Rollout::is_healthy) => "healthy",
             Some(EventType::DeploymentFailed) => "failed",
             Some(EventType::DeploymentStarted | EventType::DeploymentSuperseded) => "rolling-out",
             _ if current.is_some_and(|c| c.healthy_since.is_some()) => "healthy",
@@ -269,6 +301,19 @@ impl View {
                 until: h.retry_at.as_deref().map(str::to_owned),
             }),
         };
+        let sync = self.drift.get(&key).map(|d| SyncStatus {
+            state: d.state.as_str(),
+            objects: d.objects.clone(),
+            since: d.since,
+            heal_failed: d.heal_failed.clone(),
+        });
+        let reapplying = events
+            .and_then(|c| c.reapplying.as_ref())
+            .filter(|r| Some(&*self.releases[r.release as usize].id) == release_id)
+            .map(|r| Reapply {
+                action: r.action.to_string(),
+                at: r.at,
+            });
         MatrixCell {
             environment: environment.to_owned(),
             release,
@@ -279,6 +324,8 @@ impl View {
             frozen,
             approval,
             held,
+            sync,
+            reapplying,
         }
     }
 }

@@ -1,10 +1,11 @@
 //! The web's view of the world, built incrementally: every event of the stream is observed once,
-//! in order ([`View::observe`]), and every change of the promoter's keys once
+//! in order ([`View::observe`]), and every change of the state keys it reads once
 //! ([`View::apply_state`]); pages and the JSON API only read it. What it keeps is small by
 //! design: one compact row per event (sequence, time, type, app, environment, release, actor,
 //! one-line summary), at most `view.max_events` of them; per release its commit, image and the
 //! stream sequences of its events (its page fetches the full events by sequence); per app and
-//! environment the last promotion, rollout and hold. Names (apps, environments, actors) are
+//! environment the last promotion, rollout, hold and re-application (`sync`, `restore`), and the
+//! deployer's drift record. Names (apps, environments, actors) are
 //! interned, so a row is a few dozen bytes plus its summary.
 
 pub mod facts;
@@ -20,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use self::state::{Approval, Bad, Current, Key, Scheduled};
+use self::state::{Approval, Bad, Current, Drift, Key, Scheduled};
 
 /// Index of an app in [`View::apps`].
 pub type AppId = u32;
@@ -116,6 +117,21 @@ pub struct Cell {
     pub rollout: Option<Rollout>,
     /// The last held promotion.
     pub held: Option<Held>,
+    /// A `sync` or `restore` of the current release not yet reported synced (nor failed, nor
+    /// refused).
+    pub reapplying: Option<Reapplying>,
+}
+
+/// An operator's `sync` or `restore`: the environment's current release applied again, no
+/// promotion. `baton-environment.synced` (how `synced` or `restored`) settles it.
+#[derive(Debug, Clone)]
+pub struct Reapplying {
+    /// The release applied again.
+    pub release: ReleaseId,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// `sync` or `restore`.
+    pub action: Box<str>,
 }
 
 /// A promoter's commit to an environment.
@@ -129,19 +145,34 @@ pub struct Modified {
     pub config_commit: Box<str>,
     /// The folder of the app's manifests in the config repo.
     pub manifests_path: Box<str>,
-    /// What it did (`promote`, `rollback`, `pin`, `unpin`).
+    /// What it did (`promote`, `rollback`, `pin`, `unpin`; a `sync` or `restore` is no
+    /// promotion and is kept as [`Reapplying`]).
     pub action: Box<str>,
 }
 
 /// A rollout's last word.
 #[derive(Debug, Clone)]
 pub struct Rollout {
-    /// `service.deployed/upgraded/rolledback` or `baton-deployment.started/failed/superseded`.
+    /// `service.deployed/upgraded/rolledback`, `baton-deployment.started/failed/superseded`, or
+    /// `baton-environment.synced` ending a `sync`, `restore` or heal (its rollout was healthy).
     pub ty: EventType,
     /// The release rolled out.
     pub release: Option<ReleaseId>,
     /// When.
     pub at: DateTime<Utc>,
+}
+
+impl Rollout {
+    /// Whether it ended with the release healthy.
+    pub const fn is_healthy(&self) -> bool {
+        matches!(
+            self.ty,
+            EventType::ServiceDeployed
+                | EventType::ServiceUpgraded
+                | EventType::ServiceRolledBack
+                | EventType::EnvironmentSynced
+        )
+    }
 }
 
 /// A promotion the promoter held.
@@ -288,6 +319,8 @@ pub struct View {
     pub cells: HashMap<(AppId, EnvId), Cell>,
     /// The promoter's keys.
     pub promoter: Promoter,
+    /// The deployer's drift records per (app token, environment).
+    pub drift: BTreeMap<(Box<str>, Box<str>), Drift>,
     /// The last sequence observed.
     pub last_sequence: u64,
 }
@@ -308,6 +341,7 @@ impl View {
             release_index: BTreeMap::new(),
             cells: HashMap::new(),
             promoter: Promoter::default(),
+            drift: BTreeMap::new(),
             last_sequence: 0,
         }
     }
@@ -472,7 +506,15 @@ impl View {
         let cell = self.cells.entry((app, env)).or_default();
         match ty {
             EventType::EnvironmentModified => {
-                if let Some(release) = release {
+                let action = field("action");
+                if let Some(release) = release.filter(|_| matches!(action, "sync" | "restore")) {
+                    // The current release applied again: no promotion, nothing held is moot.
+                    cell.reapplying = Some(Reapplying {
+                        release,
+                        at: record.time(),
+                        action: action.into(),
+                    });
+                } else if let Some(release) = release {
                     cell.modified = Some(Modified {
                         release,
                         at: record.time(),
@@ -482,6 +524,27 @@ impl View {
                     });
                     // The promoter moved the environment: what it held before is moot.
                     cell.held = None;
+                    cell.reapplying = None;
+                }
+            }
+            EventType::EnvironmentSynced => {
+                // A heal, sync or restore ends with its rollout healthy: it settles the rollout.
+                // A drift that ended otherwise (`resolved`, `rolled-out`) says nothing of one.
+                let how = record.event.subject.content.get("how").and_then(Value::as_str);
+                let healthy = cell
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|r| r.release == release && r.is_healthy());
+                if matches!(how, Some("healed" | "synced" | "restored")) {
+                    // Healthy already: it stays so since its own rollout.
+                    if !healthy {
+                        cell.rollout = Some(Rollout {
+                            ty,
+                            release,
+                            at: record.time(),
+                        });
+                    }
+                    cell.reapplying = None;
                 }
             }
             EventType::ServiceDeployed
@@ -490,11 +553,20 @@ impl View {
             | EventType::DeploymentStarted
             | EventType::DeploymentFailed
             | EventType::DeploymentSuperseded => {
-                cell.rollout = Some(Rollout {
-                    ty,
-                    release,
-                    at: record.time(),
-                });
+                // The rollout of a sync or restore (the same release again) changes what runs
+                // only when it fails: until then the release's own rollout stands, and one
+                // refused because another rollout holds the app's lease changes nothing.
+                let reapplying = cell.reapplying.as_ref().is_some_and(|r| Some(r.release) == release);
+                if !(reapplying && matches!(ty, EventType::DeploymentStarted | EventType::DeploymentSuperseded)) {
+                    cell.rollout = Some(Rollout {
+                        ty,
+                        release,
+                        at: record.time(),
+                    });
+                }
+                if reapplying && ty != EventType::DeploymentStarted {
+                    cell.reapplying = None;
+                }
             }
             EventType::PromotionHeld => {
                 let content = &record.event.subject.content;
@@ -542,6 +614,12 @@ impl View {
                 match value.and_then(|v| serde_json::from_slice(v).ok()) {
                     Some(bad) => promoter.bad.insert(release.into(), bad),
                     None => promoter.bad.remove(release),
+                };
+            }
+            Key::Drift(app, env) => {
+                match value.and_then(|v| serde_json::from_slice(v).ok()) {
+                    Some(drift) => self.drift.insert(cell(app, env), drift),
+                    None => self.drift.remove(&cell(app, env)),
                 };
             }
             Key::Policy => {

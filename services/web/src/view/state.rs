@@ -2,10 +2,12 @@
 //! environment runs (`promoter.current.<app>.<env>`), the approval request
 //! (`promoter.approval.<app>.<env>`), a promotion waiting for a soak or a freeze
 //! (`promoter.scheduled.<app>.<env>`), quarantined releases (`promoter.bad.<release>`) and the
-//! last valid `environments.yaml` (`promoter.policy`). The promoter writes them
-//! (services/promoter/src/state.rs); the web only reads the fields it shows, so a field the
-//! promoter adds later never breaks it.
+//! last valid `environments.yaml` (`promoter.policy`); and the deployer's drift record of each
+//! environment (`deployer.drift.<app>.<env>`). The promoter writes its keys
+//! (services/promoter/src/state.rs), the deployer its drift records; the web only reads the fields
+//! it shows, so a field either adds later never breaks it.
 
+use baton_schemas::drift::SyncState;
 use baton_schemas::environments::EnvironmentsFile;
 use baton_schemas::release::{ApprovalData, Pin};
 use chrono::{DateTime, Utc};
@@ -67,6 +69,23 @@ pub struct Bad {
     pub at: DateTime<Utc>,
 }
 
+/// Whether an environment's live objects match its config commit, as the deployer last found
+/// (the fields of `baton_schemas::drift::DriftRecord` the matrix shows).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Drift {
+    /// `synced` or `drifted`.
+    pub state: SyncState,
+    /// The objects that differ, as `Kind/name`.
+    #[serde(default)]
+    pub objects: Vec<String>,
+    /// When the state began.
+    pub since: DateTime<Utc>,
+    /// Why the last heal did not end the drift.
+    #[serde(default)]
+    pub heal_failed: Option<String>,
+}
+
 /// The last valid `environments.yaml` as the promoter keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 struct PolicyRecord {
@@ -86,11 +105,19 @@ pub enum Key<'a> {
     Bad(&'a str),
     /// `promoter.policy`.
     Policy,
+    /// `deployer.drift.<app token>.<env>`.
+    Drift(&'a str, &'a str),
 }
 
 impl<'a> Key<'a> {
     /// The key `key`, when it is one the web reads.
     pub fn parse(key: &'a str) -> Option<Self> {
+        if let Some(rest) = key.strip_prefix("deployer.drift.") {
+            return rest
+                .split_once('.')
+                .filter(|(app, env)| !app.is_empty() && !env.is_empty())
+                .map(|(a, e)| Self::Drift(a, e));
+        }
         let rest = key.strip_prefix("promoter.")?;
         if rest == "policy" {
             return Some(Self::Policy);
@@ -136,6 +163,12 @@ mod tests {
         assert_eq!(Key::parse("promoter.release.rel-1"), None);
         assert_eq!(Key::parse("promoter.current.shop"), None);
         assert_eq!(Key::parse("poll.shop.main"), None);
+        assert_eq!(
+            Key::parse("deployer.drift.acme_shop.staging"),
+            Some(Key::Drift("acme_shop", "staging"))
+        );
+        assert_eq!(Key::parse("deployer.drift.acme_shop"), None);
+        assert_eq!(Key::parse("deployer.lease.acme_shop.staging"), None);
     }
 
     #[test]
@@ -148,5 +181,22 @@ mod tests {
         assert_eq!(current.release, "r1");
         assert_eq!(current.config_commit, "c1");
         assert!(current.healthy_since.is_some());
+    }
+
+    #[test]
+    fn the_drift_record_is_read_as_the_deployer_writes_it() {
+        let record = baton_schemas::drift::DriftRecord {
+            state: SyncState::Drifted,
+            config_commit: "c1".into(),
+            objects: vec!["Deployment/shop".into()],
+            fingerprint: "f".into(),
+            since: "2024-05-01T10:00:00Z".parse().unwrap(),
+            heal_failed: Some("rollout failed".into()),
+        };
+        let drift: Drift = serde_json::from_slice(&serde_json::to_vec(&record).unwrap()).unwrap();
+        assert_eq!(drift.state, SyncState::Drifted);
+        assert_eq!(drift.objects, ["Deployment/shop"]);
+        assert_eq!(drift.since, record.since);
+        assert_eq!(drift.heal_failed.as_deref(), Some("rollout failed"));
     }
 }

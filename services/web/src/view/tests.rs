@@ -175,3 +175,161 @@ fn events_of_no_app_make_no_matrix_row() {
     let rows: Vec<&str> = matrix.apps.iter().map(|row| row.app.as_str()).collect();
     assert_eq!(rows, ["acme/shop"]);
 }
+
+/// The staging cell of acme/shop at a fixed time.
+fn staging(view: &View) -> matrix::MatrixCell {
+    let now = "2024-05-01T12:00:00Z".parse().unwrap();
+    view.matrix(now).apps[0].cells[0].clone()
+}
+
+/// An event of the deployer about staging's first release.
+fn deployer_event(sequence: u64, ty: EventType, content: Value) -> Record {
+    record(
+        sequence,
+        ty,
+        "rel-aaaaaaaa-1",
+        content,
+        json!({"app": "acme/shop", "environment": "staging"}),
+    )
+}
+
+/// An operator's `sync` or `restore` of staging.
+fn reapply(sequence: u64, action: &str) -> Record {
+    record(
+        sequence,
+        EventType::EnvironmentModified,
+        "rel-aaaaaaaa-1",
+        json!({}),
+        json!({"app": "acme/shop", "environment": "staging", "action": action, "actor": "alice",
+               "configCommit": "cfg1", "manifestsPath": "staging/acme_shop"}),
+    )
+}
+
+#[test]
+fn a_sync_reapplies_the_current_release_and_its_synced_event_settles_it() {
+    let mut view = View::new(1000);
+    story(&mut view);
+    let promoted = staging(&view).since;
+    view.observe(&reapply(5, "sync"));
+    view.observe(&deployer_event(
+        6,
+        EventType::DeploymentStarted,
+        json!({"environment": "staging", "app": "acme/shop"}),
+    ));
+    let cell = staging(&view);
+    assert_eq!(cell.health, "healthy", "the release's own rollout stands");
+    assert_eq!(cell.reapplying.as_ref().map(|r| r.action.as_str()), Some("sync"));
+    assert_eq!(cell.release.as_ref().unwrap().id, "rel-aaaaaaaa-1");
+    assert_eq!(
+        cell.since, promoted,
+        "a sync moves no release: still since its promotion"
+    );
+    let modified = view.cells.values().find_map(|c| c.modified.as_ref()).unwrap();
+    assert_eq!(&*modified.action, "promote", "a sync is no promotion");
+
+    view.observe(&deployer_event(
+        7,
+        EventType::EnvironmentSynced,
+        json!({"environment": "staging", "app": "acme/shop", "how": "synced"}),
+    ));
+    let cell = staging(&view);
+    assert_eq!(cell.health, "healthy");
+    assert_eq!(cell.since, promoted);
+    assert!(cell.reapplying.is_none(), "{cell:?}");
+    let log = view.events(&EventFilter::default(), 1);
+    assert_eq!(log[0].summary, "staging in sync again (synced)");
+    assert_eq!(log[0].tone, "good");
+}
+
+#[test]
+fn a_restore_whose_rollout_fails_marks_the_cell_failed_until_it_heals() {
+    let mut view = View::new(1000);
+    story(&mut view);
+    view.observe(&reapply(5, "restore"));
+    view.observe(&deployer_event(
+        6,
+        EventType::DeploymentFailed,
+        json!({"environment": "staging", "reason": "CrashLoopBackOff"}),
+    ));
+    let cell = staging(&view);
+    assert_eq!(cell.health, "failed");
+    assert!(cell.reapplying.is_none());
+    view.observe(&deployer_event(
+        7,
+        EventType::EnvironmentSynced,
+        json!({"environment": "staging", "app": "acme/shop", "how": "healed"}),
+    ));
+    assert_eq!(staging(&view).health, "healthy");
+}
+
+#[test]
+fn a_drift_that_ends_by_itself_settles_no_rollout() {
+    let mut view = View::new(1000);
+    story(&mut view);
+    view.observe(&deployer_event(
+        5,
+        EventType::DeploymentFailed,
+        json!({"environment": "staging", "reason": "CrashLoopBackOff"}),
+    ));
+    view.observe(&deployer_event(
+        6,
+        EventType::EnvironmentSynced,
+        json!({"environment": "staging", "app": "acme/shop", "how": "resolved"}),
+    ));
+    let now = "2024-05-01T12:00:00Z".parse().unwrap();
+    assert_eq!(view.matrix(now).apps[0].cells[0].health, "failed");
+}
+
+#[test]
+fn the_matrix_shows_the_deployers_drift_record() {
+    let mut view = View::new(1000);
+    story(&mut view);
+    view.observe(&record(
+        5,
+        EventType::EnvironmentDrifted,
+        "rel-aaaaaaaa-1",
+        json!({"environment": "staging", "app": "acme/shop", "policy": "heal",
+               "objects": ["Deployment/shop", "Service/shop", "ConfigMap/a", "Secret/<b>"]}),
+        json!({"app": "acme/shop", "environment": "staging"}),
+    ));
+    let log = view.events(&EventFilter::default(), 1);
+    assert_eq!(
+        log[0].summary,
+        "staging drifted: 4 objects (Deployment/shop, Service/shop, ConfigMap/a and 1 more), policy heal"
+    );
+    assert_eq!(log[0].tone, "bad");
+
+    let record = baton_schemas::drift::DriftRecord {
+        state: baton_schemas::drift::SyncState::Drifted,
+        config_commit: "cfg1".into(),
+        objects: vec!["Deployment/shop".into(), "Secret/<b>".into()],
+        fingerprint: "f".into(),
+        since: "2024-05-01T11:00:00Z".parse().unwrap(),
+        heal_failed: Some("rollout failed: <script>".into()),
+    };
+    let key = baton_schemas::drift::drift_key("acme/shop", "staging");
+    view.apply_state(&key, Some(&serde_json::to_vec(&record).unwrap()));
+    let now = "2024-05-01T12:00:00Z".parse().unwrap();
+    let sync = view.matrix(now).apps[0].cells[0].sync.clone().unwrap();
+    assert_eq!(sync.state, "drifted");
+    assert_eq!(sync.objects, ["Deployment/shop", "Secret/<b>"]);
+    assert_eq!(sync.since, record.since);
+    assert_eq!(sync.heal_failed.as_deref(), Some("rollout failed: <script>"));
+    assert!(
+        view.matrix(now).apps[0].cells[1].sync.is_none(),
+        "production has no record"
+    );
+
+    let synced = baton_schemas::drift::DriftRecord {
+        state: baton_schemas::drift::SyncState::Synced,
+        objects: Vec::new(),
+        heal_failed: None,
+        ..record
+    };
+    view.apply_state(&key, Some(&serde_json::to_vec(&synced).unwrap()));
+    let sync = view.matrix(now).apps[0].cells[0].sync.clone().unwrap();
+    assert_eq!(sync.state, "synced");
+    assert!(sync.objects.is_empty());
+    view.apply_state(&key, None);
+    assert!(view.matrix(now).apps[0].cells[0].sync.is_none());
+}
