@@ -10,8 +10,8 @@
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use baton_kit::log::Record;
 use baton_demo::{Stack, in_env, of, write};
+use baton_kit::log::Record;
 use baton_schemas::EventType;
 use baton_schemas::payloads::{BuildData, TestData};
 use baton_schemas::release::DeploymentData;

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use async_nats::jetstream;
-use baton_kit::log::{self, Query, Record};
 use baton_demo::{DEPLOYMENT, SAMPLE_PIPELINE, write};
+use baton_kit::log::{self, Query, Record};
 use baton_schemas::EventType;
 use baton_schemas::payloads::Outcome;
 use baton_schemas::release::{DeploymentData, PromotionAction, PromotionData, RELEASE_FILE, ReleaseFile};
