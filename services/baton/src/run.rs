@@ -407,7 +407,12 @@ async fn trace(js: &jetstream::Context, style: Style, release: &str) -> Result<(
     }
     let start = first.time();
     let mut previous = start;
-    println!("release {release} of {}", first.app);
+    // The app as its events name it (`acme/shop`); the subject token (`acme_shop`) otherwise.
+    let app = records
+        .iter()
+        .find_map(|r| r.event.custom_data.as_ref()?.get("app")?.as_str())
+        .unwrap_or(&first.app);
+    println!("release {release} of {app}");
     for record in &records {
         let (summary, tone) = render::summary(record);
         let at = record.time();

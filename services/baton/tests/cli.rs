@@ -226,7 +226,7 @@ async fn the_cli_shows_the_log_a_trace_releases_and_status_and_sends_commands() 
     let trace = baton(&url, &["trace", &release]);
     assert_eq!(trace.code, Some(0), "{}", trace.stderr);
     assert!(
-        trace.stdout.contains(&format!("release {release} of acme_shop")),
+        trace.stdout.contains(&format!("release {release} of acme/shop")),
         "{}",
         trace.stdout
     );
