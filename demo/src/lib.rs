@@ -226,7 +226,9 @@ fn telemetry() -> Option<baton_kit::telemetry::TelemetryGuard> {
         otlp_endpoint: std::env::var("BATON_TELEMETRY__OTLP_ENDPOINT").ok(),
         ..Default::default()
     };
-    baton_kit::telemetry::init_with_filter("baton-demo", &settings, "warn").ok()
+    // kube's client logs every refused connection as an error, and the stack asks the
+    // apiserver while it starts; what Baton's services fail at, they say themselves.
+    baton_kit::telemetry::init_with_filter("baton-demo", &settings, "warn,kube_client::client::builder=off").ok()
 }
 
 /// Waits (up to a minute) until the web at `base` answers `/readyz` with 200: its view has
