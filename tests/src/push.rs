@@ -84,3 +84,36 @@ impl Push<'_> {
         Ok(self.release())
     }
 }
+
+/// Commits greeting `n` to the app checked out in `dir/shop` (`src/greeting.txt`), pushes it to
+/// `main` of its remote `dir/shop.git`, and returns the generic webhook body a git host sends for
+/// that push (repository `app`, the commit authored by Ada) and the new head. The caller signs and
+/// sends it as its listener expects.
+///
+/// # Errors
+/// When the file cannot be written or git fails.
+pub fn greeting_pushed(dir: &std::path::Path, app: &str, n: u32) -> Result<(String, String), crate::HarnessError> {
+    let shop = dir.join("shop");
+    let greeting = shop.join("src/greeting.txt");
+    std::fs::write(&greeting, format!("hello {n}\n")).map_err(|source| crate::HarnessError::Io {
+        path: greeting.clone(),
+        source,
+    })?;
+    let message = format!("greeting {n}");
+    crate::git(&shop, &["commit", "-qam", &message])?;
+    let before = crate::git(&shop, &["rev-parse", "origin/main"])?;
+    crate::git(&shop, &["push", "-q", "origin", "main"])?;
+    let after = crate::git(&shop, &["rev-parse", "HEAD"])?;
+    let author = serde_json::json!({"name": "Ada", "email": "ada@example.com"});
+    let body = serde_json::json!({
+        "ref": "refs/heads/main",
+        "before": before,
+        "after": after,
+        "repository": {"full_name": app, "clone_url": format!("file://{}", dir.join("shop.git").display())},
+        "head_commit": {"id": after, "message": message, "author": author},
+        "commits": [{"id": after, "message": message, "author": author}],
+        "pusher": {"name": "ada"},
+    })
+    .to_string();
+    Ok((body, after))
+}

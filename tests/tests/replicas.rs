@@ -46,7 +46,6 @@ use hmac::{Hmac, Mac};
 use k8s_openapi::api::apps::v1::Deployment;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
 use sha2::Sha256;
 
 const APP: &str = "acme/shop";
@@ -414,22 +413,7 @@ impl World {
     async fn push(&mut self) -> Result<String> {
         self.pushes += 1;
         let n = self.pushes;
-        let shop = self.dir.path().join("shop");
-        write(&shop.join("src/greeting.txt"), &format!("hello {n}\n"))?;
-        git(&shop, &["commit", "-qam", &format!("greeting {n}")])?;
-        let before = git(&shop, &["rev-parse", "origin/main"])?;
-        git(&shop, &["push", "-q", "origin", "main"])?;
-        let after = git(&shop, &["rev-parse", "HEAD"])?;
-        let body = json!({
-            "ref": "refs/heads/main",
-            "before": before,
-            "after": after,
-            "repository": {"full_name": APP, "clone_url": format!("file://{}", self.dir.path().join("shop.git").display())},
-            "head_commit": {"id": after, "message": format!("greeting {n}"), "author": {"name": "Ada", "email": "ada@example.com"}},
-            "commits": [{"id": after, "message": format!("greeting {n}"), "author": {"name": "Ada", "email": "ada@example.com"}}],
-            "pusher": {"name": "ada"},
-        })
-        .to_string();
+        let (body, _) = baton_tests::push::greeting_pushed(self.dir.path(), APP, n)?;
         let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes())?;
         mac.update(body.as_bytes());
         let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));

@@ -26,7 +26,7 @@ use baton_tests::process::{LogFile, Process, service_binary};
 use baton_tests::registry::RegistryServer;
 use baton_tests::{NatsServer, eventually_every, free_port, git};
 use hmac::{Hmac, Mac};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::Sha256;
 
 const APP: &str = "acme/shop";
@@ -286,22 +286,7 @@ impl World {
 
     /// Commits, pushes and sends the signed webhook; returns the release id and its commit.
     async fn push(&self, n: u32) -> Result<(String, String)> {
-        let shop = self.dir.path().join("shop");
-        write(&shop.join("src/greeting.txt"), &format!("hello {n}\n"))?;
-        git(&shop, &["commit", "-qam", &format!("greeting {n}")])?;
-        let before = git(&shop, &["rev-parse", "origin/main"])?;
-        git(&shop, &["push", "-q", "origin", "main"])?;
-        let after = git(&shop, &["rev-parse", "HEAD"])?;
-        let body = json!({
-            "ref": "refs/heads/main",
-            "before": before,
-            "after": after,
-            "repository": {"full_name": APP, "clone_url": format!("file://{}", self.dir.path().join("shop.git").display())},
-            "head_commit": {"id": after, "message": format!("greeting {n}"), "author": {"name": "Ada", "email": "ada@example.com"}},
-            "commits": [{"id": after, "message": format!("greeting {n}"), "author": {"name": "Ada", "email": "ada@example.com"}}],
-            "pusher": {"name": "ada"},
-        })
-        .to_string();
+        let (body, after) = baton_tests::push::greeting_pushed(self.dir.path(), APP, n)?;
         let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes())?;
         mac.update(body.as_bytes());
         let response = self
