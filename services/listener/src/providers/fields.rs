@@ -14,7 +14,7 @@
 use baton_schemas::payloads::{CommitInfo, Person, RepositoryInfo};
 use serde_json::Value;
 
-use super::PayloadError;
+use super::{PayloadError, Push};
 
 /// The sha git hosts send for "no commit": `before` of a new ref, `after` of a deleted one.
 pub const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
@@ -270,6 +270,32 @@ pub(super) fn oldest_first(mut commits: Vec<CommitInfo>, after: &str, listed: Li
         commits.reverse();
     }
     commits
+}
+
+/// A push in the shape GitHub, Gitea and Baton's generic payload share: `ref`, `before`,
+/// `repository`, `commits` and `head_commit` (`null` or absent: the listed commit whose id is
+/// `after`), given the pushed head `after` as the host means it, the order the host lists its
+/// commits in, and the pusher as the host describes them.
+pub(super) fn standard_push(
+    root: &Field<'_>,
+    after: String,
+    listed: Listed,
+    pusher: Option<Person>,
+) -> Result<Push, PayloadError> {
+    let commits = commit_list(&root.get("commits"), standard_commit)?;
+    let head_commit = match root.get("head_commit").optional_object()? {
+        Some(head) => Some(standard_commit(&head)?),
+        None => find_commit(&commits, &[&after]),
+    };
+    Ok(Push {
+        git_ref: root.get("ref").full_ref()?,
+        before: root.get("before").sha()?,
+        repository: standard_repository(&root.get("repository"))?,
+        commits: oldest_first(commits, &after, listed),
+        head_commit: head_commit.filter(|_| !is_zero_sha(&after)),
+        pusher,
+        after,
+    })
 }
 
 /// The commit among `commits` whose id is one of `ids`, for hosts that do not send the head

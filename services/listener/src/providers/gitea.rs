@@ -45,20 +45,7 @@ pub(super) fn interpret(headers: &HeaderMap, payload: &Value) -> Result<Delivery
 fn parse_push(payload: &Value) -> Result<Push, PayloadError> {
     let root = Field::root(payload).object()?;
     let after = root.get("after").sha()?;
-    let commits = fields::commit_list(&root.get("commits"), fields::standard_commit)?;
-    let head_commit = match root.get("head_commit").optional_object()? {
-        Some(head) => Some(fields::standard_commit(&head)?),
-        None => fields::find_commit(&commits, &[&after]),
-    };
-    Ok(Push {
-        git_ref: root.get("ref").full_ref()?,
-        before: root.get("before").sha()?,
-        repository: fields::standard_repository(&root.get("repository"))?,
-        commits: fields::oldest_first(commits, &after, Listed::NewestFirst),
-        head_commit: head_commit.filter(|_| !fields::is_zero_sha(&after)),
-        pusher: pusher(&root.get("pusher")),
-        after,
-    })
+    fields::standard_push(&root, after, Listed::NewestFirst, pusher(&root.get("pusher")))
 }
 
 /// Gitea's user: `login` is the account name (older versions also send it as `username`),

@@ -47,20 +47,12 @@ pub(super) fn parse_push(payload: &Value, pusher_name: PusherName) -> Result<Pus
     } else {
         root.get("after").sha()?
     };
-    let commits = fields::commit_list(&root.get("commits"), fields::standard_commit)?;
-    let head_commit = match root.get("head_commit").optional_object()? {
-        Some(head) => Some(fields::standard_commit(&head)?),
-        None => fields::find_commit(&commits, &[&after]),
-    };
-    Ok(Push {
-        git_ref: root.get("ref").full_ref()?,
-        before: root.get("before").sha()?,
-        repository: fields::standard_repository(&root.get("repository"))?,
-        commits: fields::oldest_first(commits, &after, Listed::OldestFirst),
-        head_commit: head_commit.filter(|_| !fields::is_zero_sha(&after)),
-        pusher: pusher(&root.get("pusher"), pusher_name),
+    fields::standard_push(
+        &root,
         after,
-    })
+        Listed::OldestFirst,
+        pusher(&root.get("pusher"), pusher_name),
+    )
 }
 
 fn pusher(pusher: &Field<'_>, pusher_name: PusherName) -> Option<Person> {
