@@ -214,6 +214,36 @@ pub struct Topology {
     pub settings: JetStreamSettings,
 }
 
+impl Topology {
+    /// The handles to a topology provisioned from `settings`, one argument per piece in the
+    /// order of the fields: what [`provision`] creates and [`crate::provision::check`] finds.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one handle per provisioned piece, as the fields list them"
+    )]
+    pub(crate) fn new(
+        jetstream: jetstream::Context,
+        events: stream::Stream,
+        deadletter: stream::Stream,
+        handled: kv::Store,
+        state: kv::Store,
+        locks: kv::Store,
+        logs: object_store::ObjectStore,
+        settings: &JetStreamSettings,
+    ) -> Self {
+        Self {
+            jetstream,
+            events,
+            deadletter,
+            handled,
+            state,
+            locks,
+            logs,
+            settings: settings.clone(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Topology {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Topology")
@@ -324,16 +354,9 @@ pub async fn provision(
                 source: e.into(),
             })?,
     };
-    Ok(Topology {
-        jetstream: js,
-        events,
-        deadletter,
-        handled,
-        state,
-        locks,
-        logs,
-        settings: settings.clone(),
-    })
+    Ok(Topology::new(
+        js, events, deadletter, handled, state, locks, logs, settings,
+    ))
 }
 
 async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, FabricError> {

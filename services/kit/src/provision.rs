@@ -314,16 +314,9 @@ pub async fn check(client: &Client, settings: &JetStreamSettings) -> Result<Topo
     let locks = present!(locks, format!("key-value bucket {LOCKS_BUCKET}"));
     let logs = present!(logs, format!("object store {}", settings.logs_bucket));
     match (events, deadletter, handled, state, locks, logs) {
-        (Some(events), Some(deadletter), Some(handled), Some(state), Some(locks), Some(logs)) => Ok(Topology {
-            jetstream: js,
-            events,
-            deadletter,
-            handled,
-            state,
-            locks,
-            logs,
-            settings: settings.clone(),
-        }),
+        (Some(events), Some(deadletter), Some(handled), Some(state), Some(locks), Some(logs)) => Ok(Topology::new(
+            js, events, deadletter, handled, state, locks, logs, settings,
+        )),
         _ => Err(FabricError::Unprovisioned { missing }),
     }
 }
