@@ -9,6 +9,7 @@ use axum::Router;
 use axum::routing::post;
 use baton_kit::StageRunner;
 use baton_kit::command::CommandClient;
+use baton_kit::provision;
 use baton_kit::service::{self, Env, Runtime, Service};
 use baton_kit::settings::Settings;
 use baton_kit::source::Sources;
@@ -23,7 +24,7 @@ use crate::people::People;
 /// The service name: NATS connection name, OTel `service.name`.
 pub const SERVICE: &str = "baton-chatops";
 /// The stage (durable consumer) every replica shares.
-pub const STAGE: &str = "chatops";
+pub const STAGE: &str = provision::CHATOPS.name;
 
 pub use baton_kit::service::StartError;
 
@@ -71,7 +72,7 @@ impl Service for Application {
                     webhook: Arc::new(url.clone()),
                     timeout: chatops.post_timeout,
                 };
-                Some(runtime.stage(STAGE, HANDLES, stage).await?)
+                Some(runtime.stage(STAGE, HANDLES.iter().copied(), stage).await?)
             }
             None => {
                 tracing::info!("no incoming webhook configured: nothing will be posted to chat");

@@ -6,24 +6,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_kit::provision;
 use baton_kit::secret::Secret;
 use baton_kit::{Handler, HandlerError, Incoming, Outgoing};
 use baton_schemas::EventType;
 
 use crate::messages;
 
-/// The event types the bot posts about.
-pub const HANDLES: [EventType; 9] = [
-    EventType::ApprovalCreated,
-    EventType::ApprovalClosed,
-    EventType::ServiceDeployed,
-    EventType::ServiceUpgraded,
-    EventType::ServiceRolledBack,
-    EventType::DeploymentFailed,
-    EventType::ReleaseQuarantined,
-    EventType::EnvironmentDrifted,
-    EventType::EnvironmentSynced,
-];
+/// The event types the bot posts about: those its provisioned consumer filters, as
+/// [`provision::CHATOPS`] lists them.
+pub const HANDLES: &[EventType] = provision::CHATOPS.handles;
 
 /// The stage handler.
 #[derive(Debug, Clone)]

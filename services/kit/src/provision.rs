@@ -79,21 +79,25 @@ pub const STAGES: &[StageConsumer] = &[
         name: "deployer",
         handles: &[EventType::EnvironmentModified],
     },
-    StageConsumer {
-        name: "chatops",
-        handles: &[
-            EventType::ApprovalCreated,
-            EventType::ApprovalClosed,
-            EventType::ServiceDeployed,
-            EventType::ServiceUpgraded,
-            EventType::ServiceRolledBack,
-            EventType::DeploymentFailed,
-            EventType::ReleaseQuarantined,
-            EventType::EnvironmentDrifted,
-            EventType::EnvironmentSynced,
-        ],
-    },
+    CHATOPS,
 ];
+
+/// The chat-ops bot's stage: the approval requests and the release news it posts to chat. The
+/// bot starts its stage from this entry (`baton_chatops::outbound::HANDLES`).
+pub const CHATOPS: StageConsumer = StageConsumer {
+    name: "chatops",
+    handles: &[
+        EventType::ApprovalCreated,
+        EventType::ApprovalClosed,
+        EventType::ServiceDeployed,
+        EventType::ServiceUpgraded,
+        EventType::ServiceRolledBack,
+        EventType::DeploymentFailed,
+        EventType::ReleaseQuarantined,
+        EventType::EnvironmentDrifted,
+        EventType::EnvironmentSynced,
+    ],
+};
 
 /// The stage of [`STAGES`] named `name`.
 pub fn stage(name: &str) -> Option<&'static StageConsumer> {
