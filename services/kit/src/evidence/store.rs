@@ -186,13 +186,8 @@ impl EvidenceStore {
         envelope: &Envelope,
         predicate_type: &str,
     ) -> Result<String, EvidenceError> {
-        self.attach(
-            repository,
-            subject,
-            attestation(envelope, predicate_type),
-            Expect::NewTag,
-        )
-        .await
+        let attachment = attestation(envelope, predicate_type);
+        self.attach(repository, subject, attachment, Expect::NewTag).await
     }
 
     /// [`attach_attestation`](Self::attach_attestation) for an attestation that joins others
@@ -208,13 +203,8 @@ impl EvidenceStore {
         envelope: &Envelope,
         predicate_type: &str,
     ) -> Result<String, EvidenceError> {
-        self.attach(
-            repository,
-            subject,
-            attestation(envelope, predicate_type),
-            Expect::HeldTag,
-        )
-        .await
+        let attachment = attestation(envelope, predicate_type);
+        self.attach(repository, subject, attachment, Expect::HeldTag).await
     }
 
     /// Everything the registry holds about the image `digest` in `repository`. Absent tags give
