@@ -5,11 +5,14 @@
 //! key (`signing.key_file`). The formats and the registry layout are `baton_kit::evidence`'s;
 //! this module decides what the builder records ([`build_record`], pure) and attaches it.
 //!
-//! The signature and the provenance go to two tags and are pushed at once.
+//! The image's digest is final once it is assembled, so its evidence does not wait for its push:
+//! [`publish`] pushes the image and, at the same time, the signature and the provenance (two
+//! tags, pushed at once). A build waits for the slowest of the three, not for their sum.
 //!
-//! A registry that refuses either push fails the attempt *transiently*: the image is there but
-//! its evidence is not, and a promoter requiring evidence would hold it, so the build is retried
-//! as a failed image push is (the image push itself is then a no-op).
+//! A registry that refuses either evidence push fails the attempt *transiently*: the image may
+//! be there while its evidence is not, and a promoter requiring evidence would hold it, so the
+//! build is retried as a failed image push is (what the registry already has is not sent
+//! again).
 
 use baton_kit::evidence::{
     BaseImageRecord, BuildRecord, EvidenceError, EvidenceStore, SLSA_PROVENANCE_V1, SigningKey, StepRecord, Subject,
@@ -19,7 +22,7 @@ use baton_kit::{ErrorKind, HandlerError};
 use baton_schemas::payloads::{BuildData, SignedData};
 use chrono::{DateTime, Utc};
 
-use crate::image::PushedImage;
+use crate::image::{Assembled, ImageError, PinnedBase, PushedImage};
 
 /// Signs and attests pushed images with the builder's key.
 #[derive(Debug)]
@@ -44,7 +47,8 @@ pub struct BuildFacts<'a> {
     pub pipeline_digest: &'a str,
     /// When the build steps began.
     pub started: DateTime<Utc>,
-    /// When the image was in the registry.
+    /// When the image was assembled: its content and digest final, before it is pushed (its
+    /// provenance is pushed beside it).
     pub finished: DateTime<Utc>,
 }
 
@@ -74,16 +78,16 @@ impl Attester {
         &self.key_id
     }
 
-    /// Signs `image` and attests its provenance, in the registry.
+    /// Signs `image` and attests its provenance, in the registry: the two tags' manifests.
     ///
     /// # Errors
     /// The registry's refusal of either push, or its absence.
-    #[tracing::instrument(skip_all, fields(image = %image.reference))]
+    #[tracing::instrument(skip_all, fields(digest = %image.digest))]
     pub async fn sign_and_attest(
         &self,
-        image: &PushedImage,
+        image: Signable<'_>,
         facts: &BuildFacts<'_>,
-    ) -> Result<Attested, EvidenceError> {
+    ) -> Result<Attachments, EvidenceError> {
         let subject = subject(image);
         let signature = sign_image(&self.key, &subject);
         let envelope = seal(
@@ -92,13 +96,22 @@ impl Attester {
         );
         // Two tags, two manifests: pushed at once, the build waits for the slower only.
         let (signature_manifest, attestation_manifest) = tokio::try_join!(
-            self.store.attach_signature(&image.repository, &subject, &signature),
+            self.store.attach_signature(image.repository, &subject, &signature),
             self.store
-                .attach_attestation(&image.repository, &subject, &envelope, SLSA_PROVENANCE_V1),
+                .attach_attestation(image.repository, &subject, &envelope, SLSA_PROVENANCE_V1),
         )?;
         tracing::info!(%signature_manifest, %attestation_manifest, key = %self.key_id, "image signed and attested");
-        Ok(Attested {
+        Ok(Attachments {
             signature: signature.signature,
+            signature_manifest,
+            attestation_manifest,
+        })
+    }
+
+    /// What `artifact.signed` says of `image` once it and its evidence are in the registry.
+    pub fn attested(&self, attachments: Attachments, image: &PushedImage, facts: &BuildFacts<'_>) -> Attested {
+        Attested {
+            signature: attachments.signature,
             data: SignedData {
                 app: facts.data.app.clone(),
                 commit: facts.data.commit.clone(),
@@ -107,25 +120,103 @@ impl Attester {
                 image: image.info(),
                 key_id: self.key_id.clone(),
                 builder_id: self.builder_id.clone(),
-                signature_manifest,
-                attestation_manifest,
+                signature_manifest: attachments.signature_manifest,
+                attestation_manifest: attachments.attestation_manifest,
             },
-        })
+        }
     }
 }
 
+/// What is signed of an image: where it goes, its manifest digest and its base, all known once
+/// it is assembled.
+#[derive(Debug, Clone, Copy)]
+pub struct Signable<'a> {
+    /// `host[:port]` of the registry.
+    pub registry: &'a str,
+    /// The repository in the registry.
+    pub repository: &'a str,
+    /// `sha256:<hex>` of the manifest.
+    pub digest: &'a str,
+    /// The base, pinned by digest (`None` for `scratch`).
+    pub base: Option<&'a PinnedBase>,
+}
+
+impl<'a> From<&'a Assembled<'_>> for Signable<'a> {
+    fn from(image: &'a Assembled<'_>) -> Self {
+        Self {
+            registry: image.registry(),
+            repository: image.repository(),
+            digest: image.digest(),
+            base: image.base(),
+        }
+    }
+}
+
+impl<'a> From<&'a PushedImage> for Signable<'a> {
+    fn from(image: &'a PushedImage) -> Self {
+        Self {
+            registry: &image.registry,
+            repository: &image.repository,
+            digest: &image.digest,
+            base: image.base.as_ref(),
+        }
+    }
+}
+
+/// An image's signature and provenance in the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachments {
+    /// The cosign signature, base64.
+    pub signature: String,
+    /// `sha256:<hex>` of the `.sig` manifest.
+    pub signature_manifest: String,
+    /// `sha256:<hex>` of the `.att` manifest.
+    pub attestation_manifest: String,
+}
+
+/// Why [`publish`] failed: the image's push, or its evidence's.
+#[derive(Debug)]
+pub enum PublishError {
+    /// The image could not be pushed: transient or the commit's fault, as
+    /// [`ImageError::is_transient`] says.
+    Image(ImageError),
+    /// The image's evidence could not be attached: always transient ([`attach_failed`]).
+    Evidence(EvidenceError),
+}
+
+/// Pushes `image` and, with an `attester`, signs it and attests its provenance while it is
+/// pushed. Both are awaited to the end; when both fail, the image's failure is the one reported
+/// (a push that can never succeed fails the build, whatever the evidence did).
+///
+/// # Errors
+/// [`PublishError`].
+pub async fn publish(
+    image: &Assembled<'_>,
+    attester: Option<&Attester>,
+    facts: &BuildFacts<'_>,
+) -> Result<(PushedImage, Option<Attested>), PublishError> {
+    let Some(attester) = attester else {
+        return Ok((image.push().await.map_err(PublishError::Image)?, None));
+    };
+    let (pushed, attachments) = tokio::join!(image.push(), attester.sign_and_attest(image.into(), facts));
+    let pushed = pushed.map_err(PublishError::Image)?;
+    let attachments = attachments.map_err(PublishError::Evidence)?;
+    let attested = attester.attested(attachments, &pushed, facts);
+    Ok((pushed, Some(attested)))
+}
+
 /// The image as signatures name it: `<registry>/<repository>` and its manifest digest.
-pub fn subject(image: &PushedImage) -> Subject {
+pub fn subject(image: Signable<'_>) -> Subject {
     Subject {
         name: format!("{}/{}", image.registry, image.repository),
-        digest: image.digest.clone(),
+        digest: image.digest.to_owned(),
     }
 }
 
 /// What the provenance of `image` records: the builder, the source (repository, ref, commit),
 /// the pipeline file's digest, the base pinned by digest (none for `scratch`), every step that
 /// ran with its status and exit code, the run id, and when the build started and finished.
-pub fn build_record(builder_id: &str, image: &PushedImage, facts: &BuildFacts<'_>) -> BuildRecord {
+pub fn build_record(builder_id: &str, image: Signable<'_>, facts: &BuildFacts<'_>) -> BuildRecord {
     let data = facts.data;
     BuildRecord {
         builder_id: builder_id.to_owned(),
@@ -133,7 +224,7 @@ pub fn build_record(builder_id: &str, image: &PushedImage, facts: &BuildFacts<'_
         git_ref: data.git_ref.clone().unwrap_or_default(),
         commit: data.commit.clone(),
         pipeline_digest: facts.pipeline_digest.to_owned(),
-        base_image: image.base.as_ref().map(|base| BaseImageRecord {
+        base_image: image.base.map(|base| BaseImageRecord {
             name: base.name.clone(),
             digest: base.digest.clone(),
         }),

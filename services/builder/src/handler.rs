@@ -1,7 +1,7 @@
 //! The builder's stage: for each `change.merged`, fetch the exact commit, run the build steps
-//! of its `.baton.yaml`, assemble the image and push it, sign it and attest its provenance,
-//! emitting `build.queued`, `build.started`, then `artifact.packaged`, `artifact.published`,
-//! `artifact.signed` and `build.finished`.
+//! of its `.baton.yaml`, assemble the image and push it while signing it and attesting its
+//! provenance, emitting `build.queued`, `build.started`, then `artifact.packaged`,
+//! `artifact.published`, `artifact.signed` and `build.finished`.
 //!
 //! Each build step runs with the limits and secrets the builder's [`StepPolicy`] gives it; every
 //! step is checked before any runs.
@@ -25,7 +25,7 @@ use baton_schemas::payloads::{BuildData, ImageInfo, Outcome, PushData};
 use baton_schemas::pipeline::{PIPELINE_FILE, Pipeline};
 
 use crate::events;
-use crate::evidence::{self, Attested, Attester, BuildFacts};
+use crate::evidence::{self, Attested, Attester, BuildFacts, PublishError};
 use crate::image::{self, Registry};
 use baton_kit::source::Sources;
 
@@ -167,28 +167,24 @@ impl Builder {
             registry: &self.registry,
             repository: &repository,
         };
-        let pushed = match image::assemble_and_push(&job).await {
-            Ok(pushed) => pushed,
+        let assembled = match image::assemble(&job).await {
+            Ok(assembled) => assembled,
             Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => return Ok(Attempt::Failed(e.to_string())),
         };
-        let signed = match &self.attester {
-            Some(attester) => {
-                let facts = BuildFacts {
-                    data,
-                    pipeline_digest: &pipeline_digest,
-                    started,
-                    finished: chrono::Utc::now(),
-                };
-                Some(Box::new(
-                    attester
-                        .sign_and_attest(&pushed, &facts)
-                        .await
-                        .map_err(evidence::attach_failed)?,
-                ))
-            }
-            None => None,
+        let facts = BuildFacts {
+            data,
+            pipeline_digest: &pipeline_digest,
+            started,
+            finished: chrono::Utc::now(),
         };
+        let (pushed, signed) = match evidence::publish(&assembled, self.attester.as_ref(), &facts).await {
+            Ok(published) => published,
+            Err(PublishError::Image(e)) if e.is_transient() => return Err(e.into()),
+            Err(PublishError::Image(e)) => return Ok(Attempt::Failed(e.to_string())),
+            Err(PublishError::Evidence(e)) => return Err(evidence::attach_failed(e)),
+        };
+        let signed = signed.map(Box::new);
         Ok(Attempt::Built {
             image: Some(pushed.info()),
             signed,

@@ -1,5 +1,6 @@
 //! Image assembly: the built workspace becomes an OCI image in the registry, without a Docker
-//! daemon. [`assemble_and_push`] runs the whole of it for one commit:
+//! daemon. [`assemble`] builds it for one commit and [`Assembled::push`] pushes it
+//! ([`assemble_and_push`] does both):
 //!
 //! 1. the spec's `add` entries become one new layer, built in process by [`build_layer`]; every
 //!    mistake in them (a path leaving the workspace, a missing file, a symlink pointing out of
@@ -52,6 +53,7 @@ use std::path::Path;
 use baton_schemas::payloads::ImageInfo;
 use baton_schemas::pipeline::ImageSpec;
 use bytes::Bytes;
+use oci_client::Reference;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -181,13 +183,41 @@ pub fn purl(registry: &str, repository: &str, digest: &str, tag: &str) -> String
     format!("pkg:oci/{name}@{digest}?repository_url={registry}/{repository}&tag={tag}")
 }
 
-/// Builds the image of `job` and pushes it, tagged with the commit sha.
+/// Builds the image of `job` and pushes it, tagged with the commit sha: [`assemble`], then
+/// [`Assembled::push`].
 ///
 /// # Errors
 /// [`ImageError`]: spec and workspace mistakes before any network traffic, then base and push
 /// failures, each classified by [`ImageError::is_transient`].
-#[tracing::instrument(skip_all, fields(repository = job.repository, commit = job.commit))]
 pub async fn assemble_and_push(job: &ImageJob<'_>) -> Result<PushedImage, ImageError> {
+    assemble(job).await?.push().await
+}
+
+/// An image whose manifest is final and not yet pushed: its digest is its identity already, so
+/// what names that digest (its signature, its provenance) can be written while it is pushed.
+#[derive(Debug)]
+pub struct Assembled<'a> {
+    registry: &'a Registry,
+    target: Reference,
+    repository: String,
+    commit: String,
+    base: Option<BaseImage>,
+    new_layers: Vec<Layer>,
+    config: Bytes,
+    config_descriptor: Descriptor,
+    layers: Vec<Descriptor>,
+    manifest: Bytes,
+    digest: String,
+    pinned_base: Option<PinnedBase>,
+}
+
+/// Builds the image of `job`: its layers, the base resolved and pinned by digest, its config
+/// and its manifest. Nothing is pushed.
+///
+/// # Errors
+/// [`ImageError`]: spec and workspace mistakes before any network traffic, then the base's.
+#[tracing::instrument(skip_all, fields(repository = job.repository, commit = job.commit))]
+pub async fn assemble<'a>(job: &ImageJob<'a>) -> Result<Assembled<'a>, ImageError> {
     let (spec, registry) = (job.spec, job.registry);
     let target = registry.target_reference(job.repository, job.commit)?;
     check_spec(spec)?;
@@ -234,82 +264,128 @@ pub async fn assemble_and_push(job: &ImageJob<'_>) -> Result<PushedImage, ImageE
     layers.extend(new_layers.iter().map(Layer::descriptor));
     let manifest = Bytes::from(manifest_json(&config_descriptor, &layers, base.as_ref()));
     let digest = sha256_digest(&manifest);
-
-    // Every blob the manifest names is asked about at once, and the missing ones are provided
-    // at once. Only when none was missing can the tag already name this very manifest (a
-    // registry refuses a manifest whose blobs it lacks), so only then is the tag asked; a new
-    // commit's push waits for four requests in all: the checks, an upload's POST and PUT, and
-    // the manifest.
-    let mut wanted: Vec<(Descriptor, BlobSource<'_>)> = Vec::new();
-    if let Some(base) = &base {
-        wanted.extend(base.layers.iter().map(|d| (d.clone(), BlobSource::Base(base))));
-    }
-    wanted.extend(
-        new_layers
-            .iter()
-            .map(|layer| (layer.descriptor(), BlobSource::Data(layer.blob.clone()))),
-    );
-    wanted.push((config_descriptor.clone(), BlobSource::Data(config)));
-    let present = futures::future::try_join_all(
-        wanted
-            .iter()
-            .map(|(descriptor, _)| registry.blob_present(&target, descriptor)),
-    )
-    .await?;
-    let mut stats = PushStats::default();
-    let mut missing = Vec::new();
-    for ((descriptor, source), present) in wanted.into_iter().zip(present) {
-        match (present, descriptor.urls.is_empty()) {
-            (false, _) => missing.push((descriptor, source)),
-            (true, true) => stats.skipped += 1,
-            // A foreign layer: neither skipped nor pushed.
-            (true, false) => {}
-        }
-    }
-    let already_tagged =
-        missing.is_empty() && registry.current_manifest_digest(&target).await.as_deref() == Some(digest.as_str());
-    let target_ref = &target;
-    let provided = futures::future::try_join_all(
-        missing
-            .into_iter()
-            .map(|(descriptor, source)| async move { registry.provide_blob(target_ref, &descriptor, source).await }),
-    )
-    .await?;
-    for outcome in provided {
-        match outcome {
-            Provided::Mounted => stats.mounted += 1,
-            Provided::Uploaded(bytes) => stats.uploaded_bytes += bytes,
-        }
-    }
-    if !already_tagged {
-        registry.put_manifest(&target, manifest, &digest, &mut stats).await?;
-    }
-
-    tracing::info!(
-        %digest,
-        uploaded_bytes = stats.uploaded_bytes,
-        skipped_blobs = stats.skipped,
-        mounted_blobs = stats.mounted,
-        "image pushed"
-    );
-    let (address, repository) = (registry.address().to_owned(), job.repository.to_owned());
-    Ok(PushedImage {
-        reference: format!("{address}/{repository}@{digest}"),
-        purl: purl(&address, &repository, &digest, job.commit),
-        tag: job.commit.to_owned(),
-        config_digest: config_descriptor.digest,
+    let pinned_base = base.as_ref().map(|b| PinnedBase {
+        name: b.name.clone(),
+        digest: b.digest.clone(),
+    });
+    Ok(Assembled {
+        registry,
+        target,
+        repository: job.repository.to_owned(),
+        commit: job.commit.to_owned(),
+        base,
+        new_layers,
+        config,
+        config_descriptor,
         layers,
-        uploaded_bytes: stats.uploaded_bytes,
-        skipped_blobs: stats.skipped,
-        mounted_blobs: stats.mounted,
-        base: base.map(|b| PinnedBase {
-            name: b.name,
-            digest: b.digest,
-        }),
+        manifest,
         digest,
-        registry: address,
-        repository,
+        pinned_base,
     })
+}
+
+impl Assembled<'_> {
+    /// `sha256:<hex>` of the manifest: the image's identity.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// `host[:port]` of the registry it goes to.
+    pub fn registry(&self) -> &str {
+        self.registry.address()
+    }
+
+    /// The repository it goes to.
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    /// The base it is built on, pinned by digest (`None` for `scratch`).
+    pub fn base(&self) -> Option<&PinnedBase> {
+        self.pinned_base.as_ref()
+    }
+
+    /// Pushes the image, tagged with the commit sha.
+    ///
+    /// # Errors
+    /// [`ImageError`]: base and push failures, each classified by [`ImageError::is_transient`].
+    #[tracing::instrument(skip_all, fields(repository = %self.repository, commit = %self.commit))]
+    pub async fn push(&self) -> Result<PushedImage, ImageError> {
+        let (registry, target, digest) = (self.registry, &self.target, &self.digest);
+        // Every blob the manifest names is asked about at once, and the missing ones are
+        // provided at once. Only when none was missing can the tag already name this very
+        // manifest (a registry refuses a manifest whose blobs it lacks), so only then is the tag
+        // asked; a new commit's push waits for four requests in all: the checks, an upload's
+        // POST and PUT, and the manifest.
+        let mut wanted: Vec<(Descriptor, BlobSource<'_>)> = Vec::new();
+        if let Some(base) = &self.base {
+            wanted.extend(base.layers.iter().map(|d| (d.clone(), BlobSource::Base(base))));
+        }
+        wanted.extend(
+            self.new_layers
+                .iter()
+                .map(|layer| (layer.descriptor(), BlobSource::Data(layer.blob.clone()))),
+        );
+        wanted.push((self.config_descriptor.clone(), BlobSource::Data(self.config.clone())));
+        let present = futures::future::try_join_all(
+            wanted
+                .iter()
+                .map(|(descriptor, _)| registry.blob_present(target, descriptor)),
+        )
+        .await?;
+        let mut stats = PushStats::default();
+        let mut missing = Vec::new();
+        for ((descriptor, source), present) in wanted.into_iter().zip(present) {
+            match (present, descriptor.urls.is_empty()) {
+                (false, _) => missing.push((descriptor, source)),
+                (true, true) => stats.skipped += 1,
+                // A foreign layer: neither skipped nor pushed.
+                (true, false) => {}
+            }
+        }
+        let already_tagged =
+            missing.is_empty() && registry.current_manifest_digest(target).await.as_deref() == Some(digest.as_str());
+        let provided = futures::future::try_join_all(
+            missing
+                .into_iter()
+                .map(|(descriptor, source)| async move { registry.provide_blob(target, &descriptor, source).await }),
+        )
+        .await?;
+        for outcome in provided {
+            match outcome {
+                Provided::Mounted => stats.mounted += 1,
+                Provided::Uploaded(bytes) => stats.uploaded_bytes += bytes,
+            }
+        }
+        if !already_tagged {
+            registry
+                .put_manifest(target, self.manifest.clone(), digest, &mut stats)
+                .await?;
+        }
+
+        tracing::info!(
+            %digest,
+            uploaded_bytes = stats.uploaded_bytes,
+            skipped_blobs = stats.skipped,
+            mounted_blobs = stats.mounted,
+            "image pushed"
+        );
+        let (address, repository) = (registry.address().to_owned(), self.repository.clone());
+        Ok(PushedImage {
+            reference: format!("{address}/{repository}@{digest}"),
+            purl: purl(&address, &repository, digest, &self.commit),
+            tag: self.commit.clone(),
+            config_digest: self.config_descriptor.digest.clone(),
+            layers: self.layers.clone(),
+            uploaded_bytes: stats.uploaded_bytes,
+            skipped_blobs: stats.skipped,
+            mounted_blobs: stats.mounted,
+            base: self.pinned_base.clone(),
+            digest: digest.clone(),
+            registry: address,
+            repository,
+        })
+    }
 }
 
 /// Whether `image.base` means an empty base.
