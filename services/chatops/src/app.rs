@@ -10,7 +10,7 @@ use axum::routing::post;
 use baton_kit::StageRunner;
 use baton_kit::command::CommandClient;
 use baton_kit::provision;
-use baton_kit::service::{self, Env, Runtime, Service};
+use baton_kit::service::{self, Env, HttpService, Runtime, Service};
 use baton_kit::settings::Settings;
 use baton_kit::source::Sources;
 use baton_schemas::config::chatops::ChatopsSettings;
@@ -31,13 +31,11 @@ pub use baton_kit::service::StartError;
 /// A built bot, bound and connected, not yet serving.
 #[derive(Debug)]
 pub struct Application {
-    addr: SocketAddr,
-    listener: tokio::net::TcpListener,
-    router: Router,
-    runtime: Runtime,
+    /// The Slack endpoints and the operations endpoint, bound; it also owns the config repo's
+    /// mirror when that is in a temporary directory, so it is removed when the bot stops.
+    service: HttpService,
+    /// The posting stage, run beside the server; none without an incoming webhook.
     runner: Option<StageRunner<ChatStage>>,
-    /// The config repo's mirror, when in a temporary directory (removed on drop).
-    _cache: Option<tempfile::TempDir>,
 }
 
 impl Service for Application {
@@ -101,32 +99,22 @@ impl Service for Application {
                 ))
                 .with_state(state),
         );
-        let (listener, addr) = runtime.bind().await?;
         Ok(Self {
-            addr,
-            listener,
-            router,
-            runtime,
+            service: HttpService::bind(runtime, router, cache).await?,
             runner,
-            _cache: cache,
         })
     }
 
     fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.service.local_addr()
     }
 
     /// Serves the endpoints and posts events until `shutdown` is cancelled, then drains.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
-        tracing::info!(addr = %self.addr, posting = self.runner.is_some(), "{SERVICE} ready");
+        tracing::info!(addr = %self.local_addr(), posting = self.runner.is_some(), "{SERVICE} ready");
         let runner = self.runner;
-        self.runtime
-            .serve(
-                self.listener,
-                self.router,
-                |stop| service::run_stage(runner, stop),
-                shutdown,
-            )
+        self.service
+            .serve(|stop| service::run_stage(runner, stop), shutdown)
             .await
     }
 }

@@ -4,10 +4,11 @@
 //! run until a shutdown token is cancelled. Its binary is [`main`] behind the
 //! [`service_main!`](crate::service_main) macro, so every `main.rs` is the same three lines, and
 //! `baton up` starts any list of services through the same trait. Inside `build`, a service uses
-//! [`Runtime::start`] (connect to NATS, check the provisioned topology, set up metrics),
-//! [`Runtime::stage`] (its stage runner, its durable consumer checked) and [`Runtime::bind`]; its
-//! `run_until_stopped` uses [`Runtime::serve`] (an HTTP router beside whatever work the service
-//! does, one shutdown for both, then a NATS drain) or [`Runtime::serve_stage`].
+//! [`Runtime::start`] (connect to NATS, check the provisioned topology, set up metrics) and
+//! [`Runtime::stage`] (its stage runner, its durable consumer checked), then binds: a stage
+//! service as a [`StageService`], a service with routes of its own as an [`HttpService`], whose
+//! [`serve`](HttpService::serve) runs the router beside whatever work the service does, with one
+//! shutdown for both, then a NATS drain.
 //!
 //! A new stage service is a handler, a `Service` impl and a three-line `main.rs`:
 //!
@@ -255,22 +256,6 @@ impl Runtime {
         self.grace
     }
 
-    /// Binds `http.listen` (port 0 picks a free port) and returns the listener with the
-    /// address it got.
-    ///
-    /// # Errors
-    /// [`StartError::Bind`] naming the address.
-    pub async fn bind(&self) -> Result<(TcpListener, SocketAddr), StartError> {
-        let addr = self.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
-        Ok((listener, bound))
-    }
-
     /// What the operations endpoint needs.
     pub fn health_state(&self) -> HealthState {
         HealthState {
@@ -292,27 +277,70 @@ impl Runtime {
             tracing::warn!(error = %e, "draining the NATS connection failed");
         }
     }
+}
 
-    /// Serves `router` on `listener` and runs `work` (a stage runner, pollers, …) beside it
-    /// until `shutdown` is cancelled. `work` gets the token and must stop when it is cancelled;
-    /// when `work` ends on its own (or fails), the server is stopped too. In-flight requests
-    /// finish, then the NATS connection is drained.
+/// A built HTTP service, connected and bound, not yet serving: its runtime, its listener on
+/// `http.listen` and the router it will serve there (the operations endpoint and the service's
+/// own routes), and the temporary cache it must keep until it stops. A service's `Application`
+/// holds one beside what is its own (the listener's pollers, the chat-ops bot's stage runner,
+/// the web's shared view), forwards [`Service::local_addr`] to it and runs its work beside the
+/// server with [`HttpService::serve`]. A [`StageService`] is one whose work is a stage runner.
+#[derive(Debug)]
+pub struct HttpService {
+    runtime: Runtime,
+    listener: TcpListener,
+    // Bound in `build`, so a test binding port 0 knows the port before the service runs.
+    addr: SocketAddr,
+    router: Router,
+    // Removed when the service stops.
+    _cache: Option<tempfile::TempDir>,
+}
+
+impl HttpService {
+    /// Binds `http.listen` (port 0 picks a free port) to serve `router` for the service made of
+    /// `runtime`, keeping `cache` until it stops.
+    ///
+    /// # Errors
+    /// [`StartError::Bind`] naming the address.
+    pub async fn bind(runtime: Runtime, router: Router, cache: Option<tempfile::TempDir>) -> Result<Self, StartError> {
+        let listen = runtime.listen;
+        let bind_error = |source| StartError::Bind { addr: listen, source };
+        let listener = TcpListener::bind(listen).await.map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        Ok(Self {
+            runtime,
+            listener,
+            addr,
+            router,
+            _cache: cache,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The service's connection to the fabric, for the work that runs beside the server.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Serves the router and runs `work` (a stage runner, pollers, …) beside it until
+    /// `shutdown` is cancelled. `work` gets the token and must stop when it is cancelled; when
+    /// `work` ends on its own (or fails), the server is stopped too. In-flight requests finish,
+    /// then the NATS connection is drained.
     ///
     /// # Errors
     /// The first of `work`'s error and the server's.
-    pub async fn serve<W, F>(
-        self,
-        listener: TcpListener,
-        router: Router,
-        work: W,
-        shutdown: CancellationToken,
-    ) -> Result<(), StartError>
+    pub async fn serve<W, F>(self, work: W, shutdown: CancellationToken) -> Result<(), StartError>
     where
         W: FnOnce(CancellationToken) -> F,
         F: Future<Output = Result<(), StartError>> + Send,
     {
         let stop = shutdown.clone();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await });
+        let server =
+            axum::serve(self.listener, self.router).with_graceful_shutdown(async move { stop.cancelled().await });
         let server = tokio::spawn(async move { server.await });
         let worked = work(shutdown.clone()).await;
         shutdown.cancel();
@@ -320,41 +348,20 @@ impl Runtime {
             Ok(served) => served.map_err(StartError::Serve),
             Err(e) => Err(StartError::Serve(std::io::Error::other(e))),
         };
-        self.drain().await;
-        tracing::info!(service = %self.service, "stopped");
+        self.runtime.drain().await;
+        tracing::info!(service = %self.runtime.service, "stopped");
         worked.and(served)
-    }
-
-    /// Runs a stage service until `shutdown` is cancelled: the operations endpoint on
-    /// `listener` and the stage `runner`, which finishes or hands back in-flight events within
-    /// its grace period; then drains the NATS connection.
-    ///
-    /// # Errors
-    /// When the runner cannot consume or the endpoint fails.
-    pub async fn serve_stage<H: Handler>(
-        self,
-        listener: TcpListener,
-        runner: StageRunner<H>,
-        shutdown: CancellationToken,
-    ) -> Result<(), StartError> {
-        let router = self.router();
-        self.serve(listener, router, |stop| run_stage(Some(runner), stop), shutdown)
-            .await
     }
 }
 
-/// A built stage service (the builder, the tester, the deployer): its runtime, its stage runner
-/// and its bound operations endpoint, and the temporary cache it must keep until it stops. Such
-/// a service's `Application` wraps one and forwards [`Service::local_addr`] and
+/// A built stage service (the builder, the tester, the deployer, the promoter): an
+/// [`HttpService`] serving the operations endpoint, with its stage runner as the work beside it.
+/// Such a service's `Application` wraps one and forwards [`Service::local_addr`] and
 /// [`Service::run_until_stopped`] to it.
 #[derive(Debug)]
 pub struct StageService<H> {
-    addr: SocketAddr,
-    listener: TcpListener,
-    runtime: Runtime,
+    service: HttpService,
     runner: StageRunner<H>,
-    // Removed when the service stops.
-    _cache: Option<tempfile::TempDir>,
 }
 
 impl<H: Handler> StageService<H> {
@@ -367,19 +374,14 @@ impl<H: Handler> StageService<H> {
         runner: StageRunner<H>,
         cache: Option<tempfile::TempDir>,
     ) -> Result<Self, StartError> {
-        let (listener, addr) = runtime.bind().await?;
-        Ok(Self {
-            addr,
-            listener,
-            runtime,
-            runner,
-            _cache: cache,
-        })
+        let router = runtime.router();
+        let service = HttpService::bind(runtime, router, cache).await?;
+        Ok(Self { service, runner })
     }
 
     /// The bound address of the operations endpoint.
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.service.local_addr()
     }
 
     /// Consumes until `shutdown` is cancelled, finishing or handing back in-flight events within
@@ -388,8 +390,9 @@ impl<H: Handler> StageService<H> {
     /// # Errors
     /// When the runner cannot consume or the endpoint fails.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
-        tracing::info!(addr = %self.addr, "{} ready", self.runtime.service);
-        self.runtime.serve_stage(self.listener, self.runner, shutdown).await
+        tracing::info!(addr = %self.service.addr, "{} ready", self.service.runtime.service);
+        let runner = self.runner;
+        self.service.serve(|stop| run_stage(Some(runner), stop), shutdown).await
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::post;
-use baton_kit::service::{self, Env, Runtime, Service};
+use baton_kit::service::{self, Env, HttpService, Runtime, Service};
 use baton_kit::settings::Settings;
 use baton_kit::source::{self as git_source, Sources};
 use baton_schemas::config::listener::ListenerSettings;
@@ -25,21 +25,19 @@ pub use baton_kit::service::StartError;
 /// A built listener, bound and connected, not yet serving.
 #[derive(Debug)]
 pub struct Application {
-    addr: SocketAddr,
-    listener: tokio::net::TcpListener,
-    router: Router,
-    runtime: Runtime,
+    /// The webhook endpoint and the operations endpoint, bound; it also owns the default git
+    /// cache of polled repositories, so that is removed when the listener stops.
+    service: HttpService,
+    /// One per polled repository, run beside the server.
     pollers: Vec<Poller>,
-    // Owns the default git cache of polled repositories so it is removed when the listener stops.
-    _cache: Option<tempfile::TempDir>,
 }
 
 impl Service for Application {
     const NAME: &'static str = SERVICE;
     type Config = ListenerSettings;
 
-    /// Validates the config (secrets and git credentials included), connects to NATS,
-    /// provisions the topology and binds `http.listen`.
+    /// Validates the config (secrets and git credentials included), connects to NATS, checks
+    /// the provisioned topology and binds `http.listen`.
     async fn build(settings: Settings<ListenerSettings>, env: Env<'_>) -> Result<Self, StartError> {
         let repositories = config::resolve(&settings.service, env)?;
         let credentials = git_source::resolve_credentials(&settings.service.source.credentials, env)?;
@@ -87,26 +85,21 @@ impl Service for Application {
         } else {
             (Vec::new(), None)
         };
-        let (listener, addr) = runtime.bind().await?;
         Ok(Self {
-            addr,
-            listener,
-            router,
-            runtime,
+            service: HttpService::bind(runtime, router, cache).await?,
             pollers,
-            _cache: cache,
         })
     }
 
     fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.service.local_addr()
     }
 
     /// Serves webhooks and polls until `shutdown` is cancelled, lets in-flight requests and
     /// polls finish within the grace period, then drains the NATS connection.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
-        tracing::info!(addr = %self.addr, pollers = self.pollers.len(), "{SERVICE} ready");
-        let (pollers, grace) = (self.pollers, self.runtime.grace_period());
+        tracing::info!(addr = %self.local_addr(), pollers = self.pollers.len(), "{SERVICE} ready");
+        let (pollers, grace) = (self.pollers, self.service.runtime().grace_period());
         let poll = |stop: CancellationToken| async move {
             let mut tasks = tokio::task::JoinSet::new();
             for poller in pollers {
@@ -121,6 +114,6 @@ impl Service for Application {
             }
             Ok(())
         };
-        self.runtime.serve(self.listener, self.router, poll, shutdown).await
+        self.service.serve(poll, shutdown).await
     }
 }

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use baton_kit::service::{self, Env, Runtime, Service, StartError};
+use baton_kit::service::{self, Env, HttpService, Runtime, Service, StartError};
 use baton_kit::settings::Settings;
 use baton_kit::source::Sources;
 use baton_schemas::config::web::WebSettings;
@@ -30,13 +30,11 @@ pub const SERVICE: &str = "baton-web";
 /// A built web service, bound and connected, not yet serving.
 #[derive(Debug)]
 pub struct Application {
-    addr: SocketAddr,
-    listener: tokio::net::TcpListener,
-    router: Router,
-    runtime: Runtime,
+    /// The pages, the API and the operations endpoint, bound; it also owns the config repo's
+    /// mirror when that is in a temporary directory, so it is removed when the web stops.
+    service: HttpService,
+    /// The view the followers keep current and the handlers read.
     shared: Arc<Shared>,
-    /// The config repo's mirror, when in a temporary directory (removed on drop).
-    _cache: Option<tempfile::TempDir>,
 }
 
 impl Service for Application {
@@ -70,26 +68,21 @@ impl Service for Application {
             metrics,
         ));
         let router = router(&runtime, Arc::clone(&shared));
-        let (listener, addr) = runtime.bind().await?;
         Ok(Self {
-            addr,
-            listener,
-            router,
-            runtime,
+            service: HttpService::bind(runtime, router, cache).await?,
             shared,
-            _cache: cache,
         })
     }
 
     fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.service.local_addr()
     }
 
     /// Serves and follows the stream and the state until `shutdown` is cancelled, then drains.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
-        tracing::info!(addr = %self.addr, "{SERVICE} serving; catching up with the event log");
+        tracing::info!(addr = %self.local_addr(), "{SERVICE} serving; catching up with the event log");
         let shared = self.shared;
-        let state = self.runtime.topology.state.clone();
+        let state = self.service.runtime().topology.state.clone();
         // Live streams never end by themselves: they end at shutdown so the server can stop.
         let live = Arc::clone(&shared);
         let stopping = shutdown.clone();
@@ -97,10 +90,8 @@ impl Service for Application {
             stopping.cancelled().await;
             live.shutdown.cancel();
         });
-        self.runtime
+        self.service
             .serve(
-                self.listener,
-                self.router,
                 |stop| async move {
                     tokio::try_join!(
                         follow::events(Arc::clone(&shared), stop.clone()),
