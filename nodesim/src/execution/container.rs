@@ -63,14 +63,7 @@ impl PodContext<'_> {
             match self.environment(container, image).await {
                 Ok(env) => break env,
                 Err(message) => {
-                    self.reporter
-                        .update(|state| {
-                            record(state, slot).state = State::Waiting {
-                                reason: "CreateContainerConfigError".to_owned(),
-                                message: Some(message),
-                            };
-                        })
-                        .await;
+                    self.config_error(slot, message).await;
                     tokio::time::sleep(CONFIG_RETRY).await;
                 }
             }
@@ -79,14 +72,7 @@ impl PodContext<'_> {
         let ids = user(container, pod_security, &image.config);
         if ids.0 == 0 && must_be_non_root(container, pod_security) {
             let message = "container has runAsNonRoot and image will run as root".to_owned();
-            self.reporter
-                .update(|state| {
-                    record(state, slot).state = State::Waiting {
-                        reason: "CreateContainerConfigError".to_owned(),
-                        message: Some(message),
-                    };
-                })
-                .await;
+            self.config_error(slot, message).await;
             return std::future::pending().await;
         }
         let argv = command_line(container, &image.config, &env);
@@ -237,6 +223,18 @@ impl PodContext<'_> {
             })
             .await;
         result
+    }
+
+    /// Shows the container waiting with `CreateContainerConfigError` and `message`.
+    async fn config_error(&self, slot: Slot, message: String) {
+        self.reporter
+            .update(|state| {
+                record(state, slot).state = State::Waiting {
+                    reason: "CreateContainerConfigError".to_owned(),
+                    message: Some(message),
+                };
+            })
+            .await;
     }
 
     /// Waits for a started container to end and posts how; returns its exit code (a container
