@@ -20,8 +20,8 @@ use std::process::{Command, Output};
 
 use anyhow::{Context as _, Result, ensure};
 use baton_kit::evidence::{
-    BaseImageRecord, BuildRecord, EvidenceStore, PublicKey, SLSA_PROVENANCE_V1, SigningKey, StepRecord, Subject,
-    TEST_RESULT_V0_1, TestOutcome, TestRecord, open_envelope, provenance, seal, sign_image, test_result,
+    BaseImageRecord, BuildRecord, EvidenceStore, Expect, PublicKey, SLSA_PROVENANCE_V1, SigningKey, StepRecord,
+    Subject, TEST_RESULT_V0_1, TestOutcome, TestRecord, open_envelope, provenance, seal, sign_image, test_result,
     verify_image_signature,
 };
 use baton_tests::registry::{RegistryServer, skopeo_sigstore};
@@ -377,6 +377,7 @@ async fn an_independent_verifier_accepts_the_provenance_and_refuses_a_tampered_o
             &subject,
             &seal(&builder, &provenance(&subject, &build)),
             SLSA_PROVENANCE_V1,
+            Expect::NewTag,
         )
         .await?;
     let verdict = TestRecord {
@@ -391,11 +392,12 @@ async fn an_independent_verifier_accepts_the_provenance_and_refuses_a_tampered_o
     };
     let second = fixture
         .store
-        .append_attestation(
+        .attach_attestation(
             "acme/shop",
             &subject,
             &seal(&tester, &test_result(&subject, &verdict)),
             TEST_RESULT_V0_1,
+            Expect::HeldTag,
         )
         .await?;
     assert_ne!(first, second, "the tester's attestation is appended to a new manifest");
@@ -507,6 +509,7 @@ async fn an_independent_verifier_accepts_the_provenance_and_refuses_a_tampered_o
                 ),
             ),
             SLSA_PROVENANCE_V1,
+            Expect::NewTag,
         )
         .await?;
     let stored = fixture

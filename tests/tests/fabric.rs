@@ -982,7 +982,7 @@ fn provisioning_knows_every_stage_as_its_service_declares_it() {
         (baton_tester::app::STAGE, &[EventType::ArtifactPublished]),
         (baton_promoter::app::STAGE, &baton_promoter::handler::HANDLES),
         (baton_deployer::app::STAGE, &baton_deployer::handler::HANDLES),
-        (baton_chatops::app::STAGE, &baton_chatops::outbound::HANDLES),
+        (baton_chatops::app::STAGE, baton_chatops::outbound::HANDLES),
     ];
     for (name, handles) in declared {
         let stage = provision::stage(name).unwrap_or_else(|| panic!("no stage {name} in provision::STAGES"));

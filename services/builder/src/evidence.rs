@@ -15,8 +15,8 @@
 //! again).
 
 use baton_kit::evidence::{
-    BaseImageRecord, BuildRecord, EvidenceError, EvidenceStore, SLSA_PROVENANCE_V1, SigningKey, StepRecord, Subject,
-    provenance, seal, sign_image,
+    BaseImageRecord, BuildRecord, EvidenceError, EvidenceStore, Expect, SLSA_PROVENANCE_V1, SigningKey, StepRecord,
+    Subject, provenance, seal, sign_image,
 };
 use baton_kit::{ErrorKind, HandlerError};
 use baton_schemas::payloads::{BuildData, SignedData};
@@ -97,8 +97,13 @@ impl Attester {
         // Two tags, two manifests: pushed at once, the build waits for the slower only.
         let (signature_manifest, attestation_manifest) = tokio::try_join!(
             self.store.attach_signature(image.repository, &subject, &signature),
-            self.store
-                .attach_attestation(image.repository, &subject, &envelope, SLSA_PROVENANCE_V1),
+            self.store.attach_attestation(
+                image.repository,
+                &subject,
+                &envelope,
+                SLSA_PROVENANCE_V1,
+                Expect::NewTag
+            ),
         )?;
         tracing::info!(%signature_manifest, %attestation_manifest, key = %self.key_id, "image signed and attested");
         Ok(Attachments {

@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 
 use baton_kit::evidence::{
-    EvidenceError, EvidenceStore, SigningKey, Subject, TEST_RESULT_V0_1, TestOutcome, TestRecord, seal, test_result,
+    EvidenceError, EvidenceStore, Expect, SigningKey, Subject, TEST_RESULT_V0_1, TestOutcome, TestRecord, seal,
+    test_result,
 };
 use baton_kit::{ErrorKind, HandlerError};
 use baton_schemas::payloads::{ImageInfo, Outcome, TestData};
@@ -80,7 +81,13 @@ impl Attester {
         );
         let manifest = self
             .store
-            .append_attestation(&image.repository, &subject, &envelope, TEST_RESULT_V0_1)
+            .attach_attestation(
+                &image.repository,
+                &subject,
+                &envelope,
+                TEST_RESULT_V0_1,
+                Expect::HeldTag,
+            )
             .await?;
         tracing::info!(%manifest, key = %self.key_id, "verdict attested");
         Ok(manifest)

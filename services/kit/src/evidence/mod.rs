@@ -30,7 +30,7 @@ pub use statement::{
     BATON_BUILD_TYPE, BaseImageRecord, BuildRecord, ResourceDescriptor, SLSA_PROVENANCE_V1, STATEMENT_V1, Statement,
     StepRecord, TEST_RESULT_V0_1, TestOutcome, TestRecord, provenance, test_result,
 };
-pub use store::{Evidence, EvidenceStore};
+pub use store::{Evidence, EvidenceStore, Expect};
 pub use verify::{
     ProvenanceRequirement, Refusal, check_provenance, check_test_result, open_envelope, verify_image_signature,
 };

@@ -95,9 +95,10 @@ struct Attachment<'a> {
     suffix: &'a str,
 }
 
-/// What an attachment expects its tag to hold, to order its uploads (never its result).
-#[derive(Debug, Clone, Copy)]
-enum Expect {
+/// What an attachment expects its tag to hold, to order its uploads (never its result: a wrong
+/// guess costs a round trip, not a wrong manifest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
     /// Nothing yet: the first signature or attestation of an image.
     NewTag,
     /// Layers already: an attestation joining the builder's.
@@ -174,8 +175,9 @@ impl EvidenceStore {
 
     /// Attaches an attestation of `subject`: the envelope becomes a layer of the
     /// `sha256-<hex>.att` manifest, annotated with its predicate type, after the layers already
-    /// there. Made for the first attestation of an image (the builder's provenance): its upload
-    /// assumes the tag is new. Returns the manifest's digest.
+    /// there. `expect` orders the uploads for what the tag likely holds: [`Expect::NewTag`] for
+    /// the first attestation of an image (the builder's provenance), [`Expect::HeldTag`] for one
+    /// joining others (the tester's). Returns the manifest's digest.
     ///
     /// # Errors
     /// As [`attach_signature`](Self::attach_signature).
@@ -185,26 +187,10 @@ impl EvidenceStore {
         subject: &Subject,
         envelope: &Envelope,
         predicate_type: &str,
+        expect: Expect,
     ) -> Result<String, EvidenceError> {
-        let attachment = attestation(envelope, predicate_type);
-        self.attach(repository, subject, attachment, Expect::NewTag).await
-    }
-
-    /// [`attach_attestation`](Self::attach_attestation) for an attestation that joins others
-    /// (the tester's after the builder's): the same result, with the upload ordered for a tag
-    /// that already holds layers.
-    ///
-    /// # Errors
-    /// As [`attach_signature`](Self::attach_signature).
-    pub async fn append_attestation(
-        &self,
-        repository: &str,
-        subject: &Subject,
-        envelope: &Envelope,
-        predicate_type: &str,
-    ) -> Result<String, EvidenceError> {
-        let attachment = attestation(envelope, predicate_type);
-        self.attach(repository, subject, attachment, Expect::HeldTag).await
+        self.attach(repository, subject, attestation(envelope, predicate_type), expect)
+            .await
     }
 
     /// Everything the registry holds about the image `digest` in `repository`. Absent tags give
