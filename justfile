@@ -15,7 +15,7 @@ grpcio_version := "1.85.1"
 machete_version := "0.9.2"
 
 # Benchmarks `just bench` knows, space-separated.
-bench_targets := "fabric listener builder deployer steps commands e2e web drift"
+bench_targets := "fabric listener builder deployer steps commands e2e telemetry web drift"
 
 # Python snippet printing 1 when python3 is a distribution's Python that refuses `pip install`
 # outside a venv (PEP 668), else 0.
@@ -315,11 +315,23 @@ bench $target:
     {{ tool_path }}
     # The end-to-end benchmark runs on the demo's stack; the others live with the test harness.
     package=baton-tests
-    if [[ "$target" == e2e ]]; then
+    if [[ "$target" == e2e || "$target" == telemetry ]]; then
         package=baton-demo
         # Its servers, repos and services keep their files under target/tmp rather than /tmp
         # (BATON_BENCH_TMPDIR overrides): see BENCHMARKS.md on file creation in a churned /tmp.
         export TMPDIR="${BATON_BENCH_TMPDIR:-{{ justfile_directory() }}/target/tmp/e2e}"
+        # Comparing two modes run after run, the stack goes to memory where there is one: a disk
+        # whose file creation slows with every run's teardown drifts more than the 5% measured.
+        if [[ "$target" == telemetry && -z "${BATON_BENCH_TMPDIR:-}" && -w /dev/shm ]]; then
+            export TMPDIR=/dev/shm/baton-bench-telemetry
+        fi
         mkdir -p "$TMPDIR"
+    fi
+    if [[ "$target" == telemetry ]]; then
+        # The e2e benchmark run again and again, alternating no OTLP endpoint and a real OTLP/gRPC
+        # receiver (BATON_BENCH_PAIRS runs per mode, default 6): tests/scripts/bench_telemetry.py.
+        bench="$(cargo bench -p baton-demo --bench e2e --no-run --message-format=json \
+            | python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "e2e"][-1])')"
+        exec python3 tests/scripts/bench_telemetry.py "$bench" "${BATON_BENCH_PAIRS:-6}"
     fi
     cargo bench -p "$package" --bench "$target"

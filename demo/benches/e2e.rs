@@ -143,6 +143,9 @@ async fn main() -> Result<()> {
     println!(
         "e2e: {RELEASES} sequential releases (after {WARMUP} warm-up), webhook received → service.deployed in staging:"
     );
+    // Every release's overhead in order, for comparisons across runs (`just bench telemetry`).
+    let samples: Vec<String> = overheads.iter().map(u64::to_string).collect();
+    println!("  overhead samples (ms, in release order): {}", samples.join(" "));
     println!(
         "  orchestration overhead  p50 {} ms, p99 {} ms",
         percentile(&mut overheads, 0.50),
