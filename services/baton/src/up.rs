@@ -8,7 +8,7 @@
 //!
 //! A service whose file (and environment) sets no `http.listen` listens on a free port of
 //! 127.0.0.1 rather than every one on the default 8080; the addresses are printed once all have
-//! started. Their logs share stderr, each line prefixed with its service ([`logs`]). A service
+//! started. Their logs share stderr, each line prefixed with its service (`logs`). A service
 //! that cannot start, or stops with an error, stops the others and fails `baton up` with its
 //! name (exit 1).
 

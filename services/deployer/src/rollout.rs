@@ -414,7 +414,7 @@ fn deployment_progress(d: &Deployment) -> Progress {
 /// ReplicaSets) by its selector. `interrupt` is asked at the start and every `poll_interval`.
 ///
 /// # Errors
-/// [`ClusterError::Watch`] when a watch fails [`WATCH_ATTEMPTS`] times in a row, and what
+/// [`ClusterError::Watch`] when a watch fails `WATCH_ATTEMPTS` times in a row, and what
 /// `interrupt` fails with.
 pub async fn watch<I: Interrupt>(
     client: &Client,

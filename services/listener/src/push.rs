@@ -216,7 +216,7 @@ pub fn judge(existing: CommitRecord, event_id: &str) -> Claim {
 ///
 /// KV keys allow only `[-/_=.a-zA-Z0-9]` in dot-separated tokens, and refs can hold almost
 /// anything (unicode, dots, `>`, `*`, spaces, hundreds of bytes), so the ref is named by
-/// [`ref_token`]. The sha is a full hex commit id for every accepted push; should anything else
+/// `ref_token`. The sha is a full hex commit id for every accepted push; should anything else
 /// ever reach here, it is hashed as well rather than written raw.
 pub fn commit_key(app: &str, git_ref: &str, sha: &str) -> String {
     let is_sha = matches!(sha.len(), 40 | 64) && sha.bytes().all(|b| b.is_ascii_hexdigit());

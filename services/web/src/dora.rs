@@ -1,5 +1,5 @@
 //! DORA's four key metrics in the web: `GET /dora` and `GET /api/dora`, answered from the
-//! [`DoraLedger`](baton_kit::dora::DoraLedger) that the view's consumer feeds event by event
+//! [`DoraLedger`] that the view's consumer feeds event by event
 //! (docs/dora.md has the formulas; `baton dora` prints the same figures). With `app` and
 //! `environment` the page shows the four figures of that pair over the window, each with its
 //! number in `data-value` and a chart of the series; without them, a table of every pair seen.

@@ -1,6 +1,6 @@
 //! An image's layers against the previous release's, read from the registry through oci-client
 //! (as the evidence store reads it). Manifests are addressed by digest, so what was read once
-//! is kept (up to [`CACHE`] images): a release page reads the registry the first time only.
+//! is kept (up to `CACHE`, 512, images): a release page reads the registry the first time only.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
