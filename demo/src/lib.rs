@@ -14,7 +14,7 @@
 
 #![allow(clippy::print_stdout, reason = "the demo narrates on the terminal")]
 
-use baton_kit::service::Service as _;
+use baton_kit::service::{self, StartError};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -315,7 +315,7 @@ pub struct Stack {
     /// Every event published so far, in order.
     pub seen: Seen,
     stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), StartError>>>,
     http: reqwest::Client,
     pushes: u32,
     /// Whether the stack says what it does and prints every event (`just demo`) or keeps quiet
@@ -423,18 +423,22 @@ impl Stack {
             _ => None,
         };
         let stop = CancellationToken::new();
-        // Each service's start-up is a large future: boxed, so the stack's own stays small
-        // enough for a test thread's stack.
-        let listener = Box::pin(baton_listener::Application::build(
-        settings(
-            &nats,
-            &format!("repositories:\n  - {{name: {APP}, provider: generic, secret_env: DEMO_WEBHOOK_SECRET, branches: [main]}}\n"),
-        )?,
-        &env,
-    ))
-    .await?;
-        let webhook = format!("http://{}/webhooks/generic", listener.local_addr());
-        let builder = Box::pin(baton_builder::Application::build(
+        // Each service is built and set running by the kit's `service::spawn`, which boxes its
+        // start-up and moves it straight into its task: this function's frame holds none of them
+        // (a test thread's stack could not hold seven).
+        let mut tasks: Vec<tokio::task::JoinHandle<Result<(), StartError>>> = Vec::new();
+        let listener = service::spawn::<baton_listener::Application>(
+            settings(
+                &nats,
+                &format!("repositories:\n  - {{name: {APP}, provider: generic, secret_env: DEMO_WEBHOOK_SECRET, branches: [main]}}\n"),
+            )?,
+            &env,
+            &stop,
+        )
+        .await?;
+        let webhook = format!("http://{}/webhooks/generic", listener.addr);
+        tasks.push(listener.task);
+        let builder = service::spawn::<baton_builder::Application>(
             settings(
                 &nats,
                 &format!(
@@ -444,9 +448,11 @@ impl Stack {
                 ),
             )?,
             &env,
-        ))
+            &stop,
+        )
         .await?;
-        let tester = Box::pin(baton_tester::Application::build(
+        tasks.push(builder.task);
+        let tester = service::spawn::<baton_tester::Application>(
             settings(
                 &nats,
                 &format!(
@@ -456,8 +462,10 @@ impl Stack {
                 ),
             )?,
             &env,
-        ))
+            &stop,
+        )
         .await?;
+        tasks.push(tester.task);
         // The promoter writes the config repo and checks images in the registry; the web reads
         // both (manifest diffs, layers): the same two sections.
         let repo_and_registry = format!(
@@ -465,12 +473,10 @@ impl Stack {
             dir.join("config.git").display(),
             registry.address()
         );
-        let promoter = Box::pin(baton_promoter::Application::build(
-            settings(&nats, &repo_and_registry)?,
-            &env,
-        ))
-        .await?;
-        let deployer = Box::pin(baton_deployer::Application::build(
+        let promoter =
+            service::spawn::<baton_promoter::Application>(settings(&nats, &repo_and_registry)?, &env, &stop).await?;
+        tasks.push(promoter.task);
+        let deployer = service::spawn::<baton_deployer::Application>(
             settings(
                 &nats,
                 &format!(
@@ -479,36 +485,22 @@ impl Stack {
                 ),
             )?,
             &env,
-        ))
+            &stop,
+        )
         .await?;
-        let chatops = Box::pin(baton_chatops::Application::build(
+        tasks.push(deployer.task);
+        let chatops = service::spawn::<baton_chatops::Application>(
             settings(&nats, &chatops_config(&bot_key, &dir.join("config.git")))?,
             &env,
-        ))
+            &stop,
+        )
         .await?;
-        let chat = format!("http://{}/slack/commands", chatops.local_addr());
+        let chat = format!("http://{}/slack/commands", chatops.addr);
+        tasks.push(chatops.task);
         // The web reads what the others write: the event log, the promoter's state, the logs.
-        let web = Box::pin(baton_web::Application::build(
-            settings(&nats, &repo_and_registry)?,
-            &env,
-        ))
-        .await?;
-        let web_url = format!("http://{}", web.local_addr());
-        let mut tasks: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
-        let s = stop.clone();
-        tasks.push(tokio::spawn(async move { Ok(listener.run_until_stopped(s).await?) }));
-        let s = stop.clone();
-        tasks.push(tokio::spawn(async move { Ok(builder.run_until_stopped(s).await?) }));
-        let s = stop.clone();
-        tasks.push(tokio::spawn(async move { Ok(tester.run_until_stopped(s).await?) }));
-        let s = stop.clone();
-        tasks.push(tokio::spawn(async move { Ok(promoter.run_until_stopped(s).await?) }));
-        let s = stop.clone();
-        tasks.push(tokio::spawn(async move { Ok(deployer.run_until_stopped(s).await?) }));
-        let s = stop.clone();
-        tasks.push(tokio::spawn(async move { Ok(chatops.run_until_stopped(s).await?) }));
-        let s = stop.clone();
-        tasks.push(tokio::spawn(async move { Ok(web.run_until_stopped(s).await?) }));
+        let web = service::spawn::<baton_web::Application>(settings(&nats, &repo_and_registry)?, &env, &stop).await?;
+        let web_url = format!("http://{}", web.addr);
+        tasks.push(web.task);
         let http = reqwest::Client::new();
         web_ready(&http, &web_url).await?;
         note!(narrate, "  webhook: {webhook}\n  chat:    {chat}\n  web UI:  {web_url}");

@@ -21,10 +21,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use baton_kit::provision;
+pub use baton_kit::service::Running;
 use baton_kit::service::{self, Env, Service, StartError};
 use baton_kit::settings::Settings;
 use baton_schemas::config::CommonSettings;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The common settings of a service under test: NATS at `nats_url`, the HTTP endpoint on a free
@@ -36,17 +36,8 @@ pub fn common(nats_url: &str) -> CommonSettings {
     common
 }
 
-/// A service running on the test's runtime.
-#[derive(Debug)]
-pub struct Running {
-    /// Where its HTTP endpoint listens (webhooks, chat commands, health and metrics).
-    pub addr: SocketAddr,
-    /// Its `run_until_stopped`: ends once the `stop` token given to [`spawn`] is cancelled.
-    pub task: JoinHandle<Result<(), StartError>>,
-}
-
 /// Builds service `S` from `common` and its own `config` (secrets looked up through `env`) and
-/// runs it until `stop` is cancelled.
+/// runs it until `stop` is cancelled ([`service::spawn`]).
 ///
 /// First it does what the admin's provisioning step does before a service starts
 /// ([`provision_for`]), when the server lets a connection without a user manage JetStream
@@ -69,10 +60,7 @@ pub async fn spawn<S: Service>(
         service: config,
         warnings: vec![],
     };
-    let service = S::build(settings, env).await?;
-    let addr = service.local_addr();
-    let task = tokio::spawn(service.run_until_stopped(stop.clone()));
-    Ok(Running { addr, task })
+    service::spawn::<S>(settings, env, stop).await
 }
 
 /// Provisions on `common.nats.url`, as the admin's `baton admin provision` would before `S`

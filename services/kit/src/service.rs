@@ -118,6 +118,33 @@ pub trait Service: Sized + Send + 'static {
     fn run_until_stopped(self, shutdown: CancellationToken) -> impl Future<Output = Result<(), StartError>> + Send;
 }
 
+/// A service built and running in a task of its own.
+#[derive(Debug)]
+pub struct Running {
+    /// Where its HTTP endpoint listens (webhooks, chat commands, health and metrics).
+    pub addr: SocketAddr,
+    /// Its `run_until_stopped`: ends once the `stop` token given to [`spawn`] is cancelled.
+    pub task: tokio::task::JoinHandle<Result<(), StartError>>,
+}
+
+/// Builds service `S` and runs it in a task of its own until `stop` is cancelled: what a process
+/// holding several services (the demo, the tests) does for each. The build runs in a box and the
+/// service moves straight into its task, so a caller starting many services keeps none of them
+/// (nor their start-up futures) in its own stack frame.
+///
+/// # Errors
+/// As [`Service::build`].
+pub async fn spawn<S: Service>(
+    settings: Settings<S::Config>,
+    env: Env<'_>,
+    stop: &CancellationToken,
+) -> Result<Running, StartError> {
+    let service = Box::pin(S::build(settings, env)).await?;
+    let addr = service.local_addr();
+    let task = tokio::spawn(service.run_until_stopped(stop.clone()));
+    Ok(Running { addr, task })
+}
+
 /// The name `baton up` reads a service's config file by: its binary name without `baton-`.
 pub fn short_name<S: Service>() -> &'static str {
     S::NAME.strip_prefix("baton-").unwrap_or(S::NAME)

@@ -62,11 +62,7 @@ pub(super) async fn refuse_unproven(
 /// when the promoter knows it: an id it never created has no timeline. The app as the command
 /// names it, else as that release names it, else [`NO_APP`]: never an app the command did not
 /// concern.
-async fn filed_under(
-    promoter: &ReleaseManager,
-    app: Option<&str>,
-    release: Option<&str>,
-) -> (String, Option<String>) {
+async fn filed_under(promoter: &ReleaseManager, app: Option<&str>, release: Option<&str>) -> (String, Option<String>) {
     let known = match release {
         Some(id) => promoter.state.release(id).await.unwrap_or_else(|e| {
             tracing::debug!(error = %e, "cannot read the release a command names; its record joins no timeline");
