@@ -258,14 +258,15 @@ async fn web_ready(http: &reqwest::Client, base: &str) -> Result<()> {
 /// ([`baton_nodesim`]) run every pod healthy unless its image says otherwise.
 #[derive(Debug)]
 pub struct Servers {
+    /// The kubelets of the control plane's nodes; they stop when dropped, and are declared
+    /// first so that they stop before the control plane they watch.
+    pub nodes: NodeSimulator,
     /// NATS.
     pub nats: NatsServer,
     /// The registry images are pushed to.
     pub registry: RegistryServer,
     /// The Kubernetes control plane.
     pub cluster: KubeCluster,
-    /// The kubelets of its nodes; they stop when dropped.
-    pub nodes: NodeSimulator,
 }
 
 impl Servers {
@@ -297,13 +298,14 @@ impl Servers {
 
 /// The running stack.
 pub struct Stack {
+    /// The kubelets, declared first: dropped before the control plane they watch.
+    _nodes: NodeSimulator,
     /// NATS.
     pub nats: NatsServer,
     /// The registry images are pushed to.
     pub registry: RegistryServer,
     /// The Kubernetes control plane.
     pub cluster: KubeCluster,
-    _nodes: NodeSimulator,
     /// Holds the repos (removed on drop).
     pub temp: tempfile::TempDir,
     /// The listener's generic webhook URL.
