@@ -308,6 +308,47 @@ pub struct ApprovalData {
     pub reason: Option<String>,
 }
 
+/// The prefix of a person's URN in the CDEvents Baton writes (`responder`, `requestor`).
+pub const USER_URN_PREFIX: &str = "urn:baton:user:";
+
+/// The URN of the person `actor`: [`USER_URN_PREFIX`] and the name, every character a URN
+/// should not carry replaced by `_`.
+pub fn user_urn(actor: &str) -> String {
+    let safe: String = actor
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{USER_URN_PREFIX}{safe}")
+}
+
+/// The person a URN names (`urn:baton:user:alice` → `alice`); any other text as it is.
+pub fn user_of_urn(urn: &str) -> &str {
+    urn.strip_prefix(USER_URN_PREFIX).unwrap_or(urn)
+}
+
+impl ApprovalData {
+    /// The subject content of an answer to this request (`approval.updated`, and
+    /// `approval.closed` with the request's `status`): who answered, and what.
+    pub fn answer_content(&self, responder: &str, decision: &str, status: Option<&str>) -> serde_json::Value {
+        let mut content = serde_json::json!({
+            "approvalDetailsUrl": format!("urn:baton:approval:{}", self.approval),
+            "resourceTargetUrl": format!("urn:baton:release:{}:{}", self.release.release, self.environment),
+            "responder": user_urn(responder),
+            "decision": decision,
+        });
+        if let Some(status) = status {
+            content["status"] = serde_json::json!(status);
+        }
+        content
+    }
+}
+
 /// `customData` of the deployer's `service.deployed/upgraded/rolledback` and
 /// `baton-deployment.failed`: which promotion was applied where, and how it went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -365,4 +406,19 @@ pub struct PodReport {
     pub message: Option<String>,
     /// Container restarts so far.
     pub restarts: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_urn_carries_no_character_a_urn_should_not_and_reads_back() {
+        assert_eq!(user_urn("alice"), "urn:baton:user:alice");
+        assert_eq!(user_urn("bob@example.com"), "urn:baton:user:bob@example.com");
+        // A hostile name cannot add URN parts, spaces or anything beyond ASCII.
+        assert_eq!(user_urn("eve:admin x/é"), "urn:baton:user:eve_admin_x__");
+        assert_eq!(user_of_urn(&user_urn("alice")), "alice");
+        assert_eq!(user_of_urn("baton-promoter"), "baton-promoter", "other text is kept");
+    }
 }

@@ -35,7 +35,7 @@ use baton_schemas::payloads::{
 };
 use baton_schemas::release::{
     ApprovalData, ApprovalKind, ApprovalVote, ChangeEntry, DeploymentData, Pin, PodReport, PromotionAction,
-    PromotionData, ReleaseData,
+    PromotionData, ReleaseData, user_urn,
 };
 use baton_schemas::subjects::{event_subject, sanitize_token};
 use baton_schemas::{CdEvent, EventType};
@@ -119,10 +119,6 @@ fn person(name: &str) -> Person {
         email: Some(format!("{name}@example.com")),
         username: Some(name.to_owned()),
     }
-}
-
-fn urn_user(name: &str) -> String {
-    format!("urn:baton:user:{name}")
 }
 
 /// What an environment of an app runs.
@@ -637,7 +633,7 @@ impl Generator {
                 at: flow.at,
                 cause,
             };
-            let content = approval_answer(&data, "baton-promoter", "rejected", Some("cancelled"));
+            let content = data.answer_content("baton-promoter", "rejected", Some("cancelled"));
             self.emit(
                 &mut old_flow,
                 EventType::ApprovalClosed,
@@ -672,7 +668,7 @@ impl Generator {
             json!({
                 "approvalDetailsUrl": format!("urn:baton:approval:{approval}"),
                 "resourceTargetUrl": format!("urn:baton:release:{chain}:production"),
-                "requestor": urn_user("baton-promoter"),
+                "requestor": user_urn("baton-promoter"),
             }),
             &data,
         )?;
@@ -730,7 +726,7 @@ impl Generator {
         });
         self.later(flow, 0, 1);
         flow.cause = created_id.clone();
-        let content = approval_answer(&data, voter, decision, None);
+        let content = data.answer_content(voter, decision, None);
         self.emit(
             flow,
             EventType::ApprovalUpdated,
@@ -741,7 +737,7 @@ impl Generator {
         )?;
         data.reason = Some(if approve { "approved by 1 of 1" } else { "declined" }.to_owned());
         flow.cause = created_id;
-        let content = approval_answer(&data, voter, decision, Some(decision));
+        let content = data.answer_content(voter, decision, Some(decision));
         self.emit(
             flow,
             EventType::ApprovalClosed,
@@ -1035,20 +1031,6 @@ impl Generator {
             releases: self.releases,
         })
     }
-}
-
-/// The content of `approval.updated` and `approval.closed`, as the promoter writes it.
-fn approval_answer(data: &ApprovalData, responder: &str, decision: &str, status: Option<&str>) -> Value {
-    let mut content = json!({
-        "approvalDetailsUrl": format!("urn:baton:approval:{}", data.approval),
-        "resourceTargetUrl": format!("urn:baton:release:{}:{}", data.release.release, data.environment),
-        "responder": urn_user(responder),
-        "decision": decision,
-    });
-    if let Some(status) = status {
-        content["status"] = json!(status);
-    }
-    content
 }
 
 /// Publishes `events` in order, many in flight (each send before the next keeps the order).

@@ -11,7 +11,7 @@ use baton_kit::provision::History;
 use baton_schemas::EventType;
 use baton_schemas::commands::{CommandRequest, Verb};
 use baton_schemas::drift::{DriftRecord, SyncState, drift_key};
-use baton_schemas::release::ReleaseData;
+use baton_schemas::release::{ReleaseData, user_of_urn};
 use baton_schemas::subjects::{self, sanitize_token};
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
@@ -432,7 +432,7 @@ async fn trace(js: &jetstream::Context, style: Style, release: &str) -> Result<(
         .filter(|r| r.event_type() == Some(EventType::ApprovalUpdated))
         .filter(|r| r.event.subject.content["decision"] == "approved")
         .filter_map(|r| r.event.subject.content["responder"].as_str())
-        .map(|u| u.trim_start_matches("urn:baton:user:").to_owned())
+        .map(|u| user_of_urn(u).to_owned())
         .collect();
     if !approvers.is_empty() {
         println!("approved by: {}", approvers.join(", "));

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
+use baton_schemas::release::user_of_urn;
 use baton_schemas::{CdEvent, EventType, subjects};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -307,7 +308,7 @@ pub fn summary(record: &Record) -> (String, Tone) {
                 "{}: {} by {}",
                 text(data, &["environment"]),
                 text(content, &["decision"]),
-                text(content, &["responder"]).trim_start_matches("urn:baton:user:")
+                user_of_urn(&text(content, &["responder"]))
             ),
             Tone::Plain,
         ),

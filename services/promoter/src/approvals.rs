@@ -7,7 +7,7 @@
 use baton_kit::Outgoing;
 use baton_schemas::EventType;
 use baton_schemas::environments::Environment;
-use baton_schemas::release::{ApprovalData, ApprovalKind, ReleaseData};
+use baton_schemas::release::{ApprovalData, ApprovalKind, ReleaseData, user_urn};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -134,7 +134,7 @@ impl ReleaseManager {
             json!({
                 "approvalDetailsUrl": format!("urn:baton:approval:{approval}"),
                 "resourceTargetUrl": format!("urn:baton:release:{}:{}", release.release, env.name),
-                "requestor": urn_user(requested_by),
+                "requestor": user_urn(requested_by),
             }),
             Some(&release.release),
             Some(cause),
@@ -179,21 +179,12 @@ impl ReleaseManager {
         decision: &str,
         status: Option<&str>,
     ) -> Outgoing {
-        let mut content = json!({
-            "approvalDetailsUrl": format!("urn:baton:approval:{}", data.approval),
-            "resourceTargetUrl": format!("urn:baton:release:{}:{}", data.release.release, data.environment),
-            "responder": urn_user(responder),
-            "decision": decision,
-        });
-        if let Some(status) = status {
-            content["status"] = json!(status);
-        }
         self.event(
             ty,
             id,
             &data.app,
             &data.approval,
-            content,
+            data.answer_content(responder, decision, status),
             Some(&data.release.release),
             Some(&derive_id(&["approval.created", &data.approval])),
             Some(serde_json::to_value(data).expect("serializes")),
@@ -356,19 +347,4 @@ fn kind_word(kind: ApprovalKind) -> &'static str {
         ApprovalKind::Promotion => "promotion",
         ApprovalKind::BreakGlass => "break-glass",
     }
-}
-
-/// The CDEvents URN of a person.
-fn urn_user(actor: &str) -> String {
-    let safe: String = actor
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-._@".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("urn:baton:user:{safe}")
 }

@@ -4,6 +4,7 @@
 
 use baton_kit::log::Record;
 use baton_schemas::EventType;
+use baton_schemas::release::user_of_urn;
 use serde_json::Value;
 
 /// The string at `key` of `value`, when there is one and it is not empty.
@@ -48,7 +49,7 @@ pub fn actor(record: &Record) -> String {
         _ => text(data, "actor").or_else(|| text(content, "actor")),
     };
     match person {
-        Some(person) => person.trim_start_matches("urn:baton:user:").to_owned(),
+        Some(person) => user_of_urn(person).to_owned(),
         None => {
             let source = record.event.context.source.trim_end_matches('/');
             let service = source.rsplit('/').next().unwrap_or(source);
