@@ -111,6 +111,15 @@ impl World {
         self.start_deployer_with(kubeconfig, DriftSettings::default()).await
     }
 
+    /// Starts the deployer with the admin's kubeconfig, a full drift pass every `interval`.
+    async fn start_drift_deployer(&mut self, interval: Duration) -> Result<()> {
+        let drift = DriftSettings {
+            interval,
+            ..DriftSettings::default()
+        };
+        self.start_deployer_with(None, drift).await
+    }
+
     /// Starts the deployer with `kubeconfig` (default: the admin's) looking for drift as `drift` says.
     async fn start_deployer_with(&mut self, kubeconfig: Option<PathBuf>, drift: DriftSettings) -> Result<()> {
         let mut common = app::common(&self.nats.url());
@@ -1048,15 +1057,7 @@ fn drift_policy(world: &World, policy: &str) -> Result<()> {
 async fn drift_is_reported_once_an_autoscalers_replicas_are_not_drift_and_heal_puts_the_release_back() -> Result<()> {
     let mut world = World::start().await?;
     drift_policy(&world, "report")?;
-    world
-        .start_deployer_with(
-            None,
-            DriftSettings {
-                interval: Duration::from_secs(2),
-                ..DriftSettings::default()
-            },
-        )
-        .await?;
+    world.start_drift_deployer(Duration::from_secs(2)).await?;
     let client = world.cluster.client()?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), STAGING);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), STAGING);
@@ -1268,15 +1269,7 @@ async fn with_the_promoter_drift_shows_in_status_sync_puts_it_back_and_restore_r
 -> Result<()> {
     use baton_schemas::commands::{CommandRequest, Verb};
     let mut world = World::start().await?;
-    world
-        .start_deployer_with(
-            None,
-            DriftSettings {
-                interval: Duration::from_secs(2),
-                ..DriftSettings::default()
-            },
-        )
-        .await?;
+    world.start_drift_deployer(Duration::from_secs(2)).await?;
     // Only alice holds `rollback` there, which `sync` and `restore` need too.
     let (promoter, commit) = world
         .with_promoter("policy: auto\n    grants:\n      rollback: {users: [alice]}")
@@ -1435,15 +1428,7 @@ async fn with_the_promoter_drift_shows_in_status_sync_puts_it_back_and_restore_r
 async fn drift_detection_and_heal_never_fight_a_promotion_under_way() -> Result<()> {
     let mut world = World::start().await?;
     drift_policy(&world, "heal")?;
-    world
-        .start_deployer_with(
-            None,
-            DriftSettings {
-                interval: Duration::from_secs(1),
-                ..DriftSettings::default()
-            },
-        )
-        .await?;
+    world.start_drift_deployer(Duration::from_secs(1)).await?;
     let v1 = image("v1", "baton/acme_shop");
     let first = world.promote_deployment(&v1, PromotionAction::Promote).await?;
     assert_eq!(world.verdict(&first).await?.0, EventType::ServiceDeployed);
