@@ -3,7 +3,8 @@
 //! on 127.0.0.1, its storage, config and log in a temporary directory, ready (`GET /v2/`
 //! answers 200) when [`RegistryServer::start`] returns, killed and removed on `Drop`.
 //!
-//! It is a plain-HTTP registry without authentication and with deletes enabled. Tests check
+//! It is a plain-HTTP registry without authentication and with deletes enabled, its blob
+//! descriptors cached in memory as Distribution's stock config (and Debian's) has them. Tests check
 //! what a push left behind with independent means: [`RegistryServer::blob_count`] counts the
 //! blobs in the storage directory, [`RegistryServer::skopeo_inspect`] asks skopeo, another
 //! client than the one under test. [`RegistryServer::push_busybox_base`] gives suites a real,
@@ -398,7 +399,7 @@ impl RegistryServer {
         let config = format!(
             "version: 0.1\n\
              log:\n  level: warn\n  accesslog:\n    disabled: true\n\
-             storage:\n  filesystem:\n    rootdirectory: {storage:?}\n  delete:\n    enabled: true\n  \
+             storage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: {storage:?}\n  delete:\n    enabled: true\n  \
              maintenance:\n    uploadpurging:\n      enabled: false\n    readonly:\n      enabled: {read_only}\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: baton-test-registry\n",
             storage = self.storage_dir.display().to_string(),
