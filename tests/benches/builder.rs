@@ -10,7 +10,9 @@
 //! image pushed while its signature `.sig` and provenance `.att` are), in alternating order; the
 //! added time is the difference of the two modes' medians. The tester's test-result attestation
 //! appended to that `.att` is timed after each signed one: it is paid by the test run, after the
-//! tests, and is reported beside.
+//! tests, and is reported beside. Each service opens its upload sessions when its work starts
+//! (`EvidenceStore::prepare`); here that is done, untimed, before the image is assembled and
+//! before the tester attests.
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
@@ -192,6 +194,11 @@ async fn evidence_cost(registry: &str, key: &std::path::Path) -> Result<()> {
                 registry: &target,
                 repository,
             };
+            if sign {
+                // As the builder does when the build's steps start: its sessions are open by the
+                // time the image is assembled.
+                builder.prepare(repository).await;
+            }
             let assembled = image::assemble(&job).await?;
             let facts = BuildFacts {
                 data: &build,
@@ -230,6 +237,8 @@ async fn evidence_cost(registry: &str, key: &std::path::Path) -> Result<()> {
                 steps: Vec::new(),
                 pushed_by: None,
             };
+            // As the tester does when its tests start.
+            tester.prepare(repository).await;
             let started = Instant::now();
             tester.attest(&pushed.info(), &verdict, &passed).await?;
             testing.push(started.elapsed());

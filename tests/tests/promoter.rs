@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use baton_kit::evidence::{
-    BuildRecord, EvidenceStore, Expect, SLSA_PROVENANCE_V1, SigningKey, Subject, TEST_RESULT_V0_1, TestOutcome,
-    TestRecord, provenance, seal, sign_image, test_result,
+    BuildRecord, EvidenceStore, SLSA_PROVENANCE_V1, SigningKey, Subject, TEST_RESULT_V0_1, TestOutcome, TestRecord,
+    provenance, seal, sign_image, test_result,
 };
 use baton_kit::settings::Settings;
 use baton_promoter::clock::{Clock as _, ManualClock};
@@ -2058,7 +2058,7 @@ impl Evidenced {
             sealed.payload = seal(&builder, &provenance(&subject, &other)).payload;
         }
         store
-            .attach_attestation(repository, &subject, &sealed, SLSA_PROVENANCE_V1, Expect::NewTag)
+            .attach_attestation(repository, &subject, &sealed, SLSA_PROVENANCE_V1)
             .await?;
         let verdict = TestRecord {
             tester_id: "https://baton.dev/tester/v1".into(),
@@ -2084,7 +2084,6 @@ impl Evidenced {
                 &subject,
                 &seal(&tester, &test_result(&subject, &verdict)),
                 TEST_RESULT_V0_1,
-                Expect::HeldTag,
             )
             .await?;
         Ok(())

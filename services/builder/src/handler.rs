@@ -129,6 +129,9 @@ impl Builder {
             Err(e) => return Ok(Attempt::Failed(format!("{PIPELINE_FILE}: {e}"))),
         };
         self.announce(announced, events::started(incoming, data)).await?;
+        if let (Some(attester), Some((_, repository))) = (&self.attester, &image) {
+            tokio::spawn(attester.prepare(repository));
+        }
         let started = chrono::Utc::now();
         let no_extra_env = BTreeMap::new();
         for (step, grant) in pipeline.build.steps.iter().zip(&grants) {

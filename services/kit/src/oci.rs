@@ -29,6 +29,17 @@ pub fn describe(error: &OciDistributionError) -> (String, bool) {
     }
 }
 
+/// Whether the registry gave an error code `wanted` accepts for `error`, whether oci-client
+/// parsed its envelope or left it in a server error's message.
+pub fn has_error_code(error: &OciDistributionError, wanted: impl Fn(&OciErrorCode) -> bool) -> bool {
+    match error {
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| wanted(&e.code)),
+        OciDistributionError::ServerError { message, .. } => serde_json::from_str::<OciEnvelope>(message)
+            .is_ok_and(|envelope| envelope.errors.iter().any(|e| wanted(&e.code))),
+        _ => false,
+    }
+}
+
 /// `CODE: message` for each error the registry listed.
 fn envelope_message(envelope: &OciEnvelope) -> String {
     let parts: Vec<String> = envelope
@@ -116,5 +127,11 @@ mod tests {
         assert_eq!((message.as_str(), transient), ("HTTP 405: UNSUPPORTED: no", false));
         assert!(describe(&OciDistributionError::IoError(io::Error::other("reset"))).1);
         assert!(!describe(&OciDistributionError::UnauthorizedError { url: "u".into() }).1);
+        let blob_unknown = |code: &OciErrorCode| *code == OciErrorCode::ManifestBlobUnknown;
+        let unknown = r#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#;
+        assert!(has_error_code(&server(400, unknown), blob_unknown));
+        assert!(has_error_code(&registry("MANIFEST_BLOB_UNKNOWN"), blob_unknown));
+        assert!(!has_error_code(&registry("NAME_UNKNOWN"), blob_unknown));
+        assert!(!has_error_code(&server(400, "<html>bad request</html>"), blob_unknown));
     }
 }

@@ -12,8 +12,7 @@
 use std::collections::BTreeMap;
 
 use baton_kit::evidence::{
-    EvidenceError, EvidenceStore, Expect, SigningKey, Subject, TEST_RESULT_V0_1, TestOutcome, TestRecord, seal,
-    test_result,
+    EvidenceError, EvidenceStore, SigningKey, Subject, TEST_RESULT_V0_1, TestOutcome, TestRecord, seal, test_result,
 };
 use baton_kit::{ErrorKind, HandlerError};
 use baton_schemas::payloads::{ImageInfo, Outcome, TestData};
@@ -59,6 +58,15 @@ impl Attester {
         &self.key_id
     }
 
+    /// Opens the upload session the verdict's attestation on an image in `repository` will
+    /// use ([`EvidenceStore::prepare`]): the handler runs it beside the tests, so attaching is
+    /// one request shorter once they are done.
+    pub fn prepare(&self, repository: &str) -> impl Future<Output = ()> + Send + 'static {
+        let store = self.store.clone();
+        let repository = repository.to_owned();
+        async move { store.prepare(&repository, 1).await }
+    }
+
     /// Seals the verdict of `data` on `image` and appends it to the image's `.att`; returns
     /// the digest of the `.att` manifest it made.
     ///
@@ -81,13 +89,7 @@ impl Attester {
         );
         let manifest = self
             .store
-            .attach_attestation(
-                &image.repository,
-                &subject,
-                &envelope,
-                TEST_RESULT_V0_1,
-                Expect::HeldTag,
-            )
+            .attach_attestation(&image.repository, &subject, &envelope, TEST_RESULT_V0_1)
             .await?;
         tracing::info!(%manifest, key = %self.key_id, "verdict attested");
         Ok(manifest)

@@ -390,6 +390,9 @@ impl Handler for Tester {
         announced
             .send(&self.jetstream, &Self::started(&incoming, &data))
             .await?;
+        if let (Some(attester), Some(image)) = (&self.attester, &data.image) {
+            tokio::spawn(attester.prepare(&image.repository));
+        }
         let mut passed = PassedCases::default();
         let verdict = self.run(&incoming, &mut data, &mut passed).await?;
         announced.confirmed().await?;

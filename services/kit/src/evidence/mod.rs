@@ -9,7 +9,7 @@
 //! - [`dsse`]: the DSSE envelope that signs a statement;
 //! - [`verify`]: pure verification, where every [`Refusal`] names the check that failed;
 //! - [`store`]: attaching and fetching all of it in the registry, at cosign's tags
-//!   (`sha256-<hex>.sig`, `sha256-<hex>.att`).
+//!   (`sha256-<hex>.sig`, `sha256-<hex>.att`), with upload sessions opened ahead (`session`).
 //!
 //! The builder signs and attests what it pushes, the tester attests its verdict, and the
 //! promoter fetches and verifies the evidence before it moves an environment to a digest.
@@ -18,6 +18,7 @@ pub mod cosign;
 pub mod dsse;
 mod error;
 pub mod keys;
+mod session;
 pub mod statement;
 pub mod store;
 pub mod verify;
@@ -30,7 +31,7 @@ pub use statement::{
     BATON_BUILD_TYPE, BaseImageRecord, BuildRecord, ResourceDescriptor, SLSA_PROVENANCE_V1, STATEMENT_V1, Statement,
     StepRecord, TEST_RESULT_V0_1, TestOutcome, TestRecord, provenance, test_result,
 };
-pub use store::{Evidence, EvidenceStore, Expect};
+pub use store::{Evidence, EvidenceStore};
 pub use verify::{
     ProvenanceRequirement, Refusal, check_provenance, check_test_result, open_envelope, verify_image_signature,
 };

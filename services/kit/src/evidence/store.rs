@@ -7,6 +7,8 @@
 //! unexpected types are skipped, and nothing read here is believed before
 //! [`verify`](super::verify) checks it.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -17,6 +19,7 @@ use oci_client::{Client, Reference};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::session::Sessions;
 use super::{Envelope, EvidenceError, ImageSignature, Subject};
 use crate::secret::Secret;
 
@@ -30,7 +33,13 @@ const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 /// The annotation naming an attestation layer's predicate type.
 const PREDICATE_TYPE_ANNOTATION: &str = "predicateType";
 const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+/// The config of every `.sig` and `.att` manifest: OCI's empty descriptor (image-spec 1.1,
+/// "Guidelines for Artifact Usage"), the same two bytes for all, so a repository stores it once
+/// and an attachment uploads one blob, its layer. Readers of cosign's tags (cosign, skopeo,
+/// Baton) read the layers and their annotations, never the config.
+const EMPTY_CONFIG: &[u8] = b"{}";
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+const EMPTY_DIGEST: &str = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 
 /// Largest `.sig` or `.att` manifest read. cosign's hold a few hundred bytes a layer.
 const MANIFEST_LIMIT: usize = 256 * 1024;
@@ -74,6 +83,11 @@ pub struct EvidenceStore {
     /// before every request, a round trip each that an open registry answers with nothing.
     /// With credentials it is `client` itself.
     direct: Client,
+    /// Repositories known to hold [`EMPTY_CONFIG`]: it is uploaded once per repository, and
+    /// again if a manifest put says it is gone.
+    configured: Arc<Mutex<HashSet<String>>>,
+    /// Upload sessions opened ahead by [`prepare`](Self::prepare).
+    sessions: Option<Arc<Sessions>>,
 }
 
 impl std::fmt::Debug for EvidenceStore {
@@ -95,16 +109,6 @@ struct Attachment<'a> {
     suffix: &'a str,
 }
 
-/// What an attachment expects its tag to hold, to order its uploads (never its result: a wrong
-/// guess costs a round trip, not a wrong manifest).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
-    /// Nothing yet: the first signature or attestation of an image.
-    NewTag,
-    /// Layers already: an attestation joining the builder's.
-    HeldTag,
-}
-
 /// An envelope as an `.att` layer, annotated with its predicate type.
 fn attestation<'a>(envelope: &Envelope, predicate_type: &str) -> Attachment<'a> {
     Attachment {
@@ -122,11 +126,14 @@ impl EvidenceStore {
     /// Installs the process's rustls provider (`baton_kit::tls`) if nobody has yet.
     pub fn new(address: &str, insecure: bool, username: Option<String>, password: Option<Secret>) -> Self {
         crate::tls::install_crypto_provider();
-        let auth = match (username, password) {
-            (Some(user), Some(password)) => {
-                RegistryAuth::Basic(user, String::from_utf8_lossy(password.expose()).into_owned())
-            }
-            _ => RegistryAuth::Anonymous,
+        let basic = match (username, password) {
+            (Some(user), Some(password)) => Some((user, String::from_utf8_lossy(password.expose()).into_owned())),
+            _ => None,
+        };
+        let sessions = Sessions::new(address, insecure, basic.clone(), CONNECT_TIMEOUT, READ_TIMEOUT).map(Arc::new);
+        let auth = match basic {
+            Some((user, password)) => RegistryAuth::Basic(user, password),
+            None => RegistryAuth::Anonymous,
         };
         let plain_http = if insecure { vec![address.to_owned()] } else { Vec::new() };
         let make = || {
@@ -148,6 +155,18 @@ impl EvidenceStore {
             auth,
             client,
             direct,
+            configured: Arc::default(),
+            sessions,
+        }
+    }
+
+    /// Opens upload sessions in `repository` for `count` attachments to come, so that each is
+    /// one request shorter (`session.rs`). Call it when the work the evidence will prove starts
+    /// (a build, a test run) and let it run beside that work; it never fails, and attaching
+    /// without sessions opened ahead works as well, one request longer.
+    pub async fn prepare(&self, repository: &str, count: usize) {
+        if let Some(sessions) = &self.sessions {
+            sessions.open(repository, count).await;
         }
     }
 
@@ -170,14 +189,12 @@ impl EvidenceStore {
             annotations: json!({ SIGNATURE_ANNOTATION: sig.signature }),
             suffix: "sig",
         };
-        self.attach(repository, subject, attachment, Expect::NewTag).await
+        self.attach(repository, subject, attachment).await
     }
 
     /// Attaches an attestation of `subject`: the envelope becomes a layer of the
     /// `sha256-<hex>.att` manifest, annotated with its predicate type, after the layers already
-    /// there. `expect` orders the uploads for what the tag likely holds: [`Expect::NewTag`] for
-    /// the first attestation of an image (the builder's provenance), [`Expect::HeldTag`] for one
-    /// joining others (the tester's). Returns the manifest's digest.
+    /// there (the tester's joins the builder's provenance). Returns the manifest's digest.
     ///
     /// # Errors
     /// As [`attach_signature`](Self::attach_signature).
@@ -187,9 +204,8 @@ impl EvidenceStore {
         subject: &Subject,
         envelope: &Envelope,
         predicate_type: &str,
-        expect: Expect,
     ) -> Result<String, EvidenceError> {
-        self.attach(repository, subject, attestation(envelope, predicate_type), expect)
+        self.attach(repository, subject, attestation(envelope, predicate_type))
             .await
     }
 
@@ -241,45 +257,41 @@ impl EvidenceStore {
 
     /// Puts `attachment` as the last layer of the manifest at `sha256-<hex>.<suffix>`.
     ///
-    /// For a tag expected to be new (the first signature of a digest, its first attestation),
-    /// the layer and the config of a manifest holding that layer alone are uploaded while the
-    /// current manifest is read: the new manifest is then a single round trip away. When the
-    /// tag holds layers after all, the config listing them all is uploaded after the read (the
-    /// guessed config stays behind, an unreferenced blob the registry's collector removes).
-    /// For a tag expected to hold layers, only the layer is uploaded during the read.
+    /// The layer is uploaded while the tag's current manifest is read (and, the first time in
+    /// a repository, the shared config with them): the new manifest, which keeps the layers
+    /// already there, is then a single round trip away.
     async fn attach(
         &self,
         repository: &str,
         subject: &Subject,
         attachment: Attachment<'_>,
-        expect: Expect,
     ) -> Result<String, EvidenceError> {
         let hex = digest_hex(&subject.digest)?;
         let target = self.reference(repository, &format!("sha256-{hex}.{}", attachment.suffix));
         let layer_digest = sha256_digest(&attachment.data);
+        let artifact_type = attachment.media_type;
         let layer = json!({
             "mediaType": attachment.media_type,
             "size": attachment.data.len(),
             "digest": layer_digest,
             "annotations": attachment.annotations,
         });
-        let alone = image_config(std::slice::from_ref(&layer));
-        let alone_digest = sha256_digest(&alone);
-        let alone_size = alone.len();
-        let guess = async {
-            match expect {
-                Expect::NewTag => Some(self.direct.push_blob(&target, alone, &alone_digest).await),
-                Expect::HeldTag => None,
+        let config = async {
+            if self.config_known(repository) {
+                Ok(())
+            } else {
+                self.push_config(&target).await
             }
         };
-        let (current, pushed_layer, pushed_alone) = tokio::join!(
+        let (current, pushed_layer, pushed_config) = tokio::join!(
             self.current_manifest(&target),
-            self.direct.push_blob(&target, attachment.data, &layer_digest),
-            guess,
+            self.upload(&target, attachment.data, &layer_digest),
+            config,
         );
         let current = current?;
         pushed_layer
             .map_err(|error| self.registry_error(&target, format!("uploading layer {layer_digest}"), &error))?;
+        pushed_config?;
 
         let mut layers: Vec<Value> = current
             .as_ref()
@@ -290,38 +302,73 @@ impl EvidenceStore {
             return Ok(digest);
         }
         layers.push(layer);
-        let (config_digest, config_size) = if let (1, Some(pushed_alone)) = (layers.len(), pushed_alone) {
-            pushed_alone
-                .map_err(|error| self.registry_error(&target, format!("uploading config {alone_digest}"), &error))?;
-            (alone_digest, alone_size)
-        } else {
-            let config = image_config(&layers);
-            let config_digest = sha256_digest(&config);
-            let config_size = config.len();
-            self.direct
-                .push_blob(&target, config, &config_digest)
-                .await
-                .map_err(|error| self.registry_error(&target, format!("uploading config {config_digest}"), &error))?;
-            (config_digest, config_size)
-        };
-
         let manifest = serde_json::to_vec(&json!({
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST_MEDIA_TYPE,
-            "config": {"mediaType": OCI_CONFIG_MEDIA_TYPE, "size": config_size, "digest": config_digest},
+            "artifactType": artifact_type,
+            "config": {"mediaType": EMPTY_MEDIA_TYPE, "size": EMPTY_CONFIG.len(), "digest": EMPTY_DIGEST},
             "layers": layers,
         }))
         .expect("JSON always serializes");
         let manifest_digest = sha256_digest(&manifest);
-        self.direct
-            .push_manifest_raw(
+        let put = || {
+            self.direct.push_manifest_raw(
                 &target,
-                manifest,
+                manifest.clone(),
                 http::HeaderValue::from_static(OCI_MANIFEST_MEDIA_TYPE),
             )
-            .await
-            .map_err(|error| self.registry_error(&target, format!("putting manifest {target}"), &error))?;
+        };
+        let put_error =
+            |error: &OciDistributionError| self.registry_error(&target, format!("putting manifest {target}"), error);
+        match put().await {
+            Ok(_) => {}
+            Err(error) if is_blob_unknown(&error) => {
+                // The config was known here, but the repository was deleted or collected since.
+                tracing::info!(tag = %target, "the registry no longer holds the shared config; uploading it again");
+                self.forget_config(repository);
+                self.push_config(&target).await?;
+                put().await.map_err(|error| put_error(&error))?;
+            }
+            Err(error) => return Err(put_error(&error)),
+        }
         Ok(manifest_digest)
+    }
+
+    /// Uploads a blob, through a session opened ahead when there is one.
+    async fn upload(&self, target: &Reference, data: Vec<u8>, digest: &str) -> Result<(), OciDistributionError> {
+        if let Some(sessions) = &self.sessions
+            && sessions.upload(target.repository(), &data, digest).await
+        {
+            return Ok(());
+        }
+        self.direct.push_blob(target, data, digest).await.map(drop)
+    }
+
+    /// Whether `repository` is known to hold the shared config.
+    fn config_known(&self, repository: &str) -> bool {
+        self.configured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(repository)
+    }
+
+    fn forget_config(&self, repository: &str) {
+        self.configured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(repository);
+    }
+
+    /// Uploads the shared config to `target`'s repository and remembers that it is there.
+    async fn push_config(&self, target: &Reference) -> Result<(), EvidenceError> {
+        self.upload(target, EMPTY_CONFIG.to_vec(), EMPTY_DIGEST)
+            .await
+            .map_err(|error| self.registry_error(target, format!("uploading config {EMPTY_DIGEST}"), &error))?;
+        self.configured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(target.repository().to_owned());
+        Ok(())
     }
 
     /// The manifest the tag names and its digest; `None` when the tag (or the repository) does
@@ -450,20 +497,6 @@ fn layers(manifest: &Value, media_type: &str) -> Vec<Layer> {
         .collect()
 }
 
-/// The config of a manifest holding `layers`, as cosign writes it (an image built from no base
-/// with these layers), so tools that read the manifest as an image find it consistent.
-fn image_config(layers: &[Value]) -> Vec<u8> {
-    let diff_ids: Vec<&Value> = layers.iter().filter_map(|layer| layer.get("digest")).collect();
-    serde_json::to_vec(&json!({
-        "architecture": "",
-        "config": {},
-        "created": "0001-01-01T00:00:00Z",
-        "os": "",
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))
-    .expect("JSON always serializes")
-}
-
 /// The hex of a `sha256:<hex>` digest.
 fn digest_hex(digest: &str) -> Result<&str, EvidenceError> {
     digest
@@ -476,6 +509,13 @@ fn digest_hex(digest: &str) -> Result<&str, EvidenceError> {
 
 fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// Whether the registry refused a manifest because a blob it names is not in the repository.
+fn is_blob_unknown(error: &OciDistributionError) -> bool {
+    crate::oci::has_error_code(error, |code| {
+        matches!(code, OciErrorCode::ManifestBlobUnknown | OciErrorCode::BlobUnknown)
+    })
 }
 
 /// Whether the registry says the tag or the repository does not exist.
@@ -511,6 +551,23 @@ mod tests {
             url: "u".into(),
         }));
         assert!(!is_not_found(&server(500)));
+        let blob_unknown =
+            serde_json::from_value(json!({"errors": [{"code": "MANIFEST_BLOB_UNKNOWN", "message": "m"}]})).unwrap();
+        assert!(is_blob_unknown(&OciDistributionError::RegistryError {
+            envelope: blob_unknown,
+            url: "u".into(),
+        }));
+        assert!(is_blob_unknown(&OciDistributionError::ServerError {
+            code: 400,
+            url: "u".into(),
+            message: r#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#.into(),
+        }));
+        assert!(!is_blob_unknown(&server(400)));
+    }
+
+    #[test]
+    fn the_shared_config_is_the_oci_empty_descriptor() {
+        assert_eq!(sha256_digest(EMPTY_CONFIG), EMPTY_DIGEST);
     }
 
     #[test]
