@@ -290,6 +290,9 @@ lint:
     fi
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
+    # The API docs build without broken links or stray HTML (doc comments are also help texts and
+    # schema descriptions, so they are checked here).
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
     # Dependencies no crate uses (cargo-machete reads the sources; a false positive is listed
     # under [package.metadata.cargo-machete] ignored in that crate's Cargo.toml, with the reason).
     cargo machete

@@ -187,7 +187,7 @@ pub struct ImageSpec {
     /// Working directory of the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
-    /// User (name or uid[:gid]) the image runs as.
+    /// User the image runs as: a name, a uid, or `uid:gid`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Exposed ports, e.g. `8080/tcp`.

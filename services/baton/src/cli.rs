@@ -191,7 +191,7 @@ pub enum Command {
     },
     /// The log of a build or test run (`baton events` shows its run id on the build/test events).
     Logs {
-        /// The run id, build-<uuid> or test-<uuid>, or a unique prefix of it such as the
+        /// The run id, `build-<uuid>` or `test-<uuid>`, or a unique prefix of it such as the
         /// `test-5cc719e8` `baton events` shows.
         run: String,
         /// Only this step.
