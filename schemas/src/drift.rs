@@ -62,9 +62,20 @@ pub struct DriftedObject {
     pub object: String,
     /// How it differs.
     pub kind: DriftKind,
-    /// The fields that differ (for [`DriftKind::Changed`]).
+    /// The fields that differ (for [`DriftKind::Changed`]); a report lists the first few dozen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<FieldDrift>,
+    /// Fields that differ beyond those listed, so that a report stays within one message.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fields_omitted: u64,
+}
+
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+pub(crate) fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `customData` of `baton-environment.drifted` and `baton-environment.synced`: which app in
@@ -88,9 +99,14 @@ pub struct DriftData {
     /// absent when an operator's `sync` or `restore` put the environment back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
-    /// The objects that differ (empty on `synced`).
+    /// The objects that differ (empty on `synced`), in name order, as many as fit a report of
+    /// at most 256 KiB (and at most 200).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<DriftedObject>,
+    /// Objects that differ beyond those listed (anyone who can create objects with the app's
+    /// labels can make thousands), so that a report stays within one message.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub objects_omitted: u64,
     /// When the drift was first seen.
     pub detected_at: DateTime<Utc>,
     /// When it ended (on `synced`).
@@ -115,6 +131,7 @@ impl DriftData {
             config_commit: promotion.config_commit.clone(),
             policy: None,
             objects: Vec::new(),
+            objects_omitted: 0,
             detected_at,
             synced_at: None,
             rollout_wait_ms: None,
@@ -132,9 +149,12 @@ pub struct DriftRecord {
     pub state: SyncState,
     /// The config-repo commit compared with.
     pub config_commit: String,
-    /// The objects that differ, as `Kind/name` (empty when synced).
+    /// The objects that differ, as `Kind/name` (empty when synced): those a report lists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<String>,
+    /// Objects that differ beyond those listed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub objects_omitted: u64,
     /// A fingerprint of what differs: the same drift seen again is not reported again.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub fingerprint: String,

@@ -160,8 +160,11 @@ pub struct EnvironmentDriftedContent {
     pub environment: String,
     /// The application.
     pub app: String,
-    /// The objects that drifted, as `Kind/name`.
+    /// The objects that drifted, as `Kind/name`: those `customData` lists.
     pub objects: Vec<String>,
+    /// Objects that drifted beyond those listed (`customData.objectsOmitted`).
+    #[serde(default, skip_serializing_if = "crate::drift::is_zero")]
+    pub objects_omitted: u64,
     /// What the deployer does about it: `report`, `heal` (the environment's `drift` policy).
     pub policy: String,
 }

@@ -509,13 +509,22 @@ async fn drift_records(js: &jetstream::Context, rows: &[(String, String, Value)]
     out
 }
 
-/// The SYNC column: `synced`, `drifted: <objects>` (with a failed heal's reason), or `-`.
+/// Drifted objects the SYNC column names; the rest are counted.
+const SYNC_OBJECTS_SHOWN: usize = 5;
+
+/// The SYNC column: `synced`, `drifted: <objects>` (the first few, with how many more, and a
+/// failed heal's reason), or `-`.
 fn sync_column(record: Option<&DriftRecord>) -> String {
     match record {
         None => "-".to_owned(),
         Some(r) if r.state == SyncState::Synced => SyncState::Synced.as_str().to_owned(),
         Some(r) => {
-            let mut cell = format!("{}: {}", r.state.as_str(), r.objects.join(", "));
+            let shown = &r.objects[..r.objects.len().min(SYNC_OBJECTS_SHOWN)];
+            let mut cell = format!("{}: {}", r.state.as_str(), shown.join(", "));
+            let more = (r.objects.len() - shown.len()) as u64 + r.objects_omitted;
+            if more > 0 {
+                cell.push_str(&format!(" and {more} more"));
+            }
             if let Some(failed) = &r.heal_failed {
                 cell.push_str(&format!(" (heal failed: {failed})"));
             }
@@ -737,7 +746,34 @@ async fn logs(
 
 #[cfg(test)]
 mod tests {
-    use super::log_attempt;
+    use super::{log_attempt, sync_column};
+    use baton_schemas::drift::{DriftRecord, SyncState};
+
+    #[test]
+    fn the_sync_column_names_a_few_drifted_objects_and_counts_the_rest() {
+        let record = DriftRecord {
+            state: SyncState::Drifted,
+            config_commit: "c1".into(),
+            objects: (0..200).map(|i| format!("ConfigMap/extra-{i}")).collect(),
+            objects_omitted: 4800,
+            fingerprint: "f".into(),
+            since: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            heal_failed: Some("rollout failed".into()),
+        };
+        assert_eq!(
+            sync_column(Some(&record)),
+            "drifted: ConfigMap/extra-0, ConfigMap/extra-1, ConfigMap/extra-2, ConfigMap/extra-3, \
+             ConfigMap/extra-4 and 4995 more (heal failed: rollout failed)"
+        );
+        let one = DriftRecord {
+            objects: vec!["Deployment/shop".into()],
+            objects_omitted: 0,
+            heal_failed: None,
+            ..record
+        };
+        assert_eq!(sync_column(Some(&one)), "drifted: Deployment/shop");
+        assert_eq!(sync_column(None), "-");
+    }
 
     #[test]
     fn a_steps_log_attempts_are_told_apart_from_other_steps() {

@@ -209,6 +209,8 @@ pub fn deployment(ty: EventType, d: &DeploymentData) -> Value {
 
 /// Fields of a drifted object shown; the rest are counted.
 const DRIFT_FIELDS_SHOWN: usize = 5;
+/// Drifted objects shown (a Slack section holds 3,000 characters); the rest are counted.
+const DRIFT_OBJECTS_SHOWN: usize = 10;
 
 /// Drift news: which objects of an app differ from its config commit (each changed field old →
 /// new, and who changed it), what the environment's policy does about it; or that it is in sync
@@ -235,7 +237,7 @@ pub fn drift(ty: EventType, how: &str, d: &DriftData) -> Value {
             escape(how)
         )
     };
-    for object in &d.objects {
+    for object in d.objects.iter().take(DRIFT_OBJECTS_SHOWN) {
         let kind = match object.kind {
             DriftKind::Changed => "changed",
             DriftKind::Missing => "missing",
@@ -256,12 +258,14 @@ pub fn drift(ty: EventType, how: &str, d: &DriftData) -> Value {
                     .unwrap_or_default()
             ));
         }
-        if object.fields.len() > DRIFT_FIELDS_SHOWN {
-            text.push_str(&format!(
-                "\n    and {} more field(s)",
-                object.fields.len() - DRIFT_FIELDS_SHOWN
-            ));
+        let more_fields = object.fields.len().saturating_sub(DRIFT_FIELDS_SHOWN) as u64 + object.fields_omitted;
+        if more_fields > 0 {
+            text.push_str(&format!("\n    and {more_fields} more field(s)"));
         }
+    }
+    let more_objects = d.objects.len().saturating_sub(DRIFT_OBJECTS_SHOWN) as u64 + d.objects_omitted;
+    if more_objects > 0 {
+        text.push_str(&format!("\n…and {more_objects} more object(s)"));
     }
     json!({"text": text, "blocks": [section(text.clone())]})
 }
@@ -524,6 +528,7 @@ mod tests {
                         changed_by: Some(user.into()),
                         changed_at: None,
                     }],
+                    fields_omitted: 0,
                 },
                 DriftedObject {
                     object: format!("Secret/{here}"),
@@ -535,13 +540,16 @@ mod tests {
                         changed_by: None,
                         changed_at: None,
                     }],
+                    fields_omitted: 0,
                 },
                 DriftedObject {
                     object: "ConfigMap/settings".into(),
                     kind: DriftKind::Missing,
                     fields: Vec::new(),
+                    fields_omitted: 0,
                 },
             ],
+            objects_omitted: 0,
             detected_at: at,
             synced_at: None,
             rollout_wait_ms: None,
@@ -557,6 +565,26 @@ mod tests {
                 "• `ConfigMap/settings` missing",
             ],
         );
+        // Thousands of extra objects (anyone who can label objects can make them): ten shown,
+        // the rest counted, with those the report itself left out.
+        let flood = DriftData {
+            objects: (0..50)
+                .map(|i| DriftedObject {
+                    object: format!("ConfigMap/extra-{i}"),
+                    kind: DriftKind::Extra,
+                    fields: Vec::new(),
+                    fields_omitted: 0,
+                })
+                .collect(),
+            objects_omitted: 4950,
+            ..d.clone()
+        };
+        let text = drift(EventType::EnvironmentDrifted, "", &flood)["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(text.matches("not in the release").count(), 10, "{text}");
+        assert!(text.ends_with("…and 4990 more object(s)"), "{text}");
         let synced = drift(
             EventType::EnvironmentSynced,
             "healed",

@@ -322,6 +322,7 @@ pub fn compare_object(
         object: object.to_owned(),
         kind: DriftKind::Changed,
         fields,
+        fields_omitted: 0,
     })
 }
 
@@ -357,6 +358,53 @@ pub enum Transition {
     Synced(DriftRecord),
 }
 
+/// Most objects a drift report lists; the rest are counted (`objectsOmitted`).
+const MAX_LISTED_OBJECTS: usize = 200;
+/// Most fields listed per object; the rest are counted (`fieldsOmitted`).
+const MAX_LISTED_FIELDS: usize = 32;
+/// Most bytes the listed objects take as JSON. With values capped at [`MAX_REPORTED_VALUE`], an
+/// object's listed fields take at most ~70 KiB, so a report (an event, a drift record) stays far
+/// below a NATS message's 1 MiB however many objects someone labels or fields they change.
+const MAX_LISTED_BYTES: usize = 256 * 1024;
+
+/// What a report lists of `objects`, in name order: as many as fit [`MAX_LISTED_OBJECTS`] and
+/// [`MAX_LISTED_BYTES`], each with at most [`MAX_LISTED_FIELDS`] fields; and how many objects are
+/// left out. The fingerprint is taken over all of them, never over this.
+pub fn listed(objects: &[DriftedObject]) -> (Vec<DriftedObject>, u64) {
+    let mut sorted: Vec<&DriftedObject> = objects.iter().collect();
+    sorted.sort_by(|a, b| (&a.object, a.kind).cmp(&(&b.object, b.kind)));
+    let mut listed = Vec::new();
+    let mut bytes = 0;
+    for object in sorted {
+        if listed.len() == MAX_LISTED_OBJECTS {
+            break;
+        }
+        let kept = object.fields.len().min(MAX_LISTED_FIELDS);
+        let object = DriftedObject {
+            fields: object.fields[..kept].to_vec(),
+            fields_omitted: object.fields_omitted + (object.fields.len() - kept) as u64,
+            ..object.clone()
+        };
+        let size = serde_json::to_vec(&object).map_or(0, |json| json.len());
+        if bytes + size > MAX_LISTED_BYTES {
+            break;
+        }
+        bytes += size;
+        listed.push(object);
+    }
+    let omitted = (objects.len() - listed.len()) as u64;
+    (listed, omitted)
+}
+
+/// The names (`Kind/name`) a report lists of `objects`, sorted and without repeats, and how many
+/// objects are left out.
+pub fn listed_names(objects: &[DriftedObject]) -> (Vec<String>, u64) {
+    let (listed, omitted) = listed(objects);
+    let mut names: Vec<String> = listed.into_iter().map(|o| o.object).collect();
+    names.dedup();
+    (names, omitted)
+}
+
 /// Decides what a comparison at `commit` that found `objects` means after `previous`, as of `now`.
 pub fn transition(
     previous: Option<&DriftRecord>,
@@ -364,17 +412,12 @@ pub fn transition(
     objects: &[DriftedObject],
     now: DateTime<Utc>,
 ) -> Transition {
-    let names = || {
-        let mut names: Vec<String> = objects.iter().map(|o| o.object.clone()).collect();
-        names.sort();
-        names.dedup();
-        names
-    };
     if objects.is_empty() {
         let synced = DriftRecord {
             state: SyncState::Synced,
             config_commit: commit.to_owned(),
             objects: Vec::new(),
+            objects_omitted: 0,
             fingerprint: String::new(),
             since: now,
             heal_failed: None,
@@ -390,6 +433,7 @@ pub fn transition(
         };
     }
     let fingerprint = fingerprint(objects);
+    let (names, objects_omitted) = listed_names(objects);
     match previous {
         Some(p) if p.state == SyncState::Drifted && p.fingerprint == fingerprint && p.config_commit == commit => {
             Transition::Unchanged
@@ -397,7 +441,8 @@ pub fn transition(
         Some(p) if p.state == SyncState::Drifted => Transition::Drifted(DriftRecord {
             state: SyncState::Drifted,
             config_commit: commit.to_owned(),
-            objects: names(),
+            objects: names,
+            objects_omitted,
             fingerprint,
             since: p.since,
             heal_failed: None,
@@ -405,7 +450,8 @@ pub fn transition(
         _ => Transition::Drifted(DriftRecord {
             state: SyncState::Drifted,
             config_commit: commit.to_owned(),
-            objects: names(),
+            objects: names,
+            objects_omitted,
             fingerprint,
             since: now,
             heal_failed: None,
@@ -423,6 +469,7 @@ pub fn extras(labelled: &[String], release: &[String]) -> Vec<DriftedObject> {
             object: name.clone(),
             kind: DriftKind::Extra,
             fields: Vec::new(),
+            fields_omitted: 0,
         })
         .collect()
 }

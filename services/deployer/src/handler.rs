@@ -581,6 +581,7 @@ impl Deployer {
             state: SyncState::Synced,
             config_commit: promotion.config_commit.clone(),
             objects: Vec::new(),
+            objects_omitted: 0,
             fingerprint: String::new(),
             since: now,
             heal_failed: None,

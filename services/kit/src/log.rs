@@ -363,13 +363,15 @@ pub fn summary(record: &Record) -> (String, Tone) {
                 .map(|o| o.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
             let shown = objects.iter().take(3).copied().collect::<Vec<_>>().join(", ");
-            let more = objects.len().saturating_sub(3);
+            // Those the report left out (`objectsOmitted`) count too.
+            let omitted = content["objectsOmitted"].as_u64().unwrap_or(0);
+            let more = objects.len().saturating_sub(3) as u64 + omitted;
+            let count = objects.len() as u64 + omitted;
             (
                 format!(
-                    "{} drifted: {} object{} ({shown}{}), policy {}",
+                    "{} drifted: {count} object{} ({shown}{}), policy {}",
                     text(content, &["environment"]),
-                    objects.len(),
-                    if objects.len() == 1 { "" } else { "s" },
+                    if count == 1 { "" } else { "s" },
                     if more > 0 {
                         format!(" and {more} more")
                     } else {

@@ -106,6 +106,7 @@ impl Detector {
                         object: manifest.display(),
                         kind: DriftKind::Missing,
                         fields: Vec::new(),
+                        fields_omitted: 0,
                     }));
                 };
                 let memo = format!("{namespace}/{}", manifest.display());

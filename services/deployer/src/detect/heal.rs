@@ -94,6 +94,7 @@ impl Detector {
                         state: SyncState::Synced,
                         config_commit: promotion.config_commit.clone(),
                         objects: Vec::new(),
+                        objects_omitted: 0,
                         fingerprint: String::new(),
                         since: Utc::now(),
                         heal_failed: None,
@@ -103,13 +104,19 @@ impl Detector {
                             .await;
                     }
                 } else {
-                    let names: Vec<String> = left.iter().map(|o| o.object.clone()).collect();
+                    let (names, omitted) = drift::listed_names(&left);
+                    let more = if omitted > 0 {
+                        format!(" and {omitted} more")
+                    } else {
+                        String::new()
+                    };
                     let failed = DriftRecord {
                         heal_failed: Some(format!(
-                            "re-applied, but {} still differ (objects not applied by Baton are not deleted)",
+                            "re-applied, but {}{more} still differ (objects not applied by Baton are not deleted)",
                             names.join(", ")
                         )),
                         objects: names,
+                        objects_omitted: omitted,
                         fingerprint: drift::fingerprint(&left),
                         ..record
                     };

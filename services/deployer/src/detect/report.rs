@@ -58,7 +58,7 @@ impl Detector {
                 if let Some(revision) = self.write(&key, &record, revision).await? {
                     self.metrics.drifted.get_or_create(&labels).set(1);
                     self.count_report(promotion, "drifted");
-                    let data = self.data(target, objects.to_vec(), &record, None, None);
+                    let data = self.data(target, objects, &record, None, None);
                     tracing::warn!(app = %promotion.app, environment = %promotion.environment, objects = ?record.objects, "drift");
                     self.publish(self.drifted_event(target, &record, data)).await;
                     if target.policy == DriftPolicy::Heal {
@@ -122,7 +122,7 @@ impl Detector {
             .set(0);
         self.count_report(promotion, "synced");
         let began = previous.map_or(record.since, |p| p.since);
-        let mut data = self.data(target, Vec::new(), record, Some(record.since), waited);
+        let mut data = self.data(target, &[], record, Some(record.since), waited);
         data.detected_at = began;
         tracing::info!(app = %promotion.app, environment = %promotion.environment, how, "drift ended");
         let content = EnvironmentSyncedContent {
@@ -148,14 +148,16 @@ impl Detector {
     fn data(
         &self,
         target: &Target,
-        objects: Vec<DriftedObject>,
+        objects: &[DriftedObject],
         record: &DriftRecord,
         synced_at: Option<chrono::DateTime<Utc>>,
         rollout_wait_ms: Option<u64>,
     ) -> DriftData {
+        let (objects, objects_omitted) = drift::listed(objects);
         DriftData {
             policy: Some(target.policy.as_str().to_owned()),
             objects,
+            objects_omitted,
             synced_at,
             rollout_wait_ms,
             ..DriftData::of(&target.promotion, record.since)
@@ -167,6 +169,7 @@ impl Detector {
             environment: target.promotion.environment.clone(),
             app: target.promotion.app.clone(),
             objects: record.objects.clone(),
+            objects_omitted: record.objects_omitted,
             policy: target.policy.as_str().to_owned(),
         };
         let seed = format!("{}:{}", target.promotion.config_commit, record.fingerprint);

@@ -163,7 +163,65 @@ fn changed(object: &str, live: &str) -> DriftedObject {
             changed_by: None,
             changed_at: None,
         }],
+        fields_omitted: 0,
     }
+}
+
+#[test]
+fn a_flood_of_drift_is_reported_within_one_message_and_still_fingerprinted_whole() {
+    // Someone who can create and edit objects in the namespace: five thousand extra objects
+    // with the app's labels and the longest names Kubernetes allows, and a Deployment with a
+    // thousand changed fields, each value as large as a report carries.
+    let huge = "x".repeat(10 * MAX_REPORTED_VALUE);
+    let mut deployment = changed("Deployment/shop", "b");
+    deployment.fields = (0..1000)
+        .map(|i| {
+            let mut field = FieldDrift {
+                path: format!("spec.template.metadata.annotations.note-{i}"),
+                expected: Some(json!(huge)),
+                live: Some(json!(format!("{huge}{i}"))),
+                changed_by: Some("kubectl-edit".into()),
+                changed_at: Some(at(i)),
+            };
+            bounded(&mut field.expected);
+            bounded(&mut field.live);
+            field
+        })
+        .collect();
+    let labelled: Vec<String> = (0..5000).map(|i| format!("ConfigMap/{i:0>253}")).collect();
+    let mut objects = extras(&labelled, &[]);
+    objects.push(deployment);
+
+    let (shown, omitted) = listed(&objects);
+    assert!(shown.len() <= MAX_LISTED_OBJECTS);
+    assert_eq!(shown.len() as u64 + omitted, 5001, "every object is listed or counted");
+    assert_eq!(
+        shown[0].object,
+        "ConfigMap/".to_owned() + &"0".repeat(253),
+        "in name order"
+    );
+    let json = serde_json::to_vec(&shown).unwrap();
+    assert!(json.len() <= MAX_LISTED_BYTES, "{} bytes listed", json.len());
+    // The Deployment sorts after the ConfigMaps, so it is counted, not listed.
+    assert!(shown.iter().all(|o| o.kind == DriftKind::Extra));
+
+    // Listed first, its fields are capped and counted.
+    let (alone, none_left) = listed(&objects[objects.len() - 1..]);
+    assert_eq!(none_left, 0);
+    assert_eq!(alone[0].fields.len(), MAX_LISTED_FIELDS);
+    assert_eq!(alone[0].fields_omitted, 1000 - MAX_LISTED_FIELDS as u64);
+
+    // The record keeps the names listed and the count; the fingerprint still sees all: a change
+    // in the last of the omitted objects is a new drift.
+    let Transition::Drifted(record) = transition(None, "c1", &objects, at(1)) else {
+        panic!("a drift")
+    };
+    assert_eq!(record.objects.len(), shown.len());
+    assert_eq!(record.objects_omitted, omitted);
+    assert!(serde_json::to_vec(&record).unwrap().len() < 512 * 1024);
+    let mut changed_last = objects.clone();
+    changed_last.last_mut().unwrap().fields[999].live = Some(json!("another"));
+    assert_ne!(fingerprint(&objects), fingerprint(&changed_last));
 }
 
 #[test]

@@ -74,13 +74,40 @@ pub struct MatrixCell {
 pub struct SyncStatus {
     /// `synced` or `drifted`.
     pub state: &'static str,
-    /// The objects that differ, as `Kind/name` (empty when synced).
+    /// The objects that differ, as `Kind/name` (empty when synced): those the record lists.
     pub objects: Vec<String>,
+    /// Objects that differ beyond those listed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub objects_omitted: u64,
     /// Since when.
     pub since: DateTime<Utc>,
     /// Why the last heal did not end the drift, if it did not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heal_failed: Option<String>,
+}
+
+impl SyncStatus {
+    /// How many objects differ, listed or not.
+    pub fn count(&self) -> u64 {
+        self.objects.len() as u64 + self.objects_omitted
+    }
+
+    /// The objects that differ, for a tooltip: `Kind/name, …` and how many more.
+    pub fn names(&self) -> String {
+        let listed = self.objects.join(", ");
+        match self.objects_omitted {
+            0 => listed,
+            more => format!("{listed} and {more} more"),
+        }
+    }
+}
+
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A `sync` or `restore` not yet reported synced.
@@ -304,6 +331,7 @@ impl View {
         let sync = self.drift.get(&key).map(|d| SyncStatus {
             state: d.state.as_str(),
             objects: d.objects.clone(),
+            objects_omitted: d.objects_omitted,
             since: d.since,
             heal_failed: d.heal_failed.clone(),
         });

@@ -76,9 +76,12 @@ pub struct Bad {
 pub struct Drift {
     /// `synced` or `drifted`.
     pub state: SyncState,
-    /// The objects that differ, as `Kind/name`.
+    /// The objects that differ, as `Kind/name`: those the record lists.
     #[serde(default)]
     pub objects: Vec<String>,
+    /// Objects that differ beyond those listed.
+    #[serde(default)]
+    pub objects_omitted: u64,
     /// When the state began.
     pub since: DateTime<Utc>,
     /// Why the last heal did not end the drift.
@@ -189,6 +192,7 @@ mod tests {
             state: SyncState::Drifted,
             config_commit: "c1".into(),
             objects: vec!["Deployment/shop".into()],
+            objects_omitted: 0,
             fingerprint: "f".into(),
             since: "2024-05-01T10:00:00Z".parse().unwrap(),
             heal_failed: Some("rollout failed".into()),

@@ -298,11 +298,25 @@ fn the_matrix_shows_the_deployers_drift_record() {
         "staging drifted: 4 objects (Deployment/shop, Service/shop, ConfigMap/a and 1 more), policy heal"
     );
     assert_eq!(log[0].tone, "bad");
+    view.observe(&record(
+        6,
+        EventType::EnvironmentDrifted,
+        "rel-aaaaaaaa-1",
+        json!({"environment": "staging", "app": "acme/shop", "policy": "report",
+               "objects": ["ConfigMap/a", "ConfigMap/b"], "objectsOmitted": 4998}),
+        json!({"app": "acme/shop", "environment": "staging"}),
+    ));
+    let log = view.events(&EventFilter::default(), 1);
+    assert_eq!(
+        log[0].summary,
+        "staging drifted: 5000 objects (ConfigMap/a, ConfigMap/b and 4998 more), policy report"
+    );
 
     let record = baton_schemas::drift::DriftRecord {
         state: baton_schemas::drift::SyncState::Drifted,
         config_commit: "cfg1".into(),
         objects: vec!["Deployment/shop".into(), "Secret/<b>".into()],
+        objects_omitted: 3,
         fingerprint: "f".into(),
         since: "2024-05-01T11:00:00Z".parse().unwrap(),
         heal_failed: Some("rollout failed: <script>".into()),
@@ -313,6 +327,8 @@ fn the_matrix_shows_the_deployers_drift_record() {
     let sync = view.matrix(now).apps[0].cells[0].sync.clone().unwrap();
     assert_eq!(sync.state, "drifted");
     assert_eq!(sync.objects, ["Deployment/shop", "Secret/<b>"]);
+    assert_eq!(sync.count(), 5, "the objects the record left out count");
+    assert_eq!(sync.names(), "Deployment/shop, Secret/<b> and 3 more");
     assert_eq!(sync.since, record.since);
     assert_eq!(sync.heal_failed.as_deref(), Some("rollout failed: <script>"));
     assert!(
@@ -323,6 +339,7 @@ fn the_matrix_shows_the_deployers_drift_record() {
     let synced = baton_schemas::drift::DriftRecord {
         state: baton_schemas::drift::SyncState::Synced,
         objects: Vec::new(),
+        objects_omitted: 0,
         heal_failed: None,
         ..record
     };
