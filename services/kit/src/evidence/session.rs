@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use reqwest::{StatusCode, Url};
 
 /// Longest an opened session is kept: registries purge idle uploads (Distribution after a week
-/// by default, hosted ones sooner), and builds and test runs are shorter than this.
+/// by default, hosted ones sooner), and builds and test runs are shorter than this. One not used
+/// by then (its build failed before publishing, and no other build of the repository came) is
+/// forgotten and left to the registry's purge.
 const MAX_AGE: Duration = Duration::from_secs(10 * 60);
 /// Most sessions kept open per repository; more are not opened.
 const PER_REPOSITORY: usize = 8;
