@@ -367,9 +367,9 @@ const MAX_LISTED_FIELDS: usize = 32;
 /// below a NATS message's 1 MiB however many objects someone labels or fields they change.
 const MAX_LISTED_BYTES: usize = 256 * 1024;
 
-/// What a report lists of `objects`, in name order: as many as fit [`MAX_LISTED_OBJECTS`] and
-/// [`MAX_LISTED_BYTES`], each with at most [`MAX_LISTED_FIELDS`] fields; and how many objects are
-/// left out. The fingerprint is taken over all of them, never over this.
+/// What a report lists of `objects`, in name order: as many as fit 200 objects and 256 KiB
+/// (`MAX_LISTED_OBJECTS`, `MAX_LISTED_BYTES`), each with at most 32 fields
+/// (`MAX_LISTED_FIELDS`); and how many objects are left out. The fingerprint is taken over all of them, never over this.
 pub fn listed(objects: &[DriftedObject]) -> (Vec<DriftedObject>, u64) {
     let mut sorted: Vec<&DriftedObject> = objects.iter().collect();
     sorted.sort_by(|a, b| (&a.object, a.kind).cmp(&(&b.object, b.kind)));
