@@ -155,6 +155,10 @@ catalog! {
     /// A reported drift ended: healed by the deployer, undone by hand, or replaced by a new
     /// rollout.
     EnvironmentSynced => (BatonExtension, "dev.cdeventsx", "baton-environment", "synced", "0.1.0", "baton-environment-synced.json", "deployer"),
+    /// A heal did not put the environment back: its rollout failed, the release could not be
+    /// applied, or objects still differ after it (ones Baton did not apply are not deleted). Not
+    /// tried again for the same drift.
+    EnvironmentUnhealed => (BatonExtension, "dev.cdeventsx", "baton-environment", "unhealed", "0.1.0", "baton-environment-unhealed.json", "deployer"),
 }
 
 impl fmt::Display for EventType {

@@ -169,6 +169,26 @@ pub struct EnvironmentDriftedContent {
     pub policy: String,
 }
 
+/// Content of `dev.cdeventsx.baton-environment.unhealed.0.1.0`: the deployer re-applied an
+/// environment's config commit to end a drift, and it did not end. The subject id is the release
+/// the environment runs; `customData` ([`crate::drift::DriftData`]) lists what still differs
+/// when that is why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvironmentUnhealedContent {
+    /// The environment.
+    pub environment: String,
+    /// The application.
+    pub app: String,
+    /// Why: the rollout's failure, the apply's refusal, or the objects that still differ.
+    pub reason: String,
+    /// The objects of the drift, as `Kind/name`: those the drift record lists.
+    pub objects: Vec<String>,
+    /// Objects of the drift beyond those listed.
+    #[serde(default, skip_serializing_if = "crate::drift::is_zero")]
+    pub objects_omitted: u64,
+}
+
 /// Content of `dev.cdeventsx.baton-environment.synced.0.1.0`: a reported drift ended. The
 /// subject id is the release the environment runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

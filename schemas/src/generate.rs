@@ -11,8 +11,8 @@ use crate::catalog::{EventType, Vocabulary};
 use crate::config::CommonSettings;
 use crate::extensions::{
     CommandAcceptedContent, CommandRejectedContent, DeploymentFailedContent, DeploymentStartedContent,
-    EnvironmentDriftedContent, EnvironmentSyncedContent, PolicyRejectedContent, PromotionHeldContent,
-    ReleaseCreatedContent, ReleaseQuarantinedContent, ReleaseUnquarantinedContent,
+    EnvironmentDriftedContent, EnvironmentSyncedContent, EnvironmentUnhealedContent, PolicyRejectedContent,
+    PromotionHeldContent, ReleaseCreatedContent, ReleaseQuarantinedContent, ReleaseUnquarantinedContent,
 };
 
 /// Base URI of the schemas Baton publishes.
@@ -140,6 +140,7 @@ fn extension_content_schema(ty: EventType) -> Map<String, Value> {
         EventType::DeploymentSuperseded => schema_value::<DeploymentFailedContent>(),
         EventType::EnvironmentDrifted => schema_value::<EnvironmentDriftedContent>(),
         EventType::EnvironmentSynced => schema_value::<EnvironmentSyncedContent>(),
+        EventType::EnvironmentUnhealed => schema_value::<EnvironmentUnhealedContent>(),
         other => unreachable!("{other} is not a Baton extension event"),
     }
 }

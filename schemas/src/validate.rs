@@ -87,6 +87,10 @@ const EXTENSIONS: &[(&str, &str)] = &[
         "baton-environment-synced.json",
         include_str!("../json/events/baton-environment-synced.json"),
     ),
+    (
+        "baton-environment-unhealed.json",
+        include_str!("../json/events/baton-environment-unhealed.json"),
+    ),
 ];
 
 /// The schema text of an event type.

@@ -6,7 +6,8 @@
 //! namespace is refused, RBAC from `deploy/` confines the deployer, a redelivered promotion is
 //! not reported twice, and the later of two promotions wins. Drift: a Deployment's image changed
 //! with a plain client and a deleted ConfigMap are reported once each (an autoscaler's replicas
-//! are not drift), and with `drift: heal` put back, rollout healthy.
+//! are not drift), and with `drift: heal` put back, rollout healthy; a stray object with the
+//! app's labels, which a heal does not delete, is reported as `baton-environment.unhealed` once.
 //!
 //! The promotions are published here the way the promoter publishes them.
 
@@ -1248,6 +1249,72 @@ async fn drift_is_reported_once_an_autoscalers_replicas_are_not_drift_and_heal_p
     // The heal is no promotion: nothing reported as deployed again.
     assert_eq!(world.events(EventType::ServiceDeployed).await?.len(), 1);
     assert!(world.events(EventType::ServiceUpgraded).await?.is_empty());
+
+    // An object with the app's labels that Baton never applied: a heal re-applies the release
+    // but deletes nothing it did not apply, so the drift does not end, and that is reported.
+    let stray = serde_json::from_value::<ConfigMap>(json!({
+        "metadata": {
+            "name": "stray",
+            "labels": {"baton.dev/app": DIR, "baton.dev/environment": "staging"},
+        },
+        "data": {"note": "made with kubectl"},
+    }))?;
+    config_maps
+        .create(
+            &kube::api::PostParams {
+                field_manager: Some("kubectl-create".into()),
+                ..Default::default()
+            },
+            &stray,
+        )
+        .await?;
+    let unhealed = baton_tests::events::wait_for(
+        &world.js,
+        EventType::EnvironmentUnhealed,
+        1,
+        Duration::from_secs(60),
+        |_| true,
+    )
+    .await
+    .context("the heal that could not end the drift was never reported")?
+    .remove(0);
+    let reason = unhealed.subject.content["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("ConfigMap/stray") && reason.contains("not deleted"),
+        "{reason}"
+    );
+    assert_eq!(unhealed.subject.content["objects"], json!(["ConfigMap/stray"]));
+    let data: DriftData = unhealed.custom_data_as()?;
+    let left: Vec<_> = data.objects.iter().map(|o| (o.object.as_str(), o.kind)).collect();
+    assert_eq!(left, [("ConfigMap/stray", DriftKind::Extra)]);
+    assert_eq!(
+        unhealed.context.chain_id.as_deref(),
+        Some(promotion.release.release.as_str())
+    );
+    let record = drift_record(&world).await?.context("record")?;
+    assert_eq!(record.state, SyncState::Drifted);
+    assert_eq!(record.heal_failed.as_deref(), Some(reason));
+    // Not tried again for the same drift.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        world.events(EventType::EnvironmentUnhealed).await?.len(),
+        1,
+        "reported once"
+    );
+
+    // Deleted by hand, the drift ends.
+    config_maps.delete("stray", &Default::default()).await?;
+    let resolved = baton_tests::events::wait_for(
+        &world.js,
+        EventType::EnvironmentSynced,
+        2,
+        Duration::from_secs(30),
+        |_| true,
+    )
+    .await
+    .context("the drift never ended once the stray object was gone")?
+    .remove(1);
+    assert_eq!(resolved.subject.content["how"], "resolved");
     world.stop().await
 }
 

@@ -47,6 +47,14 @@ pub fn for_event(ty: EventType, event: &CdEvent) -> Result<Option<Value>, Messag
             let how = event.subject.content["how"].as_str().unwrap_or("resolved");
             drift(ty, how, &event.custom_data_as().map_err(|_| data("deployer's drift"))?)
         }
+        EventType::EnvironmentUnhealed => {
+            let reason = event.subject.content["reason"].as_str().unwrap_or("no reason given");
+            drift(
+                ty,
+                reason,
+                &event.custom_data_as().map_err(|_| data("deployer's drift"))?,
+            )
+        }
         _ => return Ok(None),
     }))
 }
@@ -213,10 +221,20 @@ const DRIFT_FIELDS_SHOWN: usize = 5;
 const DRIFT_OBJECTS_SHOWN: usize = 10;
 
 /// Drift news: which objects of an app differ from its config commit (each changed field old →
-/// new, and who changed it), what the environment's policy does about it; or that it is in sync
-/// again, and how.
-pub fn drift(ty: EventType, how: &str, d: &DriftData) -> Value {
-    let mut text = if ty == EventType::EnvironmentDrifted {
+/// new, and who changed it), what the environment's policy does about it; that it is in sync
+/// again, and how (`detail`); or that a heal did not end it, and why (`detail`).
+pub fn drift(ty: EventType, detail: &str, d: &DriftData) -> Value {
+    let mut text = if ty == EventType::EnvironmentUnhealed {
+        format!(
+            "{} in {} ({}) is NOT HEALED: re-applying config commit {} did not end its drift: {}. \
+             Not tried again for this drift; `baton status` shows it",
+            bold(&d.app),
+            bold(&d.environment),
+            code(&d.namespace),
+            code(short(&d.config_commit)),
+            escape(detail)
+        )
+    } else if ty == EventType::EnvironmentDrifted {
         let policy = match d.policy.as_deref() {
             Some("heal") => "Baton puts the release back (`drift: heal`)",
             _ => "left as it is: `baton sync` puts the release back",
@@ -234,7 +252,7 @@ pub fn drift(ty: EventType, how: &str, d: &DriftData) -> Value {
             bold(&d.app),
             bold(&d.environment),
             code(short(&d.config_commit)),
-            escape(how)
+            escape(detail)
         )
     };
     for object in d.objects.iter().take(DRIFT_OBJECTS_SHOWN) {
@@ -585,6 +603,20 @@ mod tests {
             .to_owned();
         assert_eq!(text.matches("not in the release").count(), 10, "{text}");
         assert!(text.ends_with("…and 4990 more object(s)"), "{text}");
+        // A heal that did not end the drift: why, with whatever the cluster named kept inert.
+        let unhealed = drift(
+            EventType::EnvironmentUnhealed,
+            &format!("re-applied, but ConfigMap/{here} still differ"),
+            &d,
+        );
+        let text = unhealed["text"].as_str().unwrap();
+        assert!(
+            text.starts_with(
+                "*acme/shop* in *production* (`shop-prod`) is NOT HEALED: re-applying config commit \
+                 `0123456789ab` did not end its drift: re-applied, but ConfigMap/&lt;!here&gt; still differ."
+            ),
+            "{text}"
+        );
         let synced = drift(
             EventType::EnvironmentSynced,
             "healed",

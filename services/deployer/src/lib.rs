@@ -15,7 +15,8 @@
 //! decided by [`drift`]): the live objects of every app it applied are compared with the
 //! manifests of that environment's config commit, on a watch and in a periodic full pass; a
 //! drift is reported once as `baton-environment.drifted`, its end as `baton-environment.synced`,
-//! and the environment's `drift: heal` re-applies the config commit. An operator's `sync` or
+//! and the environment's `drift: heal` re-applies the config commit (a heal that does not end the
+//! drift is reported as `baton-environment.unhealed`). An operator's `sync` or
 //! `restore` (`environment.modified` with those actions) is applied like a promotion and reported
 //! as `baton-environment.synced`.
 

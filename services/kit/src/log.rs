@@ -390,6 +390,14 @@ pub fn summary(record: &Record) -> (String, Tone) {
             ),
             Tone::Good,
         ),
+        Some(EventType::EnvironmentUnhealed) => (
+            format!(
+                "{} not healed: {}",
+                text(content, &["environment"]),
+                text(content, &["reason"])
+            ),
+            Tone::Bad,
+        ),
         _ => (record.event.subject.id.clone(), Tone::Dim),
     }
 }

@@ -96,6 +96,7 @@ pub const CHATOPS: StageConsumer = StageConsumer {
         EventType::ReleaseQuarantined,
         EventType::EnvironmentDrifted,
         EventType::EnvironmentSynced,
+        EventType::EnvironmentUnhealed,
     ],
 };
 

@@ -120,7 +120,9 @@ impl Detector {
                         fingerprint: drift::fingerprint(&left),
                         ..record
                     };
-                    self.write(&key, &failed, current).await?;
+                    if self.write(&key, &failed, current).await?.is_some() {
+                        self.unhealed(target, &failed, &left).await;
+                    }
                 }
             }
             Ok(Rollout {
@@ -134,7 +136,9 @@ impl Detector {
                     ..record
                 };
                 let current = self.deployer.state.entry(&key).await.ok().flatten().map(|e| e.revision);
-                self.write(&key, &failed, current.or(revision)).await?;
+                if self.write(&key, &failed, current.or(revision)).await?.is_some() {
+                    self.unhealed(target, &failed, &[]).await;
+                }
             }
             Ok(Rollout {
                 verdict: Verdict::Superseded,
@@ -151,7 +155,9 @@ impl Detector {
                     ..record
                 };
                 let current = self.deployer.state.entry(&key).await.ok().flatten().map(|e| e.revision);
-                self.write(&key, &failed, current.or(revision)).await?;
+                if self.write(&key, &failed, current.or(revision)).await?.is_some() {
+                    self.unhealed(target, &failed, &[]).await;
+                }
             }
             Err(e) => {
                 self.metrics.heals.get_or_create(&outcome("failed")).inc();

@@ -51,7 +51,7 @@ impl DriftMetrics {
             );
             registry.register(
                 "deployer_drift_reports",
-                "Drifts reported (drifted) and ended (synced), by environment",
+                "Drifts reported (drifted), ended (synced) and not ended by a heal (unhealed), by environment",
                 this.reports.clone(),
             );
             registry.register(

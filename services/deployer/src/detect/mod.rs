@@ -21,8 +21,8 @@
 //! 5. Healing takes the app's rollout lease without waiting (a rollout holding it is a promotion
 //!    in progress: left alone), checks that no newer promotion is recorded, and re-applies through
 //!    the normal apply path, rollout health judged; a newer promotion arriving meanwhile
-//!    interrupts it. A heal that does not end the drift is recorded and not tried again for the
-//!    same drift.
+//!    interrupts it. A heal that does not end the drift is recorded, reported once as
+//!    `baton-environment.unhealed`, and not tried again for the same drift.
 //!
 //! The code follows the same order: [`Detector::run`] here drives the full passes (`pass`) and
 //! the watch (`watch`); `target` reads what each app should run and the environment's policy,

@@ -1,12 +1,13 @@
 //! Recording and reporting: what a comparison means is decided against the drift record in KV,
 //! written with compare-and-set so that one replica reports, and published as
-//! `baton-environment.drifted` or `baton-environment.synced` (contract item 4 of [`super`]).
+//! `baton-environment.drifted` or `baton-environment.synced`, and a heal that did not end a drift
+//! as `baton-environment.unhealed` (contract item 4 of [`super`]).
 
 use async_nats::jetstream::kv;
 use baton_kit::Outgoing;
 use baton_schemas::drift::{DriftData, DriftRecord, DriftedObject, SyncState, drift_key};
 use baton_schemas::environments::DriftPolicy;
-use baton_schemas::extensions::{EnvironmentDriftedContent, EnvironmentSyncedContent};
+use baton_schemas::extensions::{EnvironmentDriftedContent, EnvironmentSyncedContent, EnvironmentUnhealedContent};
 use baton_schemas::release::PromotionData;
 use baton_schemas::{CdEvent, EventType};
 use chrono::Utc;
@@ -133,6 +134,31 @@ impl Detector {
         let seed = format!("{}:{}", promotion.config_commit, record.since.to_rfc3339());
         self.publish(self.event(EventType::EnvironmentSynced, "synced", target, &seed, content, &data))
             .await;
+    }
+
+    /// Reports a heal that did not end the drift `record` describes (its `heal_failed` says
+    /// why); `left` is what still differs, when that is why.
+    pub(super) async fn unhealed(&self, target: &Target, record: &DriftRecord, left: &[DriftedObject]) {
+        let promotion = &target.promotion;
+        self.count_report(promotion, "unhealed");
+        let data = self.data(target, left, record, None, None);
+        let content = EnvironmentUnhealedContent {
+            environment: promotion.environment.clone(),
+            app: promotion.app.clone(),
+            reason: record.heal_failed.clone().unwrap_or_default(),
+            objects: record.objects.clone(),
+            objects_omitted: record.objects_omitted,
+        };
+        let seed = format!("{}:{}", promotion.config_commit, record.fingerprint);
+        self.publish(self.event(
+            EventType::EnvironmentUnhealed,
+            "unhealed",
+            target,
+            &seed,
+            content,
+            &data,
+        ))
+        .await;
     }
 
     fn count_report(&self, promotion: &PromotionData, outcome: &str) {
