@@ -70,12 +70,25 @@ pub struct DriftedObject {
     pub fields_omitted: u64,
 }
 
+/// Whether a count is zero: serde's `skip_serializing_if` for the omitted counts.
 #[allow(
     clippy::trivially_copy_pass_by_ref,
     reason = "serde's skip_serializing_if passes a reference"
 )]
-pub(crate) fn is_zero(n: &u64) -> bool {
+pub fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// `A, B, C and 7 more`: the first `shown` of `names`, then how many more there are, counting
+/// the `omitted` ones a report left out.
+pub fn names_and_more<S: AsRef<str>>(names: &[S], shown: usize, omitted: u64) -> String {
+    let listed: Vec<&str> = names.iter().take(shown).map(AsRef::as_ref).collect();
+    let more = (names.len() - listed.len()) as u64 + omitted;
+    let mut text = listed.join(", ");
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    text
 }
 
 /// `customData` of `baton-environment.drifted` and `baton-environment.synced`: which app in

@@ -10,7 +10,7 @@ use baton_kit::log::{self, Query, Record};
 use baton_kit::provision::History;
 use baton_schemas::EventType;
 use baton_schemas::commands::{CommandRequest, Verb};
-use baton_schemas::drift::{DriftRecord, SyncState, drift_key};
+use baton_schemas::drift::{DriftRecord, SyncState, drift_key, names_and_more};
 use baton_schemas::release::{ReleaseData, user_of_urn};
 use baton_schemas::subjects::{self, sanitize_token};
 use chrono::Utc;
@@ -519,12 +519,11 @@ fn sync_column(record: Option<&DriftRecord>) -> String {
         None => "-".to_owned(),
         Some(r) if r.state == SyncState::Synced => SyncState::Synced.as_str().to_owned(),
         Some(r) => {
-            let shown = &r.objects[..r.objects.len().min(SYNC_OBJECTS_SHOWN)];
-            let mut cell = format!("{}: {}", r.state.as_str(), shown.join(", "));
-            let more = (r.objects.len() - shown.len()) as u64 + r.objects_omitted;
-            if more > 0 {
-                cell.push_str(&format!(" and {more} more"));
-            }
+            let mut cell = format!(
+                "{}: {}",
+                r.state.as_str(),
+                names_and_more(&r.objects, SYNC_OBJECTS_SHOWN, r.objects_omitted)
+            );
             if let Some(failed) = &r.heal_failed {
                 cell.push_str(&format!(" (heal failed: {failed})"));
             }

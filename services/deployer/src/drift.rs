@@ -433,30 +433,24 @@ pub fn transition(
         };
     }
     let fingerprint = fingerprint(objects);
-    let (names, objects_omitted) = listed_names(objects);
-    match previous {
+    let since = match previous {
         Some(p) if p.state == SyncState::Drifted && p.fingerprint == fingerprint && p.config_commit == commit => {
-            Transition::Unchanged
+            return Transition::Unchanged;
         }
-        Some(p) if p.state == SyncState::Drifted => Transition::Drifted(DriftRecord {
-            state: SyncState::Drifted,
-            config_commit: commit.to_owned(),
-            objects: names,
-            objects_omitted,
-            fingerprint,
-            since: p.since,
-            heal_failed: None,
-        }),
-        _ => Transition::Drifted(DriftRecord {
-            state: SyncState::Drifted,
-            config_commit: commit.to_owned(),
-            objects: names,
-            objects_omitted,
-            fingerprint,
-            since: now,
-            heal_failed: None,
-        }),
-    }
+        Some(p) if p.state == SyncState::Drifted => p.since,
+        _ => now,
+    };
+    // Listed only for a record to write: the same drift seen again costs its fingerprint alone.
+    let (names, objects_omitted) = listed_names(objects);
+    Transition::Drifted(DriftRecord {
+        state: SyncState::Drifted,
+        config_commit: commit.to_owned(),
+        objects: names,
+        objects_omitted,
+        fingerprint,
+        since,
+        heal_failed: None,
+    })
 }
 
 /// The objects of `labelled` (`Kind/name`, carrying the app's labels in the environment) that

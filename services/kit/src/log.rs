@@ -362,21 +362,15 @@ pub fn summary(record: &Record) -> (String, Tone) {
                 .as_array()
                 .map(|o| o.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
-            let shown = objects.iter().take(3).copied().collect::<Vec<_>>().join(", ");
             // Those the report left out (`objectsOmitted`) count too.
             let omitted = content["objectsOmitted"].as_u64().unwrap_or(0);
-            let more = objects.len().saturating_sub(3) as u64 + omitted;
             let count = objects.len() as u64 + omitted;
             (
                 format!(
-                    "{} drifted: {count} object{} ({shown}{}), policy {}",
+                    "{} drifted: {count} object{} ({}), policy {}",
                     text(content, &["environment"]),
                     if count == 1 { "" } else { "s" },
-                    if more > 0 {
-                        format!(" and {more} more")
-                    } else {
-                        String::new()
-                    },
+                    baton_schemas::drift::names_and_more(&objects, 3, omitted),
                     text(content, &["policy"])
                 ),
                 Tone::Bad,

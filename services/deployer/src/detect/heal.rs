@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use baton_kit::lease::LockError;
-use baton_schemas::drift::{DriftRecord, SyncState, drift_key};
+use baton_schemas::drift::{DriftRecord, SyncState, drift_key, names_and_more};
 use baton_schemas::subjects::sanitize_token;
 use chrono::Utc;
 
@@ -105,15 +105,10 @@ impl Detector {
                     }
                 } else {
                     let (names, omitted) = drift::listed_names(&left);
-                    let more = if omitted > 0 {
-                        format!(" and {omitted} more")
-                    } else {
-                        String::new()
-                    };
                     let failed = DriftRecord {
                         heal_failed: Some(format!(
-                            "re-applied, but {}{more} still differ (objects not applied by Baton are not deleted)",
-                            names.join(", ")
+                            "re-applied, but {} still differ (objects not applied by Baton are not deleted)",
+                            names_and_more(&names, usize::MAX, omitted)
                         )),
                         objects: names,
                         objects_omitted: omitted,

@@ -59,6 +59,8 @@ impl Sessions {
             .read_timeout(read_timeout)
             // A session's bytes go to the registry named in the config, nowhere else.
             .redirect(reqwest::redirect::Policy::none())
+            // Over plain HTTP no certificate is checked: the system's are not loaded at start.
+            .tls_built_in_root_certs(!insecure)
             .build()
             .ok()?;
         Some(Self {

@@ -8,7 +8,7 @@
 //! [`verify`](super::verify) checks it.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -346,17 +346,16 @@ impl EvidenceStore {
 
     /// Whether `repository` is known to hold the shared config.
     fn config_known(&self, repository: &str) -> bool {
-        self.configured
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(repository)
+        self.configured().contains(repository)
     }
 
     fn forget_config(&self, repository: &str) {
-        self.configured
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(repository);
+        self.configured().remove(repository);
+    }
+
+    /// The repositories known to hold the shared config.
+    fn configured(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.configured.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Uploads the shared config to `target`'s repository and remembers that it is there.
@@ -364,10 +363,7 @@ impl EvidenceStore {
         self.upload(target, EMPTY_CONFIG.to_vec(), EMPTY_DIGEST)
             .await
             .map_err(|error| self.registry_error(target, format!("uploading config {EMPTY_DIGEST}"), &error))?;
-        self.configured
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(target.repository().to_owned());
+        self.configured().insert(target.repository().to_owned());
         Ok(())
     }
 
@@ -520,17 +516,15 @@ fn is_blob_unknown(error: &OciDistributionError) -> bool {
 
 /// Whether the registry says the tag or the repository does not exist.
 fn is_not_found(error: &OciDistributionError) -> bool {
-    match error {
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|error| {
-            matches!(
-                error.code,
-                OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound
-            )
-        }),
-        OciDistributionError::ImageManifestNotFoundError(_) => true,
-        OciDistributionError::ServerError { code, .. } => *code == 404,
-        _ => false,
-    }
+    crate::oci::has_error_code(error, |code| {
+        matches!(
+            code,
+            OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound
+        )
+    }) || matches!(
+        error,
+        OciDistributionError::ImageManifestNotFoundError(_) | OciDistributionError::ServerError { code: 404, .. }
+    )
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! windows and expiries depend on it), a pure function so it is unit-tested with a fixed clock.
 
 use baton_schemas::EventType;
+use baton_schemas::drift::names_and_more;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -77,7 +78,7 @@ pub struct SyncStatus {
     /// The objects that differ, as `Kind/name` (empty when synced): those the record lists.
     pub objects: Vec<String>,
     /// Objects that differ beyond those listed.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "baton_schemas::drift::is_zero")]
     pub objects_omitted: u64,
     /// Since when.
     pub since: DateTime<Utc>,
@@ -94,20 +95,8 @@ impl SyncStatus {
 
     /// The objects that differ, for a tooltip: `Kind/name, …` and how many more.
     pub fn names(&self) -> String {
-        let listed = self.objects.join(", ");
-        match self.objects_omitted {
-            0 => listed,
-            more => format!("{listed} and {more} more"),
-        }
+        names_and_more(&self.objects, usize::MAX, self.objects_omitted)
     }
-}
-
-#[allow(
-    clippy::trivially_copy_pass_by_ref,
-    reason = "serde's skip_serializing_if passes a reference"
-)]
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 /// A `sync` or `restore` not yet reported synced.
